@@ -1,0 +1,34 @@
+"""Write the built-in synthetic data set in the real data sets' on-disk layouts.
+
+Layout under --out: imagenet/ (ImageNet folders + labels.txt), VOCdevkit/VOC2012/ (Pascal VOC
+segmentation), nyuv2/ (BTS depth layout), SPair-71k/ (keypoint pairs), toy.json (parameters).
+Classes are shapes with random colours and textures. The same arguments give the same bytes.
+"""
+from __future__ import annotations
+
+import argparse
+
+HELP = "write the built-in synthetic data set (ImageNet/VOC/NYUv2/SPair-71k layouts)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default: %(default)s)")
+    p.add_argument("--n-train", type=int, default=5000, help="classification training images (default: %(default)s)")
+    p.add_argument("--n-val", type=int, default=1000, help="classification validation images (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--n-classes", type=int, default=10, help="shape classes, 2..12 (default: %(default)s)")
+    p.add_argument("--object-size", type=float, nargs=2, default=(18 / 64, 26 / 64), metavar=("MIN", "MAX"),
+                   help="object diameter range as a fraction of the side (default: 0.28 0.41)")
+    p.add_argument("--clutter", type=float, default=0.5, help="background texture level 0..1 (default: %(default)s)")
+    p.add_argument("--distractors", type=int, default=2, help="max tiny distractor blobs (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from franca.data.toy import generate_toy
+
+    out = generate_toy(args.out, size=args.size, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
+                       n_classes=args.n_classes, object_size=tuple(args.object_size), clutter=args.clutter,
+                       distractors=args.distractors)
+    print(f"wrote the toy data set to {out}")
+    return 0

@@ -1,0 +1,54 @@
+"""In-context (Hummingbird) dense nearest-neighbour segmentation (PROTOCOLS.md §6): a memory of
+L2-normalised patch features and soft patch labels from augmented training images, k = 30
+neighbours per query patch with faiss (exact by default), softmax(cos / 0.02) label voting,
+bilinear upsampling, mIoU after Hungarian matching; mean ± std over seeds (memory augmentations).
+
+Franca's setting is the unbounded memory (every patch, the default); --memory-size N gives
+Hummingbird's bounded, rare-class-favouring memory. With no --data the built-in toy set is used.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from franca.commands._common import add_model_arguments, add_output_arguments
+from franca.commands.eval_overcluster import add_seg_data_arguments, finish, resolve_size
+
+HELP = "in-context segmentation by patch retrieval (Hummingbird protocol, k=30, faiss)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    add_seg_data_arguments(p, ["voc", "ade20k", "coco-things"], 518, "images are resized to SIZE×SIZE")
+    g = p.add_argument_group("retrieval")
+    g.add_argument("--train-split", default=None, help="memory split (default: trainaug for VOC, train otherwise)")
+    g.add_argument("--val-split", default="val", help="query split (default: %(default)s)")
+    g.add_argument("--k", type=int, default=30, help="neighbours per query patch (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=0.02, help="softmax temperature (default: %(default)s)")
+    g.add_argument("--memory-size", type=int, default=None,
+                   help="bounded memory entries (default: unbounded, every patch as in Franca)")
+    g.add_argument("--aug-epochs", type=int, default=1, help="augmented passes over the memory set (default: 1)")
+    g.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat",
+                   help="faiss index: exact inner product, or approximate IVF / HNSW (default: %(default)s)")
+    g.add_argument("--nlist", type=int, default=None, help="IVF lists (default: about 4·sqrt(memory))")
+    g.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query (default: %(default)s)")
+    add_output_arguments(p, "incontext")
+
+
+def run(args: argparse.Namespace) -> int:
+    from franca.commands._common import load_model_from_args
+    from franca.eval import incontext
+    from franca.eval.dense import build_segmentation
+
+    started = time.time()
+    train_split = args.train_split or ("trainaug" if args.dataset == "voc" else "train")
+    train = build_segmentation(args.dataset, args.data, train_split)
+    val = build_segmentation(args.dataset, args.data, args.val_split)
+    model, device = load_model_from_args(args)
+    result = incontext.evaluate(model, train, val, device, size=resolve_size(args, 518), k=args.k,
+                                temperature=args.temperature, memory_size=args.memory_size,
+                                aug_epochs=args.aug_epochs, seeds=args.seeds, index=args.index, nlist=args.nlist,
+                                nprobe=args.nprobe, use_rasa=bool(args.rasa), batch_size=args.batch_size,
+                                num_workers=args.num_workers)
+    finish(args, "incontext", result, started)
+    return 0

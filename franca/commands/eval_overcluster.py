@@ -1,0 +1,84 @@
+"""Overclustering (Leopart protocol, PROTOCOLS.md §5): K-means on frozen patch tokens of the whole
+validation set, clusters matched to classes (greedy many-to-one for K > C, Hungarian at K = C),
+mIoU averaged over K-means seeds 0-4.
+
+With no --data the built-in toy set (VOC layout) is used at its own image size, so
+`franca eval overcluster --model vitt8` runs anywhere. This module also holds the data-argument
+helpers of the other dense protocols' commands (incontext, linseg).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from franca.commands._common import add_model_arguments, add_output_arguments, model_identity, write_result
+
+HELP = "overclustering: K-means on patch tokens, greedy/Hungarian matching, mIoU (Leopart protocol)"
+TOY_SIZE = 64  # the built-in toy set's image side
+
+
+def add_seg_data_arguments(p: argparse.ArgumentParser, datasets: list[str], default_size: int,
+                           size_help: str = "input size") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=datasets, default=datasets[0], help="data set (default: %(default)s)")
+    g.add_argument("--data", default=None,
+                   help="data set root in its official layout (VOCdevkit/…, ADEChallengeData2016/…, "
+                        "coco/images + annotations/…) (default: the built-in toy set, VOC layout)")
+    g.add_argument("--size", type=int, default=None,
+                   help=f"{size_help}; rounded to a multiple of the patch size (default: {default_size}, "
+                        f"or {TOY_SIZE} on the toy set; scale down for tiny models)")
+
+
+def resolve_size(args: argparse.Namespace, default_size: int) -> int:
+    if args.size is not None:
+        return int(args.size)
+    return TOY_SIZE if args.data is None else default_size
+
+
+def finish(args: argparse.Namespace, name: str, result: dict[str, Any], started: float) -> None:
+    """Add model/data identity and time to a protocol result, write the JSON, print one line."""
+    result["model"] = model_identity(args)
+    result["data"] = {"dataset": args.dataset, "root": args.data or "toy"}
+    result["seconds"] = round(time.time() - started, 3)
+    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    path = write_result(args, name, result)
+    std = result.get("miou", {}).get("std", 0.0) if isinstance(result.get("miou"), dict) else 0.0
+    print(f"{name}: {result['metric_name']} = {100 * result['metric']:.2f} ± {100 * std:.2f}  → {path}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    add_seg_data_arguments(p, ["voc", "coco-things"], 448, "images are resized (not cropped) to SIZE×SIZE")
+    g = p.add_argument_group("overclustering")
+    g.add_argument("--split", default="val", help="split to cluster (default: %(default)s)")
+    g.add_argument("--ks", type=int, nargs="+", default=None,
+                   help="numbers of clusters; 0 means the class count (default: 100 300 0)")
+    g.add_argument("--pca-dim", type=int, default=50, help="PCA dimensions after standardising (default: %(default)s)")
+    g.add_argument("--niter", type=int, default=100, help="K-means iterations (default: %(default)s)")
+    g.add_argument("--nredo", type=int, default=5, help="K-means restarts, best kept (default: %(default)s)")
+    g.add_argument("--mask-size", type=int, default=100, help="evaluation resolution (default: %(default)s)")
+    g.add_argument("--refine-hungarian", action="store_true",
+                   help="the paper's 'greedy matching, then Hungarian' instead of Leopart's greedy only")
+    add_output_arguments(p, "overcluster")
+    p.set_defaults(seeds=[0, 1, 2, 3, 4])
+
+
+def run(args: argparse.Namespace) -> int:
+    from franca.commands._common import load_model_from_args
+    from franca.eval import overcluster
+    from franca.eval.dense import build_segmentation
+
+    started = time.time()
+    data = build_segmentation(args.dataset, args.data, args.split)
+    model, device = load_model_from_args(args)
+    ks = [None if k == 0 else k for k in (args.ks or [100, 300, 0])]
+    result = overcluster.evaluate(model, data, device, size=resolve_size(args, 448), ks=ks, seeds=args.seeds,
+                                  pca_dim=args.pca_dim, niter=args.niter, nredo=args.nredo,
+                                  refine_hungarian=args.refine_hungarian, use_rasa=bool(args.rasa),
+                                  batch_size=args.batch_size, num_workers=args.num_workers, mask_size=args.mask_size)
+    for k, r in result["results"].items():
+        print(f"  K={k:>4}  mIoU {100 * r['miou']['mean']:6.2f} ± {100 * r['miou']['std']:.2f}  ({r['matching']})")
+    result["miou"] = result["results"][str(result["settings"]["ks"][0])]["miou"]
+    finish(args, "overcluster", result, started)
+    return 0

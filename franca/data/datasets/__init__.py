@@ -1,0 +1,39 @@
+"""Readers (torch Datasets) for the real data sets in their official on-disk layouts.
+
+The same readers read the built-in synthetic set (`franca.data.toy`). A missing or wrongly laid
+out data set raises FileNotFoundError naming the file or folder expected; a corrupt image raises
+`CorruptImageError` (a ValueError) with its path. Unlabelled folders and webdataset shards skip
+corrupt images instead and count them (`SkipNoneCollate`, see `folder`).
+
+| reader                                  | module       | item                                  |
+|-----------------------------------------|--------------|---------------------------------------|
+| ImageFolder, ImageNet                   | folder       | (image, class index)                  |
+| UnlabelledImageFolder, WebDatasetShards | folder, wds  | image or None                         |
+| VOCSegmentation, ADE20K, COCOThings     | voc, ade20k, coco | (image, int64 mask, 255 = ignore) |
+| NYUv2Depth, NYUv2Labeled, NYUv2Pickle   | nyu          | (image, float32 depth in m, 0 = invalid) |
+| SPair71k                                | spair        | dict of two images, keypoints, boxes  |
+| finegrained_dataset(name, …)            | finegrained  | (image, class index)                  |
+"""
+from __future__ import annotations
+
+from franca.data.datasets.ade20k import ADE20K
+from franca.data.datasets.coco import COCOThings
+from franca.data.datasets.finegrained import FINEGRAINED_SETS, CUB200, finegrained_dataset
+from franca.data.datasets.folder import (
+    IMAGE_EXTENSIONS,
+    CorruptImageError,
+    ImageFolder,
+    ImageNet,
+    SkipNoneCollate,
+    UnlabelledImageFolder,
+    load_rgb,
+)
+from franca.data.datasets.nyu import NYUv2Depth, NYUv2Labeled, NYUv2Pickle
+from franca.data.datasets.spair import SPair71k
+from franca.data.datasets.voc import VOC_CLASSES, VOCSegmentation
+from franca.data.datasets.wds import WebDatasetShards
+
+__all__ = ["ADE20K", "COCOThings", "CUB200", "CorruptImageError", "FINEGRAINED_SETS", "IMAGE_EXTENSIONS",
+           "ImageFolder", "ImageNet", "NYUv2Depth", "NYUv2Labeled", "NYUv2Pickle", "SPair71k", "SkipNoneCollate",
+           "UnlabelledImageFolder", "VOCSegmentation", "VOC_CLASSES", "WebDatasetShards", "finegrained_dataset",
+           "load_rgb"]

@@ -1,0 +1,195 @@
+"""Image-folder readers: ImageNet-1k/21k class folders, any ImageFolder, and unlabelled folders.
+
+- `ImageFolder(root)`: `root/<class>/**/<image>`; class index = position of the folder name
+  in sorted order (torchvision's rule, also DINOv2's for ImageNet wnids).
+- `ImageNet(root, split)`: `root/{train,val}/<wnid>/*.JPEG` with `root/labels.txt`
+  ("wnid,name" lines, optional) giving `class_names`. ImageNet-21k extracted into one folder
+  per wnid is `ImageNet(root, split=None)`.
+- `UnlabelledImageFolder(root)`: every image file below `root` (recursive, sorted), no labels;
+  the pretraining reader for "your own images".
+
+Corrupt images in unlabelled folders (the skip-and-count mechanism):
+    `UnlabelledImageFolder.__getitem__` returns **None** for a file that cannot be decoded, logs a
+    warning with its path and increments `dataset.skipped` (a per-process count: with DataLoader
+    workers each worker has its own copy). To count skips across workers, wrap the collate
+    function: `DataLoader(ds, collate_fn=SkipNoneCollate(my_collate))`. It drops the None
+    samples, calls `my_collate` on the rest and reports how many were dropped: as the key
+    `"n_skipped"` when the collated batch is a dict, else as a `(batch, n_skipped)` tuple. A batch
+    whose samples were all corrupt collates to None. The training loop sums `n_skipped` and can
+    report "2 skipped files". Labelled readers instead raise `CorruptImageError` naming the file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+class CorruptImageError(ValueError):
+    """An image file exists but cannot be decoded; the message names the file."""
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image as RGB, fully decoded; a missing file raises FileNotFoundError, a corrupt one
+    CorruptImageError, both naming the path."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image file not found: {p}")
+    try:
+        with Image.open(p) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CorruptImageError(f"cannot decode image {p}: {exc}") from exc
+
+
+def require_dir(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path if it is a folder, else FileNotFoundError saying what was expected there."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{what}: expected the folder {p}, which does not exist")
+    return p
+
+
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what}: expected the file {p}, which does not exist")
+    return p
+
+
+def _is_image(name: str, extensions: Sequence[str] | None) -> bool:
+    if name.startswith("."):
+        return False
+    return extensions is None or name.lower().endswith(tuple(extensions))
+
+
+def list_images(root: Path, extensions: Sequence[str] | None = IMAGE_EXTENSIONS) -> list[Path]:
+    """All image files below root, recursively (following links), in sorted order."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in filenames if _is_image(f, extensions)]
+    return sorted(out)
+
+
+class ImageFolder(Dataset):
+    """`root/<class>/**/<image>` → (image, class index). Classes are the sorted sub-folder names."""
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
+                 target_transform: Callable | None = None, extensions: Sequence[str] | None = IMAGE_EXTENSIONS):
+        self.root = require_dir(root, "image folder (one sub-folder per class)")
+        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not self.classes:
+            raise FileNotFoundError(f"image folder {self.root}: expected one sub-folder per class, found none")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples: list[tuple[Path, int]] = []
+        for c in self.classes:
+            self.samples += [(p, self.class_to_idx[c]) for p in list_images(self.root / c, extensions)]
+        if not self.samples:
+            raise FileNotFoundError(f"image folder {self.root}: the class folders hold no image files "
+                                    f"(extensions {extensions})")
+        self.targets = [t for _, t in self.samples]
+        self.transform, self.target_transform = transform, target_transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        path, target = self.samples[i]
+        img = load_rgb(path)
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+
+def read_labels_txt(path: Path) -> dict[str, str]:
+    """ImageNet `labels.txt`: one "wnid,class name" line per class."""
+    names = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        if "," not in line:
+            raise ValueError(f"{path}:{n}: expected 'wnid,class name', got {line!r}")
+        wnid, name = line.split(",", 1)
+        names[wnid.strip()] = name.strip()
+    return names
+
+
+class ImageNet(ImageFolder):
+    """ImageNet in the DINOv2 folder layout: `root/{train,val}/<wnid>/*.JPEG`, `root/labels.txt`.
+
+    `split=None` reads `root/<wnid>/…` directly (ImageNet-21k extracted per class).
+    `class_names[i]` is the human-readable name of class i (the wnid when labels.txt is absent).
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str | None = "train", transform: Callable | None = None,
+                 target_transform: Callable | None = None):
+        base = require_dir(root, "ImageNet root")
+        folder = base
+        if split is not None:
+            split = split.lower()
+            if split not in ("train", "val"):
+                raise ValueError(f"ImageNet split must be 'train' or 'val', got {split!r}")
+            folder = require_dir(base / split, f"ImageNet {split} split (one folder per wnid)")
+        super().__init__(folder, transform, target_transform)
+        labels = base / "labels.txt"
+        names = read_labels_txt(labels) if labels.is_file() else {}
+        self.class_names = [names.get(w, w) for w in self.classes]
+
+
+class UnlabelledImageFolder(Dataset):
+    """Every image below `root` (recursive), without labels; corrupt files give None (see module doc).
+
+    Args:
+        extensions: accepted file-name endings (case-insensitive); None accepts every file.
+    Returns per item: `transform(image)` (the PIL image without a transform), or None.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
+                 extensions: Sequence[str] | None = IMAGE_EXTENSIONS):
+        self.root = require_dir(root, "image folder")
+        self.paths = list_images(self.root, extensions)
+        if not self.paths:
+            raise FileNotFoundError(f"no image files found below {self.root} (extensions {extensions})")
+        self.transform = transform
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Any:
+        try:
+            img = load_rgb(self.paths[i])
+        except (CorruptImageError, FileNotFoundError) as exc:
+            self.skipped += 1
+            log.warning("skipping unreadable image (%d so far in this process): %s", self.skipped, exc)
+            return None
+        return self.transform(img) if self.transform is not None else img
+
+
+class SkipNoneCollate:
+    """Collate wrapper that drops None samples and reports how many (see the module docstring)."""
+
+    def __init__(self, collate_fn: Callable[[list], Any] = default_collate):
+        self.collate_fn = collate_fn
+
+    def __call__(self, samples: list) -> Any:
+        kept = [s for s in samples if s is not None]
+        n_skipped = len(samples) - len(kept)
+        if not kept:
+            return None
+        batch = self.collate_fn(kept)
+        if isinstance(batch, dict):
+            batch["n_skipped"] = n_skipped
+            return batch
+        return batch, n_skipped

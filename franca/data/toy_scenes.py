@@ -1,0 +1,218 @@
+"""Scene renderers of the synthetic data set: one function per task, pure (rng in, arrays out).
+
+- `render_classification`: one large object of the given class (plus tiny distractors).
+- `render_segmentation`: several objects, per-pixel labels (class + 1, 0 background, 255 on
+  label boundaries as in Pascal VOC).
+- `render_depth`: objects standing on a ground plane seen in perspective; depth in metres of
+  a known geometry, nearer objects painted last, so occlusion order equals depth order.
+- `render_pair`: the same object in two images related by a known similarity/affine map whose
+  strength sets the viewpoint-variation level 0/1/2; keypoints are the shape's corners mapped
+  by each image's placement matrix.
+
+`franca.data.toy` writes these to disk in the real data sets' layouts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from franca.data.toy_shapes import (
+    SHAPES,
+    affine,
+    apply_affine,
+    background,
+    compose,
+    object_fill,
+    random_colour,
+    rasterize,
+    to_uint8,
+)
+
+
+@dataclass(frozen=True)
+class ToyStyle:
+    """Difficulty knobs. The defaults were checked to be learnable by a tiny ViT at 32 px in minutes."""
+
+    size: int = 64
+    """Image side in pixels."""
+    n_classes: int = 10
+    """Number of shape classes (at most len(SHAPES) = 12)."""
+    object_size: tuple[float, float] = (18 / 64, 26 / 64)
+    """Range of the main object's diameter as a fraction of the image side (classification)."""
+    clutter: float = 0.5
+    """Background noise amplitude in [0, 1]."""
+    texture: float = 0.5
+    """Probability that an object is painted with a pattern instead of a flat colour."""
+    distractors: int = 2
+    """At most this many tiny blobs (diameter <= 0.1 of the side) per classification image."""
+    rotate: bool = True
+    """Random in-plane rotation of objects."""
+    seg_objects: tuple[int, int] = (2, 4)
+    """Range of the number of objects in segmentation and depth scenes."""
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.n_classes <= len(SHAPES):
+            raise ValueError(f"n_classes must be in [2, {len(SHAPES)}], got {self.n_classes}")
+        lo, hi = self.object_size
+        if not 0 < lo <= hi <= 0.95:
+            raise ValueError(f"object_size must satisfy 0 < min <= max <= 0.95, got {self.object_size}")
+        if not 0 <= self.clutter <= 1 or not 0 <= self.texture <= 1:
+            raise ValueError(f"clutter and texture must be in [0, 1], got {self.clutter}, {self.texture}")
+        if self.size < 16:
+            raise ValueError(f"size must be >= 16 pixels, got {self.size}")
+
+
+def _place(rng: np.random.Generator, style: ToyStyle, diameter: float) -> np.ndarray:
+    r = diameter / 2
+    lo, hi = r, style.size - r
+    cx, cy = rng.uniform(lo, max(lo, hi), size=2)
+    angle = rng.uniform(0, 2 * np.pi) if style.rotate else 0.0
+    return affine((cx, cy), r, angle, aspect=rng.uniform(0.87, 1.15))
+
+
+def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, style: ToyStyle) -> np.ndarray:
+    colour = random_colour(rng, avoid=img[mask].mean(0) if mask.any() else None)
+    fill = object_fill(rng, style.size, colour, style.texture)
+    return np.where(mask[..., None], fill, img)
+
+
+def render_classification(rng: np.random.Generator, cls: int, style: ToyStyle) -> np.ndarray:
+    """(size, size, 3) uint8 image of one object of class `cls` on a textured background."""
+    s = style.size
+    img = background(rng, s, style.clutter)
+    for _ in range(int(rng.integers(0, style.distractors + 1))):
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        m = _place(rng, style, rng.uniform(0.05, 0.1) * s)
+        img = _paint(rng, img, rasterize(shape, m, s), style)
+    m = _place(rng, style, rng.uniform(*style.object_size) * s)
+    img = _paint(rng, img, rasterize(SHAPES[cls], m, s), style)
+    return to_uint8(img)
+
+
+def label_boundaries(label: np.ndarray, ignore: int = 255) -> np.ndarray:
+    """Set to `ignore` every pixel whose 4-neighbour has another label (both sides of each edge)."""
+    edge = np.zeros(label.shape, dtype=bool)
+    dv = label[1:, :] != label[:-1, :]
+    dh = label[:, 1:] != label[:, :-1]
+    edge[1:, :] |= dv
+    edge[:-1, :] |= dv
+    edge[:, 1:] |= dh
+    edge[:, :-1] |= dh
+    out = label.copy()
+    out[edge] = ignore
+    return out
+
+
+@dataclass
+class SceneObject:
+    """One placed object: its class, full silhouette (before occlusion), placement and depth."""
+
+    cls: int
+    mask: np.ndarray
+    matrix: np.ndarray
+    depth: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def render_segmentation(rng: np.random.Generator, style: ToyStyle) -> tuple[np.ndarray, np.ndarray, list[SceneObject]]:
+    """A scene of several objects: (image uint8 HxWx3, label uint8 HxW, objects in paint order).
+
+    Label = class index + 1 where the object is visible, 0 background, 255 on boundaries.
+    """
+    s = style.size
+    img = background(rng, s, style.clutter)
+    label = np.zeros((s, s), dtype=np.uint8)
+    objects = []
+    for _ in range(int(rng.integers(style.seg_objects[0], style.seg_objects[1] + 1))):
+        cls = int(rng.integers(style.n_classes))
+        m = _place(rng, style, rng.uniform(0.22, 0.45) * s)
+        mask = rasterize(SHAPES[cls], m, s)
+        img = _paint(rng, img, mask, style)
+        label[mask] = cls + 1
+        objects.append(SceneObject(cls, mask, m))
+    return to_uint8(img), label_boundaries(label), objects
+
+
+HORIZON = 0.35  # horizon row as a fraction of the image height
+FAR_DEPTH = 8.0  # metres: the wall beyond the ground plane
+
+
+def ground_depth(size: int) -> np.ndarray:
+    """Per-row depth (metres) of the scene without objects: a wall at FAR_DEPTH above the horizon,
+    a ground plane below it whose depth falls as 1/(row - horizon), reaching 1 m at the bottom row."""
+    h = HORIZON * size
+    rows = np.arange(size) + 0.5
+    d = (size - h) / np.maximum(rows - h, 1e-6)
+    return np.minimum(np.where(rows > h, d, FAR_DEPTH), FAR_DEPTH)
+
+
+def render_depth(rng: np.random.Generator, style: ToyStyle) -> tuple[np.ndarray, np.ndarray, list[SceneObject]]:
+    """(image uint8, depth float32 metres, objects) of upright objects standing on the ground plane.
+
+    An object at depth d stands on the row where the ground has depth d, its size is
+    proportional to 1/d, and its surface is fronto-parallel (constant depth). Objects are
+    painted far to near, so nearer ones occlude farther ones.
+    """
+    s = style.size
+    h = HORIZON * s
+    img = background(rng, s, style.clutter)
+    rows = np.arange(s)[:, None] + 0.5
+    ground = (rows > h)[..., None]
+    img = np.where(ground, 0.6 * img + 0.4 * background(rng, s, style.clutter), img)
+    depth = np.repeat(ground_depth(s)[:, None], s, axis=1)
+    n = int(rng.integers(style.seg_objects[0], style.seg_objects[1] + 1))
+    ds = np.sort(rng.uniform(1.2, 4.5, size=n))[::-1]  # far first
+    objects = []
+    for d in ds:
+        cls = int(rng.integers(style.n_classes))
+        radius = 0.5 * s * 0.7 / d  # apparent size ~ 1/depth
+        base_row = h + (s - h) / d  # the ground row whose depth is d
+        cx = rng.uniform(radius, s - radius)
+        m = affine((cx, base_row - radius), radius, rng.uniform(-0.3, 0.3), aspect=1.0)
+        mask = rasterize(SHAPES[cls], m, s)
+        img = _paint(rng, img, mask, style)
+        depth[mask] = d
+        objects.append(SceneObject(cls, mask, m, depth=float(d)))
+    return to_uint8(img), depth.astype(np.float32), objects
+
+
+# Viewpoint-variation levels: (max |rotation| in degrees, scale range, max aspect change).
+VIEWPOINT_LEVELS = ((10.0, (0.9, 1.1), 0.0), (45.0, (0.75, 1.3), 0.1), (120.0, (0.6, 1.6), 0.25))
+
+
+def pair_transform(rng: np.random.Generator, level: int) -> tuple[float, float, float]:
+    """(rotation radians, scale, aspect) of a viewpoint change of the given level 0/1/2."""
+    max_rot, (s_lo, s_hi), max_aspect = VIEWPOINT_LEVELS[level]
+    lo_rot = 0.0 if level == 0 else VIEWPOINT_LEVELS[level - 1][0]
+    rot = np.deg2rad(rng.uniform(lo_rot, max_rot)) * rng.choice([-1.0, 1.0])
+    return float(rot), float(rng.uniform(s_lo, s_hi)), float(1.0 + rng.uniform(-max_aspect, max_aspect))
+
+
+def render_pair(rng: np.random.Generator, cls: int, level: int, style: ToyStyle) -> dict:
+    """Two images of one object of class `cls` under a known map T (target = T ∘ source).
+
+    Returns a dict with `src`/`trg` images, `src_mask`/`trg_mask`, `src_kps`/`trg_kps` (K, 2)
+    pixel coordinates (x, y), and `transform` the 2x3 pixel map from source to target.
+    Each image has its own background; the object keeps its colour.
+    """
+    s = style.size
+    shape = SHAPES[cls]
+    radius = rng.uniform(0.2, 0.3) * s
+    src_m = _place(rng, style, 2 * radius)
+    rot, scale, aspect = pair_transform(rng, level)
+    radius_t = min(radius * scale * max(aspect, 1 / aspect), 0.47 * s)
+    scale = radius_t / (radius * max(aspect, 1 / aspect))
+    c_src = src_m[:, 2]
+    c_trg = rng.uniform(radius_t, s - radius_t, size=2)
+    lin = affine((0.0, 0.0), scale, rot, aspect)[:, :2]
+    t = np.concatenate([lin, (c_trg - lin @ c_src)[:, None]], axis=1)
+    trg_m = compose(t, src_m)
+    colour = random_colour(rng)
+    out: dict = {"transform": t}
+    for key, m in (("src", src_m), ("trg", trg_m)):
+        img = background(rng, s, style.clutter)
+        mask = rasterize(shape, m, s)
+        img = np.where(mask[..., None], colour, img)
+        out[key], out[f"{key}_mask"], out[f"{key}_kps"] = to_uint8(img), mask, apply_affine(m, shape.keypoints)
+    return out

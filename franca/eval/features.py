@@ -1,0 +1,218 @@
+"""Frozen-backbone feature extraction shared by the global protocols (k-NN, linear, logreg, PCA).
+
+One pass over a labelled dataset gives, per image:
+- ``cls`` (N, D): the final-normed CLS token (``x_norm_clstoken``), for k-NN, logreg and PCA;
+- with ``kind="blocks"`` also ``cls_blocks`` (N, L, D): the normed CLS of the last L ≤ 4 blocks
+  (``get_intermediate_layers(n=4, return_class_token=True, norm=True)``), and ``patch_mean`` (N, D):
+  the mean of the last block's normed patch tokens — the inputs of the DINOv2 linear probe.
+  ``cls`` is then ``cls_blocks[:, -1]`` (the same tensor the final norm gives).
+
+Results are cached on disk under a key hashed from the model (a fingerprint of its weights, plus an
+optional caller-supplied identity), the dataset (class, size, sample list) and its transform, so
+running several protocols on the same backbone and data extracts once. Under torchrun every rank
+extracts a strided shard and the shards are gathered, so all ranks return the full tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from franca.utils import distributed as dist_utils
+from franca.utils.device import autocast_context, resolve_device
+
+log = logging.getLogger(__name__)
+
+KINDS = ("cls", "blocks")
+N_LAST_BLOCKS = 4
+
+
+def default_cache_dir() -> Path:
+    """``$FRANCA_CACHE_DIR/features`` or ``~/.cache/franca/features``."""
+    root = os.environ.get("FRANCA_CACHE_DIR") or Path.home() / ".cache" / "franca"
+    return Path(root) / "features"
+
+
+def model_fingerprint(model: torch.nn.Module, n_samples: int = 1024) -> str:
+    """Cheap content hash of a model's weights: names, shapes, sums and a strided sample of values.
+
+    Hashing every byte of a ViT-g would take seconds; a sample of each tensor plus its sum tells
+    two different checkpoints apart in practice.
+    """
+    h = hashlib.sha1()
+    h.update(type(model).__name__.encode())
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        if t.numel() == 0:
+            continue
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // n_samples)
+        sample = flat[::step][:n_samples].float().cpu()
+        h.update(sample.numpy().tobytes())
+        h.update(f"{float(flat.double().sum()):.10e}".encode())
+    return h.hexdigest()
+
+
+def dataset_identity(dataset: Any) -> dict[str, Any]:
+    """What makes a dataset's features different: class, length, root, sample list, transform."""
+    base = dataset
+    indices = None
+    if isinstance(base, Subset):
+        indices = list(base.indices)
+        base = base.dataset
+    samples = getattr(base, "samples", None) or getattr(base, "imgs", None)
+    if samples is not None:
+        sample_hash = hashlib.sha1("\n".join(map(str, samples)).encode()).hexdigest()
+    else:  # no file list (e.g. a TensorDataset): hash the content of a few items
+        sample_hash = _item_hash(dataset)
+    ident = {
+        "class": type(base).__name__,
+        "len": len(dataset),
+        "root": str(getattr(base, "root", "")),
+        "samples": sample_hash,
+        "transform": repr(getattr(base, "transform", None)),
+        "indices": hashlib.sha1(str(indices).encode()).hexdigest() if indices is not None else None,
+    }
+    extra = getattr(base, "identity", None)
+    if callable(extra):
+        ident["extra"] = extra()
+    return ident
+
+
+def _item_hash(dataset: Any) -> str | None:
+    h = hashlib.sha1()
+    n = len(dataset)
+    for i in sorted({0, n // 2, n - 1}) if n else []:
+        for part in dataset[i]:
+            try:
+                t = torch.as_tensor(part).detach().cpu().contiguous()
+                h.update(f"{tuple(t.shape)}".encode() + t.numpy().tobytes())
+            except (TypeError, ValueError, RuntimeError):  # e.g. a PIL image without a transform
+                h.update(repr(part).encode())
+    return h.hexdigest()
+
+
+def cache_key(model: torch.nn.Module, dataset: Any, kind: str, model_key: str | None = None) -> str:
+    blob = json.dumps({"model": model_fingerprint(model), "model_key": model_key,
+                       "data": dataset_identity(dataset), "kind": kind}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
+    if kind == "cls":
+        return {"cls": model.forward_features(x)["x_norm_clstoken"]}
+    n = min(N_LAST_BLOCKS, int(getattr(model, "n_blocks", N_LAST_BLOCKS)))
+    layers = model.get_intermediate_layers(x, n=n, return_class_token=True, norm=True)
+    cls_blocks = torch.stack([cls for _, cls in layers], dim=1)  # (B, L, D)
+    patch_mean = layers[-1][0].mean(dim=1)  # (B, D): last block's patch tokens, averaged
+    return {"cls_blocks": cls_blocks, "patch_mean": patch_mean}
+
+
+@torch.no_grad()
+def _extract(model: torch.nn.Module, dataset: Any, kind: str, device: torch.device, batch_size: int,
+             num_workers: int, show_progress: bool) -> dict[str, torch.Tensor]:
+    """Run the model over (this rank's shard of) the dataset; gather shards in dataset order."""
+    n = len(dataset)
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    per_rank = -(-n // world)
+    padded = [i % n for i in range(per_rank * world)]  # wrap-around padding: equal shard sizes
+    shard = padded[rank::world]
+    loader = DataLoader(Subset(dataset, shard) if world > 1 else dataset, batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
+    chunks: dict[str, list[torch.Tensor]] = {}
+    it: Any = loader
+    if show_progress and dist_utils.is_main():
+        from tqdm.auto import tqdm
+
+        it = tqdm(loader, desc=f"features ({kind})", unit="batch")
+    model.eval()
+    for batch in it:
+        images, labels = batch[0], batch[1]
+        images = images.to(device, non_blocking=True)
+        with autocast_context(device):
+            out = _forward(model, images, kind)
+        out["labels"] = torch.as_tensor(labels).long()
+        for key, t in out.items():
+            chunks.setdefault(key, []).append(t.float().cpu() if t.is_floating_point() else t.cpu())
+    if not chunks:
+        raise ValueError(f"dataset {type(dataset).__name__} is empty: no features to extract")
+    local = {k: torch.cat(v) for k, v in chunks.items()}
+    if world == 1:
+        return local
+    order = torch.tensor([padded[r::world] for r in range(world)]).reshape(-1)
+    full = {}
+    for key, t in local.items():
+        gathered = dist_utils.all_gather_cat(t.to(device)).cpu()
+        out_t = torch.empty((n, *t.shape[1:]), dtype=t.dtype)
+        out_t[order] = gathered  # duplicates from padding write identical rows
+        full[key] = out_t
+    return full
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _save(path: Path, feats: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(feats, tmp)
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+
+
+def extract_features(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    kind: str = "cls",
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    cache_dir: str | Path | None = None,
+    model_key: str | None = None,
+    show_progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Frozen features of a labelled dataset (items ``(image, label, …)``), cached on disk.
+
+    Args:
+        kind: "cls" (``cls``, ``labels``) or "blocks" (adds ``cls_blocks`` and ``patch_mean``).
+        cache_dir: folder for the cache; None disables caching.
+        model_key: extra identity of the model (e.g. name + weights path) mixed into the key.
+
+    Returns:
+        float32 CPU tensors: ``cls`` (N, D), ``labels`` (N,) and for "blocks" ``cls_blocks`` (N, L, D),
+        ``patch_mean`` (N, D).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    dev = resolve_device(device)
+    path = None
+    if cache_dir is not None:
+        # A "blocks" cache also serves "cls" requests (cls = last block's normed CLS).
+        for k in (("cls", "blocks") if kind == "cls" else ("blocks",)):
+            candidate = Path(cache_dir) / f"{cache_key(model, dataset, k, model_key)}.pt"
+            if candidate.exists():
+                log.info("features: cache hit %s", candidate)
+                return _finish(_load(candidate))
+        path = Path(cache_dir) / f"{cache_key(model, dataset, kind, model_key)}.pt"
+    feats = _extract(model, dataset, kind, dev, batch_size, num_workers, show_progress)
+    if path is not None and dist_utils.is_main():
+        meta = {"kind": kind, "model_key": model_key, "data": dataset_identity(dataset),
+                "shapes": {k: list(v.shape) for k, v in feats.items()}}
+        _save(path, feats, meta)
+        log.info("features: cached %s", path)
+    dist_utils.barrier()
+    return _finish(feats)
+
+
+def _finish(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if "cls" not in feats:
+        feats = dict(feats, cls=feats["cls_blocks"][:, -1])
+    return feats

@@ -1,0 +1,248 @@
+"""Dense nearest-neighbour retrieval ("in-context" segmentation, the Hummingbird protocol,
+PROTOCOLS.md §6) with Franca's changes (§6 "Franca's changes").
+
+Memory: L2-normalised patch tokens of augmented training images (paired RandomResizedCrop with
+scale (0.5, 2.0), colour jitter, HB normalisation) with soft patch labels (class fractions per
+patch, label 255 counted as 0). Unbounded (every patch, Franca) or bounded (HB's rare-class
+favouring sample). Queries: validation images resized to S×S; k = 30 neighbours from faiss
+(exact inner product by default), labels aggregated with softmax(cos / 0.02), bilinear upsampling
+to S×S, argmax, mIoU after Hungarian matching. Seeds change the memory augmentations.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from franca.eval.dense import HB_STD, IMAGENET_MEAN, dataset_info, patch_features, resized_loader, round_to_patch, \
+    to_tensor
+from franca.eval.metrics import StreamingConfusion, matched_miou
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- pure core
+def patch_label_fractions(masks: torch.Tensor, patch: int, num_classes: int) -> torch.Tensor:
+    """Soft patch labels: masks (B, H, W) int → (B, (H/p)·(W/p), C), the fraction of each patch's
+    pixels in each class. Labels outside [0, C) count in no class (their fractions are dropped)."""
+    b, h, w = masks.shape
+    valid = (masks >= 0) & (masks < num_classes)
+    onehot = F.one_hot(torch.where(valid, masks, num_classes).long(), num_classes + 1)[..., :num_classes]
+    frac = F.avg_pool2d(onehot.permute(0, 3, 1, 2).float(), kernel_size=patch, stride=patch)
+    return frac.flatten(2).transpose(1, 2).contiguous()
+
+
+def bounded_patch_indices(labels: torch.Tensor, n_keep: int, generator: torch.Generator) -> torch.Tensor:
+    """HB's bounded-memory sample for one image: labels (P, C) → the n_keep patch indices with the
+    lowest score, score = Σ over classes present in the patch of (patches of this image holding that
+    class), times U(0,1) noise; patches holding no class score 1e6. Favours rare classes."""
+    present = labels > 0
+    per_class = present.sum(0).float()  # patches in the image containing each class
+    score = (present.float() * per_class).sum(1)
+    score = score * torch.rand(score.shape, generator=generator)
+    score[~present.any(1)] = 1e6
+    return torch.argsort(score)[: max(0, n_keep)]
+
+
+def aggregate_labels(scores: torch.Tensor, neighbour_labels: torch.Tensor, temperature: float = 0.02) -> torch.Tensor:
+    """Soft label per query: Σ_j softmax(cos_j / T) · label_j; scores (Q, k), labels (Q, k, C)."""
+    attn = torch.softmax(scores.float() / temperature, dim=1)
+    return torch.einsum("qk,qkc->qc", attn, neighbour_labels.float())
+
+
+def build_index(memory: np.ndarray, kind: str = "flat", nlist: int | None = None, nprobe: int = 32,
+                hnsw_m: int = 32, ef_search: int = 128, use_gpu: bool = False, train_size: int = 256):
+    """faiss inner-product index over `memory` (N, D) float32: "flat" exact (`IndexFlatIP`, the
+    paper's choice), "ivf" (IVF-Flat, nlist lists ≈ 4√N by default, nprobe searched) or "hnsw".
+    `use_gpu` moves it onto all GPUs when faiss was built with GPU support."""
+    import faiss
+
+    x = np.ascontiguousarray(memory, dtype=np.float32)
+    n, d = x.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = int(nlist or max(1, min(65536, round(4 * math.sqrt(n)))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = x if n <= train_size * nlist else x[np.random.default_rng(0).choice(n, train_size * nlist, False)]
+        index.train(sample)
+        index.nprobe = min(nprobe, nlist)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = ef_search
+    else:
+        raise ValueError(f"unknown index kind {kind!r}; use flat, ivf or hnsw")
+    if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 and kind != "hnsw":
+        co = faiss.GpuMultipleClonerOptions()
+        co.shard = True
+        index = faiss.index_cpu_to_all_gpus(index, co=co)
+    index.add(x)
+    return index
+
+
+def knn_soft_labels(index, memory_labels: torch.Tensor, queries: torch.Tensor, k: int = 30,
+                    temperature: float = 0.02) -> torch.Tensor:
+    """Search the k nearest memory patches of each (L2-normalised) query and vote their labels."""
+    q = np.ascontiguousarray(F.normalize(queries.float(), dim=-1).cpu().numpy())
+    scores, idx = index.search(q, k)
+    idx_t = torch.from_numpy(idx).long()
+    missing = idx_t < 0  # an approximate index can return fewer than k hits
+    idx_t[missing] = 0
+    s = torch.from_numpy(scores).float()
+    s[missing] = -float("inf")
+    return aggregate_labels(s, memory_labels[idx_t], temperature)
+
+
+# ---------------------------------------------------------------- memory augmentation
+def _rrc_params(h: int, w: int, g: torch.Generator, scale=(0.5, 2.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, ...]:
+    """torchvision RandomResizedCrop.get_params with an explicit generator (10 tries, then centre)."""
+    area = h * w
+    lr = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=g).item())
+        aspect = math.exp(lr[0] + (lr[1] - lr[0]) * torch.rand(1, generator=g).item())
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            i = int(torch.randint(0, h - ch + 1, (1,), generator=g))
+            j = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+            return i, j, ch, cw
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def _jitter(img, g: torch.Generator, strength: float = 0.1):
+    """HB's four independent RandomApply(ColorJitter) ops, each with p = 0.5."""
+    import torchvision.transforms.functional as TF
+
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+    for op in ops:
+        if torch.rand(1, generator=g).item() < 0.5:
+            img = op(img, 1.0 + strength * (2 * torch.rand(1, generator=g).item() - 1))
+    if torch.rand(1, generator=g).item() < 0.5:
+        img = TF.adjust_hue(img, strength * (2 * torch.rand(1, generator=g).item() - 1))
+    return img
+
+
+class MemoryAugmented(torch.utils.data.Dataset):
+    """Item i of pass `epoch` under `seed`: (image (3,S,S), mask (S,S) with 255 → 0, image index).
+    Each item draws from its own generator, so results do not depend on worker count."""
+
+    def __init__(self, dataset, size: int, seed: int, epoch: int = 0) -> None:
+        self.dataset, self.size, self.seed, self.epoch = dataset, size, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0]))
+        img, mask = self.dataset[i]
+        mask = np.asarray(mask)
+        t, left, ch, cw = _rrc_params(mask.shape[0], mask.shape[1], g)
+        img = img.crop((left, t, left + cw, t + ch)).resize((self.size, self.size), Image.BILINEAR)
+        m = Image.fromarray(mask.astype(np.int32)).crop((left, t, left + cw, t + ch))
+        m = np.asarray(m.resize((self.size, self.size), Image.NEAREST), dtype=np.int64)
+        img = _jitter(img, g)
+        m = np.where(m == 255, 0, m)
+        return to_tensor(img, IMAGENET_MEAN, HB_STD), torch.from_numpy(m), i
+
+
+@torch.no_grad()
+def build_memory(model: torch.nn.Module, dataset, size: int, num_classes: int, device: torch.device, seed: int = 0,
+                 aug_epochs: int = 1, memory_size: int | None = None, use_rasa: bool = False,
+                 batch_size: int = 32, num_workers: int = 0) -> tuple[np.ndarray, torch.Tensor]:
+    """Memory features (N, D) float32 (L2-normalised) and soft labels (N, C) of the training set.
+
+    memory_size=None keeps every patch (Franca); otherwise ⌊memory_size / (n_train · aug_epochs)⌋
+    patches per image chosen by `bounded_patch_indices`.
+    """
+    from tqdm import tqdm
+
+    patch = int(model.patch_size)
+    per_image = None if memory_size is None else memory_size // (len(dataset) * aug_epochs)
+    g = torch.Generator().manual_seed(int(seed))
+    feats, labels = [], []
+    for ep in range(aug_epochs):
+        loader = torch.utils.data.DataLoader(MemoryAugmented(dataset, size, seed, ep), batch_size=batch_size,
+                                             num_workers=num_workers)
+        for x, m, _ in tqdm(loader, desc=f"memory pass {ep + 1}/{aug_epochs}", leave=False):
+            f = F.normalize(patch_features(model, x.to(device), use_rasa).flatten(1, 2), dim=-1).cpu()
+            lab = patch_label_fractions(m, patch, num_classes)
+            if per_image is not None:
+                keep = [bounded_patch_indices(lab[b], per_image, g) for b in range(lab.shape[0])]
+                f = torch.cat([f[b, k] for b, k in enumerate(keep)])
+                lab = torch.cat([lab[b, k] for b, k in enumerate(keep)])
+            feats.append(f.reshape(-1, f.shape[-1]).numpy())
+            labels.append(lab.reshape(-1, num_classes))
+    if not feats:
+        raise ValueError("the in-context memory data set is empty")
+    return np.ascontiguousarray(np.concatenate(feats), dtype=np.float32), torch.cat(labels)
+
+
+@torch.no_grad()
+def predict_queries(model: torch.nn.Module, dataset, index, memory_labels: torch.Tensor, size: int,
+                    num_classes: int, ignore_index: int, device: torch.device, k: int = 30,
+                    temperature: float = 0.02, use_rasa: bool = False, batch_size: int = 32,
+                    num_workers: int = 0) -> torch.Tensor:
+    """Segment the validation set by retrieval; returns the (C × C) confusion matrix at S×S."""
+    from tqdm import tqdm
+
+    conf = StreamingConfusion(num_classes, num_classes, ignore_index)
+    for x, m in tqdm(resized_loader(dataset, size, batch_size, num_workers, IMAGENET_MEAN, HB_STD),
+                     desc="in-context queries", leave=False):
+        f = patch_features(model, x.to(device), use_rasa)  # (B, h, w, D)
+        b, h, w, d = f.shape
+        soft = knn_soft_labels(index, memory_labels, f.reshape(-1, d), k, temperature)
+        soft = soft.view(b, h, w, num_classes).permute(0, 3, 1, 2)
+        pred = F.interpolate(soft, size=(size, size), mode="bilinear", align_corners=False).argmax(1)
+        conf.update(pred, m)
+    return conf.matrix
+
+
+def evaluate(model: torch.nn.Module, train_set, val_set, device: torch.device | str = "cpu", *, size: int = 518,
+             k: int = 30, temperature: float = 0.02, memory_size: int | None = None, aug_epochs: int = 1,
+             seeds: Sequence[int] = (0,), index: str = "flat", nlist: int | None = None, nprobe: int = 32,
+             use_rasa: bool = False, batch_size: int = 32, num_workers: int = 0) -> dict:
+    """Hummingbird in-context mIoU of `model`: memory from `train_set`, queries from `val_set`
+    (raw segmentation sets). Mean and std over `seeds`; per-class IoU averaged over seeds."""
+    from franca.commands._common import mean_std
+    from franca.utils.device import resolve_device
+
+    device = resolve_device(device)
+    num_classes, ignore = dataset_info(val_set)
+    size = round_to_patch(size, int(model.patch_size))
+    model = model.eval().to(device)
+    mious, ious, n_mem = [], [], 0
+    for s in seeds:
+        feats, labels = build_memory(model, train_set, size, num_classes, device, s, aug_epochs, memory_size,
+                                     use_rasa, batch_size, num_workers)
+        n_mem = feats.shape[0]
+        idx = build_index(feats, index, nlist, nprobe, use_gpu=device.type == "cuda")
+        del feats
+        conf = predict_queries(model, val_set, idx, labels, size, num_classes, ignore, device, k, temperature,
+                               use_rasa, batch_size, num_workers)
+        r = matched_miou(conf, "hungarian")
+        mious.append(r["miou"])
+        ious.append(r["per_class_iou"])
+        log.info("in-context seed %d: mIoU %.4f (memory %d patches)", s, r["miou"], n_mem)
+    ms = mean_std(mious)
+    return {"protocol": "incontext", "metric_name": "miou", "metric": ms["mean"], "miou": ms,
+            "per_class_iou": np.mean(ious, axis=0).tolist(),
+            "class_names": list(getattr(val_set, "class_names", ()) or ()),
+            "settings": {"size": size, "k": k, "temperature": temperature, "memory_size": memory_size,
+                         "memory_entries": n_mem, "aug_epochs": aug_epochs, "seeds": list(seeds), "index": index,
+                         "nprobe": nprobe if index == "ivf" else None, "use_rasa": use_rasa,
+                         "num_classes": num_classes, "ignore_index": ignore, "num_train": len(train_set),
+                         "num_val": len(val_set), "train": getattr(train_set, "name", None),
+                         "val": getattr(val_set, "name", None)}}

@@ -1,0 +1,301 @@
+"""Zero-shot keypoint correspondence on SPair-71k, as Probe3D evaluates it (PROTOCOLS §8).
+
+Each image is padded at the bottom/right to a white square, resized to ``image_size`` (800 for
+the paper's models), normalised with ImageNet statistics and centre-padded to a multiple of the
+patch size. Features are the last block's patch tokens *without* the final LayerNorm, L2-normalised
+per location. A source keypoint's feature is sampled bilinearly (align_corners=True), compared by
+dot product with every target location, and the argmax cell's corner (col, row) / grid is the
+prediction. PCK@0.10 uses the target box's longest side; it is computed per class over all
+keypoints of the sampled pairs, then averaged over classes, for viewpoint bins d = 0, 1, 2 and all.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from franca.eval.metrics3d import bbox_thresh_scale, pck
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BINS = ("0", "1", "2", "all")
+
+
+@dataclass
+class KeypointPair:
+    """One SPair-71k pair with the keypoints visible in both images, in original pixel (x, y)."""
+
+    src_image: Any  # PIL image
+    trg_image: Any
+    src_kps: np.ndarray  # (K, 2)
+    trg_kps: np.ndarray  # (K, 2)
+    trg_bbox: Sequence[float]  # [x1, y1, x2, y2]
+    category: str
+    viewpoint_variation: int
+    src_name: str = ""
+    trg_name: str = ""
+
+
+def default_image_size(patch_size: int) -> int:
+    """800 px for patch-14/16 models (the protocol); 16 patches a side for the tiny CPU sizes."""
+    return 800 if patch_size >= 14 else 16 * patch_size
+
+
+def pad_to_square_and_resize(image: Any, size: int) -> tuple[Tensor, float]:
+    """White-pad a PIL image at bottom/right to a square, resize (bicubic, antialias) to ``size``.
+
+    Returns the ImageNet-normalised (3, size, size) tensor and the keypoint scale size / side.
+    """
+    from PIL import Image
+
+    image = image.convert("RGB")
+    side = max(image.size)
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    arr = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    arr = F.interpolate(arr[None], size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
+    arr = arr.clamp(0, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (arr - mean) / std, size / side
+
+
+def center_pad(x: Tensor, multiple: int) -> Tensor:
+    """Zero-pad the last two dims symmetrically (extra pixel at the end) to a multiple of ``multiple``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+
+
+@torch.no_grad()
+def dense_features(model: torch.nn.Module, x: Tensor) -> Tensor:
+    """(B, 3, H, W) → (B, D, h, w): last block's patch tokens, no final norm, L2-normalised per location."""
+    x = center_pad(x, model.patch_size)
+    (feats,) = model.get_intermediate_layers(x, n=1, reshape=True, norm=False)
+    return F.normalize(feats.float(), dim=1)
+
+
+def match_keypoints(src_feat: Tensor, trg_feat: Tensor, src_kps01: Tensor) -> Tensor:
+    """Nearest-neighbour transfer of source keypoints into the target.
+
+    Args:
+        src_feat, trg_feat: (D, h, w) L2-normalised feature maps.
+        src_kps01: (K, 2) source keypoints (x, y) in [0, 1].
+    Returns:
+        (K, 2) predicted target keypoints (x, y) = (col, row) / (w, h) of the argmax cell.
+    """
+    d, h, w = trg_feat.shape
+    grid = (src_kps01.to(src_feat) * 2 - 1).view(1, 1, -1, 2)
+    q = F.grid_sample(src_feat[None], grid, mode="bilinear", align_corners=True)[0, :, 0]  # (D, K)
+    heat = trg_feat.reshape(d, h * w).T @ q  # (h*w, K)
+    idx = heat.argmax(dim=0)
+    col, row = (idx % w).double(), torch.div(idx, w, rounding_mode="floor").double()
+    return torch.stack([col / w, row / h], dim=1)
+
+
+def sample_pairs(pairs: Sequence[KeypointPair], n_pairs: int = 200, seed: int = 20) -> dict[str, dict[str, list[int]]]:
+    """Indices of the pairs evaluated per bin and class: shuffle each class/bin list with
+    random.Random(seed) and keep the first ``n_pairs``. Bin "all" samples from all viewpoints."""
+    by_class: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        by_class.setdefault(p.category, []).append(i)
+    out: dict[str, dict[str, list[int]]] = {b: {} for b in BINS}
+    for b in BINS:
+        for cat in sorted(by_class):
+            idx = [i for i in by_class[cat] if b == "all" or int(pairs[i].viewpoint_variation) == int(b)]
+            random.Random(seed).shuffle(idx)
+            if idx[:n_pairs]:
+                out[b][cat] = idx[:n_pairs]
+    return out
+
+
+class _FeatureCache:
+    """A small LRU of per-image feature maps, so images shared by pairs and bins run once."""
+
+    def __init__(self, model: torch.nn.Module, size: int, device: torch.device, capacity: int = 64):
+        self.model, self.size, self.device, self.capacity = model, size, device, capacity
+        self._store: OrderedDict[str, tuple[Tensor, float]] = OrderedDict()
+
+    def __call__(self, key: str, image: Any) -> tuple[Tensor, float]:
+        if key and key in self._store:
+            self._store.move_to_end(key)
+            return self._store[key]
+        x, scale = pad_to_square_and_resize(image, self.size)
+        from franca.utils.device import autocast_context
+
+        with autocast_context(self.device):
+            feat = dense_features(self.model, x[None].to(self.device))[0].float()
+        if key:
+            self._store[key] = (feat, scale)
+            if len(self._store) > self.capacity:
+                self._store.popitem(last=False)
+        return feat, scale
+
+
+def pair_correct(pair: KeypointPair, cache: _FeatureCache, size: int, alpha: float) -> Tensor:
+    """(K,) bool: PCK@alpha for each keypoint of one pair."""
+    src_feat, s_scale = cache(pair.src_name, pair.src_image)
+    trg_feat, t_scale = cache(pair.trg_name, pair.trg_image)
+    src = torch.as_tensor(np.asarray(pair.src_kps, dtype=np.float64)) * s_scale / size
+    gt = torch.as_tensor(np.asarray(pair.trg_kps, dtype=np.float64)) * t_scale / size
+    if len(src) == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    pred = match_keypoints(src_feat, trg_feat, src.float()).cpu()
+    thresh = bbox_thresh_scale(pair.trg_bbox, pair.trg_image.size)
+    return pck(pred, gt, thresh, alpha)
+
+
+def aggregate_pck(correct: dict[str, list[Tensor]]) -> tuple[float, dict[str, float]]:
+    """Per class: recall over all its keypoints; returns (mean over classes, per-class values)."""
+    per_class = {}
+    for cat, lst in sorted(correct.items()):
+        flat = torch.cat(lst) if lst else torch.zeros(0, dtype=torch.bool)
+        if flat.numel():
+            per_class[cat] = float(flat.double().mean())
+    if not per_class:
+        raise ValueError("no keypoints to evaluate (every sampled pair had no common visible keypoint)")
+    return float(np.mean(list(per_class.values()))), per_class
+
+
+def evaluate(
+    model: torch.nn.Module,
+    data: str | Path | Sequence[KeypointPair] | None = None,
+    *,
+    image_size: int | None = None,
+    n_pairs: int = 200,
+    alpha: float = 0.10,
+    split: str = "test",
+    seed: int = 20,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """PCK@alpha on SPair-71k-style pairs for viewpoint bins 0, 1, 2 and all.
+
+    ``data``: a dataset root (``SPair-71k/`` or its parent; default: the built-in toy set) or a
+    sequence of ``KeypointPair``. Returns a JSON-serialisable dict whose ``metric`` is PCK (in %)
+    over "all".
+    """
+    from franca.utils.device import resolve_device
+
+    device = resolve_device(device)
+    pairs = load_pairs(data, split) if data is None or isinstance(data, (str, Path)) else list(data)
+    if not pairs:
+        raise ValueError(f"no keypoint pairs found in {data!r} (split {split!r})")
+    size = image_size or default_image_size(model.patch_size)
+    model = model.to(device).eval()
+    cache = _FeatureCache(model, size, device)
+    chosen = sample_pairs(pairs, n_pairs, seed)
+    result_bins: dict[str, Any] = {}
+    for b in BINS:
+        correct: dict[str, list[Tensor]] = {}
+        for cat, idx in chosen[b].items():
+            correct[cat] = [pair_correct(pairs[i], cache, size, alpha) for i in idx]
+        if not correct:
+            continue
+        mean, per_class = aggregate_pck(correct)
+        result_bins[b] = {"pck": 100 * mean, "per_class": {k: 100 * v for k, v in per_class.items()},
+                          "n_pairs": sum(len(v) for v in chosen[b].values()),
+                          "n_keypoints": int(sum(int(t.numel()) for v in correct.values() for t in v))}
+        log.info("keypoints: d=%s PCK@%.2f = %.2f over %d classes", b, alpha, 100 * mean, len(per_class))
+    return {
+        "protocol": "keypoints",
+        "metric_name": f"pck@{alpha:.2f}_all",
+        "metric": result_bins["all"]["pck"],
+        "pck": {b: v["pck"] for b, v in result_bins.items()},
+        "bins": result_bins,
+        "image_size": size,
+        "alpha": alpha,
+        "n_pairs_per_class": n_pairs,
+        "split": split,
+    }
+
+
+def load_pairs(root: str | Path | None, split: str = "test") -> list[KeypointPair]:
+    """Read SPair-71k pairs (PROTOCOLS §12.6) under ``root`` (default: the built-in toy set).
+
+    ``root`` may be the ``SPair-71k`` folder or its parent. Keypoints come from the pair file's
+    ``src_kps``/``trg_kps`` (the ones visible in both) or, when absent, from the two images'
+    ``ImageAnnotation`` ``kps`` dicts, keeping ids visible in both.
+    """
+    import json
+
+    if root is None:
+        from franca.data.toy import ensure_toy
+
+        root = ensure_toy()
+    root = Path(root)
+    if not (root / "PairAnnotation").is_dir() and (root / "SPair-71k").is_dir():
+        root = root / "SPair-71k"
+    ann_dir = root / "PairAnnotation" / split
+    if not ann_dir.is_dir():
+        raise FileNotFoundError(f"SPair-71k pair annotations not found: {ann_dir}")
+    pairs = []
+    for f in sorted(ann_dir.glob("*.json")):
+        a = json.loads(f.read_text())
+        try:
+            cat = a["category"]
+            src_name, trg_name = _image_names(a, f)
+            src_kps, trg_kps = _common_kps(a, root, cat, src_name, trg_name)
+            pairs.append(KeypointPair(
+                src_image=_LazyImage(root / "JPEGImages" / cat / src_name),
+                trg_image=_LazyImage(root / "JPEGImages" / cat / trg_name),
+                src_kps=src_kps, trg_kps=trg_kps, trg_bbox=a["trg_bndbox"], category=cat,
+                viewpoint_variation=int(a.get("viewpoint_variation", 0)),
+                src_name=f"{cat}/{src_name}", trg_name=f"{cat}/{trg_name}"))
+        except KeyError as exc:
+            raise KeyError(f"{f}: missing key {exc}") from exc
+    return pairs
+
+
+def _image_names(a: dict[str, Any], f: Path) -> tuple[str, str]:
+    if "src_imname" in a and "trg_imname" in a:
+        return a["src_imname"], a["trg_imname"]
+    stem = f.stem.split(":")[0]  # <pairid>-<src>-<trg>
+    _, src, trg = stem.split("-", 2)
+    return f"{src}.jpg", f"{trg}.jpg"
+
+
+def _common_kps(a: dict[str, Any], root: Path, cat: str, src: str, trg: str) -> tuple[np.ndarray, np.ndarray]:
+    if "src_kps" in a and "trg_kps" in a:
+        s, t = np.asarray(a["src_kps"], dtype=np.float64), np.asarray(a["trg_kps"], dtype=np.float64)
+        return s.reshape(-1, 2), t.reshape(-1, 2)
+    import json
+
+    sk = json.loads((root / "ImageAnnotation" / cat / f"{Path(src).stem}.json").read_text())["kps"]
+    tk = json.loads((root / "ImageAnnotation" / cat / f"{Path(trg).stem}.json").read_text())["kps"]
+    ids = sorted((k for k in sk if sk[k] is not None and tk.get(k) is not None), key=int)
+    s = np.asarray([sk[k] for k in ids], dtype=np.float64).reshape(-1, 2)
+    t = np.asarray([tk[k] for k in ids], dtype=np.float64).reshape(-1, 2)
+    return s, t
+
+
+class _LazyImage:
+    """A PIL image read from disk when used (``.size`` reads only the header), never kept in memory."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _open(self):
+        from PIL import Image
+
+        if not self.path.is_file():
+            raise FileNotFoundError(f"SPair-71k image not found: {self.path}")
+        return Image.open(self.path)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        with self._open() as im:
+            return im.size
+
+    def convert(self, mode: str):
+        with self._open() as im:
+            return im.convert(mode)

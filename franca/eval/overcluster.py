@@ -1,0 +1,133 @@
+"""Overclustering (the Leopart protocol, PROTOCOLS.md §5): K-means on the frozen patch tokens of a
+whole validation set, clusters matched to classes, mIoU.
+
+Steps as Leopart's code does them: resize to S×S (not crop) → last-layer normed patch tokens →
+standardise every dimension over all tokens → PCA to 50 (faiss `PCAMatrix`) → faiss K-means
+(niter 100, nredo 5) for seeds 0-4 → cluster maps and masks resized (nearest) to 100×100 →
+Hungarian matching at K = C, greedy many-to-one precision matching at K > C → mIoU over all GT
+classes, averaged over the seeds. `refine_hungarian` gives the paper's "greedy, then Hungarian".
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from franca.eval.dense import dataset_info, patch_features, resized_loader, round_to_patch
+from franca.eval.metrics import StreamingConfusion, matched_miou
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def extract_tokens(model: torch.nn.Module, dataset, size: int, device: torch.device, batch_size: int = 32,
+                   num_workers: int = 0, use_rasa: bool = False, mask_size: int = 100
+                   ) -> tuple[np.ndarray, tuple[int, int], torch.Tensor]:
+    """Patch tokens of every image (N·h·w, D) float32, the grid (h, w), and the masks resized
+    (nearest, via S×S as Leopart does) to mask_size² as (N, mask_size, mask_size) int64."""
+    from tqdm import tqdm
+
+    feats, masks, grid = [], [], (0, 0)
+    loader = resized_loader(dataset, size, batch_size, num_workers)
+    for x, m in tqdm(loader, desc="overcluster features", leave=False):
+        f = patch_features(model, x.to(device), use_rasa)  # (B, h, w, D)
+        grid = (f.shape[1], f.shape[2])
+        feats.append(f.reshape(-1, f.shape[-1]).cpu().numpy())
+        masks.append(F.interpolate(m[:, None].float(), size=(mask_size, mask_size), mode="nearest")[:, 0].long())
+    if not feats:
+        raise ValueError("the overclustering data set is empty")
+    return np.ascontiguousarray(np.concatenate(feats), dtype=np.float32), grid, torch.cat(masks)
+
+
+def standardize_pca(x: np.ndarray, dim: int = 50) -> np.ndarray:
+    """Per-dimension z-score over all tokens (sklearn StandardScaler: population std, zero std → 1),
+    then PCA to `dim` dimensions with faiss PCAMatrix trained on all tokens."""
+    import faiss
+
+    x64 = x.astype(np.float64)
+    mean = x64.mean(0)
+    std = x64.std(0)
+    std[std == 0] = 1.0
+    z = np.ascontiguousarray((x64 - mean) / std, dtype=np.float32)
+    dim = min(dim, z.shape[1])
+    pca = faiss.PCAMatrix(z.shape[1], dim)
+    pca.train(z)
+    return pca.apply_py(z) if hasattr(pca, "apply_py") else pca.apply(z)
+
+
+def kmeans_assign(x: np.ndarray, k: int, seed: int, niter: int = 100, nredo: int = 5) -> np.ndarray:
+    """faiss K-means (best of `nredo` restarts by objective), then each point's nearest centroid."""
+    import faiss
+
+    if k > x.shape[0]:
+        raise ValueError(f"K-means with K={k} needs at least K points, got {x.shape[0]} tokens")
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=int(seed), spherical=False, verbose=False)
+    km.train(x)
+    _, idx = km.index.search(x, 1)
+    return idx[:, 0].astype(np.int64)
+
+
+def cluster_confusion(assign: np.ndarray, grid: tuple[int, int], masks: torch.Tensor, k: int,
+                      num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """(C × K) confusion of cluster maps (resized nearest to the mask size) against the masks."""
+    n = masks.shape[0]
+    maps = torch.from_numpy(assign).view(n, 1, *grid).float()
+    maps = F.interpolate(maps, size=tuple(masks.shape[-2:]), mode="nearest")[:, 0].long()
+    conf = StreamingConfusion(num_classes, k, ignore_index)
+    conf.update(maps, masks)
+    return conf.matrix
+
+
+def overcluster_scores(tokens: np.ndarray, grid: tuple[int, int], masks: torch.Tensor, num_classes: int,
+                       ks: Sequence[int], seeds: Sequence[int], ignore_index: int = 255, pca_dim: int = 50,
+                       niter: int = 100, nredo: int = 5, refine_hungarian: bool = False) -> dict:
+    """The pure core: tokens (N·h·w, D) → {K: {"miou": mean_std, "per_class_iou": mean over seeds}}."""
+    from tqdm import tqdm
+
+    from franca.commands._common import mean_std
+
+    z = standardize_pca(tokens, pca_dim)
+    out: dict[str, dict] = {}
+    for k in ks:
+        mode = "greedy+hungarian" if (refine_hungarian and k > num_classes) else "auto"
+        mious, ious = [], []
+        for s in tqdm(seeds, desc=f"k-means K={k}", leave=False):
+            conf = cluster_confusion(kmeans_assign(z, k, s, niter, nredo), grid, masks, k, num_classes, ignore_index)
+            r = matched_miou(conf, mode)
+            mious.append(r["miou"])
+            ious.append(r["per_class_iou"])
+        out[str(k)] = {"miou": mean_std(mious), "per_class_iou": np.mean(ious, axis=0).tolist(), "matching": mode
+                       if mode != "auto" else ("hungarian" if k <= num_classes else "greedy")}
+        log.info("overcluster K=%d: mIoU %.4f", k, out[str(k)]["miou"]["mean"])
+    return out
+
+
+def evaluate(model: torch.nn.Module, dataset, device: torch.device | str = "cpu", *, size: int = 448,
+             ks: Sequence[int | None] = (100, 300, None), seeds: Sequence[int] = (0, 1, 2, 3, 4),
+             pca_dim: int = 50, niter: int = 100, nredo: int = 5, refine_hungarian: bool = False,
+             use_rasa: bool = False, batch_size: int = 32, num_workers: int = 0, mask_size: int = 100) -> dict:
+    """Leopart overclustering of `model` on a raw segmentation set (e.g. VOC val, COCO-Things val).
+
+    `ks` entries of None mean "the class count". The headline `metric` is the mIoU (mean over
+    seeds) at the first K.
+    """
+    from franca.utils.device import resolve_device
+
+    device = resolve_device(device)
+    num_classes, ignore = dataset_info(dataset)
+    size = round_to_patch(size, int(model.patch_size))
+    ks = [num_classes if k is None else int(k) for k in ks]
+    model = model.eval().to(device)
+    tokens, grid, masks = extract_tokens(model, dataset, size, device, batch_size, num_workers, use_rasa, mask_size)
+    res = overcluster_scores(tokens, grid, masks, num_classes, ks, seeds, ignore, pca_dim, niter, nredo,
+                             refine_hungarian)
+    return {"protocol": "overcluster", "metric_name": f"miou_k{ks[0]}", "metric": res[str(ks[0])]["miou"]["mean"],
+            "results": res, "per_class_iou": res[str(ks[0])]["per_class_iou"],
+            "class_names": list(getattr(dataset, "class_names", ()) or ()),
+            "settings": {"size": size, "ks": ks, "seeds": list(seeds), "pca_dim": pca_dim, "niter": niter,
+                         "nredo": nredo, "refine_hungarian": refine_hungarian, "mask_size": mask_size,
+                         "use_rasa": use_rasa, "num_images": len(dataset), "num_classes": num_classes,
+                         "ignore_index": ignore, "dataset": getattr(dataset, "name", type(dataset).__name__)}}

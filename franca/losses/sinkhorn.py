@@ -1,0 +1,75 @@
+"""Sinkhorn-Knopp teacher targets (SwAV / DINOv2 / Franca; PROTOCOLS.md §1.6).
+
+Released algorithm, with teacher logits L (n samples × K prototypes) and temperature τ:
+Q = exp(L/τ); three times: divide every prototype (column of Q here) by its sum over *all* samples of
+*all* processes (and by K), then every sample (row) by its own sum (and by the sample count); finally
+multiply by the sample count so that each sample's target sums to 1. The iBOT variant first divides Q
+by its global total and uses the all-reduced number of masked patches as the sample count.
+
+Every constant factor in that recipe (K, the sample count, the initial global total) cancels, because
+each prototype step divides by a per-prototype sum and each sample step by a per-sample sum. This
+implementation therefore works in log space without them: it is the same function, but it stays finite
+at any temperature and batch size (no exp overflow, no all-zero rows), and its only collectives are
+a sum (``all_reduce_sum``) and a gather of K per-prototype maxima (``all_gather_cat``).
+"""
+from __future__ import annotations
+
+import torch
+
+from franca.utils.distributed import all_gather_cat, all_reduce_sum
+
+__all__ = ["sinkhorn_knopp"]
+
+
+def _global_logsumexp_over_samples(log_q: torch.Tensor) -> torch.Tensor:
+    """log Σ_j exp(log_q[j, k]) over the samples of every process -> (K,)."""
+    if log_q.shape[0] > 0:
+        local_max = log_q.max(dim=0).values
+    else:
+        local_max = torch.full(log_q.shape[1:], float("-inf"), dtype=log_q.dtype, device=log_q.device)
+    m = all_gather_cat(local_max.unsqueeze(0)).max(dim=0).values
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = all_reduce_sum(torch.exp(log_q - m).sum(dim=0))
+    return m + torch.log(s)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(
+    logits: torch.Tensor,
+    temperature: float,
+    n_iterations: int = 3,
+    n_samples: int | torch.Tensor | None = None,
+    include_padding: bool = False,
+) -> torch.Tensor:
+    """Balanced soft assignments of samples to prototypes; rows of the result sum to 1.
+
+    Args:
+        logits: (n, K) teacher head outputs of this process (any float dtype; computed in fp32).
+        temperature: teacher temperature τ_t (> 0).
+        n_iterations: Sinkhorn rounds (3 in Franca).
+        n_samples: iBOT variant: only the first ``n_samples`` rows are real masked patches, the rest is
+            the padding of a fixed ``upperbound`` buffer. By default padding rows are left out of the
+            prototype sums and returned as zeros; ``include_padding=True`` keeps them in, as the
+            released code does (PROTOCOLS.md §1.6 quirk), for bit-level parity.
+        include_padding: see ``n_samples``.
+
+    Returns:
+        (n, K) fp32 targets, detached. Prototype sums are global across processes; each real row sums to 1.
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"sinkhorn_knopp expects (n, K) logits, got shape {tuple(logits.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if n_iterations < 1:
+        raise ValueError(f"n_iterations must be >= 1, got {n_iterations}")
+    n = logits.shape[0]
+    n_real = n if n_samples is None or include_padding else int(n_samples)
+    if not 0 <= n_real <= n:
+        raise ValueError(f"n_samples {n_real} is outside [0, {n}] rows")
+    out = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+    log_q = logits[:n_real].detach().float() / temperature
+    for _ in range(n_iterations):
+        log_q = log_q - _global_logsumexp_over_samples(log_q)  # prototype step (global sums)
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)  # sample step (local rows)
+    out[:n_real] = torch.exp(log_q)
+    return out

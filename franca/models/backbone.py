@@ -1,0 +1,321 @@
+"""The DINOv2/Franca vision transformer, built on timm's `VisionTransformer`.
+
+timm provides the patch embedding, the pre-norm blocks (SDPA attention, LayerScale, drop path),
+the GELU MLP and the packed SwiGLU. On top of that this module adds what DINOv2/Franca need:
+
+- a `mask_token` that replaces masked patch embeddings (before CLS and position are added);
+- the reference position-embedding interpolation (bicubic, scale factors ((h0+0.1)/M, (w0+0.1)/M),
+  fp32, no antialias, CLS position kept) at any input size, square or not;
+- optional register tokens inserted after CLS with no position embedding (DINOv2 style);
+- `forward_features` (a tensor or a list of tensors), `get_intermediate_layers` (DINOv2 semantics),
+  `get_last_selfattention` (explicit softmax of the last block) and the RASA projection buffer.
+
+The state-dict keys are DINOv2's flat names (`blocks.{i}.mlp.w12`, `ls1.gamma`, `mask_token`,
+`register_tokens`, …), so released files load after a key remap only (see `franca.models.weights`).
+
+Stochastic depth is timm's per-sample `DropPath` with the same rate in every block
+(`drop_path_uniform`, the Franca default). The reference's "batch-subset" variant (residual computed
+on a random subset of the batch and rescaled) is not reproduced: it has the same expectation and is
+only a speed trick.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, GluMlp, LayerNorm, Mlp
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+FFN_TYPES = ("swiglu", "mlp")
+
+
+def swiglu_hidden_dim(embed_dim: int, mlp_ratio: float = 4.0) -> int:
+    """DINOv2's SwiGLU width h: ⌊mlp_ratio·D·2/3⌋ rounded up to a multiple of 8 (B: 2048, L: 2736, g: 4096)."""
+    h = int(int(embed_dim * mlp_ratio) * 2 / 3)
+    return (h + 7) // 8 * 8
+
+
+class SwiGLUFFN(GluMlp):
+    """timm's packed SwiGLU (silu(x1)·x2 with [x1 | x2] = w12(x)) under DINOv2's names `w12`/`w3`."""
+
+    def __init__(self, in_features: int, hidden_features: int, **kwargs: Any) -> None:
+        kwargs.pop("act_layer", None)
+        super().__init__(in_features, hidden_features, act_layer=nn.SiLU, gate_last=False, **kwargs)
+        self.w12 = self._modules.pop("fc1")
+        self.w3 = self._modules.pop("fc2")
+
+    # GluMlp.forward/init_weights read fc1/fc2; point them at the renamed layers.
+    @property
+    def fc1(self) -> nn.Module:  # type: ignore[override]
+        return self._modules.get("w12") or self._modules["fc1"]
+
+    @property
+    def fc2(self) -> nn.Module:  # type: ignore[override]
+        return self._modules.get("w3") or self._modules["fc2"]
+
+
+def _ffn_factory(ffn: str, embed_dim: int, hidden_dim: int | None) -> tuple[Callable[..., nn.Module], type]:
+    """An `mlp_layer` for timm's Block that ignores timm's hidden width and uses ours."""
+    if ffn not in FFN_TYPES:
+        raise ValueError(f"ffn must be one of {FFN_TYPES}, got {ffn!r}")
+    if ffn == "swiglu":
+        h = hidden_dim or swiglu_hidden_dim(embed_dim)
+
+        def make(in_features: int, hidden_features: int | None = None, **kw: Any) -> nn.Module:
+            return SwiGLUFFN(in_features, 2 * h, **kw)
+
+        return make, nn.SiLU
+    h = hidden_dim or 4 * embed_dim
+
+    def make_mlp(in_features: int, hidden_features: int | None = None, **kw: Any) -> nn.Module:
+        return Mlp(in_features, h, **kw)
+
+    return make_mlp, nn.GELU
+
+
+class DinoVisionTransformer(VisionTransformer):
+    """DINOv2/Franca ViT with DINOv2 state-dict names and the reference forward semantics."""
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 14,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        ffn: str = "swiglu",
+        ffn_hidden_dim: int | None = None,
+        layerscale: float | None = 1e-5,
+        num_register_tokens: int = 0,
+        drop_path_rate: float = 0.0,
+        drop_path_uniform: bool = True,
+        interpolate_offset: float = 0.1,
+        interpolate_antialias: bool = False,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        in_chans: int = 3,
+    ) -> None:
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        mlp_layer, act_layer = _ffn_factory(ffn, embed_dim, ffn_hidden_dim)
+        super().__init__(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0, global_pool="token",
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias,
+            init_values=layerscale or None, class_token=True, no_embed_class=False, reg_tokens=0,
+            drop_path_rate=0.0, weight_init="skip", norm_layer=LayerNorm, act_layer=act_layer,
+            mlp_layer=mlp_layer,
+        )
+        self.patch_embed.strict_img_size = False  # any multiple of the patch size
+        self.patch_size = int(patch_size)
+        self.img_size = int(img_size)
+        self.num_heads = int(num_heads)
+        self.n_blocks = int(depth)
+        self.ffn = ffn
+        self.num_register_tokens = int(num_register_tokens)
+        self.interpolate_offset = float(interpolate_offset)
+        self.interpolate_antialias = bool(interpolate_antialias)
+        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim)) if num_register_tokens else None
+        )
+        self.register_buffer("rasa_proj", None, persistent=True)
+        self.drop_path_rate = float(drop_path_rate)
+        if drop_path_rate > 0:
+            rates = [drop_path_rate] * depth if drop_path_uniform else torch.linspace(0, drop_path_rate, depth).tolist()
+            for blk, rate in zip(self.blocks, rates):
+                blk.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
+                blk.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
+        self.init_franca_weights()
+
+    # ------------------------------------------------------------------ init / config
+    @torch.no_grad()
+    def init_franca_weights(self) -> None:
+        """Reference init: Linear trunc-normal(0.02) with zero bias, pos trunc-normal(0.02),
+        CLS/registers normal(1e-6), mask token zeros, LayerNorm (1, 0); LayerScale keeps its init value."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.register_tokens is not None:
+            nn.init.normal_(self.register_tokens, std=1e-6)
+        nn.init.zeros_(self.mask_token)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "mask_token", "register_tokens"}
+
+    # ------------------------------------------------------------------ RASA
+    def set_rasa_projection(self, P: Tensor | None) -> None:
+        """Set (or clear with None) the (D, D) RASA projection applied to the final patch tokens."""
+        if P is None:
+            self.rasa_proj = None
+            return
+        D = self.embed_dim
+        if not isinstance(P, Tensor) or tuple(P.shape) != (D, D):
+            shape = tuple(P.shape) if isinstance(P, Tensor) else type(P).__name__
+            raise ValueError(f"RASA projection must be a ({D}, {D}) tensor, got {shape}")
+        self.rasa_proj = P.detach().to(device=self.cls_token.device, dtype=torch.float32).clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):  # noqa: D401 - torch hook
+        # A saved RASA projection creates the buffer on load, so models with and without one round-trip.
+        key = prefix + "rasa_proj"
+        if key in state_dict and self.rasa_proj is None and isinstance(state_dict[key], Tensor):
+            self.rasa_proj = torch.empty_like(state_dict[key], device=self.cls_token.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    # ------------------------------------------------------------------ tokens
+    @property
+    def pos_grid(self) -> int:
+        """Side M of the stored (square) position-embedding grid."""
+        return math.isqrt(self.pos_embed.shape[1] - 1)
+
+    def interpolate_pos_encoding(self, h0: int, w0: int, dtype: torch.dtype) -> Tensor:
+        """Position embedding (1, 1+h0·w0, D) for an h0×w0 patch grid, as the reference computes it."""
+        pos = self.pos_embed
+        n0 = pos.shape[1] - 1
+        if h0 == w0 and h0 * w0 == n0:
+            return pos.to(dtype)
+        M = self.pos_grid
+        pos = pos.float()
+        grid = pos[:, 1:].reshape(1, M, M, -1).permute(0, 3, 1, 2)
+        if self.interpolate_offset:
+            kw: dict[str, Any] = {"scale_factor": ((h0 + self.interpolate_offset) / M,
+                                                   (w0 + self.interpolate_offset) / M)}
+        else:
+            kw = {"size": (h0, w0)}
+        grid = F.interpolate(grid, mode="bicubic", antialias=self.interpolate_antialias, **kw)
+        if tuple(grid.shape[-2:]) != (h0, w0):  # pragma: no cover - guards the offset arithmetic
+            raise RuntimeError(f"position grid resized to {tuple(grid.shape[-2:])}, expected {(h0, w0)}")
+        grid = grid.permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)
+        return torch.cat([pos[:, :1], grid], dim=1).to(dtype)
+
+    def _grid(self, x: Tensor) -> tuple[int, int]:
+        if x.ndim != 4:
+            raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        p = self.patch_size
+        if H % p or W % p:
+            raise ValueError(f"input size {H}x{W} is not a multiple of the patch size {p}; "
+                             f"resize or crop to a multiple (e.g. {H // p * p}x{W // p * p})")
+        return H // p, W // p
+
+    def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
+        """Patch embed → mask token → CLS → + position → registers: (B, 1+R+N, D)."""
+        h0, w0 = self._grid(x)
+        B = x.shape[0]
+        t = self.patch_embed(x)
+        if masks is not None:
+            masks = masks.reshape(B, -1).bool()
+            if masks.shape[1] != t.shape[1]:
+                raise ValueError(f"masks have {masks.shape[1]} entries per image, the input has {t.shape[1]} patches")
+            t = torch.where(masks.unsqueeze(-1), self.mask_token.to(t.dtype).unsqueeze(0), t)
+        t = torch.cat([self.cls_token.expand(B, -1, -1), t], dim=1)
+        t = t + self.interpolate_pos_encoding(h0, w0, t.dtype)
+        if self.register_tokens is not None:
+            t = torch.cat([t[:, :1], self.register_tokens.expand(B, -1, -1), t[:, 1:]], dim=1)
+        return t
+
+    def _run_blocks(self, t: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            from timm.models._manipulate import checkpoint_seq
+
+            return checkpoint_seq(self.blocks, t)
+        return self.blocks(t)
+
+    # ------------------------------------------------------------------ forward
+    def _output(self, t: Tensor, masks: Tensor | None, use_rasa_head: bool) -> dict[str, Tensor | None]:
+        xn = self.norm(t)
+        r = self.num_register_tokens
+        out: dict[str, Tensor | None] = {
+            "x_norm_clstoken": xn[:, 0],
+            "x_norm_regtokens": xn[:, 1:r + 1],
+            "x_norm_patchtokens": xn[:, r + 1:],
+            "x_prenorm": t,
+            "masks": masks,
+        }
+        if use_rasa_head:
+            if self.rasa_proj is None:
+                raise ValueError("use_rasa_head=True but this backbone has no RASA projection; "
+                                 "load it with rasa=FILE or call set_rasa_projection(P)")
+            patches = out["x_norm_patchtokens"]
+            out["patch_token_rasa"] = patches @ self.rasa_proj.to(patches.dtype).T
+        return out
+
+    def forward_features(self, x: Tensor | Sequence[Tensor], masks: Tensor | Sequence[Tensor | None] | None = None,
+                         use_rasa_head: bool = False) -> dict | list[dict]:
+        """Final features of one batch (dict) or of several batches of different sizes (list of dicts)."""
+        if isinstance(x, (list, tuple)):
+            masks_list = list(masks) if isinstance(masks, (list, tuple)) else [masks] * len(x)
+            if len(masks_list) != len(x):
+                raise ValueError(f"got {len(x)} inputs but {len(masks_list)} masks")
+            return [self.forward_features(xi, mi, use_rasa_head) for xi, mi in zip(x, masks_list)]
+        t = self._run_blocks(self.prepare_tokens_with_masks(x, masks))
+        return self._output(t, masks, use_rasa_head)
+
+    def forward(self, x: Tensor | Sequence[Tensor], *args: Any, is_training: bool = False, **kwargs: Any):
+        """`x_norm_clstoken` (the DINOv2 `forward` at eval time); the full dict with is_training=True."""
+        out = self.forward_features(x, *args, **kwargs)
+        if is_training:
+            return out
+        if isinstance(out, list):
+            return [o["x_norm_clstoken"] for o in out]
+        return out["x_norm_clstoken"]
+
+    def get_intermediate_layers(self, x: Tensor, n: int | Sequence[int] = 1, reshape: bool = False,
+                                return_class_token: bool = False, norm: bool = True, masks: Tensor | None = None):
+        """Outputs of the last `n` blocks (int) or of the listed block indices, in block order.
+
+        With `norm` the final LayerNorm is applied to each; CLS is split off (and returned alongside
+        with `return_class_token`); `reshape` gives patch tokens as (B, D, h, w).
+        """
+        h0, w0 = self._grid(x)
+        depth = len(self.blocks)
+        take = set(range(depth - n, depth)) if isinstance(n, int) else {int(i) for i in n}
+        bad = [i for i in take if not 0 <= i < depth]
+        if bad or not take:
+            raise ValueError(f"block indices {sorted(bad) or n} out of range for {depth} blocks")
+        t = self.prepare_tokens_with_masks(x, masks)
+        outs = []
+        for i, blk in enumerate(self.blocks):
+            t = blk(t)
+            if i in take:
+                outs.append(t)
+            if i >= max(take):
+                break
+        if norm:
+            outs = [self.norm(o) for o in outs]
+        cls = [o[:, 0] for o in outs]
+        patches = [o[:, 1 + self.num_register_tokens:] for o in outs]
+        if reshape:
+            B = x.shape[0]
+            patches = [p.reshape(B, h0, w0, -1).permute(0, 3, 1, 2).contiguous() for p in patches]
+        if return_class_token:
+            return tuple(zip(patches, cls))
+        return tuple(patches)
+
+    @torch.no_grad()
+    def get_last_selfattention(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
+        """Attention probabilities (B, heads, T, T) of the last block, T = 1+R+N, computed explicitly."""
+        t = self.prepare_tokens_with_masks(x, masks)
+        for blk in self.blocks[:-1]:
+            t = blk(t)
+        return explicit_attention(self.blocks[-1], t)
+
+
+def explicit_attention(block: nn.Module, t: Tensor) -> Tensor:
+    """softmax(q kᵀ/√d) of a timm block's attention on norm1(t) (the fused kernel returns no weights)."""
+    attn = block.attn
+    B, T, _ = t.shape
+    qkv = attn.qkv(block.norm1(t)).reshape(B, T, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    return ((q * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)

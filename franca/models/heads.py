@@ -1,0 +1,165 @@
+"""Nested Matryoshka clustering heads of Franca (arXiv 2507.14137, §3; PROTOCOLS.md §1.5, §13.1).
+
+One head maps a backbone token (n, D) to L logit tensors, one per nesting level, coarse to fine.
+Level l works on a d_l-wide view of the token (d_l = D/16, D/8, D/4, D/2, D by default) and owns
+
+1. how the view is made (``mode``):
+   - ``"slice"`` (default, the paper's wording and Matryoshka representation learning): the first
+     d_l coordinates of the token;
+   - ``"projection"`` (the released code, ``MRLDINOHead``): a learned ``Linear(D, d_l)`` of the whole token,
+     stored as ``matryoshka_projections.{l}``;
+2. its own MLP ``mlps.{l}``: Linear(d_l, hidden) + GELU, (nlayers-2) × [Linear(hidden, hidden) + GELU],
+   Linear(hidden, bottleneck) + GELU (the final GELU is the released code's; there is no BatchNorm);
+3. optionally an L2 normalisation of the bottleneck (off by default: the released MRL head has none,
+   the plain DINOv2 head has one);
+4. its own weight-normalised prototype layer ``last_layers.{l}`` (no bias, gain initialised to 1) with
+   K_l = int(n_prototypes · d_l / D) prototypes, e.g. ViT-B/14 with 131072:
+   [8192, 16384, 32768, 65536, 131072].
+
+Parameter names follow the released checkpoints (``mlps.{l}.{j}.weight``, ``last_layers.{l}.weight_g``,
+``last_layers.{l}.weight_v``, ``matryoshka_projections.{l}.weight``), so "last_layer" appears in the name
+of every prototype parameter (the freeze schedule of PROTOCOLS.md §1.8 matches on it).
+Weight normalisation is computed in ``forward`` from plain parameters, so it works unchanged under
+``torch.compile``, FSDP and ``deepcopy`` (no hooks, no parametrization objects).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["MatryoshkaHead", "WeightNormLinear", "matryoshka_dims", "prototypes_per_level"]
+
+
+def matryoshka_dims(in_dim: int, nesting_levels: int = 5) -> list[int]:
+    """Default nesting widths [D/2^(L-1), …, D/2, D] (coarse → fine); D must divide evenly."""
+    if nesting_levels < 1:
+        raise ValueError(f"nesting_levels must be >= 1, got {nesting_levels}")
+    div = 2 ** (nesting_levels - 1)
+    if in_dim % div:
+        raise ValueError(f"in_dim {in_dim} is not divisible by 2**(nesting_levels-1) = {div}")
+    return [in_dim // 2 ** (nesting_levels - 1 - i) for i in range(nesting_levels)]
+
+
+def prototypes_per_level(n_prototypes: int, level_dims: Sequence[int], in_dim: int) -> list[int]:
+    """K_l = int(n_prototypes · d_l / D), as the released code scales prototypes with the level width."""
+    return [int(n_prototypes * d / in_dim) for d in level_dims]
+
+
+class WeightNormLinear(nn.Module):
+    """Bias-free Linear with weight normalisation, W = g · V / ‖V‖ (row-wise, as ``weight_norm(dim=0)``).
+
+    ``weight_v`` keeps nn.Linear's default init (the released code's trunc-normal init never reaches it);
+    ``weight_g`` starts at 1. ``freeze_gain=True`` fixes g (DINOv2's ``norm_last_layer``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, freeze_gain: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        v = torch.empty(out_features, in_features)
+        nn.init.kaiming_uniform_(v, a=math.sqrt(5))  # nn.Linear's default
+        self.weight_v = nn.Parameter(v)
+        self.weight_g = nn.Parameter(torch.ones(out_features, 1), requires_grad=not freeze_gain)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_g * self.weight_v / self.weight_v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def _mlp(in_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int, final_gelu: bool) -> nn.Sequential:
+    """Linear+GELU blocks ending at the bottleneck (indices 0, 2, 4 … are Linears, as released)."""
+    if nlayers < 1:
+        raise ValueError(f"nlayers must be >= 1, got {nlayers}")
+    dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
+    layers: list[nn.Module] = []
+    for j in range(nlayers):
+        layers.append(nn.Linear(dims[j], dims[j + 1]))
+        if j < nlayers - 1 or final_gelu:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+class MatryoshkaHead(nn.Module):
+    """L nested projection heads with prototype layers; ``forward(x (n,D)) -> [ (n,K_1), …, (n,K_L) ]``.
+
+    Args:
+        in_dim: backbone width D.
+        n_prototypes: prototypes of the finest (full-width) level, K_L.
+        nesting_levels: L, used when ``level_dims`` is None (widths D/2^(L-1) … D).
+        mode: ``"slice"`` (first d_l coordinates; default) or ``"projection"`` (Linear(D, d_l) per level).
+        hidden_dim, bottleneck_dim, nlayers: per-level MLP sizes (paper: 2048, 384, 3).
+        level_dims: explicit nesting widths, increasing, each ≤ D (overrides ``nesting_levels``).
+        l2_norm: L2-normalise the bottleneck before the prototypes (off: released MRL head).
+        final_gelu: GELU after the last MLP Linear (on: released MRL head).
+        freeze_gain: keep every weight-norm gain fixed at 1.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_prototypes: int,
+        nesting_levels: int = 5,
+        mode: str = "slice",
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 384,
+        nlayers: int = 3,
+        level_dims: Sequence[int] | None = None,
+        l2_norm: bool = False,
+        final_gelu: bool = True,
+        freeze_gain: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in ("slice", "projection"):
+            raise ValueError(f"mode must be 'slice' or 'projection', got {mode!r}")
+        dims = list(level_dims) if level_dims is not None else matryoshka_dims(in_dim, nesting_levels)
+        if not dims or any(d < 1 or d > in_dim for d in dims) or sorted(dims) != dims:
+            raise ValueError(f"level_dims must be increasing widths in [1, {in_dim}], got {dims}")
+        protos = prototypes_per_level(n_prototypes, dims, in_dim)
+        if min(protos) < 1:
+            raise ValueError(f"n_prototypes {n_prototypes} gives an empty level for level_dims {dims}")
+        self.in_dim, self.mode, self.l2_norm = int(in_dim), mode, bool(l2_norm)
+        self.level_dims: list[int] = dims
+        self.n_prototypes_per_level: list[int] = protos
+        if mode == "projection":
+            self.matryoshka_projections = nn.ModuleList(nn.Linear(in_dim, d) for d in dims)
+        self.mlps = nn.ModuleList(_mlp(d, hidden_dim, bottleneck_dim, nlayers, final_gelu) for d in dims)
+        self.last_layers = nn.ModuleList(WeightNormLinear(bottleneck_dim, k, freeze_gain) for k in protos)
+        self.apply(self._init_linear)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.level_dims)
+
+    @staticmethod
+    def _init_linear(m: nn.Module) -> None:
+        # Released init: trunc-normal(0.02) weights and zero biases on every nn.Linear (not the prototypes).
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def level_input(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """The d_l-wide view of ``x`` (n, D) that level ``level`` works on."""
+        if self.mode == "projection":
+            return self.matryoshka_projections[level](x)
+        return x[..., : self.level_dims[level]]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.shape[-1] != self.in_dim:
+            raise ValueError(f"MatryoshkaHead expects last dim {self.in_dim}, got shape {tuple(x.shape)}")
+        out = []
+        for level in range(self.n_levels):
+            z = self.mlps[level](self.level_input(x, level))
+            if self.l2_norm:
+                z = F.normalize(z, dim=-1, p=2, eps=1e-6 if z.dtype == torch.float16 else 1e-12)
+            out.append(self.last_layers[level](z))
+        return out

@@ -1,0 +1,301 @@
+"""Read backbone weights in every supported layout, check them against a model, export safetensors.
+
+Layouts (DESIGN.md, PROTOCOLS §1.11):
+- official Franca release: `{"teacher": {"backbone.…", "dino_head.…", "ibot_head.…"}}`, blocks chunked as
+  `blocks.{chunk}.{i}` with the global block index i; heads are ignored;
+- the ViT-g release split into `*.tar.gz.part_aa/ab/ac` (joined as a stream, the .pth inside is read);
+- DINOv2 hub files (flat keys);
+- this project's training checkpoints (`{"teacher": …}`, `{"model": …}`, prefixes such as
+  `teacher.backbone.`, `module.`, `_orig_mod.`);
+- exported `.safetensors` (the RASA projection travels in the metadata, see `export_safetensors`).
+
+Pickles are read with `torch.load(weights_only=True)` only; a file that would run code is refused.
+"""
+from __future__ import annotations
+
+import base64
+import glob
+import io
+import json
+import logging
+import math
+import pickle
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+_CONTAINER_KEYS = ("teacher", "model", "state_dict", "backbone")
+_WRAPPER_PARTS = re.compile(r"(^|\.)(module|_orig_mod|_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
+_CHUNKED = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
+_PART = re.compile(r"\.part_[a-z]+$")
+RASA_META_KEY = "franca.rasa_proj"
+ARCH_META_KEY = "franca.arch"
+
+
+# ---------------------------------------------------------------------------------------------- files
+def read_backbone_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Flat DINOv2-named backbone state dict from any supported file, plus extras (rasa_proj, arch)."""
+    path = Path(path)
+    parts = _split_parts(path)
+    if parts:
+        return _extract_backbone(_load_from_tar(parts), path), {}
+    if not path.exists():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"weights path is a directory, expected a file: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if tarfile.is_tarfile(path):
+        return _extract_backbone(_load_from_tar([path]), path), {}
+    return _extract_backbone(_torch_load(path), path), {}
+
+
+def _split_parts(path: Path) -> list[Path]:
+    """The ordered `.part_xx` files of a split archive, given one part or the joined name; else []."""
+    if _PART.search(path.name):
+        base = str(path)[: -len(_PART.search(path.name).group(0))]
+    elif not path.exists():
+        base = str(path)
+    else:
+        return []
+    return [Path(p) for p in sorted(glob.glob(glob.escape(base) + ".part_*"))]
+
+
+def _torch_load(path: Path | io.BytesIO, name: str | None = None) -> Any:
+    name = name or str(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"refusing to load {name}: it is not a plain tensor file (weights_only=True "
+                         f"rejected it, it may run code). Details: {str(exc).splitlines()[0]}") from exc
+    except (RuntimeError, EOFError) as exc:
+        raise ValueError(f"cannot read {name} as a torch checkpoint: {exc}") from exc
+
+
+class _ChainedReader(io.RawIOBase):
+    """Read several files one after another as one stream (the split release parts)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._paths = list(paths)
+        self._fh: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        while True:
+            if self._fh is None:
+                if not self._paths:
+                    return 0
+                self._fh = open(self._paths.pop(0), "rb")
+            n = self._fh.readinto(buf)
+            if n:
+                return n
+            self._fh.close()
+            self._fh = None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        super().close()
+
+
+def _load_from_tar(parts: list[Path]) -> Any:
+    """Stream a (possibly split) tar(.gz), copy the first checkpoint inside to a temp file, load it."""
+    label = ", ".join(str(p) for p in parts)
+    with _ChainedReader(parts) as raw, tarfile.open(fileobj=io.BufferedReader(raw), mode="r|*") as tar, \
+            tempfile.TemporaryDirectory(prefix="franca-weights-") as tmp:
+        for member in tar:
+            if member.isfile() and member.name.endswith((".pth", ".pt", ".bin", ".safetensors")):
+                dst = Path(tmp) / ("w.safetensors" if member.name.endswith(".safetensors") else "w.pth")
+                src = tar.extractfile(member)
+                with open(dst, "wb") as fh:
+                    shutil.copyfileobj(src, fh, length=16 << 20)
+                log.info("read %s from %s", member.name, label)
+                if dst.suffix == ".safetensors":
+                    return _read_safetensors(dst)[0]
+                return _torch_load(dst, name=f"{member.name} in {label}")
+    raise ValueError(f"no .pth/.pt/.safetensors checkpoint inside the archive {label}")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    extra: dict[str, Any] = {}
+    if RASA_META_KEY in meta:
+        extra["rasa_proj"] = decode_tensor(meta[RASA_META_KEY])
+    if ARCH_META_KEY in meta:
+        extra["arch"] = json.loads(meta[ARCH_META_KEY])
+    return _extract_backbone(state, path), extra
+
+
+# ---------------------------------------------------------------------------------------------- layouts
+def _extract_backbone(obj: Any, path: Path | str) -> dict[str, Tensor]:
+    """Find the backbone inside a checkpoint object and return it with flat DINOv2 keys."""
+    while isinstance(obj, Mapping) and not _has_tensors(obj):
+        key = next((k for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if key is None:
+            raise ValueError(f"{path}: no backbone state dict found (top-level keys: {sorted(obj)[:10]})")
+        obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    state = {_unwrap_key(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+    prefixes = sorted({k[: -len("cls_token")] for k in state if k.endswith("cls_token")})
+    if not prefixes:
+        raise ValueError(f"{path}: no 'cls_token' key, this is not a ViT backbone state dict")
+    prefix = next((p for p in prefixes if p.startswith("teacher")), prefixes[0]) if len(prefixes) > 1 else prefixes[0]
+    if prefix:
+        parent = prefix[: -len("backbone.")] if prefix.endswith("backbone.") else None
+        if parent is not None:
+            stray = [k for k in state if k.startswith(parent) and not k.startswith(prefix)
+                     and "head" not in k[len(parent):].split(".")[0]]
+            if stray:
+                raise ValueError(f"{path}: unexpected keys next to the backbone (not dino_head/ibot_head): "
+                                 f"{_short(stray)}")
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    out: dict[str, Tensor] = {}
+    for k, v in state.items():
+        m = _CHUNKED.match(k)
+        out[f"blocks.{m.group(2)}.{m.group(3)}" if m else k] = v
+    return out
+
+
+def _unwrap_key(k: str) -> str:
+    """Drop DDP/FSDP/compile wrapper names (`module.`, `_orig_mod.`, …) wherever they appear."""
+    while True:
+        new = _WRAPPER_PARTS.sub(r"\1", k)
+        if new == k:
+            return k
+        k = new
+
+
+def _has_tensors(d: Mapping) -> bool:
+    return any(isinstance(v, Tensor) for v in d.values())
+
+
+def infer_arch(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """What a state dict says about the architecture: depth, position grid side, registers, FFN type/width,
+    LayerScale. The width is not inferred: it fixes the head count, so a wrong name must fail loudly."""
+    arch: dict[str, Any] = {}
+    if "pos_embed" in state:
+        n = state["pos_embed"].shape[1] - 1
+        M = math.isqrt(n)
+        if M * M != n:
+            raise ValueError(f"pos_embed has {n} patch positions, not a square grid")
+        arch["pos_grid"] = M
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if blocks:
+        arch["depth"] = max(blocks) + 1
+    arch["num_register_tokens"] = int(state["register_tokens"].shape[1]) if "register_tokens" in state else 0
+    if "blocks.0.mlp.w12.weight" in state:
+        arch["ffn"] = "swiglu"
+        arch["ffn_hidden_dim"] = int(state["blocks.0.mlp.w12.weight"].shape[0] // 2)
+    elif "blocks.0.mlp.fc1.weight" in state:
+        arch["ffn"] = "mlp"
+        arch["ffn_hidden_dim"] = int(state["blocks.0.mlp.fc1.weight"].shape[0])
+    if "blocks.0.norm1.weight" in state and "blocks.0.ls1.gamma" not in state:
+        arch["layerscale"] = None
+    return arch
+
+
+def _short(keys: list[str], n: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" … (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _describe(state: Mapping[str, Tensor], what: str = "file") -> str:
+    dim = state["cls_token"].shape[-1] if "cls_token" in state else "?"
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    return f"{what}: embed_dim={dim}, depth={depth}"
+
+
+def load_weights_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "weights") -> None:
+    """Strictly load `state` into `model`; missing/unexpected keys and shape mismatches are named."""
+    own = model.state_dict()
+    optional = {"rasa_proj"}  # created on load when present (see DinoVisionTransformer)
+    missing = [k for k in own if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in own and k not in optional]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_short(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches: {_short(shapes)}")
+    if problems:
+        raise ValueError(f"{source} does not fit the model ({_describe(state)}; {_describe(own, 'model')}): "
+                         + "; ".join(problems))
+    model.load_state_dict(dict(state), strict=True)
+
+
+# ---------------------------------------------------------------------------------------------- export
+def encode_tensor(t: Tensor) -> str:
+    """A float32 tensor as JSON text (shape + base64 bytes) for safetensors metadata."""
+    a = t.detach().to("cpu", torch.float32).contiguous().numpy()
+    return json.dumps({"shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")})
+
+
+def decode_tensor(text: str) -> Tensor:
+    d = json.loads(text)
+    a = np.frombuffer(base64.b64decode(d["data"]), dtype=np.float32).reshape(d["shape"])
+    return torch.from_numpy(a.copy())
+
+
+def export_safetensors(model: nn.Module, path: str | Path) -> Path:
+    """Save the backbone as safetensors with DINOv2 flat keys.
+
+    timm's `checkpoint_filter_fn` recognises the DINOv2 layout by `mask_token` and renames w12/w3, so
+    the file loads into `vit_*_patch14_dinov2` (SwiGLU models: pass `mlp_layer=SwiGLUPacked`; see
+    `timm_create_kwargs`). timm loads strictly, so the RASA projection is not a tensor entry: it is
+    stored in the metadata (`franca.rasa_proj`) where timm ignores it and `load_backbone` restores it.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rasa = getattr(model, "rasa_proj", None)
+    inner = getattr(model, "vit", model)  # a timm:NAME wrapper exports the timm model's own keys
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in inner.state_dict().items() if k != "rasa_proj"}
+    meta = {"format": "pt"}
+    if rasa is not None:
+        meta[RASA_META_KEY] = encode_tensor(rasa)
+    arch = {k: getattr(model, k, None) for k in ("embed_dim", "n_blocks", "num_heads", "patch_size", "img_size",
+                                                 "ffn", "num_register_tokens")}
+    meta[ARCH_META_KEY] = json.dumps(arch)
+    save_file(state, str(path), metadata=meta)
+    log.info("exported %d tensors to %s", len(state), path)
+    return path
+
+
+def timm_create_kwargs(model: nn.Module) -> dict[str, Any]:
+    """Keyword arguments for `timm.create_model(<vit_*_patch14_dinov2>, ...)` that match an exported model."""
+    kw: dict[str, Any] = {"img_size": int(model.pos_grid * model.patch_size), "patch_size": int(model.patch_size),
+                          "embed_dim": int(model.embed_dim), "depth": int(model.n_blocks),
+                          "num_heads": int(model.num_heads), "num_classes": 0}
+    if model.num_register_tokens:
+        kw.update(reg_tokens=int(model.num_register_tokens), no_embed_class=True)
+    blk = model.blocks[0]
+    if model.ffn == "swiglu":
+        from timm.layers import SwiGLUPacked
+
+        kw.update(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU,
+                  mlp_ratio=(blk.mlp.w12.out_features + 0.5) / model.embed_dim)
+    else:
+        kw["mlp_ratio"] = (blk.mlp.fc1.out_features + 0.5) / model.embed_dim  # timm takes int(D·ratio)
+    return kw

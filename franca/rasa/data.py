@@ -1,0 +1,133 @@
+"""Images for RASA: the reference training augmentations and a plain image-folder reader.
+
+The targets are the fixed patch grid, so the augmentations (random crops, flips in both axes,
+±90° rotations) break any tie between image content and position: a linear predictor of
+position can then only use what the backbone adds to encode position (PROTOCOLS.md §10).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image, ImageFilter
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The reference RASA training transform normalises with std (0.229, 0.224, 0.255): the last value
+# is a typo of 0.225 in the reference that we keep by default for its training images.
+RASA_REFERENCE_STD = (0.229, 0.224, 0.255)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class RandomPILGaussianBlur:
+    """PIL Gaussian blur with radius σ ~ U(radius_min, radius_max), applied with probability p."""
+
+    def __init__(self, p: float = 0.5, radius_min: float = 0.1, radius_max: float = 2.0) -> None:
+        self.p, self.radius_min, self.radius_max = p, radius_min, radius_max
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.random() >= self.p:
+            return img
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(self.radius_min, self.radius_max)))
+
+
+def rasa_train_transform(size: int = 518, std_quirk: bool = True) -> Callable[[Image.Image], torch.Tensor]:
+    """The reference training augmentations, in order (PROTOCOLS.md §10).
+
+    RandomResizedCrop(size, scale (0.25, 1)), ColorJitter(0.32, 0.32, 0.32, 0.08) with p 0.8,
+    grayscale p 0.2, PIL blur σ ∈ [0.1, 2] p 0.5, horizontal and vertical flips p 0.5 each,
+    RandomRotation(±90°, nearest, fill 0) p 0.5, ToTensor, Normalize (std 0.255 quirk unless
+    ``std_quirk=False``).
+    """
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomApply([T.ColorJitter(0.32, 0.32, 0.32, 0.08)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        RandomPILGaussianBlur(p=0.5, radius_min=0.1, radius_max=2.0),
+        T.RandomHorizontalFlip(p=0.5),
+        T.RandomVerticalFlip(p=0.5),
+        T.RandomApply([T.RandomRotation(90, interpolation=T.InterpolationMode.NEAREST, fill=0)], p=0.5),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, RASA_REFERENCE_STD if std_quirk else IMAGENET_STD),
+    ])
+
+
+def rasa_eval_transform(size: int = 518) -> Callable[[Image.Image], torch.Tensor]:
+    """Held-out images for the R² probe and for ``--no-augment``: resize to size×size, ImageNet normalisation."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def list_images(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """All image files under root (recursively), sorted for a reproducible order."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if root.is_file():
+        raise ValueError(f"expected a folder of images, got the file {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    if not files:
+        raise ValueError(f"no images ({', '.join(extensions)}) found under {root}")
+    return files
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Unlabelled images from a list of files; an unreadable file is skipped (the next one is used) and counted."""
+
+    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        if len(files) == 0:
+            raise ValueError("ImageFiles needs at least one image")
+        self.files = list(files)
+        self.transform = transform
+        self.n_skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        for k in range(len(self.files)):
+            path = self.files[(i + k) % len(self.files)]
+            try:
+                with Image.open(path) as im:
+                    img = im.convert("RGB")
+            except (OSError, ValueError) as exc:
+                self.n_skipped += 1
+                log.warning("skipping unreadable image %s (%s)", path, exc)
+                continue
+            return self.transform(img)
+        raise ValueError("no readable image in the data set")
+
+
+def default_image_root() -> Path:
+    """The built-in toy set's RASA images: VOC JPEGImages (the reference trains on VOC), else ImageNet train."""
+    from franca.data.toy import ensure_toy
+
+    root = Path(ensure_toy())
+    for sub in ("VOCdevkit/VOC2012/JPEGImages", "imagenet/train"):
+        if (root / sub).is_dir():
+            return root / sub
+    return root
+
+
+def split_files(files: Sequence[Path], heldout_fraction: float, max_heldout: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """Deterministic split into (train, held-out); held-out has ≥ 2 images (probe fit + probe test)."""
+    if len(files) < 3:
+        raise ValueError(f"RASA needs at least 3 images (training + held-out probe), found {len(files)}")
+    order = list(range(len(files)))
+    random.Random(seed).shuffle(order)
+    n_held = min(max(2, round(heldout_fraction * len(files))), max_heldout, len(files) - 1)
+    held = sorted(order[:n_held])
+    train = sorted(order[n_held:])
+    return [files[i] for i in train], [files[i] for i in held]

@@ -1,0 +1,99 @@
+"""Build the student and teacher (backbone + dino head + ibot head) of a config.
+
+The teacher starts as an exact copy of the student (PROTOCOLS.md §1.5), without drop path, and
+never receives gradients. `init_from` (the high-resolution stage) loads a checkpoint's teacher
+backbone into both, resizing the position table to the new global crop size (bicubic, antialias,
+as `modify_ckpt_highres.py` does); heads are re-initialised, as in the released finetune configs.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from franca.train.config import FrancaTrainConfig, HeadConfig
+
+log = logging.getLogger(__name__)
+
+
+def backbone_overrides(cfg: FrancaTrainConfig) -> dict[str, Any]:
+    m = cfg.model
+    out: dict[str, Any] = {
+        "img_size": m.img_size or cfg.crops.global_crops_size,
+        "drop_path_rate": m.drop_path_rate,
+        "layerscale": m.layerscale_init,
+        "num_register_tokens": m.num_register_tokens,
+    }
+    for k in ("embed_dim", "depth", "num_heads"):
+        if getattr(m, k) is not None:
+            out[k] = getattr(m, k)
+    return out
+
+
+def build_head(h: HeadConfig, in_dim: int) -> nn.Module:
+    from franca.models.heads import MatryoshkaHead
+
+    return MatryoshkaHead(in_dim, h.n_prototypes, nesting_levels=h.nesting_levels, mode=h.mode,
+                          hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers,
+                          l2_norm=h.l2_norm)
+
+
+def build_models(cfg: FrancaTrainConfig, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """(student, teacher) as {"backbone", "dino_head", "ibot_head"} on `device`; teacher frozen."""
+    from franca.models.api import build_backbone
+
+    backbone = build_backbone(cfg.model.arch, **backbone_overrides(cfg))
+    if cfg.crops.global_crops_size % backbone.patch_size:
+        raise ValueError(f"crops.global_crops_size={cfg.crops.global_crops_size} is not a multiple of the "
+                         f"patch size {backbone.patch_size} of {cfg.model.arch}")
+    if cfg.crops.local_crops_number and cfg.crops.local_crops_size % backbone.patch_size:
+        raise ValueError(f"crops.local_crops_size={cfg.crops.local_crops_size} is not a multiple of the "
+                         f"patch size {backbone.patch_size} of {cfg.model.arch}")
+    D = backbone.embed_dim
+    student = {"backbone": backbone, "dino_head": build_head(cfg.dino, D), "ibot_head": build_head(cfg.ibot.head, D)}
+    if cfg.train.init_from:
+        load_backbone_from_checkpoint(backbone, cfg.train.init_from)
+    teacher = {k: copy.deepcopy(v) for k, v in student.items()}
+    _disable_drop_path(teacher["backbone"])
+    for m in teacher.values():
+        m.requires_grad_(False)
+    for d in (student, teacher):
+        for k in d:
+            d[k] = d[k].to(device)
+    return student, teacher
+
+
+def _disable_drop_path(backbone: nn.Module) -> None:
+    for name, mod in backbone.named_modules():
+        if type(mod).__name__ == "DropPath":
+            mod.drop_prob = 0.0
+
+
+def load_backbone_from_checkpoint(backbone: nn.Module, path: str) -> None:
+    """Load a training checkpoint's (or release's) teacher backbone, resizing pos_embed to this model."""
+    from franca.train.checkpoint import load_checkpoint, teacher_backbone_state
+
+    state = teacher_backbone_state(load_checkpoint(path))
+    pos = state.get("pos_embed")
+    if pos is not None and pos.shape != backbone.pos_embed.shape:
+        state["pos_embed"] = resize_pos_embed(pos, backbone.pos_embed.shape[1] - 1)
+        log.info("resized pos_embed %s -> %s", tuple(pos.shape), tuple(state["pos_embed"].shape))
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "rasa_proj"]
+    if missing or unexpected:
+        raise KeyError(f"{path}: backbone keys do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def resize_pos_embed(pos: torch.Tensor, n_new: int) -> torch.Tensor:
+    """(1, 1+M², D) -> (1, 1+n_new, D): bicubic with antialias on the grid, CLS entry kept."""
+    M, S = math.isqrt(pos.shape[1] - 1), math.isqrt(n_new)
+    if M * M != pos.shape[1] - 1 or S * S != n_new:
+        raise ValueError(f"position tables must be square grids, got {pos.shape[1] - 1} -> {n_new} tokens")
+    grid = pos[:, 1:].float().reshape(1, M, M, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(S, S), mode="bicubic", antialias=True, align_corners=False)
+    return torch.cat([pos[:, :1].float(), grid.permute(0, 2, 3, 1).reshape(1, S * S, -1)], dim=1).to(pos.dtype)

@@ -1,0 +1,344 @@
+"""Typed pretraining configuration: dataclass schema, yaml presets, `key=value` overrides.
+
+The schema follows the reference recipe (PROTOCOLS.md §1.1, §1.7-1.10; Franca
+`configs/ssl_default_config.yaml` + `configs/train/*`), but every key lives in one typed
+schema, so a preset or override can only set keys that exist (a typo fails before training,
+naming the key). Derived values (the scaled lr, iteration counts) are computed by functions
+and logged, never written back into the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_PRESET = "tiny"
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vitt8"
+    """backbone name for franca.build_backbone (vitt8, vitt4, vits14, vitb14, vitl14, vitg14)"""
+    embed_dim: Optional[int] = None
+    """override of the named size's width (None: keep)"""
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    drop_path_rate: float = 0.0
+    """stochastic depth, the same in every block (drop_path_uniform)"""
+    layerscale_init: Optional[float] = 1e-5
+    num_register_tokens: int = 0
+    """register tokens (paper D.1 compares with and without)"""
+    img_size: Optional[int] = None
+    """position-table size; None: the global crop size"""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate, "in [0, 1)")
+        _check(self.num_register_tokens >= 0, "model.num_register_tokens", self.num_register_tokens, ">= 0")
+
+
+@dataclass
+class HeadConfig:
+    n_prototypes: int = 131072
+    """prototypes of the finest level; level i has n_prototypes * d_i / D"""
+    nesting_levels: int = 5
+    mode: str = "projection"
+    """'projection' (the released code: Linear(D -> d_i) per level) or 'slice'"""
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 384
+    nlayers: int = 3
+    l2_norm: bool = False
+    """L2-normalise the bottleneck before the prototypes (off in the released MRL head)"""
+    loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.n_prototypes >= 1, "head.n_prototypes", self.n_prototypes, ">= 1")
+        _check(self.nesting_levels >= 1, "head.nesting_levels", self.nesting_levels, ">= 1")
+        _check(self.mode in ("projection", "slice"), "head.mode", self.mode, "'projection' or 'slice'")
+        _check(self.nlayers >= 1, "head.nlayers", self.nlayers, ">= 1")
+
+
+@dataclass
+class IbotConfig:
+    head: HeadConfig = field(default_factory=HeadConfig)
+    mask_sample_probability: float = 0.5
+    mask_ratio_min_max: list[float] = field(default_factory=lambda: [0.1, 0.65])
+    mask_variant: str = "code"
+    """CyclicMask variant: 'code' (released) or 'paper' (Algorithm 1)"""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.mask_sample_probability <= 1.0, "ibot.mask_sample_probability",
+               self.mask_sample_probability, "in [0, 1]")
+        lo_hi = list(self.mask_ratio_min_max)
+        _check(len(lo_hi) == 2 and 0.0 <= lo_hi[0] <= lo_hi[1] < 1.0, "ibot.mask_ratio_min_max",
+               lo_hi, "[min, max] with 0 <= min <= max < 1")
+
+
+@dataclass
+class LossConfig:
+    student_temp: float = 0.1
+    koleo_weight: float = 0.1
+    koleo_scope: str = "local"
+    """'local': per process on its own batch (the reference), 'global': over the gathered global batch"""
+    centering: str = "sinkhorn_knopp"
+    """teacher targets: 'sinkhorn_knopp' (Franca) or 'centering' (EMA centre, momentum 0.9)"""
+    sinkhorn_iterations: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self.student_temp > 0, "loss.student_temp", self.student_temp, "> 0")
+        _check(self.koleo_scope in ("local", "global"), "loss.koleo_scope", self.koleo_scope, "'local' or 'global'")
+        _check(self.centering in ("sinkhorn_knopp", "centering"), "loss.centering", self.centering,
+               "'sinkhorn_knopp' or 'centering'")
+
+
+@dataclass
+class TeacherConfig:
+    momentum_teacher: float = 0.994
+    final_momentum_teacher: float = 1.0
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 30.0
+    warmup_teacher_temp_iterations: int = -1
+    """-1: from warmup_teacher_temp_epochs"""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.momentum_teacher <= 1.0, "teacher.momentum_teacher", self.momentum_teacher, "in [0, 1]")
+        _check(0.0 <= self.final_momentum_teacher <= 1.0, "teacher.final_momentum_teacher",
+               self.final_momentum_teacher, "in [0, 1]")
+        _check(self.teacher_temp > 0 and self.warmup_teacher_temp > 0, "teacher.teacher_temp",
+               (self.warmup_teacher_temp, self.teacher_temp), "> 0")
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 5e-4
+    """lr for a global batch of 1024; the lr used is base_lr * sqrt(global_batch / 1024)"""
+    lr_scaling: str = "sqrt"
+    """'sqrt' (the reference rule), 'linear' or 'none'"""
+    min_lr: float = 1e-6
+    warmup_epochs: float = 10.0
+    warmup_iterations: int = -1
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.2
+    layerwise_decay: float = 1.0
+    patch_embed_lr_mult: float = 0.2
+    clip_grad: float = 3.0
+    """global-norm clipping, applied to each student submodule separately; 0 disables"""
+    freeze_last_layer_epochs: float = 1.0
+    freeze_last_layer_iterations: int = -1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    fused: bool = True
+    """fused AdamW where the device supports it"""
+
+    def __post_init__(self) -> None:
+        _check(self.base_lr > 0, "optim.base_lr", self.base_lr, "> 0")
+        _check(self.lr_scaling in ("sqrt", "linear", "none"), "optim.lr_scaling", self.lr_scaling,
+               "'sqrt', 'linear' or 'none'")
+        _check(0.0 < self.layerwise_decay <= 1.0, "optim.layerwise_decay", self.layerwise_decay, "in (0, 1]")
+        _check(self.clip_grad >= 0, "optim.clip_grad", self.clip_grad, ">= 0")
+        _check(len(self.betas) == 2, "optim.betas", self.betas, "two values")
+
+
+@dataclass
+class CropsConfig:
+    global_crops_size: int = 224
+    local_crops_size: int = 98
+    local_crops_number: int = 8
+    global_crops_scale: list[float] = field(default_factory=lambda: [0.32, 1.0])
+    local_crops_scale: list[float] = field(default_factory=lambda: [0.05, 0.32])
+    augment_options: dict[str, Any] = field(default_factory=dict)
+    """extra MultiCropAugmentation arguments (blur/solarize/jitter probabilities, …)"""
+
+    def __post_init__(self) -> None:
+        _check(self.global_crops_size > 0, "crops.global_crops_size", self.global_crops_size, "> 0")
+        _check(self.local_crops_number >= 0, "crops.local_crops_number", self.local_crops_number, ">= 0")
+        for name in ("global_crops_scale", "local_crops_scale"):
+            v = list(getattr(self, name))
+            _check(len(v) == 2 and 0 < v[0] <= v[1] <= 1, f"crops.{name}", v, "[min, max] in (0, 1]")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "toy"
+    """'toy' (built-in set), an image folder (flat/nested/ImageFolder) or webdataset shards (*.tar, brace list)"""
+    kind: str = "auto"
+    """'auto', 'toy', 'folder', 'imagefolder' or 'webdataset'"""
+    dataset_size: int = 0
+    """images in a webdataset (needed for epochs; 0 = count the shards once)"""
+    val: str = ""
+    """labelled ImageFolder for the end-of-run k-NN (''/'auto': the toy val split for the toy set)"""
+    knn_train: str = ""
+    """labelled ImageFolder used as k-NN memory (''/'auto': the toy train split)"""
+    num_workers: int = 0
+    toy_size: int = 64
+    toy_n_train: int = 0
+    """toy images per split and class (0 = the generator's default)"""
+    toy_n_val: int = 0
+    toy_seed: int = 0
+    toy_options: dict[str, Any] = field(default_factory=dict)
+    """extra keyword arguments for franca.data.toy.ensure_toy (difficulty knobs)"""
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("auto", "toy", "folder", "imagefolder", "webdataset"), "data.kind", self.kind,
+               "'auto', 'toy', 'folder', 'imagefolder' or 'webdataset'")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+
+
+@dataclass
+class TrainConfig:
+    batch_size_per_gpu: int = 32
+    epochs: float = 100.0
+    """passes over the data set; iterations = epochs * (dataset size // global batch)"""
+    iterations: int = 0
+    """explicit iteration count (overrides epochs when > 0)"""
+    seed: int = 0
+    output_dir: str = "runs/pretrain"
+    checkpoint_period: int = 1000
+    """iterations between checkpoints (one consolidated file, written atomically); also at the end"""
+    log_period: int = 10
+    device: str = "auto"
+    compile: bool = False
+    """torch.compile the backbones and heads"""
+    parallel: str = "ddp"
+    """'ddp' or 'fsdp' (FSDP2 fully_shard) under torchrun"""
+    knn_eval: bool = True
+    """k-NN on the validation split at the end (and of the initial backbone)"""
+    knn_k: int = 20
+    max_minutes: float = 0.0
+    """stop (with a checkpoint) after this wall time; 0 = no limit"""
+    init_from: str = ""
+    """checkpoint whose teacher backbone initialises student and teacher (high-res stage)"""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size_per_gpu >= 2, "train.batch_size_per_gpu", self.batch_size_per_gpu,
+               ">= 2 (KoLeo needs a neighbour)")
+        _check(self.epochs > 0 or self.iterations > 0, "train.epochs", self.epochs, "> 0 (or set train.iterations)")
+        _check(self.checkpoint_period >= 1, "train.checkpoint_period", self.checkpoint_period, ">= 1")
+        _check(self.log_period >= 1, "train.log_period", self.log_period, ">= 1")
+        _check(self.parallel in ("ddp", "fsdp"), "train.parallel", self.parallel, "'ddp' or 'fsdp'")
+
+
+@dataclass
+class FrancaTrainConfig:
+    """The whole pretraining configuration (one preset = overrides of these defaults)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dino: HeadConfig = field(default_factory=HeadConfig)
+    ibot: IbotConfig = field(default_factory=IbotConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    crops: CropsConfig = field(default_factory=CropsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"config key {key}={value!r} is invalid: expected {expected}")
+
+
+def list_presets() -> list[str]:
+    """Names of the yaml presets shipped with the package."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _preset_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        return p
+    cand = PRESET_DIR / f"{name_or_path}.yaml"
+    if not cand.is_file():
+        raise FileNotFoundError(f"unknown preset {name_or_path!r}; presets: {', '.join(list_presets())} "
+                                "(or give a .yaml path)")
+    return cand
+
+
+def _load_layers(name_or_path: str, seen: tuple[str, ...] = ()) -> list[Any]:
+    """A preset and its `_base_` chain as OmegaConf nodes, base first."""
+    from omegaconf import OmegaConf
+
+    path = _preset_path(name_or_path)
+    if str(path) in seen:
+        raise ValueError(f"config {path}: _base_ cycle through {' -> '.join(seen)}")
+    node = OmegaConf.load(path)
+    base = node.pop("_base_", None) if "_base_" in node else None
+    layers: list[Any] = []
+    if base:
+        base = str(base)
+        rel = path.parent / base
+        layers = _load_layers(str(rel) if base.endswith((".yaml", ".yml")) and rel.is_file() else base,
+                              seen + (str(path),))
+    return layers + [(str(path), node)]
+
+
+def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> FrancaTrainConfig:
+    """Schema defaults <- preset (and its `_base_` chain) <- `key=value` overrides, validated.
+
+    Raises KeyError naming an unknown key, ValueError naming a key with a bad value.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    cfg = OmegaConf.structured(FrancaTrainConfig)
+    for source, node in _load_layers(preset or DEFAULT_PRESET):
+        cfg = _merge(cfg, node, source)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"override {bad[0]!r} is not of the form key=value")
+    for ov in overrides:
+        try:
+            dot = OmegaConf.from_dotlist([ov])
+        except OmegaConfBaseException as exc:
+            raise ValueError(f"override {ov!r} cannot be parsed: {exc}") from None
+        cfg = _merge(cfg, dot, f"override {ov!r}")
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except ConfigKeyError as exc:  # pragma: no cover - merge catches these first
+        raise KeyError(str(exc)) from None
+    except OmegaConfBaseException as exc:
+        raise ValueError(_short(exc)) from None
+    assert isinstance(obj, FrancaTrainConfig)
+    return obj
+
+
+def _merge(cfg: Any, node: Any, source: str) -> Any:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    try:
+        return OmegaConf.merge(cfg, node)
+    except (ConfigKeyError, ConfigAttributeError) as exc:
+        key = getattr(exc, "full_key", None) or _short(exc)
+        raise KeyError(f"{source}: unknown config key {key!r}") from None
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise ValueError(f"{source}: bad value for config key {key!r}: {_short(exc)}") from None
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0]
+
+
+def to_dict(cfg: FrancaTrainConfig) -> dict[str, Any]:
+    """The config as plain python containers (for checkpoints and the run's config.yaml)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> FrancaTrainConfig:
+    """Rebuild (and re-validate) a config saved by `to_dict`."""
+    from omegaconf import OmegaConf
+
+    cfg = _merge(OmegaConf.structured(FrancaTrainConfig), OmegaConf.create(d), "saved config")
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, FrancaTrainConfig)
+    return obj
+
+
+def dump_yaml(cfg: FrancaTrainConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))

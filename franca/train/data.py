@@ -1,0 +1,306 @@
+"""Pretraining data: image sources, a resumable batch order, multi-crop + mask collate.
+
+Sources: the built-in toy set, any folder of images (flat or nested, labels ignored, so
+ImageFolder trees work too) and webdataset tar shards. Unreadable files (truncated JPEGs,
+non-images with an image extension) are skipped: the next file takes the slot, and the skipped
+path travels with the batch so the loop counts it (this works with worker processes too).
+
+Batch order is a pure function of (seed, iteration, rank): iteration i belongs to epoch
+i // iterations_per_epoch, whose permutation comes from a generator seeded by (seed, epoch); each
+sample carries its own seed, so its crops and masks do not depend on worker count or on where a
+run was resumed. Resuming at iteration i therefore reproduces the uninterrupted batches exactly.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import random
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+from franca.train.config import FrancaTrainConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_MAX_SKIP = 64  # consecutive unreadable files tolerated for one slot
+_MIX = 0x9E3779B97F4A7C15
+
+
+def sample_seed(seed: int, iteration: int, position: int) -> int:
+    """A 63-bit seed for one sample slot of the global batch (stable across restarts/workers)."""
+    h = (int(seed) * 1_000_003 + int(iteration)) * _MIX + int(position) * 0xBF58476D1CE4E5B9
+    return (h ^ (h >> 31)) & ((1 << 63) - 1)
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Image files under `root` (recursive, any nesting, sorted); FileNotFoundError if none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return files
+
+
+def decode_image(data: bytes | Path) -> Image.Image:
+    """Fully decode to RGB (truncated or foreign files raise here, not later)."""
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    with Image.open(src) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+def _seeded_transform(transform: Callable, img: Image.Image, seed: int) -> Any:
+    """Apply a (torch/python-random based) augmentation with its randomness fixed by `seed`."""
+    state_py = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            return transform(img)
+        finally:
+            random.setstate(state_py)
+
+
+class FolderImages(Dataset):
+    """Map-style images of a folder; item (index, seed) -> {"crops": …, "skipped": [paths]}."""
+
+    def __init__(self, files: Sequence[Path], transform: Callable) -> None:
+        self.files, self.transform = list(files), transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, seed = key
+        skipped: list[str] = []
+        for attempt in range(min(_MAX_SKIP, len(self.files))):
+            path = self.files[(index + attempt) % len(self.files)]
+            try:
+                img = decode_image(path)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                log.debug("skipping unreadable image %s: %s", path, exc)
+                skipped.append(str(path))
+                continue
+            return {"crops": _seeded_transform(self.transform, img, seed), "skipped": skipped, "seed": seed}
+        raise RuntimeError(f"{len(skipped)} consecutive unreadable images from {skipped[0]}; is this an image folder?")
+
+
+def list_shards(spec: str) -> list[str]:
+    """Tar shards from a folder, a glob, a single file or a brace list (`shard-{000..009}.tar`)."""
+    p = Path(spec)
+    if p.is_dir():
+        shards = sorted(str(s) for s in p.glob("*.tar"))
+    elif "{" in spec:
+        import braceexpand  # webdataset's dependency
+
+        shards = list(braceexpand.braceexpand(spec))
+    else:
+        shards = sorted(str(s) for s in Path(p.anchor or ".").glob(str(p.relative_to(p.anchor)) if p.anchor
+                                                                    else spec)) or [spec]
+    missing = [s for s in shards if not Path(s).is_file()]
+    if not shards or missing:
+        raise FileNotFoundError(f"webdataset shards not found: {missing[:3] or spec}")
+    return shards
+
+
+def _tar_images(shard: str) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of the image members of a webdataset shard, in file order."""
+    with tarfile.open(shard) as tar:
+        for m in tar:
+            if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS:
+                f = tar.extractfile(m)
+                if f is not None:
+                    yield f"{shard}:{m.name}", f.read()
+
+
+def count_shard_images(shards: Sequence[str]) -> int:
+    n = 0
+    for s in shards:
+        with tarfile.open(s) as tar:
+            n += sum(1 for m in tar if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS)
+    return n
+
+
+class ShardImages(IterableDataset):
+    """Webdataset shards as an endless stream of {"crops", "skipped"} samples of this rank.
+
+    Shards are shuffled per epoch with (seed, epoch) and dealt to ranks and workers round-robin;
+    `start_sample` skips what a resumed run already consumed (exact with at most one worker).
+    """
+
+    def __init__(self, shards: Sequence[str], transform: Callable, seed: int, rank: int, world: int,
+                 start_sample: int = 0) -> None:
+        self.shards, self.transform, self.seed = list(shards), transform, seed
+        self.rank, self.world, self.start_sample = rank, world, start_sample
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        n, epoch, skipped = 0, 0, []
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            order = [self.shards[i] for i in torch.randperm(len(self.shards), generator=g).tolist()]
+            mine = order[self.rank::self.world][wid::nw] or order[(self.rank + wid) % len(order)::len(order)]
+            for shard in mine:
+                for name, data in _tar_images(shard):
+                    n += 1
+                    if n <= self.start_sample:
+                        continue
+                    try:
+                        img = decode_image(data)
+                    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                        skipped.append(name)
+                        continue
+                    seed = sample_seed(self.seed, epoch, n * self.world + self.rank)
+                    yield {"crops": _seeded_transform(self.transform, img, seed), "skipped": skipped, "seed": seed}
+                    skipped = []
+            epoch += 1
+
+
+class ResumableBatchSampler(Sampler):
+    """Endless batches of (index, seed) for this rank, starting at `start_iteration`.
+
+    Global batch i of epoch e = slots [(i mod ipe)·G, +G) of permutation(seed, e); rank r takes
+    its contiguous B-slice, so W processes see together exactly what one process of batch W·B sees.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 start_iteration: int = 0) -> None:
+        self.n, self.B, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.G = batch_size * world
+        self.ipe = max(n // self.G, 1)
+        self.start = start_iteration
+
+    def batch(self, iteration: int) -> list[tuple[int, int]]:
+        epoch, pos = divmod(iteration, self.ipe)
+        g = torch.Generator().manual_seed(int(self.seed) * 100_003 + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        lo = pos * self.G + self.rank * self.B
+        idx = [int(perm[(lo + j) % self.n]) for j in range(self.B)]
+        return [(i, sample_seed(self.seed, iteration, self.rank * self.B + j)) for j, i in enumerate(idx)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        i = self.start
+        while True:
+            yield self.batch(i)
+            i += 1
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a number
+        return 2**62
+
+
+@dataclass
+class PretrainData:
+    loader: DataLoader
+    dataset_size: int
+    description: str
+
+
+class MultiCropCollate:
+    """Collate samples into the batch dict of franca.data.collate; masks drawn from the batch's seed."""
+
+    def __init__(self, cfg: FrancaTrainConfig, patch_size: int) -> None:
+        from franca.data.masking import CyclicMask
+
+        grid = cfg.crops.global_crops_size // patch_size
+        self.cfg = cfg
+        self.mask_generator = CyclicMask(grid, variant=cfg.ibot.mask_variant)
+        self.counter = 0
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        from franca.data.collate import collate_multicrop
+
+        skipped = [p for s in samples for p in s["skipped"]]
+        seed = _batch_seed(samples)
+        g = torch.Generator().manual_seed(seed)
+        batch = collate_multicrop(
+            [s["crops"] for s in samples], mask_generator=self.mask_generator,
+            mask_ratio_min_max=tuple(self.cfg.ibot.mask_ratio_min_max),
+            mask_probability=self.cfg.ibot.mask_sample_probability, generator=g,
+        )
+        batch.pop("global_crops_teacher", None)
+        batch["skipped"] = skipped
+        return batch
+
+
+def _batch_seed(samples: list[dict[str, Any]]) -> int:
+    s = samples[0].get("seed", 0) if samples else 0
+    return (int(s) * 31 + 17) & ((1 << 62) - 1)
+
+
+def build_augmentation(cfg: FrancaTrainConfig) -> Callable:
+    from franca.data.augment import MultiCropAugmentation
+
+    c = cfg.crops
+    try:
+        return MultiCropAugmentation(
+            global_size=c.global_crops_size, local_size=c.local_crops_size, n_local=c.local_crops_number,
+            global_scale=tuple(c.global_crops_scale), local_scale=tuple(c.local_crops_scale),
+            **dict(c.augment_options))
+    except TypeError as exc:
+        raise ValueError(f"config key crops.augment_options={dict(c.augment_options)!r} is invalid: {exc}") from None
+
+
+def resolve_source(cfg: FrancaTrainConfig) -> tuple[str, str]:
+    """(kind, location) of the pretraining images; the toy set is generated on first use."""
+    d = cfg.data
+    kind = d.kind
+    if kind == "auto":
+        if d.dataset == "toy":
+            kind = "toy"
+        elif Path(d.dataset).is_dir() and not any(Path(d.dataset).glob("*.tar")):
+            kind = "folder"
+        else:
+            kind = "webdataset"
+    if kind == "toy":
+        return "folder", str(toy_root(cfg) / "imagenet" / "train")
+    return ("webdataset" if kind == "webdataset" else "folder"), d.dataset
+
+
+def toy_root(cfg: FrancaTrainConfig) -> Path:
+    from franca.data.toy import ensure_toy
+
+    d = cfg.data
+    kwargs: dict[str, Any] = {"size": d.toy_size, "seed": d.toy_seed, **dict(d.toy_options)}
+    if d.toy_n_train:
+        kwargs["n_train"] = d.toy_n_train
+    if d.toy_n_val:
+        kwargs["n_val"] = d.toy_n_val
+    try:
+        return ensure_toy(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"config key data.toy_options={dict(d.toy_options)!r} is invalid: {exc}") from None
+
+
+def build_pretrain_data(cfg: FrancaTrainConfig, patch_size: int, rank: int, world: int,
+                        start_iteration: int, device: torch.device) -> PretrainData:
+    """The endless loader of this rank, positioned at `start_iteration`."""
+    kind, where = resolve_source(cfg)
+    transform = build_augmentation(cfg)
+    collate = MultiCropCollate(cfg, patch_size)
+    B = cfg.train.batch_size_per_gpu
+    common: dict[str, Any] = dict(num_workers=cfg.data.num_workers, collate_fn=collate,
+                                  pin_memory=device.type == "cuda",
+                                  generator=torch.Generator().manual_seed(cfg.train.seed))
+    if cfg.data.num_workers > 0:
+        common.update(persistent_workers=False, prefetch_factor=2)
+    if kind == "folder":
+        files = list_images(where)
+        ds = FolderImages(files, transform)
+        sampler = ResumableBatchSampler(len(files), B, cfg.train.seed, rank, world, start_iteration)
+        loader = DataLoader(ds, batch_sampler=sampler, **common)
+        return PretrainData(loader, len(files), f"image folder {where} ({len(files)} files)")
+    shards = list_shards(where)
+    n = cfg.data.dataset_size or count_shard_images(shards)
+    ds_w = ShardImages(shards, transform, cfg.train.seed, rank, world, start_sample=start_iteration * B)
+    loader = DataLoader(ds_w, batch_size=B, drop_last=True, **common)
+    return PretrainData(loader, n, f"webdataset {where} ({len(shards)} shards, {n} images)")

@@ -1,0 +1,323 @@
+"""train(cfg): build -> parallelise -> resume -> iterate -> log -> checkpoint -> k-NN -> summary.
+
+One iteration: schedules at i -> teacher targets -> student forward -> losses -> backward ->
+per-submodule clipping -> AdamW step -> EMA teacher. Loss values stay on the device between log
+points (no host sync in the step); a non-finite loss is caught at the next log or checkpoint point
+and stops the run with the last good checkpoint left in place (checkpoints are written only after
+that check). Follows DINOv2/Franca `train/train.py` in order of operations.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from franca.train import checkpoint as ckpt_io
+from franca.train.config import FrancaTrainConfig, dump_yaml, to_dict
+from franca.train.schedules import Lengths, Schedules
+from franca.utils import distributed as dist_utils
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the message names the iteration and the last good checkpoint."""
+
+
+@dataclass
+class RunState:
+    """What the loop carries between iterations (and into the checkpoint)."""
+
+    iteration: int = 0
+    skipped_files: set = field(default_factory=set)
+    knn_init: Optional[dict] = None
+    elapsed_before: float = 0.0
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    nb = device.type == "cuda"
+    return {k: (v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+class Trainer:
+    """Owns the models, optimizer and schedules of one run; `run()` trains to the end."""
+
+    def __init__(self, cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False) -> None:
+        from franca.train.build import build_models
+        from franca.train.data import build_pretrain_data
+        from franca.train.distributed import compile_modules, fsdp_shard, wrap_student
+        from franca.train.optim import build_optimizer, build_param_groups
+        from franca.train.step import LossComputer, StudentForward, TeacherTargets
+        from franca.utils.device import resolve_device
+        from franca.utils.seed import seed_all
+
+        self.cfg, self.quiet = cfg, quiet
+        self.device = resolve_device(cfg.train.device)
+        dist_utils.init_distributed(self.device)
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        self.is_main = self.rank == 0
+        self.out_dir = Path(cfg.train.output_dir)
+        self.ckpt_path = self.out_dir / ckpt_io.CHECKPOINT_NAME
+        seed_all(cfg.train.seed, self.rank)
+
+        loaded = None
+        if resume:
+            path = Path(resume) if isinstance(resume, str) else self.ckpt_path
+            loaded = ckpt_io.load_checkpoint(path)
+        self.state = RunState()
+        if loaded is not None:
+            self.state.iteration = int(loaded["iteration"])
+            extra = loaded.get("extra", {})
+            self.state.skipped_files = set(extra.get("skipped_files", []))
+            self.state.knn_init = extra.get("knn_init")
+            self.state.elapsed_before = float(extra.get("elapsed", 0.0))
+
+        self.student, self.teacher = build_models(cfg, self.device)
+        backbone = self.student["backbone"]
+        depth = getattr(backbone, "n_blocks", len(getattr(backbone, "blocks", [])))
+        self.data = build_pretrain_data(cfg, backbone.patch_size, self.rank, self.world,
+                                        self.state.iteration, self.device)
+        self.lengths: Lengths = self._lengths()
+        self.schedules = Schedules(cfg, self.lengths)
+        groups = build_param_groups(self.student, depth, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
+        if cfg.train.compile:
+            compile_modules(self.student)
+            compile_modules(self.teacher)
+        if self.world > 1 and cfg.train.parallel == "fsdp":
+            fsdp_shard(self.student, self.device)
+            fsdp_shard(self.teacher, self.device)
+        self.optimizer = build_optimizer(groups, cfg.optim.betas, cfg.optim.fused, self.device)
+        n_levels = self.student["dino_head"].n_levels
+        centers = None
+        if cfg.loss.centering == "centering":
+            from franca.losses.centering import SoftmaxCentering
+
+            centers = (SoftmaxCentering(self.student["dino_head"].n_prototypes_per_level).to(self.device),
+                       SoftmaxCentering(self.student["ibot_head"].n_prototypes_per_level).to(self.device))
+        self.targets = TeacherTargets(cfg.loss.centering, cfg.loss.sinkhorn_iterations, centers)
+        self.losses = LossComputer(n_levels, cfg.loss.student_temp, cfg.dino.loss_weight,
+                                   cfg.ibot.head.loss_weight, cfg.loss.koleo_weight, cfg.loss.koleo_scope)
+        self.student_forward = wrap_student(StudentForward(**self.student), cfg.train.parallel,
+                                            self.device, self.world)
+        from franca.train.ema import teacher_student_pairs
+
+        self.ema_pairs = [teacher_student_pairs(self.teacher[k], self.student[k]) for k in self.student]
+        if loaded is not None:
+            self._restore(loaded)
+
+    # ------------------------------------------------------------------ setup helpers
+    def _lengths(self) -> Lengths:
+        from franca.train.schedules import derive_lengths
+
+        return derive_lengths(self.cfg, self.data.dataset_size, self.world)
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        ckpt_io.load_prefixed_state_dict(self.student, ckpt["student"], "checkpoint student")
+        ckpt_io.load_prefixed_state_dict(self.teacher, ckpt["teacher"], "checkpoint teacher")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        centers = self.targets.centers
+        if centers is not None and "centers" in ckpt.get("extra", {}):
+            for c, sd in zip(centers, ckpt["extra"]["centers"]):
+                c.load_state_dict(sd)
+        rng = ckpt.get("rng", {}).get(f"rank{self.rank}")
+        if rng is not None:
+            ckpt_io.set_rng_state(rng)
+        log.info("resumed from %s at iteration %d", self.ckpt_path, self.state.iteration)
+
+    def save(self, elapsed: float) -> None:
+        """Write the consolidated checkpoint (rank 0 writes; every rank contributes its RNG state)."""
+        rng = {f"rank{self.rank}": ckpt_io.rng_state()}
+        if self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            torch.distributed.all_gather_object(gathered, rng)
+            rng = {k: v for g in gathered for k, v in g.items()}
+        student = ckpt_io.prefixed_state_dict(self.student)
+        teacher = ckpt_io.prefixed_state_dict(self.teacher)
+        optim_state = self._optimizer_state()
+        if not self.is_main:
+            return
+        extra: dict[str, Any] = {"skipped_files": sorted(self.state.skipped_files), "knn_init": self.state.knn_init,
+                                 "elapsed": elapsed, "world_size": self.world}
+        if self.targets.centers is not None:
+            extra["centers"] = [c.state_dict() for c in self.targets.centers]
+        ckpt_io.save_checkpoint(self.ckpt_path, {
+            "teacher": teacher, "student": student, "optimizer": optim_state,
+            "iteration": self.state.iteration, "config": to_dict(self.cfg), "rng": rng, "extra": extra})
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if self.world > 1 and self.cfg.train.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            fwd = torch.nn.ModuleDict(self.student)
+            return get_optimizer_state_dict(fwd, self.optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.optimizer.state_dict()
+
+    # ------------------------------------------------------------------ one iteration
+    def step(self, batch: dict[str, Any], i: int) -> dict[str, torch.Tensor]:
+        """One optimisation step at iteration i; returns the loss dict (device tensors)."""
+        from franca.train.ema import update_ema
+        from franca.train.optim import apply_schedule, clip_gradients
+        from franca.utils.device import autocast_context
+
+        v = self.schedules.at(i)
+        apply_schedule(self.optimizer, v)
+        with autocast_context(self.device):
+            teacher_out = self.targets(self.teacher, batch, v.teacher_temp)
+            student_out = self.student_forward(batch)
+            losses = self.losses(student_out, teacher_out, batch)
+        losses["total"].backward()
+        norms = clip_gradients(self.student, self.cfg.optim.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for t_params, s_params in self.ema_pairs:
+            update_ema(t_params, s_params, v.momentum)
+        losses["teacher_entropy"] = teacher_out.cls_entropy
+        for k, n in norms.items():
+            losses[f"grad_norm_{k}"] = n
+        return losses
+
+    # ------------------------------------------------------------------ the run
+    def knn(self, which: str) -> Optional[dict]:
+        from franca.train.knn_probe import build_probe
+
+        if not self.cfg.train.knn_eval or not self.is_main:
+            return None
+        probe = build_probe(self.cfg)
+        if probe is None:
+            log.info("no labelled validation split (data.val): skipping the k-NN check")
+            return None
+        model = self.teacher["backbone"]
+        res = probe(model, self.device)
+        log.info("k-NN top-1 (k=%d) of the %s backbone: %.2f%%", res["k"], which, res["top1"])
+        return res
+
+    def run(self) -> dict[str, Any]:
+        from franca.train.metrics import MetricsLogger
+
+        cfg, st = self.cfg, self.state
+        total = self.lengths.total
+        resumed = st.iteration > 0
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(dump_yaml(cfg))
+            self._announce()
+        metrics = MetricsLogger(self.out_dir, self.is_main, st.iteration if resumed else None)
+        if st.knn_init is None and not resumed:
+            st.knn_init = self.knn("initial")
+        t0 = time.time()
+        it = iter(self.data.loader)
+        bar = self._progress(total)
+        acc: dict[str, torch.Tensor] = {}
+        n_acc = 0
+        last_good = st.iteration if resumed else None
+        stop_reason = "done"
+        try:
+            while st.iteration < total:
+                i = st.iteration
+                batch = next(it)
+                st.skipped_files.update(batch.pop("skipped", []))
+                losses = self.step(_to_device(batch, self.device), i)
+                for k, val in losses.items():
+                    acc[k] = acc.get(k, 0.0) + val.detach().float()
+                n_acc += 1
+                st.iteration = i + 1
+                end = st.iteration == total
+                limit = cfg.train.max_minutes > 0 and (time.time() - t0) / 60 > cfg.train.max_minutes
+                if st.iteration % cfg.train.log_period == 0 or end or limit:
+                    row = {k: float(v) / n_acc for k, v in acc.items()}
+                    self._check_finite(row, i, last_good)
+                    v = self.schedules.at(i)
+                    row.update(lr=v.lr, wd=v.weight_decay, momentum=v.momentum, teacher_temp=v.teacher_temp,
+                               skipped_files=len(st.skipped_files), epoch=st.iteration / self.lengths.iterations_per_epoch)
+                    metrics.log(i, row)
+                    self._update_bar(bar, row, n_acc)
+                    acc, n_acc = {}, 0
+                if st.iteration % cfg.train.checkpoint_period == 0 or end or limit:
+                    if acc:
+                        self._check_finite({k: float(v) for k, v in acc.items()}, i, last_good)
+                    self.save(st.elapsed_before + time.time() - t0)
+                    last_good = st.iteration
+                if limit and not end:
+                    stop_reason = f"time limit train.max_minutes={cfg.train.max_minutes}"
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            metrics.close()
+        wall = st.elapsed_before + time.time() - t0
+        knn_final = self.knn("trained")
+        summary = self._summary(wall, knn_final, stop_reason)
+        if self.is_main:
+            import json
+
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _check_finite(self, row: dict[str, float], i: int, last_good: Optional[int]) -> None:
+        bad = [k for k in ("total", "dino_global", "dino_local", "ibot", "koleo") if k in row and not math.isfinite(row[k])]
+        if bad:
+            where = (f"the last good checkpoint {self.ckpt_path} (iteration {last_good}) is kept"
+                     if last_good is not None else "no checkpoint was written yet")
+            raise NonFiniteLossError(
+                f"loss became non-finite ({', '.join(f'{k}={row[k]}' for k in bad)}) at or before iteration {i}; "
+                f"stopping; {where}. Lower optim.base_lr or check the data.")
+
+    def _announce(self) -> None:
+        n = self.lengths
+        msg = (f"data: {self.data.description}\nlength: {n.describe()}\n"
+               f"lr: peak {self.schedules.peak_lr:.3g} (base_lr {self.cfg.optim.base_lr:g} scaled by "
+               f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "
+               f"{self.world} process(es)")
+        log.info(msg.replace("\n", "; "))
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def _progress(self, total: int) -> Any:
+        if not self.is_main or self.quiet:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=self.state.iteration, desc="pretrain", unit="it", dynamic_ncols=True)
+
+    @staticmethod
+    def _update_bar(bar: Any, row: dict[str, float], n: int) -> None:
+        if bar is None:
+            return
+        levels = "/".join(f"{row[k]:.2f}" for k in sorted(row) if k.startswith("dino_l"))
+        bar.set_postfix_str(f"loss {row['total']:.3f} dino {row['dino_global'] + row['dino_local']:.3f} "
+                            f"[{levels}] ibot {row['ibot']:.3f} koleo {row['koleo']:.3f} lr {row['lr']:.2e}",
+                            refresh=False)
+        bar.update(n)
+
+    def _summary(self, wall: float, knn_final: Optional[dict], stop_reason: str) -> dict[str, Any]:
+        s: dict[str, Any] = {
+            "iterations": self.state.iteration, "planned_iterations": self.lengths.total,
+            "epochs": self.state.iteration / self.lengths.iterations_per_epoch,
+            "global_batch": self.lengths.global_batch, "images_seen": self.state.iteration * self.lengths.global_batch,
+            "wall_time_s": wall, "device_hours": wall * self.world / 3600.0, "device": str(self.device),
+            "world_size": self.world, "skipped_files": len(self.state.skipped_files),
+            "skipped_file_list": sorted(self.state.skipped_files)[:100], "checkpoint": str(self.ckpt_path),
+            "stop_reason": stop_reason,
+        }
+        if self.state.knn_init is not None:
+            s["knn_top1_init"] = self.state.knn_init["top1"]
+        if knn_final is not None:
+            s["knn_top1_trained"] = knn_final["top1"]
+            if self.state.knn_init is not None:
+                s["knn_gain"] = knn_final["top1"] - self.state.knn_init["top1"]
+        return s
+
+
+def train(cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False) -> dict[str, Any]:
+    """Run pretraining for `cfg`; returns the run summary (also written to <output_dir>/summary.json)."""
+    trainer = Trainer(cfg, resume=resume, quiet=quiet)
+    try:
+        return trainer.run()
+    finally:
+        dist_utils.cleanup()

@@ -1,0 +1,86 @@
+"""Layer-wise maximum token norm (paper Fig. 10, PROTOCOLS §11).
+
+For every block ℓ = 1..L the block's output tokens (the residual stream before the final norm;
+CLS and patch tokens, register tokens *excluded*) are taken, each token's L2 norm computed, and the
+maximum over tokens of an image kept. The curve is the mean of that per-image maximum over the
+validation images; the dataset maximum is reported too. Images use the standard eval transform
+(Resize 256 → CenterCrop 224, ImageNet statistics; scaled as 8/7·size → size for other sizes).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from franca.viz.common import normalise, resize_center_crop
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@torch.no_grad()
+def max_token_norms(model: torch.nn.Module, x: Tensor) -> Tensor:
+    """(B, 3, H, W) → (B, L): per block, the largest L2 norm over the CLS and patch tokens of each image."""
+    L = int(getattr(model, "n_blocks", None) or len(model.blocks))
+    outs = model.get_intermediate_layers(x, n=list(range(L)), return_class_token=True, norm=False)
+    per_block = []
+    for patches, cls in outs:
+        tokens = torch.cat([cls[:, None].float(), patches.float()], dim=1)  # (B, 1+N, D)
+        per_block.append(tokens.norm(dim=-1).max(dim=1).values)
+    return torch.stack(per_block, dim=1)
+
+
+def layerwise_max_norm(model: torch.nn.Module, images: Sequence[Any], *, image_size: int | None = None,
+                       batch_size: int = 32, device: torch.device | str = "cpu",
+                       progress: bool = False) -> dict[str, Any]:
+    """Mean (and max, std) over images of the per-image max token norm, for each block."""
+    from tqdm import tqdm
+
+    p = model.patch_size
+    size = image_size or (224 if p >= 14 else 8 * p)
+    resize = round(size * 8 / 7)
+    model = model.to(device).eval()
+    rows = []
+    for i in tqdm(range(0, len(images), batch_size), desc="token norms", disable=not progress):
+        x = torch.stack([resize_center_crop(im, resize, size) for im in images[i:i + batch_size]])
+        rows.append(max_token_norms(model, normalise(x, IMAGENET_MEAN, IMAGENET_STD).to(device)).cpu())
+    if not rows:
+        raise ValueError("no images to measure token norms on")
+    m = torch.cat(rows).double()
+    return {"blocks": list(range(1, m.shape[1] + 1)), "mean_max_norm": m.mean(0).tolist(),
+            "std_max_norm": m.std(0, unbiased=False).tolist(), "max_norm": m.max(0).values.tolist(),
+            "n_images": m.shape[0], "image_size": size, "registers": "excluded"}
+
+
+def plot_norms(curves: dict[str, dict[str, Any]], out: str | Path, *, width_px: int = 640,
+               height_px: int = 400, dpi: int = 100) -> Path:
+    """One line per backbone (label → result of ``layerwise_max_norm``); PNG of exactly width×height px."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    for label, c in curves.items():
+        ax.plot(c["blocks"], c["mean_max_norm"], marker="o", markersize=3, label=label)
+    ax.set_xlabel("block")
+    ax.set_ylabel("max token norm (mean over images)")
+    ax.set_title("Layer-wise maximum token norm")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
+def write_norms_json(curves: dict[str, dict[str, Any]], out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"protocol": "token_norms", "backbones": curves}, indent=2))
+    return out

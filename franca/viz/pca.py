@@ -1,0 +1,108 @@
+"""PCA of patch features shown as RGB (the qualitative figures; Franca's ``visualize_PCA``, PROTOCOLS §11).
+
+Images are resized and centre-cropped (448 for the paper's models), normalised with mean 0.5 and
+std 0.2 as the reference does. A 3-component PCA is fitted jointly on the ``x_norm_patchtokens`` of
+all images. With foreground thresholding, the first component is min-max scaled and patches above
+the threshold (0.35) are foreground; a second 3-component PCA is fitted on foreground patches only
+and the background is drawn black. Components are min-max scaled to [0, 1] and used as RGB, then
+upsampled bilinearly to the image size.
+
+The sign of a principal component is arbitrary (the reference inherits scikit-learn's convention),
+so with thresholding this module orients the first component so that the border patches of the
+images score lower than the rest on average — background usually touches the border.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from franca.viz.common import normalise, resize_center_crop, save_grid, to_uint8
+
+PCA_MEAN = (0.5, 0.5, 0.5)
+PCA_STD = (0.2, 0.2, 0.2)
+
+
+def pca_project(x: Tensor, k: int = 3) -> Tensor:
+    """(N, D) → (N, k) projections on the top-k principal components (centred, float64 SVD).
+
+    Each component's sign is fixed so that its largest-magnitude loading is positive.
+    """
+    if x.shape[0] < 2:
+        raise ValueError(f"PCA needs at least 2 samples, got {x.shape[0]}")
+    xc = x.double() - x.double().mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(xc, full_matrices=False)
+    comps = vh[:k]
+    signs = torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True))).clamp_min(0) * 2 - 1
+    comps = comps * signs
+    proj = xc @ comps.T
+    if proj.shape[1] < k:  # fewer samples/dims than k: pad with zeros
+        proj = F.pad(proj, (0, k - proj.shape[1]))
+    return proj
+
+
+def minmax(x: Tensor, dim: int = 0) -> Tensor:
+    lo, hi = x.min(dim, keepdim=True).values, x.max(dim, keepdim=True).values
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def _border(h: int, w: int) -> Tensor:
+    b = torch.zeros(h, w, dtype=torch.bool)
+    b[0], b[-1], b[:, 0], b[:, -1] = True, True, True, True
+    return b.flatten()
+
+
+def pca_rgb(tokens: Tensor, grid: tuple[int, int], fg_threshold: float | None = 0.35) -> tuple[Tensor, Tensor]:
+    """Patch tokens (B, N, D) on an h×w grid → RGB maps (B, 3, h, w) in [0, 1] and foreground (B, h, w).
+
+    ``fg_threshold=None`` skips the foreground step (all patches are foreground).
+    """
+    B, N, D = tokens.shape
+    h, w = grid
+    if h * w != N:
+        raise ValueError(f"{N} tokens do not fill a {h}×{w} grid")
+    flat = tokens.reshape(B * N, D)
+    if fg_threshold is None:
+        fg = torch.ones(B * N, dtype=torch.bool)
+    else:
+        first = pca_project(flat, 1)[:, 0]
+        border = _border(h, w).repeat(B)
+        if (~border).any() and first[border].mean() > first[~border].mean():
+            first = -first
+        fg = minmax(first) > fg_threshold
+        if int(fg.sum()) < 2:  # degenerate split: fall back to all patches
+            fg = torch.ones_like(fg)
+    rgb = torch.zeros(B * N, 3, dtype=torch.float64)
+    rgb[fg] = minmax(pca_project(flat[fg], 3))
+    rgb = rgb.view(B, h, w, 3).permute(0, 3, 1, 2).float()
+    return rgb, fg.view(B, h, w)
+
+
+@torch.no_grad()
+def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *, image_size: int | None = None,
+               fg_threshold: float | None = 0.35, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """One row per image: the image and its PCA-RGB map (bilinearly upsampled); writes the PNG ``out``."""
+    p = model.patch_size
+    size = image_size or (448 if p >= 14 else 16 * p)
+    size -= size % p
+    model = model.to(device).eval()
+    crops = torch.stack([resize_center_crop(im, size, size) for im in images])
+    x = normalise(crops, PCA_MEAN, PCA_STD).to(device)
+    tokens = model.forward_features(x)["x_norm_patchtokens"].float().cpu()
+    rgb, fg = pca_rgb(tokens, (size // p, size // p), fg_threshold)
+    up = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    if fg_threshold is not None:
+        up = up * F.interpolate(fg[:, None].float(), size=(size, size), mode="nearest")
+    rows = [[to_uint8(c), to_uint8(u)] for c, u in zip(crops, up)]
+    path = save_grid(rows, out)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        wh = im.size
+    return {"path": str(path), "rgb": rgb, "foreground": fg, "size": wh}
+
+
+__all__ = ["pca_project", "pca_rgb", "pca_figure", "minmax"]

@@ -1,0 +1,90 @@
+"""export_backbone → timm's vit_*_patch14_dinov2 (local file, no network) gives the same features."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import franca
+
+timm = pytest.importorskip("timm")
+
+
+def _timm_from(path, name="vit_small_patch14_dinov2", **kw):
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kw).eval()
+
+
+def test_vits14_export_loads_in_timm_dinov2(tmp_path):
+    """DINOv2-layout ViT-S/14 (GELU MLP), full size, pos grid 16 (img 224) → timm, same tokens at 224."""
+    m = franca.build_backbone("vits14", ffn="mlp").eval()
+    with torch.no_grad():  # LayerScale away from 1e-5 so the blocks matter in the comparison
+        for blk in m.blocks:
+            blk.ls1.gamma.uniform_(0.5, 1.0)
+            blk.ls2.gamma.uniform_(0.5, 1.0)
+    u = torch.nn.functional.normalize(torch.randn(384, 1), dim=0)
+    m.set_rasa_projection(torch.eye(384) - u @ u.T)
+    path = franca.export_backbone(m, tmp_path / "vits14.safetensors")
+    t = _timm_from(path, img_size=224)  # strict load: the RASA map is not a tensor entry
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ours = m.forward_features(x)
+        theirs = t.forward_features(x)
+    assert (ours["x_norm_clstoken"] - theirs[:, 0]).abs().max() < 1e-4
+    assert (ours["x_norm_patchtokens"] - theirs[:, 1:]).abs().max() < 1e-4
+    # ... and our loader restores the RASA projection from the metadata
+    back = franca.load_backbone("vits14", weights=path)
+    assert back.ffn == "mlp" and back.img_size == 224
+    assert torch.allclose(back.rasa_proj, m.rasa_proj)
+    assert torch.equal(back.state_dict()["blocks.11.mlp.fc2.weight"], m.state_dict()["blocks.11.mlp.fc2.weight"])
+
+
+@pytest.mark.parametrize("ffn,n_reg", [("swiglu", 0), ("mlp", 4)])
+def test_swiglu_and_register_exports_with_create_kwargs(tmp_path, ffn, n_reg):
+    """Franca's SwiGLU (timm SwiGLUPacked, w12 = [x1 | x2]) and DINOv2-reg models, via timm_create_kwargs."""
+    from franca.models.weights import timm_create_kwargs
+
+    m = franca.build_backbone("vits14", ffn=ffn, depth=2, num_register_tokens=n_reg).eval()
+    path = franca.export_backbone(m, tmp_path / "m.safetensors")
+    kw = timm_create_kwargs(m)
+    t = _timm_from(path, **kw)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ours = m.forward_features(x)
+        theirs = t.forward_features(x)
+    assert (ours["x_norm_clstoken"] - theirs[:, 0]).abs().max() < 1e-4
+    if n_reg:
+        assert (ours["x_norm_regtokens"] - theirs[:, 1:1 + n_reg]).abs().max() < 1e-4
+    assert (ours["x_norm_patchtokens"] - theirs[:, 1 + n_reg:]).abs().max() < 1e-4
+
+
+def test_timm_wrapper_same_interface(tmp_path):
+    """`timm:NAME` with a local weights file: dict features, intermediate layers and attention as ours."""
+    m = franca.build_backbone("vits14", ffn="mlp", depth=2).eval()
+    path = franca.export_backbone(m, tmp_path / "m.safetensors")
+    w = franca.load_backbone("timm:vit_small_patch14_dinov2", weights=path, depth=2, img_size=224)
+    assert (w.embed_dim, w.patch_size, w.n_blocks, w.num_heads) == (384, 14, 2, 6)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        a, b = m.forward_features(x), w.forward_features(x)
+        for k in ("x_norm_clstoken", "x_norm_patchtokens", "x_prenorm"):
+            assert (a[k] - b[k]).abs().max() < 1e-4, k
+        la = m.get_intermediate_layers(x, n=2, reshape=True, return_class_token=True)
+        lb = w.get_intermediate_layers(x, n=2, reshape=True, return_class_token=True)
+        for (pa, ca), (pb, cb) in zip(la, lb):
+            assert pa.shape == pb.shape == (1, 384, 16, 16)
+            assert (pa - pb).abs().max() < 1e-4 and (ca - cb).abs().max() < 1e-4
+        assert (m.get_last_selfattention(x) - w.get_last_selfattention(x)).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="mask"):
+        w.forward_features(x, masks=torch.zeros(1, 256, dtype=torch.bool))
+
+
+def test_export_command(tmp_path):
+    from franca.cli import main
+
+    m = franca.build_backbone("vitt8", depth=1)
+    src = tmp_path / "ckpt.pth"
+    torch.save({"teacher": {"backbone." + k: v for k, v in m.state_dict().items()}}, src)
+    out = tmp_path / "out.safetensors"
+    assert main(["export", "--model", "vitt8", "--weights", str(src), "--out", str(out)]) == 0
+    back = franca.load_backbone("vitt8", weights=out, depth=1)
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in m.state_dict().items())
+    assert main(["export", "--model", "vitt8", "--out", str(tmp_path / "x.pt")]) == 1  # wrong suffix → error

@@ -1,0 +1,163 @@
+"""The iterative RASA fit on synthetic features, folding into a backbone, and `franca rasa` end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from franca.models.rasa_fold import load_rasa_projection, removal_projection
+from franca.rasa.fit import CachedFeatures, RasaConfig, fit_rasa
+from franca.rasa.removal import position_r2, position_targets, principal_angles_deg, remove_sequential
+
+
+def _subspaces(D: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random orthonormal split of R^D: semantic basis Qs (D, D-2) and position basis Qp (D, 2)."""
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))[0].float()
+    return Q[:, : D - 2], Q[:, D - 2:]
+
+
+def _features(M: int, Qs: torch.Tensor, Qp: torch.Tensor, seed: int, h: int = 8, w: int = 8):
+    """Features = semantic part (random, position-free, in span(Qs)) + a known linear position code.
+
+    The code is A·(row - ½, col - ½) placed in span(Qp), orthogonal to span(Qs); so the ideal RASA
+    stage removes exactly span(Qp). Returns (features, semantic part), both (M, h·w, D).
+    """
+    g = torch.Generator().manual_seed(seed)
+    A = torch.tensor([[3.0, 1.0], [0.5, 2.5]])
+    sem = torch.randn(M, h * w, Qs.shape[1], generator=g) @ Qs.T
+    code = ((position_targets(h, w) - 0.5) @ A.T) @ Qp.T
+    return sem + code[None], sem
+
+
+def _synthetic(M: int, D: int = 24, seed: int = 0) -> torch.Tensor:
+    Qs, Qp = _subspaces(D, seed)
+    return _features(M, Qs, Qp, seed + 1)[0]
+
+
+def test_golden_rasa_recovers_position_subspace():
+    Qs, Qp = _subspaces(24, seed=0)
+    x, _ = _features(256, Qs, Qp, seed=1)
+    x_val, sem_val = _features(64, Qs, Qp, seed=2)  # held-out images for the R² probe
+    # A larger lr than the paper's keeps the test short: the fit converges in 160 steps (about 0.1 s).
+    cfg = RasaConfig(iterations=1, epochs=20, lr=5e-2, batch_size=32, progress=False)
+    res = fit_rasa(CachedFeatures(x, (8, 8), 32, seed=0), cfg, heldout=x_val)
+    angles = principal_angles_deg(res.directions[0], Qp)
+    assert angles.max() < 1.0, angles
+    h = res.history[0]
+    assert h["r2_before"] > 0.99 and h["r2_after"] < 0.01, h
+    # Semantic part unchanged: it lies in the complement of span(Qp); the relative change is ≤ sin(max angle).
+    cleaned_sem = sem_val @ res.projection.T
+    rel = (cleaned_sem - sem_val).norm() / sem_val.norm()
+    assert rel < math.sin(math.radians(1.0)), rel
+    # And independently of the fit's own probe: a probe on other cleaned held-out tokens finds no position.
+    x_more, _ = _features(32, Qs, Qp, seed=3)
+    y = position_targets(8, 8).repeat(16, 1)
+    xc = (x_more @ res.projection.T).reshape(2, -1, 24)
+    assert position_r2(xc[0], y, xc[1], y) < 0.01
+
+
+@pytest.mark.parametrize("project_previous", [True, False])
+def test_fit_stages_fold_and_orthonormality(project_previous):
+    x = _synthetic(64, D=16, seed=3)
+    cfg = RasaConfig(iterations=3, epochs=2, lr=2e-3, batch_size=16, progress=False, project_previous=project_previous)
+    res = fit_rasa(CachedFeatures(x, (8, 8), 16), cfg)
+    assert len(res.directions) == 3 and len(res.history) == 3
+    for U in res.directions:
+        assert torch.allclose(U.T @ U, torch.eye(2), atol=1e-5)
+    assert torch.allclose(x @ res.projection.T, remove_sequential(x, res.directions), atol=1e-5)
+    U_all = torch.cat(res.directions, dim=1)
+    if project_previous:  # all 2T directions orthonormal: the folded map is the orthogonal projection I - U Uᵀ
+        assert torch.allclose(U_all.T @ U_all, torch.eye(6), atol=1e-5)
+        assert torch.allclose(res.projection, torch.eye(16) - U_all @ U_all.T, atol=1e-5)
+    else:  # reference removal: stage t uses Gram-Schmidt of the raw weight, exactly
+        from franca.models.rasa_fold import gram_schmidt_2d
+
+        assert torch.allclose(res.projection, removal_projection([gram_schmidt_2d(W) for W in res.weights]), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ backbone
+@pytest.fixture(scope="module")
+def tiny():
+    import franca
+
+    torch.manual_seed(0)
+    return franca.build_backbone("vitt8", depth=1, embed_dim=32, num_heads=2, img_size=32).eval()
+
+
+def test_folded_backbone_matches_sequential_and_survives_export(tiny, tmp_path):
+    import franca
+    from franca.rasa.backbone import apply_to_intermediate, fold_into_backbone
+    from franca.rasa.fit import extract_all
+
+    imgs = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    tokens = extract_all(tiny, [imgs[:6], imgs[6:]], torch.device("cpu"))
+    cfg = RasaConfig(iterations=3, epochs=2, batch_size=6, progress=False)
+    res = fit_rasa(CachedFeatures(tokens, (4, 4), 6), cfg, heldout=tokens[:4])
+    fold_into_backbone(tiny, res.projection)
+    with torch.no_grad():
+        out = tiny.forward_features(imgs[:3], use_rasa_head=True)
+    expected = remove_sequential(out["x_norm_patchtokens"], res.directions)
+    assert torch.allclose(out["patch_token_rasa"], expected, atol=1e-5)
+    inter = apply_to_intermediate(tiny, imgs[:3], n=1)
+    assert torch.allclose(inter[0], expected, atol=1e-5)
+
+    path = franca.export_backbone(tiny, tmp_path / "tiny-rasa.safetensors")
+    loaded = franca.load_backbone("vitt8", weights=path, depth=1, embed_dim=32, num_heads=2, img_size=32)
+    assert loaded.rasa_proj is not None and torch.allclose(loaded.rasa_proj, res.projection)
+    with torch.no_grad():
+        again = loaded.forward_features(imgs[:3], use_rasa_head=True)["patch_token_rasa"]
+    assert torch.allclose(again, expected, atol=1e-5)
+    assert torch.allclose(load_rasa_projection(path, 32), res.projection)  # the map also reads from the export
+    fold_into_backbone(tiny, None)
+
+
+def test_franca_rasa_command_end_to_end(tmp_path):
+    from PIL import Image
+
+    import franca
+    from franca.cli import main
+
+    data = tmp_path / "images"
+    data.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(10):
+        arr = (torch.rand(40, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(data / f"img{i}.png")
+    out = tmp_path / "vitt8-rasa.safetensors"
+    rc = main(["rasa", "--model", "vitt8", "--data", str(data), "--iterations", "2", "--epochs", "1",
+               "--batch-size", "4", "--size", "32", "--num-workers", "0", "--out", str(out), "--no-progress",
+               "--heldout-fraction", "0.3"])
+    assert rc == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [h["iteration"] for h in report["history"]] == [1, 2]
+    assert all(math.isfinite(h["r2_before"]) and math.isfinite(h["r2_after"]) for h in report["history"])
+    model = franca.load_backbone("vitt8", weights=out)
+    assert model.rasa_proj is not None
+    P_file = load_rasa_projection(out.with_name(out.stem + ".rasa.safetensors"), model.embed_dim)
+    assert torch.allclose(model.rasa_proj, P_file, atol=1e-6)
+    # The folded map is an orthogonal projection of rank D - 2T (default: restricted directions).
+    assert torch.allclose(P_file @ P_file, P_file, atol=1e-5)
+    assert round(float(torch.trace(P_file))) == model.embed_dim - 4
+
+
+def test_load_backbone_with_official_rasa_head_file(tmp_path):
+    """`load_backbone(..., rasa=FILE)` with an official-layout head gives the head's cleaned tokens."""
+    import franca
+    from franca.models.rasa_fold import gram_schmidt_2d
+
+    D = 32
+    g = torch.Generator().manual_seed(4)
+    ws = [torch.randn(2, D, generator=g) for _ in range(4)]  # 3 pre-position layers + the last predictor
+    sd = {f"rasa_head.pre_pos_layers.{i}.weight": w for i, w in enumerate(ws[:-1])}
+    sd["rasa_head.pos_pred.weight"] = ws[-1]
+    path = tmp_path / "franca_vitt8_rasa.pth"
+    torch.save(sd, path)
+    model = franca.load_backbone("vitt8", depth=1, embed_dim=D, num_heads=2, img_size=32, rasa=path)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        out = model.forward_features(x, use_rasa_head=True)
+    expected = remove_sequential(out["x_norm_patchtokens"], [gram_schmidt_2d(w) for w in ws])
+    assert torch.allclose(out["patch_token_rasa"], expected, atol=1e-5)

@@ -1,0 +1,143 @@
+"""The synthetic data set: deterministic bytes, labels consistent with the pixels, cached generation."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from franca.data.toy import ensure_toy, generate_toy, toy_key
+from franca.data.toy_scenes import ToyStyle, ground_depth, render_depth, render_pair, render_segmentation
+from franca.data.toy_shapes import SHAPES
+
+TINY = dict(size=32, n_train=20, n_val=10, n_seg=(3, 2), n_depth=(3, 2), n_pairs=(3, 2, 3), progress=False)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _dilate(m: np.ndarray) -> np.ndarray:
+    """3x3 binary dilation."""
+    p = np.pad(m, 1)
+    return np.any([p[1 + dy:1 + dy + m.shape[0], 1 + dx:1 + dx + m.shape[1]]
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    """Two runs with one seed write identical files; another seed changes the images."""
+    a = _digest(generate_toy(tmp_path / "a", seed=3, **TINY))
+    b = _digest(generate_toy(tmp_path / "b", seed=3, **TINY))
+    c = _digest(generate_toy(tmp_path / "c", seed=4, **TINY))
+    assert a == b
+    jpgs = [k for k in a if k.endswith(".JPEG")]
+    assert len(jpgs) == 30 and all(k in c for k in jpgs)
+    assert sum(a[k] != c[k] for k in jpgs) == len(jpgs)
+
+
+def test_layout_and_labels_file(tmp_path):
+    """ImageNet folders are balanced over classes and labels.txt lists 'wnid,name' per class."""
+    root = generate_toy(tmp_path / "t", n_classes=10, **TINY)
+    lines = (root / "imagenet" / "labels.txt").read_text().splitlines()
+    assert lines[0] == "n00000000,disk" and len(lines) == 10
+    counts = [len(list((root / "imagenet" / "train" / f"n{c:08d}").glob("*.JPEG"))) for c in range(10)]
+    assert counts == [2] * 10  # 20 images, 10 classes, i % 10
+    meta = json.loads((root / "toy.json").read_text())
+    assert meta["classes"][:3] == ["disk", "square", "triangle"]
+    with pytest.raises(ValueError, match="not empty"):
+        generate_toy(root, **TINY)
+
+
+def test_segmentation_masks_cover_objects():
+    """Each object's visible pixels are labelled with its class (or 255 on boundaries), and every
+    labelled pixel lies on an object of that class."""
+    style = ToyStyle(size=48)
+    for i in range(5):
+        img, label, objects = render_segmentation(np.random.default_rng(i), style)
+        covered = np.zeros(label.shape, dtype=bool)
+        for k, obj in enumerate(objects):
+            visible = obj.mask.copy()
+            for later in objects[k + 1:]:
+                visible &= ~later.mask
+            assert np.isin(label[visible], [obj.cls + 1, 255]).all()
+            covered |= obj.mask
+        assert (label[~covered] != 255).sum() == (~covered).sum() - (label[~covered] == 255).sum()
+        assert np.isin(label[~covered], [0, 255]).all()
+        assert (label == 255).any() and (label == 0).any()
+
+
+def test_keypoints_follow_the_transform():
+    """Target keypoints = T(source keypoints) within 1 px, T maps the source silhouette onto the
+    target one, and each keypoint touches its object (shape corners lie on the outline)."""
+    style = ToyStyle(size=64)
+    for i in range(6):
+        cls, level = i % style.n_classes, i % 3
+        p = render_pair(np.random.default_rng(i), cls, level, style)
+        t = p["transform"]
+        mapped = p["src_kps"] @ t[:, :2].T + t[:, 2]
+        assert np.abs(mapped - p["trg_kps"]).max() < 1.0
+        # Warp the source mask by T (inverse mapping, nearest pixel centres) and compare.
+        inv = np.linalg.inv(np.vstack([t, [0, 0, 1]]))
+        yy, xx = np.mgrid[0:64, 0:64] + 0.5
+        sx = inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]
+        sy = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]
+        ok = (sx >= 0) & (sx < 64) & (sy >= 0) & (sy < 64)
+        warped = np.zeros((64, 64), dtype=bool)
+        warped[ok] = p["src_mask"][sy[ok].astype(int), sx[ok].astype(int)]
+        # Rasterisation may move the outline by up to a pixel: compare each with the other dilated.
+        assert (warped & ~_dilate(p["trg_mask"])).sum() <= 0.02 * warped.sum()
+        assert (p["trg_mask"] & ~_dilate(warped)).sum() <= 0.02 * p["trg_mask"].sum()
+        assert (warped & p["trg_mask"]).sum() >= 0.7 * p["trg_mask"].sum()
+        for key in ("src", "trg"):
+            ys, xs = np.nonzero(p[f"{key}_mask"])
+            d = np.hypot(xs[None] + 0.5 - p[f"{key}_kps"][:, :1], ys[None] + 0.5 - p[f"{key}_kps"][:, 1:])
+            assert d.min(axis=1).max() <= 1.5
+
+
+def test_depth_matches_occlusion():
+    """Where objects overlap, the visible one is the nearest (depth = min of the covering objects);
+    elsewhere depth is the known ground/wall geometry."""
+    style = ToyStyle(size=64)
+    overlaps = 0
+    for i in range(12):
+        img, depth, objects = render_depth(np.random.default_rng(i), style)
+        nearest = np.full(depth.shape, np.inf)
+        for obj in objects:
+            nearest[obj.mask] = np.minimum(nearest[obj.mask], obj.depth)
+        on_obj = np.isfinite(nearest)
+        np.testing.assert_allclose(depth[on_obj], nearest[on_obj], rtol=1e-6)
+        base = np.repeat(ground_depth(64)[:, None], 64, axis=1)
+        np.testing.assert_allclose(depth[~on_obj], base[~on_obj], rtol=1e-6)
+        overlaps += sum((a.mask & b.mask).any() for k, a in enumerate(objects) for b in objects[k + 1:])
+    assert overlaps > 0  # the check above was exercised on real occlusions
+    # Ground geometry: 1 m at the bottom row, farther towards the horizon, the wall above it.
+    g = ground_depth(64)
+    # bottom row centre 63.5, horizon 0.35 * 64 = 22.4: depth = (64 - 22.4) / (63.5 - 22.4) = 41.6 / 41.1
+    assert g[-1] == pytest.approx(41.6 / 41.1, rel=1e-9)
+    assert np.all(np.diff(g[g < 8.0]) < 0) and g[0] == 8.0
+
+
+def test_ensure_toy_caches_atomically(tmp_path, monkeypatch):
+    """ensure_toy generates once into toy-<hash> under $FRANCA_DATA and leaves no temp folder."""
+    monkeypatch.setenv("FRANCA_DATA", str(tmp_path))
+    kw = dict(size=32, n_train=10, n_val=10, n_seg=(2, 2), n_depth=(2, 2), n_pairs=(2, 2, 2))
+    root = ensure_toy(**kw)
+    assert root == tmp_path / f"toy-{toy_key(**kw)}" and (root / "toy.json").is_file()
+    stamp = (root / "toy.json").stat().st_mtime_ns
+    assert ensure_toy(**kw) == root and (root / "toy.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [root.name]
+    assert toy_key(**kw) != toy_key(**{**kw, "seed": 1})
+
+
+def test_shapes_are_distinct_silhouettes():
+    """No two classes share a silhouette: rasterised at the same placement they differ in >= 8 % of pixels."""
+    from franca.data.toy_shapes import affine, rasterize
+
+    m = affine((32, 32), 28, 0.3)
+    masks = [rasterize(s, m, 64) for s in SHAPES]
+    for a in range(len(masks)):
+        for b in range(a + 1, len(masks)):
+            assert (masks[a] ^ masks[b]).mean() > 0.08, (SHAPES[a].name, SHAPES[b].name)

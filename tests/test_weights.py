@@ -1,0 +1,146 @@
+"""Weight files: every supported layout loads to the same model; bad files fail with named errors."""
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+
+import pytest
+import torch
+
+import franca
+from test_backbone import D, HEADS, make_flat_state_dict, to_official_layout
+
+DEPTH = 4
+KW = dict(embed_dim=D, depth=DEPTH, num_heads=HEADS)
+
+
+@pytest.fixture(scope="module")
+def flat():
+    return make_flat_state_dict(grid=16, depth=DEPTH, seed=3)
+
+
+def _params_equal(model, flat) -> None:
+    own = model.state_dict()
+    assert set(own) == set(flat)
+    for k, v in flat.items():
+        assert torch.equal(own[k], v), k
+
+
+def _save(obj, path):
+    torch.save(obj, path)
+    return path
+
+
+def test_official_release_layout(tmp_path, flat):
+    off = to_official_layout(flat, depth=DEPTH)
+    assert "backbone.blocks.3.3.mlp.w12.weight" in off["teacher"]  # chunk 3 holds global block 3
+    m = franca.load_backbone("vits14", weights=_save(off, tmp_path / "f.pth"), **KW)
+    _params_equal(m, flat)
+    assert not m.training
+
+
+@pytest.mark.parametrize("layout", ["module_prefix", "project_ckpt", "model_dict", "student_teacher", "compiled"])
+def test_other_checkpoint_layouts(tmp_path, flat, layout):
+    teacher = to_official_layout(flat, depth=DEPTH)["teacher"]
+    if layout == "module_prefix":
+        obj = {"teacher": {"module." + k: v for k, v in teacher.items()}}
+    elif layout == "project_ckpt":  # franca/train/checkpoint.py: teacher/student dicts + iteration
+        obj = {"teacher": teacher, "student": {k: torch.zeros_like(v) for k, v in teacher.items()}, "iteration": 7}
+    elif layout == "model_dict":
+        obj = {"model": {"teacher." + k: v for k, v in teacher.items()}}
+    elif layout == "student_teacher":  # both present under one dict: the teacher is chosen
+        obj = {"state_dict": {**{"teacher." + k: v for k, v in teacher.items()},
+                              **{"student." + k: torch.zeros_like(v) for k, v in teacher.items()}}}
+    else:
+        obj = {"teacher": {k.replace("backbone.", "backbone._orig_mod."): v for k, v in teacher.items()}}
+    m = franca.load_backbone("vits14", weights=_save(obj, tmp_path / "c.pth"), **KW)
+    _params_equal(m, flat)
+
+
+def test_split_tar_release(tmp_path, flat):
+    """ViT-g style: a .pth inside a tar.gz split into part_aa/ab/ac; given one part or the joined name."""
+    pth = io.BytesIO()
+    torch.save(to_official_layout(flat, depth=DEPTH), pth)
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w:gz") as tar:
+        info = tarfile.TarInfo("franca_vitg14/franca_vitg14_Laion600M.pth")
+        info.size = len(pth.getvalue())
+        tar.addfile(info, io.BytesIO(pth.getvalue()))
+    data = tar_bytes.getvalue()
+    base = tmp_path / "franca_vitg14_Laion600M_chunked.tar.gz"
+    cut = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
+    for suffix, a, b in zip(("aa", "ab", "ac"), cut[:-1], cut[1:]):
+        (tmp_path / f"{base.name}.part_{suffix}").write_bytes(data[a:b])
+    for given in (base, tmp_path / f"{base.name}.part_ab"):
+        _params_equal(franca.load_backbone("vitg14", weights=given, **KW), flat)
+
+
+def test_missing_unexpected_and_shape_errors_name_keys(tmp_path, flat):
+    off = to_official_layout(flat, depth=DEPTH)
+    t = dict(off["teacher"])
+    del t["backbone.norm.weight"]
+    t["backbone.extra_param"] = torch.zeros(3)
+    t["backbone.blocks.0.0.attn.proj.weight"] = torch.zeros(D, D + 1)
+    with pytest.raises(ValueError) as err:
+        franca.load_backbone("vits14", weights=_save({"teacher": t}, tmp_path / "bad.pth"), **KW)
+    msg = str(err.value)
+    assert "missing keys: norm.weight" in msg
+    assert "unexpected keys: extra_param" in msg
+    assert f"blocks.0.attn.proj.weight: file ({D}, {D + 1}) vs model ({D}, {D})" in msg
+    # a key next to the backbone that is not a head is not silently dropped
+    t2 = dict(off["teacher"], **{"mystery.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="mystery.weight"):
+        franca.load_backbone("vits14", weights=_save({"teacher": t2}, tmp_path / "bad2.pth"), **KW)
+    # a size that does not fit the file is named too
+    with pytest.raises(ValueError, match=r"file: embed_dim=64, depth=4; model: embed_dim=128, depth=4.*shape mismatches: .*file \(64,\) vs model \(128,\)"):
+        franca.load_backbone("vits14", weights=_save(off, tmp_path / "ok.pth"), embed_dim=2 * D, depth=DEPTH, num_heads=HEADS)
+
+
+class _RunsCode:
+    def __reduce__(self):  # unpickling would create the marker file
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _RunsCode()
+    evil.marker = str(marker)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as fh:
+        torch.save({"teacher": {"x": evil}}, fh, pickle_module=pickle)
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="refusing to load .*evil.pth"):
+        franca.load_backbone("vitt8", weights=path)
+    assert not marker.exists()
+
+
+def test_missing_file_names_path(tmp_path):
+    missing = tmp_path / "nope" / "franca_vitb14_In21k.pth"
+    with pytest.raises(FileNotFoundError, match="franca_vitb14_In21k.pth"):
+        franca.load_backbone("vitb14", weights=missing)
+    with pytest.raises(ValueError, match="no 'cls_token'"):
+        franca.load_backbone("vitt8", weights=_save({"a": torch.zeros(1)}, tmp_path / "x.pth"))
+
+
+def test_rasa_file_goes_through_rasa_fold(tmp_path, flat, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    def fake_load(path, embed_dim):
+        calls.append((str(path), embed_dim))
+        return 2 * torch.eye(embed_dim)
+
+    monkeypatch.setitem(sys.modules, "franca.models.rasa_fold",
+                        types.SimpleNamespace(load_rasa_projection=fake_load))
+    w = _save(to_official_layout(flat, depth=DEPTH), tmp_path / "f.pth")
+    rasa = _save({"x": torch.zeros(1)}, tmp_path / "rasa.pth")
+    m = franca.load_backbone("vits14", weights=w, rasa=rasa, **KW)
+    assert calls == [(str(rasa), D)]
+    x = torch.randn(1, 3, 56, 56)
+    out = m.forward_features(x, use_rasa_head=True)
+    assert torch.allclose(out["patch_token_rasa"], 2 * out["x_norm_patchtokens"])
+    with pytest.raises(FileNotFoundError, match="no_rasa.pth"):
+        franca.load_backbone("vits14", weights=w, rasa=tmp_path / "no_rasa.pth", **KW)
