@@ -34,8 +34,8 @@ def main() -> None:
     from franca.utils.device import autocast_context
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=4, help="images per batch on CPU (CUDA uses 8x)")
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=2, help="images per batch on CPU (CUDA uses 8x)")
+    ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--sizes", nargs="+", default=["vits14", "vitb14"])
     args = ap.parse_args()

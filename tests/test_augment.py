@@ -11,7 +11,8 @@ from franca.data.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentati
 
 
 def _blur_ps(compose: v2.Compose) -> list[float]:
-    return [t.p for t in compose.transforms if isinstance(t, v2.RandomApply) and isinstance(t.transforms[0], v2.GaussianBlur)]
+    applies = [t for t in compose.transforms if isinstance(t, v2.RandomApply)]
+    return [t.p for t in applies if isinstance(t.transforms[0], v2.GaussianBlur)]
 
 
 def test_shapes_and_count() -> None:

@@ -13,7 +13,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import franca
 
@@ -33,7 +32,8 @@ def make_flat_state_dict(grid: int = 16, ffn: str = "swiglu", n_reg: int = 0, di
         return torch.randn(*shape, generator=g) * s
 
     sd = {
-        "cls_token": r(1, 1, dim, s=0.5), "pos_embed": r(1, 1 + grid * grid, dim, s=0.5), "mask_token": r(1, dim, s=0.5),
+        "cls_token": r(1, 1, dim, s=0.5), "pos_embed": r(1, 1 + grid * grid, dim, s=0.5),
+        "mask_token": r(1, dim, s=0.5),
         "patch_embed.proj.weight": r(dim, 3, patch, patch, s=0.05), "patch_embed.proj.bias": r(dim),
         "norm.weight": 1 + r(dim), "norm.bias": r(dim),
     }
@@ -73,16 +73,19 @@ def to_official_layout(flat: dict[str, torch.Tensor], depth: int = DEPTH, chunks
 
 
 # ------------------------------------------------------------------------------------ oracle
+def keys_kernel(d: float, a: float = -0.75) -> float:
+    """Keys cubic-convolution kernel at distance d."""
+    d = abs(d)
+    if d <= 1:
+        return (a + 2) * d ** 3 - (a + 3) * d ** 2 + 1
+    if d < 2:
+        return a * d ** 3 - 5 * a * d ** 2 + 8 * a * d - 4 * a
+    return 0.0
+
+
 def cubic_weights(t: float, a: float = -0.75) -> list[float]:
-    """Keys cubic-convolution weights for the 4 taps at offsets -1, 0, 1, 2 of fractional position t."""
-    def k(x: float) -> float:
-        x = abs(x)
-        if x <= 1:
-            return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
-        if x < 2:
-            return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a
-        return 0.0
-    return [k(t + 1), k(t), k(1 - t), k(2 - t)]
+    """Weights of the 4 taps at offsets -1, 0, 1, 2 for fractional position t."""
+    return [keys_kernel(t + 1, a), keys_kernel(t, a), keys_kernel(1 - t, a), keys_kernel(2 - t, a)]
 
 
 def resize_matrix(n_in: int, n_out: int, scale: float) -> torch.Tensor:
@@ -333,3 +336,55 @@ def test_rasa_projection_buffer_roundtrip():
     assert torch.equal(m2.rasa_proj, P)
     with pytest.raises(ValueError, match=r"\(192, 192\)"):
         m.set_rasa_projection(torch.eye(3))
+
+
+def test_batch_subset_drop_path():
+    """drop_path_mode="subset": with the attention branch off (ls1 = 0), a training block changes exactly
+    ⌊B·(1−p)⌋ = ⌊4·0.5⌋ = 2 samples, each by (B/2)·ls2(mlp(norm2(x))); in eval mode it is the plain block."""
+    m = franca.build_backbone("vitt8", depth=1, drop_path_rate=0.5, drop_path_mode="subset")
+    blk = m.blocks[0]
+    with torch.no_grad():
+        blk.ls1.gamma.zero_()
+        blk.ls2.gamma.fill_(1.0)
+    x = torch.randn(4, 5, 192)
+    with torch.no_grad():
+        full = blk.ls2(blk.mlp(blk.norm2(x)))
+        blk.train()
+        out = blk(x)
+        blk.eval()
+        plain = blk(x)
+    changed = (out - x).abs().flatten(1).amax(1) > 0
+    assert int(changed.sum()) == 2
+    _close(out[changed] - x[changed], 2.0 * full[changed], 1e-5)
+    _close(plain, x + full, 1e-5)
+    with pytest.raises(ValueError, match="drop_path_mode"):
+        franca.build_backbone("vitt8", drop_path_mode="nope")
+
+
+def aa_resize_matrix(n_in: int, n_out: int, a: float = -0.5) -> torch.Tensor:
+    """Antialiased bicubic (PIL-style, a = -0.5): taps inside the image only, weights renormalised,
+    kernel stretched by the downscale factor; centre of output i at (i + 0.5)·n_in/n_out."""
+    scale = n_in / n_out
+    support = 2.0 * max(scale, 1.0)
+    R = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        centre = scale * (i + 0.5)
+        lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
+        w = torch.tensor([keys_kernel((j - centre + 0.5) / max(scale, 1.0), a) for j in range(lo, hi)],
+                         dtype=torch.float64)
+        R[i, lo:hi] = w / w.sum()
+    return R
+
+
+@pytest.mark.parametrize("grid", [37, 8])
+def test_set_pos_grid_antialias_resize(grid):
+    """High-res adaptation (PROTOCOLS §1.10): the table is resized once to grid×grid, antialiased bicubic."""
+    m = franca.build_backbone("vits14", embed_dim=32, depth=1, num_heads=2)
+    old = m.pos_embed.detach().clone()
+    m.set_pos_grid(grid)
+    assert m.pos_embed.shape == (1, 1 + grid * grid, 32) and m.img_size == grid * 14
+    R = aa_resize_matrix(16, grid)
+    ref = torch.einsum("ha,abd,wb->hwd", R, old[0, 1:].double().reshape(16, 16, -1), R).reshape(1, -1, 32)
+    _close(m.pos_embed[:, 1:].detach(), ref.float(), 1e-5)
+    assert torch.equal(m.pos_embed[:, :1], old[:, :1])
+    assert m.pos_embed.requires_grad

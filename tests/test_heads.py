@@ -6,7 +6,13 @@ import copy
 import pytest
 import torch
 
-from franca.models.heads import MatryoshkaHead, WeightNormLinear, matryoshka_dims, prototypes_per_level
+from franca.models.heads import (
+    MatryoshkaHead,
+    WeightNormLinear,
+    build_franca_heads,
+    matryoshka_dims,
+    prototypes_per_level,
+)
 
 
 def test_vitb14_widths_and_prototypes() -> None:
@@ -103,3 +109,11 @@ def test_bad_arguments() -> None:
         MatryoshkaHead(32, 64, level_dims=[16, 8])
     with pytest.raises(ValueError, match="last dim"):
         _tiny("slice")(torch.randn(2, 16))
+
+
+def test_separate_or_shared_heads() -> None:
+    sep = build_franca_heads(32, 64, nesting_levels=2, hidden_dim=8, bottleneck_dim=4)
+    assert sep["dino_head"] is not sep["ibot_head"]
+    shared = build_franca_heads(32, 64, separate_ibot_head=False, nesting_levels=2, hidden_dim=8, bottleneck_dim=4)
+    assert shared["dino_head"] is shared["ibot_head"]
+    assert len(list(shared.parameters())) == len(list(shared["dino_head"].parameters()))

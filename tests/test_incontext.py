@@ -90,6 +90,18 @@ def test_nearest_neighbour_voting_by_hand():
                                torch.tensor([[0.5, 0.5]]))
 
 
+def test_torch_exact_search_matches_faiss():
+    """The torch fallback (GPU without faiss-gpu) returns faiss IndexFlatIP's neighbours; small
+    memory chunks exercise the running top-k merge."""
+    rng = np.random.default_rng(0)
+    mem = rng.standard_normal((300, 16)).astype(np.float32)
+    q = rng.standard_normal((20, 16)).astype(np.float32)
+    s_f, i_f = build_index(mem, "flat").search(q, 7)
+    s_t, i_t = incontext.TorchFlatIP(mem, torch.device("cpu"), chunk=64).search(q, 7, query_chunk=8)
+    np.testing.assert_array_equal(i_t, i_f)
+    np.testing.assert_allclose(s_t, s_f, rtol=1e-5, atol=1e-5)
+
+
 def test_bounded_sampling_prefers_rare_classes_and_skips_empty():
     """Patches: p0, p1 class 0; p2 classes 0+1; p3 class 2 (rare); p4 empty. Class counts
     (0: 3, 1: 1, 2: 1) give scores 3, 3, 4, 1 before noise; p4 scores 1e6."""
@@ -117,7 +129,8 @@ def _oracle_pipeline(model, train, val, size, k, temperature, seed):
     preds, gts = [], []
     for img, mask in val:
         x = torch.from_numpy(np.asarray(img.resize((size, size), Image.BILINEAR), np.float32) / 255).permute(2, 0, 1)
-        x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.255])[:, None, None]
+        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.255])  # HB's 0.255
+        x = (x - mean[:, None, None]) / std[:, None, None]
         q = model.forward_features(x[None])["x_norm_patchtokens"][0].numpy().astype(np.float64)
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         sims = q @ mem.T.astype(np.float64)

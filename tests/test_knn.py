@@ -23,10 +23,13 @@ def test_votes_golden_T1():
     sims = torch.tensor([[1.0, 1 / math.sqrt(2), 0.0, -1.0]])
     labels = torch.tensor([[0, 1, 1, 2]])
     scores = knn_votes(sims, labels, ks=(1, 2, 4), T=1.0, num_classes=3)
-    torch.testing.assert_close(scores[1][0], torch.tensor([0.44458, 0.0, 0.0], dtype=torch.float64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(scores[2][0], torch.tensor([0.44458, 0.33170, 0.0], dtype=torch.float64), atol=1e-5, rtol=0)
+    def close(a, b):
+        torch.testing.assert_close(a, torch.tensor(b, dtype=torch.float64), atol=1e-5, rtol=0)
+
+    close(scores[1][0], [0.44458, 0.0, 0.0])
+    close(scores[2][0], [0.44458, 0.33170, 0.0])
     # k = 4: class 1 gets 0.33170 + 0.16355 = 0.49525 and now beats class 0.
-    torch.testing.assert_close(scores[4][0], torch.tensor([0.44458, 0.49525, 0.06017], dtype=torch.float64), atol=1e-5, rtol=0)
+    close(scores[4][0], [0.44458, 0.49525, 0.06017])
 
 
 def test_votes_k_larger_than_bank_uses_all():

@@ -111,3 +111,39 @@ def test_bad_kind_raises():
 
     with pytest.raises(ValueError, match="kind"):
         extract_features(torch.nn.Identity(), [], kind="patches")
+
+
+def _write_folder(root, classes=("a", "b"), n=4, size=12):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for ci, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                colour = (255, 0, 0) if ci == 0 else (0, 0, 255)
+                Image.new("RGB", (size, size), colour).save(d / f"{i}.png")
+
+
+def test_augment_path_on_an_image_folder(tmp_path):
+    _write_folder(tmp_path)
+    res = linear.evaluate(_StubBlocks(), data_root=str(tmp_path), size=8, device="cpu", epochs=2,
+                          batch_size=4, augment=True, lrs=(0.1, 1.0))
+    assert res["settings"]["augment"] is True
+    assert res["per_seed"][0]["iterations"] == 4  # 2 epochs × ceil(8 / 4)
+    assert res["metric"] == 100.0  # red vs blue images: trivially separable
+
+
+def test_image_folder_errors(tmp_path):
+    from franca.eval.classification_data import build_eval_splits
+
+    with pytest.raises(FileNotFoundError, match="val"):
+        (tmp_path / "only" / "train" / "a").mkdir(parents=True)
+        build_eval_splits(tmp_path / "only")
+    _write_folder(tmp_path / "ok")
+    (tmp_path / "ok" / "val" / "c").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok" / "val" / "c" / "0.png")
+    with pytest.raises(ValueError, match="different class folders"):
+        build_eval_splits(tmp_path / "ok")

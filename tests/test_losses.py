@@ -53,7 +53,8 @@ def test_ibot_weighted_golden() -> None:
 def test_koleo_known_points() -> None:
     # Antipodal pair: distance 2 -> −log 2. Orthogonal pair: distance √2 -> −log √2. (eps terms negligible)
     torch.testing.assert_close(koleo_loss(torch.tensor([[3.0, 0.0], [-1.0, 0.0]])), torch.tensor(-math.log(2.0)))
-    torch.testing.assert_close(koleo_loss(torch.tensor([[0.0, 2.0], [5.0, 0.0]])), torch.tensor(-math.log(math.sqrt(2))))
+    orthogonal = torch.tensor([[0.0, 2.0], [5.0, 0.0]])
+    torch.testing.assert_close(koleo_loss(orthogonal), torch.tensor(-math.log(math.sqrt(2))))
     # Square on the circle: every point's nearest neighbour is at 90 degrees -> −log √2 again.
     sq = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     torch.testing.assert_close(koleo_loss(sq), torch.tensor(-math.log(math.sqrt(2))), atol=1e-6, rtol=0)
@@ -159,7 +160,8 @@ def test_gradients_reach_every_student_level_not_teacher(mode: str) -> None:
     out["total"].backward()
     assert all(p.grad is None for p in teacher.parameters())
     for level in range(3):
-        for name, p in list(student.mlps[level].named_parameters()) + list(student.last_layers[level].named_parameters()):
+        params = list(student.mlps[level].named_parameters()) + list(student.last_layers[level].named_parameters())
+        for name, p in params:
             assert p.grad is not None and p.grad.abs().sum() > 0, f"level {level} {name}"
     # the teacher-softmax path of dino_loss also detaches its targets
     s = torch.randn(2, 2, 5, requires_grad=True)

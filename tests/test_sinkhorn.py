@@ -62,7 +62,7 @@ def test_matches_released_loop(n: int, K: int, temp: float, iters: int, ibot: bo
 def test_many_rounds_balance_prototypes() -> None:
     # The fixed point has every sample summing to 1 and every prototype to n/K.
     logits = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
-    q = sinkhorn_knopp(logits, 0.5, n_iterations=500)
+    q = sinkhorn_knopp(logits, 0.5, n_iterations=50)
     torch.testing.assert_close(q.sum(dim=0), torch.full((4,), 3.0), rtol=0, atol=1e-3)
 
 
@@ -81,7 +81,8 @@ def test_padding_rows_dropped_or_included() -> None:
     q = sinkhorn_knopp(logits, 0.1, n_samples=7)
     torch.testing.assert_close(q[:7], sinkhorn_knopp(logits[:7], 0.1))
     assert (q[7:] == 0).all()
-    torch.testing.assert_close(sinkhorn_knopp(logits, 0.1, n_samples=7, include_padding=True), sinkhorn_knopp(logits, 0.1))
+    with_padding = sinkhorn_knopp(logits, 0.1, n_samples=7, include_padding=True)
+    torch.testing.assert_close(with_padding, sinkhorn_knopp(logits, 0.1))
     assert sinkhorn_knopp(logits, 0.1, n_samples=torch.tensor([0])).abs().sum() == 0
 
 

@@ -29,7 +29,8 @@ def dist_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
     out = tmp_path_factory.mktemp("dist") / "results.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    pythonpath = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     cmd = [

@@ -57,7 +57,8 @@ def finish(args: argparse.Namespace, name: str, result: dict[str, Any], started:
     result["seconds"] = round(time.time() - started, 3)
     result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     path = write_result(args, name, result)
-    print(f"{name}: {result['metric_name']} = {result['metric']:.2f} ± {result.get('metric_std', 0.0):.2f}  → {path}")
+    std = result.get("metric_std", 0.0)
+    print(f"{name}: {result['metric_name']} = {result['metric']:.2f} ± {std:.2f}  → {path}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("k-NN")
     g.add_argument("--ks", type=int, nargs="+", default=[10, 20, 100, 200], help="k values (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.07, help="vote temperature T (default: %(default)s)")
-    g.add_argument("--backend", choices=["torch", "faiss"], default="torch", help="search backend (default: %(default)s)")
+    g.add_argument("--backend", choices=["torch", "faiss"], default="torch",
+                   help="search backend (default: %(default)s)")
     g.add_argument("--n-per-class", type=int, default=-1,
                    help="few-shot: train samples per class, one draw per seed (default: all)")
     add_output_arguments(p, "knn")

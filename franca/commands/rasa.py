@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-images", type=int, default=None, help="use at most this many images in total")
     g.add_argument("--seed", type=int, default=400, help="random seed (reference: 400)")
     g.add_argument("--out", default=None,
-                   help="backbone file to write (.safetensors; default: runs/rasa/<model>-rasa.safetensors)")
+                   help="backbone file to write: .safetensors (franca.export_backbone, timm-loadable) or "
+                        ".pt/.pth (state dict); default: runs/rasa/<model>-rasa.safetensors")
     g.add_argument("--report", default=None, help="JSON report path (default: next to --out, .json)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -113,7 +114,11 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path("runs/rasa") / f"{args.model.replace(':', '_')}-rasa.safetensors"
     model.set_rasa_projection(result.projection)
-    franca.export_backbone(model.cpu(), out)
+    if out.suffix == ".safetensors":
+        franca.export_backbone(model.cpu(), out)
+    else:  # .pt/.pth: the backbone's state dict, rasa_proj included
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.cpu().state_dict(), out)
     rasa_file = save_rasa_file(out.with_name(out.stem + ".rasa.safetensors"), result.directions,
                                metadata={"model": args.model, "iterations": str(args.iterations)})
     report = {

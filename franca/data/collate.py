@@ -25,7 +25,9 @@ def _crops_of(sample: Any, index: int) -> tuple[Mapping[str, Any], Any]:
         return sample, None
     if isinstance(sample, (tuple, list)) and len(sample) == 2 and isinstance(sample[0], Mapping):
         return sample[0], sample[1]
-    raise TypeError(f"sample {index}: expected a dict with 'global_crops', or (dict, label); got {type(sample).__name__}")
+    raise TypeError(
+        f"sample {index}: expected a dict with 'global_crops', or (dict, label); got {type(sample).__name__}"
+    )
 
 
 def collate_multicrop(
@@ -77,6 +79,8 @@ def collate_multicrop(
 
     n_crops = global_crops.shape[0]
     if n_tokens is None:
+        if not hasattr(mask_generator, "num_patches"):
+            raise ValueError("collate_multicrop: pass n_tokens (the mask generator has no 'num_patches')")
         n_tokens = int(getattr(mask_generator, "num_patches"))
     counts, upperbound = sample_mask_counts(n_crops, n_tokens, mask_ratio_min_max, mask_probability, generator)
     masks = torch.stack([mask_generator(k, generator).flatten() for k in counts])

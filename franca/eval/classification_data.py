@@ -7,8 +7,8 @@ Transforms (PROTOCOLS.md §2-4), all bicubic and ImageNet-normalised:
 
 Classification data is an ImageFolder/ImageNet-layout root with ``train/`` and ``val/`` (or
 ``test/``) class folders; with no root the built-in toy set (``franca.data.toy.ensure_toy()``)
-is used. The 11 fine-grained sets of Table 7 are read with torchvision's classes
-(``download=False``) or, for CUB-200-2011, a ``train/``/``test/`` ImageFolder layout.
+is used. Readers are the project's (``franca.data.datasets``): ImageFolder, and the 11
+fine-grained sets of Table 7 (torchvision's classes with ``download=False``, plus CUB-200-2011).
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 FINEGRAINED = ("food101", "cifar10", "cifar100", "sun397", "cars", "aircraft", "dtd", "pets",
-               "caltech101", "flowers", "cub")
+               "caltech101", "flowers102", "cub200")
 # SimCLR/Kornblith convention: mean per-class accuracy for these, top-1 for the rest (§4).
-MEAN_PER_CLASS = ("aircraft", "pets", "caltech101", "flowers")
+MEAN_PER_CLASS = ("aircraft", "pets", "caltech101", "flowers102")
 
 
 def eval_transform(size: int = 224, resize_ratio: float = 256 / 224) -> Callable:
@@ -67,12 +67,10 @@ def default_data_root() -> Path:
 
 
 def image_folder(root: Path, transform: Callable) -> Any:
-    """An ImageFolder reader: one sub-folder per class, labels in sorted folder order."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"expected an ImageFolder directory (one sub-folder per class) at {root}")
-    from torchvision.datasets import ImageFolder
+    """The project's ImageFolder reader: one sub-folder per class, labels in sorted folder order."""
+    from franca.data.datasets.folder import ImageFolder
 
-    return ImageFolder(str(root), transform=transform)
+    return ImageFolder(root, transform=transform)
 
 
 def build_eval_splits(data_root: str | Path | None, size: int = 224, protocol: str = "knn",
@@ -85,71 +83,22 @@ def build_eval_splits(data_root: str | Path | None, size: int = 224, protocol: s
     if not (root / "train").is_dir() or val_dir is None:
         raise FileNotFoundError(f"expected {root}/train and {root}/val (or {root}/test) class folders")
     tf = protocol_transform(protocol, size)
-    return image_folder(root / "train", train_transform or tf), image_folder(val_dir, tf)
-
-
-def _torchvision_finegrained(name: str, root: Path, transform: Callable) -> tuple[Any, Any]:
-    """Train/test splits of a Table 7 data set, read from its official layout under `root`."""
-    import torch
-    from torch.utils.data import ConcatDataset, Subset
-    from torchvision import datasets as D
-
-    kw: dict[str, Any] = dict(root=str(root), transform=transform, download=False)
-    if name == "food101":
-        return D.Food101(split="train", **kw), D.Food101(split="test", **kw)
-    if name == "cifar10":
-        return D.CIFAR10(train=True, **kw), D.CIFAR10(train=False, **kw)
-    if name == "cifar100":
-        return D.CIFAR100(train=True, **kw), D.CIFAR100(train=False, **kw)
-    if name == "cars":
-        return D.StanfordCars(split="train", **kw), D.StanfordCars(split="test", **kw)
-    if name == "aircraft":
-        return D.FGVCAircraft(split="trainval", **kw), D.FGVCAircraft(split="test", **kw)
-    if name == "dtd":
-        return ConcatDataset([D.DTD(split="train", **kw), D.DTD(split="val", **kw)]), D.DTD(split="test", **kw)
-    if name == "pets":
-        return D.OxfordIIITPet(split="trainval", **kw), D.OxfordIIITPet(split="test", **kw)
-    if name == "flowers":
-        return (ConcatDataset([D.Flowers102(split="train", **kw), D.Flowers102(split="val", **kw)]),
-                D.Flowers102(split="test", **kw))
-    if name in ("caltech101", "sun397"):
-        # No official split in torchvision: Caltech-101 uses 30 train images per class (SimCLR),
-        # SUN397 a 50/50 per-class split; both drawn with seed 0 so they are reproducible.
-        full = D.Caltech101(**kw) if name == "caltech101" else D.SUN397(**kw)
-        labels = torch.as_tensor(full.y if name == "caltech101" else full._labels)
-        g = torch.Generator().manual_seed(0)
-        train_idx, test_idx = [], []
-        for c in torch.unique(labels):
-            idx = torch.nonzero(labels == c).flatten()
-            idx = idx[torch.randperm(idx.numel(), generator=g)]
-            n_train = 30 if name == "caltech101" else idx.numel() // 2
-            train_idx += idx[:n_train].tolist()
-            test_idx += idx[n_train:].tolist()
-        return Subset(full, sorted(train_idx)), Subset(full, sorted(test_idx))
-    if name == "cub":
-        return build_eval_splits(root / "CUB_200_2011", protocol="logreg", train_transform=transform)
-    raise KeyError(f"unknown fine-grained data set {name!r}; choose from {', '.join(FINEGRAINED)}")
+    train, val = image_folder(root / "train", train_transform or tf), image_folder(val_dir, tf)
+    if train.classes != val.classes:  # label indices come from sorted folder names: they must agree
+        missing = sorted(set(train.classes) ^ set(val.classes))[:5]
+        raise ValueError(f"{root}/train and {val_dir} have different class folders (e.g. {missing})")
+    return train, val
 
 
 def build_finegrained_splits(name: str, data_root: str | Path, size: int = 224) -> tuple[Any, Any]:
     """(train, test) of one of the 11 Table 7 data sets with the logreg transform.
 
-    Uses the project's fine-grained readers when they exist, else torchvision's classes.
+    Read by ``franca.data.datasets.finegrained`` (torchvision's classes with download=False and a
+    CUB-200-2011 reader; its module docstring lists the split conventions and folder names).
     """
+    from franca.data.datasets.finegrained import finegrained_dataset
+
     if name not in FINEGRAINED:
         raise KeyError(f"unknown fine-grained data set {name!r}; choose from {', '.join(FINEGRAINED)}")
-    root = Path(data_root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"fine-grained data root {root} does not exist")
     tf = protocol_transform("logreg", size)
-    try:
-        from franca.data.datasets.finegrained import build_finegrained  # type: ignore[import-not-found]
-    except ImportError:
-        build_finegrained = None
-    if build_finegrained is not None:
-        return build_finegrained(name, root, split="train", transform=tf), \
-            build_finegrained(name, root, split="test", transform=tf)
-    try:
-        return _torchvision_finegrained(name, root, tf)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise FileNotFoundError(f"{name}: could not read it under {root}: {exc}") from exc
+    return finegrained_dataset(name, data_root, "train", tf), finegrained_dataset(name, data_root, "test", tf)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -178,6 +179,23 @@ def build_segmentation(dataset: str, root: str | Path | None, split: str,
     if dataset == "coco-things":
         return _coco_things(root, split)
     raise ValueError(f"unknown data set {dataset!r}; choose from {', '.join(DATASETS)}")
+
+
+def as_segmentation(data, split: str, dataset: str = "voc", reduce_zero_label: bool = False):
+    """`data` if it is already a data set object; a root path (or None: the toy set) is read with
+    `build_segmentation(dataset, data, split)`. Lets `evaluate(model)` run on the built-in data."""
+    if data is None or isinstance(data, (str, os.PathLike)):
+        return build_segmentation(dataset, data, split, reduce_zero_label)
+    return data
+
+
+def pair_roots(train, val):
+    """The validation source when only a training root (or nothing) was given: the same root."""
+    if val is not None:
+        return val
+    if train is None or isinstance(train, (str, os.PathLike)):
+        return train
+    raise ValueError("a validation data set is required when the training set is passed as an object")
 
 
 def dataset_info(dataset) -> tuple[int, int]:

@@ -54,7 +54,7 @@ def to_image_depth(item: Any) -> tuple[Tensor, Tensor]:
         image, depth = item[0], item[1]
     if not isinstance(image, Tensor):
         arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-        image = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(arr)).permute(2, 0, 1)
     if image.dtype == torch.uint8:
         image = image.float() / 255.0
     depth = torch.as_tensor(np.asarray(depth), dtype=torch.float32).squeeze()
@@ -168,7 +168,8 @@ def train_head(model: torch.nn.Module, train: PreparedDepth, *, hidden_dim: int,
     blocks = probe_blocks(model.n_blocks)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    head = BinDepthHead([2 * model.embed_dim] * len(blocks), hidden_dim=hidden_dim).to(device)
+    out_scale = 2 if model.patch_size >= 14 else 1
+    head = BinDepthHead([2 * model.embed_dim] * len(blocks), hidden_dim=hidden_dim, out_scale=out_scale).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total, warmup = epochs * steps_per_epoch, round(1.5 * steps_per_epoch)
@@ -212,13 +213,14 @@ def predict_and_score(model: torch.nn.Module, head: BinDepthHead, test: Prepared
 
 
 def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Sequence[Any]] | None = None, *,
-             resolution: int | None = None, hidden_dim: int | None = None, epochs: int = 10, batch_size: int = 8,
+             resolution: int | None = None, hidden_dim: int | None = None, epochs: int | None = None, batch_size: int = 8,
              lr: float = 5e-4, seed: int = 8, use_augment: bool = True, device: torch.device | str = "cpu",
              num_workers: int = 0, progress: bool = True) -> dict[str, Any]:
     """Train the depth probe on the train split and report SI-RMSE (the metric), RMSE and δ1-3.
 
     ``data``: a root holding NYUv2 (default: the built-in toy set), or a (train, test) pair of
-    sample sequences (see ``to_image_depth``). Hidden width defaults to 512, or 32 for the tiny sizes.
+    sample sequences (see ``to_image_depth``). Defaults: hidden width 512 and 10 epochs, or 16
+    and 3 epochs for the tiny sizes (patch < 14), whose head also skips the last ×2 upsampling.
     """
     from franca.utils.device import resolve_device
 
@@ -227,7 +229,9 @@ def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Seq
     if len(train_items) == 0 or len(test_items) == 0:
         raise ValueError(f"depth probe needs train and test samples; got {len(train_items)} and {len(test_items)}")
     res = resolution or default_resolution(model.patch_size)
-    hidden = hidden_dim or (512 if model.patch_size >= 14 else 32)
+    tiny = model.patch_size < 14
+    hidden = hidden_dim or (16 if tiny else 512)
+    epochs = epochs or (3 if tiny else 10)
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -9,7 +9,8 @@ One pass over a labelled dataset gives, per image:
 
 Results are cached on disk under a key hashed from the model (a fingerprint of its weights, plus an
 optional caller-supplied identity), the dataset (class, size, sample list) and its transform, so
-running several protocols on the same backbone and data extracts once. Under torchrun every rank
+running several protocols on the same backbone and data extracts once (recent results are also
+kept in memory, bounded, for protocols run in one process without a disk cache). Under torchrun every rank
 extracts a strided shard and the shards are gathered, so all ranks return the full tensors.
 """
 from __future__ import annotations
@@ -18,11 +19,12 @@ import hashlib
 import json
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 from franca.utils import distributed as dist_utils
 from franca.utils.device import autocast_context, resolve_device
@@ -30,6 +32,7 @@ from franca.utils.device import autocast_context, resolve_device
 log = logging.getLogger(__name__)
 
 KINDS = ("cls", "blocks")
+_MEMO: "OrderedDict[str, dict[str, torch.Tensor]]" = OrderedDict()
 N_LAST_BLOCKS = 4
 
 
@@ -193,16 +196,22 @@ def extract_features(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     dev = resolve_device(device)
+    # A "blocks" result also serves "cls" requests (cls = last block's normed CLS).
+    keys = {k: cache_key(model, dataset, k, model_key) for k in (("cls", "blocks") if kind == "cls" else ("blocks",))}
+    for key in keys.values():
+        if key in _MEMO:
+            log.info("features: in-memory hit %s", key)
+            _MEMO.move_to_end(key)
+            return _finish(_MEMO[key])
     path = None
     if cache_dir is not None:
-        # A "blocks" cache also serves "cls" requests (cls = last block's normed CLS).
-        for k in (("cls", "blocks") if kind == "cls" else ("blocks",)):
-            candidate = Path(cache_dir) / f"{cache_key(model, dataset, k, model_key)}.pt"
+        for key in keys.values():
+            candidate = Path(cache_dir) / f"{key}.pt"
             if candidate.exists():
                 log.info("features: cache hit %s", candidate)
-                return _finish(_load(candidate))
-        path = Path(cache_dir) / f"{cache_key(model, dataset, kind, model_key)}.pt"
-    feats = _extract(model, dataset, kind, dev, batch_size, num_workers, show_progress)
+                return _finish(_remember(key, _load(candidate)))
+        path = Path(cache_dir) / f"{keys[kind]}.pt"
+    feats = _remember(keys[kind], _extract(model, dataset, kind, dev, batch_size, num_workers, show_progress))
     if path is not None and dist_utils.is_main():
         meta = {"kind": kind, "model_key": model_key, "data": dataset_identity(dataset),
                 "shapes": {k: list(v.shape) for k, v in feats.items()}}
@@ -210,6 +219,26 @@ def extract_features(
         log.info("features: cached %s", path)
     dist_utils.barrier()
     return _finish(feats)
+
+
+def _memo_limit_bytes() -> int:
+    return int(float(os.environ.get("FRANCA_FEATURE_MEMO_MB", "1024")) * 2**20)
+
+
+def _remember(key: str, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep recent results in memory (bounded by $FRANCA_FEATURE_MEMO_MB, default 1 GiB) so that
+    several protocols run in one process share one extraction even without a disk cache."""
+    size = sum(t.numel() * t.element_size() for t in feats.values())
+    limit = _memo_limit_bytes()
+    if size <= limit:
+        _MEMO[key] = feats
+        while sum(t.numel() * t.element_size() for f in _MEMO.values() for t in f.values()) > limit:
+            _MEMO.popitem(last=False)
+    return feats
+
+
+def clear_memory_cache() -> None:
+    _MEMO.clear()
 
 
 def _finish(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

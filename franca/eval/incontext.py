@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from franca.eval.dense import HB_STD, IMAGENET_MEAN, dataset_info, patch_features, resized_loader, round_to_patch, \
-    to_tensor
+from franca.eval.dense import (HB_STD, IMAGENET_MEAN, as_segmentation, dataset_info, pair_roots, patch_features,
+                               resized_loader, round_to_patch, to_tensor)
 from franca.eval.metrics import StreamingConfusion, matched_miou
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,47 @@ def aggregate_labels(scores: torch.Tensor, neighbour_labels: torch.Tensor, tempe
     return torch.einsum("qk,qkc->qc", attn, neighbour_labels.float())
 
 
+class TorchFlatIP:
+    """Exact inner-product k-NN in torch on any device, chunked over the memory with a running
+    top-k merge: the GPU fallback when faiss has no GPU support (the same neighbours as IndexFlatIP
+    up to ties). Mimics faiss' `search(q, k) -> (scores, indices)` on numpy arrays."""
+
+    def __init__(self, memory: np.ndarray, device: torch.device, chunk: int = 1 << 20) -> None:
+        self.memory = torch.from_numpy(np.ascontiguousarray(memory, dtype=np.float32)).to(device)
+        self.device, self.chunk, self.ntotal = device, chunk, memory.shape[0]
+
+    @torch.no_grad()
+    def search(self, q: np.ndarray, k: int, query_chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        scores_out, idx_out = [], []
+        for s in range(0, q.shape[0], query_chunk):
+            qq = torch.from_numpy(q[s:s + query_chunk]).to(self.device)
+            best_s = torch.full((qq.shape[0], 0), -float("inf"), device=self.device)
+            best_i = torch.zeros((qq.shape[0], 0), dtype=torch.long, device=self.device)
+            for m in range(0, self.ntotal, self.chunk):
+                sc = qq @ self.memory[m:m + self.chunk].T
+                top_s, top_i = sc.topk(min(k, sc.shape[1]), dim=1)
+                cat_s, cat_i = torch.cat([best_s, top_s], 1), torch.cat([best_i, top_i + m], 1)
+                best_s, order = cat_s.topk(min(k, cat_s.shape[1]), dim=1)
+                best_i = cat_i.gather(1, order)
+            scores_out.append(best_s.cpu().numpy())
+            idx_out.append(best_i.cpu().numpy())
+        return np.concatenate(scores_out), np.concatenate(idx_out)
+
+
 def build_index(memory: np.ndarray, kind: str = "flat", nlist: int | None = None, nprobe: int = 32,
-                hnsw_m: int = 32, ef_search: int = 128, use_gpu: bool = False, train_size: int = 256):
-    """faiss inner-product index over `memory` (N, D) float32: "flat" exact (`IndexFlatIP`, the
-    paper's choice), "ivf" (IVF-Flat, nlist lists ≈ 4√N by default, nprobe searched) or "hnsw".
-    `use_gpu` moves it onto all GPUs when faiss was built with GPU support."""
+                hnsw_m: int = 32, ef_search: int = 128, use_gpu: bool = False, train_size: int = 256,
+                device: torch.device | str | None = None):
+    """Inner-product index over `memory` (N, D) float32: "flat" exact (`IndexFlatIP`, the paper's
+    choice), "ivf" (IVF-Flat, nlist lists ≈ 4√N by default, nprobe searched) or "hnsw".
+    `use_gpu` puts it on all GPUs when faiss was built with GPU support; otherwise an exact search
+    on a CUDA `device` runs in torch (`TorchFlatIP`)."""
     import faiss
 
     x = np.ascontiguousarray(memory, dtype=np.float32)
     n, d = x.shape
+    faiss_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if kind == "flat" and use_gpu and not faiss_gpu and device is not None and torch.device(device).type == "cuda":
+        return TorchFlatIP(x, torch.device(device))
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "ivf":
@@ -76,7 +108,7 @@ def build_index(memory: np.ndarray, kind: str = "flat", nlist: int | None = None
         index.hnsw.efSearch = ef_search
     else:
         raise ValueError(f"unknown index kind {kind!r}; use flat, ivf or hnsw")
-    if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 and kind != "hnsw":
+    if use_gpu and faiss_gpu and kind != "hnsw":
         co = faiss.GpuMultipleClonerOptions()
         co.shard = True
         index = faiss.index_cpu_to_all_gpus(index, co=co)
@@ -170,24 +202,36 @@ def build_memory(model: torch.nn.Module, dataset, size: int, num_classes: int, d
     from tqdm import tqdm
 
     patch = int(model.patch_size)
-    per_image = None if memory_size is None else memory_size // (len(dataset) * aug_epochs)
+    grid = (size // patch) ** 2
+    per_image = grid if memory_size is None else min(grid, memory_size // (len(dataset) * aug_epochs))
+    if per_image < 1:
+        raise ValueError(f"memory_size {memory_size} is below one patch per image ({len(dataset)} images x "
+                         f"{aug_epochs} passes)")
+    # Preallocated: the unbounded VOC memory at 518 px holds ~14.5M x D features per pass.
+    n_total = len(dataset) * aug_epochs * per_image
+    feats = np.empty((n_total, int(model.embed_dim)), dtype=np.float32)
+    labels = torch.empty((n_total, num_classes), dtype=torch.float16 if num_classes > 32 else torch.float32)
     g = torch.Generator().manual_seed(int(seed))
-    feats, labels = [], []
+    pos = 0
     for ep in range(aug_epochs):
         loader = torch.utils.data.DataLoader(MemoryAugmented(dataset, size, seed, ep), batch_size=batch_size,
                                              num_workers=num_workers)
         for x, m, _ in tqdm(loader, desc=f"memory pass {ep + 1}/{aug_epochs}", leave=False):
             f = F.normalize(patch_features(model, x.to(device), use_rasa).flatten(1, 2), dim=-1).cpu()
             lab = patch_label_fractions(m, patch, num_classes)
-            if per_image is not None:
+            if per_image < grid:
                 keep = [bounded_patch_indices(lab[b], per_image, g) for b in range(lab.shape[0])]
-                f = torch.cat([f[b, k] for b, k in enumerate(keep)])
-                lab = torch.cat([lab[b, k] for b, k in enumerate(keep)])
-            feats.append(f.reshape(-1, f.shape[-1]).numpy())
-            labels.append(lab.reshape(-1, num_classes))
-    if not feats:
+                f = torch.stack([f[b, k] for b, k in enumerate(keep)])
+                lab = torch.stack([lab[b, k] for b, k in enumerate(keep)])
+            f, lab = f.reshape(-1, f.shape[-1]), lab.reshape(-1, num_classes)
+            if f.shape[1] != feats.shape[1]:
+                raise ValueError(f"backbone gave {f.shape[1]}-d patch tokens but embed_dim is {feats.shape[1]}")
+            feats[pos:pos + len(f)] = f.numpy()
+            labels[pos:pos + len(f)] = lab
+            pos += len(f)
+    if pos == 0:
         raise ValueError("the in-context memory data set is empty")
-    return np.ascontiguousarray(np.concatenate(feats), dtype=np.float32), torch.cat(labels)
+    return feats[:pos], labels[:pos]
 
 
 @torch.no_grad()
@@ -210,16 +254,20 @@ def predict_queries(model: torch.nn.Module, dataset, index, memory_labels: torch
     return conf.matrix
 
 
-def evaluate(model: torch.nn.Module, train_set, val_set, device: torch.device | str = "cpu", *, size: int = 518,
+def evaluate(model: torch.nn.Module, train_set=None, val_set=None, device: torch.device | str = "cpu", *,
+             size: int = 518,
              k: int = 30, temperature: float = 0.02, memory_size: int | None = None, aug_epochs: int = 1,
              seeds: Sequence[int] = (0,), index: str = "flat", nlist: int | None = None, nprobe: int = 32,
-             use_rasa: bool = False, batch_size: int = 32, num_workers: int = 0) -> dict:
+             use_rasa: bool = False, batch_size: int = 32, num_workers: int = 0, dataset_name: str = "voc") -> dict:
     """Hummingbird in-context mIoU of `model`: memory from `train_set`, queries from `val_set`
-    (raw segmentation sets). Mean and std over `seeds`; per-class IoU averaged over seeds."""
+    (raw segmentation sets, or roots of `dataset_name` read as trainaug/train and val; None: the
+    toy set). Mean and std over `seeds`; per-class IoU averaged over seeds."""
     from franca.commands._common import mean_std
     from franca.utils.device import resolve_device
 
     device = resolve_device(device)
+    val_set = as_segmentation(pair_roots(train_set, val_set), "val", dataset_name)
+    train_set = as_segmentation(train_set, "trainaug" if dataset_name == "voc" else "train", dataset_name)
     num_classes, ignore = dataset_info(val_set)
     size = round_to_patch(size, int(model.patch_size))
     model = model.eval().to(device)
@@ -228,7 +276,7 @@ def evaluate(model: torch.nn.Module, train_set, val_set, device: torch.device | 
         feats, labels = build_memory(model, train_set, size, num_classes, device, s, aug_epochs, memory_size,
                                      use_rasa, batch_size, num_workers)
         n_mem = feats.shape[0]
-        idx = build_index(feats, index, nlist, nprobe, use_gpu=device.type == "cuda")
+        idx = build_index(feats, index, nlist, nprobe, use_gpu=device.type == "cuda", device=device)
         del feats
         conf = predict_queries(model, val_set, idx, labels, size, num_classes, ignore, device, k, temperature,
                                use_rasa, batch_size, num_workers)

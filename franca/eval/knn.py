@@ -14,12 +14,13 @@ index when faiss-gpu and a CUDA device are present) gives the same neighbours.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from franca.utils import distributed as dist_utils
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +142,15 @@ def knn_classify(
     chunk_size: int | None = None,
     num_classes: int | None = None,
     show_progress: bool = False,
+    shard_queries: bool = False,
 ) -> dict[str, Any]:
     """Cosine k-NN with temperature-weighted votes; top-1/top-5 accuracy (in %) per k.
 
     Inputs are L2-normalised here (so raw CLS features may be passed). Returns a flat dict:
     ``{"top1_k10": …, "top5_k10": …, …, "ks": [...], "T": T, "n_train": N, "n_test": Q}``.
-    Top-5 uses min(5, C) classes when there are fewer than 5.
+    Top-5 uses min(5, C) classes when there are fewer than 5. With ``shard_queries`` under torchrun,
+    every rank (holding the full memory bank) scores a strided share of the queries and the hit
+    counts are summed over ranks, so all ranks return the same numbers.
     """
     from franca.utils.device import resolve_device
 
@@ -158,9 +162,11 @@ def knn_classify(
     yb = _as_tensor(train_labels, torch.long, "train_labels").reshape(-1)
     yq = _as_tensor(test_labels, torch.long, "test_labels").reshape(-1)
     if xb.ndim != 2 or xq.ndim != 2 or xb.shape[1] != xq.shape[1]:
-        raise ValueError(f"features must be (N, D) and (Q, D) with equal D, got {tuple(xb.shape)} and {tuple(xq.shape)}")
+        raise ValueError(f"features must be (N, D) and (Q, D) with equal D, "
+                         f"got {tuple(xb.shape)} and {tuple(xq.shape)}")
     if xb.shape[0] != yb.shape[0] or xq.shape[0] != yq.shape[0]:
-        raise ValueError(f"feature/label counts differ: train {xb.shape[0]} vs {yb.shape[0]}, test {xq.shape[0]} vs {yq.shape[0]}")
+        raise ValueError(f"feature/label counts differ: train {xb.shape[0]} vs {yb.shape[0]}, "
+                         f"test {xq.shape[0]} vs {yq.shape[0]}")
     if xb.shape[0] == 0 or xq.shape[0] == 0:
         raise ValueError("k-NN needs at least one train and one test feature")
     ks = sorted({int(k) for k in ks})
@@ -170,6 +176,10 @@ def knn_classify(
     max_k = min(ks[-1], xb.shape[0])
 
     xb = F.normalize(xb.to(dev), dim=1)
+    n = xq.shape[0]
+    if shard_queries and dist_utils.world_size() > 1:
+        step, r = dist_utils.world_size(), dist_utils.rank()
+        xq, yq = xq[r::step], yq[r::step]
     xq = F.normalize(xq.to(dev), dim=1)
     if backend == "faiss":
         sims, idx = _faiss_neighbours(xb, xq, max_k, dev)
@@ -178,24 +188,26 @@ def knn_classify(
         sims, idx = topk_neighbours(xb, xq, max_k, chunk_size=chunk_size, show_progress=show_progress)
     yb, yq = yb.to(dev), yq.to(dev)
     neighbour_labels = yb[idx]
-    result: dict[str, Any] = {"ks": ks, "T": T, "n_train": int(xb.shape[0]), "n_test": int(xq.shape[0]),
+    result: dict[str, Any] = {"ks": ks, "T": T, "n_train": int(xb.shape[0]), "n_test": int(n),
                               "num_classes": C, "backend": backend}
     top = min(5, C)
     # Score in query chunks so the (Q, C) score tensors stay small.
     q_chunk = max(1, (_MAX_SIM_ELEMENTS // 8) // max(1, C))
     correct1 = {k: 0 for k in ks}
     correct5 = {k: 0 for k in ks}
-    for q0 in range(0, xq.shape[0], q_chunk):
+    for q0 in range(0, yq.shape[0], q_chunk):
         scores = knn_votes(sims[q0:q0 + q_chunk], neighbour_labels[q0:q0 + q_chunk], ks, T, C)
         target = yq[q0:q0 + q_chunk]
         for k, s in scores.items():
             pred = s.topk(top, dim=1).indices
             correct1[k] += int((pred[:, 0] == target).sum())
             correct5[k] += int((pred == target[:, None]).any(dim=1).sum())
-    n = xq.shape[0]
-    for k in ks:
-        result[f"top1_k{k}"] = 100.0 * correct1[k] / n
-        result[f"top5_k{k}"] = 100.0 * correct5[k] / n
+    hits = torch.tensor([[correct1[k], correct5[k]] for k in ks], dtype=torch.float64, device=dev)
+    if shard_queries:
+        hits = dist_utils.all_reduce_sum(hits)
+    for k, (h1, h5) in zip(ks, hits.tolist()):
+        result[f"top1_k{k}"] = 100.0 * h1 / n
+        result[f"top5_k{k}"] = 100.0 * h5 / n
     return result
 
 
@@ -253,7 +265,7 @@ def evaluate(
             keep = few_shot_subset(yb, n_per_class, seed)
             xb, yb = xb[keep], yb[keep]
         runs.append(knn_classify(xb, yb, val["cls"], val["labels"], ks=ks, T=T, device=dev,
-                                 backend=backend, num_classes=C))
+                                 backend=backend, num_classes=C, shard_queries=True))
     metric_name = "top1_k20" if 20 in runs[0]["ks"] else f"top1_k{runs[0]['ks'][0]}"
     keys = [k for k in runs[0] if k.startswith("top")]
     summary = {k: mean_std([r[k] for r in runs]) for k in keys}

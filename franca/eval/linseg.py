@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from franca.eval.dense import IMAGENET_MEAN, IMAGENET_STD, dataset_info, patch_features, to_tensor
+from franca.eval.dense import (IMAGENET_MEAN, IMAGENET_STD, as_segmentation, dataset_info, pair_roots,
+                               patch_features, to_tensor)
 from franca.eval.metrics import StreamingConfusion, per_class_iou
 
 log = logging.getLogger(__name__)
@@ -249,18 +250,22 @@ def train_head(model: nn.Module, train_set, num_classes: int, cfg: LinsegConfig,
     return head.eval()
 
 
-def evaluate(model: nn.Module, train_set, val_set, device: torch.device | str = "cpu", *,
+def evaluate(model: nn.Module, train_set=None, val_set=None, device: torch.device | str = "cpu", *,
              config: LinsegConfig | None = None, seeds: Sequence[int] = (0,), use_rasa: bool = False,
-             num_workers: int = 0) -> dict:
+             num_workers: int = 0, dataset_name: str = "voc") -> dict:
     """Linear segmentation mIoU of `model`: head trained on `train_set`, scored on `val_set`
-    (raw segmentation sets, ignore 255). Mean and std over `seeds`."""
+    (raw segmentation sets with ignore 255, or roots of `dataset_name`, ADE20K read with
+    reduce_zero_label; None: the toy set). Mean and std over `seeds`."""
     from tqdm import tqdm
 
     from franca.commands._common import mean_std
     from franca.utils.device import resolve_device
 
     device = resolve_device(device)
-    cfg = config or LinsegConfig()
+    cfg = config or LinsegConfig.for_dataset(dataset_name)
+    ade = dataset_name == "ade20k"
+    val_set = as_segmentation(pair_roots(train_set, val_set), "val", dataset_name, reduce_zero_label=ade)
+    train_set = as_segmentation(train_set, "train" if ade else "trainaug", dataset_name, reduce_zero_label=ade)
     num_classes, ignore = dataset_info(val_set)
     if ignore != 255:
         raise ValueError(f"linear segmentation expects ignore index 255 (ADE20K with reduce_zero_label), got {ignore}")

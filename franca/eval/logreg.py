@@ -193,7 +193,7 @@ def evaluate(
     if metric is None:
         metric = "mean_per_class" if dataset in MEAN_PER_CLASS else "accuracy"
     common = dict(kind="cls", device=dev, batch_size=batch_size, num_workers=num_workers,
-                  cache_dir=cache_dir, model_key=model_key)
+                  cache_dir=cache_dir, model_key=f"{model_key}|{dataset}" if dataset else model_key)
     train = extract_features(model, train_set, **common)
     test = extract_features(model, test_set, **common)
     runs = [logreg_protocol(train["cls"].double(), train["labels"], test["cls"].double(), test["labels"],

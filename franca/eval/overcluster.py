@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from franca.eval.dense import dataset_info, patch_features, resized_loader, round_to_patch
+from franca.eval.dense import as_segmentation, dataset_info, patch_features, resized_loader, round_to_patch
 from franca.eval.metrics import StreamingConfusion, matched_miou
 
 log = logging.getLogger(__name__)
@@ -42,20 +42,27 @@ def extract_tokens(model: torch.nn.Module, dataset, size: int, device: torch.dev
     return np.ascontiguousarray(np.concatenate(feats), dtype=np.float32), grid, torch.cat(masks)
 
 
-def standardize_pca(x: np.ndarray, dim: int = 50) -> np.ndarray:
+def standardize_pca(x: np.ndarray, dim: int = 50, chunk: int = 100_000) -> np.ndarray:
     """Per-dimension z-score over all tokens (sklearn StandardScaler: population std, zero std → 1),
     then PCA to `dim` dimensions with faiss PCAMatrix trained on all tokens."""
     import faiss
 
-    x64 = x.astype(np.float64)
-    mean = x64.mean(0)
-    std = x64.std(0)
-    std[std == 0] = 1.0
-    z = np.ascontiguousarray((x64 - mean) / std, dtype=np.float32)
-    dim = min(dim, z.shape[1])
-    pca = faiss.PCAMatrix(z.shape[1], dim)
+    n, d = x.shape
+    total, sq = np.zeros(d), np.zeros(d)
+    for i in range(0, n, chunk):  # float64 statistics in chunks, like the incremental StandardScaler
+        c = x[i:i + chunk].astype(np.float64)
+        total += c.sum(0)
+        sq += (c * c).sum(0)
+    mean = total / n
+    std = np.sqrt(np.maximum(sq / n - mean * mean, 0.0))
+    std[std < 1e-12] = 1.0  # sklearn leaves constant dimensions unscaled
+    z = np.empty((n, d), dtype=np.float32)
+    for i in range(0, n, chunk):
+        z[i:i + chunk] = (x[i:i + chunk] - mean) / std
+    dim = min(dim, d)
+    pca = faiss.PCAMatrix(d, dim)
     pca.train(z)
-    return pca.apply_py(z) if hasattr(pca, "apply_py") else pca.apply(z)
+    return pca.apply(z)
 
 
 def kmeans_assign(x: np.ndarray, k: int, seed: int, niter: int = 100, nredo: int = 5) -> np.ndarray:
@@ -105,11 +112,13 @@ def overcluster_scores(tokens: np.ndarray, grid: tuple[int, int], masks: torch.T
     return out
 
 
-def evaluate(model: torch.nn.Module, dataset, device: torch.device | str = "cpu", *, size: int = 448,
+def evaluate(model: torch.nn.Module, dataset=None, device: torch.device | str = "cpu", *, size: int = 448,
              ks: Sequence[int | None] = (100, 300, None), seeds: Sequence[int] = (0, 1, 2, 3, 4),
              pca_dim: int = 50, niter: int = 100, nredo: int = 5, refine_hungarian: bool = False,
-             use_rasa: bool = False, batch_size: int = 32, num_workers: int = 0, mask_size: int = 100) -> dict:
-    """Leopart overclustering of `model` on a raw segmentation set (e.g. VOC val, COCO-Things val).
+             use_rasa: bool = False, batch_size: int = 32, num_workers: int = 0, mask_size: int = 100,
+             dataset_name: str = "voc", split: str = "val") -> dict:
+    """Leopart overclustering of `model` on a raw segmentation set (e.g. VOC val, COCO-Things val),
+    or on `split` of `dataset_name` read from a root path (None: the built-in toy set).
 
     `ks` entries of None mean "the class count". The headline `metric` is the mIoU (mean over
     seeds) at the first K.
@@ -117,6 +126,7 @@ def evaluate(model: torch.nn.Module, dataset, device: torch.device | str = "cpu"
     from franca.utils.device import resolve_device
 
     device = resolve_device(device)
+    dataset = as_segmentation(dataset, split, dataset_name)
     num_classes, ignore = dataset_info(dataset)
     size = round_to_patch(size, int(model.patch_size))
     ks = [num_classes if k is None else int(k) for k in ks]

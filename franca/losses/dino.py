@@ -46,10 +46,13 @@ def dino_loss(
     V, B, K = student_logits.shape
     U = teacher_probs.shape[0]
     if teacher_probs.shape[1:] != (B, K):
-        raise ValueError(f"teacher shape {tuple(teacher_probs.shape)} does not match student {tuple(student_logits.shape)}")
+        raise ValueError(
+            f"teacher shape {tuple(teacher_probs.shape)} does not match student {tuple(student_logits.shape)}"
+        )
     log_p = F.log_softmax(student_logits.float() / student_temp, dim=-1)
-    # pair_ce[v, u] = −Σ_b Σ_k t[u,b,k] · log p[v,b,k]
-    pair_ce = -torch.einsum("ubk,vbk->vu", teacher_probs.float().detach(), log_p)
+    teacher = teacher_probs.detach().float()
+    # pair_ce[v, u] = −Σ_b Σ_k t[u,b,k] · log p[v,b,k]; elementwise (not einsum) so autocast keeps fp32
+    pair_ce = torch.stack([-(log_p * teacher[u]).sum(dim=(1, 2)) for u in range(U)], dim=1)
     if skip_same_view:
         if U != V:
             raise ValueError(f"skip_same_view needs as many student as teacher views, got {V} and {U}")

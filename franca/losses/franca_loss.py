@@ -57,7 +57,8 @@ class FrancaLoss(nn.Module):
             raise ValueError(f"n_global_crops must be >= 2, got {n_global_crops}")
         self.n_levels, self.level_weights = int(n_levels), weights
         self.student_temp = float(student_temp)
-        self.dino_weight, self.ibot_weight, self.koleo_weight = float(dino_weight), float(ibot_weight), float(koleo_weight)
+        self.dino_weight, self.ibot_weight = float(dino_weight), float(ibot_weight)
+        self.koleo_weight = float(koleo_weight)
         self.n_global_crops = int(n_global_crops)
         self.koleo_global_batch = bool(koleo_global_batch)
 

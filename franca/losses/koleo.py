@@ -1,6 +1,7 @@
 """KoLeo regulariser (Sablayrolles et al. 2019; DINOv2; PROTOCOLS.md §1.7).
 
-    KoLeo(x) = −(1/n) Σ_i log(‖x̂_i − x̂_nn(i)‖₂ + ε),   x̂ = x/‖x‖,  nn(i) = argmax_{j≠i} ⟨x̂_i, x̂_j⟩
+    KoLeo(x) = −(1/n) Σ_i log(‖x̂_i − x̂_nn(i)‖₂ + ε),
+    x̂ = x/‖x‖,  nn(i) = argmax_{j≠i} ⟨x̂_i, x̂_j⟩
 
 computed in fp32. The reference computes it per process (no gather); ``global_batch=True`` instead
 searches neighbours among the gathered rows of every process (the gathered copies carry no gradient).
@@ -32,8 +33,8 @@ def koleo_loss(x: torch.Tensor, eps: float = 1e-8, global_batch: bool = False) -
         candidates, offset = x, 0
     if candidates.shape[0] < 2 or n == 0:
         return x.sum() * 0.0
-    with torch.no_grad():
-        dots = x.detach() @ candidates.T
+    with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+        dots = x.detach() @ candidates.T.float()
         self_idx = torch.arange(n, device=x.device) + offset
         dots[torch.arange(n, device=x.device), self_idx] = -2.0  # below any cosine: never its own neighbour
         nn_idx = dots.argmax(dim=1)

@@ -47,7 +47,8 @@ def sinkhorn_knopp(
         logits: (n, K) teacher head outputs of this process (any float dtype; computed in fp32).
         temperature: teacher temperature τ_t (> 0).
         n_iterations: Sinkhorn rounds (3 in Franca).
-        n_samples: iBOT variant: only the first ``n_samples`` rows are real masked patches, the rest is
+        n_samples: iBOT variant: only the first ``n_samples`` rows *of this process* are real masked
+            patches (its collate's ``n_masked_patches``; the global count is implied), the rest is
             the padding of a fixed ``upperbound`` buffer. By default padding rows are left out of the
             prototype sums and returned as zeros; ``include_padding=True`` keeps them in, as the
             released code does (PROTOCOLS.md §1.6 quirk), for bit-level parity.

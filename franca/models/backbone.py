@@ -13,10 +13,10 @@ the GELU MLP and the packed SwiGLU. On top of that this module adds what DINOv2/
 The state-dict keys are DINOv2's flat names (`blocks.{i}.mlp.w12`, `ls1.gamma`, `mask_token`,
 `register_tokens`, …), so released files load after a key remap only (see `franca.models.weights`).
 
-Stochastic depth is timm's per-sample `DropPath` with the same rate in every block
-(`drop_path_uniform`, the Franca default). The reference's "batch-subset" variant (residual computed
-on a random subset of the batch and rescaled) is not reproduced: it has the same expectation and is
-only a speed trick.
+Stochastic depth: by default timm's per-sample `DropPath`, the same rate in every block
+(`drop_path_uniform`, the Franca default). `drop_path_mode="subset"` gives the reference's
+"batch-subset" variant instead: each residual branch runs on a random ⌊B·(1−p)⌋ samples only and is
+added back scaled by B/subset (the reference uses it in the student's list path for any p > 0).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, GluMlp, LayerNorm, Mlp
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 FFN_TYPES = ("swiglu", "mlp")
@@ -76,6 +76,44 @@ def _ffn_factory(ffn: str, embed_dim: int, hidden_dim: int | None) -> tuple[Call
     return make_mlp, nn.GELU
 
 
+def _subset_residual(x: Tensor, branch: Callable[[Tensor], Tensor], p: float) -> Tensor:
+    """x + branch(x) on a random ⌊B·(1−p)⌋ subset of the batch, scaled by B/subset (others: x)."""
+    b = x.shape[0]
+    keep = max(int(b * (1 - p)), 1)
+    idx = torch.randperm(b, device=x.device)[:keep]
+    r = branch(x[idx])
+    return torch.index_add(x.flatten(1), 0, idx, r.to(x.dtype).flatten(1), alpha=b / keep).view_as(x)
+
+
+class SubsetDropPathBlock(Block):
+    """timm's Block with the reference's batch-subset stochastic depth during training."""
+
+    sample_drop_ratio: float = 0.0
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if not (self.training and self.sample_drop_ratio > 0):
+            return super().forward(x, *args, **kwargs)
+
+        def attn_branch(t: Tensor) -> Tensor:
+            return self.ls1(self.attn(self.norm1(t)))
+
+        def ffn_branch(t: Tensor) -> Tensor:
+            return self.ls2(self.mlp(self.norm2(t)))
+
+        x = _subset_residual(x, attn_branch, self.sample_drop_ratio)
+        return _subset_residual(x, ffn_branch, self.sample_drop_ratio)
+
+
+def resize_pos_embed(pos_embed: Tensor, grid: int, antialias: bool = True) -> Tensor:
+    """Resize a (1, 1+M², D) table to a grid×grid table once, as the high-res recipe does (PROTOCOLS §1.10):
+    bicubic to a target size, antialias on, align_corners off, CLS entry kept, computed in fp32."""
+    M = math.isqrt(pos_embed.shape[1] - 1)
+    cls, patches = pos_embed[:, :1], pos_embed[:, 1:].float().reshape(1, M, M, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", antialias=antialias, align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos_embed.dtype)
+    return torch.cat([cls, patches], dim=1)
+
+
 class DinoVisionTransformer(VisionTransformer):
     """DINOv2/Franca ViT with DINOv2 state-dict names and the reference forward semantics."""
 
@@ -92,6 +130,7 @@ class DinoVisionTransformer(VisionTransformer):
         num_register_tokens: int = 0,
         drop_path_rate: float = 0.0,
         drop_path_uniform: bool = True,
+        drop_path_mode: str = "per_sample",
         interpolate_offset: float = 0.1,
         interpolate_antialias: bool = False,
         qkv_bias: bool = True,
@@ -100,13 +139,16 @@ class DinoVisionTransformer(VisionTransformer):
     ) -> None:
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if drop_path_mode not in ("per_sample", "subset"):
+            raise ValueError(f"drop_path_mode must be 'per_sample' or 'subset', got {drop_path_mode!r}")
         mlp_layer, act_layer = _ffn_factory(ffn, embed_dim, ffn_hidden_dim)
+        bias_kw = {} if proj_bias else {"proj_bias": False}  # older timm has no proj_bias argument
         super().__init__(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0, global_pool="token",
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, qkv_bias=qkv_bias,
             init_values=layerscale or None, class_token=True, no_embed_class=False, reg_tokens=0,
             drop_path_rate=0.0, weight_init="skip", norm_layer=LayerNorm, act_layer=act_layer,
-            mlp_layer=mlp_layer,
+            mlp_layer=mlp_layer, block_fn=SubsetDropPathBlock if drop_path_mode == "subset" else Block, **bias_kw,
         )
         self.patch_embed.strict_img_size = False  # any multiple of the patch size
         self.patch_size = int(patch_size)
@@ -126,8 +168,11 @@ class DinoVisionTransformer(VisionTransformer):
         if drop_path_rate > 0:
             rates = [drop_path_rate] * depth if drop_path_uniform else torch.linspace(0, drop_path_rate, depth).tolist()
             for blk, rate in zip(self.blocks, rates):
-                blk.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
-                blk.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
+                if drop_path_mode == "subset":
+                    blk.sample_drop_ratio = float(rate)
+                else:
+                    blk.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
+                    blk.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
         self.init_franca_weights()
 
     # ------------------------------------------------------------------ init / config
@@ -178,6 +223,13 @@ class DinoVisionTransformer(VisionTransformer):
     def pos_grid(self) -> int:
         """Side M of the stored (square) position-embedding grid."""
         return math.isqrt(self.pos_embed.shape[1] - 1)
+
+    @torch.no_grad()
+    def set_pos_grid(self, grid: int, antialias: bool = True) -> None:
+        """Replace the stored position table by a grid×grid one (high-res adaptation, e.g. 16 → 37)."""
+        new = resize_pos_embed(self.pos_embed.data, grid, antialias=antialias)
+        self.pos_embed = nn.Parameter(new, requires_grad=self.pos_embed.requires_grad)
+        self.img_size = grid * self.patch_size
 
     def interpolate_pos_encoding(self, h0: int, w0: int, dtype: torch.dtype) -> Tensor:
         """Position embedding (1, 1+h0·w0, D) for an h0×w0 patch grid, as the reference computes it."""

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MatryoshkaHead", "WeightNormLinear", "matryoshka_dims", "prototypes_per_level"]
+__all__ = ["MatryoshkaHead", "WeightNormLinear", "build_franca_heads", "matryoshka_dims", "prototypes_per_level"]
 
 
 def matryoshka_dims(in_dim: int, nesting_levels: int = 5) -> list[int]:
@@ -163,3 +163,21 @@ class MatryoshkaHead(nn.Module):
                 z = F.normalize(z, dim=-1, p=2, eps=1e-6 if z.dtype == torch.float16 else 1e-12)
             out.append(self.last_layers[level](z))
         return out
+
+
+def build_franca_heads(
+    in_dim: int,
+    n_prototypes: int,
+    separate_ibot_head: bool = True,
+    ibot_n_prototypes: int | None = None,
+    **head_kwargs: object,
+) -> nn.ModuleDict:
+    """``{"dino_head", "ibot_head"}``: two MatryoshkaHeads (Franca), or one shared object when
+    ``separate_ibot_head=False`` (the iBOT loss then reuses the DINO prototypes, as in iBOT/DINOv2)."""
+    dino = MatryoshkaHead(in_dim, n_prototypes, **head_kwargs)  # type: ignore[arg-type]
+    if not separate_ibot_head:
+        if ibot_n_prototypes not in (None, n_prototypes):
+            raise ValueError(f"a shared head cannot have {ibot_n_prototypes} iBOT prototypes (dino: {n_prototypes})")
+        return nn.ModuleDict({"dino_head": dino, "ibot_head": dino})
+    ibot = MatryoshkaHead(in_dim, ibot_n_prototypes or n_prototypes, **head_kwargs)  # type: ignore[arg-type]
+    return nn.ModuleDict({"dino_head": dino, "ibot_head": ibot})

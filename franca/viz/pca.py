@@ -83,15 +83,20 @@ def pca_rgb(tokens: Tensor, grid: tuple[int, int], fg_threshold: float | None = 
 
 @torch.no_grad()
 def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *, image_size: int | None = None,
-               fg_threshold: float | None = 0.35, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """One row per image: the image and its PCA-RGB map (bilinearly upsampled); writes the PNG ``out``."""
+               fg_threshold: float | None = 0.35, device: torch.device | str = "cpu",
+               use_rasa: bool = False) -> dict[str, Any]:
+    """One row per image: the image and its PCA-RGB map (bilinearly upsampled); writes the PNG ``out``.
+
+    ``use_rasa`` shows the RASA-cleaned tokens (``patch_token_rasa``) instead of ``x_norm_patchtokens``.
+    """
     p = model.patch_size
     size = image_size or (448 if p >= 14 else 16 * p)
     size -= size % p
     model = model.to(device).eval()
     crops = torch.stack([resize_center_crop(im, size, size) for im in images])
     x = normalise(crops, PCA_MEAN, PCA_STD).to(device)
-    tokens = model.forward_features(x)["x_norm_patchtokens"].float().cpu()
+    out_feats = model.forward_features(x, use_rasa_head=use_rasa)
+    tokens = out_feats["patch_token_rasa" if use_rasa else "x_norm_patchtokens"].float().cpu()
     rgb, fg = pca_rgb(tokens, (size // p, size // p), fg_threshold)
     up = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     if fg_threshold is not None:

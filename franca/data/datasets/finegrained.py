@@ -46,8 +46,9 @@ _EXPECTED = {"food101": "food-101/{images,meta}", "cifar10": "cifar-10-batches-p
 class _RGB(Dataset):
     """Wrap a (PIL image, target) dataset: convert to RGB, apply the transform, keep an int target."""
 
-    def __init__(self, base: Dataset, transform: Callable | None, indices: list[int] | None = None):
-        self.base, self.transform, self.indices = base, transform, indices
+    def __init__(self, base: Dataset, transform: Callable | None, indices: list[int] | None = None,
+                 target_map: list[int] | None = None):
+        self.base, self.transform, self.indices, self.target_map = base, transform, indices, target_map
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.base)  # type: ignore[arg-type]
@@ -55,7 +56,8 @@ class _RGB(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, int]:
         img, target = self.base[self.indices[i] if self.indices is not None else i]
         img = img.convert("RGB")
-        return (self.transform(img) if self.transform is not None else img), int(target)
+        target = self.target_map[int(target)] if self.target_map is not None else int(target)
+        return (self.transform(img) if self.transform is not None else img), target
 
 
 class CUB200(Dataset):
@@ -152,8 +154,10 @@ def finegrained_dataset(name: str, root: str | os.PathLike, split: str = "train"
             return _RGB(tvd.FGVCAircraft(r, split="trainval" if train else "test", annotation_level="variant",
                                          download=False), transform)
         if name == "dtd":
-            splits = ("train", "val") if train else ("test",)
-            return _RGB(ConcatDataset([tvd.DTD(r, split=s, partition=1, download=False) for s in splits]), transform)
+            # torchvision's DTD takes its class list from the split file: map to the global folder order.
+            parts = [tvd.DTD(r, split=s, partition=1, download=False) for s in (("train", "val") if train else ("test",))]
+            names = sorted(d.name for d in (root_p / "dtd" / "dtd" / "images").iterdir() if d.is_dir())
+            return ConcatDataset([_RGB(p, transform, None, [names.index(c) for c in p.classes]) for p in parts])
         if name == "pets":
             return _RGB(tvd.OxfordIIITPet(r, split="trainval" if train else "test", download=False), transform)
         if name == "caltech101":

@@ -1,0 +1,39 @@
+"""Zero-shot keypoint correspondence on SPair-71k (Probe3D protocol): PCK@0.10 per viewpoint bin.
+
+Images are padded to a white square and resized (800 px for patch-14/16 models, 16 patches a side
+for the tiny sizes); features are the last block's patch tokens without the final norm. Without
+--data the built-in toy keypoint set is used. The protocol is deterministic (pairs are sampled
+with seed 20), so --seeds only repeats it.
+"""
+from __future__ import annotations
+
+import argparse
+
+from franca.commands._common import add_model_arguments, add_output_arguments
+
+HELP = "keypoint correspondence on SPair-71k: PCK@0.10 for viewpoint d=0,1,2 and all"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p, rasa=False)
+    add_output_arguments(p, "keypoints")
+    p.add_argument("--data", default=None, help="SPair-71k root (or its parent); default: the built-in toy set")
+    p.add_argument("--split", default="test", help="pair split: trn, val or test (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="side after padding to a square (default: 800, or 16 patches for tiny models)")
+    p.add_argument("--n-pairs", type=int, default=200, help="pairs per class and bin (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.10, help="PCK threshold (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from franca.commands._common import load_model_from_args, model_identity, write_result
+    from franca.eval.keypoints import evaluate
+
+    model, device = load_model_from_args(args)
+    res = evaluate(model, args.data, image_size=args.image_size, n_pairs=args.n_pairs, alpha=args.alpha,
+                   split=args.split, device=device)
+    res.update(model=model_identity(args), data=args.data or "toy")
+    out = write_result(args, "keypoints", res)
+    print(f"PCK@{args.alpha:.2f} (%)  " + "  ".join(f"d={b}: {v:.2f}" for b, v in res["pck"].items()))
+    print(f"wrote {out}")
+    return 0

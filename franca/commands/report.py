@@ -1,0 +1,21 @@
+"""Gather a run directory's result JSONs (any with protocol/metric keys), pretraining metrics
+(JSONL) and PNG figures into one markdown page and an HTML twin (default: RUN_DIR/report.md/.html)."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "gather a run's results and figures into one markdown/HTML page"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder to gather (searched recursively)")
+    p.add_argument("--out", default=None, help="markdown path (default: RUN_DIR/report.md); HTML next to it")
+    p.add_argument("--title", default=None, help="page title (default: the folder name)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from franca.report import build_report
+
+    md, html = build_report(args.run_dir, args.out, args.title)
+    print(f"wrote {md}\nwrote {html}")
+    return 0

@@ -1,0 +1,80 @@
+"""Layer-wise maximum token norm (paper Fig. 10) of one or several backbones, as a PNG plot + JSON.
+
+For each block: the per-image maximum L2 norm over the CLS and patch tokens of the block output
+(before the final norm; registers excluded), averaged over the images. Backbones are given as
+`--model A [--weights WA] --model B …` (a --weights applies to the --model before it) or as
+repeated `--backbone NAME[:WEIGHTS]`. Without --image, the built-in toy validation set is used.
+"""
+from __future__ import annotations
+
+import argparse
+
+from franca.commands.viz_attention import add_image_arguments
+
+HELP = "PNG + JSON of the layer-wise max token norm of one or several backbones"
+
+
+class _ModelAction(argparse.Action):
+    """--model appends a backbone; --weights sets the weights of the last one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        specs = getattr(namespace, "backbones", None) or []
+        if self.dest == "model":
+            specs.append({"model": values, "weights": None})
+        elif not specs:
+            parser.error("--weights must follow a --model")
+        else:
+            specs[-1]["weights"] = values
+        namespace.backbones = specs
+
+
+def parse_backbone(spec: str) -> dict[str, str | None]:
+    """NAME[:WEIGHTS] → {"model", "weights"}; `timm:NAME[:WEIGHTS]` keeps its prefix."""
+    prefix = ""
+    if spec.startswith("timm:"):
+        prefix, spec = "timm:", spec[5:]
+    name, _, weights = spec.partition(":")
+    if not name:
+        raise ValueError(f"backbone spec {spec!r} has no model name")
+    return {"model": prefix + name, "weights": weights or None}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action=_ModelAction, dest="model", help="backbone name (repeatable)")
+    p.add_argument("--weights", action=_ModelAction, dest="weights", help="weights of the preceding --model")
+    p.add_argument("--backbone", action="append", default=[], help="NAME[:WEIGHTS] (repeatable)")
+    p.add_argument("--label", action="append", default=[], help="legend label per backbone, in order")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    add_image_arguments(p, "norms", 100)
+    p.set_defaults(backbones=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import franca
+    from franca.utils.device import resolve_device
+    from franca.viz.common import list_images, open_rgb
+    from franca.viz.norms import layerwise_max_norm, plot_norms, write_norms_json
+
+    specs = (args.backbones or []) + [parse_backbone(b) for b in args.backbone]
+    if not specs:
+        specs = [{"model": "vitt8", "weights": None}]
+    if args.label and len(args.label) != len(specs):
+        raise ValueError(f"{len(args.label)} --label given for {len(specs)} backbones")
+    device = resolve_device(args.device)
+    images = [open_rgb(p) for p in list_images(args.image, args.n_images)]
+    curves = {}
+    for i, s in enumerate(specs):
+        label = args.label[i] if args.label else s["model"] + (f" ({Path(s['weights']).name})" if s["weights"] else "")
+        model = franca.load_backbone(s["model"], weights=s["weights"]).eval()
+        curves[label] = {**layerwise_max_norm(model, images, image_size=args.image_size, batch_size=args.batch_size,
+                                              device=device, progress=True), **s}
+        del model
+    png = plot_norms(curves, args.out)
+    js = write_norms_json(curves, Path(args.out).with_suffix(".json"))
+    for label, c in curves.items():
+        print(f"{label}: " + " ".join(f"{v:.1f}" for v in c["mean_max_norm"]))
+    print(f"wrote {png}\nwrote {js}")
+    return 0

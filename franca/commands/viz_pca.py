@@ -1,0 +1,37 @@
+"""First three PCA components of the patch features as RGB, next to each image, as a PNG.
+
+As Franca's visualisation: resize and centre-crop (448, or 16 patches for tiny models), normalise
+with mean 0.5 / std 0.2, fit PCA on the patch tokens of all images together; with the foreground
+threshold (default 0.35 on the min-max scaled first component) a second PCA is fitted on the
+foreground only and the background is black. --no-threshold shows the plain 3-component PCA.
+"""
+from __future__ import annotations
+
+import argparse
+
+from franca.commands._common import add_model_arguments
+from franca.commands.viz_attention import add_image_arguments
+
+HELP = "PNG of the first 3 PCA components of patch features as RGB"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p, rasa=True)
+    add_image_arguments(p, "pca", 4)
+    p.add_argument("--threshold", type=float, default=0.35,
+                   help="foreground threshold on the first component (default: %(default)s)")
+    p.add_argument("--no-threshold", action="store_true", help="no foreground step: PCA over all patches")
+
+
+def run(args: argparse.Namespace) -> int:
+    from franca.commands._common import load_model_from_args
+    from franca.viz.common import list_images
+    from franca.viz.pca import pca_figure
+
+    model, device = load_model_from_args(args)
+    images = list_images(args.image, args.n_images)
+    res = pca_figure(model, images, args.out, image_size=args.image_size,
+                     fg_threshold=None if args.no_threshold else args.threshold, device=device,
+                     use_rasa=bool(getattr(args, "rasa", None)))
+    print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]}, {len(images)} images)")
+    return 0
