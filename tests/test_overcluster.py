@@ -89,3 +89,83 @@ def test_overcluster_finds_colour_classes_and_beats_noise():
 def test_too_many_clusters_is_a_clear_error():
     with pytest.raises(ValueError, match="K-means with K=50"):
         overcluster.kmeans_assign(np.zeros((10, 3), np.float32), 50, 0)
+
+
+# ---------------------------------------------------------------- readers (franca.eval.dense) and commands
+def _write_voc(root, n=4, size=32):
+    """A tiny Pascal VOC devkit: palette-free index PNGs, 255 boundaries, split files."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    data = Blocks(n)
+    names = [f"2007_{i:06d}" for i in range(n)]
+    for name, (img, mask) in zip(names, data.items):
+        img.resize((size, size)).save(voc / "JPEGImages" / f"{name}.jpg")
+        Image.fromarray(np.where(mask == 255, 255, mask * 5).astype(np.uint8)).resize((size, size), Image.NEAREST) \
+            .save(voc / "SegmentationClass" / f"{name}.png")
+    for split in ("train", "val"):
+        (voc / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def test_voc_reader_reads_devkit_layout_and_falls_back_from_trainaug(tmp_path):
+    from franca.eval.dense import build_segmentation
+
+    root = _write_voc(tmp_path)
+    ds = build_segmentation("voc", root, "trainaug")  # no SegmentationClassAug → train, with a warning
+    assert (len(ds), ds.num_classes, ds.ignore_index) == (4, 21, 255)
+    img, mask = ds[0]
+    assert img.size == (32, 32) and mask.dtype == np.int64 and set(np.unique(mask)) <= {0, 5, 10, 15, 255}
+    with pytest.raises(FileNotFoundError, match="VOCdevkit"):
+        build_segmentation("voc", tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages", "val")
+
+
+def test_ade20k_and_coco_things_label_maps(tmp_path):
+    import json
+
+    from franca.eval.dense import build_segmentation
+
+    ade = tmp_path / "ADEChallengeData2016"
+    for sub in ("images/validation", "annotations/validation"):
+        (ade / sub).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(ade / "images/validation/ADE_val_00000001.jpg")
+    Image.fromarray(np.array([[0, 1, 150, 7]] * 4, np.uint8)).save(ade / "annotations/validation/ADE_val_00000001.png")
+    hb = build_segmentation("ade20k", tmp_path, "val")
+    assert (hb.num_classes, hb.ignore_index) == (151, 0)  # HB: 0 = "other", ignored
+    np.testing.assert_array_equal(hb[0][1][0], [0, 1, 150, 7])
+    mm = build_segmentation("ade20k", tmp_path, "val", reduce_zero_label=True)
+    assert (mm.num_classes, mm.ignore_index) == (150, 255)  # mmseg: 0 → 255, k → k-1
+    np.testing.assert_array_equal(mm[0][1][0], [255, 0, 149, 6])
+
+    coco = tmp_path / "coco_root"
+    (coco / "coco/images/val2017").mkdir(parents=True)
+    (coco / "annotations/semantic_segmentation_val2017").mkdir(parents=True)
+    (coco / "annotations/panoptic_annotations").mkdir(parents=True)
+    cats = [{"id": 1, "isthing": 1, "supercategory": "person"}, {"id": 18, "isthing": 1, "supercategory": "animal"},
+            {"id": 92, "isthing": 0, "supercategory": "textile"}]
+    (coco / "annotations/panoptic_annotations/panoptic_val2017.json").write_text(json.dumps({"categories": cats}))
+    Image.new("RGB", (4, 1)).save(coco / "coco/images/val2017/000000000139.jpg")
+    Image.fromarray(np.array([[1, 18, 92, 0]], np.uint8)).save(
+        coco / "annotations/semantic_segmentation_val2017/000000000139.png")
+    things = build_segmentation("coco-things", coco, "val")
+    # person → 9, animal → 1 (alphabetical supercategories); stuff and unlabelled → 255
+    np.testing.assert_array_equal(things[0][1], [[9, 1, 255, 255]])
+
+
+@pytest.mark.parametrize("command,extra", [
+    ("overcluster", ["--ks", "0", "8", "--niter", "5", "--nredo", "1"]),
+    ("incontext", ["--k", "5"]),
+    ("linseg", ["--epochs", "1", "--cache-views", "1"]),
+])
+def test_commands_write_a_result_json(tmp_path, command, extra):
+    import json
+
+    from franca.cli import main
+
+    root = _write_voc(tmp_path / "data")
+    out = tmp_path / f"{command}.json"
+    rc = main(["eval", command, "--model", "vitt8", "--device", "cpu", "--data", str(root), "--size", "32",
+               "--num-workers", "0", "--batch-size", "4", "--seeds", "0", "--out", str(out), *extra])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["protocol"] == command and 0.0 <= res["metric"] <= 1.0 and len(res["per_class_iou"]) == 21

@@ -45,13 +45,13 @@ class FusionBlock(nn.Module):
 
 
 class BinDepthHead(nn.Module):
-    """DPT-style head over 4 feature maps → depth (B, 1, 4·out_scale·2·h, …) from ``n_bins`` bins in [min, max].
+    """DPT-style head over 4 feature maps → depth (B, 1, 8·out_scale·h, 8·out_scale·w) from ``n_bins`` bins in [min, max].
 
     Args:
         in_dims: channels of each of the 4 input maps (2·embed_dim for dense-cls features).
         hidden_dim: width of the head (512 in the protocol; small for the tiny CPU models).
         n_bins, min_depth, max_depth: bin centres linspace(min_depth, max_depth, n_bins).
-        out_scale: the last upsampling factor (2 in the protocol, giving 8× the patch grid; 1 halves
+        out_scale: the last upsampling factor (2 in the protocol, giving 16× the patch grid; 1 halves
             the output side, which is enough for the tiny patch-8 models and 4× cheaper).
     """
 
@@ -68,7 +68,7 @@ class BinDepthHead(nn.Module):
         self.register_buffer("bins", torch.linspace(min_depth, max_depth, n_bins), persistent=False)
 
     def logits(self, feats: Sequence[Tensor]) -> Tensor:
-        """(B, n_bins, 4·out_scale·h, 4·out_scale·w) bin logits from 4 maps (B, C_i, h, w), shallow → deep."""
+        """(B, n_bins, 8·out_scale·h, 8·out_scale·w) bin logits from 4 maps (B, C_i, h, w), shallow → deep."""
         if len(feats) != len(self.proj):
             raise ValueError(f"depth head expects {len(self.proj)} feature maps, got {len(feats)}")
         maps = [F.interpolate(p(f), scale_factor=2, mode="bilinear", align_corners=True)

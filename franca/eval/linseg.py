@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -285,7 +286,9 @@ def evaluate(model: nn.Module, train_set=None, val_set=None, device: torch.devic
         ious.append(iou)
         log.info("linseg seed %d: mIoU %.4f", s, mious[-1])
     ms = mean_std(mious)
-    per_class = np.nanmean(np.stack(ious), axis=0) if np.isfinite(np.stack(ious)).any() else np.zeros(num_classes)
+    with warnings.catch_warnings():  # a class absent from every seed's GT and predictions stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_class = np.nanmean(np.stack(ious), axis=0)
     return {"protocol": "linseg", "metric_name": "miou", "metric": ms["mean"], "miou": ms,
             "per_class_iou": [None if math.isnan(v) else float(v) for v in per_class],
             "class_names": list(getattr(val_set, "class_names", ()) or ()),

@@ -59,7 +59,9 @@ def standardize_pca(x: np.ndarray, dim: int = 50, chunk: int = 100_000) -> np.nd
     z = np.empty((n, d), dtype=np.float32)
     for i in range(0, n, chunk):
         z[i:i + chunk] = (x[i:i + chunk] - mean) / std
-    dim = min(dim, d)
+    dim = min(dim, d, n)  # a PCA cannot output more components than it has points or dimensions
+    if dim < 1:
+        raise ValueError("cannot cluster an empty token set")
     pca = faiss.PCAMatrix(d, dim)
     pca.train(z)
     return pca.apply(z)

@@ -254,6 +254,9 @@ def resolve_source(cfg: FrancaTrainConfig) -> tuple[str, str]:
     """(kind, location) of the pretraining images; the toy set is generated on first use."""
     d = cfg.data
     kind = d.kind
+    if not d.dataset:
+        raise ValueError("config key data.dataset is empty: give data.dataset=/path/to/images (a folder) or "
+                         "webdataset shards (data.dataset=/shards/train-{000000..000099}.tar)")
     if kind == "auto":
         if d.dataset == "toy":
             kind = "toy"

@@ -1,0 +1,130 @@
+"""NYUv2 depth probe: SI-RMSE and δ golden values, least-squares oracle, losses, head, schedule, evaluate()."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from franca.eval.depth import center_square, evaluate, lr_factor, probe_blocks
+from franca.eval.depth_head import BinDepthHead, bins_to_depth, gradient_loss, sig_loss
+from franca.eval.metrics3d import align_scale_shift, average_depth_metrics, depth_metrics_per_image
+
+
+def test_si_rmse_and_delta_golden():
+    # pred [1, 2, 3], gt [1, 3, 2] (one row), plus a 4th pixel with gt 0 (invalid, ignored).
+    # LSQ: mean p = mean g = 2, cov = 1/3, var p = 2/3 -> s = 0.5, t = 1 -> s·p+t = [1.5, 2, 2.5];
+    # residuals [-0.5, 1, -0.5] -> MSE 0.5 -> SI-RMSE sqrt(0.5).
+    # RMSE: diffs [0, 1, 1] -> sqrt(2/3). Ratios [1, 1.5, 1.5]: δ1 = 1/3, δ2 (1.5625) = δ3 = 1.
+    pred = torch.tensor([[[1.0, 2.0, 3.0, 7.0]]])
+    gt = torch.tensor([[[1.0, 3.0, 2.0, 0.0]]])
+    m = depth_metrics_per_image(pred, gt)
+    s, t = align_scale_shift(pred, gt, gt > 0)
+    assert float(s) == pytest.approx(0.5) and float(t) == pytest.approx(1.0)
+    assert float(m["si_rmse"]) == pytest.approx(math.sqrt(0.5))
+    assert float(m["rmse"]) == pytest.approx(math.sqrt(2 / 3))
+    assert float(m["d1"]) == pytest.approx(1 / 3) and float(m["d2"]) == 1.0 and float(m["d3"]) == 1.0
+
+
+def test_si_rmse_is_zero_for_affine_prediction_and_averaged_per_image():
+    gt = torch.rand(2, 5, 6) + 0.5
+    pred = torch.stack([2 * gt[0] + 1, gt[1]])  # image 0: affine of gt; image 1: exact
+    pred[1, 0, 0] += 1.0  # image 1 off by 1 on one of 30 pixels
+    m = depth_metrics_per_image(pred, gt)
+    assert float(m["si_rmse"][0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(m["rmse"][1]) == pytest.approx(math.sqrt(1 / 30))
+    avg = average_depth_metrics([m, {k: v[:0] for k, v in m.items()}])
+    assert avg["n_images"] == 2
+    assert avg["rmse"] == pytest.approx(float(m["rmse"].mean()))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 6), st.integers(2, 6))
+def test_align_scale_shift_matches_lstsq(seed, h, w):
+    g = np.random.default_rng(seed)
+    pred, gt = g.uniform(0.1, 5, (h, w)), g.uniform(0.1, 5, (h, w))
+    valid = g.random((h, w)) < 0.8
+    valid.flat[:2] = True
+    s, t = align_scale_shift(torch.tensor(pred)[None], torch.tensor(gt)[None], torch.tensor(valid)[None])
+    A = np.stack([pred[valid], np.ones(valid.sum())], 1)
+    (s_ref, t_ref), *_ = np.linalg.lstsq(A, gt[valid], rcond=None)
+    assert float(s) == pytest.approx(s_ref, abs=1e-8) and float(t) == pytest.approx(t_ref, abs=1e-8)
+    si = float(depth_metrics_per_image(torch.tensor(pred), torch.tensor(gt), torch.tensor(valid))["si_rmse"])
+    assert si == pytest.approx(np.sqrt(np.mean((A @ [s_ref, t_ref] - gt[valid]) ** 2)), abs=1e-8)
+
+
+def test_bins_uniform_logits_give_mean_bin():
+    bins = torch.linspace(0.001, 10, 256)
+    # equal logits -> p uniform (ReLU+0.1 is equal) -> depth = mean of the bins = (0.001 + 10) / 2
+    d = bins_to_depth(torch.full((1, 256, 2, 3), -1.0), bins)
+    torch.testing.assert_close(d, torch.full((1, 1, 2, 3), 5.0005))
+
+
+def test_sig_loss_formula_and_zero_at_truth():
+    pred, gt = torch.tensor([1.0, 2.0, 4.0, 9.0]), torch.tensor([2.0, 2.0, 3.0, 0.0])
+    valid = gt > 0
+    g = np.log(pred[:3].numpy() + 1e-3) - np.log(gt[:3].numpy() + 1e-3)
+    ref = np.sqrt((g**2).mean() - 0.85 * g.mean() ** 2)
+    assert float(sig_loss(pred, gt, valid)) == pytest.approx(ref, rel=1e-5)
+    assert float(sig_loss(gt[:3], gt[:3], valid[:3])) < 1e-5
+
+
+def test_gradient_loss_against_loops():
+    g = torch.Generator().manual_seed(0)
+    pred, gt = torch.rand(1, 1, 7, 9, generator=g) + 0.1, torch.rand(1, 1, 7, 9, generator=g) + 0.1
+    gt[0, 0, 3, 4] = 0
+    valid = gt > 0
+    d = (np.log(pred.numpy() + 1e-3) - np.log(gt.numpy() + 1e-3))[0, 0]
+    m = valid.numpy()[0, 0]
+    ref = 0.0
+    for s in (1, 2, 4, 6):
+        ds, ms = d[::s, ::s], m[::s, ::s]
+        tot = 0.0
+        for i in range(ds.shape[0]):
+            for j in range(ds.shape[1]):
+                if j + 1 < ds.shape[1] and ms[i, j] and ms[i, j + 1]:
+                    tot += abs(ds[i, j + 1] - ds[i, j])
+                if i + 1 < ds.shape[0] and ms[i, j] and ms[i + 1, j]:
+                    tot += abs(ds[i + 1, j] - ds[i, j])
+        ref += tot / ms.sum()
+    assert float(gradient_loss(pred, gt, valid)) == pytest.approx(ref, rel=1e-5)
+
+
+def test_probe_blocks_and_schedule():
+    assert probe_blocks(12) == [2, 5, 8, 11] and probe_blocks(24) == [5, 11, 17, 23]
+    assert lr_factor(0, 100, 15) == pytest.approx(0.01)
+    assert lr_factor(15, 100, 15) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 15) == pytest.approx(0.01)
+
+
+def test_head_shapes_and_centre_square():
+    head = BinDepthHead([6, 6, 6, 6], hidden_dim=8)
+    out = head([torch.randn(2, 6, 5, 5) for _ in range(4)])
+    assert out.shape == (2, 1, 80, 80)  # ×2, ×4, ×2 = ×16 of the 5×5 grid
+    assert float(out.min()) >= 0.001 - 1e-6 and float(out.max()) <= 10 + 1e-5
+    img, dep = torch.rand(3, 480, 640), torch.arange(640.0).expand(480, 640)
+    ci, cd = center_square(img, dep, 480)
+    assert ci.shape == (3, 480, 480) and float(cd[0, 0]) == 80 and float(cd[0, -1]) == 559  # columns 80:560
+
+
+def test_evaluate_tiny_backbone_returns_metrics():
+    import franca
+
+    model = franca.build_backbone("vitt8", depth=4, embed_dim=32, num_heads=2)
+    g = torch.Generator().manual_seed(1)
+
+    def sample():
+        depth = torch.rand(16, 20, generator=g) * 4 + 0.5
+        depth[0, 0] = 12.0  # > 10 m: invalid
+        return {"image": torch.rand(3, 16, 20, generator=g), "depth": depth}
+
+    res = evaluate(model, ([sample() for _ in range(4)], [sample() for _ in range(2)]), resolution=16,
+                   hidden_dim=4, epochs=1, batch_size=2, progress=False)
+    assert res["protocol"] == "depth" and res["metric_name"] == "si_rmse"
+    assert res["metric"] == res["si_rmse"] and res["n_images"] == 2
+    assert 0 <= res["d1"] <= res["d2"] <= res["d3"] <= 1 and res["si_rmse"] <= res["rmse"] + 1e-9
+    json.dumps(res)
