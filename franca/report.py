@@ -48,6 +48,10 @@ def _scalars(d: dict[str, Any], prefix: str = "", depth: int = 0) -> dict[str, A
     return out
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
@@ -117,10 +121,10 @@ def metrics_sections(run_dir: Path, files: list[Path], fig_dir: Path) -> list[Se
         rows = _read_jsonl(f)
         if not rows:
             continue
-        keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        keys = sorted({k for r in rows for k, v in r.items() if _is_number(v)})
         table = [["field", "first", "last", "min", "n"]]
         for k in keys:
-            vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+            vals = [float(r[k]) for r in rows if _is_number(r.get(k))]
             table.append([k, _fmt(vals[0]), _fmt(vals[-1]), _fmt(min(vals)), str(len(vals))])
         blocks: list[tuple[str, Any]] = [("table", table)]
         loss_keys = [k for k in keys if "loss" in k or k in ("total", "dino_global", "dino_local", "ibot", "koleo")]
@@ -140,7 +144,7 @@ def _plot_curves(rows: list[dict[str, Any]], keys: list[str], out: Path) -> Path
     step_key = next((k for k in ("iteration", "step", "iter", "epoch") if k in rows[0]), None)
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     for k in keys[:8]:
-        pts = [(r.get(step_key, i) if step_key else i, r[k]) for i, r in enumerate(rows) if isinstance(r.get(k), (int, float))]
+        pts = [(r.get(step_key, i) if step_key else i, r[k]) for i, r in enumerate(rows) if _is_number(r.get(k))]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, linewidth=1)
     ax.set_xlabel(step_key or "record")
     ax.legend(fontsize=7)
@@ -186,7 +190,8 @@ def to_html(title: str, sections: list[Section], base: Path) -> str:
                 parts.append(f"<table><tr>{head}</tr>{rows}</table>")
             elif kind == "image":
                 rel = Path(os.path.relpath(body, base)).as_posix()
-                parts.append(f"<figure><img src='{e(rel)}' alt='{e(Path(body).stem)}'><figcaption>{e(rel)}</figcaption></figure>")
+                parts.append(f"<figure><img src='{e(rel)}' alt='{e(Path(body).stem)}'>"
+                             f"<figcaption>{e(rel)}</figcaption></figure>")
             else:
                 parts.append(f"<p>{e(str(body))}</p>")
     parts.append("</body></html>")

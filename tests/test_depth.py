@@ -103,7 +103,8 @@ def test_probe_blocks_and_schedule():
 
 def test_head_shapes_and_centre_square():
     head = BinDepthHead([6, 6, 6, 6], hidden_dim=8)
-    out = head([torch.randn(2, 6, 5, 5) for _ in range(4)])
+    with torch.no_grad():
+        out = head([torch.randn(2, 6, 5, 5) for _ in range(4)])
     assert out.shape == (2, 1, 80, 80)  # ×2, ×4, ×2 = ×16 of the 5×5 grid
     assert float(out.min()) >= 0.001 - 1e-6 and float(out.max()) <= 10 + 1e-5
     img, dep = torch.rand(3, 480, 640), torch.arange(640.0).expand(480, 640)

@@ -137,3 +137,45 @@ def test_real_backbone_blocks_cls_equals_norm_cls():
     blocks = F.extract_features(model, ds, kind="blocks", show_progress=False)
     cls = F.extract_features(model, ds, kind="cls", show_progress=False)
     torch.testing.assert_close(blocks["cls"], cls["cls"], atol=1e-5, rtol=1e-5)
+
+
+def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from franca.eval.knn import knn_classify
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = _Counting()  # same weights on every rank (seeded)
+        feats = F.extract_features(model, _data(n=11), batch_size=2, show_progress=False)
+        g = torch.Generator().manual_seed(5)
+        xb, yb = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+        xq, yq = torch.randn(13, 4, generator=g), torch.randint(0, 3, (13,), generator=g)
+        res = knn_classify(xb, yb, xq, yq, ks=(1, 5), shard_queries=True)
+        torch.save({"cls": feats["cls"], "labels": feats["labels"], "knn": res["top1_k5"], "calls": model.calls},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.dist
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    from franca.eval.knn import knn_classify
+
+    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = _Counting()
+    ref = F.extract_features(model, _data(n=11), batch_size=2, show_progress=False)
+    g = torch.Generator().manual_seed(5)
+    xb, yb = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    xq, yq = torch.randn(13, 4, generator=g), torch.randint(0, 3, (13,), generator=g)
+    ref_knn = knn_classify(xb, yb, xq, yq, ks=(1, 5))["top1_k5"]
+    for r in range(2):
+        out = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        torch.testing.assert_close(out["cls"], ref["cls"])
+        assert torch.equal(out["labels"], ref["labels"])
+        assert out["knn"] == pytest.approx(ref_knn)
+        assert out["calls"] == 3  # each rank ran ceil(ceil(11 / 2) / 2) = 3 batches: half the data

@@ -96,7 +96,8 @@ def _write_spair(root, pairs):
         for k in ("s", "t"):
             Image.new("RGB", (64, 64), (i * 20, 0, 0)).save(root / "JPEGImages" / cat / f"{k}{i}.jpg")
         ann = {"category": cat, "src_imname": f"s{i}.jpg", "trg_imname": f"t{i}.jpg", "src_kps": skps,
-               "trg_kps": tkps, "trg_bndbox": box, "viewpoint_variation": vp}
+               "trg_kps": tkps, "src_bndbox": [0, 0, 64, 64], "trg_bndbox": box, "trg_imsize": [64, 64, 3],
+               "viewpoint_variation": vp}
         (root / "PairAnnotation" / "test" / f"{i:06d}-s{i}-t{i}:{cat}.json").write_text(json.dumps(ann))
 
 
@@ -133,5 +134,5 @@ def test_evaluate_end_to_end_against_oracle(tmp_path):
 
 
 def test_load_pairs_reports_missing_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="PairAnnotation"):
+    with pytest.raises(FileNotFoundError, match="pair annotations"):
         load_pairs(tmp_path, "test")

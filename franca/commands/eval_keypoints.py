@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, device = load_model_from_args(args)
     res = evaluate(model, args.data, image_size=args.image_size, n_pairs=args.n_pairs, alpha=args.alpha,
-                   split=args.split, device=device)
+                   split=args.split, batch_size=args.batch_size, device=device)
     res.update(model=model_identity(args), data=args.data or "toy")
     out = write_result(args, "keypoints", res)
     print(f"PCK@{args.alpha:.2f} (%)  " + "  ".join(f"d={b}: {v:.2f}" for b, v in res["pck"].items()))

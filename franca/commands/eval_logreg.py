@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             results["imagefolder"] = logreg.evaluate(model, data_root=args.data, **common)
         else:
             results[name] = logreg.evaluate(model, dataset=name, data_root=args.data_root, **common)
-    rows = [[n, r["metric_name"], r["metric"], r["metric_std"], r["best_C"][0]] for n, r in results.items()]
+    rows = [[n, r["metric_name"], r["metric"], r["metric_std"], f"{r['best_C'][0]:.3g}"] for n, r in results.items()]
     print(format_table(rows, ["dataset", "metric", "score", "std", "C (seed 0)"]))
     if args.dataset is not None:
         args.data = args.data_root  # the JSON's data root

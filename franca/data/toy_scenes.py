@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -112,7 +112,6 @@ class SceneObject:
     mask: np.ndarray
     matrix: np.ndarray
     depth: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def render_segmentation(rng: np.random.Generator, style: ToyStyle) -> tuple[np.ndarray, np.ndarray, list[SceneObject]]:

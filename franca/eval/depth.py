@@ -168,8 +168,8 @@ def train_head(model: torch.nn.Module, train: PreparedDepth, *, hidden_dim: int,
     blocks = probe_blocks(model.n_blocks)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    out_scale = 2 if model.patch_size >= 14 else 1
-    head = BinDepthHead([2 * model.embed_dim] * len(blocks), hidden_dim=hidden_dim, out_scale=out_scale).to(device)
+    scales = (2, 4, 2) if model.patch_size >= 14 else (2, 2, 1)
+    head = BinDepthHead([2 * model.embed_dim] * len(blocks), hidden_dim=hidden_dim, scales=scales).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total, warmup = epochs * steps_per_epoch, round(1.5 * steps_per_epoch)
@@ -213,14 +213,15 @@ def predict_and_score(model: torch.nn.Module, head: BinDepthHead, test: Prepared
 
 
 def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Sequence[Any]] | None = None, *,
-             resolution: int | None = None, hidden_dim: int | None = None, epochs: int | None = None, batch_size: int = 8,
+             resolution: int | None = None, hidden_dim: int | None = None, epochs: int | None = None,
+             batch_size: int = 8,
              lr: float = 5e-4, seed: int = 8, use_augment: bool = True, device: torch.device | str = "cpu",
              num_workers: int = 0, progress: bool = True) -> dict[str, Any]:
     """Train the depth probe on the train split and report SI-RMSE (the metric), RMSE and δ1-3.
 
     ``data``: a root holding NYUv2 (default: the built-in toy set), or a (train, test) pair of
     sample sequences (see ``to_image_depth``). Defaults: hidden width 512 and 10 epochs, or 16
-    and 3 epochs for the tiny sizes (patch < 14), whose head also skips the last ×2 upsampling.
+    and 3 epochs for the tiny sizes (patch < 14), whose head upsamples ×4 instead of ×16.
     """
     from franca.utils.device import resolve_device
 
@@ -246,46 +247,22 @@ def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Seq
 
 
 def load_nyu(root: str | Path | None) -> tuple[Sequence[Any], Sequence[Any]]:
-    """(train, test) NYUv2 samples under ``root`` (default: the built-in toy set), BTS layout
-    (PROTOCOLS §12.5): ``nyudepthv2_{train,test}_files_with_gt.txt`` listing rgb and uint16-mm depth
-    PNGs under ``sync/`` (train) and ``official_splits/test/`` (test). ``root`` may be ``nyuv2/``'s parent."""
+    """(train, test) NYUv2 readers (``franca.data.datasets.nyu``) for ``root`` (default: the toy set).
+
+    ``root``: a folder in the BTS layout (or its parent holding ``nyuv2/``), Probe3D's
+    ``nyuv2_snorm_all.pkl``, or the labelled ``nyu_depth_v2_labeled.mat`` (official splits).
+    """
+    from franca.data.datasets import nyu
+
     if root is None:
         from franca.data.toy import ensure_toy
 
         root = ensure_toy()
     root = Path(root)
+    if root.suffix == ".pkl":
+        return nyu.NYUv2Pickle(root, "train"), nyu.NYUv2Pickle(root, "test")
+    if root.suffix == ".mat":
+        return nyu.NYUv2Labeled(root, "train"), nyu.NYUv2Labeled(root, "test")
     if not (root / "nyudepthv2_test_files_with_gt.txt").is_file() and (root / "nyuv2").is_dir():
         root = root / "nyuv2"
-    return BTSDepthList(root, "train"), BTSDepthList(root, "test")
-
-
-class BTSDepthList(Sequence):
-    """NYUv2 in the BTS layout: item i → (PIL RGB image, depth (H, W) float32 metres)."""
-
-    def __init__(self, root: Path, split: str):
-        lst = root / f"nyudepthv2_{split}_files_with_gt.txt"
-        if not lst.is_file():
-            raise FileNotFoundError(f"NYUv2 file list not found: {lst}")
-        base = root / ("sync" if split == "train" else "official_splits/test")
-        self.pairs = []
-        for line in lst.read_text().splitlines():
-            parts = line.split()
-            if len(parts) < 2 or parts[1] == "None":
-                continue
-            self.pairs.append((base / parts[0].lstrip("/"), base / parts[1].lstrip("/")))
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> tuple[Any, np.ndarray]:
-        from PIL import Image
-
-        rgb, dep = self.pairs[i]
-        for f in (rgb, dep):
-            if not f.is_file():
-                raise FileNotFoundError(f"NYUv2 file not found: {f}")
-        with Image.open(rgb) as im:
-            image = im.convert("RGB")
-        with Image.open(dep) as im:
-            depth = np.asarray(im, dtype=np.float32) / 1000.0
-        return image, depth
+    return nyu.NYUv2Depth(root, "train"), nyu.NYUv2Depth(root, "test")

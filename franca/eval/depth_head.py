@@ -45,20 +45,21 @@ class FusionBlock(nn.Module):
 
 
 class BinDepthHead(nn.Module):
-    """DPT-style head over 4 feature maps → depth (B, 1, 8·out_scale·h, 8·out_scale·w) from ``n_bins`` bins in [min, max].
+    """DPT-style head over 4 feature maps → depth (B, 1, S·h, S·w), S = product of ``scales``, from bins.
 
     Args:
         in_dims: channels of each of the 4 input maps (2·embed_dim for dense-cls features).
         hidden_dim: width of the head (512 in the protocol; small for the tiny CPU models).
         n_bins, min_depth, max_depth: bin centres linspace(min_depth, max_depth, n_bins).
-        out_scale: the last upsampling factor (2 in the protocol, giving 16× the patch grid; 1 halves
-            the output side, which is enough for the tiny patch-8 models and 4× cheaper).
+        scales: the three upsampling factors (after projection, after fusion, at the end): (2, 4, 2) in
+            the protocol, 16× the patch grid; the tiny patch-8 models use (2, 2, 1), 16× cheaper.
     """
 
     def __init__(self, in_dims: Sequence[int], hidden_dim: int = 512, kernel_size: int = 3,
-                 n_bins: int = 256, min_depth: float = 0.001, max_depth: float = 10.0, out_scale: int = 2):
+                 n_bins: int = 256, min_depth: float = 0.001, max_depth: float = 10.0,
+                 scales: tuple[int, int, int] = (2, 4, 2)):
         super().__init__()
-        self.out_scale = out_scale
+        self.scales = tuple(scales)
         self.proj = nn.ModuleList(nn.Conv2d(d, hidden_dim, 1) for d in in_dims)
         self.fuse = nn.ModuleList(FusionBlock(hidden_dim, kernel_size) for _ in in_dims)
         pad = kernel_size // 2
@@ -68,22 +69,21 @@ class BinDepthHead(nn.Module):
         self.register_buffer("bins", torch.linspace(min_depth, max_depth, n_bins), persistent=False)
 
     def logits(self, feats: Sequence[Tensor]) -> Tensor:
-        """(B, n_bins, 8·out_scale·h, 8·out_scale·w) bin logits from 4 maps (B, C_i, h, w), shallow → deep."""
+        """(B, n_bins, S·h, S·w) bin logits from 4 maps (B, C_i, h, w), shallow → deep."""
         if len(feats) != len(self.proj):
             raise ValueError(f"depth head expects {len(self.proj)} feature maps, got {len(feats)}")
-        maps = [F.interpolate(p(f), scale_factor=2, mode="bilinear", align_corners=True)
-                for p, f in zip(self.proj, feats)]
+        maps = [_up(p(f), self.scales[0]) for p, f in zip(self.proj, feats)]
         out = None
         for i in reversed(range(len(maps))):
             out = self.fuse[i](maps[i], out)
-        out = F.interpolate(out, scale_factor=4, mode="bilinear", align_corners=True)
-        out = self.out(out)
-        if self.out_scale != 1:
-            out = F.interpolate(out, scale_factor=self.out_scale, mode="bilinear", align_corners=True)
-        return out
+        return _up(self.out(_up(out, self.scales[1])), self.scales[2])
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         return bins_to_depth(self.logits(feats), self.bins)
+
+
+def _up(x: Tensor, factor: int) -> Tensor:
+    return x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=True)
 
 
 def bins_to_depth(logits: Tensor, bins: Tensor) -> Tensor:

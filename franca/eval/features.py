@@ -101,10 +101,16 @@ def _item_hash(dataset: Any) -> str | None:
     return h.hexdigest()
 
 
+def cache_keys(model: torch.nn.Module, dataset: Any, kinds: tuple[str, ...],
+               model_key: str | None = None) -> dict[str, str]:
+    """One cache key per feature kind; the model and data are fingerprinted once."""
+    base = {"model": model_fingerprint(model), "model_key": model_key, "data": dataset_identity(dataset)}
+    return {k: hashlib.sha1(json.dumps({**base, "kind": k}, sort_keys=True).encode()).hexdigest()[:20]
+            for k in kinds}
+
+
 def cache_key(model: torch.nn.Module, dataset: Any, kind: str, model_key: str | None = None) -> str:
-    blob = json.dumps({"model": model_fingerprint(model), "model_key": model_key,
-                       "data": dataset_identity(dataset), "kind": kind}, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+    return cache_keys(model, dataset, (kind,), model_key)[kind]
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
@@ -197,7 +203,7 @@ def extract_features(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     dev = resolve_device(device)
     # A "blocks" result also serves "cls" requests (cls = last block's normed CLS).
-    keys = {k: cache_key(model, dataset, k, model_key) for k in (("cls", "blocks") if kind == "cls" else ("blocks",))}
+    keys = cache_keys(model, dataset, ("cls", "blocks") if kind == "cls" else ("blocks",), model_key)
     for key in keys.values():
         if key in _MEMO:
             log.info("features: in-memory hit %s", key)

@@ -15,7 +15,7 @@ import random
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -120,26 +120,44 @@ def sample_pairs(pairs: Sequence[KeypointPair], n_pairs: int = 200, seed: int = 
 
 
 class _FeatureCache:
-    """A small LRU of per-image feature maps, so images shared by pairs and bins run once."""
+    """An LRU of per-image feature maps, filled in batches, so images shared by pairs and bins run once."""
 
     def __init__(self, model: torch.nn.Module, size: int, device: torch.device, capacity: int = 64):
         self.model, self.size, self.device, self.capacity = model, size, device, capacity
         self._store: OrderedDict[str, tuple[Tensor, float]] = OrderedDict()
 
-    def __call__(self, key: str, image: Any) -> tuple[Tensor, float]:
-        if key and key in self._store:
-            self._store.move_to_end(key)
-            return self._store[key]
-        x, scale = pad_to_square_and_resize(image, self.size)
+    @staticmethod
+    def key(name: str, image: Any) -> str:
+        return name or f"id:{id(image)}"
+
+    def prefetch(self, named_images: Sequence[tuple[str, Any]]) -> None:
+        """Compute (one batched forward) the features of the images not cached yet."""
         from franca.utils.device import autocast_context
 
+        todo: dict[str, Any] = {}
+        for name, image in named_images:
+            k = self.key(name, image)
+            if k in self._store:
+                self._store.move_to_end(k)
+            else:
+                todo.setdefault(k, image)
+        if not todo:
+            return
+        prepared = [pad_to_square_and_resize(im, self.size) for im in todo.values()]
+        x = torch.stack([p[0] for p in prepared]).to(self.device)
         with autocast_context(self.device):
-            feat = dense_features(self.model, x[None].to(self.device))[0].float()
-        if key:
-            self._store[key] = (feat, scale)
-            if len(self._store) > self.capacity:
-                self._store.popitem(last=False)
-        return feat, scale
+            feats = dense_features(self.model, x).float()
+        for k, f, (_, scale) in zip(todo, feats, prepared):
+            self._store[k] = (f, scale)
+        while len(self._store) > max(self.capacity, len(todo)):
+            self._store.popitem(last=False)
+
+    def __call__(self, name: str, image: Any) -> tuple[Tensor, float]:
+        k = self.key(name, image)
+        if k not in self._store:
+            self.prefetch([(name, image)])
+        self._store.move_to_end(k)
+        return self._store[k]
 
 
 def pair_correct(pair: KeypointPair, cache: _FeatureCache, size: int, alpha: float) -> Tensor:
@@ -176,14 +194,18 @@ def evaluate(
     alpha: float = 0.10,
     split: str = "test",
     seed: int = 20,
+    batch_size: int = 16,
     device: torch.device | str = "cpu",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """PCK@alpha on SPair-71k-style pairs for viewpoint bins 0, 1, 2 and all.
 
     ``data``: a dataset root (``SPair-71k/`` or its parent; default: the built-in toy set) or a
     sequence of ``KeypointPair``. Returns a JSON-serialisable dict whose ``metric`` is PCK (in %)
-    over "all".
+    over "all". ``batch_size`` images (half as many pairs) go through the backbone at once.
     """
+    from tqdm import tqdm
+
     from franca.utils.device import resolve_device
 
     device = resolve_device(device)
@@ -192,13 +214,17 @@ def evaluate(
         raise ValueError(f"no keypoint pairs found in {data!r} (split {split!r})")
     size = image_size or default_image_size(model.patch_size)
     model = model.to(device).eval()
-    cache = _FeatureCache(model, size, device)
+    cache = _FeatureCache(model, size, device, capacity=max(64, 2 * batch_size))
     chosen = sample_pairs(pairs, n_pairs, seed)
     result_bins: dict[str, Any] = {}
     for b in BINS:
         correct: dict[str, list[Tensor]] = {}
-        for cat, idx in chosen[b].items():
-            correct[cat] = [pair_correct(pairs[i], cache, size, alpha) for i in idx]
+        for cat, idx in tqdm(chosen[b].items(), desc=f"keypoints d={b}", disable=not progress, leave=False):
+            correct[cat] = []
+            for start in range(0, len(idx), max(1, batch_size // 2)):
+                chunk = [pairs[i] for i in idx[start:start + max(1, batch_size // 2)]]
+                cache.prefetch([(p.src_name, p.src_image) for p in chunk] + [(p.trg_name, p.trg_image) for p in chunk])
+                correct[cat] += [pair_correct(p, cache, size, alpha) for p in chunk]
         if not correct:
             continue
         mean, per_class = aggregate_pck(correct)
@@ -220,62 +246,30 @@ def evaluate(
 
 
 def load_pairs(root: str | Path | None, split: str = "test") -> list[KeypointPair]:
-    """Read SPair-71k pairs (PROTOCOLS §12.6) under ``root`` (default: the built-in toy set).
-
-    ``root`` may be the ``SPair-71k`` folder or its parent. Keypoints come from the pair file's
-    ``src_kps``/``trg_kps`` (the ones visible in both) or, when absent, from the two images'
-    ``ImageAnnotation`` ``kps`` dicts, keeping ids visible in both.
-    """
-    import json
+    """SPair-71k pairs (PROTOCOLS §12.6) under ``root`` (default: the built-in toy set), read with
+    ``franca.data.datasets.spair.SPair71k``; images are opened lazily when their features are computed.
+    ``root`` may be the ``SPair-71k`` folder or its parent."""
+    from franca.data.datasets.spair import SPair71k
 
     if root is None:
         from franca.data.toy import ensure_toy
 
         root = ensure_toy()
-    root = Path(root)
-    if not (root / "PairAnnotation").is_dir() and (root / "SPair-71k").is_dir():
-        root = root / "SPair-71k"
-    ann_dir = root / "PairAnnotation" / split
-    if not ann_dir.is_dir():
-        raise FileNotFoundError(f"SPair-71k pair annotations not found: {ann_dir}")
+    ds = SPair71k(root, split)
     pairs = []
-    for f in sorted(ann_dir.glob("*.json")):
-        a = json.loads(f.read_text())
-        try:
-            cat = a["category"]
-            src_name, trg_name = _image_names(a, f)
-            src_kps, trg_kps = _common_kps(a, root, cat, src_name, trg_name)
-            pairs.append(KeypointPair(
-                src_image=_LazyImage(root / "JPEGImages" / cat / src_name),
-                trg_image=_LazyImage(root / "JPEGImages" / cat / trg_name),
-                src_kps=src_kps, trg_kps=trg_kps, trg_bbox=a["trg_bndbox"], category=cat,
-                viewpoint_variation=int(a.get("viewpoint_variation", 0)),
-                src_name=f"{cat}/{src_name}", trg_name=f"{cat}/{trg_name}"))
-        except KeyError as exc:
-            raise KeyError(f"{f}: missing key {exc}") from exc
+    for a in ds.pairs:
+        cat = a["category"]
+        src_kps = np.asarray(a["src_kps"], dtype=np.float64).reshape(-1, 2)
+        trg_kps = np.asarray(a["trg_kps"], dtype=np.float64).reshape(-1, 2)
+        if src_kps.shape != trg_kps.shape:
+            raise ValueError(f"SPair-71k pair {a['pair_id']}: {len(src_kps)} source vs {len(trg_kps)} target keypoints")
+        pairs.append(KeypointPair(
+            src_image=_LazyImage(ds.image_dir / cat / a["src_imname"]),
+            trg_image=_LazyImage(ds.image_dir / cat / a["trg_imname"]),
+            src_kps=src_kps, trg_kps=trg_kps, trg_bbox=a["trg_bndbox"], category=cat,
+            viewpoint_variation=int(a["viewpoint_variation"]),
+            src_name=f"{cat}/{a['src_imname']}", trg_name=f"{cat}/{a['trg_imname']}"))
     return pairs
-
-
-def _image_names(a: dict[str, Any], f: Path) -> tuple[str, str]:
-    if "src_imname" in a and "trg_imname" in a:
-        return a["src_imname"], a["trg_imname"]
-    stem = f.stem.split(":")[0]  # <pairid>-<src>-<trg>
-    _, src, trg = stem.split("-", 2)
-    return f"{src}.jpg", f"{trg}.jpg"
-
-
-def _common_kps(a: dict[str, Any], root: Path, cat: str, src: str, trg: str) -> tuple[np.ndarray, np.ndarray]:
-    if "src_kps" in a and "trg_kps" in a:
-        s, t = np.asarray(a["src_kps"], dtype=np.float64), np.asarray(a["trg_kps"], dtype=np.float64)
-        return s.reshape(-1, 2), t.reshape(-1, 2)
-    import json
-
-    sk = json.loads((root / "ImageAnnotation" / cat / f"{Path(src).stem}.json").read_text())["kps"]
-    tk = json.loads((root / "ImageAnnotation" / cat / f"{Path(trg).stem}.json").read_text())["kps"]
-    ids = sorted((k for k in sk if sk[k] is not None and tk.get(k) is not None), key=int)
-    s = np.asarray([sk[k] for k in ids], dtype=np.float64).reshape(-1, 2)
-    t = np.asarray([tk[k] for k in ids], dtype=np.float64).reshape(-1, 2)
-    return s, t
 
 
 class _LazyImage:
@@ -284,18 +278,16 @@ class _LazyImage:
     def __init__(self, path: Path):
         self.path = path
 
-    def _open(self):
+    @property
+    def size(self) -> tuple[int, int]:
         from PIL import Image
 
         if not self.path.is_file():
             raise FileNotFoundError(f"SPair-71k image not found: {self.path}")
-        return Image.open(self.path)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        with self._open() as im:
+        with Image.open(self.path) as im:
             return im.size
 
     def convert(self, mode: str):
-        with self._open() as im:
-            return im.convert(mode)
+        from franca.data.datasets.folder import load_rgb
+
+        return load_rgb(self.path).convert(mode)

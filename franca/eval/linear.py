@@ -205,11 +205,14 @@ def evaluate(
     common = dict(kind="blocks", device=dev, batch_size=extract_batch_size, num_workers=num_workers,
                   model_key=model_key)
     val = extract_features(model, val_set, cache_dir=cache_dir, **common)
-    train = extract_features(model, train_set, cache_dir=cache_dir, **common)
-    C = int(max(train["labels"].max(), val["labels"].max())) + 1
-    n_train = train["labels"].numel()
+    # With augment the train features are computed afresh every epoch, so none are cached.
+    train = None if augment else extract_features(model, train_set, cache_dir=cache_dir, **common)
+    train_labels = _dataset_labels(train_set) if train is None else train["labels"]
+    C = int(max(train_labels.max(), val["labels"].max())) + 1
+    n_train = len(train_set)
     keys = ("cls_blocks", "patch_mean")
-    inputs = dinov2_inputs(train["cls_blocks"].shape[1])
+    n_blocks_available = int(val["cls_blocks"].shape[1])
+    inputs = dinov2_inputs(n_blocks_available)
     runs = []
     for seed in seeds:
         if augment:
@@ -226,13 +229,21 @@ def evaluate(
         "metric_name": "top1",
         "metric": top1["mean"],
         "metric_std": top1["std"],
-        "best": runs[0]["best"] if len(runs) == 1 else [r["best"] for r in runs],
+        "best_per_seed": [r["best"] for r in runs],
         "per_seed": runs,
         "settings": {"epochs": epochs, "batch_size": batch_size, "lrs": list(lrs), "augment": augment,
                      "seeds": list(seeds), "size": size, "inputs": list(inputs),
-                     "n_last_blocks_available": int(train["cls_blocks"].shape[1])},
+                     "n_last_blocks_available": n_blocks_available},
         "data": {"n_train": int(n_train), "n_val": int(val["labels"].numel()), "num_classes": C},
     }
+
+
+def _dataset_labels(dataset: Any) -> torch.Tensor:
+    """Labels without decoding images where the dataset lists them (``targets``), else by iterating."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = [item[1] for item in dataset]
+    return torch.as_tensor(list(targets)).long()
 
 
 def _augmented_batches(model: torch.nn.Module, train_set: Any, size: int, batch_size: int, seed: int,

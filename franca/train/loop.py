@@ -63,8 +63,6 @@ class Trainer:
         self.is_main = self.rank == 0
         self.out_dir = Path(cfg.train.output_dir)
         self.ckpt_path = self.out_dir / ckpt_io.CHECKPOINT_NAME
-        seed_all(cfg.train.seed, self.rank)
-
         loaded = None
         if resume:
             path = Path(resume) if isinstance(resume, str) else self.ckpt_path
@@ -77,7 +75,9 @@ class Trainer:
             self.state.knn_init = extra.get("knn_init")
             self.state.elapsed_before = float(extra.get("elapsed", 0.0))
 
+        seed_all(cfg.train.seed, 0)  # the same initial weights on every rank
         self.student, self.teacher = build_models(cfg, self.device)
+        seed_all(cfg.train.seed, self.rank)  # per-rank randomness (drop path) from here on
         backbone = self.student["backbone"]
         depth = getattr(backbone, "n_blocks", len(getattr(backbone, "blocks", [])))
         self.data = build_pretrain_data(cfg, backbone.patch_size, self.rank, self.world,
