@@ -43,6 +43,9 @@ def tiny_overrides(out_dir: Path | str, data_dir: Path | str, iterations: int = 
     ]
 
 
+DIST_EXTRA = ["optim.warmup_iterations=0", "optim.freeze_last_layer_iterations=0", "optim.eps=1e-3"]
+
+
 def split_batch(batch: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
     """This rank's share of a collated batch (images [rank·h, (rank+1)·h) of every crop)."""
     g = batch["global_crops"]
@@ -90,8 +93,7 @@ def main() -> int:
     from franca.utils import distributed as du
 
     data_dir, out_file = Path(sys.argv[1]), Path(sys.argv[2])
-    cfg = load_config("tiny", tiny_overrides(out_file.parent / "run", data_dir, iterations=1, batch=4)
-                      + ["optim.warmup_iterations=0", "optim.freeze_last_layer_iterations=0"])
+    cfg = load_config("tiny", tiny_overrides(out_file.parent / "run", data_dir, iterations=1, batch=4) + DIST_EXTRA)
     trainer = Trainer(cfg, quiet=True)
     full = fixed_batch(8, 16, 8, 2, 4)
     losses = trainer.step(split_batch(full, du.rank(), du.world_size()), 0)

@@ -129,3 +129,29 @@ def test_evaluate_tiny_backbone_returns_metrics():
     assert res["metric"] == res["si_rmse"] and res["n_images"] == 2
     assert 0 <= res["d1"] <= res["d2"] <= res["d3"] <= 1 and res["si_rmse"] <= res["rmse"] + 1e-9
     json.dumps(res)
+
+
+def test_cli_depth_on_generated_toy(tmp_path):
+    # A few-image toy NYUv2 set (BTS layout); two seeds -> two probes, mean and std in the JSON.
+    from franca.cli import main
+    from franca.data.toy import generate_toy
+
+    root = generate_toy(tmp_path / "toy", size=32, n_train=10, n_val=10, progress=False)
+    assert main(["eval", "depth", "--model", "vitt4", "--device", "cpu", "--data", str(root), "--epochs", "1",
+                 "--resolution", "16", "--hidden-dim", "4", "--num-workers", "0", "--seeds", "1", "2",
+                 "--out", str(tmp_path / "depth.json")]) == 0
+    d = json.loads((tmp_path / "depth.json").read_text())
+    assert d["protocol"] == "depth" and d["metric_name"] == "si_rmse" and len(d["runs"]) == 2
+    assert d["metric"] == pytest.approx(np.mean([r["si_rmse"] for r in d["runs"]]))
+
+
+def test_augment_is_deterministic_and_keeps_shapes():
+    from franca.eval.depth import augment
+
+    img, dep = torch.rand(3, 24, 24), torch.rand(24, 24) * 5
+    a = [augment(img, dep, torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    assert torch.equal(a[0][0], a[1][0]) and torch.equal(a[0][1], a[1][1])
+    assert a[0][0].shape == (3, 24, 24) and a[0][1].shape == (24, 24)
+    # Nearest interpolation only: every augmented depth value is 0 (rotation fill) or an input value.
+    vals = set(dep.flatten().tolist()) | {0.0}
+    assert all(v in vals for t in a for v in t[1].flatten().tolist())

@@ -136,3 +136,16 @@ def test_evaluate_end_to_end_against_oracle(tmp_path):
 def test_load_pairs_reports_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="pair annotations"):
         load_pairs(tmp_path, "test")
+
+
+def test_cli_keypoints_on_generated_toy(tmp_path):
+    # A few-pair toy set in the real SPair-71k layout; the command runs end to end and writes its JSON.
+    from franca.cli import main
+    from franca.data.toy import generate_toy
+
+    root = generate_toy(tmp_path / "toy", size=32, n_train=10, n_val=10, progress=False)
+    assert main(["eval", "keypoints", "--model", "vitt4", "--device", "cpu", "--data", str(root),
+                 "--image-size", "32", "--out", str(tmp_path / "kp.json")]) == 0
+    kp = json.loads((tmp_path / "kp.json").read_text())
+    assert kp["protocol"] == "keypoints" and 0 <= kp["metric"] <= 100 and kp["bins"]["all"]["n_pairs"] == 2
+    assert kp["model"]["model"] == "vitt4"

@@ -81,7 +81,7 @@ def augment(image: Tensor, depth: Tensor, gen: torch.Generator) -> tuple[Tensor,
     """Train augmentation: hflip, rotate ±10°, RandomResizedCrop(0.5–1, ratio 1) at p=0.5 each
     (nearest for depth), ColorJitter(0.2, 0.2, 0.2, 0.2) on the image at p=0.8."""
     import torchvision.transforms.functional as TF
-    from torchvision.transforms import ColorJitter, InterpolationMode
+    from torchvision.transforms import InterpolationMode
 
     def coin(p: float) -> bool:
         return bool(torch.rand((), generator=gen) < p)
@@ -102,9 +102,25 @@ def augment(image: Tensor, depth: Tensor, gen: torch.Generator) -> tuple[Tensor,
         image = TF.resized_crop(image, top, left, ch, cw, [h, w], interpolation=InterpolationMode.NEAREST)
         d = TF.resized_crop(d, top, left, ch, cw, [h, w], interpolation=InterpolationMode.NEAREST)
     if coin(0.8):
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=gen)))
-        image = ColorJitter(0.2, 0.2, 0.2, 0.2)(image.clamp(0, 1))
+        image = color_jitter(image.clamp(0, 1), gen)
     return image, d[0]
+
+
+def color_jitter(image: Tensor, gen: torch.Generator, strength: float = 0.2) -> Tensor:
+    """ColorJitter(0.2, 0.2, 0.2, 0.2) drawn from ``gen``: brightness, contrast, saturation factors in
+    [0.8, 1.2] and a hue shift in [-0.2, 0.2], applied in a random order (as torchvision does)."""
+    import torchvision.transforms.functional as TF
+
+    def u(lo: float, hi: float) -> float:
+        return float(torch.empty(()).uniform_(lo, hi, generator=gen))
+
+    ops = [lambda x: TF.adjust_brightness(x, u(1 - strength, 1 + strength)),
+           lambda x: TF.adjust_contrast(x, u(1 - strength, 1 + strength)),
+           lambda x: TF.adjust_saturation(x, u(1 - strength, 1 + strength)),
+           lambda x: TF.adjust_hue(x, u(-strength, strength))]
+    for i in torch.randperm(4, generator=gen).tolist():
+        image = ops[i](image)
+    return image
 
 
 def normalise(image: Tensor) -> Tensor:
@@ -166,10 +182,11 @@ def train_head(model: torch.nn.Module, train: PreparedDepth, *, hidden_dim: int,
     from tqdm import tqdm
 
     blocks = probe_blocks(model.n_blocks)
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     scales = (2, 4, 2) if model.patch_size >= 14 else (2, 2, 1)
-    head = BinDepthHead([2 * model.embed_dim] * len(blocks), hidden_dim=hidden_dim, scales=scales).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded head init without touching the caller's RNG
+        torch.manual_seed(seed)
+        head = BinDepthHead([2 * model.embed_dim] * len(blocks), hidden_dim=hidden_dim, scales=scales).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total, warmup = epochs * steps_per_epoch, round(1.5 * steps_per_epoch)
@@ -233,9 +250,7 @@ def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Seq
     tiny = model.patch_size < 14
     hidden = hidden_dim or (16 if tiny else 512)
     epochs = epochs or (3 if tiny else 10)
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = model.to(device).eval()  # frozen: features are computed under no_grad
     train, test = PreparedDepth(train_items, res), PreparedDepth(test_items, res)
     head = train_head(model, train, hidden_dim=hidden, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       device=device, use_augment=use_augment, num_workers=num_workers, progress=progress)

@@ -128,6 +128,8 @@ class OptimConfig:
     freeze_last_layer_epochs: float = 1.0
     freeze_last_layer_iterations: int = -1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    """AdamW epsilon"""
     fused: bool = True
     """fused AdamW where the device supports it"""
 

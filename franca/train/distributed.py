@@ -66,12 +66,14 @@ def fsdp_shard(modules: dict[str, nn.Module], device: torch.device) -> None:
             register_fsdp_forward_method(m, "forward_features")
 
 
-def wrap_student(student_forward: nn.Module, parallel: str, device: torch.device, world: int) -> nn.Module:
+def wrap_student(student_forward: nn.Module, parallel: str, device: torch.device, world: int,
+                 may_skip_ibot: bool = False) -> nn.Module:
     """DDP around the student forward when several processes run (FSDP is applied before this)."""
     if world <= 1 or parallel == "fsdp":
         return student_forward
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    # find_unused_parameters: a batch without masked tokens leaves the iBOT head unused.
-    return DDP(student_forward, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
+    # A batch without masked tokens would leave the iBOT head unused (only possible with tiny
+    # batches or mask probability 0); only then pay for the unused-parameter search.
+    return DDP(student_forward, device_ids=ids, find_unused_parameters=may_skip_ibot)

@@ -91,7 +91,7 @@ class Trainer:
         if self.world > 1 and cfg.train.parallel == "fsdp":
             fsdp_shard(self.student, self.device)
             fsdp_shard(self.teacher, self.device)
-        self.optimizer = build_optimizer(groups, cfg.optim.betas, cfg.optim.fused, self.device)
+        self.optimizer = build_optimizer(groups, cfg.optim.betas, cfg.optim.fused, self.device, cfg.optim.eps)
         n_levels = self.student["dino_head"].n_levels
         centers = None
         if cfg.loss.centering == "centering":
@@ -102,8 +102,9 @@ class Trainer:
         self.targets = TeacherTargets(cfg.loss.centering, cfg.loss.sinkhorn_iterations, centers)
         self.losses = LossComputer(n_levels, cfg.loss.student_temp, cfg.dino.loss_weight,
                                    cfg.ibot.head.loss_weight, cfg.loss.koleo_weight, cfg.loss.koleo_scope)
+        may_skip = cfg.ibot.mask_sample_probability * 2 * cfg.train.batch_size_per_gpu < 1
         self.student_forward = wrap_student(StudentForward(**self.student), cfg.train.parallel,
-                                            self.device, self.world)
+                                            self.device, self.world, may_skip)
         from franca.train.ema import teacher_student_pairs
 
         self.ema_pairs = [teacher_student_pairs(self.teacher[k], self.student[k]) for k in self.student]

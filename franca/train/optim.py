@@ -64,10 +64,10 @@ def build_param_groups(student: dict[str, nn.Module], depth: int, layerwise_deca
     return list(groups.values())
 
 
-def build_optimizer(groups: list[dict], betas: Iterable[float], fused: bool, device: torch.device
-                    ) -> torch.optim.AdamW:
+def build_optimizer(groups: list[dict], betas: Iterable[float], fused: bool, device: torch.device,
+                    eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW over the groups (lr/wd set by `apply_schedule`); fused on CUDA when asked and available."""
-    kwargs: dict = {"betas": tuple(betas), "lr": 0.0, "weight_decay": 0.0}
+    kwargs: dict = {"betas": tuple(betas), "lr": 0.0, "weight_decay": 0.0, "eps": eps}
     if fused and device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
         kwargs["fused"] = True
     clean = [{k: v for k, v in g.items() if k != "names"} for g in groups]

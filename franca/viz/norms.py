@@ -66,6 +66,8 @@ def plot_norms(curves: dict[str, dict[str, Any]], out: str | Path, *, width_px: 
     fig, ax = plt.subplots(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     for label, c in curves.items():
         ax.plot(c["blocks"], c["mean_max_norm"], marker="o", markersize=3, label=label)
+    ax.set_ylim(bottom=0)
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_xlabel("block")
     ax.set_ylabel("max token norm (mean over images)")
     ax.set_title("Layer-wise maximum token norm")
