@@ -119,8 +119,8 @@ def test_viz_commands_write_pngs(tmp_path, images):
                  "--image-size", "16", "--out", str(tmp_path / "a.png")]) == 0
     assert _png(tmp_path / "a.png") == ("PNG", (4 * 16 + 3 * 2, 16))
     assert main(["viz", "pca", "--model", "vitt4", "--device", "cpu", "--image", str(src),
-                 "--image-size", "16", "--no-threshold", "--out", str(tmp_path / "p.png")]) == 0
-    assert _png(tmp_path / "p.png") == ("PNG", (2 * 16 + 2, 2 * 16 + 2))
+                 "--image-size", "16", "--no-threshold", "--panel-size", "24", "--out", str(tmp_path / "p.png")]) == 0
+    assert _png(tmp_path / "p.png") == ("PNG", (2 * 24 + 2, 2 * 24 + 2))  # panels enlarged to 24 px
     assert main(["viz", "norms", "--model", "vitt4", "--backbone", "vitt8", "--device", "cpu", "--image",
                  str(src), "--image-size", "16", "--out", str(tmp_path / "n.png")]) == 0
     assert _png(tmp_path / "n.png") == ("PNG", (640, 400))

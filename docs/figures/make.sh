@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Regenerate the README figures from the built-in toy data with the franca commands.
-# Usage: docs/figures/make.sh [WEIGHTS]   (WEIGHTS: a pretrained vitt8 checkpoint; default: random init)
+# Usage: docs/figures/make.sh [MODEL [WEIGHTS]]
+#   MODEL: backbone size (default vitt4, the `tiny` pretraining preset); WEIGHTS: its pretrained
+#   checkpoint (default: random initialisation). With WEIGHTS the norms plot compares init vs pretrained.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+M=${1:-vitt4}
 W=()
-if [ $# -ge 1 ]; then W=(--weights "$1"); fi
-python -m franca viz attention --model vitt8 "${W[@]}" --device cpu --n-images 3 --out docs/figures/attention.png
-python -m franca viz pca --model vitt8 "${W[@]}" --device cpu --n-images 4 --out docs/figures/pca.png
-if [ $# -ge 1 ]; then
-  python -m franca viz norms --model vitt8 --label "vitt8 init" --model vitt8 --weights "$1" --label "vitt8 pretrained" \
+if [ $# -ge 2 ]; then W=(--weights "$2"); fi
+python -m franca viz attention --model "$M" "${W[@]}" --device cpu --n-images 3 --panel-size 128 --out docs/figures/attention.png
+python -m franca viz pca --model "$M" "${W[@]}" --device cpu --n-images 4 --panel-size 128 --out docs/figures/pca.png
+if [ $# -ge 2 ]; then
+  python -m franca viz norms --model "$M" --label "$M init" --model "$M" --weights "$2" --label "$M pretrained" \
     --device cpu --n-images 100 --out docs/figures/norms.png
 else
-  python -m franca viz norms --model vitt8 --device cpu --n-images 100 --out docs/figures/norms.png
+  python -m franca viz norms --model "$M" --device cpu --n-images 100 --out docs/figures/norms.png
 fi

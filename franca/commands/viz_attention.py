@@ -18,6 +18,8 @@ def add_image_arguments(p: argparse.ArgumentParser, name: str, n_default: int) -
                    help="image files or folders (default: the built-in toy validation images)")
     p.add_argument("--n-images", type=int, default=n_default, help="use the first N images (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=None, help="square input side in pixels")
+    p.add_argument("--panel-size", type=int, default=None,
+                   help="enlarge each panel to this many pixels for display (default: the input size)")
     p.add_argument("--out", default=f"runs/viz/{name}.png", help="PNG path (default: %(default)s)")
 
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     model, device = load_model_from_args(args)
     images = list_images(args.image, args.n_images)
     res = attention_figure(model, images, args.out, image_size=args.image_size, threshold=args.threshold,
-                           device=device)
+                           device=device, panel_size=args.panel_size)
     print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]}, {len(images)} images, "
           f"{res['maps'].shape[1]} heads)")
     return 0

@@ -32,6 +32,6 @@ def run(args: argparse.Namespace) -> int:
     images = list_images(args.image, args.n_images)
     res = pca_figure(model, images, args.out, image_size=args.image_size,
                      fg_threshold=None if args.no_threshold else args.threshold, device=device,
-                     use_rasa=bool(getattr(args, "rasa", None)))
+                     use_rasa=bool(getattr(args, "rasa", None)), panel_size=args.panel_size)
     print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]}, {len(images)} images)")
     return 0

@@ -47,7 +47,9 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 class Trainer:
     """Owns the models, optimizer and schedules of one run; `run()` trains to the end."""
 
-    def __init__(self, cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False) -> None:
+    def __init__(self, cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False,
+                 synthetic_dataset_size: int | None = None) -> None:
+        """`synthetic_dataset_size`: skip building the data loader (benchmarks feed their own batches)."""
         from franca.train.build import build_models
         from franca.train.data import build_pretrain_data
         from franca.train.distributed import compile_modules, fsdp_shard, wrap_student
@@ -64,9 +66,12 @@ class Trainer:
         self.out_dir = Path(cfg.train.output_dir)
         self.ckpt_path = self.out_dir / ckpt_io.CHECKPOINT_NAME
         loaded = None
-        if resume:
-            path = Path(resume) if isinstance(resume, str) else self.ckpt_path
-            loaded = ckpt_io.load_checkpoint(path)
+        if isinstance(resume, str):
+            loaded = ckpt_io.load_checkpoint(resume)
+        elif resume and self.ckpt_path.is_file():
+            loaded = ckpt_io.load_checkpoint(self.ckpt_path)
+        elif resume:
+            log.warning("--resume: no checkpoint at %s yet; starting from scratch", self.ckpt_path)
         self.state = RunState()
         if loaded is not None:
             self.state.iteration = int(loaded["iteration"])
@@ -80,9 +85,15 @@ class Trainer:
         seed_all(cfg.train.seed, self.rank)  # per-rank randomness (drop path) from here on
         backbone = self.student["backbone"]
         depth = getattr(backbone, "n_blocks", len(getattr(backbone, "blocks", [])))
-        self.data = build_pretrain_data(cfg, backbone.patch_size, self.rank, self.world,
-                                        self.state.iteration, self.device)
-        self.lengths: Lengths = self._lengths()
+        if synthetic_dataset_size is None:
+            self.data = build_pretrain_data(cfg, backbone.patch_size, self.rank, self.world,
+                                            self.state.iteration, self.device)
+            dataset_size = self.data.dataset_size
+        else:
+            self.data, dataset_size = None, synthetic_dataset_size
+        from franca.train.schedules import derive_lengths
+
+        self.lengths: Lengths = derive_lengths(cfg, dataset_size, self.world)
         self.schedules = Schedules(cfg, self.lengths)
         groups = build_param_groups(self.student, depth, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
         if cfg.train.compile:
@@ -112,11 +123,6 @@ class Trainer:
             self._restore(loaded)
 
     # ------------------------------------------------------------------ setup helpers
-    def _lengths(self) -> Lengths:
-        from franca.train.schedules import derive_lengths
-
-        return derive_lengths(self.cfg, self.data.dataset_size, self.world)
-
     def _restore(self, ckpt: dict[str, Any]) -> None:
         ckpt_io.load_prefixed_state_dict(self.student, ckpt["student"], "checkpoint student")
         ckpt_io.load_prefixed_state_dict(self.teacher, ckpt["teacher"], "checkpoint teacher")

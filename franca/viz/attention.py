@@ -66,10 +66,12 @@ def attention_panels(image01: Tensor, maps: Tensor, patch: int, alpha: float = 0
 
 
 def attention_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *, image_size: int | None = None,
-                     threshold: float | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
+                     threshold: float | None = None, device: torch.device | str = "cpu",
+                     panel_size: int | None = None) -> dict[str, Any]:
     """One row per image: the image and each head's CLS attention overlaid; writes the PNG ``out``.
 
     ``image_size`` defaults to 480 (patch ≥ 14) or 16 patches; it is cropped to a multiple of the patch.
+    ``panel_size`` enlarges the panels for display.
     Returns {"path", "maps" (n_images, heads, h, w) as a tensor, "size" (W, H)}.
     """
     p = model.patch_size
@@ -83,7 +85,7 @@ def attention_figure(model: torch.nn.Module, images: Sequence[Any], out: str | P
         mask = threshold_mass(maps, threshold) if threshold else None
         rows.append(attention_panels(x01, maps, p, mask=mask))
         all_maps.append(maps)
-    path = save_grid(rows, out)
+    path = save_grid(rows, out, panel_size=panel_size)
     from PIL import Image
 
     with Image.open(path) as im:

@@ -83,16 +83,21 @@ def colormap(values: np.ndarray, name: str = "inferno") -> np.ndarray:
     return colormaps[name](np.clip(values, 0, 1))[..., :3]
 
 
-def save_grid(panels: Sequence[Sequence[np.ndarray]], path: str | Path, gap: int = 2) -> Path:
+def save_grid(panels: Sequence[Sequence[np.ndarray]], path: str | Path, gap: int = 2,
+              panel_size: int | None = None) -> Path:
     """Write rows of equally sized (H,W,3) uint8 panels as one PNG (white gaps); returns the path.
 
-    Size: width = n_cols·W + (n_cols−1)·gap, height = n_rows·H + (n_rows−1)·gap.
+    ``panel_size`` enlarges (nearest) every square panel to that side for display. Size: width =
+    n_cols·W + (n_cols−1)·gap, height = n_rows·H + (n_rows−1)·gap.
     """
     from PIL import Image
 
     rows = [list(r) for r in panels if len(r)]
     if not rows:
         raise ValueError("no panels to draw")
+    if panel_size:
+        rows = [[np.asarray(Image.fromarray(p).resize((panel_size, panel_size), Image.NEAREST)) for p in r]
+                for r in rows]
     h, w = rows[0][0].shape[:2]
     n_cols = max(len(r) for r in rows)
     canvas = np.full((len(rows) * h + (len(rows) - 1) * gap, n_cols * w + (n_cols - 1) * gap, 3), 255, np.uint8)

@@ -84,7 +84,7 @@ def pca_rgb(tokens: Tensor, grid: tuple[int, int], fg_threshold: float | None = 
 @torch.no_grad()
 def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *, image_size: int | None = None,
                fg_threshold: float | None = 0.35, device: torch.device | str = "cpu",
-               use_rasa: bool = False) -> dict[str, Any]:
+               panel_size: int | None = None, use_rasa: bool = False) -> dict[str, Any]:
     """One row per image: the image and its PCA-RGB map (bilinearly upsampled); writes the PNG ``out``.
 
     ``use_rasa`` shows the RASA-cleaned tokens (``patch_token_rasa``) instead of ``x_norm_patchtokens``.
@@ -102,7 +102,7 @@ def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *
     if fg_threshold is not None:
         up = up * F.interpolate(fg[:, None].float(), size=(size, size), mode="nearest")
     rows = [[to_uint8(c), to_uint8(u)] for c, u in zip(crops, up)]
-    path = save_grid(rows, out)
+    path = save_grid(rows, out, panel_size=panel_size)
     from PIL import Image
 
     with Image.open(path) as im:

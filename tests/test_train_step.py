@@ -1,0 +1,197 @@
+"""Training-step invariants: EMA, parameter groups, the batched student forward against a plain
+per-crop oracle, skipped files, non-finite losses, and loading the teacher from a checkpoint."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dist_train_worker import fixed_batch, make_image_folder, tiny_overrides
+
+
+def test_ema_momentum_one_keeps_teacher_bitwise_and_zero_copies_student() -> None:
+    from franca.train.ema import teacher_student_pairs, update_ema
+
+    student = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4))
+    teacher = copy.deepcopy(student)
+    for p in student.parameters():
+        p.data.add_(torch.randn_like(p))
+    before = [p.clone() for p in teacher.parameters()]
+    t, s = teacher_student_pairs(teacher, student)
+    update_ema(t, s, 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+    update_ema(t, s, 0.25)  # 0.25 t + 0.75 s
+    for a, b, c in zip(before, teacher.parameters(), student.parameters()):
+        torch.testing.assert_close(b, 0.25 * a + 0.75 * c)
+    update_ema(t, s, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), student.parameters()))
+
+
+def test_param_groups_follow_the_reference_rules() -> None:
+    import franca
+    from franca.train.optim import build_param_groups, layer_id
+
+    backbone = franca.build_backbone("vitt4", embed_dim=32, depth=3, num_heads=2, img_size=16)
+    head = nn.ModuleDict({"last_layers": nn.ModuleList([nn.Linear(4, 4, bias=False)]), "mlp": nn.Linear(4, 4)})
+    groups = build_param_groups({"backbone": backbone, "dino_head": head}, depth=3, layerwise_decay=0.5,
+                                patch_embed_lr_mult=0.2)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["backbone.blocks.0.norm1.weight"]["wd_multiplier"] == 0.0
+    assert by_name["backbone.blocks.0.attn.qkv.bias"]["wd_multiplier"] == 0.0
+    assert by_name["backbone.blocks.0.ls1.gamma"]["wd_multiplier"] == 0.0
+    assert by_name["backbone.blocks.0.attn.qkv.weight"]["wd_multiplier"] == 1.0
+    # layer-wise decay 0.5 ** (depth + 1 - layer id): block 0 has id 1 -> 0.5**3, patch embed id 0 -> 0.5**4 * 0.2
+    assert by_name["backbone.blocks.0.attn.qkv.weight"]["lr_multiplier"] == pytest.approx(0.125)
+    assert by_name["backbone.patch_embed.proj.weight"]["lr_multiplier"] == pytest.approx(0.0625 * 0.2)
+    assert by_name["backbone.norm.weight"]["lr_multiplier"] == 1.0
+    assert by_name["dino_head.last_layers.0.weight"]["is_last_layer"]
+    assert not by_name["dino_head.mlp.weight"]["is_last_layer"]
+    assert layer_id("blocks.1.4.attn.qkv.weight", 12) == 5  # chunked blocks: global index 4
+
+
+def _tiny_modules():
+    import franca
+    from franca.models.heads import MatryoshkaHead
+
+    torch.manual_seed(0)
+    bb = franca.build_backbone("vitt4", embed_dim=32, depth=2, num_heads=2, img_size=16)
+    return {"backbone": bb, "dino_head": MatryoshkaHead(32, 64, nesting_levels=2, hidden_dim=32, bottleneck_dim=16),
+            "ibot_head": MatryoshkaHead(32, 64, nesting_levels=2, hidden_dim=32, bottleneck_dim=16)}
+
+
+def test_batched_student_forward_equals_plain_per_crop_loop() -> None:
+    """The optimised student pass (one backbone call per crop size, one head call for all CLS tokens)
+    gives the same outputs and gradients as calling backbone and heads crop by crop."""
+    from franca.train.step import StudentForward
+
+    mods = _tiny_modules()
+    batch = fixed_batch(4, 16, 8, 2, 4)
+    out = StudentForward(**mods)(batch)
+    loss_fast = sum(t.square().mean() for t in out.global_cls + out.local_cls + out.masked_patches)
+    grads_fast = torch.autograd.grad(loss_fast, list(mods["backbone"].parameters()))
+
+    B, bb = 4, mods["backbone"]
+    g_feats = [bb.forward_features(batch["global_crops"][c * B:(c + 1) * B], batch["masks"][c * B:(c + 1) * B])
+               for c in range(2)]
+    l_cls = [bb.forward_features(batch["local_crops"][v * B:(v + 1) * B])["x_norm_clstoken"] for v in range(2)]
+    g_cls = [mods["dino_head"](torch.cat([f["x_norm_clstoken"] for f in g_feats]))]
+    loc = [mods["dino_head"](x) for x in l_cls]
+    patches = torch.cat([f["x_norm_patchtokens"] for f in g_feats]).flatten(0, 1)[batch["mask_indices"]]
+    masked = mods["ibot_head"](patches)
+    plain_levels = [g_cls[0][lv] for lv in range(2)] + [torch.cat([loc[0][lv], loc[1][lv]]) for lv in range(2)] \
+        + [masked[lv] for lv in range(2)]
+    loss_plain = sum(t.square().mean() for t in plain_levels)
+    grads_plain = torch.autograd.grad(loss_plain, list(bb.parameters()))
+    torch.testing.assert_close(loss_fast, loss_plain, rtol=0, atol=1e-5)
+    for a, b in zip(grads_fast, grads_plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_teacher_gets_no_gradient_and_step_changes_student(tmp_path: Path) -> None:
+    from franca.train.config import load_config
+    from franca.train.loop import Trainer
+
+    data = make_image_folder(tmp_path / "img", n=8)
+    tr = Trainer(load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2)
+                             + ["optim.warmup_iterations=0"]), quiet=True)
+    assert all(not p.requires_grad for m in tr.teacher.values() for p in m.parameters())
+    before = copy.deepcopy(tr.student["backbone"].state_dict())
+    losses = tr.step(fixed_batch(4, 16, 8, 2, 4), 0)
+    assert torch.isfinite(losses["total"])
+    assert {"dino_l0", "dino_l1", "ibot_l0", "ibot_l1", "koleo"} <= set(losses)
+    assert all(p.grad is None for m in tr.teacher.values() for p in m.parameters())
+    after = tr.student["backbone"].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def _write_bad_files(folder: Path) -> None:
+    good = sorted(folder.rglob("*.png"))[0]
+    from PIL import Image
+
+    jpg = folder / "part0" / "truncated.jpg"
+    Image.open(good).convert("RGB").resize((64, 64)).save(jpg, quality=95)
+    data = jpg.read_bytes()
+    jpg.write_bytes(data[: len(data) // 2])  # a JPEG cut in half
+    (folder / "part1" / "notes.png").write_text("this is not an image\n")
+    (folder / "README.txt").write_text("ignored: not an image extension\n")
+
+
+def test_folder_with_truncated_jpeg_and_non_image_trains_on_and_reports_two(tmp_path: Path) -> None:
+    from franca.train.config import load_config
+    from franca.train.loop import train
+
+    data = make_image_folder(tmp_path / "img", n=10)
+    _write_bad_files(data)
+    # 12 image-like files, batch 4: 3 iterations = one pass visits every file
+    summary = train(load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=3)), quiet=True)
+    assert summary["iterations"] == 3
+    assert summary["skipped_files"] == 2
+    assert {Path(p).name for p in summary["skipped_file_list"]} == {"truncated.jpg", "notes.png"}
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    from franca.train.config import load_config
+    from franca.train.loop import NonFiniteLossError, Trainer
+
+    data = make_image_folder(tmp_path / "img", n=8)
+    cfg = load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=6) + ["train.checkpoint_period=2"])
+    tr = Trainer(cfg, quiet=True)
+    original = tr.losses.__call__
+
+    def poisoned(student, teacher, batch):
+        out = original(student, teacher, batch)
+        if tr.state.iteration >= 3:
+            out["total"] = out["total"] * float("nan")
+        return out
+
+    tr.losses = poisoned  # type: ignore[assignment]
+    with pytest.raises(NonFiniteLossError, match=r"iteration 3.*checkpoint.*iteration 2"):
+        tr.run()
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert ckpt["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["student"].values() if v.is_floating_point())
+
+
+def test_load_backbone_reads_the_teacher_of_a_checkpoint(tmp_path: Path) -> None:
+    import franca
+    from franca.train.config import load_config
+    from franca.train.loop import train
+
+    data = make_image_folder(tmp_path / "img", n=8)
+    summary = train(load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2)
+                                + ["model.num_register_tokens=2"]), quiet=True)
+    ckpt = torch.load(summary["checkpoint"], weights_only=True)
+    assert {"teacher", "student", "optimizer", "iteration", "config"} <= set(ckpt)
+    # the width is not inferred from weights (it fixes the head count): a custom width is passed
+    model = franca.load_backbone("vitt4", weights=summary["checkpoint"], embed_dim=32, num_heads=2)
+    assert model.num_register_tokens == 2
+    for k, v in model.state_dict().items():
+        if v is not None and f"backbone.{k}" in ckpt["teacher"]:
+            assert torch.equal(v, ckpt["teacher"][f"backbone.{k}"]), k
+    assert any(k.startswith("dino_head.") for k in ckpt["teacher"])
+
+
+def test_highres_stage_starts_from_a_checkpoint_with_resized_positions(tmp_path: Path) -> None:
+    from franca.train.build import resize_pos_embed
+    from franca.train.config import load_config
+    from franca.train.loop import Trainer, train
+
+    data = make_image_folder(tmp_path / "img", n=8)
+    first = train(load_config("tiny", tiny_overrides(tmp_path / "low", data, iterations=1)), quiet=True)
+    ckpt = torch.load(first["checkpoint"], weights_only=True)
+    cfg = load_config("tiny", tiny_overrides(tmp_path / "high", data, iterations=1)
+                      + ["crops.global_crops_size=24", "crops.local_crops_size=12",
+                         f"train.init_from={first['checkpoint']}"])
+    tr = Trainer(cfg, quiet=True)
+    pos = tr.student["backbone"].pos_embed
+    assert pos.shape[1] == 1 + 6 * 6  # 24 px / patch 4
+    torch.testing.assert_close(pos.detach(), resize_pos_embed(ckpt["teacher"]["backbone.pos_embed"], 36))
+    torch.testing.assert_close(tr.teacher["backbone"].blocks[0].attn.qkv.weight,
+                               ckpt["teacher"]["backbone.blocks.0.attn.qkv.weight"])
+    # golden: resizing a constant grid keeps it constant (bicubic weights sum to 1); CLS kept
+    const = torch.cat([torch.full((1, 1, 3), 7.0), torch.ones(1, 16, 3)], dim=1)
+    torch.testing.assert_close(resize_pos_embed(const, 36), torch.cat([torch.full((1, 1, 3), 7.0),
+                                                                       torch.ones(1, 36, 3)], dim=1))
