@@ -34,18 +34,25 @@ def main() -> None:
     from franca.utils.device import autocast_context
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=2, help="images per batch on CPU (CUDA uses 8x)")
+    ap.add_argument("--batch", type=int, default=2, help="images per batch on CPU")
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--sizes", nargs="+", default=["vits14", "vitb14"])
+    ap.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
+                    help="where to measure (default: CPU, and CUDA when present)")
+    ap.add_argument("--cuda-batch", type=int, default=64)
+    ap.add_argument("--cuda-iters", type=int, default=20)
     args = ap.parse_args()
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
+    if args.device in ("all", "cuda") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
     timm_names = {"vits14": "vit_small_patch14_dinov2", "vitb14": "vit_base_patch14_dinov2",
                   "vitl14": "vit_large_patch14_dinov2"}
     rows = []
     for dev in devices:
-        batch = args.batch * (8 if dev.type == "cuda" else 1)
+        batch = args.cuda_batch if dev.type == "cuda" else args.batch
+        iters = args.cuda_iters if dev.type == "cuda" else args.iters
         x = torch.randn(batch, 3, args.size, args.size, device=dev)
         for size in args.sizes:
             models = {
@@ -61,7 +68,7 @@ def main() -> None:
                     with torch.inference_mode(), autocast_context(dev):
                         return fwd(inp)
 
-                rows.append((dev.type, label, batch, bench(run, x, args.iters, dev)))
+                rows.append((dev.type, label, batch, bench(run, x, iters, dev)))
                 del m
     print(f"\nfeature extraction, {args.size}x{args.size}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads")

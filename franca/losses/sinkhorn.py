@@ -67,10 +67,45 @@ def sinkhorn_knopp(
     n_real = n if n_samples is None or include_padding else int(n_samples)
     if not 0 <= n_real <= n:
         raise ValueError(f"n_samples {n_real} is outside [0, {n}] rows")
+    if METHOD == "scaling":
+        return _sinkhorn_scaling(logits, temperature, n_iterations, n_real)
     out = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
     log_q = logits[:n_real].detach().float() / temperature
     for _ in range(n_iterations):
         log_q = log_q - _global_logsumexp_over_samples(log_q)  # prototype step (global sums)
         log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)  # sample step (local rows)
     out[:n_real] = torch.exp(log_q)
+    return out
+
+
+METHOD = "scaling"
+""""scaling" (default): the first prototype step in log space, then scaling vectors (matrix-vector
+products over one exponentiated matrix, about half the memory passes); "log": every step in log space."""
+
+
+def _sinkhorn_scaling(logits: torch.Tensor, temperature: float, n_iterations: int, n_real: int) -> torch.Tensor:
+    """The same function as the log-space loop, with O(1) full-size passes per round.
+
+    After the exact first prototype step, each row is shifted by its maximum before exponentiating:
+    the sample step that follows is invariant to row scaling, so the result is unchanged, and every
+    row of P = exp(·) then holds a 1 (no underflowing rows) while every column still sums to >= 1
+    (no underflowing prototypes). The remaining rounds only update the vectors r (K,) and c (n,) of
+    diag(c)·P·diag(r); all sums stay within [1/n, K] and nothing overflows.
+    """
+    out = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+    if n_real == 0:
+        _global_logsumexp_over_samples(logits[:0].float())  # keep the collectives in step across processes
+        for _ in range(n_iterations - 1):
+            all_reduce_sum(torch.zeros(logits.shape[1], dtype=torch.float32, device=logits.device))
+        return out
+    p = out[:n_real]
+    torch.div(logits[:n_real].detach(), temperature, out=p)
+    p.sub_(_global_logsumexp_over_samples(p))  # first prototype step, exact
+    p.sub_(p.amax(dim=1, keepdim=True)).exp_()  # row shift (cancelled by the sample step)
+    r = torch.ones(p.shape[1], dtype=torch.float32, device=p.device)
+    c = 1.0 / (p @ r)  # first sample step
+    for _ in range(n_iterations - 1):
+        r = 1.0 / all_reduce_sum(c @ p)  # prototype step (global sums)
+        c = 1.0 / (p @ r)  # sample step
+    p.mul_(r).mul_(c[:, None])
     return out

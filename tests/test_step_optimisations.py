@@ -1,0 +1,100 @@
+"""Every speed optimisation of the step equals the plain computation (fp32, CPU, 1e-5): issue 10.
+
+- Sinkhorn-Knopp "scaling" (vector updates over one exponentiated matrix) vs the all-log-space loop.
+- Chunked fused soft cross-entropy (custom backward) vs the plain log_softmax graph: values and gradients.
+- The whole Franca loss with the fused CE on vs off: loss and gradients of the student logits.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import franca.losses.dino as dino_mod
+import franca.losses.fused_ce as fused
+import franca.losses.sinkhorn as sk
+from franca.losses.franca_loss import FrancaLoss
+
+
+def _sinkhorn(method: str, *args, **kwargs) -> torch.Tensor:
+    old = sk.METHOD
+    sk.METHOD = method
+    try:
+        return sk.sinkhorn_knopp(*args, **kwargs)
+    finally:
+        sk.METHOD = old
+
+
+@pytest.mark.parametrize("n,K,temp,scale", [(40, 300, 0.07, 1.0), (7, 13, 0.04, 5.0), (300, 64, 0.05, 3.0),
+                                            (1, 5, 0.1, 1.0), (8, 6, 0.01, 50.0)])
+@pytest.mark.parametrize("iters", [1, 3])
+def test_scaling_sinkhorn_equals_log_space(n: int, K: int, temp: float, scale: float, iters: int) -> None:
+    g = torch.Generator().manual_seed(n * K)
+    logits = torch.randn(n, K, generator=g) * scale
+    ref = _sinkhorn("log", logits, temp, n_iterations=iters)
+    fast = _sinkhorn("scaling", logits, temp, n_iterations=iters)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(fast).all()
+
+
+def test_scaling_sinkhorn_padding_and_empty() -> None:
+    logits = torch.randn(10, 32)
+    torch.testing.assert_close(_sinkhorn("scaling", logits, 0.1, n_samples=6),
+                               _sinkhorn("log", logits, 0.1, n_samples=6), rtol=1e-5, atol=1e-6)
+    assert _sinkhorn("scaling", logits, 0.1, n_samples=0).abs().sum() == 0
+
+
+def test_scaling_sinkhorn_finite_where_rows_would_underflow() -> None:
+    # Spread so wide that exp(L/τ − column max) underflows to 0 for whole rows: the row shift keeps them.
+    logits = torch.randn(16, 12, generator=torch.Generator().manual_seed(3)) * 200
+    q = _sinkhorn("scaling", logits, 0.01)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(16))
+    torch.testing.assert_close(q, _sinkhorn("log", logits, 0.01), rtol=1e-5, atol=1e-6)
+
+
+def _plain_ce(t: torch.Tensor, s: torch.Tensor, temp: float) -> torch.Tensor:
+    return -(t * torch.log_softmax(s / temp, dim=-1)).sum(-1)
+
+
+@pytest.mark.parametrize("chunk_elements", [7, 64, 1 << 20])  # many chunks, a few, one
+def test_chunked_soft_ce_values_and_gradients(monkeypatch: pytest.MonkeyPatch, chunk_elements: int) -> None:
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk_elements)
+    g = torch.Generator().manual_seed(0)
+    t = torch.softmax(torch.randn(9, 17, generator=g), -1)
+    t[7:] = 0.0  # padding rows of the iBOT buffer carry no target
+    s = torch.randn(9, 17, generator=g, requires_grad=True)
+    w = torch.rand(9, generator=g)
+    s_ref = s.detach().clone().requires_grad_(True)
+    out = fused.chunked_soft_cross_entropy(t, s, 0.1)
+    ref = _plain_ce(t, s_ref, 0.1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(s.grad, s_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_franca_loss_fused_ce_on_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full objective (DINO local + global, iBOT) with wide levels: same loss and student gradients."""
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 5000)  # several chunks per level
+    g = torch.Generator().manual_seed(1)
+    B, n_local, M, Ks = 3, 2, 7, [4096, 8192]
+    def leaf(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).requires_grad_(True)
+    sg = [leaf(2 * B, K) for K in Ks]
+    sl = [leaf(n_local * B, K) for K in Ks]
+    sp = [leaf(M, K) for K in Ks]
+    tg = [torch.softmax(torch.randn(2 * B, K, generator=g) / 0.1, -1) for K in Ks]
+    tp = [torch.softmax(torch.randn(M + 2, K, generator=g) / 0.1, -1) for K in Ks]
+    w = torch.rand(M, generator=g)
+    loss = FrancaLoss(n_levels=2, student_temp=0.1, koleo_weight=0.0)
+    results = {}
+    for flag in (True, False):
+        monkeypatch.setattr(dino_mod, "FUSED_CE", flag)
+        for x in sg + sl + sp:
+            x.grad = None
+        out = loss(sg, tg, sl, sp, tp, w)
+        out["total"].backward()
+        results[flag] = (out["total"].detach(), [x.grad.clone() for x in sg + sl + sp])
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
