@@ -57,6 +57,10 @@ def load_backbone(name: str, weights: str | Path | None = None, rasa: str | Path
         if "depth" in arch and "depth" not in overrides and arch["depth"] != named_depth:
             log.info("%s has %d blocks; %s has %d by default: using the file's depth", weights, arch["depth"],
                      name, named_depth)
+        saved = extra.get("arch") or {}  # the shape recorded in our own files (export metadata, checkpoint config)
+        for key in ("embed_dim", "num_heads", "patch_size"):
+            if saved.get(key) is not None:
+                arch.setdefault(key, saved[key])
         model = build_backbone(name, **{**arch, **overrides})
         load_weights_into(model, state, source=str(weights))
         if extra.get("rasa_proj") is not None and getattr(model, "rasa_proj", None) is None:

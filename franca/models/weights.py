@@ -57,7 +57,19 @@ def read_backbone_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[
         return _read_safetensors(path)
     if tarfile.is_tarfile(path):
         return _extract_backbone(_load_from_tar([path]), path), {}
-    return _extract_backbone(_torch_load(path), path), {}
+    obj = _torch_load(path)
+    return _extract_backbone(obj, path), _training_config_arch(obj)
+
+
+def _training_config_arch(obj: Any) -> dict[str, Any]:
+    """This project's training checkpoints carry their config: read the backbone shape from it, so
+    `load_backbone("vitt4", weights=ckpt)` also works for widths and head counts that were overridden."""
+    cfg = obj.get("config") if isinstance(obj, Mapping) else None
+    model = cfg.get("model") if isinstance(cfg, Mapping) else None
+    if not isinstance(model, Mapping):
+        return {}
+    arch = {k: model[k] for k in ("embed_dim", "num_heads") if model.get(k) is not None}
+    return {"arch": arch} if arch else {}
 
 
 def _split_parts(path: Path) -> list[Path]:
