@@ -136,6 +136,8 @@ def test_ensure_toy_caches_atomically(tmp_path, monkeypatch):
     assert ensure_toy(**kw) == root and (root / "toy.json").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [root.name]
     assert toy_key(**kw) != toy_key(**{**kw, "seed": 1})
+    # The key is of the resolved parameters: spelling out a default names the same set.
+    assert toy_key() == toy_key(size=64, n_classes=ToyStyle().n_classes, clutter=ToyStyle().clutter)
 
 
 def test_shapes_are_distinct_silhouettes():

@@ -234,10 +234,13 @@ def generate_toy(out_dir: str | os.PathLike, size: int = 64, n_train: int = 5000
     return out
 
 
-def toy_key(size: int = 64, n_train: int = 5000, n_val: int = 1000, seed: int = 0, **kwargs) -> str:
-    """Short hash naming the cached set of these parameters."""
-    desc = json.dumps({"v": TOY_VERSION, "size": size, "n_train": n_train, "n_val": n_val, "seed": seed,
-                       **{k: v for k, v in sorted(kwargs.items()) if k != "progress"}}, sort_keys=True, default=list)
+def toy_key(size: int = 64, n_train: int = 5000, n_val: int = 1000, seed: int = 0, *,
+            n_seg: tuple[int, int] | None = None, n_depth: tuple[int, int] | None = None,
+            n_pairs: tuple[int, int, int] | None = None, progress: bool = True, **style_kwargs) -> str:
+    """Short hash naming the cached set of these parameters (resolved: defaults count too)."""
+    desc = json.dumps({"v": TOY_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
+                       **_counts(n_train, n_val, n_seg, n_depth, n_pairs),
+                       "style": asdict(ToyStyle(size=size, **style_kwargs))}, sort_keys=True, default=list)
     return hashlib.sha1(desc.encode()).hexdigest()[:12]
 
 
