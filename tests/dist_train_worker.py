@@ -2,7 +2,8 @@
 
 As a worker (`torchrun --nproc-per-node=2 tests/dist_train_worker.py DATA_DIR OUT_FILE`): every
 rank builds the same tiny trainer, the same full collated batch, takes its half and runs one
-training step; rank 0 saves the student and teacher weights after the step.
+training step, once with DDP and once with FSDP2; rank 0 saves the student and teacher weights
+after each.
 """
 from __future__ import annotations
 
@@ -88,18 +89,25 @@ def state_of(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
 
 
 def main() -> int:
+    from franca.train.checkpoint import prefixed_state_dict
     from franca.train.config import load_config
     from franca.train.loop import Trainer
     from franca.utils import distributed as du
 
     data_dir, out_file = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = load_config("tiny", tiny_overrides(out_file.parent / "run", data_dir, iterations=1, batch=4) + DIST_EXTRA)
-    trainer = Trainer(cfg, quiet=True)
     full = fixed_batch(8, 16, 8, 2, 4)
-    losses = trainer.step(split_batch(full, du.rank(), du.world_size()), 0)
+    results = {}
+    for parallel in ("ddp", "fsdp"):
+        cfg.train.parallel = parallel
+        trainer = Trainer(cfg, quiet=True)
+        trainer.step(split_batch(full, du.rank(), du.world_size()), 0)
+        # full tensors on every rank (FSDP2 shards are gathered: a collective)
+        student = {k: v for k, v in prefixed_state_dict(trainer.student).items()}
+        teacher = {k: v for k, v in prefixed_state_dict(trainer.teacher).items()}
+        results[parallel] = {"student": student, "teacher": teacher}
     if du.is_main():
-        torch.save({"student": state_of(trainer.student), "teacher": state_of(trainer.teacher),
-                    "loss": float(losses["total"])}, out_file)
+        torch.save(results, out_file)
     du.barrier()
     du.cleanup()
     return 0

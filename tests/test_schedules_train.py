@@ -1,6 +1,7 @@
 """Schedules (PROTOCOLS.md §1.8): golden values from the formulas, and properties over the run."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -51,10 +52,14 @@ def test_last_layer_frozen_then_follows_lr() -> None:
     assert s.at(5).last_layer_lr == s.at(5).lr
 
 
+_TINY = load_config("tiny")
+
+
 @settings(max_examples=50, deadline=None)
 @given(total=st.integers(2, 5000), warm_frac=st.floats(0, 0.9), i=st.integers(0, 6000))
 def test_schedule_ranges(total: int, warm_frac: float, i: int) -> None:
-    cfg = load_config("tiny", [f"train.iterations={total}", f"optim.warmup_iterations={int(warm_frac * total)}"])
+    cfg = copy.deepcopy(_TINY)
+    cfg.train.iterations, cfg.optim.warmup_iterations = total, int(warm_frac * total)
     s = Schedules(cfg, derive_lengths(cfg, 6400))
     v = s.at(i)
     assert 0.0 <= v.lr <= s.peak_lr + 1e-15

@@ -1,5 +1,5 @@
-"""One training step under torchrun (2 gloo processes, half a batch each) equals one process on the
-whole batch: student and teacher weights agree within 1e-5.
+"""One training step under torchrun (2 gloo processes, half a batch each; DDP and FSDP2) equals one
+process on the whole batch: student and teacher weights agree within 1e-5.
 
 KoLeo is computed per process, as the reference does (loss.koleo_scope=local); the single-process
 oracle reproduces that by computing KoLeo per half of each crop's batch (LossComputer.koleo_group),
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.dist
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
                     reason="torchrun not available")
-def test_two_process_step_equals_one_process_on_the_whole_batch(tmp_path: Path) -> None:
+def test_two_process_step_ddp_and_fsdp_equal_one_process_on_the_whole_batch(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "images", n=16)
     out_file = tmp_path / "dist" / "after_step.pt"
     out_file.parent.mkdir()
@@ -53,8 +53,10 @@ def test_two_process_step_equals_one_process_on_the_whole_batch(tmp_path: Path) 
 
     moved = max((single["student"][k] - before[k]).abs().max().item() for k in before)
     assert moved > 1e-4, "the step must change the student for the comparison to mean anything"
-    for part in ("student", "teacher"):
-        assert set(single[part]) == set(dist_state[part])
-        for k, v in single[part].items():
-            diff = (v - dist_state[part][k]).abs().max().item()
-            assert diff <= 1e-5, f"{part} {k} differs by {diff}"
+    for parallel in ("ddp", "fsdp"):
+        for part in ("student", "teacher"):
+            got = dist_state[parallel][part]
+            assert set(single[part]) == set(got)
+            for k, v in single[part].items():
+                diff = (v - got[k]).abs().max().item()
+                assert diff <= 1e-5, f"{parallel}: {part} {k} differs by {diff}"

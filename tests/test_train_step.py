@@ -195,3 +195,60 @@ def test_highres_stage_starts_from_a_checkpoint_with_resized_positions(tmp_path:
     const = torch.cat([torch.full((1, 1, 3), 7.0), torch.ones(1, 16, 3)], dim=1)
     torch.testing.assert_close(resize_pos_embed(const, 36), torch.cat([torch.full((1, 1, 3), 7.0),
                                                                        torch.ones(1, 36, 3)], dim=1))
+
+
+def test_webdataset_shards_train_and_skip_bad_members(tmp_path: Path) -> None:
+    import tarfile
+
+    from franca.train.config import load_config
+    from franca.train.loop import train
+
+    imgs = make_image_folder(tmp_path / "img", n=10)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    files = sorted(imgs.rglob("*.png"))
+    for s in range(2):
+        with tarfile.open(shards / f"train-{s:03d}.tar", "w") as tar:
+            for i, f in enumerate(files[s::2]):
+                tar.add(f, arcname=f"{s:03d}{i:04d}.png")
+            bad = tmp_path / f"bad{s}.jpg"
+            bad.write_bytes(b"not a jpeg")
+            tar.add(bad, arcname=f"{s:03d}9999.jpg")
+    summary = train(load_config("tiny", tiny_overrides(tmp_path / "run", str(shards / "train-{000..001}.tar"),
+                                                       iterations=3)), quiet=True)
+    assert summary["iterations"] == 3
+    assert summary["skipped_files"] == 2  # one bad member per shard, both reached within 12 samples
+
+
+def test_centering_alternative_runs_and_updates_its_centres(tmp_path: Path) -> None:
+    from franca.train.config import load_config
+    from franca.train.loop import Trainer
+
+    data = make_image_folder(tmp_path / "img", n=8)
+    tr = Trainer(load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2)
+                             + ["loss.centering=centering"]), quiet=True)
+    assert tr.targets.centers is not None
+    c0 = tr.targets.centers[0].center(0).clone()
+    losses = tr.step(fixed_batch(4, 16, 8, 2, 4), 0)
+    assert torch.isfinite(losses["total"])
+    assert not torch.equal(c0, tr.targets.centers[0].center(0))
+
+
+def test_highres_command_runs_its_stages_in_order(tmp_path: Path) -> None:
+    from franca.cli import main
+    from franca.train.config import load_config
+    from franca.train.loop import train
+
+    data = make_image_folder(tmp_path / "img", n=8)
+    base = tiny_overrides(tmp_path / "low", data, iterations=1)
+    first = train(load_config("tiny", base), quiet=True)
+    for name, size in (("s1", 20), ("s2", 24)):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"_base_: tiny\ncrops:\n  global_crops_size: {size}\n  local_crops_size: 8\n")
+    overrides = [o for o in base if not o.startswith(("train.output_dir", "crops."))]
+    rc = main(["highres", "--checkpoint", first["checkpoint"], "--quiet", "--output-dir", str(tmp_path / "hr"),
+               "--stages", f"{tmp_path / 's1.yaml'},{tmp_path / 's2.yaml'}", *overrides])
+    assert rc == 0
+    last = torch.load(tmp_path / "hr" / "s2" / "checkpoint.pth", weights_only=True)
+    assert last["teacher"]["backbone.pos_embed"].shape[1] == 1 + 6 * 6
+    assert last["config"]["train"]["init_from"] == str(tmp_path / "hr" / "s1" / "checkpoint.pth")

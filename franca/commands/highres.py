@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if not src.exists():
         raise FileNotFoundError(f"checkpoint {src} does not exist")
     stages = [s for s in args.stages.split(",") if s]
-    configs = [load_config(s, [f"train.output_dir={Path(args.output_dir) / s}", *args.overrides]) for s in stages]
+    configs = [load_config(s, [f"train.output_dir={Path(args.output_dir) / Path(s).stem}", *args.overrides])
+               for s in stages]
     for cfg in configs:  # all configs validated before the first stage starts
         cfg.train.init_from = str(src)
         summary = train(cfg, quiet=args.quiet)

@@ -18,7 +18,7 @@ import random
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -96,16 +96,19 @@ class FolderImages(Dataset):
 
 def list_shards(spec: str) -> list[str]:
     """Tar shards from a folder, a glob, a single file or a brace list (`shard-{000..009}.tar`)."""
+    import glob
+
     p = Path(spec)
     if p.is_dir():
         shards = sorted(str(s) for s in p.glob("*.tar"))
     elif "{" in spec:
-        import braceexpand  # webdataset's dependency
+        import braceexpand  # a webdataset dependency
 
         shards = list(braceexpand.braceexpand(spec))
+    elif any(c in spec for c in "*?["):
+        shards = sorted(glob.glob(spec))
     else:
-        shards = sorted(str(s) for s in Path(p.anchor or ".").glob(str(p.relative_to(p.anchor)) if p.anchor
-                                                                    else spec)) or [spec]
+        shards = [spec]
     missing = [s for s in shards if not Path(s).is_file()]
     if not shards or missing:
         raise FileNotFoundError(f"webdataset shards not found: {missing[:3] or spec}")
@@ -180,10 +183,16 @@ class ResumableBatchSampler(Sampler):
         self.ipe = max(n // self.G, 1)
         self.start = start_iteration
 
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The data order of `epoch` (cached: one permutation per epoch)."""
+        if getattr(self, "_epoch", None) != epoch:
+            g = torch.Generator().manual_seed(int(self.seed) * 100_003 + epoch)
+            self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
+        return self._perm
+
     def batch(self, iteration: int) -> list[tuple[int, int]]:
         epoch, pos = divmod(iteration, self.ipe)
-        g = torch.Generator().manual_seed(int(self.seed) * 100_003 + epoch)
-        perm = torch.randperm(self.n, generator=g)
+        perm = self.permutation(epoch)
         lo = pos * self.G + self.rank * self.B
         idx = [int(perm[(lo + j) % self.n]) for j in range(self.B)]
         return [(i, sample_seed(self.seed, iteration, self.rank * self.B + j)) for j, i in enumerate(idx)]

@@ -95,13 +95,14 @@ class Trainer:
 
         self.lengths: Lengths = derive_lengths(cfg, dataset_size, self.world)
         self.schedules = Schedules(cfg, self.lengths)
-        groups = build_param_groups(self.student, depth, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
         if cfg.train.compile:
             compile_modules(self.student)
             compile_modules(self.teacher)
         if self.world > 1 and cfg.train.parallel == "fsdp":
             fsdp_shard(self.student, self.device)
             fsdp_shard(self.teacher, self.device)
+        # after sharding: FSDP2 replaces the parameters with sharded ones
+        groups = build_param_groups(self.student, depth, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
         self.optimizer = build_optimizer(groups, cfg.optim.betas, cfg.optim.fused, self.device, cfg.optim.eps)
         n_levels = self.student["dino_head"].n_levels
         centers = None
@@ -124,9 +125,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        ckpt_io.load_prefixed_state_dict(self.student, ckpt["student"], "checkpoint student")
-        ckpt_io.load_prefixed_state_dict(self.teacher, ckpt["teacher"], "checkpoint teacher")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.world > 1 and self.cfg.train.parallel == "fsdp":
+            self._restore_sharded(ckpt)
+        else:
+            ckpt_io.load_prefixed_state_dict(self.student, ckpt["student"], "checkpoint student")
+            ckpt_io.load_prefixed_state_dict(self.teacher, ckpt["teacher"], "checkpoint teacher")
+            self.optimizer.load_state_dict(ckpt["optimizer"])
         centers = self.targets.centers
         if centers is not None and "centers" in ckpt.get("extra", {}):
             for c, sd in zip(centers, ckpt["extra"]["centers"]):
@@ -135,6 +139,16 @@ class Trainer:
         if rng is not None:
             ckpt_io.set_rng_state(rng)
         log.info("resumed from %s at iteration %d", self.ckpt_path, self.state.iteration)
+
+    def _restore_sharded(self, ckpt: dict[str, Any]) -> None:
+        """FSDP2: scatter the consolidated (full) state into the shards of every rank."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True)
+        for which, mods in (("student", self.student), ("teacher", self.teacher)):
+            set_model_state_dict(torch.nn.ModuleDict(mods), ckpt[which], options=opts)
+        set_optimizer_state_dict(torch.nn.ModuleDict(self.student), self.optimizer, ckpt["optimizer"], options=opts)
 
     def save(self, elapsed: float) -> None:
         """Write the consolidated checkpoint (rank 0 writes; every rank contributes its RNG state)."""
@@ -296,7 +310,7 @@ class Trainer:
     def _update_bar(bar: Any, row: dict[str, float], n: int) -> None:
         if bar is None:
             return
-        levels = "/".join(f"{row[k]:.2f}" for k in sorted(row) if k.startswith("dino_l"))
+        levels = "/".join(f"{row[k]:.2f}" for k in sorted(row) if k.startswith("dino_l") and k[6:].isdigit())
         bar.set_postfix_str(f"loss {row['total']:.3f} dino {row['dino_global'] + row['dino_local']:.3f} "
                             f"[{levels}] ibot {row['ibot']:.3f} koleo {row['koleo']:.3f} lr {row['lr']:.2e}",
                             refresh=False)
