@@ -30,7 +30,7 @@ def test_paper_values_of_the_vitb14_preset() -> None:
     # 131072 prototypes over 5 levels, patch-embed lr x0.2, clip 3, local crops 8 x 98.
     assert (c.train.iterations, c.optim.warmup_iterations) == (625000, 100000)
     assert (c.teacher.momentum_teacher, c.optim.weight_decay_end) == (0.994, 0.2)
-    assert (c.dino.n_prototypes, c.dino.nesting_levels, c.dino.mode) == (131072, 5, "projection")
+    assert (c.dino.n_prototypes, c.dino.nesting_levels, c.dino.mode) == (131072, 5, "slice")  # issue 3: paper slicing
     assert (c.optim.patch_embed_lr_mult, c.optim.clip_grad) == (0.2, 3.0)
     assert (c.crops.local_crops_number, c.crops.local_crops_size) == (8, 98)
 

@@ -43,8 +43,9 @@ class HeadConfig:
     n_prototypes: int = 131072
     """prototypes of the finest level; level i has n_prototypes * d_i / D"""
     nesting_levels: int = 5
-    mode: str = "projection"
-    """'projection' (the released code: Linear(D -> d_i) per level) or 'slice'"""
+    mode: str = "slice"
+    """'slice' (the paper: level i sees the first d_i coordinates) or 'projection' (the released code:
+    its own Linear(D -> d_i) per level; PROTOCOLS.md §13.1)"""
     hidden_dim: int = 2048
     bottleneck_dim: int = 384
     nlayers: int = 3
