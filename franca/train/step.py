@@ -21,6 +21,7 @@ from torch import nn
 from franca.losses.franca_loss import FrancaLoss
 from franca.losses.koleo import koleo_loss
 from franca.losses.sinkhorn import sinkhorn_knopp
+from franca.utils.distributed import is_dist
 
 
 @dataclass
@@ -64,7 +65,9 @@ class TeacherTargets:
         cls_targets = self._targets(cls_logits, temp, 0)
         patch_targets = None
         idx = batch.get("mask_indices")
-        if idx is not None and idx.numel() > 0:
+        # Under torchrun every process must enter the iBOT Sinkhorn (it all-reduces), even one whose
+        # batch drew no mask: it then runs on 0 rows instead of skipping and hanging the others.
+        if idx is not None and (idx.numel() > 0 or is_dist()):
             patches = feats["x_norm_patchtokens"].flatten(0, 1).index_select(0, idx)
             patch_targets = self._targets(teacher["ibot_head"](patches), temp, 1)
         p = cls_targets[-1]
