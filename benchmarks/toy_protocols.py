@@ -28,8 +28,11 @@ def _init_model(name: str, weights: str | None, ref: torch.nn.Module):
     if weights:
         return franca.load_backbone(name, weights=weights)
     seed_all(0)
+    no_layerscale = isinstance(ref.blocks[0].ls1, torch.nn.Identity)  # e.g. the tiny presets
+    extra = {"layerscale": None} if no_layerscale else {}
     return franca.build_backbone(name, embed_dim=ref.embed_dim, num_heads=ref.num_heads, depth=ref.n_blocks,
-                                 img_size=ref.patch_size * int(round((ref.pos_embed.shape[1] - 1) ** 0.5))).eval()
+                                 img_size=ref.patch_size * int(round((ref.pos_embed.shape[1] - 1) ** 0.5)),
+                                 **extra).eval()
 
 
 def run_protocols(model, args, device) -> dict:
