@@ -57,7 +57,7 @@ def read_backbone_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[
         return _read_safetensors(path)
     if tarfile.is_tarfile(path):
         return _extract_backbone(_load_from_tar([path]), path), {}
-    obj = _safe_torch_load(path)
+    obj = _load_weights_only(path)
     return _extract_backbone(obj, path), _training_config_arch(obj)
 
 
@@ -83,7 +83,7 @@ def _split_parts(path: Path) -> list[Path]:
     return [Path(p) for p in sorted(glob.glob(glob.escape(base) + ".part_*"))]
 
 
-def _safe_torch_load(path: Path | io.BytesIO, name: str | None = None) -> Any:
+def _load_weights_only(path: Path | io.BytesIO, name: str | None = None) -> Any:
     name = name or str(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -136,7 +136,7 @@ def _load_from_tar(parts: list[Path]) -> Any:
                 log.info("read %s from %s", member.name, label)
                 if dst.suffix == ".safetensors":
                     return _read_safetensors(dst)[0]
-                return _safe_torch_load(dst, name=f"{member.name} in {label}")
+                return _load_weights_only(dst, name=f"{member.name} in {label}")
     raise ValueError(f"no .pth/.pt/.safetensors checkpoint inside the archive {label}")
 
 
