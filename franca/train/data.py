@@ -9,6 +9,10 @@ Batch order is a pure function of (seed, iteration, rank): iteration i belongs t
 i // iterations_per_epoch, whose permutation comes from a generator seeded by (seed, epoch); each
 sample carries its own seed, so its crops and masks do not depend on worker count or on where a
 run was resumed. Resuming at iteration i therefore reproduces the uninterrupted batches exactly.
+
+With ``data.batch_augment`` the datasets yield decoded uint8 images and the collate augments the whole
+batch at once (franca.data.batch_augment.BatchMultiCrop), seeded by all of the batch's sample seeds: the
+batches are as reproducible, but a sample's crops then depend on the batch it is in.
 """
 from __future__ import annotations
 
@@ -18,13 +22,16 @@ import random
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from franca.train.config import FrancaTrainConfig
+
+if TYPE_CHECKING:
+    from franca.data.batch_augment import BatchMultiCrop
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,16 @@ def decode_image(data: bytes | Path) -> Image.Image:
         return img.convert("RGB")
 
 
+def _sample(transform: Callable | None, img: Image.Image, seed: int) -> dict[str, Any]:
+    """{"crops": transform(img)} with its randomness fixed by `seed`, or without a transform (batch
+    augmentation) {"image": uint8 tensor (3,H,W)}."""
+    if transform is None:
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        return {"image": pil_to_tensor(img)}
+    return {"crops": _seeded_transform(transform, img, seed)}
+
+
 def _seeded_transform(transform: Callable, img: Image.Image, seed: int) -> Any:
     """Apply a (torch/python-random based) augmentation with its randomness fixed by `seed`."""
     state_py = random.getstate()
@@ -71,9 +88,12 @@ def _seeded_transform(transform: Callable, img: Image.Image, seed: int) -> Any:
 
 
 class FolderImages(Dataset):
-    """Map-style images of a folder; item (index, seed) -> {"crops": …, "skipped": [paths]}."""
+    """Map-style images of a folder; item (index, seed) -> {"crops": …, "skipped": [paths], "seed": seed}.
 
-    def __init__(self, files: Sequence[Path], transform: Callable) -> None:
+    With ``transform=None`` the item carries the decoded image as "image" instead of "crops".
+    """
+
+    def __init__(self, files: Sequence[Path], transform: Callable | None) -> None:
         self.files, self.transform = list(files), transform
 
     def __len__(self) -> int:
@@ -90,7 +110,7 @@ class FolderImages(Dataset):
                 log.debug("skipping unreadable image %s: %s", path, exc)
                 skipped.append(str(path))
                 continue
-            return {"crops": _seeded_transform(self.transform, img, seed), "skipped": skipped, "seed": seed}
+            return {**_sample(self.transform, img, seed), "skipped": skipped, "seed": seed}
         raise RuntimeError(f"{len(skipped)} consecutive unreadable images from {skipped[0]}; is this an image folder?")
 
 
@@ -134,13 +154,14 @@ def count_shard_images(shards: Sequence[str]) -> int:
 
 
 class ShardImages(IterableDataset):
-    """Webdataset shards as an endless stream of {"crops", "skipped"} samples of this rank.
+    """Webdataset shards as an endless stream of {"crops" (or "image", see FolderImages), "skipped", "seed"}
+    samples of this rank.
 
     Shards are shuffled per epoch with (seed, epoch) and dealt to ranks and workers round-robin;
     `start_sample` skips what a resumed run already consumed (exact with at most one worker).
     """
 
-    def __init__(self, shards: Sequence[str], transform: Callable, seed: int, rank: int, world: int,
+    def __init__(self, shards: Sequence[str], transform: Callable | None, seed: int, rank: int, world: int,
                  start_sample: int = 0) -> None:
         self.shards, self.transform, self.seed = list(shards), transform, seed
         self.rank, self.world, self.start_sample = rank, world, start_sample
@@ -164,7 +185,7 @@ class ShardImages(IterableDataset):
                         skipped.append(name)
                         continue
                     seed = sample_seed(self.seed, epoch, n * self.world + self.rank)
-                    yield {"crops": _seeded_transform(self.transform, img, seed), "skipped": skipped, "seed": seed}
+                    yield {**_sample(self.transform, img, seed), "skipped": skipped, "seed": seed}
                     skipped = []
             epoch += 1
 
@@ -215,7 +236,11 @@ class PretrainData:
 
 
 class MultiCropCollate:
-    """Collate samples into the batch dict of franca.data.collate; masks drawn from the batch's seed."""
+    """Collate samples into the batch dict of franca.data.collate; masks drawn from the batch's seed.
+
+    With ``data.batch_augment`` the samples carry uint8 images, which are stacked and augmented here by
+    BatchMultiCrop with a generator seeded by all sample seeds (:func:`_augment_seed`).
+    """
 
     def __init__(self, cfg: FrancaTrainConfig, patch_size: int) -> None:
         from franca.data.masking import CyclicMask
@@ -223,6 +248,7 @@ class MultiCropCollate:
         grid = cfg.crops.global_crops_size // patch_size
         self.cfg = cfg
         self.mask_generator = CyclicMask(grid, variant=cfg.ibot.mask_variant)
+        self.batch_augment = build_batch_augmentation(cfg) if cfg.data.batch_augment else None
         self.counter = 0
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -231,8 +257,9 @@ class MultiCropCollate:
         skipped = [p for s in samples for p in s["skipped"]]
         seed = _batch_seed(samples)
         g = torch.Generator().manual_seed(seed)
+        crops = self._augment(samples) if self.batch_augment is not None else [s["crops"] for s in samples]
         batch = collate_multicrop(
-            [s["crops"] for s in samples], mask_generator=self.mask_generator,
+            crops, mask_generator=self.mask_generator,
             mask_ratio_min_max=tuple(self.cfg.ibot.mask_ratio_min_max),
             mask_probability=self.cfg.ibot.mask_sample_probability, generator=g,
         )
@@ -240,23 +267,73 @@ class MultiCropCollate:
         batch["skipped"] = skipped
         return batch
 
+    def _augment(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per-sample crop dicts (views into the batched crops) of the batch-augmented images; the collate
+        re-stacks them and draws the masks exactly as for per-image crops."""
+        images = _stack_images(samples)
+        out = self.batch_augment(images, torch.Generator().manual_seed(_augment_seed(samples)))
+        B, n_l = images.shape[0], out["n_local_crops"]
+        glob = out["global_crops"].unflatten(0, (2, B))
+        loc = out["local_crops"].unflatten(0, (n_l, B))
+        return [{"global_crops": [glob[0, i], glob[1, i]], "local_crops": [loc[v, i] for v in range(n_l)]}
+                for i in range(B)]
+
+
+def _stack_images(samples: list[dict[str, Any]]) -> torch.Tensor:
+    """The samples' uint8 images as (B,3,H,W); ValueError unless they all have one size."""
+    if any("image" not in s for s in samples):
+        raise ValueError("data.batch_augment=true: samples must carry decoded images ('image'); build the data "
+                         "with build_pretrain_data")
+    size = tuple(samples[0]["image"].shape[1:])
+    for s in samples[1:]:
+        if tuple(s["image"].shape[1:]) != size:
+            raise ValueError(f"data.batch_augment=true needs images of one size in a batch, got {size} and "
+                             f"{tuple(s['image'].shape[1:])} (H, W); resize the data set to one size or set "
+                             "data.batch_augment=false")
+    return torch.stack([s["image"] for s in samples])
+
 
 def _batch_seed(samples: list[dict[str, Any]]) -> int:
     s = samples[0].get("seed", 0) if samples else 0
     return (int(s) * 31 + 17) & ((1 << 62) - 1)
 
 
+def _augment_seed(samples: list[dict[str, Any]]) -> int:
+    """Seed of the batch augmentation: a mix of every sample's seed, in order (independent of the mask seed)."""
+    h = 0x2545F4914F6CDD1D
+    for s in samples:
+        h = ((h ^ int(s.get("seed", 0))) * _MIX) & ((1 << 64) - 1)
+        h ^= h >> 29
+    return h & ((1 << 63) - 1)
+
+
+def _augmentation_kwargs(cfg: FrancaTrainConfig) -> dict[str, Any]:
+    c = cfg.crops
+    return dict(global_size=c.global_crops_size, local_size=c.local_crops_size, n_local=c.local_crops_number,
+                global_scale=tuple(c.global_crops_scale), local_scale=tuple(c.local_crops_scale),
+                **dict(c.augment_options))
+
+
 def build_augmentation(cfg: FrancaTrainConfig) -> Callable:
+    """The per-image MultiCropAugmentation of cfg.crops."""
     from franca.data.augment import MultiCropAugmentation
 
-    c = cfg.crops
     try:
-        return MultiCropAugmentation(
-            global_size=c.global_crops_size, local_size=c.local_crops_size, n_local=c.local_crops_number,
-            global_scale=tuple(c.global_crops_scale), local_scale=tuple(c.local_crops_scale),
-            **dict(c.augment_options))
+        return MultiCropAugmentation(**_augmentation_kwargs(cfg))
     except TypeError as exc:
-        raise ValueError(f"config key crops.augment_options={dict(c.augment_options)!r} is invalid: {exc}") from None
+        raise ValueError(f"config key crops.augment_options={dict(cfg.crops.augment_options)!r} is invalid: "
+                         f"{exc}") from None
+
+
+def build_batch_augmentation(cfg: FrancaTrainConfig) -> BatchMultiCrop:
+    """The BatchMultiCrop of cfg.crops (used with data.batch_augment)."""
+    from franca.data.batch_augment import BatchMultiCrop
+
+    try:
+        return BatchMultiCrop(**_augmentation_kwargs(cfg))
+    except TypeError as exc:
+        raise ValueError(f"config key crops.augment_options={dict(cfg.crops.augment_options)!r} is invalid: "
+                         f"{exc}") from None
 
 
 def resolve_source(cfg: FrancaTrainConfig) -> tuple[str, str]:
@@ -297,9 +374,10 @@ def build_pretrain_data(cfg: FrancaTrainConfig, patch_size: int, rank: int, worl
                         start_iteration: int, device: torch.device) -> PretrainData:
     """The endless loader of this rank, positioned at `start_iteration`."""
     kind, where = resolve_source(cfg)
-    transform = build_augmentation(cfg)
+    transform = None if cfg.data.batch_augment else build_augmentation(cfg)  # None: the collate augments
     collate = MultiCropCollate(cfg, patch_size)
     B = cfg.train.batch_size_per_gpu
+    batched = ", batch augmentation" if cfg.data.batch_augment else ""
     common: dict[str, Any] = dict(num_workers=cfg.data.num_workers, collate_fn=collate,
                                   pin_memory=device.type == "cuda",
                                   generator=torch.Generator().manual_seed(cfg.train.seed))
@@ -310,9 +388,9 @@ def build_pretrain_data(cfg: FrancaTrainConfig, patch_size: int, rank: int, worl
         ds = FolderImages(files, transform)
         sampler = ResumableBatchSampler(len(files), B, cfg.train.seed, rank, world, start_iteration)
         loader = DataLoader(ds, batch_sampler=sampler, **common)
-        return PretrainData(loader, len(files), f"image folder {where} ({len(files)} files)")
+        return PretrainData(loader, len(files), f"image folder {where} ({len(files)} files){batched}")
     shards = list_shards(where)
     n = cfg.data.dataset_size or count_shard_images(shards)
     ds_w = ShardImages(shards, transform, cfg.train.seed, rank, world, start_sample=start_iteration * B)
     loader = DataLoader(ds_w, batch_size=B, drop_last=True, **common)
-    return PretrainData(loader, n, f"webdataset {where} ({len(shards)} shards, {n} images)")
+    return PretrainData(loader, n, f"webdataset {where} ({len(shards)} shards, {n} images){batched}")
