@@ -117,3 +117,22 @@ def test_separate_or_shared_heads() -> None:
     shared = build_franca_heads(32, 64, separate_ibot_head=False, nesting_levels=2, hidden_dim=8, bottleneck_dim=4)
     assert shared["dino_head"] is shared["ibot_head"]
     assert len(list(shared.parameters())) == len(list(shared["dino_head"].parameters()))
+
+
+def test_use_bn_standardises_over_the_batch() -> None:
+    """use_bn: BatchNorm after each hidden Linear and a non-affine one on the bottleneck, so the bottleneck
+    has zero batch mean and unit variance even for nearly identical inputs (the collapse it prevents)."""
+    torch.manual_seed(0)
+    head = MatryoshkaHead(64, 64, nesting_levels=2, hidden_dim=32, bottleneck_dim=16, use_bn=True).train()
+    norms = [m for m in head.mlps[1] if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 3 and norms[-1].affine is False and all(m.affine for m in norms[:-1])
+    x = torch.randn(1, 64) + 1e-3 * torch.randn(256, 64)  # one token plus tiny per-image differences
+    z = head.mlps[1](head.level_input(x, 1))
+    torch.testing.assert_close(z.mean(0), torch.zeros(16), atol=1e-4, rtol=0)
+    assert ((z.var(0, unbiased=False) - 1).abs() < 0.1).all()  # up to BatchNorm's eps
+    assert [t.shape for t in head(x)] == [(256, 32), (256, 64)]
+    # a single row (one masked patch) uses the running statistics instead of failing
+    assert [t.shape for t in head(x[:1])] == [(1, 32), (1, 64)]
+    # without use_bn the head is the released one: Linear/GELU only
+    plain = MatryoshkaHead(64, 64, nesting_levels=2, hidden_dim=32, bottleneck_dim=16)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())

@@ -75,16 +75,38 @@ class WeightNormLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-def _mlp(in_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int, final_gelu: bool) -> nn.Sequential:
-    """Linear+GELU blocks ending at the bottleneck (indices 0, 2, 4 … are Linears, as released)."""
+class HeadBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d that uses its running statistics for a single row (training-mode BatchNorm
+    cannot normalise one sample; a batch can hold one masked patch)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def _mlp(in_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int, final_gelu: bool,
+         use_bn: bool = False) -> nn.Sequential:
+    """Linear+GELU blocks ending at the bottleneck (indices 0, 2, 4 … are Linears, as released).
+
+    ``use_bn`` puts a BatchNorm1d after each hidden Linear (DINO's ``use_bn`` head option) and a
+    non-affine one on the bottleneck output. The hidden ones standardise every unit over the batch,
+    so images whose backbone tokens are nearly identical (a small model at initialisation) still get
+    distinct prototype scores; the last one removes the batch-constant part of the bottleneck, which
+    is how a head otherwise collapses: it adds one direction to every output, the prototypes turn
+    orthogonal to it, every logit goes to 0 and the targets to uniform (measured on the tiny preset)."""
     if nlayers < 1:
         raise ValueError(f"nlayers must be >= 1, got {nlayers}")
     dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
     layers: list[nn.Module] = []
     for j in range(nlayers):
         layers.append(nn.Linear(dims[j], dims[j + 1]))
+        if use_bn and j < nlayers - 1:
+            layers.append(HeadBatchNorm(dims[j + 1]))
         if j < nlayers - 1 or final_gelu:
             layers.append(nn.GELU())
+    if use_bn:
+        layers.append(HeadBatchNorm(bottleneck_dim, affine=False))
     return nn.Sequential(*layers)
 
 
@@ -101,6 +123,7 @@ class MatryoshkaHead(nn.Module):
         l2_norm: L2-normalise the bottleneck before the prototypes (off: released MRL head).
         final_gelu: GELU after the last MLP Linear (on: released MRL head).
         freeze_gain: keep every weight-norm gain fixed at 1.
+        use_bn: BatchNorm1d after each hidden Linear (off: released head; see ``_mlp``).
     """
 
     def __init__(
@@ -116,6 +139,7 @@ class MatryoshkaHead(nn.Module):
         l2_norm: bool = False,
         final_gelu: bool = True,
         freeze_gain: bool = False,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
         if mode not in ("slice", "projection"):
@@ -131,7 +155,7 @@ class MatryoshkaHead(nn.Module):
         self.n_prototypes_per_level: list[int] = protos
         if mode == "projection":
             self.matryoshka_projections = nn.ModuleList(nn.Linear(in_dim, d) for d in dims)
-        self.mlps = nn.ModuleList(_mlp(d, hidden_dim, bottleneck_dim, nlayers, final_gelu) for d in dims)
+        self.mlps = nn.ModuleList(_mlp(d, hidden_dim, bottleneck_dim, nlayers, final_gelu, use_bn) for d in dims)
         self.last_layers = nn.ModuleList(WeightNormLinear(bottleneck_dim, k, freeze_gain) for k in protos)
         self.apply(self._init_linear)
 
@@ -158,7 +182,10 @@ class MatryoshkaHead(nn.Module):
             raise ValueError(f"MatryoshkaHead expects last dim {self.in_dim}, got shape {tuple(x.shape)}")
         out = []
         for level in range(self.n_levels):
-            z = self.mlps[level](self.level_input(x, level))
+            v = self.level_input(x, level)
+            lead = v.shape[:-1]
+            z = self.mlps[level](v.reshape(-1, v.shape[-1]) if v.dim() != 2 else v)
+            z = z.reshape(*lead, z.shape[-1])
             if self.l2_norm:
                 z = F.normalize(z, dim=-1, p=2, eps=1e-6 if z.dtype == torch.float16 else 1e-12)
             out.append(self.last_layers[level](z))

@@ -40,7 +40,7 @@ def build_head(h: HeadConfig, in_dim: int) -> nn.Module:
 
     return MatryoshkaHead(in_dim, h.n_prototypes, nesting_levels=h.nesting_levels, mode=h.mode,
                           hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers,
-                          l2_norm=h.l2_norm)
+                          l2_norm=h.l2_norm, use_bn=h.use_bn)
 
 
 def build_models(cfg: FrancaTrainConfig, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:

@@ -51,6 +51,10 @@ class HeadConfig:
     nlayers: int = 3
     l2_norm: bool = False
     """L2-normalise the bottleneck before the prototypes (off in the released MRL head)"""
+    use_bn: bool = False
+    """BatchNorm1d after each hidden Linear of the head and a non-affine one on the bottleneck (DINO's
+    use_bn; off in the released head). Statistics span the global batch on CUDA (SyncBatchNorm), the
+    local batch on CPU."""
     loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
@@ -174,6 +178,9 @@ class DataConfig:
     knn_train: str = ""
     """labelled ImageFolder used as k-NN memory (''/'auto': the toy train split)"""
     num_workers: int = 0
+    batch_augment: bool = False
+    """augment whole batches with tensor ops (franca.data.batch_augment; needs equal-size images, e.g. the toy
+    set); same transforms as the per-image pipeline, much faster for small images"""
     toy_size: int = 64
     toy_n_train: int = 0
     """toy images per split and class (0 = the generator's default)"""

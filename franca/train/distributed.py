@@ -31,6 +31,16 @@ def compile_modules(modules: dict[str, nn.Module]) -> None:
     log.info("torch.compile applied to %s", ", ".join(modules))
 
 
+def sync_batchnorm(modules: dict[str, nn.Module], device: torch.device) -> None:
+    """Heads with ``use_bn``: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only;
+    on CPU each process keeps its own statistics). Shared modules stay shared (converted in place)."""
+    if device.type != "cuda":
+        return
+    for key, mod in modules.items():
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mod.modules()):
+            modules[key] = nn.SyncBatchNorm.convert_sync_batchnorm(mod)
+
+
 def _fully_shard_fn() -> Any:
     try:
         from torch.distributed.fsdp import fully_shard  # torch >= 2.6

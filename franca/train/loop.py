@@ -52,7 +52,7 @@ class Trainer:
         """`synthetic_dataset_size`: skip building the data loader (benchmarks feed their own batches)."""
         from franca.train.build import build_models
         from franca.train.data import build_pretrain_data
-        from franca.train.distributed import compile_modules, fsdp_shard, wrap_student
+        from franca.train.distributed import compile_modules, fsdp_shard, sync_batchnorm, wrap_student
         from franca.train.optim import build_optimizer, build_param_groups
         from franca.train.step import LossComputer, StudentForward, TeacherTargets
         from franca.utils.device import resolve_device
@@ -95,6 +95,9 @@ class Trainer:
 
         self.lengths: Lengths = derive_lengths(cfg, dataset_size, self.world)
         self.schedules = Schedules(cfg, self.lengths)
+        if self.world > 1:
+            sync_batchnorm(self.student, self.device)
+            sync_batchnorm(self.teacher, self.device)
         if cfg.train.compile:
             compile_modules(self.student)
             compile_modules(self.teacher)
