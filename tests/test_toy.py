@@ -149,3 +149,15 @@ def test_shapes_are_distinct_silhouettes():
     for a in range(len(masks)):
         for b in range(a + 1, len(masks)):
             assert (masks[a] ^ masks[b]).mean() > 0.08, (SHAPES[a].name, SHAPES[b].name)
+
+
+def test_tiny_preset_trains_on_the_builtin_set() -> None:
+    """`franca pretrain` (tiny) and the evaluation commands given no data read the same toy set."""
+    from franca.data.toy import BUILTIN_TOY, toy_key
+    from franca.train.config import load_config
+
+    cfg = load_config("tiny")
+    assert not cfg.data.toy_n_train and not cfg.data.toy_n_val
+    kw = {"size": cfg.data.toy_size, "seed": cfg.data.toy_seed, **dict(cfg.data.toy_options)}
+    assert toy_key(**kw) == toy_key(**BUILTIN_TOY)
+    assert toy_key(**BUILTIN_TOY) != toy_key()  # and it is not the generator's default style

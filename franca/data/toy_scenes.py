@@ -32,7 +32,9 @@ from franca.data.toy_shapes import (
 
 @dataclass(frozen=True)
 class ToyStyle:
-    """Difficulty knobs. The defaults were checked to be learnable by a tiny ViT at 32 px in minutes."""
+    """Difficulty knobs. The defaults are the harder set of `franca data toy` (rotated objects, clutter,
+    distractors); `franca.data.toy.BUILTIN_TOY` (upright, calm, 32 px) is the one a tiny ViT learns in
+    minutes on 2 cores (benchmarks/toy_separability.py)."""
 
     size: int = 64
     """Image side in pixels."""

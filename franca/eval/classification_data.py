@@ -6,7 +6,7 @@ Transforms (PROTOCOLS.md §2-4), all bicubic and ImageNet-normalised:
 - linear train augmentation (only with ``--augment``): RandomResizedCrop(size), horizontal flip.
 
 Classification data is an ImageFolder/ImageNet-layout root with ``train/`` and ``val/`` (or
-``test/``) class folders; with no root the built-in toy set (``franca.data.toy.ensure_toy()``)
+``test/``) class folders; with no root the built-in toy set (``franca.data.toy.builtin_toy()``)
 is used. Readers are the project's (``franca.data.datasets``): ImageFolder, and the 11
 fine-grained sets of Table 7 (torchvision's classes with ``download=False``, plus CUB-200-2011).
 """
@@ -61,9 +61,9 @@ def protocol_transform(protocol: str, size: int) -> Callable:
 
 def default_data_root() -> Path:
     """The built-in toy classification set (generated on first use)."""
-    from franca.data.toy import ensure_toy
+    from franca.data.toy import builtin_toy
 
-    return Path(ensure_toy()) / "imagenet"
+    return Path(builtin_toy()) / "imagenet"
 
 
 def image_folder(root: Path, transform: Callable) -> Any:

@@ -166,9 +166,9 @@ def build_segmentation(dataset: str, root: str | Path | None, split: str,
     if root is None:
         if dataset != "voc":
             raise ValueError(f"--data is required for {dataset}; only the VOC-layout toy set is built in")
-        from franca.data.toy import ensure_toy
+        from franca.data.toy import builtin_toy
 
-        root = ensure_toy()
+        root = builtin_toy()
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"data root not found: {root}")

@@ -270,9 +270,9 @@ def load_nyu(root: str | Path | None) -> tuple[Sequence[Any], Sequence[Any]]:
     from franca.data.datasets import nyu
 
     if root is None:
-        from franca.data.toy import ensure_toy
+        from franca.data.toy import builtin_toy
 
-        root = ensure_toy()
+        root = builtin_toy()
     root = Path(root)
     if root.suffix == ".pkl":
         return nyu.NYUv2Pickle(root, "train"), nyu.NYUv2Pickle(root, "test")

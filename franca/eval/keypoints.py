@@ -252,9 +252,9 @@ def load_pairs(root: str | Path | None, split: str = "test") -> list[KeypointPai
     from franca.data.datasets.spair import SPair71k
 
     if root is None:
-        from franca.data.toy import ensure_toy
+        from franca.data.toy import builtin_toy
 
-        root = ensure_toy()
+        root = builtin_toy()
     ds = SPair71k(root, split)
     pairs = []
     for a in ds.pairs:

@@ -112,9 +112,9 @@ class ImageFiles(torch.utils.data.Dataset):
 
 def default_image_root() -> Path:
     """The built-in toy set's RASA images: VOC JPEGImages (the reference trains on VOC), else ImageNet train."""
-    from franca.data.toy import ensure_toy
+    from franca.data.toy import builtin_toy
 
-    root = Path(ensure_toy())
+    root = Path(builtin_toy())
     for sub in ("VOCdevkit/VOC2012/JPEGImages", "imagenet/train"):
         if (root / sub).is_dir():
             return root / sub

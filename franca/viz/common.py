@@ -19,9 +19,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 def list_images(paths: Sequence[str | Path] | None, limit: int | None = None) -> list[Path]:
     """Image files from files and folders (searched recursively, sorted); default: the built-in toy val set."""
     if not paths:
-        from franca.data.toy import ensure_toy
+        from franca.data.toy import builtin_toy
 
-        root = Path(ensure_toy())
+        root = Path(builtin_toy())
         paths = [root / "imagenet" / "val"] if (root / "imagenet" / "val").is_dir() else [root]
     out: list[Path] = []
     for p in map(Path, paths):
