@@ -92,9 +92,10 @@ def _mlp(in_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int, final_
     ``use_bn`` puts a BatchNorm1d after each hidden Linear (DINO's ``use_bn`` head option) and a
     non-affine one on the bottleneck output. The hidden ones standardise every unit over the batch,
     so images whose backbone tokens are nearly identical (a small model at initialisation) still get
-    distinct prototype scores; the last one removes the batch-constant part of the bottleneck, which
-    is how a head otherwise collapses: it adds one direction to every output, the prototypes turn
-    orthogonal to it, every logit goes to 0 and the targets to uniform (measured on the tiny preset)."""
+    distinct prototype scores; the last one removes the batch-constant part of the bottleneck (a head
+    drifting to uniform predictions adds one direction to every output and turns its prototypes
+    orthogonal to it). On the tiny preset this slowed that drift but did not improve k-NN
+    (docs/training.md), so it is off in every preset."""
     if nlayers < 1:
         raise ValueError(f"nlayers must be >= 1, got {nlayers}")
     dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
@@ -123,7 +124,7 @@ class MatryoshkaHead(nn.Module):
         l2_norm: L2-normalise the bottleneck before the prototypes (off: released MRL head).
         final_gelu: GELU after the last MLP Linear (on: released MRL head).
         freeze_gain: keep every weight-norm gain fixed at 1.
-        use_bn: BatchNorm1d after each hidden Linear (off: released head; see ``_mlp``).
+        use_bn: BatchNorm1d after each hidden Linear and on the bottleneck (off: released head; see ``_mlp``).
     """
 
     def __init__(
@@ -182,10 +183,8 @@ class MatryoshkaHead(nn.Module):
             raise ValueError(f"MatryoshkaHead expects last dim {self.in_dim}, got shape {tuple(x.shape)}")
         out = []
         for level in range(self.n_levels):
-            v = self.level_input(x, level)
-            lead = v.shape[:-1]
-            z = self.mlps[level](v.reshape(-1, v.shape[-1]) if v.dim() != 2 else v)
-            z = z.reshape(*lead, z.shape[-1])
+            v = self.level_input(x, level)  # rows flattened so BatchNorm1d sees (rows, features)
+            z = self.mlps[level](v.flatten(0, -2)).unflatten(0, v.shape[:-1])
             if self.l2_norm:
                 z = F.normalize(z, dim=-1, p=2, eps=1e-6 if z.dtype == torch.float16 else 1e-12)
             out.append(self.last_layers[level](z))
