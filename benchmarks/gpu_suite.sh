@@ -11,7 +11,9 @@ python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm._
 run() { echo "== $*"; timeout "${STEP_TIMEOUT:-240}" python3 "$@" 2>&1 | grep -v -i warn | tail -n "${TAIL:-12}"; }
 {
   TAIL=40 run benchmarks/step_variants.py --preset vitb14-in21k --batch-size 64 --device cuda --profile
-  run benchmarks/train_step.py --preset vitb14-in21k --batch-size 64 --device cuda --warmup 3 --steps 10 --compile
+  TAIL=45 run benchmarks/train_step.py --preset vitb14-in21k --batch-size 64 --device cuda --warmup 3 --steps 10 --compile --stages --profile
+  run benchmarks/train_step.py --preset vitb14-in21k --batch-size 64 --device cuda --warmup 3 --steps 8
+  run benchmarks/ibot_targets.py --device cuda
   run benchmarks/train_step.py --preset vitl14-laion --batch-size 32 --device cuda --warmup 3 --steps 8
   run benchmarks/train_step.py --preset vitl14-laion --batch-size 32 --device cuda --warmup 3 --steps 8 --compile
   [ -n "${SKIP_FEATURES:-}" ] || run benchmarks/features.py --device cuda --sizes vits14 vitb14 vitl14

@@ -6,6 +6,7 @@ Variants (toggled on the same Trainer and batch, so ratios are against a baselin
   plain      Sinkhorn-Knopp fully in log space, plain log_softmax cross-entropy graph
   sinkhorn   + scaling-vector Sinkhorn-Knopp
   fused-ce   + chunked fused soft cross-entropy (no full-size fp32 copies of the 131072-wide outputs)
+  implicit   + iBOT targets kept implicit (logits + Sinkhorn scalings; fused passes under --compile)
 Prints step time, images/s, peak memory (CUDA) and the ratio to `plain`; with --profile, the top
 CUDA kernels of one optimised step.
 """
@@ -21,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-VARIANTS = {"plain": ("log", False), "sinkhorn": ("scaling", False), "fused-ce": ("scaling", True)}
+VARIANTS = {"plain": ("log", False, False), "sinkhorn": ("scaling", False, False),
+            "fused-ce": ("scaling", True, False), "implicit": ("scaling", True, True)}
 
 
 def main() -> int:
@@ -53,8 +55,8 @@ def main() -> int:
     sync = (lambda: torch.cuda.synchronize(dev)) if cuda else (lambda: None)
     rows = []
     it = 10_000
-    for name, (method, fused_ce) in VARIANTS.items():
-        sk.METHOD, dino_mod.FUSED_CE = method, fused_ce
+    for name, (method, fused_ce, implicit) in VARIANTS.items():
+        sk.METHOD, dino_mod.FUSED_CE, tr.targets.implicit = method, fused_ce, implicit
         for _ in range(args.warmup):
             tr.step(batch, it)
             it += 1

@@ -67,6 +67,93 @@ def make_batch(cfg, patch: int, B: int, device: torch.device) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def print_stage_times(tr, batch: dict, it: int, steps: int) -> None:
+    """Mean time of each stage of `Trainer.step`, synchronising between stages (so the sum exceeds
+    the step time a little: the stages no longer overlap with the host's work)."""
+    from franca.train.ema import update_ema
+    from franca.train.optim import apply_schedule, clip_gradients
+    from franca.utils.device import autocast_context
+
+    dev = tr.device
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    names = ["teacher", "student fwd", "loss fwd", "backward", "clip", "optimizer", "ema"]
+    tot = dict.fromkeys(names, 0.0)
+    for k in range(steps + 1):
+        t = [time.perf_counter()]
+
+        def mark() -> None:
+            sync()
+            t.append(time.perf_counter())
+
+        v = tr.schedules.at(it + k)
+        apply_schedule(tr.optimizer, v)
+        with autocast_context(dev):
+            teacher_out = tr.targets(tr.teacher, batch, v.teacher_temp)
+            mark()
+            student_out = tr.student_forward(batch)
+            mark()
+            losses = tr.losses(student_out, teacher_out, batch)
+            mark()
+        losses["total"].backward()
+        mark()
+        clip_gradients(tr.student, tr.cfg.optim.clip_grad)
+        mark()
+        tr.optimizer.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+        mark()
+        for tp, sp in tr.ema_pairs:
+            update_ema(tp, sp, v.momentum)
+        mark()
+        if k:  # the first pass warms up
+            for j, n in enumerate(names):
+                tot[n] += t[j + 1] - t[j]
+    total = sum(tot.values()) / steps
+    print("stage            ms      share")
+    for n in names:
+        print(f"  {n:<12} {tot[n] / steps * 1e3:8.1f}  {100 * tot[n] / steps / total:6.1f}%")
+
+
+_CATEGORIES = [  # (category, substrings of the kernel name, lower case), first match wins
+    ("attention (flash/SDPA)", ("flash", "fmha", "attention", "sdpa", "cudnn_generated")),
+    ("matmul (GEMM)", ("gemm", "cutlass", "xmma", "nvjet", "sm90_", "sm80_", "cublas", "wgmma")),
+    ("optimizer/EMA (foreach)", ("foreach", "multi_tensor", "adam")),
+    ("triton (compiled fusions)", ("triton",)),
+    ("reduction", ("reduce", "norm", "softmax", "sum", "max")),
+    ("copy/cast", ("copy", "cast", "convert", "cat", "index", "gather", "scatter")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled")),
+]
+
+
+def print_profile(tr, batch: dict, it: int) -> None:
+    """Device time of one step by kernel category, then the 15 most expensive kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dev = tr.device
+    cuda = dev.type == "cuda"
+    tr.step(batch, it)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        tr.step(batch, it + 1)
+        if cuda:
+            torch.cuda.synchronize(dev)
+    ev = [e for e in prof.key_averages() if (e.device_type.name == "CUDA" if cuda else True)]
+    attr = "self_device_time_total" if hasattr(ev[0], "self_device_time_total") else "self_cuda_time_total"
+    if not cuda:
+        attr = "self_cpu_time_total"
+    cats: dict[str, float] = {}
+    for e in ev:
+        name = e.key.lower()
+        cat = next((c for c, keys in _CATEGORIES if any(k in name for k in keys)), "other")
+        cats[cat] = cats.get(cat, 0.0) + getattr(e, attr)
+    total = sum(cats.values()) or 1.0
+    print(f"kernel time of one step: {total / 1e3:.1f} ms")
+    for c, v in sorted(cats.items(), key=lambda kv: -kv[1]):
+        print(f"  {c:<28} {v / 1e3:8.1f} ms  {100 * v / total:5.1f}%")
+    print("top kernels:")
+    for e in sorted(ev, key=lambda e: -getattr(e, attr))[:15]:
+        print(f"  {getattr(e, attr) / 1e3:8.2f} ms  x{e.count:<5d} {e.key[:100]}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
@@ -75,6 +162,10 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile blocks and heads")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--stages", action="store_true",
+                    help="also time each stage of the step (teacher, student forward, loss, backward, update)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one step: device time per kernel category and the top kernels")
     ap.add_argument("overrides", nargs="*", help="extra config key=value")
     args = ap.parse_args()
 
@@ -115,6 +206,10 @@ def main() -> int:
         import resource
 
         print(f"peak memory      {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)")
+    if args.stages:
+        print_stage_times(tr, batch, 30_000, args.steps)
+    if args.profile:
+        print_profile(tr, batch, 40_000)
     return 0
 
 

@@ -12,13 +12,15 @@ def test_teacher_targets_run_sinkhorn_on_zero_masked_rows_when_distributed(monke
     from franca.models.heads import MatryoshkaHead
 
     calls: list[int] = []
-    real = step.sinkhorn_knopp
 
-    def counting(logits: torch.Tensor, *a, **k) -> torch.Tensor:
-        calls.append(logits.shape[0])
-        return real(logits, *a, **k)
+    def counting(real):
+        def run(logits: torch.Tensor, *a, **k):
+            calls.append(logits.shape[0])
+            return real(logits, *a, **k)
+        return run
 
-    monkeypatch.setattr(step, "sinkhorn_knopp", counting)
+    monkeypatch.setattr(step, "sinkhorn_knopp", counting(step.sinkhorn_knopp))
+    monkeypatch.setattr(step, "sinkhorn_targets", counting(step.sinkhorn_targets))
     backbone = franca.build_backbone("vitt4", embed_dim=32, depth=1, num_heads=2, img_size=16).eval()
     teacher = {"backbone": backbone, "dino_head": MatryoshkaHead(32, 16, nesting_levels=2, hidden_dim=8, bottleneck_dim=4),
                "ibot_head": MatryoshkaHead(32, 16, nesting_levels=2, hidden_dim=8, bottleneck_dim=4)}

@@ -98,3 +98,108 @@ def test_franca_loss_fused_ce_on_off(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-5)
     for a, b in zip(results[True][1], results[False][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- implicit iBOT targets (issue 10)
+import franca.losses.implicit_targets as imp  # noqa: E402
+
+
+@pytest.mark.parametrize("n,K,temp,scale", [(40, 300, 0.07, 1.0), (7, 13, 0.04, 5.0), (300, 64, 0.05, 3.0),
+                                            (1, 5, 0.1, 1.0), (16, 12, 0.01, 50.0)])
+@pytest.mark.parametrize("iters", [1, 3])
+def test_implicit_sinkhorn_equals_materialised(n: int, K: int, temp: float, scale: float, iters: int) -> None:
+    g = torch.Generator().manual_seed(n + K)
+    logits = torch.randn(n, K, generator=g) * scale
+    t = imp.sinkhorn_targets(logits, temp, n_iterations=iters)
+    q = t.materialize()
+    # exponents reach |L/τ| in the hundreds, so fp32 rounding alone moves a target by ~1e-5 relative
+    torch.testing.assert_close(q, _sinkhorn("log", logits, temp, n_iterations=iters), rtol=3e-5, atol=1e-6)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(n))
+    torch.testing.assert_close(t[:3].materialize(), q[:3])
+
+
+def test_implicit_sinkhorn_row_chunks_and_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    logits = torch.randn(23, 50, generator=torch.Generator().manual_seed(0)) * 3
+    whole = imp.sinkhorn_targets(logits, 0.07).materialize()
+    monkeypatch.setattr(imp, "CHUNK_ELEMENTS", 120)  # 2 rows per chunk
+    torch.testing.assert_close(imp.sinkhorn_targets(logits, 0.07).materialize(), whole, rtol=1e-6, atol=1e-7)
+    assert imp.sinkhorn_targets(logits[:0], 0.07).materialize().shape == (0, 50)
+
+
+def test_bf16_teacher_logits_are_scaled_in_fp32() -> None:
+    """Teacher logits are bf16 under autocast; logits/τ must not be rounded to bf16 (at τ = 0.04 a logit of
+    20 becomes 500 ± 1, i.e. a target off by a factor e). Both implementations equal the fp32 computation."""
+    logits = (torch.randn(64, 500, generator=torch.Generator().manual_seed(1)) * 3).bfloat16()
+    want = _sinkhorn("log", logits.float(), 0.04)
+    torch.testing.assert_close(_sinkhorn("scaling", logits, 0.04), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(imp.sinkhorn_targets(logits, 0.04).materialize(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_elements", [30, 1 << 27])
+def test_implicit_soft_ce_values_and_gradients(monkeypatch: pytest.MonkeyPatch, chunk_elements: int) -> None:
+    monkeypatch.setattr(imp, "CHUNK_ELEMENTS", chunk_elements)
+    g = torch.Generator().manual_seed(2)
+    t = imp.sinkhorn_targets(torch.randn(9, 17, generator=g) * 4, 0.05)
+    s = torch.randn(9, 17, generator=g, requires_grad=True)
+    w = torch.rand(9, generator=g)
+    s_ref = s.detach().clone().requires_grad_(True)
+    out = imp.implicit_soft_cross_entropy(t, s, 0.1)
+    ref = _plain_ce(t.materialize(), s_ref, 0.1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(s.grad, s_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_training_step_with_implicit_targets_equals_plain(tmp_path) -> None:
+    """A whole step of the tiny preset: every loss term and every student gradient with the iBOT targets
+    implicit equal those with the targets written out (fp32, CPU)."""
+    from dist_train_worker import fixed_batch, make_image_folder, tiny_overrides
+
+    from franca.train.config import load_config
+    from franca.train.loop import Trainer
+
+    data = make_image_folder(tmp_path / "img", n=8)
+    tr = Trainer(load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2)), quiet=True)
+    batch = fixed_batch(4, 16, 8, 2, 4)
+    assert batch["mask_indices"].numel() > 0
+    results = {}
+    for implicit in (True, False):
+        tr.targets.implicit = implicit
+        params = {f"{m}.{n}": p for m, mod in tr.student.items() for n, p in mod.named_parameters()}
+        for p in params.values():
+            p.grad = None
+        teacher_out = tr.targets(tr.teacher, batch, 0.04)
+        assert isinstance(teacher_out.patch_targets[0], imp.SinkhornTargets) == implicit
+        losses = tr.losses(tr.student_forward(batch), teacher_out, batch)
+        losses["total"].backward()
+        results[implicit] = ({k: v.detach() for k, v in losses.items()},
+                             {n: p.grad.clone() for n, p in params.items() if p.grad is not None})
+    (l1, g1), (l0, g0) = results[True], results[False]
+    assert l1.keys() == l0.keys() and g1.keys() == g0.keys() and len(g1) > 10
+    for k in l1:
+        torch.testing.assert_close(l1[k], l0[k], rtol=1e-5, atol=1e-5, msg=k)
+    for n in g1:  # gradients reach ~1e3 here: within 1e-5 of each tensor's largest entry
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-5 * float(g0[n].abs().max()),
+                                   msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_passes_equal_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`use_compiled(True)` (train.compile) runs each pass as a compiled kernel: same values and gradients,
+    also when the row count changes between calls (dynamic shapes)."""
+    g = torch.Generator().manual_seed(3)
+    cases = [(torch.randn(n, 40, generator=g) * 3, torch.randn(n, 40, generator=g)) for n in (11, 6)]
+    eager = []
+    for logits, s in cases:
+        t = imp.sinkhorn_targets(logits, 0.07)
+        s = s.clone().requires_grad_(True)
+        imp.implicit_soft_cross_entropy(t, s, 0.1).sum().backward()
+        eager.append((t.materialize(), s.grad))
+    monkeypatch.setattr(imp, "_USE_COMPILED", True)
+    for (logits, s), (q, grad) in zip(cases, eager):
+        t = imp.sinkhorn_targets(logits, 0.07)
+        s = s.clone().requires_grad_(True)
+        imp.implicit_soft_cross_entropy(t, s, 0.1).sum().backward()
+        torch.testing.assert_close(t.materialize(), q, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(s.grad, grad, rtol=1e-5, atol=1e-6)

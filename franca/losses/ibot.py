@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from franca.losses.dino import soft_cross_entropy
+from franca.losses.implicit_targets import SinkhornTargets, implicit_soft_cross_entropy
 
 __all__ = ["ibot_loss"]
 
@@ -27,7 +28,7 @@ def ibot_loss(
     Args:
         student_patch_logits: (M, K) student logits of the masked tokens.
         teacher_probs: (M', K) teacher targets with M' ≥ M; only the first M rows are used (a fixed-size
-            ``upperbound`` buffer may be passed as is).
+            ``upperbound`` buffer may be passed as is). A `SinkhornTargets` is read without materialising it.
         masks_weight: (M,) per-token weights 1 / (masked count of its crop).
         n_images: number of global crops in the batch, 2B (the mean's denominator).
         student_temp: τ_s.
@@ -42,5 +43,8 @@ def ibot_loss(
         )
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
-    ce = soft_cross_entropy(teacher_probs[:M].detach(), student_patch_logits, student_temp)
+    if isinstance(teacher_probs, SinkhornTargets):  # implicit targets: fused passes, nothing (M, K)-sized
+        ce = implicit_soft_cross_entropy(teacher_probs[:M], student_patch_logits, student_temp)
+    else:
+        ce = soft_cross_entropy(teacher_probs[:M].detach(), student_patch_logits, student_temp)
     return (ce * masks_weight.to(ce.dtype)).sum() / n_images

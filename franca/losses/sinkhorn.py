@@ -33,6 +33,16 @@ def _global_logsumexp_over_samples(log_q: torch.Tensor) -> torch.Tensor:
     return m + torch.log(s)
 
 
+def check_arguments(name: str, logits: torch.Tensor, temperature: float, n_iterations: int) -> None:
+    """ValueError naming the bad argument of a Sinkhorn-Knopp call."""
+    if logits.ndim != 2:
+        raise ValueError(f"{name} expects (n, K) logits, got shape {tuple(logits.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if n_iterations < 1:
+        raise ValueError(f"n_iterations must be >= 1, got {n_iterations}")
+
+
 @torch.no_grad()
 def sinkhorn_knopp(
     logits: torch.Tensor,
@@ -57,12 +67,7 @@ def sinkhorn_knopp(
     Returns:
         (n, K) fp32 targets, detached. Prototype sums are global across processes; each real row sums to 1.
     """
-    if logits.ndim != 2:
-        raise ValueError(f"sinkhorn_knopp expects (n, K) logits, got shape {tuple(logits.shape)}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if n_iterations < 1:
-        raise ValueError(f"n_iterations must be >= 1, got {n_iterations}")
+    check_arguments("sinkhorn_knopp", logits, temperature, n_iterations)
     n = logits.shape[0]
     n_real = n if n_samples is None or include_padding else int(n_samples)
     if not 0 <= n_real <= n:
@@ -99,7 +104,8 @@ def _sinkhorn_scaling(logits: torch.Tensor, temperature: float, n_iterations: in
             all_reduce_sum(torch.zeros(logits.shape[1], dtype=torch.float32, device=logits.device))
         return out
     p = out[:n_real]
-    torch.div(logits[:n_real].detach(), temperature, out=p)
+    p.copy_(logits[:n_real].detach())  # to fp32 first: dividing bf16 logits rounds logits/τ to bf16
+    p.div_(temperature)
     p.sub_(_global_logsumexp_over_samples(p))  # first prototype step, exact
     p.sub_(p.amax(dim=1, keepdim=True)).exp_()  # row shift (cancelled by the sample step)
     r = torch.ones(p.shape[1], dtype=torch.float32, device=p.device)

@@ -89,6 +89,10 @@ class LossConfig:
     centering: str = "sinkhorn_knopp"
     """teacher targets: 'sinkhorn_knopp' (Franca) or 'centering' (EMA centre, momentum 0.9)"""
     sinkhorn_iterations: int = 3
+    implicit_patch_targets: Optional[bool] = None
+    """keep the iBOT Sinkhorn-Knopp targets as logits + scaling vectors, read by the loss in fused
+    passes (same values, nothing (M, K)-sized written); null: on with train.compile, which fuses the
+    passes (eager, they re-read the logits without the fusion and are slower)"""
 
     def __post_init__(self) -> None:
         _check(self.student_temp > 0, "loss.student_temp", self.student_temp, "> 0")

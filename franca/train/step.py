@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from franca.losses.franca_loss import FrancaLoss
+from franca.losses.implicit_targets import sinkhorn_targets
 from franca.losses.koleo import koleo_loss
 from franca.losses.sinkhorn import sinkhorn_knopp
 from franca.utils.distributed import is_dist
@@ -29,7 +30,8 @@ class TeacherOutput:
     cls_targets: list[torch.Tensor]
     """L x (2B, K_l) targets of the global crops, stacked [crop1; crop2] (not swapped)"""
     patch_targets: Optional[list[torch.Tensor]]
-    """L x (M, K_l) targets of the masked tokens, in mask_indices order (None without masks)"""
+    """L x (M, K_l) targets of the masked tokens, in mask_indices order (None without masks); with
+    Sinkhorn-Knopp these are `SinkhornTargets` (logits + scalings, read by the iBOT loss in fused passes)"""
     cls_entropy: torch.Tensor
     """mean row entropy of the finest level's CLS targets (nats): near log K means near-uniform"""
 
@@ -46,11 +48,14 @@ class TeacherTargets:
     """Teacher targets per level; holds the (optional) centering state."""
 
     def __init__(self, centering: str, sinkhorn_iterations: int = 3,
-                 centers: Optional[tuple[nn.Module, nn.Module]] = None) -> None:
+                 centers: Optional[tuple[nn.Module, nn.Module]] = None, implicit_patch_targets: bool = False) -> None:
         self.centering, self.n_iter, self.centers = centering, sinkhorn_iterations, centers
+        self.implicit = implicit_patch_targets
 
     def _targets(self, logits: list[torch.Tensor], temp: float, which: int) -> list[torch.Tensor]:
         if self.centering == "sinkhorn_knopp":
+            if which == 1 and self.implicit:  # the wide iBOT targets stay implicit (never written out)
+                return [sinkhorn_targets(t, temp, n_iterations=self.n_iter) for t in logits]  # type: ignore[misc]
             return [sinkhorn_knopp(t, temp, n_iterations=self.n_iter) for t in logits]
         assert self.centers is not None
         center = self.centers[which]
