@@ -73,7 +73,7 @@ def test_nyu_reads_toy_output(toy_root):
     ds = NYUv2Depth(toy_root / "nyuv2", "train")
     assert len(ds) == 3 and len(NYUv2Depth(toy_root / "nyuv2", "test")) == 2
     img, depth = ds[0]
-    assert img.shape == (3, 32, 32) and depth.shape == (32, 32)
+    assert img.shape == (3, 64, 64) and depth.shape == (64, 64)  # dense scenes: 2 x size
     assert torch.all(depth[0] == 8.0) and depth.min() > 0.9 and depth.max() <= 8.0
 
 

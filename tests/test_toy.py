@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from franca.data.toy import ensure_toy, generate_toy, toy_key
 from franca.data.toy_scenes import ToyStyle, ground_depth, render_depth, render_pair, render_segmentation
@@ -51,10 +52,12 @@ def test_layout_and_labels_file(tmp_path):
         generate_toy(root, **TINY)
 
 
-def test_segmentation_masks_cover_objects():
+@pytest.mark.parametrize("version", [1, 2])
+def test_segmentation_masks_cover_objects(version):
     """Each object's visible pixels carry its class + 1 (or 255 on a boundary); the label map equals
-    an independently painted top-object map except on boundaries, which lie on label changes."""
-    style = ToyStyle(size=48)
+    an independently painted top-object map except on boundaries, which lie on label changes:
+    both sides of every edge in version 1, the background side in version 2."""
+    style = ToyStyle(size=48, dense_version=version)
     for i in range(5):
         img, label, objects = render_segmentation(np.random.default_rng(i), style)
         top = np.zeros(label.shape, dtype=np.int64)
@@ -71,14 +74,67 @@ def test_segmentation_masks_cover_objects():
         p = np.pad(top, 1, mode="edge")
         changes = ((p[1:-1, 1:-1] != p[:-2, 1:-1]) | (p[1:-1, 1:-1] != p[2:, 1:-1])
                    | (p[1:-1, 1:-1] != p[1:-1, :-2]) | (p[1:-1, 1:-1] != p[1:-1, 2:]))
-        np.testing.assert_array_equal(label == 255, changes)
+        if version == 1:
+            np.testing.assert_array_equal(label == 255, changes)
+        else:
+            np.testing.assert_array_equal(label == 255, changes & (top == 0))
+            shared = sum((a.mask & b.mask).sum() for k, a in enumerate(objects) for b in objects[k + 1:])
+            assert shared <= 0.02 * sum(o.mask.sum() for o in objects)  # placed clear of each other
         assert (label == 0).any() and (label == 255).any()
+
+
+def test_dense_scenes_v2_layout():
+    """Version 2 dense scenes are dense_scale x size a side; segmentation objects are dense_object_size of
+    that side; a pair's two objects are painted independently (two instances of the class)."""
+    style = ToyStyle(size=32, object_size=(0.45, 0.7), distractors=0, rotate=False, clutter=0.2)
+    assert style.dense_size == 64
+    diam, colour_gap = [], []
+    for i in range(20):
+        img, label, objects = render_segmentation(np.random.default_rng(i), style)
+        assert img.shape == (64, 64, 3) and label.shape == (64, 64)
+        for obj in objects:
+            ys, xs = np.nonzero(obj.mask)
+            diam.append(max(np.ptp(xs), np.ptp(ys)) + 1)
+        img, depth, _ = render_depth(np.random.default_rng(i), style)
+        assert img.shape == (64, 64, 3) and depth.shape == (64, 64)
+        p = render_pair(np.random.default_rng(i), i % style.n_classes, i % 3, style)
+        assert p["src"].shape == (64, 64, 3)
+        colour_gap.append(np.abs(np.median(p["src"][p["src_mask"]], 0) - np.median(p["trg"][p["trg_mask"]], 0)).sum())
+    assert 0.3 * 64 <= np.median(diam) <= 0.6 * 64
+    assert np.median(colour_gap) > 30  # version 1 used one colour for both
+
+
+def test_dense_version_1_renders_toy_version_1():
+    """dense_scale=1, dense_version=1 reproduces TOY_VERSION 1's dense renderers exactly (digest of the
+    outputs of franca/data/toy_scenes.py at commit 7db9637 for these generators)."""
+    style = ToyStyle(size=32, dense_scale=1, dense_version=1)
+    d = hashlib.sha1()
+    for i in range(4):
+        img, lab, _ = render_segmentation(np.random.default_rng(i), style)
+        img2, dep, _ = render_depth(np.random.default_rng(i), style)
+        p = render_pair(np.random.default_rng(i), i, i % 3, style)
+        for a in (img, lab, img2, dep, p["src"], p["trg"], p["src_kps"], p["trg_kps"]):
+            d.update(np.ascontiguousarray(a).tobytes())
+    assert d.hexdigest()[:16] == "fa5919c39c456fe9"
+
+
+def test_dense_knobs_leave_classification_images_unchanged(tmp_path):
+    """The classification part (what the tiny preset trains on) does not depend on the dense layout."""
+    kw = dict(TINY, size=32, object_size=(0.45, 0.7), distractors=0, rotate=False, clutter=0.2)
+    a = _digest(generate_toy(tmp_path / "a", **kw))
+    b = _digest(generate_toy(tmp_path / "b", dense_scale=1, dense_version=1, **kw))
+    cls = [k for k in a if k.startswith("imagenet")]
+    assert len(cls) == 31 and all(a[k] == b[k] for k in cls)
+    assert any(a[k] != b[k] for k in a if k.startswith("VOCdevkit") and k.endswith(".png"))
+    img = Image.open(tmp_path / "a" / "VOCdevkit" / "VOC2012" / "JPEGImages" / "toy_train_000000.jpg")
+    assert img.size == (64, 64)
+    assert Image.open(next((tmp_path / "a" / "imagenet" / "train").rglob("*.JPEG"))).size == (32, 32)
 
 
 def test_keypoints_follow_the_transform():
     """Target keypoints = T(source keypoints) within 1 px, T maps the source silhouette onto the
     target one, and each keypoint touches its object (shape corners lie on the outline)."""
-    style = ToyStyle(size=64)
+    style = ToyStyle(size=32)  # dense scenes 64 px a side
     for i in range(6):
         cls, level = i % style.n_classes, i % 3
         p = render_pair(np.random.default_rng(i), cls, level, style)
@@ -106,7 +162,7 @@ def test_keypoints_follow_the_transform():
 def test_depth_matches_occlusion():
     """Where objects overlap, the visible one is the nearest (depth = min of the covering objects);
     elsewhere depth is the known ground/wall geometry."""
-    style = ToyStyle(size=64)
+    style = ToyStyle(size=32)  # dense scenes 64 px a side
     overlaps = 0
     for i in range(12):
         img, depth, objects = render_depth(np.random.default_rng(i), style)

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="NYUv2 root in the BTS layout (or its parent); default: toy set")
     p.add_argument("--resolution", type=int, default=None, help="square input side (default: 480, tiny: 8 patches)")
     p.add_argument("--hidden-dim", type=int, default=None, help="head width (default: 512, tiny: 16)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 10, tiny models: 3)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 10, the protocol's)")
     p.add_argument("--train-batch-size", type=int, default=8, help="probe batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--no-augment", action="store_true", help="train without the flip/rotate/crop/jitter augmentation")

@@ -42,7 +42,11 @@ from franca.data.toy_shapes import SHAPES
 
 log = logging.getLogger(__name__)
 
-TOY_VERSION = 1  # bump when the rendering changes, so cached sets are regenerated
+TOY_VERSION = 2  # bump when the rendering changes, so cached sets are regenerated
+# 2: dense scenes (VOC, NYUv2, SPair parts) 2 x size a side with larger, non-overlapping segmentation objects,
+#    a 1-px ignore band and pairs of two differently painted instances (franca.data.toy_scenes); the
+#    classification images are unchanged. generate_toy(..., dense_scale=1, dense_version=1) writes
+#    version 1's bytes.
 _PARTS = {"cls_train": 1, "cls_val": 2, "seg_train": 3, "seg_val": 4, "depth_train": 5, "depth_test": 6,
           "spair_trn": 7, "spair_val": 8, "spair_test": 9}
 NYU_FOCAL = 518.8579  # the focal length BTS writes in its file lists (pixels at 640x480)
@@ -172,14 +176,16 @@ def _write_spair(root: Path, style: ToyStyle, n_pairs: dict[str, int], seed: int
                 kps = np.round(pair[f"{key}_kps"], 2)
                 meta[key] = (imname, kps, _bbox(pair[f"{key}_mask"]))
                 ann = {"filename": f"{imname}.jpg", "src_database": "franca-toy", "annotator": "generator",
-                       "image_width": style.size, "image_height": style.size, "image_depth": 3, "category": cat,
+                       "image_width": style.dense_size, "image_height": style.dense_size, "image_depth": 3,
+                       "category": cat,
                        "kps": {str(k): [float(x), float(y)] for k, (x, y) in enumerate(kps.tolist())},
                        "bndbox": meta[key][2], "pose": "unspecified", "truncated": 0, "occluded": 0}
                 (sp / "ImageAnnotation" / cat / f"{imname}.json").write_text(json.dumps(ann))
             (sn, skps, sbox), (tn, tkps, tbox) = meta["src"], meta["trg"]
             pair_id = f"{i:06d}-{sn}-{tn}:{cat}"
             ann = {"pair_id": i, "filename": pair_id, "src_imname": f"{sn}.jpg", "trg_imname": f"{tn}.jpg",
-                   "src_imsize": [style.size, style.size, 3], "trg_imsize": [style.size, style.size, 3],
+                   "src_imsize": [style.dense_size, style.dense_size, 3],
+                   "trg_imsize": [style.dense_size, style.dense_size, 3],
                    "src_bndbox": sbox, "trg_bndbox": tbox, "category": cat, "category_id": cls + 1,
                    "src_kps": skps.tolist(), "trg_kps": tkps.tolist(), "kps_ids": list(range(len(skps))),
                    "viewpoint_variation": level, "scale_variation": 0, "truncation": 0, "occlusion": 0,
@@ -205,7 +211,8 @@ def generate_toy(out_dir: str | os.PathLike, size: int = 64, n_train: int = 5000
     """Render the synthetic data set into `out_dir` (created; must be empty or absent).
 
     Args:
-        size: image side in pixels.
+        size: side in pixels of the classification images; the dense parts (segmentation, depth,
+            keypoint pairs) are `dense_scale` (default 2) times larger.
         n_train, n_val: classification images (balanced over classes).
         seed: everything is a deterministic function of the arguments.
         n_seg: (train, val) segmentation scenes; n_depth: (train, test) depth scenes;
@@ -252,7 +259,8 @@ def default_cache_root() -> Path:
 BUILTIN_TOY: dict = {"size": 32, "object_size": (0.45, 0.7), "distractors": 0, "rotate": False, "clutter": 0.2}
 """The built-in set: what `franca pretrain` (tiny preset: data.toy_size and data.toy_options) trains on,
 and what every evaluation, RASA and figure command reads when given no data. Upright objects, a calm
-background and no distractors keep it learnable by a tiny ViT in minutes (docs/training.md)."""
+background and no distractors keep it learnable by a tiny ViT in minutes (docs/training.md). Its dense
+parts (VOC, NYUv2, SPair-71k layouts) are 64 px a side (ToyStyle.dense_scale = 2)."""
 
 
 def builtin_toy(root: str | os.PathLike | None = None) -> Path:

@@ -9,6 +9,15 @@
   strength sets the viewpoint-variation level 0/1/2; keypoints are the shape's corners mapped
   by each image's placement matrix.
 
+The dense scenes (segmentation, depth, pairs) are `ToyStyle.dense_size` = `dense_scale` x `size` a
+side, so a backbone evaluated at that size has several patch tokens per object. In the current
+layout (`dense_version` 2) segmentation objects are `dense_object_size` of the side and do not
+overlap, the ignore band on label edges is one pixel (on the background side), and a keypoint pair
+shows two instances of its class (same shape, each painted afresh) as SPair's pairs do.
+`dense_version=1, dense_scale=1` renders TOY_VERSION 1's dense scenes byte for byte (objects of
+0.22-0.45 of the side that may overlap, a 2-px ignore band on both sides of every edge, one colour
+for both objects of a pair).
+
 `franca.data.toy` writes these to disk in the real data sets' layouts.
 """
 from __future__ import annotations
@@ -52,6 +61,17 @@ class ToyStyle:
     """Random in-plane rotation of objects."""
     seg_objects: tuple[int, int] = (2, 4)
     """Range of the number of objects in segmentation and depth scenes."""
+    dense_scale: int = 2
+    """Side of the dense scenes (segmentation, depth, keypoint pairs) as a multiple of `size`."""
+    dense_object_size: tuple[float, float] = (0.35, 0.6)
+    """Range of the diameter of segmentation objects as a fraction of `dense_size` (dense_version 2)."""
+    dense_version: int = 2
+    """Layout of the dense scenes: 2 (the current one, see the module docstring) or 1 (TOY_VERSION 1's)."""
+
+    @property
+    def dense_size(self) -> int:
+        """Side in pixels of the segmentation, depth and keypoint-pair images."""
+        return self.size * self.dense_scale
 
     def __post_init__(self) -> None:
         if not 2 <= self.n_classes <= len(SHAPES):
@@ -63,11 +83,14 @@ class ToyStyle:
             raise ValueError(f"clutter and texture must be in [0, 1], got {self.clutter}, {self.texture}")
         if self.size < 16:
             raise ValueError(f"size must be >= 16 pixels, got {self.size}")
+        if not 1 <= self.dense_scale <= 8 or self.dense_version not in (1, 2):
+            raise ValueError(f"dense_scale must be in [1, 8] and dense_version 1 or 2, got {self.dense_scale}, "
+                             f"{self.dense_version}")
 
 
-def _place(rng: np.random.Generator, style: ToyStyle, diameter: float) -> np.ndarray:
+def _place(rng: np.random.Generator, style: ToyStyle, diameter: float, side: int | None = None) -> np.ndarray:
     r = diameter / 2
-    lo, hi = r, style.size - r
+    lo, hi = r, (side or style.size) - r
     cx, cy = rng.uniform(lo, max(lo, hi), size=2)
     angle = rng.uniform(0, 2 * np.pi) if style.rotate else 0.0
     return affine((cx, cy), r, angle, aspect=rng.uniform(0.87, 1.15))
@@ -75,7 +98,7 @@ def _place(rng: np.random.Generator, style: ToyStyle, diameter: float) -> np.nda
 
 def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, style: ToyStyle) -> np.ndarray:
     colour = random_colour(rng, avoid=img[mask].mean(0) if mask.any() else None)
-    fill = object_fill(rng, style.size, colour, style.texture)
+    fill = object_fill(rng, img.shape[0], colour, style.texture)
     return np.where(mask[..., None], fill, img)
 
 
@@ -92,15 +115,27 @@ def render_classification(rng: np.random.Generator, cls: int, style: ToyStyle) -
     return to_uint8(img)
 
 
-def label_boundaries(label: np.ndarray, ignore: int = 255) -> np.ndarray:
-    """Set to `ignore` every pixel whose 4-neighbour has another label (both sides of each edge)."""
+def _neighbour_differs(label: np.ndarray, fg_only: bool = False) -> np.ndarray:
+    """Pixels with a 4-neighbour of another label (with `fg_only`: of another non-zero label)."""
     edge = np.zeros(label.shape, dtype=bool)
-    dv = label[1:, :] != label[:-1, :]
-    dh = label[:, 1:] != label[:, :-1]
-    edge[1:, :] |= dv
-    edge[:-1, :] |= dv
-    edge[:, 1:] |= dh
-    edge[:, :-1] |= dh
+    for a, b in (((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+                 ((slice(None), slice(1, None)), (slice(None), slice(None, -1)))):
+        diff = label[a] != label[b]
+        edge[a] |= diff & (label[b] != 0) if fg_only else diff
+        edge[b] |= diff & (label[a] != 0) if fg_only else diff
+    return edge
+
+
+def label_boundaries(label: np.ndarray, ignore: int = 255, width: int = 2) -> np.ndarray:
+    """Set to `ignore` the pixels along label edges: `width` 2 marks both sides of every edge (each pixel
+    with a 4-neighbour of another label); `width` 1 marks one side, the background pixels next to an
+    object and the pixels of objects touching another object."""
+    if width == 2:
+        edge = _neighbour_differs(label)
+    elif width == 1:
+        edge = np.where(label == 0, _neighbour_differs(label), _neighbour_differs(label, fg_only=True))
+    else:
+        raise ValueError(f"boundary width must be 1 or 2, got {width}")
     out = label.copy()
     out[edge] = ignore
     return out
@@ -120,19 +155,34 @@ def render_segmentation(rng: np.random.Generator, style: ToyStyle) -> tuple[np.n
     """A scene of several objects: (image uint8 HxWx3, label uint8 HxW, objects in paint order).
 
     Label = class index + 1 where the object is visible, 0 background, 255 on boundaries.
+    Version 2 scenes (`ToyStyle.dense_version`) draw objects of `dense_object_size` and place each with
+    its nominal bounding circle clear of the ones before (20 tries; an object that finds no room is left
+    out), so silhouettes are whole (the built-in set: 1-3 objects a scene, 2 % of scenes with objects
+    touching by a few pixels, where the aspect jitter pushes a corner past the circle).
     """
-    s = style.size
+    s = style.dense_size
     img = background(rng, s, style.clutter)
     label = np.zeros((s, s), dtype=np.uint8)
     objects = []
+    placed: list[tuple[float, float, float]] = []  # (cx, cy, radius) of the objects so far
     for _ in range(int(rng.integers(style.seg_objects[0], style.seg_objects[1] + 1))):
         cls = int(rng.integers(style.n_classes))
-        m = _place(rng, style, rng.uniform(0.22, 0.45) * s)
+        if style.dense_version == 1:
+            m = _place(rng, style, rng.uniform(0.22, 0.45) * s, s)
+        else:
+            d = rng.uniform(*style.dense_object_size) * s
+            for _ in range(20):
+                m = _place(rng, style, d, s)
+                if all(np.hypot(m[0, 2] - x, m[1, 2] - y) > d / 2 + r + 1 for x, y, r in placed):
+                    break
+            else:
+                continue  # no room left: the scene keeps the objects it has
+            placed.append((m[0, 2], m[1, 2], d / 2))
         mask = rasterize(SHAPES[cls], m, s)
         img = _paint(rng, img, mask, style)
         label[mask] = cls + 1
         objects.append(SceneObject(cls, mask, m))
-    return to_uint8(img), label_boundaries(label), objects
+    return to_uint8(img), label_boundaries(label, width=2 if style.dense_version == 1 else 1), objects
 
 
 HORIZON = 0.35  # horizon row as a fraction of the image height
@@ -155,7 +205,7 @@ def render_depth(rng: np.random.Generator, style: ToyStyle) -> tuple[np.ndarray,
     proportional to 1/d, and its surface is fronto-parallel (constant depth). Objects are
     painted far to near, so nearer ones occlude farther ones.
     """
-    s = style.size
+    s = style.dense_size
     h = HORIZON * s
     img = background(rng, s, style.clutter)
     rows = np.arange(s)[:, None] + 0.5
@@ -195,12 +245,13 @@ def render_pair(rng: np.random.Generator, cls: int, level: int, style: ToyStyle)
 
     Returns a dict with `src`/`trg` images, `src_mask`/`trg_mask`, `src_kps`/`trg_kps` (K, 2)
     pixel coordinates (x, y), and `transform` the 2x3 pixel map from source to target.
-    Each image has its own background; the object keeps its colour.
+    Each image has its own background. In dense_version 2 each object is painted afresh (colour and
+    texture), like SPair's two instances of a category; in version 1 the object keeps its colour.
     """
-    s = style.size
+    s = style.dense_size
     shape = SHAPES[cls]
     radius = rng.uniform(0.2, 0.3) * s
-    src_m = _place(rng, style, 2 * radius)
+    src_m = _place(rng, style, 2 * radius, s)
     rot, scale, aspect = pair_transform(rng, level)
     radius_t = min(radius * scale * max(aspect, 1 / aspect), 0.47 * s)
     scale = radius_t / (radius * max(aspect, 1 / aspect))
@@ -209,11 +260,14 @@ def render_pair(rng: np.random.Generator, cls: int, level: int, style: ToyStyle)
     lin = affine((0.0, 0.0), scale, rot, aspect)[:, :2]
     t = np.concatenate([lin, (c_trg - lin @ c_src)[:, None]], axis=1)
     trg_m = compose(t, src_m)
-    colour = random_colour(rng)
+    colour = random_colour(rng) if style.dense_version == 1 else None
     out: dict = {"transform": t}
     for key, m in (("src", src_m), ("trg", trg_m)):
         img = background(rng, s, style.clutter)
         mask = rasterize(shape, m, s)
-        img = np.where(mask[..., None], colour, img)
+        if colour is not None:
+            img = np.where(mask[..., None], colour, img)
+        else:  # two instances of the class, as SPair pairs are: the same shape, each its own paint
+            img = _paint(rng, img, mask, style)
         out[key], out[f"{key}_mask"], out[f"{key}_kps"] = to_uint8(img), mask, apply_affine(m, shape.keypoints)
     return out
