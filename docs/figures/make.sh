@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Regenerate the README figures from the built-in toy data with the franca commands.
 # Usage: docs/figures/make.sh [MODEL [WEIGHTS]]
-#   MODEL: backbone size (default vitt4, the `tiny` pretraining preset); WEIGHTS: its pretrained
+#   MODEL: backbone size (default vitt8, the `tiny` pretraining preset); WEIGHTS: its pretrained
 #   checkpoint (default: random initialisation). With WEIGHTS the norms plot compares init vs pretrained.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-M=${1:-vitt4}
+M=${1:-vitt8}
 W=()
 if [ $# -ge 2 ]; then W=(--weights "$2"); fi
 python -m franca viz attention --model "$M" "${W[@]}" --device cpu --n-images 3 --panel-size 128 --out docs/figures/attention.png
