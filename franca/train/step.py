@@ -31,7 +31,8 @@ class TeacherOutput:
     """L x (2B, K_l) targets of the global crops, stacked [crop1; crop2] (not swapped)"""
     patch_targets: Optional[list[torch.Tensor]]
     """L x (M, K_l) targets of the masked tokens, in mask_indices order (None without masks); with
-    Sinkhorn-Knopp these are `SinkhornTargets` (logits + scalings, read by the iBOT loss in fused passes)"""
+    implicit targets (`loss.implicit_patch_targets`, on under train.compile) these are `SinkhornTargets`
+    (logits + scalings, read by the iBOT loss in fused passes)"""
     cls_entropy: torch.Tensor
     """mean row entropy of the finest level's CLS targets (nats): near log K means near-uniform"""
 
