@@ -40,8 +40,8 @@ CHUNK_ELEMENTS = 1 << 27
 # step are large (|L/τ| can be in the thousands) and are applied first, where they cancel; the small
 # Sinkhorn corrections col, row are added after, so their updates are not rounded at that magnitude.
 
-def _exponent(logits: torch.Tensor, scale: float, col_shift: torch.Tensor, row_shift: torch.Tensor,
-              col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+def _exponent(logits: torch.Tensor, scale: float, col_shift: torch.Tensor, col: torch.Tensor,
+              row_shift: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
     return (logits.float() * scale + col_shift + row_shift[:, None]) + (col + row[:, None])
 
 
@@ -59,12 +59,12 @@ def _row_max(logits: torch.Tensor, scale: float, col_shift: torch.Tensor) -> tor
 
 def _row_sum(logits: torch.Tensor, scale: float, col_shift: torch.Tensor, col: torch.Tensor,
              row_shift: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-    return torch.exp(_exponent(logits, scale, col_shift, row_shift, col, row)).sum(dim=1)
+    return torch.exp(_exponent(logits, scale, col_shift, col, row_shift, row)).sum(dim=1)
 
 
 def _col_sum(logits: torch.Tensor, scale: float, col_shift: torch.Tensor, col: torch.Tensor,
              row_shift: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-    return torch.exp(_exponent(logits, scale, col_shift, row_shift, col, row)).sum(dim=0)
+    return torch.exp(_exponent(logits, scale, col_shift, col, row_shift, row)).sum(dim=0)
 
 
 def _ce_forward(student: torch.Tensor, inv_temp: float, logits: torch.Tensor, scale: float,
@@ -72,7 +72,7 @@ def _ce_forward(student: torch.Tensor, inv_temp: float, logits: torch.Tensor, sc
                 row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row: CE = Σt·lse − Σ t·s/τ_s, with lse = logsumexp(s/τ_s) and Σt (saved for backward)."""
     s = student.float() * inv_temp
-    t = torch.exp(_exponent(logits, scale, col_shift, row_shift, col, row))
+    t = torch.exp(_exponent(logits, scale, col_shift, col, row_shift, row))
     lse = torch.logsumexp(s, dim=1)
     t_sum = t.sum(dim=1)
     return t_sum * lse - (t * s).sum(dim=1), lse, t_sum
@@ -83,7 +83,7 @@ def _ce_backward(student: torch.Tensor, inv_temp: float, logits: torch.Tensor, s
                  lse: torch.Tensor, t_sum: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     """∂CE/∂s = (softmax(s/τ_s)·Σt − t)/τ_s, times the incoming row gradient, in the student's dtype."""
     p = torch.exp(student.float() * inv_temp - lse[:, None])
-    t = torch.exp(_exponent(logits, scale, col_shift, row_shift, col, row))
+    t = torch.exp(_exponent(logits, scale, col_shift, col, row_shift, row))
     g = (p * t_sum[:, None] - t) * (grad_out * inv_temp)[:, None]
     return g.to(student.dtype)
 
@@ -154,7 +154,7 @@ class SinkhornTargets:
 
     def materialize(self) -> torch.Tensor:
         """The (n, K) fp32 targets."""
-        return torch.exp(_exponent(self.logits, self.scale, self.col_shift, self.row_shift, self.col, self.row))
+        return torch.exp(_exponent(self.logits, self.scale, *self.vectors()))
 
 
 def _col_pass(name: str, logits: torch.Tensor, *args: torch.Tensor | float, reduce: str = "sum",
