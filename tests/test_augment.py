@@ -62,3 +62,20 @@ def test_float_and_gray_inputs() -> None:
         aug(torch.rand(2, 24, 24))
     with pytest.raises(ValueError, match="probability"):
         MultiCropAugmentation(blur_p_local=1.5)
+
+
+def test_invert_p_one_inverts_every_crop_after_grayscale() -> None:
+    common = dict(global_size=16, local_size=8, n_local=2, global_scale=(1.0, 1.0), local_scale=(1.0, 1.0),
+                  blur_p_global2=0, blur_p_local=0, solarize_p_global2=0, jitter_p=0, grayscale_p=1.0)
+    img = torch.full((3, 20, 20), 60, dtype=torch.uint8)
+    img[0] = 200  # luma of (200, 60, 60) = 0.299·200 + 0.587·60 + 0.114·60 = 101.0
+    plain, inverted = MultiCropAugmentation(**common)(img), MultiCropAugmentation(**common, invert_p=1.0)(img)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    for key in ("global_crops", "local_crops"):
+        for a, b in zip(plain[key], inverted[key]):
+            grey_a = a.mean(dim=(1, 2)) * std + mean
+            grey_b = b.mean(dim=(1, 2)) * std + mean
+            torch.testing.assert_close(grey_a, torch.full((3,), 101 / 255), atol=3e-3, rtol=0)
+            torch.testing.assert_close(grey_b, 1 - grey_a, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="invert_p"):
+        MultiCropAugmentation(invert_p=-0.1)

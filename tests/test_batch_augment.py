@@ -108,6 +108,16 @@ def test_solarize_golden_on_global_crop_two_only() -> None:
     torch.testing.assert_close(_unnormalise(out["local_crops"]), images.float() / 255, atol=1e-5, rtol=0)
 
 
+def test_invert_p_one_inverts_every_view() -> None:
+    images = _images(2, 6, 6)
+    x = images.float() / 255
+    out = BatchMultiCrop(global_size=6, local_size=6, n_local=2, **{**IDENTITY, "invert_p": 1.0})(images, _gen())
+    torch.testing.assert_close(_unnormalise(out["global_crops"]), (1 - x).repeat(2, 1, 1, 1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_unnormalise(out["local_crops"]), (1 - x).repeat(2, 1, 1, 1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="invert_p"):
+        BatchMultiCrop(invert_p=1.5)
+
+
 def test_grayscale_p_one_gives_equal_channels_with_itu_601_luma() -> None:
     images = _images(3, 8, 8)
     out = BatchMultiCrop(global_size=8, local_size=8, n_local=1, **{**IDENTITY, "grayscale_p": 1.0})(images, _gen())

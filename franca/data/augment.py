@@ -44,6 +44,8 @@ class MultiCropAugmentation:
         blur_p_global1, blur_p_global2, blur_p_local: effective blur probabilities (0, 0.9, 0.5).
         solarize_p_global2: solarize probability of the second global crop (0.2).
         jitter_p, grayscale_p, flip_p: colour-jitter, grayscale and flip probabilities (0.8, 0.2, 0.5).
+        invert_p: probability that a crop (any view) is inverted after jitter and grayscale (0: not in the
+            reference recipe; the tiny preset uses it so that light-on-dark and dark-on-light agree).
         jitter: (brightness, contrast, saturation, hue) = (0.4, 0.4, 0.2, 0.1).
         blur_kernel, blur_sigma: Gaussian blur kernel size and σ range (9, (0.1, 2.0)).
         mean, std: normalisation (ImageNet).
@@ -64,6 +66,7 @@ class MultiCropAugmentation:
         grayscale_p: float = 0.2,
         flip_p: float = 0.5,
         jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
+        invert_p: float = 0.0,
         blur_kernel: int = 9,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         mean: tuple[float, float, float] = IMAGENET_MEAN,
@@ -81,6 +84,9 @@ class MultiCropAugmentation:
 
         colour = _maybe(v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h), jitter_p)
         colour += [v2.RandomGrayscale(p=grayscale_p)] if grayscale_p > 0 else []
+        if not 0.0 <= invert_p <= 1.0:
+            raise ValueError(f"invert_p must be in [0, 1], got {invert_p}")
+        colour += [v2.RandomInvert(p=invert_p)] if invert_p > 0 else []
         blur = v2.GaussianBlur(kernel_size=blur_kernel, sigma=blur_sigma)
         finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
         if not 0.0 <= solarize_p_global2 <= 1.0:

@@ -7,7 +7,7 @@ of a size: crops are cut and resized together with ``roi_align``, colour jitter,
 per-crop elementwise ops, and the blur is a grouped convolution with one Gaussian kernel per crop.
 
 Same transforms, order and parameter distributions as the per-image pipeline (crop, flip, jitter with
-p=jitter_p, grayscale, blur, solarize on global crop 2, normalise), with these known differences:
+p=jitter_p, grayscale, optional invert, blur, solarize on global crop 2, normalise), with these known differences:
 
 - crop boxes are continuous (sub-pixel) rather than rounded to whole pixels; as in RandomResizedCrop up
   to 10 (area, aspect ratio) draws are tried and the first that fits is used; if none fits, the aspect
@@ -137,6 +137,7 @@ class BatchMultiCrop:
         grayscale_p: float = 0.2,
         flip_p: float = 0.5,
         jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+        invert_p: float = 0.0,
         blur_kernel: int = 9,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         mean: tuple[float, float, float] = IMAGENET_MEAN,
@@ -170,6 +171,7 @@ class BatchMultiCrop:
         self.jitter_p = _check_p("jitter_p", jitter_p)
         self.grayscale_p = _check_p("grayscale_p", grayscale_p)
         self.flip_p = _check_p("flip_p", flip_p)
+        self.invert_p = _check_p("invert_p", invert_p)
         self.jitter = tuple(float(j) for j in jitter)
         self.blur_kernel = int(blur_kernel)
         self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
@@ -212,6 +214,8 @@ class BatchMultiCrop:
             _on_subset(crops, draw(self.jitter_p), lambda c: self._jitter(c, generator))
         if self.grayscale_p > 0:
             _on_subset(crops, draw(self.grayscale_p), lambda c: _grayscale(c).expand_as(c))
+        if self.invert_p > 0:  # no draw when off, so runs without it keep their random stream
+            _on_subset(crops, draw(self.invert_p), lambda c: 1.0 - c)
         if any(blur_p):
             _on_subset(crops, draw(blur_p), lambda c: self._blur(c, generator))
         if any(solarize_p):
