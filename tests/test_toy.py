@@ -217,3 +217,19 @@ def test_tiny_preset_trains_on_the_builtin_set() -> None:
     kw = {"size": cfg.data.toy_size, "seed": cfg.data.toy_seed, **dict(cfg.data.toy_options)}
     assert toy_key(**kw) == toy_key(**BUILTIN_TOY)
     assert toy_key(**BUILTIN_TOY) != toy_key()  # and it is not the generator's default style
+
+
+def test_builtin_set_paints_objects_flat():
+    """BUILTIN_TOY has texture 0: every object is one colour (patterned objects gave the tiny preset's teacher
+    a cue to cluster on that is not the class; docs/training.md, fourth round)."""
+    from franca.data.toy import BUILTIN_TOY
+    from franca.data.toy_shapes import object_fill
+
+    style = ToyStyle(**BUILTIN_TOY)
+    assert style.texture == 0.0
+    for i in range(50):
+        fill = object_fill(np.random.default_rng(i), 32, np.array([10.0, 120.0, 250.0]), style.texture)
+        assert np.ptp(fill.reshape(-1, 3), axis=0).max() == 0
+    patterned = [np.ptp(object_fill(np.random.default_rng(i), 32, np.array([10.0, 120.0, 250.0]), 0.5).reshape(-1, 3),
+                        axis=0).max() > 0 for i in range(50)]
+    assert 10 < sum(patterned) < 40  # the generator's default style still patterns about half

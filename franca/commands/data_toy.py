@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--object-size", type=float, nargs=2, default=(18 / 64, 26 / 64), metavar=("MIN", "MAX"),
                    help="object diameter range as a fraction of the side (default: 0.28 0.41)")
     p.add_argument("--clutter", type=float, default=0.5, help="background texture level 0..1 (default: %(default)s)")
+    p.add_argument("--texture", type=float, default=0.5,
+                   help="probability that an object is patterned instead of flat, 0..1 (default: %(default)s)")
     p.add_argument("--distractors", type=int, default=2, help="max tiny distractor blobs (default: %(default)s)")
 
 
@@ -29,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
 
     out = generate_toy(args.out, size=args.size, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
                        n_classes=args.n_classes, object_size=tuple(args.object_size), clutter=args.clutter,
-                       distractors=args.distractors)
+                       texture=args.texture, distractors=args.distractors)
     print(f"wrote the toy data set to {out}")
     return 0

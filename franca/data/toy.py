@@ -256,7 +256,8 @@ def default_cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "franca"
 
 
-BUILTIN_TOY: dict = {"size": 32, "object_size": (0.45, 0.7), "distractors": 0, "rotate": False, "clutter": 0.2}
+BUILTIN_TOY: dict = {"size": 32, "object_size": (0.45, 0.7), "distractors": 0, "rotate": False, "clutter": 0.2,
+                     "texture": 0.0}
 """The built-in set: what `franca pretrain` (tiny preset: data.toy_size and data.toy_options) trains on,
 and what every evaluation, RASA and figure command reads when given no data. Upright objects, a calm
 background and no distractors keep it learnable by a tiny ViT in minutes (docs/training.md). Its dense
