@@ -44,8 +44,9 @@ class MultiCropAugmentation:
         blur_p_global1, blur_p_global2, blur_p_local: effective blur probabilities (0, 0.9, 0.5).
         solarize_p_global2: solarize probability of the second global crop (0.2).
         jitter_p, grayscale_p, flip_p: colour-jitter, grayscale and flip probabilities (0.8, 0.2, 0.5).
-        invert_p: probability that a crop (any view) is inverted after jitter and grayscale (0: not in the
-            reference recipe; the tiny preset uses it so that light-on-dark and dark-on-light agree).
+        invert_p: probability that a crop (any view) is inverted after jitter and grayscale (0; not in the
+            reference recipe. Meant to make light-on-dark and dark-on-light objects agree; on the toy set it
+            lowered the tiny preset's k-NN gain, docs/training.md "Fourth round").
         jitter: (brightness, contrast, saturation, hue) = (0.4, 0.4, 0.2, 0.1).
         blur_kernel, blur_sigma: Gaussian blur kernel size and σ range (9, (0.1, 2.0)).
         mean, std: normalisation (ImageNet).

@@ -7,7 +7,8 @@ of a size: crops are cut and resized together with ``roi_align``, colour jitter,
 per-crop elementwise ops, and the blur is a grouped convolution with one Gaussian kernel per crop.
 
 Same transforms, order and parameter distributions as the per-image pipeline (crop, flip, jitter with
-p=jitter_p, grayscale, optional invert, blur, solarize on global crop 2, normalise), with these known differences:
+p=jitter_p, grayscale, invert (off by default), blur, solarize on global crop 2, normalise), with these known
+differences:
 
 - crop boxes are continuous (sub-pixel) rather than rounded to whole pixels; as in RandomResizedCrop up
   to 10 (area, aspect ratio) draws are tried and the first that fits is used; if none fits, the aspect

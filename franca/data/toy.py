@@ -259,8 +259,9 @@ def default_cache_root() -> Path:
 BUILTIN_TOY: dict = {"size": 32, "object_size": (0.45, 0.7), "distractors": 0, "rotate": False, "clutter": 0.2,
                      "texture": 0.0}
 """The built-in set: what `franca pretrain` (tiny preset: data.toy_size and data.toy_options) trains on,
-and what every evaluation, RASA and figure command reads when given no data. Upright objects, a calm
-background and no distractors keep it learnable by a tiny ViT in minutes (docs/training.md). Its dense
+and what every evaluation, RASA and figure command reads when given no data. Upright, flat-coloured objects
+(patterns gave the tiny preset's teacher a cluster cue other than the shape), a calm background and no
+distractors keep it learnable by a tiny ViT in minutes (docs/training.md). Its dense
 parts (VOC, NYUv2, SPair-71k layouts) are 64 px a side (ToyStyle.dense_scale = 2)."""
 
 
