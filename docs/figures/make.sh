@@ -17,18 +17,12 @@ if [ $# -ge 2 ]; then
   python - "$M" "$2" "$INIT" <<'PY'
 import sys
 
-import torch
-
+sys.path.insert(0, "benchmarks")
 import franca
-from franca.utils.seed import seed_all
+from toy_protocols import _init_model  # the init model the protocol benchmark compares with
 
 name, trained, out = sys.argv[1:]
-ref = franca.load_backbone(name, weights=trained)
-seed_all(0)
-extra = {"layerscale": None} if isinstance(ref.blocks[0].ls1, torch.nn.Identity) else {}
-side = ref.patch_size * int(round((ref.pos_embed.shape[1] - 1) ** 0.5))
-franca.export_backbone(franca.build_backbone(name, embed_dim=ref.embed_dim, num_heads=ref.num_heads,
-                                             depth=ref.n_blocks, img_size=side, **extra), out)
+franca.export_backbone(_init_model(name, None, franca.load_backbone(name, weights=trained), seed=0), out)
 PY
   python -m franca viz norms --model "$M" --weights "$INIT" --label "$M init" --model "$M" --weights "$2" \
     --label "$M pretrained" --device cpu --n-images 100 --out docs/figures/norms.png
