@@ -12,7 +12,7 @@ python -m franca viz attention --model "$M" "${W[@]}" --device cpu --n-images 3 
 python -m franca viz pca --model "$M" "${W[@]}" --device cpu --n-images 4 --panel-size 128 --out docs/figures/pca.png
 if [ $# -ge 2 ]; then
   # "init" is the checkpoint's own architecture (a preset may change the named size's width and depth) with
-  # seed-0 random weights, exported to a temporary file.
+  # seed-0 random weights, as in benchmarks/toy_protocols.py, exported to a temporary file.
   INIT="$(mktemp -d)/init.safetensors"
   python - "$M" "$2" "$INIT" <<'PY'
 import sys
@@ -26,6 +26,7 @@ franca.export_backbone(_init_model(name, None, franca.load_backbone(name, weight
 PY
   python -m franca viz norms --model "$M" --weights "$INIT" --label "$M init" --model "$M" --weights "$2" \
     --label "$M pretrained" --device cpu --n-images 100 --out docs/figures/norms.png
+  rm -r "$(dirname "$INIT")"
 else
   python -m franca viz norms --model "$M" --device cpu --n-images 100 --out docs/figures/norms.png
 fi
