@@ -15,6 +15,7 @@ from typing import Sequence
 COMMANDS: dict[str, str | dict[str, str]] = {
     "pretrain": "franca.commands.pretrain",
     "highres": "franca.commands.highres",
+    "ablate": "franca.commands.ablate",
     "rasa": "franca.commands.rasa",
     "eval": {
         "knn": "franca.commands.eval_knn",

@@ -1,4 +1,4 @@
-"""Patch masks for the iBOT loss: CyclicMask (Franca), classic block masking, per-batch mask counts.
+"""Patch masks for the iBOT loss: CyclicMask (Franca), DINOv2 block masking, per-batch mask counts.
 
 CyclicMask (Franca §3, Algorithm 1; PROTOCOLS.md §1.4) keeps one rectangular *visible* block with a
 random aspect ratio, rolls the map cyclically by independent row/column shifts, and masks the rest,
@@ -142,11 +142,16 @@ class CyclicMask:
 
 
 class BlockMask:
-    """Classic iBOT/BEiT multi-block masking: rectangles of ≥ ``min_block`` patches until ~n are masked.
+    """DINOv2/iBOT/BEiT multi-block masking (dinov2 ``MaskingGenerator`` semantics): rectangles until ~n are masked.
 
-    Each block has area ~ U(min_block, remaining) (capped by ``max_block``), log-uniform aspect in
-    [min_aspect, max_aspect], and is retried up to 10 times when it would add no new patch. The result
-    masks at most ``n_masked`` patches (usually exactly; fewer when blocks cannot fit).
+    While fewer than ``n_masked`` patches are masked, one block is added with a budget of
+    ``min(n_masked - count, max_block)`` patches: up to 10 tries draw an area ~ U(min_block, budget)
+    (the bounds swap when the budget is below ``min_block``, so small requests still get small blocks)
+    and a log-uniform aspect in [min_aspect, max_aspect], round h = √(area·r), w = √(area/r), and keep
+    a block only if it is strictly smaller than the grid on both sides (h < H, w < W) and adds between
+    1 and ``budget`` new patches. The first try that adds patches ends the block; a block that adds
+    none ends the mask. The result masks at most ``n_masked`` patches (usually exactly). DINOv2 trains
+    with ``max_block = 0.5 · H · W`` (``franca.train.data`` passes that for ``ibot.mask_type=block``).
     """
 
     def __init__(
@@ -161,6 +166,8 @@ class BlockMask:
         max_aspect = 1.0 / min_aspect if max_aspect is None else max_aspect
         if not 0 < min_aspect <= max_aspect:
             raise ValueError(f"need 0 < min_aspect <= max_aspect, got {min_aspect}, {max_aspect}")
+        if max_block is not None and max_block < 1:
+            raise ValueError(f"max_block must be >= 1 (or None), got {max_block}")
         self.min_block, self.max_block = int(min_block), max_block
         self.log_aspect = (math.log(min_aspect), math.log(max_aspect))
 
@@ -168,14 +175,16 @@ class BlockMask:
     def num_patches(self) -> int:
         return self.height * self.width
 
+    def __repr__(self) -> str:
+        return f"BlockMask(({self.height}, {self.width}), min_block={self.min_block}, max_block={self.max_block})"
+
     def _add_block(self, mask: torch.Tensor, budget: int, gen: Generator) -> int:
         H, W = self.height, self.width
-        hi_area = budget if self.max_block is None else min(budget, self.max_block)
         for _ in range(10):
-            area = _uniform(gen, self.min_block, hi_area)
+            area = _uniform(gen, self.min_block, budget)
             r = math.exp(_uniform(gen, *self.log_aspect))
             h, w = int(round(math.sqrt(area * r))), int(round(math.sqrt(area / r)))
-            if not (1 <= h <= H and 1 <= w <= W):
+            if not (1 <= h < H and 1 <= w < W):  # strictly inside the grid, as dinov2
                 continue
             top, left = _randint(gen, 0, H - h), _randint(gen, 0, W - w)
             region = mask[top : top + h, left : left + w]
@@ -190,8 +199,11 @@ class BlockMask:
         mask = torch.zeros(self.height, self.width, dtype=torch.bool)
         count = 0
         n_masked = min(int(n_masked), self.num_patches)
-        while count < n_masked and n_masked - count >= self.min_block:
-            added = self._add_block(mask, n_masked - count, generator)
+        while count < n_masked:
+            budget = n_masked - count
+            if self.max_block is not None:
+                budget = min(budget, int(self.max_block))
+            added = self._add_block(mask, budget, generator)
             if added == 0:
                 break
             count += added

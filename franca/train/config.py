@@ -71,10 +71,13 @@ class IbotConfig:
     mask_ratio_min_max: list[float] = field(default_factory=lambda: [0.1, 0.65])
     mask_variant: str = "code"
     """CyclicMask variant: 'code' (released) or 'paper' (Algorithm 1)"""
+    mask_type: str = "cyclic"
+    """'cyclic' (Franca's CyclicMask) or 'block' (DINOv2/iBOT multi-block masking, franca.data.masking.BlockMask)"""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.mask_sample_probability <= 1.0, "ibot.mask_sample_probability",
                self.mask_sample_probability, "in [0, 1]")
+        _check(self.mask_type in ("cyclic", "block"), "ibot.mask_type", self.mask_type, "'cyclic' or 'block'")
         lo_hi = list(self.mask_ratio_min_max)
         _check(len(lo_hi) == 2 and 0.0 <= lo_hi[0] <= lo_hi[1] < 1.0, "ibot.mask_ratio_min_max",
                lo_hi, "[min, max] with 0 <= min <= max < 1")

@@ -243,11 +243,14 @@ class MultiCropCollate:
     """
 
     def __init__(self, cfg: FrancaTrainConfig, patch_size: int) -> None:
-        from franca.data.masking import CyclicMask
+        from franca.data.masking import BlockMask, CyclicMask
 
         grid = cfg.crops.global_crops_size // patch_size
         self.cfg = cfg
-        self.mask_generator = CyclicMask(grid, variant=cfg.ibot.mask_variant)
+        if cfg.ibot.mask_type == "block":  # DINOv2: blocks of at most half the grid
+            self.mask_generator = BlockMask(grid, max_block=int(0.5 * grid * grid))
+        else:
+            self.mask_generator = CyclicMask(grid, variant=cfg.ibot.mask_variant)
         self.batch_augment = build_batch_augmentation(cfg) if cfg.data.batch_augment else None
         self.counter = 0
 

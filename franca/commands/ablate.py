@@ -1,0 +1,105 @@
+"""Ablation sweep: named variants of one preset × several seeds at equal compute, evaluated and compared.
+
+    franca ablate --config tiny --seeds 0 1 2 --protocols knn linear pca-slice \\
+        --out runs/ablate train.epochs=4
+
+Built-in variants (default: all; the first is the baseline unless --baseline says otherwise):
+  franca            the preset as it is (nested Matryoshka heads, CyclicMask, slicing heads, KoLeo)
+  single-level      dino/ibot nesting_levels=1: the DINOv2/iBOT objective, same finest prototype count
+  block-mask        ibot.mask_type=block: DINOv2 multi-block masking instead of CyclicMask
+  projection-heads  dino/ibot mode=projection: the released per-level projections instead of slicing
+  no-koleo         loss.koleo_weight=0
+Your own: `--variant NAME key=value [key=value ...]` (repeatable; any key the config accepts). Variants
+may not change the compute (iterations, epochs, batch, crops, data, seed): those are set once, by the
+sweep-wide `key=value` overrides, for every run. The untrained backbone of each seed is the reference row.
+
+Writes OUT/results/<variant>-seed<s>.json per run (a re-run skips finished runs and resumes
+half-trained ones from OUT/runs/<variant>-seed<s>/checkpoint.pth), then OUT/ablation.json,
+OUT/ablation.md (mean ± std over seeds, paired difference to the baseline with a 95 % t interval,
+parameter counts, step times) and OUT/ablation.png.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+HELP = "ablation sweep: config variants × seeds at equal compute, evaluated, with a table and plot"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from franca.ablate.evaluate import PROTOCOLS
+    from franca.ablate.variants import DEFAULT_VARIANTS
+
+    p.add_argument("--config", default="tiny", help="preset name or yaml file (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="sweep-wide config overrides, applied to every variant (e.g. train.epochs=4)")
+    p.add_argument("--variants", nargs="*", default=None, metavar="NAME",
+                   help=f"built-in variants to run (default: all: {' '.join(DEFAULT_VARIANTS)}; "
+                        "give none with only --variant entries)")
+    p.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME_OR_KEY=VALUE",
+                   help="a variant of your own: NAME key=value [key=value ...] (repeatable)")
+    p.add_argument("--baseline", default=None, help="variant the others are compared with (default: the first)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: %(default)s")
+    p.add_argument("--protocols", nargs="+", default=["knn", "linear", "pca-slice"], choices=PROTOCOLS,
+                   help="evaluations of every run (default: %(default)s)")
+    p.add_argument("--out", default="runs/ablate", help="sweep folder (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default: 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    p.add_argument("--device", default="cpu", help="training and evaluation device (default: %(default)s)")
+    p.add_argument("--checkpoint-period", type=int, default=100,
+                   help="iterations between checkpoints of each run, the resume granularity (default: %(default)s)")
+    p.add_argument("--no-init", action="store_true", help="skip the untrained reference row")
+    p.add_argument("--allow-unequal", action="store_true",
+                   help="let variants override compute keys (iterations, batch, crops, data): the comparison is "
+                        "then not at equal compute")
+    p.add_argument("--report-only", action="store_true", help="rebuild the table and plot from finished runs")
+    g = p.add_argument_group("evaluation settings")
+    g.add_argument("--size", type=int, default=None,
+                   help="classification input size (default: the preset's global crop size)")
+    g.add_argument("--seg-size", type=int, default=128, help="overcluster / in-context input size (default: %(default)s)")
+    g.add_argument("--linear-epochs", type=int, default=10, help="linear and PCA-slicing probe epochs (default: %(default)s)")
+
+
+def build_sweep(args: argparse.Namespace):
+    from franca.ablate.evaluate import EvalSettings
+    from franca.ablate.sweep import Sweep
+    from franca.ablate.variants import DEFAULT_VARIANTS, parse_variants
+    from franca.train.config import load_config
+
+    names = DEFAULT_VARIANTS if args.variants is None else args.variants
+    variants = parse_variants(names, args.variant, allow_unequal=args.allow_unequal)
+    base_cfg = load_config(args.config, args.overrides)  # fails early on a bad sweep-wide override
+    for v in variants:  # …or a bad variant override
+        load_config(args.config, [*args.overrides, *v.overrides])
+    settings = EvalSettings(size=args.size or base_cfg.crops.global_crops_size, seg_size=args.seg_size,
+                            linear_epochs=args.linear_epochs)
+    return Sweep(out=args.out, variants=variants, seeds=list(args.seeds), preset=args.config,
+                 common=list(args.overrides), protocols=list(args.protocols), baseline=args.baseline,
+                 settings=settings, jobs=args.jobs, threads=args.threads, device=args.device,
+                 checkpoint_period=args.checkpoint_period, with_init=not args.no_init)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    if not getattr(args, "verbose", False):
+        os.environ.setdefault("TQDM_DISABLE", "1")  # the per-protocol bars; the sweep prints its own progress
+    from franca.ablate.report import write_report
+    from franca.ablate.sweep import run_sweep
+
+    sweep = build_sweep(args)
+    info = None
+    if not args.report_only:
+        info = run_sweep(sweep)
+    command = "franca " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["ablate"] else None
+    paths = write_report(sweep, command=command, sweep_info=info)
+    print(paths["md"].read_text())
+    if info is not None:
+        print(f"this invocation: {info['wall_s']:.0f} s wall, {info['cpu_s']:.0f} s CPU (all processes)")
+    print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
+    if info and info["failed"]:
+        for k, e in info["failed"].items():
+            print(f"run {k} failed: {e}", file=sys.stderr)
+        return 1
+    return 0
