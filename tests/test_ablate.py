@@ -232,3 +232,20 @@ def test_cli_rejects_an_unfair_variant(capsys) -> None:
 
     assert main(["ablate", "--variant", "x", "train.iterations=3", "--out", "unused"]) == 1
     assert "must be equal across variants" in capsys.readouterr().err
+
+
+def test_cli_builds_the_documented_sweep() -> None:
+    from franca.cli import build_parser
+    from franca.commands.ablate import build_sweep
+
+    args = build_parser().parse_args(
+        ["ablate", "--variant", "warm-teacher", "teacher.momentum_teacher=0.99", "--variant", "k256",
+         "dino.n_prototypes=256", "ibot.head.n_prototypes=256", "--variants", "franca", "--out", "runs/my-sweep",
+         "train.epochs=4"])
+    sw = build_sweep(args)
+    assert [v.name for v in sw.variants] == ["franca", "warm-teacher", "k256"] and sw.baseline == "franca"
+    assert sw.common == ["train.epochs=4"] and sw.seeds == [0, 1, 2] and sw.settings.size == 32
+    assert sw.variants[2].overrides == ("dino.n_prototypes=256", "ibot.head.n_prototypes=256")
+    default = build_sweep(build_parser().parse_args(["ablate"]))
+    assert [v.name for v in default.variants] == ["franca", "single-level", "block-mask", "projection-heads",
+                                                  "no-koleo"]
