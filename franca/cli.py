@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     from franca import __version__
 
     parser.add_argument("--version", action="version", version=f"franca {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, target in COMMANDS.items():
         if isinstance(target, str):
@@ -87,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `key=value` overrides after an option (`pretrain a=1 --resume b=2`) belong to the overrides
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -96,14 +100,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         (getattr(args, "_group", None) or parser).print_help()
         return 2
+    from franca.errors import UserError, one_line
+
+    name = " ".join(x for x in (args.command, getattr(args, "subcommand", None)) if x)
     try:
         return int(args._run(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+    except (UserError, OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:
         # Bad input: one clear line instead of a traceback (use -v for the traceback).
         if args.verbose:
             raise
-        print(f"franca {args.command}: error: {exc}", file=sys.stderr)
+        print(f"franca {name}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        print(f"franca {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -90,8 +90,10 @@ def _load_weights_only(path: Path | io.BytesIO, name: str | None = None) -> Any:
     except pickle.UnpicklingError as exc:
         raise ValueError(f"refusing to load {name}: it is not a plain tensor file (weights_only=True "
                          f"rejected it, it may run code). Details: {str(exc).splitlines()[0]}") from exc
-    except (RuntimeError, EOFError) as exc:
-        raise ValueError(f"cannot read {name} as a torch checkpoint: {exc}") from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError(101), … on a foreign file  # noqa: BLE001
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(f"cannot read {name} as a torch checkpoint (truncated or another format?): "
+                         f"{type(exc).__name__}: {detail}") from exc
 
 
 class _ChainedReader(io.RawIOBase):
@@ -143,9 +145,13 @@ def _load_from_tar(parts: list[Path]) -> Any:
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # SafetensorError (not an OSError/ValueError): truncated or not safetensors  # noqa: BLE001
+        raise ValueError(f"cannot read {path} as safetensors (truncated or another format?): "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     extra: dict[str, Any] = {}
     if RASA_META_KEY in meta:
         extra["rasa_proj"] = decode_tensor(meta[RASA_META_KEY])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "tiny"
@@ -117,6 +117,8 @@ class TeacherConfig:
                self.final_momentum_teacher, "in [0, 1]")
         _check(self.teacher_temp > 0 and self.warmup_teacher_temp > 0, "teacher.teacher_temp",
                (self.warmup_teacher_temp, self.teacher_temp), "> 0")
+        _check(self.warmup_teacher_temp_epochs >= 0, "teacher.warmup_teacher_temp_epochs",
+               self.warmup_teacher_temp_epochs, ">= 0")
 
 
 @dataclass
@@ -148,6 +150,9 @@ class OptimConfig:
                "'sqrt', 'linear' or 'none'")
         _check(0.0 < self.layerwise_decay <= 1.0, "optim.layerwise_decay", self.layerwise_decay, "in (0, 1]")
         _check(self.clip_grad >= 0, "optim.clip_grad", self.clip_grad, ">= 0")
+        for name in ("min_lr", "weight_decay", "weight_decay_end", "warmup_epochs", "freeze_last_layer_epochs"):
+            _check(getattr(self, name) >= 0, f"optim.{name}", getattr(self, name), ">= 0")
+        _check(self.eps > 0, "optim.eps", self.eps, "> 0")
         _check(len(self.betas) == 2, "optim.betas", self.betas, "two values")
 
 
@@ -227,7 +232,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.batch_size_per_gpu >= 2, "train.batch_size_per_gpu", self.batch_size_per_gpu,
                ">= 2 (KoLeo needs a neighbour)")
+        _check(self.iterations >= 0, "train.iterations", self.iterations, ">= 0 (0: from train.epochs)")
         _check(self.epochs > 0 or self.iterations > 0, "train.epochs", self.epochs, "> 0 (or set train.iterations)")
+        _check(self.max_minutes >= 0, "train.max_minutes", self.max_minutes, ">= 0 (0: no time limit)")
         _check(self.checkpoint_period >= 1, "train.checkpoint_period", self.checkpoint_period, ">= 1")
         _check(self.log_period >= 1, "train.log_period", self.log_period, ">= 1")
         _check(self.parallel in ("ddp", "fsdp"), "train.parallel", self.parallel, "'ddp' or 'fsdp'")
@@ -246,6 +253,23 @@ class FrancaTrainConfig:
     crops: CropsConfig = field(default_factory=CropsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check_finite(self, "")
+
+
+def _check_finite(obj: Any, prefix: str) -> None:
+    """Every float of the config (also inside lists) is finite: an inf lr or epoch count fails here."""
+    import math
+
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key + ".")
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            _check(not isinstance(v, float) or math.isfinite(v), key, value, "a finite number")
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -278,7 +302,7 @@ def _load_layers(name_or_path: str, seen: tuple[str, ...] = ()) -> list[Any]:
     path = _preset_path(name_or_path)
     if str(path) in seen:
         raise ValueError(f"config {path}: _base_ cycle through {' -> '.join(seen)}")
-    node = OmegaConf.load(path)
+    node = _read_yaml(path)
     base = node.pop("_base_", None) if "_base_" in node else None
     layers: list[Any] = []
     if base:
@@ -289,24 +313,49 @@ def _load_layers(name_or_path: str, seen: tuple[str, ...] = ()) -> list[Any]:
     return layers + [(str(path), node)]
 
 
-def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> FrancaTrainConfig:
-    """Schema defaults <- preset (and its `_base_` chain) <- `key=value` overrides, validated.
+def _read_yaml(path: Path) -> Any:
+    """One yaml file as an OmegaConf mapping; syntax errors and non-mappings name the file and line."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
 
-    Raises KeyError naming an unknown key, ValueError naming a key with a bad value.
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or _short(exc)
+        raise ValueError(f"config {path}: YAML syntax error{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config {path} is not a YAML text file (not UTF-8)") from None
+    if not isinstance(node, DictConfig):
+        raise ValueError(f"config {path}: expected a mapping of config keys (e.g. `optim: {{base_lr: 1.0e-3}}`), "
+                         f"got a {type(node).__name__}")
+    return node
+
+
+def load_config(preset: str | None = None, overrides: Sequence[str] = (),
+                inherit: Optional[Mapping[str, Any]] = None, inherit_source: str = "inherited") -> FrancaTrainConfig:
+    """Schema defaults <- preset (and its `_base_` chain) <- `inherit` <- `key=value` overrides, validated.
+
+    `inherit` (a nested dict, e.g. the model section of a checkpoint's config) sits between the preset
+    and the overrides. Raises KeyError naming an unknown key, ValueError naming a key with a bad value.
     """
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
     cfg = OmegaConf.structured(FrancaTrainConfig)
     for source, node in _load_layers(preset or DEFAULT_PRESET):
         cfg = _merge(cfg, node, source)
+    if inherit:
+        cfg = _merge(cfg, OmegaConf.create(dict(inherit)), inherit_source)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ValueError(f"override {bad[0]!r} is not of the form key=value")
     for ov in overrides:
         try:
             dot = OmegaConf.from_dotlist([ov])
-        except OmegaConfBaseException as exc:
+        except (OmegaConfBaseException, yaml.YAMLError) as exc:
             raise ValueError(f"override {ov!r} cannot be parsed: {exc}") from None
         cfg = _merge(cfg, dot, f"override {ov!r}")
     try:
@@ -356,3 +405,52 @@ def dump_yaml(cfg: FrancaTrainConfig) -> str:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
+
+
+# Keys that may differ between a run and its --resume without changing what is trained: where files
+# go, how often to log or save, time limits, workers, devices, kernels, the final k-NN check.
+RESUME_FREE_KEYS = (
+    "train.output_dir", "train.log_period", "train.checkpoint_period", "train.max_minutes", "train.knn_eval",
+    "train.knn_k", "train.device", "train.compile", "train.parallel", "train.init_from", "data.num_workers",
+    "data.val", "data.knn_train", "optim.fused", "loss.implicit_patch_targets",
+)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"base_lr": 1e-3}} -> {"optim.base_lr": 1e-3} (lists and plain dict values kept whole below
+    the schema's own sections)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and not key.endswith(("augment_options", "toy_options")):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(saved: Mapping[str, Any] | None, cfg: FrancaTrainConfig) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, requested value) for every key of the recipe that differs (RESUME_FREE_KEYS aside).
+
+    `saved` is the plain-dict config stored in a checkpoint; keys this version added are compared with
+    their defaults (an older checkpoint did run with them)."""
+    if not isinstance(saved, Mapping):
+        return [("config", "(none saved in the checkpoint)", "(this config)")]
+    try:
+        old = flatten(to_dict(from_dict(dict(saved))))
+    except (KeyError, ValueError):  # a config this version cannot read: compare what there is
+        old = flatten(saved)
+    new = flatten(to_dict(cfg))
+    missing = object()
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if key in RESUME_FREE_KEYS or a == b:
+            continue
+        changes.append((key, "(absent)" if a is missing else a, "(absent)" if b is missing else b))
+    return changes
+
+
+def key_allowed(key: str, allowed: Sequence[str]) -> bool:
+    """`key` is named by `allowed` itself or by a section prefix (`optim` allows every optim.* key)."""
+    return any(key == a or key.startswith(a.rstrip(".") + ".") for a in allowed if a)

@@ -8,17 +8,20 @@ that check). Follows DINOv2/Franca `train/train.py` in order of operations.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
+from franca.errors import UserError
 from franca.train import checkpoint as ckpt_io
-from franca.train.config import FrancaTrainConfig, dump_yaml, to_dict
+from franca.train.config import FrancaTrainConfig, config_changes, dump_yaml, key_allowed, to_dict
 from franca.train.schedules import Lengths, Schedules
 from franca.utils import distributed as dist_utils
 
@@ -26,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the message names the iteration and the last good checkpoint."""
+    """The loss, a gradient norm or the weights became NaN or inf; the message names the iteration and
+    the last good checkpoint."""
 
 
 @dataclass
@@ -48,8 +52,12 @@ class Trainer:
     """Owns the models, optimizer and schedules of one run; `run()` trains to the end."""
 
     def __init__(self, cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False,
-                 synthetic_dataset_size: int | None = None) -> None:
-        """`synthetic_dataset_size`: skip building the data loader (benchmarks feed their own batches)."""
+                 synthetic_dataset_size: int | None = None, overwrite: bool = False,
+                 allow_config_change: Sequence[str] = ()) -> None:
+        """`resume`: True (output_dir's checkpoint) or a checkpoint path; `overwrite`: replace the run in
+        output_dir (its files stay until this run's first checkpoint); `allow_config_change`: config keys
+        (or sections) --resume may change; `synthetic_dataset_size`: skip building the data loader
+        (benchmarks feed their own batches)."""
         from franca.train.build import build_models
         from franca.train.data import build_pretrain_data
         from franca.train.distributed import compile_modules, fsdp_shard, sync_batchnorm, wrap_student
@@ -65,13 +73,8 @@ class Trainer:
         self.is_main = self.rank == 0
         self.out_dir = Path(cfg.train.output_dir)
         self.ckpt_path = self.out_dir / ckpt_io.CHECKPOINT_NAME
-        loaded = None
-        if isinstance(resume, str):
-            loaded = ckpt_io.load_checkpoint(resume)
-        elif resume and self.ckpt_path.is_file():
-            loaded = ckpt_io.load_checkpoint(self.ckpt_path)
-        elif resume:
-            log.warning("--resume: no checkpoint at %s yet; starting from scratch", self.ckpt_path)
+        self.overwrite = overwrite
+        loaded = self._load_for_resume(resume, overwrite, allow_config_change)
         self.state = RunState()
         if loaded is not None:
             self.state.iteration = int(loaded["iteration"])
@@ -132,6 +135,41 @@ class Trainer:
             self._restore(loaded)
 
     # ------------------------------------------------------------------ setup helpers
+    def _load_for_resume(self, resume: bool | str, overwrite: bool,
+                         allow: Sequence[str]) -> Optional[dict[str, Any]]:
+        """The checkpoint to continue from (None: a fresh run); refuses to replace a run without
+        --overwrite and to continue a run whose recipe changed without --allow-config-change."""
+        if resume and overwrite:
+            raise UserError(f"--resume and --overwrite exclude each other: --resume continues the run in "
+                            f"{self.out_dir}, --overwrite replaces it")
+        if not resume:
+            existing = describe_existing_run(self.out_dir)
+            if existing and not overwrite:
+                raise UserError(f"output folder {self.out_dir} already holds a run ({existing}): add --resume to "
+                                "continue it, --overwrite to replace it (its files stay until the new run's first "
+                                "checkpoint), or choose another train.output_dir")
+            return None
+        path = Path(resume) if isinstance(resume, str) else self.ckpt_path
+        if not isinstance(resume, str) and not path.exists():
+            log.warning("--resume: no checkpoint at %s yet; starting from scratch", self.ckpt_path)
+            return None
+        loaded = ckpt_io.load_checkpoint(path)
+        changes = config_changes(loaded.get("config"), self.cfg)
+        saved_world = loaded.get("extra", {}).get("world_size")
+        if saved_world is not None and int(saved_world) != self.world:
+            changes.append(("world_size", int(saved_world), self.world))
+        refused = [c for c in changes if not key_allowed(c[0], allow)]
+        if refused:
+            shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in refused[:6])
+            more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
+            keys = ",".join(k for k, _, _ in refused)
+            raise UserError(f"--resume: {path} was trained with another config ({shown}{more}); continue with "
+                            f"the same settings, or add --allow-config-change {keys} to change them")
+        if changes:
+            log.warning("--resume with config changes (allowed): %s",
+                        ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes))
+        return loaded
+
     def _restore(self, ckpt: dict[str, Any]) -> None:
         if self.world > 1 and self.cfg.train.parallel == "fsdp":
             self._restore_sharded(ckpt)
@@ -146,7 +184,7 @@ class Trainer:
         rng = ckpt.get("rng", {}).get(f"rank{self.rank}")
         if rng is not None:
             ckpt_io.set_rng_state(rng)
-        log.info("resumed from %s at iteration %d", self.ckpt_path, self.state.iteration)
+        log.info("resumed at iteration %d", self.state.iteration)
 
     def _restore_sharded(self, ckpt: dict[str, Any]) -> None:
         """FSDP2: scatter the consolidated (full) state into the shards of every rank."""
@@ -202,7 +240,13 @@ class Trainer:
             losses = self.losses(student_out, teacher_out, batch)
         losses["total"].backward()
         norms = clip_gradients(self.student, self.cfg.optim.clip_grad)
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as exc:  # torch: "value cannot be converted to type float without overflow"
+            if "overflow" not in str(exc):
+                raise
+            raise NonFiniteLossError(f"the optimizer step of iteration {i} overflowed (lr {v.lr:g}): lower "
+                                     "optim.base_lr") from exc
         self.optimizer.zero_grad(set_to_none=True)
         for t_params, s_params in self.ema_pairs:
             update_ema(t_params, s_params, v.momentum)
@@ -234,9 +278,11 @@ class Trainer:
         resumed = st.iteration > 0
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(dump_yaml(cfg))
+            if not self.overwrite:  # with --overwrite: at the first checkpoint, with the old run's other files
+                ckpt_io.atomic_write_text(self.out_dir / "config.yaml", dump_yaml(cfg))
             self._announce()
-        metrics = MetricsLogger(self.out_dir, self.is_main, st.iteration if resumed else None)
+        metrics = MetricsLogger(self.out_dir, self.is_main, st.iteration if resumed else None, pending=self.overwrite)
+        replaced = not self.overwrite
         if st.knn_init is None and not resumed:
             st.knn_init = self.knn("initial")
         t0 = time.time()
@@ -270,10 +316,15 @@ class Trainer:
                 if st.iteration % cfg.train.checkpoint_period == 0 or end or limit:
                     if acc:
                         self._check_finite({k: float(v) for k, v in acc.items()}, i, last_good)
+                    self._check_weights_finite(i, last_good)
                     self.save(st.elapsed_before + time.time() - t0)
                     last_good = st.iteration
+                    if not replaced and self.is_main:
+                        self._replace_old_run(metrics)
+                    replaced = True
                 if limit and not end:
-                    stop_reason = f"time limit train.max_minutes={cfg.train.max_minutes}"
+                    stop_reason = (f"time limit train.max_minutes={cfg.train.max_minutes:g} reached after "
+                                   f"{st.iteration} of {total} iterations")
                     break
         finally:
             if bar is not None:
@@ -283,23 +334,51 @@ class Trainer:
         knn_final = self.knn("trained")
         summary = self._summary(wall, knn_final, stop_reason)
         if self.is_main:
-            import json
-
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            ckpt_io.atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
+    def _replace_old_run(self, metrics: Any) -> None:
+        """--overwrite: this run's first checkpoint is written; now its metrics and config replace the old run's."""
+        metrics.commit()
+        ckpt_io.atomic_write_text(self.out_dir / "config.yaml", dump_yaml(self.cfg))
+        (self.out_dir / "summary.json").unlink(missing_ok=True)
+        log.info("--overwrite: the previous run in %s is replaced", self.out_dir)
+
     def _check_finite(self, row: dict[str, float], i: int, last_good: Optional[int]) -> None:
-        bad = [k for k in ("total", "dino_global", "dino_local", "ibot", "koleo") if k in row and not math.isfinite(row[k])]
+        keys = ("total", "dino_global", "dino_local", "ibot", "koleo")
+        bad = [k for k in row if (k in keys or k.startswith("grad_norm_")) and not math.isfinite(row[k])]
         if bad:
-            where = (f"the last good checkpoint {self.ckpt_path} (iteration {last_good}) is kept"
-                     if last_good is not None else "no checkpoint was written yet")
+            what = "loss" if any(k in keys for k in bad) else "gradient norm"
             raise NonFiniteLossError(
-                f"loss became non-finite ({', '.join(f'{k}={row[k]}' for k in bad)}) at or before iteration {i}; "
-                f"stopping; {where}. Lower optim.base_lr or check the data.")
+                f"{what} became non-finite ({', '.join(f'{k}={row[k]}' for k in bad)}) at or before iteration {i}; "
+                f"stopping; {self._last_good(last_good)}. Lower optim.base_lr or check the data.")
+
+    def _check_weights_finite(self, i: int, last_good: Optional[int]) -> None:
+        """Before a checkpoint counts as good: every student and teacher weight is finite (on every rank)."""
+        names, flags = [], []
+        for which, mods in (("student", self.student), ("teacher", self.teacher)):
+            for prefix, module in mods.items():
+                for name, p in module.named_parameters():
+                    t = p.to_local() if hasattr(p, "to_local") else p  # FSDP2: this rank's shard
+                    names.append(f"{which}.{prefix}.{name}")
+                    flags.append(torch.isfinite(t.detach()).all())
+        bad_mask = ~torch.stack(flags).cpu()  # one host sync
+        n_bad = dist_utils.all_reduce_sum(bad_mask.sum().float().to(self.device)) if self.world > 1 else bad_mask.sum()
+        if float(n_bad) > 0:
+            first = [n for n, b in zip(names, bad_mask.tolist()) if b][:3]
+            raise NonFiniteLossError(
+                f"weights became non-finite ({int(float(n_bad))} of {len(names)} tensors, e.g. {', '.join(first)}) "
+                f"at or before iteration {i}; not saving them; stopping; {self._last_good(last_good)}. "
+                "Lower optim.base_lr or check the data.")
+
+    def _last_good(self, last_good: Optional[int]) -> str:
+        return (f"the last good checkpoint {self.ckpt_path} (iteration {last_good}) is kept"
+                if last_good is not None else "no checkpoint was written yet")
 
     def _announce(self) -> None:
         n = self.lengths
         msg = (f"data: {self.data.description}\nlength: {n.describe()}\n"
+               f"stopping: {stopping_rules(self.cfg, n, self.state.iteration)}\n"
                f"lr: peak {self.schedules.peak_lr:.3g} (base_lr {self.cfg.optim.base_lr:g} scaled by "
                f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "
                f"{self.world} process(es)")
@@ -343,10 +422,62 @@ class Trainer:
         return s
 
 
-def train(cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False) -> dict[str, Any]:
-    """Run pretraining for `cfg`; returns the run summary (also written to <output_dir>/summary.json)."""
-    trainer = Trainer(cfg, resume=resume, quiet=quiet)
+def stopping_rules(cfg: FrancaTrainConfig, n: Lengths, start: int = 0) -> str:
+    """Every rule that ends the run, in words (the start banner prints it)."""
+    if cfg.train.iterations > 0:
+        rule = (f"stops after {n.total} iterations (train.iterations={cfg.train.iterations}; "
+                f"{n.epochs:.3g} epochs of {n.dataset_size} images)")
+    else:
+        rule = (f"stops after {n.total} iterations ({cfg.train.epochs:g} epochs: train.epochs={cfg.train.epochs:g} "
+                f"x {n.iterations_per_epoch} iterations per epoch)")
+    if cfg.train.max_minutes > 0:
+        rule += (f" or after {cfg.train.max_minutes:g} minutes of training in this invocation "
+                 f"(train.max_minutes={cfg.train.max_minutes:g}; 0 lifts it), whichever comes first")
+    else:
+        rule += "; no time limit (train.max_minutes=0)"
+    if start:
+        rule += f"; resuming at iteration {start} of {n.total}"
+    return rule
+
+
+def describe_existing_run(out_dir: Path) -> str:
+    """A few words on the run already in `out_dir` ('' when there is none): its checkpoint, metrics or summary."""
+    ckpt, metrics, summary = (out_dir / ckpt_io.CHECKPOINT_NAME, out_dir / "metrics.jsonl",
+                              out_dir / "summary.json")
+    if not (ckpt.exists() or metrics.exists() or summary.exists()):
+        return ""
     try:
-        return trainer.run()
-    finally:
-        dist_utils.cleanup()
+        s = json.loads(summary.read_text())
+        return f"a finished run, checkpoint at iteration {s['iterations']} of {s['planned_iterations']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    from franca.train.metrics import read_metrics
+
+    try:
+        rows = read_metrics(metrics, skip_broken=True) if metrics.exists() else []
+    except OSError:
+        rows = []
+    logged = f", logged up to iteration {rows[-1].get('iteration', '?')}" if rows else ""
+    return f"a started run{' with a checkpoint' if ckpt.exists() else ''}{logged}"
+
+
+def train(cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False, overwrite: bool = False,
+          allow_config_change: Sequence[str] = ()) -> dict[str, Any]:
+    """Run pretraining for `cfg`; returns the run summary (also written to <output_dir>/summary.json).
+
+    The output folder is locked for the run (one run per folder); a folder that holds a run needs
+    `resume` (continue it) or `overwrite` (replace it)."""
+    from franca.train.runlock import RunLock
+
+    out_dir = Path(cfg.train.output_dir)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # before the process group exists
+    with RunLock(out_dir, enabled=main_process):
+        if main_process:
+            for p in ckpt_io.remove_leftover_temporaries(out_dir / ckpt_io.CHECKPOINT_NAME):
+                log.warning("removed %s, the partial checkpoint of a run killed while saving", p)
+        try:
+            trainer = Trainer(cfg, resume=resume, quiet=quiet, overwrite=overwrite,
+                              allow_config_change=allow_config_change)
+            return trainer.run()
+        finally:
+            dist_utils.cleanup()
