@@ -59,18 +59,24 @@ def test_highres_runs_from_a_tiny_checkpoint_without_model_overrides(tiny_ckpt, 
         assert ck["config"]["optim"]["base_lr"] == 1.25e-5  # the recipe is still the stage's
 
 
-def test_highres_stage_config_takes_the_model_and_rounds_crops(tiny_ckpt) -> None:
+def test_highres_stage_config_takes_the_model_and_rounds_crops() -> None:
+    """The `make demo` case: a tiny-preset checkpoint (vitt8, width 128, depth 4, patch 8) and the real
+    highres-364 stage (a ViT-B preset with crops 364 / 112)."""
+    from franca.train.config import load_config, to_dict
     from franca.train.highres import stage_config
 
-    saved = torch.load(tiny_ckpt["ckpt"], weights_only=True)["config"]
-    saved["model"]["arch"] = "vitt8"  # the `make demo` case: patch 8, the stage preset says 364 / 112
+    saved = to_dict(load_config("tiny"))
     cfg = stage_config("highres-364", [], saved, patch_size=8, source="ckpt")
-    assert (cfg.model.arch, cfg.model.embed_dim, cfg.model.depth) == ("vitt8", 32, 2)
+    assert (cfg.model.arch, cfg.model.embed_dim, cfg.model.depth, cfg.model.num_heads) == ("vitt8", 128, 4, 4)
+    assert cfg.model.layerscale_init is None and cfg.model.drop_path_rate == 0.0
     assert (cfg.crops.global_crops_size, cfg.crops.local_crops_size) == (360, 112)
-    assert cfg.ibot.head.n_prototypes == 64 and cfg.optim.base_lr == 1.25e-5
+    assert (cfg.dino.n_prototypes, cfg.ibot.head.n_prototypes, cfg.dino.nesting_levels) == (128, 128, 3)
+    assert cfg.optim.base_lr == 1.25e-5 and cfg.train.iterations == 30000  # the recipe stays the stage's
     # an explicit override that agrees with the checkpoint is fine; an explicit head override is honoured
-    cfg = stage_config("highres-364", ["model.depth=2", "dino.n_prototypes=32"], saved, patch_size=8, source="ckpt")
-    assert cfg.model.depth == 2 and cfg.dino.n_prototypes == 32
+    cfg = stage_config("highres-364", ["model.depth=4", "dino.n_prototypes=32"], saved, patch_size=8, source="ckpt")
+    assert cfg.model.depth == 4 and cfg.dino.n_prototypes == 32
+    # a checkpoint without a saved config: the preset's model, as before
+    assert stage_config("highres-364", [], None, patch_size=14, source="ckpt").model.arch == "vitb14"
 
 
 @pytest.mark.parametrize("override, key", [

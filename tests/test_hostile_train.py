@@ -92,6 +92,13 @@ def test_broken_yaml_config_names_the_file(tmp_path: Path, capsys, text: str, na
     assert str(bad) in line and names in line
 
 
+def test_verbose_shows_the_traceback() -> None:
+    from franca.cli import main
+
+    with pytest.raises(ValueError, match="optim.base_lr"):
+        main(["-v", "pretrain", "--print-config", "optim.base_lr=inf"])
+
+
 def test_yaml_override_value_that_does_not_parse(capsys) -> None:
     line = _cli_error(capsys, ["pretrain", "--print-config", "crops.global_crops_scale=[0.5,"])
     assert "crops.global_crops_scale" in line

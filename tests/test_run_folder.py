@@ -247,6 +247,17 @@ def test_banner_states_every_stopping_rule(data, tmp_path: Path, capsys) -> None
     assert "no time limit" in out
 
 
+def test_the_tiny_preset_banner_names_its_nine_minute_limit() -> None:
+    from franca.train.config import load_config
+    from franca.train.loop import stopping_rules
+    from franca.train.schedules import derive_lengths
+
+    cfg = load_config("tiny")
+    rule = stopping_rules(cfg, derive_lengths(cfg, 5000), start=100)
+    assert "stops after 2808 iterations (18 epochs" in rule and "after 9 minutes" in rule
+    assert "train.max_minutes=9" in rule and "resuming at iteration 100 of 2808" in rule
+
+
 def test_time_limit_summary_gives_n_of_n_and_the_exact_command_to_continue(data, tmp_path: Path, capsys) -> None:
     out_dir = tmp_path / "run"
     argv = _argv(out_dir, data, "train.max_minutes=1e-9", iterations=4)  # fires after the first iteration

@@ -160,11 +160,15 @@ class Trainer:
             changes.append(("world_size", int(saved_world), self.world))
         refused = [c for c in changes if not key_allowed(c[0], allow)]
         if refused:
-            shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in refused[:6])
-            more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
-            keys = ",".join(k for k, _, _ in refused)
-            raise UserError(f"--resume: {path} was trained with another config ({shown}{more}); continue with "
-                            f"the same settings, or add --allow-config-change {keys} to change them")
+            shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in refused[:4])
+            if len(refused) <= 4:
+                hint = f"add --allow-config-change {','.join(k for k, _, _ in refused)} to change them"
+            else:
+                hint = (f"{len(refused)} keys differ: give the preset and overrides the run started with (its "
+                        f"config is saved in {path.parent / 'config.yaml'}), or name the keys to change in "
+                        "--allow-config-change")
+            raise UserError(f"--resume: {path} was trained with another config ({shown}); continue with the same "
+                            f"settings, or {hint}")
         if changes:
             log.warning("--resume with config changes (allowed): %s",
                         ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes))
@@ -448,7 +452,8 @@ def describe_existing_run(out_dir: Path) -> str:
         return ""
     try:
         s = json.loads(summary.read_text())
-        return f"a finished run, checkpoint at iteration {s['iterations']} of {s['planned_iterations']}"
+        state = "a finished run" if s["iterations"] >= s["planned_iterations"] else "a run stopped early"
+        return f"{state}, checkpoint at iteration {s['iterations']} of {s['planned_iterations']}"
     except (OSError, ValueError, KeyError, TypeError):
         pass
     from franca.train.metrics import read_metrics
