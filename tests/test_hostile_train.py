@@ -69,6 +69,14 @@ def _pretrain(run: dict[str, Path], out: Path, *extra: str, iterations: int = 2)
     ("crops.global_crops_scale=[0.5,inf]", "crops.global_crops_scale"),
     ("optim.betas=[0.9,nan]", "optim.betas"),
     ("train.iterations=-3", "train.iterations"),
+    ("train.iterations=1.5", "train.iterations"),
+    ("model.embed_dim=0", "model.embed_dim"),
+    ("dino.nesting_levels=0", "dino.nesting_levels"),
+    ("ibot.head.hidden_dim=0", "ibot.head.hidden_dim"),
+    ("loss.sinkhorn_iterations=0", "loss.sinkhorn_iterations"),
+    ("data.dataset_size=-5", "data.dataset_size"),
+    ("train.knn_k=0", "train.knn_k"),
+    ("train.output_dir=", "train.output_dir"),
 ])
 def test_non_finite_or_negative_config_values_are_one_line_errors(capsys, override: str, key: str) -> None:
     from franca.train.config import load_config
@@ -198,6 +206,25 @@ def test_missing_data_is_one_line_naming_the_path(tiny_run, tmp_path: Path, caps
     line = _cli_error(capsys, argv)
     assert shown.format(tmp=tmp_path) in line
     assert "shards not found" not in line or "{" in data
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("data.dataset={img}", "{img}"),                      # one image, not a folder
+    ("data.dataset={txt}", "{txt}"),                      # a text file
+    ("model.arch=vitx99", "vitx99"),
+    ("model.num_heads=3", "num_heads 3"),
+    ("train.device=banana", "banana"),
+    ("train.device=cuda", "cuda"),                        # the tests hide any GPU
+    ("data.num_workers=100000", "data.num_workers=100000"),
+    ("train.knn_eval=true data.val={tmp}/nope data.knn_train={tmp}/nope", "{tmp}/nope"),
+])
+def test_bad_values_found_while_building_are_one_line(tiny_run, tmp_path: Path, capsys, override: str,
+                                                      shown: str) -> None:
+    (tmp_path / "notes.txt").write_text("not images")
+    img = next(tiny_run["data"].rglob("*.png"))
+    fmt = dict(img=img, txt=tmp_path / "notes.txt", tmp=tmp_path)
+    line = _cli_error(capsys, _pretrain(tiny_run, tmp_path / "out", *override.format(**fmt).split()))
+    assert shown.format(**fmt) in line
 
 
 def test_output_dir_that_is_a_file(tiny_run, tmp_path: Path, capsys) -> None:
@@ -363,3 +390,30 @@ def test_summary_and_config_are_written_atomically(tiny_run) -> None:
     run = tiny_run["run"]
     assert json.loads((run / "summary.json").read_text())["iterations"] == 2
     assert not [p for p in run.iterdir() if ".tmp" in p.name]
+
+
+def test_resume_into_another_architecture_is_one_line(tiny_run, tmp_path: Path, capsys) -> None:
+    """Even with the change allowed, weights that do not fit the model are one line, not torch's dump."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], out)
+    line = _cli_error(capsys, _pretrain(tiny_run, out, "--resume", "--allow-config-change", "model",
+                                        "model.embed_dim=64", "model.num_heads=4"))
+    assert "do not fit" in line and str(out / "checkpoint.pth") in line and "(1, 1, 32)" in line
+    assert len(line) < 600
+
+
+def test_highres_from_a_config_less_checkpoint_of_another_shape_is_one_line(tiny_run, tmp_path: Path,
+                                                                            capsys) -> None:
+    ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
+    del ckpt["config"]
+    bare = tmp_path / "bare.pth"
+    torch.save(ckpt, bare)
+    stage = tmp_path / "stage.yaml"
+    stage.write_text("_base_: tiny\nmodel:\n  arch: vitt4\n  embed_dim: 64\n  depth: 2\n  num_heads: 2\n"
+                     "crops:\n  global_crops_size: 16\n  local_crops_size: 8\n")
+    line = _cli_error(capsys, ["highres", "--checkpoint", str(bare), "--quiet", "--output-dir", str(tmp_path / "hr"),
+                               "--stages", str(stage), f"data.dataset={tiny_run['data']}", "train.iterations=1",
+                               "train.batch_size_per_gpu=4", "train.knn_eval=false", "data.num_workers=0"])
+    assert str(bare) in line and "do not fit" in line and len(line) < 600

@@ -46,10 +46,21 @@ def load_prefixed_state_dict(modules: dict[str, nn.Module], state: dict[str, tor
     """Inverse of `prefixed_state_dict`; raises KeyError naming missing/unexpected keys."""
     for prefix, module in modules.items():
         sub = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        check_shapes(module, sub, f"{source} ({prefix})")
         missing, unexpected = module.load_state_dict(sub, strict=False)
         if missing or unexpected:
             raise KeyError(f"{source}: {prefix} keys do not match the model: missing {list(missing)[:5]}, "
                            f"unexpected {list(unexpected)[:5]}")
+
+
+def check_shapes(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """UserError naming the first tensors whose shapes differ (instead of torch's one line per tensor)."""
+    own = module.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs the model's {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and own[k] is not None and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise UserError(f"{source}: {len(bad)} tensors do not fit this model ({'; '.join(bad[:3])}): the "
+                        "checkpoint holds another architecture")
 
 
 def rng_state() -> dict[str, Any]:

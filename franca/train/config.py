@@ -34,6 +34,9 @@ class ModelConfig:
     """position-table size; None: the global crop size"""
 
     def __post_init__(self) -> None:
+        for name in ("embed_dim", "depth", "num_heads", "img_size"):
+            v = getattr(self, name)
+            _check(v is None or v >= 1, f"model.{name}", v, ">= 1 (or null: the named size's value)")
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate, "in [0, 1)")
         _check(self.num_register_tokens >= 0, "model.num_register_tokens", self.num_register_tokens, ">= 0")
 
@@ -57,11 +60,12 @@ class HeadConfig:
     local batch on CPU."""
     loss_weight: float = 1.0
 
-    def __post_init__(self) -> None:
-        _check(self.n_prototypes >= 1, "head.n_prototypes", self.n_prototypes, ">= 1")
-        _check(self.nesting_levels >= 1, "head.nesting_levels", self.nesting_levels, ">= 1")
-        _check(self.mode in ("projection", "slice"), "head.mode", self.mode, "'projection' or 'slice'")
-        _check(self.nlayers >= 1, "head.nlayers", self.nlayers, ">= 1")
+    def validate(self, prefix: str) -> None:
+        """Checked by FrancaTrainConfig, which knows the section (dino or ibot.head) to name."""
+        for name in ("n_prototypes", "nesting_levels", "nlayers", "hidden_dim", "bottleneck_dim"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), ">= 1")
+        _check(self.mode in ("projection", "slice"), f"{prefix}.mode", self.mode, "'projection' or 'slice'")
+        _check(self.loss_weight >= 0, f"{prefix}.loss_weight", self.loss_weight, ">= 0")
 
 
 @dataclass
@@ -96,6 +100,8 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _check(self.student_temp > 0, "loss.student_temp", self.student_temp, "> 0")
+        _check(self.koleo_weight >= 0, "loss.koleo_weight", self.koleo_weight, ">= 0")
+        _check(self.sinkhorn_iterations >= 1, "loss.sinkhorn_iterations", self.sinkhorn_iterations, ">= 1")
         _check(self.koleo_scope in ("local", "global"), "loss.koleo_scope", self.koleo_scope, "'local' or 'global'")
         _check(self.centering in ("sinkhorn_knopp", "centering"), "loss.centering", self.centering,
                "'sinkhorn_knopp' or 'centering'")
@@ -168,6 +174,8 @@ class CropsConfig:
 
     def __post_init__(self) -> None:
         _check(self.global_crops_size > 0, "crops.global_crops_size", self.global_crops_size, "> 0")
+        _check(self.local_crops_size > 0 or self.local_crops_number == 0, "crops.local_crops_size",
+               self.local_crops_size, "> 0")
         _check(self.local_crops_number >= 0, "crops.local_crops_number", self.local_crops_number, ">= 0")
         for name in ("global_crops_scale", "local_crops_scale"):
             v = list(getattr(self, name))
@@ -202,6 +210,8 @@ class DataConfig:
         _check(self.kind in ("auto", "toy", "folder", "imagefolder", "webdataset"), "data.kind", self.kind,
                "'auto', 'toy', 'folder', 'imagefolder' or 'webdataset'")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        _check(self.dataset_size >= 0, "data.dataset_size", self.dataset_size, ">= 0 (0: count the shards)")
+        _check(self.toy_size >= 8, "data.toy_size", self.toy_size, ">= 8")
 
 
 @dataclass
@@ -238,6 +248,8 @@ class TrainConfig:
         _check(self.checkpoint_period >= 1, "train.checkpoint_period", self.checkpoint_period, ">= 1")
         _check(self.log_period >= 1, "train.log_period", self.log_period, ">= 1")
         _check(self.parallel in ("ddp", "fsdp"), "train.parallel", self.parallel, "'ddp' or 'fsdp'")
+        _check(self.knn_k >= 1, "train.knn_k", self.knn_k, ">= 1")
+        _check(bool(str(self.output_dir).strip()), "train.output_dir", self.output_dir, "a folder path")
 
 
 @dataclass
@@ -256,6 +268,8 @@ class FrancaTrainConfig:
 
     def __post_init__(self) -> None:
         _check_finite(self, "")
+        self.dino.validate("dino")
+        self.ibot.head.validate("ibot.head")
 
 
 def _check_finite(obj: Any, prefix: str) -> None:

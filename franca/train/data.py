@@ -344,9 +344,13 @@ def resolve_source(cfg: FrancaTrainConfig) -> tuple[str, str]:
         raise ValueError("config key data.dataset is empty: give data.dataset=/path/to/images (a folder) or "
                          "webdataset shards (data.dataset=/shards/train-{000000..000099}.tar)")
     plain_path = not any(c in d.dataset for c in "*?[{")
-    if kind != "toy" and d.dataset != "toy" and plain_path and not Path(d.dataset).exists():
-        raise FileNotFoundError(f"not found: {d.dataset} (config key data.dataset: an image folder or "
-                                "webdataset shards)")
+    if kind != "toy" and d.dataset != "toy" and plain_path:
+        if not Path(d.dataset).exists():
+            raise FileNotFoundError(f"not found: {d.dataset} (config key data.dataset: an image folder or "
+                                    "webdataset shards)")
+        if Path(d.dataset).is_file() and not tarfile.is_tarfile(d.dataset):
+            raise ValueError(f"data.dataset={d.dataset} is a file but not a .tar shard: give the folder of "
+                             "images (or webdataset .tar shards)")
     if kind == "auto":
         if d.dataset == "toy":
             kind = "toy"

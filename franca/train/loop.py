@@ -74,6 +74,7 @@ class Trainer:
         self.out_dir = Path(cfg.train.output_dir)
         self.ckpt_path = self.out_dir / ckpt_io.CHECKPOINT_NAME
         self.overwrite = overwrite
+        self.resume_path: Optional[Path] = None
         loaded = self._load_for_resume(resume, overwrite, allow_config_change)
         self.state = RunState()
         if loaded is not None:
@@ -89,6 +90,10 @@ class Trainer:
         backbone = self.student["backbone"]
         depth = getattr(backbone, "n_blocks", len(getattr(backbone, "blocks", [])))
         if synthetic_dataset_size is None:
+            cpus = os.cpu_count() or 1
+            if cfg.data.num_workers > max(64, 8 * cpus):
+                raise UserError(f"data.num_workers={cfg.data.num_workers} is far more than the {cpus} CPU cores of "
+                                "this machine can run: use a few per core")
             self.data = build_pretrain_data(cfg, backbone.patch_size, self.rank, self.world,
                                             self.state.iteration, self.device)
             dataset_size = self.data.dataset_size
@@ -154,6 +159,7 @@ class Trainer:
             log.warning("--resume: no checkpoint at %s yet; starting from scratch", self.ckpt_path)
             return None
         loaded = ckpt_io.load_checkpoint(path)
+        self.resume_path = path
         changes = config_changes(loaded.get("config"), self.cfg)
         saved_world = loaded.get("extra", {}).get("world_size")
         if saved_world is not None and int(saved_world) != self.world:
@@ -178,9 +184,13 @@ class Trainer:
         if self.world > 1 and self.cfg.train.parallel == "fsdp":
             self._restore_sharded(ckpt)
         else:
-            ckpt_io.load_prefixed_state_dict(self.student, ckpt["student"], "checkpoint student")
-            ckpt_io.load_prefixed_state_dict(self.teacher, ckpt["teacher"], "checkpoint teacher")
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            ckpt_io.load_prefixed_state_dict(self.student, ckpt["student"], f"{self.resume_path} student")
+            ckpt_io.load_prefixed_state_dict(self.teacher, ckpt["teacher"], f"{self.resume_path} teacher")
+            try:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError) as exc:
+                raise UserError(f"{self.resume_path}: its optimizer state does not fit this run's parameter groups "
+                                f"({exc})") from exc
         centers = self.targets.centers
         if centers is not None and "centers" in ckpt.get("extra", {}):
             for c, sd in zip(centers, ckpt["extra"]["centers"]):
@@ -188,7 +198,7 @@ class Trainer:
         rng = ckpt.get("rng", {}).get(f"rank{self.rank}")
         if rng is not None:
             ckpt_io.set_rng_state(rng)
-        log.info("resumed at iteration %d", self.state.iteration)
+        log.info("resumed from %s at iteration %d", self.resume_path, self.state.iteration)
 
     def _restore_sharded(self, ckpt: dict[str, Any]) -> None:
         """FSDP2: scatter the consolidated (full) state into the shards of every rank."""
