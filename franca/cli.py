@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     from franca import __version__
 
     parser.add_argument("--version", action="version", version=f"franca {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the full traceback of an error")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and an error's full traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, target in COMMANDS.items():
         if isinstance(target, str):

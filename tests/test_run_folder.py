@@ -249,7 +249,7 @@ def test_banner_states_every_stopping_rule(data, tmp_path: Path, capsys) -> None
 
 def test_the_tiny_preset_banner_names_its_nine_minute_limit() -> None:
     from franca.train.config import load_config
-    from franca.train.loop import stopping_rules
+    from franca.train.runfolder import stopping_rules
     from franca.train.schedules import derive_lengths
 
     cfg = load_config("tiny")

@@ -107,7 +107,8 @@ def print_summary(s: dict, continue_with: Optional[str] = None) -> None:
     if "knn_gain" in s:
         lines.append(f"k-NN gain         {s['knn_gain']:+.2f} points")
     if s.get("stop_reason", "done") != "done":
-        note = " (append train.max_minutes=0 to the command below to lift it)" if "max_minutes" in s["stop_reason"] else ""
+        note = (" (append train.max_minutes=0 to the command below to lift it)"
+                if "max_minutes" in s["stop_reason"] else "")
         lines.append(f"stopped early     {s['stop_reason']}{note}")
     if continue_with:
         lines.append(f"continue with     {continue_with}")

@@ -21,7 +21,8 @@ import torch
 
 from franca.errors import UserError
 from franca.train import checkpoint as ckpt_io
-from franca.train.config import FrancaTrainConfig, config_changes, dump_yaml, key_allowed, to_dict
+from franca.train import runfolder
+from franca.train.config import FrancaTrainConfig, dump_yaml, to_dict
 from franca.train.schedules import Lengths, Schedules
 from franca.utils import distributed as dist_utils
 
@@ -75,7 +76,8 @@ class Trainer:
         self.ckpt_path = self.out_dir / ckpt_io.CHECKPOINT_NAME
         self.overwrite = overwrite
         self.resume_path: Optional[Path] = None
-        loaded = self._load_for_resume(resume, overwrite, allow_config_change)
+        self.resume_path, loaded = runfolder.checkpoint_to_resume(cfg, resume, overwrite, allow_config_change,
+                                                                  self.world, check_folder=self.is_main)
         self.state = RunState()
         if loaded is not None:
             self.state.iteration = int(loaded["iteration"])
@@ -140,46 +142,6 @@ class Trainer:
             self._restore(loaded)
 
     # ------------------------------------------------------------------ setup helpers
-    def _load_for_resume(self, resume: bool | str, overwrite: bool,
-                         allow: Sequence[str]) -> Optional[dict[str, Any]]:
-        """The checkpoint to continue from (None: a fresh run); refuses to replace a run without
-        --overwrite and to continue a run whose recipe changed without --allow-config-change."""
-        if resume and overwrite:
-            raise UserError(f"--resume and --overwrite exclude each other: --resume continues the run in "
-                            f"{self.out_dir}, --overwrite replaces it")
-        if not resume:
-            existing = describe_existing_run(self.out_dir)
-            if existing and not overwrite:
-                raise UserError(f"output folder {self.out_dir} already holds a run ({existing}): add --resume to "
-                                "continue it, --overwrite to replace it (its files stay until the new run's first "
-                                "checkpoint), or choose another train.output_dir")
-            return None
-        path = Path(resume) if isinstance(resume, str) else self.ckpt_path
-        if not isinstance(resume, str) and not path.exists():
-            log.warning("--resume: no checkpoint at %s yet; starting from scratch", self.ckpt_path)
-            return None
-        loaded = ckpt_io.load_checkpoint(path)
-        self.resume_path = path
-        changes = config_changes(loaded.get("config"), self.cfg)
-        saved_world = loaded.get("extra", {}).get("world_size")
-        if saved_world is not None and int(saved_world) != self.world:
-            changes.append(("world_size", int(saved_world), self.world))
-        refused = [c for c in changes if not key_allowed(c[0], allow)]
-        if refused:
-            shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in refused[:4])
-            if len(refused) <= 4:
-                hint = f"add --allow-config-change {','.join(k for k, _, _ in refused)} to change them"
-            else:
-                hint = (f"{len(refused)} keys differ: give the preset and overrides the run started with (its "
-                        f"config is saved in {path.parent / 'config.yaml'}), or name the keys to change in "
-                        "--allow-config-change")
-            raise UserError(f"--resume: {path} was trained with another config ({shown}); continue with the same "
-                            f"settings, or {hint}")
-        if changes:
-            log.warning("--resume with config changes (allowed): %s",
-                        ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes))
-        return loaded
-
     def _restore(self, ckpt: dict[str, Any]) -> None:
         if self.world > 1 and self.cfg.train.parallel == "fsdp":
             self._restore_sharded(ckpt)
@@ -392,7 +354,7 @@ class Trainer:
     def _announce(self) -> None:
         n = self.lengths
         msg = (f"data: {self.data.description}\nlength: {n.describe()}\n"
-               f"stopping: {stopping_rules(self.cfg, n, self.state.iteration)}\n"
+               f"stopping: {runfolder.stopping_rules(self.cfg, n, self.state.iteration)}\n"
                f"lr: peak {self.schedules.peak_lr:.3g} (base_lr {self.cfg.optim.base_lr:g} scaled by "
                f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "
                f"{self.world} process(es)")
@@ -434,46 +396,6 @@ class Trainer:
             if self.state.knn_init is not None:
                 s["knn_gain"] = knn_final["top1"] - self.state.knn_init["top1"]
         return s
-
-
-def stopping_rules(cfg: FrancaTrainConfig, n: Lengths, start: int = 0) -> str:
-    """Every rule that ends the run, in words (the start banner prints it)."""
-    if cfg.train.iterations > 0:
-        rule = (f"stops after {n.total} iterations (train.iterations={cfg.train.iterations}; "
-                f"{n.epochs:.3g} epochs of {n.dataset_size} images)")
-    else:
-        rule = (f"stops after {n.total} iterations ({cfg.train.epochs:g} epochs: train.epochs={cfg.train.epochs:g} "
-                f"x {n.iterations_per_epoch} iterations per epoch)")
-    if cfg.train.max_minutes > 0:
-        rule += (f" or after {cfg.train.max_minutes:g} minutes of training in this invocation "
-                 f"(train.max_minutes={cfg.train.max_minutes:g}; 0 lifts it), whichever comes first")
-    else:
-        rule += "; no time limit (train.max_minutes=0)"
-    if start:
-        rule += f"; resuming at iteration {start} of {n.total}"
-    return rule
-
-
-def describe_existing_run(out_dir: Path) -> str:
-    """A few words on the run already in `out_dir` ('' when there is none): its checkpoint, metrics or summary."""
-    ckpt, metrics, summary = (out_dir / ckpt_io.CHECKPOINT_NAME, out_dir / "metrics.jsonl",
-                              out_dir / "summary.json")
-    if not (ckpt.exists() or metrics.exists() or summary.exists()):
-        return ""
-    try:
-        s = json.loads(summary.read_text())
-        state = "a finished run" if s["iterations"] >= s["planned_iterations"] else "a run stopped early"
-        return f"{state}, checkpoint at iteration {s['iterations']} of {s['planned_iterations']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    from franca.train.metrics import read_metrics
-
-    try:
-        rows = read_metrics(metrics, skip_broken=True) if metrics.exists() else []
-    except OSError:
-        rows = []
-    logged = f", logged up to iteration {rows[-1].get('iteration', '?')}" if rows else ""
-    return f"a started run{' with a checkpoint' if ckpt.exists() else ''}{logged}"
 
 
 def train(cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False, overwrite: bool = False,
