@@ -77,9 +77,8 @@ def extract_features(model: nn.Module, paths: Sequence[Path], size: int, device:
                      batch_size: int = 32, num_workers: int = 0, rasa: bool = False,
                      progress: bool = True) -> dict[str, Any]:
     """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept."""
-    from tqdm import tqdm
-
     from franca.utils.device import autocast_context
+    from franca.utils.progress import progress as tqdm
 
     loader = torch.utils.data.DataLoader(_ImageFiles(paths, make_transform(size, model.patch_size)),
                                          batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)

@@ -6,7 +6,6 @@ with a weights file, this project's checkpoint, or `timm:NAME`) runs every proto
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -55,38 +54,35 @@ def model_identity(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_output_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
-    p.add_argument("--out", default=None,
+    """`--out` (result JSON), `--seeds` (`--seed N` is accepted as one seed) and `--quiet`."""
+    from franca.commands._flags import add_quiet_argument
+
+    p.add_argument("--out", default=None, metavar="JSON",
                    help=f"result JSON path (default: runs/eval/{default_name}-<time>.json)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="seeds to average over; the JSON reports mean and std (default: %(default)s)")
+    p.add_argument("--seed", dest="seeds", type=int, nargs=1, help=argparse.SUPPRESS)
+    add_quiet_argument(p)
+
+
+def result_path(args: argparse.Namespace, name: str) -> Path:
+    """--out, or runs/eval/<name>-<time>.json; checked (suffix, writable folder) before any work."""
+    from franca.commands._flags import check_out_path
+
+    out = getattr(args, "out", None)
+    if out:
+        return check_out_path(out, (".json",))
+    return Path("runs/eval") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
 def write_result(args: argparse.Namespace, name: str, result: dict[str, Any]) -> Path:
-    """Write one JSON per run (atomically) and return its path."""
-    out = Path(args.out) if getattr(args, "out", None) else Path("runs/eval") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=_json_default))
-    os.replace(tmp, out)
-    log.info("wrote %s", out)
+    """Write one JSON per run (atomically; floats to 6 significant digits; library versions added)
+    and return its path. The caller prints the path once."""
+    from franca.utils.results import write_json
+
+    out = write_json(result_path(args, name), result)
+    log.debug("wrote %s", out)
     return out
-
-
-def _json_default(o: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def mean_std(values: list[float]) -> dict[str, float]:

@@ -22,8 +22,9 @@ def run(args: argparse.Namespace) -> int:
     import franca
     from franca.models.weights import timm_create_kwargs
 
-    if not str(args.out).endswith(".safetensors"):
-        raise ValueError(f"--out must end in .safetensors, got {args.out}")
+    from franca.commands._flags import check_out_path
+
+    check_out_path(args.out, (".safetensors",))
     model = franca.load_backbone(args.model, weights=args.weights, rasa=args.rasa)
     out = franca.export_backbone(model, args.out)
     print(f"wrote {out}")
