@@ -67,10 +67,10 @@ def check_out_path(path: str | Path | None, suffixes: Iterable[str] = (), flag: 
         return None
     path = Path(path)
     suffixes = tuple(suffixes)
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise ValueError(f"{flag} {path}: expected a file ending in {' or '.join(suffixes)}")
     if not folder and path.is_dir():
         raise ValueError(f"{flag} {path} is a folder; give a file path")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path}: expected a file ending in {' or '.join(suffixes)}")
     if folder and path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {path} is a file; give a folder")
     parent = path.parent

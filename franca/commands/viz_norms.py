@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="backbone name (repeatable; default: vitt8 if no --model or --backbone is given)")
     p.add_argument("--weights", action=_ModelAction, dest="weights",
                    help="weights of the preceding --model (default: random initialisation)")
-    p.add_argument("--backbone", action="append", default=[], help="NAME[:WEIGHTS] (repeatable)")
+    p.add_argument("--backbone", action="append", default=[],
+                   help="NAME[:WEIGHTS], another way to add a backbone (repeatable; default: none)")
     p.add_argument("--label", action="append", default=[],
                    help="legend label per backbone, in order (default: the model and weights file names)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
