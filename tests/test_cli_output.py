@@ -126,3 +126,18 @@ def test_pretrain_banner_prints_once(tmp_path, capsys):
     trainer._announce()
     got = capsys.readouterr()
     assert (got.out + got.err).count("lr: peak") == 1
+
+
+def test_metrics_logger_says_where_tensorboard_goes(tmp_path, caplog):
+    from franca.train.metrics import MetricsLogger
+
+    with caplog.at_level(logging.INFO, logger="franca"):
+        MetricsLogger(tmp_path).close()
+    line = next(r.getMessage() for r in caplog.records if "TensorBoard" in r.getMessage())
+    assert str(tmp_path / "metrics.jsonl") in line
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        assert "pip install tensorboard" in line
+    else:
+        assert f"tensorboard --logdir {tmp_path / 'tensorboard'}" in line
