@@ -107,3 +107,10 @@ def test_old_spellings_still_parse(name):
 def test_eval_seed_is_one_seed():
     args = build_parser().parse_args(["eval", "knn", "--seed", "3"])
     assert args.seeds == [3]
+
+
+def test_verbose_before_or_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["-v", "report", "run"]).verbose is True
+    assert parser.parse_args(["report", "run", "-v"]).verbose is True
+    assert parser.parse_args(["report", "run"]).verbose is False

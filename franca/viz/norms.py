@@ -69,6 +69,9 @@ def plot_norms(curves: dict[str, dict[str, Any]], out: str | Path, *, width_px: 
     top = max(max(c["mean_max_norm"]) for c in curves.values())
     ax.set_ylim(0, top * 1.15 if top > 0 else 1)
     ax.ticklabel_format(axis="y", useOffset=False)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("block")
     ax.set_ylabel("max token norm (mean over images)")
     first = next(iter(curves.values()))

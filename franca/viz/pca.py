@@ -113,9 +113,9 @@ def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *
     what = "PCA, foreground" if fg_threshold is not None else "PCA"
     labels = [[image_label(im, i), what] for i, im in enumerate(images)]
     tokens_name = "RASA-cleaned patch tokens" if use_rasa else "patch tokens"
-    sub = f"RGB = first 3 principal components of the {tokens_name} of all {len(images)} images, {size} px input"
+    sub = f"RGB = first 3 principal components of the {tokens_name} ({len(images)} images, {size} px)"
     if fg_threshold is not None:
-        sub += f"; background (first component < {fg_threshold:g}) black"
+        sub += f"; black = background (1st component < {fg_threshold:g})"
     path, lay = save_figure(groups, labels, out, title=f"PCA of patch features — {label or 'backbone'}", subtitle=sub,
                             panel_size=panel_size)
     return {"path": str(path), "rgb": rgb, "foreground": fg, "size": (lay.width, lay.height), "n_drawn": lay.n_groups,
