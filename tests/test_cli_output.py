@@ -84,6 +84,7 @@ def test_knn_prints_each_line_once_and_warns_on_large_k(folder, tmp_path, capsys
     printed = capsys.readouterr()
     text = printed.out + printed.err
     assert text.count(str(out)) == 1  # the result path once (it was printed and logged)
+    assert "it/s" not in printed.err and "batch/s" not in printed.err  # --quiet: no progress bar
     assert "--size 19 is not a multiple of the patch size 8: using 16" in caplog.text  # the one size rule
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("k = 10 ≥ the 6 training images" in w for w in warnings) and not any("k = 2" in w for w in warnings)
