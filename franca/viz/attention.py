@@ -88,10 +88,10 @@ def attention_figure(model: torch.nn.Module, images: Sequence[Any], out: str | P
         maps = cls_attention(model, normalise(x01, IMAGENET_MEAN, IMAGENET_STD)[None].to(device))[0].cpu()
         mask = threshold_mass(maps, threshold) if threshold else None
         groups.append(attention_panels(x01, maps, p, mask=mask))
-        labels.append([image_label(im, i)] + [f"head {h + 1} · max {float(m.max()):.2g}" for h, m in enumerate(maps)])
+        labels.append([image_label(im, i)] + [f"head {h + 1} · {float(m.max()):.2g}" for h, m in enumerate(maps)])
         all_maps.append(maps)
     heads = all_maps[0].shape[0]
-    sub = f"{size} px input, {heads} heads, each map scaled to its own range"
+    sub = f"{size} px input, {heads} heads (each labelled with its largest attention weight), each map scaled to its range"
     if threshold:
         sub += f"; only the patches holding {threshold:.0%} of each head's attention"
     path, lay = save_figure(groups, labels, out, title=f"CLS attention of the last block — {label or 'backbone'}",
