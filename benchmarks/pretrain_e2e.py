@@ -138,7 +138,8 @@ def main() -> int:
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="franca-e2e-"))
     t = time.perf_counter()
     folder, shards = ensure_data(root, args.images)
-    print(f"data: {args.images} JPEGs (400-520 x 300-400 px) in {folder} and {shards} ({time.perf_counter() - t:.0f} s)")
+    print(f"data: {args.images} JPEGs (400-520 x 300-400 px) in {folder} and {shards} "
+          f"({time.perf_counter() - t:.0f} s)")
     base = [f"train.device={args.device}", f"train.compile={str(args.compile).lower()}", "train.knn_eval=false",
             f"train.output_dir={root / 'run'}", "train.iterations=1000000", "optim.warmup_iterations=0",
             f"data.dataset={folder}"]

@@ -2,7 +2,6 @@
 properties, and the batch-augmented pretraining data (resume reproduces batches)."""
 from __future__ import annotations
 
-import math
 import tarfile
 from pathlib import Path
 from typing import Any

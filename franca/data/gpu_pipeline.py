@@ -75,7 +75,8 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> Optional[torch.Tens
         return None
 
 
-def decode_batch(items: Sequence[dict[str, Any]], device: torch.device) -> tuple[list[Optional[torch.Tensor]], list[int]]:
+def decode_batch(items: Sequence[dict[str, Any]],
+                 device: torch.device) -> tuple[list[Optional[torch.Tensor]], list[int]]:
     """uint8 (3,H,W) images on `device` for the worker items (``"jpeg"`` bytes or ``"image"`` tensors), the JPEGs
     in one batched call; and the positions that could not be decoded (None in the list)."""
     out: list[Optional[torch.Tensor]] = [None] * len(items)
