@@ -31,6 +31,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)" | tee -a "$out/gpu.txt"
 run() { echo "== $*"; timeout "${STEP_TIMEOUT:-300}" python3 "$@" 2>&1 | grep -v -i warn | tail -n "${TAIL:-12}"; }
 {
+  if python3 -c "import pytest" 2>/dev/null; then  # the device data path on CUDA against its CPU run
+    echo "== pytest tests/test_gpu_pipeline.py -k cuda"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_pipeline.py -k cuda 2>&1 | tail -n 3
+  fi
   TAIL=8 run benchmarks/pretrain_e2e.py --preset vitb14-in21k --device cuda --batch-size 64 --compile \
     --workers "${E2E_WORKERS:-4}" --images "${E2E_IMAGES:-2000}" --iters "${E2E_ITERS:-20}" --warmup 5 \
     --data-dir "$out/e2e-data" --source folder shards --augment-device cuda cpu

@@ -252,3 +252,17 @@ def test_default_preset_pretrains_on_a_folder_of_every_image_kind(tmp_path: Path
     assert summary["iterations"] == 3 and summary["skipped_files"] == 0
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 3 and all(math.isfinite(float(r.split('"total": ')[1].split(",")[0])) for r in rows)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_path_matches_the_cpu_path(tmp_path: Path) -> None:
+    # nvjpeg may round differently from libjpeg (a few levels); the crops then agree to that
+    folder = awkward_folder(tmp_path / "imgs")
+    cfg = _cfg(folder)
+    cpu = _batches(cfg, 0, 2, augment_on=CPU)
+    cuda = _batches(cfg, 0, 2, augment_on=torch.device("cuda"))
+    for a, b in zip(cpu, cuda):
+        assert b["global_crops"].is_cuda and torch.equal(a["masks"], b["masks"])
+        for key in ("global_crops", "local_crops"):
+            diff = (a[key] - b[key].cpu()).abs()
+            assert diff.mean() < 0.02 and diff.max() < 0.5, (key, float(diff.mean()), float(diff.max()))

@@ -49,14 +49,29 @@ def read_encoded(src: Path | str | bytes, decode: Callable[[Any], Image.Image]) 
     return {"image": pil_to_tensor(decode(bytes(data))).contiguous()}
 
 
+_SIDE_STREAMS: dict[torch.device, Any] = {}
+
+
 def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Batched decode_jpeg (RGB). On CUDA the outputs are allocated and written on a side stream, then handed
+    to the current (training) stream: nvjpeg decodes on a stream of its own, so outputs allocated on the
+    training stream could reuse memory that queued training kernels still use."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with warnings.catch_warnings():  # torchvision 0.29+ flags its decoders as moving to torchcodec
         warnings.simplefilter("ignore", category=UserWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
-        out = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
-    return list(out)
+        if device.type != "cuda":
+            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+        side = _SIDE_STREAMS.setdefault(device, torch.cuda.Stream(device))
+        current = torch.cuda.current_stream(device)
+        with torch.cuda.stream(side):
+            out = list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+        current.wait_stream(side)
+        for t in out:
+            t.record_stream(current)  # the side stream's pool keeps the block until the training stream is done
+        return out
 
 
 def _decode_one(data: torch.Tensor, device: torch.device) -> Optional[torch.Tensor]:
