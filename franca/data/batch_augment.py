@@ -138,16 +138,23 @@ ImageBatch = Union[torch.Tensor, Sequence[torch.Tensor]]
 SizeGroups = list[tuple[tuple[int, int], list[int], torch.Tensor]]
 
 
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [0, 1]; float images as they are."""
+    return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
+
+
 def crop_resize(groups: SizeGroups, boxes: torch.Tensor, image_of: torch.Tensor, size: int) -> torch.Tensor:
     """Crops (n, C, size, size) of float boxes (n, 4) ``(x0, y0, x1, y1)`` (CPU) of the images ``image_of`` (n,).
 
-    `groups`: ((H, W), batch indices, float images (len, C, H, W)) per image size, all on one device. Bilinear
-    ``roi_align`` with ceil(box / size) samples per output pixel and axis (a box filter when shrinking); one
-    call per image size. An integer box of exactly `size` pixels copies those pixels.
+    `groups`: ((H, W), batch indices, images (len, C, H, W)) per image size, all on one device; uint8 images
+    are scaled to [0, 1] one group at a time (so a batch of large photos never exists in float at once).
+    Bilinear ``roi_align`` with ceil(box / size) samples per output pixel and axis (a box filter when
+    shrinking); one call per image size. An integer box of exactly `size` pixels copies those pixels.
     """
     device = groups[0][2].device
     if len(groups) == 1:
         (_, idx, x), = groups
+        x = _as_float(x)
         pos = torch.empty(max(idx) + 1, dtype=torch.long)
         pos[idx] = torch.arange(len(idx))
         rois = torch.cat([pos[image_of].to(torch.float32).unsqueeze(1), boxes], dim=1)
@@ -160,7 +167,7 @@ def crop_resize(groups: SizeGroups, boxes: torch.Tensor, image_of: torch.Tensor,
         pos[idx] = torch.arange(len(idx))
         mine = (pos[image_of] >= 0).nonzero().squeeze(1)
         rois = torch.cat([pos[image_of[mine]].to(torch.float32).unsqueeze(1), boxes[mine]], dim=1)
-        out = roi_align(x, rois.to(device, non_blocking=True), output_size=size, spatial_scale=1.0,
+        out = roi_align(_as_float(x), rois.to(device, non_blocking=True), output_size=size, spatial_scale=1.0,
                         sampling_ratio=-1, aligned=True)
         crops.index_copy_(0, mine.to(device, non_blocking=True), out)
     return crops
@@ -216,12 +223,12 @@ class BatchMultiCrop:
         if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
             raise ValueError("BatchMultiCrop needs an explicit CPU torch.Generator")
         if isinstance(images, torch.Tensor):
-            groups = [(sizes[0], list(range(len(sizes))), images.to(torch.float32).div_(255.0))]
+            groups = [(sizes[0], list(range(len(sizes))), images)]
         else:  # one stacked float tensor per distinct size, images in batch order within it
             by_size: dict[tuple[int, int], list[int]] = {}
             for b, hw in enumerate(sizes):
                 by_size.setdefault(hw, []).append(b)
-            groups = [(hw, idx, torch.stack([images[b] for b in idx]).to(torch.float32).div_(255.0))
+            groups = [(hw, idx, torch.stack([images[b] for b in idx]))
                       for hw, idx in by_size.items()]
         g = self._views(groups, sizes, 2, self.global_size, self.global_scale, self.blur_p_global,
                         (0.0, self.solarize_p_global2), generator)
