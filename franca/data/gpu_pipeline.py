@@ -78,7 +78,7 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> Optional[torch.Tens
     """One JPEG on the device, else on the CPU with PIL; None if neither can decode it."""
     try:
         return _decode_jpegs([data], device)[0]
-    except RuntimeError:
+    except (RuntimeError, ImportError):  # a bad stream, or a torchvision without its JPEG decoder
         pass
     try:
         from torchvision.transforms.v2.functional import pil_to_tensor
@@ -100,7 +100,7 @@ def decode_batch(items: Sequence[dict[str, Any]],
         datas = [items[i]["jpeg"] for i in jpegs]
         try:
             decoded: list[Optional[torch.Tensor]] = list(_decode_jpegs(datas, device))
-        except RuntimeError as exc:  # one bad file fails the batched call: decode one by one
+        except (RuntimeError, ImportError) as exc:  # one bad file fails the batched call: decode one by one
             log.debug("batched JPEG decode failed (%s); decoding one by one", exc)
             decoded = [_decode_one(d, device) for d in datas]
         for i, t in zip(jpegs, decoded):
