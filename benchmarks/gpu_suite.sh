@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 18 in one run (about 8 minutes on one H100/H200, image writing and compiles included):
+# Every GPU figure of issue 18 in one run (an estimated 7 minutes on one H100/H200, image writing and compiles
+# included; not yet timed on a GPU):
 #   1. end to end: benchmarks/pretrain_e2e.py, vitb14-in21k, batch 64, compiled, 4 CPU workers, on a folder and on
 #      webdataset shards of the same 2,000 ImageNet-size JPEGs, data.augment_device=cpu (workers decode and
 #      augment) vs cuda (workers read bytes, the GPU decodes and augments), with step-only images/s on the same
 #      batches and their ratio;
 #   2. the step: benchmarks/train_step.py --stages, vitb14-in21k batch 64 compiled;
-#   3. memory: vitl14-laion batch 64 and vitg14-laion batch 32 with model.activation_checkpointing=true (and
-#      vitl14 batch 64 without it, for the saving), peak memory printed by each.
-# ALL=1 adds the older figures (step variants, iBOT targets, feature extraction).
+#   3. memory: vitl14-laion batch 64 and vitg14-laion batch 32 with model.activation_checkpointing=true, peak
+#      memory printed by each (one GPU, no FSDP: the whole model, its teacher and AdamW state on the card).
+# ALL=1 adds vitl14 batch 64 without checkpointing (the saving) and the older figures (step variants, iBOT
+# targets, feature extraction).
 #
 # Usage, from the repository root on the GPU machine: bash benchmarks/gpu_suite.sh [OUTDIR]
 # Env: E2E_WORKERS (4), E2E_IMAGES (2000), E2E_ITERS (20), STEP_TIMEOUT (seconds per benchmark, 300).
@@ -40,9 +42,9 @@ run() { echo "== $*"; timeout "${STEP_TIMEOUT:-300}" python3 "$@" 2>&1 | grep -v
     --data-dir "$out/e2e-data" --source folder shards --augment-device cuda cpu
   TAIL=20 run benchmarks/train_step.py --preset vitb14-in21k --batch-size 64 --device cuda --warmup 3 --steps 10 --compile --stages
   run benchmarks/train_step.py --preset vitl14-laion --batch-size 64 --device cuda --warmup 2 --steps 4 model.activation_checkpointing=true
-  run benchmarks/train_step.py --preset vitl14-laion --batch-size 64 --device cuda --warmup 2 --steps 4
   run benchmarks/train_step.py --preset vitg14-laion --batch-size 32 --device cuda --warmup 2 --steps 3 model.activation_checkpointing=true
   if [ -n "${ALL:-}" ]; then
+    run benchmarks/train_step.py --preset vitl14-laion --batch-size 64 --device cuda --warmup 2 --steps 4
     TAIL=40 run benchmarks/step_variants.py --preset vitb14-in21k --batch-size 64 --device cuda --profile
     run benchmarks/ibot_targets.py --device cuda
     run benchmarks/features.py --device cuda --sizes vits14 vitb14 vitl14
