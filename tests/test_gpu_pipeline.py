@@ -67,19 +67,23 @@ def awkward_folder(root: Path) -> Path:
 
 def test_plain_jpegs_travel_as_bytes_and_the_rest_decoded(tmp_path: Path) -> None:
     folder = awkward_folder(tmp_path / "imgs")
-    routes = {p.name: next(iter(read_encoded(p, decode_image))) for p in sorted(folder.rglob("*.*"))}
+    routes = {p.name: next(iter(read_encoded(p, decode=decode_image))) for p in sorted(folder.rglob("*.*"))}
     assert routes == {"rgb0.jpg": "jpeg", "rgb1.jpg": "jpeg", "rgb2.jpg": "jpeg", "gray.jpg": "jpeg",
                       "progressive.jpg": "jpeg", "cmyk.jpg": "image", "exif.jpg": "image", "rgba.png": "image",
                       "palette.png": "image", "gray.png": "image", "deep16.png": "image"}
+    # what the header check cannot take goes to the data set's decoder, which raises its own error
     (tmp_path / "x.jpg").write_bytes(b"not an image at all")
-    with pytest.raises(OSError):
-        read_encoded(tmp_path / "x.jpg", decode_image)
+    with pytest.raises((OSError, ValueError)):
+        read_encoded(tmp_path / "x.jpg", decode=decode_image)
+    seen = []
+    out = read_encoded(folder / "b" / "rgba.png", "b/rgba.png", decode=lambda d, n: seen.append(n) or decode_image(d))
+    assert seen == ["b/rgba.png"] and out["image"].shape == (3, 38, 38)
 
 
 def test_batched_decode_equals_the_worker_decode_and_keeps_order(tmp_path: Path) -> None:
     folder = awkward_folder(tmp_path / "imgs")
     files = sorted(folder.rglob("*.*"))
-    images, failed = decode_batch([read_encoded(p, decode_image) for p in files], CPU)
+    images, failed = decode_batch([read_encoded(p, decode=decode_image) for p in files], CPU)
     assert failed == []
     for p, t in zip(files, images):
         ref = TF.pil_to_tensor(decode_image(p))
@@ -91,8 +95,8 @@ def test_an_undecodable_jpeg_is_replaced_and_reported() -> None:
     noise = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
     good = _jpeg(Image.fromarray(noise))
     broken = good[: len(good) // 2]  # the header parses, the data stops
-    items = [read_encoded(broken, decode_image) | {"name": "broken.jpg"},
-             read_encoded(good, decode_image) | {"name": "good.jpg"}]
+    items = [read_encoded(broken, decode=decode_image) | {"name": "broken.jpg"},
+             read_encoded(good, decode=decode_image) | {"name": "good.jpg"}]
     assert "jpeg" in items[0]
     batch = {"encoded": items, "augment_seed": 5, "skipped": []}
     out = DeviceAugment(BatchMultiCrop(global_size=8, local_size=6, n_local=1), CPU)(batch)
@@ -266,3 +270,19 @@ def test_cuda_path_matches_the_cpu_path(tmp_path: Path) -> None:
         for key in ("global_crops", "local_crops"):
             diff = (a[key] - b[key].cpu()).abs()
             assert diff.mean() < 0.02 and diff.max() < 0.5, (key, float(diff.mean()), float(diff.max()))
+
+
+def test_a_jpeg_over_the_pixel_limit_never_travels_as_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.jpg"
+    path.write_bytes(_jpeg(_photo(40, 52, 0)))  # 2,080 pixels
+    assert "jpeg" in read_encoded(path, decode=decode_image)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    decoded: list[bytes] = []
+
+    def decode(data: bytes) -> Image.Image:
+        decoded.append(data)
+        raise RuntimeError("decoded by the data set")
+
+    with pytest.raises(RuntimeError, match="decoded by the data set"):
+        read_encoded(path, decode=decode)
+    assert decoded == [path.read_bytes()]  # the data set's decoder (and its bomb rule) got the file

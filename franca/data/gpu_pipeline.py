@@ -34,19 +34,30 @@ log = logging.getLogger(__name__)
 _EXIF_ORIENTATION = 0x0112
 
 
-def read_encoded(src: Path | str | bytes, decode: Callable[[Any], Image.Image]) -> dict[str, Any]:
-    """Worker side: ``{"jpeg": uint8 bytes (N,)}`` for a JPEG the device can decode, else ``{"image": uint8
-    (3,H,W)}`` from ``decode(src)`` (the data set's full CPU decode, which also applies EXIF rotation and
-    converts 16-bit, CMYK, palette and alpha images). Unreadable headers raise as ``decode`` does (OSError)."""
+def read_encoded(src: Path | str | bytes, name: Optional[str] = None, *,
+                 decode: Callable[..., Image.Image]) -> dict[str, Any]:
+    """Worker side: ``{"jpeg": uint8 bytes (N,)}`` for a JPEG the device can decode as it is (RGB or grayscale,
+    no EXIF rotation, at most PIL's MAX_IMAGE_PIXELS), else ``{"image": uint8 (3,H,W)}`` from the data set's
+    full CPU decode ``decode(src[, name])``, which also applies EXIF rotation and converts 16-bit, CMYK, palette
+    and alpha images. A header that does not parse goes to ``decode`` too, so unreadable files raise exactly
+    the data set's own error (and are skipped by its rule)."""
     data = src if isinstance(src, (bytes, bytearray)) else Path(src).read_bytes()
-    with Image.open(io.BytesIO(data)) as im:  # the header only: no pixels are decoded here
-        plain_jpeg = im.format == "JPEG" and im.mode in ("RGB", "L") and \
-            im.getexif().get(_EXIF_ORIENTATION, 1) == 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # `decode` below rules on size
+            with Image.open(io.BytesIO(data)) as im:  # the header only: no pixels are decoded here
+                w, h = im.size
+                limit = Image.MAX_IMAGE_PIXELS
+                plain_jpeg = im.format == "JPEG" and im.mode in ("RGB", "L") and (not limit or w * h <= limit) \
+                    and im.getexif().get(_EXIF_ORIENTATION, 1) == 1
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        plain_jpeg = False
     if plain_jpeg:
         return {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    return {"image": pil_to_tensor(decode(bytes(data))).contiguous()}
+    img = decode(bytes(data)) if name is None else decode(bytes(data), name)
+    return {"image": pil_to_tensor(img).contiguous()}
 
 
 _SIDE_STREAMS: dict[torch.device, Any] = {}
