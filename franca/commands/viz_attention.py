@@ -31,14 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args
+    from franca.commands._common import load_model_from_args, weights_label
     from franca.viz.attention import attention_figure
     from franca.viz.common import list_images
 
     model, device = load_model_from_args(args)
     images = list_images(args.image, args.n_images)
     res = attention_figure(model, images, args.out, image_size=args.image_size, threshold=args.threshold,
-                           device=device, panel_size=args.panel_size)
+                           device=device, panel_size=args.panel_size,
+                           title=f"{args.model or 'vits14'}: {weights_label(args)}")
     print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]}, {len(images)} images, "
           f"{res['maps'].shape[1]} heads)")
     return 0

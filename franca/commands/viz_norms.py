@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", action=_ModelAction, dest="weights", help="weights of the preceding --model")
     p.add_argument("--backbone", action="append", default=[], help="NAME[:WEIGHTS] (repeatable)")
     p.add_argument("--label", action="append", default=[], help="legend label per backbone, in order")
+    p.add_argument("--random-init", action="store_true",
+                   help="allow backbones with no weights (random initialisation); otherwise they are an error")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     add_image_arguments(p, "norms", 100)
@@ -66,9 +68,14 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     images = [open_rgb(p) for p in list_images(args.image, args.n_images)]
     curves = {}
+    from franca.models.api import weights_label
+
     for i, s in enumerate(specs):
-        label = args.label[i] if args.label else s["model"] + (f" ({Path(s['weights']).name})" if s["weights"] else "")
-        model = franca.load_backbone(s["model"], weights=s["weights"]).eval()
+        wl = weights_label(s["model"], s["weights"], random_init=args.random_init)  # raises: no weights
+        label = args.label[i] if args.label else f"{s['model']} ({wl})"
+        s = {**s, "weights_label": wl}
+        model = (franca.build_backbone(s["model"]) if wl == "random init"
+                 else franca.load_backbone(s["model"], weights=s["weights"])).eval()
         curves[label] = {**layerwise_max_norm(model, images, image_size=args.image_size, batch_size=args.batch_size,
                                               device=device, progress=True), **s}
         del model

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args
+    from franca.commands._common import load_model_from_args, weights_label
     from franca.viz.common import list_images
     from franca.viz.pca import pca_figure
 
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     images = list_images(args.image, args.n_images)
     res = pca_figure(model, images, args.out, image_size=args.image_size,
                      fg_threshold=None if args.no_threshold else args.threshold, device=device,
-                     use_rasa=bool(getattr(args, "rasa", None)), panel_size=args.panel_size)
+                     use_rasa=bool(getattr(args, "rasa", None)), panel_size=args.panel_size,
+                     title=f"{args.model or 'vits14'}: {weights_label(args)}")
     print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]}, {len(images)} images)")
     return 0

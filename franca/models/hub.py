@@ -13,6 +13,7 @@ should be put by hand. `FRANCA_OFFLINE=1` forbids any download.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import sys
@@ -29,7 +30,7 @@ OFFLINE_ENV = "FRANCA_OFFLINE"
 CHUNK = 1 << 20
 
 
-class WeightsUnavailable(OSError):
+class WeightsUnavailable(FileNotFoundError):
     """A released file is not cached and cannot be downloaded."""
 
 
@@ -86,6 +87,8 @@ def download(url: str, dest: str | Path, *, nbytes: int | None = None, sha256: s
                 total = have + int(length)
             _stream(resp, tmp, have, total, dest.name, progress, append=resumed)
     got = tmp.stat().st_size
+    if total is not None and got < total:  # the connection ended early: keep the bytes for a resume
+        raise WeightsUnavailable(f"download of {url} stopped at {got} of {total} bytes; run again to resume")
     for expected, what in ((total, "server size"), (nbytes, "release-table size")):
         if expected is not None and got != expected:
             tmp.unlink(missing_ok=True)
@@ -108,9 +111,14 @@ def _stream(resp, tmp: Path, have: int, total: int | None, label: str, progress:
     with open(tmp, "ab" if append else "wb") as f, \
             tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
                  disable=not progress, file=sys.stderr) as bar:
-        for block in iter(lambda: resp.read(CHUNK), b""):
-            f.write(block)
-            bar.update(len(block))
+        try:
+            for block in iter(lambda: resp.read(CHUNK), b""):
+                f.write(block)
+                bar.update(len(block))
+        except (http.client.HTTPException, OSError) as exc:
+            f.flush()
+            raise WeightsUnavailable(f"download of {label} interrupted after {f.tell()} bytes ({exc!r}); "
+                                     f"run again to resume from there") from exc
         f.flush()
         os.fsync(f.fileno())
 

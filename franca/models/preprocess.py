@@ -57,15 +57,21 @@ def transforms(model: nn.Module, size: int | None = None) -> Callable:
 
     `size` defaults to the model's `pretrained_cfg["input_size"]`; it is rounded down to a patch multiple.
     """
+    cfg = getattr(model, "pretrained_cfg", None) or default_pretrained_cfg(model)
+    side = int(size) if size is not None else int(cfg["input_size"][-1])
+    return image_transform(side, _patch(model), cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
+
+
+def image_transform(size: int, patch_size: int, mean: Any = IMAGENET_MEAN, std: Any = IMAGENET_STD) -> Callable:
+    """The rule of this module for a patch size, without a model at hand."""
     from torchvision import transforms as T
 
-    cfg = getattr(model, "pretrained_cfg", None) or default_pretrained_cfg(model)
-    crop = crop_size(int(size) if size is not None else int(cfg["input_size"][-1]), _patch(model))
+    crop = crop_size(size, patch_size)
     return T.Compose([
         T.Resize(resize_size(crop), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
         T.CenterCrop(crop),
         T.ToTensor(),
-        T.Normalize(tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))),
+        T.Normalize(tuple(mean), tuple(std)),
     ])
 
 

@@ -345,3 +345,28 @@ def timm_create_kwargs(model: nn.Module) -> dict[str, Any]:
     else:
         kw["mlp_ratio"] = (blk.mlp.fc1.out_features + 0.5) / model.embed_dim  # timm takes int(D·ratio)
     return kw
+
+
+def timm_recipe(model: nn.Module, path: str | Path) -> str:
+    """Python code that loads the exported file in timm alone (no franca) and gives the same tokens.
+
+    It holds at the file's own grid (`img_size`); see the README for timm's own resampling at other sizes.
+    """
+    kw = timm_create_kwargs(model)
+    swiglu = kw.pop("mlp_layer", None) is not None
+    kw.pop("act_layer", None)
+    args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+    extra = ", mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU" if swiglu else ""
+    r = int(model.num_register_tokens)
+    lines = ["import timm", "import torch"]
+    if swiglu:
+        lines.append("from timm.layers import SwiGLUPacked  # Franca's SwiGLU (w12 = [x1 | x2]); not GluMlp")
+    lines += [
+        'model = timm.create_model("vit_small_patch14_dinov2", pretrained=True,',
+        f"                          pretrained_cfg_overlay=dict(file={str(path)!r}),",
+        f"                          {args}{extra}).eval()",
+        f"# images: (B, 3, {kw['img_size']}, {kw['img_size']}), normalised with the ImageNet mean/std",
+        "# tokens = model.forward_features(images)",
+        f"# CLS = tokens[:, 0]; registers = tokens[:, 1:{1 + r}]; patch tokens = tokens[:, {1 + r}:]",
+    ]
+    return "\n".join(lines)

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from franca.viz.common import colormap, normalise, resize_center_crop, save_grid, to_uint8
+from franca.models.preprocess import transforms as preprocess
+from franca.models.preprocess import unnormalise
+from franca.viz.common import colormap, open_rgb, save_grid, to_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,7 +69,7 @@ def attention_panels(image01: Tensor, maps: Tensor, patch: int, alpha: float = 0
 
 def attention_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *, image_size: int | None = None,
                      threshold: float | None = None, device: torch.device | str = "cpu",
-                     panel_size: int | None = None) -> dict[str, Any]:
+                     panel_size: int | None = None, title: str | None = None) -> dict[str, Any]:
     """One row per image: the image and each head's CLS attention overlaid; writes the PNG ``out``.
 
     ``image_size`` defaults to 480 (patch ≥ 14) or 16 patches; it is cropped to a multiple of the patch.
@@ -80,12 +82,13 @@ def attention_figure(model: torch.nn.Module, images: Sequence[Any], out: str | P
     rows, all_maps = [], []
     model = model.to(device).eval()
     for im in images:
-        x01 = resize_center_crop(im, size, size)
-        maps = cls_attention(model, normalise(x01, IMAGENET_MEAN, IMAGENET_STD)[None].to(device))[0].cpu()
+        x = preprocess(model, size)(open_rgb(im))  # franca.transforms: the one preprocessing
+        x01 = unnormalise(x, model)
+        maps = cls_attention(model, x[None].to(device))[0].cpu()
         mask = threshold_mass(maps, threshold) if threshold else None
         rows.append(attention_panels(x01, maps, p, mask=mask))
         all_maps.append(maps)
-    path = save_grid(rows, out, panel_size=panel_size)
+    path = save_grid(rows, out, panel_size=panel_size, title=title)
     from PIL import Image
 
     with Image.open(path) as im:

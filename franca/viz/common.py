@@ -84,7 +84,7 @@ def colormap(values: np.ndarray, name: str = "inferno") -> np.ndarray:
 
 
 def save_grid(panels: Sequence[Sequence[np.ndarray]], path: str | Path, gap: int = 2,
-              panel_size: int | None = None) -> Path:
+              panel_size: int | None = None, title: str | None = None) -> Path:
     """Write rows of equally sized (H,W,3) uint8 panels as one PNG (white gaps); returns the path.
 
     ``panel_size`` enlarges (nearest) every square panel to that side for display. Size: width =
@@ -108,5 +108,11 @@ def save_grid(panels: Sequence[Sequence[np.ndarray]], path: str | Path, gap: int
             canvas[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = p
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path, optimize=True)
+    info = None
+    if title:  # the PNG's Title text chunk (shown by image viewers): names the model and its weights
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Title", title)
+    Image.fromarray(canvas).save(path, optimize=True, pnginfo=info)
     return path

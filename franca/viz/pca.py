@@ -1,7 +1,7 @@
 """PCA of patch features shown as RGB (the qualitative figures; Franca's ``visualize_PCA``, PROTOCOLS §11).
 
-Images are resized and centre-cropped (448 for the paper's models), normalised with mean 0.5 and
-std 0.2 as the reference does. A 3-component PCA is fitted jointly on the ``x_norm_patchtokens`` of
+Images go through `franca.transforms(model, size)` (448 for the paper's models), the one preprocessing
+of the project (ImageNet normalisation; the reference's figure script used mean 0.5 / std 0.2). A 3-component PCA is fitted jointly on the ``x_norm_patchtokens`` of
 all images. With foreground thresholding, the first component is min-max scaled and patches above
 the threshold (0.35) are foreground; a second 3-component PCA is fitted on foreground patches only
 and the background is drawn black. Components are min-max scaled to [0, 1] and used as RGB, then
@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from franca.viz.common import normalise, resize_center_crop, save_grid, to_uint8
+from franca.models.preprocess import transforms as preprocess
+from franca.models.preprocess import unnormalise
+from franca.viz.common import open_rgb, save_grid, to_uint8
 
-PCA_MEAN = (0.5, 0.5, 0.5)
-PCA_STD = (0.2, 0.2, 0.2)
 
 
 def pca_project(x: Tensor, k: int = 3) -> Tensor:
@@ -84,7 +84,7 @@ def pca_rgb(tokens: Tensor, grid: tuple[int, int], fg_threshold: float | None = 
 @torch.no_grad()
 def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *, image_size: int | None = None,
                fg_threshold: float | None = 0.35, device: torch.device | str = "cpu",
-               panel_size: int | None = None, use_rasa: bool = False) -> dict[str, Any]:
+               panel_size: int | None = None, use_rasa: bool = False, title: str | None = None) -> dict[str, Any]:
     """One row per image: the image and its PCA-RGB map (bilinearly upsampled); writes the PNG ``out``.
 
     ``use_rasa`` shows the RASA-cleaned tokens (``patch_token_rasa``) instead of ``x_norm_patchtokens``.
@@ -93,8 +93,10 @@ def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *
     size = image_size or (448 if p >= 14 else 16 * p)
     size -= size % p
     model = model.to(device).eval()
-    crops = torch.stack([resize_center_crop(im, size, size) for im in images])
-    x = normalise(crops, PCA_MEAN, PCA_STD).to(device)
+    tf = preprocess(model, size)  # franca.transforms: the one preprocessing
+    x = torch.stack([tf(open_rgb(im)) for im in images])
+    crops = unnormalise(x, model)
+    x = x.to(device)
     out_feats = model.forward_features(x, use_rasa_head=use_rasa)
     tokens = out_feats["patch_token_rasa" if use_rasa else "x_norm_patchtokens"].float().cpu()
     rgb, fg = pca_rgb(tokens, (size // p, size // p), fg_threshold)
@@ -102,7 +104,7 @@ def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *
     if fg_threshold is not None:
         up = up * F.interpolate(fg[:, None].float(), size=(size, size), mode="nearest")
     rows = [[to_uint8(c), to_uint8(u)] for c, u in zip(crops, up)]
-    path = save_grid(rows, out, panel_size=panel_size)
+    path = save_grid(rows, out, panel_size=panel_size, title=title)
     from PIL import Image
 
     with Image.open(path) as im:
