@@ -49,7 +49,7 @@ def export_program(model: nn.Module, path: str | Path, size: int | None = None, 
     """`torch.export` of `FeatureHead(model)` with dynamic batch, height and width, saved as .pt2."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    head = FeatureHead(model.eval())
+    head = FeatureHead(model.eval()).eval()
     ep = torch.export.export(head, (_example(model, size),), dynamic_shapes=_dynamic_shapes(model, max_side))
     tmp = path.with_name(f".{path.stem}.tmp.pt2")
     torch.export.save(ep, str(tmp))
@@ -63,7 +63,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: int | None = None, max
     batch, height and width (multiples of the patch size)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    head = FeatureHead(model.eval())
+    head = FeatureHead(model.eval()).eval()
     tmp = path.with_name(f".{path.name}.tmp.onnx")
     with torch.no_grad():
         prog = torch.onnx.export(head, (_example(model, size),), dynamo=True, input_names=["images"],
