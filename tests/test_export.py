@@ -87,7 +87,7 @@ def test_export_command(tmp_path):
     assert main(["export", "--model", "vitt8", "--weights", str(src), "--out", str(out)]) == 0
     back = franca.load_backbone("vitt8", weights=out, depth=1)
     assert all(torch.equal(back.state_dict()[k], v) for k, v in m.state_dict().items())
-    assert main(["export", "--model", "vitt8", "--out", str(tmp_path / "x.pt")]) == 1  # wrong suffix → error
+    assert main(["export", "--model", "vitt8", "--random-init", "--out", str(tmp_path / "x.pt")]) == 1  # wrong suffix → error
 
 
 # ---------------------------------------------------------------------------------------------- timm alone

@@ -115,15 +115,15 @@ def test_viz_commands_write_pngs(tmp_path, images):
     src.mkdir()
     for i, im in enumerate(images):
         im.save(src / f"im{i}.png")
-    assert main(["viz", "attention", "--model", "vitt4", "--device", "cpu", "--image", str(src / "im0.png"),
+    assert main(["viz", "attention", "--model", "vitt4", "--random-init", "--device", "cpu", "--image", str(src / "im0.png"),
                  "--image-size", "16", "--out", str(tmp_path / "a.png")]) == 0
     assert _png(tmp_path / "a.png") == ("PNG", (4 * 16 + 3 * 2, 16))
-    assert main(["viz", "pca", "--model", "vitt4", "--device", "cpu", "--image", str(src),
+    assert main(["viz", "pca", "--model", "vitt4", "--random-init", "--device", "cpu", "--image", str(src),
                  "--image-size", "16", "--no-threshold", "--panel-size", "24", "--out", str(tmp_path / "p.png")]) == 0
     assert _png(tmp_path / "p.png") == ("PNG", (2 * 24 + 2, 2 * 24 + 2))  # panels enlarged to 24 px
-    assert main(["viz", "norms", "--model", "vitt4", "--backbone", "vitt8", "--device", "cpu", "--image",
+    assert main(["viz", "norms", "--model", "vitt4", "--random-init", "--backbone", "vitt8", "--device", "cpu", "--image",
                  str(src), "--image-size", "16", "--out", str(tmp_path / "n.png")]) == 0
     assert _png(tmp_path / "n.png") == ("PNG", (640, 400))
     data = json.loads((tmp_path / "n.json").read_text())
-    assert sorted(data["backbones"]) == ["vitt4", "vitt8"]
-    assert len(data["backbones"]["vitt4"]["mean_max_norm"]) == 6
+    assert sorted(data["backbones"]) == ["vitt4 (random init)", "vitt8 (random init)"]  # legend names the weights
+    assert len(data["backbones"]["vitt4 (random init)"]["mean_max_norm"]) == 6

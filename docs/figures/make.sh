@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 M=${1:-vitt8}
-W=()
+W=(--random-init)  # no checkpoint: say so (figure titles and JSON name "random init")
 if [ $# -ge 2 ]; then W=(--weights "$2"); fi
 python -m franca viz attention --model "$M" "${W[@]}" --device cpu --n-images 3 --panel-size 128 --out docs/figures/attention.png
 python -m franca viz pca --model "$M" "${W[@]}" --device cpu --n-images 4 --panel-size 128 --out docs/figures/pca.png
@@ -28,5 +28,5 @@ PY
     --label "$M pretrained" --device cpu --n-images 100 --out docs/figures/norms.png
   rm -r "$(dirname "$INIT")"
 else
-  python -m franca viz norms --model "$M" --device cpu --n-images 100 --out docs/figures/norms.png
+  python -m franca viz norms --model "$M" --random-init --device cpu --n-images 100 --out docs/figures/norms.png
 fi

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import franca
-    from franca.commands._common import model_identity, write_result
+    from franca.commands._common import load_model_from_args, model_identity, write_result
     from franca.models.rasa_fold import save_rasa_file
     from franca.rasa import data as rdata
     from franca.rasa.fit import BackboneFeatures, CachedFeatures, RasaConfig, extract_all, fit_rasa
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--iterations and --epochs must be ≥ 1, got {args.iterations} and {args.epochs}")
     seed_all(args.seed)
     device = resolve_device(args.device)
-    model = franca.load_backbone(args.model, weights=args.weights).to(device).eval()
+    model = load_model_from_args(args)[0].to(device).eval()  # no weights: an error unless --random-init
     model.requires_grad_(False)
     size = int(args.size or getattr(model, "img_size", 224))
     if size % int(model.patch_size):
