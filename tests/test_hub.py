@@ -14,7 +14,7 @@ import torch
 
 import franca
 from franca.models import releases
-from franca.models.hub import WeightsUnavailable, cache_dir, fetch_release
+from franca.models.hub import WeightsUnavailable, cache_dir, fetch_rasa, fetch_release
 from franca.models.releases import Release
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +131,27 @@ def test_by_name_downloads_once_with_progress_then_offline(server, home, monkeyp
     server.stop()  # no network any more: the cache serves
     again = franca.load_backbone("tiny_release")
     assert len(server.requests) == 1 and again.weights_label == "tiny_release"
+
+
+def test_released_rasa_head_by_name_and_hubconf(server, home, monkeypatch):
+    """rasa=True (hubconf: use_rasa_head=True) fetches the head released with the weights."""
+    data, _ = _release_bytes()
+    g = torch.Generator().manual_seed(1)
+    head = {f"rasa_head.pre_pos_layers.{i}.weight": torch.randn(2, 192, generator=g) for i in range(2)}
+    head["rasa_head.pos_pred.weight"] = torch.randn(2, 192, generator=g)
+    buf = io.BytesIO()
+    torch.save(head, buf)
+    server.files.update({"v9/r.pth": data, "v9/r_rasa.pth": buf.getvalue()})
+    _add(monkeypatch, Release("tiny_rasa", "vitt8", server.url, ("v9/r.pth",), ("franca_vitb14", "TINYR"), "test",
+                              rasa="v9/r_rasa.pth"))
+    plain = franca.load_backbone("tiny_rasa")
+    assert plain.rasa_proj is None
+    m = torch.hub.load(str(ROOT), "franca_vitb14", source="local", weights="tinyr", use_rasa_head=True)
+    out = m.forward_features(torch.randn(1, 3, 32, 32), use_rasa_head=True)
+    assert out["patch_token_rasa"].shape == (1, 16, 192) and m.rasa_proj.shape == (192, 192)
+    assert (home / "r_rasa.pth").is_file()
+    with pytest.raises(ValueError, match="no RASA head"):
+        fetch_rasa("dinov2_vits14")
 
 
 def test_resume_of_a_broken_download(server, home, monkeypatch):

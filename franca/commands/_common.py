@@ -26,8 +26,8 @@ def add_model_arguments(p: argparse.ArgumentParser, rasa: bool = True) -> None:
                    help="weights file: official Franca/DINOv2 release, this project's checkpoint or "
                         "exported .safetensors")
     g.add_argument("--random-init", action="store_true",
-                   help="run on randomly initialised weights of --model (default size vits14); without this, "
-                        "a command with no weights stops")
+                   help="run on randomly initialised weights of --model (default size vits14; seed 0, the same "
+                        "in every run); without this, a command with no weights stops")
     if rasa:
         g.add_argument("--rasa", default=None, const=True, nargs="?",
                        help="use RASA-cleaned patch tokens: with a FILE, load that RASA head "
@@ -61,7 +61,11 @@ def load_model_from_args(args: argparse.Namespace):
     from franca.models.releases import is_release
 
     if args.weights is None and not is_release(args.model):
-        model = franca.build_backbone(args.model or "vits14")
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # seed 0: the same random weights in every run
+            torch.manual_seed(0)
+            model = franca.build_backbone(args.model or "vits14")
         if isinstance(rasa, str):
             from franca.models.api import _load_rasa
 
