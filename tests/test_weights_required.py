@@ -86,3 +86,13 @@ def test_export_records_interpolation(tmp_path):
     assert (arch["interpolate_offset"], arch["interpolate_antialias"], arch["name"]) == (0.1, False, "vitt8")
     back = franca.load_backbone(weights=p)
     assert (back.interpolate_offset, back.interpolate_antialias, back.num_register_tokens) == (0.1, False, 4)
+
+
+def test_report_rows_name_the_weights():
+    from franca.report import _model_name
+
+    assert _model_name({"model": {"model": "vitt8", "weights": None, "weights_label": "random init"}}) == \
+        "vitt8 (random init)"
+    assert _model_name({"model": {"model": "dinov2_vits14", "weights": None,
+                                  "weights_label": "dinov2_vits14"}}) == "dinov2_vits14 (dinov2_vits14)"
+    assert _model_name({"model": {"model": None, "weights": "runs/b.pth"}}) == "b.pth"
