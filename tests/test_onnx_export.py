@@ -45,6 +45,7 @@ def test_forward_takes_no_stray_positional_argument():
 @pytest.mark.slow
 def test_onnx_and_torch_export_dynamic_height_width(tmp_path):
     ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")  # the dynamo exporter needs it
     from franca.cli import main
     from franca.models.deploy import FeatureHead
 

@@ -11,7 +11,7 @@ from franca.cli import main
 
 
 def test_load_backbone_without_weights_raises_with_the_how_to():
-    with pytest.raises(ValueError, match=r"'vitb14' is a size.*franca_vitb14_in21k.*build_backbone\('vitb14'\)"):
+    with pytest.raises(ValueError, match=r"'vitb14' is not a released model.*franca_vitb14_in21k.*build_backbone\('vitb14'\)"):
         franca.load_backbone("vitb14")
     with pytest.raises(ValueError, match="weights=FILE"):
         franca.load_backbone()

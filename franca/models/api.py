@@ -48,7 +48,7 @@ def no_weights_message(name: str | None) -> str:
     """How to get weights, for a call or command that named none."""
     from franca.models.releases import release_names
 
-    what = f"{name!r} is a size, not a released model" if name else "no model and no weights given"
+    what = f"{name!r} is not a released model" if name else "no model and no weights given"
     return (f"{what}, and no weights file was given. Pass weights=FILE (CLI: --weights FILE), or a released "
             f"name such as franca_vitb14_in21k or dinov2_vits14_reg (downloaded once, then cached; all: "
             f"{', '.join(release_names())}). Random weights only on request: "
@@ -113,7 +113,7 @@ def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any])
     if "depth" in arch and "depth" not in overrides and arch["depth"] != named_depth:
         log.info("%s has %d blocks; %s has %d by default: using the file's depth", weights, arch["depth"],
                  base, named_depth)
-    arch["num_heads"] = _num_heads(base, arch.get("embed_dim"), saved, name is not None)
+    arch["num_heads"] = _num_heads(base, arch.get("embed_dim"), saved)
     for key in ("interpolate_offset", "interpolate_antialias"):
         if saved.get(key) is not None:
             arch[key] = saved[key]
@@ -163,13 +163,12 @@ def _check_named_size(name: str, weights: str | Path, shape: dict[str, Any], sav
                      f"the file defines the model")
 
 
-def _num_heads(base: str, embed_dim: int | None, saved: dict[str, Any], named: bool) -> int:
+def _num_heads(base: str, embed_dim: int | None, saved: dict[str, Any]) -> int:
+    """Recorded heads, else the size's when the width matches, else 64-dimensional heads."""
     if saved.get("num_heads"):
         return int(saved["num_heads"])
     cfg = size_config(base)
-    if embed_dim is None or (named and cfg["embed_dim"] == embed_dim):
-        return int(cfg["num_heads"])
-    if cfg["embed_dim"] == embed_dim:
+    if embed_dim is None or cfg["embed_dim"] == embed_dim:
         return int(cfg["num_heads"])
     if embed_dim % HEAD_DIM:
         raise ValueError(f"cannot tell the head count of a {embed_dim}-wide file; pass num_heads=")
