@@ -229,3 +229,23 @@ def test_split_release_parts_and_hubconf(server, home, monkeypatch, tmp_path):
     assert rand.weights_label == "random init" and rand.n_blocks == 1
     with pytest.raises(ValueError, match="img_size"):
         torch.hub.load(str(ROOT), "franca_vitg14", source="local", weights="tiny", img_size=224)
+
+
+def test_hubconf_entry_points():
+    """The official hub's three Franca entry points and DINOv2's eight, with their keywords."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("franca_hubconf", ROOT / "hubconf.py")
+    hub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hub)
+    names = {"franca_vitb14", "franca_vitl14", "franca_vitg14"} | {
+        f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg")}
+    assert names <= set(dir(hub))
+    for entry in names:  # every entry point's default weights are in the release table
+        import inspect
+
+        default = inspect.signature(getattr(hub, entry)).parameters["weights"].default
+        assert releases.hub_release(entry, default).hub[0] == entry
+    m = hub.dinov2_vits14_reg(pretrained=False, depth=1)
+    assert (m.num_register_tokens, m.interpolate_offset, m.interpolate_antialias, m.ffn, m.img_size) == \
+        (4, 0.0, True, "mlp", 518)
