@@ -80,7 +80,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _model_name(d: dict[str, Any]) -> str:
     m = d.get("model")
     if isinstance(m, dict):
-        return str(m.get("model", "")) + (f" ({Path(str(m['weights'])).name})" if m.get("weights") else "")
+        label = m.get("weights_label") or (Path(str(m["weights"])).name if m.get("weights") else None)
+        name = str(m.get("model") or "")
+        return f"{name} ({label})" if name and label else (name or label or "")
     return "" if m is None else str(m)
 
 

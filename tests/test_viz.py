@@ -155,21 +155,21 @@ def test_viz_commands_write_pngs(tmp_path, images, caplog):
     for i, im in enumerate(images):
         im.save(src / f"im{i}.png")
     with caplog.at_level(logging.INFO, logger="franca"):
-        assert main(["viz", "attention", "--model", "vitt4", "--device", "cpu", "--data", str(src / "im0.png"),
+        assert main(["viz", "attention", "--model", "vitt4", "--random-init", "--device", "cpu", "--data", str(src / "im0.png"),
                      "--size", "18", "--quiet", "--out", str(tmp_path / "a.png")]) == 0
     assert "--size 18 is not a multiple of the patch size 4: using 16" in caplog.text  # the one size rule
     fmt, (w, h) = _png(tmp_path / "a.png")
     assert fmt == "PNG" and w <= 2000 and h <= 2000
-    assert main(["viz", "pca", "--model", "vitt4", "--device", "cpu", "--data", str(src),
+    assert main(["viz", "pca", "--model", "vitt4", "--random-init", "--device", "cpu", "--data", str(src),
                  "--size", "16", "--no-threshold", "--panel-size", "24", "--out", str(tmp_path / "p.png")]) == 0
     assert _png(tmp_path / "p.png")[0] == "PNG"
     # Old spellings still work (hidden): --image, --image-size, --no-progress.
-    assert main(["viz", "norms", "--model", "vitt4", "--backbone", "vitt8", "--device", "cpu", "--image",
+    assert main(["viz", "norms", "--model", "vitt4", "--random-init", "--backbone", "vitt8", "--device", "cpu", "--image",
                  str(src), "--image-size", "16", "--no-progress", "--out", str(tmp_path / "n.png")]) == 0
     assert _png(tmp_path / "n.png") == ("PNG", (640, 400))
     data = json.loads((tmp_path / "n.json").read_text())
-    assert sorted(data["backbones"]) == ["vitt4, random initialisation", "vitt8, random initialisation"]
-    assert len(data["backbones"]["vitt4, random initialisation"]["mean_max_norm"]) == 6
+    assert sorted(data["backbones"]) == ["vitt4, random init", "vitt8, random init"]
+    assert len(data["backbones"]["vitt4, random init"]["mean_max_norm"]) == 6
     assert set(data["versions"]) >= {"franca", "python", "torch", "numpy"}
 
 

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 M=${1:-vitt8}
-W=()
+W=(--random-init)  # no checkpoint: say so (figure titles and JSON name "random init")
 if [ $# -ge 2 ]; then W=(--weights "$2"); fi
 TMP="$(mktemp -d)"
 trap 'rm -r "$TMP"' EXIT
@@ -53,5 +53,5 @@ PY
   python -m franca viz norms --model "$M" --weights "$INIT" --label "$M, random init (seed 0)" --model "$M" \
     --weights "$2" --label "$M, pretrained ($(basename "$2"))" --device cpu --data "$PHOTOS" --out docs/figures/norms.png
 else
-  python -m franca viz norms --model "$M" --device cpu --data "$PHOTOS" --out docs/figures/norms.png
+  python -m franca viz norms --model "$M" --random-init --device cpu --data "$PHOTOS" --out docs/figures/norms.png
 fi

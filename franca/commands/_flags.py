@@ -83,7 +83,11 @@ def check_out_path(path: str | Path | None, suffixes: Iterable[str] = (), flag: 
     return path
 
 
-def weights_label(model: str | None, weights: str | None) -> str:
-    """'vits14, weights franca_vits14.pth' / 'vitt8, random init' for figure titles and logs."""
+def title_label(model: str | None, weights: str | None, random_init: bool = False) -> str:
+    """'vits14, weights franca_vits14.pth' / 'vitt8, random init' for figure titles and logs
+    (the weights named by `franca.weights_label`: release name, file name or random init)."""
+    from franca.models.api import weights_label
+
+    label = weights_label(model, weights, random_init=random_init)
     name = model or "backbone"
-    return f"{name}, weights {Path(weights).name}" if weights else f"{name}, random initialisation"
+    return f"{name}, weights {label}" if weights else f"{name}, {label}"

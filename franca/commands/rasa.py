@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import franca
-    from franca.commands._common import model_identity, write_result
+    from franca.commands._common import load_model_from_args, model_identity, write_result
     from franca.commands._flags import check_out_path, fit_size
     from franca.models.rasa_fold import save_rasa_file
     from franca.rasa import data as rdata
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_path(args.report, (".json",), flag="--report")
     seed_all(args.seed)
     device = resolve_device(args.device)
-    model = franca.load_backbone(args.model, weights=args.weights).to(device).eval()
+    model = load_model_from_args(args)[0].to(device).eval()  # no weights: an error unless --random-init
     model.requires_grad_(False)
     size = fit_size(int(args.size or getattr(model, "img_size", 224)), int(model.patch_size))
 

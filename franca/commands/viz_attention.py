@@ -49,14 +49,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import load_model_from_args
-    from franca.commands._flags import check_out_path, weights_label
+    from franca.commands._flags import check_out_path, title_label
     from franca.viz.attention import attention_figure
 
     check_out_path(args.out, (".png",))
     model, device = load_model_from_args(args)
     images, size = prepare_images(args, model.patch_size)
     res = attention_figure(model, images, args.out, image_size=size, threshold=args.threshold, device=device,
-                           panel_size=args.panel_size, label=weights_label(args.model, args.weights), progress=True)
+                           panel_size=args.panel_size, label=title_label(args.model, args.weights, getattr(args, 'random_init', False)), progress=True)
     print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images, "
           f"{res['maps'].shape[1]} heads)")
     return 0

@@ -43,11 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action=_ModelAction, dest="model",
                    help="backbone name (repeatable; default: vitt8 if no --model or --backbone is given)")
     p.add_argument("--weights", action=_ModelAction, dest="weights",
-                   help="weights of the preceding --model (default: random initialisation)")
+                   help="weights of the preceding --model (a released --model name needs none)")
     p.add_argument("--backbone", action="append", default=[],
                    help="NAME[:WEIGHTS], another way to add a backbone (repeatable; default: none)")
     p.add_argument("--label", action="append", default=[],
                    help="legend label per backbone, in order (default: the model and weights file names)")
+    p.add_argument("--random-init", action="store_true",
+                   help="allow backbones with no weights (random initialisation, seed 0); otherwise they are an error")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     add_image_arguments(p, "norms", 100, "224; 8 patches for the tiny vitt sizes", panels=False)
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import franca
-    from franca.commands._flags import check_out_path, fit_size, weights_label
+    from franca.commands._flags import check_out_path, fit_size, title_label
     from franca.utils.device import resolve_device
     from franca.viz.common import list_images, open_rgb
     from franca.viz.norms import layerwise_max_norm, plot_norms, write_norms_json
@@ -72,9 +74,20 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     images = [open_rgb(p) for p in list_images(args.data, args.n_images)]
     curves = {}
+    from franca.models.api import weights_label
+
     for i, s in enumerate(specs):
-        label = args.label[i] if args.label else weights_label(s["model"], s["weights"])
-        model = franca.load_backbone(s["model"], weights=s["weights"]).eval()
+        wl = weights_label(s["model"], s["weights"], random_init=args.random_init)  # raises: no weights
+        label = args.label[i] if args.label else title_label(s["model"], s["weights"], args.random_init)
+        s = {**s, "weights_label": wl}
+        if wl == "random init":
+            import torch
+
+            with torch.random.fork_rng(devices=[]):  # seed 0: the same random weights in every run
+                torch.manual_seed(0)
+                model = franca.build_backbone(s["model"]).eval()
+        else:
+            model = franca.load_backbone(s["model"], weights=s["weights"]).eval()
         size = fit_size(args.size, model.patch_size) if args.size is not None else None
         curves[label] = {**layerwise_max_norm(model, images, image_size=size, batch_size=args.batch_size,
                                               device=device, progress=True), **s}

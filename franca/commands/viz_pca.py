@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import load_model_from_args
-    from franca.commands._flags import check_out_path, weights_label
+    from franca.commands._flags import check_out_path, title_label
     from franca.viz.pca import pca_figure
 
     check_out_path(args.out, (".png",))
@@ -34,6 +34,6 @@ def run(args: argparse.Namespace) -> int:
     rasa = bool(getattr(args, "rasa", None))
     res = pca_figure(model, images, args.out, image_size=size, fg_threshold=None if args.no_threshold else args.threshold,
                      device=device, use_rasa=rasa, panel_size=args.panel_size, batch_size=args.batch_size,
-                     label=weights_label(args.model, args.weights) + (", RASA" if rasa else ""), progress=True)
+                     label=title_label(args.model, args.weights, getattr(args, 'random_init', False)) + (", RASA" if rasa else ""), progress=True)
     print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images)")
     return 0

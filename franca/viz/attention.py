@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from franca.viz.common import colormap, image_label, normalise, resize_center_crop, save_figure, to_uint8
+from franca.models.preprocess import transforms as preprocess
+from franca.models.preprocess import unnormalise
+from franca.viz.common import colormap, image_label, open_rgb, save_figure, to_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,8 +86,9 @@ def attention_figure(model: torch.nn.Module, images: Sequence[Any], out: str | P
     groups, labels, all_maps = [], [], []
     model = model.to(device).eval()
     for i, im in enumerate(bar(images, desc="attention", unit="img", disable=not progress)):
-        x01 = resize_center_crop(im, size, size)
-        maps = cls_attention(model, normalise(x01, IMAGENET_MEAN, IMAGENET_STD)[None].to(device))[0].cpu()
+        x = preprocess(model, size)(open_rgb(im))  # franca.transforms: the one preprocessing
+        x01 = unnormalise(x, model)
+        maps = cls_attention(model, x[None].to(device))[0].cpu()
         mask = threshold_mass(maps, threshold) if threshold else None
         groups.append(attention_panels(x01, maps, p, mask=mask))
         labels.append([image_label(im, i)] + [f"head {h + 1} · {float(m.max()):.2g}" for h, m in enumerate(maps)])

@@ -109,7 +109,13 @@ def save_grid(panels: Sequence[Sequence[np.ndarray]], path: str | Path, gap: int
             canvas[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = p
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path, optimize=True)
+    info = None
+    if title:  # the PNG's Title text chunk (shown by image viewers): names the model and its weights
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Title", title)
+    Image.fromarray(canvas).save(path, optimize=True, pnginfo=info)
     return path
 
 

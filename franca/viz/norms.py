@@ -3,8 +3,8 @@
 For every block ℓ = 1..L the block's output tokens (the residual stream before the final norm;
 CLS and patch tokens, register tokens *excluded*) are taken, each token's L2 norm computed, and the
 maximum over tokens of an image kept. The curve is the mean of that per-image maximum over the
-validation images; the dataset maximum is reported too. Images use the standard eval transform
-(Resize 256 → CenterCrop 224, ImageNet statistics; scaled as 8/7·size → size for other sizes).
+validation images; the dataset maximum is reported too. Images go through `franca.transforms(model,
+size)` (Resize 256 → CenterCrop 224, ImageNet statistics; 8/7·size → size for other sizes).
 """
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from franca.viz.common import normalise, resize_center_crop
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from franca.models.preprocess import transforms as preprocess
+from franca.viz.common import open_rgb
 
 
 @torch.no_grad()
@@ -40,12 +38,12 @@ def layerwise_max_norm(model: torch.nn.Module, images: Sequence[Any], *, image_s
 
     p = model.patch_size
     size = image_size or (224 if p >= 14 else 8 * p)
-    resize = round(size * 8 / 7)
+    tf = preprocess(model, size)  # franca.transforms: the one preprocessing
     model = model.to(device).eval()
     rows = []
     for i in tqdm(range(0, len(images), batch_size), desc="token norms", unit="batch", disable=not progress):
-        x = torch.stack([resize_center_crop(im, resize, size) for im in images[i:i + batch_size]])
-        rows.append(max_token_norms(model, normalise(x, IMAGENET_MEAN, IMAGENET_STD).to(device)).cpu())
+        x = torch.stack([tf(open_rgb(im)) for im in images[i:i + batch_size]])
+        rows.append(max_token_norms(model, x.to(device)).cpu())
     if not rows:
         raise ValueError("no images to measure token norms on")
     m = torch.cat(rows).double()

@@ -1,7 +1,7 @@
 """PCA of patch features shown as RGB (the qualitative figures; Franca's ``visualize_PCA``).
 
-Images are resized and centre-cropped (448 for the paper's models), normalised with mean 0.5 and
-std 0.2 as the reference does. A 3-component PCA is fitted jointly on the ``x_norm_patchtokens`` of
+Images go through `franca.transforms(model, size)` (448 for the paper's models), the one preprocessing
+of the project (ImageNet normalisation; the reference's figure script used mean 0.5 / std 0.2). A 3-component PCA is fitted jointly on the ``x_norm_patchtokens`` of
 all images. With foreground thresholding, the first component is min-max scaled and patches above
 the threshold (0.35) are foreground; a second 3-component PCA is fitted on foreground patches only
 and the background is drawn black. Components are min-max scaled to [0, 1] and used as RGB, then
@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from franca.viz.common import image_label, normalise, resize_center_crop, save_figure, to_uint8
+from franca.models.preprocess import transforms as preprocess
+from franca.models.preprocess import unnormalise
+from franca.viz.common import image_label, open_rgb, save_figure, to_uint8
 
-PCA_MEAN = (0.5, 0.5, 0.5)
-PCA_STD = (0.2, 0.2, 0.2)
 
 
 def pca_project(x: Tensor, k: int = 3) -> Tensor:
@@ -97,12 +97,14 @@ def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *
     size = image_size or (448 if p >= 14 else 16 * p)
     size -= size % p
     model = model.to(device).eval()
-    crops = torch.stack([resize_center_crop(im, size, size) for im in images])
+    tf = preprocess(model, size)  # franca.transforms: the one preprocessing
+    xs = torch.stack([tf(open_rgb(im)) for im in images])
+    crops = unnormalise(xs, model)
     key = "patch_token_rasa" if use_rasa else "x_norm_patchtokens"
     chunks = []
     step = max(1, min(batch_size, 8))  # small steps so that the progress bar moves
     for i in bar(range(0, len(crops), step), desc="PCA features", unit="batch", disable=not progress):
-        x = normalise(crops[i:i + step], PCA_MEAN, PCA_STD).to(device)
+        x = xs[i:i + step].to(device)
         chunks.append(model.forward_features(x, use_rasa_head=use_rasa)[key].float().cpu())
     tokens = torch.cat(chunks)
     rgb, fg = pca_rgb(tokens, (size // p, size // p), fg_threshold)
