@@ -41,7 +41,7 @@ def add_run_folder_arguments(p: argparse.ArgumentParser, checkpoint: bool = True
                        help="with --resume: continue from this checkpoint file instead")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in train.output_dir (its files stay until the first new checkpoint)")
-    p.add_argument("--allow-config-change", default="", metavar="KEY[,KEY]",
+    p.add_argument("--allow-config-change", default=None, metavar="KEY[,KEY]",
                    help="with --resume: config keys (or sections, e.g. optim) that may differ from the saved run")
 
 

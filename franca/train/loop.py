@@ -8,7 +8,6 @@ that check). Follows DINOv2/Franca `train/train.py` in order of operations.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -310,7 +309,9 @@ class Trainer:
         knn_final = self.knn("trained")
         summary = self._summary(wall, knn_final, stop_reason)
         if self.is_main:
-            ckpt_io.atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            from franca.utils.results import write_json
+
+            write_json(self.out_dir / "summary.json", summary)  # numbers rounded, library versions named
         return summary
 
     def _replace_old_run(self, metrics: Any) -> None:
@@ -358,8 +359,9 @@ class Trainer:
                f"lr: peak {self.schedules.peak_lr:.3g} (base_lr {self.cfg.optim.base_lr:g} scaled by "
                f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "
                f"{self.world} process(es)")
-        log.info(msg.replace("\n", "; "))
-        if not self.quiet:
+        if self.quiet:  # one or the other: printed and logged, it showed twice in a terminal
+            log.info(msg.replace("\n", "; "))
+        else:
             print(msg, flush=True)
 
     def _progress(self, total: int) -> Any:
