@@ -95,6 +95,15 @@ def test_overwrite_keeps_the_old_run_until_the_new_runs_first_save(data, tmp_pat
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
 
 
+def test_resume_on_an_empty_folder_starts_the_run(data, tmp_path: Path, capsys, caplog) -> None:
+    """A job script can always pass --resume: the first submission starts the run."""
+    caplog.set_level("WARNING")
+    rc, _, err = _main(capsys, _argv(tmp_path / "run", data, "--resume"))
+    assert rc == 0, err[-2000:]
+    assert _ckpt_iteration(tmp_path / "run") == 2
+    assert any("no checkpoint" in r.getMessage() for r in caplog.records)
+
+
 def test_resume_and_overwrite_together_is_an_error(data, tmp_path: Path, capsys) -> None:
     rc, _, err = _main(capsys, _argv(tmp_path / "run", data, "--resume", "--overwrite"))
     assert rc == 1 and "--overwrite" in _error_line(err)
