@@ -42,9 +42,8 @@ def write_failed(path: str | Path, exc: BaseException) -> UserError:
 def one_line(exc: BaseException) -> str:
     """The message of `exc` as one line naming what it names (file, key, value)."""
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-        where = exc.filename or ""
-        msg = f"no space left on the device{f' writing {where}' if where else ''} ({free_space(where or '.')})" \
-              ": free some disk space or choose another output folder"
+        where = f" writing {exc.filename} ({free_space(exc.filename)})" if exc.filename else ""
+        msg = f"no space left on the device{where}: free some disk space or choose another output folder"
     elif isinstance(exc, OSError) and exc.filename and exc.strerror:
         msg = f"{exc.strerror}: {exc.filename}"
     elif isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):

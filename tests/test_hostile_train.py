@@ -371,6 +371,25 @@ def test_enospc_anywhere_is_one_line_about_disk_space(monkeypatch, capsys, tmp_p
     assert "disk" in line and str(tmp_path / "metrics.jsonl") in line
 
 
+def test_full_disk_while_logging_names_the_metrics_file(tiny_run, tmp_path: Path, capsys, monkeypatch) -> None:
+    import builtins
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], out)
+    real_open = builtins.open
+
+    def full(path, mode="r", *a, **k):
+        if str(path).endswith("metrics.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a write() reports it: no file name
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", full)
+    line = _cli_error(capsys, _pretrain(tiny_run, out, "--resume", "--allow-config-change", "train.iterations",
+                                        iterations=3))
+    assert str(out / "metrics.jsonl") in line and "disk" in line and "free" in line
+
+
 def test_leftover_temporary_checkpoints_are_removed_at_start(tiny_run, tmp_path: Path, caplog) -> None:
     import shutil
 

@@ -337,3 +337,18 @@ def test_sigkill_during_a_save_keeps_the_last_checkpoint_and_resumes(data, tmp_p
     assert sorted(b) == list(range(5))
     assert all(abs(a[i] - b[i]) <= 1e-6 for i in range(5)), (a, b)
     shutil.rmtree(ref)
+
+
+def test_a_lock_that_cannot_be_written_names_the_disk_and_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from franca.errors import UserError
+    from franca.train import runlock
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runlock.os, "pwrite", full)
+    with pytest.raises(UserError, match=r"\.lock.*disk"):
+        runlock.RunLock(tmp_path / "run").acquire()
+    assert not (tmp_path / "run" / ".lock").exists()

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from franca.errors import UserError
+from franca.errors import UserError, write_failed
 from franca.train import checkpoint as ckpt_io
 from franca.train import runfolder
 from franca.train.config import FrancaTrainConfig, dump_yaml, to_dict
@@ -311,7 +311,11 @@ class Trainer:
         if self.is_main:
             from franca.utils.results import write_json
 
-            write_json(self.out_dir / "summary.json", summary)  # numbers rounded, library versions named
+            try:
+                write_json(self.out_dir / "summary.json", summary)  # numbers rounded, library versions named
+            except OSError as exc:
+                raise UserError(f"{write_failed(self.out_dir / 'summary.json', exc)} (the checkpoint "
+                                f"{self.ckpt_path} is complete)") from exc
         return summary
 
     def _replace_old_run(self, metrics: Any) -> None:

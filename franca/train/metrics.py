@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from franca.errors import write_failed
+
 log = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.jsonl"
@@ -55,8 +57,11 @@ class MetricsLogger:
         if not self.enabled:
             return
         row = {"iteration": iteration, **{k: _plain(v) for k, v in values.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as exc:  # a full disk: name the file and the free space
+            raise write_failed(self.path, exc) from exc
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "iteration" and math.isfinite(v):

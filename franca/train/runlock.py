@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from franca.errors import UserError
+from franca.errors import UserError, write_failed
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,13 @@ class RunLock:
                                 _describe(previous))
                 info = {"pid": os.getpid(), "host": socket.gethostname(),
                         "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps(info).encode(), 0)
-                os.fsync(fd)
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, json.dumps(info).encode(), 0)
+                    os.fsync(fd)
+                except OSError as exc:  # a full disk: say so, leave no empty lock file behind
+                    self.path.unlink(missing_ok=True)
+                    raise write_failed(self.path, exc) from exc
                 self._fd = fd
                 return
             except BaseException:
