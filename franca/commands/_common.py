@@ -88,9 +88,3 @@ def _json_default(o: Any) -> Any:
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    import statistics
-
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "values": list(values)}

@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args, mean_std, model_identity, write_result
+    from franca.commands._common import load_model_from_args, model_identity, write_result
     from franca.eval.depth import evaluate
+    from franca.eval.stats import mean_std
 
     model, device = load_model_from_args(args)
     runs = []
