@@ -5,7 +5,8 @@ the paper's models), normalised with ImageNet statistics and centre-padded to a 
 patch size. Features are the last block's patch tokens *without* the final LayerNorm, L2-normalised
 per location. A source keypoint's feature is sampled bilinearly (align_corners=True), compared by
 dot product with every target location, and the argmax cell's corner (col, row) / grid is the
-prediction. PCK@0.10 uses the target box's longest side; it is computed per class over all
+prediction. Source and target keypoints are whole pixels of the resized image, as Probe3D's
+``SPairDataset`` casts them to integers (``probe3d_keypoints``). PCK@0.10 uses the target box's longest side; it is computed per class over all
 keypoints of the sampled pairs, then averaged over classes, for viewpoint bins d = 0, 1, 2 and all.
 """
 from __future__ import annotations
@@ -85,6 +86,17 @@ def dense_features(model: torch.nn.Module, x: Tensor) -> Tensor:
     return F.normalize(feats.float(), dim=1)
 
 
+def probe3d_keypoints(kps: np.ndarray, side: int, size: int) -> Tensor:
+    """(K, 2) keypoints in original pixels → [0, 1] as Probe3D evaluates them: trunc(trunc(k) · size / side) / size.
+
+    Probe3D's ``SPairDataset`` reads the keypoints into an int tensor (``.int()``) and writes the rescaled
+    ``k · size / side`` back into it, so both the raw and the rescaled coordinates are truncated to whole
+    pixels (side: the padded square's side); its evaluation then divides by the image size.
+    """
+    k = np.trunc(np.asarray(kps, dtype=np.float64)).reshape(-1, 2)
+    return torch.from_numpy(np.trunc(k * size / side) / size)
+
+
 def match_keypoints(src_feat: Tensor, trg_feat: Tensor, src_kps01: Tensor) -> Tensor:
     """Nearest-neighbour transfer of source keypoints into the target.
 
@@ -162,10 +174,10 @@ class _FeatureCache:
 
 def pair_correct(pair: KeypointPair, cache: _FeatureCache, size: int, alpha: float) -> Tensor:
     """(K,) bool: PCK@alpha for each keypoint of one pair."""
-    src_feat, s_scale = cache(pair.src_name, pair.src_image)
-    trg_feat, t_scale = cache(pair.trg_name, pair.trg_image)
-    src = torch.as_tensor(np.asarray(pair.src_kps, dtype=np.float64)) * s_scale / size
-    gt = torch.as_tensor(np.asarray(pair.trg_kps, dtype=np.float64)) * t_scale / size
+    src_feat, _ = cache(pair.src_name, pair.src_image)
+    trg_feat, _ = cache(pair.trg_name, pair.trg_image)
+    src = probe3d_keypoints(pair.src_kps, max(pair.src_image.size), size)
+    gt = probe3d_keypoints(pair.trg_kps, max(pair.trg_image.size), size)
     if len(src) == 0:
         return torch.zeros(0, dtype=torch.bool)
     pred = match_keypoints(src_feat, trg_feat, src.float()).cpu()
