@@ -4,6 +4,14 @@ A DPT-style head over the dense-cls features of 4 blocks predicts depth from 256
 trained with 10·SigLoss + 0.5·GradientLoss (AdamW 5e-4, warmup + cosine, 10 epochs, batch 8).
 Resolution 480 for patch-14/16 models, 8 patches a side for the tiny sizes; without --data the
 built-in toy depth set is used. Each seed trains one probe; the JSON reports mean and std.
+
+The metrics are Probe3D's (per image over pixels with depth > 0, then averaged over images), except
+in two edge cases where this project deliberately differs from Probe3D's metrics code:
+- an image with no valid depth pixel is dropped from the average (each run's n_images counts the
+  images kept); Probe3D averages it in with RMSE 0 and δ1-3 = 0;
+- a prediction constant over an image's valid pixels gets the least-squares scale 0 and shift
+  mean(depth) before SI-RMSE, which is then the spread of the true depth; Probe3D leaves such a
+  prediction unaligned (scale 1, shift 0), so its SI-RMSE is the plain RMSE.
 """
 from __future__ import annotations
 
