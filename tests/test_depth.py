@@ -142,7 +142,7 @@ def test_evaluate_tiny_backbone_returns_metrics():
         depth[0, 0] = 12.0  # > 10 m: invalid
         return {"image": torch.rand(3, 16, 20, generator=g), "depth": depth}
 
-    res = evaluate(model, ([sample() for _ in range(4)], [sample() for _ in range(2)]), resolution=16,
+    res = evaluate(model, ([sample() for _ in range(4)], [sample() for _ in range(2)]), size=16,
                    hidden_dim=4, epochs=1, batch_size=2, progress=False)
     assert res["protocol"] == "depth" and res["metric_name"] == "si_rmse"
     assert res["metric"] == res["si_rmse"] and res["n_images"] == 2

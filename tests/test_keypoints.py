@@ -112,7 +112,7 @@ def test_evaluate_end_to_end_against_oracle(tmp_path):
         ("dog", 0, [[20, 50]], [[20, 40]], whole),                     # u=(2.19,5.47)->(2,5)/8: err .0625 hit
     ]
     _write_spair(tmp_path / "SPair-71k", pairs)
-    res = evaluate(PositionalStub(), tmp_path, image_size=64, n_pairs=10)
+    res = evaluate(PositionalStub(), tmp_path, size=64, n_pairs=10)
 
     def oracle(s, t, box):
         pred = np.rint(np.asarray(s, float) / 64 * 7) / 8
@@ -152,7 +152,7 @@ def test_evaluate_floors_non_integer_rescaled_keypoints(tmp_path):
     whole = [0, 0, 128, 128]
     pairs = [("a", 0, [[83, 0]], [[83, 0]], whole), ("b", 0, [[0, 0], [0, 0]], [[13, 0], [13.9, 0]], whole)]
     _write_spair(tmp_path / "SPair-71k", pairs, side=128)
-    res = evaluate(PositionalStub(), tmp_path, image_size=64, n_pairs=10, progress=False)
+    res = evaluate(PositionalStub(), tmp_path, size=64, n_pairs=10, progress=False)
     assert res["bins"]["all"]["per_class"] == {"a": 0.0, "b": 100.0}
     assert res["pck"]["0"] == res["metric"] == 50.0
 

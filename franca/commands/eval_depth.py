@@ -36,16 +36,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args, model_identity, write_result
+    from franca.commands._common import eval_args, load_model_from_args, model_identity, write_result
     from franca.eval.depth import evaluate
     from franca.eval.stats import mean_std
 
     model, device = load_model_from_args(args)
+    common = eval_args(args, device, size=args.resolution, batch_size=args.train_batch_size).kwargs_for(evaluate)
     runs = []
-    for seed in args.seeds:
-        runs.append(evaluate(model, args.data, resolution=args.resolution, hidden_dim=args.hidden_dim,
-                             epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr, seed=seed,
-                             use_augment=not args.no_augment, device=device, num_workers=args.num_workers))
+    for seed in args.seeds:  # one probe per seed
+        runs.append(evaluate(model, **common, hidden_dim=args.hidden_dim, epochs=args.epochs, lr=args.lr, seed=seed,
+                             use_augment=not args.no_augment))
     keys = ("si_rmse", "rmse", "d1", "d2", "d3")
     res = {"protocol": "depth", "metric_name": "si_rmse", "seeds": args.seeds, "runs": runs,
            **{k: mean_std([r[k] for r in runs]) for k in keys}}

@@ -1,6 +1,6 @@
 """Zero-shot keypoint correspondence on SPair-71k, as Probe3D evaluates it (PROTOCOLS §8).
 
-Each image is padded at the bottom/right to a white square, resized to ``image_size`` (800 for
+Each image is padded at the bottom/right to a white square, resized to ``size`` (800 for
 the paper's models), normalised with ImageNet statistics and centre-padded to a multiple of the
 patch size. Features are the last block's patch tokens *without* the final LayerNorm, L2-normalised
 per location. A source keypoint's feature is sampled bilinearly (align_corners=True), compared by
@@ -201,7 +201,7 @@ def evaluate(
     model: torch.nn.Module,
     data: str | Path | Sequence[KeypointPair] | None = None,
     *,
-    image_size: int | None = None,
+    size: int | None = None,
     n_pairs: int = 200,
     alpha: float = 0.10,
     split: str = "test",
@@ -213,7 +213,8 @@ def evaluate(
     """PCK@alpha on SPair-71k-style pairs for viewpoint bins 0, 1, 2 and all.
 
     ``data``: a dataset root (``SPair-71k/`` or its parent; default: the built-in toy set) or a
-    sequence of ``KeypointPair``. Returns a JSON-serialisable dict whose ``metric`` is PCK (in %)
+    sequence of ``KeypointPair``. ``size``: side after padding to a square (default: 800, or 16
+    patches for the tiny sizes). Returns a JSON-serialisable dict whose ``metric`` is PCK (in %)
     over "all". ``batch_size`` images (half as many pairs) go through the backbone at once.
     """
     from tqdm import tqdm
@@ -224,7 +225,7 @@ def evaluate(
     pairs = load_pairs(data, split) if data is None or isinstance(data, (str, Path)) else list(data)
     if not pairs:
         raise ValueError(f"no keypoint pairs found in {data!r} (split {split!r})")
-    size = image_size or default_image_size(model.patch_size)
+    size = size or default_image_size(model.patch_size)
     model = model.to(device).eval()
     cache = _FeatureCache(model, size, device, capacity=max(64, 2 * batch_size))
     chosen = sample_pairs(pairs, n_pairs, seed)
