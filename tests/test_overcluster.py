@@ -153,7 +153,7 @@ def test_ade20k_and_coco_things_label_maps(tmp_path):
 
 
 @pytest.mark.parametrize("command,extra", [
-    ("overcluster", ["--ks", "0", "8", "--niter", "5", "--nredo", "1"]),
+    ("overcluster", ["--ks", "0", "8", "--niter", "5", "--nredo", "1", "--matching", "hungarian-below"]),
     ("incontext", ["--k", "5"]),
     ("linseg", ["--epochs", "1", "--cache-views", "1"]),
 ])
@@ -169,6 +169,9 @@ def test_commands_write_a_result_json(tmp_path, command, extra):
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["protocol"] == command and 0.0 <= res["metric"] <= 1.0 and len(res["per_class_iou"]) == 21
+    if command == "overcluster":  # K = 21 = C: Hungarian under either rule; K = 8 < C: Hungarian when asked
+        assert res["settings"]["matching"] == "hungarian-below"
+        assert [res["results"][k]["matching"] for k in ("21", "8")] == ["hungarian", "hungarian"]
 
 
 # ---------------------------------------------------------------- matching rule (Leopart's sup_overcluster.py)
