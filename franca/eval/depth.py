@@ -230,7 +230,7 @@ def predict_and_score(model: torch.nn.Module, head: BinDepthHead, test: Prepared
 
 
 def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Sequence[Any]] | None = None, *,
-             resolution: int | None = None, hidden_dim: int | None = None, epochs: int | None = None,
+             size: int | None = None, hidden_dim: int | None = None, epochs: int | None = None,
              batch_size: int = 8,
              lr: float = 5e-4, seed: int = 8, use_augment: bool = True, device: torch.device | str = "cpu",
              num_workers: int = 0, progress: bool = True) -> dict[str, Any]:
@@ -248,7 +248,7 @@ def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Seq
     train_items, test_items = load_nyu(data) if data is None or isinstance(data, (str, Path)) else data
     if len(train_items) == 0 or len(test_items) == 0:
         raise ValueError(f"depth probe needs train and test samples; got {len(train_items)} and {len(test_items)}")
-    res = resolution or default_resolution(model.patch_size)
+    res = size or default_resolution(model.patch_size)
     tiny = model.patch_size < 14
     hidden = hidden_dim or (16 if tiny else 512)
     epochs = epochs or 10

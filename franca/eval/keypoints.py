@@ -1,11 +1,12 @@
 """Zero-shot keypoint correspondence on SPair-71k, as Probe3D evaluates it (PROTOCOLS §8).
 
-Each image is padded at the bottom/right to a white square, resized to ``image_size`` (800 for
+Each image is padded at the bottom/right to a white square, resized to ``size`` (800 for
 the paper's models), normalised with ImageNet statistics and centre-padded to a multiple of the
 patch size. Features are the last block's patch tokens *without* the final LayerNorm, L2-normalised
 per location. A source keypoint's feature is sampled bilinearly (align_corners=True), compared by
 dot product with every target location, and the argmax cell's corner (col, row) / grid is the
-prediction. PCK@0.10 uses the target box's longest side; it is computed per class over all
+prediction. Source and target keypoints are whole pixels of the resized image, as Probe3D's
+``SPairDataset`` casts them to integers (``probe3d_keypoints``). PCK@0.10 uses the target box's longest side; it is computed per class over all
 keypoints of the sampled pairs, then averaged over classes, for viewpoint bins d = 0, 1, 2 and all.
 """
 from __future__ import annotations
@@ -85,6 +86,17 @@ def dense_features(model: torch.nn.Module, x: Tensor) -> Tensor:
     return F.normalize(feats.float(), dim=1)
 
 
+def probe3d_keypoints(kps: np.ndarray, side: int, size: int) -> Tensor:
+    """(K, 2) keypoints in original pixels → [0, 1] as Probe3D evaluates them: trunc(trunc(k) · size / side) / size.
+
+    Probe3D's ``SPairDataset`` reads the keypoints into an int tensor (``.int()``) and writes the rescaled
+    ``k · size / side`` back into it, so both the raw and the rescaled coordinates are truncated to whole
+    pixels (side: the padded square's side); its evaluation then divides by the image size.
+    """
+    k = np.trunc(np.asarray(kps, dtype=np.float64)).reshape(-1, 2)
+    return torch.from_numpy(np.trunc(k * size / side) / size)
+
+
 def match_keypoints(src_feat: Tensor, trg_feat: Tensor, src_kps01: Tensor) -> Tensor:
     """Nearest-neighbour transfer of source keypoints into the target.
 
@@ -162,10 +174,10 @@ class _FeatureCache:
 
 def pair_correct(pair: KeypointPair, cache: _FeatureCache, size: int, alpha: float) -> Tensor:
     """(K,) bool: PCK@alpha for each keypoint of one pair."""
-    src_feat, s_scale = cache(pair.src_name, pair.src_image)
-    trg_feat, t_scale = cache(pair.trg_name, pair.trg_image)
-    src = torch.as_tensor(np.asarray(pair.src_kps, dtype=np.float64)) * s_scale / size
-    gt = torch.as_tensor(np.asarray(pair.trg_kps, dtype=np.float64)) * t_scale / size
+    src_feat, _ = cache(pair.src_name, pair.src_image)
+    trg_feat, _ = cache(pair.trg_name, pair.trg_image)
+    src = probe3d_keypoints(pair.src_kps, max(pair.src_image.size), size)
+    gt = probe3d_keypoints(pair.trg_kps, max(pair.trg_image.size), size)
     if len(src) == 0:
         return torch.zeros(0, dtype=torch.bool)
     pred = match_keypoints(src_feat, trg_feat, src.float()).cpu()
@@ -189,7 +201,7 @@ def evaluate(
     model: torch.nn.Module,
     data: str | Path | Sequence[KeypointPair] | None = None,
     *,
-    image_size: int | None = None,
+    size: int | None = None,
     n_pairs: int = 200,
     alpha: float = 0.10,
     split: str = "test",
@@ -201,7 +213,8 @@ def evaluate(
     """PCK@alpha on SPair-71k-style pairs for viewpoint bins 0, 1, 2 and all.
 
     ``data``: a dataset root (``SPair-71k/`` or its parent; default: the built-in toy set) or a
-    sequence of ``KeypointPair``. Returns a JSON-serialisable dict whose ``metric`` is PCK (in %)
+    sequence of ``KeypointPair``. ``size``: side after padding to a square (default: 800, or 16
+    patches for the tiny sizes). Returns a JSON-serialisable dict whose ``metric`` is PCK (in %)
     over "all". ``batch_size`` images (half as many pairs) go through the backbone at once.
     """
     from franca.utils.device import resolve_device
@@ -211,7 +224,7 @@ def evaluate(
     pairs = load_pairs(data, split) if data is None or isinstance(data, (str, Path)) else list(data)
     if not pairs:
         raise ValueError(f"no keypoint pairs found in {data!r} (split {split!r})")
-    size = image_size or default_image_size(model.patch_size)
+    size = size or default_image_size(model.patch_size)
     model = model.to(device).eval()
     cache = _FeatureCache(model, size, device, capacity=max(64, 2 * batch_size))
     chosen = sample_pairs(pairs, n_pairs, seed)

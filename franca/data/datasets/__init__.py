@@ -1,4 +1,5 @@
 """Readers (torch Datasets) for the real data sets in their official on-disk layouts.
+May import franca.data and franca.utils only.
 
 The same readers read the built-in synthetic set (`franca.data.toy`). A missing or wrongly laid
 out data set raises FileNotFoundError naming the file or folder expected; a corrupt image raises
