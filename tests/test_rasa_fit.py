@@ -47,7 +47,10 @@ def test_golden_rasa_recovers_position_subspace():
     angles = principal_angles_deg(res.directions[0], Qp)
     assert angles.max() < 1.0, angles
     h = res.history[0]
-    assert h["r2_before"] > 0.99 and h["r2_after"] < 0.01, h
+    # The sigmoid predictor cannot reach R² 1 on targets linear in the features (sigmoid saturates at 0 and 1).
+    assert h["before"]["ridge"]["r2"] > 0.99 and h["before"]["sigmoid"]["r2"] > 0.95, h
+    assert h["after"]["ridge"]["r2"] < 0.01 and h["after"]["sigmoid"]["r2"] < 0.01, h
+    print(h["before"]["sigmoid"], h["after"]["sigmoid"])
     # Semantic part unchanged: it lies in the complement of span(Qp); the relative change is ≤ sin(max angle).
     cleaned_sem = sem_val @ res.projection.T
     rel = (cleaned_sem - sem_val).norm() / sem_val.norm()
@@ -133,7 +136,8 @@ def test_franca_rasa_command_end_to_end(tmp_path):
     assert rc == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert [h["iteration"] for h in report["history"]] == [1, 2]
-    assert all(math.isfinite(h["r2_before"]) and math.isfinite(h["r2_after"]) for h in report["history"])
+    assert all(math.isfinite(h[w][p]["r2"]) for h in report["history"] for w in ("before", "after")
+               for p in ("ridge", "sigmoid"))
     model = franca.load_backbone("vitt8", weights=out)
     assert model.rasa_proj is not None
     P_file = load_rasa_projection(out.with_name(out.stem + ".rasa.safetensors"), model.embed_dim)
