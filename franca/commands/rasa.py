@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", default=None,
                    help="folder of training images, searched recursively (default: the built-in toy set's images)")
     g.add_argument("--iterations", type=_iterations, default=8,
-                   help="removal stages T, or `auto`: stop when the held-out sigmoid-probe R² is below "
-                        "--auto-threshold or stops falling, at most --max-iterations (default: %(default)s)")
+                   help="removal stages T, or `auto`: stop when the held-out R² of both probes (trained sigmoid "
+                        "predictor, ridge) is below --auto-threshold or stops falling, at most --max-iterations (default: %(default)s)")
     g.add_argument("--max-iterations", type=int, default=16, help="most stages with --iterations auto (default: %(default)s)")
     g.add_argument("--auto-threshold", type=float, default=0.05,
                    help="--iterations auto stops once the held-out R² is below this (default: %(default)s)")
@@ -73,9 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-heldout", type=int, default=256, help="at most this many held-out images (default: %(default)s)")
     g.add_argument("--probe-fit-fraction", type=float, default=0.5,
                    help="share of the held-out images that fit the probes; the rest score them (default: %(default)s)")
-    g.add_argument("--probe-max-steps", type=int, default=3000,
-                   help="most steps of the sigmoid probe, trained to convergence (default: %(default)s)")
-    g.add_argument("--probe-lr", type=float, default=1e-2, help="sigmoid probe learning rate (default: %(default)s)")
+    g.add_argument("--probe-max-steps", type=int, default=500,
+                   help="most L-BFGS steps of the sigmoid probe, fitted to convergence (default: %(default)s)")
     g.add_argument("--no-probe-dihedral", action="store_true",
                    help="probe the held-out images as they are (default: each turned by a fixed random flip/"
                         "90° rotation, so that image content does not correlate with grid position)")
@@ -161,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             source = BackboneFeatures(model, train_loader, device, size)
 
-    probe = ProbeSettings(fit_fraction=args.probe_fit_fraction, lr=args.probe_lr, max_steps=args.probe_max_steps,
+    probe = ProbeSettings(fit_fraction=args.probe_fit_fraction, max_steps=args.probe_max_steps,
                           seed=args.seed)
     cfg = RasaConfig(iterations=iterations, epochs=args.epochs, max_steps=args.max_steps, tol=args.tol,
                      window=args.window, lr=args.lr, weight_decay=args.weight_decay, batch_size=batch, seed=args.seed,

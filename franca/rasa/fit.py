@@ -9,8 +9,8 @@ for steps until its loss stops improving (``max_steps``, ``tol``, ``window``).
 Before the first stage and after every stage, two probes fitted on held-out images and scored
 on other held-out images (``franca.rasa.probe``) give the position R² that is left: a
 closed-form ridge probe and the paper's sigmoid predictor trained to convergence. With
-``auto`` the stages stop once the sigmoid probe's R² is below ``auto_threshold`` or stops
-falling, and the result says why it stopped.
+``auto`` the stages stop once both probes' R² are below ``auto_threshold`` or stop falling, and
+the result says why it stopped.
 
 Features come from a ``FeatureSource``: cached tokens (synthetic tests, ``--no-augment``,
 ``--cache-views``) or a frozen backbone run on augmented images every pass.
@@ -39,8 +39,9 @@ class RasaConfig:
     ``epochs``: None trains each stage until converged (at most ``max_steps`` steps, constant lr,
     stop when the mean loss of the last ``window`` steps improves by less than ``tol`` relative
     on the window before); a number reproduces the reference's fixed schedule (cosine decay).
-    ``auto``: ``iterations`` is a maximum; stop once the held-out sigmoid-probe R² is below
-    ``auto_threshold`` or falls by less than ``auto_min_drop`` in a stage (needs held-out tokens).
+    ``auto``: ``iterations`` is a maximum; stop once the held-out R² (the larger of the sigmoid
+    predictor's and the ridge probe's) is below ``auto_threshold`` or falls by less than
+    ``auto_min_drop`` in a stage (needs held-out tokens).
     ``project_previous``: train each stage's directions inside the span that is left (see
     ``restrict_to_complement``); False reproduces the reference's raw-weight removal exactly.
     """
@@ -190,8 +191,9 @@ def train_position_predictor(source: FeatureSource, P_prev: torch.Tensor | None,
                              desc: str = "rasa") -> tuple[torch.Tensor, dict[str, Any]]:
     """One stage: fit sigmoid(x̃ Wᵀ) ≈ (row, col) by MSE on cleaned tokens x̃ = x P_prevᵀ.
 
-    Returns W (2, D) and a record: steps, whether the loss converged (None for the fixed
-    schedule), the mean loss of the first and last window of steps.
+    Returns W (2, D) (until converged: the mean W of the last window of steps) and a record: steps,
+    whether the loss converged (None for the fixed schedule), the mean loss of the first and last
+    window of steps.
     """
     D = source.dim
     fixed = cfg.epochs is not None
@@ -206,6 +208,7 @@ def train_position_predictor(source: FeatureSource, P_prev: torch.Tensor | None,
     P = None if P_prev is None else P_prev.to(device)
     losses: list[float] = []
     converged: bool | None = None if fixed else False
+    recent: list[torch.Tensor] = []  # W over the last window: their mean is the stage's predictor
     bar = _progress(steps, desc, cfg.progress)
     for x in _batches(source):
         x = x.to(device).float()
@@ -219,6 +222,8 @@ def train_position_predictor(source: FeatureSource, P_prev: torch.Tensor | None,
         if sched is not None:
             sched.step()
         losses.append(float(loss.detach()))
+        if not fixed:
+            recent = (recent + [W.detach().clone()])[-cfg.window:]
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -232,7 +237,10 @@ def train_position_predictor(source: FeatureSource, P_prev: torch.Tensor | None,
     w = min(cfg.window, len(losses))
     record = {"steps": len(losses), "converged": converged, "schedule": "fixed" if fixed else "until converged",
               "loss_first": sum(losses[:w]) / w, "loss_last": sum(losses[-w:]) / w}
-    return W.detach().cpu(), record
+    # At a constant lr the weights jitter around the optimum, most along high-variance feature directions;
+    # averaging the last window (Polyak) removes that jitter, which would otherwise be removed as "position".
+    W_out = torch.stack(recent).mean(0) if recent else W.detach()
+    return W_out.cpu(), record
 
 
 def fit_rasa(source: FeatureSource, cfg: RasaConfig, device: torch.device | str = "cpu",
@@ -291,15 +299,21 @@ def fit_rasa(source: FeatureSource, cfg: RasaConfig, device: torch.device | str 
 
 
 def _auto_stop(entry: dict[str, Any], cfg: RasaConfig, failures: list[str]) -> str:
-    """Why the automatic stage count stops after this stage, or "" to go on."""
-    r2_before, r2_after = entry["before"]["sigmoid"]["r2"], entry["after"]["sigmoid"]["r2"]
-    if any(f.startswith("sigmoid") for f in failures):
-        return "the sigmoid probe failed before removal (negative R²), so it cannot tell when to stop"
+    """Why the automatic stage count stops after this stage, or "" to go on.
+
+    The measure is the larger held-out R² of the two probes (the trained sigmoid predictor and
+    the ridge probe): the sigmoid predictor has no bias and can miss position the ridge probe
+    still finds, so stopping on it alone can stop early.
+    """
+    if failures:
+        return "a probe failed before removal (negative R²), so the R² cannot tell when to stop"
+    r2_before = max(entry["before"][p]["r2"] for p in ("sigmoid", "ridge"))
+    r2_after = max(entry["after"][p]["r2"] for p in ("sigmoid", "ridge"))
     if r2_after < cfg.auto_threshold:
-        return f"held-out sigmoid-probe R² {r2_after:.4f} is below the threshold {cfg.auto_threshold}"
+        return (f"held-out R² (sigmoid {entry['after']['sigmoid']['r2']:.4f}, ridge {entry['after']['ridge']['r2']:.4f}) "
+                f"is below the threshold {cfg.auto_threshold}")
     if r2_before - r2_after < cfg.auto_min_drop:
-        return (f"held-out sigmoid-probe R² stopped falling ({r2_before:.4f} -> {r2_after:.4f}, "
-                f"less than {cfg.auto_min_drop} lower)")
+        return (f"held-out R² stopped falling ({r2_before:.4f} -> {r2_after:.4f}, less than {cfg.auto_min_drop} lower)")
     return ""
 
 

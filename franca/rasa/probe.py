@@ -6,9 +6,9 @@ Two independent measures, both fitted on one set of held-out images and scored o
 * ``ridge_r2``: closed-form ridge regression tokens → normalised (row, col); the ridge strength
   is chosen by k-fold cross-validation (folds by image) inside the fit split, so a probe with
   few fit tokens per dimension does not over-fit into a negative R².
-* ``sigmoid_r2``: the paper's predictor, Linear(D→2, no bias) + sigmoid trained by MSE, run for
-  steps until its loss stops improving (window means differ by < ``tol`` relatively) or
-  ``max_steps``.
+* ``sigmoid_r2``: the paper's predictor, Linear(D→2, no bias) + sigmoid fitted by MSE (full-batch
+  L-BFGS), run for steps until its loss stops improving (window means differ by < ``tol``
+  relatively) or ``max_steps``.
 
 R² = 1 − Σ(y−ŷ)²/Σ(y−ȳ)² per output (ȳ the score split's mean), averaged over row and col.
 A negative R² before any removal means the probe is worse than predicting the mean on tokens
@@ -54,12 +54,10 @@ class ProbeSettings:
 
     fit_fraction: float = 0.5
     folds: int = 5
-    lr: float = 1e-2
-    batch_images: int = 64
-    max_steps: int = 3000
-    min_steps: int = 100
-    window: int = 50
-    tol: float = 1e-3
+    max_steps: int = 500
+    min_steps: int = 10
+    window: int = 5
+    tol: float = 1e-6
     seed: int = 0
 
 
@@ -155,43 +153,42 @@ def ridge_r2(fit: torch.Tensor, score: torch.Tensor, grid: tuple[int, int], fold
 
 def train_sigmoid_predictor(tokens: torch.Tensor, grid: tuple[int, int], settings: ProbeSettings,
                             device: torch.device | str = "cpu") -> tuple[torch.Tensor, dict[str, Any]]:
-    """The paper's predictor sigmoid(x Wᵀ) ≈ (row, col), W (2, D) no bias, trained by MSE until converged.
+    """The paper's predictor sigmoid(x Wᵀ) ≈ (row, col), W (2, D) no bias, fitted by MSE until converged.
 
-    Mini-batches of ``batch_images`` images (AdamW, weight decay 0, constant lr). Converged when
-    the mean loss of the last ``window`` steps is less than ``tol`` (relative) below the window
-    before it, after at least ``min_steps``; otherwise stops at ``max_steps``. Returns W and a
-    record (steps, converged, first/last window loss).
+    Full-batch L-BFGS (strong-Wolfe line search) in float64 on all fit tokens from W = 0, one iteration per
+    step: mini-batch noise and a fixed learning rate would stop a weak-signal probe early and
+    under-report position. Converged when the mean loss of the last ``window`` steps is less than
+    ``tol`` (relative) below the window before, after ``min_steps``; else it stops at
+    ``max_steps``. Returns W and a record (steps, converged, first/last loss).
     """
     device = torch.device(device)
-    g = torch.Generator().manual_seed(settings.seed)
-    M, _, D = tokens.shape
-    bound = 1.0 / math.sqrt(D)  # nn.Linear's default init
-    W = ((torch.rand(2, D, generator=g) * 2 - 1) * bound).to(device).requires_grad_(True)
-    opt = torch.optim.AdamW([W], lr=settings.lr, weight_decay=0.0)
-    target = position_targets(*grid, device=device)
-    x_all = tokens.to(device, torch.float32)
-    bs = min(settings.batch_images, M)
-    losses: list[float] = []
-    converged = False
-    order = torch.randperm(M, generator=g)
-    pos = 0
-    while len(losses) < settings.max_steps:
-        if pos + bs > M:
-            order, pos = torch.randperm(M, generator=g), 0
-        x = x_all[order[pos:pos + bs].to(device)]
-        pos += bs
-        loss = F.mse_loss(torch.sigmoid(x @ W.T), target.expand(x.shape[0], -1, -1))
+    M, N, D = tokens.shape
+    # Start from W = 0 (constant prediction ½, R² ≈ 0): every accepted L-BFGS step lowers the loss, so the
+    # probe never ends worse than the mean, as it can from a random start when the line search stalls.
+    W = torch.zeros(2, D, dtype=torch.float64, device=device, requires_grad=True)
+    x = tokens.reshape(-1, D).to(device, torch.float64)
+    y = position_targets(*grid, device=device).to(torch.float64).repeat(M, 1)
+    opt = torch.optim.LBFGS([W], lr=1.0, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(torch.sigmoid(x @ W.T), y)
         loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if has_converged(losses, settings.window, settings.tol, settings.min_steps):
+        return loss
+
+    with torch.no_grad():
+        losses = [float(F.mse_loss(torch.sigmoid(x @ W.T), y))]
+    converged = False
+    while len(losses) <= settings.max_steps:
+        opt.step(closure)
+        with torch.no_grad():
+            losses.append(float(F.mse_loss(torch.sigmoid(x @ W.T), y)))
+        if has_converged(losses, settings.window, settings.tol, settings.min_steps + 1):  # losses[0]: before step 1
             converged = True
             break
-    w = settings.window
-    record = {"steps": len(losses), "converged": converged, "loss_first": sum(losses[:w]) / len(losses[:w]),
-              "loss_last": sum(losses[-w:]) / len(losses[-w:])}
-    return W.detach().cpu(), record
+    record = {"steps": len(losses) - 1, "converged": converged, "optimizer": "lbfgs",
+              "loss_first": losses[0], "loss_last": losses[-1]}
+    return W.detach().cpu().float(), record
 
 
 def has_converged(losses: list[float], window: int, tol: float, min_steps: int = 0) -> bool:
