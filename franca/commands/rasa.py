@@ -73,8 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-heldout", type=int, default=256, help="at most this many held-out images (default: %(default)s)")
     g.add_argument("--probe-fit-fraction", type=float, default=0.5,
                    help="share of the held-out images that fit the probes; the rest score them (default: %(default)s)")
-    g.add_argument("--probe-max-steps", type=int, default=500,
-                   help="most L-BFGS steps of the sigmoid probe, fitted to convergence (default: %(default)s)")
+    g.add_argument("--probe-max-steps", type=int, default=2000,
+                   help="most full-batch steps of the sigmoid probe, trained to convergence (default: %(default)s)")
     g.add_argument("--no-probe-dihedral", action="store_true",
                    help="probe the held-out images as they are (default: each turned by a fixed random flip/"
                         "90° rotation, so that image content does not correlate with grid position)")

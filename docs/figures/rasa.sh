@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# RASA on the tiny pretrained model (docs/rasa.md): held-out position R² of both probes per stage and the
+# in-context mIoU with and without RASA, on the built-in toy data at 64 px (vitt8: an 8×8 patch grid).
+# Usage: docs/figures/rasa.sh CHECKPOINT   (a `franca pretrain --preset tiny` checkpoint of vitt8)
+# Writes docs/figures/rasa-tiny.json (the RASA report), rasa-incontext-{raw,rasa}.json and rasa.png.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CKPT=$1
+OUT=docs/figures
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+# RASA images: the toy VOC trainaug images only (the in-context queries are VOC val).
+VOC=$(python -c "from franca.data.toy import builtin_toy; print(builtin_toy())")/VOCdevkit/VOC2012
+mkdir "$TMP/images"
+while read -r name; do ln -s "$VOC/JPEGImages/$name.jpg" "$TMP/images/$name.jpg"; done < "$VOC/ImageSets/Segmentation/trainaug.txt"
+
+python -m franca rasa --model vitt8 --weights "$CKPT" --data "$TMP/images" --size 64 --device cpu --num-workers 0 \
+  --iterations auto --max-iterations 12 --cache-views 8 --heldout-fraction 0.4 --max-heldout 200 \
+  --out "$TMP/vitt8-rasa.safetensors" --report "$OUT/rasa-tiny.json" --no-progress
+for mode in raw rasa; do
+  flag=(); if [ $mode = rasa ]; then flag=(--rasa); fi
+  python -m franca eval incontext --model vitt8 --weights "$TMP/vitt8-rasa.safetensors" "${flag[@]}" --size 64 \
+    --device cpu --num-workers 0 --out "$OUT/rasa-incontext-$mode.json"
+done
+python docs/figures/rasa_plot.py "$OUT/rasa-tiny.json" "$OUT/rasa-incontext-raw.json" "$OUT/rasa-incontext-rasa.json" \
+  "$OUT/rasa.png"
