@@ -1,8 +1,9 @@
 """Feature extraction for `franca features`: images in a folder → CLS and patch tokens on disk.
 
-Input size rule (documented, never an opaque error): each image's shorter side is resized to `size`
-(bicubic), then a centred square of side ⌊size/patch⌋·patch is cut, so every image gives the same
-patch grid and any `size` ≥ patch works. Images are normalised with the ImageNet mean/std.
+Input size rule (documented, never an opaque error): `franca.transforms(model, size)`, the one
+preprocessing of the project: a centred square of side ⌊size/patch⌋·patch is cut after the shorter
+side is resized to round(side/0.875) (bicubic), so every image gives the same patch grid and any
+`size` ≥ patch works. Images are normalised with the ImageNet mean/std.
 """
 from __future__ import annotations
 
@@ -36,15 +37,11 @@ def crop_side(size: int, patch_size: int) -> int:
 
 
 def make_transform(size: int, patch_size: int):
-    """Resize shorter side to `size`, centre-crop a square multiple of the patch, normalise."""
-    from torchvision import transforms as T
+    """`franca.transforms` for a patch size (see the module docstring)."""
+    from franca.models.preprocess import image_transform
 
-    return T.Compose([
-        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(crop_side(size, patch_size)),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    crop_side(size, patch_size)  # the --size error message of this command
+    return image_transform(size, patch_size)
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -77,11 +74,13 @@ def extract_features(model: nn.Module, paths: Sequence[Path], size: int, device:
                      batch_size: int = 32, num_workers: int = 0, rasa: bool = False,
                      progress: bool = True) -> dict[str, Any]:
     """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept."""
-    from tqdm import tqdm
-
     from franca.utils.device import autocast_context
+    from franca.utils.progress import progress as tqdm
 
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, make_transform(size, model.patch_size)),
+    from franca.models.preprocess import transforms as preprocess
+
+    crop_side(size, model.patch_size)  # the --size error message of this command
+    loader = torch.utils.data.DataLoader(_ImageFiles(paths, preprocess(model, size)),
                                          batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     cls, patch, kept, skipped = [], [], [], []
     model.eval()

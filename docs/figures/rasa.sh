@@ -17,7 +17,7 @@ while read -r name; do ln -s "$VOC/JPEGImages/$name.jpg" "$TMP/images/$name.jpg"
 
 python -m franca rasa --model vitt8 --weights "$CKPT" --data "$TMP/images" --size 64 --device cpu --num-workers 0 \
   --iterations auto --max-iterations 12 --cache-views 8 --heldout-fraction 0.4 --max-heldout 200 \
-  --out "$TMP/vitt8-rasa.safetensors" --report "$OUT/rasa-tiny.json" --no-progress
+  --out "$TMP/vitt8-rasa.safetensors" --report "$OUT/rasa-tiny.json" --quiet
 for mode in raw rasa; do
   flag=(); if [ $mode = rasa ]; then flag=(--rasa); fi
   python -m franca eval incontext --model vitt8 --weights "$TMP/vitt8-rasa.safetensors" "${flag[@]}" --size 64 \

@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
     p.set_defaults(batch_size=128)
+    from franca.commands._flags import add_data_argument, add_quiet_argument, add_size_argument
+
     g = p.add_argument_group("RASA")
-    g.add_argument("--data", default=None,
-                   help="folder of training images, searched recursively (default: the built-in toy set's images)")
+    add_data_argument(g, "folder of training images, searched recursively (default: the built-in toy set's images)")
     g.add_argument("--iterations", type=_iterations, default=8,
                    help="removal stages T, or `auto`: stop when the held-out R² of both probes (trained sigmoid "
                         "predictor, ridge) is below --auto-threshold or stops falling, at most --max-iterations (default: %(default)s)")
@@ -56,9 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate; the paper's best (default: %(default)s; "
                    "the reference configs use 2e-4)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
-    g.add_argument("--size", type=int, default=None,
-                   help="square training/probe image size, a multiple of the patch size "
-                        "(default: the backbone's img_size; the reference uses 518)")
+    add_size_argument(g, "square training/probe image side, rounded down to a multiple of the patch size "
+                         "(default: the backbone's own image size; the reference uses 518)")
     g.add_argument("--no-augment", action="store_true",
                    help="fit on cached features of resized images without augmentation (fast on CPU, "
                         "but content and position are then correlated)")
@@ -79,12 +79,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="probe the held-out images as they are (default: each turned by a fixed random flip/"
                         "90° rotation, so that image content does not correlate with grid position)")
     g.add_argument("--max-images", type=int, default=None, help="use at most this many images in total")
-    g.add_argument("--seed", type=int, default=400, help="random seed (reference: 400)")
+    g.add_argument("--seed", type=int, default=400, help="random seed (default: %(default)s, the reference's)")
     g.add_argument("--out", default=None,
                    help="backbone file to write: .safetensors (franca.export_backbone, timm-loadable) or "
                         ".pt/.pth (state dict); default: runs/rasa/<model>-rasa.safetensors")
     g.add_argument("--report", default=None, help="JSON report path (default: next to --out, .json)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet_argument(g)
 
 
 def _iterations(value: str) -> int | str:
@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import franca
-    from franca.commands._common import model_identity, write_result
+    from franca.commands._common import load_model_from_args, model_identity, write_result
+    from franca.commands._flags import check_out_path, fit_size
     from franca.models.rasa_fold import save_rasa_file
     from franca.rasa import data as rdata
     from franca.rasa.fit import BackboneFeatures, CachedFeatures, RasaConfig, extract_all, fit_rasa
@@ -119,13 +120,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be ≥ 1, got {value}")
     if args.cache_views < 0:
         raise ValueError(f"--cache-views must be ≥ 0, got {args.cache_views}")
+    check_out_path(args.out, (".safetensors", ".pt", ".pth"))
+    check_out_path(args.report, (".json",), flag="--report")
     seed_all(args.seed)
     device = resolve_device(args.device)
-    model = franca.load_backbone(args.model, weights=args.weights).to(device).eval()
+    model = load_model_from_args(args)[0].to(device).eval()  # no weights: an error unless --random-init
     model.requires_grad_(False)
-    size = int(args.size or getattr(model, "img_size", 224))
-    if size % int(model.patch_size):
-        raise ValueError(f"--size {size} is not a multiple of the patch size {model.patch_size}")
+    size = fit_size(int(args.size or getattr(model, "img_size", 224)), int(model.patch_size))
     grid = (size // int(model.patch_size),) * 2
 
     root = Path(args.data) if args.data else rdata.default_image_root()
@@ -165,10 +166,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = RasaConfig(iterations=iterations, epochs=args.epochs, max_steps=args.max_steps, tol=args.tol,
                      window=args.window, lr=args.lr, weight_decay=args.weight_decay, batch_size=batch, seed=args.seed,
                      project_previous=not args.reference_removal, auto=auto, auto_threshold=args.auto_threshold,
-                     auto_min_drop=args.auto_min_drop, probe=probe, progress=not args.no_progress)
+                     auto_min_drop=args.auto_min_drop, probe=probe, progress=not args.quiet)
     result = fit_rasa(source, cfg, device=device, heldout=heldout)
 
-    out = Path(args.out) if args.out else Path("runs/rasa") / f"{args.model.replace(':', '_')}-rasa.safetensors"
+    name = (args.model or Path(args.weights).stem).replace(":", "_")
+    out = Path(args.out) if args.out else Path("runs/rasa") / f"{name}-rasa.safetensors"
     model.set_rasa_projection(result.projection)
     if out.suffix == ".safetensors":
         franca.export_backbone(model.cpu(), out)
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.cpu().state_dict(), out)
     rasa_file = save_rasa_file(out.with_name(out.stem + ".rasa.safetensors"), result.directions,
-                               metadata={"model": args.model, "iterations": str(len(result.directions))})
+                               metadata={"model": str(args.model), "iterations": str(len(result.directions))})
     failed = bool(result.probe_failures)
     report = {
         "protocol": "rasa", "metric_name": "sigmoid_r2_final",
