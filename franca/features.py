@@ -13,19 +13,18 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, open_image  # noqa: F401 (IMAGE_EXTENSIONS re-exported)
+from franca.data.images import list_images as _list_images
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def list_images(root: str | Path) -> list[Path]:
-    """All image files under `root` (recursive, sorted)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """All image files under `root` (recursive, links followed once, sorted: `franca.data.images`)."""
+    return _list_images(root)
 
 
 def crop_side(size: int, patch_size: int) -> int:
@@ -55,12 +54,9 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
         try:
-            with Image.open(self.paths[i]) as im:
-                return self.transform(im.convert("RGB")), i
-        except (OSError, ValueError) as exc:
+            return self.transform(open_image(self.paths[i])), i
+        except (CorruptImageError, FileNotFoundError) as exc:
             log.warning("skipping unreadable image %s: %s", self.paths[i], exc)
             return torch.empty(0), i
 
@@ -101,17 +97,50 @@ def extract_features(model: nn.Module, paths: Sequence[Path], size: int, device:
             "grid": [side, side], "size": crop_side(size, model.patch_size), "rasa": bool(rasa)}
 
 
-def save_features(result: dict[str, Any], out: str | Path) -> Path:
-    """Write features as .pt (torch.load(weights_only=True) reads it) or .npz."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npz":
-        import numpy as np
+OUTPUT_SUFFIXES = (".pt", ".pth", ".npz")
 
-        np.savez(out, cls=result["cls"].numpy(), patch=result["patch"].numpy(), files=np.array(result["files"]),
-                 grid=np.array(result["grid"]))
-    elif out.suffix in (".pt", ".pth"):
-        torch.save(result, out)
-    else:
-        raise ValueError(f"--out must end in .pt or .npz, got {out.name}")
+
+def check_output_path(out: str | Path) -> Path:
+    """Validate an output file path before any work: a .pt/.pth/.npz name that is not a folder, in a
+    folder that exists (or can be created) and is writable. Returns it as a Path; ValueError otherwise."""
+    import tempfile
+
+    out = Path(out)
+    if out.suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--out must end in .pt, .pth or .npz, got {out.name!r}")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name ending in .pt or .npz")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".check"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot write in the folder {out.parent} ({exc.strerror or exc})") from None
+    return out
+
+
+def save_features(result: dict[str, Any], out: str | Path) -> Path:
+    """Write features as .pt (torch.load(weights_only=True) reads it) or .npz, atomically: to a
+    temporary file in the same folder, renamed over `out` only once complete (a failed write, e.g.
+    a full disk, leaves the previous file intact and no temporary file behind)."""
+    import os
+    import tempfile
+
+    out = check_output_path(out)
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if out.suffix == ".npz":
+                import numpy as np
+
+                np.savez(fh, cls=result["cls"].numpy(), patch=result["patch"].numpy(),
+                         files=np.array(result["files"]), grid=np.array(result["grid"]))
+            else:
+                torch.save(result, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, out)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
     return out

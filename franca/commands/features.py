@@ -3,6 +3,8 @@
 Sizes: each image's shorter side is resized to --size, then a centred square whose side is the
 largest multiple of the patch size not above --size is cut (e.g. --size 230 with patch 14 → 224).
 The output holds `cls` (N, D), `patch` (N, n, D), `files` (the N image paths, in order) and `grid`.
+The output path is checked (suffix, writable folder) before any work, and the file is written to a
+temporary name and renamed, so a failed run never leaves a half-written file or destroys the last one.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import load_model_from_args
-    from franca.features import extract_features, list_images, save_features
+    from franca.features import check_output_path, extract_features, list_images, save_features
 
+    check_output_path(args.out)  # before any work: a bad --out fails in a second, not after the extraction
     paths = list_images(args.images)
     if not paths:
         raise ValueError(f"no images found under {args.images}")

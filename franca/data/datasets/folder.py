@@ -28,26 +28,19 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, list_images, open_image
+
+__all__ = ["IMAGE_EXTENSIONS", "CorruptImageError", "ImageFolder", "ImageNet", "SkipNoneCollate",
+           "UnlabelledImageFolder", "list_images", "load_rgb", "read_labels_txt", "require_dir", "require_file"]
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-
-
-class CorruptImageError(ValueError):
-    """An image file exists but cannot be decoded; the message names the file."""
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image as RGB, fully decoded; a missing file raises FileNotFoundError, a corrupt one
-    CorruptImageError, both naming the path."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image file not found: {p}")
-    try:
-        with Image.open(p) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise CorruptImageError(f"cannot decode image {p}: {exc}") from exc
+    """Open an image as 8-bit RGB, fully decoded (`franca.data.images.open_image`): a missing file
+    raises FileNotFoundError, a corrupt one or a decompression bomb CorruptImageError, naming the path."""
+    return open_image(path)
 
 
 def require_dir(path: str | os.PathLike, what: str) -> Path:
@@ -63,21 +56,6 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"{what}: expected the file {p}, which does not exist")
     return p
-
-
-def _is_image(name: str, extensions: Sequence[str] | None) -> bool:
-    if name.startswith("."):
-        return False
-    return extensions is None or name.lower().endswith(tuple(extensions))
-
-
-def list_images(root: Path, extensions: Sequence[str] | None = IMAGE_EXTENSIONS) -> list[Path]:
-    """All image files below root, recursively (following links), in sorted order."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in filenames if _is_image(f, extensions)]
-    return sorted(out)
 
 
 class ImageFolder(Dataset):
