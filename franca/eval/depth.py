@@ -266,8 +266,9 @@ def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Seq
 def load_nyu(root: str | Path | None) -> tuple[Sequence[Any], Sequence[Any]]:
     """(train, test) NYUv2 readers (``franca.data.datasets.nyu``) for ``root`` (default: the toy set).
 
-    ``root``: a folder in the BTS layout (or its parent holding ``nyuv2/``), Probe3D's
-    ``nyuv2_snorm_all.pkl``, or the labelled ``nyu_depth_v2_labeled.mat`` (official splits).
+    ``root``: a folder in the BTS layout (or its parent holding ``nyuv2/``), Probe3D's arrays saved
+    as ``.npz``, or the labelled ``nyu_depth_v2_labeled.mat``/``.h5`` (official splits). Pickles
+    (``.pkl``) are refused with an error saying how to convert one: reading a pickle can run code.
     """
     from franca.data.datasets import nyu
 
@@ -276,9 +277,12 @@ def load_nyu(root: str | Path | None) -> tuple[Sequence[Any], Sequence[Any]]:
 
         root = builtin_toy()
     root = Path(root)
-    if root.suffix == ".pkl":
-        return nyu.NYUv2Pickle(root, "train"), nyu.NYUv2Pickle(root, "test")
-    if root.suffix == ".mat":
+    suffix = root.suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        nyu.refuse_pickle(root)
+    if suffix == ".npz":
+        return nyu.NYUv2Arrays(root, "train"), nyu.NYUv2Arrays(root, "test")
+    if suffix in (".mat", ".h5", ".hdf5"):
         return nyu.NYUv2Labeled(root, "train"), nyu.NYUv2Labeled(root, "test")
     if not (root / "nyudepthv2_test_files_with_gt.txt").is_file() and (root / "nyuv2").is_dir():
         root = root / "nyuv2"

@@ -10,7 +10,7 @@ corrupt images instead and count them (`SkipNoneCollate`, see `folder`).
 | ImageFolder, ImageNet                   | folder       | (image, class index)                  |
 | UnlabelledImageFolder, WebDatasetShards | folder, wds  | image or None                         |
 | VOCSegmentation, ADE20K, COCOThings     | voc, ade20k, coco | (image, int64 mask, 255 = ignore) |
-| NYUv2Depth, NYUv2Labeled, NYUv2Pickle   | nyu          | (image, float32 depth in m, 0 = invalid) |
+| NYUv2Depth, NYUv2Labeled, NYUv2Arrays   | nyu          | (image, float32 depth in m, 0 = invalid) |
 | SPair71k                                | spair        | dict of two images, keypoints, boxes  |
 | finegrained_dataset(name, …)            | finegrained  | (image, class index)                  |
 """
@@ -28,12 +28,12 @@ from franca.data.datasets.folder import (
     UnlabelledImageFolder,
     load_rgb,
 )
-from franca.data.datasets.nyu import NYUv2Depth, NYUv2Labeled, NYUv2Pickle
+from franca.data.datasets.nyu import NYUv2Depth, NYUv2Labeled, NYUv2Arrays
 from franca.data.datasets.spair import SPair71k
 from franca.data.datasets.voc import VOC_CLASSES, VOCSegmentation
 from franca.data.datasets.wds import WebDatasetShards
 
 __all__ = ["ADE20K", "COCOThings", "CUB200", "CorruptImageError", "FINEGRAINED_SETS", "IMAGE_EXTENSIONS",
-           "ImageFolder", "ImageNet", "NYUv2Depth", "NYUv2Labeled", "NYUv2Pickle", "SPair71k", "SkipNoneCollate",
+           "ImageFolder", "ImageNet", "NYUv2Depth", "NYUv2Labeled", "NYUv2Arrays", "SPair71k", "SkipNoneCollate",
            "UnlabelledImageFolder", "VOCSegmentation", "VOC_CLASSES", "WebDatasetShards", "finegrained_dataset",
            "load_rgb"]
