@@ -137,15 +137,15 @@ def list_images(root: str | os.PathLike, extensions: Sequence[str] | None = IMAG
 
     `root` must be a folder (FileNotFoundError otherwise). A folder is walked once however many
     links reach it (identified by device and inode), so link loops end; a file reached by several
-    paths is listed once, under the first path in sorted walk order; broken links are ignored.
+    paths is listed once (under a path that is not itself a link when there is one, else the first in
+    sorted walk order); broken links are ignored.
     An empty result is returned as an empty list: callers say what they expected.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[tuple[int, int]] = set()
-    out: list[Path] = []
+    files: dict[tuple[int, int], tuple[bool, Path]] = {}  # (dev, inode) → (reached by a link, path)
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -174,12 +174,11 @@ def list_images(root: str | os.PathLike, extensions: Sequence[str] | None = IMAG
             if stat.S_ISDIR(est.st_mode):
                 subdirs.append(Path(e.path))
             elif stat.S_ISREG(est.st_mode) and _is_image_name(e.name, extensions):
-                fid = (est.st_dev, est.st_ino)
-                if fid not in seen_files:
-                    seen_files.add(fid)
-                    out.append(Path(e.path))
+                fid, is_link = (est.st_dev, est.st_ino), e.is_symlink()
+                if fid not in files or (files[fid][0] and not is_link):  # the real file beats a link to it
+                    files[fid] = (is_link, Path(e.path))
         stack.extend(reversed(subdirs))  # depth-first, in sorted order
-    return sorted(out)
+    return sorted(p for _, p in files.values())
 
 
 class UnreadableFiles:

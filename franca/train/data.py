@@ -185,7 +185,7 @@ def _tar_images(shard: str, damaged: set[str] | None = None) -> Iterator[tuple[s
         if shard not in _WARNED_SHARDS:
             _WARNED_SHARDS.add(shard)
             log.warning("webdataset shard %s is damaged (%s: %s); skipping the rest of this shard",
-                        shard, type(exc).__name__, exc)
+                        shard, type(exc).__name__, " ".join(str(exc).split()))
 
 
 _WARNED_SHARDS: set[str] = set()
@@ -211,7 +211,7 @@ def _tar_member_names(shard: str) -> Iterator[str]:
         if shard not in _WARNED_SHARDS:
             _WARNED_SHARDS.add(shard)
             log.warning("webdataset shard %s is damaged (%s: %s); skipping the rest of this shard",
-                        shard, type(exc).__name__, exc)
+                        shard, type(exc).__name__, " ".join(str(exc).split()))
 
 
 class ShardImages(IterableDataset):

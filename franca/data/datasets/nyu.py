@@ -135,15 +135,15 @@ class NYUv2Labeled(Dataset):
 
 
 PICKLE_REFUSED = ("{path}: a pickle file can run code when it is read, so franca does not read pickles. "
-                  "Convert a file you trust once, in Python: `d = pickle.load(open('{name}', 'rb')); "
-                  "numpy.savez('{stem}.npz', **{{k: d[k] for k in ('images', 'depths', 'train_indices', "
-                  "'test_indices')}})`, then pass the .npz")
+                  "If you trust this file, unpickle it once yourself and save its arrays with "
+                  "numpy.savez('{stem}.npz', images=..., depths=..., train_indices=..., test_indices=...), "
+                  "then pass {stem}.npz")
 
 
 def refuse_pickle(path: str | os.PathLike) -> None:
     """Raise ValueError explaining that a pickle is never read (and how to convert it to .npz)."""
     p = Path(path)
-    raise ValueError(PICKLE_REFUSED.format(path=p, name=p.name, stem=p.stem))
+    raise ValueError(PICKLE_REFUSED.format(path=p, stem=p.stem))
 
 
 class NYUv2Arrays(Dataset):
