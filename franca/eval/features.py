@@ -8,7 +8,9 @@ One pass over a labelled dataset gives, per image:
   ``cls`` is then ``cls_blocks[:, -1]`` (the same tensor the final norm gives).
 
 Results are cached on disk under a key hashed from the model (a fingerprint of its weights, plus an
-optional caller-supplied identity), the dataset (class, size, sample list) and its transform, so
+optional caller-supplied identity such as the weights file's name, size and mtime), the dataset
+(class, length, sample list, each file's size, mtime and inode), its transform (hence the image
+size) and the code version (`code_version()`), so
 running several protocols on the same backbone and data extracts once (recent results are also
 kept in memory, bounded, for protocols run in one process without a disk cache). Under torchrun every rank
 extracts a strided shard and the shards are gathered, so all ranks return the full tensors.
@@ -42,6 +44,16 @@ def default_cache_dir() -> Path:
     return Path(root) / "features"
 
 
+CACHE_FORMAT = 2  # bump when extraction changes its numbers (forward pass, dtype, gathering)
+
+
+def code_version() -> str:
+    """The code that computed a cached result: the package version and this module's cache format."""
+    from franca import __version__
+
+    return f"franca {__version__}, features format {CACHE_FORMAT}"
+
+
 def model_fingerprint(model: torch.nn.Module, n_samples: int = 1024) -> str:
     """Cheap content hash of a model's weights: names, shapes, sums and a strided sample of values.
 
@@ -63,7 +75,8 @@ def model_fingerprint(model: torch.nn.Module, n_samples: int = 1024) -> str:
 
 
 def dataset_identity(dataset: Any) -> dict[str, Any]:
-    """What makes a dataset's features different: class, length, root, sample list, transform."""
+    """What makes a dataset's features different: class, length, root, sample list, the size, mtime
+    and inode of every file it reads (so a file replaced under the same name changes it), transform."""
     base = dataset
     indices = None
     if isinstance(base, Subset):
@@ -72,13 +85,16 @@ def dataset_identity(dataset: Any) -> dict[str, Any]:
     samples = getattr(base, "samples", None) or getattr(base, "imgs", None)
     if samples is not None:
         sample_hash = hashlib.sha1("\n".join(map(str, samples)).encode()).hexdigest()
+        files = _sample_files(samples)
     else:  # no file list (e.g. a TensorDataset): hash the content of a few items
         sample_hash = _item_hash(dataset)
+        files = _tree_files(getattr(base, "root", None))
     ident = {
         "class": type(base).__name__,
         "len": len(dataset),
         "root": str(getattr(base, "root", "")),
         "samples": sample_hash,
+        "files": files_fingerprint(files) if files else None,
         "transform": repr(getattr(base, "transform", None)),
         "indices": hashlib.sha1(str(indices).encode()).hexdigest() if indices is not None else None,
     }
@@ -86,6 +102,37 @@ def dataset_identity(dataset: Any) -> dict[str, Any]:
     if callable(extra):
         ident["extra"] = extra()
     return ident
+
+
+def _sample_files(samples: Any) -> list[str]:
+    """The file paths named in a sample list (entries are paths or tuples holding paths)."""
+    out = []
+    for entry in samples:
+        parts = entry if isinstance(entry, (tuple, list)) else (entry,)
+        out += [os.fspath(p) for p in parts if isinstance(p, (str, os.PathLike))]
+    return out
+
+
+def _tree_files(root: Any) -> list[str]:
+    """Every file below a dataset's root folder (for readers without a sample list); [] if none."""
+    if not isinstance(root, (str, os.PathLike)) or not Path(root).is_dir():
+        return []
+    from franca.data.images import list_images
+
+    return [str(p) for p in list_images(root, extensions=None)]
+
+
+def files_fingerprint(paths: list[str]) -> str:
+    """Hash of each file's path, size, modification time (ns) and inode; a path that is not a file counts
+    as missing. Replacing, editing or touching a file changes it; reading it does not."""
+    h = hashlib.sha1()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}\n".encode())
+        except OSError:
+            h.update(f"{p}\tmissing\n".encode())
+    return h.hexdigest()
 
 
 def _item_hash(dataset: Any) -> str | None:
@@ -104,7 +151,8 @@ def _item_hash(dataset: Any) -> str | None:
 def cache_keys(model: torch.nn.Module, dataset: Any, kinds: tuple[str, ...],
                model_key: str | None = None) -> dict[str, str]:
     """One cache key per feature kind; the model and data are fingerprinted once."""
-    base = {"model": model_fingerprint(model), "model_key": model_key, "data": dataset_identity(dataset)}
+    base = {"model": model_fingerprint(model), "model_key": model_key, "data": dataset_identity(dataset),
+            "code": code_version()}
     return {k: hashlib.sha1(json.dumps({**base, "kind": k}, sort_keys=True).encode()).hexdigest()[:20]
             for k in kinds}
 
