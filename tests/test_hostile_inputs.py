@@ -151,6 +151,13 @@ def test_exif_orientation_is_applied(tmp_path):
     out = open_image(tmp_path / "rot.jpg")
     assert out.size == (10, 20)
     assert np.asarray(out)[:8, :, 0].mean() > 200 and np.asarray(out)[12:, :, 0].mean() < 50  # white now on top
+    # readers with pixel annotations (masks, depth, keypoints) keep the stored pixels, aligned with them
+    from franca.data.datasets import ImageFolder, load_rgb
+
+    assert load_rgb(tmp_path / "rot.jpg").size == (20, 10)
+    (tmp_path / "cls" / "a").mkdir(parents=True)
+    os.replace(tmp_path / "rot.jpg", tmp_path / "cls" / "a" / "rot.jpg")
+    assert ImageFolder(tmp_path / "cls")[0][0].size == (10, 20)  # photos for classification: upright
 
 
 # ------------------------------------------------------------------------ every reader skips bad images

@@ -6,7 +6,8 @@
   rejects). Both are ValueErrors. Pixels are brought to 8 bits by one rule (`to_8bit`):
   16-bit integer images are divided by 257 (65535 → 255); 32-bit integer images likewise when
   their values exceed 255; float images in [0, 1] are multiplied by 255, floats in [0, 255] kept,
-  any other float range min-max scaled. The EXIF orientation is applied; grayscale, palette,
+  any other float range min-max scaled. The EXIF orientation is applied (not for readers whose
+  annotations refer to the stored pixels: `exif=False`, see `load_rgb`); grayscale, palette,
   CMYK, LA and RGBA images become RGB (transparent parts composited onto white).
 - `list_images(root)`: every image file below `root`, recursively, sorted. Symbolic links to files
   and folders are followed once: a folder reached twice (a self-link, two links to each other, a
@@ -53,8 +54,12 @@ def _name(source: str | os.PathLike | bytes | bytearray, name: str | None) -> st
     return "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
 
 
-def open_image(source: str | os.PathLike | bytes | bytearray, name: str | None = None) -> Image.Image:
-    """Decode an image file (a path or its bytes) to 8-bit RGB; `name` is used in error messages."""
+def open_image(source: str | os.PathLike | bytes | bytearray, name: str | None = None, *,
+               exif: bool = True) -> Image.Image:
+    """Decode an image file (a path or its bytes) to 8-bit RGB; `name` is used in error messages.
+
+    `exif=False` keeps the stored pixel orientation: readers whose annotations (masks, depth maps,
+    keypoints) refer to the stored pixels must not rotate the image away from them."""
     where = _name(source, name)
     if not isinstance(source, (bytes, bytearray)):
         p = Path(source)
@@ -70,7 +75,7 @@ def open_image(source: str | os.PathLike | bytes | bytearray, name: str | None =
                     raise ImageBombError(f"image {where} declares {w}×{h} = {w * h:,} pixels, more than the "
                                          f"{MAX_IMAGE_PIXELS:,} allowed (a decompression bomb?); skipped")
                 im.load()
-                return to_rgb(im)
+                return to_rgb(im, exif=exif)
     except ImageBombError:
         raise
     except Image.DecompressionBombError as exc:
@@ -110,12 +115,13 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
     return (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """EXIF orientation applied, pixels in 8 bits, mode RGB (alpha composited onto white)."""
-    try:
-        im = ImageOps.exif_transpose(im)
-    except Exception as exc:  # noqa: BLE001 - a malformed EXIF block must not lose the image
-        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+def to_rgb(im: Image.Image, exif: bool = True) -> Image.Image:
+    """EXIF orientation applied (unless `exif=False`), pixels in 8 bits, mode RGB (alpha composited onto white)."""
+    if exif:
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception as exc:  # noqa: BLE001 - a malformed EXIF block must not lose the image
+            log.debug("ignoring unreadable EXIF orientation: %s", exc)
     im = to_8bit(im)
     if im.mode == "P":
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")

@@ -37,10 +37,13 @@ log = logging.getLogger(__name__)
 
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
+def load_rgb(path: str | os.PathLike, exif: bool = False) -> Image.Image:
     """Open an image as 8-bit RGB, fully decoded (`franca.data.images.open_image`): a missing file
-    raises FileNotFoundError, a corrupt one or a decompression bomb CorruptImageError, naming the path."""
-    return open_image(path)
+    raises FileNotFoundError, a corrupt one or a decompression bomb CorruptImageError, naming the path.
+
+    The stored orientation is kept by default (EXIF ignored): masks, depth maps and keypoints are
+    annotated on the stored pixels. Readers without pixel annotations pass `exif=True`."""
+    return open_image(path, exif=exif)
 
 
 def require_dir(path: str | os.PathLike, what: str) -> Path:
@@ -82,7 +85,7 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         path, target = self.samples[i]
-        img = load_rgb(path)
+        img = load_rgb(path, exif=True)  # class labels do not depend on orientation: show photos upright
         if self.transform is not None:
             img = self.transform(img)
         if self.target_transform is not None:
@@ -147,7 +150,7 @@ class UnlabelledImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         try:
-            img = load_rgb(self.paths[i])
+            img = load_rgb(self.paths[i], exif=True)
         except (CorruptImageError, FileNotFoundError) as exc:
             self.skipped += 1
             log.warning("skipping unreadable image (%d so far in this process): %s", self.skipped, exc)
