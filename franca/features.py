@@ -47,8 +47,11 @@ def make_transform(size: int, patch_size: int):
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[Path], transform: Any) -> None:
-        self.paths, self.transform = list(paths), transform
+    """Item i → (image tensor, i); an unreadable file → (zeros of the crop's shape, -1), logged, so
+    that batches keep one shape and the extractor can drop it afterwards."""
+
+    def __init__(self, paths: Sequence[Path], transform: Any, side: int) -> None:
+        self.paths, self.transform, self.side = list(paths), transform, side
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -58,43 +61,28 @@ class _ImageFiles(torch.utils.data.Dataset):
             return self.transform(open_image(self.paths[i])), i
         except (CorruptImageError, FileNotFoundError) as exc:
             log.warning("skipping unreadable image %s: %s", self.paths[i], exc)
-            return torch.empty(0), i
+            return torch.zeros(3, self.side, self.side), -1
 
 
-def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, list[int], list[int]]:
-    good = [(x, i) for x, i in batch if x.numel()]
-    bad = [i for x, i in batch if not x.numel()]
-    x = torch.stack([x for x, _ in good]) if good else torch.empty(0)
-    return x, [i for _, i in good], bad
-
-
-@torch.no_grad()
 def extract_features(model: nn.Module, paths: Sequence[Path], size: int, device: torch.device,
                      batch_size: int = 32, num_workers: int = 0, rasa: bool = False,
                      progress: bool = True) -> dict[str, Any]:
-    """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept."""
-    from tqdm import tqdm
+    """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept
+    (extracted by `franca.eval.features.extract`, kind "patch" or "rasa", in this process)."""
+    from franca.eval.features import extract
 
-    from franca.utils.device import autocast_context
-
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, make_transform(size, model.patch_size)),
-                                         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-    cls, patch, kept, skipped = [], [], [], []
-    model.eval()
-    for x, idx, bad in tqdm(loader, desc="features", unit="batch", disable=not progress):
-        skipped += [str(paths[i]) for i in bad]
-        if not idx:
-            continue
-        with autocast_context(device):
-            out = model.forward_features(x.to(device), use_rasa_head=rasa)
-        cls.append(out["x_norm_clstoken"].float().cpu())
-        patch.append((out["patch_token_rasa"] if rasa else out["x_norm_patchtokens"]).float().cpu())
-        kept += [str(paths[i]) for i in idx]
+    side = crop_side(size, model.patch_size)
+    data = _ImageFiles(paths, make_transform(size, model.patch_size), side)
+    out = extract(model, data, kind="rasa" if rasa else "patch", device=device, batch_size=batch_size,
+                  num_workers=num_workers, show_progress=progress, distributed=False)
+    good = out["labels"] >= 0
+    kept = [str(paths[i]) for i in out["labels"][good].tolist()]
+    skipped = [str(p) for p, ok in zip(paths, good.tolist()) if not ok]
     if not kept:
         raise ValueError("no readable images to extract features from")
-    side = crop_side(size, model.patch_size) // model.patch_size
-    return {"cls": torch.cat(cls), "patch": torch.cat(patch), "files": kept, "skipped": skipped,
-            "grid": [side, side], "size": crop_side(size, model.patch_size), "rasa": bool(rasa)}
+    grid = side // model.patch_size
+    return {"cls": out["cls"][good], "patch": out["patch"][good], "files": kept, "skipped": skipped,
+            "grid": [grid, grid], "size": side, "rasa": bool(rasa)}
 
 
 OUTPUT_SUFFIXES = (".pt", ".pth", ".npz")

@@ -33,7 +33,8 @@ from franca.utils.device import autocast_context, resolve_device
 
 log = logging.getLogger(__name__)
 
-KINDS = ("cls", "blocks")
+KINDS = ("cls", "blocks")  # the cached kinds (extract_features)
+EXTRACT_KINDS = ("cls", "blocks", "patch", "rasa")
 _MEMO: "OrderedDict[str, dict[str, torch.Tensor]]" = OrderedDict()
 N_LAST_BLOCKS = 4
 
@@ -162,8 +163,13 @@ def cache_key(model: torch.nn.Module, dataset: Any, kind: str, model_key: str | 
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
+    """The outputs of one kind for a batch: see `extract`."""
     if kind == "cls":
         return {"cls": model.forward_features(x)["x_norm_clstoken"]}
+    if kind in ("patch", "rasa"):
+        rasa = kind == "rasa"
+        out = model.forward_features(x, use_rasa_head=True) if rasa else model.forward_features(x)
+        return {"cls": out["x_norm_clstoken"], "patch": out["patch_token_rasa" if rasa else "x_norm_patchtokens"]}
     n = min(N_LAST_BLOCKS, int(getattr(model, "n_blocks", N_LAST_BLOCKS)))
     layers = model.get_intermediate_layers(x, n=n, return_class_token=True, norm=True)
     cls_blocks = torch.stack([cls for _, cls in layers], dim=1)  # (B, L, D)
@@ -171,20 +177,40 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, kind: str) -> dict[str, to
     return {"cls_blocks": cls_blocks, "patch_mean": patch_mean}
 
 
+def extract(model: torch.nn.Module, dataset: Any, *, kind: str = "cls", device: str | torch.device | None = None,
+            batch_size: int = 64, num_workers: int = 0, show_progress: bool = False, distributed: bool = True,
+            collate_fn: Any = None) -> dict[str, torch.Tensor]:
+    """The one feature extractor (no cache): run a frozen model over a dataset of ``(image, label, …)``.
+
+    Kinds: "cls" (``cls``), "blocks" (``cls_blocks``, ``patch_mean``; see the module doc), "patch"
+    (``cls`` and the normed patch tokens ``patch`` (N, n, D)), "rasa" (``cls`` and the RASA-cleaned
+    ``patch_token_rasa`` as ``patch``). ``labels`` (N,) holds the second item of each sample. With
+    ``distributed`` (default) each rank of a torchrun job extracts a strided shard and all ranks
+    get the full tensors; ``distributed=False`` extracts everything in this process (e.g. rank 0 alone).
+    The model is left in eval mode. Returns float32 (or integer) CPU tensors in dataset order.
+    """
+    if kind not in EXTRACT_KINDS:
+        raise ValueError(f"kind must be one of {EXTRACT_KINDS}, got {kind!r}")
+    return _extract(model, dataset, kind, resolve_device(device), batch_size, num_workers, show_progress,
+                    distributed, collate_fn)
+
+
 @torch.no_grad()
 def _extract(model: torch.nn.Module, dataset: Any, kind: str, device: torch.device, batch_size: int,
-             num_workers: int, show_progress: bool) -> dict[str, torch.Tensor]:
+             num_workers: int, show_progress: bool, distributed: bool = True,
+             collate_fn: Any = None) -> dict[str, torch.Tensor]:
     """Run the model over (this rank's shard of) the dataset; gather shards in dataset order."""
     n = len(dataset)
-    world, rank = dist_utils.world_size(), dist_utils.rank()
+    world, rank = (dist_utils.world_size(), dist_utils.rank()) if distributed else (1, 0)
     per_rank = -(-n // world)
     padded = [i % n for i in range(per_rank * world)]  # wrap-around padding: equal shard sizes
     shard = padded[rank::world]
     loader = DataLoader(Subset(dataset, shard) if world > 1 else dataset, batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
+                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda",
+                        collate_fn=collate_fn)
     chunks: dict[str, list[torch.Tensor]] = {}
     it: Any = loader
-    if show_progress and dist_utils.is_main():
+    if show_progress and (dist_utils.is_main() or not distributed):
         from tqdm.auto import tqdm
 
         it = tqdm(loader, desc=f"features ({kind})", unit="batch")
