@@ -264,26 +264,8 @@ def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Seq
 
 
 def load_nyu(root: str | Path | None) -> tuple[Sequence[Any], Sequence[Any]]:
-    """(train, test) NYUv2 readers (``franca.data.datasets.nyu``) for ``root`` (default: the toy set).
+    """(train, test) NYUv2 readers for ``root`` (default: the toy set): ``franca.data.datasets.nyu.nyu_splits``,
+    which knows the layouts (BTS folder, labelled .mat/.h5, Probe3D arrays as .npz; pickles refused)."""
+    from franca.data.datasets.nyu import nyu_splits
 
-    ``root``: a folder in the BTS layout (or its parent holding ``nyuv2/``), Probe3D's arrays saved
-    as ``.npz``, or the labelled ``nyu_depth_v2_labeled.mat``/``.h5`` (official splits). Pickles
-    (``.pkl``) are refused with an error saying how to convert one: reading a pickle can run code.
-    """
-    from franca.data.datasets import nyu
-
-    if root is None:
-        from franca.data.toy import builtin_toy
-
-        root = builtin_toy()
-    root = Path(root)
-    suffix = root.suffix.lower()
-    if suffix in (".pkl", ".pickle"):
-        nyu.refuse_pickle(root)
-    if suffix == ".npz":
-        return nyu.NYUv2Arrays(root, "train"), nyu.NYUv2Arrays(root, "test")
-    if suffix in (".mat", ".h5", ".hdf5"):
-        return nyu.NYUv2Labeled(root, "train"), nyu.NYUv2Labeled(root, "test")
-    if not (root / "nyudepthv2_test_files_with_gt.txt").is_file() and (root / "nyuv2").is_dir():
-        root = root / "nyuv2"
-    return nyu.NYUv2Depth(root, "train"), nyu.NYUv2Depth(root, "test")
+    return nyu_splits(root)

@@ -1,4 +1,5 @@
-"""Images for RASA: the reference training augmentations and a plain image-folder reader.
+"""Images for RASA: the reference training augmentations; the files are listed and read by
+`franca.data.images.list_images` and `franca.data.datasets.folder.ImageFiles`.
 
 The targets are the fixed patch grid, so the augmentations (random crops, flips in both axes,
 ±90° rotations) break any tie between image content and position: a linear predictor of
@@ -14,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image, ImageFilter
 
+from franca.data.datasets.folder import ImageFiles  # noqa: F401 (the reader lives with the others)
 from franca.data.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -84,41 +86,6 @@ def list_images(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) 
     if not files:
         raise ValueError(f"no images ({', '.join(extensions)}) found under {root}")
     return files
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """Unlabelled images from a list of files (`franca.data.images.open_image`: bombs and corrupt files
-    are unreadable). An unreadable file is skipped (the next one is used) and counted; more than half
-    unreadable among those tried raises (`franca.data.images.UnreadableFiles`)."""
-
-    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
-        from franca.data.images import UnreadableFiles
-
-        if len(files) == 0:
-            raise ValueError("ImageFiles needs at least one image")
-        self.files = list(files)
-        self.transform = transform
-        self.n_skipped = 0
-        self.unreadable = UnreadableFiles(f"the RASA images ({self.files[0].parent} …)")
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        from franca.data.images import CorruptImageError, open_image
-
-        for k in range(len(self.files)):
-            path = self.files[(i + k) % len(self.files)]
-            try:
-                img = open_image(path)
-            except (CorruptImageError, FileNotFoundError) as exc:
-                self.n_skipped += 1
-                self.unreadable.failed(str(path), exc)
-                continue
-            self.unreadable.ok()
-            return self.transform(img)
-        self.unreadable.check(final=True)
-        raise ValueError(f"no readable image among the {len(self.files)} RASA images ({self.files[0].parent} …)")
 
 
 def default_image_root() -> Path:

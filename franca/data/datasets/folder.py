@@ -7,6 +7,8 @@
   per wnid is `ImageNet(root, split=None)`.
 - `UnlabelledImageFolder(root)`: every image file below `root` (recursive, sorted), no labels;
   the pretraining reader for "your own images".
+- `ImageFiles(files, transform)`: a given list of image files (RASA's reader); an unreadable file is
+  replaced by a readable one drawn at random and counted in `n_skipped`.
 
 Corrupt images in unlabelled folders (the skip-and-count mechanism):
     `UnlabelledImageFolder.__getitem__` returns **None** for a file that cannot be decoded, logs a
@@ -22,15 +24,16 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, list_images, open_image
+from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, UnreadableFiles, list_images, open_image
 
-__all__ = ["IMAGE_EXTENSIONS", "CorruptImageError", "ImageFolder", "ImageNet", "SkipNoneCollate",
+__all__ = ["IMAGE_EXTENSIONS", "CorruptImageError", "ImageFiles", "ImageFolder", "ImageNet", "SkipNoneCollate",
            "UnlabelledImageFolder", "list_images", "load_rgb", "read_labels_txt", "require_dir", "require_file"]
 
 log = logging.getLogger(__name__)
@@ -156,6 +159,39 @@ class UnlabelledImageFolder(Dataset):
             log.warning("skipping unreadable image (%d so far in this process): %s", self.skipped, exc)
             return None
         return self.transform(img) if self.transform is not None else img
+
+
+class ImageFiles(Dataset):
+    """Unlabelled images from a list of files (`franca.data.images.open_image`: bombs and corrupt files
+    are unreadable). An unreadable file is replaced by one drawn at random (seeded by the index, so
+    reproducibly; a bad stretch of a sorted folder costs only its share) and counted; more than half
+    unreadable among those tried raises (`franca.data.images.UnreadableFiles`)."""
+
+    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], Any]) -> None:
+        if len(files) == 0:
+            raise ValueError("ImageFiles needs at least one image")
+        self.files = list(files)
+        self.transform = transform
+        self.n_skipped = 0
+        self.unreadable = UnreadableFiles(f"the images {self.files[0].parent} …")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Any:
+        n = len(self.files)
+        for k in range(max(n, 64)):
+            path = self.files[i % n if k == 0 else random.Random(i * 1_000_003 + k).randrange(n)]
+            try:
+                img = load_rgb(path, exif=True)
+            except (CorruptImageError, FileNotFoundError) as exc:
+                self.n_skipped += 1
+                self.unreadable.failed(str(path), exc)
+                continue
+            self.unreadable.ok()
+            return self.transform(img)
+        self.unreadable.check(final=True)
+        raise ValueError(f"no readable image among the {len(self.files)} images ({self.files[0].parent} …)")
 
 
 class SkipNoneCollate:

@@ -187,3 +187,27 @@ class NYUv2Arrays(Dataset):
         if img.dtype != np.uint8:
             img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
         return self.transforms(Image.fromarray(np.ascontiguousarray(img)), _depth_image(depth, self.max_depth))
+
+
+def nyu_splits(root: str | os.PathLike | None) -> tuple[Dataset, Dataset]:
+    """(train, test) readers for a NYUv2 source (default: the built-in toy set), chosen by its layout.
+
+    ``root``: a folder in the BTS layout (or its parent holding ``nyuv2/``), Probe3D's arrays saved
+    as ``.npz``, or the labelled ``nyu_depth_v2_labeled.mat``/``.h5`` (official splits). Pickles
+    (``.pkl``) are refused with an error saying how to convert one: reading a pickle can run code.
+    """
+    if root is None:
+        from franca.data.toy import builtin_toy
+
+        root = builtin_toy()
+    root = Path(root)
+    suffix = root.suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        refuse_pickle(root)
+    if suffix == ".npz":
+        return NYUv2Arrays(root, "train"), NYUv2Arrays(root, "test")
+    if suffix in (".mat", ".h5", ".hdf5"):
+        return NYUv2Labeled(root, "train"), NYUv2Labeled(root, "test")
+    if not (root / "nyudepthv2_test_files_with_gt.txt").is_file() and (root / "nyuv2").is_dir():
+        root = root / "nyuv2"
+    return NYUv2Depth(root, "train"), NYUv2Depth(root, "test")
