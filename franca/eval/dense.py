@@ -78,25 +78,15 @@ def resize_pair(img, mask: np.ndarray, size: int | tuple[int, int]):
     return img, np.asarray(m, dtype=np.int64)
 
 
-@torch.no_grad()
 def patch_features(model: torch.nn.Module, x: torch.Tensor, use_rasa: bool = False,
                    amp: bool = False) -> torch.Tensor:
-    """Last-layer normed patch tokens as a grid (B, h, w, D), fp32.
+    """Last-layer normed patch tokens as a grid (B, h, w, D), fp32 (`franca.eval.features.patch_tokens`).
 
     `use_rasa` takes `patch_token_rasa` (position-cleaned tokens) instead of `x_norm_patchtokens`.
     """
-    from franca.utils.device import autocast_context
+    from franca.eval.features import patch_tokens
 
-    b, _, hh, ww = x.shape
-    p = int(model.patch_size)
-    if hh % p or ww % p:
-        raise ValueError(f"input {hh}x{ww} is not a multiple of the patch size {p}")
-    with autocast_context(x.device, enabled=amp):
-        out = model.forward_features(x, use_rasa_head=use_rasa) if use_rasa else model.forward_features(x)
-    key = "patch_token_rasa" if use_rasa else "x_norm_patchtokens"
-    if key not in out:
-        raise KeyError(f"backbone output has no {key!r} (keys: {sorted(out)})")
-    return out[key].float().reshape(b, hh // p, ww // p, -1)
+    return patch_tokens(model, x, use_rasa, amp)
 
 
 def batched(n: int, batch_size: int):

@@ -132,11 +132,10 @@ def normalise(image: Tensor) -> Tensor:
 @torch.no_grad()
 def dense_cls_features(model: torch.nn.Module, images: Tensor, blocks: Sequence[int]) -> list[Tensor]:
     """Frozen multilayer features: per block (B, 2D, h, w) = [patch map ; CLS broadcast], no final norm."""
-    from franca.utils.device import autocast_context
+    from franca.eval.features import block_tokens
 
     x = center_pad(normalise(images), model.patch_size)
-    with autocast_context(images.device):
-        outs = model.get_intermediate_layers(x, n=list(blocks), reshape=True, return_class_token=True, norm=False)
+    outs = block_tokens(model, x, list(blocks), return_class_token=True, amp=True)
     feats = []
     for patch, cls in outs:
         patch = patch.float()

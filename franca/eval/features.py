@@ -1,4 +1,6 @@
-"""Frozen-backbone feature extraction shared by the global protocols (k-NN, linear, logreg, PCA).
+"""The one frozen-backbone feature extractor: the global protocols (k-NN, linear, logreg, PCA), the
+training k-NN probe and `franca features` call `extract`/`extract_features` (whole data sets); the
+dense protocols, depth, keypoints and RASA fitting call `patch_tokens`/`block_tokens` per batch.
 
 One pass over a labelled dataset gives, per image:
 - ``cls`` (N, D): the final-normed CLS token (``x_norm_clstoken``), for k-NN, logreg and PCA;
@@ -160,6 +162,42 @@ def cache_keys(model: torch.nn.Module, dataset: Any, kinds: tuple[str, ...],
 
 def cache_key(model: torch.nn.Module, dataset: Any, kind: str, model_key: str | None = None) -> str:
     return cache_keys(model, dataset, (kind,), model_key)[kind]
+
+
+# ------------------------------------------------------------------ batch-level forwards
+# The protocols that augment every epoch (linseg, depth, keypoints, in-context, overclustering, RASA
+# fitting) cannot cache per data set; they call these on each batch, so every feature the project
+# computes from a frozen backbone comes from this module.
+
+@torch.no_grad()
+def patch_tokens(model: torch.nn.Module, x: torch.Tensor, use_rasa: bool = False, amp: bool = False,
+                 grid: bool = True) -> torch.Tensor:
+    """Last-layer normed patch tokens, fp32: a grid (B, h, w, D), or (B, N, D) with ``grid=False``.
+
+    `use_rasa` takes `patch_token_rasa` (position-cleaned tokens) instead of `x_norm_patchtokens`;
+    `amp` runs under bf16 autocast on CUDA (`franca.utils.device.autocast_context`).
+    """
+    b, _, hh, ww = x.shape
+    p = int(model.patch_size)
+    if hh % p or ww % p:
+        raise ValueError(f"input {hh}x{ww} is not a multiple of the patch size {p}")
+    with autocast_context(x.device, enabled=amp):
+        out = model.forward_features(x, use_rasa_head=use_rasa) if use_rasa else model.forward_features(x)
+    key = "patch_token_rasa" if use_rasa else "x_norm_patchtokens"
+    if key not in out:
+        raise KeyError(f"backbone output has no {key!r} (keys: {sorted(out)})")
+    t = out[key].float()
+    return t.reshape(b, hh // p, ww // p, -1) if grid else t
+
+
+@torch.no_grad()
+def block_tokens(model: torch.nn.Module, x: torch.Tensor, blocks: int | list[int], *, norm: bool = False,
+                 return_class_token: bool = False, amp: bool = False) -> tuple[Any, ...]:
+    """Intermediate-block outputs as patch maps (B, D, h, w) (with their CLS tokens when asked):
+    `get_intermediate_layers(x, n=blocks, reshape=True, norm=norm)`, under autocast when `amp`."""
+    with autocast_context(x.device, enabled=amp):
+        return tuple(model.get_intermediate_layers(x, n=blocks, reshape=True, return_class_token=return_class_token,
+                                                   norm=norm))
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:

@@ -80,8 +80,9 @@ def center_pad(x: Tensor, multiple: int) -> Tensor:
 @torch.no_grad()
 def dense_features(model: torch.nn.Module, x: Tensor) -> Tensor:
     """(B, 3, H, W) → (B, D, h, w): last block's patch tokens, no final norm, L2-normalised per location."""
-    x = center_pad(x, model.patch_size)
-    (feats,) = model.get_intermediate_layers(x, n=1, reshape=True, norm=False)
+    from franca.eval.features import block_tokens
+
+    (feats,) = block_tokens(model, center_pad(x, model.patch_size), 1)
     return F.normalize(feats.float(), dim=1)
 
 
