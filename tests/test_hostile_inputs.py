@@ -286,7 +286,7 @@ def _stream(shards, n):
 
 
 def test_truncated_shard_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
-    from franca.train.data import _WARNED_SHARDS, count_shard_images
+    from franca.data.datasets.shards import _WARNED_SHARDS, count_shard_images
 
     good = _shard(tmp_path / "a.tar", 6)
     bad = _shard(tmp_path / "b.tar", 6, start=100)
@@ -323,7 +323,7 @@ def test_shard_of_undecodable_members_is_an_error_not_a_hang(tmp_path):
 def test_malicious_tar_members_are_never_written_or_followed(tmp_path, monkeypatch):
     """Path traversal names, a link member and an oversized member: read as bytes only, never
     extracted; the link is not an image; the oversized member is skipped unread."""
-    import franca.train.data as tdata
+    import franca.data.datasets.shards as tdata
 
     monkeypatch.chdir(tmp_path)
     buf = io.BytesIO()
@@ -341,7 +341,7 @@ def test_malicious_tar_members_are_never_written_or_followed(tmp_path, monkeypat
         big.size = 5000
         tar.addfile(big, io.BytesIO(b"\0" * 5000))
     monkeypatch.setattr(tdata, "MAX_MEMBER_BYTES", 4096)
-    members = list(tdata._tar_images(str(shard)))
+    members = list(tdata.tar_images(str(shard)))
     assert [m.split(":", 1)[1] for m, _ in members] == ["../../escape.png", "/abs/escape2.png", "big.png"]
     assert members[-1][1] is None
     samples = _stream([shard], 3)

@@ -1,9 +1,11 @@
 """Pretraining data: image sources, a resumable batch order, multi-crop + mask collate.
 
 Sources: the built-in toy set, any folder of images (flat or nested, labels ignored, so
-ImageFolder trees work too) and webdataset tar shards. Unreadable files (truncated JPEGs,
-non-images with an image extension) are skipped: the next file takes the slot, and the skipped
-path travels with the batch so the loop counts it (this works with worker processes too).
+ImageFolder trees work too; listed by `franca.data.images.list_images`) and webdataset tar shards
+(read by `franca.data.datasets.shards`). Unreadable files (truncated JPEGs, non-images with an image
+extension, decompression bombs) are skipped: a file drawn at random from the slot's seed takes the
+slot, the skipped path travels with the batch so the loop counts it (this works with worker
+processes too), and the run stops only when more than half of the files tried were unreadable.
 
 Batch order is a pure function of (seed, iteration, rank): iteration i belongs to epoch
 i // iterations_per_epoch, whose permutation comes from a generator seeded by (seed, epoch); each
@@ -19,8 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -32,6 +32,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from franca.data.images import (IMAGE_EXTENSIONS, CorruptImageError, TooManyUnreadableError, UnreadableFiles,
                                 open_image)
 from franca.data.images import list_images as _list_images
+from franca.data.datasets import shards as shards_mod
+from franca.data.datasets.shards import count_shard_images
+from franca.data.datasets.shards import tar_images as _tar_images
 from franca.train.config import FrancaTrainConfig
 
 if TYPE_CHECKING:
@@ -40,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MAX_DRAWS = 64  # random replacements tried for one slot before giving up
-MAX_MEMBER_BYTES = 1 << 30  # a tar member larger than this is not read (a tar bomb, not an image)
 _MIX = 0x9E3779B97F4A7C15
 
 
@@ -157,63 +159,6 @@ def list_shards(spec: str) -> list[str]:
     return shards
 
 
-_SHARD_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, ValueError)
-
-
-def _tar_images(shard: str, damaged: set[str] | None = None) -> Iterator[tuple[str, bytes | None]]:
-    """(shard:member name, bytes) of the image members of a webdataset shard, in file order.
-
-    Bytes are None for a member over MAX_MEMBER_BYTES (not read). A shard that cannot be opened or
-    ends early (truncated, not a tar) stops with a warning naming it, once per process, after the
-    members read so far; its name is added to `damaged`.
-    """
-    try:
-        with tarfile.open(shard) as tar:
-            for m in tar:
-                if not (m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS):
-                    continue
-                name = f"{shard}:{m.name}"
-                if m.size > MAX_MEMBER_BYTES:
-                    yield name, None
-                    continue
-                f = tar.extractfile(m)
-                if f is not None:
-                    yield name, f.read()
-    except _SHARD_ERRORS as exc:
-        if damaged is not None:
-            damaged.add(shard)
-        if shard not in _WARNED_SHARDS:
-            _WARNED_SHARDS.add(shard)
-            log.warning("webdataset shard %s is damaged (%s: %s); skipping the rest of this shard",
-                        shard, type(exc).__name__, " ".join(str(exc).split()))
-
-
-_WARNED_SHARDS: set[str] = set()
-
-
-def count_shard_images(shards: Sequence[str]) -> int:
-    """Image members in the shards (a damaged shard counts what precedes the damage, with a warning);
-    ValueError naming the shards if they hold no image at all."""
-    n = sum(1 for s in shards for _ in _tar_member_names(s))
-    if n == 0:
-        raise ValueError(f"webdataset: no image members ({', '.join(IMAGE_EXTENSIONS)}) in the shards "
-                         f"{', '.join(shards[:3])}{' …' if len(shards) > 3 else ''}")
-    return n
-
-
-def _tar_member_names(shard: str) -> Iterator[str]:
-    try:
-        with tarfile.open(shard) as tar:
-            for m in tar:
-                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS:
-                    yield m.name
-    except _SHARD_ERRORS as exc:
-        if shard not in _WARNED_SHARDS:
-            _WARNED_SHARDS.add(shard)
-            log.warning("webdataset shard %s is damaged (%s: %s); skipping the rest of this shard",
-                        shard, type(exc).__name__, " ".join(str(exc).split()))
-
-
 class ShardImages(IterableDataset):
     """Webdataset shards as an endless stream of {"crops" (or "image", see FolderImages), "skipped", "seed"}
     samples of this rank.
@@ -248,7 +193,8 @@ class ShardImages(IterableDataset):
                         continue
                     try:
                         if data is None:
-                            raise CorruptImageError(f"{name}: member larger than {MAX_MEMBER_BYTES:,} bytes")
+                            raise CorruptImageError(f"{name}: member larger than {shards_mod.MAX_MEMBER_BYTES:,} "
+                                                    "bytes")
                         img = decode_image(data, name)
                     except CorruptImageError as exc:
                         skipped.append(name)
