@@ -544,3 +544,27 @@ def test_features_output_is_written_atomically(tmp_path, monkeypatch):
     F.save_features(res, tmp_path / "g.npz")
     assert np.load(tmp_path / "g.npz")["cls"].shape == (2, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pt", "g.npz"]
+
+
+def test_pretraining_data_on_a_folder_with_a_bad_stretch_and_a_symlinked_subfolder(tmp_path):
+    """The pretraining loader: 70 zero-byte files in one sub-folder (the run used to abort before the
+    first log row) and most good images behind a symlinked sub-folder (it used to train on 1 image of 257)."""
+    from franca.train.config import load_config
+    from franca.train.data import build_pretrain_data
+
+    data = tmp_path / "data"
+    (data / "a_empty").mkdir(parents=True)
+    for i in range(70):
+        (data / "a_empty" / f"{i:03d}.jpg").write_bytes(b"")
+    _png(data / "one.png", (20, 20))
+    for i in range(199):
+        _png(tmp_path / "elsewhere" / f"{i:03d}.png", (20, 20), value=i)
+    os.symlink(tmp_path / "elsewhere", data / "linked")
+    cfg = load_config("tiny", [f"data.dataset={data}", "data.num_workers=0", "train.batch_size_per_gpu=32",
+                               "data.batch_augment=false", "crops.global_crops_size=16", "crops.local_crops_size=8",
+                               "crops.local_crops_number=1"])
+    pre = build_pretrain_data(cfg, patch_size=4, rank=0, world=1, start_iteration=0, device=torch.device("cpu"))
+    assert pre.dataset_size == 270  # 74 % good, most of it behind the link
+    batch = next(iter(pre.loader))  # (a whole epoch is read in test_a_bad_stretch_does_not_kill_a_good_folder)
+    assert batch["global_crops"].shape[0] == 2 * 32
+    assert all("a_empty" in p for p in batch["skipped"]) and len(batch["skipped"]) < 32
