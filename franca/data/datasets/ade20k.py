@@ -53,8 +53,7 @@ class ADE20K(ImageMaskPairs):
         self.num_classes = 150 if reduce_zero_label else 151
         self.ignore_index = IGNORE_INDEX
         self.transforms = transforms if transforms is not None else JointToTensor()
-        self.image_paths = [self.image_dir / f"{i}.jpg" for i in self.ids]
-        self.mask_paths = [self.mask_dir / f"{i}.png" for i in self.ids]
+        self.set_pairs(self.ids, self.image_dir, self.mask_dir)
 
     def read_mask(self, i: int) -> Image.Image:
         mask = load_label_png(self.mask_paths[i])

@@ -75,8 +75,7 @@ class COCOThings(ImageMaskPairs):
         if not self.ids:
             raise FileNotFoundError(f"COCO-Things: no *.png masks in {self.mask_dir}")
         self.transforms = transforms if transforms is not None else JointToTensor()
-        self.image_paths = [self.image_dir / f"{i}.jpg" for i in self.ids]
-        self.mask_paths = [self.mask_dir / f"{i}.png" for i in self.ids]
+        self.set_pairs(self.ids, self.image_dir, self.mask_dir)
 
     def read_mask(self, i: int) -> Image.Image:
         return Image.fromarray(self.lut[np.asarray(load_label_png(self.mask_paths[i]))])

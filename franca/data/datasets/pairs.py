@@ -38,6 +38,12 @@ class ImageMaskPairs(Dataset):
     image_paths: list[Path]
     mask_paths: list[Path]
 
+    def set_pairs(self, ids: list[str], image_dir: Path, mask_dir: Path, image_ext: str = ".jpg",
+                  mask_ext: str = ".png") -> None:
+        """Pair `image_dir/<id><image_ext>` with `mask_dir/<id><mask_ext>` for each id."""
+        self.image_paths = [image_dir / f"{i}{image_ext}" for i in ids]
+        self.mask_paths = [mask_dir / f"{i}{mask_ext}" for i in ids]
+
     def __len__(self) -> int:
         return len(self.image_paths)
 

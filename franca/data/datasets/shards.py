@@ -45,13 +45,18 @@ def tar_images(shard: str, damaged: set[str] | None = None) -> Iterator[tuple[st
     except _SHARD_ERRORS as exc:
         if damaged is not None:
             damaged.add(shard)
-        if shard not in _WARNED_SHARDS:
-            _WARNED_SHARDS.add(shard)
-            log.warning("webdataset shard %s is damaged (%s: %s); skipping the rest of this shard",
-                        shard, type(exc).__name__, " ".join(str(exc).split()))
+        _warn_damaged(shard, exc)
 
 
 _WARNED_SHARDS: set[str] = set()
+
+
+def _warn_damaged(shard: str, exc: BaseException) -> None:
+    """One warning per damaged shard and process."""
+    if shard not in _WARNED_SHARDS:
+        _WARNED_SHARDS.add(shard)
+        log.warning("webdataset shard %s is damaged (%s: %s); skipping the rest of this shard",
+                    shard, type(exc).__name__, " ".join(str(exc).split()))
 
 
 def count_shard_images(shards: Sequence[str]) -> int:
@@ -71,7 +76,4 @@ def _tar_member_names(shard: str) -> Iterator[str]:
                 if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS:
                     yield m.name
     except _SHARD_ERRORS as exc:
-        if shard not in _WARNED_SHARDS:
-            _WARNED_SHARDS.add(shard)
-            log.warning("webdataset shard %s is damaged (%s: %s); skipping the rest of this shard",
-                        shard, type(exc).__name__, " ".join(str(exc).split()))
+        _warn_damaged(shard, exc)

@@ -83,8 +83,7 @@ class VOCSegmentation(ImageMaskPairs):
         self.num_classes = len(self.classes)
         self.ignore_index = IGNORE_INDEX
         self.transforms = transforms if transforms is not None else JointToTensor()
-        self.image_paths = [self.image_dir / f"{i}.jpg" for i in self.ids]
-        self.mask_paths = [self.mask_dir / f"{i}.png" for i in self.ids]
+        self.set_pairs(self.ids, self.image_dir, self.mask_dir)
 
     def __getitem__(self, i: int):
         name = self.ids[i]
