@@ -191,7 +191,7 @@ def test_every_reader_skips_bombs_and_corrupt_files(tmp_path):
     [ras[i] for i in range(len(files))]
     assert ras.n_skipped >= 1
 
-    pre = FolderImages(files, None, root)
+    pre = FolderImages(files, None, where=root)
     for i in range(len(files)):
         item = pre[(i, 1000 + i)]
         assert item["image"].shape == (3, 8, 8)
@@ -221,7 +221,7 @@ def test_a_bad_stretch_does_not_kill_a_good_folder(tmp_path):
     for i in range(200):
         _png(root / "b_good" / f"{i:03d}.png", (4, 4), value=i)
     files = list_images(root)
-    ds = FolderImages(files, None, root)
+    ds = FolderImages(files, None, where=root)
     sampler = ResumableBatchSampler(len(files), 27, seed=0)
     skipped = 0
     for it, batch in zip(range(10), sampler):  # one epoch: 270 slots
@@ -243,7 +243,7 @@ def test_a_mostly_unreadable_folder_fails_naming_it(tmp_path):
         (root / f"{i:03d}.jpg").write_bytes(b"x" * i)
     for i in range(10):
         _png(root / f"z{i}.png")
-    ds = FolderImages(list_images(root), None, root)
+    ds = FolderImages(list_images(root), None, where=root)
     with pytest.raises(TooManyUnreadableError, match=re.escape(str(root))):
         for i in range(110):
             ds[(i, i)]
@@ -257,7 +257,7 @@ def test_a_small_all_bad_folder_fails_without_hanging(tmp_path):
         (tmp_path / f"{i}.png").write_bytes(b"")
     files = list_images(tmp_path)
     with pytest.raises(TooManyUnreadableError, match="unreadable"):
-        FolderImages(files, None, tmp_path)[(0, 0)]
+        FolderImages(files, None, where=tmp_path)[(0, 0)]
     with pytest.raises(TooManyUnreadableError, match="unreadable"):
         ImageFiles(files, lambda im: im)[0]
 

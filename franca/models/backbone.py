@@ -278,10 +278,14 @@ class DinoVisionTransformer(VisionTransformer):
         return t
 
     def _run_blocks(self, t: Tensor) -> Tensor:
+        """The blocks; with `set_grad_checkpointing()` and autograd on, each block's activations are recomputed
+        in the backward (non-reentrant torch.utils.checkpoint, RNG state kept: the same drop path draws)."""
         if self.grad_checkpointing and torch.is_grad_enabled():
-            from timm.models._manipulate import checkpoint_seq
+            from torch.utils.checkpoint import checkpoint
 
-            return checkpoint_seq(self.blocks, t)
+            for block in self.blocks:
+                t = checkpoint(block, t, use_reentrant=False)
+            return t
         return self.blocks(t)
 
     # ------------------------------------------------------------------ forward

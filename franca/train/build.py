@@ -60,6 +60,8 @@ def build_models(cfg: FrancaTrainConfig, device: torch.device) -> tuple[dict[str
         load_backbone_from_checkpoint(backbone, cfg.train.init_from)
     teacher = {k: copy.deepcopy(v) for k, v in student.items()}
     _disable_drop_path(teacher["backbone"])
+    if cfg.model.activation_checkpointing:  # the student only: the teacher runs without gradients
+        backbone.set_grad_checkpointing(True)
     for m in teacher.values():
         m.requires_grad_(False)
     for d in (student, teacher):

@@ -32,6 +32,9 @@ class ModelConfig:
     """register tokens (paper D.1 compares with and without)"""
     img_size: Optional[int] = None
     """position-table size; None: the global crop size"""
+    activation_checkpointing: bool = False
+    """recompute each student block's activations in the backward (torch.utils.checkpoint per block): less
+    memory for the big models, about a third more backbone compute; same losses and gradients"""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate, "in [0, 1)")
@@ -183,8 +186,11 @@ class DataConfig:
     """labelled ImageFolder used as k-NN memory (''/'auto': the toy train split)"""
     num_workers: int = 0
     batch_augment: bool = False
-    """augment whole batches with tensor ops (franca.data.batch_augment; needs equal-size images, e.g. the toy
-    set); same transforms as the per-image pipeline, much faster for small images"""
+    """augment whole batches with tensor ops (franca.data.batch_augment; images of mixed sizes too); same
+    transforms as the per-image pipeline, much faster for small images"""
+    augment_device: str = "auto"
+    """where images are decoded and augmented: 'cpu' (the loader workers), 'cuda' (workers read bytes; JPEG
+    decoding and the batched multi-crop run on the training GPU), 'auto' (cuda on a CUDA run, else cpu)"""
     toy_size: int = 64
     toy_n_train: int = 0
     """toy images per split and class (0 = the generator's default)"""
@@ -197,6 +203,8 @@ class DataConfig:
         _check(self.kind in ("auto", "toy", "folder", "imagefolder", "webdataset"), "data.kind", self.kind,
                "'auto', 'toy', 'folder', 'imagefolder' or 'webdataset'")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        _check(self.augment_device in ("auto", "cpu", "cuda"), "data.augment_device", self.augment_device,
+               "'auto', 'cpu' or 'cuda'")
 
 
 @dataclass
