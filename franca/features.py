@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, open_image  # noqa: F401 (IMAGE_EXTENSIONS re-exported)
+from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, open_image  # noqa: F401 (re-exported)
 from franca.data.images import list_images as _list_images
 
 log = logging.getLogger(__name__)

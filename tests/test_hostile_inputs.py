@@ -100,14 +100,16 @@ def test_float_tiff_is_scaled_not_truncated(tmp_path):
     """A float TIFF in [0, 1] used to decode all-black; now ×255. Other ranges: kept ≤ 255, else min-max."""
     unit = np.linspace(0, 1, 32 * 8, dtype=np.float32).reshape(8, 32)
     Image.fromarray(unit, mode="F").save(tmp_path / "f.tif")
-    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / "f.tif"))[..., 1], np.rint(unit * 255).astype(np.uint8))
+    got = np.asarray(open_image(tmp_path / "f.tif"))[..., 1]
+    np.testing.assert_array_equal(got, np.rint(unit * 255).astype(np.uint8))
     wide = (unit * 1000 - 500).astype(np.float32)
     Image.fromarray(wide, mode="F").save(tmp_path / "w.tif")
     got = np.asarray(open_image(tmp_path / "w.tif"))[..., 0]
     np.testing.assert_array_equal(got, np.rint((wide - wide.min()) * 255 / (wide.max() - wide.min())).astype(np.uint8))
     byte_range = (unit * 200).astype(np.float32)
     Image.fromarray(byte_range, mode="F").save(tmp_path / "b.tif")
-    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / "b.tif"))[..., 0], np.rint(byte_range).astype(np.uint8))
+    got = np.asarray(open_image(tmp_path / "b.tif"))[..., 0]
+    np.testing.assert_array_equal(got, np.rint(byte_range).astype(np.uint8))
 
 
 def test_32bit_integer_image(tmp_path):

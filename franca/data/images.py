@@ -191,8 +191,10 @@ class UnreadableFiles:
     """Counts files tried and unreadable in one place (a folder or a set of shards); raises
     TooManyUnreadableError once at least `min_tried` were tried and more than `max_fraction` failed."""
 
-    def __init__(self, where: str, min_tried: int = 64, max_fraction: float = 0.5) -> None:
+    def __init__(self, where: str, min_tried: int = 64, max_fraction: float = 0.5,
+                 log_level: int = logging.WARNING) -> None:
         self.where, self.min_tried, self.max_fraction = where, min_tried, max_fraction
+        self.log_level = log_level  # DEBUG where the caller reports the skipped files itself
         self.tried = self.bad = 0
         self.examples: list[str] = []
 
@@ -205,7 +207,7 @@ class UnreadableFiles:
         self.bad += 1
         if len(self.examples) < 3:
             self.examples.append(name)
-        log.warning("skipping unreadable image (%d of %d tried so far): %s", self.bad, self.tried, exc)
+        log.log(self.log_level, "skipping unreadable image (%d of %d tried so far): %s", self.bad, self.tried, exc)
         self.check()
 
     def check(self, final: bool = False) -> None:

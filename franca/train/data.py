@@ -119,7 +119,7 @@ class FolderImages(Dataset):
                  reader: Callable[[Any], Any] = decode_image, where: str | Path | None = None) -> None:
         self.files, self.transform, self.reader = list(files), transform, reader
         self.where = str(where) if where is not None else _common_folder(self.files)
-        self.unreadable = UnreadableFiles(f"the image folder {self.where}")
+        self.unreadable = UnreadableFiles(f"the image folder {self.where}", log_level=logging.DEBUG)  # the loop reports
 
     def __len__(self) -> int:
         return len(self.files)
@@ -199,7 +199,9 @@ class ShardImages(IterableDataset):
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
             order = [self.shards[i] for i in torch.randperm(len(self.shards), generator=g).tolist()]
             mine = order[self.rank::self.world][wid::nw] or order[(self.rank + wid) % len(order)::len(order)]
-            unreadable = UnreadableFiles(f"the webdataset shards {', '.join(mine[:3])}{' …' if len(mine) > 3 else ''}")
+            names = ", ".join(mine[:3]) + (" …" if len(mine) > 3 else "")
+            unreadable = UnreadableFiles(f"the webdataset shards {names}",
+                                         log_level=logging.DEBUG)  # the training loop reports the skipped files
             n_start = n
             for shard in mine:
                 for name, data in _tar_images(shard, damaged):
