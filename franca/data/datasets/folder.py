@@ -34,7 +34,8 @@ from torch.utils.data import Dataset, default_collate
 from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, UnreadableFiles, list_images, open_image
 
 __all__ = ["IMAGE_EXTENSIONS", "CorruptImageError", "ImageFiles", "ImageFolder", "ImageNet", "SkipNoneCollate",
-           "UnlabelledImageFolder", "list_images", "load_rgb", "read_labels_txt", "require_dir", "require_file"]
+           "UnlabelledImageFolder", "image_folder_splits", "list_images", "load_rgb", "read_labels_txt",
+           "require_dir", "require_file"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,23 @@ class ImageNet(ImageFolder):
         labels = base / "labels.txt"
         names = read_labels_txt(labels) if labels.is_file() else {}
         self.class_names = [names.get(w, w) for w in self.classes]
+
+
+def image_folder_splits(root: str | os.PathLike, train_transform: Callable | None = None,
+                        val_transform: Callable | None = None) -> tuple[ImageFolder, ImageFolder]:
+    """(train, val) ImageFolders of `root/train` and `root/val` (or `root/test`); their class folders must
+    agree, since label indices come from the sorted folder names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist (expected {root}/train and {root}/val)")
+    val_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    if not (root / "train").is_dir() or val_dir is None:
+        raise FileNotFoundError(f"expected {root}/train and {root}/val (or {root}/test) class folders")
+    train, val = ImageFolder(root / "train", transform=train_transform), ImageFolder(val_dir, transform=val_transform)
+    if train.classes != val.classes:
+        missing = sorted(set(train.classes) ^ set(val.classes))[:5]
+        raise ValueError(f"{root}/train and {val_dir} have different class folders (e.g. {missing})")
+    return train, val
 
 
 class UnlabelledImageFolder(Dataset):
