@@ -66,13 +66,6 @@ def default_data_root() -> Path:
     return Path(builtin_toy()) / "imagenet"
 
 
-def image_folder(root: Path, transform: Callable) -> Any:
-    """The project's ImageFolder reader: one sub-folder per class, labels in sorted folder order."""
-    from franca.data.datasets.folder import ImageFolder
-
-    return ImageFolder(root, transform=transform)
-
-
 def build_eval_splits(data_root: str | Path | None, size: int = 224, protocol: str = "knn",
                       train_transform: Callable | None = None) -> tuple[Any, Any]:
     """(train, val) datasets for a protocol from an ImageFolder root (toy set when None)."""
