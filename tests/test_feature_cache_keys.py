@@ -120,3 +120,23 @@ def test_readers_without_a_sample_list_fingerprint_their_root(tmp_path):
     k = F.cache_key(_Mean(), RootOnly(root), "cls")
     _folder(root, 1)
     assert F.cache_key(_Mean(), RootOnly(root), "cls") != k
+
+
+def test_a_failed_cache_write_leaves_no_entry(tmp_path, monkeypatch):
+    """A full disk while saving: no entry under the key (a later run recomputes), no temporary file left."""
+    import errno
+
+    root, cache, model = _folder(tmp_path / "d", 0), tmp_path / "cache", _Mean()
+
+    def full_disk(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        _run(model, ImageFolder(root, transform=eval_transform(8)), cache)
+    assert list(cache.iterdir()) == []
+    monkeypatch.undo()
+    F.clear_memory_cache()
+    _run(model, ImageFolder(root, transform=eval_transform(8)), cache)
+    assert model.calls == 2 and len(list(cache.glob("*.pt"))) == 1

@@ -281,11 +281,18 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _save(path: Path, feats: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write the cache entry and its metadata each to a temporary file of this process, then rename:
+    a crash or a full disk never leaves a half-written entry under the key."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(feats, tmp)
-    os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    for target, write in ((path, lambda f: torch.save(feats, f)),
+                          (path.with_suffix(".json"),
+                           lambda f: f.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str)))):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def extract_features(
