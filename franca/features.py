@@ -1,8 +1,9 @@
 """Feature extraction for `franca features`: images in a folder → CLS and patch tokens on disk.
 
-Input size rule (documented, never an opaque error): each image's shorter side is resized to `size`
-(bicubic), then a centred square of side ⌊size/patch⌋·patch is cut, so every image gives the same
-patch grid and any `size` ≥ patch works. Images are normalised with the ImageNet mean/std.
+Input size rule (documented, never an opaque error): `franca.transforms(model, size)`, the one
+preprocessing of the project: a centred square of side ⌊size/patch⌋·patch is cut after the shorter
+side is resized to round(side/0.875) (bicubic), so every image gives the same patch grid and any
+`size` ≥ patch works. Images are normalised with the ImageNet mean/std.
 """
 from __future__ import annotations
 
@@ -35,15 +36,11 @@ def crop_side(size: int, patch_size: int) -> int:
 
 
 def make_transform(size: int, patch_size: int):
-    """Resize shorter side to `size`, centre-crop a square multiple of the patch, normalise."""
-    from torchvision import transforms as T
+    """`franca.transforms` for a patch size (see the module docstring)."""
+    from franca.models.preprocess import image_transform
 
-    return T.Compose([
-        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(crop_side(size, patch_size)),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    crop_side(size, patch_size)  # the --size error message of this command
+    return image_transform(size, patch_size)
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -68,11 +65,13 @@ def extract_features(model: nn.Module, paths: Sequence[Path], size: int, device:
                      batch_size: int = 32, num_workers: int = 0, rasa: bool = False,
                      progress: bool = True) -> dict[str, Any]:
     """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept
-    (extracted by `franca.eval.features.extract`, kind "patch" or "rasa", in this process)."""
+    (preprocessed by `franca.transforms`, extracted by `franca.eval.features.extract`, kind "patch" or
+    "rasa", in this process)."""
     from franca.eval.features import extract
+    from franca.models.preprocess import transforms as preprocess
 
-    side = crop_side(size, model.patch_size)
-    data = _ImageFiles(paths, make_transform(size, model.patch_size), side)
+    side = crop_side(size, model.patch_size)  # the --size error message of this command; the crop's side
+    data = _ImageFiles(paths, preprocess(model, size), side)
     out = extract(model, data, kind="rasa" if rasa else "patch", device=device, batch_size=batch_size,
                   num_workers=num_workers, show_progress=progress, distributed=False)
     good = out["labels"] >= 0
@@ -88,25 +87,6 @@ def extract_features(model: nn.Module, paths: Sequence[Path], size: int, device:
 OUTPUT_SUFFIXES = (".pt", ".pth", ".npz")
 
 
-def check_output_path(out: str | Path) -> Path:
-    """Validate an output file path before any work: a .pt/.pth/.npz name that is not a folder, in a
-    folder that exists (or can be created) and is writable. Returns it as a Path; ValueError otherwise."""
-    import tempfile
-
-    out = Path(out)
-    if out.suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"--out must end in .pt, .pth or .npz, got {out.name!r}")
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name ending in .pt or .npz")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".check"):
-            pass
-    except OSError as exc:
-        raise ValueError(f"--out {out}: cannot write in the folder {out.parent} ({exc.strerror or exc})") from None
-    return out
-
-
 def save_features(result: dict[str, Any], out: str | Path) -> Path:
     """Write features as .pt (torch.load(weights_only=True) reads it) or .npz, atomically: to a
     temporary file in the same folder, renamed over `out` only once complete (a failed write, e.g.
@@ -114,7 +94,10 @@ def save_features(result: dict[str, Any], out: str | Path) -> Path:
     import os
     import tempfile
 
-    out = check_output_path(out)
+    out = Path(out)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"features output must end in {', '.join(OUTPUT_SUFFIXES)}, got {out.name!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -137,7 +137,7 @@ def test_cli_depth_on_generated_toy(tmp_path):
     from franca.data.toy import generate_toy
 
     root = generate_toy(tmp_path / "toy", size=32, n_train=10, n_val=10, progress=False)
-    assert main(["eval", "depth", "--model", "vitt4", "--device", "cpu", "--data", str(root), "--epochs", "1",
+    assert main(["eval", "depth", "--model", "vitt4", "--random-init", "--device", "cpu", "--data", str(root), "--epochs", "1",
                  "--resolution", "16", "--hidden-dim", "4", "--num-workers", "0", "--seeds", "1", "2",
                  "--out", str(tmp_path / "depth.json")]) == 0
     d = json.loads((tmp_path / "depth.json").read_text())

@@ -494,32 +494,23 @@ def test_listing_a_deep_link_loop_terminates(tmp_path):
 
 # ----------------------------------------------------------------------------------- features output
 def test_features_output_path_is_checked_before_any_work(tmp_path, monkeypatch):
+    """A bad --out used to fail only after the extraction: now before the model is even loaded."""
+    import franca.commands._common as common
     import franca.features as F
     from franca.cli import main
 
     _png(tmp_path / "imgs" / "a.png")
     called = []
     monkeypatch.setattr(F, "extract_features", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(common, "load_model_from_args", lambda *a, **k: called.append(2))
     (tmp_path / "file").write_text("x")
-    outs = [tmp_path / "x.txt", tmp_path / "file" / "f.pt", tmp_path]
-    for out in outs:
-        with pytest.raises(ValueError, match=re.escape(str(out.name))):
-            F.check_output_path(out)
-    argv = ["features", "--model", "vitt8", "--out", None, "--device", "cpu"]
-    parser_flags = _features_flags()
-    for out in outs:
-        argv[4] = str(out)
-        assert main([*argv, parser_flags["data"], str(tmp_path / "imgs")]) == 1
+    flag = "--data"
+    for out in (tmp_path / "x.txt", tmp_path / "file" / "f.pt", tmp_path):
+        assert main(["features", "--model", "vitt8", "--out", str(out), "--device", "cpu",
+                     flag, str(tmp_path / "imgs")]) == 1
     assert not called
-
-
-def _features_flags() -> dict[str, str]:
-    """The image-folder flag of `franca features` (its name may change with the CLI vocabulary)."""
-    from franca.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices and "features" in a.choices)
-    opts = {o for a in sub.choices["features"]._actions for o in a.option_strings}
-    return {"data": "--data" if "--data" in opts else "--images"}
+    with pytest.raises(ValueError, match="x.txt"):
+        F.save_features({}, tmp_path / "x.txt")
 
 
 def test_features_output_is_written_atomically(tmp_path, monkeypatch):

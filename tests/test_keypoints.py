@@ -144,7 +144,7 @@ def test_cli_keypoints_on_generated_toy(tmp_path):
     from franca.data.toy import generate_toy
 
     root = generate_toy(tmp_path / "toy", size=32, n_train=10, n_val=10, progress=False)
-    assert main(["eval", "keypoints", "--model", "vitt4", "--device", "cpu", "--data", str(root),
+    assert main(["eval", "keypoints", "--model", "vitt4", "--random-init", "--device", "cpu", "--data", str(root),
                  "--image-size", "32", "--out", str(tmp_path / "kp.json")]) == 0
     kp = json.loads((tmp_path / "kp.json").read_text())
     assert kp["protocol"] == "keypoints" and 0 <= kp["metric"] <= 100 and kp["bins"]["all"]["n_pairs"] == 2

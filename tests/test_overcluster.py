@@ -164,7 +164,7 @@ def test_commands_write_a_result_json(tmp_path, command, extra):
 
     root = _write_voc(tmp_path / "data")
     out = tmp_path / f"{command}.json"
-    rc = main(["eval", command, "--model", "vitt8", "--device", "cpu", "--data", str(root), "--size", "32",
+    rc = main(["eval", command, "--model", "vitt8", "--random-init", "--device", "cpu", "--data", str(root), "--size", "32",
                "--num-workers", "0", "--batch-size", "4", "--seeds", "0", "--out", str(out), *extra])
     assert rc == 0
     res = json.loads(out.read_text())

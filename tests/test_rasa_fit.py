@@ -127,7 +127,7 @@ def test_franca_rasa_command_end_to_end(tmp_path):
         arr = (torch.rand(40, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(arr).save(data / f"img{i}.png")
     out = tmp_path / "vitt8-rasa.safetensors"
-    rc = main(["rasa", "--model", "vitt8", "--data", str(data), "--iterations", "2", "--epochs", "1",
+    rc = main(["rasa", "--model", "vitt8", "--random-init", "--data", str(data), "--iterations", "2", "--epochs", "1",
                "--batch-size", "4", "--size", "32", "--num-workers", "0", "--out", str(out), "--no-progress",
                "--heldout-fraction", "0.3"])
     assert rc == 0
@@ -155,7 +155,9 @@ def test_load_backbone_with_official_rasa_head_file(tmp_path):
     sd["rasa_head.pos_pred.weight"] = ws[-1]
     path = tmp_path / "franca_vitt8_rasa.pth"
     torch.save(sd, path)
-    model = franca.load_backbone("vitt8", depth=1, embed_dim=D, num_heads=2, img_size=32, rasa=path)
+    w = franca.export_backbone(franca.build_backbone("vitt8", depth=1, embed_dim=D, num_heads=2, img_size=32),
+                               tmp_path / "vitt8.safetensors")
+    model = franca.load_backbone("vitt8", weights=w, rasa=path)
     x = torch.randn(2, 3, 32, 32, generator=g)
     with torch.no_grad():
         out = model.forward_features(x, use_rasa_head=True)

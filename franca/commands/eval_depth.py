@@ -18,8 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
     add_output_arguments(p, "depth")
     p.set_defaults(seeds=[8])
-    p.add_argument("--data", default=None, help="NYUv2 root in the BTS layout (or its parent); default: toy set")
-    p.add_argument("--resolution", type=int, default=None, help="square input side (default: 480, tiny: 8 patches)")
+    from franca.commands._flags import add_data_argument, add_size_argument
+
+    add_data_argument(p, "NYUv2 root in the BTS layout, or its parent (default: the built-in toy set)")
+    add_size_argument(p, "square input side, rounded down to a multiple of the patch size (default: 480; "
+                         "8 patches for the tiny vitt sizes)")
     p.add_argument("--hidden-dim", type=int, default=None, help="head width (default: 512, tiny: 16)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 10, the protocol's)")
     p.add_argument("--train-batch-size", type=int, default=8, help="probe batch size (default: %(default)s)")
@@ -28,13 +31,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args, mean_std, model_identity, write_result
+    from franca.commands._common import load_model_from_args, mean_std, model_identity, result_path, write_result
+    from franca.commands._flags import fit_size
     from franca.eval.depth import evaluate
 
+    result_path(args, "depth")
     model, device = load_model_from_args(args)
+    size = fit_size(args.size, model.patch_size) if args.size is not None else None
     runs = []
     for seed in args.seeds:
-        runs.append(evaluate(model, args.data, resolution=args.resolution, hidden_dim=args.hidden_dim,
+        runs.append(evaluate(model, args.data, resolution=size, hidden_dim=args.hidden_dim,
                              epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr, seed=seed,
                              use_augment=not args.no_augment, device=device, num_workers=args.num_workers))
     keys = ("si_rmse", "rmse", "d1", "d2", "d3")

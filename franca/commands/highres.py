@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for both stages")
     p.add_argument("--stages", default="highres-364,highres-518",
                    help="comma-separated presets run in order (default: %(default)s)")
-    p.add_argument("--output-dir", default="runs/highres", help="parent folder of the stage runs")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--output-dir", default="runs/highres", help="parent folder of the stage runs (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,17 +28,17 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
     p.set_defaults(batch_size=128)
+    from franca.commands._flags import add_data_argument, add_quiet_argument, add_size_argument
+
     g = p.add_argument_group("RASA")
-    g.add_argument("--data", default=None,
-                   help="folder of training images, searched recursively (default: the built-in toy set's images)")
+    add_data_argument(g, "folder of training images, searched recursively (default: the built-in toy set's images)")
     g.add_argument("--iterations", type=int, default=8, help="removal stages T (default: %(default)s)")
     g.add_argument("--epochs", type=int, default=5, help="epochs per stage (default: %(default)s)")
     g.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate; the paper's best (default: %(default)s; "
                    "the reference configs use 2e-4)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
-    g.add_argument("--size", type=int, default=None,
-                   help="square training/probe image size, a multiple of the patch size "
-                        "(default: the backbone's img_size; the reference uses 518)")
+    add_size_argument(g, "square training/probe image side, rounded down to a multiple of the patch size "
+                         "(default: the backbone's own image size; the reference uses 518)")
     g.add_argument("--no-augment", action="store_true",
                    help="fit on cached features of resized images without augmentation (fast on CPU, "
                         "but content and position are then correlated)")
@@ -52,19 +52,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of images held out for the R² probe (default: %(default)s)")
     g.add_argument("--max-heldout", type=int, default=64, help="at most this many held-out images (default: %(default)s)")
     g.add_argument("--max-images", type=int, default=None, help="use at most this many images in total")
-    g.add_argument("--seed", type=int, default=400, help="random seed (reference: 400)")
+    g.add_argument("--seed", type=int, default=400, help="random seed (default: %(default)s, the reference's)")
     g.add_argument("--out", default=None,
                    help="backbone file to write: .safetensors (franca.export_backbone, timm-loadable) or "
                         ".pt/.pth (state dict); default: runs/rasa/<model>-rasa.safetensors")
     g.add_argument("--report", default=None, help="JSON report path (default: next to --out, .json)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet_argument(g)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     import franca
-    from franca.commands._common import model_identity, write_result
+    from franca.commands._common import load_model_from_args, model_identity, write_result
+    from franca.commands._flags import check_out_path, fit_size
     from franca.models.rasa_fold import save_rasa_file
     from franca.rasa import data as rdata
     from franca.rasa.fit import BackboneFeatures, CachedFeatures, RasaConfig, extract_all, fit_rasa
@@ -73,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.iterations < 1 or args.epochs < 1:
         raise ValueError(f"--iterations and --epochs must be ≥ 1, got {args.iterations} and {args.epochs}")
+    check_out_path(args.out, (".safetensors", ".pt", ".pth"))
+    check_out_path(args.report, (".json",), flag="--report")
     seed_all(args.seed)
     device = resolve_device(args.device)
-    model = franca.load_backbone(args.model, weights=args.weights).to(device).eval()
+    model = load_model_from_args(args)[0].to(device).eval()  # no weights: an error unless --random-init
     model.requires_grad_(False)
-    size = int(args.size or getattr(model, "img_size", 224))
-    if size % int(model.patch_size):
-        raise ValueError(f"--size {size} is not a multiple of the patch size {model.patch_size}")
+    size = fit_size(int(args.size or getattr(model, "img_size", 224)), int(model.patch_size))
 
     root = Path(args.data) if args.data else rdata.default_image_root()
     files = rdata.list_images(root)
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = RasaConfig(iterations=args.iterations, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                      batch_size=batch, seed=args.seed, project_previous=not args.reference_removal,
-                     progress=not args.no_progress)
+                     progress=not args.quiet)
     result = fit_rasa(source, cfg, device=device, heldout=heldout)
 
     out = Path(args.out) if args.out else Path("runs/rasa") / f"{args.model.replace(':', '_')}-rasa.safetensors"

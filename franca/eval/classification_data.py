@@ -28,8 +28,15 @@ MEAN_PER_CLASS = ("aircraft", "pets", "caltech101", "flowers102")
 
 
 def eval_transform(size: int = 224, resize_ratio: float = 256 / 224) -> Callable:
-    """Resize(round(size·ratio), bicubic) → CenterCrop(size) → tensor → ImageNet normalisation."""
+    """Resize(round(size·ratio), bicubic) → CenterCrop(size) → tensor → ImageNet normalisation.
+
+    With the 256/224 ratio this is `franca.transforms` (the one preprocessing of the project)."""
     from torchvision import transforms as T
+
+    if abs(resize_ratio - 256 / 224) < 1e-12:
+        from franca.models.preprocess import image_transform
+
+        return image_transform(size, 1)  # the size is the crop; the model's patch divides it
 
     return T.Compose([
         T.Resize(int(round(size * resize_ratio)), interpolation=T.InterpolationMode.BICUBIC),

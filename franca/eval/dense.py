@@ -55,8 +55,9 @@ def dataset_info(dataset) -> tuple[int, int]:
 
 
 def round_to_patch(size: int, patch: int) -> int:
-    """The nearest multiple of the patch size (at least one patch); logged when it changes."""
-    out = max(patch, int(round(size / patch)) * patch)
+    """The project's one size rule: rounded down to a multiple of the patch size (at least one
+    patch); logged when it changes."""
+    out = max(patch, size - size % patch)
     if out != size:
         log.info("input size %d is not a multiple of the patch size %d; using %d", size, patch, out)
     return out

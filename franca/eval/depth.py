@@ -178,7 +178,7 @@ def train_head(model: torch.nn.Module, train: PreparedDepth, *, hidden_dim: int,
                batch_size: int, lr: float, seed: int, device: torch.device, use_augment: bool = True,
                num_workers: int = 0, progress: bool = True) -> BinDepthHead:
     """Train the bin-depth head on frozen dense-cls features; returns it in eval mode."""
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
     blocks = probe_blocks(model.n_blocks)
     gen = torch.Generator().manual_seed(seed)

@@ -249,7 +249,7 @@ def _extract(model: torch.nn.Module, dataset: Any, kind: str, device: torch.devi
     chunks: dict[str, list[torch.Tensor]] = {}
     it: Any = loader
     if show_progress and (dist_utils.is_main() or not distributed):
-        from tqdm.auto import tqdm
+        from franca.utils.progress import progress as tqdm
 
         it = tqdm(loader, desc=f"features ({kind})", unit="batch")
     model.eval()

@@ -203,7 +203,7 @@ def build_memory(model: torch.nn.Module, dataset, size: int, num_classes: int, d
     memory_size=None keeps every patch (Franca); otherwise ⌊memory_size / (n_train · aug_epochs)⌋
     patches per image chosen by `bounded_patch_indices`.
     """
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
     patch = int(model.patch_size)
     grid = (size // patch) ** 2
@@ -244,7 +244,7 @@ def predict_queries(model: torch.nn.Module, dataset, index, memory_labels: torch
                     temperature: float = 0.02, use_rasa: bool = False, batch_size: int = 32,
                     num_workers: int = 0) -> torch.Tensor:
     """Segment the validation set by retrieval; returns the (C × C) confusion matrix at S×S."""
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
     conf = StreamingConfusion(num_classes, num_classes, ignore_index)
     for x, m in tqdm(resized_loader(dataset, size, batch_size, num_workers, IMAGENET_MEAN, HB_STD),

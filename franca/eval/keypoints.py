@@ -205,9 +205,8 @@ def evaluate(
     sequence of ``KeypointPair``. Returns a JSON-serialisable dict whose ``metric`` is PCK (in %)
     over "all". ``batch_size`` images (half as many pairs) go through the backbone at once.
     """
-    from tqdm import tqdm
-
     from franca.utils.device import resolve_device
+    from franca.utils.progress import progress as tqdm
 
     device = resolve_device(device)
     pairs = load_pairs(data, split) if data is None or isinstance(data, (str, Path)) else list(data)

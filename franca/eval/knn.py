@@ -68,7 +68,7 @@ def topk_neighbours(
     idx_out = torch.empty(n_test, k, dtype=torch.long, device=train_feats.device)
     starts = range(0, n_test, chunk_size)
     if show_progress:
-        from tqdm.auto import tqdm
+        from franca.utils.progress import progress as tqdm
 
         starts = tqdm(starts, desc="k-NN", unit="chunk")
     for q0 in starts:

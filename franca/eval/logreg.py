@@ -129,7 +129,7 @@ def logreg_protocol(
     init = None
     it: Any = Cs
     if show_progress:
-        from tqdm.auto import tqdm
+        from franca.utils.progress import progress as tqdm
 
         it = tqdm(Cs, desc="logreg C grid", unit="C")
     for C in it:

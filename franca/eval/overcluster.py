@@ -28,7 +28,7 @@ def extract_tokens(model: torch.nn.Module, dataset, size: int, device: torch.dev
                    ) -> tuple[np.ndarray, tuple[int, int], torch.Tensor]:
     """Patch tokens of every image (N·h·w, D) float32, the grid (h, w), and the masks resized
     (nearest, via S×S as Leopart does) to mask_size² as (N, mask_size, mask_size) int64."""
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
     feats, masks, grid = [], [], (0, 0)
     loader = resized_loader(dataset, size, batch_size, num_workers)
@@ -94,7 +94,7 @@ def overcluster_scores(tokens: np.ndarray, grid: tuple[int, int], masks: torch.T
                        ks: Sequence[int], seeds: Sequence[int], ignore_index: int = 255, pca_dim: int = 50,
                        niter: int = 100, nredo: int = 5, refine_hungarian: bool = False) -> dict:
     """The pure core: tokens (N·h·w, D) → {K: {"miou": mean_std, "per_class_iou": mean over seeds}}."""
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
     from franca.commands._common import mean_std
 

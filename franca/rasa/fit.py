@@ -221,7 +221,7 @@ def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
     try:
-        from tqdm.auto import tqdm
+        from franca.utils.progress import progress as tqdm
     except ImportError:  # pragma: no cover
         return None
     return tqdm(total=total, desc=desc, leave=False)

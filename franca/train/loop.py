@@ -283,9 +283,9 @@ class Trainer:
         knn_final = self.knn("trained")
         summary = self._summary(wall, knn_final, stop_reason)
         if self.is_main:
-            import json
+            from franca.utils.results import write_json
 
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(self.out_dir / "summary.json", summary)  # numbers rounded, library versions named
         return summary
 
     def _check_finite(self, row: dict[str, float], i: int, last_good: Optional[int]) -> None:
@@ -303,8 +303,9 @@ class Trainer:
                f"lr: peak {self.schedules.peak_lr:.3g} (base_lr {self.cfg.optim.base_lr:g} scaled by "
                f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "
                f"{self.world} process(es)")
-        log.info(msg.replace("\n", "; "))
-        if not self.quiet:
+        if self.quiet:  # one or the other: printed and logged, it showed twice in a terminal
+            log.info(msg.replace("\n", "; "))
+        else:
             print(msg, flush=True)
 
     def _progress(self, total: int) -> Any:

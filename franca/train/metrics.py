@@ -34,6 +34,8 @@ class MetricsLogger:
             self.tb = SummaryWriter(str(out_dir / "tensorboard"))
         except Exception:  # tensorboard is optional  # noqa: BLE001
             self.tb = None
+        log.info("metrics: %s; %s", self.path, f"TensorBoard: tensorboard --logdir {out_dir / 'tensorboard'}"
+                 if self.tb is not None else "TensorBoard off (pip install tensorboard to turn it on)")
 
     def log(self, iteration: int, values: dict[str, Any]) -> None:
         if not self.enabled:
