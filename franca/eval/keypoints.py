@@ -81,8 +81,9 @@ def center_pad(x: Tensor, multiple: int) -> Tensor:
 @torch.no_grad()
 def dense_features(model: torch.nn.Module, x: Tensor) -> Tensor:
     """(B, 3, H, W) → (B, D, h, w): last block's patch tokens, no final norm, L2-normalised per location."""
-    x = center_pad(x, model.patch_size)
-    (feats,) = model.get_intermediate_layers(x, n=1, reshape=True, norm=False)
+    from franca.eval.features import block_tokens
+
+    (feats,) = block_tokens(model, center_pad(x, model.patch_size), 1)
     return F.normalize(feats.float(), dim=1)
 
 
@@ -259,47 +260,13 @@ def evaluate(
 
 def load_pairs(root: str | Path | None, split: str = "test") -> list[KeypointPair]:
     """SPair-71k pairs (PROTOCOLS §12.6) under ``root`` (default: the built-in toy set), read with
-    ``franca.data.datasets.spair.SPair71k``; images are opened lazily when their features are computed.
-    ``root`` may be the ``SPair-71k`` folder or its parent."""
+    ``franca.data.datasets.spair.SPair71k.lazy_pairs``; images are opened lazily when their features
+    are computed. ``root`` may be the ``SPair-71k`` folder or its parent."""
     from franca.data.datasets.spair import SPair71k
 
     if root is None:
         from franca.data.toy import builtin_toy
 
         root = builtin_toy()
-    ds = SPair71k(root, split)
-    pairs = []
-    for a in ds.pairs:
-        cat = a["category"]
-        src_kps = np.asarray(a["src_kps"], dtype=np.float64).reshape(-1, 2)
-        trg_kps = np.asarray(a["trg_kps"], dtype=np.float64).reshape(-1, 2)
-        if src_kps.shape != trg_kps.shape:
-            raise ValueError(f"SPair-71k pair {a['pair_id']}: {len(src_kps)} source vs {len(trg_kps)} target keypoints")
-        pairs.append(KeypointPair(
-            src_image=_LazyImage(ds.image_dir / cat / a["src_imname"]),
-            trg_image=_LazyImage(ds.image_dir / cat / a["trg_imname"]),
-            src_kps=src_kps, trg_kps=trg_kps, trg_bbox=a["trg_bndbox"], category=cat,
-            viewpoint_variation=int(a["viewpoint_variation"]),
-            src_name=f"{cat}/{a['src_imname']}", trg_name=f"{cat}/{a['trg_imname']}"))
-    return pairs
-
-
-class _LazyImage:
-    """A PIL image read from disk when used (``.size`` reads only the header), never kept in memory."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    @property
-    def size(self) -> tuple[int, int]:
-        from PIL import Image
-
-        if not self.path.is_file():
-            raise FileNotFoundError(f"SPair-71k image not found: {self.path}")
-        with Image.open(self.path) as im:
-            return im.size
-
-    def convert(self, mode: str):
-        from franca.data.datasets.folder import load_rgb
-
-        return load_rgb(self.path).convert(mode)
+    fields = {f for f in KeypointPair.__dataclass_fields__}
+    return [KeypointPair(**{k: v for k, v in p.items() if k in fields}) for p in SPair71k(root, split).lazy_pairs()]

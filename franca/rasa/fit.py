@@ -156,14 +156,12 @@ class BackboneFeatures:
 
 @torch.no_grad()
 def extract_patch_tokens(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Final normalised patch tokens (B, N, D) of a frozen backbone, float32."""
-    from franca.utils.device import autocast_context
+    """Final normalised patch tokens (B, N, D) of a frozen backbone, float32 (`franca.eval.features.patch_tokens`)."""
+    from franca.eval.features import patch_tokens
 
     if isinstance(images, (list, tuple)):
         images = images[0]
-    with autocast_context(device):
-        out = model.forward_features(images.to(device, non_blocking=True))
-    return out["x_norm_patchtokens"].float()
+    return patch_tokens(model, images.to(device, non_blocking=True), amp=True, grid=False)
 
 
 @torch.no_grad()
