@@ -78,6 +78,20 @@ def load_model_from_args(args: argparse.Namespace):
     return model.to(device).eval(), device
 
 
+def eval_args(args: argparse.Namespace, device: Any, **overrides: Any):
+    """The shared evaluation arguments (franca.eval.common.EvalArgs) from the parsed command line:
+    --data, --size, --seeds, --batch-size, --num-workers and the resolved device; `overrides` replace
+    any of them (e.g. a command whose size flag has another name)."""
+    from franca.eval.common import EvalArgs
+
+    values = {"data": getattr(args, "data", None), "size": getattr(args, "size", None),
+              "seeds": getattr(args, "seeds", (0,)), "batch_size": getattr(args, "batch_size", None),
+              "device": device, "num_workers": getattr(args, "num_workers", 0),
+              "progress": not getattr(args, "quiet", False)}
+    values.update(overrides)
+    return EvalArgs(**values)
+
+
 def model_identity(args: argparse.Namespace) -> dict[str, Any]:
     """What identifies the backbone in a result JSON: model, weights (file, release name or "random init"),
     the weights label, and the file's size and mtime."""
@@ -121,8 +135,3 @@ def write_result(args: argparse.Namespace, name: str, result: dict[str, Any]) ->
     return out
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    import statistics
-
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "values": list(values)}

@@ -28,15 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args, model_identity, result_path, write_result
+    from franca.commands._common import eval_args, load_model_from_args, model_identity, result_path, write_result
     from franca.commands._flags import fit_size
     from franca.eval.keypoints import evaluate
 
     result_path(args, "keypoints")
     model, device = load_model_from_args(args)
     size = fit_size(args.size, model.patch_size) if args.size is not None else None
-    res = evaluate(model, args.data, image_size=size, n_pairs=args.n_pairs, alpha=args.alpha,
-                   split=args.split, batch_size=args.batch_size, device=device)
+    common = eval_args(args, device, size=size)
+    res = evaluate(model, **common.kwargs_for(evaluate), n_pairs=args.n_pairs, alpha=args.alpha, split=args.split)
     res.update(model=model_identity(args), data=args.data or "toy")
     out = write_result(args, "keypoints", res)
     print(f"PCK@{args.alpha:.2f} (%)  " + "  ".join(f"d={b}: {v:.2f}" for b, v in res["pck"].items()))

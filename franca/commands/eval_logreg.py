@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if len(results) == 1:
         finish(args, "logreg", next(iter(results.values())), started)
         return 0
-    from franca.commands._common import mean_std
+    from franca.eval.stats import mean_std
 
     summary = mean_std([r["metric"] for r in results.values()])
     result = {"protocol": "logreg", "dataset": "all", "metric_name": "mean_over_datasets",

@@ -1,5 +1,5 @@
 """Overclustering (the Leopart protocol): K-means on frozen patch tokens of the whole validation
-set, clusters matched to classes (greedy many-to-one for K > C, Hungarian at K = C), mIoU averaged
+set, clusters matched to classes (Hungarian at K = C, greedy many-to-one for every other K, as Leopart), mIoU averaged
 over K-means seeds 0-4.
 
 With no --data the built-in toy set (VOC layout) is used at input side 128, so
@@ -73,8 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--niter", type=int, default=100, help="K-means iterations (default: %(default)s)")
     g.add_argument("--nredo", type=int, default=5, help="K-means restarts, best kept (default: %(default)s)")
     g.add_argument("--mask-size", type=int, default=100, help="evaluation resolution (default: %(default)s)")
+    g.add_argument("--matching", choices=["leopart", "hungarian-below"], default="leopart",
+                   help="leopart: Hungarian at K = C, greedy precision matching for every other K (Leopart's code); "
+                        "hungarian-below: Hungarian for every K <= C (default: %(default)s)")
     g.add_argument("--refine-hungarian", action="store_true",
-                   help="the paper's 'greedy matching, then Hungarian' instead of Leopart's greedy only")
+                   help="the paper's 'greedy matching, then Hungarian' for K > C instead of Leopart's greedy only")
     add_output_arguments(p, "overcluster")
     set_seeds_default(p, [0, 1, 2, 3, 4])  # K-means seeds 0-4, as Leopart and the paper
 
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     ks = [None if k == 0 else k for k in (args.ks or [100, 300, 0])]
     result = overcluster.evaluate(model, data, device, size=resolve_size(args, 448, model.patch_size), ks=ks, seeds=args.seeds,
                                   pca_dim=args.pca_dim, niter=args.niter, nredo=args.nredo,
-                                  refine_hungarian=args.refine_hungarian, use_rasa=bool(args.rasa),
+                                  refine_hungarian=args.refine_hungarian, matching=args.matching,
+                                  use_rasa=bool(args.rasa),
                                   batch_size=args.batch_size, num_workers=args.num_workers, mask_size=args.mask_size)
     for k, r in result["results"].items():
         print(f"  K={k:>4}  mIoU {100 * r['miou']['mean']:6.2f} ± {100 * r['miou']['std']:.2f}  ({r['matching']})")

@@ -3,6 +3,8 @@
 Sizes: each image's shorter side is resized to --size, then a centred square whose side is the
 largest multiple of the patch size not above --size is cut (e.g. --size 230 with patch 14 → 224).
 The output holds `cls` (N, D), `patch` (N, n, D), `files` (the N image paths, in order) and `grid`.
+The output path is checked (suffix, writable folder) before any work, and the file is written to a
+temporary name and renamed, so a failed run never leaves a half-written file or destroys the last one.
 """
 from __future__ import annotations
 
@@ -25,9 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import load_model_from_args
-    from franca.commands._flags import fit_size
-    from franca.features import extract_features, list_images, save_features
+    from franca.commands._flags import check_out_path, fit_size
+    from franca.features import OUTPUT_SUFFIXES, extract_features, list_images, save_features
 
+    check_out_path(args.out, OUTPUT_SUFFIXES)  # before any work: a bad --out fails at once, not after extraction
     if not args.data:
         raise ValueError("--data FOLDER is required: the images to extract features from")
     paths = list_images(args.data)

@@ -266,7 +266,7 @@ def evaluate(model: torch.nn.Module, train_set=None, val_set=None, device: torch
     """Hummingbird in-context mIoU of `model`: memory from `train_set`, queries from `val_set`
     (raw segmentation sets, or roots of `dataset_name` read as trainaug/train and val; None: the
     toy set). Mean and std over `seeds`; per-class IoU averaged over seeds."""
-    from franca.commands._common import mean_std
+    from franca.eval.stats import mean_std
     from franca.utils.device import resolve_device
 
     device = resolve_device(device)

@@ -259,7 +259,7 @@ def evaluate(model: nn.Module, train_set=None, val_set=None, device: torch.devic
     reduce_zero_label; None: the toy set). Mean and std over `seeds`."""
     from franca.utils.progress import progress as tqdm
 
-    from franca.commands._common import mean_std
+    from franca.eval.stats import mean_std
     from franca.utils.device import resolve_device
 
     device = resolve_device(device)

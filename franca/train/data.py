@@ -1,9 +1,11 @@
 """Pretraining data: image sources, a resumable batch order, multi-crop + mask collate.
 
 Sources: the built-in toy set, any folder of images (flat or nested, labels ignored, so
-ImageFolder trees work too) and webdataset tar shards. Unreadable files (truncated JPEGs,
-non-images with an image extension) are skipped: the next file takes the slot, and the skipped
-path travels with the batch so the loop counts it (this works with worker processes too).
+ImageFolder trees work too; listed by `franca.data.images.list_images`) and webdataset tar shards
+(read by `franca.data.datasets.shards`). Unreadable files (truncated JPEGs, non-images with an image
+extension, decompression bombs) are skipped: a file drawn at random from the slot's seed takes the
+slot, the skipped path travels with the batch so the loop counts it (this works with worker
+processes too), and the run stops only when more than half of the files tried were unreadable.
 
 Batch order is a pure function of (seed, iteration, rank): iteration i belongs to epoch
 i // iterations_per_epoch, whose permutation comes from a generator seeded by (seed, epoch); each
@@ -22,10 +24,9 @@ the masks; the training process decodes the JPEGs on the GPU and runs the same b
 from __future__ import annotations
 
 import functools
-import io
 import logging
+import os
 import random
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
@@ -34,6 +35,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from franca.data.images import (IMAGE_EXTENSIONS, CorruptImageError, TooManyUnreadableError, UnreadableFiles,
+                                open_image)
+from franca.data.images import list_images as _list_images
+from franca.data.datasets import shards as shards_mod
+from franca.data.datasets.shards import count_shard_images
+from franca.data.datasets.shards import tar_images as _tar_images
 from franca.train.config import FrancaTrainConfig
 
 if TYPE_CHECKING:
@@ -42,8 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-_MAX_SKIP = 64  # consecutive unreadable files tolerated for one slot
+_MAX_DRAWS = 64  # random replacements tried for one slot before giving up
 _MIX = 0x9E3779B97F4A7C15
 
 
@@ -54,22 +60,20 @@ def sample_seed(seed: int, iteration: int, position: int) -> int:
 
 
 def list_images(root: str | Path) -> list[Path]:
-    """Image files under `root` (recursive, any nesting, sorted); FileNotFoundError if none."""
+    """Image files under `root` (recursive, links followed once, sorted); FileNotFoundError if none."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = _list_images(root)
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return files
 
 
-def decode_image(data: bytes | Path) -> Image.Image:
-    """Fully decode to RGB (truncated or foreign files raise here, not later)."""
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    with Image.open(src) as img:
-        img.load()
-        return img.convert("RGB")
+def decode_image(data: bytes | Path, name: str | None = None) -> Image.Image:
+    """Fully decode to 8-bit RGB (`franca.data.images.open_image`: truncated or foreign files and
+    decompression bombs raise CorruptImageError here, not later)."""
+    return open_image(data, name)
 
 
 def _sample(transform: Callable | None, img: Image.Image | dict[str, Any], seed: int) -> dict[str, Any]:
@@ -96,16 +100,26 @@ def _seeded_transform(transform: Callable, img: Image.Image, seed: int) -> Any:
             random.setstate(state_py)
 
 
+# what a reader may raise for an unreadable file (open_image raises CorruptImageError; a custom reader more)
+_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 class FolderImages(Dataset):
     """Map-style images of a folder; item (index, seed) -> {"crops": …, "skipped": [paths], "seed": seed}.
 
     With ``transform=None`` the item carries the decoded image as "image" instead of "crops". `reader` maps a
-    path to a PIL image (or, for the device path, to a dict of what to send: franca.data.gpu_pipeline).
+    path to a PIL image (or, for the device path, to a dict of what to send: franca.data.gpu_pipeline). An
+    unreadable file is replaced by a file drawn at random (from the slot's seed, so reproducibly),
+    never by its neighbour: a bad stretch of a sorted folder then costs only its share. The
+    reader fails (naming `where`) only when more than half of the files it tried were unreadable
+    (`franca.data.images.UnreadableFiles`).
     """
 
     def __init__(self, files: Sequence[Path], transform: Callable | None,
-                 reader: Callable[[Any], Any] = decode_image) -> None:
+                 reader: Callable[[Any], Any] = decode_image, where: str | Path | None = None) -> None:
         self.files, self.transform, self.reader = list(files), transform, reader
+        self.where = str(where) if where is not None else _common_folder(self.files)
+        self.unreadable = UnreadableFiles(f"the image folder {self.where}", log_level=logging.DEBUG)  # the loop reports
 
     def __len__(self) -> int:
         return len(self.files)
@@ -113,16 +127,30 @@ class FolderImages(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, seed = key
         skipped: list[str] = []
-        for attempt in range(min(_MAX_SKIP, len(self.files))):
-            path = self.files[(index + attempt) % len(self.files)]
+        n = len(self.files)
+        for attempt in range(_MAX_DRAWS):
+            i = index if attempt == 0 else random.Random(int(seed) * 1_000_003 + attempt).randrange(n)
+            path = self.files[i % n]
             try:
                 img = self.reader(path)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                log.debug("skipping unreadable image %s: %s", path, exc)
+            except _UNREADABLE as exc:
                 skipped.append(str(path))
+                self.unreadable.failed(str(path), exc)
                 continue
+            self.unreadable.ok()
             return {**_sample(self.transform, img, seed), "skipped": skipped, "seed": seed, "name": str(path)}
-        raise RuntimeError(f"{len(skipped)} consecutive unreadable images from {skipped[0]}; is this an image folder?")
+        self.unreadable.check(final=True)
+        raise TooManyUnreadableError(f"{len(skipped)} images drawn in a row from {self.where} were unreadable, "
+                                     f"e.g. {skipped[0]}; is this an image folder?")
+
+
+def _common_folder(files: Sequence[Path]) -> str:
+    if not files:
+        return "?"
+    try:
+        return os.path.commonpath([str(f.parent) for f in files])
+    except ValueError:
+        return str(files[0].parent)
 
 
 def list_shards(spec: str) -> list[str]:
@@ -146,30 +174,15 @@ def list_shards(spec: str) -> list[str]:
     return shards
 
 
-def _tar_images(shard: str) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) of the image members of a webdataset shard, in file order."""
-    with tarfile.open(shard) as tar:
-        for m in tar:
-            if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS:
-                f = tar.extractfile(m)
-                if f is not None:
-                    yield f"{shard}:{m.name}", f.read()
-
-
-def count_shard_images(shards: Sequence[str]) -> int:
-    n = 0
-    for s in shards:
-        with tarfile.open(s) as tar:
-            n += sum(1 for m in tar if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS)
-    return n
-
-
 class ShardImages(IterableDataset):
     """Webdataset shards as an endless stream of {"crops" (or "image", see FolderImages), "skipped", "seed"}
     samples of this rank.
 
     Shards are shuffled per epoch with (seed, epoch) and dealt to ranks and workers round-robin;
     `start_sample` skips what a resumed run already consumed (exact with at most one worker).
+    Unreadable images are skipped by the rule of `franca.data.images.UnreadableFiles`; a damaged
+    shard is skipped from the damage on with a warning naming it; a pass over this worker's shards
+    that yields no image raises an error naming them.
     """
 
     def __init__(self, shards: Sequence[str], transform: Callable | None, seed: int, rank: int, world: int,
@@ -181,23 +194,36 @@ class ShardImages(IterableDataset):
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         n, epoch, skipped = 0, 0, []
+        damaged: set[str] = set()
         while True:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
             order = [self.shards[i] for i in torch.randperm(len(self.shards), generator=g).tolist()]
             mine = order[self.rank::self.world][wid::nw] or order[(self.rank + wid) % len(order)::len(order)]
+            names = ", ".join(mine[:3]) + (" …" if len(mine) > 3 else "")
+            unreadable = UnreadableFiles(f"the webdataset shards {names}",
+                                         log_level=logging.DEBUG)  # the training loop reports the skipped files
+            n_start = n
             for shard in mine:
-                for name, data in _tar_images(shard):
+                for name, data in _tar_images(shard, damaged):
                     n += 1
                     if n <= self.start_sample:
                         continue
                     try:
-                        img = self.reader(data)
-                    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                        if data is None:
+                            raise CorruptImageError(f"{name}: member larger than {shards_mod.MAX_MEMBER_BYTES:,} "
+                                                    "bytes")
+                        img = self.reader(data, name)
+                    except _UNREADABLE as exc:
                         skipped.append(name)
+                        unreadable.failed(name, exc)
                         continue
+                    unreadable.ok()
                     seed = sample_seed(self.seed, epoch, n * self.world + self.rank)
                     yield {**_sample(self.transform, img, seed), "skipped": skipped, "seed": seed, "name": name}
                     skipped = []
+            if n == n_start or (n > self.start_sample and unreadable.tried and unreadable.bad == unreadable.tried):
+                what = f"damaged: {', '.join(sorted(damaged))}" if damaged else "no readable image member"
+                raise RuntimeError(f"no readable image in the webdataset shards {', '.join(mine)} ({what})")
             epoch += 1
 
 
@@ -437,7 +463,7 @@ def build_pretrain_data(cfg: FrancaTrainConfig, patch_size: int, rank: int, worl
         common.update(persistent_workers=False, prefetch_factor=2)
     if kind == "folder":
         files = list_images(where)
-        ds = FolderImages(files, transform, reader)
+        ds = FolderImages(files, transform, reader, where)
         sampler = ResumableBatchSampler(len(files), B, cfg.train.seed, rank, world, start_iteration)
         loader: Any = DataLoader(ds, batch_sampler=sampler, **common)
         n, what = len(files), f"image folder {where} ({len(files)} files){batched}"

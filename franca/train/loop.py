@@ -108,11 +108,8 @@ class Trainer:
             sync_batchnorm(self.student, self.device)
             sync_batchnorm(self.teacher, self.device)
         if cfg.train.compile:
-            from franca.losses.implicit_targets import use_compiled
-
             compile_modules(self.student)
             compile_modules(self.teacher)
-            use_compiled(True)  # the Sinkhorn-Knopp / iBOT loss passes as fused kernels
         if self.world > 1 and cfg.train.parallel == "fsdp":
             fsdp_shard(self.student, self.device)
             fsdp_shard(self.teacher, self.device)
@@ -128,7 +125,8 @@ class Trainer:
                        SoftmaxCentering(self.student["ibot_head"].n_prototypes_per_level).to(self.device))
         implicit = cfg.loss.implicit_patch_targets
         self.targets = TeacherTargets(cfg.loss.centering, cfg.loss.sinkhorn_iterations, centers,
-                                      cfg.train.compile if implicit is None else implicit)
+                                      cfg.train.compile if implicit is None else implicit,
+                                      compiled_passes=cfg.train.compile)  # Sinkhorn / iBOT passes fused
         self.losses = LossComputer(n_levels, cfg.loss.student_temp, cfg.dino.loss_weight,
                                    cfg.ibot.head.loss_weight, cfg.loss.koleo_weight, cfg.loss.koleo_scope)
         may_skip = cfg.ibot.mask_sample_probability * 2 * cfg.train.batch_size_per_gpu < 1

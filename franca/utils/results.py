@@ -37,11 +37,11 @@ def round_floats(obj: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
 
 def library_versions() -> dict[str, str]:
     """Versions of the project and the libraries that decide its numbers (missing ones omitted)."""
+    import sys
     from importlib import metadata
 
-    import franca
-
-    out = {"franca": franca.__version__, "python": platform.python_version()}
+    # The parent package is always loaded before this module; read it without importing upwards.
+    out = {"franca": sys.modules["franca"].__version__, "python": platform.python_version()}
     for name in ("torch", "torchvision", "timm", "numpy"):
         try:
             out[name] = metadata.version(name)

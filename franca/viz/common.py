@@ -26,8 +26,10 @@ def list_images(paths: Sequence[str | Path] | None, limit: int | None = None) ->
         paths = [root / "imagenet" / "val"] if (root / "imagenet" / "val").is_dir() else [root]
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES))
+        if p.is_dir():  # the one listing of the project: links followed once
+            from franca.data.images import list_images as list_folder
+
+            out.extend(list_folder(p, tuple(IMAGE_SUFFIXES)))
         elif p.is_file():
             out.append(p)
         else:
@@ -38,14 +40,12 @@ def list_images(paths: Sequence[str | Path] | None, limit: int | None = None) ->
 
 
 def open_rgb(path_or_image: Any):
-    """A PIL RGB image from a path or a PIL image."""
-    from PIL import Image
-
+    """A PIL RGB image from a path (`franca.data.images.open_image`: bombs refused, 16-bit and float
+    images scaled, EXIF orientation applied) or a PIL image."""
     if isinstance(path_or_image, (str, Path)):
-        if not Path(path_or_image).is_file():
-            raise FileNotFoundError(f"image not found: {path_or_image}")
-        with Image.open(path_or_image) as im:
-            return im.convert("RGB")
+        from franca.data.images import open_image
+
+        return open_image(path_or_image)
     return path_or_image.convert("RGB")
 
 
