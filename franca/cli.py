@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         (getattr(args, "_group", None) or parser).print_help()
         return 2
-    from franca.errors import UserError, one_line
+    from franca.utils.errors import UserError, one_line
     from franca.utils.progress import set_quiet
 
     set_quiet(bool(getattr(args, "quiet", False)))  # --quiet: no progress bar anywhere

@@ -342,7 +342,7 @@ def test_sigkill_during_a_save_keeps_the_last_checkpoint_and_resumes(data, tmp_p
 def test_a_lock_that_cannot_be_written_names_the_disk_and_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
     import errno
 
-    from franca.errors import UserError
+    from franca.utils.errors import UserError
     from franca.train import runlock
 
     def full(fd, data, offset):

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands.pretrain import allowed_changes, continue_command, print_summary
-    from franca.errors import UserError
+    from franca.utils.errors import UserError
     from franca.train.highres import read_checkpoint_model, stage_config
     from franca.train.loop import train
 

@@ -50,7 +50,7 @@ def allowed_changes(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.errors import UserError
+    from franca.utils.errors import UserError
     from franca.train.config import dump_yaml, list_presets, load_config
 
     if args.list_presets:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from franca.errors import UserError, write_failed
+from franca.utils.errors import UserError, write_failed
 
 log = logging.getLogger(__name__)
 

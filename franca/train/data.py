@@ -404,6 +404,8 @@ def resolve_source(cfg: FrancaTrainConfig) -> tuple[str, str]:
         if not Path(d.dataset).exists():
             raise FileNotFoundError(f"not found: {d.dataset} (config key data.dataset: an image folder or "
                                     "webdataset shards)")
+        import tarfile
+
         if Path(d.dataset).is_file() and not tarfile.is_tarfile(d.dataset):
             raise ValueError(f"data.dataset={d.dataset} is a file but not a .tar shard: give the folder of "
                              "images (or webdataset .tar shards)")

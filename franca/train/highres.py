@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from franca.errors import UserError
 from franca.train.config import FrancaTrainConfig, flatten, load_config
+from franca.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from franca.errors import UserError, write_failed
 from franca.train import checkpoint as ckpt_io
 from franca.train import runfolder
 from franca.train.config import FrancaTrainConfig, dump_yaml, to_dict
 from franca.train.schedules import Lengths, Schedules
 from franca.utils import distributed as dist_utils
+from franca.utils.errors import UserError, write_failed
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from franca.errors import write_failed
+from franca.utils.errors import write_failed
 
 log = logging.getLogger(__name__)
 

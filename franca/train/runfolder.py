@@ -12,10 +12,10 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from franca.errors import UserError
 from franca.train import checkpoint as ckpt_io
 from franca.train.config import FrancaTrainConfig, config_changes, key_allowed
 from franca.train.schedules import Lengths
+from franca.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from franca.errors import UserError, write_failed
+from franca.utils.errors import UserError, write_failed
 
 log = logging.getLogger(__name__)
 
