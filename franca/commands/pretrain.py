@@ -34,13 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_run_folder_arguments(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     """--resume / --overwrite / --allow-config-change (pretrain and highres)."""
+    where = "train.output_dir" if checkpoint else "each stage's folder under --output-dir"
     p.add_argument("--resume", action="store_true",
-                   help="continue exactly from the checkpoint in train.output_dir (or --checkpoint)")
+                   help=f"continue exactly from the checkpoint in {where}" + (" (or --checkpoint)" if checkpoint else ""))
     if checkpoint:
         p.add_argument("--checkpoint", default=None, metavar="PATH",
                        help="with --resume: continue from this checkpoint file instead")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in train.output_dir (its files stay until the first new checkpoint)")
+                   help=f"replace the run already in {where} (its files stay until the first new checkpoint)")
     p.add_argument("--allow-config-change", default=None, metavar="KEY[,KEY]",
                    help="with --resume: config keys (or sections, e.g. optim) that may differ from the saved run")
 
