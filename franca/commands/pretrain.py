@@ -36,7 +36,7 @@ def add_run_folder_arguments(p: argparse.ArgumentParser, checkpoint: bool = True
     """--resume / --overwrite / --allow-config-change (pretrain and highres)."""
     where = "train.output_dir" if checkpoint else "each stage's folder under --output-dir"
     p.add_argument("--resume", action="store_true",
-                   help=f"continue exactly from the checkpoint in {where}" + (" (or --checkpoint)" if checkpoint else ""))
+                   help=f"continue exactly from the checkpoint in {where}{' (or --checkpoint)' if checkpoint else ''}")
     if checkpoint:
         p.add_argument("--checkpoint", default=None, metavar="PATH",
                        help="with --resume: continue from this checkpoint file instead")
