@@ -25,7 +25,7 @@ SHARED = {
     "data toy": {"--out", "--size", "--seed", "--quiet"},
     "export": {"--model", "--weights", "--out"},
     "report": {"--out"},
-    "pretrain": {"--quiet"},
+    "pretrain": {"--quiet", "--data", "--out", "--seed", "--batch-size", "--device"},
     "highres": {"--quiet"},
 }
 # Upper-case names the code defines (e.g. TOY_SIZE): shown in a help text they are placeholders.

@@ -232,6 +232,21 @@ def test_resume_is_a_flag_that_never_swallows_an_override() -> None:
     assert args.checkpoint == "a/b.pth" and args.overrides == ["train.epochs=2"]
 
 
+
+def test_pretrain_takes_the_shared_flags_as_config_shortcuts(tmp_path: Path, capsys) -> None:
+    """--data/--out/--seed/--batch-size/--device set their config keys; a key given both ways is refused."""
+    from franca.cli import build_parser
+    from franca.commands.pretrain import shortcut_overrides
+
+    args = build_parser().parse_args(["pretrain", "--data", "imgs", "--out", "runs/x", "--seed", "3",
+                                      "--batch-size", "8", "--device", "cpu", "train.epochs=2"])
+    assert shortcut_overrides(args) == ["data.dataset=imgs", "train.output_dir=runs/x", "train.seed=3",
+                                        "train.batch_size_per_gpu=8", "train.device=cpu"]
+    rc, out, _ = _main(capsys, ["pretrain", "--data", "imgs", "--seed", "3", "--print-config"])
+    assert rc == 0 and "dataset: imgs" in out and "seed: 3" in out
+    rc, _, err = _main(capsys, ["pretrain", "--data", "a", "data.dataset=b", "--print-config"])
+    assert rc == 1 and "--data and data.dataset= both set data.dataset" in err
+
 def test_pretrain_resume_with_a_max_minutes_override_runs(data, finished: Path, capsys) -> None:
     argv = _argv(finished, data, iterations=2)
     argv.insert(1, "--resume")

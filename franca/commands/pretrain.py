@@ -26,10 +26,46 @@ HELP = "Franca pretraining (default: the tiny preset on the built-in data, CPU, 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="tiny", help="preset name or yaml file (default: %(default)s)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
+    add_config_shortcuts(p)
     add_run_folder_arguments(p)
     p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# The flags every command shares, as shortcuts for the config keys they set (one vocabulary).
+SHORTCUTS = {"data": "data.dataset", "out": "train.output_dir", "seed": "train.seed",
+             "batch_size": "train.batch_size_per_gpu", "device": "train.device"}
+
+
+def add_config_shortcuts(p: argparse.ArgumentParser) -> None:
+    """--data/--out/--seed/--batch-size/--device: the same flags as the other commands, each setting
+    one config key (an explicit `key=value` for the same key is an error, not a silent choice)."""
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="images to train on: a folder (any layout), webdataset shards, or toy (sets data.dataset; "
+                        "default: the preset's)")
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (sets train.output_dir; default: the preset's)")
+    p.add_argument("--seed", default=None, type=int, help="sets train.seed (default: the preset's)")
+    p.add_argument("--batch-size", default=None, type=int, help="images per process and step (sets "
+                   "train.batch_size_per_gpu; default: the preset's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (sets train.device; default: the preset's)")
+
+
+def shortcut_overrides(args: argparse.Namespace) -> list[str]:
+    """The key=value overrides the shortcut flags stand for; refuses a key given both ways."""
+    from franca.utils.errors import UserError
+
+    given = {o.split("=", 1)[0].strip() for o in args.overrides if "=" in o}
+    out = []
+    for attr, key in SHORTCUTS.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        flag = "--" + attr.replace("_", "-")
+        if key in given:
+            raise UserError(f"{flag} and {key}= both set {key}: give one")
+        out.append(f"{key}={value}")
+    return out
 
 
 def add_run_folder_arguments(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
@@ -62,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
                         "(to start a new run from a checkpoint's weights, use train.init_from=PATH)")
     if args.allow_config_change and not args.resume:
         raise UserError("--allow-config-change applies to --resume only")
+    args.overrides = shortcut_overrides(args) + list(args.overrides)
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(dump_yaml(cfg))
