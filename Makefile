@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/franca pretrain
+	$(BIN)/franca pretrain --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

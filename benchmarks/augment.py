@@ -58,7 +58,8 @@ def main() -> None:
     seeds = [sample_seed(cfg.train.seed, 0, j) for j in range(B)]
     per_image, batched = build_augmentation(cfg), build_batch_augmentation(cfg)
     patch = SIZES[cfg.model.arch]["patch_size"]
-    collate_per_image = MultiCropCollate(cfg, patch)
+    collate_per_image = MultiCropCollate(load_config(args.preset, [f"train.batch_size_per_gpu={B}",
+                                                                   "data.batch_augment=false"]), patch)
     collate_batched = MultiCropCollate(load_config(args.preset, [f"train.batch_size_per_gpu={B}",
                                                                  "data.batch_augment=true"]), patch)
 

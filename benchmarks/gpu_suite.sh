@@ -1,20 +1,53 @@
 #!/usr/bin/env bash
-# The GPU figures of the issues in one go (issue 10: the pretraining step; issue 2: feature extraction).
-# Usage: bash benchmarks/gpu_suite.sh [OUTDIR]   (run from the repository root on a CUDA machine)
-# SKIP_FEATURES=1 leaves out the feature-extraction table; STEP_TIMEOUT bounds each benchmark (s).
+# Every GPU figure of issue 18 in one run (an estimated 7 minutes on one H100/H200, image writing and compiles
+# included; not yet timed on a GPU):
+#   1. end to end: benchmarks/pretrain_e2e.py, vitb14-in21k, batch 64, compiled, 4 CPU workers, on a folder and on
+#      webdataset shards of the same 2,000 ImageNet-size JPEGs, data.augment_device=cpu (workers decode and
+#      augment) vs cuda (workers read bytes, the GPU decodes and augments), with step-only images/s on the same
+#      batches and their ratio;
+#   2. the step: benchmarks/train_step.py --stages, vitb14-in21k batch 64 compiled;
+#   3. memory: vitl14-laion batch 64 and vitg14-laion batch 32 with model.activation_checkpointing=true, peak
+#      memory printed by each (one GPU, no FSDP: the whole model, its teacher and AdamW state on the card).
+# ALL=1 adds vitl14 batch 64 without checkpointing (the saving) and the older figures (step variants, iBOT
+# targets, feature extraction).
+#
+# Usage, from the repository root on the GPU machine: bash benchmarks/gpu_suite.sh [OUTDIR]
+# Env: E2E_WORKERS (4), E2E_IMAGES (2000), E2E_ITERS (20), STEP_TIMEOUT (seconds per benchmark, 300).
+#
+# The GPU machine lacks a few pure-python dependencies. Build their wheels once on a machine with the package
+# index (./.whl is git-ignored and travels with the working tree), e.g.:
+#   python -m pip wheel --no-deps -w .whl omegaconf antlr4-python3-runtime webdataset braceexpand faiss-cpu
+# (faiss-cpu comes as an abi3 manylinux wheel: any CPython >= 3.10 on x86-64). They are installed below into a
+# temporary folder on PYTHONPATH, without touching the machine's packages.
 set -uo pipefail
 out=${1:-${OUT:-runs/bench}}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+site=$(mktemp -d)
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+    || { echo "installing the wheels of .whl/ failed"; exit 1; }
+fi
+export PYTHONPATH=$site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$out/gpu.txt"
-run() { echo "== $*"; timeout "${STEP_TIMEOUT:-240}" python3 "$@" 2>&1 | grep -v -i warn | tail -n "${TAIL:-12}"; }
+python3 -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)" | tee -a "$out/gpu.txt"
+run() { echo "== $*"; timeout "${STEP_TIMEOUT:-300}" python3 "$@" 2>&1 | grep -v -i warn | tail -n "${TAIL:-12}"; }
 {
-  TAIL=40 run benchmarks/step_variants.py --preset vitb14-in21k --batch-size 64 --device cuda --profile
-  TAIL=45 run benchmarks/train_step.py --preset vitb14-in21k --batch-size 64 --device cuda --warmup 3 --steps 10 --compile --stages --profile
-  run benchmarks/train_step.py --preset vitb14-in21k --batch-size 64 --device cuda --warmup 3 --steps 8
-  run benchmarks/ibot_targets.py --device cuda
-  run benchmarks/train_step.py --preset vitl14-laion --batch-size 32 --device cuda --warmup 3 --steps 8
-  run benchmarks/train_step.py --preset vitl14-laion --batch-size 32 --device cuda --warmup 3 --steps 8 --compile
-  [ -n "${SKIP_FEATURES:-}" ] || run benchmarks/features.py --device cuda --sizes vits14 vitb14 vitl14
+  if python3 -c "import pytest" 2>/dev/null; then  # the device data path on CUDA against its CPU run
+    echo "== pytest tests/test_gpu_pipeline.py -k cuda"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_pipeline.py -k cuda 2>&1 | tail -n 3
+  fi
+  TAIL=8 run benchmarks/pretrain_e2e.py --preset vitb14-in21k --device cuda --batch-size 64 --compile \
+    --workers "${E2E_WORKERS:-4}" --images "${E2E_IMAGES:-2000}" --iters "${E2E_ITERS:-20}" --warmup 5 \
+    --data-dir "$out/e2e-data" --source folder shards --augment-device cuda cpu
+  TAIL=20 run benchmarks/train_step.py --preset vitb14-in21k --batch-size 64 --device cuda --warmup 3 --steps 10 --compile --stages
+  run benchmarks/train_step.py --preset vitl14-laion --batch-size 64 --device cuda --warmup 2 --steps 4 model.activation_checkpointing=true
+  run benchmarks/train_step.py --preset vitg14-laion --batch-size 32 --device cuda --warmup 2 --steps 3 model.activation_checkpointing=true
+  if [ -n "${ALL:-}" ]; then
+    run benchmarks/train_step.py --preset vitl14-laion --batch-size 64 --device cuda --warmup 2 --steps 4
+    TAIL=40 run benchmarks/step_variants.py --preset vitb14-in21k --batch-size 64 --device cuda --profile
+    run benchmarks/ibot_targets.py --device cuda
+    run benchmarks/features.py --device cuda --sizes vits14 vitb14 vitl14
+  fi
 } 2>&1 | tee "$out/suite.txt"
+rm -rf "$site"

@@ -118,7 +118,8 @@ def main() -> int:
         print(f"{label:<24} " + " ".join(fmt(results[n][label].get("metric")) for n in names))
     r = results["rasa"]
     if "error" not in r:
-        print(f"RASA: position R² {r['r2_before']:.3f} -> {r['r2_after']:.3f}; "
+        print(f"RASA: held-out position R² ridge {r['ridge_r2_before']:.3f} -> {r['ridge_r2_after']:.3f}, "
+              f"sigmoid {r['sigmoid_r2_before']:.3f} -> {r['sigmoid_r2_after']:.3f}; "
               f"in-context mIoU {r['incontext_before']:.3f} -> {r['incontext_after']:.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
@@ -145,7 +146,9 @@ def _rasa(model, args, device) -> dict:
             cleaned = franca.load_backbone(args.model, weights=out).to(device)
         before = incontext.evaluate(cleaned, device=device, size=args.seg_size)["metric"]
         after = incontext.evaluate(cleaned, device=device, size=args.seg_size, use_rasa=True)["metric"]
-        return {"r2_before": report["r2_initial"], "r2_after": report["r2_final"],
+        return {**{f"{p}_r2_{w}": report[f"{p}_r2_{k}"] for p in ("ridge", "sigmoid")
+                   for w, k in (("before", "initial"), ("after", "final"))},
+                "probe_failures": report["probe_failures"],
                 "incontext_before": float(before), "incontext_after": float(after)}
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}

@@ -60,6 +60,8 @@ def _add_leaf(sub: argparse._SubParsersAction, name: str, module_name: str) -> N
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     module.add_arguments(p)
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="also show this project's debug lines, and an error's full traceback")
     p.set_defaults(_run=module.run)
 
 
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     from franca import __version__
 
     parser.add_argument("--version", action="version", version=f"franca {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show this project's debug lines, and an error's full traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, target in COMMANDS.items():
         if isinstance(target, str):
@@ -86,25 +89,85 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogHandler(logging.StreamHandler):
+    """Log lines on stderr that do not break a running progress bar (written through tqdm)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)  # the current stderr (tests swap it)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+class _Formatter(logging.Formatter):
+    """`HH:MM:SS message`; warnings and errors say so; -v adds the level and logger name."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__(datefmt="%H:%M:%S")
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.verbose:
+            self._style._fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        elif record.levelno >= logging.WARNING:
+            self._style._fmt = "%(asctime)s %(levelname)s: %(message)s"
+        else:
+            self._style._fmt = "%(asctime)s %(message)s"
+        return super().format(record)
+
+
+# Third-party loggers that are chatty at DEBUG/INFO; kept at WARNING even with -v.
+QUIET_LIBRARIES = ("PIL", "matplotlib", "h5py", "urllib3", "fsspec", "filelock", "faiss", "timm", "torch",
+                   "tensorboard", "numexpr", "asyncio")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One handler (so every line prints once): the project's own loggers at INFO, or DEBUG with
+    -v; every other library at WARNING, so -v shows this project's debug lines only."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_franca", False)]:
+        root.removeHandler(h)
+    handler = _LogHandler()
+    handler._franca = True  # type: ignore[attr-defined]
+    handler.setFormatter(_Formatter(verbose))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("franca").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `key=value` overrides after an option (`pretrain a=1 --resume b=2`) belong to the overrides
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    setup_logging(args.verbose)
     if not hasattr(args, "_run"):
         (getattr(args, "_group", None) or parser).print_help()
         return 2
+    from franca.utils.errors import UserError, one_line
+    from franca.utils.progress import set_quiet
+
+    set_quiet(bool(getattr(args, "quiet", False)))  # --quiet: no progress bar anywhere
+    name = " ".join(x for x in (args.command, getattr(args, "subcommand", None)) if x)
     try:
         return int(args._run(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+    except (UserError, OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:
         # Bad input: one clear line instead of a traceback (use -v for the traceback).
         if args.verbose:
             raise
-        print(f"franca {args.command}: error: {exc}", file=sys.stderr)
+        print(f"franca {name}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        print(f"franca {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Feature extraction for `franca features`: images in a folder → CLS and patch tokens on disk.
 
-Input size rule (documented, never an opaque error): each image's shorter side is resized to `size`
-(bicubic), then a centred square of side ⌊size/patch⌋·patch is cut, so every image gives the same
-patch grid and any `size` ≥ patch works. Images are normalised with the ImageNet mean/std.
+Input size rule (documented, never an opaque error): `franca.transforms(model, size)`, the one
+preprocessing of the project: a centred square of side ⌊size/patch⌋·patch is cut after the shorter
+side is resized to round(side/0.875) (bicubic), so every image gives the same patch grid and any
+`size` ≥ patch works. Images are normalised with the ImageNet mean/std.
 """
 from __future__ import annotations
 
@@ -13,19 +14,18 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, open_image  # noqa: F401 (re-exported)
+from franca.data.images import list_images as _list_images
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def list_images(root: str | Path) -> list[Path]:
-    """All image files under `root` (recursive, sorted)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """All image files under `root` (recursive, links followed once, sorted: `franca.data.images`)."""
+    return _list_images(root)
 
 
 def crop_side(size: int, patch_size: int) -> int:
@@ -36,82 +36,82 @@ def crop_side(size: int, patch_size: int) -> int:
 
 
 def make_transform(size: int, patch_size: int):
-    """Resize shorter side to `size`, centre-crop a square multiple of the patch, normalise."""
-    from torchvision import transforms as T
+    """`franca.transforms` for a patch size (see the module docstring)."""
+    from franca.models.preprocess import image_transform
 
-    return T.Compose([
-        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(crop_side(size, patch_size)),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    crop_side(size, patch_size)  # the --size error message of this command
+    return image_transform(size, patch_size)
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[Path], transform: Any) -> None:
-        self.paths, self.transform = list(paths), transform
+    """Item i → (image tensor, i); an unreadable file → (zeros of the crop's shape, -1), logged, so
+    that batches keep one shape and the extractor can drop it afterwards."""
+
+    def __init__(self, paths: Sequence[Path], transform: Any, side: int) -> None:
+        self.paths, self.transform, self.side = list(paths), transform, side
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
         try:
-            with Image.open(self.paths[i]) as im:
-                return self.transform(im.convert("RGB")), i
-        except (OSError, ValueError) as exc:
+            return self.transform(open_image(self.paths[i])), i
+        except (CorruptImageError, FileNotFoundError) as exc:
             log.warning("skipping unreadable image %s: %s", self.paths[i], exc)
-            return torch.empty(0), i
+            return torch.zeros(3, self.side, self.side), -1
 
 
-def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, list[int], list[int]]:
-    good = [(x, i) for x, i in batch if x.numel()]
-    bad = [i for x, i in batch if not x.numel()]
-    x = torch.stack([x for x, _ in good]) if good else torch.empty(0)
-    return x, [i for _, i in good], bad
-
-
-@torch.no_grad()
 def extract_features(model: nn.Module, paths: Sequence[Path], size: int, device: torch.device,
                      batch_size: int = 32, num_workers: int = 0, rasa: bool = False,
                      progress: bool = True) -> dict[str, Any]:
-    """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept."""
-    from tqdm import tqdm
+    """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept
+    (preprocessed by `franca.transforms`, extracted by `franca.eval.features.extract`, kind "patch" or
+    "rasa", in this process)."""
+    from franca.eval.features import extract
+    from franca.models.preprocess import transforms as preprocess
 
-    from franca.utils.device import autocast_context
-
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, make_transform(size, model.patch_size)),
-                                         batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-    cls, patch, kept, skipped = [], [], [], []
-    model.eval()
-    for x, idx, bad in tqdm(loader, desc="features", unit="batch", disable=not progress):
-        skipped += [str(paths[i]) for i in bad]
-        if not idx:
-            continue
-        with autocast_context(device):
-            out = model.forward_features(x.to(device), use_rasa_head=rasa)
-        cls.append(out["x_norm_clstoken"].float().cpu())
-        patch.append((out["patch_token_rasa"] if rasa else out["x_norm_patchtokens"]).float().cpu())
-        kept += [str(paths[i]) for i in idx]
+    side = crop_side(size, model.patch_size)  # the --size error message of this command; the crop's side
+    data = _ImageFiles(paths, preprocess(model, size), side)
+    out = extract(model, data, kind="rasa" if rasa else "patch", device=device, batch_size=batch_size,
+                  num_workers=num_workers, show_progress=progress, distributed=False)
+    good = out["labels"] >= 0
+    kept = [str(paths[i]) for i in out["labels"][good].tolist()]
+    skipped = [str(p) for p, ok in zip(paths, good.tolist()) if not ok]
     if not kept:
         raise ValueError("no readable images to extract features from")
-    side = crop_side(size, model.patch_size) // model.patch_size
-    return {"cls": torch.cat(cls), "patch": torch.cat(patch), "files": kept, "skipped": skipped,
-            "grid": [side, side], "size": crop_side(size, model.patch_size), "rasa": bool(rasa)}
+    grid = side // model.patch_size
+    return {"cls": out["cls"][good], "patch": out["patch"][good], "files": kept, "skipped": skipped,
+            "grid": [grid, grid], "size": side, "rasa": bool(rasa)}
+
+
+OUTPUT_SUFFIXES = (".pt", ".pth", ".npz")
 
 
 def save_features(result: dict[str, Any], out: str | Path) -> Path:
-    """Write features as .pt (torch.load(weights_only=True) reads it) or .npz."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npz":
-        import numpy as np
+    """Write features as .pt (torch.load(weights_only=True) reads it) or .npz, atomically: to a
+    temporary file in the same folder, renamed over `out` only once complete (a failed write, e.g.
+    a full disk, leaves the previous file intact and no temporary file behind)."""
+    import os
+    import tempfile
 
-        np.savez(out, cls=result["cls"].numpy(), patch=result["patch"].numpy(), files=np.array(result["files"]),
-                 grid=np.array(result["grid"]))
-    elif out.suffix in (".pt", ".pth"):
-        torch.save(result, out)
-    else:
-        raise ValueError(f"--out must end in .pt or .npz, got {out.name}")
+    out = Path(out)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"features output must end in {', '.join(OUTPUT_SUFFIXES)}, got {out.name!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if out.suffix == ".npz":
+                import numpy as np
+
+                np.savez(fh, cls=result["cls"].numpy(), patch=result["patch"].numpy(),
+                         files=np.array(result["files"]), grid=np.array(result["grid"]))
+            else:
+                torch.save(result, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, out)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
     return out

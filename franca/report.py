@@ -7,10 +7,12 @@ What is gathered (recursively under RUN_DIR):
 - other JSONs with a ``protocol`` key (e.g. token norms) and ``summary*.json`` files as key/value tables;
 - pretraining metrics (``*.jsonl``, one JSON object per line): first/last/min of every numeric
   field and a curve of the loss fields, drawn into ``report_files/``;
-- every ``*.png``, embedded by relative path.
+- every ``*.png``: linked by relative path in the markdown page, embedded (base64 data URI) in the
+  HTML page, so the HTML file alone shows everything when it is mailed or moved.
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
 import logging
@@ -78,12 +80,14 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _model_name(d: dict[str, Any]) -> str:
     m = d.get("model")
     if isinstance(m, dict):
-        return str(m.get("model", "")) + (f" ({Path(str(m['weights'])).name})" if m.get("weights") else "")
+        label = m.get("weights_label") or (Path(str(m["weights"])).name if m.get("weights") else None)
+        name = str(m.get("model") or "")
+        return f"{name} ({label})" if name and label else (name or label or "")
     return "" if m is None else str(m)
 
 
-def eval_sections(run_dir: Path, files: list[Path]) -> list[Section]:
-    results = [(f, d) for f in files if (d := _read_json(f)) and "protocol" in d and "metric" in d]
+def eval_sections(run_dir: Path, docs: list[tuple[Path, dict[str, Any]]]) -> list[Section]:
+    results = [(f, d) for f, d in docs if "protocol" in d and "metric" in d]
     if not results:
         return []
     rows = [["protocol", "metric", "value", "model", "file"]]
@@ -101,10 +105,9 @@ def eval_sections(run_dir: Path, files: list[Path]) -> list[Section]:
     return sections
 
 
-def other_json_sections(run_dir: Path, files: list[Path]) -> list[Section]:
+def other_json_sections(run_dir: Path, docs: list[tuple[Path, dict[str, Any]]]) -> list[Section]:
     out: list[Section] = []
-    for f in files:
-        d = _read_json(f)
+    for f, d in docs:
         if not d or ("metric" in d and "protocol" in d):
             continue
         if "protocol" in d or f.name.startswith("summary"):
@@ -190,7 +193,7 @@ def to_html(title: str, sections: list[Section], base: Path) -> str:
                 parts.append(f"<table><tr>{head}</tr>{rows}</table>")
             elif kind == "image":
                 rel = Path(os.path.relpath(body, base)).as_posix()
-                parts.append(f"<figure><img src='{e(rel)}' alt='{e(Path(body).stem)}'>"
+                parts.append(f"<figure><img src='{data_uri(Path(body))}' alt='{e(Path(body).stem)}'>"
                              f"<figcaption>{e(rel)}</figcaption></figure>")
             else:
                 parts.append(f"<p>{e(str(body))}</p>")
@@ -198,8 +201,16 @@ def to_html(title: str, sections: list[Section], base: Path) -> str:
     return "\n".join(parts)
 
 
+def data_uri(path: Path) -> str:
+    """The file as a data: URI (so the page needs no other file)."""
+    kind = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}.get(
+        path.suffix.lower(), "application/octet-stream")
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None, title: str | None = None) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` (default: in RUN_DIR); returns both paths."""
+    """Write ``report.md`` and ``report.html`` (default: in RUN_DIR; the HTML is self-contained);
+    returns both paths."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
@@ -208,7 +219,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, title: str 
     fig_dir = base / "report_files"
     jsons = sorted(p for p in run_dir.rglob("*.json") if p.is_file())
     jsonls = sorted(p for p in run_dir.rglob("*.jsonl") if p.is_file())
-    sections = eval_sections(run_dir, jsons) + other_json_sections(run_dir, jsons)
+    docs = [(f, d) for f in jsons if (d := _read_json(f)) is not None]  # each file read (and warned about) once
+    sections = eval_sections(run_dir, docs) + other_json_sections(run_dir, docs)
     sections += metrics_sections(run_dir, jsonls, fig_dir)
     pngs = sorted(p for p in run_dir.rglob("*.png") if p.is_file() and fig_dir.resolve() not in p.resolve().parents)
     if pngs:

@@ -98,14 +98,16 @@ def main() -> int:
     cfg = load_config("tiny", tiny_overrides(out_file.parent / "run", data_dir, iterations=1, batch=4) + DIST_EXTRA)
     full = fixed_batch(8, 16, 8, 2, 4)
     results = {}
-    for parallel in ("ddp", "fsdp"):
+    for name in ("ddp", "fsdp", "fsdp+ac"):  # fsdp+ac: FSDP2 with model.activation_checkpointing
+        parallel = name.split("+")[0]
         cfg.train.parallel = parallel
+        cfg.model.activation_checkpointing = name.endswith("+ac")
         trainer = Trainer(cfg, quiet=True)
         trainer.step(split_batch(full, du.rank(), du.world_size()), 0)
         # full tensors on every rank (FSDP2 shards are gathered: a collective)
         student = {k: v for k, v in prefixed_state_dict(trainer.student).items()}
         teacher = {k: v for k, v in prefixed_state_dict(trainer.teacher).items()}
-        results[parallel] = {"student": student, "teacher": teacher}
+        results[name] = {"student": student, "teacher": teacher}
     if du.is_main():
         torch.save(results, out_file)
     du.barrier()

@@ -79,3 +79,23 @@ def test_invert_p_one_inverts_every_crop_after_grayscale() -> None:
             torch.testing.assert_close(grey_b, 1 - grey_a, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="invert_p"):
         MultiCropAugmentation(invert_p=-0.1)
+
+
+def test_one_parameter_set_from_the_config_feeds_both_multi_crops() -> None:
+    from franca.data.augment import MultiCropParams
+    from franca.train.config import load_config
+    from franca.train.data import build_augmentation, build_batch_augmentation, multicrop_params
+
+    cfg = load_config("tiny", ["crops.local_crops_number=3", "crops.global_crops_scale=[0.5,0.9]",
+                               "crops.augment_options={grayscale_p: 0.3, jitter: [0.1, 0.2, 0.0, 0.0]}"])
+    params = multicrop_params(cfg)
+    assert params == MultiCropParams(global_size=32, local_size=16, n_local=3, global_scale=(0.5, 0.9),
+                                     local_scale=(0.1, 0.4), grayscale_p=0.3, jitter=(0.1, 0.2, 0.0, 0.0),
+                                     blur_p_global2=0.0, blur_p_local=0.0)
+    assert build_augmentation(cfg).params == params == build_batch_augmentation(cfg).params
+    with pytest.raises(ValueError, match=r"crops\.augment_options.*unexpected keyword argument 'blur_p'"):
+        multicrop_params(load_config("tiny", ["crops.augment_options={blur_p: 0.5}"]))
+    with pytest.raises(ValueError, match=r"crops\.augment_options.*grayscale_p must be a probability"):
+        multicrop_params(load_config("tiny", ["crops.augment_options={grayscale_p: 2.0}"]))
+    with pytest.raises(TypeError, match="not both"):
+        MultiCropAugmentation(params, n_local=2)

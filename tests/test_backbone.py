@@ -99,13 +99,18 @@ def resize_matrix(n_in: int, n_out: int, scale: float) -> torch.Tensor:
     return R
 
 
-def oracle_pos_embed(pos: torch.Tensor, h0: int, w0: int) -> torch.Tensor:
+def oracle_pos_embed(pos: torch.Tensor, h0: int, w0: int, registers: bool = False) -> torch.Tensor:
+    """Franca/DINOv2: bicubic with scale (n + 0.1)/M; DINOv2 *_reg models (registers): antialiased
+    bicubic straight to (h0, w0), offset 0 (their hub sets interpolate_antialias, interpolate_offset=0)."""
     M = math.isqrt(pos.shape[1] - 1)
     if (h0, w0) == (M, M):
         return pos
     grid = pos[0, 1:].double().reshape(M, M, -1)
-    Rh = resize_matrix(M, h0, (h0 + 0.1) / M)
-    Rw = resize_matrix(M, w0, (w0 + 0.1) / M)
+    if registers:
+        Rh, Rw = aa_resize_matrix(M, h0), aa_resize_matrix(M, w0)
+    else:
+        Rh = resize_matrix(M, h0, (h0 + 0.1) / M)
+        Rw = resize_matrix(M, w0, (w0 + 0.1) / M)
     out = torch.einsum("ha,abd,wb->hwd", Rh, grid, Rw).reshape(1, h0 * w0, -1)
     return torch.cat([pos[:, :1], out.float()], dim=1)
 
@@ -126,7 +131,8 @@ def oracle_tokens(sd: dict, x: torch.Tensor, masks: torch.Tensor | None = None) 
     t = t + sd["patch_embed.proj.bias"]
     if masks is not None:
         t = torch.where(masks[..., None], sd["mask_token"][None], t)
-    t = torch.cat([sd["cls_token"].expand(B, -1, -1), t], 1) + oracle_pos_embed(sd["pos_embed"], h0, w0)
+    pos = oracle_pos_embed(sd["pos_embed"], h0, w0, registers="register_tokens" in sd)
+    t = torch.cat([sd["cls_token"].expand(B, -1, -1), t], 1) + pos
     if "register_tokens" in sd:
         t = torch.cat([t[:, :1], sd["register_tokens"].expand(B, -1, -1), t[:, 1:]], 1)
     return t
@@ -271,15 +277,19 @@ def test_last_selfattention_matches_oracle(model, ref_file):
     _close(got, ref, 1e-5)
 
 
-@pytest.mark.parametrize("ffn,n_reg,grid", [("mlp", 0, 37), ("swiglu", 2, 16)])
-def test_dinov2_flat_layouts_gelu_registers_and_518_grid(tmp_path, ffn, n_reg, grid):
-    """DINOv2 hub files: flat keys, GELU MLP or registers, pos_embed for 518 (1+37²) read from the file."""
-    flat = make_flat_state_dict(grid=grid, ffn=ffn, n_reg=n_reg, depth=2, seed=1)
+@pytest.mark.parametrize("hw", [(224, 224), (168, 252)])
+@pytest.mark.parametrize("ffn,n_reg", [("mlp", 0), ("mlp", 4), ("swiglu", 0), ("swiglu", 4)])
+def test_dinov2_flat_layouts_gelu_swiglu_registers_518_grid(tmp_path, ffn, n_reg, hw):
+    """DINOv2 hub files (flat keys, pos_embed for 518 = 1+37² read from the file), GELU or SwiGLU, 0 or 4
+    registers, at 224 and non-square: equal to the oracle, whose files with registers resize positions
+    as DINOv2's *_reg models do (antialiased, offset 0)."""
+    flat = make_flat_state_dict(grid=37, ffn=ffn, n_reg=n_reg, depth=2, seed=1)
     path = tmp_path / "hub.pth"
     torch.save(flat, path)
-    m = franca.load_backbone("vitb14", weights=path, embed_dim=D, depth=2, num_heads=HEADS)
-    assert m.ffn == ffn and m.num_register_tokens == n_reg and m.img_size == grid * PATCH
-    x = torch.randn(1, 3, 112, 154)
+    m = franca.load_backbone(weights=path, num_heads=HEADS)
+    assert m.ffn == ffn and m.num_register_tokens == n_reg and m.img_size == 37 * PATCH
+    assert (m.interpolate_offset, m.interpolate_antialias) == ((0.0, True) if n_reg else (0.1, False))
+    x = torch.randn(1, 3, *hw)
     with torch.no_grad():
         out = m.forward_features(x)
     pre = oracle_all_blocks(flat, x)[-1]

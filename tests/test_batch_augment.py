@@ -2,7 +2,6 @@
 properties, and the batch-augmented pretraining data (resume reproduces batches)."""
 from __future__ import annotations
 
-import math
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -249,11 +248,53 @@ def test_batch_augment_on_webdataset_shards(tmp_path: Path) -> None:
     _assert_same_batch(a[1], b[0])
 
 
-def test_images_of_different_sizes_fail_naming_the_option() -> None:
+def test_images_of_different_sizes_are_augmented_together() -> None:
     from franca.train.data import MultiCropCollate
 
     collate = MultiCropCollate(_config("toy", "data.batch_augment=true"), patch_size=4)
-    samples = [{"image": _images(1, h, 24)[0], "skipped": [], "seed": i} for i, h in enumerate((24, 20))]
-    with pytest.raises(ValueError, match=r"data\.batch_augment.*\(24, 24\) and \(20, 24\)"):
-        collate(samples)
-    assert math.isfinite(collate([samples[0], samples[0]])["global_crops"].sum().item())
+    samples = [{"image": _images(1, h, w, seed=i)[0], "skipped": [], "seed": i}
+               for i, (h, w) in enumerate(((24, 24), (20, 31), (57, 13), (24, 24)))]
+    batch = collate(samples)
+    assert batch["global_crops"].shape == (8, 3, 32, 32) and batch["local_crops"].shape == (16, 3, 16, 16)
+    assert torch.isfinite(batch["global_crops"]).all() and torch.isfinite(batch["local_crops"]).all()
+    assert torch.equal(collate(samples)["global_crops"], batch["global_crops"])  # a pure function of the seeds
+
+
+def test_a_listed_batch_of_one_size_gives_the_bits_of_the_stacked_batch() -> None:
+    aug, images = BatchMultiCrop(global_size=12, local_size=6, n_local=2), _images(5, 17, 23)
+    stacked, listed = aug(images, _gen(4)), aug(list(images), _gen(4))
+    for key in ("global_crops", "local_crops"):
+        assert torch.equal(stacked[key], listed[key])
+
+
+def test_each_image_of_a_mixed_batch_is_cropped_in_its_own_size() -> None:
+    # whole-image crops and no colour ops: every crop of image b is image b alone, resized
+    sizes = [(9, 14), (20, 20), (31, 8), (20, 20)]
+    images = [_images(1, h, w, seed=i)[0] for i, (h, w) in enumerate(sizes)]
+    aug = BatchMultiCrop(global_size=10, local_size=5, n_local=1, **IDENTITY)
+    out = aug(images, _gen())
+    for b, im in enumerate(images):
+        alone = aug(im.unsqueeze(0), _gen())
+        torch.testing.assert_close(out["global_crops"][b], alone["global_crops"][0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(out["global_crops"][4 + b], alone["global_crops"][1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(out["local_crops"][b], alone["local_crops"][0], atol=1e-6, rtol=0)
+
+
+def test_crop_boxes_of_per_crop_sizes_equal_those_of_one_size_and_fit_their_image() -> None:
+    one = sample_crop_boxes(200, 30, 50, (0.05, 0.4), _gen(7))
+    per_crop = sample_crop_boxes(200, torch.full((200,), 30.0), torch.full((200,), 50.0), (0.05, 0.4), _gen(7))
+    torch.testing.assert_close(per_crop, one, atol=1e-5, rtol=0)
+    h = torch.tensor([30.0, 300.0, 7.0, 64.0]).repeat(100)
+    w = torch.tensor([50.0, 20.0, 7.0, 640.0]).repeat(100)
+    x0, y0, x1, y1 = sample_crop_boxes(400, h, w, (0.1, 0.9), _gen(8)).double().unbind(1)
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= w + 1e-3).all() and (y1 <= h + 1e-3).all()
+    frac = (x1 - x0) * (y1 - y0) / (h * w)
+    assert (frac >= 0.1 * (1 - 1e-4)).all() and (frac <= 0.9 * (1 + 1e-4)).all()
+
+
+def test_bad_image_lists_are_named() -> None:
+    aug = BatchMultiCrop(global_size=8, local_size=4, n_local=1, blur_p_local=0.0)
+    with pytest.raises(ValueError, match="list with torch.float32"):
+        aug([_images(1, 8, 8)[0], torch.rand(3, 8, 8)], _gen())
+    with pytest.raises(ValueError, match="empty list"):
+        aug([], _gen())

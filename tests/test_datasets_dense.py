@@ -1,15 +1,14 @@
-"""Depth (NYUv2: BTS layout, labelled .mat, Probe3D pickle) and SPair-71k readers; the toy set read by them."""
+"""Depth (NYUv2: BTS layout, labelled .mat, Probe3D arrays (.npz)) and SPair-71k readers; the toy set read by them."""
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from franca.data.datasets import NYUv2Depth, NYUv2Labeled, NYUv2Pickle, SPair71k
+from franca.data.datasets import NYUv2Depth, NYUv2Labeled, NYUv2Arrays, SPair71k
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,7 @@ def test_nyu_bts_fixture(tmp_path):
         NYUv2Depth(tmp_path / "sync", "train")
 
 
-def test_nyu_labeled_mat_and_pickle(tmp_path):
+def test_nyu_labeled_mat_and_arrays(tmp_path):
     """HDF5 .mat stores (N, 3, W, H) / (N, W, H) (MATLAB column order); splits.mat is 1-based."""
     import h5py
     from scipy.io import savemat
@@ -59,10 +58,9 @@ def test_nyu_labeled_mat_and_pickle(tmp_path):
     assert torch.equal((x * 255).round().to(torch.uint8), torch.from_numpy(imgs[2]).permute(2, 0, 1))
     np.testing.assert_allclose(d.numpy(), np.where(depth[2] > 10, 0, depth[2]), rtol=1e-6)
     assert len(NYUv2Labeled(tmp_path / "nyu_depth_v2_labeled.mat", "train")) == 2
-    with open(tmp_path / "nyu.pkl", "wb") as fh:
-        pickle.dump({"images": imgs.transpose(0, 3, 1, 2), "depths": depth[:, None], "snorms": None,
-                     "train_indices": [0, 1], "test_indices": [2]}, fh)
-    x2, d2 = NYUv2Pickle(tmp_path / "nyu.pkl", "test")[0]
+    np.savez(tmp_path / "nyu.npz", images=imgs.transpose(0, 3, 1, 2), depths=depth[:, None],
+             train_indices=[0, 1], test_indices=[2])
+    x2, d2 = NYUv2Arrays(tmp_path / "nyu.npz", "test")[0]
     assert torch.equal(x2, x) and torch.equal(d2, d)
     with pytest.raises(FileNotFoundError, match="splits.mat"):
         NYUv2Labeled(tmp_path / "nyu_depth_v2_labeled.mat", "test", splits_file=tmp_path / "nope" / "splits.mat")

@@ -42,6 +42,25 @@ def test_si_rmse_is_zero_for_affine_prediction_and_averaged_per_image():
     assert avg["rmse"] == pytest.approx(float(m["rmse"].mean()))
 
 
+def test_depth_edge_cases_where_the_project_differs_from_probe3d():
+    """The two cases the depth command's docs name. (1) An image with no valid pixel (gt all 0) is dropped
+    from the average; Probe3D would average it in with RMSE 0 and δ = 0. (2) A prediction constant over
+    the valid pixels gets the least-squares fit s = 0, t = mean(gt), so SI-RMSE is the population std of
+    gt: gt [1, 2, 3, 6] → mean 3, squared deviations 4, 1, 0, 9 → sqrt(14/4); Probe3D leaves a singular
+    prediction unaligned (scale 1, shift 0): RMSE of 5 against gt, sqrt((16+9+4+1)/4)."""
+    gt = torch.tensor([[[1.0, 2.0, 3.0, 6.0]], [[0.0, 0.0, 0.0, 0.0]]])
+    pred = torch.full_like(gt, 5.0)
+    m = depth_metrics_per_image(pred, gt)
+    s, t = align_scale_shift(pred, gt, gt > 0)
+    assert (float(s[0]), float(t[0])) == (0.0, pytest.approx(3.0))
+    assert float(m["si_rmse"][0]) == pytest.approx(math.sqrt(14 / 4))
+    assert float(m["rmse"][0]) == pytest.approx(math.sqrt(30 / 4))
+    assert m["n_valid"].tolist() == [4, 0]
+    avg = average_depth_metrics([m])
+    assert avg["n_images"] == 1 and avg["si_rmse"] == pytest.approx(math.sqrt(14 / 4))
+    assert avg["rmse"] == pytest.approx(math.sqrt(30 / 4))  # not halved by an empty image counted as 0
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 10_000), st.integers(2, 6), st.integers(2, 6))
 def test_align_scale_shift_matches_lstsq(seed, h, w):
@@ -123,7 +142,7 @@ def test_evaluate_tiny_backbone_returns_metrics():
         depth[0, 0] = 12.0  # > 10 m: invalid
         return {"image": torch.rand(3, 16, 20, generator=g), "depth": depth}
 
-    res = evaluate(model, ([sample() for _ in range(4)], [sample() for _ in range(2)]), resolution=16,
+    res = evaluate(model, ([sample() for _ in range(4)], [sample() for _ in range(2)]), size=16,
                    hidden_dim=4, epochs=1, batch_size=2, progress=False)
     assert res["protocol"] == "depth" and res["metric_name"] == "si_rmse"
     assert res["metric"] == res["si_rmse"] and res["n_images"] == 2
@@ -137,7 +156,7 @@ def test_cli_depth_on_generated_toy(tmp_path):
     from franca.data.toy import generate_toy
 
     root = generate_toy(tmp_path / "toy", size=32, n_train=10, n_val=10, progress=False)
-    assert main(["eval", "depth", "--model", "vitt4", "--device", "cpu", "--data", str(root), "--epochs", "1",
+    assert main(["eval", "depth", "--model", "vitt4", "--random-init", "--device", "cpu", "--data", str(root), "--epochs", "1",
                  "--resolution", "16", "--hidden-dim", "4", "--num-workers", "0", "--seeds", "1", "2",
                  "--out", str(tmp_path / "depth.json")]) == 0
     d = json.loads((tmp_path / "depth.json").read_text())

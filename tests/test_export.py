@@ -87,4 +87,95 @@ def test_export_command(tmp_path):
     assert main(["export", "--model", "vitt8", "--weights", str(src), "--out", str(out)]) == 0
     back = franca.load_backbone("vitt8", weights=out, depth=1)
     assert all(torch.equal(back.state_dict()[k], v) for k, v in m.state_dict().items())
-    assert main(["export", "--model", "vitt8", "--out", str(tmp_path / "x.pt")]) == 1  # wrong suffix → error
+    assert main(["export", "--model", "vitt8", "--random-init", "--out", str(tmp_path / "x.pt")]) == 1  # wrong suffix → error
+
+
+# ---------------------------------------------------------------------------------------------- timm alone
+_CHILD = '''
+import sys
+class _NoFranca:  # this process must never import franca
+    def find_spec(self, name, path=None, target=None):
+        if name == "franca" or name.startswith("franca."):
+            raise ImportError("franca imported by the timm recipe")
+sys.meta_path.insert(0, _NoFranca())
+import torch
+cases = torch.load(sys.argv[1], weights_only=False)
+out = {}
+for name, (recipe, images) in cases.items():
+    scope = {}
+    exec(recipe, scope)
+    with torch.no_grad():
+        out[name] = scope["model"].forward_features(images)
+assert not any(m == "franca" or m.startswith("franca.") for m in sys.modules)
+torch.save(out, sys.argv[2])
+'''
+
+
+@pytest.mark.slow
+def test_printed_timm_recipe_reproduces_features_without_franca(tmp_path):
+    """`franca export` prints a recipe that a process without franca runs: same tokens (≤ 1e-5) at the
+    file's grid, GELU and SwiGLU (timm.layers.SwiGLUPacked), with and without registers."""
+    import subprocess
+    import sys
+
+    from test_backbone import HEADS, make_flat_state_dict
+
+    from franca.cli import main
+
+    cases, ours = {}, {}
+    for ffn in ("mlp", "swiglu"):
+        for n_reg in (0, 4):
+            name = f"{ffn}{n_reg}"
+            torch.save(make_flat_state_dict(grid=16, ffn=ffn, n_reg=n_reg, depth=2, seed=7), tmp_path / f"{name}.pth")
+            # 64 wide with 4 heads is no DINOv2 convention: record the heads in a first export
+            m = franca.load_backbone(weights=tmp_path / f"{name}.pth", num_heads=HEADS)
+            first = franca.export_backbone(m, tmp_path / f"{name}-first.safetensors")
+            out = tmp_path / f"{name}.safetensors"
+            printed = _run_cli(main, ["export", "--weights", str(first), "--out", str(out)])
+            assert ("SwiGLUPacked" in printed) == (ffn == "swiglu") and "GluMlp)" not in printed
+            recipe = printed.split("at the file's grid:\n", 1)[1]
+            x = torch.randn(2, 3, 224, 224)
+            cases[name] = (recipe, x)
+            with torch.no_grad():
+                ours[name] = franca.load_backbone(weights=out).forward_features(x)
+    torch.save(cases, tmp_path / "cases.pt")
+    (tmp_path / "child.py").write_text(_CHILD)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "cases.pt"), str(tmp_path / "o.pt")],
+                   check=True, cwd=tmp_path, env=env, timeout=300)
+    theirs = torch.load(tmp_path / "o.pt", weights_only=True)
+    for name, t in theirs.items():
+        r = int(name[-1])
+        o = ours[name]
+        assert o["x_norm_regtokens"].shape == t[:, 1:1 + r].shape
+        diff = (torch.cat([o["x_norm_clstoken"][:, None], o["x_norm_regtokens"], o["x_norm_patchtokens"]], 1) - t)
+        assert diff.abs().max() <= 1e-5, (name, float(diff.abs().max()))
+
+
+def _run_cli(main, argv) -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(argv) == 0
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("n_reg", [0, 4])
+def test_timm_own_resampling_at_other_sizes(tmp_path, n_reg):
+    """README: with dynamic_img_size, timm resamples positions with antialiased bicubic to the exact size.
+    That is the DINOv2 *_reg rule (equal), but not the offset-0.1 rule of files without registers."""
+    from test_backbone import HEADS, make_flat_state_dict
+
+    from franca.models.weights import timm_create_kwargs
+
+    torch.save(make_flat_state_dict(grid=37, ffn="mlp", n_reg=n_reg, depth=2, seed=2), tmp_path / "f.pth")
+    m = franca.load_backbone(weights=tmp_path / "f.pth", num_heads=HEADS)
+    t = _timm_from(franca.export_backbone(m, tmp_path / "f.safetensors"), dynamic_img_size=True,
+                   **timm_create_kwargs(m))
+    for hw in ((224, 224), (168, 252)):
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            diff = (m.forward_features(x)["x_norm_patchtokens"] - t.forward_features(x)[:, 1 + n_reg:]).abs().max()
+        assert (diff <= 1e-5) if n_reg else (diff > 1e-2), (hw, float(diff))

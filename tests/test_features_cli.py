@@ -49,10 +49,10 @@ def test_features_command_pt(tmp_path, images):
 
 def test_features_npz_and_errors(tmp_path, images):
     out = tmp_path / "f.npz"
-    assert main(["features", "--model", "vitt8", "--images", str(images), "--out", str(out), "--size", "16",
+    assert main(["features", "--model", "vitt8", "--random-init", "--images", str(images), "--out", str(out), "--size", "16",
                  "--num-workers", "0", "--device", "cpu", "--no-progress"]) == 0
     z = np.load(out)
     assert z["patch"].shape == (3, 4, 192) and len(z["files"]) == 3
-    assert main(["features", "--model", "vitt8", "--images", str(tmp_path / "none"), "--out", str(out)]) == 1
-    assert main(["features", "--model", "vitt8", "--images", str(images), "--out", str(out), "--size", "4",
+    assert main(["features", "--model", "vitt8", "--random-init", "--images", str(tmp_path / "none"), "--out", str(out)]) == 1
+    assert main(["features", "--model", "vitt8", "--random-init", "--images", str(images), "--out", str(out), "--size", "4",
                  "--num-workers", "0", "--device", "cpu"]) == 1  # smaller than the patch: clear error

@@ -136,3 +136,37 @@ def test_use_bn_standardises_over_the_batch() -> None:
     # without use_bn the head is the released one: Linear/GELU only
     plain = MatryoshkaHead(64, 64, nesting_levels=2, hidden_dim=32, bottleneck_dim=16)
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+
+
+def _reference_level(x: torch.Tensor, sd: dict, level: int, nlayers: int) -> torch.Tensor:
+    """The released MRL head for one level, written out by hand from the state dict: nlayers=1 is one
+    Linear; otherwise Linear+GELU per layer, the last one included; then the weight-normed prototypes."""
+    if nlayers == 1:
+        h = x @ sd[f"mlps.{level}.weight"].T + sd[f"mlps.{level}.bias"]
+    else:
+        h = x
+        for j in range(nlayers):
+            w, b = sd[f"mlps.{level}.{2 * j}.weight"], sd[f"mlps.{level}.{2 * j}.bias"]
+            h = torch.nn.functional.gelu(h @ w.T + b)
+    v, g = sd[f"last_layers.{level}.weight_v"], sd[f"last_layers.{level}.weight_g"]
+    return h @ (g * v / v.norm(dim=1, keepdim=True)).T
+
+
+@pytest.mark.parametrize("nlayers", [1, 2, 3])
+def test_mlp_matches_hand_built_released_head(nlayers: int) -> None:
+    """nlayers=1 is a bare Linear (released `_build_mlp`: no GELU); nlayers>=2 ends in GELU."""
+    torch.manual_seed(0)
+    head = MatryoshkaHead(32, 64, nesting_levels=3, hidden_dim=16, bottleneck_dim=8, nlayers=nlayers)
+    sd = {k: v.detach() for k, v in head.state_dict().items()}
+    if nlayers == 1:
+        assert all(isinstance(m, torch.nn.Linear) for m in head.mlps)
+        assert sorted(k for k in sd if k.startswith("mlps.0.")) == ["mlps.0.bias", "mlps.0.weight"]
+        assert not any(isinstance(m, torch.nn.GELU) for m in head.modules())
+    with torch.no_grad():
+        for p in head.parameters():  # non-zero biases so that a misplaced GELU cannot hide
+            p.add_(0.3 * torch.randn_like(p))
+    sd = {k: v.detach() for k, v in head.state_dict().items()}
+    x = torch.randn(5, 32)
+    out = head(x)
+    for level, d in enumerate(head.level_dims):
+        torch.testing.assert_close(out[level], _reference_level(x[:, :d], sd, level, nlayers))

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from franca.eval.keypoints import (KeypointPair, aggregate_pck, evaluate, load_pairs, match_keypoints,
-                                   pad_to_square_and_resize, sample_pairs)
+                                   pad_to_square_and_resize, probe3d_keypoints, sample_pairs)
 from franca.eval.metrics3d import bbox_thresh_scale, keypoint_errors, pck
 
 
@@ -88,15 +88,15 @@ class PositionalStub(torch.nn.Module):
         return (torch.eye(h * w).view(h * w, h, w)[None].repeat(x.shape[0], 1, 1, 1),)
 
 
-def _write_spair(root, pairs):
-    """Minimal SPair-71k layout: JPEGImages, PairAnnotation/test with src/trg kps."""
+def _write_spair(root, pairs, side=64):
+    """Minimal SPair-71k layout: JPEGImages (side × side), PairAnnotation/test with src/trg kps."""
     for i, (cat, vp, skps, tkps, box) in enumerate(pairs):
         (root / "JPEGImages" / cat).mkdir(parents=True, exist_ok=True)
         (root / "PairAnnotation" / "test").mkdir(parents=True, exist_ok=True)
         for k in ("s", "t"):
-            Image.new("RGB", (64, 64), (i * 20, 0, 0)).save(root / "JPEGImages" / cat / f"{k}{i}.jpg")
+            Image.new("RGB", (side, side), (i * 20, 0, 0)).save(root / "JPEGImages" / cat / f"{k}{i}.jpg")
         ann = {"category": cat, "src_imname": f"s{i}.jpg", "trg_imname": f"t{i}.jpg", "src_kps": skps,
-               "trg_kps": tkps, "src_bndbox": [0, 0, 64, 64], "trg_bndbox": box, "trg_imsize": [64, 64, 3],
+               "trg_kps": tkps, "src_bndbox": [0, 0, side, side], "trg_bndbox": box, "trg_imsize": [side, side, 3],
                "viewpoint_variation": vp}
         (root / "PairAnnotation" / "test" / f"{i:06d}-s{i}-t{i}:{cat}.json").write_text(json.dumps(ann))
 
@@ -112,7 +112,7 @@ def test_evaluate_end_to_end_against_oracle(tmp_path):
         ("dog", 0, [[20, 50]], [[20, 40]], whole),                     # u=(2.19,5.47)->(2,5)/8: err .0625 hit
     ]
     _write_spair(tmp_path / "SPair-71k", pairs)
-    res = evaluate(PositionalStub(), tmp_path, image_size=64, n_pairs=10)
+    res = evaluate(PositionalStub(), tmp_path, size=64, n_pairs=10)
 
     def oracle(s, t, box):
         pred = np.rint(np.asarray(s, float) / 64 * 7) / 8
@@ -133,6 +133,30 @@ def test_evaluate_end_to_end_against_oracle(tmp_path):
     json.dumps(res)
 
 
+def test_probe3d_keypoints_are_whole_pixels_of_the_resized_image():
+    """Probe3D casts raw and rescaled keypoints to int: trunc(trunc(k) · size / side) / size.
+    side 128 → size 64 (×0.5): 83 → 41.5 → 41 → 41/64; 13 → 6.5 → 6 → 6/64; 13.9 → 13 → 6/64.
+    side 90 → size 64 (×64/90): 37 → 26.31 → 26/64; 89 → 63.29 → 63/64."""
+    torch.testing.assert_close(probe3d_keypoints(np.array([[83, 13], [13.9, 0]]), 128, 64),
+                               torch.tensor([[41, 6], [6, 0]], dtype=torch.float64) / 64)
+    torch.testing.assert_close(probe3d_keypoints(np.array([[37, 89]]), 90, 64),
+                               torch.tensor([[26, 63]], dtype=torch.float64) / 64)
+
+
+def test_evaluate_floors_non_integer_rescaled_keypoints(tmp_path):
+    """128 px images at image_size 64 (8×8 grid of the positional stub), box = whole image (scale 1).
+    Class a, source (83, 0): Probe3D samples x01 = 41/64, u = 7·41/64 = 4.48 → cell 4, pred 0.5; target
+    (83, 0) → 41/64 = 0.641: error 0.141, a miss. (Unfloored: u = 7·83/128 = 4.54 → cell 5, pred 0.625 vs
+    0.648: a hit.) Class b, source (0, 0) → pred 0; target (13, 0) → 6/64 = 0.094 and (13.9, 0) → 13 →
+    6/64: two hits. (Unfloored: 0.102 and 0.109, two misses.) So PCK a = 0, b = 100, mean 50."""
+    whole = [0, 0, 128, 128]
+    pairs = [("a", 0, [[83, 0]], [[83, 0]], whole), ("b", 0, [[0, 0], [0, 0]], [[13, 0], [13.9, 0]], whole)]
+    _write_spair(tmp_path / "SPair-71k", pairs, side=128)
+    res = evaluate(PositionalStub(), tmp_path, size=64, n_pairs=10, progress=False)
+    assert res["bins"]["all"]["per_class"] == {"a": 0.0, "b": 100.0}
+    assert res["pck"]["0"] == res["metric"] == 50.0
+
+
 def test_load_pairs_reports_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="pair annotations"):
         load_pairs(tmp_path, "test")
@@ -144,7 +168,7 @@ def test_cli_keypoints_on_generated_toy(tmp_path):
     from franca.data.toy import generate_toy
 
     root = generate_toy(tmp_path / "toy", size=32, n_train=10, n_val=10, progress=False)
-    assert main(["eval", "keypoints", "--model", "vitt4", "--device", "cpu", "--data", str(root),
+    assert main(["eval", "keypoints", "--model", "vitt4", "--random-init", "--device", "cpu", "--data", str(root),
                  "--image-size", "32", "--out", str(tmp_path / "kp.json")]) == 0
     kp = json.loads((tmp_path / "kp.json").read_text())
     assert kp["protocol"] == "keypoints" and 0 <= kp["metric"] <= 100 and kp["bins"]["all"]["n_pairs"] == 2

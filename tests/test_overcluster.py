@@ -153,7 +153,7 @@ def test_ade20k_and_coco_things_label_maps(tmp_path):
 
 
 @pytest.mark.parametrize("command,extra", [
-    ("overcluster", ["--ks", "0", "8", "--niter", "5", "--nredo", "1"]),
+    ("overcluster", ["--ks", "0", "8", "--niter", "5", "--nredo", "1", "--matching", "hungarian-below"]),
     ("incontext", ["--k", "5"]),
     ("linseg", ["--epochs", "1", "--cache-views", "1"]),
 ])
@@ -164,8 +164,69 @@ def test_commands_write_a_result_json(tmp_path, command, extra):
 
     root = _write_voc(tmp_path / "data")
     out = tmp_path / f"{command}.json"
-    rc = main(["eval", command, "--model", "vitt8", "--device", "cpu", "--data", str(root), "--size", "32",
+    rc = main(["eval", command, "--model", "vitt8", "--random-init", "--device", "cpu", "--data", str(root), "--size", "32",
                "--num-workers", "0", "--batch-size", "4", "--seeds", "0", "--out", str(out), *extra])
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["protocol"] == command and 0.0 <= res["metric"] <= 1.0 and len(res["per_class_iou"]) == 21
+    if command == "overcluster":  # K = 21 = C: Hungarian under either rule; K = 8 < C: Hungarian when asked
+        assert res["settings"]["matching"] == "hungarian-below"
+        assert [res["results"][k]["matching"] for k in ("21", "8")] == ["hungarian", "hungarian"]
+
+
+# ---------------------------------------------------------------- matching rule (Leopart's sup_overcluster.py)
+def _score(conf, k, c, matching="leopart"):
+    from franca.eval.metrics import matched_miou
+
+    return matched_miou(np.array(conf), overcluster.matching_mode(k, c, matching))
+
+
+def test_matching_k_below_c_is_greedy_by_precision():
+    """K=2 clusters, C=3 classes, conf (GT rows × clusters) = [[5, 5], [4, 0], [0, 4]].
+    Leopart (greedy by precision): cluster 0 (9 px) → class 0 (5/9 > 4/9), cluster 1 (9 px) → class 0
+    (5/9 > 4/9): class 0 TP 10, FP 8, FN 0 → 10/18; classes 1, 2 → 0; mIoU 5/27.
+    Hungarian on IoU: IoU(c0,g0) = 5/14, (c0,g1) = 4/9, (c1,g0) = 5/14, (c1,g2) = 4/9 → c0 → 1, c1 → 2
+    (8/9 > 5/14 + 4/9): class 0 → 0, classes 1, 2 → 4/(9+4-4) = 4/9; mIoU 8/27."""
+    conf = [[5, 5], [4, 0], [0, 4]]
+    assert overcluster.matching_mode(2, 3) == "greedy"
+    r = _score(conf, 2, 3)
+    assert r["mapping"] == [0, 0] and r["miou"] == pytest.approx(5 / 27)
+    assert overcluster.matching_mode(2, 3, "hungarian-below") == "hungarian"
+    h = _score(conf, 2, 3, "hungarian-below")
+    assert h["mapping"] == [1, 2] and h["miou"] == pytest.approx(8 / 27)
+
+
+def test_matching_k_equal_c_is_hungarian():
+    """K=C=3, conf = [[5, 4, 0], [1, 3, 0], [0, 0, 6]]. Greedy would send clusters 0 and 1 to class 0
+    (5/6, 4/7); Hungarian on IoU keeps them apart: IoU(c0,g0) + IoU(c1,g1) = 5/10 + 3/8 beats
+    1/9 + 4/12. IoUs 1/2, 3/8, 1 → mIoU 0.625, under either rule."""
+    conf = [[5, 4, 0], [1, 3, 0], [0, 0, 6]]
+    for rule in overcluster.MATCHING_RULES:
+        assert overcluster.matching_mode(3, 3, rule) == "hungarian"
+        r = _score(conf, 3, 3, rule)
+        assert r["mapping"] == [0, 1, 2] and r["miou"] == pytest.approx(0.625)
+
+
+def test_matching_k_above_c_is_greedy_with_first_class_on_ties():
+    """K=4, C=2, conf = [[3, 0, 2, 1], [1, 4, 2, 0]]. Precision: cluster 0 → 0 (3/4), 1 → 1 (4/4),
+    2 → a tie 2/4 : 2/4, Leopart keeps the first class (strict >) → 0, 3 → 0 (1/1). Merged:
+    class 0 ← [6, 3], class 1 ← [0, 4]: IoU 6/(9+6-6) = 2/3, 4/(4+7-4) = 4/7."""
+    conf = [[3, 0, 2, 1], [1, 4, 2, 0]]
+    for rule in overcluster.MATCHING_RULES:
+        assert overcluster.matching_mode(4, 2, rule) == "greedy"
+        r = _score(conf, 4, 2, rule)
+        assert r["mapping"] == [0, 1, 0, 0] and r["miou"] == pytest.approx((2 / 3 + 4 / 7) / 2)
+    assert overcluster.matching_mode(4, 2, refine_hungarian=True) == "greedy+hungarian"
+    with pytest.raises(ValueError, match="matching 'nearest'"):
+        overcluster.matching_mode(4, 2, "nearest")
+
+
+def test_overcluster_scores_report_the_rule_per_k():
+    """The pure core records the matching used at K < C, K = C and K > C."""
+    data = Blocks(4)
+    tokens = np.concatenate([np.asarray(img, np.float32).reshape(8, 4, 8, 4, 3).mean((1, 3)).reshape(-1, 3)
+                             for img, _ in data.items])
+    masks = torch.stack([torch.from_numpy(m) for _, m in data.items])
+    res = overcluster.overcluster_scores(tokens, (8, 8), masks, 4, [2, 4, 8], [0], pca_dim=3, niter=20, nredo=5)
+    assert [res[k]["matching"] for k in ("2", "4", "8")] == ["greedy", "hungarian", "greedy"]
+    assert res["4"]["miou"]["mean"] == pytest.approx(1.0)

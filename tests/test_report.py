@@ -1,6 +1,7 @@
 """`franca report`: eval JSONs become tables, JSONL metrics a summary + curve, PNGs are embedded."""
 from __future__ import annotations
 
+import base64
 import json
 
 from PIL import Image
@@ -27,7 +28,7 @@ def _run_dir(tmp_path):
     return run
 
 
-def test_report_tables_and_figures(tmp_path):
+def test_report_tables_and_figures(tmp_path, caplog):
     run = _run_dir(tmp_path)
     md, html = build_report(run)
     text = md.read_text()
@@ -42,8 +43,12 @@ def test_report_tables_and_figures(tmp_path):
     with Image.open(run / "report_files" / "metrics_curves.png") as im:
         assert im.format == "PNG"
     page = html.read_text()
-    assert "<img src='figs/attention.png'" in page and "<td>71.25 ± 0.5</td>" in page
+    assert "<td>71.25 ± 0.5</td>" in page
+    # Images are embedded, so the page shows them when mailed: the PNG's bytes are in the page.
+    png = base64.b64encode((run / "figs" / "attention.png").read_bytes()).decode()
+    assert f"<img src='data:image/png;base64,{png}'" in page and "src='figs/" not in page
     assert "config.json" not in text and "broken" not in text
+    assert sum("broken.json" in r.getMessage() for r in caplog.records) == 1  # warned about once
     # A second run does not embed its own curve twice.
     build_report(run)
     assert md.read_text().count("metrics_curves.png") == 1

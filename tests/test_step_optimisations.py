@@ -185,8 +185,8 @@ def test_training_step_with_implicit_targets_equals_plain(tmp_path) -> None:
 
 
 @pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_passes_equal_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`use_compiled(True)` (train.compile) runs each pass as a compiled kernel: same values and gradients,
+def test_compiled_passes_equal_eager() -> None:
+    """`compiled=True` (train.compile) runs each pass as a compiled kernel: same values and gradients,
     also when the row count changes between calls (dynamic shapes)."""
     g = torch.Generator().manual_seed(3)
     cases = [(torch.randn(n, 40, generator=g) * 3, torch.randn(n, 40, generator=g)) for n in (11, 6)]
@@ -196,10 +196,45 @@ def test_compiled_passes_equal_eager(monkeypatch: pytest.MonkeyPatch) -> None:
         s = s.clone().requires_grad_(True)
         imp.implicit_soft_cross_entropy(t, s, 0.1).sum().backward()
         eager.append((t.materialize(), s.grad))
-    monkeypatch.setattr(imp, "_USE_COMPILED", True)
     for (logits, s), (q, grad) in zip(cases, eager):
-        t = imp.sinkhorn_targets(logits, 0.07)
+        t = imp.sinkhorn_targets(logits, 0.07, compiled=True)
+        assert t.compiled and t[:2].compiled
         s = s.clone().requires_grad_(True)
         imp.implicit_soft_cross_entropy(t, s, 0.1).sum().backward()
         torch.testing.assert_close(t.materialize(), q, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(s.grad, grad, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_passes_belong_to_the_caller_not_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled passes are a property of the targets (of the TeacherTargets/Trainer that asked), not a
+    process-wide switch: after a compiled computation, a default one still runs every pass eagerly.
+    The "compiled" kernels are spies here (eager functions that count calls), so no compiler is needed."""
+    from franca.train.step import TeacherTargets
+
+    calls: list[str] = []
+
+    def spy(name):
+        def f(*a):
+            calls.append(name)
+            return imp._EAGER[name](*a)
+        return f
+
+    monkeypatch.setattr(imp, "_COMPILED", {name: spy(name) for name in imp._EAGER})
+    g = torch.Generator().manual_seed(4)
+    logits, s = torch.randn(10, 30, generator=g) * 3, torch.randn(10, 30, generator=g)
+
+    def run(targets_of):
+        t = targets_of(logits)
+        st = s.clone().requires_grad_(True)
+        imp.implicit_soft_cross_entropy(t, st, 0.1).sum().backward()
+        return t, st.grad
+
+    compiled_t = TeacherTargets("sinkhorn_knopp", implicit_patch_targets=True, compiled_passes=True)
+    plain_t = TeacherTargets("sinkhorn_knopp", implicit_patch_targets=True)
+    t1, g1 = run(lambda x: compiled_t._targets([x], 0.07, 1)[0])
+    assert t1.compiled and {"_col_max", "_row_sum", "_ce_forward", "_ce_backward"} <= set(calls)
+    calls.clear()
+    t0, g0 = run(lambda x: plain_t._targets([x], 0.07, 1)[0])
+    assert not t0.compiled and calls == []  # the earlier compiled instance changed nothing for this one
+    torch.testing.assert_close(t0.materialize(), t1.materialize())
+    torch.testing.assert_close(g0, g1)

@@ -1,5 +1,5 @@
-"""One training step under torchrun (2 gloo processes, half a batch each; DDP and FSDP2) equals one
-process on the whole batch: student and teacher weights agree within 1e-5.
+"""One training step under torchrun (2 gloo processes, half a batch each; DDP, FSDP2, FSDP2 with activation
+checkpointing) equals one process on the whole batch: student and teacher weights agree within 1e-5.
 
 KoLeo is computed per process, as the reference does (loss.koleo_scope=local); the single-process
 oracle reproduces that by computing KoLeo per half of each crop's batch (LossComputer.koleo_group),
@@ -53,7 +53,7 @@ def test_two_process_step_ddp_and_fsdp_equal_one_process_on_the_whole_batch(tmp_
 
     moved = max((single["student"][k] - before[k]).abs().max().item() for k in before)
     assert moved > 1e-4, "the step must change the student for the comparison to mean anything"
-    for parallel in ("ddp", "fsdp"):
+    for parallel in ("ddp", "fsdp", "fsdp+ac"):  # fsdp+ac: with model.activation_checkpointing
         for part in ("student", "teacher"):
             got = dist_state[parallel][part]
             assert set(single[part]) == set(got)

@@ -93,7 +93,8 @@ def test_missing_unexpected_and_shape_errors_name_keys(tmp_path, flat):
     with pytest.raises(ValueError, match="mystery.weight"):
         franca.load_backbone("vits14", weights=_save({"teacher": t2}, tmp_path / "bad2.pth"), **KW)
     # a size that does not fit the file is named too
-    pattern = r"file: embed_dim=64, depth=4; model: embed_dim=128, depth=4.*shape mismatches: .*file \(64,\) vs model"
+    pattern = (r"file: embed_dim=64, depth=4, patch 14, 0 registers.*; model: embed_dim=128, depth=4, patch 14, "
+               r"0 registers.*shape mismatches: .*file \(64,\) vs model")
     with pytest.raises(ValueError, match=pattern):
         franca.load_backbone("vits14", weights=_save(off, tmp_path / "ok.pth"), embed_dim=2 * D, num_heads=HEADS)
 

@@ -2,8 +2,8 @@
 
 Classification protocols (k-NN, linear, PCA slicing) run on the toy classification set at the
 pretraining crop size; dense ones (overclustering, in-context retrieval) on the toy scenes at
-`seg_size`; RASA's position R² is that of a fresh linear probe on held-out patch tokens before and after
-a RASA fit on cached tokens. mIoU is reported ×100 so that every column reads in percent points.
+`seg_size`; RASA's position R² is that of franca.rasa's closed-form ridge probe on held-out patch tokens
+before and after a RASA fit on cached tokens. mIoU is reported ×100 so that every column reads in percent points.
 PCA slicing follows Table 9: the linear probe on the first k principal components for
 k = D, D/2, D/4, D/8, D/16 (D the feature width).
 """
@@ -137,4 +137,4 @@ def rasa_position_r2(model: torch.nn.Module, device: torch.device, s: EvalSettin
     cfg = RasaConfig(iterations=s.rasa_iterations, epochs=s.rasa_epochs, lr=1e-2, batch_size=64, seed=400,
                      progress=False)
     res = fit_rasa(source, cfg, device=device, heldout=tokens(held_files))
-    return {"rasa_r2_before": float(res.r2_initial), "rasa_r2_after": float(res.r2_final)}
+    return {"rasa_r2_before": float(res.r2("ridge", "initial")), "rasa_r2_after": float(res.r2("ridge", "final"))}

@@ -6,7 +6,6 @@ with a weights file, this project's checkpoint, or `timm:NAME`) runs every proto
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -18,36 +17,86 @@ log = logging.getLogger(__name__)
 
 def add_model_arguments(p: argparse.ArgumentParser, rasa: bool = True) -> None:
     g = p.add_argument_group("backbone")
-    g.add_argument("--model", default="vits14",
-                   help="named size (vits14, vitb14, vitl14, vitg14, vitt8, …) or timm:NAME (default: %(default)s)")
+    g.add_argument("--model", default=None,
+                   help="a released model (franca_vitb14_in21k, dinov2_vits14_reg, …: downloaded once, then "
+                        "cached), a named size (vits14, vitb14, vitt8, …) or timm:NAME; with --weights it is "
+                        "optional: the file defines the model")
     g.add_argument("--weights", default=None,
                    help="weights file: official Franca/DINOv2 release, this project's checkpoint or "
-                        "exported .safetensors (default: random initialisation)")
+                        "exported .safetensors")
+    g.add_argument("--random-init", action="store_true",
+                   help="run on randomly initialised weights of --model (default size vits14; seed 0, the same "
+                        "in every run); without this, a command with no weights stops")
     if rasa:
         g.add_argument("--rasa", default=None, const=True, nargs="?",
                        help="use RASA-cleaned patch tokens: with a FILE, load that RASA head "
-                            "(official or ours); bare --rasa uses the map folded into --weights")
+                            "(official or ours); bare --rasa uses the map folded into --weights, or the head "
+                            "released with a released --model")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
     g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="data-loading processes (default: %(default)s)")
 
 
+def weights_label(args: argparse.Namespace) -> str:
+    """What names the weights in JSON, report rows and figure titles: the release name, the weights
+    file name, or "random init". Raises (saying how to get weights) when the arguments name none."""
+    from franca.models.api import weights_label as label
+
+    return label(getattr(args, "model", None), getattr(args, "weights", None),
+                 random_init=bool(getattr(args, "random_init", False)))
+
+
 def load_model_from_args(args: argparse.Namespace):
-    """Build the backbone the model arguments describe, in eval mode, on args.device."""
+    """Build the backbone the model arguments describe, in eval mode, on args.device.
+
+    No weights and no released name is an error unless --random-init is given (never silent)."""
     import franca
     from franca.utils.device import resolve_device
 
     device = resolve_device(args.device)
     rasa = getattr(args, "rasa", None)
-    rasa_file = rasa if isinstance(rasa, str) else None
-    model = franca.load_backbone(args.model, weights=args.weights, rasa=rasa_file)
+    weights_label(args)  # fails early, with the how-to, when nothing names weights
+    from franca.models.releases import is_release
+
+    if args.weights is None and not is_release(args.model):
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # seed 0: the same random weights in every run
+            torch.manual_seed(0)
+            model = franca.build_backbone(args.model or "vits14")
+        if isinstance(rasa, str):
+            from franca.models.api import _load_rasa
+
+            model.set_rasa_projection(_load_rasa(rasa, model.embed_dim))
+        log.warning("random init: %s with randomly initialised weights (--random-init)", args.model or "vits14")
+        return model.to(device).eval(), device
+    if args.random_init:
+        raise ValueError("--random-init contradicts --weights / a released --model: give one or the other")
+    rasa_arg = rasa if isinstance(rasa, str) else (True if rasa is True and args.weights is None else None)
+    model = franca.load_backbone(args.model, weights=args.weights, rasa=rasa_arg)
     return model.to(device).eval(), device
 
 
+def eval_args(args: argparse.Namespace, device: Any, **overrides: Any):
+    """The shared evaluation arguments (franca.eval.common.EvalArgs) from the parsed command line:
+    --data, --size, --seeds, --batch-size, --num-workers and the resolved device; `overrides` replace
+    any of them (e.g. a command whose size flag has another name)."""
+    from franca.eval.common import EvalArgs
+
+    values = {"data": getattr(args, "data", None), "size": getattr(args, "size", None),
+              "seeds": getattr(args, "seeds", (0,)), "batch_size": getattr(args, "batch_size", None),
+              "device": device, "num_workers": getattr(args, "num_workers", 0),
+              "progress": not getattr(args, "quiet", False)}
+    values.update(overrides)
+    return EvalArgs(**values)
+
+
 def model_identity(args: argparse.Namespace) -> dict[str, Any]:
-    """What identifies the backbone in a result JSON (name, weights file, size, mtime)."""
-    ident: dict[str, Any] = {"model": args.model, "weights": args.weights, "rasa": getattr(args, "rasa", None)}
+    """What identifies the backbone in a result JSON: model, weights (file, release name or "random init"),
+    the weights label, and the file's size and mtime."""
+    ident: dict[str, Any] = {"model": args.model, "weights": args.weights, "rasa": getattr(args, "rasa", None),
+                             "weights_label": weights_label(args)}
     if args.weights and Path(args.weights).exists():
         st = Path(args.weights).stat()
         ident.update(weights_bytes=st.st_size, weights_mtime=int(st.st_mtime))
@@ -55,42 +104,34 @@ def model_identity(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_output_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
-    p.add_argument("--out", default=None,
+    """`--out` (result JSON), `--seeds` (`--seed N` is accepted as one seed) and `--quiet`."""
+    from franca.commands._flags import add_quiet_argument
+
+    p.add_argument("--out", default=None, metavar="JSON",
                    help=f"result JSON path (default: runs/eval/{default_name}-<time>.json)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="seeds to average over; the JSON reports mean and std (default: %(default)s)")
+    p.add_argument("--seed", dest="seeds", type=int, nargs=1, help=argparse.SUPPRESS)
+    add_quiet_argument(p)
+
+
+def result_path(args: argparse.Namespace, name: str) -> Path:
+    """--out, or runs/eval/<name>-<time>.json; checked (suffix, writable folder) before any work."""
+    from franca.commands._flags import check_out_path
+
+    out = getattr(args, "out", None)
+    if out:
+        return check_out_path(out, (".json",))
+    return Path("runs/eval") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
 def write_result(args: argparse.Namespace, name: str, result: dict[str, Any]) -> Path:
-    """Write one JSON per run (atomically) and return its path."""
-    out = Path(args.out) if getattr(args, "out", None) else Path("runs/eval") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=_json_default))
-    os.replace(tmp, out)
-    log.info("wrote %s", out)
+    """Write one JSON per run (atomically; floats to 6 significant digits; library versions added)
+    and return its path. The caller prints the path once."""
+    from franca.utils.results import write_json
+
+    out = write_json(result_path(args, name), result)
+    log.debug("wrote %s", out)
     return out
 
 
-def _json_default(o: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    import statistics
-
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "values": list(values)}

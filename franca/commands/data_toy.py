@@ -12,8 +12,10 @@ HELP = "write the built-in synthetic data set (ImageNet/VOC/NYUv2/SPair-71k layo
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from franca.commands._flags import add_quiet_argument, add_size_argument
+
     p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (default: %(default)s)")
+    add_size_argument(p, "image side in pixels (default: %(default)s)", default=64)
     p.add_argument("--n-train", type=int, default=5000, help="classification training images (default: %(default)s)")
     p.add_argument("--n-val", type=int, default=1000, help="classification validation images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -24,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--texture", type=float, default=0.5,
                    help="probability that an object is patterned instead of flat, 0..1 (default: %(default)s)")
     p.add_argument("--distractors", type=int, default=2, help="max tiny distractor blobs (default: %(default)s)")
+    add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = generate_toy(args.out, size=args.size, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
                        n_classes=args.n_classes, object_size=tuple(args.object_size), clutter=args.clutter,
-                       texture=args.texture, distractors=args.distractors)
+                       texture=args.texture, distractors=args.distractors,
+                       progress=not args.quiet)
     print(f"wrote the toy data set to {out}")
     return 0

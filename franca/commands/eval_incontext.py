@@ -1,4 +1,4 @@
-"""In-context (Hummingbird) dense nearest-neighbour segmentation (PROTOCOLS.md §6): a memory of
+"""In-context (Hummingbird) dense nearest-neighbour segmentation: a memory of
 L2-normalised patch features and soft patch labels from augmented training images, k = 30
 neighbours per query patch with faiss (exact by default), softmax(cos / 0.02) label voting,
 bilinear upsampling, mIoU after Hungarian matching; mean ± std over seeds (memory augmentations).
@@ -37,16 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args
+    from franca.commands._common import load_model_from_args, result_path
     from franca.eval import incontext
     from franca.eval.dense import build_segmentation
 
     started = time.time()
+    result_path(args, "incontext")
     train_split = args.train_split or ("trainaug" if args.dataset == "voc" else "train")
     train = build_segmentation(args.dataset, args.data, train_split)
     val = build_segmentation(args.dataset, args.data, args.val_split)
     model, device = load_model_from_args(args)
-    result = incontext.evaluate(model, train, val, device, size=resolve_size(args, 518), k=args.k,
+    result = incontext.evaluate(model, train, val, device, size=resolve_size(args, 518, model.patch_size), k=args.k,
                                 temperature=args.temperature, memory_size=args.memory_size,
                                 aug_epochs=args.aug_epochs, seeds=args.seeds, index=args.index, nlist=args.nlist,
                                 nprobe=args.nprobe, use_rasa=bool(args.rasa), batch_size=args.batch_size,

@@ -17,21 +17,26 @@ HELP = "keypoint correspondence on SPair-71k: PCK@0.10 for viewpoint d=0,1,2 and
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
     add_output_arguments(p, "keypoints")
-    p.add_argument("--data", default=None, help="SPair-71k root (or its parent); default: the built-in toy set")
+    from franca.commands._flags import add_data_argument, add_size_argument
+
+    add_data_argument(p, "SPair-71k root, or its parent (default: the built-in toy set)")
     p.add_argument("--split", default="test", help="pair split: trn, val or test (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="side after padding to a square (default: 800, or 16 patches for tiny models)")
+    add_size_argument(p, "side after padding to a square, rounded down to a multiple of the patch size "
+                         "(default: 800; 16 patches for the tiny vitt sizes)")
     p.add_argument("--n-pairs", type=int, default=200, help="pairs per class and bin (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.10, help="PCK threshold (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args, model_identity, write_result
+    from franca.commands._common import eval_args, load_model_from_args, model_identity, result_path, write_result
+    from franca.commands._flags import fit_size
     from franca.eval.keypoints import evaluate
 
+    result_path(args, "keypoints")
     model, device = load_model_from_args(args)
-    res = evaluate(model, args.data, image_size=args.image_size, n_pairs=args.n_pairs, alpha=args.alpha,
-                   split=args.split, batch_size=args.batch_size, device=device)
+    size = fit_size(args.size, model.patch_size) if args.size is not None else None
+    common = eval_args(args, device, size=size)
+    res = evaluate(model, **common.kwargs_for(evaluate), n_pairs=args.n_pairs, alpha=args.alpha, split=args.split)
     res.update(model=model_identity(args), data=args.data or "toy")
     out = write_result(args, "keypoints", res)
     print(f"PCK@{args.alpha:.2f} (%)  " + "  ".join(f"d={b}: {v:.2f}" for b, v in res["pck"].items()))

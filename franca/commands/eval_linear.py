@@ -1,4 +1,4 @@
-"""Linear probe on frozen features (DINOv2 protocol, PROTOCOLS.md §3).
+"""Linear probe on frozen features (the DINOv2 protocol).
 
 Last-1/last-4 block CLS, with or without the averaged patch tokens, × 13 learning rates (scaled
 by batch/256): 52 linear classifiers trained in one pass with SGD (momentum 0.9, cosine), the best
@@ -12,7 +12,8 @@ import argparse
 import time
 
 from franca.commands._common import add_model_arguments, add_output_arguments
-from franca.commands.eval_knn import add_data_arguments, cache_dir_from_args, finish, format_table, model_key_from_args
+from franca.commands.eval_knn import (add_data_arguments, cache_dir_from_args, finish, format_table, model_key_from_args,
+                                      prepare)
 
 HELP = "DINOv2 linear probe (last-1/4 block CLS ± avgpool, 13-lr grid), best val top-1"
 
@@ -25,18 +26,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-batch-size", type=int, default=256,
                    help="classifier batch; learning rates scale by it / 256 (default: %(default)s)")
     g.add_argument("--lrs", type=float, nargs="+", default=None,
-                   help="base learning rates (default: the 13-value grid)")
+                   help="base learning rates (default: the 13 values 1e-5 … 0.1)")
     g.add_argument("--augment", action="store_true",
                    help="train on RandomResizedCrop+flip images (backbone pass every epoch) instead of cached features")
     add_output_arguments(p, "linear")
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args
     from franca.eval import linear
 
     started = time.time()
-    model, device = load_model_from_args(args)
+    model, device = prepare(args, "linear")
     result = linear.evaluate(model, device=device, data_root=args.data, size=args.size, epochs=args.epochs,
                              batch_size=args.train_batch_size, lrs=tuple(args.lrs or linear.LR_GRID),
                              augment=args.augment, seeds=args.seeds, extract_batch_size=args.batch_size,

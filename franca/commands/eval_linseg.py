@@ -1,4 +1,4 @@
-"""Linear semantic segmentation (PROTOCOLS.md §7): BatchNorm + 1×1 conv head on frozen patch
+"""Linear semantic segmentation: BatchNorm + 1×1 conv head on frozen patch
 features, epoch-based training with the paper's optimiser per data set (VOC: SGD lr 1e-3,
 momentum 0.9, wd 5e-4; ADE20K: AdamW lr 1e-3, wd 1e-4), sliding-window inference (crop 518,
 stride 259), multi-scale test [1.0, 1.32, 1.73] on ADE20K; mmseg mIoU.
@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default per data set: SGD for VOC, AdamW for ADE20K")
     g.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3)")
     g.add_argument("--weight-decay", type=float, default=None, help="default: 5e-4 (VOC), 1e-4 (ADE20K)")
-    g.add_argument("--head-batch-size", type=int, default=16, help="training crops per step (default: %(default)s)")
+    g.add_argument("--train-batch-size", type=int, default=16, help="training crops per step (default: %(default)s)")
+    g.add_argument("--head-batch-size", dest="train_batch_size", type=int, help=argparse.SUPPRESS)
     g.add_argument("--test-scales", type=float, nargs="+", default=None,
                    help="multi-scale test ratios (default: 1.0 for VOC; 1.0 1.32 1.73 for ADE20K)")
     g.add_argument("--flip", action="store_true", help="add horizontal flips at test time")
@@ -39,22 +40,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args
+    from franca.commands._common import load_model_from_args, result_path
     from franca.eval import linseg
     from franca.eval.dense import build_segmentation
 
     started = time.time()
+    result_path(args, "linseg")
     ade = args.dataset == "ade20k"
     train = build_segmentation(args.dataset, args.data, args.train_split or ("trainaug" if not ade else "train"),
                                reduce_zero_label=ade)
     val = build_segmentation(args.dataset, args.data, args.val_split, reduce_zero_label=ade)
     model, device = load_model_from_args(args)
     cache = args.cache_views if args.cache_views is not None else (0 if device.type == "cuda" else 2)
-    crop = resolve_size(args, 518)
-    p = int(model.patch_size)
-    crop = max(p, round(crop / p) * p)
+    crop = resolve_size(args, 518, int(model.patch_size))
     cfg = linseg.LinsegConfig.for_dataset(args.dataset, crop=crop, stride=args.stride, epochs=args.epochs,
-                                          batch_size=args.head_batch_size, optimizer=args.optimizer, lr=args.lr,
+                                          batch_size=args.train_batch_size, optimizer=args.optimizer, lr=args.lr,
                                           weight_decay=args.weight_decay, test_scales=args.test_scales,
                                           flip=args.flip or None, cache_views=cache)
     result = linseg.evaluate(model, train, val, device, config=cfg, seeds=args.seeds, use_rasa=bool(args.rasa),

@@ -10,7 +10,8 @@ import argparse
 import time
 
 from franca.commands._common import add_model_arguments, add_output_arguments
-from franca.commands.eval_knn import add_data_arguments, cache_dir_from_args, finish, format_table, model_key_from_args
+from franca.commands.eval_knn import (add_data_arguments, cache_dir_from_args, finish, format_table, model_key_from_args,
+                                      prepare)
 
 HELP = "PCA slicing (Table 9): linear probe on the first k principal components of CLS features"
 
@@ -27,11 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args
     from franca.eval import pca_slice
 
     started = time.time()
-    model, device = load_model_from_args(args)
+    model, device = prepare(args, "pca_slice")
     result = pca_slice.evaluate(model, device=device, data_root=args.data, size=args.size, ks=args.ks,
                                 epochs=args.epochs, batch_size=args.train_batch_size, seeds=args.seeds,
                                 extract_batch_size=args.batch_size, num_workers=args.num_workers,

@@ -1,35 +1,64 @@
-"""Write a backbone as safetensors with DINOv2 keys, loadable by timm's vit_*_patch14_dinov2 models.
+"""Write a backbone as safetensors with DINOv2 keys (timm recipe printed), optionally ONNX / torch.export.
 
-Load it in timm with `timm.create_model("vit_small_patch14_dinov2", pretrained=True,
-pretrained_cfg_overlay=dict(file=PATH), img_size=<grid·14>)`; the command prints the exact kwargs.
-A RASA projection (folded into --weights or given with --rasa FILE) is kept in the file's metadata.
+The printed recipe loads the file in timm alone (no franca import) and reproduces the features at
+the file's own grid: `timm.create_model("vit_small_patch14_dinov2", pretrained=True,
+pretrained_cfg_overlay=dict(file=PATH), **kwargs)` with the exact kwargs (SwiGLU models need
+`mlp_layer=timm.layers.SwiGLUPacked`). A RASA projection (folded into --weights or given with
+--rasa FILE) is kept in the file's metadata. `--onnx FILE` and `--torch-export FILE.pt2` write
+graphs with dynamic batch, height and width (multiples of the patch size); see franca.models.deploy.
 """
 from __future__ import annotations
 
 import argparse
 
-HELP = "backbone to safetensors"
+HELP = "backbone to safetensors (timm recipe), ONNX or torch.export with dynamic height/width"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="vits14", help="named size or timm:NAME (default: %(default)s)")
+    p.add_argument("--model", default=None,
+                   help="released model name, named size or timm:NAME (optional with --weights: the file "
+                        "defines the model)")
     p.add_argument("--weights", default=None, help="weights file in any supported layout")
+    p.add_argument("--random-init", action="store_true", help="export random weights of --model (tests only)")
     p.add_argument("--rasa", default=None, help="RASA head file to store with the backbone")
     p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--onnx", default=None, help="also write an ONNX file (dynamic batch, height, width)")
+    p.add_argument("--torch-export", default=None, help="also write a torch.export program (.pt2)")
+    p.add_argument("--size", type=int, default=None,
+                   help="example input side for --onnx/--torch-export (default: the file's grid·patch)")
 
 
 def run(args: argparse.Namespace) -> int:
     import franca
-    from franca.models.weights import timm_create_kwargs
+    from franca.commands._common import weights_label
+    from franca.models.weights import timm_recipe
 
-    if not str(args.out).endswith(".safetensors"):
-        raise ValueError(f"--out must end in .safetensors, got {args.out}")
-    model = franca.load_backbone(args.model, weights=args.weights, rasa=args.rasa)
+    from franca.commands._flags import check_out_path
+
+    check_out_path(args.out, (".safetensors",))
+    if args.torch_export and not str(args.torch_export).endswith(".pt2"):
+        raise ValueError(f"--torch-export must end in .pt2, got {args.torch_export}")
+    label = weights_label(args)  # no weights and no --random-init: stops with the how-to
+    if label == "random init":
+        model = franca.build_backbone(args.model or "vits14").eval()
+        if args.rasa:
+            from franca.models.api import _load_rasa
+
+            model.set_rasa_projection(_load_rasa(args.rasa, model.embed_dim))
+    else:
+        model = franca.load_backbone(args.model, weights=args.weights, rasa=args.rasa)
     out = franca.export_backbone(model, args.out)
-    print(f"wrote {out}")
+    print(f"wrote {out} ({label})")
     if hasattr(model, "pos_grid"):
-        kw = {k: (v.func.__name__ if hasattr(v, "func") else getattr(v, "__name__", v))
-              for k, v in timm_create_kwargs(model).items()}
-        print(f"timm: create_model(<vit_*_patch{model.patch_size}_dinov2>, pretrained=True, "
-              f"pretrained_cfg_overlay=dict(file={str(out)!r}), **{kw})")
+        print("timm (no franca needed), at the file's grid:\n" + timm_recipe(model, out))
+    if args.onnx:
+        from franca.models.deploy import export_onnx
+
+        print(f"wrote {export_onnx(model, args.onnx, size=args.size)} (inputs: images (B, 3, H, W), H and W "
+              f"multiples of {model.patch_size}; outputs: cls, registers, patch_tokens)")
+    if args.torch_export:
+        from franca.models.deploy import export_program
+
+        print(f"wrote {export_program(model, args.torch_export, size=args.size)} "
+              f"(torch.export.load(...).module()(images))")
     return 0

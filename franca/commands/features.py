@@ -3,6 +3,8 @@
 Sizes: each image's shorter side is resized to --size, then a centred square whose side is the
 largest multiple of the patch size not above --size is cut (e.g. --size 230 with patch 14 → 224).
 The output holds `cls` (N, D), `patch` (N, n, D), `files` (the N image paths, in order) and `grid`.
+The output path is checked (suffix, writable folder) before any work, and the file is written to a
+temporary name and renamed, so a failed run never leaves a half-written file or destroys the last one.
 """
 from __future__ import annotations
 
@@ -13,27 +15,32 @@ HELP = "extract and save CLS/patch features"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from franca.commands._common import add_model_arguments
+    from franca.commands._flags import add_data_argument, add_quiet_argument, add_size_argument
 
     add_model_arguments(p)
-    p.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    add_data_argument(p, "folder of images, searched recursively (required)")
     p.add_argument("--out", required=True, help="output file (.pt or .npz)")
-    p.add_argument("--size", type=int, default=224,
-                   help="shorter side after resize; the square crop is the nearest patch multiple below "
-                        "(default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_size_argument(p, "shorter side after resize; the square crop is that rounded down to a multiple of "
+                         "the patch size (default: %(default)s)", default=224)
+    add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import load_model_from_args
-    from franca.features import extract_features, list_images, save_features
+    from franca.commands._flags import check_out_path, fit_size
+    from franca.features import OUTPUT_SUFFIXES, extract_features, list_images, save_features
 
-    paths = list_images(args.images)
+    check_out_path(args.out, OUTPUT_SUFFIXES)  # before any work: a bad --out fails at once, not after extraction
+    if not args.data:
+        raise ValueError("--data FOLDER is required: the images to extract features from")
+    paths = list_images(args.data)
     if not paths:
-        raise ValueError(f"no images found under {args.images}")
+        raise ValueError(f"no images found under {args.data}")
     model, device = load_model_from_args(args)
+    fit_size(args.size, model.patch_size)  # the one size rule's info line; the crop does the rounding
     rasa = bool(getattr(args, "rasa", None))
     res = extract_features(model, paths, args.size, device, batch_size=args.batch_size,
-                           num_workers=args.num_workers, rasa=rasa, progress=not args.no_progress)
+                           num_workers=args.num_workers, rasa=rasa, progress=not args.quiet)
     out = save_features(res, args.out)
     print(f"{len(res['files'])} images ({len(res['skipped'])} skipped) → {out}: cls {tuple(res['cls'].shape)}, "
           f"patch {tuple(res['patch'].shape)}")

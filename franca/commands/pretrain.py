@@ -1,15 +1,24 @@
-"""Franca pretraining: `franca pretrain [--config PRESET_OR_YAML] [key=value ...]`.
+"""Franca pretraining: `franca pretrain [--config PRESET_OR_YAML] [--resume | --overwrite] [key=value ...]`.
 
 With no arguments the `tiny` preset trains a small ViT on the built-in toy data on the CPU in
 minutes and reports k-NN top-1 on the toy val split for the trained and the initial backbone.
 Presets: tiny, tiny-long, vits14, vits14-1gpu, vitb14-in21k, vitl14-laion, vitg14-laion
 (`--list-presets`). Any config key can be overridden, e.g. `train.batch_size_per_gpu=32
 data.dataset=/path/to/images optim.base_lr=1e-3`. `epochs` are passes over the data set; the
-derived iteration counts are printed at start. Multi-GPU: `torchrun --nproc-per-node=8 -m franca pretrain …`.
+start banner prints the derived iteration counts and every stopping rule (iterations, epochs,
+train.max_minutes); a run stopped by a limit prints the command that continues it.
+
+An output folder holds one run: running again into it needs --resume (continue; the config must
+match the saved one except for the keys named by --allow-config-change) or --overwrite (start
+again; the old files stay until the new run's first checkpoint). Two runs on one folder at the same
+time are refused. Multi-GPU: `torchrun --nproc-per-node=8 -m franca pretrain …`.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+from typing import Optional
 
 HELP = "Franca pretraining (default: the tiny preset on the built-in data, CPU, minutes)"
 
@@ -17,31 +26,108 @@ HELP = "Franca pretraining (default: the tiny preset on the built-in data, CPU, 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="tiny", help="preset name or yaml file (default: %(default)s)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue exactly from <output_dir>/checkpoint.pth (or the given file)")
+    add_config_shortcuts(p)
+    add_run_folder_arguments(p)
     p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+# The flags every command shares, as shortcuts for the config keys they set (one vocabulary).
+SHORTCUTS = {"data": "data.dataset", "out": "train.output_dir", "seed": "train.seed",
+             "batch_size": "train.batch_size_per_gpu", "device": "train.device"}
+
+
+def add_config_shortcuts(p: argparse.ArgumentParser) -> None:
+    """--data/--out/--seed/--batch-size/--device: the same flags as the other commands, each setting
+    one config key (an explicit `key=value` for the same key is an error, not a silent choice)."""
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="images to train on: a folder (any layout), webdataset shards, or toy (sets data.dataset; "
+                        "default: the preset's)")
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (sets train.output_dir; default: the preset's)")
+    p.add_argument("--seed", default=None, type=int, help="sets train.seed (default: the preset's)")
+    p.add_argument("--batch-size", default=None, type=int, help="images per process and step (sets "
+                   "train.batch_size_per_gpu; default: the preset's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (sets train.device; default: the preset's)")
+
+
+def shortcut_overrides(args: argparse.Namespace) -> list[str]:
+    """The key=value overrides the shortcut flags stand for; refuses a key given both ways."""
+    from franca.utils.errors import UserError
+
+    given = {o.split("=", 1)[0].strip() for o in args.overrides if "=" in o}
+    out = []
+    for attr, key in SHORTCUTS.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        flag = "--" + attr.replace("_", "-")
+        if key in given:
+            raise UserError(f"{flag} and {key}= both set {key}: give one")
+        out.append(f"{key}={value}")
+    return out
+
+
+def add_run_folder_arguments(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    """--resume / --overwrite / --allow-config-change (pretrain and highres)."""
+    where = "train.output_dir" if checkpoint else "each stage's folder under --output-dir"
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue exactly from the checkpoint in {where}{' (or --checkpoint)' if checkpoint else ''}")
+    if checkpoint:
+        p.add_argument("--checkpoint", default=None, metavar="PATH",
+                       help="with --resume: continue from this checkpoint file instead")
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace the run already in {where} (its files stay until the first new checkpoint)")
+    p.add_argument("--allow-config-change", default=None, metavar="KEY[,KEY]",
+                   help="with --resume: config keys (or sections, e.g. optim) that may differ from the saved run")
+
+
+def allowed_changes(args: argparse.Namespace) -> list[str]:
+    return [k.strip() for k in (args.allow_config_change or "").split(",") if k.strip()]
+
+
 def run(args: argparse.Namespace) -> int:
+    from franca.utils.errors import UserError
     from franca.train.config import dump_yaml, list_presets, load_config
 
     if args.list_presets:
         print("\n".join(list_presets()))
         return 0
+    if args.checkpoint and not args.resume:
+        raise UserError(f"--checkpoint {args.checkpoint} names the file --resume continues from: add --resume "
+                        "(to start a new run from a checkpoint's weights, use train.init_from=PATH)")
+    if args.allow_config_change and not args.resume:
+        raise UserError("--allow-config-change applies to --resume only")
+    args.overrides = shortcut_overrides(args) + list(args.overrides)
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(dump_yaml(cfg))
         return 0
     from franca.train.loop import train
 
-    summary = train(cfg, resume=args.resume, quiet=args.quiet)
-    print_summary(summary)
+    resume = args.checkpoint if args.checkpoint else args.resume
+    summary = train(cfg, resume=resume, quiet=args.quiet, overwrite=args.overwrite,
+                    allow_config_change=allowed_changes(args))
+    cmd = ["pretrain", "--config", args.config, *(["--quiet"] if args.quiet else []), "--resume", *args.overrides]
+    print_summary(summary, continue_command(cmd, summary))
     return 0
 
 
-def print_summary(s: dict) -> None:
+def continue_command(argv: list[str], summary: dict) -> Optional[str]:
+    """The shell command that continues a run stopped by a limit (None when the run is complete)."""
+    if summary.get("iterations", 0) >= summary.get("planned_iterations", 0):
+        return None
+    world = int(summary.get("world_size", 1))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        launch = (["torchrun", f"--nproc-per-node={local}", "-m", "franca"] if local == world
+                  else ["torchrun", "<your torchrun options>", "-m", "franca"])
+    else:
+        launch = ["franca"]
+    return shlex.join(launch + argv)
+
+
+def print_summary(s: dict, continue_with: Optional[str] = None) -> None:
     from franca.utils.distributed import is_main
 
     if not is_main():
@@ -59,5 +145,9 @@ def print_summary(s: dict) -> None:
     if "knn_gain" in s:
         lines.append(f"k-NN gain         {s['knn_gain']:+.2f} points")
     if s.get("stop_reason", "done") != "done":
-        lines.append(f"stopped early     {s['stop_reason']}")
+        note = (" (append train.max_minutes=0 to the command below to lift it)"
+                if "max_minutes" in s["stop_reason"] else "")
+        lines.append(f"stopped early     {s['stop_reason']}{note}")
+    if continue_with:
+        lines.append(f"continue with     {continue_with}")
     print("\n".join(lines), flush=True)

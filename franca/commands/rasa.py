@@ -1,16 +1,18 @@
 """RASA post-training: remove absolute position from a frozen backbone's patch features.
 
-For each of --iterations stages, a linear (row, column) position predictor with sigmoid outputs
-is trained for --epochs on the already-cleaned final patch tokens (AdamW, weight decay 0, cosine
-decay, the reference augmentations), and the 2-D subspace it uses is removed. The stages are
-folded into one (D, D) map stored in the backbone (buffer `rasa_proj`), so
+For each of --iterations stages (a number, or `auto`), a linear (row, column) position predictor
+with sigmoid outputs is trained on the already-cleaned final patch tokens (AdamW, weight decay 0,
+the reference augmentations) until its loss converges (or for --epochs with the reference's
+cosine schedule), and the 2-D subspace it uses is removed. The stages are folded into one (D, D)
+map stored in the backbone (buffer `rasa_proj`), so
 
     model = franca.load_backbone(NAME, weights=OUT)
     model.forward_features(x, use_rasa_head=True)["patch_token_rasa"]
 
 gives the cleaned tokens. Also written: OUT's RASA file (`<out>.rasa.safetensors`, usable as
-`load_backbone(NAME, weights=ORIGINAL, rasa=FILE)`) and a JSON report with the position R² of a
-fresh linear probe on held-out images before and after every stage.
+`load_backbone(NAME, weights=ORIGINAL, rasa=FILE)`) and a JSON report with, before and after every
+stage, the position R² of two probes fitted on one half of the held-out images and scored on the
+other: a closed-form ridge probe and the paper's sigmoid predictor trained to convergence.
 """
 from __future__ import annotations
 
@@ -28,17 +30,35 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
     p.set_defaults(batch_size=128)
+    from franca.commands._flags import add_data_argument, add_quiet_argument, add_size_argument
+
     g = p.add_argument_group("RASA")
-    g.add_argument("--data", default=None,
-                   help="folder of training images, searched recursively (default: the built-in toy set's images)")
-    g.add_argument("--iterations", type=int, default=8, help="removal stages T (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=5, help="epochs per stage (default: %(default)s)")
+    add_data_argument(g, "folder of training images, searched recursively (default: the built-in toy set's images)")
+    g.add_argument("--iterations", type=_iterations, default=8,
+                   help="removal stages T, or `auto`: stop when the held-out R² of both probes (trained sigmoid "
+                        "predictor, ridge) is below --auto-threshold or stops falling, at most --max-iterations (default: %(default)s)")
+    g.add_argument("--max-iterations", type=int, default=16, help="most stages with --iterations auto (default: %(default)s)")
+    g.add_argument("--auto-threshold", type=float, default=0.05,
+                   help="--iterations auto stops once the held-out R² is below this (default: %(default)s)")
+    g.add_argument("--auto-min-drop", type=float, default=0.005,
+                   help="--iterations auto stops when a stage lowers the R² by less than this (default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="train each stage for this many epochs with the reference's cosine schedule "
+                        "(default: train until the loss converges, see --max-steps)")
+    g.add_argument("--max-steps", type=int, default=2000,
+                   help="most optimiser steps per stage when training to convergence (default: %(default)s)")
+    g.add_argument("--tol", type=float, default=1e-3,
+                   help="converged when the mean loss of the last --window steps is less than this (relative) "
+                        "below the window before (default: %(default)s)")
+    g.add_argument("--window", type=int, default=50, help="steps per convergence window (default: %(default)s)")
+    g.add_argument("--cache-views", type=int, default=0,
+                   help="run the backbone on this many augmented passes over the training images once and "
+                        "train every stage on those cached tokens (default: 0, a fresh pass each epoch)")
     g.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate; the paper's best (default: %(default)s; "
                    "the reference configs use 2e-4)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
-    g.add_argument("--size", type=int, default=None,
-                   help="square training/probe image size, a multiple of the patch size "
-                        "(default: the backbone's img_size; the reference uses 518)")
+    add_size_argument(g, "square training/probe image side, rounded down to a multiple of the patch size "
+                         "(default: the backbone's own image size; the reference uses 518)")
     g.add_argument("--no-augment", action="store_true",
                    help="fit on cached features of resized images without augmentation (fast on CPU, "
                         "but content and position are then correlated)")
@@ -49,37 +69,65 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: restrict them to the span that earlier stages left, which keeps the "
                         "folded map an orthogonal projection)")
     g.add_argument("--heldout-fraction", type=float, default=0.1,
-                   help="share of images held out for the R² probe (default: %(default)s)")
-    g.add_argument("--max-heldout", type=int, default=64, help="at most this many held-out images (default: %(default)s)")
+                   help="share of images held out for the R² probes (default: %(default)s)")
+    g.add_argument("--max-heldout", type=int, default=256, help="at most this many held-out images (default: %(default)s)")
+    g.add_argument("--probe-fit-fraction", type=float, default=0.5,
+                   help="share of the held-out images that fit the probes; the rest score them (default: %(default)s)")
+    g.add_argument("--probe-max-steps", type=int, default=2000,
+                   help="most full-batch steps of the sigmoid probe, trained to convergence (default: %(default)s)")
+    g.add_argument("--no-probe-dihedral", action="store_true",
+                   help="probe the held-out images as they are (default: each turned by a fixed random flip/"
+                        "90° rotation, so that image content does not correlate with grid position)")
     g.add_argument("--max-images", type=int, default=None, help="use at most this many images in total")
-    g.add_argument("--seed", type=int, default=400, help="random seed (reference: 400)")
+    g.add_argument("--seed", type=int, default=400, help="random seed (default: %(default)s, the reference's)")
     g.add_argument("--out", default=None,
                    help="backbone file to write: .safetensors (franca.export_backbone, timm-loadable) or "
                         ".pt/.pth (state dict); default: runs/rasa/<model>-rasa.safetensors")
     g.add_argument("--report", default=None, help="JSON report path (default: next to --out, .json)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet_argument(g)
+
+
+def _iterations(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--iterations takes a number or 'auto', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--iterations must be ≥ 1, got {n}")
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     import franca
-    from franca.commands._common import model_identity, write_result
+    from franca.commands._common import load_model_from_args, model_identity, write_result
+    from franca.commands._flags import check_out_path, fit_size
     from franca.models.rasa_fold import save_rasa_file
     from franca.rasa import data as rdata
     from franca.rasa.fit import BackboneFeatures, CachedFeatures, RasaConfig, extract_all, fit_rasa
+    from franca.rasa.probe import ProbeSettings
     from franca.utils.device import resolve_device
     from franca.utils.seed import seed_all
 
-    if args.iterations < 1 or args.epochs < 1:
-        raise ValueError(f"--iterations and --epochs must be ≥ 1, got {args.iterations} and {args.epochs}")
+    auto = args.iterations == "auto"
+    iterations = args.max_iterations if auto else args.iterations
+    for flag, value in (("--max-iterations", iterations), ("--epochs", args.epochs or 1), ("--max-steps", args.max_steps),
+                        ("--window", args.window), ("--probe-max-steps", args.probe_max_steps)):
+        if value < 1:
+            raise ValueError(f"{flag} must be ≥ 1, got {value}")
+    if args.cache_views < 0:
+        raise ValueError(f"--cache-views must be ≥ 0, got {args.cache_views}")
+    check_out_path(args.out, (".safetensors", ".pt", ".pth"))
+    check_out_path(args.report, (".json",), flag="--report")
     seed_all(args.seed)
     device = resolve_device(args.device)
-    model = franca.load_backbone(args.model, weights=args.weights).to(device).eval()
+    model = load_model_from_args(args)[0].to(device).eval()  # no weights: an error unless --random-init
     model.requires_grad_(False)
-    size = int(args.size or getattr(model, "img_size", 224))
-    if size % int(model.patch_size):
-        raise ValueError(f"--size {size} is not a multiple of the patch size {model.patch_size}")
+    size = fit_size(int(args.size or getattr(model, "img_size", 224)), int(model.patch_size))
+    grid = (size // int(model.patch_size),) * 2
 
     root = Path(args.data) if args.data else rdata.default_image_root()
     files = rdata.list_images(root)
@@ -89,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
     batch = min(args.batch_size, len(train_files))
     if batch < args.batch_size:
         log.warning("only %d training images: batch size %d instead of %d", len(train_files), batch, args.batch_size)
-    log.info("RASA on %s: %d training and %d held-out images at %d px, %d stages × %d epochs",
-             root, len(train_files), len(held_files), size, args.iterations, args.epochs)
+    log.info("RASA on %s: %d training and %d held-out images at %d px, %s stages", root, len(train_files),
+             len(held_files), size, f"auto (at most {iterations})" if auto else iterations)
 
     def loader(files_, transform, shuffle: bool, drop_last: bool):
         g = torch.Generator().manual_seed(args.seed)
@@ -99,20 +147,30 @@ def run(args: argparse.Namespace) -> int:
                                            pin_memory=device.type == "cuda", persistent_workers=False)
 
     eval_tf = rdata.rasa_eval_transform(size)
-    heldout = extract_all(model, loader(held_files, eval_tf, False, False), device)
+    heldout = _heldout_tokens(model, loader(held_files, eval_tf, False, False), device, args.seed,
+                              dihedral=not args.no_probe_dihedral)
     if args.no_augment:
         tokens = extract_all(model, loader(train_files, eval_tf, False, False), device)
-        source = CachedFeatures(tokens, (size // model.patch_size,) * 2, batch, seed=args.seed)
+        source = CachedFeatures(tokens, grid, batch, seed=args.seed)
     else:
         train_tf = rdata.rasa_train_transform(size, std_quirk=not args.no_std_quirk)
-        source = BackboneFeatures(model, loader(train_files, train_tf, True, True), device, size)
+        train_loader = loader(train_files, train_tf, True, True)
+        if args.cache_views:
+            tokens = torch.cat([extract_all(model, train_loader, device) for _ in range(args.cache_views)])
+            source = CachedFeatures(tokens, grid, batch, seed=args.seed)
+        else:
+            source = BackboneFeatures(model, train_loader, device, size)
 
-    cfg = RasaConfig(iterations=args.iterations, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                     batch_size=batch, seed=args.seed, project_previous=not args.reference_removal,
-                     progress=not args.no_progress)
+    probe = ProbeSettings(fit_fraction=args.probe_fit_fraction, max_steps=args.probe_max_steps,
+                          seed=args.seed)
+    cfg = RasaConfig(iterations=iterations, epochs=args.epochs, max_steps=args.max_steps, tol=args.tol,
+                     window=args.window, lr=args.lr, weight_decay=args.weight_decay, batch_size=batch, seed=args.seed,
+                     project_previous=not args.reference_removal, auto=auto, auto_threshold=args.auto_threshold,
+                     auto_min_drop=args.auto_min_drop, probe=probe, progress=not args.quiet)
     result = fit_rasa(source, cfg, device=device, heldout=heldout)
 
-    out = Path(args.out) if args.out else Path("runs/rasa") / f"{args.model.replace(':', '_')}-rasa.safetensors"
+    name = (args.model or Path(args.weights).stem).replace(":", "_")
+    out = Path(args.out) if args.out else Path("runs/rasa") / f"{name}-rasa.safetensors"
     model.set_rasa_projection(result.projection)
     if out.suffix == ".safetensors":
         franca.export_backbone(model.cpu(), out)
@@ -120,22 +178,62 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.cpu().state_dict(), out)
     rasa_file = save_rasa_file(out.with_name(out.stem + ".rasa.safetensors"), result.directions,
-                               metadata={"model": args.model, "iterations": str(args.iterations)})
+                               metadata={"model": str(args.model), "iterations": str(len(result.directions))})
+    failed = bool(result.probe_failures)
     report = {
-        "protocol": "rasa", "metric_name": "position_r2_after", "metric": result.r2_final,
+        "protocol": "rasa", "metric_name": "sigmoid_r2_final",
+        "metric": None if failed else result.r2("sigmoid", "final"),
+        "status": "probe_failure" if failed else "ok",
         "backbone": model_identity(args), "output": str(out), "rasa_file": str(rasa_file),
         "data": str(root), "n_train_images": len(train_files), "n_heldout_images": len(held_files),
-        "size": size, "augment": not args.no_augment,
-        "config": {k: getattr(cfg, k) for k in ("iterations", "epochs", "lr", "weight_decay", "batch_size", "seed",
-                                                "project_previous")},
+        "size": size, "grid": list(grid), "augment": not args.no_augment, "cache_views": args.cache_views,
+        "heldout_dihedral": not args.no_probe_dihedral,
+        "config": {"iterations": args.iterations, "max_iterations": iterations,
+                   **{k: getattr(cfg, k) for k in ("epochs", "max_steps", "tol", "window", "lr", "weight_decay",
+                                                   "batch_size", "seed", "project_previous", "auto_threshold",
+                                                   "auto_min_drop")},
+                   "probe": vars(probe)},
         **result.report(),
     }
     report_path = Path(args.report) if args.report else out.with_suffix(".json")
     write_result(argparse.Namespace(out=str(report_path)), "rasa", report)
-
-    print(f"{'stage':>5} {'loss first':>10} {'loss last':>10} {'R² before':>10} {'R² after':>10}")
-    for h in result.history:
-        print(f"{h['iteration']:>5} {h['loss_first']:>10.4f} {h['loss_last']:>10.4f} "
-              f"{h.get('r2_before', float('nan')):>10.4f} {h.get('r2_after', float('nan')):>10.4f}")
+    print(format_table(result))
     print(f"backbone with RASA folded in: {out}\nRASA file: {rasa_file}\nreport: {report_path}")
     return 0
+
+
+def _heldout_tokens(model, loader, device, seed: int, dihedral: bool):
+    """Tokens of the held-out images, each turned by its fixed random flip/rotation unless ``dihedral`` is False."""
+    import torch
+
+    from franca.rasa.fit import extract_patch_tokens
+    from franca.rasa.probe import dihedral_views
+
+    out, seen = [], 0
+    for images in loader:
+        images = images[0] if isinstance(images, (list, tuple)) else images
+        if dihedral:
+            images = dihedral_views(images, seed, offset=seen)
+        seen += images.shape[0]
+        out.append(extract_patch_tokens(model, images, device).cpu())
+    return torch.cat(out)
+
+
+def format_table(result) -> str:
+    """The per-stage table: steps, then the held-out R² of both probes before/after each stage."""
+    lines = []
+    if result.probe_sizes:
+        s = result.probe_sizes
+        lines.append(f"probes fit on {s['fit_images']} held-out images ({s['fit_tokens']} tokens, D={s['dim']}), "
+                     f"scored on {s['score_images']} others ({s['score_tokens']} tokens)")
+    for msg in result.probe_failures:
+        lines.append(f"PROBE FAILURE: {msg}")
+    lines.append(f"{'stage':>5} {'steps':>6} {'conv':>5} {'ridge before':>12} {'ridge after':>11} "
+                 f"{'sigmoid before':>14} {'sigmoid after':>13}")
+    for h in result.history:
+        b, a = h.get("before"), h.get("after")
+        cell = (lambda m, p, n: f"{m[p]['r2']:>{n}.4f}" if m else f"{'-':>{n}}")
+        lines.append(f"{h['iteration']:>5} {h['steps']:>6} {str(h['converged']):>5} {cell(b, 'ridge', 12)} "
+                     f"{cell(a, 'ridge', 11)} {cell(b, 'sigmoid', 14)} {cell(a, 'sigmoid', 13)}")
+    lines.append(f"stopped: {result.stop_reason}")
+    return "\n".join(lines)

@@ -9,13 +9,16 @@ HELP = "gather a run's results and figures into one markdown/HTML page"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder to gather (searched recursively)")
-    p.add_argument("--out", default=None, help="markdown path (default: RUN_DIR/report.md); HTML next to it")
+    p.add_argument("--out", default=None, help="markdown path (default: RUN_DIR/report.md); the HTML page, with "
+                   "its images embedded, is written next to it")
     p.add_argument("--title", default=None, help="page title (default: the folder name)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from franca.commands._flags import check_out_path
     from franca.report import build_report
 
+    check_out_path(args.out, (".md",))
     md, html = build_report(args.run_dir, args.out, args.title)
     print(f"wrote {md}\nwrote {html}")
     return 0

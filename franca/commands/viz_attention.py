@@ -1,7 +1,9 @@
 """Last-layer CLS self-attention per head, overlaid on each image (one row per image), as a PNG.
 
-Images are resized and centre-cropped to --image-size (default 480, or 16 patches for tiny
-models). Without --image, the first images of the built-in toy validation set are used.
+Images are resized and centre-cropped to --size (default 480, or 16 patches for the tiny vitt
+sizes). Without --data, the first images of the built-in toy validation set are used. The figure
+is titled with the model and weights, each head is labelled, a colour bar gives the scale, and
+both sides stay within 2000 px.
 """
 from __future__ import annotations
 
@@ -12,33 +14,49 @@ from franca.commands._common import add_model_arguments
 HELP = "PNG of the last block's CLS attention per head over images"
 
 
-def add_image_arguments(p: argparse.ArgumentParser, name: str, n_default: int) -> None:
-    """--image/--n-images/--image-size/--out, shared by the viz commands."""
-    p.add_argument("--image", nargs="+", default=None,
-                   help="image files or folders (default: the built-in toy validation images)")
+def add_image_arguments(p: argparse.ArgumentParser, name: str, n_default: int, default_size: str,
+                        panels: bool = True) -> None:
+    """--data/--n-images/--size/[--panel-size]/--out/--quiet, shared by the viz commands."""
+    from franca.commands._flags import add_data_argument, add_quiet_argument, add_size_argument
+
+    add_data_argument(p, "image files or folders, searched recursively (default: the built-in toy validation "
+                         "images)", nargs="+")
     p.add_argument("--n-images", type=int, default=n_default, help="use the first N images (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=None, help="square input side in pixels")
-    p.add_argument("--panel-size", type=int, default=None,
-                   help="enlarge each panel to this many pixels for display (default: the input size)")
+    add_size_argument(p, f"square input side, rounded down to a multiple of the patch size (default: {default_size})")
+    if panels:
+        p.add_argument("--panel-size", type=int, default=None, metavar="PX",
+                       help="side of each drawn panel (default: the input size, shrunk so that the figure "
+                            "stays within 2000 px)")
     p.add_argument("--out", default=f"runs/viz/{name}.png", help="PNG path (default: %(default)s)")
+    add_quiet_argument(p)
+
+
+def prepare_images(args: argparse.Namespace, patch: int) -> tuple[list, int | None]:
+    """The image paths and --size after the size rule (None: the figure's default)."""
+    from franca.commands._flags import fit_size
+    from franca.viz.common import list_images
+
+    images = list_images(args.data, args.n_images)
+    return images, (fit_size(args.size, patch) if args.size is not None else None)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
-    add_image_arguments(p, "attention", 4)
+    add_image_arguments(p, "attention", 4, "480; 16 patches for the tiny vitt sizes")
     p.add_argument("--threshold", type=float, default=None,
                    help="DINO thresholding: keep the patches holding this share of attention (e.g. 0.6)")
 
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import load_model_from_args
+    from franca.commands._flags import check_out_path, title_label
     from franca.viz.attention import attention_figure
-    from franca.viz.common import list_images
 
+    check_out_path(args.out, (".png",))
     model, device = load_model_from_args(args)
-    images = list_images(args.image, args.n_images)
-    res = attention_figure(model, images, args.out, image_size=args.image_size, threshold=args.threshold,
-                           device=device, panel_size=args.panel_size)
-    print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]}, {len(images)} images, "
+    images, size = prepare_images(args, model.patch_size)
+    res = attention_figure(model, images, args.out, image_size=size, threshold=args.threshold, device=device,
+                           panel_size=args.panel_size, label=title_label(args.model, args.weights, getattr(args, 'random_init', False)), progress=True)
+    print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images, "
           f"{res['maps'].shape[1]} heads)")
     return 0

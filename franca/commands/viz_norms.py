@@ -3,7 +3,7 @@
 For each block: the per-image maximum L2 norm over the CLS and patch tokens of the block output
 (before the final norm; registers excluded), averaged over the images. Backbones are given as
 `--model A [--weights WA] --model B …` (a --weights applies to the --model before it) or as
-repeated `--backbone NAME[:WEIGHTS]`. Without --image, the built-in toy validation set is used.
+repeated `--backbone NAME[:WEIGHTS]`. Without --data, the built-in toy validation set is used.
 """
 from __future__ import annotations
 
@@ -40,13 +40,19 @@ def parse_backbone(spec: str) -> dict[str, str | None]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action=_ModelAction, dest="model", help="backbone name (repeatable)")
-    p.add_argument("--weights", action=_ModelAction, dest="weights", help="weights of the preceding --model")
-    p.add_argument("--backbone", action="append", default=[], help="NAME[:WEIGHTS] (repeatable)")
-    p.add_argument("--label", action="append", default=[], help="legend label per backbone, in order")
+    p.add_argument("--model", action=_ModelAction, dest="model",
+                   help="backbone name (repeatable; default: vitt8 if no --model or --backbone is given)")
+    p.add_argument("--weights", action=_ModelAction, dest="weights",
+                   help="weights of the preceding --model (a released --model name needs none)")
+    p.add_argument("--backbone", action="append", default=[],
+                   help="NAME[:WEIGHTS], another way to add a backbone (repeatable; default: none)")
+    p.add_argument("--label", action="append", default=[],
+                   help="legend label per backbone, in order (default: the model and weights file names)")
+    p.add_argument("--random-init", action="store_true",
+                   help="allow backbones with no weights (random initialisation, seed 0); otherwise they are an error")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
-    add_image_arguments(p, "norms", 100)
+    add_image_arguments(p, "norms", 100, "224; 8 patches for the tiny vitt sizes", panels=False)
     p.set_defaults(backbones=None)
 
 
@@ -54,23 +60,39 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import franca
+    from franca.commands._flags import check_out_path, fit_size, title_label
     from franca.utils.device import resolve_device
     from franca.viz.common import list_images, open_rgb
     from franca.viz.norms import layerwise_max_norm, plot_norms, write_norms_json
 
+    check_out_path(args.out, (".png",))
     specs = (args.backbones or []) + [parse_backbone(b) for b in args.backbone]
     if not specs:
         specs = [{"model": "vitt8", "weights": None}]
     if args.label and len(args.label) != len(specs):
         raise ValueError(f"{len(args.label)} --label given for {len(specs)} backbones")
     device = resolve_device(args.device)
-    images = [open_rgb(p) for p in list_images(args.image, args.n_images)]
+    images = [open_rgb(p) for p in list_images(args.data, args.n_images)]
     curves = {}
+    from franca.models.api import weights_label
+
     for i, s in enumerate(specs):
-        label = args.label[i] if args.label else s["model"] + (f" ({Path(s['weights']).name})" if s["weights"] else "")
-        model = franca.load_backbone(s["model"], weights=s["weights"]).eval()
-        curves[label] = {**layerwise_max_norm(model, images, image_size=args.image_size, batch_size=args.batch_size,
+        wl = weights_label(s["model"], s["weights"], random_init=args.random_init)  # raises: no weights
+        label = args.label[i] if args.label else title_label(s["model"], s["weights"], args.random_init)
+        s = {**s, "weights_label": wl}
+        if wl == "random init":
+            import torch
+
+            with torch.random.fork_rng(devices=[]):  # seed 0: the same random weights in every run
+                torch.manual_seed(0)
+                model = franca.build_backbone(s["model"]).eval()
+        else:
+            model = franca.load_backbone(s["model"], weights=s["weights"]).eval()
+        size = fit_size(args.size, model.patch_size) if args.size is not None else None
+        curves[label] = {**layerwise_max_norm(model, images, image_size=size, batch_size=args.batch_size,
                                               device=device, progress=True), **s}
+        if s["weights"]:  # the JSON names the weights file, not where it lay on this machine
+            curves[label]["weights"] = Path(s["weights"]).name
         del model
     png = plot_norms(curves, args.out)
     js = write_norms_json(curves, Path(args.out).with_suffix(".json"))

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 
 from franca.commands._common import add_model_arguments
-from franca.commands.viz_attention import add_image_arguments
+from franca.commands.viz_attention import add_image_arguments, prepare_images
 
 HELP = "PNG of the first 3 PCA components of patch features as RGB"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=True)
-    add_image_arguments(p, "pca", 4)
+    add_image_arguments(p, "pca", 4, "448; 16 patches for the tiny vitt sizes")
     p.add_argument("--threshold", type=float, default=0.35,
                    help="foreground threshold on the first component (default: %(default)s)")
     p.add_argument("--no-threshold", action="store_true", help="no foreground step: PCA over all patches")
@@ -25,13 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import load_model_from_args
-    from franca.viz.common import list_images
+    from franca.commands._flags import check_out_path, title_label
     from franca.viz.pca import pca_figure
 
+    check_out_path(args.out, (".png",))
     model, device = load_model_from_args(args)
-    images = list_images(args.image, args.n_images)
-    res = pca_figure(model, images, args.out, image_size=args.image_size,
-                     fg_threshold=None if args.no_threshold else args.threshold, device=device,
-                     use_rasa=bool(getattr(args, "rasa", None)), panel_size=args.panel_size)
-    print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]}, {len(images)} images)")
+    images, size = prepare_images(args, model.patch_size)
+    rasa = bool(getattr(args, "rasa", None))
+    res = pca_figure(model, images, args.out, image_size=size, fg_threshold=None if args.no_threshold else args.threshold,
+                     device=device, use_rasa=rasa, panel_size=args.panel_size, batch_size=args.batch_size,
+                     label=title_label(args.model, args.weights, getattr(args, 'random_init', False)) + (", RASA" if rasa else ""), progress=True)
+    print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images)")
     return 0

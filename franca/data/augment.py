@@ -14,21 +14,119 @@ Randomness comes from torch's RNG of the calling process / data-loader worker (s
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["MultiCropAugmentation", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["MultiCropAugmentation", "MultiCropParams", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _maybe(transform: v2.Transform, p: float) -> list[v2.Transform]:
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"probability must be in [0, 1], got {p}")
     return [] if p == 0.0 else [v2.RandomApply([transform], p=p)]
+
+
+def _pair(name: str, value: Sequence[float]) -> tuple[float, float]:
+    v = tuple(float(x) for x in value)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be a pair (min, max), got {tuple(value)}")
+    return v[0], v[1]
+
+
+@dataclass(frozen=True)
+class MultiCropParams:
+    """Every parameter of the multi-crop recipe, validated once; feeds both MultiCropAugmentation (per image)
+    and BatchMultiCrop (whole batches). Build it from a training config with
+    :func:`franca.train.data.multicrop_params` (``crops.*`` and ``crops.augment_options``).
+
+    global_size, local_size: crop sizes (224, 96; Franca IN21K uses 98 local). n_local: local crops per image (8).
+    global_scale, local_scale: RandomResizedCrop area ranges ((0.32, 1), (0.05, 0.32)).
+    blur_p_global1, blur_p_global2, blur_p_local: effective blur probabilities (0, 0.9, 0.5).
+    solarize_p_global2: solarize probability of the second global crop (0.2).
+    jitter_p, grayscale_p, flip_p: colour-jitter, grayscale and flip probabilities (0.8, 0.2, 0.5).
+    jitter: (brightness, contrast, saturation, hue) = (0.4, 0.4, 0.2, 0.1).
+    invert_p: probability that a crop (any view) is inverted after jitter and grayscale (0; not in the
+        reference recipe. Meant to make light-on-dark and dark-on-light objects agree; on the toy set it
+        lowered the tiny preset's k-NN gain, docs/training.md "Fourth round").
+    blur_kernel, blur_sigma: Gaussian blur kernel size and sigma range (9, (0.1, 2.0)).
+    mean, std: normalisation (ImageNet).
+    """
+
+    global_size: int = 224
+    local_size: int = 96
+    n_local: int = 8
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    blur_p_global1: float = 0.0
+    blur_p_global2: float = 0.9
+    blur_p_local: float = 0.5
+    solarize_p_global2: float = 0.2
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    invert_p: float = 0.0
+    blur_kernel: int = 9
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.n_local < 0:
+            raise ValueError(f"n_local must be >= 0, got {self.n_local}")
+        if self.global_size <= 0 or self.local_size <= 0:
+            raise ValueError(f"crop sizes must be > 0, got global_size={self.global_size}, "
+                             f"local_size={self.local_size}")
+        for name in ("global_scale", "local_scale"):
+            sc = _pair(name, getattr(self, name))
+            if not 0.0 < sc[0] <= sc[1] <= 1.0:
+                raise ValueError(f"{name} must be (min, max) with 0 < min <= max <= 1, got {sc}")
+            object.__setattr__(self, name, sc)
+        for name in ("blur_p_global1", "blur_p_global2", "blur_p_local", "solarize_p_global2", "jitter_p",
+                     "grayscale_p", "flip_p", "invert_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+            object.__setattr__(self, name, float(p))
+        jitter = tuple(float(j) for j in self.jitter)
+        if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+            raise ValueError(f"jitter must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5, "
+                             f"got {tuple(self.jitter)}")
+        if self.blur_kernel <= 0 or self.blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be odd and positive, got {self.blur_kernel}")
+        sigma = _pair("blur_sigma", self.blur_sigma)
+        if not 0.0 < sigma[0] <= sigma[1]:
+            raise ValueError(f"blur_sigma must be (min, max) with 0 < min <= max, got {sigma}")
+        blurred = [self.global_size] * (max(self.blur_p_global1, self.blur_p_global2) > 0)
+        blurred += [self.local_size] * (self.blur_p_local > 0 and self.n_local > 0)
+        if blurred and self.blur_kernel // 2 >= min(blurred):
+            raise ValueError(f"blur_kernel={self.blur_kernel} is too large for {min(blurred)}-px crops (reflect "
+                             f"padding needs blur_kernel // 2 < crop size)")
+        for name in ("mean", "std"):
+            v = tuple(float(x) for x in getattr(self, name))
+            if len(v) != 3:
+                raise ValueError(f"{name} must have 3 values (R, G, B), got {v}")
+            object.__setattr__(self, name, v)
+        object.__setattr__(self, "jitter", jitter)
+        object.__setattr__(self, "blur_sigma", sigma)
+        for name in ("global_size", "local_size", "n_local", "blur_kernel"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+
+
+def resolve_params(params: MultiCropParams | None, kwargs: dict[str, Any], who: str) -> MultiCropParams:
+    """`params`, or MultiCropParams(**kwargs) (not both): the two augmentation classes take either."""
+    if params is not None and kwargs:
+        raise TypeError(f"{who}: give a MultiCropParams or keyword arguments, not both ({sorted(kwargs)})")
+    if params is None:
+        return MultiCropParams(**kwargs)
+    if not isinstance(params, MultiCropParams):
+        raise TypeError(f"{who}: params must be a MultiCropParams, got {type(params).__name__}")
+    return params
 
 
 class MultiCropAugmentation:
@@ -37,67 +135,32 @@ class MultiCropAugmentation:
     Input: a PIL image or an image tensor (C,H,W) (uint8, or float in [0,1]); 1-channel inputs are
     expanded to RGB. Output crops are float32 (3, size, size), normalised.
 
-    Args:
-        global_size, local_size: crop sizes (224, 96; Franca IN21K uses 98 local).
-        n_local: local crops per image (8).
-        global_scale, local_scale: RandomResizedCrop area ranges ((0.32, 1), (0.05, 0.32)).
-        blur_p_global1, blur_p_global2, blur_p_local: effective blur probabilities (0, 0.9, 0.5).
-        solarize_p_global2: solarize probability of the second global crop (0.2).
-        jitter_p, grayscale_p, flip_p: colour-jitter, grayscale and flip probabilities (0.8, 0.2, 0.5).
-        invert_p: probability that a crop (any view) is inverted after jitter and grayscale (0; not in the
-            reference recipe. Meant to make light-on-dark and dark-on-light objects agree; on the toy set it
-            lowered the tiny preset's k-NN gain, docs/training.md "Fourth round").
-        jitter: (brightness, contrast, saturation, hue) = (0.4, 0.4, 0.2, 0.1).
-        blur_kernel, blur_sigma: Gaussian blur kernel size and σ range (9, (0.1, 2.0)).
-        mean, std: normalisation (ImageNet).
+    Takes a :class:`MultiCropParams`, or its fields as keyword arguments (same names and defaults).
     """
 
-    def __init__(
-        self,
-        global_size: int = 224,
-        local_size: int = 96,
-        n_local: int = 8,
-        global_scale: tuple[float, float] = (0.32, 1.0),
-        local_scale: tuple[float, float] = (0.05, 0.32),
-        blur_p_global1: float = 0.0,
-        blur_p_global2: float = 0.9,
-        blur_p_local: float = 0.5,
-        solarize_p_global2: float = 0.2,
-        jitter_p: float = 0.8,
-        grayscale_p: float = 0.2,
-        flip_p: float = 0.5,
-        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
-        invert_p: float = 0.0,
-        blur_kernel: int = 9,
-        blur_sigma: tuple[float, float] = (0.1, 2.0),
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-    ) -> None:
-        if n_local < 0:
-            raise ValueError(f"n_local must be >= 0, got {n_local}")
-        self.n_local = int(n_local)
-        self.global_size, self.local_size = int(global_size), int(local_size)
-        b, c, s, h = jitter
+    def __init__(self, params: MultiCropParams | None = None, **kwargs: Any) -> None:
+        self.params = p = resolve_params(params, kwargs, "MultiCropAugmentation")
+        self.n_local = p.n_local
+        self.global_size, self.local_size = p.global_size, p.local_size
+        b, c, s, h = p.jitter
 
         def geometry(size: int, scale: tuple[float, float]) -> list[v2.Transform]:
             crop = v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-            return [crop, v2.RandomHorizontalFlip(p=flip_p)]
+            return [crop, v2.RandomHorizontalFlip(p=p.flip_p)]
 
-        colour = _maybe(v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h), jitter_p)
-        colour += [v2.RandomGrayscale(p=grayscale_p)] if grayscale_p > 0 else []
-        if not 0.0 <= invert_p <= 1.0:
-            raise ValueError(f"invert_p must be in [0, 1], got {invert_p}")
-        colour += [v2.RandomInvert(p=invert_p)] if invert_p > 0 else []
-        blur = v2.GaussianBlur(kernel_size=blur_kernel, sigma=blur_sigma)
-        finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
-        if not 0.0 <= solarize_p_global2 <= 1.0:
-            raise ValueError(f"solarize_p_global2 must be in [0, 1], got {solarize_p_global2}")
-        solarize = [v2.RandomSolarize(threshold=128, p=solarize_p_global2)] if solarize_p_global2 > 0 else []
-        self.global1 = v2.Compose(geometry(global_size, global_scale) + colour + _maybe(blur, blur_p_global1) + finish)
+        colour = _maybe(v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h), p.jitter_p)
+        colour += [v2.RandomGrayscale(p=p.grayscale_p)] if p.grayscale_p > 0 else []
+        colour += [v2.RandomInvert(p=p.invert_p)] if p.invert_p > 0 else []
+        blur = v2.GaussianBlur(kernel_size=p.blur_kernel, sigma=p.blur_sigma)
+        finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(p.mean), std=list(p.std))]
+        solarize = [v2.RandomSolarize(threshold=128, p=p.solarize_p_global2)] if p.solarize_p_global2 > 0 else []
+        self.global1 = v2.Compose(geometry(p.global_size, p.global_scale) + colour
+                                  + _maybe(blur, p.blur_p_global1) + finish)
         self.global2 = v2.Compose(
-            geometry(global_size, global_scale) + colour + _maybe(blur, blur_p_global2) + solarize + finish
+            geometry(p.global_size, p.global_scale) + colour + _maybe(blur, p.blur_p_global2) + solarize + finish
         )
-        self.local = v2.Compose(geometry(local_size, local_scale) + colour + _maybe(blur, blur_p_local) + finish)
+        self.local = v2.Compose(geometry(p.local_size, p.local_scale) + colour + _maybe(blur, p.blur_p_local)
+                                + finish)
 
     @staticmethod
     def _to_uint8_image(image: Any) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Batched multi-crop augmentation: the transforms of :class:`~franca.data.augment.MultiCropAugmentation`
-for a whole batch of equal-size images with a handful of tensor ops.
+for a whole batch of images with a handful of tensor ops, on any device.
 
 Why: on small images (the 32-px toy set) the per-image torchvision pipeline spends its time in dozens of
 tiny ops per crop (~5 ms per image), as long as a training step. Here each stage is one op over all crops
@@ -20,21 +20,27 @@ differences:
   after jitter and grayscale, which darkens by ~0.5/255 per op on average);
 - one generator draws for the whole batch, so an image's crops depend on its place in the batch.
 
+Images of mixed sizes come as a list: crop boxes are drawn per image (in its own size) exactly as for a
+stacked batch, and the crops are cut with one ``roi_align`` per distinct image size, so a batch of equal
+sizes, stacked or listed, gives the same bits. The images may live on a GPU: every random draw still comes
+from the CPU generator (then copied over), so a run gives the same crops wherever it augments, up to float
+rounding, and the device never waits for the host.
+
 Randomness comes only from the generator passed in: the output is a pure function of (images, generator state).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from franca.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from franca.data.augment import MultiCropParams, resolve_params
 
-__all__ = ["BatchMultiCrop", "sample_crop_boxes"]
+__all__ = ["BatchMultiCrop", "crop_resize", "sample_crop_boxes"]
 
 _LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2, as torchvision's rgb_to_grayscale
 _HSV_OFFSETS = (5.0, 3.0, 1.0)  # hue sector offsets of R, G, B in the closed-form HSV -> RGB
@@ -42,8 +48,8 @@ _HSV_OFFSETS = (5.0, 3.0, 1.0)  # hue sector offsets of R, G, B in the closed-fo
 
 def sample_crop_boxes(
     n: int,
-    height: int,
-    width: int,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
     scale: tuple[float, float],
     generator: torch.Generator,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -54,20 +60,38 @@ def sample_crop_boxes(
     Pixel i spans [i, i + 1), so a box lies in [0, width] x [0, height]. The area fraction is uniform in
     `scale` and the aspect ratio log-uniform in `ratio`; the first of `tries` draws that fits is kept, and
     where none fits the first draw's aspect ratio is clamped to the range that fits (area unchanged).
+    `height` and `width` may be float tensors (n,), one image size per crop (a batch of mixed sizes): the
+    same draws, each box in its own image.
     """
     if not 0.0 < scale[0] <= scale[1] <= 1.0:
         raise ValueError(f"scale must be (min, max) with 0 < min <= max <= 1, got {tuple(scale)}")
     if not 0.0 < ratio[0] <= ratio[1]:
         raise ValueError(f"ratio must be (min, max) with 0 < min <= max, got {tuple(ratio)}")
+    if isinstance(height, torch.Tensor) or isinstance(width, torch.Tensor):
+        height = torch.as_tensor(height, dtype=torch.float32).expand(n).unsqueeze(1)
+        width = torch.as_tensor(width, dtype=torch.float32).expand(n).unsqueeze(1)
+        return _boxes(n, height, width, scale, ratio, tries, generator, tensor_sizes=True)
+    return _boxes(n, height, width, scale, ratio, tries, generator, tensor_sizes=False)
+
+
+def _boxes(n: int, height: Any, width: Any, scale: tuple[float, float], ratio: tuple[float, float], tries: int,
+           generator: torch.Generator, tensor_sizes: bool) -> torch.Tensor:
+    """The draws of sample_crop_boxes; sizes are python numbers or (n, 1) float tensors."""
     area = torch.empty(n, tries).uniform_(scale[0], scale[1], generator=generator) * (height * width)
     aspect = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator).exp()
     # w = sqrt(area·r) <= width and h = sqrt(area/r) <= height  <=>  area/height² <= r <= width²/area
     fits = (area * aspect <= width**2) & (area / aspect <= height**2)
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # 0 where nothing fits
     area, aspect = area.gather(1, first).squeeze(1), aspect.gather(1, first).squeeze(1)
-    aspect = torch.minimum(torch.maximum(aspect, area / height**2), width**2 / area)
-    w = (area * aspect).sqrt().clamp(max=width)
-    h = (area / aspect).sqrt().clamp(max=height)
+    if tensor_sizes:
+        height, width = height.squeeze(1), width.squeeze(1)
+        aspect = torch.minimum(torch.maximum(aspect, area / height**2), width**2 / area)
+        w = torch.minimum((area * aspect).sqrt(), width)
+        h = torch.minimum((area / aspect).sqrt(), height)
+    else:
+        aspect = torch.minimum(torch.maximum(aspect, area / height**2), width**2 / area)
+        w = (area * aspect).sqrt().clamp(max=width)
+        h = (area / aspect).sqrt().clamp(max=height)
     x0 = torch.rand(n, generator=generator) * (width - w)
     y0 = torch.rand(n, generator=generator) * (height - h)
     return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
@@ -101,115 +125,139 @@ def _solarize(x: torch.Tensor) -> torch.Tensor:
 
 
 def _on_subset(x: torch.Tensor, chosen: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Replace the crops x[chosen] (bool (N,)) by fn(x[chosen]) in place; the others stay bit-identical."""
+    """Replace the crops x[chosen] (bool (N,) on the CPU) by fn(x[chosen]) in place; the others stay
+    bit-identical. The index is computed on the CPU, so a GPU `x` never waits for the host."""
     index = chosen.nonzero().squeeze(1)
     if index.numel():
+        index = index.to(x.device, non_blocking=True)
         x.index_copy_(0, index, fn(x.index_select(0, index)))
     return x
 
 
-def _check_p(name: str, p: float) -> float:
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
-    return float(p)
+ImageBatch = Union[torch.Tensor, Sequence[torch.Tensor]]
+SizeGroups = list[tuple[tuple[int, int], list[int], torch.Tensor]]
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [0, 1]; float images as they are."""
+    return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def crop_resize(groups: SizeGroups, boxes: torch.Tensor, image_of: torch.Tensor, size: int) -> torch.Tensor:
+    """Crops (n, C, size, size) of float boxes (n, 4) ``(x0, y0, x1, y1)`` (CPU) of the images ``image_of`` (n,).
+
+    `groups`: ((H, W), batch indices, images (len, C, H, W)) per image size, all on one device; uint8 images
+    are scaled to [0, 1] one group at a time (so a batch of large photos never exists in float at once).
+    Bilinear ``roi_align`` with ceil(box / size) samples per output pixel and axis (a box filter when
+    shrinking); one call per image size. An integer box of exactly `size` pixels copies those pixels.
+    """
+    device = groups[0][2].device
+    if len(groups) == 1:
+        (_, idx, x), = groups
+        x = _as_float(x)
+        pos = torch.empty(max(idx) + 1, dtype=torch.long)
+        pos[idx] = torch.arange(len(idx))
+        rois = torch.cat([pos[image_of].to(torch.float32).unsqueeze(1), boxes], dim=1)
+        return roi_align(x, rois.to(device, non_blocking=True), output_size=size, spatial_scale=1.0,
+                         sampling_ratio=-1, aligned=True)
+    crops = torch.empty(boxes.shape[0], groups[0][2].shape[1], size, size, device=device)
+    n_images = max(max(idx) for _, idx, _ in groups) + 1
+    for _, idx, x in groups:
+        pos = torch.full((n_images,), -1, dtype=torch.long)
+        pos[idx] = torch.arange(len(idx))
+        mine = (pos[image_of] >= 0).nonzero().squeeze(1)
+        rois = torch.cat([pos[image_of[mine]].to(torch.float32).unsqueeze(1), boxes[mine]], dim=1)
+        out = roi_align(_as_float(x), rois.to(device, non_blocking=True), output_size=size, spatial_scale=1.0,
+                        sampling_ratio=-1, aligned=True)
+        crops.index_copy_(0, mine.to(device, non_blocking=True), out)
+    return crops
+
+
+def _check_images(images: ImageBatch) -> list[tuple[int, int]]:
+    """The (H, W) of every image of a uint8 (B,3,H,W) tensor or a list of uint8 (3,H,W) tensors on one device."""
+    if isinstance(images, torch.Tensor):
+        ok = images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3 and images.shape[0] > 0
+        if ok:
+            return [(int(images.shape[2]), int(images.shape[3]))] * int(images.shape[0])
+        got = f"{images.dtype} {tuple(images.shape)}"
+    elif isinstance(images, (list, tuple)) and images and all(isinstance(t, torch.Tensor) for t in images):
+        bad = [t for t in images if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[0] != 3 or min(t.shape) == 0]
+        if not bad and len({t.device for t in images}) == 1:
+            return [(int(t.shape[1]), int(t.shape[2])) for t in images]
+        got = (f"a list with {bad[0].dtype} {tuple(bad[0].shape)}" if bad
+               else f"a list on devices {sorted(str(t.device) for t in images)}")
+    else:
+        got = type(images).__name__ if not isinstance(images, (list, tuple)) else "an empty list"
+    raise ValueError(f"BatchMultiCrop expects a non-empty uint8 tensor (B, 3, H, W) or a list of uint8 (3, H, W) "
+                     f"tensors on one device, got {got}")
 
 
 class BatchMultiCrop:
-    """Callable ``(images uint8 (B,3,H,W), generator) -> {"global_crops", "local_crops", "n_local_crops"}``.
+    """Callable ``(images, generator) -> {"global_crops", "local_crops", "n_local_crops"}``.
 
-    The layout is that of :func:`franca.data.collate.collate_multicrop`: ``global_crops`` (2B, 3, G, G) is
-    [crop 1 of every image; crop 2 of every image], ``local_crops`` (n_local·B, 3, L, L) is local crop 1 of
-    every image, then local crop 2, …, or an empty (0, 3, 0, 0) tensor without local crops; float32,
-    normalised with mean/std. The arguments are those of MultiCropAugmentation, with the same defaults.
+    `images`: uint8 (B,3,H,W), or a list of B uint8 (3,H_i,W_i) of mixed sizes, on any device; `generator`:
+    a CPU torch.Generator (all randomness). The layout is that of :func:`franca.data.collate.collate_multicrop`:
+    ``global_crops`` (2B, 3, G, G) is [crop 1 of every image; crop 2 of every image], ``local_crops``
+    (n_local·B, 3, L, L) is local crop 1 of every image, then local crop 2, …, or an empty (0, 3, 0, 0) tensor
+    without local crops; float32 on the images' device, normalised with mean/std.
+
+    Takes a :class:`~franca.data.augment.MultiCropParams`, or its fields as keyword arguments (the
+    arguments and defaults of MultiCropAugmentation).
     """
 
-    def __init__(
-        self,
-        global_size: int = 224,
-        local_size: int = 96,
-        n_local: int = 8,
-        global_scale: tuple[float, float] = (0.32, 1.0),
-        local_scale: tuple[float, float] = (0.05, 0.32),
-        blur_p_global1: float = 0.0,
-        blur_p_global2: float = 0.9,
-        blur_p_local: float = 0.5,
-        solarize_p_global2: float = 0.2,
-        jitter_p: float = 0.8,
-        grayscale_p: float = 0.2,
-        flip_p: float = 0.5,
-        jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
-        invert_p: float = 0.0,
-        blur_kernel: int = 9,
-        blur_sigma: tuple[float, float] = (0.1, 2.0),
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-    ) -> None:
-        if n_local < 0:
-            raise ValueError(f"n_local must be >= 0, got {n_local}")
-        if global_size <= 0 or local_size <= 0:
-            raise ValueError(f"crop sizes must be > 0, got global_size={global_size}, local_size={local_size}")
-        for name, sc in (("global_scale", global_scale), ("local_scale", local_scale)):
-            if len(sc) != 2 or not 0.0 < sc[0] <= sc[1] <= 1.0:
-                raise ValueError(f"{name} must be (min, max) with 0 < min <= max <= 1, got {tuple(sc)}")
-        if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
-            raise ValueError(f"jitter must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5, "
-                             f"got {tuple(jitter)}")
-        if blur_kernel <= 0 or blur_kernel % 2 == 0:
-            raise ValueError(f"blur_kernel must be odd and positive, got {blur_kernel}")
-        if len(blur_sigma) != 2 or not 0.0 < blur_sigma[0] <= blur_sigma[1]:
-            raise ValueError(f"blur_sigma must be (min, max) with 0 < min <= max, got {tuple(blur_sigma)}")
-        blurred = [global_size] * (max(blur_p_global1, blur_p_global2) > 0)
-        blurred += [local_size] * (blur_p_local > 0 and n_local > 0)
-        if blurred and blur_kernel // 2 >= min(blurred):
-            raise ValueError(f"blur_kernel={blur_kernel} is too large for {min(blurred)}-px crops (reflect padding "
-                             f"needs blur_kernel // 2 < crop size)")
-        self.global_size, self.local_size, self.n_local = int(global_size), int(local_size), int(n_local)
-        self.global_scale = (float(global_scale[0]), float(global_scale[1]))
-        self.local_scale = (float(local_scale[0]), float(local_scale[1]))
-        self.blur_p_global = (_check_p("blur_p_global1", blur_p_global1), _check_p("blur_p_global2", blur_p_global2))
-        self.blur_p_local = _check_p("blur_p_local", blur_p_local)
-        self.solarize_p_global2 = _check_p("solarize_p_global2", solarize_p_global2)
-        self.jitter_p = _check_p("jitter_p", jitter_p)
-        self.grayscale_p = _check_p("grayscale_p", grayscale_p)
-        self.flip_p = _check_p("flip_p", flip_p)
-        self.invert_p = _check_p("invert_p", invert_p)
-        self.jitter = tuple(float(j) for j in jitter)
-        self.blur_kernel = int(blur_kernel)
-        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    def __init__(self, params: MultiCropParams | None = None, **kwargs: Any) -> None:
+        self.params = p = resolve_params(params, kwargs, "BatchMultiCrop")
+        self.global_size, self.local_size, self.n_local = p.global_size, p.local_size, p.n_local
+        self.global_scale, self.local_scale = p.global_scale, p.local_scale
+        self.blur_p_global = (p.blur_p_global1, p.blur_p_global2)
+        self.blur_p_local = p.blur_p_local
+        self.solarize_p_global2 = p.solarize_p_global2
+        self.jitter_p, self.grayscale_p, self.flip_p, self.invert_p = p.jitter_p, p.grayscale_p, p.flip_p, p.invert_p
+        self.jitter = p.jitter
+        self.blur_kernel, self.blur_sigma = p.blur_kernel, p.blur_sigma
+        self.mean = torch.tensor(p.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(p.std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
-                or images.shape[1] != 3 or images.shape[0] == 0:
-            got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"BatchMultiCrop expects a non-empty uint8 tensor (B, 3, H, W), got {got}")
+    def __call__(self, images: ImageBatch, generator: torch.Generator) -> dict[str, Any]:
+        sizes = _check_images(images)
         if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
             raise ValueError("BatchMultiCrop needs an explicit CPU torch.Generator")
-        x = images.to(torch.float32).div_(255.0)
-        g = self._views(x, 2, self.global_size, self.global_scale, self.blur_p_global,
+        if isinstance(images, torch.Tensor):
+            groups = [(sizes[0], list(range(len(sizes))), images)]
+        else:  # one stacked float tensor per distinct size, images in batch order within it
+            by_size: dict[tuple[int, int], list[int]] = {}
+            for b, hw in enumerate(sizes):
+                by_size.setdefault(hw, []).append(b)
+            groups = [(hw, idx, torch.stack([images[b] for b in idx]))
+                      for hw, idx in by_size.items()]
+        g = self._views(groups, sizes, 2, self.global_size, self.global_scale, self.blur_p_global,
                         (0.0, self.solarize_p_global2), generator)
         if self.n_local:
-            loc = self._views(x, self.n_local, self.local_size, self.local_scale, (self.blur_p_local,) * self.n_local,
-                              (0.0,) * self.n_local, generator)
+            loc = self._views(groups, sizes, self.n_local, self.local_size, self.local_scale,
+                              (self.blur_p_local,) * self.n_local, (0.0,) * self.n_local, generator)
         else:
             loc = g.new_zeros((0, 3, 0, 0))
         return {"global_crops": g, "local_crops": loc, "n_local_crops": self.n_local}
 
-    def _views(self, x: torch.Tensor, n_views: int, size: int, scale: tuple[float, float],
-               blur_p: Sequence[float], solarize_p: Sequence[float], generator: torch.Generator) -> torch.Tensor:
+    def _views(self, groups: SizeGroups, sizes: list[tuple[int, int]],
+               n_views: int, size: int, scale: tuple[float, float], blur_p: Sequence[float],
+               solarize_p: Sequence[float], generator: torch.Generator) -> torch.Tensor:
         """`n_views` crops of every image, view-major (crop v·B + b is view v of image b), normalised."""
-        B, _, H, W = x.shape
+        B = len(sizes)
         n = n_views * B
+        device = groups[0][2].device
 
         def draw(p: float | Sequence[float]) -> torch.Tensor:
             """Bernoulli draw per crop with a probability per view (or one for all)."""
             probs = torch.as_tensor(p, dtype=torch.float32).expand(n_views).repeat_interleave(B)
             return torch.rand(n, generator=generator) < probs
 
-        boxes = sample_crop_boxes(n, H, W, scale, generator)
-        rois = torch.cat([torch.arange(n).remainder(B).to(x.dtype).unsqueeze(1), boxes], dim=1)
-        crops = roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        if len(groups) == 1 and len(groups[0][1]) == B:  # one size: the boxes of a stacked batch
+            boxes = sample_crop_boxes(n, groups[0][0][0], groups[0][0][1], scale, generator)
+        else:
+            hw = torch.tensor(sizes, dtype=torch.float32).repeat(n_views, 1)  # (n, 2): size of crop k's image
+            boxes = sample_crop_boxes(n, hw[:, 0], hw[:, 1], scale, generator)
+        crops = crop_resize(groups, boxes, torch.arange(n).remainder(B), size)
         _on_subset(crops, draw(self.flip_p), lambda c: c.flip(-1))
         if self.jitter_p > 0 and any(self.jitter):
             _on_subset(crops, draw(self.jitter_p), lambda c: self._jitter(c, generator))
@@ -221,14 +269,15 @@ class BatchMultiCrop:
             _on_subset(crops, draw(blur_p), lambda c: self._blur(c, generator))
         if any(solarize_p):
             _on_subset(crops, draw(solarize_p), _solarize)
-        return crops.sub_(self.mean).div_(self.std)
+        return crops.sub_(self.mean.to(device)).div_(self.std.to(device))
 
     def _jitter(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """ColorJitter with factors drawn per crop in torchvision's ranges, the ops in one random order."""
         brightness, contrast, saturation, hue = self.jitter
 
         def factor(lo: float, hi: float) -> torch.Tensor:
-            return torch.empty(x.shape[0], 1, 1, 1).uniform_(lo, hi, generator=generator)
+            f = torch.empty(x.shape[0], 1, 1, 1).uniform_(lo, hi, generator=generator)
+            return f.to(x.device, non_blocking=True)
 
         ops: list[Callable[[torch.Tensor], torch.Tensor]] = []
         if brightness:
@@ -254,6 +303,7 @@ class BatchMultiCrop:
         sigma = torch.empty(n, 1).uniform_(*self.blur_sigma, generator=generator)
         taps = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
         kernel = torch.softmax(-0.5 * (taps / sigma) ** 2, dim=1).repeat_interleave(ch, dim=0)  # (n·ch, k)
+        kernel = kernel.to(x.device, non_blocking=True)
         y = F.pad(x.reshape(1, n * ch, h, w), (k // 2,) * 4, mode="reflect")
         y = F.conv2d(y, kernel.view(n * ch, 1, k, 1), groups=n * ch)
         y = F.conv2d(y, kernel.view(n * ch, 1, 1, k), groups=n * ch)

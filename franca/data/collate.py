@@ -14,7 +14,7 @@ import torch
 
 from franca.data.masking import Generator, sample_mask_counts
 
-__all__ = ["collate_multicrop"]
+__all__ = ["collate_multicrop", "sample_masks"]
 
 MaskGenerator = Callable[[int, Generator], torch.Tensor]
 
@@ -77,7 +77,27 @@ def collate_multicrop(
     if dtype is not None:
         global_crops, local_crops = global_crops.to(dtype), local_crops.to(dtype)
 
-    n_crops = global_crops.shape[0]
+    out: dict[str, Any] = {"global_crops": global_crops, "local_crops": local_crops, "n_local_crops": n_l}
+    out.update(sample_masks(global_crops.shape[0], mask_generator, mask_ratio_min_max, mask_probability, n_tokens,
+                            generator))
+    if all(lab is not None for lab in labels):
+        out["labels"] = torch.as_tensor(labels)
+    return out
+
+
+def sample_masks(
+    n_crops: int,
+    mask_generator: MaskGenerator,
+    mask_ratio_min_max: tuple[float, float] = (0.1, 0.5),
+    mask_probability: float = 0.5,
+    n_tokens: int | None = None,
+    generator: Generator | None = None,
+) -> dict[str, Any]:
+    """The iBOT masks of `n_crops` global crops, as :func:`collate_multicrop` returns them (``masks``,
+    ``mask_indices``, ``masks_weight``, ``n_masked_patches``, ``upperbound``). They need no pixels, so a data
+    path that augments later (on the GPU) draws them in the loader workers from the same generator."""
+    if generator is None:
+        raise ValueError("sample_masks needs an explicit generator")
     if n_tokens is None:
         if not hasattr(mask_generator, "num_patches"):
             raise ValueError("collate_multicrop: pass n_tokens (the mask generator has no 'num_patches')")
@@ -89,16 +109,10 @@ def collate_multicrop(
     mask_indices = masks.flatten().nonzero().flatten()
     per_crop = masks.sum(dim=-1).clamp(min=1).float()
     masks_weight = (1.0 / per_crop).unsqueeze(-1).expand_as(masks)[masks]
-    out: dict[str, Any] = {
-        "global_crops": global_crops,
-        "local_crops": local_crops,
-        "n_local_crops": n_l,
+    return {
         "masks": masks,
         "mask_indices": mask_indices,
         "masks_weight": masks_weight,
         "n_masked_patches": torch.full((1,), mask_indices.shape[0], dtype=torch.long),
         "upperbound": int(upperbound),
     }
-    if all(lab is not None for lab in labels):
-        out["labels"] = torch.as_tensor(labels)
-    return out

@@ -38,6 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from franca.data.toy_scenes import ToyStyle, render_classification, render_depth, render_pair, render_segmentation
+from franca.utils.progress import progress as progress_bar
 from franca.data.toy_shapes import SHAPES
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def generate_toy(out_dir: str | os.PathLike, size: int = 64, n_train: int = 5000
     out.mkdir(parents=True, exist_ok=True)
     counts = _counts(n_train, n_val, n_seg, n_depth, n_pairs)
     total = n_train + n_val + sum(counts["seg"]) + sum(counts["depth"]) + sum(counts["pairs"])
-    with tqdm(total=total, desc="franca toy data", unit="img", disable=not progress) as bar:
+    with progress_bar(total=total, desc="franca toy data", unit="img", disable=not progress) as bar:
         _write_classification(out, style, n_train, n_val, seed, bar)
         _write_voc(out, style, *counts["seg"], seed, bar)
         _write_nyu(out, style, *counts["depth"], seed, bar)

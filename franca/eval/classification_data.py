@@ -6,7 +6,7 @@ Transforms (PROTOCOLS.md §2-4), all bicubic and ImageNet-normalised:
 - linear train augmentation (only with ``--augment``): RandomResizedCrop(size), horizontal flip.
 
 Classification data is an ImageFolder/ImageNet-layout root with ``train/`` and ``val/`` (or
-``test/``) class folders; with no root the built-in toy set (``franca.data.toy.builtin_toy()``)
+``test/``) class folders (read by ``franca.data.datasets.folder.image_folder_splits``); with no root the built-in toy set (``franca.data.toy.builtin_toy()``)
 is used. Readers are the project's (``franca.data.datasets``): ImageFolder, and the 11
 fine-grained sets of Table 7 (torchvision's classes with ``download=False``, plus CUB-200-2011).
 """
@@ -28,8 +28,15 @@ MEAN_PER_CLASS = ("aircraft", "pets", "caltech101", "flowers102")
 
 
 def eval_transform(size: int = 224, resize_ratio: float = 256 / 224) -> Callable:
-    """Resize(round(size·ratio), bicubic) → CenterCrop(size) → tensor → ImageNet normalisation."""
+    """Resize(round(size·ratio), bicubic) → CenterCrop(size) → tensor → ImageNet normalisation.
+
+    With the 256/224 ratio this is `franca.transforms` (the one preprocessing of the project)."""
     from torchvision import transforms as T
+
+    if abs(resize_ratio - 256 / 224) < 1e-12:
+        from franca.models.preprocess import image_transform
+
+        return image_transform(size, 1)  # the size is the crop; the model's patch divides it
 
     return T.Compose([
         T.Resize(int(round(size * resize_ratio)), interpolation=T.InterpolationMode.BICUBIC),
@@ -66,28 +73,14 @@ def default_data_root() -> Path:
     return Path(builtin_toy()) / "imagenet"
 
 
-def image_folder(root: Path, transform: Callable) -> Any:
-    """The project's ImageFolder reader: one sub-folder per class, labels in sorted folder order."""
-    from franca.data.datasets.folder import ImageFolder
-
-    return ImageFolder(root, transform=transform)
-
-
 def build_eval_splits(data_root: str | Path | None, size: int = 224, protocol: str = "knn",
                       train_transform: Callable | None = None) -> tuple[Any, Any]:
     """(train, val) datasets for a protocol from an ImageFolder root (toy set when None)."""
+    from franca.data.datasets.folder import image_folder_splits
+
     root = Path(data_root) if data_root is not None else default_data_root()
-    if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} does not exist (expected {root}/train and {root}/val)")
-    val_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
-    if not (root / "train").is_dir() or val_dir is None:
-        raise FileNotFoundError(f"expected {root}/train and {root}/val (or {root}/test) class folders")
     tf = protocol_transform(protocol, size)
-    train, val = image_folder(root / "train", train_transform or tf), image_folder(val_dir, tf)
-    if train.classes != val.classes:  # label indices come from sorted folder names: they must agree
-        missing = sorted(set(train.classes) ^ set(val.classes))[:5]
-        raise ValueError(f"{root}/train and {val_dir} have different class folders (e.g. {missing})")
-    return train, val
+    return image_folder_splits(root, train_transform or tf, tf)
 
 
 def build_finegrained_splits(name: str, data_root: str | Path, size: int = 224) -> tuple[Any, Any]:

@@ -132,11 +132,10 @@ def normalise(image: Tensor) -> Tensor:
 @torch.no_grad()
 def dense_cls_features(model: torch.nn.Module, images: Tensor, blocks: Sequence[int]) -> list[Tensor]:
     """Frozen multilayer features: per block (B, 2D, h, w) = [patch map ; CLS broadcast], no final norm."""
-    from franca.utils.device import autocast_context
+    from franca.eval.features import block_tokens
 
     x = center_pad(normalise(images), model.patch_size)
-    with autocast_context(images.device):
-        outs = model.get_intermediate_layers(x, n=list(blocks), reshape=True, return_class_token=True, norm=False)
+    outs = block_tokens(model, x, list(blocks), return_class_token=True, amp=True)
     feats = []
     for patch, cls in outs:
         patch = patch.float()
@@ -179,7 +178,7 @@ def train_head(model: torch.nn.Module, train: PreparedDepth, *, hidden_dim: int,
                batch_size: int, lr: float, seed: int, device: torch.device, use_augment: bool = True,
                num_workers: int = 0, progress: bool = True) -> BinDepthHead:
     """Train the bin-depth head on frozen dense-cls features; returns it in eval mode."""
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
     blocks = probe_blocks(model.n_blocks)
     gen = torch.Generator().manual_seed(seed)
@@ -230,7 +229,7 @@ def predict_and_score(model: torch.nn.Module, head: BinDepthHead, test: Prepared
 
 
 def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Sequence[Any]] | None = None, *,
-             resolution: int | None = None, hidden_dim: int | None = None, epochs: int | None = None,
+             size: int | None = None, hidden_dim: int | None = None, epochs: int | None = None,
              batch_size: int = 8,
              lr: float = 5e-4, seed: int = 8, use_augment: bool = True, device: torch.device | str = "cpu",
              num_workers: int = 0, progress: bool = True) -> dict[str, Any]:
@@ -248,7 +247,7 @@ def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Seq
     train_items, test_items = load_nyu(data) if data is None or isinstance(data, (str, Path)) else data
     if len(train_items) == 0 or len(test_items) == 0:
         raise ValueError(f"depth probe needs train and test samples; got {len(train_items)} and {len(test_items)}")
-    res = resolution or default_resolution(model.patch_size)
+    res = size or default_resolution(model.patch_size)
     tiny = model.patch_size < 14
     hidden = hidden_dim or (16 if tiny else 512)
     epochs = epochs or 10
@@ -264,22 +263,8 @@ def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Seq
 
 
 def load_nyu(root: str | Path | None) -> tuple[Sequence[Any], Sequence[Any]]:
-    """(train, test) NYUv2 readers (``franca.data.datasets.nyu``) for ``root`` (default: the toy set).
+    """(train, test) NYUv2 readers for ``root`` (default: the toy set): ``franca.data.datasets.nyu.nyu_splits``,
+    which knows the layouts (BTS folder, labelled .mat/.h5, Probe3D arrays as .npz; pickles refused)."""
+    from franca.data.datasets.nyu import nyu_splits
 
-    ``root``: a folder in the BTS layout (or its parent holding ``nyuv2/``), Probe3D's
-    ``nyuv2_snorm_all.pkl``, or the labelled ``nyu_depth_v2_labeled.mat`` (official splits).
-    """
-    from franca.data.datasets import nyu
-
-    if root is None:
-        from franca.data.toy import builtin_toy
-
-        root = builtin_toy()
-    root = Path(root)
-    if root.suffix == ".pkl":
-        return nyu.NYUv2Pickle(root, "train"), nyu.NYUv2Pickle(root, "test")
-    if root.suffix == ".mat":
-        return nyu.NYUv2Labeled(root, "train"), nyu.NYUv2Labeled(root, "test")
-    if not (root / "nyudepthv2_test_files_with_gt.txt").is_file() and (root / "nyuv2").is_dir():
-        root = root / "nyuv2"
-    return nyu.NYUv2Depth(root, "train"), nyu.NYUv2Depth(root, "test")
+    return nyu_splits(root)

@@ -1,4 +1,6 @@
-"""Frozen-backbone feature extraction shared by the global protocols (k-NN, linear, logreg, PCA).
+"""The one frozen-backbone feature extractor: the global protocols (k-NN, linear, logreg, PCA), the
+training k-NN probe and `franca features` call `extract`/`extract_features` (whole data sets); the
+dense protocols, depth, keypoints and RASA fitting call `patch_tokens`/`block_tokens` per batch.
 
 One pass over a labelled dataset gives, per image:
 - ``cls`` (N, D): the final-normed CLS token (``x_norm_clstoken``), for k-NN, logreg and PCA;
@@ -8,7 +10,9 @@ One pass over a labelled dataset gives, per image:
   ``cls`` is then ``cls_blocks[:, -1]`` (the same tensor the final norm gives).
 
 Results are cached on disk under a key hashed from the model (a fingerprint of its weights, plus an
-optional caller-supplied identity), the dataset (class, size, sample list) and its transform, so
+optional caller-supplied identity such as the weights file's name, size and mtime), the dataset
+(class, length, sample list, each file's size, mtime and inode), its transform (hence the image
+size) and the code version (`code_version()`), so
 running several protocols on the same backbone and data extracts once (recent results are also
 kept in memory, bounded, for protocols run in one process without a disk cache). Under torchrun every rank
 extracts a strided shard and the shards are gathered, so all ranks return the full tensors.
@@ -31,7 +35,8 @@ from franca.utils.device import autocast_context, resolve_device
 
 log = logging.getLogger(__name__)
 
-KINDS = ("cls", "blocks")
+KINDS = ("cls", "blocks")  # the cached kinds (extract_features)
+EXTRACT_KINDS = ("cls", "blocks", "patch", "rasa")
 _MEMO: "OrderedDict[str, dict[str, torch.Tensor]]" = OrderedDict()
 N_LAST_BLOCKS = 4
 
@@ -40,6 +45,16 @@ def default_cache_dir() -> Path:
     """``$FRANCA_CACHE_DIR/features`` or ``~/.cache/franca/features``."""
     root = os.environ.get("FRANCA_CACHE_DIR") or Path.home() / ".cache" / "franca"
     return Path(root) / "features"
+
+
+CACHE_FORMAT = 2  # bump when extraction changes its numbers (forward pass, dtype, gathering)
+
+
+def code_version() -> str:
+    """The code that computed a cached result: the package version and this module's cache format."""
+    from franca import __version__
+
+    return f"franca {__version__}, features format {CACHE_FORMAT}"
 
 
 def model_fingerprint(model: torch.nn.Module, n_samples: int = 1024) -> str:
@@ -63,7 +78,8 @@ def model_fingerprint(model: torch.nn.Module, n_samples: int = 1024) -> str:
 
 
 def dataset_identity(dataset: Any) -> dict[str, Any]:
-    """What makes a dataset's features different: class, length, root, sample list, transform."""
+    """What makes a dataset's features different: class, length, root, sample list, the size, mtime
+    and inode of every file it reads (so a file replaced under the same name changes it), transform."""
     base = dataset
     indices = None
     if isinstance(base, Subset):
@@ -72,13 +88,16 @@ def dataset_identity(dataset: Any) -> dict[str, Any]:
     samples = getattr(base, "samples", None) or getattr(base, "imgs", None)
     if samples is not None:
         sample_hash = hashlib.sha1("\n".join(map(str, samples)).encode()).hexdigest()
+        files = _sample_files(samples)
     else:  # no file list (e.g. a TensorDataset): hash the content of a few items
         sample_hash = _item_hash(dataset)
+        files = _tree_files(getattr(base, "root", None))
     ident = {
         "class": type(base).__name__,
         "len": len(dataset),
         "root": str(getattr(base, "root", "")),
         "samples": sample_hash,
+        "files": files_fingerprint(files) if files else None,
         "transform": repr(getattr(base, "transform", None)),
         "indices": hashlib.sha1(str(indices).encode()).hexdigest() if indices is not None else None,
     }
@@ -86,6 +105,37 @@ def dataset_identity(dataset: Any) -> dict[str, Any]:
     if callable(extra):
         ident["extra"] = extra()
     return ident
+
+
+def _sample_files(samples: Any) -> list[str]:
+    """The file paths named in a sample list (entries are paths or tuples holding paths)."""
+    out = []
+    for entry in samples:
+        parts = entry if isinstance(entry, (tuple, list)) else (entry,)
+        out += [os.fspath(p) for p in parts if isinstance(p, (str, os.PathLike))]
+    return out
+
+
+def _tree_files(root: Any) -> list[str]:
+    """Every file below a dataset's root folder (for readers without a sample list); [] if none."""
+    if not isinstance(root, (str, os.PathLike)) or not Path(root).is_dir():
+        return []
+    from franca.data.images import list_images
+
+    return [str(p) for p in list_images(root, extensions=None)]
+
+
+def files_fingerprint(paths: list[str]) -> str:
+    """Hash of each file's path, size, modification time (ns) and inode; a path that is not a file counts
+    as missing. Replacing, editing or touching a file changes it; reading it does not."""
+    h = hashlib.sha1()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}\n".encode())
+        except OSError:
+            h.update(f"{p}\tmissing\n".encode())
+    return h.hexdigest()
 
 
 def _item_hash(dataset: Any) -> str | None:
@@ -104,7 +154,8 @@ def _item_hash(dataset: Any) -> str | None:
 def cache_keys(model: torch.nn.Module, dataset: Any, kinds: tuple[str, ...],
                model_key: str | None = None) -> dict[str, str]:
     """One cache key per feature kind; the model and data are fingerprinted once."""
-    base = {"model": model_fingerprint(model), "model_key": model_key, "data": dataset_identity(dataset)}
+    base = {"model": model_fingerprint(model), "model_key": model_key, "data": dataset_identity(dataset),
+            "code": code_version()}
     return {k: hashlib.sha1(json.dumps({**base, "kind": k}, sort_keys=True).encode()).hexdigest()[:20]
             for k in kinds}
 
@@ -113,9 +164,50 @@ def cache_key(model: torch.nn.Module, dataset: Any, kind: str, model_key: str | 
     return cache_keys(model, dataset, (kind,), model_key)[kind]
 
 
+# ------------------------------------------------------------------ batch-level forwards
+# The protocols that augment every epoch (linseg, depth, keypoints, in-context, overclustering, RASA
+# fitting) cannot cache per data set; they call these on each batch, so every feature the project
+# computes from a frozen backbone comes from this module.
+
+@torch.no_grad()
+def patch_tokens(model: torch.nn.Module, x: torch.Tensor, use_rasa: bool = False, amp: bool = False,
+                 grid: bool = True) -> torch.Tensor:
+    """Last-layer normed patch tokens, fp32: a grid (B, h, w, D), or (B, N, D) with ``grid=False``.
+
+    `use_rasa` takes `patch_token_rasa` (position-cleaned tokens) instead of `x_norm_patchtokens`;
+    `amp` runs under bf16 autocast on CUDA (`franca.utils.device.autocast_context`).
+    """
+    b, _, hh, ww = x.shape
+    p = int(model.patch_size)
+    if hh % p or ww % p:
+        raise ValueError(f"input {hh}x{ww} is not a multiple of the patch size {p}")
+    with autocast_context(x.device, enabled=amp):
+        out = model.forward_features(x, use_rasa_head=use_rasa) if use_rasa else model.forward_features(x)
+    key = "patch_token_rasa" if use_rasa else "x_norm_patchtokens"
+    if key not in out:
+        raise KeyError(f"backbone output has no {key!r} (keys: {sorted(out)})")
+    t = out[key].float()
+    return t.reshape(b, hh // p, ww // p, -1) if grid else t
+
+
+@torch.no_grad()
+def block_tokens(model: torch.nn.Module, x: torch.Tensor, blocks: int | list[int], *, norm: bool = False,
+                 return_class_token: bool = False, amp: bool = False) -> tuple[Any, ...]:
+    """Intermediate-block outputs as patch maps (B, D, h, w) (with their CLS tokens when asked):
+    `get_intermediate_layers(x, n=blocks, reshape=True, norm=norm)`, under autocast when `amp`."""
+    with autocast_context(x.device, enabled=amp):
+        return tuple(model.get_intermediate_layers(x, n=blocks, reshape=True, return_class_token=return_class_token,
+                                                   norm=norm))
+
+
 def _forward(model: torch.nn.Module, x: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
+    """The outputs of one kind for a batch: see `extract`."""
     if kind == "cls":
         return {"cls": model.forward_features(x)["x_norm_clstoken"]}
+    if kind in ("patch", "rasa"):
+        rasa = kind == "rasa"
+        out = model.forward_features(x, use_rasa_head=True) if rasa else model.forward_features(x)
+        return {"cls": out["x_norm_clstoken"], "patch": out["patch_token_rasa" if rasa else "x_norm_patchtokens"]}
     n = min(N_LAST_BLOCKS, int(getattr(model, "n_blocks", N_LAST_BLOCKS)))
     layers = model.get_intermediate_layers(x, n=n, return_class_token=True, norm=True)
     cls_blocks = torch.stack([cls for _, cls in layers], dim=1)  # (B, L, D)
@@ -123,21 +215,41 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, kind: str) -> dict[str, to
     return {"cls_blocks": cls_blocks, "patch_mean": patch_mean}
 
 
+def extract(model: torch.nn.Module, dataset: Any, *, kind: str = "cls", device: str | torch.device | None = None,
+            batch_size: int = 64, num_workers: int = 0, show_progress: bool = False, distributed: bool = True,
+            collate_fn: Any = None) -> dict[str, torch.Tensor]:
+    """The one feature extractor (no cache): run a frozen model over a dataset of ``(image, label, …)``.
+
+    Kinds: "cls" (``cls``), "blocks" (``cls_blocks``, ``patch_mean``; see the module doc), "patch"
+    (``cls`` and the normed patch tokens ``patch`` (N, n, D)), "rasa" (``cls`` and the RASA-cleaned
+    ``patch_token_rasa`` as ``patch``). ``labels`` (N,) holds the second item of each sample. With
+    ``distributed`` (default) each rank of a torchrun job extracts a strided shard and all ranks
+    get the full tensors; ``distributed=False`` extracts everything in this process (e.g. rank 0 alone).
+    The model is left in eval mode. Returns float32 (or integer) CPU tensors in dataset order.
+    """
+    if kind not in EXTRACT_KINDS:
+        raise ValueError(f"kind must be one of {EXTRACT_KINDS}, got {kind!r}")
+    return _extract(model, dataset, kind, resolve_device(device), batch_size, num_workers, show_progress,
+                    distributed, collate_fn)
+
+
 @torch.no_grad()
 def _extract(model: torch.nn.Module, dataset: Any, kind: str, device: torch.device, batch_size: int,
-             num_workers: int, show_progress: bool) -> dict[str, torch.Tensor]:
+             num_workers: int, show_progress: bool, distributed: bool = True,
+             collate_fn: Any = None) -> dict[str, torch.Tensor]:
     """Run the model over (this rank's shard of) the dataset; gather shards in dataset order."""
     n = len(dataset)
-    world, rank = dist_utils.world_size(), dist_utils.rank()
+    world, rank = (dist_utils.world_size(), dist_utils.rank()) if distributed else (1, 0)
     per_rank = -(-n // world)
     padded = [i % n for i in range(per_rank * world)]  # wrap-around padding: equal shard sizes
     shard = padded[rank::world]
     loader = DataLoader(Subset(dataset, shard) if world > 1 else dataset, batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
+                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda",
+                        collate_fn=collate_fn)
     chunks: dict[str, list[torch.Tensor]] = {}
     it: Any = loader
-    if show_progress and dist_utils.is_main():
-        from tqdm.auto import tqdm
+    if show_progress and (dist_utils.is_main() or not distributed):
+        from franca.utils.progress import progress as tqdm
 
         it = tqdm(loader, desc=f"features ({kind})", unit="batch")
     model.eval()
@@ -169,11 +281,18 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _save(path: Path, feats: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write the cache entry and its metadata each to a temporary file of this process, then rename:
+    a crash or a full disk never leaves a half-written entry under the key."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(feats, tmp)
-    os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    for target, write in ((path, lambda f: torch.save(feats, f)),
+                          (path.with_suffix(".json"),
+                           lambda f: f.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str)))):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def extract_features(

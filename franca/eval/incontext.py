@@ -203,7 +203,7 @@ def build_memory(model: torch.nn.Module, dataset, size: int, num_classes: int, d
     memory_size=None keeps every patch (Franca); otherwise ⌊memory_size / (n_train · aug_epochs)⌋
     patches per image chosen by `bounded_patch_indices`.
     """
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
     patch = int(model.patch_size)
     grid = (size // patch) ** 2
@@ -244,7 +244,7 @@ def predict_queries(model: torch.nn.Module, dataset, index, memory_labels: torch
                     temperature: float = 0.02, use_rasa: bool = False, batch_size: int = 32,
                     num_workers: int = 0) -> torch.Tensor:
     """Segment the validation set by retrieval; returns the (C × C) confusion matrix at S×S."""
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
     conf = StreamingConfusion(num_classes, num_classes, ignore_index)
     for x, m in tqdm(resized_loader(dataset, size, batch_size, num_workers, IMAGENET_MEAN, HB_STD),
@@ -266,7 +266,7 @@ def evaluate(model: torch.nn.Module, train_set=None, val_set=None, device: torch
     """Hummingbird in-context mIoU of `model`: memory from `train_set`, queries from `val_set`
     (raw segmentation sets, or roots of `dataset_name` read as trainaug/train and val; None: the
     toy set). Mean and std over `seeds`; per-class IoU averaged over seeds."""
-    from franca.commands._common import mean_std
+    from franca.eval.stats import mean_std
     from franca.utils.device import resolve_device
 
     device = resolve_device(device)

@@ -1,11 +1,12 @@
 """Zero-shot keypoint correspondence on SPair-71k, as Probe3D evaluates it (PROTOCOLS §8).
 
-Each image is padded at the bottom/right to a white square, resized to ``image_size`` (800 for
+Each image is padded at the bottom/right to a white square, resized to ``size`` (800 for
 the paper's models), normalised with ImageNet statistics and centre-padded to a multiple of the
 patch size. Features are the last block's patch tokens *without* the final LayerNorm, L2-normalised
 per location. A source keypoint's feature is sampled bilinearly (align_corners=True), compared by
 dot product with every target location, and the argmax cell's corner (col, row) / grid is the
-prediction. PCK@0.10 uses the target box's longest side; it is computed per class over all
+prediction. Source and target keypoints are whole pixels of the resized image, as Probe3D's
+``SPairDataset`` casts them to integers (``probe3d_keypoints``). PCK@0.10 uses the target box's longest side; it is computed per class over all
 keypoints of the sampled pairs, then averaged over classes, for viewpoint bins d = 0, 1, 2 and all.
 """
 from __future__ import annotations
@@ -80,9 +81,21 @@ def center_pad(x: Tensor, multiple: int) -> Tensor:
 @torch.no_grad()
 def dense_features(model: torch.nn.Module, x: Tensor) -> Tensor:
     """(B, 3, H, W) → (B, D, h, w): last block's patch tokens, no final norm, L2-normalised per location."""
-    x = center_pad(x, model.patch_size)
-    (feats,) = model.get_intermediate_layers(x, n=1, reshape=True, norm=False)
+    from franca.eval.features import block_tokens
+
+    (feats,) = block_tokens(model, center_pad(x, model.patch_size), 1)
     return F.normalize(feats.float(), dim=1)
+
+
+def probe3d_keypoints(kps: np.ndarray, side: int, size: int) -> Tensor:
+    """(K, 2) keypoints in original pixels → [0, 1] as Probe3D evaluates them: trunc(trunc(k) · size / side) / size.
+
+    Probe3D's ``SPairDataset`` reads the keypoints into an int tensor (``.int()``) and writes the rescaled
+    ``k · size / side`` back into it, so both the raw and the rescaled coordinates are truncated to whole
+    pixels (side: the padded square's side); its evaluation then divides by the image size.
+    """
+    k = np.trunc(np.asarray(kps, dtype=np.float64)).reshape(-1, 2)
+    return torch.from_numpy(np.trunc(k * size / side) / size)
 
 
 def match_keypoints(src_feat: Tensor, trg_feat: Tensor, src_kps01: Tensor) -> Tensor:
@@ -162,10 +175,10 @@ class _FeatureCache:
 
 def pair_correct(pair: KeypointPair, cache: _FeatureCache, size: int, alpha: float) -> Tensor:
     """(K,) bool: PCK@alpha for each keypoint of one pair."""
-    src_feat, s_scale = cache(pair.src_name, pair.src_image)
-    trg_feat, t_scale = cache(pair.trg_name, pair.trg_image)
-    src = torch.as_tensor(np.asarray(pair.src_kps, dtype=np.float64)) * s_scale / size
-    gt = torch.as_tensor(np.asarray(pair.trg_kps, dtype=np.float64)) * t_scale / size
+    src_feat, _ = cache(pair.src_name, pair.src_image)
+    trg_feat, _ = cache(pair.trg_name, pair.trg_image)
+    src = probe3d_keypoints(pair.src_kps, max(pair.src_image.size), size)
+    gt = probe3d_keypoints(pair.trg_kps, max(pair.trg_image.size), size)
     if len(src) == 0:
         return torch.zeros(0, dtype=torch.bool)
     pred = match_keypoints(src_feat, trg_feat, src.float()).cpu()
@@ -189,7 +202,7 @@ def evaluate(
     model: torch.nn.Module,
     data: str | Path | Sequence[KeypointPair] | None = None,
     *,
-    image_size: int | None = None,
+    size: int | None = None,
     n_pairs: int = 200,
     alpha: float = 0.10,
     split: str = "test",
@@ -201,18 +214,18 @@ def evaluate(
     """PCK@alpha on SPair-71k-style pairs for viewpoint bins 0, 1, 2 and all.
 
     ``data``: a dataset root (``SPair-71k/`` or its parent; default: the built-in toy set) or a
-    sequence of ``KeypointPair``. Returns a JSON-serialisable dict whose ``metric`` is PCK (in %)
+    sequence of ``KeypointPair``. ``size``: side after padding to a square (default: 800, or 16
+    patches for the tiny sizes). Returns a JSON-serialisable dict whose ``metric`` is PCK (in %)
     over "all". ``batch_size`` images (half as many pairs) go through the backbone at once.
     """
-    from tqdm import tqdm
-
     from franca.utils.device import resolve_device
+    from franca.utils.progress import progress as tqdm
 
     device = resolve_device(device)
     pairs = load_pairs(data, split) if data is None or isinstance(data, (str, Path)) else list(data)
     if not pairs:
         raise ValueError(f"no keypoint pairs found in {data!r} (split {split!r})")
-    size = image_size or default_image_size(model.patch_size)
+    size = size or default_image_size(model.patch_size)
     model = model.to(device).eval()
     cache = _FeatureCache(model, size, device, capacity=max(64, 2 * batch_size))
     chosen = sample_pairs(pairs, n_pairs, seed)
@@ -247,47 +260,13 @@ def evaluate(
 
 def load_pairs(root: str | Path | None, split: str = "test") -> list[KeypointPair]:
     """SPair-71k pairs (PROTOCOLS §12.6) under ``root`` (default: the built-in toy set), read with
-    ``franca.data.datasets.spair.SPair71k``; images are opened lazily when their features are computed.
-    ``root`` may be the ``SPair-71k`` folder or its parent."""
+    ``franca.data.datasets.spair.SPair71k.lazy_pairs``; images are opened lazily when their features
+    are computed. ``root`` may be the ``SPair-71k`` folder or its parent."""
     from franca.data.datasets.spair import SPair71k
 
     if root is None:
         from franca.data.toy import builtin_toy
 
         root = builtin_toy()
-    ds = SPair71k(root, split)
-    pairs = []
-    for a in ds.pairs:
-        cat = a["category"]
-        src_kps = np.asarray(a["src_kps"], dtype=np.float64).reshape(-1, 2)
-        trg_kps = np.asarray(a["trg_kps"], dtype=np.float64).reshape(-1, 2)
-        if src_kps.shape != trg_kps.shape:
-            raise ValueError(f"SPair-71k pair {a['pair_id']}: {len(src_kps)} source vs {len(trg_kps)} target keypoints")
-        pairs.append(KeypointPair(
-            src_image=_LazyImage(ds.image_dir / cat / a["src_imname"]),
-            trg_image=_LazyImage(ds.image_dir / cat / a["trg_imname"]),
-            src_kps=src_kps, trg_kps=trg_kps, trg_bbox=a["trg_bndbox"], category=cat,
-            viewpoint_variation=int(a["viewpoint_variation"]),
-            src_name=f"{cat}/{a['src_imname']}", trg_name=f"{cat}/{a['trg_imname']}"))
-    return pairs
-
-
-class _LazyImage:
-    """A PIL image read from disk when used (``.size`` reads only the header), never kept in memory."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    @property
-    def size(self) -> tuple[int, int]:
-        from PIL import Image
-
-        if not self.path.is_file():
-            raise FileNotFoundError(f"SPair-71k image not found: {self.path}")
-        with Image.open(self.path) as im:
-            return im.size
-
-    def convert(self, mode: str):
-        from franca.data.datasets.folder import load_rgb
-
-        return load_rgb(self.path).convert(mode)
+    fields = {f for f in KeypointPair.__dataclass_fields__}
+    return [KeypointPair(**{k: v for k, v in p.items() if k in fields}) for p in SPair71k(root, split).lazy_pairs()]

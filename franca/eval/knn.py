@@ -68,7 +68,7 @@ def topk_neighbours(
     idx_out = torch.empty(n_test, k, dtype=torch.long, device=train_feats.device)
     starts = range(0, n_test, chunk_size)
     if show_progress:
-        from tqdm.auto import tqdm
+        from franca.utils.progress import progress as tqdm
 
         starts = tqdm(starts, desc="k-NN", unit="chunk")
     for q0 in starts:
@@ -246,7 +246,7 @@ def evaluate(
     per seed; with the full train set the result does not depend on the seed.
     Result: ``protocol``, ``metric_name`` (top1_k20), ``metric``, per-k numbers, ``per_seed``.
     """
-    from franca.commands._common import mean_std
+    from franca.eval.stats import mean_std
     from franca.eval.classification_data import build_eval_splits
     from franca.eval.features import extract_features
     from franca.utils.device import resolve_device

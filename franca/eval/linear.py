@@ -194,7 +194,7 @@ def evaluate(
 
     With `train_set`/`val_set` None the ImageFolder at `data_root` (toy set when None) is used.
     """
-    from franca.commands._common import mean_std
+    from franca.eval.stats import mean_std
     from franca.eval.classification_data import build_eval_splits, train_augment_transform
     from franca.eval.features import extract_features
     from franca.utils.device import resolve_device

@@ -216,7 +216,7 @@ def train_head(model: nn.Module, train_set, num_classes: int, cfg: LinsegConfig,
                seed: int = 0, use_rasa: bool = False, num_workers: int = 0) -> LinearHead:
     """Train the BN + 1×1 head on frozen features: CE (ignore 255) on logits bilinearly upsampled
     to the crop, poly LR (power 1) stepped per epoch."""
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
     torch.manual_seed(seed)
     head = LinearHead(int(model.embed_dim), num_classes).to(device)
@@ -257,9 +257,9 @@ def evaluate(model: nn.Module, train_set=None, val_set=None, device: torch.devic
     """Linear segmentation mIoU of `model`: head trained on `train_set`, scored on `val_set`
     (raw segmentation sets with ignore 255, or roots of `dataset_name`, ADE20K read with
     reduce_zero_label; None: the toy set). Mean and std over `seeds`."""
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
-    from franca.commands._common import mean_std
+    from franca.eval.stats import mean_std
     from franca.utils.device import resolve_device
 
     device = resolve_device(device)

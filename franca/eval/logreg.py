@@ -129,7 +129,7 @@ def logreg_protocol(
     init = None
     it: Any = Cs
     if show_progress:
-        from tqdm.auto import tqdm
+        from franca.utils.progress import progress as tqdm
 
         it = tqdm(Cs, desc="logreg C grid", unit="C")
     for C in it:
@@ -177,7 +177,7 @@ def evaluate(
     Aircraft, Pets, Caltech-101 and Flowers and top-1 otherwise (SimCLR convention). Each seed
     reshuffles the held-out split (the reference uses seed 0).
     """
-    from franca.commands._common import mean_std
+    from franca.eval.stats import mean_std
     from franca.eval.classification_data import MEAN_PER_CLASS, build_eval_splits, build_finegrained_splits
     from franca.eval.features import extract_features
     from franca.utils.device import resolve_device

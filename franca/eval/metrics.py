@@ -126,12 +126,13 @@ def match_clusters(conf: np.ndarray | torch.Tensor, mode: MatchMode = "auto") ->
     - "greedy": many-to-one by precision.
     - "greedy+hungarian": the paper's "greedy matching by precision, then Hungarian": clusters are
       first merged greedily, then the merged groups are permuted one-to-one by Hungarian on IoU.
-    - "auto": Leopart's rule, Hungarian when num_pred <= num_gt and greedy otherwise.
+    - "auto": Leopart's rule (its overclustering script), Hungarian when num_pred == num_gt and
+      greedy precision matching for every other num_pred, fewer clusters than classes included.
     """
     c = np.asarray(torch.as_tensor(conf).cpu().numpy(), dtype=np.int64)
     g, p = c.shape
     if mode == "auto":
-        mode = "hungarian" if p <= g else "greedy"
+        mode = "hungarian" if p == g else "greedy"
     if mode == "identity":
         if p > g:
             raise ValueError(f"identity matching needs num_pred <= num_gt, got {p} > {g}")

@@ -4,8 +4,10 @@ whole validation set, clusters matched to classes, mIoU.
 Steps as Leopart's code does them: resize to S×S (not crop) → last-layer normed patch tokens →
 standardise every dimension over all tokens → PCA to 50 (faiss `PCAMatrix`) → faiss K-means
 (niter 100, nredo 5) for seeds 0-4 → cluster maps and masks resized (nearest) to 100×100 →
-Hungarian matching at K = C, greedy many-to-one precision matching at K > C → mIoU over all GT
-classes, averaged over the seeds. `refine_hungarian` gives the paper's "greedy, then Hungarian".
+Hungarian matching at K = C, greedy many-to-one precision matching for every other K (K < C too, as
+Leopart's `sup_overcluster.py` does) → mIoU over all GT classes, averaged over the seeds.
+`matching="hungarian-below"` uses Hungarian for every K ≤ C instead; `refine_hungarian` gives the
+paper's "greedy, then Hungarian" for K > C.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from franca.eval.dense import as_segmentation, dataset_info, patch_features, resized_loader, round_to_patch
-from franca.eval.metrics import StreamingConfusion, matched_miou
+from franca.eval.metrics import MatchMode, StreamingConfusion, matched_miou
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ def extract_tokens(model: torch.nn.Module, dataset, size: int, device: torch.dev
                    ) -> tuple[np.ndarray, tuple[int, int], torch.Tensor]:
     """Patch tokens of every image (N·h·w, D) float32, the grid (h, w), and the masks resized
     (nearest, via S×S as Leopart does) to mask_size² as (N, mask_size, mask_size) int64."""
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
     feats, masks, grid = [], [], (0, 0)
     loader = resized_loader(dataset, size, batch_size, num_workers)
@@ -90,26 +92,48 @@ def cluster_confusion(assign: np.ndarray, grid: tuple[int, int], masks: torch.Te
     return conf.matrix
 
 
+MATCHING_RULES = ("leopart", "hungarian-below")
+
+
+def _check_matching(matching: str) -> None:
+    if matching not in MATCHING_RULES:
+        raise ValueError(f"unknown overclustering matching {matching!r}; use one of {', '.join(MATCHING_RULES)}")
+
+
+def matching_mode(k: int, num_classes: int, matching: str = "leopart", refine_hungarian: bool = False) -> MatchMode:
+    """The cluster → class matching for K clusters and C classes.
+
+    "leopart" (default, Leopart's overclustering code): Hungarian on IoU at K = C, greedy many-to-one by
+    precision for every other K. "hungarian-below": Hungarian for every K ≤ C, greedy above.
+    `refine_hungarian` turns the greedy matching at K > C into "greedy, then Hungarian" (the paper's wording).
+    """
+    _check_matching(matching)
+    if k == num_classes or (k < num_classes and matching == "hungarian-below"):
+        return "hungarian"
+    return "greedy+hungarian" if (refine_hungarian and k > num_classes) else "greedy"
+
+
 def overcluster_scores(tokens: np.ndarray, grid: tuple[int, int], masks: torch.Tensor, num_classes: int,
                        ks: Sequence[int], seeds: Sequence[int], ignore_index: int = 255, pca_dim: int = 50,
-                       niter: int = 100, nredo: int = 5, refine_hungarian: bool = False) -> dict:
-    """The pure core: tokens (N·h·w, D) → {K: {"miou": mean_std, "per_class_iou": mean over seeds}}."""
-    from tqdm import tqdm
+                       niter: int = 100, nredo: int = 5, refine_hungarian: bool = False,
+                       matching: str = "leopart") -> dict:
+    """The pure core: tokens (N·h·w, D) → {K: {"miou": mean_std, "per_class_iou": mean over seeds,
+    "matching": the mode used}} (see `matching_mode` for `matching` and `refine_hungarian`)."""
+    from franca.utils.progress import progress as tqdm
 
-    from franca.commands._common import mean_std
+    from franca.eval.stats import mean_std
 
     z = standardize_pca(tokens, pca_dim)
     out: dict[str, dict] = {}
     for k in ks:
-        mode = "greedy+hungarian" if (refine_hungarian and k > num_classes) else "auto"
+        mode = matching_mode(k, num_classes, matching, refine_hungarian)
         mious, ious = [], []
         for s in tqdm(seeds, desc=f"k-means K={k}", leave=False):
             conf = cluster_confusion(kmeans_assign(z, k, s, niter, nredo), grid, masks, k, num_classes, ignore_index)
             r = matched_miou(conf, mode)
             mious.append(r["miou"])
             ious.append(r["per_class_iou"])
-        out[str(k)] = {"miou": mean_std(mious), "per_class_iou": np.mean(ious, axis=0).tolist(), "matching": mode
-                       if mode != "auto" else ("hungarian" if k <= num_classes else "greedy")}
+        out[str(k)] = {"miou": mean_std(mious), "per_class_iou": np.mean(ious, axis=0).tolist(), "matching": mode}
         log.info("overcluster K=%d: mIoU %.4f", k, out[str(k)]["miou"]["mean"])
     return out
 
@@ -118,15 +142,16 @@ def evaluate(model: torch.nn.Module, dataset=None, device: torch.device | str = 
              ks: Sequence[int | None] = (100, 300, None), seeds: Sequence[int] = (0, 1, 2, 3, 4),
              pca_dim: int = 50, niter: int = 100, nredo: int = 5, refine_hungarian: bool = False,
              use_rasa: bool = False, batch_size: int = 32, num_workers: int = 0, mask_size: int = 100,
-             dataset_name: str = "voc", split: str = "val") -> dict:
+             dataset_name: str = "voc", split: str = "val", matching: str = "leopart") -> dict:
     """Leopart overclustering of `model` on a raw segmentation set (e.g. VOC val, COCO-Things val),
     or on `split` of `dataset_name` read from a root path (None: the built-in toy set).
 
     `ks` entries of None mean "the class count". The headline `metric` is the mIoU (mean over
-    seeds) at the first K.
+    seeds) at the first K. `matching`: "leopart" or "hungarian-below" (see `matching_mode`).
     """
     from franca.utils.device import resolve_device
 
+    _check_matching(matching)  # before the feature pass, not after it
     device = resolve_device(device)
     dataset = as_segmentation(dataset, split, dataset_name)
     num_classes, ignore = dataset_info(dataset)
@@ -135,11 +160,12 @@ def evaluate(model: torch.nn.Module, dataset=None, device: torch.device | str = 
     model = model.eval().to(device)
     tokens, grid, masks = extract_tokens(model, dataset, size, device, batch_size, num_workers, use_rasa, mask_size)
     res = overcluster_scores(tokens, grid, masks, num_classes, ks, seeds, ignore, pca_dim, niter, nredo,
-                             refine_hungarian)
+                             refine_hungarian, matching)
     return {"protocol": "overcluster", "metric_name": f"miou_k{ks[0]}", "metric": res[str(ks[0])]["miou"]["mean"],
             "results": res, "per_class_iou": res[str(ks[0])]["per_class_iou"],
             "class_names": list(getattr(dataset, "class_names", ()) or ()),
             "settings": {"size": size, "ks": ks, "seeds": list(seeds), "pca_dim": pca_dim, "niter": niter,
-                         "nredo": nredo, "refine_hungarian": refine_hungarian, "mask_size": mask_size,
+                         "nredo": nredo, "refine_hungarian": refine_hungarian, "matching": matching,
+                         "mask_size": mask_size,
                          "use_rasa": use_rasa, "num_images": len(dataset), "num_classes": num_classes,
                          "ignore_index": ignore, "dataset": getattr(dataset, "name", type(dataset).__name__)}}

@@ -1,4 +1,5 @@
-"""Backbones (timm ViT underneath), named sizes, weight loading and export.
+"""Backbones (timm ViT underneath), Matryoshka heads, named sizes, weight loading and export.
+May import franca.utils only.
 
 Imports are lazy so that `import franca.models` stays cheap; heavy modules load on first use.
 """

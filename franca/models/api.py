@@ -1,8 +1,15 @@
-"""Public entry points: `build_backbone`, `load_backbone`, `export_backbone`.
+"""Public entry points: `build_backbone`, `load_backbone`, `export_backbone`, `weights_label`.
 
-`load_backbone(name, weights=None, rasa=None, **overrides)` builds a named size (franca.models.sizes)
-or wraps a timm ViT (`timm:NAME`), reads the weights in any supported layout (franca.models.weights),
-and optionally attaches a RASA projection.
+- `build_backbone(size)`: a randomly initialised backbone, the only way to get random weights.
+- `load_backbone("franca_vitb14_in21k")`: a released model by name (franca.models.releases), downloaded
+  once into the cache (franca.models.hub), offline afterwards.
+- `load_backbone(weights=FILE)`: any supported file (franca.models.weights). The file defines the
+  model: width, patch size, depth, registers, FFN type and position grid are read from it, and the
+  head count and interpolation rule from the file's own record when it has one (our exports and
+  checkpoints), else from the DINOv2 conventions (64-dimensional heads; files with registers use the
+  DINOv2 `*_reg` interpolation: antialiased bicubic, offset 0). A size name is optional; one that
+  contradicts the file is an error naming both.
+- `load_backbone("vitb14")` with no weights raises: nothing ever falls back to random weights silently.
 """
 from __future__ import annotations
 
@@ -15,11 +22,13 @@ import torch
 from torch import nn
 
 from franca.models.backbone import DinoVisionTransformer
-from franca.models.sizes import size_config
+from franca.models.sizes import SIZES, size_config
 
 log = logging.getLogger(__name__)
 
 TIMM_PREFIX = "timm:"
+RANDOM_LABEL = "random init"
+HEAD_DIM = 64  # every released Franca/DINOv2 size (and the tiny sizes) uses 64-dimensional heads
 
 
 def build_backbone(name: str, **overrides: Any) -> nn.Module:
@@ -27,47 +36,156 @@ def build_backbone(name: str, **overrides: Any) -> nn.Module:
     if name.startswith(TIMM_PREFIX):
         from franca.models.timm_wrap import build_timm_backbone
 
-        return build_timm_backbone(name[len(TIMM_PREFIX):], **overrides)
-    return DinoVisionTransformer(**size_config(name, **overrides))
+        model = build_timm_backbone(name[len(TIMM_PREFIX):], **overrides)
+    else:
+        model = DinoVisionTransformer(**size_config(name, **overrides))
+        model.size_name = name  # recorded in exports: a file says which size it is a variant of
+    model.weights_label = RANDOM_LABEL
+    return model
 
 
-def load_backbone(name: str, weights: str | Path | None = None, rasa: str | Path | None = None,
-                  **overrides: Any) -> nn.Module:
-    """Build `name` and load `weights` (any supported layout); the result is in eval mode.
+def no_weights_message(name: str | None) -> str:
+    """How to get weights, for a call or command that named none."""
+    from franca.models.releases import release_names
 
-    The position-embedding grid, register count and FFN type are read from the weights file, so they
-    never need to be passed. `rasa=FILE` attaches a RASA projection (official head file or ours).
+    what = f"{name!r} is not a released model" if name else "no model and no weights given"
+    return (f"{what}, and no weights file was given. Pass weights=FILE (CLI: --weights FILE), or a released "
+            f"name such as franca_vitb14_in21k or dinov2_vits14_reg (downloaded once, then cached; all: "
+            f"{', '.join(release_names())}). Random weights only on request: "
+            f"franca.build_backbone({name or 'vits14'!r}) (CLI: --random-init).")
+
+
+def load_backbone(name: str | None = None, weights: str | Path | None = None, rasa: str | Path | bool | None = None,
+                  *, progress: bool = True, **overrides: Any) -> nn.Module:
+    """A backbone with weights, in eval mode: a released name, or a weights file (size name optional).
+
+    `rasa=FILE` attaches a RASA projection (official head file or ours); with a released name,
+    `rasa=True` fetches the head released with it. Overrides (e.g. `num_heads`) are for files that do
+    not record them.
     """
-    if name.startswith(TIMM_PREFIX):
+    label = None
+    from franca.models.releases import get_release, is_release
+
+    if name is not None and is_release(name):
+        from franca.models.hub import fetch_rasa, fetch_release
+
+        if weights is not None:
+            raise ValueError(f"{name} is a released model: pass either the released name or weights=FILE, not both")
+        rel = get_release(name)
+        weights = fetch_release(rel, progress=progress)
+        if rasa is True:
+            rasa = fetch_rasa(rel, progress=progress)
+        name, label = rel.size, rel.name
+    if rasa is True:
+        raise ValueError("rasa=True fetches the RASA head of a released model; with a file, pass rasa=FILE")
+    if weights is None:
+        raise ValueError(no_weights_message(name))
+    if name is not None and name.startswith(TIMM_PREFIX):
         from franca.models.timm_wrap import build_timm_backbone
 
         model = build_timm_backbone(name[len(TIMM_PREFIX):], weights=weights, **overrides)
-    elif weights is None:
-        model = build_backbone(name, **overrides)
     else:
-        from franca.models.weights import load_weights_into, read_backbone_state_dict, infer_arch
-
-        state, extra = read_backbone_state_dict(weights)
-        arch = infer_arch(state)
-        grid = arch.pop("pos_grid", None)
-        if grid:  # the file's position grid fixes img_size; the user never passes it
-            patch = overrides.get("patch_size") or size_config(name)["patch_size"]
-            arch["img_size"] = grid * patch
-        named_depth = size_config(name).get("depth")
-        if "depth" in arch and "depth" not in overrides and arch["depth"] != named_depth:
-            log.info("%s has %d blocks; %s has %d by default: using the file's depth", weights, arch["depth"],
-                     name, named_depth)
-        saved = extra.get("arch") or {}  # the shape recorded in our own files (export metadata, checkpoint config)
-        for key in ("embed_dim", "num_heads", "patch_size"):
-            if saved.get(key) is not None:
-                arch.setdefault(key, saved[key])
-        model = build_backbone(name, **{**arch, **overrides})
-        load_weights_into(model, state, source=str(weights))
-        if extra.get("rasa_proj") is not None and getattr(model, "rasa_proj", None) is None:
-            model.set_rasa_projection(extra["rasa_proj"])
+        model = _load_file(name, weights, overrides)
     if rasa is not None:
         model.set_rasa_projection(_load_rasa(rasa, model.embed_dim))
+    model.weights_label = label or Path(weights).name
     return model.eval()
+
+
+def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any]) -> nn.Module:
+    from franca.models.weights import file_shape, infer_arch, load_weights_into, read_backbone_state_dict
+
+    state, extra = read_backbone_state_dict(weights)
+    shape = file_shape(state)
+    saved = dict(extra.get("arch") or {})  # what our own files record (export metadata, checkpoint config)
+    if name is not None:
+        _check_named_size(name, weights, shape, saved, overrides)
+    base = name or _template_size(shape, saved)
+    arch = infer_arch(state)
+    grid = arch.pop("pos_grid", None)
+    patch = overrides.get("patch_size") or shape["patch_size"] or size_config(base)["patch_size"]
+    arch["patch_size"] = patch
+    if grid:  # the file's position grid fixes img_size; the user never passes it
+        arch["img_size"] = grid * patch
+    if shape["embed_dim"] is not None:
+        arch["embed_dim"] = shape["embed_dim"]
+    named_depth = size_config(base).get("depth")
+    if "depth" in arch and "depth" not in overrides and arch["depth"] != named_depth:
+        log.info("%s has %d blocks; %s has %d by default: using the file's depth", weights, arch["depth"],
+                 base, named_depth)
+    arch["num_heads"] = _num_heads(base, arch.get("embed_dim"), saved)
+    for key in ("interpolate_offset", "interpolate_antialias"):
+        if saved.get(key) is not None:
+            arch[key] = saved[key]
+    if arch.get("num_register_tokens") and "interpolate_offset" not in saved:
+        # DINOv2's *_reg hub models: antialiased bicubic to the exact grid (offset 0)
+        arch.update(interpolate_offset=0.0, interpolate_antialias=True)
+    model = build_backbone(base, **{**arch, **overrides})
+    load_weights_into(model, state, source=str(weights))
+    model.size_name = saved.get("name") or (base if base in _sizes_like(shape) else None)
+    if extra.get("rasa_proj") is not None and getattr(model, "rasa_proj", None) is None:
+        model.set_rasa_projection(extra["rasa_proj"])
+    return model
+
+
+def _sizes_like(shape: dict[str, Any]) -> list[str]:
+    """Size names whose width and patch size equal the file's (closest depth first)."""
+    same = [n for n, c in SIZES.items()
+            if c["embed_dim"] == shape.get("embed_dim") and c["patch_size"] == shape.get("patch_size")]
+    return sorted(same, key=lambda n: (abs(SIZES[n]["depth"] - (shape.get("depth") or 0)), n))
+
+
+def _template_size(shape: dict[str, Any], saved: dict[str, Any]) -> str:
+    """The size whose defaults fill what the file does not say, when no name was given."""
+    if saved.get("name") in SIZES:
+        return saved["name"]
+    like = _sizes_like(shape)
+    return like[0] if like else "vits14"
+
+
+def _check_named_size(name: str, weights: str | Path, shape: dict[str, Any], saved: dict[str, Any],
+                      overrides: dict[str, Any]) -> None:
+    """A size name that contradicts the file (width or patch size) is an error naming both."""
+    from franca.models.weights import describe_shape
+
+    if saved.get("name") == name:  # our own file, a variant of this very size (e.g. a narrower vitt8)
+        return
+    cfg = size_config(name)
+    bad = [k for k in ("embed_dim", "patch_size")
+           if k not in overrides and shape.get(k) is not None and shape[k] != cfg[k]]
+    if not bad:
+        return
+    like = _sizes_like(shape)
+    hint = f"use --model {like[0]} (model={like[0]!r})" if like else "this is not one of the named sizes"
+    named = describe_shape({**cfg, "pos_grid": None})
+    raise ValueError(f"{weights} does not hold a {name}: the file has {describe_shape({**shape, **saved})}; "
+                     f"{name} has {named} ({' and '.join(bad)} differ). {hint}, or leave the size name out: "
+                     f"the file defines the model")
+
+
+def _num_heads(base: str, embed_dim: int | None, saved: dict[str, Any]) -> int:
+    """Recorded heads, else the size's when the width matches, else 64-dimensional heads."""
+    if saved.get("num_heads"):
+        return int(saved["num_heads"])
+    cfg = size_config(base)
+    if embed_dim is None or cfg["embed_dim"] == embed_dim:
+        return int(cfg["num_heads"])
+    if embed_dim % HEAD_DIM:
+        raise ValueError(f"cannot tell the head count of a {embed_dim}-wide file; pass num_heads=")
+    return embed_dim // HEAD_DIM
+
+
+def weights_label(name: str | None = None, weights: str | Path | None = None, random_init: bool = False) -> str:
+    """What names the weights in results and figures: the release name, the file name, or "random init"."""
+    from franca.models.releases import is_release
+
+    if name is not None and is_release(name):
+        return str(name).lower()
+    if weights is not None:
+        return Path(weights).name
+    if random_init:
+        return RANDOM_LABEL
+    raise ValueError(no_weights_message(name))
 
 
 def _load_rasa(path: str | Path, embed_dim: int) -> torch.Tensor:

@@ -159,6 +159,7 @@ class DinoVisionTransformer(VisionTransformer):
         self.num_register_tokens = int(num_register_tokens)
         self.interpolate_offset = float(interpolate_offset)
         self.interpolate_antialias = bool(interpolate_antialias)
+        self.num_prefix_tokens = 1 + self.num_register_tokens  # CLS + registers (timm's name)
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
         self.register_tokens = (
             nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim)) if num_register_tokens else None
@@ -232,8 +233,18 @@ class DinoVisionTransformer(VisionTransformer):
         self.img_size = grid * self.patch_size
 
     def interpolate_pos_encoding(self, h0: int, w0: int, dtype: torch.dtype) -> Tensor:
-        """Position embedding (1, 1+h0·w0, D) for an h0×w0 patch grid, as the reference computes it."""
+        """Position embedding (1, 1+h0·w0, D) for an h0×w0 patch grid, as the reference computes it.
+
+        Under `torch.export` (and the dynamo ONNX exporter) the same resize is written as two
+        resampling matrices (franca.models.pos_resample), so the exported graph keeps height and
+        width dynamic instead of being pinned to the export size.
+        """
         pos = self.pos_embed
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            from franca.models.pos_resample import resample_pos_embed_traceable
+
+            return resample_pos_embed_traceable(pos, h0, w0, self.interpolate_offset,
+                                                self.interpolate_antialias).to(dtype)
         n0 = pos.shape[1] - 1
         if h0 == w0 and h0 * w0 == n0:
             return pos.to(dtype)
@@ -278,10 +289,14 @@ class DinoVisionTransformer(VisionTransformer):
         return t
 
     def _run_blocks(self, t: Tensor) -> Tensor:
+        """The blocks; with `set_grad_checkpointing()` and autograd on, each block's activations are recomputed
+        in the backward (non-reentrant torch.utils.checkpoint, RNG state kept: the same drop path draws)."""
         if self.grad_checkpointing and torch.is_grad_enabled():
-            from timm.models._manipulate import checkpoint_seq
+            from torch.utils.checkpoint import checkpoint
 
-            return checkpoint_seq(self.blocks, t)
+            for block in self.blocks:
+                t = checkpoint(block, t, use_reentrant=False)
+            return t
         return self.blocks(t)
 
     # ------------------------------------------------------------------ forward
@@ -314,9 +329,13 @@ class DinoVisionTransformer(VisionTransformer):
         t = self._run_blocks(self.prepare_tokens_with_masks(x, masks))
         return self._output(t, masks, use_rasa_head)
 
-    def forward(self, x: Tensor | Sequence[Tensor], *args: Any, is_training: bool = False, **kwargs: Any):
-        """`x_norm_clstoken` (the DINOv2 `forward` at eval time); the full dict with is_training=True."""
-        out = self.forward_features(x, *args, **kwargs)
+    def forward(self, x: Tensor | Sequence[Tensor], *, masks: Tensor | Sequence[Tensor | None] | None = None,
+                is_training: bool = False, use_rasa_head: bool = False):
+        """`x_norm_clstoken` (the DINOv2 `forward` at eval time); the full dict with is_training=True.
+
+        Everything but the images is keyword-only, so an exporter's extra positional input can never
+        be taken for masks."""
+        out = self.forward_features(x, masks=masks, use_rasa_head=use_rasa_head)
         if is_training:
             return out
         if isinstance(out, list):
@@ -354,6 +373,48 @@ class DinoVisionTransformer(VisionTransformer):
         if return_class_token:
             return tuple(zip(patches, cls))
         return tuple(patches)
+
+    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False, **unused: Any):
+        """timm's `forward_intermediates` at any input size (the DINOv2 position interpolation, registers
+        counted as prefix tokens): `(final normed tokens, [per-block outputs])`, or only the list."""
+        from timm.models._features import feature_take_indices
+
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        bad = {k: v for k, v in unused.items() if v not in (None, False)}
+        if bad:
+            raise ValueError(f"forward_intermediates does not support {sorted(bad)}")
+        h0, w0 = self._grid(x)
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        t = self.prepare_tokens_with_masks(x)
+        inter = []
+        for i, blk in enumerate(self.blocks[: max_index + 1] if stop_early else self.blocks):
+            t = blk(t)
+            if i in take:
+                inter.append(self.norm(t) if norm else t)
+        k = self.num_prefix_tokens
+        prefix = [y[:, :k] for y in inter]
+        inter = [y[:, k:] for y in inter]
+        if output_fmt == "NCHW":
+            inter = [y.reshape(x.shape[0], h0, w0, -1).permute(0, 3, 1, 2).contiguous() for y in inter]
+        if return_prefix_tokens:
+            inter = list(zip(inter, prefix))
+        if intermediates_only:
+            return inter
+        return self.norm(t), inter
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm-style preprocessing facts (mean, std, input size, crop); see `franca.transforms`."""
+        from franca.models.preprocess import default_pretrained_cfg
+
+        return {**default_pretrained_cfg(self), **self.__dict__.get("_pretrained_cfg_extra", {})}
+
+    @pretrained_cfg.setter
+    def pretrained_cfg(self, value: dict[str, Any]) -> None:
+        self.__dict__["_pretrained_cfg_extra"] = dict(value or {})
 
     @torch.no_grad()
     def get_last_selfattention(self, x: Tensor, masks: Tensor | None = None) -> Tensor:

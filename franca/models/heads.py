@@ -10,6 +10,7 @@ Level l works on a d_l-wide view of the token (d_l = D/16, D/8, D/4, D/2, D by d
      stored as ``matryoshka_projections.{l}``;
 2. its own MLP ``mlps.{l}``: Linear(d_l, hidden) + GELU, (nlayers-2) × [Linear(hidden, hidden) + GELU],
    Linear(hidden, bottleneck) + GELU (the final GELU is the released code's; there is no BatchNorm);
+   with nlayers=1 a bare Linear(d_l, bottleneck), no GELU, as released;
 3. optionally an L2 normalisation of the bottleneck (off by default: the released MRL head has none,
    the plain DINOv2 head has one);
 4. its own weight-normalised prototype layer ``last_layers.{l}`` (no bias, gain initialised to 1) with
@@ -86,8 +87,12 @@ class HeadBatchNorm(nn.BatchNorm1d):
 
 
 def _mlp(in_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int, final_gelu: bool,
-         use_bn: bool = False) -> nn.Sequential:
+         use_bn: bool = False) -> nn.Module:
     """Linear+GELU blocks ending at the bottleneck (indices 0, 2, 4 … are Linears, as released).
+
+    ``nlayers=1`` is a bare ``Linear(in_dim, bottleneck_dim)``, as the released ``_build_mlp`` returns
+    (no GELU whatever ``final_gelu`` says, parameters ``mlps.{l}.weight``/``.bias``); from two layers on
+    the last Linear is followed by GELU when ``final_gelu`` (the released head has it).
 
     ``use_bn`` puts a BatchNorm1d after each hidden Linear (DINO's ``use_bn`` head option) and a
     non-affine one on the bottleneck output. The hidden ones standardise every unit over the batch,
@@ -98,6 +103,9 @@ def _mlp(in_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int, final_
     (docs/training.md), so it is off in every preset."""
     if nlayers < 1:
         raise ValueError(f"nlayers must be >= 1, got {nlayers}")
+    if nlayers == 1:
+        linear = nn.Linear(in_dim, bottleneck_dim)
+        return nn.Sequential(linear, HeadBatchNorm(bottleneck_dim, affine=False)) if use_bn else linear
     dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
     layers: list[nn.Module] = []
     for j in range(nlayers):
@@ -122,7 +130,8 @@ class MatryoshkaHead(nn.Module):
         hidden_dim, bottleneck_dim, nlayers: per-level MLP sizes (paper: 2048, 384, 3).
         level_dims: explicit nesting widths, increasing, each ≤ D (overrides ``nesting_levels``).
         l2_norm: L2-normalise the bottleneck before the prototypes (off: released MRL head).
-        final_gelu: GELU after the last MLP Linear (on: released MRL head).
+        final_gelu: GELU after the last MLP Linear when nlayers >= 2 (on: released MRL head; with
+            nlayers=1 the released head is a bare Linear, and so is this one).
         freeze_gain: keep every weight-norm gain fixed at 1.
         use_bn: BatchNorm1d after each hidden Linear and on the bottleneck (off: released head; see ``_mlp``).
     """

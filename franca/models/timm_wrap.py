@@ -68,8 +68,8 @@ class TimmBackbone(nn.Module):
             return [self.forward_features(xi, mi, use_rasa_head) for xi, mi in zip(x, ms)]
         return self._output(self.vit.blocks(self._tokens(x, masks)), use_rasa_head)
 
-    def forward(self, x: Tensor, *args: Any, is_training: bool = False, **kwargs: Any):
-        out = self.forward_features(x, *args, **kwargs)
+    def forward(self, x: Tensor, *, masks: Any = None, is_training: bool = False, use_rasa_head: bool = False):
+        out = self.forward_features(x, masks=masks, use_rasa_head=use_rasa_head)
         if is_training:
             return out
         return [o["x_norm_clstoken"] for o in out] if isinstance(out, list) else out["x_norm_clstoken"]

@@ -69,6 +69,15 @@ def _training_config_arch(obj: Any) -> dict[str, Any]:
     if not isinstance(model, Mapping):
         return {}
     arch = {k: model[k] for k in ("embed_dim", "num_heads") if model.get(k) is not None}
+    name = model.get("arch")
+    if isinstance(name, str) and not name.startswith("timm:"):
+        from franca.models.sizes import SIZES
+
+        if name in SIZES:  # training builds the named size: its interpolation rule holds, registers or not
+            arch["name"] = name
+            arch.setdefault("num_heads", SIZES[name]["num_heads"])
+            arch["interpolate_offset"] = SIZES[name]["interpolate_offset"]
+            arch["interpolate_antialias"] = SIZES[name]["interpolate_antialias"]
     return {"arch": arch} if arch else {}
 
 
@@ -90,8 +99,10 @@ def _load_weights_only(path: Path | io.BytesIO, name: str | None = None) -> Any:
     except pickle.UnpicklingError as exc:
         raise ValueError(f"refusing to load {name}: it is not a plain tensor file (weights_only=True "
                          f"rejected it, it may run code). Details: {str(exc).splitlines()[0]}") from exc
-    except (RuntimeError, EOFError) as exc:
-        raise ValueError(f"cannot read {name} as a torch checkpoint: {exc}") from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError(101), … on a foreign file  # noqa: BLE001
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(f"cannot read {name} as a torch checkpoint (truncated or another format?): "
+                         f"{type(exc).__name__}: {detail}") from exc
 
 
 class _ChainedReader(io.RawIOBase):
@@ -143,9 +154,13 @@ def _load_from_tar(parts: list[Path]) -> Any:
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # SafetensorError (not an OSError/ValueError): truncated or not safetensors  # noqa: BLE001
+        raise ValueError(f"cannot read {path} as safetensors (truncated or another format?): "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     extra: dict[str, Any] = {}
     if RASA_META_KEY in meta:
         extra["rasa_proj"] = decode_tensor(meta[RASA_META_KEY])
@@ -223,6 +238,30 @@ def infer_arch(state: Mapping[str, Tensor]) -> dict[str, Any]:
     return arch
 
 
+def file_shape(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Width, patch size, depth, registers, FFN and grid of a flat state dict (for messages and checks)."""
+    shape: dict[str, Any] = {"embed_dim": int(state["cls_token"].shape[-1]) if "cls_token" in state else None}
+    w = state.get("patch_embed.proj.weight")
+    shape["patch_size"] = int(w.shape[-1]) if w is not None else None
+    arch = infer_arch(state)
+    shape.update(depth=arch.get("depth"), num_register_tokens=arch.get("num_register_tokens", 0),
+                 ffn=arch.get("ffn"), pos_grid=arch.get("pos_grid"))
+    return shape
+
+
+def describe_shape(shape: Mapping[str, Any]) -> str:
+    """`embed_dim=384, depth=12, patch 14, 4 registers, mlp FFN, grid 37` (the fields that are known)."""
+    parts = [f"embed_dim={shape.get('embed_dim')}", f"depth={shape.get('depth')}", f"patch {shape.get('patch_size')}"]
+    if shape.get("num_heads"):
+        parts.append(f"{shape['num_heads']} heads")
+    parts.append(f"{shape.get('num_register_tokens') or 0} registers")
+    if shape.get("ffn"):
+        parts.append(f"{shape['ffn']} FFN")
+    if shape.get("pos_grid"):
+        parts.append(f"position grid {shape['pos_grid']}")
+    return ", ".join(parts)
+
+
 def _short(keys: list[str], n: int = 8) -> str:
     keys = sorted(keys)
     more = f" … (+{len(keys) - n} more)" if len(keys) > n else ""
@@ -230,9 +269,7 @@ def _short(keys: list[str], n: int = 8) -> str:
 
 
 def _describe(state: Mapping[str, Tensor], what: str = "file") -> str:
-    dim = state["cls_token"].shape[-1] if "cls_token" in state else "?"
-    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    return f"{what}: embed_dim={dim}, depth={depth}"
+    return f"{what}: {describe_shape(file_shape(state))}"
 
 
 def load_weights_into(model: nn.Module, state: Mapping[str, Tensor], source: str = "weights") -> None:
@@ -288,7 +325,10 @@ def export_safetensors(model: nn.Module, path: str | Path) -> Path:
     if rasa is not None:
         meta[RASA_META_KEY] = encode_tensor(rasa)
     arch = {k: getattr(model, k, None) for k in ("embed_dim", "n_blocks", "num_heads", "patch_size", "img_size",
-                                                 "ffn", "num_register_tokens")}
+                                                 "ffn", "num_register_tokens", "interpolate_offset",
+                                                 "interpolate_antialias")}
+    if getattr(model, "size_name", None):
+        arch["name"] = model.size_name
     meta[ARCH_META_KEY] = json.dumps(arch)
     save_file(state, str(path), metadata=meta)
     log.info("exported %d tensors to %s", len(state), path)
@@ -311,3 +351,28 @@ def timm_create_kwargs(model: nn.Module) -> dict[str, Any]:
     else:
         kw["mlp_ratio"] = (blk.mlp.fc1.out_features + 0.5) / model.embed_dim  # timm takes int(D·ratio)
     return kw
+
+
+def timm_recipe(model: nn.Module, path: str | Path) -> str:
+    """Python code that loads the exported file in timm alone (no franca) and gives the same tokens.
+
+    It holds at the file's own grid (`img_size`); see the README for timm's own resampling at other sizes.
+    """
+    kw = timm_create_kwargs(model)
+    swiglu = kw.pop("mlp_layer", None) is not None
+    kw.pop("act_layer", None)
+    args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+    extra = ", mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU" if swiglu else ""
+    r = int(model.num_register_tokens)
+    lines = ["import timm", "import torch"]
+    if swiglu:
+        lines.append("from timm.layers import SwiGLUPacked  # Franca's SwiGLU (w12 = [x1 | x2]); not GluMlp")
+    lines += [
+        'model = timm.create_model("vit_small_patch14_dinov2", pretrained=True,',
+        f"                          pretrained_cfg_overlay=dict(file={str(path)!r}),",
+        f"                          {args}{extra}).eval()",
+        f"# images: (B, 3, {kw['img_size']}, {kw['img_size']}), normalised with the ImageNet mean/std",
+        "# tokens = model.forward_features(images)",
+        f"# CLS = tokens[:, 0]; registers = tokens[:, 1:{1 + r}]; patch tokens = tokens[:, {1 + r}:]",
+    ]
+    return "\n".join(lines)

@@ -1,6 +1,8 @@
 """RASA post-training: remove absolute position from patch features (PROTOCOLS.md §10).
+May import franca.eval, franca.data, franca.models, franca.losses and franca.utils; never train, viz or commands.
 
 ``removal`` holds the pure tensor functions, ``fit`` the iterative predictor/removal loop,
+``probe`` the held-out position probes (closed-form ridge and the trained sigmoid predictor),
 ``data`` the reference augmentations, ``backbone`` folding into a backbone and the
 intermediate-layer option. The folded map itself is built in ``franca.models.rasa_fold``.
 """
@@ -12,6 +14,7 @@ _EXPORTS = {
     "remove": "removal", "decompose": "removal", "remove_sequential": "removal", "position_targets": "removal",
     "position_r2": "removal", "principal_angles_deg": "removal", "apply_projection": "removal",
     "RasaConfig": "fit", "RasaResult": "fit", "fit_rasa": "fit", "CachedFeatures": "fit", "BackboneFeatures": "fit",
+    "PositionProbe": "probe", "ProbeSettings": "probe", "ridge_r2": "probe", "sigmoid_r2": "probe",
     "fold_into_backbone": "backbone", "apply_to_intermediate": "backbone",
 }
 

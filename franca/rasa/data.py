@@ -1,4 +1,5 @@
-"""Images for RASA: the reference training augmentations and a plain image-folder reader.
+"""Images for RASA: the reference training augmentations; the files are listed and read by
+`franca.data.images.list_images` and `franca.data.datasets.folder.ImageFiles`.
 
 The targets are the fixed patch grid, so the augmentations (random crops, flips in both axes,
 ±90° rotations) break any tie between image content and position: a linear predictor of
@@ -14,6 +15,9 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image, ImageFilter
 
+from franca.data.datasets.folder import ImageFiles  # noqa: F401 (the reader lives with the others)
+from franca.data.images import IMAGE_EXTENSIONS
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,7 +25,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The reference RASA training transform normalises with std (0.229, 0.224, 0.255): the last value
 # is a typo of 0.225 in the reference that we keep by default for its training images.
 RASA_REFERENCE_STD = (0.229, 0.224, 0.255)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class RandomPILGaussianBlur:
@@ -71,43 +74,18 @@ def rasa_eval_transform(size: int = 518) -> Callable[[Image.Image], torch.Tensor
 
 
 def list_images(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """All image files under root (recursively), sorted for a reproducible order."""
+    """All image files under root (recursively, links followed once), sorted for a reproducible order."""
+    from franca.data.images import list_images as _list_images
+
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder not found: {root}")
     if root.is_file():
         raise ValueError(f"expected a folder of images, got the file {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    files = _list_images(root, extensions)
     if not files:
         raise ValueError(f"no images ({', '.join(extensions)}) found under {root}")
     return files
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """Unlabelled images from a list of files; an unreadable file is skipped (the next one is used) and counted."""
-
-    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
-        if len(files) == 0:
-            raise ValueError("ImageFiles needs at least one image")
-        self.files = list(files)
-        self.transform = transform
-        self.n_skipped = 0
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        for k in range(len(self.files)):
-            path = self.files[(i + k) % len(self.files)]
-            try:
-                with Image.open(path) as im:
-                    img = im.convert("RGB")
-            except (OSError, ValueError) as exc:
-                self.n_skipped += 1
-                log.warning("skipping unreadable image %s (%s)", path, exc)
-                continue
-            return self.transform(img)
-        raise ValueError("no readable image in the data set")
 
 
 def default_image_root() -> Path:

@@ -1,2 +1,2 @@
-"""Franca pretraining: typed configs and presets, schedules, optimizer groups, EMA teacher, the step,
-the loop with exact resume, data plumbing and distributed wrappers (`franca pretrain`, `franca highres`)."""
+"""Franca pretraining (`franca pretrain`, `franca highres`): configs, schedules, optimizer, EMA, step, loop.
+May import franca.eval, franca.data, franca.models, franca.losses and franca.utils; never rasa, viz or commands."""

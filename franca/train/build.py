@@ -60,6 +60,8 @@ def build_models(cfg: FrancaTrainConfig, device: torch.device) -> tuple[dict[str
         load_backbone_from_checkpoint(backbone, cfg.train.init_from)
     teacher = {k: copy.deepcopy(v) for k, v in student.items()}
     _disable_drop_path(teacher["backbone"])
+    if cfg.model.activation_checkpointing:  # the student only: the teacher runs without gradients
+        backbone.set_grad_checkpointing(True)
     for m in teacher.values():
         m.requires_grad_(False)
     for d in (student, teacher):
@@ -76,13 +78,14 @@ def _disable_drop_path(backbone: nn.Module) -> None:
 
 def load_backbone_from_checkpoint(backbone: nn.Module, path: str) -> None:
     """Load a training checkpoint's (or release's) teacher backbone, resizing pos_embed to this model."""
-    from franca.train.checkpoint import load_checkpoint, teacher_backbone_state
+    from franca.train.checkpoint import check_shapes, load_checkpoint, teacher_backbone_state
 
     state = teacher_backbone_state(load_checkpoint(path))
     pos = state.get("pos_embed")
     if pos is not None and pos.shape != backbone.pos_embed.shape:
         state["pos_embed"] = resize_pos_embed(pos, backbone.pos_embed.shape[1] - 1)
         log.info("resized pos_embed %s -> %s", tuple(pos.shape), tuple(state["pos_embed"].shape))
+    check_shapes(backbone, state, f"{path} (teacher backbone)")
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "rasa_proj"]
     if missing or unexpected:

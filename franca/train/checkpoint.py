@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from franca.utils.errors import UserError, write_failed
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,21 @@ def load_prefixed_state_dict(modules: dict[str, nn.Module], state: dict[str, tor
     """Inverse of `prefixed_state_dict`; raises KeyError naming missing/unexpected keys."""
     for prefix, module in modules.items():
         sub = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        check_shapes(module, sub, f"{source} ({prefix})")
         missing, unexpected = module.load_state_dict(sub, strict=False)
         if missing or unexpected:
             raise KeyError(f"{source}: {prefix} keys do not match the model: missing {list(missing)[:5]}, "
                            f"unexpected {list(unexpected)[:5]}")
+
+
+def check_shapes(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """UserError naming the first tensors whose shapes differ (instead of torch's one line per tensor)."""
+    own = module.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs the model's {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and own[k] is not None and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise UserError(f"{source}: {len(bad)} tensors do not fit this model ({'; '.join(bad[:3])}): the "
+                        "checkpoint holds another architecture")
 
 
 def rng_state() -> dict[str, Any]:
@@ -81,30 +95,82 @@ def _plain_to_py_state(s: list) -> tuple:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Atomically write `payload` to `path` (temp file in the same folder + fsync + rename)."""
+    """Atomically write `payload` to `path` (temp file in the same folder + fsync + rename).
+
+    A failed write (full disk, I/O error, interrupt) removes the temporary file and leaves the previous
+    checkpoint at `path` as it was; the error names the file and the free space."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{tmp_prefix(path)}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # torch's zip writer reports a full disk as RuntimeError
+            raise write_failed(path, exc) from exc
+        raise
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint (weights_only=True); clear errors for a missing or foreign file."""
+def tmp_prefix(path: Path) -> str:
+    """Name prefix of the temporary files `save_checkpoint` writes next to `path`."""
+    return f".{path.name}.tmp"
+
+
+def remove_leftover_temporaries(path: str | Path) -> list[Path]:
+    """Delete temporary checkpoint files a killed run left next to `path` (call only while holding
+    the output folder's lock, so that no live run is writing one); returns what was removed."""
+    path = Path(path)
+    removed = []
+    for p in path.parent.glob(f"{tmp_prefix(path)}*"):
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a small text file through a temporary file + rename (never a half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, exc) from exc
+
+
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Read a training checkpoint (weights_only=True; `mmap`: map the tensors instead of reading them);
+    one clear error naming a missing, unreadable, truncated, foreign or code-carrying file."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): not a franca training checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"refusing to read {path}: not a plain tensor file (weights_only loading rejected it: "
+                        f"{_first_line(exc)})") from exc
+    except Exception as exc:  # torch raises many types for a truncated or foreign file  # noqa: BLE001
+        raise UserError(f"cannot read {path} as a franca training checkpoint (truncated or another format?): "
+                        f"{_first_line(exc)}") from exc
     for key in ("teacher", "student", "iteration"):
         if not isinstance(ckpt, dict) or key not in ckpt:
-            raise KeyError(f"{path} is not a franca training checkpoint (no {key!r} entry)")
+            raise UserError(f"{path} is not a franca training checkpoint (no {key!r} entry)")
     return ckpt
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 def teacher_backbone_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:

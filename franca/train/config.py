@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "tiny"
@@ -32,8 +32,14 @@ class ModelConfig:
     """register tokens (paper D.1 compares with and without)"""
     img_size: Optional[int] = None
     """position-table size; None: the global crop size"""
+    activation_checkpointing: bool = False
+    """recompute each student block's activations in the backward (torch.utils.checkpoint per block): less
+    memory for the big models, about a third more backbone compute; same losses and gradients"""
 
     def __post_init__(self) -> None:
+        for name in ("embed_dim", "depth", "num_heads", "img_size"):
+            v = getattr(self, name)
+            _check(v is None or v >= 1, f"model.{name}", v, ">= 1 (or null: the named size's value)")
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate, "in [0, 1)")
         _check(self.num_register_tokens >= 0, "model.num_register_tokens", self.num_register_tokens, ">= 0")
 
@@ -57,11 +63,12 @@ class HeadConfig:
     local batch on CPU."""
     loss_weight: float = 1.0
 
-    def __post_init__(self) -> None:
-        _check(self.n_prototypes >= 1, "head.n_prototypes", self.n_prototypes, ">= 1")
-        _check(self.nesting_levels >= 1, "head.nesting_levels", self.nesting_levels, ">= 1")
-        _check(self.mode in ("projection", "slice"), "head.mode", self.mode, "'projection' or 'slice'")
-        _check(self.nlayers >= 1, "head.nlayers", self.nlayers, ">= 1")
+    def validate(self, prefix: str) -> None:
+        """Checked by FrancaTrainConfig, which knows the section (dino or ibot.head) to name."""
+        for name in ("n_prototypes", "nesting_levels", "nlayers", "hidden_dim", "bottleneck_dim"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", getattr(self, name), ">= 1")
+        _check(self.mode in ("projection", "slice"), f"{prefix}.mode", self.mode, "'projection' or 'slice'")
+        _check(self.loss_weight >= 0, f"{prefix}.loss_weight", self.loss_weight, ">= 0")
 
 
 @dataclass
@@ -99,6 +106,8 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _check(self.student_temp > 0, "loss.student_temp", self.student_temp, "> 0")
+        _check(self.koleo_weight >= 0, "loss.koleo_weight", self.koleo_weight, ">= 0")
+        _check(self.sinkhorn_iterations >= 1, "loss.sinkhorn_iterations", self.sinkhorn_iterations, ">= 1")
         _check(self.koleo_scope in ("local", "global"), "loss.koleo_scope", self.koleo_scope, "'local' or 'global'")
         _check(self.centering in ("sinkhorn_knopp", "centering"), "loss.centering", self.centering,
                "'sinkhorn_knopp' or 'centering'")
@@ -120,6 +129,8 @@ class TeacherConfig:
                self.final_momentum_teacher, "in [0, 1]")
         _check(self.teacher_temp > 0 and self.warmup_teacher_temp > 0, "teacher.teacher_temp",
                (self.warmup_teacher_temp, self.teacher_temp), "> 0")
+        _check(self.warmup_teacher_temp_epochs >= 0, "teacher.warmup_teacher_temp_epochs",
+               self.warmup_teacher_temp_epochs, ">= 0")
 
 
 @dataclass
@@ -151,6 +162,9 @@ class OptimConfig:
                "'sqrt', 'linear' or 'none'")
         _check(0.0 < self.layerwise_decay <= 1.0, "optim.layerwise_decay", self.layerwise_decay, "in (0, 1]")
         _check(self.clip_grad >= 0, "optim.clip_grad", self.clip_grad, ">= 0")
+        for name in ("min_lr", "weight_decay", "weight_decay_end", "warmup_epochs", "freeze_last_layer_epochs"):
+            _check(getattr(self, name) >= 0, f"optim.{name}", getattr(self, name), ">= 0")
+        _check(self.eps > 0, "optim.eps", self.eps, "> 0")
         _check(len(self.betas) == 2, "optim.betas", self.betas, "two values")
 
 
@@ -166,6 +180,8 @@ class CropsConfig:
 
     def __post_init__(self) -> None:
         _check(self.global_crops_size > 0, "crops.global_crops_size", self.global_crops_size, "> 0")
+        _check(self.local_crops_size > 0 or self.local_crops_number == 0, "crops.local_crops_size",
+               self.local_crops_size, "> 0")
         _check(self.local_crops_number >= 0, "crops.local_crops_number", self.local_crops_number, ">= 0")
         for name in ("global_crops_scale", "local_crops_scale"):
             v = list(getattr(self, name))
@@ -186,8 +202,11 @@ class DataConfig:
     """labelled ImageFolder used as k-NN memory (''/'auto': the toy train split)"""
     num_workers: int = 0
     batch_augment: bool = False
-    """augment whole batches with tensor ops (franca.data.batch_augment; needs equal-size images, e.g. the toy
-    set); same transforms as the per-image pipeline, much faster for small images"""
+    """augment whole batches with tensor ops (franca.data.batch_augment; images of mixed sizes too); same
+    transforms as the per-image pipeline, much faster for small images"""
+    augment_device: str = "auto"
+    """where images are decoded and augmented: 'cpu' (the loader workers), 'cuda' (workers read bytes; JPEG
+    decoding and the batched multi-crop run on the training GPU), 'auto' (cuda on a CUDA run, else cpu)"""
     toy_size: int = 64
     toy_n_train: int = 0
     """toy images per split and class (0 = the generator's default)"""
@@ -200,6 +219,10 @@ class DataConfig:
         _check(self.kind in ("auto", "toy", "folder", "imagefolder", "webdataset"), "data.kind", self.kind,
                "'auto', 'toy', 'folder', 'imagefolder' or 'webdataset'")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        _check(self.dataset_size >= 0, "data.dataset_size", self.dataset_size, ">= 0 (0: count the shards)")
+        _check(self.toy_size >= 8, "data.toy_size", self.toy_size, ">= 8")
+        _check(self.augment_device in ("auto", "cpu", "cuda"), "data.augment_device", self.augment_device,
+               "'auto', 'cpu' or 'cuda'")
 
 
 @dataclass
@@ -230,10 +253,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.batch_size_per_gpu >= 2, "train.batch_size_per_gpu", self.batch_size_per_gpu,
                ">= 2 (KoLeo needs a neighbour)")
+        _check(self.iterations >= 0, "train.iterations", self.iterations, ">= 0 (0: from train.epochs)")
         _check(self.epochs > 0 or self.iterations > 0, "train.epochs", self.epochs, "> 0 (or set train.iterations)")
+        _check(self.max_minutes >= 0, "train.max_minutes", self.max_minutes, ">= 0 (0: no time limit)")
         _check(self.checkpoint_period >= 1, "train.checkpoint_period", self.checkpoint_period, ">= 1")
         _check(self.log_period >= 1, "train.log_period", self.log_period, ">= 1")
         _check(self.parallel in ("ddp", "fsdp"), "train.parallel", self.parallel, "'ddp' or 'fsdp'")
+        _check(self.knn_k >= 1, "train.knn_k", self.knn_k, ">= 1")
+        _check(bool(str(self.output_dir).strip()), "train.output_dir", self.output_dir, "a folder path")
 
 
 @dataclass
@@ -249,6 +276,25 @@ class FrancaTrainConfig:
     crops: CropsConfig = field(default_factory=CropsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check_finite(self, "")
+        self.dino.validate("dino")
+        self.ibot.head.validate("ibot.head")
+
+
+def _check_finite(obj: Any, prefix: str) -> None:
+    """Every float of the config (also inside lists) is finite: an inf lr or epoch count fails here."""
+    import math
+
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key + ".")
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            _check(not isinstance(v, float) or math.isfinite(v), key, value, "a finite number")
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -281,7 +327,7 @@ def _load_layers(name_or_path: str, seen: tuple[str, ...] = ()) -> list[Any]:
     path = _preset_path(name_or_path)
     if str(path) in seen:
         raise ValueError(f"config {path}: _base_ cycle through {' -> '.join(seen)}")
-    node = OmegaConf.load(path)
+    node = _read_yaml(path)
     base = node.pop("_base_", None) if "_base_" in node else None
     layers: list[Any] = []
     if base:
@@ -292,24 +338,49 @@ def _load_layers(name_or_path: str, seen: tuple[str, ...] = ()) -> list[Any]:
     return layers + [(str(path), node)]
 
 
-def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> FrancaTrainConfig:
-    """Schema defaults <- preset (and its `_base_` chain) <- `key=value` overrides, validated.
+def _read_yaml(path: Path) -> Any:
+    """One yaml file as an OmegaConf mapping; syntax errors and non-mappings name the file and line."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
 
-    Raises KeyError naming an unknown key, ValueError naming a key with a bad value.
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or _short(exc)
+        raise ValueError(f"config {path}: YAML syntax error{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config {path} is not a YAML text file (not UTF-8)") from None
+    if not isinstance(node, DictConfig):
+        raise ValueError(f"config {path}: expected a mapping of config keys (e.g. `optim: {{base_lr: 1.0e-3}}`), "
+                         f"got a {type(node).__name__}")
+    return node
+
+
+def load_config(preset: str | None = None, overrides: Sequence[str] = (),
+                inherit: Optional[Mapping[str, Any]] = None, inherit_source: str = "inherited") -> FrancaTrainConfig:
+    """Schema defaults <- preset (and its `_base_` chain) <- `inherit` <- `key=value` overrides, validated.
+
+    `inherit` (a nested dict, e.g. the model section of a checkpoint's config) sits between the preset
+    and the overrides. Raises KeyError naming an unknown key, ValueError naming a key with a bad value.
     """
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
     cfg = OmegaConf.structured(FrancaTrainConfig)
     for source, node in _load_layers(preset or DEFAULT_PRESET):
         cfg = _merge(cfg, node, source)
+    if inherit:
+        cfg = _merge(cfg, OmegaConf.create(dict(inherit)), inherit_source)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ValueError(f"override {bad[0]!r} is not of the form key=value")
     for ov in overrides:
         try:
             dot = OmegaConf.from_dotlist([ov])
-        except OmegaConfBaseException as exc:
+        except (OmegaConfBaseException, yaml.YAMLError) as exc:
             raise ValueError(f"override {ov!r} cannot be parsed: {exc}") from None
         cfg = _merge(cfg, dot, f"override {ov!r}")
     try:
@@ -359,3 +430,53 @@ def dump_yaml(cfg: FrancaTrainConfig) -> str:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
+
+
+# Keys that may differ between a run and its --resume without changing what is trained: where files
+# go, how often to log or save, time limits, workers, devices, kernels, the final k-NN check.
+RESUME_FREE_KEYS = (
+    "train.output_dir", "train.log_period", "train.checkpoint_period", "train.max_minutes", "train.knn_eval",
+    "train.knn_k", "train.device", "train.compile", "train.parallel", "train.init_from", "data.num_workers",
+    "data.val", "data.knn_train", "data.augment_device", "optim.fused", "loss.implicit_patch_targets",
+    "model.activation_checkpointing",
+)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"base_lr": 1e-3}} -> {"optim.base_lr": 1e-3} (lists and plain dict values kept whole below
+    the schema's own sections)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and not key.endswith(("augment_options", "toy_options")):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(saved: Mapping[str, Any] | None, cfg: FrancaTrainConfig) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, requested value) for every key of the recipe that differs (RESUME_FREE_KEYS aside).
+
+    `saved` is the plain-dict config stored in a checkpoint; keys this version added are compared with
+    their defaults (an older checkpoint did run with them)."""
+    if not isinstance(saved, Mapping):
+        return [("config", "(none saved in the checkpoint)", "(this config)")]
+    try:
+        old = flatten(to_dict(from_dict(dict(saved))))
+    except (KeyError, ValueError):  # a config this version cannot read: compare what there is
+        old = flatten(saved)
+    new = flatten(to_dict(cfg))
+    missing = object()
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if key in RESUME_FREE_KEYS or a == b:
+            continue
+        changes.append((key, "(absent)" if a is missing else a, "(absent)" if b is missing else b))
+    return changes
+
+
+def key_allowed(key: str, allowed: Sequence[str]) -> bool:
+    """`key` is named by `allowed` itself or by a section prefix (`optim` allows every optim.* key)."""
+    return any(key == a or key.startswith(a.rstrip(".") + ".") for a in allowed if a)

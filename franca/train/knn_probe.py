@@ -1,8 +1,9 @@
 """End-of-run k-NN check: does the trained backbone classify the validation split better than at init?
 
 CLS features (`x_norm_clstoken`) of a labelled ImageFolder (train split as memory, val split as
-queries), resized to the training's global crop size, then franca.eval.knn.knn_classify (cosine,
-T = 0.07, PROTOCOLS.md §2).
+queries; read by `franca.data.datasets.ImageFolder`, extracted by `franca.eval.features.extract`),
+resized to the training's global crop size, then franca.eval.knn.knn_classify (cosine, T = 0.07,
+PROTOCOLS.md §2).
 """
 from __future__ import annotations
 
@@ -12,10 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-
-from franca.train.data import IMAGE_EXTENSIONS, decode_image
-from franca.utils.device import autocast_context
+from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -23,45 +21,36 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class LabelledFolder(Dataset):
-    """<root>/<class>/<image>: (tensor, class index); classes sorted by folder name."""
+def LabelledFolder(root: str | Path, size: int) -> Dataset:
+    """<root>/<class>/<image> → (tensor, class index), classes sorted by folder name
+    (`franca.data.datasets.ImageFolder`), resized and centre-cropped to `size`, ImageNet-normalised."""
+    from torchvision.transforms import v2
 
-    def __init__(self, root: str | Path, size: int) -> None:
-        from torchvision.transforms import v2
+    from franca.data.datasets import ImageFolder
 
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"k-NN split folder {root} does not exist")
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        self.items = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
-                      if p.suffix.lower() in IMAGE_EXTENSIONS]
-        if not self.items:
-            raise FileNotFoundError(f"no labelled images under {root}")
-        self.transform = v2.Compose([
-            v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size),
-            v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))])
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path, label = self.items[i]
-        return self.transform(decode_image(path)), label
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"k-NN split folder {root} does not exist")
+    transform = v2.Compose([
+        v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))])
+    try:
+        return ImageFolder(root, transform=transform)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"no labelled images under {root}: {exc}") from None
 
 
-@torch.no_grad()
 def extract_cls(backbone: nn.Module, ds: Dataset, device: torch.device, batch_size: int = 256
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLS features and labels of `ds` in this process (`franca.eval.features.extract`); the
+    backbone's train/eval mode is restored afterwards."""
+    from franca.eval.features import extract
+
     was_training = backbone.training
-    backbone.eval()
-    feats, labels = [], []
-    for x, y in DataLoader(ds, batch_size=batch_size, num_workers=0):
-        with autocast_context(device):
-            f = backbone.forward_features(x.to(device))["x_norm_clstoken"]
-        feats.append(f.float().cpu())
-        labels.append(y)
-    backbone.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    try:
+        out = extract(backbone, ds, kind="cls", device=device, batch_size=batch_size, distributed=False)
+    finally:
+        backbone.train(was_training)
+    return out["cls"], out["labels"]
 
 
 class KnnProbe:

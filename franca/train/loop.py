@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
 from franca.train import checkpoint as ckpt_io
+from franca.train import runfolder
 from franca.train.config import FrancaTrainConfig, dump_yaml, to_dict
 from franca.train.schedules import Lengths, Schedules
 from franca.utils import distributed as dist_utils
+from franca.utils.errors import UserError, write_failed
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the message names the iteration and the last good checkpoint."""
+    """The loss, a gradient norm or the weights became NaN or inf; the message names the iteration and
+    the last good checkpoint."""
 
 
 @dataclass
@@ -48,8 +52,12 @@ class Trainer:
     """Owns the models, optimizer and schedules of one run; `run()` trains to the end."""
 
     def __init__(self, cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False,
-                 synthetic_dataset_size: int | None = None) -> None:
-        """`synthetic_dataset_size`: skip building the data loader (benchmarks feed their own batches)."""
+                 synthetic_dataset_size: int | None = None, overwrite: bool = False,
+                 allow_config_change: Sequence[str] = ()) -> None:
+        """`resume`: True (output_dir's checkpoint) or a checkpoint path; `overwrite`: replace the run in
+        output_dir (its files stay until this run's first checkpoint); `allow_config_change`: config keys
+        (or sections) --resume may change; `synthetic_dataset_size`: skip building the data loader
+        (benchmarks feed their own batches)."""
         from franca.train.build import build_models
         from franca.train.data import build_pretrain_data
         from franca.train.distributed import compile_modules, fsdp_shard, sync_batchnorm, wrap_student
@@ -65,13 +73,10 @@ class Trainer:
         self.is_main = self.rank == 0
         self.out_dir = Path(cfg.train.output_dir)
         self.ckpt_path = self.out_dir / ckpt_io.CHECKPOINT_NAME
-        loaded = None
-        if isinstance(resume, str):
-            loaded = ckpt_io.load_checkpoint(resume)
-        elif resume and self.ckpt_path.is_file():
-            loaded = ckpt_io.load_checkpoint(self.ckpt_path)
-        elif resume:
-            log.warning("--resume: no checkpoint at %s yet; starting from scratch", self.ckpt_path)
+        self.overwrite = overwrite
+        self.resume_path: Optional[Path] = None
+        self.resume_path, loaded = runfolder.checkpoint_to_resume(cfg, resume, overwrite, allow_config_change,
+                                                                  self.world, check_folder=self.is_main)
         self.state = RunState()
         if loaded is not None:
             self.state.iteration = int(loaded["iteration"])
@@ -86,6 +91,10 @@ class Trainer:
         backbone = self.student["backbone"]
         depth = getattr(backbone, "n_blocks", len(getattr(backbone, "blocks", [])))
         if synthetic_dataset_size is None:
+            cpus = os.cpu_count() or 1
+            if cfg.data.num_workers > max(64, 8 * cpus):
+                raise UserError(f"data.num_workers={cfg.data.num_workers} is far more than the {cpus} CPU cores of "
+                                "this machine can run: use a few per core")
             self.data = build_pretrain_data(cfg, backbone.patch_size, self.rank, self.world,
                                             self.state.iteration, self.device)
             dataset_size = self.data.dataset_size
@@ -99,11 +108,8 @@ class Trainer:
             sync_batchnorm(self.student, self.device)
             sync_batchnorm(self.teacher, self.device)
         if cfg.train.compile:
-            from franca.losses.implicit_targets import use_compiled
-
             compile_modules(self.student)
             compile_modules(self.teacher)
-            use_compiled(True)  # the Sinkhorn-Knopp / iBOT loss passes as fused kernels
         if self.world > 1 and cfg.train.parallel == "fsdp":
             fsdp_shard(self.student, self.device)
             fsdp_shard(self.teacher, self.device)
@@ -119,7 +125,8 @@ class Trainer:
                        SoftmaxCentering(self.student["ibot_head"].n_prototypes_per_level).to(self.device))
         implicit = cfg.loss.implicit_patch_targets
         self.targets = TeacherTargets(cfg.loss.centering, cfg.loss.sinkhorn_iterations, centers,
-                                      cfg.train.compile if implicit is None else implicit)
+                                      cfg.train.compile if implicit is None else implicit,
+                                      compiled_passes=cfg.train.compile)  # Sinkhorn / iBOT passes fused
         self.losses = LossComputer(n_levels, cfg.loss.student_temp, cfg.dino.loss_weight,
                                    cfg.ibot.head.loss_weight, cfg.loss.koleo_weight, cfg.loss.koleo_scope)
         may_skip = cfg.ibot.mask_sample_probability * 2 * cfg.train.batch_size_per_gpu < 1
@@ -136,9 +143,13 @@ class Trainer:
         if self.world > 1 and self.cfg.train.parallel == "fsdp":
             self._restore_sharded(ckpt)
         else:
-            ckpt_io.load_prefixed_state_dict(self.student, ckpt["student"], "checkpoint student")
-            ckpt_io.load_prefixed_state_dict(self.teacher, ckpt["teacher"], "checkpoint teacher")
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            ckpt_io.load_prefixed_state_dict(self.student, ckpt["student"], f"{self.resume_path} student")
+            ckpt_io.load_prefixed_state_dict(self.teacher, ckpt["teacher"], f"{self.resume_path} teacher")
+            try:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError) as exc:
+                raise UserError(f"{self.resume_path}: its optimizer state does not fit this run's parameter groups "
+                                f"({exc})") from exc
         centers = self.targets.centers
         if centers is not None and "centers" in ckpt.get("extra", {}):
             for c, sd in zip(centers, ckpt["extra"]["centers"]):
@@ -146,7 +157,7 @@ class Trainer:
         rng = ckpt.get("rng", {}).get(f"rank{self.rank}")
         if rng is not None:
             ckpt_io.set_rng_state(rng)
-        log.info("resumed from %s at iteration %d", self.ckpt_path, self.state.iteration)
+        log.info("resumed from %s at iteration %d", self.resume_path, self.state.iteration)
 
     def _restore_sharded(self, ckpt: dict[str, Any]) -> None:
         """FSDP2: scatter the consolidated (full) state into the shards of every rank."""
@@ -202,7 +213,13 @@ class Trainer:
             losses = self.losses(student_out, teacher_out, batch)
         losses["total"].backward()
         norms = clip_gradients(self.student, self.cfg.optim.clip_grad)
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as exc:  # torch: "value cannot be converted to type float without overflow"
+            if "overflow" not in str(exc):
+                raise
+            raise NonFiniteLossError(f"the optimizer step of iteration {i} overflowed (lr {v.lr:g}): lower "
+                                     "optim.base_lr") from exc
         self.optimizer.zero_grad(set_to_none=True)
         for t_params, s_params in self.ema_pairs:
             update_ema(t_params, s_params, v.momentum)
@@ -234,9 +251,11 @@ class Trainer:
         resumed = st.iteration > 0
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(dump_yaml(cfg))
+            if not self.overwrite:  # with --overwrite: at the first checkpoint, with the old run's other files
+                ckpt_io.atomic_write_text(self.out_dir / "config.yaml", dump_yaml(cfg))
             self._announce()
-        metrics = MetricsLogger(self.out_dir, self.is_main, st.iteration if resumed else None)
+        metrics = MetricsLogger(self.out_dir, self.is_main, st.iteration if resumed else None, pending=self.overwrite)
+        replaced = not self.overwrite
         if st.knn_init is None and not resumed:
             st.knn_init = self.knn("initial")
         t0 = time.time()
@@ -270,10 +289,15 @@ class Trainer:
                 if st.iteration % cfg.train.checkpoint_period == 0 or end or limit:
                     if acc:
                         self._check_finite({k: float(v) for k, v in acc.items()}, i, last_good)
+                    self._check_weights_finite(i, last_good)
                     self.save(st.elapsed_before + time.time() - t0)
                     last_good = st.iteration
+                    if not replaced and self.is_main:
+                        self._replace_old_run(metrics)
+                    replaced = True
                 if limit and not end:
-                    stop_reason = f"time limit train.max_minutes={cfg.train.max_minutes}"
+                    stop_reason = (f"time limit train.max_minutes={cfg.train.max_minutes:g} reached after "
+                                   f"{st.iteration} of {total} iterations")
                     break
         finally:
             if bar is not None:
@@ -283,28 +307,63 @@ class Trainer:
         knn_final = self.knn("trained")
         summary = self._summary(wall, knn_final, stop_reason)
         if self.is_main:
-            import json
+            from franca.utils.results import write_json
 
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            try:
+                write_json(self.out_dir / "summary.json", summary)  # numbers rounded, library versions named
+            except OSError as exc:
+                raise UserError(f"{write_failed(self.out_dir / 'summary.json', exc)} (the checkpoint "
+                                f"{self.ckpt_path} is complete)") from exc
         return summary
 
+    def _replace_old_run(self, metrics: Any) -> None:
+        """--overwrite: this run's first checkpoint is written; now its metrics and config replace the old run's."""
+        metrics.commit()
+        ckpt_io.atomic_write_text(self.out_dir / "config.yaml", dump_yaml(self.cfg))
+        (self.out_dir / "summary.json").unlink(missing_ok=True)
+        log.info("--overwrite: the previous run in %s is replaced", self.out_dir)
+
     def _check_finite(self, row: dict[str, float], i: int, last_good: Optional[int]) -> None:
-        bad = [k for k in ("total", "dino_global", "dino_local", "ibot", "koleo") if k in row and not math.isfinite(row[k])]
+        keys = ("total", "dino_global", "dino_local", "ibot", "koleo")
+        bad = [k for k in row if (k in keys or k.startswith("grad_norm_")) and not math.isfinite(row[k])]
         if bad:
-            where = (f"the last good checkpoint {self.ckpt_path} (iteration {last_good}) is kept"
-                     if last_good is not None else "no checkpoint was written yet")
+            what = "loss" if any(k in keys for k in bad) else "gradient norm"
             raise NonFiniteLossError(
-                f"loss became non-finite ({', '.join(f'{k}={row[k]}' for k in bad)}) at or before iteration {i}; "
-                f"stopping; {where}. Lower optim.base_lr or check the data.")
+                f"{what} became non-finite ({', '.join(f'{k}={row[k]}' for k in bad)}) at or before iteration {i}; "
+                f"stopping; {self._last_good(last_good)}. Lower optim.base_lr or check the data.")
+
+    def _check_weights_finite(self, i: int, last_good: Optional[int]) -> None:
+        """Before a checkpoint counts as good: every student and teacher weight is finite (on every rank)."""
+        names, flags = [], []
+        for which, mods in (("student", self.student), ("teacher", self.teacher)):
+            for prefix, module in mods.items():
+                for name, p in module.named_parameters():
+                    t = p.to_local() if hasattr(p, "to_local") else p  # FSDP2: this rank's shard
+                    names.append(f"{which}.{prefix}.{name}")
+                    flags.append(torch.isfinite(t.detach()).all())
+        bad_mask = ~torch.stack(flags).cpu()  # one host sync
+        n_bad = dist_utils.all_reduce_sum(bad_mask.sum().float().to(self.device)) if self.world > 1 else bad_mask.sum()
+        if float(n_bad) > 0:
+            first = [n for n, b in zip(names, bad_mask.tolist()) if b][:3]
+            raise NonFiniteLossError(
+                f"weights became non-finite ({int(float(n_bad))} of {len(names)} tensors, e.g. {', '.join(first)}) "
+                f"at or before iteration {i}; not saving them; stopping; {self._last_good(last_good)}. "
+                "Lower optim.base_lr or check the data.")
+
+    def _last_good(self, last_good: Optional[int]) -> str:
+        return (f"the last good checkpoint {self.ckpt_path} (iteration {last_good}) is kept"
+                if last_good is not None else "no checkpoint was written yet")
 
     def _announce(self) -> None:
         n = self.lengths
         msg = (f"data: {self.data.description}\nlength: {n.describe()}\n"
+               f"stopping: {runfolder.stopping_rules(self.cfg, n, self.state.iteration)}\n"
                f"lr: peak {self.schedules.peak_lr:.3g} (base_lr {self.cfg.optim.base_lr:g} scaled by "
                f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "
                f"{self.world} process(es)")
-        log.info(msg.replace("\n", "; "))
-        if not self.quiet:
+        if self.quiet:  # one or the other: printed and logged, it showed twice in a terminal
+            log.info(msg.replace("\n", "; "))
+        else:
             print(msg, flush=True)
 
     def _progress(self, total: int) -> Any:
@@ -343,10 +402,23 @@ class Trainer:
         return s
 
 
-def train(cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False) -> dict[str, Any]:
-    """Run pretraining for `cfg`; returns the run summary (also written to <output_dir>/summary.json)."""
-    trainer = Trainer(cfg, resume=resume, quiet=quiet)
-    try:
-        return trainer.run()
-    finally:
-        dist_utils.cleanup()
+def train(cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False, overwrite: bool = False,
+          allow_config_change: Sequence[str] = ()) -> dict[str, Any]:
+    """Run pretraining for `cfg`; returns the run summary (also written to <output_dir>/summary.json).
+
+    The output folder is locked for the run (one run per folder); a folder that holds a run needs
+    `resume` (continue it) or `overwrite` (replace it)."""
+    from franca.train.runlock import RunLock
+
+    out_dir = Path(cfg.train.output_dir)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # before the process group exists
+    with RunLock(out_dir, enabled=main_process):
+        if main_process:
+            for p in ckpt_io.remove_leftover_temporaries(out_dir / ckpt_io.CHECKPOINT_NAME):
+                log.warning("removed %s, the partial checkpoint of a run killed while saving", p)
+        try:
+            trainer = Trainer(cfg, resume=resume, quiet=quiet, overwrite=overwrite,
+                              allow_config_change=allow_config_change)
+            return trainer.run()
+        finally:
+            dist_utils.cleanup()

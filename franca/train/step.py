@@ -46,17 +46,23 @@ class StudentOutput:
 
 
 class TeacherTargets:
-    """Teacher targets per level; holds the (optional) centering state."""
+    """Teacher targets per level; holds the (optional) centering state.
+
+    `compiled_passes`: the implicit iBOT targets (and the loss on them) run as compiled kernels, for
+    this instance only (a Trainer with `train.compile`)."""
 
     def __init__(self, centering: str, sinkhorn_iterations: int = 3,
-                 centers: Optional[tuple[nn.Module, nn.Module]] = None, implicit_patch_targets: bool = False) -> None:
+                 centers: Optional[tuple[nn.Module, nn.Module]] = None, implicit_patch_targets: bool = False,
+                 compiled_passes: bool = False) -> None:
         self.centering, self.n_iter, self.centers = centering, sinkhorn_iterations, centers
         self.implicit = implicit_patch_targets
+        self.compiled_passes = compiled_passes
 
     def _targets(self, logits: list[torch.Tensor], temp: float, which: int) -> list[torch.Tensor]:
         if self.centering == "sinkhorn_knopp":
             if which == 1 and self.implicit:  # the wide iBOT targets stay implicit (never written out)
-                return [sinkhorn_targets(t, temp, n_iterations=self.n_iter) for t in logits]  # type: ignore[misc]
+                return [sinkhorn_targets(t, temp, n_iterations=self.n_iter, compiled=self.compiled_passes)
+                        for t in logits]  # type: ignore[misc]
             return [sinkhorn_knopp(t, temp, n_iterations=self.n_iter) for t in logits]
         assert self.centers is not None
         center = self.centers[which]

@@ -1,4 +1,4 @@
-"""Last-layer CLS self-attention maps per head (paper Fig. 11, PROTOCOLS §11).
+"""Last-layer CLS self-attention maps per head (paper Fig. 11).
 
 The attention probabilities softmax(q_cls·kᵀ/√d_h) of the last block (computed explicitly by the
 backbone's ``get_last_selfattention``) are taken for the CLS query over the patch keys (register
@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from franca.viz.common import colormap, normalise, resize_center_crop, save_grid, to_uint8
+from franca.models.preprocess import transforms as preprocess
+from franca.models.preprocess import unnormalise
+from franca.viz.common import colormap, image_label, open_rgb, save_figure, to_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,27 +69,36 @@ def attention_panels(image01: Tensor, maps: Tensor, patch: int, alpha: float = 0
 
 def attention_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *, image_size: int | None = None,
                      threshold: float | None = None, device: torch.device | str = "cpu",
-                     panel_size: int | None = None) -> dict[str, Any]:
+                     panel_size: int | None = None, label: str = "", progress: bool = False) -> dict[str, Any]:
     """One row per image: the image and each head's CLS attention overlaid; writes the PNG ``out``.
 
-    ``image_size`` defaults to 480 (patch ≥ 14) or 16 patches; it is cropped to a multiple of the patch.
-    ``panel_size`` enlarges the panels for display.
-    Returns {"path", "maps" (n_images, heads, h, w) as a tensor, "size" (W, H)}.
+    ``image_size`` defaults to 480 (patch ≥ 14) or 16 patches and is rounded down to a multiple of
+    the patch. The figure is titled with ``label`` (model and weights), each overlay is labelled
+    with its head and its largest attention weight, and a colour bar gives the per-head scale;
+    ``panel_size`` sets the drawn panel side (both figure sides stay ≤ 2000 px).
+    Returns {"path", "maps" (n_images, heads, h, w) as a tensor, "size" (W, H), "n_drawn"}.
     """
+    from franca.utils.progress import progress as bar
+
     p = model.patch_size
     size = image_size or (480 if p >= 14 else 16 * p)
     size -= size % p
-    rows, all_maps = [], []
+    groups, labels, all_maps = [], [], []
     model = model.to(device).eval()
-    for im in images:
-        x01 = resize_center_crop(im, size, size)
-        maps = cls_attention(model, normalise(x01, IMAGENET_MEAN, IMAGENET_STD)[None].to(device))[0].cpu()
+    for i, im in enumerate(bar(images, desc="attention", unit="img", disable=not progress)):
+        x = preprocess(model, size)(open_rgb(im))  # franca.transforms: the one preprocessing
+        x01 = unnormalise(x, model)
+        maps = cls_attention(model, x[None].to(device))[0].cpu()
         mask = threshold_mass(maps, threshold) if threshold else None
-        rows.append(attention_panels(x01, maps, p, mask=mask))
+        groups.append(attention_panels(x01, maps, p, mask=mask))
+        labels.append([image_label(im, i)] + [f"head {h + 1} · {float(m.max()):.2g}" for h, m in enumerate(maps)])
         all_maps.append(maps)
-    path = save_grid(rows, out, panel_size=panel_size)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        wh = im.size
-    return {"path": str(path), "maps": torch.stack(all_maps), "size": wh}
+    heads = all_maps[0].shape[0]
+    sub = f"{size} px input, {heads} heads (each labelled with its largest attention weight), each map scaled to its range"
+    if threshold:
+        sub += f"; only the patches holding {threshold:.0%} of each head's attention"
+    path, lay = save_figure(groups, labels, out, title=f"CLS attention of the last block — {label or 'backbone'}",
+                            subtitle=sub, colorbar=("inferno", "attention (0 = head's min, 1 = max)"),
+                            panel_size=panel_size)
+    return {"path": str(path), "maps": torch.stack(all_maps), "size": (lay.width, lay.height),
+            "n_drawn": lay.n_groups, "layout": lay}

@@ -1,24 +1,21 @@
-"""Layer-wise maximum token norm (paper Fig. 10, PROTOCOLS §11).
+"""Layer-wise maximum token norm (paper Fig. 10).
 
 For every block ℓ = 1..L the block's output tokens (the residual stream before the final norm;
 CLS and patch tokens, register tokens *excluded*) are taken, each token's L2 norm computed, and the
 maximum over tokens of an image kept. The curve is the mean of that per-image maximum over the
-validation images; the dataset maximum is reported too. Images use the standard eval transform
-(Resize 256 → CenterCrop 224, ImageNet statistics; scaled as 8/7·size → size for other sizes).
+validation images; the dataset maximum is reported too. Images go through `franca.transforms(model,
+size)` (Resize 256 → CenterCrop 224, ImageNet statistics; 8/7·size → size for other sizes).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from franca.viz.common import normalise, resize_center_crop
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from franca.models.preprocess import transforms as preprocess
+from franca.viz.common import open_rgb
 
 
 @torch.no_grad()
@@ -37,16 +34,16 @@ def layerwise_max_norm(model: torch.nn.Module, images: Sequence[Any], *, image_s
                        batch_size: int = 32, device: torch.device | str = "cpu",
                        progress: bool = False) -> dict[str, Any]:
     """Mean (and max, std) over images of the per-image max token norm, for each block."""
-    from tqdm import tqdm
+    from franca.utils.progress import progress as tqdm
 
     p = model.patch_size
     size = image_size or (224 if p >= 14 else 8 * p)
-    resize = round(size * 8 / 7)
+    tf = preprocess(model, size)  # franca.transforms: the one preprocessing
     model = model.to(device).eval()
     rows = []
-    for i in tqdm(range(0, len(images), batch_size), desc="token norms", disable=not progress):
-        x = torch.stack([resize_center_crop(im, resize, size) for im in images[i:i + batch_size]])
-        rows.append(max_token_norms(model, normalise(x, IMAGENET_MEAN, IMAGENET_STD).to(device)).cpu())
+    for i in tqdm(range(0, len(images), batch_size), desc="token norms", unit="batch", disable=not progress):
+        x = torch.stack([tf(open_rgb(im)) for im in images[i:i + batch_size]])
+        rows.append(max_token_norms(model, x.to(device)).cpu())
     if not rows:
         raise ValueError("no images to measure token norms on")
     m = torch.cat(rows).double()
@@ -57,7 +54,8 @@ def layerwise_max_norm(model: torch.nn.Module, images: Sequence[Any], *, image_s
 
 def plot_norms(curves: dict[str, dict[str, Any]], out: str | Path, *, width_px: int = 640,
                height_px: int = 400, dpi: int = 100) -> Path:
-    """One line per backbone (label → result of ``layerwise_max_norm``); PNG of exactly width×height px."""
+    """One line per backbone (label → result of ``layerwise_max_norm``; labels name model and
+    weights); PNG of exactly width×height px, titled with the images and size measured on."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,11 +64,18 @@ def plot_norms(curves: dict[str, dict[str, Any]], out: str | Path, *, width_px: 
     fig, ax = plt.subplots(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     for label, c in curves.items():
         ax.plot(c["blocks"], c["mean_max_norm"], marker="o", markersize=3, label=label)
-    ax.set_ylim(bottom=0)
+    top = max(max(c["mean_max_norm"]) for c in curves.values())
+    ax.set_ylim(0, top * 1.15 if top > 0 else 1)
     ax.ticklabel_format(axis="y", useOffset=False)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("block")
     ax.set_ylabel("max token norm (mean over images)")
-    ax.set_title("Layer-wise maximum token norm")
+    first = next(iter(curves.values()))
+    fig.suptitle("Layer-wise maximum token norm", fontsize=11, weight="bold")
+    ax.set_title(f"mean over {first['n_images']} images at {first['image_size']} px; CLS and patch tokens, "
+                 f"registers excluded", fontsize=8.5, color="#333333")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -82,7 +87,7 @@ def plot_norms(curves: dict[str, dict[str, Any]], out: str | Path, *, width_px: 
 
 
 def write_norms_json(curves: dict[str, dict[str, Any]], out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"protocol": "token_norms", "backbones": curves}, indent=2))
-    return out
+    """The curves as JSON (floats to 6 significant digits, library versions named)."""
+    from franca.utils.results import write_json
+
+    return write_json(out, {"protocol": "token_norms", "backbones": curves})

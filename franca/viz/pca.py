@@ -1,7 +1,7 @@
-"""PCA of patch features shown as RGB (the qualitative figures; Franca's ``visualize_PCA``, PROTOCOLS §11).
+"""PCA of patch features shown as RGB (the qualitative figures; Franca's ``visualize_PCA``).
 
-Images are resized and centre-cropped (448 for the paper's models), normalised with mean 0.5 and
-std 0.2 as the reference does. A 3-component PCA is fitted jointly on the ``x_norm_patchtokens`` of
+Images go through `franca.transforms(model, size)` (448 for the paper's models), the one preprocessing
+of the project (ImageNet normalisation; the reference's figure script used mean 0.5 / std 0.2). A 3-component PCA is fitted jointly on the ``x_norm_patchtokens`` of
 all images. With foreground thresholding, the first component is min-max scaled and patches above
 the threshold (0.35) are foreground; a second 3-component PCA is fitted on foreground patches only
 and the background is drawn black. Components are min-max scaled to [0, 1] and used as RGB, then
@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from franca.viz.common import normalise, resize_center_crop, save_grid, to_uint8
+from franca.models.preprocess import transforms as preprocess
+from franca.models.preprocess import unnormalise
+from franca.viz.common import image_label, open_rgb, save_figure, to_uint8
 
-PCA_MEAN = (0.5, 0.5, 0.5)
-PCA_STD = (0.2, 0.2, 0.2)
 
 
 def pca_project(x: Tensor, k: int = 3) -> Tensor:
@@ -84,30 +84,44 @@ def pca_rgb(tokens: Tensor, grid: tuple[int, int], fg_threshold: float | None = 
 @torch.no_grad()
 def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *, image_size: int | None = None,
                fg_threshold: float | None = 0.35, device: torch.device | str = "cpu",
-               panel_size: int | None = None, use_rasa: bool = False) -> dict[str, Any]:
-    """One row per image: the image and its PCA-RGB map (bilinearly upsampled); writes the PNG ``out``.
+               panel_size: int | None = None, use_rasa: bool = False, label: str = "", batch_size: int = 16,
+               progress: bool = False) -> dict[str, Any]:
+    """Each image next to its PCA-RGB map (bilinearly upsampled), several images per row; writes the
+    titled PNG ``out`` (both sides ≤ 2000 px).
 
     ``use_rasa`` shows the RASA-cleaned tokens (``patch_token_rasa``) instead of ``x_norm_patchtokens``.
     """
+    from franca.utils.progress import progress as bar
+
     p = model.patch_size
     size = image_size or (448 if p >= 14 else 16 * p)
     size -= size % p
     model = model.to(device).eval()
-    crops = torch.stack([resize_center_crop(im, size, size) for im in images])
-    x = normalise(crops, PCA_MEAN, PCA_STD).to(device)
-    out_feats = model.forward_features(x, use_rasa_head=use_rasa)
-    tokens = out_feats["patch_token_rasa" if use_rasa else "x_norm_patchtokens"].float().cpu()
+    tf = preprocess(model, size)  # franca.transforms: the one preprocessing
+    xs = torch.stack([tf(open_rgb(im)) for im in images])
+    crops = unnormalise(xs, model)
+    key = "patch_token_rasa" if use_rasa else "x_norm_patchtokens"
+    chunks = []
+    step = max(1, min(batch_size, 8))  # small steps so that the progress bar moves
+    for i in bar(range(0, len(crops), step), desc="PCA features", unit="batch", disable=not progress):
+        x = xs[i:i + step].to(device)
+        chunks.append(model.forward_features(x, use_rasa_head=use_rasa)[key].float().cpu())
+    tokens = torch.cat(chunks)
     rgb, fg = pca_rgb(tokens, (size // p, size // p), fg_threshold)
     up = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     if fg_threshold is not None:
         up = up * F.interpolate(fg[:, None].float(), size=(size, size), mode="nearest")
-    rows = [[to_uint8(c), to_uint8(u)] for c, u in zip(crops, up)]
-    path = save_grid(rows, out, panel_size=panel_size)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        wh = im.size
-    return {"path": str(path), "rgb": rgb, "foreground": fg, "size": wh}
+    groups = [[to_uint8(c), to_uint8(u)] for c, u in zip(crops, up)]
+    what = "PCA, foreground" if fg_threshold is not None else "PCA"
+    labels = [[image_label(im, i), what] for i, im in enumerate(images)]
+    tokens_name = "RASA-cleaned patch tokens" if use_rasa else "patch tokens"
+    sub = f"RGB = first 3 principal components of the {tokens_name} ({len(images)} images, {size} px)"
+    if fg_threshold is not None:
+        sub += f"; black = background (1st component < {fg_threshold:g})"
+    path, lay = save_figure(groups, labels, out, title=f"PCA of patch features — {label or 'backbone'}", subtitle=sub,
+                            panel_size=panel_size)
+    return {"path": str(path), "rgb": rgb, "foreground": fg, "size": (lay.width, lay.height), "n_drawn": lay.n_groups,
+            "layout": lay}
 
 
 __all__ = ["pca_project", "pca_rgb", "pca_figure", "minmax"]

@@ -1,4 +1,5 @@
 """Readers (torch Datasets) for the real data sets in their official on-disk layouts.
+May import franca.data and franca.utils only.
 
 The same readers read the built-in synthetic set (`franca.data.toy`). A missing or wrongly laid
 out data set raises FileNotFoundError naming the file or folder expected; a corrupt image raises
@@ -10,7 +11,10 @@ corrupt images instead and count them (`SkipNoneCollate`, see `folder`).
 | ImageFolder, ImageNet                   | folder       | (image, class index)                  |
 | UnlabelledImageFolder, WebDatasetShards | folder, wds  | image or None                         |
 | VOCSegmentation, ADE20K, COCOThings     | voc, ade20k, coco | (image, int64 mask, 255 = ignore) |
-| NYUv2Depth, NYUv2Labeled, NYUv2Pickle   | nyu          | (image, float32 depth in m, 0 = invalid) |
+| SegmentationSet, build_segmentation     | segmentation | raw (PIL image, int64 mask) for the dense protocols |
+| ImageMaskPairs (the image + mask base)  | pairs        | (image, mask) read from two file lists |
+| ImageFiles (a list of files)            | folder       | image (unreadable: replaced)          |
+| NYUv2Depth, NYUv2Labeled, NYUv2Arrays   | nyu          | (image, float32 depth in m, 0 = invalid) |
 | SPair71k                                | spair        | dict of two images, keypoints, boxes  |
 | finegrained_dataset(name, …)            | finegrained  | (image, class index)                  |
 """
@@ -22,18 +26,21 @@ from franca.data.datasets.finegrained import FINEGRAINED_SETS, CUB200, finegrain
 from franca.data.datasets.folder import (
     IMAGE_EXTENSIONS,
     CorruptImageError,
+    ImageFiles,
     ImageFolder,
     ImageNet,
     SkipNoneCollate,
     UnlabelledImageFolder,
     load_rgb,
 )
-from franca.data.datasets.nyu import NYUv2Depth, NYUv2Labeled, NYUv2Pickle
+from franca.data.datasets.nyu import NYUv2Depth, NYUv2Labeled, NYUv2Arrays
+from franca.data.datasets.pairs import ImageMaskPairs
+from franca.data.datasets.segmentation import SegmentationSet, build_segmentation
 from franca.data.datasets.spair import SPair71k
 from franca.data.datasets.voc import VOC_CLASSES, VOCSegmentation
 from franca.data.datasets.wds import WebDatasetShards
 
 __all__ = ["ADE20K", "COCOThings", "CUB200", "CorruptImageError", "FINEGRAINED_SETS", "IMAGE_EXTENSIONS",
-           "ImageFolder", "ImageNet", "NYUv2Depth", "NYUv2Labeled", "NYUv2Pickle", "SPair71k", "SkipNoneCollate",
-           "UnlabelledImageFolder", "VOCSegmentation", "VOC_CLASSES", "WebDatasetShards", "finegrained_dataset",
-           "load_rgb"]
+           "ImageFiles", "ImageFolder", "ImageMaskPairs", "ImageNet", "NYUv2Arrays", "NYUv2Depth", "NYUv2Labeled",
+           "SPair71k", "SegmentationSet", "SkipNoneCollate", "UnlabelledImageFolder", "VOCSegmentation",
+           "VOC_CLASSES", "WebDatasetShards", "build_segmentation", "finegrained_dataset", "load_rgb"]

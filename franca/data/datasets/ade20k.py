@@ -15,11 +15,10 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
-
-from franca.data.datasets.folder import load_rgb, require_dir
+from franca.data.datasets.folder import require_dir
+from franca.data.datasets.pairs import ImageMaskPairs, load_label_png
 from franca.data.datasets.transforms import JointToTensor
-from franca.data.datasets.voc import IGNORE_INDEX, load_label_png
+from franca.data.datasets.voc import IGNORE_INDEX
 
 _SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 
@@ -31,7 +30,7 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-class ADE20K(Dataset):
+class ADE20K(ImageMaskPairs):
     """ADE20K (SceneParsing) split 'training'/'validation' (or 'train'/'val') → (image, mask)."""
 
     def __init__(self, root: str | os.PathLike, split: str = "validation", reduce_zero_label: bool = True,
@@ -54,14 +53,11 @@ class ADE20K(Dataset):
         self.num_classes = 150 if reduce_zero_label else 151
         self.ignore_index = IGNORE_INDEX
         self.transforms = transforms if transforms is not None else JointToTensor()
+        self.set_pairs(self.ids, self.image_dir, self.mask_dir)
 
-    def __len__(self) -> int:
-        return len(self.ids)
+    def read_mask(self, i: int) -> Image.Image:
+        mask = load_label_png(self.mask_paths[i])
+        return Image.fromarray(reduce_zero_label(np.asarray(mask))) if self.reduce_zero_label else mask
 
     def __getitem__(self, i: int):
-        name = self.ids[i]
-        image = load_rgb(self.image_dir / f"{name}.jpg")
-        mask = load_label_png(self.mask_dir / f"{name}.png")
-        if self.reduce_zero_label:
-            mask = Image.fromarray(reduce_zero_label(np.asarray(mask)))
-        return self.transforms(image, mask)
+        return self.transforms(*self.read_pair(i))

@@ -21,11 +21,9 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
-
-from franca.data.datasets.folder import load_rgb
+from franca.data.datasets.pairs import ImageMaskPairs, load_label_png
 from franca.data.datasets.transforms import JointToTensor
-from franca.data.datasets.voc import IGNORE_INDEX, load_label_png
+from franca.data.datasets.voc import IGNORE_INDEX
 
 COCO_THING_SUPERCATEGORIES = ("accessory", "animal", "appliance", "electronic", "food", "furniture", "indoor",
                               "kitchen", "outdoor", "person", "sports", "vehicle")
@@ -50,7 +48,7 @@ def _first_dir(cands: list[Path], what: str) -> Path:
     raise FileNotFoundError(f"{what}: expected one of the folders " + ", ".join(str(c) for c in cands))
 
 
-class COCOThings(Dataset):
+class COCOThings(ImageMaskPairs):
     """COCO-Things segmentation, split 'train' or 'val' (2017) → (image, mask with 0-11 and 255)."""
 
     def __init__(self, root: str | os.PathLike, split: str = "val", transforms: Callable | None = None):
@@ -77,12 +75,10 @@ class COCOThings(Dataset):
         if not self.ids:
             raise FileNotFoundError(f"COCO-Things: no *.png masks in {self.mask_dir}")
         self.transforms = transforms if transforms is not None else JointToTensor()
+        self.set_pairs(self.ids, self.image_dir, self.mask_dir)
 
-    def __len__(self) -> int:
-        return len(self.ids)
+    def read_mask(self, i: int) -> Image.Image:
+        return Image.fromarray(self.lut[np.asarray(load_label_png(self.mask_paths[i]))])
 
     def __getitem__(self, i: int):
-        name = self.ids[i]
-        image = load_rgb(self.image_dir / f"{name}.jpg")
-        mask = Image.fromarray(self.lut[np.asarray(load_label_png(self.mask_dir / f"{name}.png"))])
-        return self.transforms(image, mask)
+        return self.transforms(*self.read_pair(i))

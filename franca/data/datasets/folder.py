@@ -7,6 +7,8 @@
   per wnid is `ImageNet(root, split=None)`.
 - `UnlabelledImageFolder(root)`: every image file below `root` (recursive, sorted), no labels;
   the pretraining reader for "your own images".
+- `ImageFiles(files, transform)`: a given list of image files (RASA's reader); an unreadable file is
+  replaced by a readable one drawn at random and counted in `n_skipped`.
 
 Corrupt images in unlabelled folders (the skip-and-count mechanism):
     `UnlabelledImageFolder.__getitem__` returns **None** for a file that cannot be decoded, logs a
@@ -22,32 +24,30 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, UnreadableFiles, list_images, open_image
+
+__all__ = ["IMAGE_EXTENSIONS", "CorruptImageError", "ImageFiles", "ImageFolder", "ImageNet", "SkipNoneCollate",
+           "UnlabelledImageFolder", "image_folder_splits", "list_images", "load_rgb", "read_labels_txt",
+           "require_dir", "require_file"]
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
-class CorruptImageError(ValueError):
-    """An image file exists but cannot be decoded; the message names the file."""
+def load_rgb(path: str | os.PathLike, exif: bool = False) -> Image.Image:
+    """Open an image as 8-bit RGB, fully decoded (`franca.data.images.open_image`): a missing file
+    raises FileNotFoundError, a corrupt one or a decompression bomb CorruptImageError, naming the path.
 
-
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image as RGB, fully decoded; a missing file raises FileNotFoundError, a corrupt one
-    CorruptImageError, both naming the path."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image file not found: {p}")
-    try:
-        with Image.open(p) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise CorruptImageError(f"cannot decode image {p}: {exc}") from exc
+    The stored orientation is kept by default (EXIF ignored): masks, depth maps and keypoints are
+    annotated on the stored pixels. Readers without pixel annotations pass `exif=True`."""
+    return open_image(path, exif=exif)
 
 
 def require_dir(path: str | os.PathLike, what: str) -> Path:
@@ -63,21 +63,6 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"{what}: expected the file {p}, which does not exist")
     return p
-
-
-def _is_image(name: str, extensions: Sequence[str] | None) -> bool:
-    if name.startswith("."):
-        return False
-    return extensions is None or name.lower().endswith(tuple(extensions))
-
-
-def list_images(root: Path, extensions: Sequence[str] | None = IMAGE_EXTENSIONS) -> list[Path]:
-    """All image files below root, recursively (following links), in sorted order."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in filenames if _is_image(f, extensions)]
-    return sorted(out)
 
 
 class ImageFolder(Dataset):
@@ -104,7 +89,7 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         path, target = self.samples[i]
-        img = load_rgb(path)
+        img = load_rgb(path, exif=True)  # class labels do not depend on orientation: show photos upright
         if self.transform is not None:
             img = self.transform(img)
         if self.target_transform is not None:
@@ -147,6 +132,23 @@ class ImageNet(ImageFolder):
         self.class_names = [names.get(w, w) for w in self.classes]
 
 
+def image_folder_splits(root: str | os.PathLike, train_transform: Callable | None = None,
+                        val_transform: Callable | None = None) -> tuple[ImageFolder, ImageFolder]:
+    """(train, val) ImageFolders of `root/train` and `root/val` (or `root/test`); their class folders must
+    agree, since label indices come from the sorted folder names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist (expected {root}/train and {root}/val)")
+    val_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    if not (root / "train").is_dir() or val_dir is None:
+        raise FileNotFoundError(f"expected {root}/train and {root}/val (or {root}/test) class folders")
+    train, val = ImageFolder(root / "train", transform=train_transform), ImageFolder(val_dir, transform=val_transform)
+    if train.classes != val.classes:
+        missing = sorted(set(train.classes) ^ set(val.classes))[:5]
+        raise ValueError(f"{root}/train and {val_dir} have different class folders (e.g. {missing})")
+    return train, val
+
+
 class UnlabelledImageFolder(Dataset):
     """Every image below `root` (recursive), without labels; corrupt files give None (see module doc).
 
@@ -169,12 +171,45 @@ class UnlabelledImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         try:
-            img = load_rgb(self.paths[i])
+            img = load_rgb(self.paths[i], exif=True)
         except (CorruptImageError, FileNotFoundError) as exc:
             self.skipped += 1
             log.warning("skipping unreadable image (%d so far in this process): %s", self.skipped, exc)
             return None
         return self.transform(img) if self.transform is not None else img
+
+
+class ImageFiles(Dataset):
+    """Unlabelled images from a list of files (`franca.data.images.open_image`: bombs and corrupt files
+    are unreadable). An unreadable file is replaced by one drawn at random (seeded by the index, so
+    reproducibly; a bad stretch of a sorted folder costs only its share) and counted; more than half
+    unreadable among those tried raises (`franca.data.images.UnreadableFiles`)."""
+
+    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], Any]) -> None:
+        if len(files) == 0:
+            raise ValueError("ImageFiles needs at least one image")
+        self.files = list(files)
+        self.transform = transform
+        self.n_skipped = 0
+        self.unreadable = UnreadableFiles(f"the images {self.files[0].parent} …")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Any:
+        n = len(self.files)
+        for k in range(max(n, 64)):
+            path = self.files[i % n if k == 0 else random.Random(i * 1_000_003 + k).randrange(n)]
+            try:
+                img = load_rgb(path, exif=True)
+            except (CorruptImageError, FileNotFoundError) as exc:
+                self.n_skipped += 1
+                self.unreadable.failed(str(path), exc)
+                continue
+            self.unreadable.ok()
+            return self.transform(img)
+        self.unreadable.check(final=True)
+        raise ValueError(f"no readable image among the {len(self.files)} images ({self.files[0].parent} …)")
 
 
 class SkipNoneCollate:

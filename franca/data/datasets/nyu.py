@@ -1,4 +1,4 @@
-"""NYU Depth v2 readers: the BTS/AdaBins file layout, the labelled .mat, and Probe3D's pickle.
+"""NYU Depth v2 readers: the BTS/AdaBins file layout, the labelled .mat (HDF5), and Probe3D's arrays.
 
 - `NYUv2Depth(root, split)`, BTS layout (also what `franca data toy` writes):
   `root/nyudepthv2_{train,test}_files_with_gt.txt` with lines "rgb_path depth_path focal";
@@ -7,9 +7,10 @@
 - `NYUv2Labeled(mat, split)`: `nyu_depth_v2_labeled.mat` (MATLAB v7.3 = HDF5; `images`
   (N, 3, W, H) uint8, `rawDepths`/`depths` (N, W, H) metres) with the official `splits.mat`
   (`trainNdxs`/`testNdxs`, 1-based; 795/654 frames) beside it or given explicitly.
-- `NYUv2Pickle(pkl, split)`: Probe3D's `nyuv2_snorm_all.pkl` (keys images, depths, snorms,
-  scene_types, train_indices, test_indices). A pickle can run code when loaded: only open
-  files you made or trust.
+- `NYUv2Arrays(npz, split)`: Probe3D's `nyuv2_snorm_all.pkl` arrays saved as a numpy `.npz`
+  (images, depths, train_indices, test_indices), read with `allow_pickle=False`. Pickles are
+  never read (a pickle can run code when loaded): a `.pkl` gives an error that says how to
+  convert a trusted one.
 
 Items are `(image, depth)` after the joint transform (default `JointToTensor()`: float image
 (3, H, W) in [0, 1], float32 depth (H, W) in metres). Depth above `max_depth` (10 m) is set to
@@ -18,7 +19,7 @@ Items are `(image, depth)` after the joint transform (default `JointToTensor()`:
 from __future__ import annotations
 
 import os
-import pickle
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -133,21 +134,45 @@ class NYUv2Labeled(Dataset):
                                _depth_image(depth, self.max_depth))
 
 
-class NYUv2Pickle(Dataset):
-    """Probe3D's `nyuv2_snorm_all.pkl` (images (N,3,H,W) or (N,H,W,3), depths (N,H,W) or (N,1,H,W))."""
+PICKLE_REFUSED = ("{path}: a pickle file can run code when it is read, so franca does not read pickles. "
+                  "If you trust this file, unpickle it once yourself and save its arrays with "
+                  "numpy.savez('{stem}.npz', images=..., depths=..., train_indices=..., test_indices=...), "
+                  "then pass {stem}.npz")
 
-    def __init__(self, pkl_file: str | os.PathLike, split: str = "test", transforms: Callable | None = None,
+
+def refuse_pickle(path: str | os.PathLike) -> None:
+    """Raise ValueError explaining that a pickle is never read (and how to convert it to .npz)."""
+    p = Path(path)
+    raise ValueError(PICKLE_REFUSED.format(path=p, stem=p.stem))
+
+
+class NYUv2Arrays(Dataset):
+    """Probe3D's NYUv2 arrays as a numpy `.npz` (read with allow_pickle=False): `images` (N,3,H,W) or
+    (N,H,W,3), `depths` (N,H,W) or (N,1,H,W), `train_indices`, `test_indices` (0-based)."""
+
+    def __init__(self, npz_file: str | os.PathLike, split: str = "test", transforms: Callable | None = None,
                  max_depth: float = 10.0):
         if split not in ("train", "test"):
             raise ValueError(f"NYUv2 split must be 'train' or 'test', got {split!r}")
-        path = require_file(pkl_file, "Probe3D NYUv2 pickle (nyuv2_snorm_all.pkl)")
-        with open(path, "rb") as fh:
-            data = pickle.load(fh)
-        for key in ("images", "depths", f"{split}_indices"):
-            if key not in data:
-                raise KeyError(f"{path}: expected the key {key!r}; found {sorted(data)}")
-        self.images, self.depths = np.asarray(data["images"]), np.asarray(data["depths"])
-        self.indices = np.asarray(data[f"{split}_indices"]).reshape(-1).astype(np.int64)
+        path = require_file(npz_file, "NYUv2 arrays (.npz with images, depths, train_indices, test_indices)")
+        if path.suffix.lower() in (".pkl", ".pickle"):
+            refuse_pickle(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = [k for k in ("images", "depths", f"{split}_indices") if k not in data.files]
+                if missing:
+                    raise KeyError(f"{path}: expected the arrays {missing}; found {sorted(data.files)}")
+                self.images, self.depths = data["images"], data["depths"]
+                self.indices = np.asarray(data[f"{split}_indices"]).reshape(-1).astype(np.int64)
+        except KeyError:
+            raise
+        except ValueError as exc:  # object arrays need pickle: refused
+            raise ValueError(f"{path}: cannot read it without unpickling ({exc}); save plain numeric arrays") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
+        n = len(self.images)
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n):
+            raise ValueError(f"{path}: {split}_indices outside 0..{n - 1}")
         self.max_depth = max_depth
         self.transforms = transforms if transforms is not None else JointToTensor()
 
@@ -162,3 +187,27 @@ class NYUv2Pickle(Dataset):
         if img.dtype != np.uint8:
             img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
         return self.transforms(Image.fromarray(np.ascontiguousarray(img)), _depth_image(depth, self.max_depth))
+
+
+def nyu_splits(root: str | os.PathLike | None) -> tuple[Dataset, Dataset]:
+    """(train, test) readers for a NYUv2 source (default: the built-in toy set), chosen by its layout.
+
+    ``root``: a folder in the BTS layout (or its parent holding ``nyuv2/``), Probe3D's arrays saved
+    as ``.npz``, or the labelled ``nyu_depth_v2_labeled.mat``/``.h5`` (official splits). Pickles
+    (``.pkl``) are refused with an error saying how to convert one: reading a pickle can run code.
+    """
+    if root is None:
+        from franca.data.toy import builtin_toy
+
+        root = builtin_toy()
+    root = Path(root)
+    suffix = root.suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        refuse_pickle(root)
+    if suffix == ".npz":
+        return NYUv2Arrays(root, "train"), NYUv2Arrays(root, "test")
+    if suffix in (".mat", ".h5", ".hdf5"):
+        return NYUv2Labeled(root, "train"), NYUv2Labeled(root, "test")
+    if not (root / "nyudepthv2_test_files_with_gt.txt").is_file() and (root / "nyuv2").is_dir():
+        root = root / "nyuv2"
+    return NYUv2Depth(root, "train"), NYUv2Depth(root, "test")

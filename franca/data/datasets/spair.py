@@ -87,3 +87,44 @@ class SPair71k(Dataset):
             "src_imsize": src_size, "trg_imsize": tuple(a["trg_imsize"][:2]),
             "viewpoint_variation": int(a["viewpoint_variation"]), "category": cat, "pair_id": a["pair_id"],
         }
+
+    def lazy_pairs(self) -> list[dict]:
+        """Every pair without reading pixels: dicts with `src_image`/`trg_image` (`LazyImage`s),
+        `src_kps`/`trg_kps` (K, 2) float64 arrays of original pixel (x, y), `trg_bbox`, `category`,
+        `viewpoint_variation`, `src_name`/`trg_name` ("category/file") and `pair_id`."""
+        import numpy as np
+
+        out = []
+        for a in self.pairs:
+            cat = a["category"]
+            src_kps = np.asarray(a["src_kps"], dtype=np.float64).reshape(-1, 2)
+            trg_kps = np.asarray(a["trg_kps"], dtype=np.float64).reshape(-1, 2)
+            if src_kps.shape != trg_kps.shape:
+                raise ValueError(f"SPair-71k pair {a['pair_id']}: {len(src_kps)} source vs {len(trg_kps)} "
+                                 "target keypoints")
+            out.append({"src_image": LazyImage(self.image_dir / cat / a["src_imname"]),
+                        "trg_image": LazyImage(self.image_dir / cat / a["trg_imname"]),
+                        "src_kps": src_kps, "trg_kps": trg_kps, "trg_bbox": a["trg_bndbox"], "category": cat,
+                        "viewpoint_variation": int(a["viewpoint_variation"]),
+                        "src_name": f"{cat}/{a['src_imname']}", "trg_name": f"{cat}/{a['trg_imname']}",
+                        "pair_id": a["pair_id"]})
+        return out
+
+
+class LazyImage:
+    """A PIL image read from disk when used (``.size`` reads only the header), never kept in memory."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @property
+    def size(self) -> tuple[int, int]:
+        from PIL import Image
+
+        if not self.path.is_file():
+            raise FileNotFoundError(f"SPair-71k image not found: {self.path}")
+        with Image.open(self.path) as im:
+            return im.size
+
+    def convert(self, mode: str):
+        return load_rgb(self.path).convert(mode)

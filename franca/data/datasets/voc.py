@@ -18,30 +18,15 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 
-from franca.data.datasets.folder import CorruptImageError, load_rgb, require_file
+from franca.data.datasets.folder import require_file
+from franca.data.datasets.pairs import ImageMaskPairs, load_label_png  # noqa: F401 (load_label_png re-exported)
 from franca.data.datasets.transforms import JointToTensor
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
 IGNORE_INDEX = 255
-
-
-def load_label_png(path: str | os.PathLike) -> Image.Image:
-    """A label PNG (palette or single channel) as a mode-"L" image of raw label indices."""
-    p = require_file(path, "segmentation mask")
-    try:
-        with Image.open(p) as im:
-            if im.mode not in ("P", "L"):
-                raise CorruptImageError(f"segmentation mask {p} has mode {im.mode}: expected a palette (P) or "
-                                        "single-channel (L) PNG of class indices, not colours")
-            return Image.fromarray(np.array(im, dtype=np.uint8))
-    except (OSError, SyntaxError) as exc:
-        raise CorruptImageError(f"cannot decode segmentation mask {p}: {exc}") from exc
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -62,7 +47,7 @@ def _find_layout(root: Path) -> tuple[str, Path]:
         f"layout ({root}/VOCSegmentation/{{images,sets,SegmentationClass,SegmentationClassAug}})")
 
 
-class VOCSegmentation(Dataset):
+class VOCSegmentation(ImageMaskPairs):
     """Pascal VOC 2012 segmentation, split in {train, val, trainval, trainaug}; see the module doc.
 
     Attributes: `ids`, `classes` (from a `classes.txt` beside the data if present, as the toy set
@@ -98,14 +83,11 @@ class VOCSegmentation(Dataset):
         self.num_classes = len(self.classes)
         self.ignore_index = IGNORE_INDEX
         self.transforms = transforms if transforms is not None else JointToTensor()
-
-    def __len__(self) -> int:
-        return len(self.ids)
+        self.set_pairs(self.ids, self.image_dir, self.mask_dir)
 
     def __getitem__(self, i: int):
         name = self.ids[i]
-        image = load_rgb(self.image_dir / f"{name}.jpg")
-        mask = load_label_png(self.mask_dir / f"{name}.png")
+        image, mask = self.read_pair(i)
         if image.size != mask.size:
             raise ValueError(f"VOC {name}: image size {image.size} differs from mask size {mask.size}")
         return self.transforms(image, mask)

@@ -11,14 +11,14 @@ shard and key and increments `skipped`; wrap the collate function in
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from PIL import Image
 from torch.utils.data import IterableDataset
+
+from franca.data.images import CorruptImageError, open_image
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,8 @@ class WebDatasetShards(IterableDataset):
             log.warning("webdataset sample %s has no image (keys %s); skipped", where, sorted(sample))
             return None
         try:
-            with Image.open(io.BytesIO(sample[key])) as im:
-                img = im.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as exc:
+            img = open_image(bytes(sample[key]), where)
+        except CorruptImageError as exc:
             self.skipped += 1
             log.warning("skipping undecodable image %s (%d so far in this process): %s", where, self.skipped, exc)
             return None

@@ -1,0 +1,116 @@
+"""Every sub-command's --help: the shared flags under one name each, defaults shown, no placeholders,
+no developer notes, no file that the repository does not ship; old spellings parse but stay hidden."""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from franca.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = {"--model", "--weights", "--device", "--batch-size"}
+EVAL = MODEL | {"--data", "--size", "--out", "--seeds", "--quiet"}
+VIZ = MODEL | {"--data", "--size", "--out", "--quiet", "--n-images"}
+# The flags each command must offer, under exactly these names.
+SHARED = {
+    "eval knn": EVAL, "eval linear": EVAL, "eval logreg": EVAL, "eval pca-slice": EVAL,
+    "eval overcluster": EVAL, "eval incontext": EVAL, "eval linseg": EVAL, "eval keypoints": EVAL,
+    "eval depth": EVAL,
+    "features": MODEL | {"--data", "--size", "--out", "--quiet"},
+    "viz attention": VIZ | {"--panel-size"}, "viz pca": VIZ | {"--panel-size"}, "viz norms": VIZ,
+    "rasa": MODEL | {"--data", "--size", "--out", "--seed", "--quiet"},
+    "data toy": {"--out", "--size", "--seed", "--quiet"},
+    "export": {"--model", "--weights", "--out"},
+    "report": {"--out"},
+    "pretrain": {"--quiet", "--data", "--out", "--seed", "--batch-size", "--device"},
+    "highres": {"--quiet"},
+}
+# Upper-case names the code defines (e.g. TOY_SIZE): shown in a help text they are placeholders.
+CODE_CONSTANTS = {m for f in (ROOT / "franca").rglob("*.py")
+                  for m in re.findall(r"^([A-Z][A-Z0-9]*_[A-Z0-9_]+)\s*[:=]", f.read_text(), flags=re.M)}
+OLD_SPELLINGS = ("--images", "--image", "--image-size", "--resolution", "--no-progress", "--head-batch-size",
+                 "--data-root")
+
+
+def _leaves() -> dict[str, argparse.ArgumentParser]:
+    out = {}
+
+    def walk(parser: argparse.ArgumentParser, prefix: str) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            out[prefix] = parser
+        for sub in subs:
+            for name, child in sub.choices.items():
+                walk(child, f"{prefix} {name}".strip())
+
+    walk(build_parser(), "")
+    return out
+
+
+LEAVES = _leaves()
+
+
+def _visible(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.help is not argparse.SUPPRESS]
+
+
+def test_every_command_is_walked():
+    assert set(SHARED) <= set(LEAVES), sorted(set(SHARED) - set(LEAVES))
+    assert len(LEAVES) >= 18
+
+
+@pytest.mark.parametrize("name", sorted(LEAVES))
+def test_help_is_written_for_users(name):
+    parser = LEAVES[name]
+    text = parser.format_help()
+    flags = {s for a in _visible(parser) for s in a.option_strings}
+    assert SHARED.get(name, set()) <= flags, f"{name}: missing {sorted(SHARED[name] - flags)}"
+    for old in OLD_SPELLINGS:  # one documented name: the old spellings are hidden
+        assert not re.search(rf"(?<![\w-]){re.escape(old)}(?![\w-])", text), f"{name} --help shows {old}"
+    # No file the repository does not ship (e.g. PROTOCOLS.md); none of the design documents.
+    for doc in re.findall(r"[\w./-]+\.(?:md|rst)\b", text):
+        if re.match(r"[A-Z_]+/", doc):  # an output under a folder the user names (RUN_DIR/report.md)
+            continue
+        assert (ROOT / doc).is_file(), f"{name} --help names {doc}, which is not in the repository"
+    # No code placeholders (TOY_SIZE), no unexpanded %(default)s, no notes meant for developers.
+    prose = " ".join([parser.description or ""] + [a.help or "" for a in _visible(parser)])
+    placeholders = [w for w in re.findall(r"(?<![$\w])[A-Z][A-Z0-9]*_[A-Z0-9_]+\b", prose) if w in CODE_CONSTANTS]
+    assert not placeholders, f"{name} --help shows {placeholders}"
+    assert "%(" not in text and "This module" not in prose and "TODO" not in prose
+    for a in _visible(parser):
+        assert a.help, f"{name} {a.option_strings[0]} has no help text"
+        shows_default = a.default not in (None, False, argparse.SUPPRESS) and a.nargs != 0 and not a.required
+        if shows_default and not isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
+            assert "default" in a.help.lower(), f"{name} {a.option_strings[0]}: default {a.default!r} not shown"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in LEAVES if {"--size", "--data", "--quiet"} & SHARED.get(n, set())
+                                        and n not in ("pretrain", "highres")))  # these two never had old spellings
+def test_old_spellings_still_parse(name):
+    parser = LEAVES[name]
+    dests = {s: a.dest for a in parser._actions for s in a.option_strings}
+    required = ["--out", "x.json"] if name in ("data toy", "export", "features") else []
+    if "--size" in dests and "--image-size" in dests:
+        assert parser.parse_args(["--image-size", "40", *required]).size == 40
+        assert parser.parse_args(["--resolution", "42", *required]).size == 42
+    if "--data" in dests and "--images" in dests:
+        got = parser.parse_args(["--images", "photos", *required]).data
+        assert got in ("photos", ["photos"])
+    if "--quiet" in dests:
+        assert dests.get("--no-progress") == "quiet"
+        assert parser.parse_args(["--no-progress", *required]).quiet is True
+
+
+def test_eval_seed_is_one_seed():
+    args = build_parser().parse_args(["eval", "knn", "--seed", "3"])
+    assert args.seeds == [3]
+
+
+def test_verbose_before_or_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["-v", "report", "run"]).verbose is True
+    assert parser.parse_args(["report", "run", "-v"]).verbose is True
+    assert parser.parse_args(["report", "run"]).verbose is False

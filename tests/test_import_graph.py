@@ -1,0 +1,106 @@
+"""The import graph of franca/ follows the seams docs/architecture.md states (parsed with ast, every
+import, lazy ones inside functions included): the command layer is imported by nobody but itself, and
+every import points down the documented dependency direction."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "franca"
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _project_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, imported module) for every `franca…` import in one file; `from franca import x` counts
+    as importing `franca.x` when x is a submodule, else `franca` (the package's public API)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "franca"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "franca":
+                for a in node.names:
+                    sub = PACKAGE / a.name
+                    out.append((node.lineno, f"franca.{a.name}" if sub.is_dir() or sub.with_suffix(".py").exists()
+                                else "franca"))
+            elif node.module.split(".")[0] == "franca":
+                out.append((node.lineno, node.module))
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}:{node.lineno}: relative import; the graph check expects absolute ones")
+    return out
+
+
+def _unit(module: str) -> str:
+    """The unit a module belongs to: its subpackage or top-level module (`franca` for the package itself)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "franca"
+
+
+def _documented_layers() -> dict[str, float]:
+    """Units → rank from the 'Dependency direction:' line of docs/architecture.md (higher imports lower)."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    m = re.search(r"Dependency direction: `([^`]+)`", text)
+    assert m, f"{ARCHITECTURE} has no 'Dependency direction: `…`' line"
+    layers = [re.split(r"[,/]\s*", level.strip()) for level in m.group(1).split("→")]
+    return {unit.strip(): len(layers) - 1 - i for i, level in enumerate(layers) for unit in level}
+
+
+EDGES = [(_module_name(p), line, target) for p in sorted(PACKAGE.rglob("*.py")) for line, target in _project_imports(p)]
+
+
+def test_graph_was_read():
+    assert len(EDGES) > 100 and any(t.startswith("franca.commands") for _, _, t in EDGES)
+
+
+def test_only_the_command_layer_imports_commands_and_only_main_imports_cli():
+    bad = [f"{m}:{line} imports {t}" for m, line, t in EDGES
+           if t.startswith("franca.commands") and not (m == "franca.cli" or m.startswith("franca.commands"))]
+    bad += [f"{m}:{line} imports {t}" for m, line, t in EDGES
+            if t.startswith("franca.cli") and m != "franca.__main__"]
+    assert not bad, "imports against the seams:\n" + "\n".join(bad)
+
+
+def test_every_import_points_down_the_documented_direction():
+    layers = _documented_layers()
+    # the package's own __init__ is the public API, a lazy facade over models (just above them);
+    # __main__ runs the cli
+    layers.setdefault("franca", layers["models"] + 0.5)
+    layers.setdefault("__main__", max(layers.values()) + 1)
+    units = {_unit(_module_name(p)) for p in PACKAGE.rglob("*.py")}
+    missing = sorted(units - set(layers))
+    assert not missing, f"units not placed in docs/architecture.md's dependency direction: {missing}"
+    bad = []
+    for m, line, t in EDGES:
+        src, dst = _unit(m), _unit(t)
+        if src == dst:
+            continue
+        if layers[dst] >= layers[src]:
+            bad.append(f"{m}:{line} imports {t} ({src} rank {layers[src]} → {dst} rank {layers[dst]})")
+    assert not bad, "imports that do not point down the documented direction:\n" + "\n".join(bad)
+
+
+def test_models_import_nothing_of_the_project_but_utils():
+    bad = [f"{m}:{line} imports {t}" for m, line, t in EDGES
+           if _unit(m) == "models" and _unit(t) not in ("models", "utils")]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("snippet,expected", [
+    ("from franca.commands._common import mean_std\n", ["franca.commands._common"]),
+    ("def f():\n    import franca.train.loop as loop\n", ["franca.train.loop"]),
+    ("from franca import eval\n", ["franca.eval"]),
+    ("import numpy, franca\n", ["franca"]),
+])
+def test_parser_finds_lazy_and_package_imports(tmp_path, snippet, expected):
+    f = tmp_path / "m.py"
+    f.write_text(snippet)
+    assert [t for _, t in _project_imports(f)] == expected

@@ -1,0 +1,98 @@
+"""No silent random weights, and the file defines the model (size name optional, contradictions named)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import franca
+from franca.cli import main
+
+
+def test_load_backbone_without_weights_raises_with_the_how_to():
+    with pytest.raises(ValueError, match=r"'vitb14' is not a released model.*franca_vitb14_in21k.*build_backbone\('vitb14'\)"):
+        franca.load_backbone("vitb14")
+    with pytest.raises(ValueError, match="weights=FILE"):
+        franca.load_backbone()
+    assert franca.build_backbone("vitt8", depth=1).weights_label == "random init"
+
+
+def test_commands_need_weights_or_random_init(tmp_path, capsys):
+    out = tmp_path / "r.safetensors"
+    assert main(["export", "--model", "vitt8", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "--weights FILE" in err and "--random-init" in err and "franca_vitb14_in21k" in err
+    assert main(["export", "--model", "vitt8", "--random-init", "--out", str(out)]) == 0
+    assert "(random init)" in capsys.readouterr().out
+
+
+def test_json_names_the_weights(tmp_path):
+    """model_identity (the "model" block of every result JSON) carries the weights label."""
+    import argparse
+
+    from franca.commands._common import model_identity
+
+    ident = model_identity(argparse.Namespace(model="vitt8", weights=None, random_init=True))
+    assert ident["weights_label"] == "random init"
+    w = tmp_path / "mine.safetensors"
+    franca.export_backbone(franca.build_backbone("vitt8", depth=1), w)
+    ident = model_identity(argparse.Namespace(model=None, weights=str(w), random_init=False))
+    assert ident["weights_label"] == "mine.safetensors" and ident["weights_bytes"] == w.stat().st_size
+    assert model_identity(argparse.Namespace(model="dinov2_vits14", weights=None))["weights_label"] == "dinov2_vits14"
+    json.dumps(ident)
+
+
+def _pretrain_like(tmp_path, depth=4):
+    """A `franca pretrain` checkpoint of a vitt8 with an overridden depth (config recorded)."""
+    src = franca.build_backbone("vitt8", depth=depth).eval()
+    ckpt = {"teacher": {f"backbone.{k}": v for k, v in src.state_dict().items() if k != "rasa_proj"},
+            "student": {}, "iteration": 1, "config": {"model": {"arch": "vitt8", "depth": depth}}}
+    path = tmp_path / "checkpoint.pth"
+    torch.save(ckpt, path)
+    return src, path
+
+
+def test_the_file_defines_the_model(tmp_path):
+    src, ckpt = _pretrain_like(tmp_path)
+    m = franca.load_backbone(weights=ckpt)  # no size name needed
+    assert (m.patch_size, m.embed_dim, m.n_blocks, m.num_heads, m.weights_label) == (8, 192, 4, 3, "checkpoint.pth")
+    x = torch.randn(1, 3, 40, 56)
+    torch.testing.assert_close(m(x), src(x))
+    assert franca.load_backbone("vitt8", weights=ckpt).n_blocks == 4  # the same name is fine
+    # a contradicting name fails, naming both sides (patch size included) and the right name
+    with pytest.raises(ValueError) as err:
+        franca.load_backbone("vits14", weights=ckpt)
+    msg = str(err.value)
+    assert "embed_dim=192, depth=4, patch 8" in msg and "embed_dim=384, depth=12, patch 14" in msg
+    assert "--model vitt8" in msg and "embed_dim and patch_size differ" in msg
+    # an export of a ViT-S never silently becomes a ViT-B
+    vs = franca.export_backbone(franca.build_backbone("vits14", depth=1), tmp_path / "vits.safetensors")
+    with pytest.raises(ValueError, match=r"does not hold a vitb14.*--model vits14"):
+        franca.load_backbone("vitb14", weights=vs)
+    # the CLI: --model optional with --weights
+    out = tmp_path / "e.safetensors"
+    assert main(["export", "--weights", str(ckpt), "--out", str(out)]) == 0
+    assert main(["export", "--model", "vitb14", "--weights", str(ckpt), "--out", str(out)]) == 1
+
+
+def test_export_records_interpolation(tmp_path):
+    from safetensors import safe_open
+
+    m = franca.build_backbone("vitt8", depth=1, num_register_tokens=4)  # ours: offset 0.1 even with registers
+    p = franca.export_backbone(m, tmp_path / "r.safetensors")
+    with safe_open(str(p), "pt") as f:
+        arch = json.loads(f.metadata()["franca.arch"])
+    assert (arch["interpolate_offset"], arch["interpolate_antialias"], arch["name"]) == (0.1, False, "vitt8")
+    back = franca.load_backbone(weights=p)
+    assert (back.interpolate_offset, back.interpolate_antialias, back.num_register_tokens) == (0.1, False, 4)
+
+
+def test_report_rows_name_the_weights():
+    from franca.report import _model_name
+
+    assert _model_name({"model": {"model": "vitt8", "weights": None, "weights_label": "random init"}}) == \
+        "vitt8 (random init)"
+    assert _model_name({"model": {"model": "dinov2_vits14", "weights": None,
+                                  "weights_label": "dinov2_vits14"}}) == "dinov2_vits14 (dinov2_vits14)"
+    assert _model_name({"model": {"model": None, "weights": "runs/b.pth"}}) == "b.pth"
