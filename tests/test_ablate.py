@@ -249,3 +249,21 @@ def test_cli_builds_the_documented_sweep() -> None:
     default = build_sweep(build_parser().parse_args(["ablate"]))
     assert [v.name for v in default.variants] == ["franca", "single-level", "block-mask", "projection-heads",
                                                   "no-koleo"]
+
+
+def test_rasa_protocol_reports_position_r2_before_and_after(tmp_path: Path) -> None:
+    """The RASA call site on a backbone whose patch tokens carry their position: R² drops after the fit."""
+    import franca
+    from franca.ablate.evaluate import evaluate_backbone
+
+    root = make_image_folder(tmp_path / "imgs", n=40, size=16)
+    torch.manual_seed(0)
+    model = franca.build_backbone("vitt4", img_size=16, embed_dim=32, depth=1, num_heads=2).eval()
+    with torch.no_grad():  # position written along two directions: linearly readable, removable in one stage
+        rows, cols = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+        u, v = torch.randn(2, 32)
+        model.pos_embed[0, 1:] = 0.5 * (rows.reshape(-1, 1) * u + cols.reshape(-1, 1) * v)
+    s = EvalSettings(rasa_size=16, rasa_images=40, rasa_iterations=4, rasa_epochs=300, rasa_root=str(root))
+    out = evaluate_backbone(model, ["rasa"], torch.device("cpu"), s)
+    assert set(out) == {"rasa_r2_before", "rasa_r2_after"}
+    assert out["rasa_r2_before"] > 0.5 and out["rasa_r2_after"] < out["rasa_r2_before"] - 0.1

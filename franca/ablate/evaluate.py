@@ -71,6 +71,8 @@ class EvalSettings:
     rasa_epochs: int = 20
     data_root: str | None = None
     """labelled ImageFolder (train/, val/) for the classification protocols; None: the built-in toy set"""
+    rasa_root: str | None = None
+    """folder of images for the RASA fit and its probe; None: the built-in toy set's images"""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values; optional settings left at None are omitted (older sweeps' results stay comparable)."""
@@ -123,7 +125,7 @@ def rasa_position_r2(model: torch.nn.Module, device: torch.device, s: EvalSettin
     from franca.rasa import data as rdata
     from franca.rasa.fit import CachedFeatures, RasaConfig, extract_all, fit_rasa
 
-    files = rdata.list_images(rdata.default_image_root())
+    files = rdata.list_images(s.rasa_root or rdata.default_image_root())
     files = files[:: max(1, len(files) // s.rasa_images)][: s.rasa_images]  # spread over the whole set
     train_files, held_files = rdata.split_files(files, 0.1, 64, seed=400)
     tf = rdata.rasa_eval_transform(s.rasa_size)

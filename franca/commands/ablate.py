@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"built-in variants to run (default: all: {' '.join(DEFAULT_VARIANTS)}; "
                         "give none with only --variant entries)")
     p.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME_OR_KEY=VALUE",
-                   help="a variant of your own: NAME key=value [key=value ...] (repeatable)")
+                   help="a variant of your own: NAME key=value [key=value ...] (repeatable; default: none)")
     p.add_argument("--baseline", default=None, help="variant the others are compared with (default: the first)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: %(default)s")
     p.add_argument("--protocols", nargs="+", default=["knn", "linear", "pca-slice"], choices=PROTOCOLS,
