@@ -321,7 +321,7 @@ class Trainer:
         metrics.commit()
         ckpt_io.atomic_write_text(self.out_dir / "config.yaml", dump_yaml(self.cfg))
         (self.out_dir / "summary.json").unlink(missing_ok=True)
-        log.info("--overwrite: the previous run in %s is replaced", self.out_dir)
+        log.info("--overwrite: first checkpoint written; any earlier run in %s is now replaced", self.out_dir)
 
     def _check_finite(self, row: dict[str, float], i: int, last_good: Optional[int]) -> None:
         keys = ("total", "dino_global", "dino_local", "ibot", "koleo")
