@@ -99,7 +99,7 @@ class _NoFranca:  # this process must never import franca
             raise ImportError("franca imported by the timm recipe")
 sys.meta_path.insert(0, _NoFranca())
 import torch
-cases = torch.load(sys.argv[1], weights_only=False)
+cases = torch.load(sys.argv[1], weights_only=True)
 out = {}
 for name, (recipe, images) in cases.items():
     scope = {}
