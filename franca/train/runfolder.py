@@ -33,7 +33,7 @@ def checkpoint_to_resume(cfg: FrancaTrainConfig, resume: bool | str, overwrite: 
         if existing and not overwrite:
             raise UserError(f"output folder {out_dir} already holds a run ({existing}): add --resume to continue "
                             "it, --overwrite to replace it (its files stay until the new run's first checkpoint), "
-                            "or choose another train.output_dir")
+                            "or choose another --out (train.output_dir)")
         return None, None
     path = Path(resume) if isinstance(resume, str) else out_dir / ckpt_io.CHECKPOINT_NAME
     if not isinstance(resume, str) and not path.exists():

@@ -49,7 +49,7 @@ class RunLock:
             try:
                 if not _try_flock(fd, self.path):
                     raise UserError(f"output folder {self.folder} is in use by another run ({_describe(_read(fd))}; "
-                                    f"lock file {self.path}): wait for it to end or choose another train.output_dir")
+                                    f"lock file {self.path}): wait for it to end or choose another --out (train.output_dir)")
                 if not _same_file(fd, self.path):
                     os.close(fd)
                     continue
