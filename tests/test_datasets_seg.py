@@ -80,8 +80,13 @@ def test_voc_leopart_layout_and_rgb_mask_rejected(tmp_path):
     ds = VOCSegmentation(tmp_path, "val")
     assert ds.layout == "leopart" and torch.equal(ds[0][1], torch.from_numpy(_label(1).astype(np.int64)))
     assert torch.equal(VOCSegmentation(base, "trainaug")[0][1], torch.from_numpy(_label(2).astype(np.int64)))
-    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(base / "SegmentationClass" / "a.png")
-    with pytest.raises(ValueError, match="mode RGB"):
+    # an index mask saved as RGB (three equal channels) reads as indices; a colour-coded one is refused
+    Image.fromarray(np.repeat(_label(3)[..., None], 3, axis=2)).save(base / "SegmentationClass" / "a.png")
+    assert torch.equal(ds[0][1], torch.from_numpy(_label(3).astype(np.int64)))
+    colours = np.zeros((5, 7, 3), np.uint8)
+    colours[0, 0] = (128, 0, 0)  # VOC's aeroplane colour
+    Image.fromarray(colours).save(base / "SegmentationClass" / "a.png")
+    with pytest.raises(ValueError, match=r"a\.png has mode RGB with differing channels: a colour-coded mask"):
         ds[0]
 
 

@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     result_path(args, "incontext")
     train_split = args.train_split or ("trainaug" if args.dataset == "voc" else "train")
-    train = build_segmentation(args.dataset, args.data, train_split)
-    val = build_segmentation(args.dataset, args.data, args.val_split)
+    # HB labels: ADE20K keeps 151 classes with 0 = "other" ignored (reduce_zero_label=False)
+    train = build_segmentation(args.dataset, args.data, train_split, reduce_zero_label=False)
+    val = build_segmentation(args.dataset, args.data, args.val_split, reduce_zero_label=False)
     model, device = load_model_from_args(args)
     result = incontext.evaluate(model, train, val, device, size=resolve_size(args, 518, model.patch_size), k=args.k,
                                 temperature=args.temperature, memory_size=args.memory_size,

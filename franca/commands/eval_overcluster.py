@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.time()
     result_path(args, "overcluster")
-    data = build_segmentation(args.dataset, args.data, args.split)
+    data = build_segmentation(args.dataset, args.data, args.split, reduce_zero_label=False)  # Leopart/HB labels
     model, device = load_model_from_args(args)
     ks = [None if k == 0 else k for k in (args.ks or [100, 300, 0])]
     result = overcluster.evaluate(model, data, device, size=resolve_size(args, 448, model.patch_size), ks=ks, seeds=args.seeds,
