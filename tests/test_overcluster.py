@@ -113,7 +113,7 @@ def test_voc_reader_reads_devkit_layout_and_refuses_a_missing_trainaug(tmp_path)
 
     root = _write_voc(tmp_path)
     # no trainaug list and no SegmentationClassAug: an error naming them, never the train split instead
-    with pytest.raises(FileNotFoundError, match=r"the list and the masks not found.*trainaug\.txt.*SegmentationClassAug"):
+    with pytest.raises(FileNotFoundError, match=r"list and the masks not found.*trainaug\.txt.*SegmentationClassAug"):
         build_segmentation("voc", root, "trainaug")
     ds = build_segmentation("voc", root, "train")
     assert (len(ds), ds.num_classes, ds.ignore_index, ds.name) == (4, 21, 255, "voc-train")

@@ -10,9 +10,9 @@ corrupt images instead and count them (`SkipNoneCollate`, see `folder`).
 |-----------------------------------------|--------------|---------------------------------------|
 | ImageFolder, ImageNet                   | folder       | (image, class index)                  |
 | UnlabelledImageFolder, WebDatasetShards | folder, wds  | image or None                         |
-| VOCSegmentation, ADE20K, COCOThings     | voc, ade20k, coco | (image, int64 mask); the one reader of each layout |
-| build_segmentation (SegmentationSet)    | segmentation | the same readers with `raw_pair`: (PIL image, int64 numpy mask) for the dense protocols |
-| ImageMaskPairs, load_label_png, raw_pair | pairs       | the image + mask base, the one mask rule, the pass-through transform |
+| VOCSegmentation, ADE20K, COCOThings     | voc, ade20k, coco | (image, int64 mask): one reader per layout |
+| build_segmentation (SegmentationSet)    | segmentation | those readers, raw: (PIL image, int64 np mask) |
+| ImageMaskPairs, load_label_png, raw_pair | pairs       | their base, mask rule, pass-through transform |
 | ImageFiles (a list of files)            | folder       | image (unreadable: replaced)          |
 | NYUv2Depth, NYUv2Labeled, NYUv2Arrays   | nyu          | (image, float32 depth in m, 0 = invalid) |
 | SPair71k                                | spair        | dict of two images, keypoints, boxes  |

@@ -72,10 +72,17 @@ def find_voc_layout(root: Path) -> tuple[str, Path]:
         f"SegmentationClassAug}}, or the folder itself)")
 
 
+def voc_image_dir(root: Path) -> Path:
+    """The folder of all VOC images under `root` (devkit JPEGImages/ or Leopart/HB images/)."""
+    layout, base = find_voc_layout(root)
+    return base / ("JPEGImages" if layout == "devkit" else "images")
+
+
 def _trainaug_ids(sets: Path, mask_dir: Path) -> tuple[list[str], str]:
     """(trainaug ids, the list files read): trainaug.txt alone, else aug.txt ∪ train.txt (sorted)."""
     trainaug, aug, train = sets / "trainaug.txt", sets / "aug.txt", sets / "train.txt"
-    missing = ([] if trainaug.is_file() or aug.is_file() else ["the list"]) + ([] if mask_dir.is_dir() else ["the masks"])
+    has_list = trainaug.is_file() or aug.is_file()
+    missing = ([] if has_list else ["the list"]) + ([] if mask_dir.is_dir() else ["the masks"])
     if missing:
         raise FileNotFoundError(
             f"VOC trainaug: {' and '.join(missing)} not found; expected the list {trainaug} (or mmseg's aug.txt "
@@ -83,7 +90,8 @@ def _trainaug_ids(sets: Path, mask_dir: Path) -> tuple[list[str], str]:
             "ask for the train split")
     if trainaug.is_file():
         return read_id_list(trainaug), trainaug.name
-    ids = set(read_id_list(aug)) | set(read_id_list(require_file(train, "VOC train list (mmseg trainaug = aug + train)")))
+    train_ids = read_id_list(require_file(train, "VOC train list (mmseg's trainaug = aug + train)"))
+    ids = set(read_id_list(aug)) | set(train_ids)
     return sorted(ids), "aug.txt + train.txt"
 
 
