@@ -39,7 +39,7 @@ from franca.data.images import (IMAGE_EXTENSIONS, UNREADABLE_ERRORS, CorruptImag
                                 read_or_replace)
 from franca.data.images import list_images as _list_images
 from franca.data.datasets import shards as shards_mod
-from franca.data.datasets.shards import count_shard_images, list_shards
+from franca.data.datasets.shards import count_shard_images, list_shards, reject_remote
 from franca.data.datasets.shards import tar_images as _tar_images
 from franca.train.config import FrancaTrainConfig
 
@@ -363,6 +363,7 @@ def resolve_source(cfg: FrancaTrainConfig) -> tuple[str, str]:
     if not d.dataset:
         raise ValueError("config key data.dataset is empty: give data.dataset=/path/to/images (a folder) or "
                          "webdataset shards (data.dataset=/shards/train-{000000..000099}.tar)")
+    reject_remote(d.dataset)  # a shard URL: download first (before "not found")
     plain_path = not any(c in d.dataset for c in "*?[{")
     if kind != "toy" and d.dataset != "toy" and plain_path:
         if not Path(d.dataset).exists():

@@ -81,8 +81,11 @@ def _brace_alternatives(body: str) -> list[str]:
     return ["{" + x + "}" for x in expand_braces(body)]
 
 
-def _is_remote(spec: str) -> bool:
-    return "://" in spec or spec.startswith("pipe:")
+def reject_remote(spec: str) -> None:
+    """ValueError for a remote shard URL (`http://…`, `s3://…`, `pipe:…`): franca reads local files only."""
+    if "://" in spec or spec.startswith("pipe:"):
+        raise ValueError(f"webdataset: {spec} is a remote URL; franca reads local shards only (it works "
+                         "offline): download the shards first and give their folder, a file or a brace pattern")
 
 
 def list_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -94,9 +97,7 @@ def list_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
             raise ValueError("webdataset: the list of shards is empty")
         return [s for one in spec for s in list_shards(one)]
     spec = str(spec)
-    if _is_remote(spec):
-        raise ValueError(f"webdataset: {spec} is a remote URL; franca reads local shards only (it works "
-                         "offline): download the shards first and give their folder, a file or a brace pattern")
+    reject_remote(spec)
     p = Path(spec)
     if p.is_dir():
         shards = sorted(str(s) for s in p.glob("*.tar"))
