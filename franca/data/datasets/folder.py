@@ -40,8 +40,8 @@ from franca.data.images import (IMAGE_EXTENSIONS, UNREADABLE_ERRORS, CorruptImag
                                 open_image, read_or_replace, warn_skipped)
 
 __all__ = ["IMAGE_EXTENSIONS", "ON_UNREADABLE", "CorruptImageError", "ImageFiles", "ImageFolder", "ImageNet",
-           "SkipNoneCollate", "UnlabelledImageFolder", "image_folder_splits", "list_images", "load_rgb", "read_labels_txt",
-           "require_dir", "require_file"]
+           "SkipNoneCollate", "UnlabelledImageFolder", "image_folder_splits", "list_images", "load_rgb",
+           "read_labels_txt", "require_dir", "require_file"]
 
 log = logging.getLogger(__name__)
 

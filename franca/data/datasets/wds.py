@@ -62,7 +62,8 @@ class WebDatasetShards(IterableDataset):
         if shuffle_buffer < 0:
             raise ValueError(f"webdataset: shuffle_buffer must be ≥ 0, got {shuffle_buffer}")
         self.transform = transform
-        self.shuffle_shards, self.shuffle_buffer, self.seed, self.with_key = shuffle_shards, shuffle_buffer, seed, with_key
+        self.shuffle_shards, self.shuffle_buffer = shuffle_shards, shuffle_buffer
+        self.seed, self.with_key = seed, with_key
         self.epoch = 0
         self.skipped = 0
 
@@ -112,7 +113,11 @@ class WebDatasetShards(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = dist_utils.rank(), dist_utils.world_size()
-        samples: Iterable[tuple[str, str, bytes | None]] = self._samples(self.shards_of(rank, world, worker, workers))
+        mine = self.shards_of(rank, world, worker, workers)
+        if not mine:
+            log.warning("webdataset: rank %d, worker %d reads no shard (%d shards for %d ranks × %d workers)",
+                        rank, worker, len(self.urls), world, workers)
+        samples: Iterable[tuple[str, str, bytes | None]] = self._samples(mine)
         if self.shuffle_buffer > 1:
             rng = random.Random(f"buffer:{self.seed}:{self.epoch}:{rank}:{worker}")
             samples = shuffle_buffer(samples, self.shuffle_buffer, rng)
