@@ -1,4 +1,5 @@
-"""DINOv2 / Franca multi-crop augmentation with torchvision transforms v2 (PROTOCOLS.md §1.3).
+"""DINOv2 / Franca multi-crop augmentation with torchvision transforms v2 (released Franca
+`franca/data/augmentations.py`).
 
 Per image: 2 global crops and ``n_local`` local crops, each with its own geometry
 (RandomResizedCrop, bicubic; horizontal flip p=0.5), colour jitter (p=0.8; brightness 0.4, contrast 0.4,

@@ -1,4 +1,4 @@
-"""Batch multi-crop samples and draw the iBOT masks for a batch (PROTOCOLS.md §1.4; DINOv2 ``collate``).
+"""Batch multi-crop samples and draw the iBOT masks for a batch (released Franca / DINOv2 ``data/collate.py``).
 
 Global crops are stacked [crop 1 of all images; crop 2 of all images], local crops per local index.
 A share ``mask_probability`` of the 2B global crops gets a mask with stratified ratios

@@ -1,8 +1,8 @@
 """Patch masks for the iBOT loss: CyclicMask (Franca), DINOv2 block masking, per-batch mask counts.
 
-CyclicMask (Franca §3, Algorithm 1; PROTOCOLS.md §1.4) keeps one rectangular *visible* block with a
-random aspect ratio, rolls the map cyclically by independent row/column shifts, and masks the rest,
-so every position is equally likely to be masked. Two variants:
+CyclicMask (Franca §3, Algorithm 1; released Franca `franca/data/masking.py`) keeps one rectangular
+*visible* block with a random aspect ratio, rolls the map cyclically by independent row/column shifts,
+and masks the rest, so every position is equally likely to be masked. Two variants:
 
 - ``"code"`` (default, the released ``InverseBlockMasking``): the aspect range [min_aspect, max_aspect]
   is clamped so that the block fits the grid, and the block is trimmed (first cells in row-major
@@ -220,7 +220,7 @@ def sample_mask_counts(
     mask_probability: float = 0.5,
     generator: Generator | None = None,
 ) -> tuple[list[int], int]:
-    """Masked-patch count per global crop, as the released collate draws them (PROTOCOLS.md §1.4).
+    """Masked-patch count per global crop, as the released collate draws them (Franca `franca/data/collate.py`).
 
     ⌊n_crops · p⌋ crops are masked; their ratios are stratified: crop i draws U(b_i, b_{i+1}) over
     breakpoints b = linspace(min, max, n_masked + 1) and masks ⌊n_tokens · ratio⌋ patches. The list is

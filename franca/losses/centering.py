@@ -1,4 +1,5 @@
-"""Softmax centering, the alternative to Sinkhorn-Knopp teacher targets (DINO / DINOv2; PROTOCOLS.md §1.6).
+"""Softmax centering, the alternative to Sinkhorn-Knopp teacher targets (DINO / DINOv2
+`dinov2/loss/dino_clstoken_loss.py`; released Franca `franca/loss/mrl_dino_loss.py`).
 
 Targets are softmax((L − c_l)/τ_t) with an EMA centre c_l per nesting level, each of its own width K_l
 (the released code shares one buffer across levels; that is a bug this module avoids). The centre is

@@ -1,4 +1,5 @@
-"""DINO (CLS-token) cross-entropy between student views and teacher targets (PROTOCOLS.md §1.7).
+"""DINO (CLS-token) cross-entropy between student views and teacher targets (released Franca code,
+`franca/train/ssl_meta_arch.py`).
 
 For one nesting level, with CE(t, s) = −Σ_k t_k · log softmax(s/τ_s)_k:
 

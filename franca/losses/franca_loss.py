@@ -1,4 +1,5 @@
-"""The Franca objective: per-level DINO + iBOT, summed over Matryoshka levels, plus KoLeo (PROTOCOLS.md §1.7).
+"""The Franca objective: per-level DINO + iBOT, summed over Matryoshka levels, plus KoLeo (released Franca
+`franca/train/ssl_meta_arch.py`).
 
 With B images per process, 2 global crops, n_L local crops, L levels with weights λ_l (default all 1):
 

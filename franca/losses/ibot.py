@@ -1,4 +1,4 @@
-"""iBOT masked-patch cross-entropy (PROTOCOLS.md §1.7).
+"""iBOT masked-patch cross-entropy (released Franca code, `franca/train/ssl_meta_arch.py`).
 
 For one nesting level, over the M masked patch tokens of a batch of n_images global crops:
 

@@ -1,4 +1,5 @@
-"""KoLeo regulariser (Sablayrolles et al. 2019; DINOv2; PROTOCOLS.md §1.7).
+"""KoLeo regulariser (Sablayrolles et al. 2019; DINOv2 `dinov2/loss/koleo_loss.py`; released Franca
+`franca/train/ssl_meta_arch.py`).
 
     KoLeo(x) = −(1/n) Σ_i log(‖x̂_i − x̂_nn(i)‖₂ + ε),
     x̂ = x/‖x‖,  nn(i) = argmax_{j≠i} ⟨x̂_i, x̂_j⟩

@@ -1,4 +1,5 @@
-"""Sinkhorn-Knopp teacher targets (SwAV / DINOv2 / Franca; PROTOCOLS.md §1.6).
+"""Sinkhorn-Knopp teacher targets (SwAV / DINOv2 / Franca; released Franca `franca/loss/mrl_dino_loss.py`,
+`mrl_ibot_patch_loss.py`).
 
 Released algorithm, with teacher logits L (n samples × K prototypes) and temperature τ:
 Q = exp(L/τ); three times: divide every prototype (column of Q here) by its sum over *all* samples of
@@ -61,7 +62,7 @@ def sinkhorn_knopp(
             patches (its collate's ``n_masked_patches``; the global count is implied), the rest is
             the padding of a fixed ``upperbound`` buffer. By default padding rows are left out of the
             prototype sums and returned as zeros; ``include_padding=True`` keeps them in, as the
-            released code does (PROTOCOLS.md §1.6 quirk), for bit-level parity.
+            released code does (`franca/loss/mrl_ibot_patch_loss.py`), for bit-level parity.
         include_padding: see ``n_samples``.
 
     Returns:

@@ -105,7 +105,8 @@ class SubsetDropPathBlock(Block):
 
 
 def resize_pos_embed(pos_embed: Tensor, grid: int, antialias: bool = True) -> Tensor:
-    """Resize a (1, 1+M², D) table to a grid×grid table once, as the high-res recipe does (PROTOCOLS §1.10):
+    """Resize a (1, 1+M², D) table to a grid×grid table once, as the high-res recipe does (released Franca
+    `scripts/modify_ckpt_highres.py`):
     bicubic to a target size, antialias on, align_corners off, CLS entry kept, computed in fp32."""
     M = math.isqrt(pos_embed.shape[1] - 1)
     cls, patches = pos_embed[:, :1], pos_embed[:, 1:].float().reshape(1, M, M, -1).permute(0, 3, 1, 2)

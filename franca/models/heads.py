@@ -1,4 +1,5 @@
-"""Nested Matryoshka clustering heads of Franca (arXiv 2507.14137, §3; PROTOCOLS.md §1.5, §13.1).
+"""Nested Matryoshka clustering heads of Franca (arXiv 2507.14137, §3; released Franca
+`franca/layers/mrl_dino_head.py`; README "Where the paper and the released code differ").
 
 One head maps a backbone token (n, D) to L logit tensors, one per nesting level, coarse to fine.
 Level l works on a d_l-wide view of the token (d_l = D/16, D/8, D/4, D/2, D by default) and owns
@@ -19,7 +20,7 @@ Level l works on a d_l-wide view of the token (d_l = D/16, D/8, D/4, D/2, D by d
 
 Parameter names follow the released checkpoints (``mlps.{l}.{j}.weight``, ``last_layers.{l}.weight_g``,
 ``last_layers.{l}.weight_v``, ``matryoshka_projections.{l}.weight``), so "last_layer" appears in the name
-of every prototype parameter (the freeze schedule of PROTOCOLS.md §1.8 matches on it).
+of every prototype parameter (the freeze schedule of the released `franca/utils/param_groups.py` matches on it).
 Weight normalisation is computed in ``forward`` from plain parameters, so it works unchanged under
 ``torch.compile``, FSDP and ``deepcopy`` (no hooks, no parametrization objects).
 """

@@ -1,7 +1,7 @@
 """The one image preprocessing of the project: `franca.transforms(model, size)`.
 
-Rule (the reference evaluation transform, PROTOCOLS §2): the crop side is `size` rounded down to a
-multiple of the model's patch size; the shorter image side is first resized to round(crop / 0.875)
+Rule (the reference evaluation transform, DINOv2 `dinov2/data/transforms.py`): the crop side is `size`
+rounded down to a multiple of the model's patch size; the shorter image side is first resized to round(crop / 0.875)
 (256 for a 224 crop), bicubic with antialiasing, then the centre crop is taken, converted to a float
 tensor in [0, 1] and normalised with the ImageNet mean and standard deviation. `franca features`, the
 global evaluations (k-NN, linear, PCA slicing) and `franca viz` all call this function, so the same

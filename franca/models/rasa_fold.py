@@ -1,8 +1,9 @@
 """RASA directions -> one fixed linear map on the final normalised patch tokens.
 
-RASA (PROTOCOLS.md §10) removes, stage after stage, the 2-D subspace a linear position predictor
-uses: for a trained weight W = [w_r; w_c] (2, D), Gram-Schmidt gives U (D, 2) with orthonormal
-columns and x <- x - U Uᵀ x. Every stage is linear, so the T stages fold into one (D, D) matrix
+RASA (arXiv 2507.14137; released Franca `rasa/src/rasa_head.py`) removes, stage after stage, the
+2-D subspace a linear position predictor uses: for a trained weight W = [w_r; w_c] (2, D), Gram-Schmidt
+gives U (D, 2) with orthonormal columns and x <- x - U Uᵀ x. Every stage is linear, so the T stages fold
+into one (D, D) matrix
 
     P = (I - U_T U_Tᵀ) ··· (I - U_2 U_2ᵀ)(I - U_1 U_1ᵀ),      cleaned = x @ P.T
 

@@ -4,14 +4,15 @@ Every entry is a plain dict of `DinoVisionTransformer` keyword arguments; `size_
 returns a copy with the overrides applied, so any field (embed_dim, depth, num_heads, patch_size,
 img_size, num_register_tokens, ffn, drop_path_rate, layerscale, …) can be changed per call.
 
-FFN choice: Franca uses SwiGLU at every size (PROTOCOLS §1.2), so that is the default here; DINOv2's
+FFN choice: Franca uses SwiGLU at every size (released Franca `training.md`), so that is the default here; DINOv2's
 own ViT-S/B/L use a GELU MLP (`ffn="mlp"`). When weights are loaded the FFN type is read from the file.
 """
 from __future__ import annotations
 
 from typing import Any
 
-# Widths/depths/heads from PROTOCOLS §1.2 (head dim 64; ViT-S: 384/12/6 as in DINOv2).
+# Widths/depths/heads from the released Franca `franca/models/vision_transformer.py`
+# (head dim 64; ViT-S: 384/12/6 as in DINOv2).
 _BASE: dict[str, dict[str, Any]] = {
     "vits": dict(embed_dim=384, depth=12, num_heads=6),
     "vitb": dict(embed_dim=768, depth=12, num_heads=12),

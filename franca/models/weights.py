@@ -1,6 +1,6 @@
 """Read backbone weights in every supported layout, check them against a model, export safetensors.
 
-Layouts (DESIGN.md, PROTOCOLS §1.11):
+Layouts (released Franca `franca/hub/backbones.py`, `hubconf.py`; README "Getting the weights"):
 - official Franca release: `{"teacher": {"backbone.…", "dino_head.…", "ibot_head.…"}}`, blocks chunked as
   `blocks.{chunk}.{i}` with the global block index i; heads are ignored;
 - the ViT-g release split into `*.tar.gz.part_aa/ab/ac` (joined as a stream, the .pth inside is read);

@@ -1,4 +1,5 @@
-"""RASA post-training: remove absolute position from patch features (PROTOCOLS.md §10).
+"""RASA post-training: remove absolute position from patch features (Franca, arXiv 2507.14137, appendix B; released
+Franca `rasa/src/rasa_head.py`).
 May import franca.eval, franca.data, franca.models, franca.losses and franca.utils; never train, viz or commands.
 
 ``removal`` holds the pure tensor functions, ``fit`` the iterative predictor/removal loop,

@@ -3,7 +3,8 @@
 
 The targets are the fixed patch grid, so the augmentations (random crops, flips in both axes,
 ±90° rotations) break any tie between image content and position: a linear predictor of
-position can then only use what the backbone adds to encode position (PROTOCOLS.md §10).
+position can then only use what the backbone adds to encode position (released Franca
+`rasa/experiments/train_rasa.py`).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class RandomPILGaussianBlur:
 
 
 def rasa_train_transform(size: int = 518, std_quirk: bool = True) -> Callable[[Image.Image], torch.Tensor]:
-    """The reference training augmentations, in order (PROTOCOLS.md §10).
+    """The reference training augmentations, in order (released Franca `rasa/experiments/train_rasa.py`).
 
     RandomResizedCrop(size, scale (0.25, 1)), ColorJitter(0.32, 0.32, 0.32, 0.08) with p 0.8,
     grayscale p 0.2, PIL blur σ ∈ [0.1, 2] p 0.5, horizontal and vertical flips p 0.5 each,

@@ -1,4 +1,5 @@
-"""The iterative RASA fit: train a position predictor, remove its 2-D subspace, repeat (PROTOCOLS.md §10).
+"""The iterative RASA fit: train a position predictor, remove its 2-D subspace, repeat (Franca, arXiv 2507.14137,
+appendix B; released Franca `rasa/experiments/train_rasa.py`).
 
 Stage t trains a fresh Linear(D→2, no bias) + sigmoid with MSE to the normalised patch grid on
 the frozen backbone's patch tokens already cleaned by stages 1…t-1 (AdamW, weight decay 0),

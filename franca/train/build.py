@@ -1,7 +1,7 @@
 """Build the student and teacher (backbone + dino head + ibot head) of a config.
 
-The teacher starts as an exact copy of the student (PROTOCOLS.md §1.5), without drop path, and
-never receives gradients. `init_from` (the high-resolution stage) loads a checkpoint's teacher
+The teacher starts as an exact copy of the student (released Franca `franca/train/ssl_meta_arch.py`),
+without drop path, and never receives gradients. `init_from` (the high-resolution stage) loads a checkpoint's teacher
 backbone into both, resizing the position table to the new global crop size (bicubic, antialias,
 as `modify_ckpt_highres.py` does); heads are re-initialised, as in the released finetune configs.
 """

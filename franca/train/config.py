@@ -1,6 +1,6 @@
 """Typed pretraining configuration: dataclass schema, yaml presets, `key=value` overrides.
 
-The schema follows the reference recipe (PROTOCOLS.md §1.1, §1.7-1.10; Franca
+The schema follows the reference recipe (arXiv 2507.14137 and the released Franca
 `configs/ssl_default_config.yaml` + `configs/train/*`), but every key lives in one typed
 schema, so a preset or override can only set keys that exist (a typo fails before training,
 naming the key). Derived values (the scaled lr, iteration counts) are computed by functions
@@ -51,7 +51,7 @@ class HeadConfig:
     nesting_levels: int = 5
     mode: str = "slice"
     """'slice' (the paper: level i sees the first d_i coordinates) or 'projection' (the released code:
-    its own Linear(D -> d_i) per level; PROTOCOLS.md §13.1)"""
+    its own Linear(D -> d_i) per level; README "Where the paper and the released code differ")"""
     hidden_dim: int = 2048
     bottleneck_dim: int = 384
     nlayers: int = 3

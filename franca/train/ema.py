@@ -1,4 +1,5 @@
-"""EMA teacher update: theta_t <- m * theta_t + (1 - m) * theta_s (PROTOCOLS.md §1.8).
+"""EMA teacher update: theta_t <- m * theta_t + (1 - m) * theta_s (released Franca `franca/train/ssl_meta_arch.py`,
+`update_teacher`).
 
 Applied to the backbone and both heads with fused `_foreach` ops (one kernel per group of
 tensors, no host sync). m = 1 leaves the teacher bitwise unchanged; m = 0 copies the student.

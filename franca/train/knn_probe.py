@@ -3,7 +3,7 @@
 CLS features (`x_norm_clstoken`) of a labelled ImageFolder (train split as memory, val split as
 queries; read by `franca.data.datasets.ImageFolder`, extracted by `franca.eval.features.extract`),
 resized to the training's global crop size, then franca.eval.knn.knn_classify (cosine, T = 0.07,
-PROTOCOLS.md §2).
+DINOv2 `dinov2/eval/knn.py`).
 """
 from __future__ import annotations
 

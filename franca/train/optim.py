@@ -1,4 +1,4 @@
-"""AdamW parameter groups of the reference recipe (PROTOCOLS.md §1.8; DINOv2 `utils/param_groups.py`).
+"""AdamW parameter groups of the reference recipe (released Franca / DINOv2 `utils/param_groups.py`).
 
 Per parameter: an lr multiplier (layer-wise decay ** (depth + 1 - layer id), times
 `patch_embed_lr_mult` for the patch embedding), a weight-decay multiplier (0 for biases, norms

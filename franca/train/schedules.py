@@ -1,4 +1,5 @@
-"""Schedules of the reference recipe as pure functions of the iteration (PROTOCOLS.md §1.8).
+"""Schedules of the reference recipe as pure functions of the iteration (released Franca `franca/train/train.py`,
+`franca/utils/utils.py`).
 
 lr: linear warmup 0 -> peak, then cosine peak -> min_lr; last-layer lr: the same, 0 while frozen;
 weight decay: cosine 0.04 -> 0.2 (upwards); teacher momentum: cosine 0.994 -> 1; teacher

@@ -1,4 +1,5 @@
-"""One Franca training step as named stages (PROTOCOLS.md §1.6-1.7; DESIGN.md "Data flow").
+"""One Franca training step as named stages (released Franca `franca/train/ssl_meta_arch.py`;
+docs/training.md "What the step does").
 
     teacher_targets(teacher, batch, temp)   teacher backbone on the 2 global crops -> dino/ibot heads
                                             -> Sinkhorn-Knopp (or centering) per Matryoshka level

@@ -1,6 +1,7 @@
 """ADE20K scene parsing (ADEChallengeData2016): the one reader of its layout.
 
-Layout (PROTOCOLS.md §12.3): `ADEChallengeData2016/images/{training,validation}/ADE_*.jpg` and
+Layout (the ADE20K SceneParsing release, as mmseg and open-hummingbird-eval read it):
+`ADEChallengeData2016/images/{training,validation}/ADE_*.jpg` and
 `ADEChallengeData2016/annotations/{training,validation}/ADE_*.png` (single channel: 0 = other /
 unlabelled, 1-150 = classes). `root` may be that folder's parent or the folder itself (HB).
 Split: training / validation (or train / val). Masks follow `pairs.load_label_png`.

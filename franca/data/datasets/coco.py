@@ -1,7 +1,8 @@
 """COCO-Things: COCO-Stuff 164K semantic PNGs mapped to the 12 "thing" supercategories (Leopart/HB);
 the one reader of this layout.
 
-Layout (PROTOCOLS.md §12.4), `root` = the COCO folder; the first existing candidate is used:
+Layout (Leopart `data/coco/coco_data_module.py`, open-hummingbird-eval), `root` = the COCO folder;
+the first existing candidate is used:
     images: images/<s>/, coco/images/<s>/ or <s>/ with <s> = train2017 / val2017 (<id>.jpg)
     masks:  annotations/panoptic_annotations/semantic_segmentation_<s>/ or
             annotations/semantic_segmentation_<s>/ (<id>.png), also with Leopart README's

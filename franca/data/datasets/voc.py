@@ -1,6 +1,7 @@
 """Pascal VOC 2012 semantic segmentation: the one reader of the devkit and Leopart/HB layouts.
 
-Layouts (PROTOCOLS.md §12.2), looked for in this order under `root`:
+Layouts (VOC2012 devkit + SBD as mmseg reads it; Leopart `data/VOCdevkit/vocdata.py`),
+looked for in this order under `root`:
 - devkit: `VOCdevkit/VOC2012/`, `VOC2012/` or `root` itself holding `JPEGImages/<id>.jpg` and
   `ImageSets/Segmentation/<split>.txt`; masks `SegmentationClass/<id>.png` (palette PNGs, 0-20,
   255 = boundary/void) and, for trainaug, `SegmentationClassAug/<id>.png` (SBD-converted index PNGs).
@@ -86,7 +87,7 @@ def _trainaug_ids(sets: Path, mask_dir: Path) -> tuple[list[str], str]:
     if missing:
         raise FileNotFoundError(
             f"VOC trainaug: {' and '.join(missing)} not found; expected the list {trainaug} (or mmseg's aug.txt "
-            f"with train.txt beside it) and the SBD masks folder {mask_dir} (PROTOCOLS.md §12.2). Add them, or "
+            f"with train.txt beside it) and the SBD masks folder {mask_dir}. Add them, or "
             "ask for the train split")
     if trainaug.is_file():
         return read_id_list(trainaug), trainaug.name
