@@ -143,7 +143,7 @@ def test_evaluate_end_to_end_with_cache(tmp_path):
         return TensorDataset(x, y)
 
     model = _StubBackbone()
-    res = knn.evaluate(model, make(60), make(30), device="cpu", ks=(10, 20), cache_dir=str(tmp_path))
+    res = knn.evaluate(model, (make(60), make(30)), device="cpu", ks=(10, 20), cache_dir=str(tmp_path))
     assert res["protocol"] == "knn" and res["metric_name"] == "top1_k20"
     assert res["metric"] > 80.0
     assert len(list(tmp_path.glob("*.pt"))) == 2

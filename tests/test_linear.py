@@ -98,7 +98,7 @@ def test_evaluate_end_to_end(tmp_path):
         y = torch.randint(0, 3, (n,), generator=g)
         return TensorDataset(colours[y][:, :, None, None] + 0.3 * torch.randn(n, 3, 4, 4, generator=g), y)
 
-    res = linear.evaluate(_StubBlocks(), make(64), make(32), device="cpu", epochs=5, batch_size=16,
+    res = linear.evaluate(_StubBlocks(), (make(64), make(32)), device="cpu", epochs=5, probe_batch_size=16,
                           seeds=(0, 1), cache_dir=str(tmp_path))
     assert res["protocol"] == "linear" and res["metric_name"] == "top1"
     assert res["metric"] > 80.0 and res["metric_std"] >= 0.0
@@ -127,8 +127,8 @@ def _write_folder(root, classes=("a", "b"), n=4, size=12):
 
 def test_augment_path_on_an_image_folder(tmp_path):
     _write_folder(tmp_path)
-    res = linear.evaluate(_StubBlocks(), data_root=str(tmp_path), size=8, device="cpu", epochs=2,
-                          batch_size=4, augment=True, lrs=(0.1, 1.0))
+    res = linear.evaluate(_StubBlocks(), str(tmp_path), size=8, device="cpu", epochs=2,
+                          probe_batch_size=4, augment=True, lrs=(0.1, 1.0))
     assert res["settings"]["augment"] is True
     assert res["per_seed"][0]["iterations"] == 4  # 2 epochs × ceil(8 / 4)
     assert res["metric"] == 100.0  # red vs blue images: trivially separable

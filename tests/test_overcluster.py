@@ -74,14 +74,14 @@ def test_cluster_confusion_resizes_maps_nearest():
 
 def test_overcluster_finds_colour_classes_and_beats_noise():
     data = Blocks(8)
-    res = overcluster.evaluate(ColourBackbone(), data, "cpu", size=32, ks=(None, 8), seeds=(0, 1), pca_dim=3,
+    res = overcluster.evaluate(ColourBackbone(), data, device="cpu", size=32, ks=(None, 8), seeds=(0, 1), pca_dim=3,
                                niter=20, nredo=5, mask_size=16)
     assert res["protocol"] == "overcluster" and res["settings"]["ks"] == [4, 8]
     # colour alone decides the class; patches never straddle two blocks (4 px patches, 16 px blocks)
     assert res["results"]["4"]["miou"]["mean"] == pytest.approx(1.0)
     assert res["results"]["8"]["miou"]["mean"] == pytest.approx(1.0)
     assert res["results"]["8"]["matching"] == "greedy"
-    noise = overcluster.evaluate(ColourBackbone(noise=True), data, "cpu", size=32, ks=(None,), seeds=(0,),
+    noise = overcluster.evaluate(ColourBackbone(noise=True), data, device="cpu", size=32, ks=(None,), seeds=(0,),
                                  pca_dim=3, niter=10, nredo=1, mask_size=16)
     assert noise["metric"] < 0.5
 

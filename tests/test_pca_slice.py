@@ -59,8 +59,8 @@ def test_evaluate_clips_k_and_reports_each(tmp_path):
         y = torch.randint(0, 3, (n,), generator=g)
         return TensorDataset(colours[y][:, :, None, None] + 0.3 * torch.randn(n, 3, 4, 4, generator=g), y)
 
-    res = pca_slice.evaluate(_Stub(), make(64), make(32), device="cpu", ks=(200, 4, 1), epochs=4,
-                             batch_size=16, cache_dir=str(tmp_path))
+    res = pca_slice.evaluate(_Stub(), (make(64), make(32)), device="cpu", ks=(200, 4, 1), epochs=4,
+                             probe_batch_size=16, cache_dir=str(tmp_path))
     assert res["settings"]["ks"] == [8, 4, 1]  # 200 clipped to D = 8
     assert set(res["per_k"]) == {"k8", "k4", "k1", "full"}
     assert res["metric_name"] == "top1_k8"
