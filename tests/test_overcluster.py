@@ -230,3 +230,14 @@ def test_overcluster_scores_report_the_rule_per_k():
     res = overcluster.overcluster_scores(tokens, (8, 8), masks, 4, [2, 4, 8], [0], pca_dim=3, niter=20, nredo=5)
     assert [res[k]["matching"] for k in ("2", "4", "8")] == ["greedy", "hungarian", "greedy"]
     assert res["4"]["miou"]["mean"] == pytest.approx(1.0)
+
+
+def test_old_argument_names_still_work_and_warn():
+    """The old `evaluate(model, dataset, device)` (positionally) and `dataset=`: same numbers, DeprecationWarning."""
+    kw = dict(size=32, ks=(None,), seeds=(0,), pca_dim=3, niter=5, nredo=1, mask_size=16, progress=False)
+    new = overcluster.evaluate(ColourBackbone(), Blocks(4), device="cpu", **kw)
+    with pytest.warns(DeprecationWarning, match="positional device → device="):
+        positional = overcluster.evaluate(ColourBackbone(), Blocks(4), "cpu", **kw)
+    with pytest.warns(DeprecationWarning, match="dataset → data"):
+        keyword = overcluster.evaluate(ColourBackbone(), dataset=Blocks(4), device="cpu", **kw)
+    assert positional["results"] == keyword["results"] == new["results"]
