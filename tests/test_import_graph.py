@@ -104,3 +104,20 @@ def test_parser_finds_lazy_and_package_imports(tmp_path, snippet, expected):
     f = tmp_path / "m.py"
     f.write_text(snippet)
     assert [t for _, t in _project_imports(f)] == expected
+
+
+def test_package_names_are_lazy_and_resolve():
+    """`import franca` / `import franca.models` import no torch; each public name resolves on first use
+    (franca.utils.lazy.lazy_exports, the one shim both packages use); unknown names say which package."""
+    import subprocess
+    import sys
+
+    code = ("import sys, franca, franca.models; assert 'torch' not in sys.modules, 'torch imported';"
+            "import franca.models.api as api, franca.models.backbone as bb;"
+            "assert franca.load_backbone is api.load_backbone and franca.models.build_backbone is api.build_backbone;"
+            "assert franca.models.DinoVisionTransformer is bb.DinoVisionTransformer and callable(franca.releases)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    import franca.models
+
+    with pytest.raises(AttributeError, match="module 'franca.models' has no attribute 'nope'"):
+        franca.models.nope
