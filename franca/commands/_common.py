@@ -70,9 +70,9 @@ def load_model_from_args(args: argparse.Namespace):
             torch.manual_seed(0)
             model = franca.build_backbone(args.model or "vits14")
         if isinstance(rasa, str):
-            from franca.models.api import _load_rasa
+            from franca.models.api import load_rasa_projection
 
-            model.set_rasa_projection(_load_rasa(rasa, model.embed_dim))
+            model.set_rasa_projection(load_rasa_projection(rasa, model.embed_dim))
         log.warning("random init: %s with randomly initialised weights (--random-init)", args.model or "vits14")
         return model.to(device).eval(), device
     if args.random_init:

@@ -70,19 +70,19 @@ def protocol_transform(protocol: str, size: int) -> Callable:
     raise ValueError(f"unknown protocol {protocol!r} (expected knn, linear, pca_slice or logreg)")
 
 
-def default_data_root() -> Path:
+def default_root() -> Path:
     """The built-in toy classification set (generated on first use)."""
     from franca.data.toy import builtin_toy
 
     return Path(builtin_toy()) / "imagenet"
 
 
-def build_eval_splits(data_root: str | Path | None, size: int = 224, protocol: str = "knn",
+def build_eval_splits(root: str | Path | None, size: int = 224, protocol: str = "knn",
                       train_transform: Callable | None = None) -> tuple[Any, Any]:
     """(train, val) datasets for a protocol from an ImageFolder root (toy set when None)."""
     from franca.data.datasets.folder import image_folder_splits
 
-    root = Path(data_root) if data_root is not None else default_data_root()
+    root = Path(root) if root is not None else default_root()
     tf = protocol_transform(protocol, size)
     return image_folder_splits(root, train_transform or tf, tf)
 
@@ -116,7 +116,7 @@ def classification_splits(data: Any, *, size: int = 224, protocol: str = "knn", 
     return build_eval_splits(data, size=size, protocol=protocol, train_transform=train_transform)
 
 
-def build_finegrained_splits(name: str, data_root: str | Path, size: int = 224) -> tuple[Any, Any]:
+def build_finegrained_splits(name: str, root: str | Path, size: int = 224) -> tuple[Any, Any]:
     """(train, test) of one of the 11 Table 7 data sets with the logreg transform.
 
     Read by ``franca.data.datasets.finegrained`` (torchvision's classes with download=False and a
@@ -127,7 +127,7 @@ def build_finegrained_splits(name: str, data_root: str | Path, size: int = 224) 
     if name not in FINEGRAINED:
         raise KeyError(f"unknown fine-grained data set {name!r}; choose from {', '.join(FINEGRAINED)}")
     tf = protocol_transform("logreg", size)
-    return finegrained_dataset(name, data_root, "train", tf), finegrained_dataset(name, data_root, "test", tf)
+    return finegrained_dataset(name, root, "train", tf), finegrained_dataset(name, root, "test", tf)
 
 
 @dataclass
