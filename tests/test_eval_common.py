@@ -122,7 +122,8 @@ def test_protocol_entry_new_names_pass_through_silently():
     evaluate = _entry()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert evaluate("m", "root", batch_size=4) == {"data": "root", "batch_size": 4, "device": "auto", "quiet": False}
+        out = evaluate("m", "root", batch_size=4)
+        assert out == {"data": "root", "batch_size": 4, "device": "auto", "quiet": False}
         assert evaluate("m", data=("a", "b"), progress=False)["quiet"] is True  # progress=False: bars off
     assert list(inspect.signature(evaluate).parameters) == ["model", "data", "batch_size", "device", "progress"]
 

@@ -137,7 +137,8 @@ def test_no_module_uses_another_modules_private_names():
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("franca"):
                 for alias in node.names:
                     if alias.name.startswith("_") and not alias.name.startswith("__"):
-                        found.append(f"{path.relative_to(root.parent)}:{node.lineno} from {node.module} import {alias.name}")
+                        where = f"{path.relative_to(root.parent)}:{node.lineno}"
+                        found.append(f"{where} from {node.module} import {alias.name}")
                     elif alias.name.islower():
                         modules.add(alias.asname or alias.name)
             elif isinstance(node, ast.Import):

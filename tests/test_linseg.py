@@ -110,7 +110,8 @@ def test_wrong_ignore_index_is_rejected():
         ignore_index = 0
 
     with pytest.raises(ValueError, match="ignore index 255"):
-        linseg.evaluate(ColourBackbone(), (Ade151(2, 0), Ade151(2, 1)), device="cpu", config=LinsegConfig(crop=32, epochs=1))
+        linseg.evaluate(ColourBackbone(), (Ade151(2, 0), Ade151(2, 1)), device="cpu",
+                        config=LinsegConfig(crop=32, epochs=1))
 
 
 def test_old_argument_names_still_work_and_warn():

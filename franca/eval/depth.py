@@ -238,8 +238,8 @@ def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Seq
 
     ``data``: a root holding NYUv2 (default: the built-in toy set), or a (train, test) pair of
     sample sequences (see ``to_image_depth``). ``batch_size``: images per step, both the probe's training
-    batch and the backbone's pass (features are computed per batch). Defaults: the protocol's 10 epochs; hidden width 512,
-    or 16 for the tiny sizes (patch < 14), whose head upsamples ×4 instead of ×16. (With 3 epochs
+    batch and the backbone's pass (features are computed per batch). Defaults: the protocol's 10 epochs;
+    hidden width 512, or 16 for the tiny sizes (patch < 14), whose head upsamples ×4 instead of ×16. (With 3 epochs
     the tiny probe barely beats the ground-plane geometry and cannot tell a pretrained toy backbone
     from its initialisation; 10 epochs take about a minute on one CPU core.)
     """
