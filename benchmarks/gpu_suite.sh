@@ -16,7 +16,7 @@
 #
 # The GPU machine lacks a few pure-python dependencies. Build their wheels once on a machine with the package
 # index (./.whl is git-ignored and travels with the working tree), e.g.:
-#   python -m pip wheel --no-deps -w .whl omegaconf antlr4-python3-runtime webdataset braceexpand faiss-cpu
+#   python -m pip wheel --no-deps -w .whl omegaconf antlr4-python3-runtime faiss-cpu
 # (faiss-cpu comes as an abi3 manylinux wheel: any CPython >= 3.10 on x86-64). They are installed below into a
 # temporary folder on PYTHONPATH, without touching the machine's packages.
 set -uo pipefail

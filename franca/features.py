@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from franca.data.datasets.folder import ImageFiles
 from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, open_image  # noqa: F401 (re-exported)
 from franca.data.images import list_images as _list_images
 
@@ -43,35 +44,17 @@ def make_transform(size: int, patch_size: int):
     return image_transform(size, patch_size)
 
 
-class _ImageFiles(torch.utils.data.Dataset):
-    """Item i → (image tensor, i); an unreadable file → (zeros of the crop's shape, -1), logged, so
-    that batches keep one shape and the extractor can drop it afterwards."""
-
-    def __init__(self, paths: Sequence[Path], transform: Any, side: int) -> None:
-        self.paths, self.transform, self.side = list(paths), transform, side
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        try:
-            return self.transform(open_image(self.paths[i])), i
-        except (CorruptImageError, FileNotFoundError) as exc:
-            log.warning("skipping unreadable image %s: %s", self.paths[i], exc)
-            return torch.zeros(3, self.side, self.side), -1
-
-
 def extract_features(model: nn.Module, paths: Sequence[Path], size: int, device: torch.device,
                      batch_size: int = 32, num_workers: int = 0, rasa: bool = False,
                      progress: bool = True) -> dict[str, Any]:
-    """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept
-    (preprocessed by `franca.transforms`, extracted by `franca.eval.features.extract`, kind "patch" or
-    "rasa", in this process)."""
+    """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept and the
+    unreadable ones listed as `skipped` (read by `ImageFiles(on_unreadable="mark")`, preprocessed by
+    `franca.transforms`, extracted by `franca.eval.features.extract`, kind "patch" or "rasa", in this process)."""
     from franca.eval.features import extract
     from franca.models.preprocess import transforms as preprocess
 
     side = crop_side(size, model.patch_size)  # the --size error message of this command; the crop's side
-    data = _ImageFiles(paths, preprocess(model, size), side)
+    data = ImageFiles(paths, preprocess(model, size), on_unreadable="mark")  # unreadable → (zeros, -1)
     out = extract(model, data, kind="rasa" if rasa else "patch", device=device, batch_size=batch_size,
                   num_workers=num_workers, show_progress=progress, distributed=False)
     good = out["labels"] >= 0

@@ -108,12 +108,15 @@ def _write_voc(root, n=4, size=32):
     return root
 
 
-def test_voc_reader_reads_devkit_layout_and_falls_back_from_trainaug(tmp_path):
+def test_voc_reader_reads_devkit_layout_and_refuses_a_missing_trainaug(tmp_path):
     from franca.eval.dense import build_segmentation
 
     root = _write_voc(tmp_path)
-    ds = build_segmentation("voc", root, "trainaug")  # no SegmentationClassAug → train, with a warning
-    assert (len(ds), ds.num_classes, ds.ignore_index) == (4, 21, 255)
+    # no trainaug list and no SegmentationClassAug: an error naming them, never the train split instead
+    with pytest.raises(FileNotFoundError, match=r"list and the masks not found.*trainaug\.txt.*SegmentationClassAug"):
+        build_segmentation("voc", root, "trainaug")
+    ds = build_segmentation("voc", root, "train")
+    assert (len(ds), ds.num_classes, ds.ignore_index, ds.name) == (4, 21, 255, "voc-train")
     img, mask = ds[0]
     assert img.size == (32, 32) and mask.dtype == np.int64 and set(np.unique(mask)) <= {0, 5, 10, 15, 255}
     with pytest.raises(FileNotFoundError, match="VOCdevkit"):
@@ -128,7 +131,7 @@ def test_ade20k_and_coco_things_label_maps(tmp_path):
     ade = tmp_path / "ADEChallengeData2016"
     for sub in ("images/validation", "annotations/validation"):
         (ade / sub).mkdir(parents=True)
-    Image.new("RGB", (8, 8)).save(ade / "images/validation/ADE_val_00000001.jpg")
+    Image.new("RGB", (4, 4)).save(ade / "images/validation/ADE_val_00000001.jpg")  # the mask's size
     Image.fromarray(np.array([[0, 1, 150, 7]] * 4, np.uint8)).save(ade / "annotations/validation/ADE_val_00000001.png")
     hb = build_segmentation("ade20k", tmp_path, "val")
     assert (hb.num_classes, hb.ignore_index) == (151, 0)  # HB: 0 = "other", ignored
@@ -154,8 +157,8 @@ def test_ade20k_and_coco_things_label_maps(tmp_path):
 
 @pytest.mark.parametrize("command,extra", [
     ("overcluster", ["--ks", "0", "8", "--niter", "5", "--nredo", "1", "--matching", "hungarian-below"]),
-    ("incontext", ["--k", "5"]),
-    ("linseg", ["--epochs", "1", "--cache-views", "1"]),
+    ("incontext", ["--k", "5", "--train-split", "train"]),  # this devkit has no trainaug (SBD) part
+    ("linseg", ["--epochs", "1", "--cache-views", "1", "--train-split", "train"]),
 ])
 def test_commands_write_a_result_json(tmp_path, command, extra):
     import json

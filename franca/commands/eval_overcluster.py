@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.time()
     result_path(args, "overcluster")
-    data = build_segmentation(args.dataset, args.data, args.split)
+    data = build_segmentation(args.dataset, args.data, args.split, reduce_zero_label=False)  # Leopart/HB labels
     model, device = load_model_from_args(args)
     common = eval_args(args, device, data=data, size=resolve_size(args, 448, model.patch_size))
     ks = [None if k == 0 else k for k in (args.ks or [100, 300, 0])]

@@ -16,16 +16,22 @@
   and count it; they fail only when, after at least `min_tried` attempts, more than `max_fraction`
   (a half) of the files tried were unreadable. A bad stretch in a sorted folder does not count
   more than its share, since the readers draw replacements at random.
+- `read_or_replace(files, index, seed, read, unreadable)`: that rule as one loop, shared by the
+  unlabelled reader (`franca.data.datasets.folder.ImageFiles`) and pretraining
+  (`franca.train.data.FolderImages`): read `files[index]`; when it is unreadable, read files drawn by
+  `random.Random(seed * 1_000_003 + k).randrange(len(files))` for k = 1, 2, … instead, each failure
+  counted by `UnreadableFiles`.
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
+import random
 import stat
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -216,3 +222,41 @@ class UnreadableFiles:
             raise TooManyUnreadableError(
                 f"{self.bad} of the {self.tried} images tried in {self.where} are unreadable (more than "
                 f"{self.max_fraction:.0%}), e.g. {', '.join(self.examples)}; is this an image folder?")
+
+
+# what a reader may raise for an unreadable file: open_image raises FileNotFoundError or CorruptImageError; a
+# custom reader (pretraining's device path reads bytes) more
+UNREADABLE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def read_or_replace(files: Sequence[Path], index: int, seed: int, read: Callable[[Path], Any],
+                    unreadable: UnreadableFiles, max_draws: int = 64,
+                    where: str | None = None) -> tuple[Path, Any, list[str]]:
+    """(path, read(path), paths skipped) for the slot `index`: `files[index % n]` if it reads, else the
+    first readable file drawn by `random.Random(seed * 1_000_003 + k).randrange(n)`, k = 1 … max_draws - 1.
+
+    A replacement drawn at random, never a neighbour: a bad stretch of a sorted folder costs only its
+    share. Every try is counted in `unreadable`, which raises TooManyUnreadableError when more than its
+    fraction failed; so does a slot whose `max_draws` tries all failed (naming `where`).
+    """
+    n = len(files)
+    skipped: list[str] = []
+    for k in range(max_draws):
+        path = files[index % n if k == 0 else random.Random(int(seed) * 1_000_003 + k).randrange(n)]
+        try:
+            value = read(path)
+        except UNREADABLE_ERRORS as exc:
+            skipped.append(str(path))
+            unreadable.failed(str(path), exc)
+            continue
+        unreadable.ok()
+        return path, value, skipped
+    unreadable.check(final=True)
+    raise TooManyUnreadableError(f"{len(skipped)} images drawn in a row from {where or unreadable.where} were "
+                                 f"unreadable, e.g. {skipped[0] if skipped else '?'}; is this an image folder?")
+
+
+def warn_skipped(count: int, exc: BaseException) -> None:
+    """The warning of the "skip" policy (an unreadable image yields None): what failed (the error names
+    the file, or shard:member) and how many so far in this process."""
+    log.warning("skipping unreadable image (%d so far in this process): %s", count, exc)

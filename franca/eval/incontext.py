@@ -273,8 +273,10 @@ def evaluate(model: torch.nn.Module, data=None, *, size: int = 518, seeds: Seque
 
     device = resolve_device(device)
     train_set, val_set = split_pair(data)
-    val_set = as_segmentation(pair_roots(train_set, val_set), "val", dataset_name)
-    train_set = as_segmentation(train_set, "trainaug" if dataset_name == "voc" else "train", dataset_name)
+    # HB labels: ADE20K keeps 151 classes with 0 = "other" ignored (reduce_zero_label=False)
+    val_set = as_segmentation(pair_roots(train_set, val_set), "val", dataset_name, reduce_zero_label=False)
+    train_set = as_segmentation(train_set, "trainaug" if dataset_name == "voc" else "train", dataset_name,
+                                reduce_zero_label=False)
     num_classes, ignore = dataset_info(val_set)
     size = round_to_patch(size, int(model.patch_size))
     model = model.eval().to(device)

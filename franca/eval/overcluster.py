@@ -155,7 +155,7 @@ def evaluate(model: torch.nn.Module, data=None, *, size: int = 448, seeds: Seque
 
     _check_matching(matching)  # before the feature pass, not after it
     device = resolve_device(device)
-    dataset = as_segmentation(data, split, dataset_name)
+    dataset = as_segmentation(data, split, dataset_name, reduce_zero_label=False)  # Leopart/HB labels
     num_classes, ignore = dataset_info(dataset)
     size = round_to_patch(size, int(model.patch_size))
     ks = [num_classes if k is None else int(k) for k in ks]

@@ -89,14 +89,11 @@ def list_images(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) 
 
 
 def default_image_root() -> Path:
-    """The built-in toy set's RASA images: VOC JPEGImages (the reference trains on VOC), else ImageNet train."""
+    """The built-in toy set's RASA images: its VOC images folder (the reference trains on VOC)."""
+    from franca.data.datasets.voc import voc_image_dir
     from franca.data.toy import builtin_toy
 
-    root = Path(builtin_toy())
-    for sub in ("VOCdevkit/VOC2012/JPEGImages", "imagenet/train"):
-        if (root / sub).is_dir():
-            return root / sub
-    return root
+    return voc_image_dir(Path(builtin_toy()))
 
 
 def split_files(files: Sequence[Path], heldout_fraction: float, max_heldout: int, seed: int) -> tuple[list[Path], list[Path]]:

@@ -35,11 +35,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from franca.data.images import (IMAGE_EXTENSIONS, CorruptImageError, TooManyUnreadableError, UnreadableFiles,
-                                open_image)
+from franca.data.images import (IMAGE_EXTENSIONS, UNREADABLE_ERRORS, CorruptImageError, UnreadableFiles, open_image,
+                                read_or_replace)
 from franca.data.images import list_images as _list_images
 from franca.data.datasets import shards as shards_mod
-from franca.data.datasets.shards import count_shard_images
+from franca.data.datasets.shards import count_shard_images, list_shards, reject_remote
 from franca.data.datasets.shards import tar_images as _tar_images
 from franca.train.config import FrancaTrainConfig
 
@@ -100,19 +100,14 @@ def _seeded_transform(transform: Callable, img: Image.Image, seed: int) -> Any:
             random.setstate(state_py)
 
 
-# what a reader may raise for an unreadable file (open_image raises CorruptImageError; a custom reader more)
-_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
 class FolderImages(Dataset):
     """Map-style images of a folder; item (index, seed) -> {"crops": …, "skipped": [paths], "seed": seed}.
 
     With ``transform=None`` the item carries the decoded image as "image" instead of "crops". `reader` maps a
     path to a PIL image (or, for the device path, to a dict of what to send: franca.data.gpu_pipeline). An
-    unreadable file is replaced by a file drawn at random (from the slot's seed, so reproducibly),
-    never by its neighbour: a bad stretch of a sorted folder then costs only its share. The
-    reader fails (naming `where`) only when more than half of the files it tried were unreadable
-    (`franca.data.images.UnreadableFiles`).
+    unreadable file is replaced by a file drawn at random from the slot's seed (so reproducibly), never by
+    its neighbour, and the reader fails (naming `where`) only when more than half of the files it tried
+    were unreadable: `franca.data.images.read_or_replace`, the loop `ImageFiles` uses too.
     """
 
     def __init__(self, files: Sequence[Path], transform: Callable | None,
@@ -126,22 +121,9 @@ class FolderImages(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, seed = key
-        skipped: list[str] = []
-        n = len(self.files)
-        for attempt in range(_MAX_DRAWS):
-            i = index if attempt == 0 else random.Random(int(seed) * 1_000_003 + attempt).randrange(n)
-            path = self.files[i % n]
-            try:
-                img = self.reader(path)
-            except _UNREADABLE as exc:
-                skipped.append(str(path))
-                self.unreadable.failed(str(path), exc)
-                continue
-            self.unreadable.ok()
-            return {**_sample(self.transform, img, seed), "skipped": skipped, "seed": seed, "name": str(path)}
-        self.unreadable.check(final=True)
-        raise TooManyUnreadableError(f"{len(skipped)} images drawn in a row from {self.where} were unreadable, "
-                                     f"e.g. {skipped[0]}; is this an image folder?")
+        path, img, skipped = read_or_replace(self.files, index, seed, self.reader, self.unreadable, _MAX_DRAWS,
+                                             self.where)
+        return {**_sample(self.transform, img, seed), "skipped": skipped, "seed": seed, "name": str(path)}
 
 
 def _common_folder(files: Sequence[Path]) -> str:
@@ -151,27 +133,6 @@ def _common_folder(files: Sequence[Path]) -> str:
         return os.path.commonpath([str(f.parent) for f in files])
     except ValueError:
         return str(files[0].parent)
-
-
-def list_shards(spec: str) -> list[str]:
-    """Tar shards from a folder, a glob, a single file or a brace list (`shard-{000..009}.tar`)."""
-    import glob
-
-    p = Path(spec)
-    if p.is_dir():
-        shards = sorted(str(s) for s in p.glob("*.tar"))
-    elif "{" in spec:
-        import braceexpand  # a webdataset dependency
-
-        shards = list(braceexpand.braceexpand(spec))
-    elif any(c in spec for c in "*?["):
-        shards = sorted(glob.glob(spec))
-    else:
-        shards = [spec]
-    missing = [s for s in shards if not Path(s).is_file()]
-    if not shards or missing:
-        raise FileNotFoundError(f"webdataset shards not found: {missing[:3] or spec}")
-    return shards
 
 
 class ShardImages(IterableDataset):
@@ -213,7 +174,7 @@ class ShardImages(IterableDataset):
                             raise CorruptImageError(f"{name}: member larger than {shards_mod.MAX_MEMBER_BYTES:,} "
                                                     "bytes")
                         img = self.reader(data, name)
-                    except _UNREADABLE as exc:
+                    except UNREADABLE_ERRORS as exc:
                         skipped.append(name)
                         unreadable.failed(name, exc)
                         continue
@@ -402,6 +363,7 @@ def resolve_source(cfg: FrancaTrainConfig) -> tuple[str, str]:
     if not d.dataset:
         raise ValueError("config key data.dataset is empty: give data.dataset=/path/to/images (a folder) or "
                          "webdataset shards (data.dataset=/shards/train-{000000..000099}.tar)")
+    reject_remote(d.dataset)  # a shard URL: download first (before "not found")
     plain_path = not any(c in d.dataset for c in "*?[{")
     if kind != "toy" and d.dataset != "toy" and plain_path:
         if not Path(d.dataset).exists():

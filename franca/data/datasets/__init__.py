@@ -3,17 +3,19 @@ May import franca.data and franca.utils only.
 
 The same readers read the built-in synthetic set (`franca.data.toy`). A missing or wrongly laid
 out data set raises FileNotFoundError naming the file or folder expected; a corrupt image raises
-`CorruptImageError` (a ValueError) with its path. Unlabelled folders and webdataset shards skip
-corrupt images instead and count them (`SkipNoneCollate`, see `folder`).
+`CorruptImageError` (a ValueError) with its path. The unlabelled readers choose instead:
+`ImageFiles(on_unreadable=…)` replaces ("replace"), yields None ("skip", dropped and counted by
+`SkipNoneCollate`) or marks ("mark": zeros, index -1); `UnlabelledImageFolder` and webdataset
+shards skip (see `folder`). Shards are local tar files read by `shards` (no `webdataset` package).
 
 | reader                                  | module       | item                                  |
 |-----------------------------------------|--------------|---------------------------------------|
 | ImageFolder, ImageNet                   | folder       | (image, class index)                  |
-| UnlabelledImageFolder, WebDatasetShards | folder, wds  | image or None                         |
-| VOCSegmentation, ADE20K, COCOThings     | voc, ade20k, coco | (image, int64 mask, 255 = ignore) |
-| SegmentationSet, build_segmentation     | segmentation | raw (PIL image, int64 mask) for the dense protocols |
-| ImageMaskPairs (the image + mask base)  | pairs        | (image, mask) read from two file lists |
-| ImageFiles (a list of files)            | folder       | image (unreadable: replaced)          |
+| UnlabelledImageFolder, WebDatasetShards | folder, wds  | image or None (unreadable: skipped)   |
+| VOCSegmentation, ADE20K, COCOThings     | voc, ade20k, coco | (image, int64 mask): one reader per layout |
+| build_segmentation (SegmentationSet)    | segmentation | those readers, raw: (PIL image, int64 np mask) |
+| ImageMaskPairs, load_label_png, raw_pair | pairs       | their base, mask rule, pass-through transform |
+| ImageFiles (a list of files)            | folder       | image; unreadable: on_unreadable policy |
 | NYUv2Depth, NYUv2Labeled, NYUv2Arrays   | nyu          | (image, float32 depth in m, 0 = invalid) |
 | SPair71k                                | spair        | dict of two images, keypoints, boxes  |
 | finegrained_dataset(name, …)            | finegrained  | (image, class index)                  |

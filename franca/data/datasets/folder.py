@@ -5,16 +5,20 @@
 - `ImageNet(root, split)`: `root/{train,val}/<wnid>/*.JPEG` with `root/labels.txt`
   ("wnid,name" lines, optional) giving `class_names`. ImageNet-21k extracted into one folder
   per wnid is `ImageNet(root, split=None)`.
-- `UnlabelledImageFolder(root)`: every image file below `root` (recursive, sorted), no labels;
-  the pretraining reader for "your own images".
-- `ImageFiles(files, transform)`: a given list of image files (RASA's reader); an unreadable file is
-  replaced by a readable one drawn at random and counted in `n_skipped`.
+- `ImageFiles(files, transform, on_unreadable)`: the one unlabelled reader, over a list of image files,
+  with one policy for unreadable files: "replace" (a random readable file takes the slot, RASA),
+  "skip" (None, dropped by `SkipNoneCollate`) or "mark" (zeros and index -1, `franca features`).
+  Pretraining (`franca.train.data.FolderImages`) replaces by the same routine
+  (`franca.data.images.read_or_replace`).
+- `UnlabelledImageFolder(root)`: `ImageFiles` over every image file below `root` (recursive, sorted),
+  with the "skip" policy.
+All of them decode with `load_rgb(path, exif=True)` (`franca.data.images.open_image`).
 
 Corrupt images in unlabelled folders (the skip-and-count mechanism):
-    `UnlabelledImageFolder.__getitem__` returns **None** for a file that cannot be decoded, logs a
-    warning with its path and increments `dataset.skipped` (a per-process count: with DataLoader
-    workers each worker has its own copy). To count skips across workers, wrap the collate
-    function: `DataLoader(ds, collate_fn=SkipNoneCollate(my_collate))`. It drops the None
+    `UnlabelledImageFolder.__getitem__` (any `ImageFiles` with "skip") returns **None** for a file that
+    cannot be decoded, logs a warning with its path and increments `dataset.skipped` (a per-process
+    count: with DataLoader workers each worker has its own copy). To count skips across workers, wrap
+    the collate function: `DataLoader(ds, collate_fn=SkipNoneCollate(my_collate))`. It drops the None
     samples, calls `my_collate` on the rest and reports how many were dropped: as the key
     `"n_skipped"` when the collated batch is a dict, else as a `(batch, n_skipped)` tuple. A batch
     whose samples were all corrupt collates to None. The training loop sums `n_skipped` and can
@@ -28,14 +32,16 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, UnreadableFiles, list_images, open_image
+from franca.data.images import (IMAGE_EXTENSIONS, UNREADABLE_ERRORS, CorruptImageError, UnreadableFiles, list_images,
+                                open_image, read_or_replace, warn_skipped)
 
-__all__ = ["IMAGE_EXTENSIONS", "CorruptImageError", "ImageFiles", "ImageFolder", "ImageNet", "SkipNoneCollate",
-           "UnlabelledImageFolder", "image_folder_splits", "list_images", "load_rgb", "read_labels_txt",
-           "require_dir", "require_file"]
+__all__ = ["IMAGE_EXTENSIONS", "ON_UNREADABLE", "CorruptImageError", "ImageFiles", "ImageFolder", "ImageNet",
+           "SkipNoneCollate", "UnlabelledImageFolder", "image_folder_splits", "list_images", "load_rgb",
+           "read_labels_txt", "require_dir", "require_file"]
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +155,90 @@ def image_folder_splits(root: str | os.PathLike, train_transform: Callable | Non
     return train, val
 
 
-class UnlabelledImageFolder(Dataset):
-    """Every image below `root` (recursive), without labels; corrupt files give None (see module doc).
+ON_UNREADABLE = ("replace", "skip", "mark")
+
+
+def _read(path: Path) -> Image.Image:
+    """The decode of every unlabelled reader: `load_rgb(path, exif=True)`, photos shown upright."""
+    return load_rgb(path, exif=True)
+
+
+class ImageFiles(Dataset):
+    """Unlabelled images from a list of files, read by `load_rgb(path, exif=True)`; one policy for the
+    unreadable ones (missing, corrupt, decompression bombs: `franca.data.images.open_image`).
+
+    `on_unreadable`:
+        "replace" (RASA, default): item i → `transform(image)`; an unreadable file is replaced by a file
+            drawn at random from a generator seeded by i (`franca.data.images.read_or_replace`, the loop
+            pretraining uses too), and the run fails when more than half of at least 64 tries were
+            unreadable (`UnreadableFiles`, naming `where`).
+        "skip" (`UnlabelledImageFolder`): item i → `transform(image)`, or **None** for an unreadable file,
+            with a warning naming it; drop them with `SkipNoneCollate` (module doc).
+        "mark" (`franca features`): item i → `(transform(image), i)`, or `(zeros, -1)` for an unreadable
+            file, the zeros shaped like the transform's output (a transform with one output shape, e.g. a
+            centre crop), so batches keep one shape and the caller lists the files marked -1.
+    Every policy counts the unreadable files it met in `skipped` (per process: each DataLoader worker
+    has its own copy). Without a transform the items are PIL images ("mark" needs one).
+    """
+
+    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], Any] | None = None,
+                 on_unreadable: str = "replace", where: str | None = None) -> None:
+        if on_unreadable not in ON_UNREADABLE:
+            raise ValueError(f"on_unreadable must be one of {ON_UNREADABLE}, got {on_unreadable!r}")
+        if len(files) == 0:
+            raise ValueError("ImageFiles needs at least one image")
+        if on_unreadable == "mark" and transform is None:
+            raise ValueError("ImageFiles(on_unreadable='mark') needs a transform (the zeros take its output shape)")
+        self.files = list(files)
+        self.transform, self.on_unreadable = transform, on_unreadable
+        self.skipped = 0
+        self.unreadable = UnreadableFiles(where or f"the images {Path(self.files[0]).parent} …")
+        self._blank: torch.Tensor | None = None
+
+    @property
+    def n_skipped(self) -> int:
+        """`skipped` under its older name (RASA)."""
+        return self.skipped
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Any:
+        if self.on_unreadable == "replace":
+            _, img, skipped = read_or_replace(self.files, i, i, _read, self.unreadable, max(len(self.files), 64))
+            self.skipped += len(skipped)
+            return self._apply(img)
+        try:
+            img = _read(self.files[i])
+        except UNREADABLE_ERRORS as exc:
+            self.skipped += 1
+            warn_skipped(self.skipped, exc)
+            return None if self.on_unreadable == "skip" else (self.blank(), -1)
+        out = self._apply(img)
+        return out if self.on_unreadable == "skip" else (out, i)
+
+    def _apply(self, img: Image.Image) -> Any:
+        return self.transform(img) if self.transform is not None else img
+
+    def blank(self) -> torch.Tensor:
+        """Zeros shaped like the transform's output (of a black 224² image; the random state is left as it was)."""
+        if self._blank is None:
+            state = random.getstate()
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    out = self.transform(Image.new("RGB", (224, 224)))
+            finally:
+                random.setstate(state)
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"ImageFiles(on_unreadable='mark'): the transform must return a tensor, "
+                                f"got {type(out).__name__}")
+            self._blank = torch.zeros_like(out)
+        return self._blank.clone()
+
+
+class UnlabelledImageFolder(ImageFiles):
+    """Every image below `root` (recursive, sorted: `list_images`), without labels: `ImageFiles` with the
+    "skip" policy, so a corrupt file gives None (see the module doc).
 
     Args:
         extensions: accepted file-name endings (case-insensitive); None accepts every file.
@@ -160,56 +248,15 @@ class UnlabelledImageFolder(Dataset):
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
                  extensions: Sequence[str] | None = IMAGE_EXTENSIONS):
         self.root = require_dir(root, "image folder")
-        self.paths = list_images(self.root, extensions)
-        if not self.paths:
+        paths = list_images(self.root, extensions)
+        if not paths:
             raise FileNotFoundError(f"no image files found below {self.root} (extensions {extensions})")
-        self.transform = transform
-        self.skipped = 0
+        super().__init__(paths, transform, on_unreadable="skip", where=f"the image folder {self.root}")
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> Any:
-        try:
-            img = load_rgb(self.paths[i], exif=True)
-        except (CorruptImageError, FileNotFoundError) as exc:
-            self.skipped += 1
-            log.warning("skipping unreadable image (%d so far in this process): %s", self.skipped, exc)
-            return None
-        return self.transform(img) if self.transform is not None else img
-
-
-class ImageFiles(Dataset):
-    """Unlabelled images from a list of files (`franca.data.images.open_image`: bombs and corrupt files
-    are unreadable). An unreadable file is replaced by one drawn at random (seeded by the index, so
-    reproducibly; a bad stretch of a sorted folder costs only its share) and counted; more than half
-    unreadable among those tried raises (`franca.data.images.UnreadableFiles`)."""
-
-    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], Any]) -> None:
-        if len(files) == 0:
-            raise ValueError("ImageFiles needs at least one image")
-        self.files = list(files)
-        self.transform = transform
-        self.n_skipped = 0
-        self.unreadable = UnreadableFiles(f"the images {self.files[0].parent} …")
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> Any:
-        n = len(self.files)
-        for k in range(max(n, 64)):
-            path = self.files[i % n if k == 0 else random.Random(i * 1_000_003 + k).randrange(n)]
-            try:
-                img = load_rgb(path, exif=True)
-            except (CorruptImageError, FileNotFoundError) as exc:
-                self.n_skipped += 1
-                self.unreadable.failed(str(path), exc)
-                continue
-            self.unreadable.ok()
-            return self.transform(img)
-        self.unreadable.check(final=True)
-        raise ValueError(f"no readable image among the {len(self.files)} images ({self.files[0].parent} …)")
+    @property
+    def paths(self) -> list[Path]:
+        """The image files (`files`)."""
+        return self.files
 
 
 class SkipNoneCollate:

@@ -1,4 +1,10 @@
-"""Webdataset tar shards as the pretraining reads them: image members by file order, bytes only.
+"""Webdataset tar shards, read safely with the standard library: the one shard reader of the project
+(pretraining's `franca.train.data.ShardImages` and `franca.data.datasets.wds.WebDatasetShards`).
+
+`list_shards(spec)` lists local shards: a folder (its `*.tar`), a glob, a file, a brace pattern
+(`expand_braces`: `train-{000..099}.tar`) or a list of these. Remote URLs (`http://…`, `pipe:…`) are
+refused with an error: franca works offline, so download the shards first.
+`tar_images(shard)` yields the image members of a shard, in file order, as bytes.
 
 Members are never extracted to disk (names like "../x" or links cannot escape); link members are
 not images; a member over MAX_MEMBER_BYTES is not read (yielded with None bytes, so the reader can
@@ -7,7 +13,10 @@ with one warning naming it, after the members read so far.
 """
 from __future__ import annotations
 
+import glob
 import logging
+import os
+import re
 import tarfile
 import zlib
 from pathlib import Path
@@ -18,6 +27,92 @@ from franca.data.images import IMAGE_EXTENSIONS
 log = logging.getLogger(__name__)
 
 MAX_MEMBER_BYTES = 1 << 30  # a tar member larger than this is not read (a tar bomb, not an image)
+
+
+_INT_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$")
+_CHAR_RANGE = re.compile(r"^([a-z]\.\.[a-z]|[A-Z]\.\.[A-Z])(?:\.\.(-?\d+))?$")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Shell-style brace expansion, in order: `a{0..3}.tar` → a0 … a3, `{000..002}` → 000, 001, 002 (an
+    endpoint written with a leading zero pads every number to the wider endpoint), `{0..10..5}` (a step),
+    `{a..c}` (letters), `{x,y}` (a list, items may nest braces); several groups give every combination,
+    the last group varying fastest. A group that is neither (`{x}`) stays literal; an unbalanced brace is
+    a ValueError naming the pattern."""
+    depth, start = 0, -1
+    for pos, ch in enumerate(pattern):
+        if ch == "{":
+            depth, start = depth + 1, (pos if depth == 0 else start)
+        elif ch == "}":
+            depth -= 1
+            if depth < 0:
+                break
+            if depth == 0:
+                head, body, tail = pattern[:start], pattern[start + 1:pos], pattern[pos + 1:]
+                return [head + alt + rest for alt in _brace_alternatives(body) for rest in expand_braces(tail)]
+    if depth != 0:
+        raise ValueError(f"unbalanced braces in the pattern {pattern!r}")
+    return [pattern]
+
+
+def _brace_alternatives(body: str) -> list[str]:
+    """The strings one brace group `{body}` stands for."""
+    parts, depth, start = [], 0, 0
+    for pos, ch in enumerate(body):
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            parts.append(body[start:pos])
+            start = pos + 1
+    if parts:  # a list
+        return [x for part in [*parts, body[start:]] for x in expand_braces(part)]
+    m = _INT_RANGE.match(body)
+    if m:
+        lo, hi, step = m.group(1), m.group(2), abs(int(m.group(3) or 1)) or 1
+        padded = any(e.lstrip("-").startswith("0") and e.lstrip("-") != "0" for e in (lo, hi))
+        width = max(len(lo), len(hi)) if padded else 0
+        a, b = int(lo), int(hi)
+        numbers = range(a, b + 1, step) if a <= b else range(a, b - 1, -step)
+        return [f"{v:0{width}d}" for v in numbers]
+    m = _CHAR_RANGE.match(body)
+    if m:
+        a, b = ord(body[0]), ord(body[3])
+        step = abs(int(m.group(2) or 1)) or 1
+        return [chr(c) for c in (range(a, b + 1, step) if a <= b else range(a, b - 1, -step))]
+    return ["{" + x + "}" for x in expand_braces(body)]
+
+
+def reject_remote(spec: str) -> None:
+    """ValueError for a remote shard URL (`http://…`, `s3://…`, `pipe:…`): franca reads local files only."""
+    if "://" in spec or spec.startswith("pipe:"):
+        raise ValueError(f"webdataset: {spec} is a remote URL; franca reads local shards only (it works "
+                         "offline): download the shards first and give their folder, a file or a brace pattern")
+
+
+def list_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Local tar shards from a folder (its sorted `*.tar`), a glob, a single file, a brace pattern
+    (`shard-{000..009}.tar`) or a list of these; FileNotFoundError naming the missing ones, ValueError
+    for a remote URL (download the shards first: franca reads local files only)."""
+    if isinstance(spec, (list, tuple)):
+        if not spec:
+            raise ValueError("webdataset: the list of shards is empty")
+        return [s for one in spec for s in list_shards(one)]
+    spec = str(spec)
+    reject_remote(spec)
+    p = Path(spec)
+    if p.is_dir():
+        shards = sorted(str(s) for s in p.glob("*.tar"))
+        if not shards:
+            raise FileNotFoundError(f"webdataset: no *.tar shards in the folder {p}")
+    elif "{" in spec:
+        shards = expand_braces(spec)
+    elif any(c in spec for c in "*?["):
+        shards = sorted(glob.glob(spec))
+    else:
+        shards = [spec]
+    missing = [s for s in shards if not Path(s).is_file()]
+    if not shards or missing:
+        raise FileNotFoundError(f"webdataset shards not found: {missing[:3] or spec}")
+    return shards
 
 
 _SHARD_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, ValueError)

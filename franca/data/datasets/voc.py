@@ -1,16 +1,25 @@
-"""Pascal VOC 2012 semantic segmentation: the devkit layout and the Leopart/Hummingbird layout.
+"""Pascal VOC 2012 semantic segmentation: the one reader of the devkit and Leopart/HB layouts.
 
-Devkit (`VOCdevkit/VOC2012/`): `JPEGImages/<id>.jpg`, `SegmentationClass/<id>.png` (palette
-PNG, index 0-20, 255 = boundary/void), `SegmentationClassAug/<id>.png` (SBD-converted index
-PNGs) and `ImageSets/Segmentation/{train,val,trainval}.txt`; the trainaug list is
-`trainaug.txt`, or mmseg's `aug.txt`. Split → masks: train/val/trainval use SegmentationClass,
-trainaug uses SegmentationClassAug.
+Layouts (PROTOCOLS.md §12.2), looked for in this order under `root`:
+- devkit: `VOCdevkit/VOC2012/`, `VOC2012/` or `root` itself holding `JPEGImages/<id>.jpg` and
+  `ImageSets/Segmentation/<split>.txt`; masks `SegmentationClass/<id>.png` (palette PNGs, 0-20,
+  255 = boundary/void) and, for trainaug, `SegmentationClassAug/<id>.png` (SBD-converted index PNGs).
+- Leopart / HB / RASA: `VOCSegmentation/` or `root` itself holding `images/<id>.jpg` and
+  `sets/<split>.txt`; val masks from `SegmentationClass`, train and trainaug masks from
+  `SegmentationClassAug` (Leopart's VOCDataset).
 
-Leopart / HB / RASA (`VOCSegmentation/`): `images/<id>.jpg`, `SegmentationClass/<id>.png` (val),
-`SegmentationClassAug/<id>.png` (train, trainaug), `sets/{train,trainaug,val}.txt`.
+Splits: any `<split>.txt` in the split folder. trainaug (10,582 images) is read from `trainaug.txt`
+alone when it exists (the Leopart/HB list, which already holds train); otherwise from mmseg's
+`aug.txt` joined with `train.txt` (mmseg's config concatenates both lists), deduplicated and sorted.
+Asking for trainaug where neither list or `SegmentationClassAug/` exists is an error naming the files
+expected: the train split is never substituted silently (the built-in toy set writes both lists and
+the Aug folder, so it needs no fallback). `split` and `name` ("voc-<split>") record the split read.
 
-Items are `(image, mask)` after the joint transform (default `JointToTensor()`: float image
-(3, H, W) in [0, 1], int64 mask (H, W) with the raw label indices, 255 = ignore).
+Class names: `classes.txt` or `labels.txt` beside the data if present (one name per line; an
+`id,name` line keeps its last field; the toy set writes classes.txt), else the 21 VOC names.
+Masks follow `pairs.load_label_png`. Items are `transforms(image, mask)` (default `JointToTensor()`:
+float image (3, H, W) in [0, 1], int64 mask (H, W) with the raw indices, 255 = ignore;
+`pairs.raw_pair` keeps the PIL image and gives an int64 numpy mask).
 """
 from __future__ import annotations
 
@@ -18,15 +27,13 @@ import os
 from pathlib import Path
 from typing import Callable
 
-
 from franca.data.datasets.folder import require_file
-from franca.data.datasets.pairs import ImageMaskPairs, load_label_png  # noqa: F401 (load_label_png re-exported)
+from franca.data.datasets.pairs import IGNORE_INDEX, ImageMaskPairs, load_label_png  # noqa: F401 (re-exported)
 from franca.data.datasets.transforms import JointToTensor
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
-IGNORE_INDEX = 255
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -34,7 +41,24 @@ def read_id_list(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
-def _find_layout(root: Path) -> tuple[str, Path]:
+def read_class_names(path: Path) -> tuple[str, ...]:
+    """Class names in index order: one per non-blank line; an `id,name` line keeps its last field."""
+    names = tuple(line.strip().split(",")[-1].strip() for line in path.read_text().splitlines() if line.strip())
+    if not names:
+        raise ValueError(f"class list {path} is empty")
+    return names
+
+
+def voc_class_names(base: Path) -> tuple[str, ...]:
+    """`classes.txt` or `labels.txt` in `base` (the first present), else the 21 VOC names."""
+    for f in ("classes.txt", "labels.txt"):
+        if (base / f).is_file():
+            return read_class_names(base / f)
+    return VOC_CLASSES
+
+
+def find_voc_layout(root: Path) -> tuple[str, Path]:
+    """("devkit" | "leopart", the folder holding the data) under `root`; FileNotFoundError naming both."""
     for cand in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
         if (cand / "JPEGImages").is_dir() and (cand / "ImageSets").is_dir():
             return "devkit", cand
@@ -43,51 +67,62 @@ def _find_layout(root: Path) -> tuple[str, Path]:
             return "leopart", cand
     raise FileNotFoundError(
         f"Pascal VOC not found under {root}: expected either the devkit layout "
-        f"({root}/VOCdevkit/VOC2012/{{JPEGImages,ImageSets/Segmentation,SegmentationClass}}) or the Leopart/HB "
-        f"layout ({root}/VOCSegmentation/{{images,sets,SegmentationClass,SegmentationClassAug}})")
+        f"({root}/VOCdevkit/VOC2012/{{JPEGImages,ImageSets/Segmentation,SegmentationClass}}, or VOC2012/ or the "
+        f"folder itself) or the Leopart/HB layout ({root}/VOCSegmentation/{{images,sets,SegmentationClass,"
+        f"SegmentationClassAug}}, or the folder itself)")
+
+
+def voc_image_dir(root: Path) -> Path:
+    """The folder of all VOC images under `root` (devkit JPEGImages/ or Leopart/HB images/)."""
+    layout, base = find_voc_layout(root)
+    return base / ("JPEGImages" if layout == "devkit" else "images")
+
+
+def _trainaug_ids(sets: Path, mask_dir: Path) -> tuple[list[str], str]:
+    """(trainaug ids, the list files read): trainaug.txt alone, else aug.txt ∪ train.txt (sorted)."""
+    trainaug, aug, train = sets / "trainaug.txt", sets / "aug.txt", sets / "train.txt"
+    has_list = trainaug.is_file() or aug.is_file()
+    missing = ([] if has_list else ["the list"]) + ([] if mask_dir.is_dir() else ["the masks"])
+    if missing:
+        raise FileNotFoundError(
+            f"VOC trainaug: {' and '.join(missing)} not found; expected the list {trainaug} (or mmseg's aug.txt "
+            f"with train.txt beside it) and the SBD masks folder {mask_dir} (PROTOCOLS.md §12.2). Add them, or "
+            "ask for the train split")
+    if trainaug.is_file():
+        return read_id_list(trainaug), trainaug.name
+    train_ids = read_id_list(require_file(train, "VOC train list (mmseg's trainaug = aug + train)"))
+    ids = set(read_id_list(aug)) | set(train_ids)
+    return sorted(ids), "aug.txt + train.txt"
 
 
 class VOCSegmentation(ImageMaskPairs):
-    """Pascal VOC 2012 segmentation, split in {train, val, trainval, trainaug}; see the module doc.
+    """Pascal VOC 2012 segmentation, any split with a list file (train, val, trainval, trainaug, …);
+    see the module doc.
 
-    Attributes: `ids`, `classes` (from a `classes.txt` beside the data if present, as the toy set
-    writes, else the 21 VOC names), `num_classes`, `ignore_index` (255), `layout`.
+    Attributes: `ids`, `classes` / `class_names`, `num_classes`, `ignore_index` (255), `layout`
+    ("devkit" or "leopart"), `split` and `name` (the split read), `list_files` (the lists it came from).
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Callable | None = None):
-        if split not in ("train", "val", "trainval", "trainaug"):
-            raise ValueError(f"VOC split must be train, val, trainval or trainaug, got {split!r}")
-        self.layout, base = _find_layout(Path(root))
+        self.layout, base = find_voc_layout(Path(root))
         self.split, self.base = split, base
-        if self.layout == "devkit":
-            sets = base / "ImageSets" / "Segmentation"
-            list_file = sets / f"{split}.txt"
-            if split == "trainaug" and not list_file.is_file() and (sets / "aug.txt").is_file():
-                list_file = sets / "aug.txt"
-            self.image_dir = base / "JPEGImages"
-            self.mask_dir = base / ("SegmentationClassAug" if split == "trainaug" else "SegmentationClass")
+        devkit = self.layout == "devkit"
+        sets = base / ("ImageSets/Segmentation" if devkit else "sets")
+        self.image_dir = base / ("JPEGImages" if devkit else "images")
+        aug_masks = split == "trainaug" or (not devkit and split != "val")
+        self.mask_dir = base / ("SegmentationClassAug" if aug_masks else "SegmentationClass")
+        if split == "trainaug":
+            ids, self.list_files = _trainaug_ids(sets, self.mask_dir)
         else:
-            list_file = base / "sets" / f"{split}.txt"
-            self.image_dir = base / "images"
-            self.mask_dir = base / ("SegmentationClass" if split == "val" else "SegmentationClassAug")
-        self.ids = read_id_list(require_file(list_file, f"VOC {split} split list"))
-        if not self.ids:
-            raise ValueError(f"VOC split list {list_file} is empty")
+            list_file = require_file(sets / f"{split}.txt", f"VOC {split} split list")
+            ids, self.list_files = read_id_list(list_file), list_file.name
+        if not ids:
+            raise ValueError(f"VOC {split} split list ({self.list_files} in {sets}) is empty")
         if not self.mask_dir.is_dir():
             raise FileNotFoundError(f"VOC {split} masks: expected the folder {self.mask_dir}, which does not exist")
-        for i in self.ids:  # fail at construction, naming the first missing file
-            require_file(self.image_dir / f"{i}.jpg", f"VOC image listed in {list_file.name}")
-            require_file(self.mask_dir / f"{i}.png", f"VOC mask listed in {list_file.name}")
-        names = base / "classes.txt"
-        self.classes = tuple(names.read_text().split()) if names.is_file() else VOC_CLASSES
+        self.set_pairs(ids, self.image_dir, self.mask_dir, f"VOC {split} ({self.list_files})")
+        self.classes = voc_class_names(base)
         self.num_classes = len(self.classes)
         self.ignore_index = IGNORE_INDEX
+        self.name = f"voc-{split}"
         self.transforms = transforms if transforms is not None else JointToTensor()
-        self.set_pairs(self.ids, self.image_dir, self.mask_dir)
-
-    def __getitem__(self, i: int):
-        name = self.ids[i]
-        image, mask = self.read_pair(i)
-        if image.size != mask.size:
-            raise ValueError(f"VOC {name}: image size {image.size} differs from mask size {mask.size}")
-        return self.transforms(image, mask)

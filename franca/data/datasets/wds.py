@@ -1,79 +1,140 @@
 """Webdataset shards (img2dataset output, e.g. LAION-COCO) as an unlabelled image stream.
 
-`WebDatasetShards(urls)` reads tar shards whose samples hold an image under one of
-`image_keys` (jpg, jpeg, png, webp by default). `urls` is a folder (all `*.tar` in it), a
-brace pattern (`shards/{00000..00127}.tar`), or a list. Shards are split across distributed
-ranks and DataLoader workers. The `webdataset` package is imported only when iterating.
+`WebDatasetShards(urls)` reads local tar shards through `franca.data.datasets.shards` (the reader
+pretraining uses: members are never extracted, link members are not images, oversized members are not
+read, a damaged shard is skipped from the damage on with one warning). `urls` is a folder (all `*.tar`
+in it), a brace pattern (`shards/{00000..00127}.tar`, expanded by `shards.expand_braces`), a glob, a
+file, or a list of these. Remote URLs (`http://…`, `pipe:…`) are refused: download the shards first.
 
-Like `UnlabelledImageFolder`, an undecodable image yields **None** with a warning naming the
-shard and key and increments `skipped`; wrap the collate function in
+A sample is the run of consecutive members sharing a key (the member path up to the first dot of its
+file name, as webdataset groups them); its image is the member whose extension comes first in
+`image_keys`. Shards are split across distributed ranks, then DataLoader workers (`shards[rank::world]
+[worker::workers]`), after an optional seeded shuffle of the shard list (`shuffle_shards`, the same order
+on every rank; `set_epoch` changes it) and before an optional shuffle buffer (`shuffle_buffer` samples,
+seeded by seed, epoch, rank and worker).
+
+Unreadable images follow the "skip" policy of `franca.data.datasets.folder.ImageFiles`: an image that
+cannot be decoded (or a member too large to read) yields **None** with a warning naming
+`shard:member`, and increments `skipped` (a per-process count); wrap the collate function in
 `franca.data.datasets.folder.SkipNoneCollate` to drop and count them.
 """
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+import random
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
-from franca.data.images import CorruptImageError, open_image
+from franca.data.datasets import shards as shards_mod
+from franca.data.images import IMAGE_EXTENSIONS, UNREADABLE_ERRORS, CorruptImageError, open_image, warn_skipped
+from franca.utils import distributed as dist_utils
 
 log = logging.getLogger(__name__)
 
 
-def resolve_shards(urls: str | os.PathLike | Sequence[str]) -> str | list[str]:
-    """A folder → its sorted *.tar files; a pattern or URL is passed through; a list is kept."""
-    if isinstance(urls, (list, tuple)):
-        if not urls:
-            raise ValueError("webdataset: the list of shards is empty")
-        return [str(u) for u in urls]
-    s = str(urls)
-    p = Path(s)
-    if p.is_dir():
-        tars = sorted(str(t) for t in p.glob("*.tar"))
-        if not tars:
-            raise FileNotFoundError(f"webdataset: no *.tar shards in the folder {p}")
-        return tars
-    if "{" not in s and "://" not in s and not p.is_file():
-        raise FileNotFoundError(f"webdataset: expected a shard file, a folder of *.tar or a brace pattern, got {s}")
-    return s
+def resolve_shards(urls: str | os.PathLike | Sequence[str]) -> list[str]:
+    """The local shard files of `urls` (`franca.data.datasets.shards.list_shards`)."""
+    return shards_mod.list_shards(urls)
+
+
+def split_key(member: str) -> tuple[str, str]:
+    """(key, extension) of a member name as webdataset splits it: 'dir/a.seg.png' → ('dir/a', 'seg.png')."""
+    folder, _, base = member.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
 class WebDatasetShards(IterableDataset):
-    """Stream `transform(image)` (or `(key, transform(image))` with `with_key`) from tar shards."""
+    """Stream `transform(image)` (or `(key, transform(image))` with `with_key`) from tar shards; None for an
+    unreadable image (see the module doc)."""
 
     def __init__(self, urls: str | os.PathLike | Sequence[str], transform: Callable | None = None,
                  image_keys: Sequence[str] = ("jpg", "jpeg", "png", "webp"), shuffle_shards: bool = False,
                  shuffle_buffer: int = 0, seed: int = 0, with_key: bool = False):
         self.urls = resolve_shards(urls)
-        self.transform, self.image_keys = transform, tuple(image_keys)
-        self.shuffle_shards, self.shuffle_buffer, self.seed, self.with_key = shuffle_shards, shuffle_buffer, seed, with_key
+        self.image_keys = tuple(k.lower().lstrip(".") for k in image_keys)
+        odd = [k for k in self.image_keys if "." + k.rsplit(".", 1)[-1] not in IMAGE_EXTENSIONS]
+        if odd:
+            raise ValueError(f"webdataset: image_keys {odd} do not end in an image extension "
+                             f"({', '.join(IMAGE_EXTENSIONS)})")
+        if shuffle_buffer < 0:
+            raise ValueError(f"webdataset: shuffle_buffer must be ≥ 0, got {shuffle_buffer}")
+        self.transform = transform
+        self.shuffle_shards, self.shuffle_buffer = shuffle_shards, shuffle_buffer
+        self.seed, self.with_key = seed, with_key
+        self.epoch = 0
         self.skipped = 0
 
-    def _decode(self, sample: dict) -> Any:
-        key = next((k for k in self.image_keys if k in sample), None)
-        where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-        if key is None:
-            self.skipped += 1
-            log.warning("webdataset sample %s has no image (keys %s); skipped", where, sorted(sample))
-            return None
+    def set_epoch(self, epoch: int) -> None:
+        """Another shard order and shuffle buffer for each epoch (call it before iterating)."""
+        self.epoch = int(epoch)
+
+    def shards_of(self, rank: int, world: int, worker: int, workers: int) -> list[str]:
+        """The shards one worker of one rank reads: the (shuffled) list split by rank, then by worker."""
+        shards = list(self.urls)
+        if self.shuffle_shards:
+            random.Random(f"shards:{self.seed}:{self.epoch}").shuffle(shards)  # the same order on every rank
+        return shards[rank::world][worker::workers]
+
+    def _samples(self, shards: Iterable[str]) -> Iterator[tuple[str, str, bytes | None]]:
+        """(key, shard:member, bytes) of each sample's image, in file order."""
+        for shard in shards:
+            key, found = None, {}
+            for name, data in shards_mod.tar_images(shard):
+                k, ext = split_key(name[len(shard) + 1:])
+                if k != key:
+                    if found:
+                        yield self._pick(key, found)
+                    key, found = k, {}
+                if ext in self.image_keys and ext not in found:
+                    found[ext] = (name, data)
+            if found:
+                yield self._pick(key, found)
+
+    def _pick(self, key: str, found: dict[str, tuple[str, bytes | None]]) -> tuple[str, str, bytes | None]:
+        name, data = found[next(k for k in self.image_keys if k in found)]
+        return key, name, data
+
+    def _decode(self, key: str, name: str, data: bytes | None) -> Any:
         try:
-            img = open_image(bytes(sample[key]), where)
-        except CorruptImageError as exc:
+            if data is None:
+                raise CorruptImageError(f"{name}: member larger than {shards_mod.MAX_MEMBER_BYTES:,} bytes, not read")
+            img = open_image(data, name)
+        except UNREADABLE_ERRORS as exc:
             self.skipped += 1
-            log.warning("skipping undecodable image %s (%d so far in this process): %s", where, self.skipped, exc)
+            warn_skipped(self.skipped, exc)
             return None
         out = self.transform(img) if self.transform is not None else img
-        return (sample.get("__key__"), out) if self.with_key else out
+        return (key, out) if self.with_key else out
 
     def __iter__(self) -> Iterator[Any]:
-        import webdataset as wds
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rank, world = dist_utils.rank(), dist_utils.world_size()
+        mine = self.shards_of(rank, world, worker, workers)
+        if not mine:
+            log.warning("webdataset: rank %d, worker %d reads no shard (%d shards for %d ranks × %d workers)",
+                        rank, worker, len(self.urls), world, workers)
+        samples: Iterable[tuple[str, str, bytes | None]] = self._samples(mine)
+        if self.shuffle_buffer > 1:
+            rng = random.Random(f"buffer:{self.seed}:{self.epoch}:{rank}:{worker}")
+            samples = shuffle_buffer(samples, self.shuffle_buffer, rng)
+        for key, name, data in samples:
+            yield self._decode(key, name, data)
 
-        ds = wds.WebDataset(self.urls, shardshuffle=100 if self.shuffle_shards else False, seed=self.seed,
-                            nodesplitter=wds.split_by_node, handler=wds.warn_and_continue, empty_check=False)
-        if self.shuffle_buffer > 0:
-            ds = ds.shuffle(self.shuffle_buffer)
-        for sample in ds:
-            yield self._decode(sample)
+
+def shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """Items in a locally shuffled order: each comes out of a buffer of `size` at a random slot, its place
+    taken by the next item; the last `size` are shuffled together at the end."""
+    buf: list[Any] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = rng.randrange(size)
+        yield buf[j]
+        buf[j] = item
+    rng.shuffle(buf)
+    yield from buf
