@@ -11,26 +11,19 @@ protocols (arXiv 2507.14137). The public API is small and stable:
 """
 from __future__ import annotations
 
-from typing import Any
+from franca.utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_backbone", "build_backbone", "export_backbone", "transforms", "releases",
            "weights_label"]
 
-
-def __getattr__(name: str) -> Any:
-    # Lazy so that `import franca` stays cheap (no torch/timm import until first use).
-    if name in ("load_backbone", "build_backbone", "export_backbone", "weights_label"):
-        from franca.models import api
-
-        return getattr(api, name)
-    if name == "transforms":
-        from franca.models.preprocess import transforms
-
-        return transforms
-    if name == "releases":
-        from franca.models.releases import release_names
-
-        return release_names
-    raise AttributeError(f"module 'franca' has no attribute {name!r}")
+# Lazy so that `import franca` stays cheap (no torch/timm import until first use).
+__getattr__ = lazy_exports(__name__, {
+    "load_backbone": "franca.models.api:load_backbone",
+    "build_backbone": "franca.models.api:build_backbone",
+    "export_backbone": "franca.models.api:export_backbone",
+    "weights_label": "franca.models.api:weights_label",
+    "transforms": "franca.models.preprocess:transforms",
+    "releases": "franca.models.releases:release_names",
+})

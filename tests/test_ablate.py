@@ -162,7 +162,7 @@ def _sweep(tmp_path: Path, **kw):
     data = make_image_folder(tmp_path / "images", n=8)
     common = [o for o in tiny_overrides(tmp_path / "unused", data, iterations=4)
               if not o.startswith(("train.output_dir", "train.log_period"))]
-    settings = EvalSettings(size=16, data_root=str(_labelled_folder(tmp_path / "labelled")))
+    settings = EvalSettings(size=16, data=str(_labelled_folder(tmp_path / "labelled")))
     return Sweep(out=tmp_path / "sweep", variants=parse_variants(["franca", "no-koleo"]), seeds=[0, 1],
                  common=common, protocols=["knn"], settings=settings, checkpoint_period=2, **kw)
 

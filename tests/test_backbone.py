@@ -398,3 +398,29 @@ def test_set_pos_grid_antialias_resize(grid):
     _close(m.pos_embed[:, 1:].detach(), ref.float(), 1e-5)
     assert torch.equal(m.pos_embed[:, :1], old[:, :1])
     assert m.pos_embed.requires_grad
+
+
+def test_resize_pos_embed_is_the_one_resize_with_the_former_train_numbers():
+    """train/build.py had its own copy (a token count instead of a side); the one left in models gives the
+    same numbers in fp32 and bf16, and refuses a table that is not a square grid."""
+    import math
+
+    import torch.nn.functional as F
+
+    from franca.models.backbone import resize_pos_embed
+
+    def former(pos, n_new):  # the removed train/build.py formula, kept here as the reference
+        M, S = math.isqrt(pos.shape[1] - 1), math.isqrt(n_new)
+        grid = pos[:, 1:].float().reshape(1, M, M, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(S, S), mode="bicubic", antialias=True, align_corners=False)
+        return torch.cat([pos[:, :1].float(), grid.permute(0, 2, 3, 1).reshape(1, S * S, -1)], dim=1).to(pos.dtype)
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        for m, s in ((4, 6), (6, 4), (5, 5)):
+            pos = torch.randn(1, 1 + m * m, 7, generator=g).to(dtype)
+            out = resize_pos_embed(pos, s)
+            assert out.dtype == dtype and out.shape == (1, 1 + s * s, 7)
+            assert torch.equal(out, former(pos, s * s)), (dtype, m, s)
+    with pytest.raises(ValueError, match="square grids"):
+        resize_pos_embed(torch.zeros(1, 1 + 15, 2), 4)

@@ -29,7 +29,7 @@ def test_write_json_names_the_software(tmp_path):
     assert data["metric"] == 0.333333
     assert set(data["versions"]) >= {"franca", "python", "torch", "torchvision", "timm", "numpy"}
     assert data["versions"] == library_versions()
-    assert not list(tmp_path.glob("*.tmp"))  # atomic: the temporary file is gone
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # atomic: the temporary file is gone
 
 
 def test_logging_once_and_verbose_without_library_noise():

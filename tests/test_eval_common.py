@@ -32,15 +32,125 @@ def test_kwargs_for_passes_declared_names_only():
     assert common.kwargs_for(evaluate) == {"data": Path("root"), "device": "cpu", "seeds": (1, 2)}
 
 
-def test_every_protocol_names_the_shared_arguments_alike():
-    """Each evaluate() takes the model first and device always; the other shared arguments, where a
-    protocol has them, under the shared names (no image_size / resolution / extraction-size aliases)."""
-    for name in PROTOCOLS:
-        params = inspect.signature(importlib.import_module(f"franca.eval.{name}").evaluate).parameters
-        assert next(iter(params)) == "model", name
-        assert "device" in params, name
-        assert not {"image_size", "resolution"} & set(params), name
-        shared = set(SHARED_ARGUMENTS) & set(params)
-        assert "size" in shared or "config" in params, name  # linseg: size and batch live in LinsegConfig
+def _protocols():
+    """Every module of franca/eval that defines an evaluate() (found, not listed: a new protocol is checked too)."""
+    import pkgutil
+
+    import franca.eval
+
+    found = {}
+    for info in pkgutil.iter_modules(franca.eval.__path__):
+        module = importlib.import_module(f"franca.eval.{info.name}")
+        fn = getattr(module, "evaluate", None)
+        if fn is not None and getattr(fn, "__module__", None) == module.__name__:
+            found[info.name] = fn
+    return found
+
+
+def test_every_protocol_is_found():
+    assert set(_protocols()) == set(PROTOCOLS)
+
+
+# what each shared keyword's default must look like (the meanings are EvalArgs'; see its docstring)
+_SHARED_DEFAULT = {
+    "size": lambda v: v is None or (isinstance(v, int) and v > 0),
+    "seeds": lambda v: isinstance(v, tuple) and len(v) > 0 and all(isinstance(s, int) for s in v),
+    "batch_size": lambda v: isinstance(v, int) and v > 0,
+    "device": lambda v: v == "auto",
+    "num_workers": lambda v: v == 0,
+    "progress": lambda v: v is True,
+}
+
+
+def test_every_evaluate_takes_model_data_then_the_shared_keywords():
+    """evaluate(model, data=None, *, …): `data` second (positional or keyword, default None, the toy set), every
+    shared name that a protocol has keyword-only with the project-wide default (device "auto"), no old
+    spellings left in a signature, and a probe's own batch named probe_batch_size."""
+    old_spellings = {"train_set", "val_set", "test_set", "dataset", "data_root", "extract_batch_size", "image_size",
+                     "resolution"}
+    for name, fn in _protocols().items():
+        params = inspect.signature(fn).parameters
+        names = list(params)
+        assert names[:2] == ["model", "data"], name
+        assert params["data"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and params["data"].default is None, name
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in list(params.values())[2:]), name
+        assert not old_spellings & set(params), name
+        shared = [n for n in SHARED_ARGUMENTS if n in params and n != "data"]
+        assert {"size", "device", "progress"} <= set(shared), name
+        for arg in shared:
+            assert _SHARED_DEFAULT[arg](params[arg].default), (name, arg, params[arg].default)
+        # the shared keywords come first, in EvalArgs' order, before the protocol's own
+        assert names[2:2 + len(shared)] == shared, name
+        assert hasattr(fn, "__wrapped__"), f"{name}.evaluate is not wrapped by protocol_entry"
+    for name in ("linear", "pca_slice"):
+        assert "probe_batch_size" in inspect.signature(_protocols()[name]).parameters
+
+
+def test_eval_args_kwargs_for_feeds_every_protocol():
+    """The shared arguments bind to every evaluate() by name: nothing EvalArgs hands over is refused."""
+    common = EvalArgs(data="root", size=64, seeds=(0, 1), batch_size=8, device="cpu", num_workers=0, progress=False)
+    for name, fn in _protocols().items():
+        kwargs = common.kwargs_for(fn)
+        params = inspect.signature(fn).parameters
+        assert set(kwargs) == set(SHARED_ARGUMENTS) & set(params), name
+        inspect.signature(fn).bind(object(), **kwargs)  # raises TypeError when a name does not fit
+        assert kwargs["data"] == Path("root") and kwargs["device"] == "cpu" and kwargs["progress"] is False, name
     keypoints = importlib.import_module("franca.eval.keypoints").evaluate
     assert set(EvalArgs(size=64).kwargs_for(keypoints)) == {"size", "device", "progress"}
+
+
+# ---------------------------------------------------------------- protocol_entry: the old names, one release
+def _entry():
+    from franca.eval.common import protocol_entry
+
+    calls = []
+
+    @protocol_entry(old_positional=("train_set", "val_set", "device"), old_pair=("train_set", "val_set"),
+                    renamed={"data_root": "data", "extract_batch_size": "batch_size"})
+    def evaluate(model, data=None, *, batch_size=1, device="auto", progress=True):
+        from franca.utils.progress import is_quiet
+
+        calls.append({"data": data, "batch_size": batch_size, "device": device, "quiet": is_quiet()})
+        return calls[-1]
+
+    return evaluate
+
+
+def test_protocol_entry_new_names_pass_through_silently():
+    import warnings
+
+    evaluate = _entry()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = evaluate("m", "root", batch_size=4)
+        assert out == {"data": "root", "batch_size": 4, "device": "auto", "quiet": False}
+        assert evaluate("m", data=("a", "b"), progress=False)["quiet"] is True  # progress=False: bars off
+    assert list(inspect.signature(evaluate).parameters) == ["model", "data", "batch_size", "device", "progress"]
+
+
+@pytest.mark.parametrize("args, kwargs, expected, match", [
+    (("tr", "va"), {}, {"data": ("tr", "va")}, r"train_set/val_set → data=\(train, val\)"),
+    (("tr", "va", "cpu"), {}, {"data": ("tr", "va"), "device": "cpu"}, r"positional device → device="),
+    ((), {"train_set": "tr", "val_set": "va"}, {"data": ("tr", "va")}, "train_set/val_set"),
+    ((), {"train_set": "root"}, {"data": "root"}, "train_set/val_set"),
+    ((), {"data_root": "root"}, {"data": "root"}, "data_root → data"),
+    ((), {"data_root": "root", "train_set": "tr", "val_set": "va"}, {"data": ("tr", "va")}, "data_root → data"),
+    ((), {"extract_batch_size": 7}, {"batch_size": 7}, "extract_batch_size → batch_size"),
+])
+def test_protocol_entry_translates_old_names_with_a_deprecation_warning(args, kwargs, expected, match):
+    evaluate = _entry()
+    with pytest.warns(DeprecationWarning, match=match) as record:
+        out = evaluate("m", *args, **kwargs)
+    assert all(out[k] == v for k, v in expected.items()), out
+    assert "next release" in str(record[0].message) and "test_eval_common.evaluate()" in str(record[0].message)
+    assert record[0].filename == __file__  # the warning points at the caller's line
+
+
+def test_protocol_entry_refuses_old_and_new_spelling_together_and_extra_positionals():
+    evaluate = _entry()
+    with pytest.raises(TypeError, match="pass only batch_size"):
+        evaluate("m", batch_size=4, extract_batch_size=8)
+    with pytest.raises(TypeError, match="pass only data"):
+        evaluate("m", "root", data_root="other")
+    with pytest.raises(TypeError, match="positionally"):
+        evaluate("m", 1, 2, 3, 4)

@@ -104,3 +104,47 @@ def test_parser_finds_lazy_and_package_imports(tmp_path, snippet, expected):
     f = tmp_path / "m.py"
     f.write_text(snippet)
     assert [t for _, t in _project_imports(f)] == expected
+
+
+def test_package_names_are_lazy_and_resolve():
+    """`import franca` / `import franca.models` import no torch; each public name resolves on first use
+    (franca.utils.lazy.lazy_exports, the one shim both packages use); unknown names say which package."""
+    import subprocess
+    import sys
+
+    code = ("import sys, franca, franca.models; assert 'torch' not in sys.modules, 'torch imported';"
+            "import franca.models.api as api, franca.models.backbone as bb;"
+            "assert franca.load_backbone is api.load_backbone and franca.models.build_backbone is api.build_backbone;"
+            "assert franca.models.DinoVisionTransformer is bb.DinoVisionTransformer and callable(franca.releases)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    import franca.models
+
+    with pytest.raises(AttributeError, match="module 'franca.models' has no attribute 'nope'"):
+        franca.models.nope
+
+
+def test_no_module_uses_another_modules_private_names():
+    """`from franca.x import _y` and `module._y` on an imported franca module: a private name stays in its module
+    (e.g. the linear probe uses franca.eval.features.batch_features, not its _forward)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "franca"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = set()  # local names bound to franca modules
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("franca"):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        where = f"{path.relative_to(root.parent)}:{node.lineno}"
+                        found.append(f"{where} from {node.module} import {alias.name}")
+                    elif alias.name.islower():
+                        modules.add(alias.asname or alias.name)
+            elif isinstance(node, ast.Import):
+                modules |= {a.asname for a in node.names if a.name.startswith("franca") and a.asname}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.value.id}.{node.attr}")
+    assert not found, "\n".join(found)

@@ -161,17 +161,27 @@ def _oracle_pipeline(model, train, val, size, k, temperature, seed):
 def test_pipeline_matches_independent_recomputation_and_beats_noise():
     train, val = ToySeg(6, 0), ToySeg(3, 1)
     model = ColourBackbone()
-    r = incontext.evaluate(model, train, val, "cpu", size=32, k=5, temperature=0.02, seeds=(0,), batch_size=4)
+    r = incontext.evaluate(model, (train, val), device="cpu", size=32, k=5, temperature=0.02, seeds=(0,), batch_size=4)
     assert r["protocol"] == "incontext" and len(r["per_class_iou"]) == 3
     assert r["metric"] == pytest.approx(_oracle_pipeline(model, train, val, 32, 5, 0.02, 0), abs=1e-6)
     assert r["metric"] > 0.8
-    noise = incontext.evaluate(ColourBackbone(noise=True), train, val, "cpu", size=32, k=5, seeds=(0,))
+    noise = incontext.evaluate(ColourBackbone(noise=True), (train, val), device="cpu", size=32, k=5, seeds=(0,))
     assert noise["metric"] < r["metric"] - 0.3
 
 
 def test_bounded_memory_and_approximate_index_run():
     train, val = ToySeg(4, 0), ToySeg(2, 1)
-    r = incontext.evaluate(ColourBackbone(), train, val, "cpu", size=32, k=5, memory_size=80, index="ivf",
+    r = incontext.evaluate(ColourBackbone(), (train, val), device="cpu", size=32, k=5, memory_size=80, index="ivf",
                            nlist=4, nprobe=4, seeds=(0, 1))
     assert r["settings"]["memory_entries"] == 80  # 80 // (4 images · 1 pass) = 20 patches each
     assert len(r["miou"]["values"]) == 2 and r["metric"] > 0.5
+
+
+def test_old_argument_names_still_work_and_warn():
+    """The old `evaluate(model, train_set, val_set, device)`: same numbers, with a DeprecationWarning."""
+    train, val = ToySeg(3, 0), ToySeg(2, 1)
+    kw = dict(size=32, k=3, seeds=(0,), batch_size=4, progress=False)
+    new = incontext.evaluate(ColourBackbone(), (train, val), device="cpu", **kw)
+    with pytest.warns(DeprecationWarning, match=r"train_set/val_set → data=\(train, val\).*positional device"):
+        old = incontext.evaluate(ColourBackbone(), train, val, "cpu", **kw)
+    assert old["metric"] == new["metric"] and old["per_class_iou"] == new["per_class_iou"]

@@ -98,7 +98,7 @@ def test_evaluate_end_to_end(tmp_path):
         y = torch.randint(0, 3, (n,), generator=g)
         return TensorDataset(colours[y][:, :, None, None] + 0.3 * torch.randn(n, 3, 4, 4, generator=g), y)
 
-    res = linear.evaluate(_StubBlocks(), make(64), make(32), device="cpu", epochs=5, batch_size=16,
+    res = linear.evaluate(_StubBlocks(), (make(64), make(32)), device="cpu", epochs=5, probe_batch_size=16,
                           seeds=(0, 1), cache_dir=str(tmp_path))
     assert res["protocol"] == "linear" and res["metric_name"] == "top1"
     assert res["metric"] > 80.0 and res["metric_std"] >= 0.0
@@ -127,8 +127,8 @@ def _write_folder(root, classes=("a", "b"), n=4, size=12):
 
 def test_augment_path_on_an_image_folder(tmp_path):
     _write_folder(tmp_path)
-    res = linear.evaluate(_StubBlocks(), data_root=str(tmp_path), size=8, device="cpu", epochs=2,
-                          batch_size=4, augment=True, lrs=(0.1, 1.0))
+    res = linear.evaluate(_StubBlocks(), str(tmp_path), size=8, device="cpu", epochs=2,
+                          probe_batch_size=4, augment=True, lrs=(0.1, 1.0))
     assert res["settings"]["augment"] is True
     assert res["per_seed"][0]["iterations"] == 4  # 2 epochs × ceil(8 / 4)
     assert res["metric"] == 100.0  # red vs blue images: trivially separable
@@ -147,3 +147,20 @@ def test_image_folder_errors(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "ok" / "val" / "c" / "0.png")
     with pytest.raises(ValueError, match="different class folders"):
         build_eval_splits(tmp_path / "ok")
+
+
+def test_old_argument_names_still_work_and_warn(tmp_path):
+    """data_root → data and extract_batch_size → batch_size (the backbone's batch) give the same numbers with
+    a DeprecationWarning; the old call that named the probe's batch `batch_size` next to extract_batch_size
+    is refused rather than silently read with the new meaning."""
+    _write_folder(tmp_path)
+    model = _StubBlocks()
+    kw = dict(size=8, device="cpu", epochs=2, probe_batch_size=4, lrs=(0.1, 1.0), progress=False)
+    new = linear.evaluate(model, tmp_path, batch_size=3, **kw)
+    with pytest.warns(DeprecationWarning, match="data_root → data; extract_batch_size → batch_size"):
+        old = linear.evaluate(model, data_root=str(tmp_path), extract_batch_size=3, **kw)
+    assert old["per_seed"] == new["per_seed"] and old["settings"]["batch_size"] == 3
+    with pytest.raises(TypeError, match="pass only batch_size"):
+        linear.evaluate(model, data_root=str(tmp_path), batch_size=256, extract_batch_size=64)
+    with pytest.raises(ValueError, match=r"\(train, val\) pair"):
+        linear.evaluate(model, object(), device="cpu")  # one data set: which split would it be?

@@ -90,17 +90,17 @@ def test_linear_head_learns_colour_classes_and_beats_noise():
     train, val = Stripes(12, 0), Stripes(4, 1)
     cfg = LinsegConfig.for_dataset("voc", crop=32, epochs=15, batch_size=8, optimizer="adamw", lr=5e-2,
                                    weight_decay=0.0, cache_views=2)
-    res = linseg.evaluate(ColourBackbone(), train, val, "cpu", config=cfg, seeds=(0,))
+    res = linseg.evaluate(ColourBackbone(), (train, val), device="cpu", config=cfg, seeds=(0,))
     assert res["protocol"] == "linseg" and res["settings"]["stride"] == 16
     assert res["metric"] > 0.8, res
-    noise = linseg.evaluate(ColourBackbone(noise=True), train, val, "cpu", config=cfg, seeds=(0,))
+    noise = linseg.evaluate(ColourBackbone(noise=True), (train, val), device="cpu", config=cfg, seeds=(0,))
     assert noise["metric"] < res["metric"] - 0.3
 
 
 def test_fresh_augmentation_and_multiscale_path_runs():
     train, val = Stripes(4, 0), Stripes(2, 1)
     cfg = LinsegConfig.for_dataset("ade20k", crop=32, epochs=1, batch_size=4)
-    res = linseg.evaluate(ColourBackbone(), train, val, "cpu", config=cfg, seeds=(0, 1))
+    res = linseg.evaluate(ColourBackbone(), (train, val), device="cpu", config=cfg, seeds=(0, 1))
     assert len(res["miou"]["values"]) == 2 and len(res["per_class_iou"]) == 3
     assert res["settings"]["test_scales"] == [1.0, 1.32, 1.73]
 
@@ -110,4 +110,19 @@ def test_wrong_ignore_index_is_rejected():
         ignore_index = 0
 
     with pytest.raises(ValueError, match="ignore index 255"):
-        linseg.evaluate(ColourBackbone(), Ade151(2, 0), Ade151(2, 1), "cpu", config=LinsegConfig(crop=32, epochs=1))
+        linseg.evaluate(ColourBackbone(), (Ade151(2, 0), Ade151(2, 1)), device="cpu",
+                        config=LinsegConfig(crop=32, epochs=1))
+
+
+def test_old_argument_names_still_work_and_warn():
+    """train_set=/val_set= and a positional device: same numbers with a DeprecationWarning; `size` sets the crop."""
+    train, val = Stripes(4, 0), Stripes(2, 1)
+    cfg = LinsegConfig.for_dataset("voc", crop=48, epochs=1, batch_size=4, cache_views=1)
+    new = linseg.evaluate(ColourBackbone(), (train, val), size=32, device="cpu", config=cfg, progress=False)
+    assert new["settings"]["crop"] == 32 and new["settings"]["stride"] == 16
+    with pytest.warns(DeprecationWarning, match="train_set/val_set"):
+        old = linseg.evaluate(ColourBackbone(), train_set=train, val_set=val, device="cpu",
+                              config=LinsegConfig.for_dataset("voc", crop=32, epochs=1, batch_size=4, cache_views=1))
+    with pytest.warns(DeprecationWarning, match="positional device"):
+        positional = linseg.evaluate(ColourBackbone(), train, val, "cpu", size=32, config=cfg, progress=False)
+    assert old["metric"] == new["metric"] == positional["metric"]

@@ -67,3 +67,33 @@ def test_bad_inputs():
         fit_logreg(x, y, 0.0, 4)
     with pytest.raises(ValueError, match="metric"):
         logreg_protocol(x, y, x, y, metric="f1")
+
+
+class _ColourCls(torch.nn.Module):
+    embed_dim, patch_size, n_blocks = 3, 4, 1
+
+    def forward_features(self, x, masks=None):
+        return {"x_norm_clstoken": x.mean(dim=(2, 3))}
+
+
+def test_evaluate_and_its_old_argument_names(tmp_path):
+    """evaluate() on a (train, test) pair separates colour classes; the old train_set/test_set and
+    dataset/data_root spellings give the same result with a DeprecationWarning."""
+    from torch.utils.data import TensorDataset
+
+    from franca.eval import logreg
+
+    g = torch.Generator().manual_seed(2)
+    y = torch.randint(0, 3, (60,), generator=g)
+    x = (torch.eye(3) * 2 - 1)[y][:, :, None, None] + 0.2 * torch.randn(60, 3, 4, 4, generator=g)
+    train, test = TensorDataset(x[:40], y[:40]), TensorDataset(x[40:], y[40:])
+    kw = dict(device="cpu", Cs=[0.1, 10.0], max_iter=50, progress=False)
+    new = logreg.evaluate(_ColourCls(), (train, test), **kw)
+    assert new["protocol"] == "logreg" and new["dataset"] == "imagefolder" and new["metric"] > 90.0
+    with pytest.warns(DeprecationWarning, match="train_set/test_set"):
+        old = logreg.evaluate(_ColourCls(), train_set=train, test_set=test, **kw)
+    assert old["per_seed"] == new["per_seed"]
+    with pytest.warns(DeprecationWarning, match="dataset → dataset_name"):
+        with pytest.raises(ValueError, match="needs data=ROOT"):
+            logreg.evaluate(_ColourCls(), dataset="cub200", **kw)  # the old name still reaches the check
+    json.dumps(new)

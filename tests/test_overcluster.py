@@ -74,14 +74,14 @@ def test_cluster_confusion_resizes_maps_nearest():
 
 def test_overcluster_finds_colour_classes_and_beats_noise():
     data = Blocks(8)
-    res = overcluster.evaluate(ColourBackbone(), data, "cpu", size=32, ks=(None, 8), seeds=(0, 1), pca_dim=3,
+    res = overcluster.evaluate(ColourBackbone(), data, device="cpu", size=32, ks=(None, 8), seeds=(0, 1), pca_dim=3,
                                niter=20, nredo=5, mask_size=16)
     assert res["protocol"] == "overcluster" and res["settings"]["ks"] == [4, 8]
     # colour alone decides the class; patches never straddle two blocks (4 px patches, 16 px blocks)
     assert res["results"]["4"]["miou"]["mean"] == pytest.approx(1.0)
     assert res["results"]["8"]["miou"]["mean"] == pytest.approx(1.0)
     assert res["results"]["8"]["matching"] == "greedy"
-    noise = overcluster.evaluate(ColourBackbone(noise=True), data, "cpu", size=32, ks=(None,), seeds=(0,),
+    noise = overcluster.evaluate(ColourBackbone(noise=True), data, device="cpu", size=32, ks=(None,), seeds=(0,),
                                  pca_dim=3, niter=10, nredo=1, mask_size=16)
     assert noise["metric"] < 0.5
 
@@ -233,3 +233,14 @@ def test_overcluster_scores_report_the_rule_per_k():
     res = overcluster.overcluster_scores(tokens, (8, 8), masks, 4, [2, 4, 8], [0], pca_dim=3, niter=20, nredo=5)
     assert [res[k]["matching"] for k in ("2", "4", "8")] == ["greedy", "hungarian", "greedy"]
     assert res["4"]["miou"]["mean"] == pytest.approx(1.0)
+
+
+def test_old_argument_names_still_work_and_warn():
+    """The old `evaluate(model, dataset, device)` (positionally) and `dataset=`: same numbers, DeprecationWarning."""
+    kw = dict(size=32, ks=(None,), seeds=(0,), pca_dim=3, niter=5, nredo=1, mask_size=16, progress=False)
+    new = overcluster.evaluate(ColourBackbone(), Blocks(4), device="cpu", **kw)
+    with pytest.warns(DeprecationWarning, match="positional device → device="):
+        positional = overcluster.evaluate(ColourBackbone(), Blocks(4), "cpu", **kw)
+    with pytest.warns(DeprecationWarning, match="dataset → data"):
+        keyword = overcluster.evaluate(ColourBackbone(), dataset=Blocks(4), device="cpu", **kw)
+    assert positional["results"] == keyword["results"] == new["results"]

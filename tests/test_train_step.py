@@ -175,7 +175,7 @@ def test_load_backbone_reads_the_teacher_of_a_checkpoint(tmp_path: Path) -> None
 
 
 def test_highres_stage_starts_from_a_checkpoint_with_resized_positions(tmp_path: Path) -> None:
-    from franca.train.build import resize_pos_embed
+    from franca.models.backbone import resize_pos_embed
     from franca.train.config import load_config
     from franca.train.loop import Trainer, train
 
@@ -188,12 +188,12 @@ def test_highres_stage_starts_from_a_checkpoint_with_resized_positions(tmp_path:
     tr = Trainer(cfg, quiet=True)
     pos = tr.student["backbone"].pos_embed
     assert pos.shape[1] == 1 + 6 * 6  # 24 px / patch 4
-    torch.testing.assert_close(pos.detach(), resize_pos_embed(ckpt["teacher"]["backbone.pos_embed"], 36))
+    torch.testing.assert_close(pos.detach(), resize_pos_embed(ckpt["teacher"]["backbone.pos_embed"], 6))
     torch.testing.assert_close(tr.teacher["backbone"].blocks[0].attn.qkv.weight,
                                ckpt["teacher"]["backbone.blocks.0.attn.qkv.weight"])
     # golden: resizing a constant grid keeps it constant (bicubic weights sum to 1); CLS kept
     const = torch.cat([torch.full((1, 1, 3), 7.0), torch.ones(1, 16, 3)], dim=1)
-    torch.testing.assert_close(resize_pos_embed(const, 36), torch.cat([torch.full((1, 1, 3), 7.0),
+    torch.testing.assert_close(resize_pos_embed(const, 6), torch.cat([torch.full((1, 1, 3), 7.0),
                                                                        torch.ones(1, 36, 3)], dim=1))
 
 

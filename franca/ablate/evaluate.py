@@ -69,8 +69,8 @@ class EvalSettings:
     rasa_images: int = 512
     rasa_iterations: int = 4
     rasa_epochs: int = 20
-    data_root: str | None = None
-    """labelled ImageFolder (train/, val/) for the classification protocols; None: the built-in toy set"""
+    data: str | None = None
+    """labelled ImageFolder root (train/, val/) for the classification protocols' `data`; None: the built-in toy set"""
     rasa_root: str | None = None
     """folder of images for the RASA fit and its probe; None: the built-in toy set's images"""
 
@@ -92,10 +92,10 @@ def evaluate_backbone(model: torch.nn.Module, protocols: Sequence[str], device: 
     s, out = settings, {}
     for p in protocols:
         if p == "knn":
-            out["knn"] = float(knn.evaluate(model, device=device, size=s.size, data_root=s.data_root)["metric"])
+            out["knn"] = float(knn.evaluate(model, s.data, device=device, size=s.size)["metric"])
         elif p == "linear":
-            out["linear"] = float(linear.evaluate(model, device=device, size=s.size, epochs=s.linear_epochs,
-                                                        data_root=s.data_root)["metric"])
+            out["linear"] = float(linear.evaluate(model, s.data, device=device, size=s.size,
+                                                  epochs=s.linear_epochs)["metric"])
         elif p == "overcluster":
             r = overcluster.evaluate(model, device=device, size=s.seg_size, ks=(s.overcluster_k,),
                                      seeds=s.overcluster_seeds)
@@ -105,8 +105,7 @@ def evaluate_backbone(model: torch.nn.Module, protocols: Sequence[str], device: 
         elif p == "pca-slice":
             D = int(model.embed_dim)
             ks = [max(1, D // f) for f in PCA_FRACTIONS]
-            r = pca_slice.evaluate(model, device=device, size=s.size, ks=ks, epochs=s.linear_epochs,
-                                   data_root=s.data_root)
+            r = pca_slice.evaluate(model, s.data, device=device, size=s.size, ks=ks, epochs=s.linear_epochs)
             for f, k in zip(PCA_FRACTIONS, ks):
                 out[_pca_key(f)] = float(r["per_k"][f"k{k}"])
             out["pca_retention"] = out[_pca_key(16)] / out[_pca_key(1)] if out[_pca_key(1)] else float("nan")

@@ -14,7 +14,8 @@ from typing import Any
 
 from franca.ablate.evaluate import metric_info
 from franca.ablate.stats import paired_difference, summarize, verdict
-from franca.ablate.sweep import Sweep, _atomic_write, load_result
+from franca.ablate.sweep import Sweep, load_result
+from franca.utils.results import write_text_atomic
 
 
 def aggregate(sweep: Sweep) -> dict[str, Any]:
@@ -205,10 +206,10 @@ def write_report(sweep: Sweep, command: str | None = None, sweep_info: dict[str,
     if sweep_info:
         agg["last_invocation"] = sweep_info
     out = {"json": sweep.out / "ablation.json", "md": sweep.out / "ablation.md", "png": sweep.out / "ablation.png"}
-    _atomic_write(out["json"], json.dumps(agg, indent=2) + "\n")
+    write_text_atomic(out["json"], json.dumps(agg, indent=2) + "\n")
     header = f"Ablations of the `{sweep.preset}` preset, baseline `{sweep.baseline}`"
     if command:
         header += f", made by\n\n    {command}\n"
-    _atomic_write(out["md"], header + "\n" + markdown(agg))
+    write_text_atomic(out["md"], header + "\n" + markdown(agg))
     plot(agg, out["png"])
     return out

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from franca.ablate.evaluate import EvalSettings
 from franca.ablate.variants import RunSpec, Variant, expand
+from franca.utils.results import write_text_atomic
 
 
 @dataclass
@@ -96,13 +97,6 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _param_counts(modules: dict[str, Any]) -> dict[str, int]:
     counts = {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()}
     counts["heads"] = counts.get("dino_head", 0) + counts.get("ibot_head", 0)
@@ -167,7 +161,7 @@ def run_one(sweep: Sweep, spec: RunSpec) -> dict[str, Any]:
     result["metrics"] = evaluate_backbone(backbone, sweep.protocols, device, sweep.settings)
     result["eval"] = {"wall_s": time.time() - t_eval, "cpu_s": _cpu_seconds() - c_eval}
     result["wall_s"], result["cpu_s"] = time.time() - t0, _cpu_seconds() - cpu0
-    _atomic_write(sweep.result_path(spec), json.dumps(result, indent=2) + "\n")
+    write_text_atomic(sweep.result_path(spec), json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -1,11 +1,15 @@
-"""Arguments and helpers shared by the sub-commands: which backbone, where results go.
+"""Arguments and helpers shared by the sub-commands: which backbone, which data, where results go.
 
 Every evaluation takes the same model arguments, so any backbone (a named Franca/DINOv2 size
-with a weights file, this project's checkpoint, or `timm:NAME`) runs every protocol.
+with a weights file, this project's checkpoint, or `timm:NAME`) runs every protocol. The eval
+commands share two more families, defined once here: the classification protocols' (k-NN, linear,
+logreg, PCA slicing: ImageFolder data, feature cache, a text table) and the dense protocols'
+(overclustering, in-context, linear segmentation: a data set name and its official layout).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -66,9 +70,9 @@ def load_model_from_args(args: argparse.Namespace):
             torch.manual_seed(0)
             model = franca.build_backbone(args.model or "vits14")
         if isinstance(rasa, str):
-            from franca.models.api import _load_rasa
+            from franca.models.api import load_rasa_projection
 
-            model.set_rasa_projection(_load_rasa(rasa, model.embed_dim))
+            model.set_rasa_projection(load_rasa_projection(rasa, model.embed_dim))
         log.warning("random init: %s with randomly initialised weights (--random-init)", args.model or "vits14")
         return model.to(device).eval(), device
     if args.random_init:
@@ -135,3 +139,117 @@ def write_result(args: argparse.Namespace, name: str, result: dict[str, Any]) ->
     return out
 
 
+
+
+# ---------------------------------------------------------------- classification commands
+def add_classification_arguments(p: argparse.ArgumentParser, name: str, group: str) -> argparse._ArgumentGroup:
+    """The flags of the classification commands (knn, linear, logreg, pca-slice): the backbone (no RASA),
+    the data group (--data, --size, --cache-dir, --no-cache) and the output flags (--out, --seeds,
+    --quiet; results go to runs/eval/`name`-<time>.json). Returns the protocol's own group, titled `group`."""
+    from franca.commands._flags import add_data_argument, add_size_argument
+
+    add_model_arguments(p, rasa=False)
+    g = p.add_argument_group("data")
+    add_data_argument(g, "ImageFolder/ImageNet-layout root with train/ and val/ (default: the built-in toy set)")
+    add_size_argument(g, "input side after the centre crop, rounded down to a multiple of the patch size "
+                         "(default: %(default)s)", default=224)
+    g.add_argument("--cache-dir", default=None,
+                   help="feature cache folder (default: $FRANCA_CACHE_DIR/features or ~/.cache/franca/features)")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
+    own = p.add_argument_group(group)
+    add_output_arguments(p, name)
+    return own
+
+
+def start_classification(args: argparse.Namespace, name: str, evaluate: Any) -> tuple[Any, dict[str, Any], float]:
+    """Begin a classification command: note the start time, check --out, load the backbone and apply
+    the size rule to --size. Returns (model, the keyword arguments of `evaluate` the shared flags set
+    (`eval_args(...).kwargs_for(evaluate)` plus the feature cache folder and key), start time)."""
+    from franca.commands._flags import fit_size
+
+    started = time.time()
+    result_path(args, name)
+    model, device = load_model_from_args(args)
+    args.size = fit_size(args.size, model.patch_size)
+    kwargs = eval_args(args, device).kwargs_for(evaluate)
+    kwargs.update(cache_dir=_cache_dir(args), model_key=json.dumps(model_identity(args), sort_keys=True, default=str))
+    return model, kwargs, started
+
+
+def _cache_dir(args: argparse.Namespace) -> str | None:
+    if args.no_cache:
+        return None
+    from franca.eval.features import default_cache_dir
+
+    return str(args.cache_dir or default_cache_dir())
+
+
+def format_table(rows: list[list[Any]], header: list[str]) -> str:
+    """A plain aligned text table (numbers with 2 decimals)."""
+    cells = [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def finish_classification(args: argparse.Namespace, name: str, result: dict[str, Any], started: float) -> None:
+    """Add model/data identity and time to a classification result, write the JSON, print one line."""
+    result["model"] = model_identity(args)
+    result["data"] = {**result.get("data", {}), "root": args.data or "toy", "size": args.size}
+    path = _stamp_and_write(args, name, result, started)
+    std = result.get("metric_std", 0.0)
+    print(f"{name}: {result['metric_name']} = {result['metric']:.2f} ± {std:.2f}  → {path}")
+
+
+# ---------------------------------------------------------------- dense (segmentation) commands
+TOY_SIZE = 128
+"""Input side on the built-in toy set: its 64-px scenes upsampled 2x, 16 patches a side for the tiny
+patch-8 model (the keypoint protocol's rule). At 64 px (8 patches) a 3-5-patch object leaves too few
+object tokens for overclustering at K=100 to separate a pretrained tiny model from its initialisation."""
+
+
+def add_segmentation_arguments(p: argparse.ArgumentParser, name: str, group: str, *, datasets: list[str],
+                               default_size: int, size_help: str, seeds: list[int]) -> argparse._ArgumentGroup:
+    """The flags of the dense commands (overcluster, incontext, linseg): the backbone (with --rasa), the
+    data group (--dataset among `datasets`, --data, --size) and the output flags, --seeds defaulting to
+    `seeds` (the protocol's count). Returns the protocol's own group, titled `group`."""
+    from franca.commands._flags import add_data_argument, add_size_argument
+
+    add_model_arguments(p)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=datasets, default=datasets[0], help="data set (default: %(default)s)")
+    add_data_argument(g, "data set root in its official layout (VOCdevkit/…, ADEChallengeData2016/…, "
+                         "coco/images + annotations/…) (default: the built-in toy set, VOC layout)")
+    add_size_argument(g, f"{size_help}; rounded down to a multiple of the patch size (default: {default_size}, "
+                         f"or {TOY_SIZE} on the built-in toy set; use less for tiny models)")
+    own = p.add_argument_group(group)
+    add_output_arguments(p, name)
+    p.set_defaults(seeds=list(seeds))
+    return own
+
+
+def resolve_size(args: argparse.Namespace, default_size: int, patch: int | None = None) -> int:
+    """--size (or the protocol's default; TOY_SIZE on the toy set), rounded down to a multiple of `patch`."""
+    size = int(args.size) if args.size is not None else (TOY_SIZE if args.data is None else default_size)
+    if patch is None:
+        return size
+    from franca.commands._flags import fit_size
+
+    return fit_size(size, patch)
+
+
+def finish_segmentation(args: argparse.Namespace, name: str, result: dict[str, Any], started: float) -> None:
+    """Add model/data identity and time to a dense protocol's result, write the JSON, print one line."""
+    result["model"] = model_identity(args)
+    result["data"] = {"dataset": args.dataset, "root": args.data or "toy"}
+    path = _stamp_and_write(args, name, result, started)
+    std = result.get("miou", {}).get("std", 0.0) if isinstance(result.get("miou"), dict) else 0.0
+    print(f"{name}: {result['metric_name']} = {100 * result['metric']:.2f} ± {100 * std:.2f}  → {path}")
+
+
+def _stamp_and_write(args: argparse.Namespace, name: str, result: dict[str, Any], started: float) -> Path:
+    """Add the run time and the clock time to `result`, write it (`write_result`) and return the path."""
+    result["seconds"] = round(time.time() - started, 3)
+    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return write_result(args, name, result)

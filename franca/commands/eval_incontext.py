@@ -11,16 +11,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from franca.commands._common import add_model_arguments, add_output_arguments
-from franca.commands.eval_overcluster import add_seg_data_arguments, finish, resolve_size, set_seeds_default
-
 HELP = "in-context segmentation by patch retrieval (Hummingbird protocol, k=30, faiss)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    add_seg_data_arguments(p, ["voc", "ade20k", "coco-things"], 518, "images are resized to SIZE×SIZE")
-    g = p.add_argument_group("retrieval")
+    from franca.commands._common import add_segmentation_arguments
+
+    g = add_segmentation_arguments(p, "incontext", "retrieval", datasets=["voc", "ade20k", "coco-things"],
+                                   default_size=518, size_help="images are resized to SIZE×SIZE",
+                                   seeds=[0, 1, 2, 3, 4])  # Franca: mIoU over 5 seeds of memory augmentation
     g.add_argument("--train-split", default=None, help="memory split (default: trainaug for VOC, train otherwise)")
     g.add_argument("--val-split", default="val", help="query split (default: %(default)s)")
     g.add_argument("--k", type=int, default=30, help="neighbours per query patch (default: %(default)s)")
@@ -32,12 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="faiss index: exact inner product, or approximate IVF / HNSW (default: %(default)s)")
     g.add_argument("--nlist", type=int, default=None, help="IVF lists (default: about 4·sqrt(memory))")
     g.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query (default: %(default)s)")
-    add_output_arguments(p, "incontext")
-    set_seeds_default(p, [0, 1, 2, 3, 4])  # Franca: mIoU averaged over 5 seeds of memory augmentation
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args, result_path
+    from franca.commands._common import eval_args, finish_segmentation, load_model_from_args, resolve_size, result_path
     from franca.eval import incontext
     from franca.eval.dense import build_segmentation
 
@@ -48,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
     train = build_segmentation(args.dataset, args.data, train_split, reduce_zero_label=False)
     val = build_segmentation(args.dataset, args.data, args.val_split, reduce_zero_label=False)
     model, device = load_model_from_args(args)
-    result = incontext.evaluate(model, train, val, device, size=resolve_size(args, 518, model.patch_size), k=args.k,
+    common = eval_args(args, device, data=(train, val), size=resolve_size(args, 518, model.patch_size))
+    result = incontext.evaluate(model, **common.kwargs_for(incontext.evaluate), k=args.k,
                                 temperature=args.temperature, memory_size=args.memory_size,
-                                aug_epochs=args.aug_epochs, seeds=args.seeds, index=args.index, nlist=args.nlist,
-                                nprobe=args.nprobe, use_rasa=bool(args.rasa), batch_size=args.batch_size,
-                                num_workers=args.num_workers)
-    finish(args, "incontext", result, started)
+                                aug_epochs=args.aug_epochs, index=args.index, nlist=args.nlist, nprobe=args.nprobe,
+                                use_rasa=bool(args.rasa))
+    finish_segmentation(args, "incontext", result, started)
     return 0

@@ -9,19 +9,14 @@ pass over freshly augmented train images per epoch: much slower).
 from __future__ import annotations
 
 import argparse
-import time
-
-from franca.commands._common import add_model_arguments, add_output_arguments
-from franca.commands.eval_knn import (add_data_arguments, cache_dir_from_args, finish, format_table, model_key_from_args,
-                                      prepare)
 
 HELP = "DINOv2 linear probe (last-1/4 block CLS ± avgpool, 13-lr grid), best val top-1"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p, rasa=False)
-    add_data_arguments(p)
-    g = p.add_argument_group("linear probe")
+    from franca.commands._common import add_classification_arguments
+
+    g = add_classification_arguments(p, "linear", "linear probe")
     g.add_argument("--epochs", type=int, default=10, help="passes over the train features (default: %(default)s)")
     g.add_argument("--train-batch-size", type=int, default=256,
                    help="classifier batch; learning rates scale by it / 256 (default: %(default)s)")
@@ -29,21 +24,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="base learning rates (default: the 13 values 1e-5 … 0.1)")
     g.add_argument("--augment", action="store_true",
                    help="train on RandomResizedCrop+flip images (backbone pass every epoch) instead of cached features")
-    add_output_arguments(p, "linear")
 
 
 def run(args: argparse.Namespace) -> int:
+    from franca.commands._common import finish_classification, format_table, start_classification
     from franca.eval import linear
 
-    started = time.time()
-    model, device = prepare(args, "linear")
-    result = linear.evaluate(model, device=device, data_root=args.data, size=args.size, epochs=args.epochs,
-                             batch_size=args.train_batch_size, lrs=tuple(args.lrs or linear.LR_GRID),
-                             augment=args.augment, seeds=args.seeds, extract_batch_size=args.batch_size,
-                             num_workers=args.num_workers, cache_dir=cache_dir_from_args(args),
-                             model_key=model_key_from_args(args))
+    model, common, started = start_classification(args, "linear", linear.evaluate)
+    result = linear.evaluate(model, **common, epochs=args.epochs, probe_batch_size=args.train_batch_size,
+                             lrs=tuple(args.lrs or linear.LR_GRID), augment=args.augment)
     grid = result["per_seed"][0]["grid"]
     rows = [[name, max(accs.values()), max(accs, key=accs.get)] for name, accs in grid.items()]
     print(format_table(rows, ["input", "best top-1", "lr"]))
-    finish(args, "linear", result, started)
+    finish_classification(args, "linear", result, started)
     return 0

@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from franca.commands._common import add_model_arguments, add_output_arguments
-from franca.commands.eval_overcluster import add_seg_data_arguments, finish, resolve_size
-
 HELP = "linear segmentation: BN + 1x1 head on frozen patch features, sliding-window mIoU"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    add_seg_data_arguments(p, ["voc", "ade20k"], 518, "training crop and sliding window")
-    g = p.add_argument_group("linear head")
+    from franca.commands._common import add_segmentation_arguments
+
+    g = add_segmentation_arguments(p, "linseg", "linear head", datasets=["voc", "ade20k"], default_size=518,
+                                   size_help="training crop and sliding window", seeds=[0])
     g.add_argument("--train-split", default=None, help="training split (default: trainaug for VOC, train otherwise)")
     g.add_argument("--val-split", default="val", help="evaluation split (default: %(default)s)")
     g.add_argument("--epochs", type=int, default=50, help="training epochs (default: %(default)s)")
@@ -36,11 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flip", action="store_true", help="add horizontal flips at test time")
     g.add_argument("--cache-views", type=int, default=None,
                    help="cached augmented crops per training image (default: 2 on CPU, 0 = fresh each epoch on GPU)")
-    add_output_arguments(p, "linseg")
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args, result_path
+    from franca.commands._common import eval_args, finish_segmentation, load_model_from_args, resolve_size, result_path
     from franca.eval import linseg
     from franca.eval.dense import build_segmentation
 
@@ -52,12 +49,11 @@ def run(args: argparse.Namespace) -> int:
     val = build_segmentation(args.dataset, args.data, args.val_split, reduce_zero_label=ade)
     model, device = load_model_from_args(args)
     cache = args.cache_views if args.cache_views is not None else (0 if device.type == "cuda" else 2)
-    crop = resolve_size(args, 518, int(model.patch_size))
-    cfg = linseg.LinsegConfig.for_dataset(args.dataset, crop=crop, stride=args.stride, epochs=args.epochs,
+    common = eval_args(args, device, data=(train, val), size=resolve_size(args, 518, int(model.patch_size)))
+    cfg = linseg.LinsegConfig.for_dataset(args.dataset, stride=args.stride, epochs=args.epochs,
                                           batch_size=args.train_batch_size, optimizer=args.optimizer, lr=args.lr,
                                           weight_decay=args.weight_decay, test_scales=args.test_scales,
                                           flip=args.flip or None, cache_views=cache)
-    result = linseg.evaluate(model, train, val, device, config=cfg, seeds=args.seeds, use_rasa=bool(args.rasa),
-                             num_workers=args.num_workers)
-    finish(args, "linseg", result, started)
+    result = linseg.evaluate(model, **common.kwargs_for(linseg.evaluate), config=cfg, use_rasa=bool(args.rasa))
+    finish_segmentation(args, "linseg", result, started)
     return 0

@@ -42,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if label == "random init":
         model = franca.build_backbone(args.model or "vits14").eval()
         if args.rasa:
-            from franca.models.api import _load_rasa
+            from franca.models.api import load_rasa_projection
 
-            model.set_rasa_projection(_load_rasa(args.rasa, model.embed_dim))
+            model.set_rasa_projection(load_rasa_projection(args.rasa, model.embed_dim))
     else:
         model = franca.load_backbone(args.model, weights=args.weights, rasa=args.rasa)
     out = franca.export_backbone(model, args.out)

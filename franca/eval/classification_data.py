@@ -13,8 +13,12 @@ fine-grained sets of Table 7 (torchvision's classes with ``download=False``, plu
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +70,53 @@ def protocol_transform(protocol: str, size: int) -> Callable:
     raise ValueError(f"unknown protocol {protocol!r} (expected knn, linear, pca_slice or logreg)")
 
 
-def default_data_root() -> Path:
+def default_root() -> Path:
     """The built-in toy classification set (generated on first use)."""
     from franca.data.toy import builtin_toy
 
     return Path(builtin_toy()) / "imagenet"
 
 
-def build_eval_splits(data_root: str | Path | None, size: int = 224, protocol: str = "knn",
+def build_eval_splits(root: str | Path | None, size: int = 224, protocol: str = "knn",
                       train_transform: Callable | None = None) -> tuple[Any, Any]:
     """(train, val) datasets for a protocol from an ImageFolder root (toy set when None)."""
     from franca.data.datasets.folder import image_folder_splits
 
-    root = Path(data_root) if data_root is not None else default_data_root()
+    root = Path(root) if root is not None else default_root()
     tf = protocol_transform(protocol, size)
     return image_folder_splits(root, train_transform or tf, tf)
 
 
-def build_finegrained_splits(name: str, data_root: str | Path, size: int = 224) -> tuple[Any, Any]:
+def classification_splits(data: Any, *, size: int = 224, protocol: str = "knn", finegrained: str | None = None,
+                          train_transform: Callable | None = None) -> tuple[Any, Any]:
+    """The (train, val) data sets of a classification protocol (k-NN, linear, logreg, PCA slicing) from
+    its `data` argument, the one prologue they share.
+
+    `data`: a `(train, val)` pair of data sets (used as they are); a root path, read as an ImageFolder
+    with train/ and val/ (or test/) and the protocol's transform, or, with `finegrained`, the folder
+    holding that Table 7 data set; None: the built-in toy set.
+    """
+    from franca.eval.common import is_pair
+
+    if is_pair(data):
+        train, val = data
+        for name, part in (("train", train), ("val", val)):
+            if part is None or isinstance(part, (str, os.PathLike)):
+                raise ValueError(f"data=(train, val) must hold two data sets, got {type(part).__name__} for {name}; "
+                                 f"pass a root as data=ROOT")
+        return train, val
+    if data is not None and not isinstance(data, (str, os.PathLike)):
+        raise ValueError(f"data must be a root folder, None (the built-in toy set) or a (train, val) pair of data "
+                         f"sets; got one {type(data).__name__}")
+    if finegrained is not None:
+        if data is None:
+            raise ValueError(f"reading the fine-grained data set {finegrained!r} needs data=ROOT (the folder "
+                             f"holding it)")
+        return build_finegrained_splits(finegrained, data, size=size)
+    return build_eval_splits(data, size=size, protocol=protocol, train_transform=train_transform)
+
+
+def build_finegrained_splits(name: str, root: str | Path, size: int = 224) -> tuple[Any, Any]:
     """(train, test) of one of the 11 Table 7 data sets with the logreg transform.
 
     Read by ``franca.data.datasets.finegrained`` (torchvision's classes with download=False and a
@@ -94,4 +127,36 @@ def build_finegrained_splits(name: str, data_root: str | Path, size: int = 224) 
     if name not in FINEGRAINED:
         raise KeyError(f"unknown fine-grained data set {name!r}; choose from {', '.join(FINEGRAINED)}")
     tf = protocol_transform("logreg", size)
-    return finegrained_dataset(name, data_root, "train", tf), finegrained_dataset(name, data_root, "test", tf)
+    return finegrained_dataset(name, root, "train", tf), finegrained_dataset(name, root, "test", tf)
+
+
+@dataclass
+class ClassificationInputs:
+    """What the prologue of a classification protocol yields: the resolved device, the two data sets and
+    their frozen features (`franca.eval.features.extract_features`; `train` None when not extracted)."""
+
+    device: torch.device
+    train_set: Any
+    val_set: Any
+    train: dict[str, torch.Tensor] | None
+    val: dict[str, torch.Tensor]
+
+
+def classification_inputs(model: torch.nn.Module, data: Any, *, protocol: str, kind: str = "cls", size: int,
+                          batch_size: int, device: str | torch.device, num_workers: int,
+                          cache_dir: str | None, model_key: str | None, finegrained: str | None = None,
+                          train_features: bool = True) -> ClassificationInputs:
+    """The one prologue of k-NN, linear, logreg and PCA slicing: resolve the device and the data
+    (`classification_splits`), then extract (or read from the cache) the train and val features of
+    `kind` with `batch_size` images per backbone pass. `train_features=False` skips the train pass
+    (the linear probe with augmentation computes them afresh every epoch)."""
+    from franca.eval.features import extract_features
+    from franca.utils.device import resolve_device
+
+    dev = resolve_device(device)
+    train_set, val_set = classification_splits(data, size=size, protocol=protocol, finegrained=finegrained)
+    common = dict(kind=kind, device=dev, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
+                  model_key=model_key)
+    train = extract_features(model, train_set, **common) if train_features else None
+    val = extract_features(model, val_set, **common)
+    return ClassificationInputs(dev, train_set, val_set, train, val)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from franca.eval.common import protocol_entry
 from franca.eval.depth_head import BinDepthHead, depth_loss
 from franca.eval.keypoints import IMAGENET_MEAN, IMAGENET_STD, center_pad
 from franca.eval.metrics3d import average_depth_metrics, depth_metrics_per_image
@@ -228,16 +229,17 @@ def predict_and_score(model: torch.nn.Module, head: BinDepthHead, test: Prepared
     return average_depth_metrics(per_image)
 
 
+@protocol_entry()
 def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Sequence[Any]] | None = None, *,
-             size: int | None = None, hidden_dim: int | None = None, epochs: int | None = None,
-             batch_size: int = 8,
-             lr: float = 5e-4, seed: int = 8, use_augment: bool = True, device: torch.device | str = "cpu",
-             num_workers: int = 0, progress: bool = True) -> dict[str, Any]:
+             size: int | None = None, batch_size: int = 8, device: torch.device | str = "auto", num_workers: int = 0,
+             progress: bool = True, hidden_dim: int | None = None, epochs: int | None = None, lr: float = 5e-4,
+             seed: int = 8, use_augment: bool = True) -> dict[str, Any]:
     """Train the depth probe on the train split and report SI-RMSE (the metric), RMSE and δ1-3.
 
     ``data``: a root holding NYUv2 (default: the built-in toy set), or a (train, test) pair of
-    sample sequences (see ``to_image_depth``). Defaults: the protocol's 10 epochs; hidden width 512,
-    or 16 for the tiny sizes (patch < 14), whose head upsamples ×4 instead of ×16. (With 3 epochs
+    sample sequences (see ``to_image_depth``). ``batch_size``: images per step, both the probe's training
+    batch and the backbone's pass (features are computed per batch). Defaults: the protocol's 10 epochs;
+    hidden width 512, or 16 for the tiny sizes (patch < 14), whose head upsamples ×4 instead of ×16. (With 3 epochs
     the tiny probe barely beats the ground-plane geometry and cannot tell a pretrained toy backbone
     from its initialisation; 10 epochs take about a minute on one CPU core.)
     """

@@ -200,6 +200,17 @@ def block_tokens(model: torch.nn.Module, x: torch.Tensor, blocks: int | list[int
                                                    norm=norm))
 
 
+@torch.no_grad()
+def batch_features(model: torch.nn.Module, images: torch.Tensor, kind: str = "cls") -> dict[str, torch.Tensor]:
+    """The outputs of one `kind` (see `extract`) for one batch of images already on the model's device,
+    without gradients and under bf16 autocast on CUDA: what `extract` computes per batch, for callers
+    that make their own batches (the linear probe's augmented epochs)."""
+    if kind not in EXTRACT_KINDS:
+        raise ValueError(f"kind must be one of {EXTRACT_KINDS}, got {kind!r}")
+    with autocast_context(images.device):
+        return _forward(model, images, kind)
+
+
 def _forward(model: torch.nn.Module, x: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
     """The outputs of one kind for a batch: see `extract`."""
     if kind == "cls":
@@ -255,9 +266,7 @@ def _extract(model: torch.nn.Module, dataset: Any, kind: str, device: torch.devi
     model.eval()
     for batch in it:
         images, labels = batch[0], batch[1]
-        images = images.to(device, non_blocking=True)
-        with autocast_context(device):
-            out = _forward(model, images, kind)
+        out = batch_features(model, images.to(device, non_blocking=True), kind)
         out["labels"] = torch.as_tensor(labels).long()
         for key, t in out.items():
             chunks.setdefault(key, []).append(t.float().cpu() if t.is_floating_point() else t.cpu())

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from franca.eval.common import protocol_entry, split_pair
 from franca.eval.dense import (HB_STD, IMAGENET_MEAN, as_segmentation, dataset_info, pair_roots, patch_features,
                                resized_loader, round_to_patch, to_tensor)
 from franca.eval.metrics import StreamingConfusion, matched_miou
@@ -258,18 +259,20 @@ def predict_queries(model: torch.nn.Module, dataset, index, memory_labels: torch
     return conf.matrix
 
 
-def evaluate(model: torch.nn.Module, train_set=None, val_set=None, device: torch.device | str = "cpu", *,
-             size: int = 518,
+@protocol_entry(old_positional=("train_set", "val_set", "device"), old_pair=("train_set", "val_set"))
+def evaluate(model: torch.nn.Module, data=None, *, size: int = 518, seeds: Sequence[int] = (0,), batch_size: int = 32,
+             device: torch.device | str = "auto", num_workers: int = 0, progress: bool = True,
              k: int = 30, temperature: float = 0.02, memory_size: int | None = None, aug_epochs: int = 1,
-             seeds: Sequence[int] = (0,), index: str = "flat", nlist: int | None = None, nprobe: int = 32,
-             use_rasa: bool = False, batch_size: int = 32, num_workers: int = 0, dataset_name: str = "voc") -> dict:
-    """Hummingbird in-context mIoU of `model`: memory from `train_set`, queries from `val_set`
-    (raw segmentation sets, or roots of `dataset_name` read as trainaug/train and val; None: the
-    toy set). Mean and std over `seeds`; per-class IoU averaged over seeds."""
+             index: str = "flat", nlist: int | None = None, nprobe: int = 32,
+             use_rasa: bool = False, dataset_name: str = "voc") -> dict:
+    """Hummingbird in-context mIoU of `model`: memory from the train set, queries from the val set.
+    `data`: a (train, val) pair of raw segmentation sets (or roots), or one root of `dataset_name` read as
+    trainaug/train and val; None: the toy set. Mean and std over `seeds`; per-class IoU averaged over seeds."""
     from franca.eval.stats import mean_std
     from franca.utils.device import resolve_device
 
     device = resolve_device(device)
+    train_set, val_set = split_pair(data)
     # HB labels: ADE20K keeps 151 classes with 0 = "other" ignored (reduce_zero_label=False)
     val_set = as_segmentation(pair_roots(train_set, val_set), "val", dataset_name, reduce_zero_label=False)
     train_set = as_segmentation(train_set, "trainaug" if dataset_name == "voc" else "train", dataset_name,

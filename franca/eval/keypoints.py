@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from franca.eval.common import protocol_entry
 from franca.eval.metrics3d import bbox_thresh_scale, pck
 
 log = logging.getLogger(__name__)
@@ -198,18 +199,19 @@ def aggregate_pck(correct: dict[str, list[Tensor]]) -> tuple[float, dict[str, fl
     return float(np.mean(list(per_class.values()))), per_class
 
 
+@protocol_entry()
 def evaluate(
     model: torch.nn.Module,
     data: str | Path | Sequence[KeypointPair] | None = None,
     *,
     size: int | None = None,
+    batch_size: int = 16,
+    device: torch.device | str = "auto",
+    progress: bool = True,
     n_pairs: int = 200,
     alpha: float = 0.10,
     split: str = "test",
     seed: int = 20,
-    batch_size: int = 16,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
 ) -> dict[str, Any]:
     """PCK@alpha on SPair-71k-style pairs for viewpoint bins 0, 1, 2 and all.
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from franca.eval.common import protocol_entry
 from franca.utils import distributed as dist_utils
 
 log = logging.getLogger(__name__)
@@ -221,42 +222,38 @@ def few_shot_subset(labels: torch.Tensor, n_per_class: int, seed: int) -> torch.
     return torch.sort(torch.cat(keep)).values
 
 
+@protocol_entry(old_positional=("train_set", "val_set"), old_pair=("train_set", "val_set"),
+                renamed={"data_root": "data"})
 def evaluate(
     model: torch.nn.Module,
-    train_set: Any = None,
-    val_set: Any = None,
+    data: Any = None,
     *,
-    device: str | torch.device | None = None,
-    data_root: str | None = None,
     size: int = 224,
+    seeds: Sequence[int] = (0,),
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
     ks: Sequence[int] = DEFAULT_KS,
     T: float = DEFAULT_T,
     backend: str = "torch",
     n_per_class: int = -1,
-    seeds: Sequence[int] = (0,),
-    batch_size: int = 64,
-    num_workers: int = 0,
     cache_dir: str | None = None,
     model_key: str | None = None,
 ) -> dict[str, Any]:
     """k-NN protocol on a backbone: extract CLS features, classify val against train.
 
-    With `train_set`/`val_set` None, the ImageFolder at `data_root` (train/, val/) is used, or the
-    built-in toy set when that is None too. `n_per_class > 0` runs the few-shot variant, one draw
-    per seed; with the full train set the result does not depend on the seed.
+    `data`: an ImageFolder root (train/, val/), a (train, val) pair of data sets, or None (the built-in
+    toy set); the shared keywords mean what `franca.eval.common.EvalArgs` says. `n_per_class > 0` runs
+    the few-shot variant, one draw per seed; with the full train set the result does not depend on the seed.
     Result: ``protocol``, ``metric_name`` (top1_k20), ``metric``, per-k numbers, ``per_seed``.
     """
+    from franca.eval.classification_data import classification_inputs
     from franca.eval.stats import mean_std
-    from franca.eval.classification_data import build_eval_splits
-    from franca.eval.features import extract_features
-    from franca.utils.device import resolve_device
 
-    dev = resolve_device(device)
-    if train_set is None or val_set is None:
-        train_set, val_set = build_eval_splits(data_root, size=size, protocol="knn")
-    common = dict(device=dev, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, model_key=model_key)
-    train = extract_features(model, train_set, **common)
-    val = extract_features(model, val_set, **common)
+    inputs = classification_inputs(model, data, protocol="knn", size=size, batch_size=batch_size, device=device,
+                                   num_workers=num_workers, cache_dir=cache_dir, model_key=model_key)
+    dev, train, val = inputs.device, inputs.train, inputs.val
     C = int(max(train["labels"].max(), val["labels"].max())) + 1
     runs = []
     for seed in (seeds if n_per_class > 0 else list(seeds)[:1]):

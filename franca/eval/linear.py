@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from franca.eval.common import protocol_entry
+
 log = logging.getLogger(__name__)
 
 LR_GRID = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
@@ -172,57 +174,56 @@ def dinov2_inputs(n_available_blocks: int) -> dict[str, Callable[[dict[str, torc
     return out
 
 
+@protocol_entry(old_positional=("train_set", "val_set"), old_pair=("train_set", "val_set"),
+                renamed={"data_root": "data", "extract_batch_size": "batch_size"})
 def evaluate(
     model: torch.nn.Module,
-    train_set: Any = None,
-    val_set: Any = None,
+    data: Any = None,
     *,
-    device: str | torch.device | None = None,
-    data_root: str | None = None,
     size: int = 224,
+    seeds: Sequence[int] = (0,),
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
     epochs: int = 10,
-    batch_size: int = 256,
+    probe_batch_size: int = 256,
     lrs: Sequence[float] = LR_GRID,
     augment: bool = False,
-    seeds: Sequence[int] = (0,),
-    extract_batch_size: int = 64,
-    num_workers: int = 0,
     cache_dir: str | None = None,
     model_key: str | None = None,
 ) -> dict[str, Any]:
     """DINOv2 linear protocol on a backbone; ``metric`` is the best val top-1 over the 52 classifiers.
 
-    With `train_set`/`val_set` None the ImageFolder at `data_root` (toy set when None) is used.
+    `data`: an ImageFolder root (train/, val/), a (train, val) pair of data sets, or None (the built-in
+    toy set). `batch_size` is the images per backbone pass, as in every protocol (`EvalArgs`);
+    `probe_batch_size` is the classifiers' batch (learning rates scale by it / 256). Changed in this
+    release (CHANGELOG): `batch_size` used to be the probe's batch and `extract_batch_size` the backbone's.
     """
+    from franca.eval.classification_data import classification_inputs, train_augment_transform
     from franca.eval.stats import mean_std
-    from franca.eval.classification_data import build_eval_splits, train_augment_transform
-    from franca.eval.features import extract_features
-    from franca.utils.device import resolve_device
 
-    dev = resolve_device(device)
-    if train_set is None or val_set is None:
-        train_set, val_set = build_eval_splits(data_root, size=size, protocol="linear")
-    common = dict(kind="blocks", device=dev, batch_size=extract_batch_size, num_workers=num_workers,
-                  model_key=model_key)
-    val = extract_features(model, val_set, cache_dir=cache_dir, **common)
     # With augment the train features are computed afresh every epoch, so none are cached.
-    train = None if augment else extract_features(model, train_set, cache_dir=cache_dir, **common)
+    inputs = classification_inputs(model, data, protocol="linear", kind="blocks", size=size, batch_size=batch_size,
+                                   device=device, num_workers=num_workers, cache_dir=cache_dir, model_key=model_key,
+                                   train_features=not augment)
+    dev, train_set, train, val = inputs.device, inputs.train_set, inputs.train, inputs.val
     train_labels = _dataset_labels(train_set) if train is None else train["labels"]
     C = int(max(train_labels.max(), val["labels"].max())) + 1
     n_train = len(train_set)
     keys = ("cls_blocks", "patch_mean")
     n_blocks_available = int(val["cls_blocks"].shape[1])
-    inputs = dinov2_inputs(n_blocks_available)
+    heads = dinov2_inputs(n_blocks_available)
     runs = []
     for seed in seeds:
         if augment:
-            batches = _augmented_batches(model, train_set, size, batch_size, seed, dev, num_workers,
+            batches = _augmented_batches(model, train_set, size, probe_batch_size, seed, dev, num_workers,
                                          train_augment_transform(size))
         else:
-            batches = feature_batches({k: train[k] for k in keys}, train["labels"], batch_size, seed)
-        runs.append(train_linear_grid(batches, {k: val[k] for k in keys}, val["labels"], inputs=inputs,
-                                      num_classes=C, epochs=epochs, iters_per_epoch=-(-n_train // batch_size),
-                                      batch_size=batch_size, lrs=lrs, seed=seed, device=dev))
+            batches = feature_batches({k: train[k] for k in keys}, train["labels"], probe_batch_size, seed)
+        runs.append(train_linear_grid(batches, {k: val[k] for k in keys}, val["labels"], inputs=heads,
+                                      num_classes=C, epochs=epochs, iters_per_epoch=-(-n_train // probe_batch_size),
+                                      batch_size=probe_batch_size, lrs=lrs, seed=seed, device=dev))
     top1 = mean_std([r["best"]["top1"] for r in runs])
     return {
         "protocol": "linear",
@@ -231,8 +232,8 @@ def evaluate(
         "metric_std": top1["std"],
         "best_per_seed": [r["best"] for r in runs],
         "per_seed": runs,
-        "settings": {"epochs": epochs, "batch_size": batch_size, "lrs": list(lrs), "augment": augment,
-                     "seeds": list(seeds), "size": size, "inputs": list(inputs),
+        "settings": {"epochs": epochs, "probe_batch_size": probe_batch_size, "batch_size": batch_size,
+                     "lrs": list(lrs), "augment": augment, "seeds": list(seeds), "size": size, "inputs": list(heads),
                      "n_last_blocks_available": n_blocks_available},
         "data": {"n_train": int(n_train), "n_val": int(val["labels"].numel()), "num_classes": C},
     }
@@ -253,8 +254,7 @@ def _augmented_batches(model: torch.nn.Module, train_set: Any, size: int, batch_
 
     from torch.utils.data import DataLoader
 
-    from franca.eval.features import _forward
-    from franca.utils.device import autocast_context
+    from franca.eval.features import batch_features
 
     aug_set = copy.copy(train_set)
     if not hasattr(aug_set, "transform"):
@@ -267,8 +267,7 @@ def _augmented_batches(model: torch.nn.Module, train_set: Any, size: int, batch_
                             generator=torch.Generator().manual_seed(int(seed) * 1000 + epoch), drop_last=False)
         model.eval()
         for images, labels, *_ in loader:
-            with torch.no_grad(), autocast_context(device):
-                out = _forward(model, images.to(device), "blocks")
+            out = batch_features(model, images.to(device), "blocks")
             yield {k: v.float() for k, v in out.items()}, torch.as_tensor(labels)
 
     return epoch_batches

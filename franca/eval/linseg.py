@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from franca.eval.common import protocol_entry, split_pair
 from franca.eval.dense import (IMAGENET_MEAN, IMAGENET_STD, as_segmentation, dataset_info, pair_roots,
                                patch_features, to_tensor)
 from franca.eval.metrics import StreamingConfusion, per_class_iou
@@ -251,12 +252,15 @@ def train_head(model: nn.Module, train_set, num_classes: int, cfg: LinsegConfig,
     return head.eval()
 
 
-def evaluate(model: nn.Module, train_set=None, val_set=None, device: torch.device | str = "cpu", *,
-             config: LinsegConfig | None = None, seeds: Sequence[int] = (0,), use_rasa: bool = False,
-             num_workers: int = 0, dataset_name: str = "voc") -> dict:
-    """Linear segmentation mIoU of `model`: head trained on `train_set`, scored on `val_set`
-    (raw segmentation sets with ignore 255, or roots of `dataset_name`, ADE20K read with
-    reduce_zero_label; None: the toy set). Mean and std over `seeds`."""
+@protocol_entry(old_positional=("train_set", "val_set", "device"), old_pair=("train_set", "val_set"))
+def evaluate(model: nn.Module, data=None, *, size: int | None = None, seeds: Sequence[int] = (0,),
+             device: torch.device | str = "auto", num_workers: int = 0, progress: bool = True,
+             config: LinsegConfig | None = None, use_rasa: bool = False, dataset_name: str = "voc") -> dict:
+    """Linear segmentation mIoU of `model`: head trained on the train set, scored on the val set.
+    `data`: a (train, val) pair of raw segmentation sets with ignore 255 (or roots), or one root of
+    `dataset_name` (ADE20K read with reduce_zero_label); None: the toy set. `size` is the training crop and
+    sliding-window side (default: `config.crop`, 518). The batch is `config.batch_size`, the head's training
+    crops per step, which the backbone also runs on (no separate `batch_size`). Mean and std over `seeds`."""
     from franca.utils.progress import progress as tqdm
 
     from franca.eval.stats import mean_std
@@ -264,6 +268,9 @@ def evaluate(model: nn.Module, train_set=None, val_set=None, device: torch.devic
 
     device = resolve_device(device)
     cfg = config or LinsegConfig.for_dataset(dataset_name)
+    if size is not None:
+        cfg = replace(cfg, crop=int(size))
+    train_set, val_set = split_pair(data)
     ade = dataset_name == "ade20k"
     val_set = as_segmentation(pair_roots(train_set, val_set), "val", dataset_name, reduce_zero_label=ade)
     train_set = as_segmentation(train_set, "train" if ade else "trainaug", dataset_name, reduce_zero_label=ade)

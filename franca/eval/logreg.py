@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from franca.eval.common import protocol_entry
+
 log = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "mean_per_class")
@@ -152,57 +154,49 @@ def logreg_protocol(
     }
 
 
+@protocol_entry(old_positional=("train_set", "test_set"), old_pair=("train_set", "test_set"),
+                renamed={"data_root": "data", "dataset": "dataset_name"})
 def evaluate(
     model: torch.nn.Module,
-    train_set: Any = None,
-    test_set: Any = None,
+    data: Any = None,
     *,
-    device: str | torch.device | None = None,
-    dataset: str | None = None,
-    data_root: str | None = None,
     size: int = 224,
+    seeds: Sequence[int] = (0,),
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+    dataset_name: str | None = None,
     Cs: Sequence[float] | None = None,
     metric: str | None = None,
-    seeds: Sequence[int] = (0,),
     max_iter: int = 1000,
-    batch_size: int = 64,
-    num_workers: int = 0,
     cache_dir: str | None = None,
     model_key: str | None = None,
 ) -> dict[str, Any]:
     """Logistic-regression protocol on one data set; ``metric`` is the test score (%).
 
-    Data: `train_set`/`test_set` if given; else fine-grained `dataset` under `data_root`; else the
-    ImageFolder at `data_root` (toy set when None). `metric` None picks mean per-class for
-    Aircraft, Pets, Caltech-101 and Flowers and top-1 otherwise (SimCLR convention). Each seed
-    reshuffles the held-out split (the reference uses seed 0).
+    `data`: a (train, test) pair of data sets; or a root: the folder holding the fine-grained data set
+    `dataset_name` (one of the 11 of Table 7), or without `dataset_name` an ImageFolder (train/, val/ or
+    test/); None: the built-in toy set. `metric` None picks mean per-class for Aircraft, Pets,
+    Caltech-101 and Flowers and top-1 otherwise (SimCLR convention). Each seed reshuffles the held-out
+    split (the reference uses seed 0).
     """
+    from franca.eval.classification_data import MEAN_PER_CLASS, classification_inputs
     from franca.eval.stats import mean_std
-    from franca.eval.classification_data import MEAN_PER_CLASS, build_eval_splits, build_finegrained_splits
-    from franca.eval.features import extract_features
-    from franca.utils.device import resolve_device
 
-    dev = resolve_device(device)
-    if train_set is None or test_set is None:
-        if dataset is not None:
-            if data_root is None:
-                raise ValueError(f"--data-root is needed to read the fine-grained data set {dataset!r}")
-            train_set, test_set = build_finegrained_splits(dataset, data_root, size=size)
-        else:
-            train_set, test_set = build_eval_splits(data_root, size=size, protocol="logreg")
+    inputs = classification_inputs(model, data, protocol="logreg", size=size, batch_size=batch_size, device=device,
+                                   num_workers=num_workers, cache_dir=cache_dir, finegrained=dataset_name,
+                                   model_key=f"{model_key}|{dataset_name}" if dataset_name else model_key)
+    dev, train, test = inputs.device, inputs.train, inputs.val
     if metric is None:
-        metric = "mean_per_class" if dataset in MEAN_PER_CLASS else "accuracy"
-    common = dict(kind="cls", device=dev, batch_size=batch_size, num_workers=num_workers,
-                  cache_dir=cache_dir, model_key=f"{model_key}|{dataset}" if dataset else model_key)
-    train = extract_features(model, train_set, **common)
-    test = extract_features(model, test_set, **common)
+        metric = "mean_per_class" if dataset_name in MEAN_PER_CLASS else "accuracy"
     runs = [logreg_protocol(train["cls"].double(), train["labels"], test["cls"].double(), test["labels"],
                             Cs=Cs, metric=metric, seed=s, max_iter=max_iter, device=dev, show_progress=True)
             for s in seeds]
     ms = mean_std([r["test"] for r in runs])
     return {
         "protocol": "logreg",
-        "dataset": dataset or "imagefolder",
+        "dataset": dataset_name or "imagefolder",
         "metric_name": metric,
         "metric": ms["mean"],
         "metric_std": ms["std"],

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from franca.eval.common import protocol_entry
 from franca.eval.dense import as_segmentation, dataset_info, patch_features, resized_loader, round_to_patch
 from franca.eval.metrics import MatchMode, StreamingConfusion, matched_miou
 
@@ -138,13 +139,14 @@ def overcluster_scores(tokens: np.ndarray, grid: tuple[int, int], masks: torch.T
     return out
 
 
-def evaluate(model: torch.nn.Module, dataset=None, device: torch.device | str = "cpu", *, size: int = 448,
-             ks: Sequence[int | None] = (100, 300, None), seeds: Sequence[int] = (0, 1, 2, 3, 4),
-             pca_dim: int = 50, niter: int = 100, nredo: int = 5, refine_hungarian: bool = False,
-             use_rasa: bool = False, batch_size: int = 32, num_workers: int = 0, mask_size: int = 100,
+@protocol_entry(old_positional=("dataset", "device"), renamed={"dataset": "data"})
+def evaluate(model: torch.nn.Module, data=None, *, size: int = 448, seeds: Sequence[int] = (0, 1, 2, 3, 4),
+             batch_size: int = 32, device: torch.device | str = "auto", num_workers: int = 0, progress: bool = True,
+             ks: Sequence[int | None] = (100, 300, None), pca_dim: int = 50, niter: int = 100, nredo: int = 5,
+             refine_hungarian: bool = False, use_rasa: bool = False, mask_size: int = 100,
              dataset_name: str = "voc", split: str = "val", matching: str = "leopart") -> dict:
-    """Leopart overclustering of `model` on a raw segmentation set (e.g. VOC val, COCO-Things val),
-    or on `split` of `dataset_name` read from a root path (None: the built-in toy set).
+    """Leopart overclustering of `model` on `data`: a raw segmentation set (e.g. VOC val, COCO-Things val),
+    or a root of `dataset_name` whose `split` is read (None: the built-in toy set).
 
     `ks` entries of None mean "the class count". The headline `metric` is the mIoU (mean over
     seeds) at the first K. `matching`: "leopart" or "hungarian-below" (see `matching_mode`).
@@ -153,7 +155,7 @@ def evaluate(model: torch.nn.Module, dataset=None, device: torch.device | str = 
 
     _check_matching(matching)  # before the feature pass, not after it
     device = resolve_device(device)
-    dataset = as_segmentation(dataset, split, dataset_name, reduce_zero_label=False)  # Leopart/HB labels
+    dataset = as_segmentation(data, split, dataset_name, reduce_zero_label=False)  # Leopart/HB labels
     num_classes, ignore = dataset_info(dataset)
     size = round_to_patch(size, int(model.patch_size))
     ks = [num_classes if k is None else int(k) for k in ks]

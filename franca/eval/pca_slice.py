@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import torch
 
+from franca.eval.common import protocol_entry
+
 log = logging.getLogger(__name__)
 
 DEFAULT_KS = (200, 100, 50, 25, 10)
@@ -52,42 +54,40 @@ def project(x: torch.Tensor, mean: torch.Tensor, components: torch.Tensor, k: in
     return ((x.double() - mean) @ components[:k].T).float()
 
 
+@protocol_entry(old_positional=("train_set", "val_set"), old_pair=("train_set", "val_set"),
+                renamed={"data_root": "data", "extract_batch_size": "batch_size"})
 def evaluate(
     model: torch.nn.Module,
-    train_set: Any = None,
-    val_set: Any = None,
+    data: Any = None,
     *,
-    device: str | torch.device | None = None,
-    data_root: str | None = None,
     size: int = 224,
+    seeds: Sequence[int] = (0,),
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
     ks: Sequence[int] = DEFAULT_KS,
     epochs: int = 10,
-    batch_size: int = 256,
+    probe_batch_size: int = 256,
     lrs: Sequence[float] | None = None,
-    seeds: Sequence[int] = (0,),
-    extract_batch_size: int = 64,
-    num_workers: int = 0,
     cache_dir: str | None = None,
     model_key: str | None = None,
 ) -> dict[str, Any]:
     """PCA-slicing protocol; ``metric`` is the top-1 at the largest k, ``per_k`` has every k.
 
-    With `train_set`/`val_set` None, the ImageFolder at `data_root` (toy set when None) is used.
+    `data`: an ImageFolder root (train/, val/), a (train, val) pair of data sets, or None (the built-in
+    toy set). `batch_size` is the images per backbone pass (`EvalArgs`), `probe_batch_size` the linear
+    probe's batch; changed in this release (CHANGELOG): `batch_size` used to be the probe's batch and
+    `extract_batch_size` the backbone's.
     """
-    from franca.eval.stats import mean_std
-    from franca.eval.classification_data import build_eval_splits
-    from franca.eval.features import extract_features
+    from franca.eval.classification_data import classification_inputs
     from franca.eval.linear import LR_GRID, feature_batches, train_linear_grid
-    from franca.utils.device import resolve_device
+    from franca.eval.stats import mean_std
 
-    dev = resolve_device(device)
     lrs = tuple(lrs) if lrs is not None else LR_GRID
-    if train_set is None or val_set is None:
-        train_set, val_set = build_eval_splits(data_root, size=size, protocol="pca_slice")
-    common = dict(kind="cls", device=dev, batch_size=extract_batch_size, num_workers=num_workers,
-                  cache_dir=cache_dir, model_key=model_key)
-    train = extract_features(model, train_set, **common)
-    val = extract_features(model, val_set, **common)
+    inputs = classification_inputs(model, data, protocol="pca_slice", size=size, batch_size=batch_size,
+                                   device=device, num_workers=num_workers, cache_dir=cache_dir, model_key=model_key)
+    dev, train, val = inputs.device, inputs.train, inputs.val
     D = train["cls"].shape[1]
     C = int(max(train["labels"].max(), val["labels"].max())) + 1
     mean, comps, variances = fit_pca(train["cls"].to(dev))
@@ -95,7 +95,7 @@ def evaluate(
     if any(int(k) > D for k in ks):
         log.warning("pca-slice: k clipped to the feature width %d", D)
     n_train = train["labels"].numel()
-    iters = -(-n_train // batch_size)
+    iters = -(-n_train // probe_batch_size)
     slices = {f"k{k}": (project(train["cls"].to(dev), mean, comps, k).cpu(),
                         project(val["cls"].to(dev), mean, comps, k).cpu()) for k in kept}
     slices["full"] = (train["cls"], val["cls"])
@@ -104,9 +104,9 @@ def evaluate(
     for name, (xtr, xv) in slices.items():
         accs = []
         for seed in seeds:
-            out = train_linear_grid(feature_batches({"x": xtr}, train["labels"], batch_size, seed), {"x": xv},
-                                    val["labels"], inputs={name: lambda f: f["x"]}, num_classes=C,
-                                    epochs=epochs, iters_per_epoch=iters, batch_size=batch_size, lrs=lrs,
+            out = train_linear_grid(feature_batches({"x": xtr}, train["labels"], probe_batch_size, seed),
+                                    {"x": xv}, val["labels"], inputs={name: lambda f: f["x"]}, num_classes=C,
+                                    epochs=epochs, iters_per_epoch=iters, batch_size=probe_batch_size, lrs=lrs,
                                     seed=seed, device=dev)
             accs.append(out["best"]["top1"])
             per_seed.append({"slice": name, "seed": seed, "best": out["best"]})
@@ -124,7 +124,7 @@ def evaluate(
         "explained_variance": explained,
         "per_seed": per_seed,
         "settings": {"ks": kept, "requested_ks": [int(k) for k in ks], "feature_dim": D, "epochs": epochs,
-                     "batch_size": batch_size, "lrs": list(lrs), "seeds": list(seeds), "size": size,
-                     "pca": "train CLS, centred, sorted by variance"},
+                     "probe_batch_size": probe_batch_size, "batch_size": batch_size, "lrs": list(lrs),
+                     "seeds": list(seeds), "size": size, "pca": "train CLS, centred, sorted by variance"},
         "data": {"n_train": int(n_train), "n_val": int(val["labels"].numel()), "num_classes": C},
     }

@@ -5,22 +5,14 @@ Imports are lazy so that `import franca.models` stays cheap; heavy modules load 
 """
 from __future__ import annotations
 
-from typing import Any
+from franca.utils.lazy import lazy_exports
 
 __all__ = ["build_backbone", "load_backbone", "export_backbone", "DinoVisionTransformer", "SIZES"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in ("build_backbone", "load_backbone", "export_backbone"):
-        from franca.models import api
-
-        return getattr(api, name)
-    if name == "DinoVisionTransformer":
-        from franca.models.backbone import DinoVisionTransformer
-
-        return DinoVisionTransformer
-    if name == "SIZES":
-        from franca.models.sizes import SIZES
-
-        return SIZES
-    raise AttributeError(f"module 'franca.models' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {
+    "build_backbone": "franca.models.api:build_backbone",
+    "load_backbone": "franca.models.api:load_backbone",
+    "export_backbone": "franca.models.api:export_backbone",
+    "DinoVisionTransformer": "franca.models.backbone:DinoVisionTransformer",
+    "SIZES": "franca.models.sizes:SIZES",
+})

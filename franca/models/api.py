@@ -87,7 +87,7 @@ def load_backbone(name: str | None = None, weights: str | Path | None = None, ra
     else:
         model = _load_file(name, weights, overrides)
     if rasa is not None:
-        model.set_rasa_projection(_load_rasa(rasa, model.embed_dim))
+        model.set_rasa_projection(load_rasa_projection(rasa, model.embed_dim))
     model.weights_label = label or Path(weights).name
     return model.eval()
 
@@ -188,7 +188,8 @@ def weights_label(name: str | None = None, weights: str | Path | None = None, ra
     raise ValueError(no_weights_message(name))
 
 
-def _load_rasa(path: str | Path, embed_dim: int) -> torch.Tensor:
+def load_rasa_projection(path: str | Path, embed_dim: int) -> torch.Tensor:
+    """The position-removal projection of a RASA file (official or this project's) for an `embed_dim` backbone."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"RASA file not found: {path}")

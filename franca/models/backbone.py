@@ -107,8 +107,12 @@ class SubsetDropPathBlock(Block):
 def resize_pos_embed(pos_embed: Tensor, grid: int, antialias: bool = True) -> Tensor:
     """Resize a (1, 1+M², D) table to a grid×grid table once, as the high-res recipe does (released Franca
     `scripts/modify_ckpt_highres.py`):
-    bicubic to a target size, antialias on, align_corners off, CLS entry kept, computed in fp32."""
+    bicubic to a target size, antialias on, align_corners off, CLS entry kept, computed in fp32.
+    The one resize of a stored table: high-res adaptation and loading a checkpoint of another crop size use it."""
     M = math.isqrt(pos_embed.shape[1] - 1)
+    if M * M != pos_embed.shape[1] - 1 or grid < 1:
+        raise ValueError(f"position tables must be square grids, got {pos_embed.shape[1] - 1} tokens -> "
+                         f"a {grid}x{grid} grid")
     cls, patches = pos_embed[:, :1], pos_embed[:, 1:].float().reshape(1, M, M, -1).permute(0, 3, 1, 2)
     patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", antialias=antialias, align_corners=False)
     patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos_embed.dtype)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from franca.models.backbone import resize_pos_embed
 from franca.train.config import FrancaTrainConfig, HeadConfig
 
 log = logging.getLogger(__name__)
@@ -83,20 +82,10 @@ def load_backbone_from_checkpoint(backbone: nn.Module, path: str) -> None:
     state = teacher_backbone_state(load_checkpoint(path))
     pos = state.get("pos_embed")
     if pos is not None and pos.shape != backbone.pos_embed.shape:
-        state["pos_embed"] = resize_pos_embed(pos, backbone.pos_embed.shape[1] - 1)
+        state["pos_embed"] = resize_pos_embed(pos, backbone.pos_grid)
         log.info("resized pos_embed %s -> %s", tuple(pos.shape), tuple(state["pos_embed"].shape))
     check_shapes(backbone, state, f"{path} (teacher backbone)")
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "rasa_proj"]
     if missing or unexpected:
         raise KeyError(f"{path}: backbone keys do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def resize_pos_embed(pos: torch.Tensor, n_new: int) -> torch.Tensor:
-    """(1, 1+M², D) -> (1, 1+n_new, D): bicubic with antialias on the grid, CLS entry kept."""
-    M, S = math.isqrt(pos.shape[1] - 1), math.isqrt(n_new)
-    if M * M != pos.shape[1] - 1 or S * S != n_new:
-        raise ValueError(f"position tables must be square grids, got {pos.shape[1] - 1} -> {n_new} tokens")
-    grid = pos[:, 1:].float().reshape(1, M, M, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(S, S), mode="bicubic", antialias=True, align_corners=False)
-    return torch.cat([pos[:, :1].float(), grid.permute(0, 2, 3, 1).reshape(1, S * S, -1)], dim=1).to(pos.dtype)

@@ -56,9 +56,15 @@ def write_json(path: str | Path, obj: Any, *, versions: bool = True, digits: int
     path = Path(path)
     if versions and isinstance(obj, dict):
         obj = {**obj, "versions": library_versions()}
-    text = json.dumps(round_floats(obj, digits), indent=2, sort_keys=False) + "\n"
+    return write_text_atomic(path, json.dumps(round_floats(obj, digits), indent=2, sort_keys=False) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder and a rename, so a reader never
+    sees half a file (folders created as needed); returns the path."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
