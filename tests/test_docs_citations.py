@@ -13,24 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = re.compile(r"(?i:\bprotocols\.md\b)|\bPROTOCOLS\s*§|\bPROTOCOLS\s+section\b|\b(?:DESIGN|STYLE|HELPERS)\.md\b")
 MACHINE = re.compile(r"/work/|/root/")
 
-# Files that still cite the spec, left to the lead to rewrite after another branch lands; empty it then.
-ALLOWED_SPEC = {
-    "franca/ablate/variants.py",
-    "franca/eval/classification_data.py",
-    "franca/eval/dense.py",
-    "franca/eval/depth.py",
-    "franca/eval/depth_head.py",
-    "franca/eval/incontext.py",
-    "franca/eval/keypoints.py",
-    "franca/eval/knn.py",
-    "franca/eval/linear.py",
-    "franca/eval/linseg.py",
-    "franca/eval/logreg.py",
-    "franca/eval/metrics.py",
-    "franca/eval/metrics3d.py",
-    "franca/eval/overcluster.py",
-    "franca/eval/pca_slice.py",
-}
+# Files allowed to cite the spec (none: every shipped file cites the paper, upstream code or a shipped doc).
+ALLOWED_SPEC: set[str] = set()
 
 
 def _documentation() -> list[Path]:

@@ -1,6 +1,6 @@
 """Sweep variants: a name plus `key=value` config overrides, expanded over seeds into runs.
 
-The built-in set is the paper's ablation axes (Franca §4, Tables 5/6/9; PROTOCOLS.md §1): the
+The built-in set is the paper's ablation axes (Franca §4, Tables 5/6/9): the
 preset itself as the baseline, one nesting level (the DINOv2/iBOT objective with the same finest
 prototype count), DINOv2 block masking instead of CyclicMask, the released per-level projection
 heads instead of slicing, and no KoLeo. Fair by construction: a variant may not touch a key that sets

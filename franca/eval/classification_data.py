@@ -1,6 +1,6 @@
 """Data sets and transforms for the global protocols (k-NN, linear, logreg, PCA slicing).
 
-Transforms (PROTOCOLS.md §2-4), all bicubic and ImageNet-normalised:
+Transforms (DINOv2 `dinov2/eval/knn.py`, `linear.py`, `log_regression.py`), all bicubic and ImageNet-normalised:
 - k-NN / linear eval / PCA: Resize(size·256/224) on the shorter side, CenterCrop(size);
 - logreg: Resize(size), CenterCrop(size) (no 256/224 margin);
 - linear train augmentation (only with ``--augment``): RandomResizedCrop(size), horizontal flip.

@@ -1,7 +1,7 @@
 """Dense evaluation helpers: raw (image, mask) segmentation sets built from a data root, and patch
 feature extraction on a frozen backbone.
 
-The dense protocols apply their own exact resizing/augmentation (PROTOCOLS.md §5-7), so they read
+The dense protocols apply their own exact resizing/augmentation (Leopart, Hummingbird, DINOv2 mmseg), so they read
 *raw* samples: `dataset[i] -> (PIL RGB image, int64 numpy mask (H, W))`. Any object with
 `__len__`/`__getitem__` of that shape works, plus optional `num_classes`/`ignore_index` attributes.
 `build_segmentation` (``franca.data.datasets.segmentation``) reads the official layouts of §12.2-12.4
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-HB_STD = (0.229, 0.224, 0.255)  # Hummingbird's normalisation quirk (PROTOCOLS.md §6), kept for parity
+HB_STD = (0.229, 0.224, 0.255)  # Hummingbird's normalisation quirk (`hbird/hbird_eval.py`), kept for parity
 
 # The raw segmentation readers live in franca.data.datasets.segmentation (re-exported here).
 from franca.data.datasets.segmentation import (COCO_THING_SUPERCATEGORIES, DATASETS, VOC_CLASSES,  # noqa: E402,F401

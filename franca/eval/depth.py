@@ -1,4 +1,4 @@
-"""Monocular depth probe on NYUv2 with a frozen backbone, as Probe3D trains it (PROTOCOLS §9).
+"""Monocular depth probe on NYUv2 with a frozen backbone, as Probe3D trains it (`train_depth.py`).
 
 Features: the raw outputs (no final norm) of blocks [L/4−1, L/2−1, 3L/4−1, L−1], each patch map
 concatenated with its broadcast CLS token ("dense-cls"); images are centre-cropped to a square

@@ -1,4 +1,5 @@
-"""The depth probe of Probe3D (PROTOCOLS §9): a DPT-style head predicting depth as a soft
+"""The depth probe of Probe3D (Probe3D `evals/models/probes.py`,
+`evals/utils/losses.py`): a DPT-style head predicting depth as a soft
 mixture of 256 fixed bins, and its loss, 10·SigLoss + 0.5·GradientLoss.
 
 The head takes four feature maps of the frozen backbone (dense-cls: patch tokens concatenated

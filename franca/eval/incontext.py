@@ -1,5 +1,5 @@
 """Dense nearest-neighbour retrieval ("in-context" segmentation, the Hummingbird protocol,
-PROTOCOLS.md §6) with Franca's changes (§6 "Franca's changes").
+open-hummingbird-eval `hbird/hbird_eval.py`) with Franca's changes (arXiv 2507.14137, appendix C).
 
 Memory: L2-normalised patch tokens of augmented training images (paired RandomResizedCrop with
 scale (0.5, 2.0), colour jitter, HB normalisation) with soft patch labels (class fractions per

@@ -1,4 +1,4 @@
-"""Zero-shot keypoint correspondence on SPair-71k, as Probe3D evaluates it (PROTOCOLS §8).
+"""Zero-shot keypoint correspondence on SPair-71k, as Probe3D evaluates it (`evaluate_spair_correspondence.py`).
 
 Each image is padded at the bottom/right to a white square, resized to ``size`` (800 for
 the paper's models), normalised with ImageNet statistics and centre-padded to a multiple of the
@@ -261,7 +261,8 @@ def evaluate(
 
 
 def load_pairs(root: str | Path | None, split: str = "test") -> list[KeypointPair]:
-    """SPair-71k pairs (PROTOCOLS §12.6) under ``root`` (default: the built-in toy set), read with
+    """SPair-71k pairs (the layout of Probe3D's `evals/datasets/spair.py`)
+    under ``root`` (default: the built-in toy set), read with
     ``franca.data.datasets.spair.SPair71k.lazy_pairs``; images are opened lazily when their features
     are computed. ``root`` may be the ``SPair-71k`` folder or its parent."""
     from franca.data.datasets.spair import SPair71k

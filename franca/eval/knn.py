@@ -1,4 +1,4 @@
-"""Weighted k-NN classification on frozen CLS features (PROTOCOLS.md §2; DINOv2 `eval/knn.py`).
+"""Weighted k-NN classification on frozen CLS features (DINOv2 `dinov2/eval/knn.py`).
 
 Train CLS features are the memory; each query takes its top max(ks) cosine neighbours, turns
 their similarities into weights w_j = softmax_j(sim_j / T) over all max(ks) neighbours, and for
@@ -109,7 +109,7 @@ def _faiss_neighbours(train_feats: torch.Tensor, test_feats: torch.Tensor, k: in
 def knn_votes(
     sims: torch.Tensor, neighbour_labels: torch.Tensor, ks: Sequence[int], T: float, num_classes: int
 ) -> dict[int, torch.Tensor]:
-    """Class scores per k from sorted neighbour similarities (PROTOCOLS.md §2 voting).
+    """Class scores per k from sorted neighbour similarities (the voting of DINOv2 `dinov2/eval/knn.py`).
 
     Args:
         sims: (Q, K) similarities, sorted descending, K = max(ks) (or fewer if the bank is small).

@@ -1,4 +1,4 @@
-"""Linear probe on frozen features (DINOv2 protocol, PROTOCOLS.md §3).
+"""Linear probe on frozen features (DINOv2 protocol, `dinov2/eval/linear.py`).
 
 Four classifier inputs: the normed CLS of the last 1 or last 4 blocks (concatenated), each with or
 without the average of the last block's patch tokens appended. For every input, 13 learning rates

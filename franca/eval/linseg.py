@@ -1,5 +1,5 @@
-"""Linear semantic segmentation (PROTOCOLS.md §7): a BatchNorm + 1×1 conv head on the frozen
-backbone's last-layer patch tokens, with Franca's changes (§7.2): epoch-based training, crop 518,
+"""Linear semantic segmentation (DINOv2 mmseg `linear_head.py`): a BatchNorm + 1×1 conv head on the frozen
+backbone's last-layer patch tokens, with Franca's changes (paper appendix C): epoch-based training, crop 518,
 sliding-window inference with stride crop/2, optimiser per data set (VOC: SGD, ADE20K: AdamW),
 optional multi-scale test [1.0, 1.32, 1.73]. mIoU is mmseg's: pooled IoU, NaN-mean over classes.
 

@@ -1,4 +1,5 @@
-"""Logistic regression on frozen CLS features, the fine-grained protocol (PROTOCOLS.md §4, Table 7).
+"""Logistic regression on frozen CLS features, the fine-grained protocol (arXiv 2507.14137,
+Table 7; DINOv2 `dinov2/eval/log_regression.py`).
 
 Multinomial logistic regression with an L2 penalty on the weights (not the bias), fitted by
 L-BFGS in float64 — the objective of scikit-learn's ``LogisticRegression(C)`` and cuML's

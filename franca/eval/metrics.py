@@ -1,5 +1,6 @@
 """Segmentation metrics shared by the dense protocols: a streaming confusion matrix, IoU/mIoU,
-and the cluster-to-class matchings of Leopart / Hummingbird (PROTOCOLS.md §5, §6, §7).
+and the cluster-to-class matchings of Leopart / Hummingbird (Leopart `experiments/utils.py`,
+open-hummingbird-eval `hbird/utils/eval_metrics.py`).
 
 Conventions: a confusion matrix has GT classes as rows and predicted classes (or clusters)
 as columns, `conf[g, p]` = number of valid pixels with ground truth g predicted as p.

@@ -1,4 +1,5 @@
-"""Metrics of the 3D probes (PROTOCOLS §8-9): keypoint PCK and the NYUv2 depth metrics.
+"""Metrics of the 3D probes (Probe3D `evaluate_spair_correspondence.py`,
+`evals/utils/metrics.py`): keypoint PCK and the NYUv2 depth metrics.
 
 PCK follows Probe3D's SPair-71k evaluation: the error of a predicted keypoint, in coordinates
 normalised by the image side, divided by the target box's longest side over the image's longest

@@ -1,4 +1,5 @@
-"""Overclustering (the Leopart protocol, PROTOCOLS.md §5): K-means on the frozen patch tokens of a
+"""Overclustering (the Leopart protocol,
+`experiments/overcluster/sup_overcluster.py`): K-means on the frozen patch tokens of a
 whole validation set, clusters matched to classes, mIoU.
 
 Steps as Leopart's code does them: resize to S×S (not crop) → last-layer normed patch tokens →

@@ -1,6 +1,6 @@
 """PCA slicing (Table 9): how much class information sits in the top principal directions.
 
-PROTOCOLS.md §11, with its stated assumptions: fit a PCA on the *train* CLS features
+Table 9 of arXiv 2507.14137 (no released code), with these assumptions: fit a PCA on the *train* CLS features
 (``x_norm_clstoken``), centred, components sorted by explained variance; project train and val
 onto the first k components for k ∈ {200, 100, 50, 25, 10} (clipped to the feature width); train
 the linear probe of §3 on that single input (13-lr grid, SGD momentum 0.9, cosine) and report the
