@@ -244,3 +244,25 @@ def test_old_argument_names_still_work_and_warn():
     with pytest.warns(DeprecationWarning, match="dataset → data"):
         keyword = overcluster.evaluate(ColourBackbone(), dataset=Blocks(4), device="cpu", **kw)
     assert positional["results"] == keyword["results"] == new["results"]
+
+
+@pytest.mark.parametrize("command", ["incontext", "linseg"])
+def test_a_missing_default_trainaug_names_the_flag(tmp_path, capsys, command):
+    from franca.cli import main
+
+    root = _write_voc(tmp_path / "data")
+    rc = main(["eval", command, "--model", "vitt8", "--random-init", "--device", "cpu", "--data", str(root),
+               "--size", "32", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "SegmentationClassAug" in err and "--train-split train" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_k_above_the_token_count_fails_before_any_clustering(monkeypatch):
+    """3 images at 32 px with patch 4 give 3 * 64 = 192 tokens: K = 193 is refused before the feature pass,
+    so no K's result is computed and then lost."""
+    called = []
+    monkeypatch.setattr(overcluster, "extract_tokens", lambda *a, **k: called.append(1))
+    with pytest.raises(ValueError, match=r"K=193 needs at least K patch tokens.*3 images at size 32 give 192"):
+        overcluster.evaluate(ColourBackbone(), Blocks(3), ks=(4, 193), size=32, device="cpu", seeds=(0,))
+    assert not called

@@ -229,6 +229,22 @@ def add_segmentation_arguments(p: argparse.ArgumentParser, name: str, group: str
     return own
 
 
+def segmentation_splits(args: argparse.Namespace, default_train: str, reduce_zero_label: bool) -> tuple[Any, Any]:
+    """The (train, val) readers of a dense command: `--train-split` (default `default_train`) and
+    `--val-split` of `--dataset` under `--data`. A missing default split names the flag that picks another."""
+    from franca.eval.dense import build_segmentation
+
+    split = args.train_split or default_train
+    try:
+        train = build_segmentation(args.dataset, args.data, split, reduce_zero_label=reduce_zero_label)
+    except FileNotFoundError as exc:
+        if args.train_split is not None:
+            raise
+        raise FileNotFoundError(f"{exc} (--train-split defaults to {split}; e.g. --train-split train)") from exc
+    val = build_segmentation(args.dataset, args.data, args.val_split, reduce_zero_label=reduce_zero_label)
+    return train, val
+
+
 def resolve_size(args: argparse.Namespace, default_size: int, patch: int | None = None) -> int:
     """--size (or the protocol's default; TOY_SIZE on the toy set), rounded down to a multiple of `patch`."""
     size = int(args.size) if args.size is not None else (TOY_SIZE if args.data is None else default_size)

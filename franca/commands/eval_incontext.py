@@ -34,16 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import eval_args, finish_segmentation, load_model_from_args, resolve_size, result_path
+    from franca.commands._common import (eval_args, finish_segmentation, load_model_from_args, resolve_size,
+                                         result_path, segmentation_splits)
     from franca.eval import incontext
-    from franca.eval.dense import build_segmentation
 
     started = time.time()
     result_path(args, "incontext")
-    train_split = args.train_split or ("trainaug" if args.dataset == "voc" else "train")
     # HB labels: ADE20K keeps 151 classes with 0 = "other" ignored (reduce_zero_label=False)
-    train = build_segmentation(args.dataset, args.data, train_split, reduce_zero_label=False)
-    val = build_segmentation(args.dataset, args.data, args.val_split, reduce_zero_label=False)
+    train, val = segmentation_splits(args, "trainaug" if args.dataset == "voc" else "train", reduce_zero_label=False)
     model, device = load_model_from_args(args)
     common = eval_args(args, device, data=(train, val), size=resolve_size(args, 518, model.patch_size))
     result = incontext.evaluate(model, **common.kwargs_for(incontext.evaluate), k=args.k,

@@ -37,16 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import eval_args, finish_segmentation, load_model_from_args, resolve_size, result_path
+    from franca.commands._common import (eval_args, finish_segmentation, load_model_from_args, resolve_size,
+                                         result_path, segmentation_splits)
     from franca.eval import linseg
-    from franca.eval.dense import build_segmentation
 
     started = time.time()
     result_path(args, "linseg")
     ade = args.dataset == "ade20k"
-    train = build_segmentation(args.dataset, args.data, args.train_split or ("trainaug" if not ade else "train"),
-                               reduce_zero_label=ade)
-    val = build_segmentation(args.dataset, args.data, args.val_split, reduce_zero_label=ade)
+    train, val = segmentation_splits(args, "train" if ade else "trainaug", reduce_zero_label=ade)
     model, device = load_model_from_args(args)
     cache = args.cache_views if args.cache_views is not None else (0 if device.type == "cuda" else 2)
     common = eval_args(args, device, data=(train, val), size=resolve_size(args, 518, int(model.patch_size)))

@@ -160,6 +160,11 @@ def evaluate(model: torch.nn.Module, data=None, *, size: int = 448, seeds: Seque
     num_classes, ignore = dataset_info(dataset)
     size = round_to_patch(size, int(model.patch_size))
     ks = [num_classes if k is None else int(k) for k in ks]
+    n_tokens = len(dataset) * (size // int(model.patch_size)) ** 2
+    too_big = [k for k in ks if k > n_tokens]
+    if too_big:  # before the feature pass and the first K-means, so no K's result is computed and then lost
+        raise ValueError(f"K={too_big[0]} needs at least K patch tokens to cluster, but {len(dataset)} images at "
+                         f"size {size} give {n_tokens}; use smaller K or more images")
     model = model.eval().to(device)
     tokens, grid, masks = extract_tokens(model, dataset, size, device, batch_size, num_workers, use_rasa, mask_size)
     res = overcluster_scores(tokens, grid, masks, num_classes, ks, seeds, ignore, pca_dim, niter, nredo,
