@@ -195,7 +195,8 @@ def test_a_sample_gives_one_image_by_image_keys_order(tmp_path):
     _tar(tmp_path / "a.tar", [("x.png", _png_bytes(1)), ("x.jpg", _png_bytes(2)), ("x.json", b"{}"),
                               ("y.seg.png", _png_bytes(3)), ("y.webp", _png_bytes(4))])
     assert list(WebDatasetShards(tmp_path, transform=_value, with_key=True)) == [("x", 2), ("y", 4)]
-    assert list(WebDatasetShards(tmp_path, transform=_value, image_keys=("seg.png",))) == [3]
+    only_seg = WebDatasetShards(tmp_path, transform=_value, image_keys=("seg.png",))
+    assert list(only_seg) == [None, 3] and only_seg.skipped == 1  # x has no seg.png: None, counted
 
 
 def test_shards_split_over_ranks_and_workers(tmp_path):

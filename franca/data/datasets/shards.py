@@ -4,7 +4,8 @@
 `list_shards(spec)` lists local shards: a folder (its `*.tar`), a glob, a file, a brace pattern
 (`expand_braces`: `train-{000..099}.tar`) or a list of these. Remote URLs (`http://…`, `pipe:…`) are
 refused with an error: franca works offline, so download the shards first.
-`tar_images(shard)` yields the image members of a shard, in file order, as bytes.
+`tar_images(shard)` yields the image members of a shard, in file order, as bytes; `tar_members(shard)` every
+file member (webdataset's sample grouping needs the members that are not images too).
 
 Members are never extracted to disk (names like "../x" or links cannot escape); link members are
 not images; a member over MAX_MEMBER_BYTES is not read (yielded with None bytes, so the reader can
@@ -20,7 +21,7 @@ import re
 import tarfile
 import zlib
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from franca.data.images import IMAGE_EXTENSIONS
 
@@ -118,20 +119,26 @@ def list_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
 _SHARD_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, ValueError)
 
 
-def tar_images(shard: str, damaged: set[str] | None = None) -> Iterator[tuple[str, bytes | None]]:
-    """(shard:member name, bytes) of the image members of a webdataset shard, in file order.
+def _is_image(member: str) -> bool:
+    return Path(member).suffix.lower() in IMAGE_EXTENSIONS
 
-    Bytes are None for a member over MAX_MEMBER_BYTES (not read). A shard that cannot be opened or
-    ends early (truncated, not a tar) stops with a warning naming it, once per process, after the
-    members read so far; its name is added to `damaged`.
+
+def tar_members(shard: str, damaged: set[str] | None = None,
+                read: Callable[[str], bool] = _is_image) -> Iterator[tuple[str, bytes | None]]:
+    """(shard:member name, bytes) of every regular-file member of a shard, in file order.
+
+    Bytes are read only for the members whose name satisfies `read` (the others come with None, so a
+    reader can group a sample's members without reading its captions) and not over MAX_MEMBER_BYTES
+    (None). A shard that cannot be opened or ends early (truncated, not a tar) stops with a warning
+    naming it, once per process, after the members read so far; its name is added to `damaged`.
     """
     try:
         with tarfile.open(shard) as tar:
             for m in tar:
-                if not (m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS):
+                if not m.isfile():
                     continue
                 name = f"{shard}:{m.name}"
-                if m.size > MAX_MEMBER_BYTES:
+                if m.size > MAX_MEMBER_BYTES or not read(m.name):
                     yield name, None
                     continue
                 f = tar.extractfile(m)
@@ -141,6 +148,16 @@ def tar_images(shard: str, damaged: set[str] | None = None) -> Iterator[tuple[st
         if damaged is not None:
             damaged.add(shard)
         _warn_damaged(shard, exc)
+
+
+def tar_images(shard: str, damaged: set[str] | None = None) -> Iterator[tuple[str, bytes | None]]:
+    """(shard:member name, bytes) of the image members (by extension) of a webdataset shard, in file order.
+
+    Bytes are None for a member over MAX_MEMBER_BYTES (not read). A damaged shard stops as in `tar_members`.
+    """
+    for name, data in tar_members(shard, damaged):
+        if _is_image(name[len(shard) + 1:]):
+            yield name, data
 
 
 _WARNED_SHARDS: set[str] = set()

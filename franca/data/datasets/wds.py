@@ -7,13 +7,16 @@ in it), a brace pattern (`shards/{00000..00127}.tar`, expanded by `shards.expand
 file, or a list of these. Remote URLs (`http://…`, `pipe:…`) are refused: download the shards first.
 
 A sample is the run of consecutive members sharing a key (the member path up to the first dot of its
-file name, as webdataset groups them); its image is the member whose extension comes first in
-`image_keys`. Shards are split across distributed ranks, then DataLoader workers (`shards[rank::world]
-[worker::workers]`), after an optional seeded shuffle of the shard list (`shuffle_shards`, the same order
+file name, as webdataset groups them: `a.b/0001.jpg` has the key `a.b/0001`, `img.v2.jpg` the key `img` and
+the extension `v2.jpg`); its image is the member whose extension comes first in `image_keys`. A sample with
+no member under `image_keys` (only a .json, or `img.v2.jpg`) yields None, with a warning naming it and its
+extensions, and is counted in `skipped`, as webdataset-based readers did. Shards are split across
+distributed ranks (the process group's, else torchrun's `RANK`/`WORLD_SIZE`), then DataLoader workers
+(`shards[rank::world][worker::workers]`), after an optional seeded shuffle of the shard list (`shuffle_shards`, the same order
 on every rank; `set_epoch` changes it) and before an optional shuffle buffer (`shuffle_buffer` samples,
 seeded by seed, epoch, rank and worker).
 
-Unreadable images follow the "skip" policy of `franca.data.datasets.folder.ImageFiles`: an image that
+Unreadable images (and image-less samples) follow the "skip" policy of `franca.data.datasets.folder.ImageFiles`: an image that
 cannot be decoded (or a member too large to read) yields **None** with a warning naming
 `shard:member`, and increments `skipped` (a per-process count); wrap the collate function in
 `franca.data.datasets.folder.SkipNoneCollate` to drop and count them.
@@ -23,12 +26,13 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from torch.utils.data import IterableDataset, get_worker_info
 
 from franca.data.datasets import shards as shards_mod
-from franca.data.images import IMAGE_EXTENSIONS, UNREADABLE_ERRORS, CorruptImageError, open_image, warn_skipped
+from franca.data.images import UNREADABLE_ERRORS, CorruptImageError, open_image, warn_skipped
 from franca.utils import distributed as dist_utils
 
 log = logging.getLogger(__name__)
@@ -39,11 +43,17 @@ def resolve_shards(urls: str | os.PathLike | Sequence[str]) -> list[str]:
     return shards_mod.list_shards(urls)
 
 
-def split_key(member: str) -> tuple[str, str]:
-    """(key, extension) of a member name as webdataset splits it: 'dir/a.seg.png' → ('dir/a', 'seg.png')."""
-    folder, _, base = member.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's rule: the key ends at the first dot of the file name
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset skips members named like this (shard metadata)
+
+
+def split_key(member: str) -> tuple[str, str] | None:
+    """(key, extension) of a member name as webdataset splits it: 'dir/a.seg.png' → ('dir/a', 'seg.png'),
+    'a.b/0001.jpg' → ('a.b/0001', 'jpg'); None for a name webdataset ignores (no extension, metadata)."""
+    m = _KEY.match(member)
+    if m is None or _META.match(member):
+        return None
+    return m.group(1), m.group(2).lower()
 
 
 class WebDatasetShards(IterableDataset):
@@ -55,10 +65,8 @@ class WebDatasetShards(IterableDataset):
                  shuffle_buffer: int = 0, seed: int = 0, with_key: bool = False):
         self.urls = resolve_shards(urls)
         self.image_keys = tuple(k.lower().lstrip(".") for k in image_keys)
-        odd = [k for k in self.image_keys if "." + k.rsplit(".", 1)[-1] not in IMAGE_EXTENSIONS]
-        if odd:
-            raise ValueError(f"webdataset: image_keys {odd} do not end in an image extension "
-                             f"({', '.join(IMAGE_EXTENSIONS)})")
+        if not self.image_keys or not all(self.image_keys):
+            raise ValueError(f"webdataset: image_keys must name member extensions (e.g. 'jpg'), got {image_keys!r}")
         if shuffle_buffer < 0:
             raise ValueError(f"webdataset: shuffle_buffer must be ≥ 0, got {shuffle_buffer}")
         self.transform = transform
@@ -79,26 +87,41 @@ class WebDatasetShards(IterableDataset):
         return shards[rank::world][worker::workers]
 
     def _samples(self, shards: Iterable[str]) -> Iterator[tuple[str, str, bytes | None]]:
-        """(key, shard:member, bytes) of each sample's image, in file order."""
+        """(key, shard:member, bytes) of each sample's image, in file order; a sample without a member under
+        `image_keys` gives (key, shard:key, None) and the extensions it has (counted as skipped by `_decode`)."""
+        def wanted(member: str) -> bool:
+            parts = split_key(member)
+            return parts is not None and parts[1] in self.image_keys
+
         for shard in shards:
-            key, found = None, {}
-            for name, data in shards_mod.tar_images(shard):
-                k, ext = split_key(name[len(shard) + 1:])
+            key, found, exts = None, {}, []
+            for name, data in shards_mod.tar_members(shard, read=wanted):
+                parts = split_key(name[len(shard) + 1:])
+                if parts is None:
+                    continue
+                k, ext = parts
                 if k != key:
-                    if found:
-                        yield self._pick(key, found)
-                    key, found = k, {}
+                    if key is not None:
+                        yield self._pick(shard, key, found, exts)
+                    key, found, exts = k, {}, []
+                exts.append(ext)
                 if ext in self.image_keys and ext not in found:
                     found[ext] = (name, data)
-            if found:
-                yield self._pick(key, found)
+            if key is not None:
+                yield self._pick(shard, key, found, exts)
 
-    def _pick(self, key: str, found: dict[str, tuple[str, bytes | None]]) -> tuple[str, str, bytes | None]:
+    def _pick(self, shard: str, key: str, found: dict[str, tuple[str, bytes | None]],
+              exts: list[str]) -> tuple[str, str, bytes | None] | tuple[str, None, str]:
+        if not found:  # no image member under image_keys: say what the sample holds
+            return key, None, (f"webdataset sample {shard}:{key} has no image member ({', '.join(self.image_keys)}; "
+                               f"it holds {', '.join(exts)})")
         name, data = found[next(k for k in self.image_keys if k in found)]
         return key, name, data
 
-    def _decode(self, key: str, name: str, data: bytes | None) -> Any:
+    def _decode(self, key: str, name: str | None, data: bytes | str | None) -> Any:
         try:
+            if name is None:
+                raise CorruptImageError(str(data))
             if data is None:
                 raise CorruptImageError(f"{name}: member larger than {shards_mod.MAX_MEMBER_BYTES:,} bytes, not read")
             img = open_image(data, name)
@@ -112,7 +135,7 @@ class WebDatasetShards(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rank, world = dist_utils.rank(), dist_utils.world_size()
+        rank, world = rank_and_world()
         mine = self.shards_of(rank, world, worker, workers)
         if not mine:
             log.warning("webdataset: rank %d, worker %d reads no shard (%d shards for %d ranks × %d workers)",
@@ -123,6 +146,22 @@ class WebDatasetShards(IterableDataset):
             samples = shuffle_buffer(samples, self.shuffle_buffer, rng)
         for key, name, data in samples:
             yield self._decode(key, name, data)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: the process group's once it is initialised, else torchrun's
+    `RANK` and `WORLD_SIZE` (as webdataset read them: each rank of a torchrun launch reads its own shards
+    even before the process group exists), else (0, 1)."""
+    if dist_utils.is_dist():
+        return dist_utils.rank(), dist_utils.world_size()
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return 0, 1
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"webdataset: the environment says RANK={rank}, WORLD_SIZE={world}: expected "
+                         "0 <= RANK < WORLD_SIZE")
+    return rank, world
 
 
 def shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:

@@ -1,0 +1,115 @@
+"""Regressions of the #20 reader refactor found by comparing with the webdataset-based reader (audit).
+
+Each test pins a behaviour the old reader (webdataset's sample grouping and node splitting) had and the
+refactored one lost: samples are grouped by webdataset's key rule, a sample without an image is a counted
+None (never dropped silently), and a torchrun launch splits shards by RANK/WORLD_SIZE.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from franca.data.datasets import WebDatasetShards
+from franca.data.datasets.shards import tar_images, tar_members
+from franca.data.datasets.wds import rank_and_world, split_key
+
+
+def _png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (value, 0, 0)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _value(im: Image.Image) -> int:
+    return int(np.asarray(im)[0, 0, 0])
+
+
+@pytest.mark.parametrize("member, expected", [
+    ("00000001.jpg", ("00000001", "jpg")),
+    ("a.b/0001.jpg", ("a.b/0001", "jpg")),        # a dot in a folder name is not the key's end
+    ("img.v2.jpg", ("img", "v2.jpg")),            # the key ends at the FIRST dot of the file name
+    ("d/x.seg.PNG", ("d/x", "seg.png")),          # extensions are compared in lower case
+    ("README", None),                             # no extension: webdataset ignores the member
+    ("._0001.jpg", None),                         # macOS resource fork: no key before the dot
+    ("__meta__", None),
+])
+def test_split_key_is_webdatasets_rule(member, expected):
+    assert split_key(member) == expected
+
+
+def test_a_sample_without_an_image_is_a_counted_none_not_dropped(tmp_path, caplog):
+    """img2dataset writes 0001.jpg + .json + .txt per sample; a json-only sample and an `img.v2.jpg` sample
+    (key `img`, extension `v2.jpg`) hold no image under image_keys: each gives None with a warning naming
+    shard:key and what it holds, and is counted, as with the webdataset package (#20 dropped them silently)."""
+    shard = _tar(tmp_path / "s" / "00000.tar", [
+        ("0001.jpg", _png(1)), ("0001.json", b"{}"), ("0001.txt", b"a cat"),
+        ("0002.json", b'{"status": "failed"}'),
+        ("a.b/0003.jpg", _png(3)), ("a.b/0003.txt", b"dotted folder"),
+        ("img.v2.jpg", _png(4)), ("img.v2.txt", b"two dots"),
+        ("._0005.jpg", _png(99)), ("0005.png", _png(5)), ("__meta__", b"x"), ("0005.txt", b"one sample"),
+    ])
+    ds = WebDatasetShards(tmp_path / "s", transform=_value, with_key=True)
+    with caplog.at_level(logging.WARNING):
+        items = list(ds)
+    assert items == [("0001", 1), None, ("a.b/0003", 3), None, ("0005", 5)]
+    assert ds.skipped == 2
+    assert f"{shard}:0002 has no image member" in caplog.text and "it holds json" in caplog.text
+    assert f"{shard}:img has no image member" in caplog.text and "it holds v2.jpg, v2.txt" in caplog.text
+
+
+def test_image_keys_v2_jpg_reads_the_multi_dot_member(tmp_path):
+    _tar(tmp_path / "s" / "0.tar", [("img.v2.jpg", _png(4)), ("img.v2.txt", b"x"), ("b.jpg", _png(2))])
+    ds = WebDatasetShards(tmp_path / "s", transform=_value, image_keys=("v2.jpg", "jpg"))
+    assert list(ds) == [4, 2] and ds.skipped == 0
+
+
+def test_tar_members_reads_only_what_is_asked_and_tar_images_is_unchanged(tmp_path):
+    shard = str(_tar(tmp_path / "0.tar", [("a.jpg", _png(1)), ("a.txt", b"cap"), ("b.png", _png(2))]))
+    assert [(n, d is not None) for n, d in tar_members(shard)] == [
+        (f"{shard}:a.jpg", True), (f"{shard}:a.txt", False), (f"{shard}:b.png", True)]
+    assert [n for n, _ in tar_images(shard)] == [f"{shard}:a.jpg", f"{shard}:b.png"]
+
+
+def test_a_torchrun_launch_splits_shards_by_rank_before_the_process_group(tmp_path, monkeypatch):
+    """torchrun sets RANK and WORLD_SIZE; webdataset split shards by them even before init_process_group.
+    Without that, every rank of such a launch would read every shard (each image world times)."""
+    for s in range(4):
+        _tar(tmp_path / "s" / f"{s}.tar", [(f"{s}.png", _png(s))])
+    seen = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert rank_and_world() == (rank, 2)
+        seen.append(list(WebDatasetShards(tmp_path / "s", transform=_value)))
+    assert seen == [[0, 2], [1, 3]]
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="RANK=2, WORLD_SIZE=2"):
+        rank_and_world()
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert rank_and_world() == (0, 1)
+
+
+def test_image_keys_need_not_be_an_image_extension(tmp_path):
+    """Some exports store the picture as `0001.image` or `0001.img`; `image_keys=("image",)` reads it, as
+    with the webdataset package (the refactor refused any key without an image extension)."""
+    _tar(tmp_path / "s" / "0.tar", [("0001.image", _png(7)), ("0001.json", b"{}")])
+    assert list(WebDatasetShards(tmp_path / "s", transform=_value, image_keys=("image",))) == [7]
+    with pytest.raises(ValueError, match="image_keys"):
+        WebDatasetShards(tmp_path / "s", image_keys=())
