@@ -113,3 +113,29 @@ def test_image_keys_need_not_be_an_image_extension(tmp_path):
     assert list(WebDatasetShards(tmp_path / "s", transform=_value, image_keys=("image",))) == [7]
     with pytest.raises(ValueError, match="image_keys"):
         WebDatasetShards(tmp_path / "s", image_keys=())
+
+
+def test_a_folder_of_unreadable_files_stops_pretraining_with_one_line_naming_distinct_files(tmp_path, capsys):
+    """With DataLoader workers torch re-raises the worker's error with its whole traceback in the message;
+    the CLI line keeps the original message (the folder and distinct example files) and names the worker."""
+    from franca.cli import main
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_text("not a jpeg")
+    (bad / "b.png").write_bytes(b"")
+    rc = main(["pretrain", "--data", str(bad), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet",
+               "train.iterations=1", "train.batch_size_per_gpu=4", "data.num_workers=1"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 1 and err.startswith("franca pretrain: error: 64 of the 64 images tried in the image folder")
+    assert "Traceback" not in err and "(in DataLoader worker process 0)" in err
+    assert f"e.g. {bad / 'a.jpg'}, {bad / 'b.png'};" in err or f"e.g. {bad / 'b.png'}, {bad / 'a.jpg'};" in err
+
+
+def test_one_line_keeps_the_original_message_of_a_worker_error():
+    from franca.utils.errors import one_line
+
+    wrapped = RuntimeError("Caught KeyError in DataLoader worker process 3.\nOriginal Traceback (most recent call "
+                           "last):\n  File \"x.py\", line 1, in f\n    g()\nKeyError: 'config key data.x: unknown'")
+    assert one_line(wrapped) == "'config key data.x: unknown' (in DataLoader worker process 3)"
+    assert one_line(ValueError("plain\nmessage")) == "plain message"

@@ -211,7 +211,7 @@ class UnreadableFiles:
         """Count one unreadable file (logged as a warning) and raise if too many were."""
         self.tried += 1
         self.bad += 1
-        if len(self.examples) < 3:
+        if len(self.examples) < 3 and name not in self.examples:  # distinct files: a file drawn twice is one
             self.examples.append(name)
         log.log(self.log_level, "skipping unreadable image (%d of %d tried so far): %s", self.bad, self.tried, exc)
         self.check()

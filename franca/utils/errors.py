@@ -7,6 +7,7 @@ line `franca` prints instead of a traceback (`franca -v …` shows the traceback
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 from pathlib import Path
 
@@ -50,4 +51,18 @@ def one_line(exc: BaseException) -> str:
         msg = exc.args[0]  # str(KeyError) would quote the message
     else:
         msg = str(exc) or type(exc).__name__
+    msg = _unwrap_worker_error(msg)
     return " ".join(part.strip() for part in msg.strip().splitlines() if part.strip())
+
+
+_WORKER_ERROR = re.compile(r"^Caught (\w+) (in DataLoader worker process \d+)\.\s*\nOriginal Traceback", re.S)
+
+
+def _unwrap_worker_error(msg: str) -> str:
+    """A DataLoader worker's error re-raised by torch carries the worker's whole traceback in its message;
+    keep the original message (what it names) and say which worker raised it."""
+    m = _WORKER_ERROR.match(msg)
+    if m is None:
+        return msg
+    head, sep, original = msg.rpartition(f"{m.group(1)}: ")
+    return f"{original.strip()} ({m.group(2)})" if sep and original.strip() else msg
