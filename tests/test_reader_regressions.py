@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import tarfile
 from pathlib import Path
 
@@ -139,3 +140,22 @@ def test_one_line_keeps_the_original_message_of_a_worker_error():
                            "last):\n  File \"x.py\", line 1, in f\n    g()\nKeyError: 'config key data.x: unknown'")
     assert one_line(wrapped) == "'config key data.x: unknown' (in DataLoader worker process 3)"
     assert one_line(ValueError("plain\nmessage")) == "plain message"
+
+
+def test_a_folder_of_gzip_shards_is_refused_with_the_glob_that_reads_it(tmp_path):
+    """A folder listing takes *.tar only; a folder of LAION-style *.tar.gz used to say 'no image files' or
+    'no *.tar shards' and nothing more. The error now names the glob that reads them, and that glob works."""
+    import gzip
+
+    from franca.train.data import list_images as pretrain_list_images
+
+    plain = _tar(tmp_path / "plain" / "00000.tar", [("0001.png", _png(5)), ("0001.txt", b"cap")])
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    (gz / "00000.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    glob = re.escape(f"'{gz / '*.tar.gz'}'")
+    with pytest.raises(FileNotFoundError, match=f"no \\*.tar shards in the folder .*give them as a glob, {glob}"):
+        WebDatasetShards(gz)
+    with pytest.raises(FileNotFoundError, match=f"no image files .* 1 gzip-compressed shards .*{glob}"):
+        pretrain_list_images(gz)
+    assert list(WebDatasetShards(str(gz / "*.tar.gz"), transform=_value)) == [5]

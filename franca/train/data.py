@@ -66,7 +66,8 @@ def list_images(root: str | Path) -> list[Path]:
         raise FileNotFoundError(f"data folder {root} does not exist")
     files = _list_images(root)
     if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}"
+                                f"{shards_mod.compressed_hint(root)}")
     return files
 
 

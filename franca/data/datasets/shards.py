@@ -103,7 +103,7 @@ def list_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
     if p.is_dir():
         shards = sorted(str(s) for s in p.glob("*.tar"))
         if not shards:
-            raise FileNotFoundError(f"webdataset: no *.tar shards in the folder {p}")
+            raise FileNotFoundError(f"webdataset: no *.tar shards in the folder {p}{compressed_hint(p)}")
     elif "{" in spec:
         shards = expand_braces(spec)
     elif any(c in spec for c in "*?["):
@@ -114,6 +114,20 @@ def list_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
     if not shards or missing:
         raise FileNotFoundError(f"webdataset shards not found: {missing[:3] or spec}")
     return shards
+
+
+COMPRESSED_SHARDS = ("*.tar.gz", "*.tgz")
+
+
+def compressed_hint(folder: Path) -> str:
+    """'; it holds N gzip-compressed shards …: give them as a glob …' when `folder` holds *.tar.gz (or *.tgz)
+    shards, which a folder listing does not take (only *.tar); else ''."""
+    for pattern in COMPRESSED_SHARDS:
+        found = sorted(folder.glob(pattern))
+        if found:
+            return (f"; it holds {len(found)} gzip-compressed shards ({found[0].name}, …): give them as a glob, "
+                    f"'{folder / pattern}'")
+    return ""
 
 
 _SHARD_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, ValueError)
