@@ -159,3 +159,24 @@ def test_a_folder_of_gzip_shards_is_refused_with_the_glob_that_reads_it(tmp_path
     with pytest.raises(FileNotFoundError, match=f"no image files .* 1 gzip-compressed shards .*{glob}"):
         pretrain_list_images(gz)
     assert list(WebDatasetShards(str(gz / "*.tar.gz"), transform=_value)) == [5]
+
+
+@pytest.mark.parametrize("pattern, expected", [
+    (r"data\{v1\}/s-{0..1}.tar", ["data{v1}/s-0.tar", "data{v1}/s-1.tar"]),  # a literal brace in a folder name
+    (r"a\{1,2\}.tar", ["a{1,2}.tar"]),
+    (r"x{a\,b,c}", ["xa,b", "xc"]),                                         # an escaped comma inside a list
+    (r"x\{{1,2}\}", ["x{1}", "x{2}"]),
+])
+def test_expand_braces_takes_escaped_characters_literally(pattern, expected):
+    """braceexpand (which webdataset used) reads a backslash as 'the next character literally'; the refactor
+    expanded `a\\{1,2\\}` into two garbled names."""
+    from franca.data.datasets.shards import expand_braces
+
+    assert expand_braces(pattern) == expected
+
+
+def test_an_unbalanced_pattern_is_named_whole(tmp_path):
+    from franca.data.datasets.shards import expand_braces
+
+    with pytest.raises(ValueError, match=re.escape("'/shards/s-{0..3}.tar{'")):
+        expand_braces("/shards/s-{0..3}.tar{")

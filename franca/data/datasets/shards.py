@@ -38,8 +38,28 @@ def expand_braces(pattern: str) -> list[str]:
     """Shell-style brace expansion, in order: `a{0..3}.tar` → a0 … a3, `{000..002}` → 000, 001, 002 (an
     endpoint written with a leading zero pads every number to the wider endpoint), `{0..10..5}` (a step),
     `{a..c}` (letters), `{x,y}` (a list, items may nest braces); several groups give every combination,
-    the last group varying fastest. A group that is neither (`{x}`) stays literal; an unbalanced brace is
-    a ValueError naming the pattern."""
+    the last group varying fastest. A group that is neither (`{x}`) stays literal; a backslash takes the next
+    character literally (`\\{a,b\\}` is the text `{a,b}`), as webdataset's braceexpand did; an unbalanced
+    brace is a ValueError naming the pattern."""
+    protected = re.sub(r"\\(.)", lambda m: _protect(m.group(1)), pattern, flags=re.S)
+    try:
+        return [_unprotect(s) for s in _expand(protected)]
+    except ValueError:
+        raise ValueError(f"unbalanced braces in the pattern {pattern!r} (write a literal brace as \\{{ or \\}})") from None
+
+
+_ESCAPED = 0xF0000  # an escaped character c is held as chr(_ESCAPED + ord(c)) (Unicode private use) while expanding
+
+
+def _protect(ch: str) -> str:
+    return chr(_ESCAPED + ord(ch)) if ord(ch) < 0x10000 else ch
+
+
+def _unprotect(text: str) -> str:
+    return "".join(chr(ord(c) - _ESCAPED) if _ESCAPED <= ord(c) < _ESCAPED + 0x10000 else c for c in text)
+
+
+def _expand(pattern: str) -> list[str]:
     depth, start = 0, -1
     for pos, ch in enumerate(pattern):
         if ch == "{":
@@ -50,7 +70,7 @@ def expand_braces(pattern: str) -> list[str]:
                 break
             if depth == 0:
                 head, body, tail = pattern[:start], pattern[start + 1:pos], pattern[pos + 1:]
-                return [head + alt + rest for alt in _brace_alternatives(body) for rest in expand_braces(tail)]
+                return [head + alt + rest for alt in _brace_alternatives(body) for rest in _expand(tail)]
     if depth != 0:
         raise ValueError(f"unbalanced braces in the pattern {pattern!r}")
     return [pattern]
@@ -65,7 +85,7 @@ def _brace_alternatives(body: str) -> list[str]:
             parts.append(body[start:pos])
             start = pos + 1
     if parts:  # a list
-        return [x for part in [*parts, body[start:]] for x in expand_braces(part)]
+        return [x for part in [*parts, body[start:]] for x in _expand(part)]
     m = _INT_RANGE.match(body)
     if m:
         lo, hi, step = m.group(1), m.group(2), abs(int(m.group(3) or 1)) or 1
@@ -79,7 +99,7 @@ def _brace_alternatives(body: str) -> list[str]:
         a, b = ord(body[0]), ord(body[3])
         step = abs(int(m.group(2) or 1)) or 1
         return [chr(c) for c in (range(a, b + 1, step) if a <= b else range(a, b - 1, -step))]
-    return ["{" + x + "}" for x in expand_braces(body)]
+    return ["{" + x + "}" for x in _expand(body)]
 
 
 def reject_remote(spec: str) -> None:
