@@ -180,3 +180,20 @@ def test_an_unbalanced_pattern_is_named_whole(tmp_path):
 
     with pytest.raises(ValueError, match=re.escape("'/shards/s-{0..3}.tar{'")):
         expand_braces("/shards/s-{0..3}.tar{")
+
+
+def test_paths_and_n_skipped_can_still_be_assigned(tmp_path):
+    """`UnlabelledImageFolder.paths` and `ImageFiles.n_skipped` were plain attributes: a script that subsets a
+    folder (`ds.paths = ds.paths[:2]`) or resets the count (`ds.n_skipped = 0`) must keep working."""
+    from franca.data.datasets import ImageFiles, UnlabelledImageFolder
+
+    for i in range(4):
+        (tmp_path / f"{i}.png").write_bytes(_png(i))
+    (tmp_path / "9.png").write_bytes(b"broken")
+    ds = UnlabelledImageFolder(tmp_path, transform=_value)
+    ds.paths = ds.paths[:2]
+    assert len(ds) == 2 and [ds[i] for i in range(len(ds))] == [0, 1] and ds.files == ds.paths
+    files = ImageFiles(sorted(tmp_path.glob("*.png")), _value)
+    assert files[4] in {0, 1, 2, 3} and files.n_skipped == 1   # 9.png replaced by a readable file
+    files.n_skipped = 0
+    assert files.n_skipped == files.skipped == 0

@@ -200,6 +200,10 @@ class ImageFiles(Dataset):
         """`skipped` under its older name (RASA)."""
         return self.skipped
 
+    @n_skipped.setter
+    def n_skipped(self, value: int) -> None:  # `ds.n_skipped = 0` resets the count, as before
+        self.skipped = value
+
     def __len__(self) -> int:
         return len(self.files)
 
@@ -257,6 +261,10 @@ class UnlabelledImageFolder(ImageFiles):
     def paths(self) -> list[Path]:
         """The image files (`files`)."""
         return self.files
+
+    @paths.setter
+    def paths(self, files: Sequence[Path]) -> None:  # `ds.paths = ds.paths[:100]` takes a subset, as before
+        self.files = list(files)
 
 
 class SkipNoneCollate:
