@@ -197,3 +197,11 @@ def test_paths_and_n_skipped_can_still_be_assigned(tmp_path):
     assert files[4] in {0, 1, 2, 3} and files.n_skipped == 1   # 9.png replaced by a readable file
     files.n_skipped = 0
     assert files.n_skipped == files.skipped == 0
+
+
+def test_an_existing_shard_whose_path_looks_like_a_glob_is_read(tmp_path):
+    """`run[1]/00000.tar` exists: it is that file, not the glob `run1/00000.tar` (the webdataset package
+    opened it as a file; the refactor globbed it and said 'not found')."""
+    shard = _tar(tmp_path / "run[1]" / "00000.tar", [("0001.png", _png(9))])
+    assert list(WebDatasetShards(str(shard), transform=_value)) == [9]
+    assert list(WebDatasetShards(shard.parent, transform=_value)) == [9]

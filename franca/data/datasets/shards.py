@@ -124,6 +124,8 @@ def list_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
         shards = sorted(str(s) for s in p.glob("*.tar"))
         if not shards:
             raise FileNotFoundError(f"webdataset: no *.tar shards in the folder {p}{compressed_hint(p)}")
+    elif p.is_file():  # an existing file is a shard even when its path holds { [ * or ? (run[1]/0.tar)
+        shards = [spec]
     elif "{" in spec:
         shards = expand_braces(spec)
     elif any(c in spec for c in "*?["):
