@@ -61,7 +61,8 @@ def extract_features(model: nn.Module, paths: Sequence[Path], size: int, device:
     kept = [str(paths[i]) for i in out["labels"][good].tolist()]
     skipped = [str(p) for p, ok in zip(paths, good.tolist()) if not ok]
     if not kept:
-        raise ValueError("no readable images to extract features from")
+        raise ValueError(f"no readable images to extract features from: all {len(paths)} files are unreadable "
+                         f"(e.g. {', '.join(skipped[:3])})")
     grid = side // model.patch_size
     return {"cls": out["cls"][good], "patch": out["patch"][good], "files": kept, "skipped": skipped,
             "grid": [grid, grid], "size": side, "rasa": bool(rasa)}

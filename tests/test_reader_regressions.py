@@ -205,3 +205,15 @@ def test_an_existing_shard_whose_path_looks_like_a_glob_is_read(tmp_path):
     shard = _tar(tmp_path / "run[1]" / "00000.tar", [("0001.png", _png(9))])
     assert list(WebDatasetShards(str(shard), transform=_value)) == [9]
     assert list(WebDatasetShards(shard.parent, transform=_value)) == [9]
+
+
+def test_features_on_a_folder_of_unreadable_files_names_them(tmp_path, capsys):
+    from franca.cli import main
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_text("not a jpeg")
+    rc = main(["features", "--model", "vitt8", "--random-init", "--size", "16", "--data", str(tmp_path / "imgs"),
+               "--out", str(tmp_path / "f.pt"), "--device", "cpu", "--num-workers", "0", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 1 and f"all 1 files are unreadable (e.g. {tmp_path / 'imgs' / 'a.jpg'})" in err
+    assert not (tmp_path / "f.pt").exists()
