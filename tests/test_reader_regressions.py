@@ -217,3 +217,10 @@ def test_features_on_a_folder_of_unreadable_files_names_them(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 1 and f"all 1 files are unreadable (e.g. {tmp_path / 'imgs' / 'a.jpg'})" in err
     assert not (tmp_path / "f.pt").exists()
+
+
+def test_a_single_string_image_key_is_one_key(tmp_path):
+    """`image_keys="png"` is the key png (tuple("png") would be the keys p, n, g: every sample image-less)."""
+    _tar(tmp_path / "s" / "0.tar", [("0001.png", _png(3)), ("0001.jpg", _png(4))])
+    ds = WebDatasetShards(tmp_path / "s", transform=_value, image_keys="png")
+    assert ds.image_keys == ("png",) and list(ds) == [3]

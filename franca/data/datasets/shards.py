@@ -45,7 +45,8 @@ def expand_braces(pattern: str) -> list[str]:
     try:
         return [_unprotect(s) for s in _expand(protected)]
     except ValueError:
-        raise ValueError(f"unbalanced braces in the pattern {pattern!r} (write a literal brace as \\{{ or \\}})") from None
+        raise ValueError(f"unbalanced braces in the pattern {pattern!r} "
+                         "(write a literal brace as \\{ or \\})") from None
 
 
 _ESCAPED = 0xF0000  # an escaped character c is held as chr(_ESCAPED + ord(c)) (Unicode private use) while expanding

@@ -10,16 +10,17 @@ A sample is the run of consecutive members sharing a key (the member path up to 
 file name, as webdataset groups them: `a.b/0001.jpg` has the key `a.b/0001`, `img.v2.jpg` the key `img` and
 the extension `v2.jpg`); its image is the member whose extension comes first in `image_keys`. A sample with
 no member under `image_keys` (only a .json, or `img.v2.jpg`) yields None, with a warning naming it and its
-extensions, and is counted in `skipped`, as webdataset-based readers did. Shards are split across
-distributed ranks (the process group's, else torchrun's `RANK`/`WORLD_SIZE`), then DataLoader workers
-(`shards[rank::world][worker::workers]`), after an optional seeded shuffle of the shard list (`shuffle_shards`, the same order
-on every rank; `set_epoch` changes it) and before an optional shuffle buffer (`shuffle_buffer` samples,
-seeded by seed, epoch, rank and worker).
+extensions, and is counted in `skipped`, as webdataset-based readers did. `image_keys` are extensions
+(`"jpg"`, `"seg.png"`, or `"image"` for members named `0001.image`), a single string meaning one key.
+Shards are split across distributed ranks (the process group's, else torchrun's `RANK`/`WORLD_SIZE`),
+then DataLoader workers (`shards[rank::world][worker::workers]`), after an optional seeded shuffle of the
+shard list (`shuffle_shards`, the same order on every rank; `set_epoch` changes it) and before an optional
+shuffle buffer (`shuffle_buffer` samples, seeded by seed, epoch, rank and worker).
 
-Unreadable images (and image-less samples) follow the "skip" policy of `franca.data.datasets.folder.ImageFiles`: an image that
-cannot be decoded (or a member too large to read) yields **None** with a warning naming
-`shard:member`, and increments `skipped` (a per-process count); wrap the collate function in
-`franca.data.datasets.folder.SkipNoneCollate` to drop and count them.
+Unreadable images (and image-less samples) follow the "skip" policy of
+`franca.data.datasets.folder.ImageFiles`: an image that cannot be decoded (or a member too large to read)
+yields **None** with a warning naming `shard:member`, and increments `skipped` (a per-process count); wrap
+the collate function in `franca.data.datasets.folder.SkipNoneCollate` to drop and count them.
 """
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ class WebDatasetShards(IterableDataset):
                  image_keys: Sequence[str] = ("jpg", "jpeg", "png", "webp"), shuffle_shards: bool = False,
                  shuffle_buffer: int = 0, seed: int = 0, with_key: bool = False):
         self.urls = resolve_shards(urls)
+        if isinstance(image_keys, str):  # image_keys="jpg" is one key, not the keys "j", "p", "g"
+            image_keys = (image_keys,)
         self.image_keys = tuple(k.lower().lstrip(".") for k in image_keys)
         if not self.image_keys or not all(self.image_keys):
             raise ValueError(f"webdataset: image_keys must name member extensions (e.g. 'jpg'), got {image_keys!r}")
