@@ -240,13 +240,14 @@ def segmentation_splits(args: argparse.Namespace, default_train: str, reduce_zer
     from franca.eval.dense import build_segmentation
 
     split = args.train_split or default_train
+    # val first: an error of the whole layout (wrong --data or --dataset) is not blamed on the train split
+    val = build_segmentation(args.dataset, args.data, args.val_split, reduce_zero_label=reduce_zero_label)
     try:
         train = build_segmentation(args.dataset, args.data, split, reduce_zero_label=reduce_zero_label)
     except FileNotFoundError as exc:
         if args.train_split is not None:
             raise
         raise FileNotFoundError(f"{exc} (--train-split defaults to {split}; e.g. --train-split train)") from exc
-    val = build_segmentation(args.dataset, args.data, args.val_split, reduce_zero_label=reduce_zero_label)
     return train, val
 
 
