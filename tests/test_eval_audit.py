@@ -63,8 +63,8 @@ def _voc_devkit(root, n_train=4, n_val=3):
 
 # ---------------------------------------------------------------- EvalArgs / protocol_entry
 def test_eval_args_default_seeds_leave_each_protocol_its_own():
-    """EvalArgs() used to hand seeds=(0,) to every protocol, so overclustering and in-context ran one seed
-    instead of their five; left at None it is omitted, as its docstring says of every default."""
+    """EvalArgs() used to hand seeds=(0,) to every protocol, so overclustering ran one seed instead of its
+    five (Leopart's); left at None it is omitted, as its docstring says of every default."""
     assert EvalArgs().seeds is None
     for fn in (overcluster.evaluate, incontext.evaluate):
         assert "seeds" not in EvalArgs(data="root", size=64).kwargs_for(fn)

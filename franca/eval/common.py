@@ -41,7 +41,7 @@ class EvalArgs:
             (a `(train, val)` pair for the protocols that use two).
         size: input side in pixels (images resized/cropped to it; rounded to the patch size where needed).
         seeds: seeds to repeat the protocol with; results report mean and std over them (None: the
-            protocol's own seeds, e.g. overclustering's and in-context's five).
+            protocol's own seeds, e.g. overclustering's five).
         batch_size: images per backbone forward pass (a probe's own batch has its own name, e.g.
             `probe_batch_size`).
         device: "auto" (CUDA when available, the default of every protocol), "cpu", "cuda", "cuda:1", or a
