@@ -160,7 +160,8 @@ def test_old_argument_names_still_work_and_warn(tmp_path):
     with pytest.warns(DeprecationWarning, match="data_root → data; extract_batch_size → batch_size"):
         old = linear.evaluate(model, data_root=str(tmp_path), extract_batch_size=3, **kw)
     assert old["per_seed"] == new["per_seed"] and old["settings"]["batch_size"] == 3
-    with pytest.raises(TypeError, match="pass only batch_size"):
+    # the advice names the probe's new keyword: "pass only batch_size" would keep 256 as the backbone's batch
+    with pytest.raises(TypeError, match=r"\(extract_batch_size\); .*probe_batch_size=<your old batch_size>"):
         linear.evaluate(model, data_root=str(tmp_path), batch_size=256, extract_batch_size=64)
     with pytest.raises(ValueError, match=r"\(train, val\) pair"):
         linear.evaluate(model, object(), device="cpu")  # one data set: which split would it be?

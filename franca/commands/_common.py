@@ -209,6 +209,10 @@ patch-8 model (the keypoint protocol's rule). At 64 px (8 patches) a 3-5-patch o
 object tokens for overclustering at K=100 to separate a pretrained tiny model from its initialisation."""
 
 
+_LAYOUTS = {"voc": "VOCdevkit/… or VOCSegmentation/…", "ade20k": "ADEChallengeData2016/…",
+            "coco-things": "coco/images + annotations/…"}
+
+
 def add_segmentation_arguments(p: argparse.ArgumentParser, name: str, group: str, *, datasets: list[str],
                                default_size: int, size_help: str, seeds: list[int]) -> argparse._ArgumentGroup:
     """The flags of the dense commands (overcluster, incontext, linseg): the backbone (with --rasa), the
@@ -219,8 +223,9 @@ def add_segmentation_arguments(p: argparse.ArgumentParser, name: str, group: str
     add_model_arguments(p)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=datasets, default=datasets[0], help="data set (default: %(default)s)")
-    add_data_argument(g, "data set root in its official layout (VOCdevkit/…, ADEChallengeData2016/…, "
-                         "coco/images + annotations/…) (default: the built-in toy set, VOC layout)")
+    layouts = ", ".join(_LAYOUTS[d] for d in datasets)  # only the layouts this command reads
+    add_data_argument(g, f"data set root in its official layout ({layouts}) (default: the built-in toy set, "
+                         "VOC layout)")
     add_size_argument(g, f"{size_help}; rounded down to a multiple of the patch size (default: {default_size}, "
                          f"or {TOY_SIZE} on the built-in toy set; use less for tiny models)")
     own = p.add_argument_group(group)
@@ -235,13 +240,14 @@ def segmentation_splits(args: argparse.Namespace, default_train: str, reduce_zer
     from franca.eval.dense import build_segmentation
 
     split = args.train_split or default_train
+    # val first: an error of the whole layout (wrong --data or --dataset) is not blamed on the train split
+    val = build_segmentation(args.dataset, args.data, args.val_split, reduce_zero_label=reduce_zero_label)
     try:
         train = build_segmentation(args.dataset, args.data, split, reduce_zero_label=reduce_zero_label)
     except FileNotFoundError as exc:
         if args.train_split is not None:
             raise
         raise FileNotFoundError(f"{exc} (--train-split defaults to {split}; e.g. --train-split train)") from exc
-    val = build_segmentation(args.dataset, args.data, args.val_split, reduce_zero_label=reduce_zero_label)
     return train, val
 
 

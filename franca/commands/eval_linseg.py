@@ -19,6 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     g = add_segmentation_arguments(p, "linseg", "linear head", datasets=["voc", "ade20k"], default_size=518,
                                    size_help="training crop and sliding window", seeds=[0])
+    for action in p._actions:  # the backbone runs on the head's training crops: --train-batch-size
+        if action.dest == "batch_size":
+            action.default = None
+            action.help = ("not used by linseg: the backbone runs on the head's --train-batch-size crops per "
+                           "training step, and on one sliding window at a time")
     g.add_argument("--train-split", default=None, help="training split (default: trainaug for VOC, train otherwise)")
     g.add_argument("--val-split", default="val", help="evaluation split (default: %(default)s)")
     g.add_argument("--epochs", type=int, default=50, help="training epochs (default: %(default)s)")

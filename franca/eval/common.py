@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["EvalArgs", "SHARED_ARGUMENTS", "is_pair", "protocol_entry", "split_pair"]
+__all__ = ["BATCH_SIZE_CHANGED", "EvalArgs", "SHARED_ARGUMENTS", "is_pair", "protocol_entry", "split_pair"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -40,7 +40,8 @@ class EvalArgs:
         data: a data set root on disk (None: the built-in toy set) or, where a protocol accepts it, data sets
             (a `(train, val)` pair for the protocols that use two).
         size: input side in pixels (images resized/cropped to it; rounded to the patch size where needed).
-        seeds: seeds to repeat the protocol with; results report mean and std over them.
+        seeds: seeds to repeat the protocol with; results report mean and std over them (None: the
+            protocol's own seeds, e.g. overclustering's five).
         batch_size: images per backbone forward pass (a probe's own batch has its own name, e.g.
             `probe_batch_size`).
         device: "auto" (CUDA when available, the default of every protocol), "cpu", "cuda", "cuda:1", or a
@@ -51,7 +52,7 @@ class EvalArgs:
 
     data: Any = None
     size: int | None = None
-    seeds: Sequence[int] = (0,)
+    seeds: Sequence[int] | None = None
     batch_size: int | None = None
     device: str | torch.device = "auto"
     num_workers: int = 0
@@ -60,8 +61,9 @@ class EvalArgs:
     def __post_init__(self) -> None:
         if isinstance(self.data, str):
             object.__setattr__(self, "data", Path(self.data))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        if not self.seeds:
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if self.seeds is not None and not self.seeds:
             raise ValueError("EvalArgs.seeds is empty: give at least one seed")
         for name in ("size", "batch_size"):
             value = getattr(self, name)
@@ -82,6 +84,11 @@ class EvalArgs:
 SHARED_ARGUMENTS: tuple[str, ...] = tuple(f.name for f in fields(EvalArgs))
 """The keyword names that mean the same in every `evaluate()` that takes them."""
 
+BATCH_SIZE_CHANGED = ("batch_size now means the images per backbone pass (it was extract_batch_size) and the "
+                      "probe's batch is probe_batch_size (it was batch_size): pass batch_size=<your "
+                      "extract_batch_size> and probe_batch_size=<your old batch_size>")
+"""What linear's and PCA slicing's `batch_size` means since this release (`protocol_entry(changed=…)`)."""
+
 
 def is_pair(data: Any) -> bool:
     """Whether `data` is a `(train, val)` pair of data sets (or roots) rather than one root or data set."""
@@ -94,7 +101,8 @@ def split_pair(data: Any) -> tuple[Any, Any]:
 
 
 def protocol_entry(*, old_positional: Sequence[str] = (), old_pair: tuple[str, str] | None = None,
-                   renamed: Mapping[str, str] | None = None) -> Callable[[_F], _F]:
+                   renamed: Mapping[str, str] | None = None,
+                   changed: Mapping[str, str] | None = None) -> Callable[[_F], _F]:
     """Decorator for a protocol's `evaluate(model, data=None, *, …, progress=True, …)`.
 
     - `progress=False` turns the progress bars off for the call (`franca.utils.progress.quiet`).
@@ -103,9 +111,13 @@ def protocol_entry(*, old_positional: Sequence[str] = (), old_pair: tuple[str, s
       the two keywords of `old_pair` (e.g. train_set, val_set) become `data=(train, val)` (a lone train
       entry becomes `data`); a call with more positional arguments than `model, data` is read as the
       old positional signature `model, *old_positional`.
+    - `changed` maps a keyword whose *meaning* changed (e.g. linear's "batch_size") to what it means now:
+      a call that mixes the old names with that keyword gets the explanation in its warning (it may carry
+      the old meaning), and one that passes it with its own old spelling is refused with it.
     The wrapped function keeps its signature (`inspect.signature` shows the new one).
     """
     renamed = dict(renamed or {})
+    changed = dict(changed or {})
     pair = tuple(old_pair or ())
 
     def decorate(fn: _F) -> _F:
@@ -130,10 +142,13 @@ def protocol_entry(*, old_positional: Sequence[str] = (), old_pair: tuple[str, s
                 given = set(kwargs) | ({"data"} if args else set())
                 if set(new) & given:
                     both = sorted(set(new) & given)
-                    raise TypeError(f"{where}(): got {', '.join(both)} together with their deprecated spelling "
-                                    f"({', '.join(sorted(old))}); pass only {', '.join(both)}")
-                warnings.warn(_deprecation_message(where, old, pair, renamed, positional), DeprecationWarning,
-                              stacklevel=2)
+                    spelled = sorted(k for k in old if _target(k, pair, renamed) in both)
+                    advice = "; ".join(changed[b] for b in both if b in changed) or f"pass only {', '.join(both)}"
+                    raise TypeError(f"{where}(): got {', '.join(both)} together with its deprecated spelling "
+                                    f"({', '.join(spelled)}); {advice}")
+                message = _deprecation_message(where, old, pair, renamed, positional)
+                notes = [changed[k] for k in changed if k in kwargs]
+                warnings.warn(message + "".join(f". Note: {n}" for n in notes), DeprecationWarning, stacklevel=2)
                 kwargs.update(new)
             from franca.utils.progress import quiet
 
@@ -143,6 +158,11 @@ def protocol_entry(*, old_positional: Sequence[str] = (), old_pair: tuple[str, s
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _target(old_name: str, pair: tuple[str, ...], renamed: Mapping[str, str]) -> str:
+    """The new keyword an old one becomes."""
+    return "data" if old_name in pair else renamed.get(old_name, old_name)
 
 
 def _translate(old: dict[str, Any], pair: tuple[str, ...], renamed: Mapping[str, str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ The dense protocols apply their own exact resizing/augmentation (Leopart, Hummin
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Sequence
@@ -28,16 +29,51 @@ from franca.data.datasets.segmentation import (COCO_THING_SUPERCATEGORIES, DATAS
                                                SegmentationSet, build_segmentation)
 
 __all__ = ["COCO_THING_SUPERCATEGORIES", "DATASETS", "VOC_CLASSES", "SegmentationSet", "as_segmentation",
-           "batched", "build_segmentation", "dataset_info", "pair_roots", "patch_features", "resize_pair",
-           "resized_loader", "round_to_patch", "to_tensor", "upsample_logits"]
+           "batched", "build_segmentation", "dataset_info", "pair_roots", "patch_features", "raw_items",
+           "resize_pair", "resized_loader", "round_to_patch", "to_tensor", "upsample_logits"]
 
 
 def as_segmentation(data, split: str, dataset: str = "voc", reduce_zero_label: bool = False):
-    """`data` if it is already a data set object; a root path (or None: the toy set) is read with
-    `build_segmentation(dataset, data, split)`. Lets `evaluate(model)` run on the built-in data."""
+    """The raw set to read: a root path (or None: the toy set) is read with `build_segmentation(dataset,
+    data, split)`, which lets `evaluate(model)` run on the built-in data; a data set object is checked by
+    `raw_items`."""
     if data is None or isinstance(data, (str, os.PathLike)):
         return build_segmentation(dataset, data, split, reduce_zero_label)
-    return data
+    return raw_items(data)
+
+
+def raw_items(dataset):
+    """`dataset` as the dense protocols read it: items (PIL RGB image, mask).
+
+    A reader of `franca.data.datasets` (VOCSegmentation, ADE20K, COCOThings) built with its default
+    `JointToTensor` is read through a copy with the pass-through transform `raw_pair` (the protocols
+    resize, augment and normalise themselves); with any other joint transform, or an object whose first
+    item is not a PIL image, a ValueError says what to pass instead of failing inside the protocol."""
+    from PIL import Image
+
+    from franca.data.datasets.pairs import ImageMaskPairs, raw_pair
+    from franca.data.datasets.transforms import JointToTensor
+
+    what = type(dataset).__name__
+    if isinstance(dataset, ImageMaskPairs) and dataset.transforms is not raw_pair:
+        if type(dataset.transforms) is not JointToTensor:
+            raise ValueError(f"{what} has the joint transform {dataset.transforms!r}, but the dense protocols read raw "
+                             "(PIL image, mask) items and resize and augment them themselves: build it with "
+                             "transforms=franca.data.datasets.pairs.raw_pair (or use build_segmentation)")
+        dataset = copy.copy(dataset)
+        dataset.transforms = raw_pair
+        return dataset
+    try:
+        n = len(dataset)
+        image = dataset[0][0] if n else None
+    except (TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise ValueError(f"expected a segmentation data set (len() and items (PIL image, mask)), got {what}: "
+                         f"{exc}") from exc
+    if image is not None and not isinstance(image, Image.Image):
+        raise ValueError(f"{what}[0] holds a {type(image).__name__} image, but the dense protocols read raw (PIL "
+                         "RGB image, mask) items (they resize and augment themselves): drop the data set's "
+                         "transform, or build it with franca.data.datasets.segmentation.build_segmentation")
+    return dataset
 
 
 def pair_roots(train, val):

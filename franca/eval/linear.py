@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from franca.eval.common import protocol_entry
+from franca.eval.common import BATCH_SIZE_CHANGED, protocol_entry
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,8 @@ def dinov2_inputs(n_available_blocks: int) -> dict[str, Callable[[dict[str, torc
 
 
 @protocol_entry(old_positional=("train_set", "val_set"), old_pair=("train_set", "val_set"),
-                renamed={"data_root": "data", "extract_batch_size": "batch_size"})
+                renamed={"data_root": "data", "extract_batch_size": "batch_size"},
+                changed={"batch_size": BATCH_SIZE_CHANGED})
 def evaluate(
     model: torch.nn.Module,
     data: Any = None,

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from franca.eval.common import protocol_entry, split_pair
-from franca.eval.dense import (IMAGENET_MEAN, IMAGENET_STD, as_segmentation, dataset_info, pair_roots,
+from franca.eval.dense import (DATASETS, IMAGENET_MEAN, IMAGENET_STD, as_segmentation, dataset_info, pair_roots,
                                patch_features, to_tensor)
 from franca.eval.metrics import StreamingConfusion, per_class_iou
 
@@ -274,6 +274,10 @@ def evaluate(model: nn.Module, data=None, *, size: int | None = None, seeds: Seq
     ade = dataset_name == "ade20k"
     val_set = as_segmentation(pair_roots(train_set, val_set), "val", dataset_name, reduce_zero_label=ade)
     train_set = as_segmentation(train_set, "train" if ade else "trainaug", dataset_name, reduce_zero_label=ade)
+    read = next((d for d in DATASETS if str(getattr(val_set, "name", "")).startswith(f"{d}-")), None)
+    if config is None and read is not None and read != dataset_name:  # the recipe follows dataset_name
+        raise ValueError(f"the val set is {read} ({val_set.name}) but dataset_name={dataset_name!r} picks the "
+                         f"{dataset_name} recipe (optimiser, test scales); pass dataset_name={read!r}")
     num_classes, ignore = dataset_info(val_set)
     if ignore != 255:
         raise ValueError(f"linear segmentation expects ignore index 255 (ADE20K with reduce_zero_label), got {ignore}")

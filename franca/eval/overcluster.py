@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from franca.eval.common import protocol_entry
+from franca.eval.common import is_pair, protocol_entry
 from franca.eval.dense import as_segmentation, dataset_info, patch_features, resized_loader, round_to_patch
 from franca.eval.metrics import MatchMode, StreamingConfusion, matched_miou
 
@@ -156,6 +156,9 @@ def evaluate(model: torch.nn.Module, data=None, *, size: int = 448, seeds: Seque
 
     _check_matching(matching)  # before the feature pass, not after it
     device = resolve_device(device)
+    if is_pair(data):
+        raise ValueError("overclustering clusters one set (the val split, as Leopart): pass data=<that set or a "
+                         "root> (with split=...), not a (train, val) pair")
     dataset = as_segmentation(data, split, dataset_name, reduce_zero_label=False)  # Leopart/HB labels
     num_classes, ignore = dataset_info(dataset)
     size = round_to_patch(size, int(model.patch_size))

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from franca.eval.common import protocol_entry
+from franca.eval.common import BATCH_SIZE_CHANGED, protocol_entry
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def project(x: torch.Tensor, mean: torch.Tensor, components: torch.Tensor, k: in
 
 
 @protocol_entry(old_positional=("train_set", "val_set"), old_pair=("train_set", "val_set"),
-                renamed={"data_root": "data", "extract_batch_size": "batch_size"})
+                renamed={"data_root": "data", "extract_batch_size": "batch_size"},
+                changed={"batch_size": BATCH_SIZE_CHANGED})
 def evaluate(
     model: torch.nn.Module,
     data: Any = None,

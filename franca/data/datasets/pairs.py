@@ -4,9 +4,9 @@ lists of image and mask files, one way to read each, one joint transform.
 A subclass calls `set_pairs` (every listed file must exist: the first missing one is named at
 construction) and may override `read_mask` (e.g. a label map). Images are read by `load_rgb` (stored
 orientation kept: the masks are annotated on the stored pixels); masks by `load_label_png`, the one
-mask rule: palette (P) or single-channel (L, or 16-bit with values <= 255) PNGs are class indices; an
-RGB(A)-saved mask whose three colour channels are equal (HB stores some masks so) is read from its
-first channel; an RGB mask whose channels differ is colour-coded, not indices, and raises
+mask rule: palette (P) or single-channel (L, LA with its alpha dropped, or 16-bit with values <= 255)
+PNGs are class indices; an RGB(A)-saved mask whose three colour channels are equal (HB stores some
+masks so) is read from its first channel; an RGB mask whose channels differ is colour-coded, not indices, and raises
 `CorruptImageError` naming the file. An image and its mask must have the same size.
 
 `raw_pair` is the pass-through transform: items stay (PIL RGB image, int64 numpy mask (H, W)), which
@@ -38,6 +38,8 @@ def _as_indices(im: Image.Image, p: Path) -> np.ndarray:
             raise CorruptImageError(f"segmentation mask {p} ({im.mode}) holds values outside 0..255 "
                                     f"(min {arr.min()}, max {arr.max()}): expected class indices")
         return arr.astype(np.uint8)
+    if im.mode == "LA":  # a single-channel mask saved with an alpha channel: the index is the L channel
+        return np.array(im, dtype=np.uint8)[..., 0].copy()
     if im.mode in ("RGB", "RGBA"):
         arr = np.array(im.convert("RGB"), dtype=np.uint8)
         if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():

@@ -55,9 +55,34 @@ def build_segmentation(dataset: str, root: str | Path | None, split: str,
         root = builtin_toy()
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"data root not found: {root}")
-    if dataset == "voc":
-        return VOCSegmentation(root, split, transforms=raw_pair)
-    if dataset == "ade20k":
-        return ADE20K(root, split, reduce_zero_label=reduce_zero_label, transforms=raw_pair)
-    return COCOThings(root, split, transforms=raw_pair)
+        hint = (f" ({str(root)!r} names a data set: give it as dataset_name= / --dataset and its folder as "
+                "data= / --data)" if str(root) in DATASETS else "")
+        raise FileNotFoundError(f"data root not found: {root}{hint}")
+    try:
+        if dataset == "voc":
+            return VOCSegmentation(root, split, transforms=raw_pair)
+        if dataset == "ade20k":
+            return ADE20K(root, split, reduce_zero_label=reduce_zero_label, transforms=raw_pair)
+        return COCOThings(root, split, transforms=raw_pair)
+    except FileNotFoundError as exc:
+        other = _other_layout(root, dataset)
+        if other is None:
+            raise
+        raise FileNotFoundError(f"{exc} (this folder holds {other}: pass dataset_name={other!r} / "
+                                f"--dataset {other})") from exc
+
+
+def _other_layout(root: Path, dataset: str) -> str | None:
+    """The data set whose layout `root` holds when it is not `dataset`'s (for the error), else None."""
+    from franca.data.datasets.voc import find_voc_layout
+
+    looks = {"ade20k": (root / "ADEChallengeData2016").is_dir() or (root / "annotations" / "training").is_dir(),
+             "coco-things": any((root / "annotations" / d).is_dir() for d in
+                                ("panoptic_annotations", "semantic_segmentation_val2017",
+                                 "semantic_segmentation_train2017"))}
+    try:
+        find_voc_layout(root)
+        looks["voc"] = True
+    except FileNotFoundError:
+        looks["voc"] = False
+    return next((d for d in DATASETS if d != dataset and looks[d]), None)
