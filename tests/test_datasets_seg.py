@@ -182,8 +182,9 @@ def _voc_tree(base, layout, splits, aug=None):
 
 
 def test_voc_trainaug_from_trainaug_txt_alone_or_aug_union_train(tmp_path):
-    """trainaug.txt is read alone (in its order); mmseg's aug.txt is joined with train.txt, deduplicated
-    and sorted; trainaug masks come from SegmentationClassAug."""
+    """trainaug.txt is read alone (in its order), every mask from SegmentationClassAug; mmseg's aug.txt is
+    joined with train.txt, deduplicated and sorted, train ids with their SegmentationClass masks (mmseg's
+    voc12aug config) and the other ids with SegmentationClassAug's."""
     from franca.data.datasets import build_segmentation
 
     aug = {"c": 30, "a": 31, "b": 32, "d": 33}
@@ -196,9 +197,10 @@ def test_voc_trainaug_from_trainaug_txt_alone_or_aug_union_train(tmp_path):
     mm = _voc_tree(tmp_path / "mm" / "VOCdevkit" / "VOC2012", "devkit",
                    {"train": ["b", "a"], "aug": ["d", "a", "c"], "val": ["b"]}, aug)
     ds = build_segmentation("voc", tmp_path / "mm", "trainaug")
-    assert ds.ids == ["a", "b", "c", "d"] and ds.list_files == "aug.txt + train.txt" and ds.name == "voc-trainaug"
-    img, mask = ds[1]  # raw items: PIL image, int64 numpy mask from SegmentationClassAug
-    assert img.mode == "RGB" and mask.dtype == np.int64 and np.array_equal(mask, _label(32))
+    assert ds.ids == ["a", "b", "c", "d"] and ds.list_files == "train.txt + aug.txt" and ds.name == "voc-trainaug"
+    img, mask = ds[1]  # raw items: PIL image, int64 numpy mask; "b" is a train id: its VOC mask (seed = index 1)
+    assert img.mode == "RGB" and mask.dtype == np.int64 and np.array_equal(mask, _label(1))
+    assert np.array_equal(ds[0][1], _label(0)) and np.array_equal(ds[2][1], _label(30))  # a: VOC; c: SBD
     # the train split of the devkit reads SegmentationClass; Leopart/HB's reads SegmentationClassAug
     assert np.array_equal(build_segmentation("voc", tmp_path / "mm", "train")[0][1], _label(1))
     assert torch.equal(VOCSegmentation(hb, "train")[0][1], torch.from_numpy(_label(31).astype(np.int64)))
@@ -223,18 +225,19 @@ def test_voc_missing_trainaug_is_an_error_naming_the_files(tmp_path):
 
 
 def test_toy_trainaug_is_the_train_split_with_the_same_masks(tmp_path):
-    """The built-in toy layout writes trainaug.txt (= train) and SegmentationClassAug (the same labels as
-    index PNGs), so the protocols' default trainaug reads exactly the train images and masks."""
+    """The built-in toy layout writes mmseg's lists (trainaug.txt = aug.txt = train) and SegmentationClassAug
+    (the same labels as index PNGs), so the protocols' default trainaug reads exactly the train images and
+    masks (mmseg's rule: train ids from SegmentationClass)."""
     from franca.data.datasets import build_segmentation
     from franca.data.toy import generate_toy
 
     root = generate_toy(tmp_path / "toy", size=16, n_train=4, n_val=2, n_seg=(3, 2), n_depth=(2, 2),
                         n_pairs=(2, 2, 2), progress=False)
     aug, train = build_segmentation("voc", root, "trainaug"), build_segmentation("voc", root, "train")
-    assert aug.ids == train.ids and aug.list_files == "trainaug.txt" and aug.name == "voc-trainaug"
+    assert aug.ids == train.ids and aug.list_files == "train.txt + aug.txt" and aug.name == "voc-trainaug"
     assert aug.class_names == train.class_names and aug.class_names[0] == "background" and aug.num_classes == 11
     for i in range(len(aug)):
-        assert np.array_equal(aug[i][1], train[i][1]) and aug.mask_paths[i].parent.name == "SegmentationClassAug"
+        assert np.array_equal(aug[i][1], train[i][1]) and aug.mask_paths[i].parent.name == "SegmentationClass"
 
 
 def test_voc_class_names_from_classes_or_labels_txt(tmp_path):
@@ -372,3 +375,19 @@ def test_build_segmentation_items_follow_the_segmentation_set_protocol(tmp_path)
         build_segmentation("kitti", tmp_path, "val")
     with pytest.raises(ValueError, match="--data is required for ade20k"):
         build_segmentation("ade20k", None, "val")
+
+
+def test_voc_mmseg_trainaug_needs_no_sbd_mask_for_train_only_ids(tmp_path):
+    """mmseg's voc_aug.py writes SBD masks only (SegmentationClassAug lacks VOC-train ids that SBD does not
+    have) and both trainaug.txt and aug.txt: trainaug then reads train.txt + aug.txt, each from its own
+    folder, instead of failing on the first train-only id in SegmentationClassAug."""
+    mm = _voc_tree(tmp_path / "VOCdevkit" / "VOC2012", "devkit",
+                   {"train": ["t1", "t2"], "aug": ["s1", "s2"], "trainaug": ["s1", "s2", "t1", "t2"], "val": ["v"]},
+                   {"s1": 40, "s2": 41, "t1": 42})  # t2 is in VOC train only: no SBD mask
+    ds = VOCSegmentation(tmp_path, "trainaug")
+    assert ds.ids == ["s1", "s2", "t1", "t2"] and len(ds) == 4
+    assert [p.parent.name for p in ds.mask_paths] == ["SegmentationClassAug"] * 2 + ["SegmentationClass"] * 2
+    assert torch.equal(ds[3][1], torch.from_numpy(_label(3).astype(np.int64)))  # t2: its VOC mask (index 3)
+    (mm / "ImageSets/Segmentation/aug.txt").unlink()  # DeepLab-style: trainaug.txt, every mask from Aug
+    with pytest.raises(FileNotFoundError, match=r"SegmentationClassAug/t2\.png"):
+        VOCSegmentation(tmp_path, "trainaug")

@@ -91,13 +91,17 @@ class ImageMaskPairs(Dataset):
     name: str = "segmentation"
     split: str = ""
 
-    def set_pairs(self, ids: list[str], image_dir: Path, mask_dir: Path, what: str, image_ext: str = ".jpg",
-                  mask_ext: str = ".png") -> None:
-        """Pair `image_dir/<id><image_ext>` with `mask_dir/<id><mask_ext>` for each id; every file
-        must exist (FileNotFoundError naming the first missing one and `what` listed it)."""
+    def set_pairs(self, ids: list[str], image_dir: Path, mask_dir: Path | Sequence[Path], what: str,
+                  image_ext: str = ".jpg", mask_ext: str = ".png") -> None:
+        """Pair `image_dir/<id><image_ext>` with `mask_dir/<id><mask_ext>` for each id (`mask_dir` may be
+        one folder per id); every file must exist (FileNotFoundError naming the first missing one and
+        `what` listed it)."""
         self.ids = list(ids)
+        dirs = [mask_dir] * len(self.ids) if isinstance(mask_dir, (str, os.PathLike)) else list(mask_dir)
+        if len(dirs) != len(self.ids):
+            raise ValueError(f"{what}: {len(dirs)} mask folders for {len(self.ids)} ids")
         self.image_paths = [image_dir / f"{i}{image_ext}" for i in self.ids]
-        self.mask_paths = [mask_dir / f"{i}{mask_ext}" for i in self.ids]
+        self.mask_paths = [Path(d) / f"{i}{mask_ext}" for d, i in zip(dirs, self.ids)]
         for img, mask in zip(self.image_paths, self.mask_paths):
             require_file(img, f"image listed by {what}")
             require_file(mask, f"mask listed by {what}")

@@ -9,12 +9,17 @@ looked for in this order under `root`:
   `sets/<split>.txt`; val masks from `SegmentationClass`, train and trainaug masks from
   `SegmentationClassAug` (Leopart's VOCDataset).
 
-Splits: any `<split>.txt` in the split folder. trainaug (10,582 images) is read from `trainaug.txt`
-alone when it exists (the Leopart/HB list, which already holds train); otherwise from mmseg's
-`aug.txt` joined with `train.txt` (mmseg's config concatenates both lists), deduplicated and sorted.
-Asking for trainaug where neither list or `SegmentationClassAug/` exists is an error naming the files
-expected: the train split is never substituted silently (the built-in toy set writes both lists and
-the Aug folder, so it needs no fallback). `split` and `name` ("voc-<split>") record the split read.
+Splits: any `<split>.txt` in the split folder. trainaug (10,582 images) follows the layout's own tool:
+- mmseg (`aug.txt` in the devkit, written by mmseg's `voc_aug.py` next to a `trainaug.txt`): the ids of
+  `train.txt` with their VOC masks from `SegmentationClass`, plus the ids of `aug.txt` not in train with
+  their SBD masks from `SegmentationClassAug` (mmseg's `voc12aug` config concatenates exactly these two;
+  mmseg's `SegmentationClassAug` holds only SBD's images, so reading all of `trainaug.txt` from it fails);
+- otherwise `trainaug.txt` with every mask from `SegmentationClassAug` (the Leopart/HB list and DeepLab's
+  mask folder, which holds train and SBD alike).
+mmseg's ids are sorted; trainaug.txt keeps its order. Asking for trainaug where neither list or `SegmentationClassAug/` exists is an error
+naming the files expected: the train split is never substituted silently (the built-in toy set writes
+both lists and the Aug folder, so it needs no fallback). `split` and `name` ("voc-<split>") record the
+split read, `list_files` the lists.
 
 Class names: `classes.txt` or `labels.txt` beside the data if present (one name per line; an
 `id,name` line keeps its last field; the toy set writes classes.txt), else the 21 VOC names.
@@ -79,21 +84,23 @@ def voc_image_dir(root: Path) -> Path:
     return base / ("JPEGImages" if layout == "devkit" else "images")
 
 
-def _trainaug_ids(sets: Path, mask_dir: Path) -> tuple[list[str], str]:
-    """(trainaug ids, the list files read): trainaug.txt alone, else aug.txt ∪ train.txt (sorted)."""
+def _trainaug(sets: Path, base: Path) -> tuple[list[str], list[Path], str]:
+    """(trainaug ids, each id's mask folder, the list files read); see the module doc for the two rules."""
     trainaug, aug, train = sets / "trainaug.txt", sets / "aug.txt", sets / "train.txt"
+    voc_masks, sbd_masks = base / "SegmentationClass", base / "SegmentationClassAug"
     has_list = trainaug.is_file() or aug.is_file()
-    missing = ([] if has_list else ["the list"]) + ([] if mask_dir.is_dir() else ["the masks"])
+    missing = ([] if has_list else ["the list"]) + ([] if sbd_masks.is_dir() else ["the masks"])
     if missing:
         raise FileNotFoundError(
             f"VOC trainaug: {' and '.join(missing)} not found; expected the list {trainaug} (or mmseg's aug.txt "
-            f"with train.txt beside it) and the SBD masks folder {mask_dir}. Add them, or "
+            f"with train.txt beside it) and the SBD masks folder {sbd_masks}. Add them, or "
             "ask for the train split")
-    if trainaug.is_file():
-        return read_id_list(trainaug), trainaug.name
-    train_ids = read_id_list(require_file(train, "VOC train list (mmseg's trainaug = aug + train)"))
-    ids = set(read_id_list(aug)) | set(train_ids)
-    return sorted(ids), "aug.txt + train.txt"
+    if aug.is_file():  # mmseg: train.txt with VOC masks + aug.txt with SBD masks
+        train_ids = set(read_id_list(require_file(train, "VOC train list (mmseg's trainaug = train + aug)")))
+        ids = sorted(train_ids | set(read_id_list(aug)))
+        return ids, [voc_masks if i in train_ids else sbd_masks for i in ids], "train.txt + aug.txt"
+    ids = list(dict.fromkeys(read_id_list(trainaug)))  # its own order, a repeated id once
+    return ids, [sbd_masks] * len(ids), trainaug.name
 
 
 class VOCSegmentation(ImageMaskPairs):
@@ -113,15 +120,17 @@ class VOCSegmentation(ImageMaskPairs):
         aug_masks = split == "trainaug" or (not devkit and split != "val")
         self.mask_dir = base / ("SegmentationClassAug" if aug_masks else "SegmentationClass")
         if split == "trainaug":
-            ids, self.list_files = _trainaug_ids(sets, self.mask_dir)
+            ids, mask_dirs, self.list_files = _trainaug(sets, base)
         else:
             list_file = require_file(sets / f"{split}.txt", f"VOC {split} split list")
             ids, self.list_files = read_id_list(list_file), list_file.name
+            mask_dirs = [self.mask_dir] * len(ids)
         if not ids:
             raise ValueError(f"VOC {split} split list ({self.list_files} in {sets}) is empty")
-        if not self.mask_dir.is_dir():
-            raise FileNotFoundError(f"VOC {split} masks: expected the folder {self.mask_dir}, which does not exist")
-        self.set_pairs(ids, self.image_dir, self.mask_dir, f"VOC {split} ({self.list_files})")
+        for d in dict.fromkeys(mask_dirs):
+            if not d.is_dir():
+                raise FileNotFoundError(f"VOC {split} masks: expected the folder {d}, which does not exist")
+        self.set_pairs(ids, self.image_dir, mask_dirs, f"VOC {split} ({self.list_files})")
         self.classes = voc_class_names(base)
         self.num_classes = len(self.classes)
         self.ignore_index = IGNORE_INDEX
