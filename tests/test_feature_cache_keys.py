@@ -3,6 +3,7 @@ weights, the transform (so the size) and the code version; each change recompute
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +141,41 @@ def test_a_failed_cache_write_leaves_no_entry(tmp_path, monkeypatch):
     F.clear_memory_cache()
     _run(model, ImageFolder(root, transform=eval_transform(8)), cache)
     assert model.calls == 2 and len(list(cache.glob("*.pt"))) == 1
+
+
+def test_an_edit_to_the_feature_code_misses_the_cache(tmp_path, monkeypatch):
+    """A development checkout between releases: editing a module that decides the numbers (here a stand-in
+    module on sys.path) changes `code_version()`, so features computed by the old code are not reused."""
+    import sys
+
+    pkg = tmp_path / "src"
+    pkg.mkdir()
+    (pkg / "feature_code_stand_in.py").write_text("SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    monkeypatch.setattr(F, "FEATURE_SOURCES", F.FEATURE_SOURCES + ("feature_code_stand_in",))
+    F.source_digest.cache_clear()
+    before = F.code_version()
+    assert before == F.code_version()  # stable while nothing changes
+    (pkg / "feature_code_stand_in.py").write_text("SCALE = 2\n")
+    F.source_digest.cache_clear()  # a new process
+    assert F.code_version() != before
+
+    root, cache = _folder(tmp_path / "d", 0), tmp_path / "cache"
+    model = _Mean(0)
+    _run(model, ImageFolder(root, transform=eval_transform(8)), cache)
+    F.clear_memory_cache()
+    (pkg / "feature_code_stand_in.py").write_text("SCALE = 3\n")
+    F.source_digest.cache_clear()
+    _run(model, ImageFolder(root, transform=eval_transform(8)), cache)
+    assert model.calls == 2  # recomputed, not read from the cache of the other code
+    sys.modules.pop("feature_code_stand_in", None)
+    F.source_digest.cache_clear()
+
+
+def test_the_feature_sources_exist():
+    """Every module named as deciding the numbers is a real module with readable source."""
+    import importlib.util
+
+    for name in F.FEATURE_SOURCES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin and Path(spec.origin).is_file(), name

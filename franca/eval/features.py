@@ -12,13 +12,15 @@ One pass over a labelled dataset gives, per image:
 Results are cached on disk under a key hashed from the model (a fingerprint of its weights, plus an
 optional caller-supplied identity such as the weights file's name, size and mtime), the dataset
 (class, length, sample list, each file's size, mtime and inode), its transform (hence the image
-size) and the code version (`code_version()`), so
+size) and the code version (`code_version()`: version, format and a digest of the source that
+decides the numbers), so
 running several protocols on the same backbone and data extracts once (recent results are also
 kept in memory, bounded, for protocols run in one process without a disk cache). Under torchrun every rank
 extracts a strided shard and the shards are gathered, so all ranks return the full tensors.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -50,11 +52,36 @@ def default_cache_dir() -> Path:
 CACHE_FORMAT = 2  # bump when extraction changes its numbers (forward pass, dtype, gathering)
 
 
+# The modules whose code decides a cached feature's numbers: the backbone's forward and position
+# resampling, the weights loader, the preprocessing, the image decoding and this extractor.
+FEATURE_SOURCES = ("franca.models.backbone", "franca.models.pos_resample", "franca.models.weights",
+                   "franca.models.preprocess", "franca.models.rasa_fold", "franca.data.images",
+                   "franca.data.datasets.transforms", "franca.eval.classification_data", "franca.eval.features")
+
+
+@functools.lru_cache(maxsize=8)
+def source_digest(modules: tuple[str, ...]) -> str:
+    """A short hash of those modules' source text, so an edit to any of them (a development checkout
+    between releases) misses the cache instead of reusing features computed by other code."""
+    import importlib.util
+
+    h = hashlib.sha1()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        origin = getattr(spec, "origin", None)
+        try:
+            h.update(Path(origin).read_bytes() if origin else name.encode())
+        except OSError:  # no readable source (a frozen or zipped install): the version and format decide
+            h.update(name.encode())
+    return h.hexdigest()[:12]
+
+
 def code_version() -> str:
-    """The code that computed a cached result: the package version and this module's cache format."""
+    """The code that computed a cached result: the package version, this module's cache format and a
+    digest of the source of the modules that decide the numbers (`FEATURE_SOURCES`)."""
     from franca import __version__
 
-    return f"franca {__version__}, features format {CACHE_FORMAT}"
+    return f"franca {__version__}, features format {CACHE_FORMAT}, source {source_digest(FEATURE_SOURCES)}"
 
 
 def model_fingerprint(model: torch.nn.Module, n_samples: int = 1024) -> str:
