@@ -154,3 +154,36 @@ def test_protocol_entry_refuses_old_and_new_spelling_together_and_extra_position
         evaluate("m", "root", data_root="other")
     with pytest.raises(TypeError, match="positionally"):
         evaluate("m", 1, 2, 3, 4)
+
+
+def test_the_readme_evaluation_example_runs_as_written():
+    """The README's Python example of `evaluate()`: each call, with its keywords as written, runs on the
+    built-in data (a random-init tiny model for the released weights, the toy set for the paths, a small
+    size, one seed and the CPU) and returns a result with a metric."""
+    import ast
+    import re
+
+    import franca
+    from franca.eval import incontext, knn
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "evaluate(" in b)
+    calls = [n for n in ast.walk(ast.parse(block)) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Attribute) and n.func.attr == "evaluate"]
+    assert {c.func.value.id for c in calls} == {"knn", "incontext"}
+    model = franca.build_backbone("vitt8")  # stands in for the released weights (no download in tests)
+    for call in calls:
+        module = {"knn": knn, "incontext": incontext}[call.func.value.id]
+        assert isinstance(call.args[1], ast.Constant) and isinstance(call.args[1].value, str)  # a root path
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        assert set(kwargs) <= set(inspect.signature(module.evaluate).parameters), kwargs
+        kwargs.update(size=32, seeds=(0,), device="cpu", progress=False)
+        if module is incontext:
+            kwargs.update(k=5, memory_size=2000)
+        else:
+            kwargs.update(n_per_class=20)  # a few-shot train split keeps the test short
+        result = module.evaluate(model, None, **kwargs)  # None: the built-in toy set instead of the path
+        if module is knn:  # the README: percent for classification, a fraction for dense mIoU
+            assert result["metric"] == result["results"]["top1_k20"] and 1.0 < result["metric"] <= 100.0
+        else:
+            assert 0.0 <= result["metric"] <= 1.0 and result["metric_name"] == "miou"
