@@ -18,7 +18,8 @@ from PIL import Image
 
 from franca.data.datasets import WebDatasetShards
 from franca.data.datasets.shards import tar_images, tar_members
-from franca.data.datasets.wds import rank_and_world, split_key
+from franca.data.datasets.wds import split_key
+from franca.utils.distributed import rank_and_world
 
 
 def _png(value: int) -> bytes:

@@ -411,7 +411,7 @@ def train(cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = Fals
     from franca.train.runlock import RunLock
 
     out_dir = Path(cfg.train.output_dir)
-    main_process = int(os.environ.get("RANK", "0")) == 0  # before the process group exists
+    main_process = dist_utils.rank_and_world()[0] == 0  # before the process group exists
     with RunLock(out_dir, enabled=main_process):
         if main_process:
             for p in ckpt_io.remove_leftover_temporaries(out_dir / ckpt_io.CHECKPOINT_NAME):

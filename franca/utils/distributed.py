@@ -30,6 +30,20 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: the process group's once it is up, else torchrun's `RANK` and
+    `WORLD_SIZE` (so each rank knows its share before the group exists), else (0, 1)."""
+    if is_dist():
+        return rank(), world_size()
+    try:
+        r, w = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return 0, 1
+    if w < 1 or not 0 <= r < w:
+        raise ValueError(f"the environment says RANK={r}, WORLD_SIZE={w}: expected 0 <= RANK < WORLD_SIZE")
+    return r, w
+
+
 def init_distributed(device: torch.device) -> bool:
     """Start the default process group when launched by torchrun; returns True if one is up."""
     if is_dist():

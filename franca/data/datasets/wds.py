@@ -138,7 +138,7 @@ class WebDatasetShards(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rank, world = rank_and_world()
+        rank, world = dist_utils.rank_and_world()  # torchrun's RANK/WORLD_SIZE before the group exists
         mine = self.shards_of(rank, world, worker, workers)
         if not mine:
             log.warning("webdataset: rank %d, worker %d reads no shard (%d shards for %d ranks × %d workers)",
@@ -149,22 +149,6 @@ class WebDatasetShards(IterableDataset):
             samples = shuffle_buffer(samples, self.shuffle_buffer, rng)
         for key, name, data in samples:
             yield self._decode(key, name, data)
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of this process: the process group's once it is initialised, else torchrun's
-    `RANK` and `WORLD_SIZE` (as webdataset read them: each rank of a torchrun launch reads its own shards
-    even before the process group exists), else (0, 1)."""
-    if dist_utils.is_dist():
-        return dist_utils.rank(), dist_utils.world_size()
-    try:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    except (KeyError, ValueError):
-        return 0, 1
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"webdataset: the environment says RANK={rank}, WORLD_SIZE={world}: expected "
-                         "0 <= RANK < WORLD_SIZE")
-    return rank, world
 
 
 def shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
