@@ -12,6 +12,7 @@ fetches the RASA head released with the weights. `pretrained=False` gives random
 architecture. `img_size`, if given, must equal the file's own (the position grid comes from the file;
 inputs of any size work).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,15 @@ from typing import Any
 dependencies = ["torch", "timm", "safetensors"]
 
 
-def _load(entry: str, *, pretrained: bool, weights: str, use_rasa_head: bool = False,
-          img_size: int | None = None, **kwargs: Any):
+def _load(
+    entry: str,
+    *,
+    pretrained: bool,
+    weights: str,
+    use_rasa_head: bool = False,
+    img_size: int | None = None,
+    **kwargs: Any,
+):
     import franca
     from franca.models.releases import hub_release
 
@@ -34,8 +42,10 @@ def _load(entry: str, *, pretrained: bool, weights: str, use_rasa_head: bool = F
         return franca.build_backbone(rel.size, **{**arch, **kwargs})
     model = franca.load_backbone(rel.name, rasa=True if use_rasa_head else None, **kwargs)
     if img_size is not None and int(img_size) != model.img_size:
-        raise ValueError(f"{rel.name} has a {model.pos_grid}x{model.pos_grid} position grid (img_size "
-                         f"{model.img_size}), not img_size={img_size}; leave img_size out, any input size works")
+        raise ValueError(
+            f"{rel.name} has a {model.pos_grid}x{model.pos_grid} position grid (img_size "
+            f"{model.img_size}), not img_size={img_size}; leave img_size out, any input size works"
+        )
     return model
 
 

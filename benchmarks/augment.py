@@ -10,14 +10,15 @@ the preset's crops config both ways, in one process, with 1 and 2 torch threads 
 - collate: what the data loader does per batch after decoding: per-sample preparation (the seeded
   per-image transform, or the conversion to a tensor) and MultiCropCollate, masks included.
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from franca.data.toy_scenes import ToyStyle, render_classification  # noqa: E402
 from franca.models.sizes import SIZES  # noqa: E402
 from franca.train.config import load_config  # noqa: E402
-from franca.train.data import (MultiCropCollate, _sample, build_augmentation,  # noqa: E402
-                               build_batch_augmentation, sample_seed)
+from franca.train.data import MultiCropCollate, _sample, build_augmentation, build_batch_augmentation, sample_seed  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -53,15 +53,18 @@ def main() -> None:
     B = args.batch_size
     cfg = load_config(args.preset, [f"train.batch_size_per_gpu={B}"])
     style = ToyStyle(size=cfg.data.toy_size)
-    pils = [Image.fromarray(render_classification(np.random.default_rng(i), i % style.n_classes, style))
-            for i in range(B)]
+    pils = [
+        Image.fromarray(render_classification(np.random.default_rng(i), i % style.n_classes, style)) for i in range(B)
+    ]
     seeds = [sample_seed(cfg.train.seed, 0, j) for j in range(B)]
     per_image, batched = build_augmentation(cfg), build_batch_augmentation(cfg)
     patch = SIZES[cfg.model.arch]["patch_size"]
-    collate_per_image = MultiCropCollate(load_config(args.preset, [f"train.batch_size_per_gpu={B}",
-                                                                   "data.batch_augment=false"]), patch)
-    collate_batched = MultiCropCollate(load_config(args.preset, [f"train.batch_size_per_gpu={B}",
-                                                                 "data.batch_augment=true"]), patch)
+    collate_per_image = MultiCropCollate(
+        load_config(args.preset, [f"train.batch_size_per_gpu={B}", "data.batch_augment=false"]), patch
+    )
+    collate_batched = MultiCropCollate(
+        load_config(args.preset, [f"train.batch_size_per_gpu={B}", "data.batch_augment=true"]), patch
+    )
 
     def augment_per_image() -> None:
         crops = [per_image(p) for p in pils]
@@ -76,13 +79,17 @@ def main() -> None:
         return lambda: fn([{**_sample(transform, p, s), "skipped": [], "seed": s} for p, s in zip(pils, seeds)])
 
     c = cfg.crops
-    print(f"{args.preset}: batch {B} of {style.size}-px toy images, {c.global_crops_size}-px globals x2, "
-          f"{c.local_crops_number} x {c.local_crops_size}-px locals; median of {args.repeats}, ms per batch")
+    print(
+        f"{args.preset}: batch {B} of {style.size}-px toy images, {c.global_crops_size}-px globals x2, "
+        f"{c.local_crops_number} x {c.local_crops_size}-px locals; median of {args.repeats}, ms per batch"
+    )
     print(f"{'threads':>7} {'stage':>8} {'per-image':>10} {'batched':>8} {'speed-up':>8}")
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        for stage, slow, fast in (("augment", augment_per_image, augment_batched),
-                                  ("collate", collate(per_image, collate_per_image), collate(None, collate_batched))):
+        for stage, slow, fast in (
+            ("augment", augment_per_image, augment_batched),
+            ("collate", collate(per_image, collate_per_image), collate(None, collate_batched)),
+        ):
             a, b = median_ms(slow, args.repeats), median_ms(fast, args.repeats)
             print(f"{threads:>7} {stage:>8} {a:>10.1f} {b:>8.1f} {a / b:>7.1f}x")
 

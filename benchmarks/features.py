@@ -6,6 +6,7 @@ Runs vits14 and vitb14 (DINOv2 layout: GELU MLP, same FLOPs as timm's vit_*_patc
 Franca SwiGLU variant, random weights, on CPU, and on CUDA too when present (bf16 autocast).
 Prints one table; numbers from different machines or devices are not comparable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,12 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--sizes", nargs="+", default=["vits14", "vitb14"])
-    ap.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
-                    help="where to measure (default: CPU, and CUDA when present)")
+    ap.add_argument(
+        "--device",
+        choices=["all", "cpu", "cuda"],
+        default="all",
+        help="where to measure (default: CPU, and CUDA when present)",
+    )
     ap.add_argument("--cuda-batch", type=int, default=64)
     ap.add_argument("--cuda-iters", type=int, default=20)
     args = ap.parse_args()
@@ -47,8 +52,11 @@ def main() -> None:
     devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
     if args.device in ("all", "cuda") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))
-    timm_names = {"vits14": "vit_small_patch14_dinov2", "vitb14": "vit_base_patch14_dinov2",
-                  "vitl14": "vit_large_patch14_dinov2"}
+    timm_names = {
+        "vits14": "vit_small_patch14_dinov2",
+        "vitb14": "vit_base_patch14_dinov2",
+        "vitl14": "vit_large_patch14_dinov2",
+    }
     rows = []
     for dev in devices:
         batch = args.cuda_batch if dev.type == "cuda" else args.batch
@@ -70,8 +78,10 @@ def main() -> None:
 
                 rows.append((dev.type, label, batch, bench(run, x, iters, dev)))
                 del m
-    print(f"\nfeature extraction, {args.size}x{args.size}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads")
+    print(
+        f"\nfeature extraction, {args.size}x{args.size}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     print(f"{'device':<7} {'model':<36} {'batch':>5} {'images/s':>10}")
     for dev, label, batch, ips in rows:
         print(f"{dev:<7} {label:<36} {batch:>5} {ips:>10.2f}")

@@ -12,6 +12,7 @@ its gradient. Variants, in one process on the same tensors:
 Prints ms per call (targets + loss forward + backward, all levels), peak memory on CUDA, and the largest
 difference of loss and gradient against `materialised`.
 """
+
 from __future__ import annotations
 
 import argparse

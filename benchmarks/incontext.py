@@ -8,6 +8,7 @@ Full size (the issue's figure): --memory 1000000 --queries 50000 --dim 768 (≈3
 features; use --gpu where faiss has GPU support). Scaled down for a laptop:
     OMP_NUM_THREADS=2 python benchmarks/incontext.py --memory 100000 --queries 2000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,16 @@ def make_features(n: int, d: int, rng: np.random.Generator, centres: np.ndarray 
         x = rng.standard_normal((n, d), dtype=np.float32)
     else:
         # unit-norm centres plus noise of norm ~0.7: clusters of near neighbours, as real patch features form
-        x = centres[rng.integers(0, len(centres), n)] + (0.7 / np.sqrt(d)) * rng.standard_normal((n, d),
-                                                                                               dtype=np.float32)
+        x = centres[rng.integers(0, len(centres), n)] + (0.7 / np.sqrt(d)) * rng.standard_normal(
+            (n, d), dtype=np.float32
+        )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def timed_search(index, q: np.ndarray, k: int, chunk: int = 4096) -> tuple[float, np.ndarray]:
     t = time.perf_counter()
-    out = [index.search(q[i:i + chunk], k)[1] for i in range(0, len(q), chunk)]
+    out = [index.search(q[i : i + chunk], k)[1] for i in range(0, len(q), chunk)]
     return time.perf_counter() - t, np.concatenate(out)
 
 
@@ -72,15 +74,19 @@ def main() -> None:
     mem = make_features(args.memory, args.dim, rng, centres)
     q = make_features(args.queries, args.dim, rng, centres)
     labels = torch.from_numpy(rng.random((args.memory, args.classes), dtype=np.float32))
-    print(f"memory {args.memory} x {args.dim}, queries {args.queries}, k={args.k}, faiss {faiss.__version__}, "
-          f"threads {faiss.omp_get_max_threads()}, {'GPU' if args.gpu else 'CPU'}")
+    print(
+        f"memory {args.memory} x {args.dim}, queries {args.queries}, k={args.k}, faiss {faiss.__version__}, "
+        f"threads {faiss.omp_get_max_threads()}, {'GPU' if args.gpu else 'CPU'}"
+    )
 
     t = time.perf_counter()
     flat = build_index(mem, "flat", use_gpu=args.gpu)
     build = time.perf_counter() - t
     secs, exact = timed_search(flat, q, args.k)
-    print(f"{'exact IndexFlatIP':28s} build {build:7.2f} s  search {secs:8.2f} s  "
-          f"({args.queries / secs:9.0f} queries/s)  recall@{args.k} 1.000")
+    print(
+        f"{'exact IndexFlatIP':28s} build {build:7.2f} s  search {secs:8.2f} s  "
+        f"({args.queries / secs:9.0f} queries/s)  recall@{args.k} 1.000"
+    )
 
     nlist = int(round(4 * np.sqrt(args.memory)))
     t = time.perf_counter()
@@ -92,22 +98,29 @@ def main() -> None:
         except AttributeError:  # GPU index
             faiss.GpuParameterSpace().set_index_parameter(ivf, "nprobe", npb)
         secs, approx = timed_search(ivf, q, args.k)
-        print(f"{f'IVF-Flat nlist={nlist} nprobe={npb}':28s} build {build:7.2f} s  search {secs:8.2f} s  "
-              f"({args.queries / secs:9.0f} queries/s)  recall@{args.k} {recall_at_k(approx, exact):.3f}")
+        print(
+            f"{f'IVF-Flat nlist={nlist} nprobe={npb}':28s} build {build:7.2f} s  search {secs:8.2f} s  "
+            f"({args.queries / secs:9.0f} queries/s)  recall@{args.k} {recall_at_k(approx, exact):.3f}"
+        )
     if args.hnsw:
         t = time.perf_counter()
         hnsw = build_index(mem, "hnsw")
         build = time.perf_counter() - t
         secs, approx = timed_search(hnsw, q, args.k)
-        print(f"{'HNSW M=32 efSearch=128':28s} build {build:7.2f} s  search {secs:8.2f} s  "
-              f"({args.queries / secs:9.0f} queries/s)  recall@{args.k} {recall_at_k(approx, exact):.3f}")
+        print(
+            f"{'HNSW M=32 efSearch=128':28s} build {build:7.2f} s  search {secs:8.2f} s  "
+            f"({args.queries / secs:9.0f} queries/s)  recall@{args.k} {recall_at_k(approx, exact):.3f}"
+        )
 
     scores, idx = flat.search(q[:4096], args.k)
     t = time.perf_counter()
     aggregate_labels(torch.from_numpy(scores), labels[torch.from_numpy(idx).long()])
     per_query = (time.perf_counter() - t) / len(idx)
-    print(f"label voting alone (softmax over {args.k}, {args.classes} classes): "
-          f"{per_query * args.queries:.2f} s for all {args.queries} queries")
+    print(
+        f"label voting alone (softmax over {args.k}, {args.classes} classes): "
+        f"{per_query * args.queries:.2f} s for all {args.queries} queries"
+    )
+
 
 if __name__ == "__main__":
     main()

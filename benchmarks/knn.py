@@ -8,6 +8,7 @@ votes for k ∈ {10, 20, 100, 200} and scores top-1/top-5.
 
     python benchmarks/knn.py [--n-train 100000] [--n-test 10000] [--dim 768] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ def _sync(device: torch.device) -> None:
 def plain_topk(xb: torch.Tensor, xq: torch.Tensor, k: int, slice_size: int = 1000) -> torch.Tensor:
     out = []
     for s in range(0, xq.shape[0], slice_size):
-        out.append((xq[s:s + slice_size] @ xb.T).topk(k, dim=1).indices)
+        out.append((xq[s : s + slice_size] @ xb.T).topk(k, dim=1).indices)
     return torch.cat(out)
 
 
@@ -47,8 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     xq = torch.randn(args.n_test, args.dim, generator=g)
     yb = torch.randint(0, args.classes, (args.n_train,), generator=g)
     yq = torch.randint(0, args.classes, (args.n_test,), generator=g)
-    print(f"k-NN benchmark: train {args.n_train}x{args.dim}, queries {args.n_test}, {args.classes} classes, "
-          f"k<=200, device {device}, torch threads {torch.get_num_threads()}")
+    print(
+        f"k-NN benchmark: train {args.n_train}x{args.dim}, queries {args.n_test}, {args.classes} classes, "
+        f"k<=200, device {device}, torch threads {torch.get_num_threads()}"
+    )
 
     xb_d, xq_d = F.normalize(xb.to(device), dim=1), F.normalize(xq.to(device), dim=1)
     _sync(device)
@@ -64,8 +67,10 @@ def main(argv: list[str] | None = None) -> None:
         r = knn_classify(xb, yb, xq, yq, device=device, backend=backend)
         _sync(device)
         dt = time.perf_counter() - t
-        print(f"{'knn_classify backend=' + backend + ' (incl. votes)':40s} {dt:8.2f} s   "
-              f"({dt / t_plain:.2f}x plain; top1_k20 = {r['top1_k20']:.2f}%, chance {100 / args.classes:.2f}%)")
+        print(
+            f"{'knn_classify backend=' + backend + ' (incl. votes)':40s} {dt:8.2f} s   "
+            f"({dt / t_plain:.2f}x plain; top1_k20 = {r['top1_k20']:.2f}%, chance {100 / args.classes:.2f}%)"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ CyclicMask, collate; with --augment-device cuda the workers read bytes and the G
 `Trainer.step` for --warmup then --iters iterations, and prints end-to-end images/s; then the step alone on
 the same --iters batches already on the device, their ratio, the CPU workers and the peak memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,7 @@ def ensure_data(root: Path, n: int, per_shard: int = 100) -> tuple[Path, Path]:
     shards.mkdir(parents=True, exist_ok=True)
     for s in range(0, len(files), per_shard):
         with tarfile.open(shards / f"train-{s // per_shard:06d}.tar", "w") as tar:
-            for f in files[s:s + per_shard]:
+            for f in files[s : s + per_shard]:
                 data = f.read_bytes()
                 info = tarfile.TarInfo(f"{f.parent.name}_{f.stem}.jpg")
                 info.size = len(data)
@@ -123,9 +124,14 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=2000, help="JPEGs to write (once per --data-dir)")
     ap.add_argument("--data-dir", default=None, help="where the images and shards live (default: a temp folder)")
     ap.add_argument("--source", nargs="+", default=["folder", "shards"], choices=["folder", "shards"])
-    ap.add_argument("--augment-device", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"],
-                    help="cpu: decode + multi-crop in the workers; cuda: on the training device (on a CPU run: the "
-                         "device path on the CPU)")
+    ap.add_argument(
+        "--augment-device",
+        nargs="+",
+        default=["cpu", "cuda"],
+        choices=["cpu", "cuda"],
+        help="cpu: decode + multi-crop in the workers; cuda: on the training device (on a CPU run: the "
+        "device path on the CPU)",
+    )
     ap.add_argument("--compile", action="store_true", help="train.compile=true")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20)
@@ -138,11 +144,18 @@ def main() -> int:
     root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="franca-e2e-"))
     t = time.perf_counter()
     folder, shards = ensure_data(root, args.images)
-    print(f"data: {args.images} JPEGs (400-520 x 300-400 px) in {folder} and {shards} "
-          f"({time.perf_counter() - t:.0f} s)")
-    base = [f"train.device={args.device}", f"train.compile={str(args.compile).lower()}", "train.knn_eval=false",
-            f"train.output_dir={root / 'run'}", "train.iterations=1000000", "optim.warmup_iterations=0",
-            f"data.dataset={folder}"]
+    print(
+        f"data: {args.images} JPEGs (400-520 x 300-400 px) in {folder} and {shards} ({time.perf_counter() - t:.0f} s)"
+    )
+    base = [
+        f"train.device={args.device}",
+        f"train.compile={str(args.compile).lower()}",
+        "train.knn_eval=false",
+        f"train.output_dir={root / 'run'}",
+        "train.iterations=1000000",
+        "optim.warmup_iterations=0",
+        f"data.dataset={folder}",
+    ]
     if args.batch_size:
         base.append(f"train.batch_size_per_gpu={args.batch_size}")
     if args.workers is not None:
@@ -151,8 +164,10 @@ def main() -> int:
     tr = Trainer(cfg0, quiet=True, synthetic_dataset_size=10**9)
     dev = tr.device
     name = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
-    print(f"preset {args.preset}  batch {cfg0.train.batch_size_per_gpu}  device {dev}{name}  compile {args.compile}  "
-          f"CPU workers {cfg0.data.num_workers} (of {os.cpu_count()} cores)  torch {torch.__version__}")
+    print(
+        f"preset {args.preset}  batch {cfg0.train.batch_size_per_gpu}  device {dev}{name}  compile {args.compile}  "
+        f"CPU workers {cfg0.data.num_workers} (of {os.cpu_count()} cores)  torch {torch.__version__}"
+    )
     print(f"{'source':<8} {'augment':<8} {'e2e img/s':>10} {'step img/s':>11} {'ratio':>6}  peak memory")
     it0 = 0
     for source in args.source:
@@ -161,8 +176,10 @@ def main() -> int:
         for aug in args.augment_device:
             r = run_one(tr, cfg, source, aug, args.warmup, args.iters, it0)
             it0 += 2 * (args.warmup + args.iters)
-            print(f"{source:<8} {aug:<8} {r['e2e']:10.1f} {r['step']:11.1f} {r['e2e'] / r['step']:6.2f}  {r['peak']}",
-                  flush=True)
+            print(
+                f"{source:<8} {aug:<8} {r['e2e']:10.1f} {r['step']:11.1f} {r['e2e'] / r['step']:6.2f}  {r['peak']}",
+                flush=True,
+            )
     return 0
 
 

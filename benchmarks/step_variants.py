@@ -10,6 +10,7 @@ Variants (toggled on the same Trainer and batch, so ratios are against a baselin
 Prints step time, images/s, peak memory (CUDA) and the ratio to `plain`; with --profile, the top
 CUDA kernels of one optimised step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-VARIANTS = {"plain": ("log", False, False), "sinkhorn": ("scaling", False, False),
-            "fused-ce": ("scaling", True, False), "implicit": ("scaling", True, True)}
+VARIANTS = {
+    "plain": ("log", False, False),
+    "sinkhorn": ("scaling", False, False),
+    "fused-ce": ("scaling", True, False),
+    "implicit": ("scaling", True, True),
+}
 
 
 def main() -> int:
@@ -37,16 +42,25 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
 
+    from train_step import make_batch, step_flops
+
     import franca.losses.dino as dino_mod
     import franca.losses.sinkhorn as sk
     from franca.train.config import load_config
     from franca.train.loop import Trainer
-    from train_step import make_batch, step_flops
 
-    cfg = load_config(args.preset, [f"train.batch_size_per_gpu={args.batch_size}", f"train.device={args.device}",
-                                    f"train.compile={args.compile}", "train.knn_eval=false",
-                                    "train.output_dir=/tmp/franca-bench", "optim.warmup_iterations=0",
-                                    "train.iterations=1000000"])
+    cfg = load_config(
+        args.preset,
+        [
+            f"train.batch_size_per_gpu={args.batch_size}",
+            f"train.device={args.device}",
+            f"train.compile={args.compile}",
+            "train.knn_eval=false",
+            "train.output_dir=/tmp/franca-bench",
+            "optim.warmup_iterations=0",
+            "train.iterations=1000000",
+        ],
+    )
     tr = Trainer(cfg, quiet=True, synthetic_dataset_size=10**9)
     dev = tr.device
     batch = make_batch(cfg, tr.student["backbone"].patch_size, args.batch_size, dev)
@@ -72,12 +86,16 @@ def main() -> int:
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
         rows.append((name, dt, peak))
     base = rows[0][1]
-    print(f"preset {args.preset}  batch {args.batch_size}  device {dev}  compile {args.compile}  "
-          f"TFLOP/step {flops / 1e12:.2f}")
+    print(
+        f"preset {args.preset}  batch {args.batch_size}  device {dev}  compile {args.compile}  "
+        f"TFLOP/step {flops / 1e12:.2f}"
+    )
     print(f"{'variant':<10} {'step ms':>9} {'images/s':>9} {'TFLOP/s':>8} {'peak GiB':>9} {'speed-up':>9}")
     for name, dt, peak in rows:
-        print(f"{name:<10} {dt * 1e3:>9.1f} {args.batch_size / dt:>9.1f} {flops / dt / 1e12:>8.1f} "
-              f"{peak:>9.2f} {base / dt:>8.2f}x")
+        print(
+            f"{name:<10} {dt * 1e3:>9.1f} {args.batch_size / dt:>9.1f} {flops / dt / 1e12:>8.1f} "
+            f"{peak:>9.2f} {base / dt:>8.2f}x"
+        )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

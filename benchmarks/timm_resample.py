@@ -8,6 +8,7 @@ random one of the tests (a worst case) and a smooth 2-D sine/cosine table (close
 Prints the largest |franca − timm| over CLS and patch tokens per input size. Files with registers
 use the DINOv2 *_reg rule, which is timm's own, so they print 0.
 """
+
 from __future__ import annotations
 
 import sys
@@ -28,10 +29,10 @@ def smooth_table(grid: int, dim: int) -> torch.Tensor:
 
 def main() -> None:
     import timm
+    from test_backbone import HEADS, make_flat_state_dict
 
     import franca
     from franca.models.weights import timm_create_kwargs
-    from test_backbone import HEADS, make_flat_state_dict
 
     tmp = Path(tempfile.mkdtemp())
     print("table   ffn     registers  size      max|Δ| CLS  max|Δ| patch")
@@ -44,14 +45,19 @@ def main() -> None:
                 torch.save(sd, tmp / "f.pth")
                 m = franca.load_backbone(weights=tmp / "f.pth", num_heads=HEADS)
                 path = franca.export_backbone(m, tmp / "f.safetensors")
-                t = timm.create_model("vit_small_patch14_dinov2", pretrained=True, dynamic_img_size=True,
-                                      pretrained_cfg_overlay=dict(file=str(path)), **timm_create_kwargs(m)).eval()
+                t = timm.create_model(
+                    "vit_small_patch14_dinov2",
+                    pretrained=True,
+                    dynamic_img_size=True,
+                    pretrained_cfg_overlay=dict(file=str(path)),
+                    **timm_create_kwargs(m),
+                ).eval()
                 for hw in ((518, 518), (224, 224), (168, 252), (448, 448)):
                     x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(0))
                     with torch.no_grad():
                         a, b = m.forward_features(x), t.forward_features(x)
                     dc = (a["x_norm_clstoken"] - b[:, 0]).abs().max().item()
-                    dp = (a["x_norm_patchtokens"] - b[:, 1 + n_reg:]).abs().max().item()
+                    dp = (a["x_norm_patchtokens"] - b[:, 1 + n_reg :]).abs().max().item()
                     print(f"{table:7} {ffn:7} {n_reg:9}  {hw[0]}x{hw[1]:<5} {dc:11.2e} {dp:12.2e}")
 
 

@@ -11,6 +11,7 @@ The data set is the one `franca pretrain` (tiny preset) trains on, unless --root
 Run:  OMP_NUM_THREADS=2 python benchmarks/toy_separability.py [--arch vit] [--seconds 120] [--iters N]
 Chance is 1 / n_classes (10 % by default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ def load_split(root, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]
     return (x - 0.5) / 0.25, torch.tensor(ys)
 
 
-def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-                 k: int = 20) -> float:
+def knn_accuracy(
+    train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor, k: int = 20
+) -> float:
     """Cosine k-NN with similarity-weighted votes (DINO-style, T = 0.07)."""
     a, b = F.normalize(train_f, dim=1), F.normalize(test_f, dim=1)
     sim, idx = (b @ a.T).topk(k, dim=1)
@@ -60,10 +62,9 @@ class TinyViT(torch.nn.Module):
 
     def __init__(self, n_classes: int):
         super().__init__()
+        import franca
         from franca.train.build import backbone_overrides
         from franca.train.config import load_config
-
-        import franca
 
         cfg = load_config("tiny")
         self.backbone = franca.build_backbone(cfg.model.arch, **backbone_overrides(cfg))
@@ -86,8 +87,12 @@ class TinyCNN(torch.nn.Module):
         super().__init__()
         layers, c_in = [], 3
         for c in (32, 64, 128, 128):
-            layers += [torch.nn.Conv2d(c_in, c, 3, padding=1), torch.nn.BatchNorm2d(c), torch.nn.ReLU(),
-                       torch.nn.MaxPool2d(2)]
+            layers += [
+                torch.nn.Conv2d(c_in, c, 3, padding=1),
+                torch.nn.BatchNorm2d(c),
+                torch.nn.ReLU(),
+                torch.nn.MaxPool2d(2),
+            ]
             c_in = c
         self.features = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
         self.head = torch.nn.Linear(c_in, n_classes)
@@ -107,14 +112,15 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     b = x.shape[0]
     pad = F.pad(x, (4, 4, 4, 4), mode="reflect")
     dx, dy = torch.randint(0, 9, (2,), generator=gen).tolist()
-    out = pad[:, :, dy:dy + 32, dx:dx + 32]
+    out = pad[:, :, dy : dy + 32, dx : dx + 32]
     flip = torch.rand(b, generator=gen) < 0.5
     out[flip] = out[flip].flip(-1)
     return out
 
 
-def supervised(xtr, ytr, xva, yva, seconds: float, iters: int, n_classes: int,
-               arch: str = "vit", lr: float = 2e-3) -> tuple[float, float, int]:
+def supervised(
+    xtr, ytr, xva, yva, seconds: float, iters: int, n_classes: int, arch: str = "vit", lr: float = 2e-3
+) -> tuple[float, float, int]:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     model = TinyViT(n_classes) if arch == "vit" else TinyCNN(n_classes)
@@ -129,8 +135,10 @@ def supervised(xtr, ytr, xva, yva, seconds: float, iters: int, n_classes: int,
         it += 1
     model.eval()
     with torch.no_grad():
+
         def feats(x):
             return torch.cat([model.forward_head(model.forward_features(c), pre_logits=True) for c in x.split(256)])
+
         ftr, fva = feats(xtr), feats(xva)
         acc = (torch.cat([model(c) for c in xva.split(256)]).argmax(1) == yva).float().mean().item()
     return acc, knn_accuracy(ftr, ytr, fva, yva), it
@@ -139,8 +147,12 @@ def supervised(xtr, ytr, xva, yva, seconds: float, iters: int, n_classes: int,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=120.0, help="supervised training time limit")
-    p.add_argument("--iters", type=int, default=10**9,
-                   help="supervised iterations limit (use it on a loaded machine: wall time is then meaningless)")
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=10**9,
+        help="supervised iterations limit (use it on a loaded machine: wall time is then meaningless)",
+    )
     p.add_argument("--root", default=None, help="toy set root (default: the tiny preset's toy set)")
     p.add_argument("--arch", choices=("vit", "cnn"), default="vit", help="supervised model (default: %(default)s)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default: %(default)s)")
@@ -162,8 +174,10 @@ def main() -> None:
         print(f"(a) raw pixels 32px: logistic regression {lin:.1%}, 20-NN {knn_raw:.1%}  ({time.time() - t:.0f} s)")
     t = time.time()
     acc, knn, it = supervised(xtr, ytr, xva, yva, args.seconds, args.iters, n_classes, args.arch, args.lr)
-    print(f"(b) supervised {'tiny-preset ViT' if args.arch == 'vit' else 'tiny CNN'}, {time.time() - t:.0f} s ({it} iterations, batch 128): "
-          f"val accuracy {acc:.1%}, 20-NN on CLS features {knn:.1%}  (threads {torch.get_num_threads()})")
+    print(
+        f"(b) supervised {'tiny-preset ViT' if args.arch == 'vit' else 'tiny CNN'}, {time.time() - t:.0f} s ({it} iterations, batch 128): "
+        f"val accuracy {acc:.1%}, 20-NN on CLS features {knn:.1%}  (threads {torch.get_num_threads()})"
+    )
 
 
 if __name__ == "__main__":

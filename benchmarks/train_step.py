@@ -9,6 +9,7 @@ backbone forward + backward (3x forward) on every crop, teacher backbone forward
 crops, and the same for the dino head (all CLS tokens) and the ibot head (masked tokens); matmuls
 only (2 FLOPs per multiply-add), attention included. MFU = achieved FLOP/s / the GPU's dense bf16 peak.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,8 @@ def backbone_flops(bb: torch.nn.Module, size: int) -> float:
 def head_flops(head: torch.nn.Module) -> float:
     """Forward FLOPs of one token through a Matryoshka head (all levels)."""
     return 2.0 * sum(m.weight.numel() for m in head.modules() if isinstance(m, torch.nn.Linear)) + 2.0 * sum(
-        ll.weight_v.numel() for ll in head.last_layers)
+        ll.weight_v.numel() for ll in head.last_layers
+    )
 
 
 def step_flops(tr, batch: dict) -> float:
@@ -45,10 +47,16 @@ def step_flops(tr, batch: dict) -> float:
     B2 = batch["global_crops"].shape[0]
     n_loc = batch["local_crops"].shape[0]
     M = batch["mask_indices"].numel()
-    g, l = cfg.crops.global_crops_size, cfg.crops.local_crops_size
-    student_fwd = B2 * backbone_flops(s["backbone"], g) + n_loc * backbone_flops(s["backbone"], l) \
-        + (B2 + n_loc) * head_flops(s["dino_head"]) + M * head_flops(s["ibot_head"])
-    teacher_fwd = B2 * backbone_flops(s["backbone"], g) + B2 * head_flops(s["dino_head"]) + M * head_flops(s["ibot_head"])
+    g, loc = cfg.crops.global_crops_size, cfg.crops.local_crops_size
+    student_fwd = (
+        B2 * backbone_flops(s["backbone"], g)
+        + n_loc * backbone_flops(s["backbone"], loc)
+        + (B2 + n_loc) * head_flops(s["dino_head"])
+        + M * head_flops(s["ibot_head"])
+    )
+    teacher_fwd = (
+        B2 * backbone_flops(s["backbone"], g) + B2 * head_flops(s["dino_head"]) + M * head_flops(s["ibot_head"])
+    )
     return 3 * student_fwd + teacher_fwd
 
 
@@ -58,12 +66,22 @@ def make_batch(cfg, patch: int, B: int, device: torch.device) -> dict:
 
     g = torch.Generator().manual_seed(0)
     c = cfg.crops
-    samples = [{"global_crops": [torch.randn(3, c.global_crops_size, c.global_crops_size) for _ in range(2)],
-                "local_crops": [torch.randn(3, c.local_crops_size, c.local_crops_size) for _ in range(c.local_crops_number)]}
-               for _ in range(B)]
-    batch = collate_multicrop(samples, CyclicMask(c.global_crops_size // patch),
-                              mask_ratio_min_max=tuple(cfg.ibot.mask_ratio_min_max),
-                              mask_probability=cfg.ibot.mask_sample_probability, generator=g)
+    samples = [
+        {
+            "global_crops": [torch.randn(3, c.global_crops_size, c.global_crops_size) for _ in range(2)],
+            "local_crops": [
+                torch.randn(3, c.local_crops_size, c.local_crops_size) for _ in range(c.local_crops_number)
+            ],
+        }
+        for _ in range(B)
+    ]
+    batch = collate_multicrop(
+        samples,
+        CyclicMask(c.global_crops_size // patch),
+        mask_ratio_min_max=tuple(cfg.ibot.mask_ratio_min_max),
+        mask_probability=cfg.ibot.mask_sample_probability,
+        generator=g,
+    )
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
@@ -162,20 +180,35 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile blocks and heads")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--stages", action="store_true",
-                    help="also time each stage of the step (teacher, student forward, loss, backward, update)")
-    ap.add_argument("--profile", action="store_true",
-                    help="also profile one step: device time per kernel category and the top kernels")
+    ap.add_argument(
+        "--stages",
+        action="store_true",
+        help="also time each stage of the step (teacher, student forward, loss, backward, update)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one step: device time per kernel category and the top kernels",
+    )
     ap.add_argument("overrides", nargs="*", help="extra config key=value")
     args = ap.parse_args()
 
     from franca.train.config import load_config
     from franca.train.loop import Trainer
 
-    cfg = load_config(args.preset, [f"train.batch_size_per_gpu={args.batch_size}", f"train.device={args.device}",
-                                    f"train.compile={args.compile}", "train.knn_eval=false",
-                                    "train.output_dir=/tmp/franca-bench", "optim.warmup_iterations=0",
-                                    "train.iterations=1000000", *args.overrides])
+    cfg = load_config(
+        args.preset,
+        [
+            f"train.batch_size_per_gpu={args.batch_size}",
+            f"train.device={args.device}",
+            f"train.compile={args.compile}",
+            "train.knn_eval=false",
+            "train.output_dir=/tmp/franca-bench",
+            "optim.warmup_iterations=0",
+            "train.iterations=1000000",
+            *args.overrides,
+        ],
+    )
     tr = Trainer(cfg, quiet=True, synthetic_dataset_size=10**9)
     dev = tr.device
     batch = make_batch(cfg, tr.student["backbone"].patch_size, args.batch_size, dev)
@@ -191,8 +224,10 @@ def main() -> int:
         tr.step(batch, 20_000 + i)
     sync()
     dt = (time.perf_counter() - t0) / args.steps
-    print(f"preset {args.preset}  batch {args.batch_size}  device {dev}"
-          f"{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}  compile {args.compile}")
+    print(
+        f"preset {args.preset}  batch {args.batch_size}  device {dev}"
+        f"{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}  compile {args.compile}"
+    )
     print(f"step time        {dt * 1000:.1f} ms")
     print(f"images/s         {args.batch_size / dt:.1f}")
     print(f"TFLOP per step   {flops / 1e12:.3f}  ({flops / dt / 1e12:.2f} TFLOP/s achieved)")
@@ -200,8 +235,11 @@ def main() -> int:
         print(f"peak memory      {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB")
         name = torch.cuda.get_device_name(dev)
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        print(f"MFU              {100 * flops / dt / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s bf16" if peak
-              else "MFU              unknown GPU peak")
+        print(
+            f"MFU              {100 * flops / dt / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s bf16"
+            if peak
+            else "MFU              unknown GPU peak"
+        )
     else:
         import resource
 

@@ -1,4 +1,5 @@
 """`python -m franca …` (also what `torchrun -m franca pretrain …` runs)."""
+
 from __future__ import annotations
 
 import sys

@@ -3,13 +3,14 @@
 Each command module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`,
 and imports torch and friends only inside `run`, so `franca --help` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # command name -> module; groups map sub-command -> module.
 COMMANDS: dict[str, str | dict[str, str]] = {
@@ -60,8 +61,13 @@ def _add_leaf(sub: argparse._SubParsersAction, name: str, module_name: str) -> N
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     module.add_arguments(p)
-    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                   help="also show this project's debug lines, and an error's full traceback")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="also show this project's debug lines, and an error's full traceback",
+    )
     p.set_defaults(_run=module.run)
 
 
@@ -74,8 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     from franca import __version__
 
     parser.add_argument("--version", action="version", version=f"franca {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="also show this project's debug lines, and an error's full traceback")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show this project's debug lines, and an error's full traceback",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, target in COMMANDS.items():
         if isinstance(target, str):
@@ -119,8 +129,20 @@ class _Formatter(logging.Formatter):
 
 
 # Third-party loggers that are chatty at DEBUG/INFO; kept at WARNING even with -v.
-QUIET_LIBRARIES = ("PIL", "matplotlib", "h5py", "urllib3", "fsspec", "filelock", "faiss", "timm", "torch",
-                   "tensorboard", "numexpr", "asyncio")
+QUIET_LIBRARIES = (
+    "PIL",
+    "matplotlib",
+    "h5py",
+    "urllib3",
+    "fsspec",
+    "filelock",
+    "faiss",
+    "timm",
+    "torch",
+    "tensorboard",
+    "numexpr",
+    "asyncio",
+)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -5,11 +5,13 @@ preprocessing of the project: a centred square of side ⌊size/patch⌋·patch i
 side is resized to round(side/0.875) (bicubic), so every image gives the same patch grid and any
 `size` ≥ patch works. Images are normalised with the ImageNet mean/std.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,9 +46,16 @@ def make_transform(size: int, patch_size: int):
     return image_transform(size, patch_size)
 
 
-def extract_features(model: nn.Module, paths: Sequence[Path], size: int, device: torch.device,
-                     batch_size: int = 32, num_workers: int = 0, rasa: bool = False,
-                     progress: bool = True) -> dict[str, Any]:
+def extract_features(
+    model: nn.Module,
+    paths: Sequence[Path],
+    size: int,
+    device: torch.device,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    rasa: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept and the
     unreadable ones listed as `skipped` (read by `ImageFiles(on_unreadable="mark")`, preprocessed by
     `franca.transforms`, extracted by `franca.eval.features.extract`, kind "patch" or "rasa", in this process)."""
@@ -55,17 +64,34 @@ def extract_features(model: nn.Module, paths: Sequence[Path], size: int, device:
 
     side = crop_side(size, model.patch_size)  # the --size error message of this command; the crop's side
     data = ImageFiles(paths, preprocess(model, size), on_unreadable="mark")  # unreadable → (zeros, -1)
-    out = extract(model, data, kind="rasa" if rasa else "patch", device=device, batch_size=batch_size,
-                  num_workers=num_workers, show_progress=progress, distributed=False)
+    out = extract(
+        model,
+        data,
+        kind="rasa" if rasa else "patch",
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        show_progress=progress,
+        distributed=False,
+    )
     good = out["labels"] >= 0
     kept = [str(paths[i]) for i in out["labels"][good].tolist()]
     skipped = [str(p) for p, ok in zip(paths, good.tolist()) if not ok]
     if not kept:
-        raise ValueError(f"no readable images to extract features from: all {len(paths)} files are unreadable "
-                         f"(e.g. {', '.join(skipped[:3])})")
+        raise ValueError(
+            f"no readable images to extract features from: all {len(paths)} files are unreadable "
+            f"(e.g. {', '.join(skipped[:3])})"
+        )
     grid = side // model.patch_size
-    return {"cls": out["cls"][good], "patch": out["patch"][good], "files": kept, "skipped": skipped,
-            "grid": [grid, grid], "size": side, "rasa": bool(rasa)}
+    return {
+        "cls": out["cls"][good],
+        "patch": out["patch"][good],
+        "files": kept,
+        "skipped": skipped,
+        "grid": [grid, grid],
+        "size": side,
+        "rasa": bool(rasa),
+    }
 
 
 OUTPUT_SUFFIXES = (".pt", ".pth", ".npz")
@@ -88,8 +114,13 @@ def save_features(result: dict[str, Any], out: str | Path) -> Path:
             if out.suffix == ".npz":
                 import numpy as np
 
-                np.savez(fh, cls=result["cls"].numpy(), patch=result["patch"].numpy(),
-                         files=np.array(result["files"]), grid=np.array(result["grid"]))
+                np.savez(
+                    fh,
+                    cls=result["cls"].numpy(),
+                    patch=result["patch"].numpy(),
+                    files=np.array(result["files"]),
+                    grid=np.array(result["grid"]),
+                )
             else:
                 torch.save(result, fh)
             fh.flush()

@@ -10,6 +10,7 @@ What is gathered (recursively under RUN_DIR):
 - every ``*.png``: linked by relative path in the markdown page, embedded (base64 data URI) in the
   HTML page, so the HTML file alone shows everything when it is mailed or moved.
 """
+
 from __future__ import annotations
 
 import base64
@@ -94,14 +95,19 @@ def eval_sections(run_dir: Path, docs: list[tuple[Path, dict[str, Any]]]) -> lis
     for f, d in results:
         std = d.get("metric_std")
         val = _fmt(d["metric"]) + (f" ± {_fmt(std)}" if isinstance(std, (int, float)) else "")
-        rows.append([str(d["protocol"]), str(d.get("metric_name", "")), val, _model_name(d),
-                     str(f.relative_to(run_dir))])
+        rows.append(
+            [str(d["protocol"]), str(d.get("metric_name", "")), val, _model_name(d), str(f.relative_to(run_dir))]
+        )
     sections: list[Section] = [("Evaluation results", [("table", rows)])]
     for f, d in results:
         flat = {k: v for k, v in _scalars(d).items() if k not in ("protocol", "metric", "metric_name")}
         if flat:
-            sections.append((f"{d['protocol']} — {f.relative_to(run_dir)}",
-                             [("table", [["field", "value"]] + [[k, _fmt(v)] for k, v in flat.items()])]))
+            sections.append(
+                (
+                    f"{d['protocol']} — {f.relative_to(run_dir)}",
+                    [("table", [["field", "value"]] + [[k, _fmt(v)] for k, v in flat.items()])],
+                )
+            )
     return sections
 
 
@@ -113,8 +119,12 @@ def other_json_sections(run_dir: Path, docs: list[tuple[Path, dict[str, Any]]]) 
         if "protocol" in d or f.name.startswith("summary"):
             flat = _scalars(d)
             if flat:
-                out.append((f"{d.get('protocol', f.stem)} — {f.relative_to(run_dir)}",
-                            [("table", [["field", "value"]] + [[k, _fmt(v)] for k, v in flat.items()])]))
+                out.append(
+                    (
+                        f"{d.get('protocol', f.stem)} — {f.relative_to(run_dir)}",
+                        [("table", [["field", "value"]] + [[k, _fmt(v)] for k, v in flat.items()])],
+                    )
+                )
     return out
 
 
@@ -180,10 +190,12 @@ def to_markdown(title: str, sections: list[Section], base: Path) -> str:
 
 def to_html(title: str, sections: list[Section], base: Path) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}img{max-width:100%}</style></head><body>",
-             f"<h1>{e(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}img{max-width:100%}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
     for heading, blocks in sections:
         parts.append(f"<h2>{e(heading)}</h2>")
         for kind, body in blocks:
@@ -193,8 +205,10 @@ def to_html(title: str, sections: list[Section], base: Path) -> str:
                 parts.append(f"<table><tr>{head}</tr>{rows}</table>")
             elif kind == "image":
                 rel = Path(os.path.relpath(body, base)).as_posix()
-                parts.append(f"<figure><img src='{data_uri(Path(body))}' alt='{e(Path(body).stem)}'>"
-                             f"<figcaption>{e(rel)}</figcaption></figure>")
+                parts.append(
+                    f"<figure><img src='{data_uri(Path(body))}' alt='{e(Path(body).stem)}'>"
+                    f"<figcaption>{e(rel)}</figcaption></figure>"
+                )
             else:
                 parts.append(f"<p>{e(str(body))}</p>")
     parts.append("</body></html>")
@@ -204,7 +218,8 @@ def to_html(title: str, sections: list[Section], base: Path) -> str:
 def data_uri(path: Path) -> str:
     """The file as a data: URI (so the page needs no other file)."""
     kind = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}.get(
-        path.suffix.lower(), "application/octet-stream")
+        path.suffix.lower(), "application/octet-stream"
+    )
     return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 

@@ -1,4 +1,5 @@
 """Shared test settings: deterministic, CPU-only, quiet."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Every rank builds the same full batch from a fixed seed, keeps its shard, runs t
 gathers the results; rank 0 saves them with the full batch to ``argv[1]`` for the test to compare with a
 single-process run on the concatenated batch.
 """
+
 from __future__ import annotations
 
 import sys

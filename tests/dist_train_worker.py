@@ -5,6 +5,7 @@ rank builds the same tiny trainer, the same full collated batch, takes its half 
 training step, once with DDP and once with FSDP2; rank 0 saves the student and teacher weights
 after each.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,7 +25,7 @@ def make_image_folder(root: Path, n: int = 16, size: int = 24, seed: int = 0) ->
         sub.mkdir(parents=True, exist_ok=True)
         img = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
         y, x = rng.integers(0, size // 2, size=2)
-        img[y:y + size // 2, x:x + size // 2] = rng.integers(0, 255, size=3, dtype=np.uint8)
+        img[y : y + size // 2, x : x + size // 2] = rng.integers(0, 255, size=3, dtype=np.uint8)
         Image.fromarray(img).save(sub / f"img{i:03d}.png")
     return root
 
@@ -34,12 +35,25 @@ def tiny_overrides(out_dir: Path | str, data_dir: Path | str, iterations: int = 
     head = dict(n_prototypes=64, nesting_levels=2, hidden_dim=32, bottleneck_dim=16)
     ov = [f"dino.{k}={v}" for k, v in head.items()] + [f"ibot.head.{k}={v}" for k, v in head.items()]
     return ov + [
-        "model.arch=vitt4", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
-        "crops.global_crops_size=16", "crops.local_crops_size=8", "crops.local_crops_number=2",
-        "optim.warmup_iterations=2", "optim.freeze_last_layer_iterations=1",
-        "teacher.warmup_teacher_temp_iterations=3", "optim.lr_scaling=none", "optim.base_lr=1e-3",
-        f"train.batch_size_per_gpu={batch}", f"train.iterations={iterations}", "train.knn_eval=false",
-        "train.device=cpu", "train.log_period=1", f"train.output_dir={out_dir}", f"data.dataset={data_dir}",
+        "model.arch=vitt4",
+        "model.embed_dim=32",
+        "model.depth=2",
+        "model.num_heads=2",
+        "crops.global_crops_size=16",
+        "crops.local_crops_size=8",
+        "crops.local_crops_number=2",
+        "optim.warmup_iterations=2",
+        "optim.freeze_last_layer_iterations=1",
+        "teacher.warmup_teacher_temp_iterations=3",
+        "optim.lr_scaling=none",
+        "optim.base_lr=1e-3",
+        f"train.batch_size_per_gpu={batch}",
+        f"train.iterations={iterations}",
+        "train.knn_eval=false",
+        "train.device=cpu",
+        "train.log_period=1",
+        f"train.output_dir={out_dir}",
+        f"data.dataset={data_dir}",
         "data.num_workers=0",
     ]
 
@@ -69,23 +83,30 @@ def split_batch(batch: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
     return out
 
 
-def fixed_batch(n_images: int, global_size: int, local_size: int, n_local: int, patch: int,
-                seed: int = 0) -> dict[str, Any]:
+def fixed_batch(
+    n_images: int, global_size: int, local_size: int, n_local: int, patch: int, seed: int = 0
+) -> dict[str, Any]:
     """A deterministic collated batch (random crops, CyclicMask masks) for `n_images` images."""
     from franca.data.collate import collate_multicrop
     from franca.data.masking import CyclicMask
 
     g = torch.Generator().manual_seed(seed)
-    samples = [{"global_crops": [torch.randn(3, global_size, global_size, generator=g) for _ in range(2)],
-                "local_crops": [torch.randn(3, local_size, local_size, generator=g) for _ in range(n_local)]}
-               for _ in range(n_images)]
-    return collate_multicrop(samples, CyclicMask(global_size // patch), mask_ratio_min_max=(0.1, 0.5),
-                             mask_probability=0.5, generator=g)
+    samples = [
+        {
+            "global_crops": [torch.randn(3, global_size, global_size, generator=g) for _ in range(2)],
+            "local_crops": [torch.randn(3, local_size, local_size, generator=g) for _ in range(n_local)],
+        }
+        for _ in range(n_images)
+    ]
+    return collate_multicrop(
+        samples, CyclicMask(global_size // patch), mask_ratio_min_max=(0.1, 0.5), mask_probability=0.5, generator=g
+    )
 
 
 def state_of(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    return {f"{p}.{k}": v.detach().clone() for p, m in modules.items() for k, v in m.state_dict().items()
-            if v is not None}
+    return {
+        f"{p}.{k}": v.detach().clone() for p, m in modules.items() for k, v in m.state_dict().items() if v is not None
+    }
 
 
 def main() -> int:

@@ -1,5 +1,6 @@
 """franca ablate: variant expansion, fairness checks, statistics on hand-made numbers, resume of a
 half-done sweep, and an end-to-end 2-variant × 2-seed sweep of a few iterations."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dist_train_worker import make_image_folder, tiny_overrides
 from PIL import Image
 
-from dist_train_worker import make_image_folder, tiny_overrides
 from franca.ablate import stats
 from franca.ablate.evaluate import EvalSettings, metric_info
-from franca.ablate.variants import BUILTIN_VARIANTS, RunSpec, Variant, expand, parse_variants
+from franca.ablate.variants import BUILTIN_VARIANTS, Variant, expand, parse_variants
 
 # ---- variants ------------------------------------------------------------------------------------------
 
@@ -22,8 +23,14 @@ from franca.ablate.variants import BUILTIN_VARIANTS, RunSpec, Variant, expand, p
 def test_builtin_variants_expand_seed_major_with_init_first() -> None:
     variants = parse_variants(["franca", "single-level"])
     specs = expand(variants, [0, 1], common=["train.iterations=5"])
-    assert [s.key for s in specs] == ["init-seed0", "franca-seed0", "single-level-seed0",
-                                      "init-seed1", "franca-seed1", "single-level-seed1"]
+    assert [s.key for s in specs] == [
+        "init-seed0",
+        "franca-seed0",
+        "single-level-seed0",
+        "init-seed1",
+        "franca-seed1",
+        "single-level-seed1",
+    ]
     assert [s.kind for s in specs[:3]] == ["init", "train", "train"]
     # sweep-wide overrides first, the variant's after them (the variant wins a shared key)
     assert specs[2].overrides == ("train.iterations=5", "dino.nesting_levels=1", "ibot.head.nesting_levels=1")
@@ -43,7 +50,10 @@ def test_every_builtin_variant_is_a_valid_config() -> None:
     assert cfgs["no-koleo"].loss.koleo_weight == 0.0 < base.loss.koleo_weight
     for cfg in cfgs.values():  # equal compute
         assert (cfg.train.batch_size_per_gpu, cfg.crops, cfg.train.epochs) == (
-            base.train.batch_size_per_gpu, base.crops, base.train.epochs)
+            base.train.batch_size_per_gpu,
+            base.crops,
+            base.train.epochs,
+        )
 
 
 def test_custom_variants_and_errors() -> None:
@@ -62,7 +72,8 @@ def test_custom_variants_and_errors() -> None:
         with pytest.raises(ValueError, match="must be equal across variants"):
             parse_variants([], [["unfair", key]])
     assert parse_variants([], [["unfair", "train.iterations=10"]], allow_unequal=True)[0].overrides == (
-        "train.iterations=10",)
+        "train.iterations=10",
+    )
     with pytest.raises(ValueError, match="set by the sweep"):
         expand(parse_variants(["franca"]), [0], common=["train.seed=3"])
     with pytest.raises(ValueError, match="seeds repeat"):
@@ -121,7 +132,9 @@ def test_paired_difference_matches_the_t_formulas() -> None:
     assert d["p_value"] == pytest.approx(1.0 - t / math.sqrt(2.0 + t * t), rel=1e-9)  # 0.0742
     tcrit = math.sqrt(2 * 0.95**2 / (1 - 0.95**2))  # F(tcrit) = 0.975 -> 4.3027
     assert d["mean"] == pytest.approx(2.0)
-    assert d["ci_low"] == pytest.approx(2.0 - tcrit / math.sqrt(3)) and d["ci_high"] == pytest.approx(2.0 + tcrit / math.sqrt(3))
+    assert d["ci_low"] == pytest.approx(2.0 - tcrit / math.sqrt(3)) and d["ci_high"] == pytest.approx(
+        2.0 + tcrit / math.sqrt(3)
+    )
     assert d["ci_low"] < 0 < d["ci_high"] and stats.verdict(d) == "undecided"
     assert d["boot_low"] >= 1.0 and d["boot_high"] <= 3.0  # inside the range of the differences
 
@@ -160,11 +173,22 @@ def _sweep(tmp_path: Path, **kw):
     from franca.ablate.sweep import Sweep
 
     data = make_image_folder(tmp_path / "images", n=8)
-    common = [o for o in tiny_overrides(tmp_path / "unused", data, iterations=4)
-              if not o.startswith(("train.output_dir", "train.log_period"))]
+    common = [
+        o
+        for o in tiny_overrides(tmp_path / "unused", data, iterations=4)
+        if not o.startswith(("train.output_dir", "train.log_period"))
+    ]
     settings = EvalSettings(size=16, data=str(_labelled_folder(tmp_path / "labelled")))
-    return Sweep(out=tmp_path / "sweep", variants=parse_variants(["franca", "no-koleo"]), seeds=[0, 1],
-                 common=common, protocols=["knn"], settings=settings, checkpoint_period=2, **kw)
+    return Sweep(
+        out=tmp_path / "sweep",
+        variants=parse_variants(["franca", "no-koleo"]),
+        seeds=[0, 1],
+        common=common,
+        protocols=["knn"],
+        settings=settings,
+        checkpoint_period=2,
+        **kw,
+    )
 
 
 def test_two_variant_two_seed_sweep_resumes_where_it_stopped(tmp_path: Path, monkeypatch) -> None:
@@ -221,8 +245,17 @@ def test_two_variant_two_seed_sweep_resumes_where_it_stopped(tmp_path: Path, mon
 
 def test_metric_info_and_unknown_protocol() -> None:
     keys = list(metric_info(["knn", "pca-slice", "rasa"]))
-    assert keys == ["knn", "pca_all", "pca_1/2", "pca_1/4", "pca_1/8", "pca_1/16", "pca_retention",
-                    "rasa_r2_before", "rasa_r2_after"]
+    assert keys == [
+        "knn",
+        "pca_all",
+        "pca_1/2",
+        "pca_1/4",
+        "pca_1/8",
+        "pca_1/16",
+        "pca_retention",
+        "rasa_r2_before",
+        "rasa_r2_after",
+    ]
     with pytest.raises(ValueError, match="unknown protocol"):
         metric_info(["depth"])
 
@@ -239,16 +272,34 @@ def test_cli_builds_the_documented_sweep() -> None:
     from franca.commands.ablate import build_sweep
 
     args = build_parser().parse_args(
-        ["ablate", "--variant", "warm-teacher", "teacher.momentum_teacher=0.99", "--variant", "k256",
-         "dino.n_prototypes=256", "ibot.head.n_prototypes=256", "--variants", "franca", "--out", "runs/my-sweep",
-         "train.epochs=4"])
+        [
+            "ablate",
+            "--variant",
+            "warm-teacher",
+            "teacher.momentum_teacher=0.99",
+            "--variant",
+            "k256",
+            "dino.n_prototypes=256",
+            "ibot.head.n_prototypes=256",
+            "--variants",
+            "franca",
+            "--out",
+            "runs/my-sweep",
+            "train.epochs=4",
+        ]
+    )
     sw = build_sweep(args)
     assert [v.name for v in sw.variants] == ["franca", "warm-teacher", "k256"] and sw.baseline == "franca"
     assert sw.common == ["train.epochs=4"] and sw.seeds == [0, 1, 2] and sw.settings.size == 32
     assert sw.variants[2].overrides == ("dino.n_prototypes=256", "ibot.head.n_prototypes=256")
     default = build_sweep(build_parser().parse_args(["ablate"]))
-    assert [v.name for v in default.variants] == ["franca", "single-level", "block-mask", "projection-heads",
-                                                  "no-koleo"]
+    assert [v.name for v in default.variants] == [
+        "franca",
+        "single-level",
+        "block-mask",
+        "projection-heads",
+        "no-koleo",
+    ]
 
 
 def test_rasa_protocol_reports_position_r2_before_and_after(tmp_path: Path) -> None:

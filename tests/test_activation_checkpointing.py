@@ -1,11 +1,11 @@
 """model.activation_checkpointing: the same losses, gradient norms and updated weights as without it (drop path
 on, so the recomputed blocks must redraw the same randomness), and only the student is checkpointed."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-
 from dist_train_worker import fixed_batch, tiny_overrides
 
 
@@ -13,8 +13,11 @@ def _trainer(tmp_path: Path, checkpointing: bool):
     from franca.train.config import load_config
     from franca.train.loop import Trainer
 
-    cfg = load_config("tiny", tiny_overrides(tmp_path / f"run{int(checkpointing)}", "toy") + [
-        "model.drop_path_rate=0.3", f"model.activation_checkpointing={str(checkpointing).lower()}"])
+    cfg = load_config(
+        "tiny",
+        tiny_overrides(tmp_path / f"run{int(checkpointing)}", "toy")
+        + ["model.drop_path_rate=0.3", f"model.activation_checkpointing={str(checkpointing).lower()}"],
+    )
     return Trainer(cfg, quiet=True, synthetic_dataset_size=64)
 
 

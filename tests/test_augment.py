@@ -1,4 +1,5 @@
 """MultiCropAugmentation: shapes, normalisation, the effective blur probabilities, inputs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,16 @@ def test_effective_blur_probabilities_by_default() -> None:
 def test_identity_settings_give_normalised_constant() -> None:
     # No colour ops, full-image crop: a constant grey image comes out as (v/255 − mean)/std everywhere.
     aug = MultiCropAugmentation(
-        global_size=16, local_size=8, n_local=1, global_scale=(1.0, 1.0), local_scale=(1.0, 1.0), blur_p_global2=0,
-        blur_p_local=0, solarize_p_global2=0, jitter_p=0, grayscale_p=0,
+        global_size=16,
+        local_size=8,
+        n_local=1,
+        global_scale=(1.0, 1.0),
+        local_scale=(1.0, 1.0),
+        blur_p_global2=0,
+        blur_p_local=0,
+        solarize_p_global2=0,
+        jitter_p=0,
+        grayscale_p=0,
     )
     out = aug(torch.full((3, 20, 20), 100, dtype=torch.uint8))
     want = (100 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
@@ -65,8 +74,18 @@ def test_float_and_gray_inputs() -> None:
 
 
 def test_invert_p_one_inverts_every_crop_after_grayscale() -> None:
-    common = dict(global_size=16, local_size=8, n_local=2, global_scale=(1.0, 1.0), local_scale=(1.0, 1.0),
-                  blur_p_global2=0, blur_p_local=0, solarize_p_global2=0, jitter_p=0, grayscale_p=1.0)
+    common = dict(
+        global_size=16,
+        local_size=8,
+        n_local=2,
+        global_scale=(1.0, 1.0),
+        local_scale=(1.0, 1.0),
+        blur_p_global2=0,
+        blur_p_local=0,
+        solarize_p_global2=0,
+        jitter_p=0,
+        grayscale_p=1.0,
+    )
     img = torch.full((3, 20, 20), 60, dtype=torch.uint8)
     img[0] = 200  # luma of (200, 60, 60) = 0.299·200 + 0.587·60 + 0.114·60 = 101.0
     plain, inverted = MultiCropAugmentation(**common)(img), MultiCropAugmentation(**common, invert_p=1.0)(img)
@@ -86,12 +105,26 @@ def test_one_parameter_set_from_the_config_feeds_both_multi_crops() -> None:
     from franca.train.config import load_config
     from franca.train.data import build_augmentation, build_batch_augmentation, multicrop_params
 
-    cfg = load_config("tiny", ["crops.local_crops_number=3", "crops.global_crops_scale=[0.5,0.9]",
-                               "crops.augment_options={grayscale_p: 0.3, jitter: [0.1, 0.2, 0.0, 0.0]}"])
+    cfg = load_config(
+        "tiny",
+        [
+            "crops.local_crops_number=3",
+            "crops.global_crops_scale=[0.5,0.9]",
+            "crops.augment_options={grayscale_p: 0.3, jitter: [0.1, 0.2, 0.0, 0.0]}",
+        ],
+    )
     params = multicrop_params(cfg)
-    assert params == MultiCropParams(global_size=32, local_size=16, n_local=3, global_scale=(0.5, 0.9),
-                                     local_scale=(0.1, 0.4), grayscale_p=0.3, jitter=(0.1, 0.2, 0.0, 0.0),
-                                     blur_p_global2=0.0, blur_p_local=0.0)
+    assert params == MultiCropParams(
+        global_size=32,
+        local_size=16,
+        n_local=3,
+        global_scale=(0.5, 0.9),
+        local_scale=(0.1, 0.4),
+        grayscale_p=0.3,
+        jitter=(0.1, 0.2, 0.0, 0.0),
+        blur_p_global2=0.0,
+        blur_p_local=0.0,
+    )
     assert build_augmentation(cfg).params == params == build_batch_augmentation(cfg).params
     with pytest.raises(ValueError, match=r"crops\.augment_options.*unexpected keyword argument 'blur_p'"):
         multicrop_params(load_config("tiny", ["crops.augment_options={blur_p: 0.5}"]))

@@ -7,6 +7,7 @@ borders clamped), registers after CLS, pre-norm blocks (qkv attention, LayerScal
 MLP), final LayerNorm. Weights come in the official release layout (teacher dict, `backbone.`
 prefix, chunked blocks) and are loaded through `franca.load_backbone`.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,15 @@ EPS = 1e-6  # LayerNorm eps of the reference
 
 
 # ------------------------------------------------------------------------------------ reference weights
-def make_flat_state_dict(grid: int = 16, ffn: str = "swiglu", n_reg: int = 0, dim: int = D, depth: int = DEPTH,
-                         patch: int = PATCH, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_flat_state_dict(
+    grid: int = 16,
+    ffn: str = "swiglu",
+    n_reg: int = 0,
+    dim: int = D,
+    depth: int = DEPTH,
+    patch: int = PATCH,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """Random weights with DINOv2 flat names; LayerScale and norms far from their init so every term matters."""
     g = torch.Generator().manual_seed(seed)
 
@@ -32,29 +40,51 @@ def make_flat_state_dict(grid: int = 16, ffn: str = "swiglu", n_reg: int = 0, di
         return torch.randn(*shape, generator=g) * s
 
     sd = {
-        "cls_token": r(1, 1, dim, s=0.5), "pos_embed": r(1, 1 + grid * grid, dim, s=0.5),
+        "cls_token": r(1, 1, dim, s=0.5),
+        "pos_embed": r(1, 1 + grid * grid, dim, s=0.5),
         "mask_token": r(1, dim, s=0.5),
-        "patch_embed.proj.weight": r(dim, 3, patch, patch, s=0.05), "patch_embed.proj.bias": r(dim),
-        "norm.weight": 1 + r(dim), "norm.bias": r(dim),
+        "patch_embed.proj.weight": r(dim, 3, patch, patch, s=0.05),
+        "patch_embed.proj.bias": r(dim),
+        "norm.weight": 1 + r(dim),
+        "norm.bias": r(dim),
     }
     if n_reg:
         sd["register_tokens"] = r(1, n_reg, dim, s=0.5)
     hidden = SWIGLU_H if ffn == "swiglu" else 4 * dim
     for i in range(depth):
         b = f"blocks.{i}."
-        sd.update({
-            b + "norm1.weight": 1 + r(dim), b + "norm1.bias": r(dim),
-            b + "attn.qkv.weight": r(3 * dim, dim, s=0.15), b + "attn.qkv.bias": r(3 * dim),
-            b + "attn.proj.weight": r(dim, dim, s=0.15), b + "attn.proj.bias": r(dim),
-            b + "ls1.gamma": 0.5 + r(dim), b + "norm2.weight": 1 + r(dim), b + "norm2.bias": r(dim),
-            b + "ls2.gamma": 0.5 + r(dim),
-        })
+        sd.update(
+            {
+                b + "norm1.weight": 1 + r(dim),
+                b + "norm1.bias": r(dim),
+                b + "attn.qkv.weight": r(3 * dim, dim, s=0.15),
+                b + "attn.qkv.bias": r(3 * dim),
+                b + "attn.proj.weight": r(dim, dim, s=0.15),
+                b + "attn.proj.bias": r(dim),
+                b + "ls1.gamma": 0.5 + r(dim),
+                b + "norm2.weight": 1 + r(dim),
+                b + "norm2.bias": r(dim),
+                b + "ls2.gamma": 0.5 + r(dim),
+            }
+        )
         if ffn == "swiglu":
-            sd.update({b + "mlp.w12.weight": r(2 * hidden, dim, s=0.15), b + "mlp.w12.bias": r(2 * hidden),
-                       b + "mlp.w3.weight": r(dim, hidden, s=0.15), b + "mlp.w3.bias": r(dim)})
+            sd.update(
+                {
+                    b + "mlp.w12.weight": r(2 * hidden, dim, s=0.15),
+                    b + "mlp.w12.bias": r(2 * hidden),
+                    b + "mlp.w3.weight": r(dim, hidden, s=0.15),
+                    b + "mlp.w3.bias": r(dim),
+                }
+            )
         else:
-            sd.update({b + "mlp.fc1.weight": r(hidden, dim, s=0.15), b + "mlp.fc1.bias": r(hidden),
-                       b + "mlp.fc2.weight": r(dim, hidden, s=0.15), b + "mlp.fc2.bias": r(dim)})
+            sd.update(
+                {
+                    b + "mlp.fc1.weight": r(hidden, dim, s=0.15),
+                    b + "mlp.fc1.bias": r(hidden),
+                    b + "mlp.fc2.weight": r(dim, hidden, s=0.15),
+                    b + "mlp.fc2.bias": r(dim),
+                }
+            )
     return sd
 
 
@@ -77,9 +107,9 @@ def keys_kernel(d: float, a: float = -0.75) -> float:
     """Keys cubic-convolution kernel at distance d."""
     d = abs(d)
     if d <= 1:
-        return (a + 2) * d ** 3 - (a + 3) * d ** 2 + 1
+        return (a + 2) * d**3 - (a + 3) * d**2 + 1
     if d < 2:
-        return a * d ** 3 - 5 * a * d ** 2 + 8 * a * d - 4 * a
+        return a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
     return 0.0
 
 
@@ -157,7 +187,7 @@ def oracle_block(sd: dict, i: int, t: torch.Tensor, heads: int = HEADS) -> torch
     y = layer_norm(t, sd[b + "norm2.weight"], sd[b + "norm2.bias"])
     if b + "mlp.w12.weight" in sd:
         h = y @ sd[b + "mlp.w12.weight"].T + sd[b + "mlp.w12.bias"]
-        x1, x2 = h[..., : h.shape[-1] // 2], h[..., h.shape[-1] // 2:]
+        x1, x2 = h[..., : h.shape[-1] // 2], h[..., h.shape[-1] // 2 :]
         o = (x1 * torch.sigmoid(x1) * x2) @ sd[b + "mlp.w3.weight"].T + sd[b + "mlp.w3.bias"]
     else:
         h = y @ sd[b + "mlp.fc1.weight"].T + sd[b + "mlp.fc1.bias"]
@@ -295,8 +325,8 @@ def test_dinov2_flat_layouts_gelu_swiglu_registers_518_grid(tmp_path, ffn, n_reg
     pre = oracle_all_blocks(flat, x)[-1]
     xn = layer_norm(pre, flat["norm.weight"], flat["norm.bias"])
     _close(out["x_prenorm"], pre)
-    _close(out["x_norm_regtokens"], xn[:, 1:1 + n_reg])
-    _close(out["x_norm_patchtokens"], xn[:, 1 + n_reg:])
+    _close(out["x_norm_regtokens"], xn[:, 1 : 1 + n_reg])
+    _close(out["x_norm_patchtokens"], xn[:, 1 + n_reg :])
 
 
 def test_bicubic_oracle_golden_values():
@@ -315,6 +345,7 @@ def test_named_sizes_and_overrides():
     g = size_config("vitg14")
     assert (g["embed_dim"], g["depth"], g["num_heads"], g["ffn"]) == (1536, 40, 24, "swiglu")
     from franca.models.backbone import swiglu_hidden_dim
+
     # PROTOCOLS §1.2: B 2048, L 2736, g 4096
     assert [swiglu_hidden_dim(d) for d in (768, 1024, 1536)] == [2048, 2736, 4096]
     m = franca.build_backbone("vitt4", depth=2, num_register_tokens=1, ffn="mlp", drop_path_rate=0.2)
@@ -380,8 +411,9 @@ def aa_resize_matrix(n_in: int, n_out: int, a: float = -0.5) -> torch.Tensor:
     for i in range(n_out):
         centre = scale * (i + 0.5)
         lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
-        w = torch.tensor([keys_kernel((j - centre + 0.5) / max(scale, 1.0), a) for j in range(lo, hi)],
-                         dtype=torch.float64)
+        w = torch.tensor(
+            [keys_kernel((j - centre + 0.5) / max(scale, 1.0), a) for j in range(lo, hi)], dtype=torch.float64
+        )
         R[i, lo:hi] = w / w.sum()
     return R
 

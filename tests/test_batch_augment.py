@@ -1,5 +1,6 @@
 """BatchMultiCrop: layout as the per-image collate, determinism, golden geometry/colour checks, crop-box
 properties, and the batch-augmented pretraining data (resume reproduces batches)."""
+
 from __future__ import annotations
 
 import tarfile
@@ -23,8 +24,17 @@ from franca.data.masking import CyclicMask
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 # every op off, whole-image crops: the output is the input resized and normalised
-IDENTITY = dict(global_scale=(1.0, 1.0), local_scale=(1.0, 1.0), blur_p_global1=0.0, blur_p_global2=0.0,
-                blur_p_local=0.0, solarize_p_global2=0.0, jitter_p=0.0, grayscale_p=0.0, flip_p=0.0)
+IDENTITY = dict(
+    global_scale=(1.0, 1.0),
+    local_scale=(1.0, 1.0),
+    blur_p_global1=0.0,
+    blur_p_global2=0.0,
+    blur_p_local=0.0,
+    solarize_p_global2=0.0,
+    jitter_p=0.0,
+    grayscale_p=0.0,
+    flip_p=0.0,
+)
 
 
 def _images(b: int = 4, h: int = 16, w: int = 16, seed: int = 0) -> torch.Tensor:
@@ -44,8 +54,9 @@ def test_keys_shapes_and_dtypes_match_the_per_image_collate(n_local: int) -> Non
     args = dict(global_size=16, local_size=8, n_local=n_local)
     images = _images(4, 20, 24)
     mask = CyclicMask(4)
-    per_image = collate_multicrop([MultiCropAugmentation(**args)(im) for im in images], mask_generator=mask,
-                                  generator=_gen())
+    per_image = collate_multicrop(
+        [MultiCropAugmentation(**args)(im) for im in images], mask_generator=mask, generator=_gen()
+    )
     batched = BatchMultiCrop(**args)(images, _gen())
     assert set(batched) == {"global_crops", "local_crops", "n_local_crops"}
     for key in ("global_crops", "local_crops"):
@@ -57,8 +68,9 @@ def test_crops_are_view_major_like_the_collate() -> None:
     # image b is the constant 40·b + 20: crop v·B + b must come from image b, for globals and locals
     B = 5
     images = (torch.arange(B) * 40 + 20).to(torch.uint8).view(B, 1, 1, 1).expand(B, 3, 12, 12).contiguous()
-    out = BatchMultiCrop(global_size=8, local_size=4, n_local=3, **{**IDENTITY, "global_scale": (0.3, 1.0),
-                                                                      "local_scale": (0.1, 0.4)})(images, _gen())
+    out = BatchMultiCrop(
+        global_size=8, local_size=4, n_local=3, **{**IDENTITY, "global_scale": (0.3, 1.0), "local_scale": (0.1, 0.4)}
+    )(images, _gen())
     want = images[:, :, 0, 0].float() / 255
     got_g = _unnormalise(out["global_crops"]).mean(dim=(2, 3)).view(2, B, 3)
     got_l = _unnormalise(out["local_crops"]).mean(dim=(2, 3)).view(3, B, 3)
@@ -99,7 +111,8 @@ def test_solarize_golden_on_global_crop_two_only() -> None:
     values = torch.tensor([0, 100, 127, 128, 200, 255], dtype=torch.uint8)
     images = values.view(1, 1, 1, 6).expand(2, 3, 6, 6).contiguous()
     out = BatchMultiCrop(global_size=6, local_size=6, n_local=1, **{**IDENTITY, "solarize_p_global2": 1.0})(
-        images, _gen())
+        images, _gen()
+    )
     g = _unnormalise(out["global_crops"])
     solarized = torch.where(values >= 128, 255 - values, values).float() / 255
     torch.testing.assert_close(g[2:], solarized.view(1, 1, 1, 6).expand(2, 3, 6, 6), atol=1e-5, rtol=0)
@@ -128,8 +141,13 @@ def test_grayscale_p_one_gives_equal_channels_with_itu_601_luma() -> None:
 
 def test_blur_with_fixed_sigma_matches_torchvision() -> None:
     images = _images(2, 16, 16)
-    aug = BatchMultiCrop(global_size=16, local_size=8, n_local=0,
-                         **{**IDENTITY, "blur_p_global1": 1.0, "blur_p_global2": 1.0}, blur_sigma=(1.3, 1.3))
+    aug = BatchMultiCrop(
+        global_size=16,
+        local_size=8,
+        n_local=0,
+        **{**IDENTITY, "blur_p_global1": 1.0, "blur_p_global2": 1.0},
+        blur_sigma=(1.3, 1.3),
+    )
     want = TF.gaussian_blur(images.float() / 255, kernel_size=9, sigma=1.3)
     torch.testing.assert_close(_unnormalise(aug(images, _gen())["global_crops"][:2]), want, atol=1e-5, rtol=0)
 
@@ -167,11 +185,15 @@ def test_bad_inputs_and_arguments_are_named() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    height=st.integers(1, 300), width=st.integers(1, 300),
-    lo=st.floats(0.01, 1.0), span=st.floats(0.0, 1.0), seed=st.integers(0, 2**32),
+    height=st.integers(1, 300),
+    width=st.integers(1, 300),
+    lo=st.floats(0.01, 1.0),
+    span=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32),
 )
-def test_crop_boxes_lie_in_the_image_with_area_in_the_scale_range(height: int, width: int, lo: float, span: float,
-                                                                  seed: int) -> None:
+def test_crop_boxes_lie_in_the_image_with_area_in_the_scale_range(
+    height: int, width: int, lo: float, span: float, seed: int
+) -> None:
     scale = (lo, lo + span * (1.0 - lo))
     boxes = sample_crop_boxes(64, height, width, scale, _gen(seed)).double()
     x0, y0, x1, y1 = boxes.unbind(1)
@@ -199,8 +221,7 @@ def _png_folder(root: Path, n: int = 16, size: int = 24) -> Path:
 def _config(data: Path | str, *extra: str) -> Any:
     from franca.train.config import load_config
 
-    return load_config("tiny", [f"data.dataset={data}", "data.num_workers=0", "train.batch_size_per_gpu=4",
-                                *extra])
+    return load_config("tiny", [f"data.dataset={data}", "data.num_workers=0", "train.batch_size_per_gpu=4", *extra])
 
 
 def _batches(cfg: Any, start: int, n: int) -> list[dict[str, Any]]:
@@ -252,8 +273,10 @@ def test_images_of_different_sizes_are_augmented_together() -> None:
     from franca.train.data import MultiCropCollate
 
     collate = MultiCropCollate(_config("toy", "data.batch_augment=true"), patch_size=4)
-    samples = [{"image": _images(1, h, w, seed=i)[0], "skipped": [], "seed": i}
-               for i, (h, w) in enumerate(((24, 24), (20, 31), (57, 13), (24, 24)))]
+    samples = [
+        {"image": _images(1, h, w, seed=i)[0], "skipped": [], "seed": i}
+        for i, (h, w) in enumerate(((24, 24), (20, 31), (57, 13), (24, 24)))
+    ]
     batch = collate(samples)
     assert batch["global_crops"].shape == (8, 3, 32, 32) and batch["local_crops"].shape == (16, 3, 16, 16)
     assert torch.isfinite(batch["global_crops"]).all() and torch.isfinite(batch["local_crops"]).all()

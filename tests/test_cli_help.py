@@ -1,5 +1,6 @@
 """Every sub-command's --help: the shared flags under one name each, defaults shown, no placeholders,
 no developer notes, no file that the repository does not ship; old spellings parse but stay hidden."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,19 @@ EVAL = MODEL | {"--data", "--size", "--out", "--seeds", "--quiet"}
 VIZ = MODEL | {"--data", "--size", "--out", "--quiet", "--n-images"}
 # The flags each command must offer, under exactly these names.
 SHARED = {
-    "eval knn": EVAL, "eval linear": EVAL, "eval logreg": EVAL, "eval pca-slice": EVAL,
-    "eval overcluster": EVAL, "eval incontext": EVAL, "eval linseg": EVAL, "eval keypoints": EVAL,
+    "eval knn": EVAL,
+    "eval linear": EVAL,
+    "eval logreg": EVAL,
+    "eval pca-slice": EVAL,
+    "eval overcluster": EVAL,
+    "eval incontext": EVAL,
+    "eval linseg": EVAL,
+    "eval keypoints": EVAL,
     "eval depth": EVAL,
     "features": MODEL | {"--data", "--size", "--out", "--quiet"},
-    "viz attention": VIZ | {"--panel-size"}, "viz pca": VIZ | {"--panel-size"}, "viz norms": VIZ,
+    "viz attention": VIZ | {"--panel-size"},
+    "viz pca": VIZ | {"--panel-size"},
+    "viz norms": VIZ,
     "rasa": MODEL | {"--data", "--size", "--out", "--seed", "--quiet"},
     "data toy": {"--out", "--size", "--seed", "--quiet"},
     "export": {"--model", "--weights", "--out"},
@@ -29,10 +38,20 @@ SHARED = {
     "highres": {"--quiet"},
 }
 # Upper-case names the code defines (e.g. TOY_SIZE): shown in a help text they are placeholders.
-CODE_CONSTANTS = {m for f in (ROOT / "franca").rglob("*.py")
-                  for m in re.findall(r"^([A-Z][A-Z0-9]*_[A-Z0-9_]+)\s*[:=]", f.read_text(), flags=re.M)}
-OLD_SPELLINGS = ("--images", "--image", "--image-size", "--resolution", "--no-progress", "--head-batch-size",
-                 "--data-root")
+CODE_CONSTANTS = {
+    m
+    for f in (ROOT / "franca").rglob("*.py")
+    for m in re.findall(r"^([A-Z][A-Z0-9]*_[A-Z0-9_]+)\s*[:=]", f.read_text(), flags=re.M)
+}
+OLD_SPELLINGS = (
+    "--images",
+    "--image",
+    "--image-size",
+    "--resolution",
+    "--no-progress",
+    "--head-batch-size",
+    "--data-root",
+)
 
 
 def _leaves() -> dict[str, argparse.ArgumentParser]:
@@ -87,8 +106,12 @@ def test_help_is_written_for_users(name):
             assert "default" in a.help.lower(), f"{name} {a.option_strings[0]}: default {a.default!r} not shown"
 
 
-@pytest.mark.parametrize("name", sorted(n for n in LEAVES if {"--size", "--data", "--quiet"} & SHARED.get(n, set())
-                                        and n not in ("pretrain", "highres")))  # these two never had old spellings
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        n for n in LEAVES if {"--size", "--data", "--quiet"} & SHARED.get(n, set()) and n not in ("pretrain", "highres")
+    ),
+)  # these two never had old spellings
 def test_old_spellings_still_parse(name):
     parser = LEAVES[name]
     dests = {s: a.dest for a in parser._actions for s in a.option_strings}

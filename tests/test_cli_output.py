@@ -1,5 +1,6 @@
 """What the commands print and write: each line once, -v without library noise, --quiet without bars,
 rounded JSON naming the software, outputs checked before work, the one size rule, the k-NN warning."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,15 @@ from franca.utils.results import library_versions, round_floats, write_json
 
 
 def test_round_floats_golden():
-    assert round_floats({"knn_gain": 7.899999999999999, "top1": 28.199999999999996}) == {"knn_gain": 7.9,
-                                                                                      "top1": 28.2}
+    assert round_floats({"knn_gain": 7.899999999999999, "top1": 28.199999999999996}) == {"knn_gain": 7.9, "top1": 28.2}
     assert round_floats([0.12345678912, 1234567.891, 3, True, None, "x", float("nan")])[:6] == [
-        0.123457, 1234570.0, 3, True, None, "x"]
+        0.123457,
+        1234570.0,
+        3,
+        True,
+        None,
+        "x",
+    ]
     assert round_floats(np.float32(0.1)) == 0.1 and round_floats(np.arange(2)) == [0, 1]
     with pytest.raises(TypeError):
         round_floats(object())
@@ -65,7 +71,9 @@ def folder(tmp_path_factory):
         for c in ("cat", "dog"):
             (root / split / c).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(g.integers(0, 255, (20 + 4 * i, 24, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+                Image.fromarray(g.integers(0, 255, (20 + 4 * i, 24, 3), dtype=np.uint8)).save(
+                    root / split / c / f"{i}.png"
+                )
     weights = root / "vitt8.safetensors"
     import torch
 
@@ -78,8 +86,31 @@ def test_knn_prints_each_line_once_and_warns_on_large_k(folder, tmp_path, capsys
     root, weights = folder
     out = tmp_path / "knn.json"
     with caplog.at_level(logging.INFO, logger="franca"):
-        rc = main(["eval", "knn", "--model", "vitt8", "--weights", str(weights), "--data", str(root), "--size", "19",
-                   "--ks", "2", "10", "--device", "cpu", "--num-workers", "0", "--no-cache", "--quiet", "--out", str(out)])
+        rc = main(
+            [
+                "eval",
+                "knn",
+                "--model",
+                "vitt8",
+                "--weights",
+                str(weights),
+                "--data",
+                str(root),
+                "--size",
+                "19",
+                "--ks",
+                "2",
+                "10",
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+                "--no-cache",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
     assert rc == 0
     printed = capsys.readouterr()
     text = printed.out + printed.err
@@ -94,14 +125,17 @@ def test_knn_prints_each_line_once_and_warns_on_large_k(folder, tmp_path, capsys
     assert data["versions"]["franca"] and "vitt8.safetensors" in json.dumps(data["model"])  # the weights named
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["eval", "knn", "--out", "{tmp}/r.txt"], "expected a file ending in .json"),
-    (["eval", "overcluster", "--out", "{tmp}"], "is a folder"),
-    (["eval", "depth", "--out", "{tmp}/blocker/r.json"], "is not a folder"),
-    (["viz", "attention", "--out", "{tmp}/a.jpg"], "expected a file ending in .png"),
-    (["rasa", "--out", "{tmp}/b.onnx"], "expected a file ending in .safetensors or .pt or .pth"),
-    (["report", "{tmp}", "--out", "{tmp}/r.html"], "expected a file ending in .md"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "knn", "--out", "{tmp}/r.txt"], "expected a file ending in .json"),
+        (["eval", "overcluster", "--out", "{tmp}"], "is a folder"),
+        (["eval", "depth", "--out", "{tmp}/blocker/r.json"], "is not a folder"),
+        (["viz", "attention", "--out", "{tmp}/a.jpg"], "expected a file ending in .png"),
+        (["rasa", "--out", "{tmp}/b.onnx"], "expected a file ending in .safetensors or .pt or .pth"),
+        (["report", "{tmp}", "--out", "{tmp}/r.html"], "expected a file ending in .md"),
+    ],
+)
 def test_output_paths_checked_before_work(tmp_path, capsys, monkeypatch, argv, message):
     import franca.commands._common as common
 

@@ -1,4 +1,5 @@
 """collate_multicrop: crop order, masks and their derived tensors."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,8 +36,11 @@ def test_crop_order(B: int, n_local: int) -> None:
 def test_masks_and_derived_tensors() -> None:
     B, N = 8, 36
     batch = collate_multicrop(
-        [(_sample(i, 1), i % 3) for i in range(B)], CyclicMask(6), mask_ratio_min_max=(0.1, 0.65),
-        mask_probability=0.5, generator=torch.Generator().manual_seed(5),
+        [(_sample(i, 1), i % 3) for i in range(B)],
+        CyclicMask(6),
+        mask_ratio_min_max=(0.1, 0.65),
+        mask_probability=0.5,
+        generator=torch.Generator().manual_seed(5),
     )
     masks = batch["masks"]
     assert masks.shape == (2 * B, N) and masks.dtype == torch.bool

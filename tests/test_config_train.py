@@ -1,4 +1,5 @@
 """Training configs: presets load from the package, overrides are typed, bad input names the key."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,17 @@ import pytest
 
 from franca.train.config import PRESET_DIR, dump_yaml, from_dict, list_presets, load_config, to_dict
 
-PRESETS = ["tiny", "tiny-long", "vits14", "vits14-1gpu", "vitb14-in21k", "vitl14-laion", "vitg14-laion",
-           "highres-364", "highres-518"]
+PRESETS = [
+    "tiny",
+    "tiny-long",
+    "vits14",
+    "vits14-1gpu",
+    "vitb14-in21k",
+    "vitl14-laion",
+    "vitg14-laion",
+    "highres-364",
+    "highres-518",
+]
 
 
 def test_every_preset_ships_with_the_package_and_validates() -> None:
@@ -45,21 +55,26 @@ def test_base_chain_and_highres_values() -> None:
 
 
 def test_overrides_are_typed() -> None:
-    cfg = load_config("tiny", ["train.epochs=2.5", "optim.base_lr=3e-4", "crops.global_crops_scale=[0.5,1.0]",
-                               "model.num_register_tokens=4"])
+    cfg = load_config(
+        "tiny",
+        ["train.epochs=2.5", "optim.base_lr=3e-4", "crops.global_crops_scale=[0.5,1.0]", "model.num_register_tokens=4"],
+    )
     assert cfg.train.epochs == 2.5 and cfg.optim.base_lr == 3e-4
     assert cfg.crops.global_crops_scale == [0.5, 1.0] and cfg.model.num_register_tokens == 4
 
 
-@pytest.mark.parametrize("override, exc, names", [
-    ("train.epoch=3", KeyError, "train.epoch"),
-    ("nonsense.key=1", KeyError, "nonsense"),
-    ("train.epochs=many", ValueError, "train.epochs"),
-    ("loss.koleo_scope=everywhere", ValueError, "loss.koleo_scope"),
-    ("ibot.mask_ratio_min_max=[0.7,0.2]", ValueError, "ibot.mask_ratio_min_max"),
-    ("train.batch_size_per_gpu=1", ValueError, "train.batch_size_per_gpu"),
-    ("no_equals_sign", ValueError, "no_equals_sign"),
-])
+@pytest.mark.parametrize(
+    "override, exc, names",
+    [
+        ("train.epoch=3", KeyError, "train.epoch"),
+        ("nonsense.key=1", KeyError, "nonsense"),
+        ("train.epochs=many", ValueError, "train.epochs"),
+        ("loss.koleo_scope=everywhere", ValueError, "loss.koleo_scope"),
+        ("ibot.mask_ratio_min_max=[0.7,0.2]", ValueError, "ibot.mask_ratio_min_max"),
+        ("train.batch_size_per_gpu=1", ValueError, "train.batch_size_per_gpu"),
+        ("no_equals_sign", ValueError, "no_equals_sign"),
+    ],
+)
 def test_bad_overrides_fail_naming_the_key(override: str, exc: type, names: str) -> None:
     with pytest.raises(exc, match=names.replace(".", r"\.").replace("[", r"\[")):
         load_config("tiny", [override])

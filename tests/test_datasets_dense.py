@@ -1,4 +1,5 @@
 """Depth (NYUv2: BTS layout, labelled .mat, Probe3D arrays (.npz)) and SPair-71k readers; the toy set read by them."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,23 @@ import pytest
 import torch
 from PIL import Image
 
-from franca.data.datasets import NYUv2Depth, NYUv2Labeled, NYUv2Arrays, SPair71k
+from franca.data.datasets import NYUv2Arrays, NYUv2Depth, NYUv2Labeled, SPair71k
 
 
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory):
     from franca.data.toy import generate_toy
 
-    return generate_toy(tmp_path_factory.mktemp("toy") / "t", size=32, n_train=10, n_val=10, n_seg=(2, 2),
-                        n_depth=(3, 2), n_pairs=(2, 2, 6), progress=False)
+    return generate_toy(
+        tmp_path_factory.mktemp("toy") / "t",
+        size=32,
+        n_train=10,
+        n_val=10,
+        n_seg=(2, 2),
+        n_depth=(3, 2),
+        n_pairs=(2, 2, 6),
+        progress=False,
+    )
 
 
 def test_nyu_bts_fixture(tmp_path):
@@ -29,7 +38,8 @@ def test_nyu_bts_fixture(tmp_path):
         Image.fromarray(mm).save(d / "sync_depth_00045.png")
         (tmp_path / f"nyudepthv2_{split}_files_with_gt.txt").write_text(
             f"{prefix}bathroom/rgb_00045.jpg {prefix}bathroom/sync_depth_00045.png 518.8579\n"
-            f"{prefix}bathroom/rgb_00046.jpg None 518.8579\n")
+            f"{prefix}bathroom/rgb_00046.jpg None 518.8579\n"
+        )
     for split in ("train", "test"):
         ds = NYUv2Depth(tmp_path, split)
         assert len(ds) == 1
@@ -58,8 +68,13 @@ def test_nyu_labeled_mat_and_arrays(tmp_path):
     assert torch.equal((x * 255).round().to(torch.uint8), torch.from_numpy(imgs[2]).permute(2, 0, 1))
     np.testing.assert_allclose(d.numpy(), np.where(depth[2] > 10, 0, depth[2]), rtol=1e-6)
     assert len(NYUv2Labeled(tmp_path / "nyu_depth_v2_labeled.mat", "train")) == 2
-    np.savez(tmp_path / "nyu.npz", images=imgs.transpose(0, 3, 1, 2), depths=depth[:, None],
-             train_indices=[0, 1], test_indices=[2])
+    np.savez(
+        tmp_path / "nyu.npz",
+        images=imgs.transpose(0, 3, 1, 2),
+        depths=depth[:, None],
+        train_indices=[0, 1],
+        test_indices=[2],
+    )
     x2, d2 = NYUv2Arrays(tmp_path / "nyu.npz", "test")[0]
     assert torch.equal(x2, x) and torch.equal(d2, d)
     with pytest.raises(FileNotFoundError, match="splits.mat"):
@@ -82,10 +97,19 @@ def _spair_fixture(root):
         Image.fromarray(np.full((6, 8, 3), val, np.uint8)).save(sp / "JPEGImages" / "cat" / f"{name}.jpg")
     (sp / "PairAnnotation" / "test").mkdir(parents=True)
     for k, vp in enumerate((0, 2)):
-        ann = {"src_imname": "2008_000001.jpg", "trg_imname": "2008_000002.jpg", "category": "cat",
-               "src_kps": [[1, 2], [3, 4]], "trg_kps": [[5, 1], [2, 2]], "kps_ids": [0, 7],
-               "src_bndbox": [0, 0, 5, 4], "trg_bndbox": [1, 1, 7, 5], "src_imsize": [8, 6, 3],
-               "trg_imsize": [8, 6, 3], "viewpoint_variation": vp}
+        ann = {
+            "src_imname": "2008_000001.jpg",
+            "trg_imname": "2008_000002.jpg",
+            "category": "cat",
+            "src_kps": [[1, 2], [3, 4]],
+            "trg_kps": [[5, 1], [2, 2]],
+            "kps_ids": [0, 7],
+            "src_bndbox": [0, 0, 5, 4],
+            "trg_bndbox": [1, 1, 7, 5],
+            "src_imsize": [8, 6, 3],
+            "trg_imsize": [8, 6, 3],
+            "viewpoint_variation": vp,
+        }
         (sp / "PairAnnotation" / "test" / f"00000{k}-2008_000001-2008_000002:cat.json").write_text(json.dumps(ann))
     return sp
 

@@ -1,4 +1,5 @@
 """ImageFolder / ImageNet / unlabelled-folder readers on tiny fixtures written by the tests."""
+
 from __future__ import annotations
 
 import logging
@@ -76,8 +77,9 @@ def test_reads_toy_imagenet(tmp_path):
     """The toy generator's classification set is an ImageNet folder the reader accepts."""
     from franca.data.toy import generate_toy
 
-    root = generate_toy(tmp_path / "toy", size=32, n_train=10, n_val=10, n_seg=(2, 2), n_depth=(2, 2),
-                        n_pairs=(2, 2, 2), progress=False)
+    root = generate_toy(
+        tmp_path / "toy", size=32, n_train=10, n_val=10, n_seg=(2, 2), n_depth=(2, 2), n_pairs=(2, 2, 2), progress=False
+    )
     ds = ImageNet(root / "imagenet", "val")
     assert len(ds) == 10 and ds.class_names[:2] == ["disk", "square"] and ds.targets == list(range(10))
     assert ds[0][0].size == (32, 32)

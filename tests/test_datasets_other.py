@@ -1,4 +1,5 @@
 """Webdataset shards and the fine-grained classification sets on tiny fixtures in their official layouts."""
+
 from __future__ import annotations
 
 import io
@@ -46,8 +47,9 @@ def _cub(root):
         p = base / "images" / cls / f"img{k}.jpg"
         p.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((3, 3, 3), k, np.uint8)).save(p)
-    (base / "images.txt").write_text("1 001.Black_footed_Albatross/img0.jpg\n2 002.Laysan_Albatross/img1.jpg\n"
-                                     "3 002.Laysan_Albatross/img2.jpg\n")
+    (base / "images.txt").write_text(
+        "1 001.Black_footed_Albatross/img0.jpg\n2 002.Laysan_Albatross/img1.jpg\n3 002.Laysan_Albatross/img2.jpg\n"
+    )
     (base / "image_class_labels.txt").write_text("1 1\n2 2\n3 2\n")
     (base / "train_test_split.txt").write_text("1 1\n2 0\n3 1\n")
 
@@ -62,6 +64,7 @@ def test_cub_split_and_labels(tmp_path):
 
 def test_torchvision_backed_sets(tmp_path):
     """DTD (train+val of partition 1), Pets (trainval), Caltech101 (30/class) and SUN397 (Partitions)."""
+
     def img(p, v=0):
         p.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((3, 3), v, np.uint8)).save(p)  # grayscale on purpose: readers give RGB
@@ -106,8 +109,12 @@ def test_torchvision_backed_sets(tmp_path):
 
 def test_missing_sets_name_the_expected_folder(tmp_path):
     """Absent data: FileNotFoundError naming the folder torchvision expects; nothing is downloaded."""
-    for name, expected in (("cifar10", "cifar-10-batches-py"), ("flowers102", "flowers-102"),
-                           ("food101", "food-101"), ("aircraft", "fgvc-aircraft-2013b")):
+    for name, expected in (
+        ("cifar10", "cifar-10-batches-py"),
+        ("flowers102", "flowers-102"),
+        ("food101", "food-101"),
+        ("aircraft", "fgvc-aircraft-2013b"),
+    ):
         with pytest.raises(FileNotFoundError, match=expected):
             finegrained_dataset(name, tmp_path, "train")
     with pytest.raises(FileNotFoundError, match="images.txt"):

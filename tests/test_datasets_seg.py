@@ -1,4 +1,5 @@
 """Segmentation readers (VOC devkit + Leopart layouts, ADE20K, COCO-Things) and joint transforms."""
+
 from __future__ import annotations
 
 import json
@@ -107,8 +108,20 @@ def test_ade20k_reduce_zero_label(tmp_path):
 
 def test_coco_things_mapping(tmp_path):
     """Thing categories map to their alphabetical supercategory index; stuff and 0 go to 255."""
-    supers = ["person", "vehicle", "outdoor", "animal", "accessory", "sports", "kitchen", "food", "furniture",
-              "electronic", "appliance", "indoor"]
+    supers = [
+        "person",
+        "vehicle",
+        "outdoor",
+        "animal",
+        "accessory",
+        "sports",
+        "kitchen",
+        "food",
+        "furniture",
+        "electronic",
+        "appliance",
+        "indoor",
+    ]
     cats = [{"id": k + 1, "name": f"thing{k}", "supercategory": s, "isthing": 1} for k, s in enumerate(supers)]
     cats.append({"id": 92, "name": "banner", "supercategory": "textile", "isthing": 0})
     ann = tmp_path / "annotations" / "panoptic_annotations"
@@ -132,9 +145,15 @@ def test_joint_transforms_keep_masks_aligned():
     img = Image.fromarray(np.stack([ids % 256, ids // 256, np.zeros_like(ids)], -1).astype(np.uint8))
     mask = Image.fromarray((ids % 251).astype(np.uint8))
     # Nearest for the image too, so its pixels are exact copies the mask must match.
-    t = JointCompose([JointRandomResizedCrop(12, scale=(0.3, 1.0), interpolation=Image.NEAREST),
-                      JointRandomHorizontalFlip(1.0),
-                      JointResize((12, 12), interpolation=Image.NEAREST), JointCenterCrop(10), JointToTensor()])
+    t = JointCompose(
+        [
+            JointRandomResizedCrop(12, scale=(0.3, 1.0), interpolation=Image.NEAREST),
+            JointRandomHorizontalFlip(1.0),
+            JointResize((12, 12), interpolation=Image.NEAREST),
+            JointCenterCrop(10),
+            JointToTensor(),
+        ]
+    )
     for seed in range(5):
         torch.manual_seed(seed)
         x, m = t(img, mask)
@@ -151,8 +170,9 @@ def test_voc_reads_toy_output(tmp_path):
     """The toy generator's VOC set: palette masks with classes 1..10, 255 boundaries, classes.txt."""
     from franca.data.toy import generate_toy
 
-    root = generate_toy(tmp_path / "toy", size=32, n_train=10, n_val=10, n_seg=(3, 2), n_depth=(2, 2),
-                        n_pairs=(2, 2, 2), progress=False)
+    root = generate_toy(
+        tmp_path / "toy", size=32, n_train=10, n_val=10, n_seg=(3, 2), n_depth=(2, 2), n_pairs=(2, 2, 2), progress=False
+    )
     ds = VOCSegmentation(root, "train")
     assert len(ds) == 3 and ds.classes[:2] == ("background", "disk") and ds.num_classes == 11
     _, m = ds[0]
@@ -188,14 +208,19 @@ def test_voc_trainaug_from_trainaug_txt_alone_or_aug_union_train(tmp_path):
     from franca.data.datasets import build_segmentation
 
     aug = {"c": 30, "a": 31, "b": 32, "d": 33}
-    hb = _voc_tree(tmp_path / "hb" / "VOCSegmentation", "leopart",
-                   {"train": ["a"], "trainaug": ["c", "a"], "val": ["b"]}, aug)
+    hb = _voc_tree(
+        tmp_path / "hb" / "VOCSegmentation", "leopart", {"train": ["a"], "trainaug": ["c", "a"], "val": ["b"]}, aug
+    )
     ds = VOCSegmentation(hb, "trainaug")
     assert ds.ids == ["c", "a"] and ds.list_files == "trainaug.txt"
     assert (ds.split, ds.name) == ("trainaug", "voc-trainaug")
     assert torch.equal(ds[0][1], torch.from_numpy(_label(30).astype(np.int64)))  # from SegmentationClassAug
-    mm = _voc_tree(tmp_path / "mm" / "VOCdevkit" / "VOC2012", "devkit",
-                   {"train": ["b", "a"], "aug": ["d", "a", "c"], "val": ["b"]}, aug)
+    mm = _voc_tree(
+        tmp_path / "mm" / "VOCdevkit" / "VOC2012",
+        "devkit",
+        {"train": ["b", "a"], "aug": ["d", "a", "c"], "val": ["b"]},
+        aug,
+    )
     ds = build_segmentation("voc", tmp_path / "mm", "trainaug")
     assert ds.ids == ["a", "b", "c", "d"] and ds.list_files == "train.txt + aug.txt" and ds.name == "voc-trainaug"
     img, mask = ds[1]  # raw items: PIL image, int64 numpy mask; "b" is a train id: its VOC mask (seed = index 1)
@@ -231,8 +256,9 @@ def test_toy_trainaug_is_the_train_split_with_the_same_masks(tmp_path):
     from franca.data.datasets import build_segmentation
     from franca.data.toy import generate_toy
 
-    root = generate_toy(tmp_path / "toy", size=16, n_train=4, n_val=2, n_seg=(3, 2), n_depth=(2, 2),
-                        n_pairs=(2, 2, 2), progress=False)
+    root = generate_toy(
+        tmp_path / "toy", size=16, n_train=4, n_val=2, n_seg=(3, 2), n_depth=(2, 2), n_pairs=(2, 2, 2), progress=False
+    )
     aug, train = build_segmentation("voc", root, "trainaug"), build_segmentation("voc", root, "train")
     assert aug.ids == train.ids and aug.list_files == "train.txt + aug.txt" and aug.name == "voc-trainaug"
     assert aug.class_names == train.class_names and aug.class_names[0] == "background" and aug.num_classes == 11
@@ -253,8 +279,16 @@ def test_voc_class_names_from_classes_or_labels_txt(tmp_path):
     assert ds.classes == ("bg", "thing", "other") and ds.num_classes == 3
 
 
-@pytest.mark.parametrize("where,layout", [("VOCdevkit/VOC2012", "devkit"), ("VOC2012", "devkit"), ("", "devkit"),
-                                          ("VOCSegmentation", "leopart"), ("", "leopart")])
+@pytest.mark.parametrize(
+    "where,layout",
+    [
+        ("VOCdevkit/VOC2012", "devkit"),
+        ("VOC2012", "devkit"),
+        ("", "devkit"),
+        ("VOCSegmentation", "leopart"),
+        ("", "leopart"),
+    ],
+)
 def test_voc_every_layout_variant_is_detected(tmp_path, where, layout):
     base = _voc_tree(tmp_path / where if where else tmp_path, layout, {"val": ["a", "b"]})
     from franca.data.datasets.voc import voc_image_dir
@@ -325,16 +359,22 @@ def _coco_tree(root, img_parent, mask_parent, cat_dir, cats, split="val2017", ma
     _rgb(root / img_parent / split / "000139.jpg", h=1, w=4)
 
 
-_CATS = [{"id": 1, "isthing": 1, "supercategory": "person"}, {"id": 18, "isthing": 1, "supercategory": "animal"},
-         {"id": 92, "isthing": 0, "supercategory": "textile"}]
+_CATS = [
+    {"id": 1, "isthing": 1, "supercategory": "person"},
+    {"id": 18, "isthing": 1, "supercategory": "animal"},
+    {"id": 92, "isthing": 0, "supercategory": "textile"},
+]
 
 
-@pytest.mark.parametrize("img_parent,mask_parent,cat_dir,mask_name", [
-    ("images", "annotations/panoptic_annotations", "annotations/panoptic_annotations", "semantic_segmentation"),
-    ("coco/images", "annotations", "annotations/panoptic_annotations", "semantic_segmentation"),
-    ("", "annotations", "annotations", "semantic_segmenations"),
-    ("images", "annotations/panoptic_annotations", "annotations", "semantic_segmenations"),
-])
+@pytest.mark.parametrize(
+    "img_parent,mask_parent,cat_dir,mask_name",
+    [
+        ("images", "annotations/panoptic_annotations", "annotations/panoptic_annotations", "semantic_segmentation"),
+        ("coco/images", "annotations", "annotations/panoptic_annotations", "semantic_segmentation"),
+        ("", "annotations", "annotations", "semantic_segmenations"),
+        ("images", "annotations/panoptic_annotations", "annotations", "semantic_segmenations"),
+    ],
+)
 def test_coco_every_layout_variant_is_detected(tmp_path, img_parent, mask_parent, cat_dir, mask_name):
     from franca.data.datasets import build_segmentation
 
@@ -381,9 +421,12 @@ def test_voc_mmseg_trainaug_needs_no_sbd_mask_for_train_only_ids(tmp_path):
     """mmseg's voc_aug.py writes SBD masks only (SegmentationClassAug lacks VOC-train ids that SBD does not
     have) and both trainaug.txt and aug.txt: trainaug then reads train.txt + aug.txt, each from its own
     folder, instead of failing on the first train-only id in SegmentationClassAug."""
-    mm = _voc_tree(tmp_path / "VOCdevkit" / "VOC2012", "devkit",
-                   {"train": ["t1", "t2"], "aug": ["s1", "s2"], "trainaug": ["s1", "s2", "t1", "t2"], "val": ["v"]},
-                   {"s1": 40, "s2": 41, "t1": 42})  # t2 is in VOC train only: no SBD mask
+    mm = _voc_tree(
+        tmp_path / "VOCdevkit" / "VOC2012",
+        "devkit",
+        {"train": ["t1", "t2"], "aug": ["s1", "s2"], "trainaug": ["s1", "s2", "t1", "t2"], "val": ["v"]},
+        {"s1": 40, "s2": 41, "t1": 42},
+    )  # t2 is in VOC train only: no SBD mask
     ds = VOCSegmentation(tmp_path, "trainaug")
     assert ds.ids == ["s1", "s2", "t1", "t2"] and len(ds) == 4
     assert [p.parent.name for p in ds.mask_paths] == ["SegmentationClassAug"] * 2 + ["SegmentationClass"] * 2

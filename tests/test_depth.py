@@ -1,4 +1,5 @@
 """NYUv2 depth probe: SI-RMSE and δ golden values, least-squares oracle, losses, head, schedule, evaluate()."""
+
 from __future__ import annotations
 
 import json
@@ -142,8 +143,15 @@ def test_evaluate_tiny_backbone_returns_metrics():
         depth[0, 0] = 12.0  # > 10 m: invalid
         return {"image": torch.rand(3, 16, 20, generator=g), "depth": depth}
 
-    res = evaluate(model, ([sample() for _ in range(4)], [sample() for _ in range(2)]), size=16,
-                   hidden_dim=4, epochs=1, batch_size=2, progress=False)
+    res = evaluate(
+        model,
+        ([sample() for _ in range(4)], [sample() for _ in range(2)]),
+        size=16,
+        hidden_dim=4,
+        epochs=1,
+        batch_size=2,
+        progress=False,
+    )
     assert res["protocol"] == "depth" and res["metric_name"] == "si_rmse"
     assert res["metric"] == res["si_rmse"] and res["n_images"] == 2
     assert 0 <= res["d1"] <= res["d2"] <= res["d3"] <= 1 and res["si_rmse"] <= res["rmse"] + 1e-9
@@ -156,9 +164,35 @@ def test_cli_depth_on_generated_toy(tmp_path):
     from franca.data.toy import generate_toy
 
     root = generate_toy(tmp_path / "toy", size=32, n_train=10, n_val=10, progress=False)
-    assert main(["eval", "depth", "--model", "vitt4", "--random-init", "--device", "cpu", "--data", str(root), "--epochs", "1",
-                 "--resolution", "16", "--hidden-dim", "4", "--num-workers", "0", "--seeds", "1", "2",
-                 "--out", str(tmp_path / "depth.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "depth",
+                "--model",
+                "vitt4",
+                "--random-init",
+                "--device",
+                "cpu",
+                "--data",
+                str(root),
+                "--epochs",
+                "1",
+                "--resolution",
+                "16",
+                "--hidden-dim",
+                "4",
+                "--num-workers",
+                "0",
+                "--seeds",
+                "1",
+                "2",
+                "--out",
+                str(tmp_path / "depth.json"),
+            ]
+        )
+        == 0
+    )
     d = json.loads((tmp_path / "depth.json").read_text())
     assert d["protocol"] == "depth" and d["metric_name"] == "si_rmse" and len(d["runs"]) == 2
     assert d["metric"] == pytest.approx(np.mean([r["si_rmse"] for r in d["runs"]]))

@@ -1,6 +1,7 @@
 """What the repository ships cites only what a reader can open: papers, upstream code, files in this
 repository. No citation of the team's internal specs (the protocol spec, the design and style notes),
 which are not shipped, and no path of the machine the code was written on."""
+
 from __future__ import annotations
 
 import re
@@ -19,9 +20,16 @@ ALLOWED_SPEC: set[str] = set()
 
 def _documentation() -> list[Path]:
     """Code, configs and prose a user reads: the package, README, docs, benchmarks, hub entry points."""
-    files = [*(ROOT / "franca").rglob("*.py"), *(ROOT / "franca").rglob("*.yaml"), *(ROOT / "docs").rglob("*.md"),
-             *(p for p in (ROOT / "benchmarks").rglob("*") if p.is_file()),
-             ROOT / "README.md", ROOT / "hubconf.py", ROOT / "Makefile", ROOT / "configs" / "README.md"]
+    files = [
+        *(ROOT / "franca").rglob("*.py"),
+        *(ROOT / "franca").rglob("*.yaml"),
+        *(ROOT / "docs").rglob("*.md"),
+        *(p for p in (ROOT / "benchmarks").rglob("*") if p.is_file()),
+        ROOT / "README.md",
+        ROOT / "hubconf.py",
+        ROOT / "Makefile",
+        ROOT / "configs" / "README.md",
+    ]
     return sorted({p for p in files if p.is_file() and "__pycache__" not in p.parts})
 
 
@@ -45,15 +53,22 @@ def _hits(pattern: re.Pattern[str], files: list[Path]) -> dict[str, list[str]]:
     for p in files:
         for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
             if pattern.search(line):
-                found.setdefault(p.relative_to(ROOT).as_posix(), []).append(f"{p.relative_to(ROOT).as_posix()}:{i}: "
-                                                                             f"{line.strip()[:100]}")
+                found.setdefault(p.relative_to(ROOT).as_posix(), []).append(
+                    f"{p.relative_to(ROOT).as_posix()}:{i}: {line.strip()[:100]}"
+                )
     return found
 
 
 def test_scan_covers_the_shipped_files():
     rel = {p.relative_to(ROOT).as_posix() for p in _documentation()}
-    for expected in ("README.md", "hubconf.py", "franca/models/heads.py", "franca/configs/vitb14-in21k.yaml",
-                     "docs/training.md", "benchmarks/train_step.py"):
+    for expected in (
+        "README.md",
+        "hubconf.py",
+        "franca/models/heads.py",
+        "franca/configs/vitb14-in21k.yaml",
+        "docs/training.md",
+        "benchmarks/train_step.py",
+    ):
         assert expected in rel, expected
     assert len(rel) > 150
 
@@ -61,8 +76,14 @@ def test_scan_covers_the_shipped_files():
 def test_the_patterns_catch_citations_not_the_constant():
     for cited in ("see PROTOCOLS.md §1.7", "(PROTOCOLS §2)", "protocols.md", "PROTOCOLS section 5", "DESIGN.md"):
         assert SPEC.search(cited), cited
-    for fine in ("from franca.ablate.evaluate import PROTOCOLS", "choices=PROTOCOLS,", "PROTOCOLS = (\"knn\",",
-                 "', '.join(PROTOCOLS)", "docs/architecture.md", "the protocols of the paper"):
+    for fine in (
+        "from franca.ablate.evaluate import PROTOCOLS",
+        "choices=PROTOCOLS,",
+        'PROTOCOLS = ("knn",',
+        "', '.join(PROTOCOLS)",
+        "docs/architecture.md",
+        "the protocols of the paper",
+    ):
         assert not SPEC.search(fine), fine
     assert MACHINE.search("/work/main/x.py") and MACHINE.search("cd /root/data")
     assert not MACHINE.search("work/ and root/ relative") and not MACHINE.search("/data/work")

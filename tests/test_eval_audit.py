@@ -1,6 +1,7 @@
 """Regressions found by the audit of the shared `evaluate()` arguments and the segmentation readers (#20),
 each checked on a tiny layout or a stub backbone: what a first-day user of the Python API and the eval
 commands runs into."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ def _quadrants(rng) -> tuple[np.ndarray, np.ndarray]:
     """A 32×32 image of four coloured quadrants (classes 0-3 in a shuffled order) and its mask, 255 on row 0."""
     mask = np.zeros((32, 32), np.uint8)
     for q, c in enumerate(rng.permutation(4)):
-        mask[(q // 2) * 16:(q // 2 + 1) * 16, (q % 2) * 16:(q % 2 + 1) * 16] = c
+        mask[(q // 2) * 16 : (q // 2 + 1) * 16, (q % 2) * 16 : (q % 2 + 1) * 16] = c
     img = COLOURS[mask]
     mask[0] = 255
     return img, mask
@@ -77,8 +78,11 @@ def test_batch_size_whose_meaning_changed_is_explained_in_the_warning_and_the_re
     """An old-style call to linear / PCA slicing that passes `batch_size` may mean the probe's batch: the
     warning says what it means now; passing it with extract_batch_size is refused with the keyword to use
     (the old advice "pass only batch_size" kept the probe's value as the backbone's batch)."""
-    @protocol_entry(renamed={"data_root": "data", "extract_batch_size": "batch_size"},
-                    changed={"batch_size": "batch_size now means the backbone's batch"})
+
+    @protocol_entry(
+        renamed={"data_root": "data", "extract_batch_size": "batch_size"},
+        changed={"batch_size": "batch_size now means the backbone's batch"},
+    )
     def evaluate(model, data=None, *, batch_size=64, probe_batch_size=256, progress=True):
         return {"data": data, "batch_size": batch_size}
 
@@ -88,8 +92,11 @@ def test_batch_size_whose_meaning_changed_is_explained_in_the_warning_and_the_re
         warnings.simplefilter("error")
         evaluate("m", "root", batch_size=8)  # the new spelling alone: no warning
     for fn in (linear.evaluate, pca_slice.evaluate):  # refused before any work, naming probe_batch_size
-        with pytest.raises(TypeError, match=r"batch_size together with its deprecated spelling \(extract_batch_size\)"
-                                            r".*probe_batch_size=<your old batch_size>"):
+        with pytest.raises(
+            TypeError,
+            match=r"batch_size together with its deprecated spelling \(extract_batch_size\)"
+            r".*probe_batch_size=<your old batch_size>",
+        ):
             fn(object(), data_root="root", batch_size=256, extract_batch_size=64)
 
 
@@ -117,8 +124,10 @@ def test_dense_protocols_read_a_reader_built_with_its_default_transform(tmp_path
 
     kw = dict(size=32, device="cpu", seeds=(0,), progress=False)
     pair = (VOCSegmentation(root, "trainaug"), VOCSegmentation(root, "val"))
-    assert incontext.evaluate(ColourBackbone(), pair, **kw)["metric"] == incontext.evaluate(ColourBackbone(), root,
-                                                                                            **kw)["metric"]
+    assert (
+        incontext.evaluate(ColourBackbone(), pair, **kw)["metric"]
+        == incontext.evaluate(ColourBackbone(), root, **kw)["metric"]
+    )
 
 
 def test_dense_protocols_name_what_to_pass_for_transformed_items(tmp_path):
@@ -144,6 +153,7 @@ def test_dense_protocols_name_what_to_pass_for_transformed_items(tmp_path):
 def test_linseg_refuses_a_dataset_name_that_contradicts_the_data():
     """ADE20K sets passed without dataset_name="ade20k" silently trained with VOC's recipe (SGD, one test
     scale); the set's name now has to agree with dataset_name when no config is given."""
+
     class Ade:
         num_classes, ignore_index, name, split = 3, 255, "ade20k-val", "val"
 
@@ -224,7 +234,22 @@ def test_a_command_on_another_layout_names_dataset_not_train_split(tmp_path, cap
 
     for sub in ("images/validation", "annotations/validation"):
         (tmp_path / "ADEChallengeData2016" / sub).mkdir(parents=True)
-    rc = main(["eval", command, "--model", "vitt8", "--random-init", "--device", "cpu", "--data", str(tmp_path),
-               "--size", "32", "--out", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "eval",
+            command,
+            "--model",
+            "vitt8",
+            "--random-init",
+            "--device",
+            "cpu",
+            "--data",
+            str(tmp_path),
+            "--size",
+            "32",
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc != 0 and "--dataset ade20k" in err and "--train-split" not in err

@@ -1,5 +1,6 @@
 """The shared evaluate() arguments (franca.eval.common.EvalArgs): checks, hand-over by name, and every
 protocol's evaluate() naming them alike."""
+
 from __future__ import annotations
 
 import importlib
@@ -66,8 +67,16 @@ def test_every_evaluate_takes_model_data_then_the_shared_keywords():
     """evaluate(model, data=None, *, …): `data` second (positional or keyword, default None, the toy set), every
     shared name that a protocol has keyword-only with the project-wide default (device "auto"), no old
     spellings left in a signature, and a probe's own batch named probe_batch_size."""
-    old_spellings = {"train_set", "val_set", "test_set", "dataset", "data_root", "extract_batch_size", "image_size",
-                     "resolution"}
+    old_spellings = {
+        "train_set",
+        "val_set",
+        "test_set",
+        "dataset",
+        "data_root",
+        "extract_batch_size",
+        "image_size",
+        "resolution",
+    }
     for name, fn in _protocols().items():
         params = inspect.signature(fn).parameters
         names = list(params)
@@ -80,7 +89,7 @@ def test_every_evaluate_takes_model_data_then_the_shared_keywords():
         for arg in shared:
             assert _SHARED_DEFAULT[arg](params[arg].default), (name, arg, params[arg].default)
         # the shared keywords come first, in EvalArgs' order, before the protocol's own
-        assert names[2:2 + len(shared)] == shared, name
+        assert names[2 : 2 + len(shared)] == shared, name
         assert hasattr(fn, "__wrapped__"), f"{name}.evaluate is not wrapped by protocol_entry"
     for name in ("linear", "pca_slice"):
         assert "probe_batch_size" in inspect.signature(_protocols()[name]).parameters
@@ -105,8 +114,11 @@ def _entry():
 
     calls = []
 
-    @protocol_entry(old_positional=("train_set", "val_set", "device"), old_pair=("train_set", "val_set"),
-                    renamed={"data_root": "data", "extract_batch_size": "batch_size"})
+    @protocol_entry(
+        old_positional=("train_set", "val_set", "device"),
+        old_pair=("train_set", "val_set"),
+        renamed={"data_root": "data", "extract_batch_size": "batch_size"},
+    )
     def evaluate(model, data=None, *, batch_size=1, device="auto", progress=True):
         from franca.utils.progress import is_quiet
 
@@ -128,15 +140,18 @@ def test_protocol_entry_new_names_pass_through_silently():
     assert list(inspect.signature(evaluate).parameters) == ["model", "data", "batch_size", "device", "progress"]
 
 
-@pytest.mark.parametrize("args, kwargs, expected, match", [
-    (("tr", "va"), {}, {"data": ("tr", "va")}, r"train_set/val_set → data=\(train, val\)"),
-    (("tr", "va", "cpu"), {}, {"data": ("tr", "va"), "device": "cpu"}, r"positional device → device="),
-    ((), {"train_set": "tr", "val_set": "va"}, {"data": ("tr", "va")}, "train_set/val_set"),
-    ((), {"train_set": "root"}, {"data": "root"}, "train_set/val_set"),
-    ((), {"data_root": "root"}, {"data": "root"}, "data_root → data"),
-    ((), {"data_root": "root", "train_set": "tr", "val_set": "va"}, {"data": ("tr", "va")}, "data_root → data"),
-    ((), {"extract_batch_size": 7}, {"batch_size": 7}, "extract_batch_size → batch_size"),
-])
+@pytest.mark.parametrize(
+    "args, kwargs, expected, match",
+    [
+        (("tr", "va"), {}, {"data": ("tr", "va")}, r"train_set/val_set → data=\(train, val\)"),
+        (("tr", "va", "cpu"), {}, {"data": ("tr", "va"), "device": "cpu"}, r"positional device → device="),
+        ((), {"train_set": "tr", "val_set": "va"}, {"data": ("tr", "va")}, "train_set/val_set"),
+        ((), {"train_set": "root"}, {"data": "root"}, "train_set/val_set"),
+        ((), {"data_root": "root"}, {"data": "root"}, "data_root → data"),
+        ((), {"data_root": "root", "train_set": "tr", "val_set": "va"}, {"data": ("tr", "va")}, "data_root → data"),
+        ((), {"extract_batch_size": 7}, {"batch_size": 7}, "extract_batch_size → batch_size"),
+    ],
+)
 def test_protocol_entry_translates_old_names_with_a_deprecation_warning(args, kwargs, expected, match):
     evaluate = _entry()
     with pytest.warns(DeprecationWarning, match=match) as record:
@@ -168,8 +183,11 @@ def test_the_readme_evaluation_example_runs_as_written():
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "evaluate(" in b)
-    calls = [n for n in ast.walk(ast.parse(block)) if isinstance(n, ast.Call)
-             and isinstance(n.func, ast.Attribute) and n.func.attr == "evaluate"]
+    calls = [
+        n
+        for n in ast.walk(ast.parse(block))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "evaluate"
+    ]
     assert {c.func.value.id for c in calls} == {"knn", "incontext"}
     model = franca.build_backbone("vitt8")  # stands in for the released weights (no download in tests)
     for call in calls:

@@ -1,4 +1,5 @@
 """Feature extraction: cache hits and keys, blocks ⇒ cls, sharded extraction equals one process."""
+
 from __future__ import annotations
 
 import pytest
@@ -153,8 +154,10 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         xb, yb = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
         xq, yq = torch.randn(13, 4, generator=g), torch.randint(0, 3, (13,), generator=g)
         res = knn_classify(xb, yb, xq, yq, ks=(1, 5), shard_queries=True)
-        torch.save({"cls": feats["cls"], "labels": feats["labels"], "knn": res["top1_k5"], "calls": model.calls},
-                   f"{out_dir}/rank{rank}.pt")
+        torch.save(
+            {"cls": feats["cls"], "labels": feats["labels"], "knn": res["top1_k5"], "calls": model.calls},
+            f"{out_dir}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 

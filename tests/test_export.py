@@ -1,4 +1,5 @@
 """export_backbone → timm's vit_*_patch14_dinov2 (local file, no network) gives the same features."""
+
 from __future__ import annotations
 
 import pytest
@@ -52,8 +53,8 @@ def test_swiglu_and_register_exports_with_create_kwargs(tmp_path, ffn, n_reg):
         theirs = t.forward_features(x)
     assert (ours["x_norm_clstoken"] - theirs[:, 0]).abs().max() < 1e-4
     if n_reg:
-        assert (ours["x_norm_regtokens"] - theirs[:, 1:1 + n_reg]).abs().max() < 1e-4
-    assert (ours["x_norm_patchtokens"] - theirs[:, 1 + n_reg:]).abs().max() < 1e-4
+        assert (ours["x_norm_regtokens"] - theirs[:, 1 : 1 + n_reg]).abs().max() < 1e-4
+    assert (ours["x_norm_patchtokens"] - theirs[:, 1 + n_reg :]).abs().max() < 1e-4
 
 
 def test_timm_wrapper_same_interface(tmp_path):
@@ -87,11 +88,13 @@ def test_export_command(tmp_path):
     assert main(["export", "--model", "vitt8", "--weights", str(src), "--out", str(out)]) == 0
     back = franca.load_backbone("vitt8", weights=out, depth=1)
     assert all(torch.equal(back.state_dict()[k], v) for k, v in m.state_dict().items())
-    assert main(["export", "--model", "vitt8", "--random-init", "--out", str(tmp_path / "x.pt")]) == 1  # wrong suffix → error
+    assert (
+        main(["export", "--model", "vitt8", "--random-init", "--out", str(tmp_path / "x.pt")]) == 1
+    )  # wrong suffix → error
 
 
 # ---------------------------------------------------------------------------------------------- timm alone
-_CHILD = '''
+_CHILD = """
 import sys
 class _NoFranca:  # this process must never import franca
     def find_spec(self, name, path=None, target=None):
@@ -108,7 +111,7 @@ for name, (recipe, images) in cases.items():
         out[name] = scope["model"].forward_features(images)
 assert not any(m == "franca" or m.startswith("franca.") for m in sys.modules)
 torch.save(out, sys.argv[2])
-'''
+"""
 
 
 @pytest.mark.slow
@@ -141,14 +144,19 @@ def test_printed_timm_recipe_reproduces_features_without_franca(tmp_path):
     torch.save(cases, tmp_path / "cases.pt")
     (tmp_path / "child.py").write_text(_CHILD)
     env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "cases.pt"), str(tmp_path / "o.pt")],
-                   check=True, cwd=tmp_path, env=env, timeout=300)
+    subprocess.run(
+        [sys.executable, str(tmp_path / "child.py"), str(tmp_path / "cases.pt"), str(tmp_path / "o.pt")],
+        check=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     theirs = torch.load(tmp_path / "o.pt", weights_only=True)
     for name, t in theirs.items():
         r = int(name[-1])
         o = ours[name]
-        assert o["x_norm_regtokens"].shape == t[:, 1:1 + r].shape
-        diff = (torch.cat([o["x_norm_clstoken"][:, None], o["x_norm_regtokens"], o["x_norm_patchtokens"]], 1) - t)
+        assert o["x_norm_regtokens"].shape == t[:, 1 : 1 + r].shape
+        diff = torch.cat([o["x_norm_clstoken"][:, None], o["x_norm_regtokens"], o["x_norm_patchtokens"]], 1) - t
         assert diff.abs().max() <= 1e-5, (name, float(diff.abs().max()))
 
 
@@ -172,10 +180,11 @@ def test_timm_own_resampling_at_other_sizes(tmp_path, n_reg):
 
     torch.save(make_flat_state_dict(grid=37, ffn="mlp", n_reg=n_reg, depth=2, seed=2), tmp_path / "f.pth")
     m = franca.load_backbone(weights=tmp_path / "f.pth", num_heads=HEADS)
-    t = _timm_from(franca.export_backbone(m, tmp_path / "f.safetensors"), dynamic_img_size=True,
-                   **timm_create_kwargs(m))
+    t = _timm_from(
+        franca.export_backbone(m, tmp_path / "f.safetensors"), dynamic_img_size=True, **timm_create_kwargs(m)
+    )
     for hw in ((224, 224), (168, 252)):
         x = torch.randn(1, 3, *hw)
         with torch.no_grad():
-            diff = (m.forward_features(x)["x_norm_patchtokens"] - t.forward_features(x)[:, 1 + n_reg:]).abs().max()
+            diff = (m.forward_features(x)["x_norm_patchtokens"] - t.forward_features(x)[:, 1 + n_reg :]).abs().max()
         assert (diff <= 1e-5) if n_reg else (diff > 1e-2), (hw, float(diff))

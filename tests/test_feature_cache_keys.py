@@ -1,5 +1,6 @@
 """Caches you can trust (#17): the feature cache key covers every file's size/mtime/inode, the
 weights, the transform (so the size) and the code version; each change recomputes."""
+
 from __future__ import annotations
 
 import os
@@ -107,6 +108,7 @@ def test_other_weights_another_size_and_code_version_are_recomputed(tmp_path, mo
 
 def test_readers_without_a_sample_list_fingerprint_their_root(tmp_path):
     """A reader with only a `root` (e.g. a torchvision fine-grained set): every file below it counts."""
+
     class RootOnly(torch.utils.data.Dataset):
         def __init__(self, root):
             self.root = root

@@ -1,4 +1,5 @@
 """`franca features`: folder of images → .pt/.npz with CLS, patch tokens and file names."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,28 @@ def test_features_command_pt(tmp_path, images):
     torch.save({"teacher": {"backbone." + k: v for k, v in m.state_dict().items()}}, w)
     out = tmp_path / "f.pt"
     # --size 36 is not a multiple of 8: shorter side → 36, centre crop 32×32 → 4×4 patches
-    rc = main(["features", "--model", "vitt8", "--weights", str(w), "--images", str(images), "--out", str(out),
-               "--size", "36", "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--no-progress"])
+    rc = main(
+        [
+            "features",
+            "--model",
+            "vitt8",
+            "--weights",
+            str(w),
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--size",
+            "36",
+            "--batch-size",
+            "2",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     res = torch.load(out, weights_only=True)
     assert [p.split("imgs/")[1] for p in res["files"]] == ["a.png", "c.png", "sub/b.jpg"]
@@ -49,10 +70,52 @@ def test_features_command_pt(tmp_path, images):
 
 def test_features_npz_and_errors(tmp_path, images):
     out = tmp_path / "f.npz"
-    assert main(["features", "--model", "vitt8", "--random-init", "--images", str(images), "--out", str(out), "--size", "16",
-                 "--num-workers", "0", "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "features",
+                "--model",
+                "vitt8",
+                "--random-init",
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--size",
+                "16",
+                "--num-workers",
+                "0",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     z = np.load(out)
     assert z["patch"].shape == (3, 4, 192) and len(z["files"]) == 3
-    assert main(["features", "--model", "vitt8", "--random-init", "--images", str(tmp_path / "none"), "--out", str(out)]) == 1
-    assert main(["features", "--model", "vitt8", "--random-init", "--images", str(images), "--out", str(out), "--size", "4",
-                 "--num-workers", "0", "--device", "cpu"]) == 1  # smaller than the patch: clear error
+    assert (
+        main(["features", "--model", "vitt8", "--random-init", "--images", str(tmp_path / "none"), "--out", str(out)])
+        == 1
+    )
+    assert (
+        main(
+            [
+                "features",
+                "--model",
+                "vitt8",
+                "--random-init",
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--size",
+                "4",
+                "--num-workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )  # smaller than the patch: clear error

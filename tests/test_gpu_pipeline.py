@@ -2,6 +2,7 @@
 images), batched JPEG decoding against PIL, equality with the worker batch path (same seeds, same bits),
 exact resume, crop-box statistics and deterministic pixel ops against the per-sample torchvision pipeline,
 and a folder of every awkward image kind pretraining with the default preset on both paths."""
+
 from __future__ import annotations
 
 import io
@@ -57,7 +58,7 @@ def awkward_folder(root: Path) -> Path:
     _photo(38, 38, 7).convert("RGBA").save(root / "b" / "rgba.png")
     _photo(41, 29, 8).convert("P").save(root / "b" / "palette.png")
     _photo(26, 61, 9).convert("L").save(root / "b" / "gray.png")
-    deep = (np.asarray(_photo(35, 44, 10).convert("L"), dtype=np.uint16) * 257)
+    deep = np.asarray(_photo(35, 44, 10).convert("L"), dtype=np.uint16) * 257
     Image.fromarray(deep).save(root / "b" / "deep16.png")  # mode I;16
     return root
 
@@ -68,9 +69,19 @@ def awkward_folder(root: Path) -> Path:
 def test_plain_jpegs_travel_as_bytes_and_the_rest_decoded(tmp_path: Path) -> None:
     folder = awkward_folder(tmp_path / "imgs")
     routes = {p.name: next(iter(read_encoded(p, decode=decode_image))) for p in sorted(folder.rglob("*.*"))}
-    assert routes == {"rgb0.jpg": "jpeg", "rgb1.jpg": "jpeg", "rgb2.jpg": "jpeg", "gray.jpg": "jpeg",
-                      "progressive.jpg": "jpeg", "cmyk.jpg": "image", "exif.jpg": "image", "rgba.png": "image",
-                      "palette.png": "image", "gray.png": "image", "deep16.png": "image"}
+    assert routes == {
+        "rgb0.jpg": "jpeg",
+        "rgb1.jpg": "jpeg",
+        "rgb2.jpg": "jpeg",
+        "gray.jpg": "jpeg",
+        "progressive.jpg": "jpeg",
+        "cmyk.jpg": "image",
+        "exif.jpg": "image",
+        "rgba.png": "image",
+        "palette.png": "image",
+        "gray.png": "image",
+        "deep16.png": "image",
+    }
     # what the header check cannot take goes to the data set's decoder, which raises its own error
     (tmp_path / "x.jpg").write_bytes(b"not an image at all")
     with pytest.raises((OSError, ValueError)):
@@ -95,8 +106,10 @@ def test_an_undecodable_jpeg_is_replaced_and_reported() -> None:
     noise = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
     good = _jpeg(Image.fromarray(noise))
     broken = good[: len(good) // 2]  # the header parses, the data stops
-    items = [read_encoded(broken, decode=decode_image) | {"name": "broken.jpg"},
-             read_encoded(good, decode=decode_image) | {"name": "good.jpg"}]
+    items = [
+        read_encoded(broken, decode=decode_image) | {"name": "broken.jpg"},
+        read_encoded(good, decode=decode_image) | {"name": "good.jpg"},
+    ]
     assert "jpeg" in items[0]
     batch = {"encoded": items, "augment_seed": 5, "skipped": []}
     out = DeviceAugment(BatchMultiCrop(global_size=8, local_size=6, n_local=1), CPU)(batch)
@@ -110,15 +123,15 @@ def test_an_undecodable_jpeg_is_replaced_and_reported() -> None:
 def _cfg(data: Path, *extra: str) -> Any:
     from franca.train.config import load_config
 
-    return load_config("tiny", [f"data.dataset={data}", "data.num_workers=0", "train.batch_size_per_gpu=4",
-                                *extra])
+    return load_config("tiny", [f"data.dataset={data}", "data.num_workers=0", "train.batch_size_per_gpu=4", *extra])
 
 
 def _batches(cfg: Any, start: int, n: int, augment_on: Any = "config") -> list[dict[str, Any]]:
     from franca.train.data import build_pretrain_data
 
-    data = build_pretrain_data(cfg, patch_size=8, rank=0, world=1, start_iteration=start, device=CPU,
-                               augment_on=augment_on)
+    data = build_pretrain_data(
+        cfg, patch_size=8, rank=0, world=1, start_iteration=start, device=CPU, augment_on=augment_on
+    )
     it = iter(data.loader)
     return [next(it) for _ in range(n)]
 
@@ -188,7 +201,7 @@ def test_crop_box_statistics_match_random_resized_crop() -> None:
     ours = torch.stack([w * h / (hw[:, 0] * hw[:, 1]), (w / h).log(), boxes[:, 0] / (hw[:, 1] - w + 1e-6)], 1)
     torch.manual_seed(0)
     ref = []
-    for (H, W) in sizes * (n // 4):
+    for H, W in sizes * (n // 4):
         i, j, hh, ww = v2.RandomResizedCrop.get_params(torch.empty(3, H, W), [0.32, 1.0], [3 / 4, 4 / 3])
         ref.append([ww * hh / (H * W), math.log(ww / hh), j / max(W - ww, 1e-6) if W > ww else 0.5])
     ref_t = torch.tensor(ref)
@@ -216,9 +229,21 @@ def test_flip_grayscale_solarize_equal_torchvision_on_the_device_path() -> None:
     # whole-image crops at the image size; each deterministic op with p=1 against torchvision on uint8
     g = torch.Generator().manual_seed(2)
     images = [torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8, generator=g) for _ in range(3)]
-    base = dict(global_size=12, local_size=12, n_local=0, global_scale=(1.0, 1.0), blur_p_global1=0.0,
-                blur_p_global2=0.0, blur_p_local=0.0, solarize_p_global2=0.0, jitter_p=0.0, grayscale_p=0.0,
-                flip_p=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    base = dict(
+        global_size=12,
+        local_size=12,
+        n_local=0,
+        global_scale=(1.0, 1.0),
+        blur_p_global1=0.0,
+        blur_p_global2=0.0,
+        blur_p_local=0.0,
+        solarize_p_global2=0.0,
+        jitter_p=0.0,
+        grayscale_p=0.0,
+        flip_p=0.0,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+    )
     batch = {"augment_seed": 3}
 
     def run(**kw: Any) -> torch.Tensor:
@@ -239,8 +264,9 @@ def test_flip_grayscale_solarize_equal_torchvision_on_the_device_path() -> None:
 
 
 @pytest.mark.parametrize("path", ["workers", "device", "per-image"])
-def test_default_preset_pretrains_on_a_folder_of_every_image_kind(tmp_path: Path, path: str,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_preset_pretrains_on_a_folder_of_every_image_kind(
+    tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import franca.train.data as data_mod
     from franca.train.config import load_config
     from franca.train.loop import train
@@ -249,9 +275,18 @@ def test_default_preset_pretrains_on_a_folder_of_every_image_kind(tmp_path: Path
     if path == "device":  # the CUDA path, run on the CPU
         monkeypatch.setattr(data_mod, "augment_device", lambda cfg, device: CPU)
     extra = ["data.batch_augment=false"] if path == "per-image" else []  # the per-sample path of the big presets
-    cfg = load_config(None, [f"data.dataset={folder}", "train.iterations=3", "train.batch_size_per_gpu=4",
-                             "train.knn_eval=false", f"train.output_dir={tmp_path / 'run'}", "train.log_period=1",
-                             *extra])
+    cfg = load_config(
+        None,
+        [
+            f"data.dataset={folder}",
+            "train.iterations=3",
+            "train.batch_size_per_gpu=4",
+            "train.knn_eval=false",
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.log_period=1",
+            *extra,
+        ],
+    )
     summary = train(cfg, quiet=True)
     assert summary["iterations"] == 3 and summary["skipped_files"] == 0
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()

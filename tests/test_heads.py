@@ -1,4 +1,5 @@
 """MatryoshkaHead: level widths, prototype counts, slicing vs projection, weight norm, gradients."""
+
 from __future__ import annotations
 
 import copy

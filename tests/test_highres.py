@@ -1,12 +1,12 @@
 """`franca highres --checkpoint CKPT` (issue 23 item 2): the checkpoint's own config defines the model
 and heads, its patch size rounds the stages' crop sizes, a contradicting model override is one error."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
-
 from dist_train_worker import make_image_folder, tiny_overrides
 
 
@@ -18,32 +18,56 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("highres")
     data = make_image_folder(root / "img", n=8)
-    s = train(load_config("tiny", tiny_overrides(root / "low", data, iterations=2) + ["model.num_register_tokens=2"]),
-              quiet=True)
+    s = train(
+        load_config("tiny", tiny_overrides(root / "low", data, iterations=2) + ["model.num_register_tokens=2"]),
+        quiet=True,
+    )
     return {"root": root, "data": data, "ckpt": Path(s["checkpoint"])}
 
 
 def _stage(tmp: Path, global_size: int, local_size: int) -> Path:
     """A small stage preset on top of the real highres-364 preset (which builds a ViT-B by itself)."""
     p = tmp / f"stage{global_size}.yaml"
-    p.write_text(f"_base_: highres-364\ncrops:\n  global_crops_size: {global_size}\n  local_crops_size: {local_size}\n"
-                 "  local_crops_number: 2\n")
+    p.write_text(
+        f"_base_: highres-364\ncrops:\n  global_crops_size: {global_size}\n  local_crops_size: {local_size}\n"
+        "  local_crops_number: 2\n"
+    )
     return p
 
 
 def _data_overrides(data: Path) -> list[str]:
     """Only data, length and device: no model.*, dino.* or ibot.* keys."""
-    return [f"data.dataset={data}", "data.num_workers=0", "train.iterations=2", "train.batch_size_per_gpu=4",
-            "train.device=cpu", "train.knn_eval=false", "train.log_period=1", "optim.warmup_iterations=0",
-            "teacher.warmup_teacher_temp_iterations=1", "optim.freeze_last_layer_iterations=1"]
+    return [
+        f"data.dataset={data}",
+        "data.num_workers=0",
+        "train.iterations=2",
+        "train.batch_size_per_gpu=4",
+        "train.device=cpu",
+        "train.knn_eval=false",
+        "train.log_period=1",
+        "optim.warmup_iterations=0",
+        "teacher.warmup_teacher_temp_iterations=1",
+        "optim.freeze_last_layer_iterations=1",
+    ]
 
 
 def test_highres_runs_from_a_tiny_checkpoint_without_model_overrides(tiny_ckpt, tmp_path: Path, capsys) -> None:
     from franca.cli import main
 
     stages = f"{_stage(tmp_path, 22, 10)},{_stage(tmp_path, 26, 13)}"  # not multiples of the patch (4)
-    rc = main(["highres", "--checkpoint", str(tiny_ckpt["ckpt"]), "--quiet", "--output-dir", str(tmp_path / "hr"),
-               "--stages", stages, *_data_overrides(tiny_ckpt["data"])])
+    rc = main(
+        [
+            "highres",
+            "--checkpoint",
+            str(tiny_ckpt["ckpt"]),
+            "--quiet",
+            "--output-dir",
+            str(tmp_path / "hr"),
+            "--stages",
+            stages,
+            *_data_overrides(tiny_ckpt["data"]),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err[-3000:]
     src = torch.load(tiny_ckpt["ckpt"], weights_only=True)
@@ -79,16 +103,31 @@ def test_highres_stage_config_takes_the_model_and_rounds_crops() -> None:
     assert stage_config("highres-364", [], None, patch_size=14, source="ckpt").model.arch == "vitb14"
 
 
-@pytest.mark.parametrize("override, key", [
-    ("model.arch=vitb14", "model.arch"),
-    ("model.embed_dim=64", "model.embed_dim"),
-    ("model.num_register_tokens=0", "model.num_register_tokens"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.arch=vitb14", "model.arch"),
+        ("model.embed_dim=64", "model.embed_dim"),
+        ("model.num_register_tokens=0", "model.num_register_tokens"),
+    ],
+)
 def test_a_contradicting_model_override_is_one_clear_error(tiny_ckpt, tmp_path: Path, capsys, override, key) -> None:
     from franca.cli import main
 
-    rc = main(["highres", "--checkpoint", str(tiny_ckpt["ckpt"]), "--quiet", "--output-dir", str(tmp_path / "hr"),
-               "--stages", str(_stage(tmp_path, 20, 8)), override, *_data_overrides(tiny_ckpt["data"])])
+    rc = main(
+        [
+            "highres",
+            "--checkpoint",
+            str(tiny_ckpt["ckpt"]),
+            "--quiet",
+            "--output-dir",
+            str(tmp_path / "hr"),
+            "--stages",
+            str(_stage(tmp_path, 20, 8)),
+            override,
+            *_data_overrides(tiny_ckpt["data"]),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
     line = [ln for ln in err.splitlines() if ln.startswith("franca highres")]
@@ -99,8 +138,17 @@ def test_a_contradicting_model_override_is_one_clear_error(tiny_ckpt, tmp_path: 
 def test_highres_rerun_is_refused_and_resume_finishes_the_stages(tiny_ckpt, tmp_path: Path, capsys) -> None:
     from franca.cli import main
 
-    argv = ["highres", "--checkpoint", str(tiny_ckpt["ckpt"]), "--quiet", "--output-dir", str(tmp_path / "hr"),
-            "--stages", str(_stage(tmp_path, 20, 8)), *_data_overrides(tiny_ckpt["data"])]
+    argv = [
+        "highres",
+        "--checkpoint",
+        str(tiny_ckpt["ckpt"]),
+        "--quiet",
+        "--output-dir",
+        str(tmp_path / "hr"),
+        "--stages",
+        str(_stage(tmp_path, 20, 8)),
+        *_data_overrides(tiny_ckpt["data"]),
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     assert main(argv) == 1

@@ -2,6 +2,7 @@
 malicious tar shards, link loops, bad output paths. Each case states what "handled well" means:
 a decoded image with the right pixels, a skip that names the file, or one clear error naming it
 (never code run from a data file, never a hang, never a destroyed output)."""
+
 from __future__ import annotations
 
 import io
@@ -37,8 +38,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def _png_header_only(w: int, h: int) -> bytes:
     """A PNG whose header declares w×h RGB pixels, with almost no pixel data (a bomb's shape)."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _jpeg_bytes(size=(16, 16)) -> bytes:
@@ -51,8 +56,8 @@ BAD_IMAGE_BYTES = {
     "zero_bytes.jpg": b"",
     "text.png": b"this is not an image\n",
     "truncated.jpg": _jpeg_bytes((64, 64))[:300],
-    "bomb_header.png": _png_header_only(40_000, 40_000),   # 1.6 G pixels: PIL's own error threshold
-    "bomb_mid.png": _png_header_only(10_000, 10_000),      # 100 M pixels: above the warning threshold only
+    "bomb_header.png": _png_header_only(40_000, 40_000),  # 1.6 G pixels: PIL's own error threshold
+    "bomb_mid.png": _png_header_only(10_000, 10_000),  # 100 M pixels: above the warning threshold only
     "html.jpg": b"<html><body>404</body></html>",
     "garbage.gif": b"GIF89a" + b"\xff" * 40,
 }
@@ -113,7 +118,7 @@ def test_float_tiff_is_scaled_not_truncated(tmp_path):
 
 
 def test_32bit_integer_image(tmp_path):
-    arr = (np.arange(64, dtype=np.int32).reshape(8, 8) * 1000)
+    arr = np.arange(64, dtype=np.int32).reshape(8, 8) * 1000
     Image.fromarray(arr, mode="I").save(tmp_path / "i.tif")
     assert Image.open(tmp_path / "i.tif").mode == "I"
     got = np.asarray(open_image(tmp_path / "i.tif"))[..., 0]
@@ -225,7 +230,7 @@ def test_a_bad_stretch_does_not_kill_a_good_folder(tmp_path):
     ds = FolderImages(files, None, where=root)
     sampler = ResumableBatchSampler(len(files), 27, seed=0)
     skipped = 0
-    for it, batch in zip(range(10), sampler):  # one epoch: 270 slots
+    for _it, batch in zip(range(10), sampler):  # one epoch: 270 slots
         for key in batch:
             item = ds[key]
             assert item["image"].shape == (3, 4, 4)
@@ -419,11 +424,18 @@ def test_no_unsafe_deserialisation_in_the_package():
     bad = []
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()
-        for pattern in (r"pickle\.loads?\(", r"Unpickler\(", r"allow_pickle\s*=\s*True", r"read_pickle\(",
-                        r"joblib\.load\(", r"dill\.loads?\(", r"cloudpickle\.loads?\("):
+        for pattern in (
+            r"pickle\.loads?\(",
+            r"Unpickler\(",
+            r"allow_pickle\s*=\s*True",
+            r"read_pickle\(",
+            r"joblib\.load\(",
+            r"dill\.loads?\(",
+            r"cloudpickle\.loads?\(",
+        ):
             bad += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
         for m in re.finditer(r"torch\.load\(", text):
-            call = text[m.start(): text.find("\n\n", m.start())]
+            call = text[m.start() : text.find("\n\n", m.start())]
             depth, end = 0, None
             for i, ch in enumerate(call):
                 depth += ch == "("
@@ -505,8 +517,10 @@ def test_features_output_path_is_checked_before_any_work(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     flag = "--data"
     for out in (tmp_path / "x.txt", tmp_path / "file" / "f.pt", tmp_path):
-        assert main(["features", "--model", "vitt8", "--out", str(out), "--device", "cpu",
-                     flag, str(tmp_path / "imgs")]) == 1
+        assert (
+            main(["features", "--model", "vitt8", "--out", str(out), "--device", "cpu", flag, str(tmp_path / "imgs")])
+            == 1
+        )
     assert not called
     with pytest.raises(ValueError, match="x.txt"):
         F.save_features({}, tmp_path / "x.txt")
@@ -552,9 +566,18 @@ def test_pretraining_data_on_a_folder_with_a_bad_stretch_and_a_symlinked_subfold
     for i in range(199):
         _png(tmp_path / "elsewhere" / f"{i:03d}.png", (20, 20), value=i)
     os.symlink(tmp_path / "elsewhere", data / "linked")
-    cfg = load_config("tiny", [f"data.dataset={data}", "data.num_workers=0", "train.batch_size_per_gpu=32",
-                               "data.batch_augment=false", "crops.global_crops_size=16", "crops.local_crops_size=8",
-                               "crops.local_crops_number=1"])
+    cfg = load_config(
+        "tiny",
+        [
+            f"data.dataset={data}",
+            "data.num_workers=0",
+            "train.batch_size_per_gpu=32",
+            "data.batch_augment=false",
+            "crops.global_crops_size=16",
+            "crops.local_crops_size=8",
+            "crops.local_crops_number=1",
+        ],
+    )
     pre = build_pretrain_data(cfg, patch_size=4, rank=0, world=1, start_iteration=0, device=torch.device("cpu"))
     assert pre.dataset_size == 270  # 74 % good, most of it behind the link
     batch = next(iter(pre.loader))  # (a whole epoch is read in test_a_bad_stretch_does_not_kill_a_good_folder)

@@ -2,18 +2,18 @@
 items 8 and 10): every case ends in one line naming the file, key or value (no traceback), and no
 good file is lost. The corpus covers configs, checkpoints, weights files, data paths, the metrics
 log and failed writes; tests/test_run_folder.py covers the output folder (re-runs, locks, resume)."""
+
 from __future__ import annotations
 
 import errno
 import json
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
-
 from dist_train_worker import make_image_folder, tiny_overrides
 
 
@@ -57,27 +57,30 @@ def _pretrain(run: dict[str, Path], out: Path, *extra: str, iterations: int = 2)
 
 
 # ----------------------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("override, key", [
-    ("optim.base_lr=inf", "optim.base_lr"),
-    ("optim.base_lr=nan", "optim.base_lr"),
-    ("train.epochs=inf", "train.epochs"),
-    ("optim.weight_decay=-inf", "optim.weight_decay"),
-    ("optim.min_lr=-1", "optim.min_lr"),
-    ("optim.warmup_epochs=nan", "optim.warmup_epochs"),
-    ("train.max_minutes=-5", "train.max_minutes"),
-    ("teacher.teacher_temp=inf", "teacher.teacher_temp"),
-    ("crops.global_crops_scale=[0.5,inf]", "crops.global_crops_scale"),
-    ("optim.betas=[0.9,nan]", "optim.betas"),
-    ("train.iterations=-3", "train.iterations"),
-    ("train.iterations=1.5", "train.iterations"),
-    ("model.embed_dim=0", "model.embed_dim"),
-    ("dino.nesting_levels=0", "dino.nesting_levels"),
-    ("ibot.head.hidden_dim=0", "ibot.head.hidden_dim"),
-    ("loss.sinkhorn_iterations=0", "loss.sinkhorn_iterations"),
-    ("data.dataset_size=-5", "data.dataset_size"),
-    ("train.knn_k=0", "train.knn_k"),
-    ("train.output_dir=", "train.output_dir"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optim.base_lr=inf", "optim.base_lr"),
+        ("optim.base_lr=nan", "optim.base_lr"),
+        ("train.epochs=inf", "train.epochs"),
+        ("optim.weight_decay=-inf", "optim.weight_decay"),
+        ("optim.min_lr=-1", "optim.min_lr"),
+        ("optim.warmup_epochs=nan", "optim.warmup_epochs"),
+        ("train.max_minutes=-5", "train.max_minutes"),
+        ("teacher.teacher_temp=inf", "teacher.teacher_temp"),
+        ("crops.global_crops_scale=[0.5,inf]", "crops.global_crops_scale"),
+        ("optim.betas=[0.9,nan]", "optim.betas"),
+        ("train.iterations=-3", "train.iterations"),
+        ("train.iterations=1.5", "train.iterations"),
+        ("model.embed_dim=0", "model.embed_dim"),
+        ("dino.nesting_levels=0", "dino.nesting_levels"),
+        ("ibot.head.hidden_dim=0", "ibot.head.hidden_dim"),
+        ("loss.sinkhorn_iterations=0", "loss.sinkhorn_iterations"),
+        ("data.dataset_size=-5", "data.dataset_size"),
+        ("train.knn_k=0", "train.knn_k"),
+        ("train.output_dir=", "train.output_dir"),
+    ],
+)
 def test_non_finite_or_negative_config_values_are_one_line_errors(capsys, override: str, key: str) -> None:
     from franca.train.config import load_config
 
@@ -87,12 +90,15 @@ def test_non_finite_or_negative_config_values_are_one_line_errors(capsys, overri
     assert key in line
 
 
-@pytest.mark.parametrize("text, names", [
-    ("optim:\n  base_lr: [1\n", "line"),            # YAML syntax error
-    ("- just\n- a list\n", "mapping"),             # not a mapping
-    ("optim: {base_lr: 1e-3\n", "line"),          # unclosed flow mapping
-    ("\x00\x01\x02binary\xff", ""),              # not text at all
-])
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("optim:\n  base_lr: [1\n", "line"),  # YAML syntax error
+        ("- just\n- a list\n", "mapping"),  # not a mapping
+        ("optim: {base_lr: 1e-3\n", "line"),  # unclosed flow mapping
+        ("\x00\x01\x02binary\xff", ""),  # not text at all
+    ],
+)
 def test_broken_yaml_config_names_the_file(tmp_path: Path, capsys, text: str, names: str) -> None:
     bad = tmp_path / "broken.yaml"
     bad.write_bytes(text.encode("latin-1"))
@@ -174,31 +180,47 @@ def _weights_cases(tmp: Path, ckpt: Path) -> dict[str, Path]:
     return cases
 
 
-@pytest.mark.parametrize("case", ["empty", "text", "truncated", "malicious", "random.safetensors",
-                                  "text.safetensors", "huge_header.safetensors", "truncated.safetensors"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty",
+        "text",
+        "truncated",
+        "malicious",
+        "random.safetensors",
+        "text.safetensors",
+        "huge_header.safetensors",
+        "truncated.safetensors",
+    ],
+)
 def test_bad_weights_file_is_one_line_naming_it(tiny_run, tmp_path: Path, capsys, case: str) -> None:
     import franca
 
     if case == "truncated.safetensors":
-        good = franca.export_backbone(franca.load_backbone("vitt4", weights=str(tiny_run["ckpt"])),
-                                      tmp_path / "good.safetensors")
+        good = franca.export_backbone(
+            franca.load_backbone("vitt4", weights=str(tiny_run["ckpt"])), tmp_path / "good.safetensors"
+        )
         bad = tmp_path / "truncated.safetensors"
         bad.write_bytes(Path(good).read_bytes()[:-100])
     else:
         bad = _weights_cases(tmp_path, tiny_run["ckpt"])[case]
-    line = _cli_error(capsys, ["export", "--model", "vitt4", "--weights", str(bad), "--out",
-                               str(tmp_path / "x.safetensors")])
+    line = _cli_error(
+        capsys, ["export", "--model", "vitt4", "--weights", str(bad), "--out", str(tmp_path / "x.safetensors")]
+    )
     assert str(bad) in line
     assert "error: 101" not in line and not (tmp_path / "PWNED").exists()
 
 
 # ------------------------------------------------------------------------------------- data paths
-@pytest.mark.parametrize("spec, shown", [
-    ("{tmp}/no_such_folder", "not found: {tmp}/no_such_folder"),
-    ("{tmp}/no_such_file.tar", "not found: {tmp}/no_such_file.tar"),
-    ("{tmp}/shards-{{000..001}}.tar", "{tmp}/shards-000.tar"),
-    ("{tmp}/empty_folder", "{tmp}/empty_folder"),
-])
+@pytest.mark.parametrize(
+    "spec, shown",
+    [
+        ("{tmp}/no_such_folder", "not found: {tmp}/no_such_folder"),
+        ("{tmp}/no_such_file.tar", "not found: {tmp}/no_such_file.tar"),
+        ("{tmp}/shards-{{000..001}}.tar", "{tmp}/shards-000.tar"),
+        ("{tmp}/empty_folder", "{tmp}/empty_folder"),
+    ],
+)
 def test_missing_data_is_one_line_naming_the_path(tiny_run, tmp_path: Path, capsys, spec: str, shown: str) -> None:
     (tmp_path / "empty_folder").mkdir()
     data = spec.format(tmp=tmp_path)
@@ -208,18 +230,22 @@ def test_missing_data_is_one_line_naming_the_path(tiny_run, tmp_path: Path, caps
     assert "shards not found" not in line or "{" in data
 
 
-@pytest.mark.parametrize("override, shown", [
-    ("data.dataset={img}", "{img}"),                      # one image, not a folder
-    ("data.dataset={txt}", "{txt}"),                      # a text file
-    ("model.arch=vitx99", "vitx99"),
-    ("model.num_heads=3", "num_heads 3"),
-    ("train.device=banana", "banana"),
-    ("train.device=cuda", "cuda"),                        # the tests hide any GPU
-    ("data.num_workers=100000", "data.num_workers=100000"),
-    ("train.knn_eval=true data.val={tmp}/nope data.knn_train={tmp}/nope", "{tmp}/nope"),
-])
-def test_bad_values_found_while_building_are_one_line(tiny_run, tmp_path: Path, capsys, override: str,
-                                                      shown: str) -> None:
+@pytest.mark.parametrize(
+    "override, shown",
+    [
+        ("data.dataset={img}", "{img}"),  # one image, not a folder
+        ("data.dataset={txt}", "{txt}"),  # a text file
+        ("model.arch=vitx99", "vitx99"),
+        ("model.num_heads=3", "num_heads 3"),
+        ("train.device=banana", "banana"),
+        ("train.device=cuda", "cuda"),  # the tests hide any GPU
+        ("data.num_workers=100000", "data.num_workers=100000"),
+        ("train.knn_eval=true data.val={tmp}/nope data.knn_train={tmp}/nope", "{tmp}/nope"),
+    ],
+)
+def test_bad_values_found_while_building_are_one_line(
+    tiny_run, tmp_path: Path, capsys, override: str, shown: str
+) -> None:
     (tmp_path / "notes.txt").write_text("not images")
     img = next(tiny_run["data"].rglob("*.png"))
     fmt = dict(img=img, txt=tmp_path / "notes.txt", tmp=tmp_path)
@@ -237,21 +263,33 @@ def test_output_dir_that_is_a_file(tiny_run, tmp_path: Path, capsys) -> None:
 # ----------------------------------------------------------------------------- non-finite training
 def test_overflowing_lr_is_one_line_naming_the_key(tiny_run, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    line = _cli_error(capsys, _pretrain(tiny_run, out, "optim.base_lr=1e38", "optim.warmup_iterations=0",
-                                        "train.checkpoint_period=1", iterations=3))
+    line = _cli_error(
+        capsys,
+        _pretrain(
+            tiny_run, out, "optim.base_lr=1e38", "optim.warmup_iterations=0", "train.checkpoint_period=1", iterations=3
+        ),
+    )
     assert "optim.base_lr" in line and "iteration 0" in line
     assert not (out / "checkpoint.pth").exists()
 
 
 def test_exploding_lr_stops_and_saves_only_finite_weights(tiny_run, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    line = _cli_error(capsys, _pretrain(tiny_run, out, "optim.base_lr=1e30", "optim.warmup_iterations=0",
-                                        "train.checkpoint_period=1", iterations=4))
+    line = _cli_error(
+        capsys,
+        _pretrain(
+            tiny_run, out, "optim.base_lr=1e30", "optim.warmup_iterations=0", "train.checkpoint_period=1", iterations=4
+        ),
+    )
     assert "non-finite" in line and "optim.base_lr" in line
     if (out / "checkpoint.pth").exists():
         ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
-        assert all(torch.isfinite(v).all() for part in ("teacher", "student") for v in ckpt[part].values()
-                   if v.is_floating_point())
+        assert all(
+            torch.isfinite(v).all()
+            for part in ("teacher", "student")
+            for v in ckpt[part].values()
+            if v.is_floating_point()
+        )
 
 
 def test_inf_lr_weights_are_caught_before_the_first_save(tiny_run, tmp_path: Path, monkeypatch) -> None:
@@ -264,10 +302,14 @@ def test_inf_lr_weights_are_caught_before_the_first_save(tiny_run, tmp_path: Pat
     from franca.train.schedules import Schedules
 
     at = Schedules.at
-    monkeypatch.setattr(Schedules, "at", lambda self, i: dataclasses.replace(at(self, i), lr=float("inf"),
-                                                                             last_layer_lr=float("inf")))
-    cfg = load_config("tiny", tiny_overrides(tmp_path / "out", tiny_run["data"], iterations=3)
-                      + ["train.checkpoint_period=1", "train.log_period=1"])
+    monkeypatch.setattr(
+        Schedules, "at", lambda self, i: dataclasses.replace(at(self, i), lr=float("inf"), last_layer_lr=float("inf"))
+    )
+    cfg = load_config(
+        "tiny",
+        tiny_overrides(tmp_path / "out", tiny_run["data"], iterations=3)
+        + ["train.checkpoint_period=1", "train.log_period=1"],
+    )
     tr = Trainer(cfg, quiet=True)
     with pytest.raises(NonFiniteLossError, match=r"weights became non-finite .* iteration 0.*no checkpoint"):
         tr.run()
@@ -279,8 +321,11 @@ def test_non_finite_weights_keep_the_last_good_checkpoint(tiny_run, tmp_path: Pa
     from franca.train.config import load_config
     from franca.train.loop import NonFiniteLossError, Trainer
 
-    cfg = load_config("tiny", tiny_overrides(tmp_path / "out", tiny_run["data"], iterations=4)
-                      + ["train.checkpoint_period=2", "train.log_period=100"])
+    cfg = load_config(
+        "tiny",
+        tiny_overrides(tmp_path / "out", tiny_run["data"], iterations=4)
+        + ["train.checkpoint_period=2", "train.log_period=100"],
+    )
     original = Trainer.step
 
     def step(self, batch, i):
@@ -338,12 +383,14 @@ def _failing_save(kind: str) -> Callable:
         if kind == "enospc":
             raise OSError(errno.ENOSPC, "No space left on device")
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4480 vs 4372")
+
     return save
 
 
 @pytest.mark.parametrize("kind", ["enospc", "torch_writer"])
-def test_failed_checkpoint_write_names_disk_space_and_keeps_the_old_file(tiny_run, tmp_path: Path, capsys,
-                                                                         monkeypatch, kind: str) -> None:
+def test_failed_checkpoint_write_names_disk_space_and_keeps_the_old_file(
+    tiny_run, tmp_path: Path, capsys, monkeypatch, kind: str
+) -> None:
     import shutil
 
     from franca.train import checkpoint as ckpt_io
@@ -352,8 +399,9 @@ def test_failed_checkpoint_write_names_disk_space_and_keeps_the_old_file(tiny_ru
     shutil.copytree(tiny_run["run"], out)
     before = (out / "checkpoint.pth").read_bytes()
     monkeypatch.setattr(ckpt_io.torch, "save", _failing_save(kind))
-    line = _cli_error(capsys, _pretrain(tiny_run, out, "--resume", "--allow-config-change", "train.iterations",
-                                        iterations=3))
+    line = _cli_error(
+        capsys, _pretrain(tiny_run, out, "--resume", "--allow-config-change", "train.iterations", iterations=3)
+    )
     assert "disk" in line and str(out / "checkpoint.pth") in line and "free" in line
     assert (out / "checkpoint.pth").read_bytes() == before
     assert not list(out.glob(".checkpoint.pth.tmp*"))
@@ -385,8 +433,9 @@ def test_full_disk_while_logging_names_the_metrics_file(tiny_run, tmp_path: Path
         return real_open(path, mode, *a, **k)
 
     monkeypatch.setattr(builtins, "open", full)
-    line = _cli_error(capsys, _pretrain(tiny_run, out, "--resume", "--allow-config-change", "train.iterations",
-                                        iterations=3))
+    line = _cli_error(
+        capsys, _pretrain(tiny_run, out, "--resume", "--allow-config-change", "train.iterations", iterations=3)
+    )
     assert str(out / "metrics.jsonl") in line and "disk" in line and "free" in line
 
 
@@ -417,22 +466,42 @@ def test_resume_into_another_architecture_is_one_line(tiny_run, tmp_path: Path, 
 
     out = tmp_path / "run"
     shutil.copytree(tiny_run["run"], out)
-    line = _cli_error(capsys, _pretrain(tiny_run, out, "--resume", "--allow-config-change", "model",
-                                        "model.embed_dim=64", "model.num_heads=4"))
+    line = _cli_error(
+        capsys,
+        _pretrain(
+            tiny_run, out, "--resume", "--allow-config-change", "model", "model.embed_dim=64", "model.num_heads=4"
+        ),
+    )
     assert "do not fit" in line and str(out / "checkpoint.pth") in line and "(1, 1, 32)" in line
     assert len(line) < 600
 
 
-def test_highres_from_a_config_less_checkpoint_of_another_shape_is_one_line(tiny_run, tmp_path: Path,
-                                                                            capsys) -> None:
+def test_highres_from_a_config_less_checkpoint_of_another_shape_is_one_line(tiny_run, tmp_path: Path, capsys) -> None:
     ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
     del ckpt["config"]
     bare = tmp_path / "bare.pth"
     torch.save(ckpt, bare)
     stage = tmp_path / "stage.yaml"
-    stage.write_text("_base_: tiny\nmodel:\n  arch: vitt4\n  embed_dim: 64\n  depth: 2\n  num_heads: 2\n"
-                     "crops:\n  global_crops_size: 16\n  local_crops_size: 8\n")
-    line = _cli_error(capsys, ["highres", "--checkpoint", str(bare), "--quiet", "--output-dir", str(tmp_path / "hr"),
-                               "--stages", str(stage), f"data.dataset={tiny_run['data']}", "train.iterations=1",
-                               "train.batch_size_per_gpu=4", "train.knn_eval=false", "data.num_workers=0"])
+    stage.write_text(
+        "_base_: tiny\nmodel:\n  arch: vitt4\n  embed_dim: 64\n  depth: 2\n  num_heads: 2\n"
+        "crops:\n  global_crops_size: 16\n  local_crops_size: 8\n"
+    )
+    line = _cli_error(
+        capsys,
+        [
+            "highres",
+            "--checkpoint",
+            str(bare),
+            "--quiet",
+            "--output-dir",
+            str(tmp_path / "hr"),
+            "--stages",
+            str(stage),
+            f"data.dataset={tiny_run['data']}",
+            "train.iterations=1",
+            "train.batch_size_per_gpu=4",
+            "train.knn_eval=false",
+            "data.num_workers=0",
+        ],
+    )
     assert str(bare) in line and "do not fit" in line and len(line) < 600

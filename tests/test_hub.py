@@ -1,5 +1,6 @@
 """Released weights by name: the release table, the download cache (progress, atomic, resume, checks,
 offline) and hubconf.py, against a generated release file served on 127.0.0.1 (no internet)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -105,7 +106,8 @@ def test_official_table_names_and_urls():
     g = releases.get_release("franca_vitg14_laion600m").file_names
     assert g == [f"franca_vitg14_Laion600M_chunked.tar.gz.part_{p}" for p in ("aa", "ab", "ac")]
     assert releases.get_release("dinov2_vits14_reg").urls() == [
-        "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth"]
+        "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth"
+    ]
     assert releases.hub_release("franca_vitb14", "Dinov2_In21k").name == "franca_vitb14_dinov2_in21k"
     with pytest.raises(ValueError, match="LAION is not|available: "):
         releases.hub_release("franca_vitb14", "LAION")
@@ -117,9 +119,19 @@ def test_official_table_names_and_urls():
 def test_by_name_downloads_once_with_progress_then_offline(server, home, monkeypatch, capsys):
     data, src = _release_bytes()
     server.files["v9/tiny_release.pth"] = data
-    _add(monkeypatch, Release("tiny_release", "vitt8", server.url, ("v9/tiny_release.pth",), ("x", "Y"), "test",
-                              sha256={"tiny_release.pth": hashlib.sha256(data).hexdigest()},
-                              nbytes={"tiny_release.pth": len(data)}))
+    _add(
+        monkeypatch,
+        Release(
+            "tiny_release",
+            "vitt8",
+            server.url,
+            ("v9/tiny_release.pth",),
+            ("x", "Y"),
+            "test",
+            sha256={"tiny_release.pth": hashlib.sha256(data).hexdigest()},
+            nbytes={"tiny_release.pth": len(data)},
+        ),
+    )
     model = franca.load_backbone("tiny_release")
     err = capsys.readouterr().err
     assert "tiny_release.pth" in err and "100%" in err  # the tqdm bar on stderr
@@ -142,8 +154,12 @@ def test_released_rasa_head_by_name_and_hubconf(server, home, monkeypatch):
     buf = io.BytesIO()
     torch.save(head, buf)
     server.files.update({"v9/r.pth": data, "v9/r_rasa.pth": buf.getvalue()})
-    _add(monkeypatch, Release("tiny_rasa", "vitt8", server.url, ("v9/r.pth",), ("franca_vitb14", "TINYR"), "test",
-                              rasa="v9/r_rasa.pth"))
+    _add(
+        monkeypatch,
+        Release(
+            "tiny_rasa", "vitt8", server.url, ("v9/r.pth",), ("franca_vitb14", "TINYR"), "test", rasa="v9/r_rasa.pth"
+        ),
+    )
     plain = franca.load_backbone("tiny_rasa")
     assert plain.rasa_proj is None
     m = torch.hub.load(str(ROOT), "franca_vitb14", source="local", weights="tinyr", use_rasa_head=True)
@@ -171,8 +187,10 @@ def test_resume_of_a_broken_download(server, home, monkeypatch):
 
 def test_checksum_mismatch_is_refused(server, home, monkeypatch):
     server.files["c/bad.pth"] = b"not the release"
-    _add(monkeypatch, Release("bad", "vitt8", server.url, ("c/bad.pth",), ("x", "Y"), "test",
-                              sha256={"bad.pth": "0" * 64}))
+    _add(
+        monkeypatch,
+        Release("bad", "vitt8", server.url, ("c/bad.pth",), ("x", "Y"), "test", sha256={"bad.pth": "0" * 64}),
+    )
     with pytest.raises(WeightsUnavailable, match="SHA-256"):
         fetch_release("bad", progress=False)
     assert not (home / "bad.pth").exists() and not (home / ".incomplete" / "bad.pth").exists()
@@ -222,8 +240,9 @@ def test_split_release_parts_and_hubconf(server, home, monkeypatch, tmp_path):
     x = torch.randn(2, 3, 48, 64)
     model = torch.hub.load(str(ROOT), "franca_vitg14", source="local", weights="tiny", progress=False)
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_features(x)["x_norm_patchtokens"],
-                                   src.forward_features(x)["x_norm_patchtokens"])
+        torch.testing.assert_close(
+            model.forward_features(x)["x_norm_patchtokens"], src.forward_features(x)["x_norm_patchtokens"]
+        )
     assert sorted(p.name for p in home.iterdir() if p.is_file()) == [n.split("/")[1] for n in names]
     rand = torch.hub.load(str(ROOT), "franca_vitg14", source="local", weights="tiny", pretrained=False, depth=1)
     assert rand.weights_label == "random init" and rand.n_blocks == 1
@@ -239,7 +258,8 @@ def test_hubconf_entry_points():
     hub = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hub)
     names = {"franca_vitb14", "franca_vitl14", "franca_vitg14"} | {
-        f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg")}
+        f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg")
+    }
     assert names <= set(dir(hub))
     for entry in names:  # every entry point's default weights are in the release table
         import inspect
@@ -247,5 +267,10 @@ def test_hubconf_entry_points():
         default = inspect.signature(getattr(hub, entry)).parameters["weights"].default
         assert releases.hub_release(entry, default).hub[0] == entry
     m = hub.dinov2_vits14_reg(pretrained=False, depth=1)
-    assert (m.num_register_tokens, m.interpolate_offset, m.interpolate_antialias, m.ffn, m.img_size) == \
-        (4, 0.0, True, "mlp", 518)
+    assert (m.num_register_tokens, m.interpolate_offset, m.interpolate_antialias, m.ffn, m.img_size) == (
+        4,
+        0.0,
+        True,
+        "mlp",
+        518,
+    )

@@ -1,6 +1,7 @@
 """The import graph of franca/ follows the seams docs/architecture.md states (parsed with ast, every
 import, lazy ones inside functions included): the command layer is imported by nobody but itself, and
 every import points down the documented dependency direction."""
+
 from __future__ import annotations
 
 import ast
@@ -30,8 +31,12 @@ def _project_imports(path: Path) -> list[tuple[int, str]]:
             if node.module == "franca":
                 for a in node.names:
                     sub = PACKAGE / a.name
-                    out.append((node.lineno, f"franca.{a.name}" if sub.is_dir() or sub.with_suffix(".py").exists()
-                                else "franca"))
+                    out.append(
+                        (
+                            node.lineno,
+                            f"franca.{a.name}" if sub.is_dir() or sub.with_suffix(".py").exists() else "franca",
+                        )
+                    )
             elif node.module.split(".")[0] == "franca":
                 out.append((node.lineno, node.module))
         elif isinstance(node, ast.ImportFrom) and node.level:
@@ -62,10 +67,12 @@ def test_graph_was_read():
 
 
 def test_only_the_command_layer_imports_commands_and_only_main_imports_cli():
-    bad = [f"{m}:{line} imports {t}" for m, line, t in EDGES
-           if t.startswith("franca.commands") and not (m == "franca.cli" or m.startswith("franca.commands"))]
-    bad += [f"{m}:{line} imports {t}" for m, line, t in EDGES
-            if t.startswith("franca.cli") and m != "franca.__main__"]
+    bad = [
+        f"{m}:{line} imports {t}"
+        for m, line, t in EDGES
+        if t.startswith("franca.commands") and not (m == "franca.cli" or m.startswith("franca.commands"))
+    ]
+    bad += [f"{m}:{line} imports {t}" for m, line, t in EDGES if t.startswith("franca.cli") and m != "franca.__main__"]
     assert not bad, "imports against the seams:\n" + "\n".join(bad)
 
 
@@ -89,17 +96,23 @@ def test_every_import_points_down_the_documented_direction():
 
 
 def test_models_import_nothing_of_the_project_but_utils():
-    bad = [f"{m}:{line} imports {t}" for m, line, t in EDGES
-           if _unit(m) == "models" and _unit(t) not in ("models", "utils")]
+    bad = [
+        f"{m}:{line} imports {t}"
+        for m, line, t in EDGES
+        if _unit(m) == "models" and _unit(t) not in ("models", "utils")
+    ]
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.parametrize("snippet,expected", [
-    ("from franca.commands._common import mean_std\n", ["franca.commands._common"]),
-    ("def f():\n    import franca.train.loop as loop\n", ["franca.train.loop"]),
-    ("from franca import eval\n", ["franca.eval"]),
-    ("import numpy, franca\n", ["franca"]),
-])
+@pytest.mark.parametrize(
+    "snippet,expected",
+    [
+        ("from franca.commands._common import mean_std\n", ["franca.commands._common"]),
+        ("def f():\n    import franca.train.loop as loop\n", ["franca.train.loop"]),
+        ("from franca import eval\n", ["franca.eval"]),
+        ("import numpy, franca\n", ["franca"]),
+    ],
+)
 def test_parser_finds_lazy_and_package_imports(tmp_path, snippet, expected):
     f = tmp_path / "m.py"
     f.write_text(snippet)
@@ -112,15 +125,17 @@ def test_package_names_are_lazy_and_resolve():
     import subprocess
     import sys
 
-    code = ("import sys, franca, franca.models; assert 'torch' not in sys.modules, 'torch imported';"
-            "import franca.models.api as api, franca.models.backbone as bb;"
-            "assert franca.load_backbone is api.load_backbone and franca.models.build_backbone is api.build_backbone;"
-            "assert franca.models.DinoVisionTransformer is bb.DinoVisionTransformer and callable(franca.releases)")
+    code = (
+        "import sys, franca, franca.models; assert 'torch' not in sys.modules, 'torch imported';"
+        "import franca.models.api as api, franca.models.backbone as bb;"
+        "assert franca.load_backbone is api.load_backbone and franca.models.build_backbone is api.build_backbone;"
+        "assert franca.models.DinoVisionTransformer is bb.DinoVisionTransformer and callable(franca.releases)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
     import franca.models
 
     with pytest.raises(AttributeError, match="module 'franca.models' has no attribute 'nope'"):
-        franca.models.nope
+        franca.models.nope  # noqa: B018
 
 
 def test_no_module_uses_another_modules_private_names():
@@ -144,7 +159,12 @@ def test_no_module_uses_another_modules_private_names():
             elif isinstance(node, ast.Import):
                 modules |= {a.asname for a in node.names if a.name.startswith("franca") and a.asname}
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
-                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
                 found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.value.id}.{node.attr}")
     assert not found, "\n".join(found)

@@ -1,5 +1,6 @@
 """Hummingbird in-context retrieval: patch labels, hand-computed voting, bounded sampling, and the
 whole pipeline against an independent re-computation."""
+
 from __future__ import annotations
 
 import itertools
@@ -13,8 +14,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from franca.eval import incontext
-from franca.eval.incontext import (aggregate_labels, bounded_patch_indices, build_index, build_memory,
-                                   knn_soft_labels, patch_label_fractions)
+from franca.eval.incontext import (
+    aggregate_labels,
+    bounded_patch_indices,
+    build_index,
+    build_memory,
+    knn_soft_labels,
+    patch_label_fractions,
+)
 
 
 class ColourBackbone(nn.Module):
@@ -49,12 +56,12 @@ class ToySeg:
             img = np.full((32, 32, 3), 128, np.uint8)
             mask = np.zeros((32, 32), np.int64)
             y, x = rng.integers(2, 16, 2)
-            mask[y - 2:y + 14, x - 2:x + 14] = 255
-            mask[y:y + 12, x:x + 12] = 1
-            img[y:y + 12, x:x + 12] = (220, 20, 20)
+            mask[y - 2 : y + 14, x - 2 : x + 14] = 255
+            mask[y : y + 12, x : x + 12] = 1
+            img[y : y + 12, x : x + 12] = (220, 20, 20)
             c = rng.integers(0, 24)
-            img[26:32, c:c + 8] = (20, 200, 20)
-            mask[26:32, c:c + 8] = 2
+            img[26:32, c : c + 8] = (20, 200, 20)
+            mask[26:32, c : c + 8] = 2
             self.items.append((Image.fromarray(img), mask))
 
     def __len__(self):
@@ -67,10 +74,7 @@ class ToySeg:
 def test_patch_label_fractions_golden():
     """4×4 mask, patch 2. Top-left patch [[0,0],[1,1]] → (1/2, 1/2, 0); top-right [[2,2],[2,255]]:
     255 is outside the 3 classes, so (0, 0, 3/4); bottom patches all class 1 / all class 0."""
-    m = torch.tensor([[[0, 0, 2, 2],
-                       [1, 1, 2, 255],
-                       [1, 1, 0, 0],
-                       [1, 1, 0, 0]]])
+    m = torch.tensor([[[0, 0, 2, 2], [1, 1, 2, 255], [1, 1, 0, 0], [1, 1, 0, 0]]])
     frac = patch_label_fractions(m, 2, 3)
     expected = torch.tensor([[0.5, 0.5, 0], [0, 0, 0.75], [0, 1, 0], [1, 0, 0]])
     torch.testing.assert_close(frac[0], expected)
@@ -86,8 +90,9 @@ def test_nearest_neighbour_voting_by_hand():
     out = knn_soft_labels(build_index(mem, "flat"), labels, torch.tensor([[2.0, 0.0]]), k=2, temperature=0.1)
     torch.testing.assert_close(out, torch.tensor([[a, 1 - a]]))
     # the pure aggregation: equal scores → plain average of the neighbour labels
-    torch.testing.assert_close(aggregate_labels(torch.tensor([[0.5, 0.5]]), labels[None, :2]),
-                               torch.tensor([[0.5, 0.5]]))
+    torch.testing.assert_close(
+        aggregate_labels(torch.tensor([[0.5, 0.5]]), labels[None, :2]), torch.tensor([[0.5, 0.5]])
+    )
 
 
 def test_torch_exact_search_matches_faiss():
@@ -140,8 +145,12 @@ def _oracle_pipeline(model, train, val, size, k, temperature, seed):
             w = np.exp((sims[i, nn_idx] - sims[i, nn_idx].max()) / temperature)
             soft[i] = (w[:, None] * lab[nn_idx]).sum(0) / w.sum()
         g = size // model.patch_size
-        up = F.interpolate(torch.from_numpy(soft.T.reshape(1, 3, g, g)).float(), size=(size, size),
-                           mode="bilinear", align_corners=False)
+        up = F.interpolate(
+            torch.from_numpy(soft.T.reshape(1, 3, g, g)).float(),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+        )
         preds.append(up.argmax(1)[0].numpy())
         gts.append(np.asarray(Image.fromarray(mask.astype(np.int32)).resize((size, size), Image.NEAREST)))
     p, t = np.concatenate([a.ravel() for a in preds]), np.concatenate([a.ravel() for a in gts])
@@ -171,8 +180,18 @@ def test_pipeline_matches_independent_recomputation_and_beats_noise():
 
 def test_bounded_memory_and_approximate_index_run():
     train, val = ToySeg(4, 0), ToySeg(2, 1)
-    r = incontext.evaluate(ColourBackbone(), (train, val), device="cpu", size=32, k=5, memory_size=80, index="ivf",
-                           nlist=4, nprobe=4, seeds=(0, 1))
+    r = incontext.evaluate(
+        ColourBackbone(),
+        (train, val),
+        device="cpu",
+        size=32,
+        k=5,
+        memory_size=80,
+        index="ivf",
+        nlist=4,
+        nprobe=4,
+        seeds=(0, 1),
+    )
     assert r["settings"]["memory_entries"] == 80  # 80 // (4 images · 1 pass) = 20 patches each
     assert len(r["miou"]["values"]) == 2 and r["metric"] > 0.5
 

@@ -1,5 +1,6 @@
 """`pip install .` from a clone: build the wheel, install it into a fresh virtual environment and run
 `import franca` and `franca --help` there (no network: the dependencies come from this environment)."""
+
 from __future__ import annotations
 
 import os
@@ -18,11 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def _clone(dst: Path) -> Path:
     """The repository's files (tracked and new, not ignored) copied to dst, as a fresh clone has them."""
     try:
-        names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                               check=True, capture_output=True, text=True).stdout.splitlines()
+        names = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):  # not a git checkout: what the build reads
-        names = [str(p.relative_to(ROOT)) for p in [ROOT / "pyproject.toml", ROOT / "README.md",
-                                                     *(ROOT / "franca").rglob("*")] if p.is_file()]
+        names = [
+            str(p.relative_to(ROOT))
+            for p in [ROOT / "pyproject.toml", ROOT / "README.md", *(ROOT / "franca").rglob("*")]
+            if p.is_file()
+        ]
     for name in names:
         src = ROOT / name
         if src.is_file() and "__pycache__" not in src.parts:
@@ -41,8 +50,21 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     src = _clone(tmp_path / "clone")
     dist = tmp_path / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-          "-w", str(dist), str(src)])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(dist),
+            str(src),
+        ]
+    )
     wheels = list(dist.glob("*.whl"))
     assert [w.name.split("-")[0] for w in wheels] == ["franca_vision"]  # the distribution name
     with zipfile.ZipFile(wheels[0]) as z:
@@ -57,12 +79,12 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     # Reuse this environment's torch & co. (a path entry: its own .pth files, e.g. an editable
     # install of this checkout, are not read, so `franca` can only come from the wheel).
     (site / "zz_reuse_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
-          str(wheels[0])])
+    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q", str(wheels[0])])
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    where = _run([str(py), "-c", "import franca; print(franca.__file__, franca.__version__)"], cwd=tmp_path,
-                 env=env).stdout
+    where = _run(
+        [str(py), "-c", "import franca; print(franca.__file__, franca.__version__)"], cwd=tmp_path, env=env
+    ).stdout
     assert str(site) in where  # imported from the installed wheel, not from the clone
     script = venv / ("Scripts/franca.exe" if os.name == "nt" else "bin/franca")
     assert "pretrain" in _run([str(script), "--help"], cwd=tmp_path, env=env).stdout

@@ -1,4 +1,5 @@
 """SPair-71k keypoint correspondence: PCK golden values, matching, sampling, the reader and evaluate()."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from franca.eval.keypoints import (KeypointPair, aggregate_pck, evaluate, load_pairs, match_keypoints,
-                                   pad_to_square_and_resize, probe3d_keypoints, sample_pairs)
+from franca.eval.keypoints import (
+    KeypointPair,
+    aggregate_pck,
+    evaluate,
+    load_pairs,
+    match_keypoints,
+    pad_to_square_and_resize,
+    probe3d_keypoints,
+    sample_pairs,
+)
 from franca.eval.metrics3d import bbox_thresh_scale, keypoint_errors, pck
 
 
@@ -95,9 +104,17 @@ def _write_spair(root, pairs, side=64):
         (root / "PairAnnotation" / "test").mkdir(parents=True, exist_ok=True)
         for k in ("s", "t"):
             Image.new("RGB", (side, side), (i * 20, 0, 0)).save(root / "JPEGImages" / cat / f"{k}{i}.jpg")
-        ann = {"category": cat, "src_imname": f"s{i}.jpg", "trg_imname": f"t{i}.jpg", "src_kps": skps,
-               "trg_kps": tkps, "src_bndbox": [0, 0, side, side], "trg_bndbox": box, "trg_imsize": [side, side, 3],
-               "viewpoint_variation": vp}
+        ann = {
+            "category": cat,
+            "src_imname": f"s{i}.jpg",
+            "trg_imname": f"t{i}.jpg",
+            "src_kps": skps,
+            "trg_kps": tkps,
+            "src_bndbox": [0, 0, side, side],
+            "trg_bndbox": box,
+            "trg_imsize": [side, side, 3],
+            "viewpoint_variation": vp,
+        }
         (root / "PairAnnotation" / "test" / f"{i:06d}-s{i}-t{i}:{cat}.json").write_text(json.dumps(ann))
 
 
@@ -106,10 +123,10 @@ def test_evaluate_end_to_end_against_oracle(tmp_path):
     # one-hot heatmap peaks at round(u), predicted at round(u)/8. Box = whole image -> scale 1.
     whole = [0, 0, 64, 64]
     pairs = [
-        ("cat", 0, [[0, 0], [36, 36]], [[0, 0], [32, 32]], whole),    # u=0 -> 0; u=3.94 -> 4/8 = 32/64: hits
-        ("cat", 1, [[64, 64]], [[64, 64]], whole),                     # pred 7/8 vs 1: 0.177 -> miss
-        ("dog", 2, [[10, 10]], [[40, 10]], whole),                     # pred (1/8,1/8) vs (.625,.156) -> miss
-        ("dog", 0, [[20, 50]], [[20, 40]], whole),                     # u=(2.19,5.47)->(2,5)/8: err .0625 hit
+        ("cat", 0, [[0, 0], [36, 36]], [[0, 0], [32, 32]], whole),  # u=0 -> 0; u=3.94 -> 4/8 = 32/64: hits
+        ("cat", 1, [[64, 64]], [[64, 64]], whole),  # pred 7/8 vs 1: 0.177 -> miss
+        ("dog", 2, [[10, 10]], [[40, 10]], whole),  # pred (1/8,1/8) vs (.625,.156) -> miss
+        ("dog", 0, [[20, 50]], [[20, 40]], whole),  # u=(2.19,5.47)->(2,5)/8: err .0625 hit
     ]
     _write_spair(tmp_path / "SPair-71k", pairs)
     res = evaluate(PositionalStub(), tmp_path, size=64, n_pairs=10)
@@ -137,10 +154,13 @@ def test_probe3d_keypoints_are_whole_pixels_of_the_resized_image():
     """Probe3D casts raw and rescaled keypoints to int: trunc(trunc(k) · size / side) / size.
     side 128 → size 64 (×0.5): 83 → 41.5 → 41 → 41/64; 13 → 6.5 → 6 → 6/64; 13.9 → 13 → 6/64.
     side 90 → size 64 (×64/90): 37 → 26.31 → 26/64; 89 → 63.29 → 63/64."""
-    torch.testing.assert_close(probe3d_keypoints(np.array([[83, 13], [13.9, 0]]), 128, 64),
-                               torch.tensor([[41, 6], [6, 0]], dtype=torch.float64) / 64)
-    torch.testing.assert_close(probe3d_keypoints(np.array([[37, 89]]), 90, 64),
-                               torch.tensor([[26, 63]], dtype=torch.float64) / 64)
+    torch.testing.assert_close(
+        probe3d_keypoints(np.array([[83, 13], [13.9, 0]]), 128, 64),
+        torch.tensor([[41, 6], [6, 0]], dtype=torch.float64) / 64,
+    )
+    torch.testing.assert_close(
+        probe3d_keypoints(np.array([[37, 89]]), 90, 64), torch.tensor([[26, 63]], dtype=torch.float64) / 64
+    )
 
 
 def test_evaluate_floors_non_integer_rescaled_keypoints(tmp_path):
@@ -168,8 +188,26 @@ def test_cli_keypoints_on_generated_toy(tmp_path):
     from franca.data.toy import generate_toy
 
     root = generate_toy(tmp_path / "toy", size=32, n_train=10, n_val=10, progress=False)
-    assert main(["eval", "keypoints", "--model", "vitt4", "--random-init", "--device", "cpu", "--data", str(root),
-                 "--image-size", "32", "--out", str(tmp_path / "kp.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "keypoints",
+                "--model",
+                "vitt4",
+                "--random-init",
+                "--device",
+                "cpu",
+                "--data",
+                str(root),
+                "--image-size",
+                "32",
+                "--out",
+                str(tmp_path / "kp.json"),
+            ]
+        )
+        == 0
+    )
     kp = json.loads((tmp_path / "kp.json").read_text())
     assert kp["protocol"] == "keypoints" and 0 <= kp["metric"] <= 100 and kp["bins"]["all"]["n_pairs"] == 2
     assert kp["model"]["model"] == "vitt4"

@@ -1,4 +1,5 @@
 """k-NN protocol: golden votes on a hand-made feature set, an independent oracle, chunking, faiss."""
+
 from __future__ import annotations
 
 import math
@@ -23,6 +24,7 @@ def test_votes_golden_T1():
     sims = torch.tensor([[1.0, 1 / math.sqrt(2), 0.0, -1.0]])
     labels = torch.tensor([[0, 1, 1, 2]])
     scores = knn_votes(sims, labels, ks=(1, 2, 4), T=1.0, num_classes=3)
+
     def close(a, b):
         torch.testing.assert_close(a, torch.tensor(b, dtype=torch.float64), atol=1e-5, rtol=0)
 
@@ -85,8 +87,9 @@ def test_matches_oracle_and_is_chunk_invariant(backend):
     ks = (1, 10, 20, 200)
     r = knn_classify(train, train_y, test, test_y, ks=ks, T=0.07, backend=backend, chunk_size=7)
     for k in ks:
-        assert r[f"top1_k{k}"] == pytest.approx(_oracle_top1(train.numpy(), train_y.numpy(), test.numpy(),
-                                                             test_y.numpy(), k, 0.07, C))
+        assert r[f"top1_k{k}"] == pytest.approx(
+            _oracle_top1(train.numpy(), train_y.numpy(), test.numpy(), test_y.numpy(), k, 0.07, C)
+        )
     assert r["top1_k20"] > 100.0 / C  # separable clusters: far above chance
 
 

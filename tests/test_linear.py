@@ -1,4 +1,5 @@
 """Linear probe: the stacked-grid SGD equals torch's SGD per classifier; inputs; learns separable data."""
+
 from __future__ import annotations
 
 import json
@@ -61,9 +62,17 @@ def _blobs(n, C=4, D=8, seed=0):
 def test_grid_learns_separable_features_and_picks_a_good_lr():
     train, ytr = _blobs(256)
     val, yv = _blobs(128, seed=1)
-    out = train_linear_grid(feature_batches(train, ytr, 32, seed=0), val, yv,
-                            inputs=linear.dinov2_inputs(2), num_classes=4, epochs=3, iters_per_epoch=8,
-                            batch_size=32, device="cpu")
+    out = train_linear_grid(
+        feature_batches(train, ytr, 32, seed=0),
+        val,
+        yv,
+        inputs=linear.dinov2_inputs(2),
+        num_classes=4,
+        epochs=3,
+        iters_per_epoch=8,
+        batch_size=32,
+        device="cpu",
+    )
     assert out["best"]["top1"] > 90.0
     assert set(out["grid"]) == {"blocks1_avgpool0", "blocks1_avgpool1", "blocks4_avgpool0", "blocks4_avgpool1"}
     # The smallest lr (1e-5 · 32/256) barely moves N(0, 0.01) weights: much worse than the best.
@@ -98,8 +107,15 @@ def test_evaluate_end_to_end(tmp_path):
         y = torch.randint(0, 3, (n,), generator=g)
         return TensorDataset(colours[y][:, :, None, None] + 0.3 * torch.randn(n, 3, 4, 4, generator=g), y)
 
-    res = linear.evaluate(_StubBlocks(), (make(64), make(32)), device="cpu", epochs=5, probe_batch_size=16,
-                          seeds=(0, 1), cache_dir=str(tmp_path))
+    res = linear.evaluate(
+        _StubBlocks(),
+        (make(64), make(32)),
+        device="cpu",
+        epochs=5,
+        probe_batch_size=16,
+        seeds=(0, 1),
+        cache_dir=str(tmp_path),
+    )
     assert res["protocol"] == "linear" and res["metric_name"] == "top1"
     assert res["metric"] > 80.0 and res["metric_std"] >= 0.0
     assert len(res["per_seed"]) == 2
@@ -127,8 +143,9 @@ def _write_folder(root, classes=("a", "b"), n=4, size=12):
 
 def test_augment_path_on_an_image_folder(tmp_path):
     _write_folder(tmp_path)
-    res = linear.evaluate(_StubBlocks(), str(tmp_path), size=8, device="cpu", epochs=2,
-                          probe_batch_size=4, augment=True, lrs=(0.1, 1.0))
+    res = linear.evaluate(
+        _StubBlocks(), str(tmp_path), size=8, device="cpu", epochs=2, probe_batch_size=4, augment=True, lrs=(0.1, 1.0)
+    )
     assert res["settings"]["augment"] is True
     assert res["per_seed"][0]["iterations"] == 4  # 2 epochs × ceil(8 / 4)
     assert res["metric"] == 100.0  # red vs blue images: trivially separable

@@ -1,5 +1,6 @@
 """Linear segmentation: head shape, sliding-window inference, per-data-set settings, and a short
 training run where colour decides the class."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,8 @@ class Stripes:
             h, w = rng.integers(36, 44), rng.integers(44, 52)
             cols = np.sort(rng.choice(np.arange(8, w - 8), 2, replace=False))
             mask = np.zeros((h, w), np.int64)
-            mask[:, cols[0]:cols[1]] = 1
-            mask[:, cols[1]:] = 2
+            mask[:, cols[0] : cols[1]] = 1
+            mask[:, cols[1] :] = 2
             img = self.colours[mask]
             mask[-1] = 255
             self.items.append((Image.fromarray(img), mask))
@@ -54,8 +55,13 @@ class Stripes:
 
 def test_per_dataset_settings():
     voc, ade = LinsegConfig.for_dataset("voc"), LinsegConfig.for_dataset("ade20k", crop=64)
-    assert (voc.optimizer, voc.lr, voc.momentum, voc.weight_decay, tuple(voc.test_scales)) == ("sgd", 1e-3, 0.9, 5e-4,
-                                                                                             (1.0,))
+    assert (voc.optimizer, voc.lr, voc.momentum, voc.weight_decay, tuple(voc.test_scales)) == (
+        "sgd",
+        1e-3,
+        0.9,
+        5e-4,
+        (1.0,),
+    )
     assert (ade.optimizer, ade.weight_decay, ade.ratio_range, ade.crop) == ("adamw", 1e-4, (1.0, 3.0), 64)
     assert list(ade.test_scales) == [1.0, 1.32, 1.73]
 
@@ -88,8 +94,9 @@ def test_small_image_is_padded_not_rejected():
 
 def test_linear_head_learns_colour_classes_and_beats_noise():
     train, val = Stripes(12, 0), Stripes(4, 1)
-    cfg = LinsegConfig.for_dataset("voc", crop=32, epochs=15, batch_size=8, optimizer="adamw", lr=5e-2,
-                                   weight_decay=0.0, cache_views=2)
+    cfg = LinsegConfig.for_dataset(
+        "voc", crop=32, epochs=15, batch_size=8, optimizer="adamw", lr=5e-2, weight_decay=0.0, cache_views=2
+    )
     res = linseg.evaluate(ColourBackbone(), (train, val), device="cpu", config=cfg, seeds=(0,))
     assert res["protocol"] == "linseg" and res["settings"]["stride"] == 16
     assert res["metric"] > 0.8, res
@@ -110,8 +117,9 @@ def test_wrong_ignore_index_is_rejected():
         ignore_index = 0
 
     with pytest.raises(ValueError, match="ignore index 255"):
-        linseg.evaluate(ColourBackbone(), (Ade151(2, 0), Ade151(2, 1)), device="cpu",
-                        config=LinsegConfig(crop=32, epochs=1))
+        linseg.evaluate(
+            ColourBackbone(), (Ade151(2, 0), Ade151(2, 1)), device="cpu", config=LinsegConfig(crop=32, epochs=1)
+        )
 
 
 def test_old_argument_names_still_work_and_warn():
@@ -121,8 +129,13 @@ def test_old_argument_names_still_work_and_warn():
     new = linseg.evaluate(ColourBackbone(), (train, val), size=32, device="cpu", config=cfg, progress=False)
     assert new["settings"]["crop"] == 32 and new["settings"]["stride"] == 16
     with pytest.warns(DeprecationWarning, match="train_set/val_set"):
-        old = linseg.evaluate(ColourBackbone(), train_set=train, val_set=val, device="cpu",
-                              config=LinsegConfig.for_dataset("voc", crop=32, epochs=1, batch_size=4, cache_views=1))
+        old = linseg.evaluate(
+            ColourBackbone(),
+            train_set=train,
+            val_set=val,
+            device="cpu",
+            config=LinsegConfig.for_dataset("voc", crop=32, epochs=1, batch_size=4, cache_views=1),
+        )
     with pytest.warns(DeprecationWarning, match="positional device"):
         positional = linseg.evaluate(ColourBackbone(), train, val, "cpu", size=32, config=cfg, progress=False)
     assert old["metric"] == new["metric"] == positional["metric"]

@@ -1,4 +1,5 @@
 """Logistic regression: the torch L-BFGS fit matches scikit-learn; C selection and metrics."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ def test_c_grid_is_the_reference_grid():
     assert len(cs) == 45
     assert cs[0] == pytest.approx(1e-6) and cs[-1] == pytest.approx(1e5)
     # log-spaced: step 11/44 = 0.25 decades
-    assert cs[1] / cs[0] == pytest.approx(10 ** 0.25)
+    assert cs[1] / cs[0] == pytest.approx(10**0.25)
 
 
 def test_mean_per_class_golden():

@@ -1,4 +1,5 @@
 """DINO / iBOT / KoLeo goldens, FrancaLoss vs a naive loop oracle, gradient flow, centering."""
+
 from __future__ import annotations
 
 import math
@@ -67,6 +68,7 @@ def test_koleo_known_points() -> None:
 
 def naive_franca_loss(sg, tg, sl, sp, tp, mask_rows, B, n_local, weights, koleo_x, temp=0.1):
     """Loop over levels, crops, images and masked tokens, written from PROTOCOLS.md §1.7."""
+
     def ce(t_row, s_row):
         p = torch.softmax(s_row.double() / temp, dim=0)
         return -sum(float(t_row[k]) * math.log(float(p[k])) for k in range(len(t_row)))
@@ -81,7 +83,7 @@ def naive_franca_loss(sg, tg, sl, sp, tp, mask_rows, B, n_local, weights, koleo_
             for u in range(2):
                 dino_l += lam * sum(ce(tg[lvl][u * B + b], sl[lvl][v * B + b]) for b in range(B)) / B / n_terms
         m = 0
-        for crop, count in enumerate(mask_rows):  # tokens are ordered crop by crop
+        for _crop, count in enumerate(mask_rows):  # tokens are ordered crop by crop
             for _ in range(count):
                 ibot += lam * ce(tp[lvl][m], sp[lvl][m]) / count / (2 * B)
                 m += 1
@@ -154,8 +156,13 @@ def test_gradients_reach_every_student_level_not_teacher(mode: str) -> None:
     patches = backbone(torch.randn(4, 5))
     teacher_patch = [sinkhorn_knopp(t, 0.05, n_samples=3) for t in teacher(patches)]
     out = FrancaLoss(n_levels=3)(
-        student(glob), targets, student(loc), [s[:3] for s in student(patches)], teacher_patch,
-        torch.tensor([1 / 3] * 3), glob,
+        student(glob),
+        targets,
+        student(loc),
+        [s[:3] for s in student(patches)],
+        teacher_patch,
+        torch.tensor([1 / 3] * 3),
+        glob,
     )
     out["total"].backward()
     assert all(p.grad is None for p in teacher.parameters())

@@ -1,4 +1,5 @@
 """CyclicMask / BlockMask properties (hypothesis) and per-batch mask-count sampling."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,13 @@ def _cyclic_interval(flags: torch.Tensor) -> bool:
 
 @SETTINGS
 @given(
-    h=st.integers(1, 16), w=st.integers(1, 16), frac=st.floats(0, 1), seed=st.integers(0, 2**31 - 1),
-    min_aspect=st.floats(0.05, 1.0), roll=st.booleans(), use_numpy=st.booleans(),
+    h=st.integers(1, 16),
+    w=st.integers(1, 16),
+    frac=st.floats(0, 1),
+    seed=st.integers(0, 2**31 - 1),
+    min_aspect=st.floats(0.05, 1.0),
+    roll=st.booleans(),
+    use_numpy=st.booleans(),
 )
 def test_code_variant_masks_exact_count(h, w, frac, seed, min_aspect, roll, use_numpy) -> None:
     n = int(round(frac * h * w))
@@ -34,8 +40,12 @@ def test_code_variant_masks_exact_count(h, w, frac, seed, min_aspect, roll, use_
 
 @SETTINGS
 @given(
-    h=st.integers(1, 16), w=st.integers(1, 16), frac=st.floats(0, 1), seed=st.integers(0, 2**31 - 1),
-    min_aspect=st.floats(0.05, 1.0), roll=st.booleans(),
+    h=st.integers(1, 16),
+    w=st.integers(1, 16),
+    frac=st.floats(0, 1),
+    seed=st.integers(0, 2**31 - 1),
+    min_aspect=st.floats(0.05, 1.0),
+    roll=st.booleans(),
 )
 def test_paper_variant_at_most_count_and_one_torus_rectangle(h, w, frac, seed, min_aspect, roll) -> None:
     n = int(round(frac * h * w))
@@ -95,8 +105,12 @@ def test_block_mask_masks_blocks() -> None:
 
 @SETTINGS
 @given(
-    n_crops=st.integers(1, 64), n_tokens=st.integers(16, 400), lo=st.floats(0.1, 0.5), span=st.floats(0, 0.5),
-    prob=st.floats(0, 1), seed=st.integers(0, 10_000),
+    n_crops=st.integers(1, 64),
+    n_tokens=st.integers(16, 400),
+    lo=st.floats(0.1, 0.5),
+    span=st.floats(0, 0.5),
+    prob=st.floats(0, 1),
+    seed=st.integers(0, 10_000),
 )
 def test_batch_sampler_ratios_and_share(n_crops, n_tokens, lo, span, prob, seed) -> None:
     hi = min(1.0, lo + span)

@@ -1,4 +1,5 @@
 """Segmentation metrics: golden confusion matrices, matchings, and an independent oracle."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,8 +10,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from franca.eval.metrics import (StreamingConfusion, greedy_precision_match, hungarian_match, match_clusters,
-                                 matched_miou, mean_iou, per_class_iou, remap_confusion)
+from franca.eval.metrics import (
+    StreamingConfusion,
+    greedy_precision_match,
+    hungarian_match,
+    match_clusters,
+    matched_miou,
+    mean_iou,
+    per_class_iou,
+    remap_confusion,
+)
 
 
 def test_miou_from_hand_made_confusion():
@@ -18,9 +27,7 @@ def test_miou_from_hand_made_confusion():
     class 0: TP 3, FP 1 (col sum 4 - 3), FN 1 (row sum 4 - 3) → 3/5
     class 1: TP 2, FP 2 (col 1+2+1 - 2), FN 0 → 2/4
     class 2: TP 0, FP 0, FN 1 → 0; mIoU = (0.6 + 0.5 + 0) / 3."""
-    conf = np.array([[3, 1, 0],
-                     [0, 2, 0],
-                     [1, 1, 0]])
+    conf = np.array([[3, 1, 0], [0, 2, 0], [1, 1, 0]])
     np.testing.assert_allclose(per_class_iou(conf), [0.6, 0.5, 0.0])
     assert mean_iou(conf) == pytest.approx(1.1 / 3)
     # mmseg semantics: a class absent from GT and prediction is skipped, not scored 0.
@@ -60,8 +67,7 @@ def test_overclustering_greedy_then_hungarian():
     """4 clusters, 2 classes: each column goes to its argmax row → [0, 0, 1, 1]; merged (GT ×
     class) = [[4+1, 1+0], [0+0, 5+6]] = [[5, 1], [0, 11]]: class 0 IoU 5/(5+0+1) = 5/6, class 1
     11/(11+1+0) = 11/12. That permutation is already optimal, so the refinement changes nothing."""
-    conf = np.array([[4, 1, 1, 0],
-                     [0, 0, 5, 6]])
+    conf = np.array([[4, 1, 1, 0], [0, 0, 5, 6]])
     g = greedy_precision_match(conf)
     np.testing.assert_array_equal(g, [0, 0, 1, 1])
     np.testing.assert_array_equal(remap_confusion(conf, g, 2), [[5, 1], [0, 11]])
@@ -77,9 +83,7 @@ def test_greedy_then_hungarian_can_differ_from_greedy():
     1000, 9, 1000. Greedy IoUs: 10/(19+1000-10), 0, 1000/(1990+1000-1000).
     Hungarian on the merged IoU moves the first group to class 1: 9/(19+9-9) = 9/19, class 0 gets
     the empty group (0), class 2 unchanged."""
-    conf = np.array([[10, 495, 495, 0],
-                     [9, 0, 0, 0],
-                     [0, 500, 499, 1]])
+    conf = np.array([[10, 495, 495, 0], [9, 0, 0, 0], [0, 500, 499, 1]])
     greedy = (10 / 1009 + 0 + 1000 / 1990) / 3
     refined = (0 + 9 / 19 + 1000 / 1990) / 3
     assert matched_miou(conf, "greedy")["miou"] == pytest.approx(greedy)
@@ -90,8 +94,11 @@ def test_greedy_then_hungarian_can_differ_from_greedy():
 
 def _oracle_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int) -> float:
     """Independent re-computation: per-class pixel sets, plain Python."""
-    keep = [(p, g) for p, g in zip(pred.ravel().tolist(), gt.ravel().tolist()) if g != ignore and 0 <= g < num_classes
-            and 0 <= p < num_classes]
+    keep = [
+        (p, g)
+        for p, g in zip(pred.ravel().tolist(), gt.ravel().tolist())
+        if g != ignore and 0 <= g < num_classes and 0 <= p < num_classes
+    ]
     ious = []
     for c in range(num_classes):
         inter = sum(1 for p, g in keep if p == c and g == c)
@@ -122,7 +129,8 @@ def test_metric_matches_independent_oracle():
     cm2 = StreamingConfusion(c, c, 255)
     cm2.update(torch.from_numpy(shuffled), torch.from_numpy(gt))
     assert matched_miou(cm2.matrix, "hungarian")["miou"] == pytest.approx(
-        _oracle_hungarian_miou(shuffled, gt, c, 255), abs=1e-6)
+        _oracle_hungarian_miou(shuffled, gt, c, 255), abs=1e-6
+    )
 
 
 @settings(max_examples=25, deadline=None)

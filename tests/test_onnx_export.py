@@ -1,6 +1,7 @@
 """Deployable exports: the export-traceable position resize equals F.interpolate; `franca export --onnx`
 runs in onnxruntime at sizes other than the export size (one non-square) like PyTorch (≤ 1e-4);
 `--torch-export` likewise; `forward` takes no stray positional argument."""
+
 from __future__ import annotations
 
 import pytest
@@ -51,12 +52,29 @@ def test_onnx_and_torch_export_dynamic_height_width(tmp_path):
 
     torch.manual_seed(0)
     # registers → the DINOv2 *_reg rule (antialiased resize); the offset rule is covered above
-    m = franca.build_backbone("vitt8", depth=1, num_register_tokens=4, interpolate_offset=0.0,
-                              interpolate_antialias=True)
+    m = franca.build_backbone(
+        "vitt8", depth=1, num_register_tokens=4, interpolate_offset=0.0, interpolate_antialias=True
+    )
     src = franca.export_backbone(m, tmp_path / "m.safetensors")
     onnx_path, pt2 = tmp_path / "m.onnx", tmp_path / "m.pt2"
-    assert main(["export", "--weights", str(src), "--out", str(tmp_path / "o.safetensors"), "--onnx", str(onnx_path),
-                 "--torch-export", str(pt2), "--size", "64"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(src),
+                "--out",
+                str(tmp_path / "o.safetensors"),
+                "--onnx",
+                str(onnx_path),
+                "--torch-export",
+                str(pt2),
+                "--size",
+                "64",
+            ]
+        )
+        == 0
+    )
     model = franca.load_backbone(weights=src)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     program = torch.export.load(str(pt2)).module()

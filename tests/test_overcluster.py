@@ -1,5 +1,6 @@
 """Leopart overclustering: preprocessing, cluster maps → confusion, and the whole protocol on a
 constructed set where colour decides the class."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +40,7 @@ class Blocks:
             perm = rng.permutation(4)
             mask = np.zeros((32, 32), np.int64)
             for q, c in enumerate(perm):
-                mask[(q // 2) * 16:(q // 2 + 1) * 16, (q % 2) * 16:(q % 2 + 1) * 16] = c
+                mask[(q // 2) * 16 : (q // 2 + 1) * 16, (q % 2) * 16 : (q % 2 + 1) * 16] = c
             img = self.colours[mask] + rng.integers(0, 10, (32, 32, 3)).astype(np.uint8)
             mask[0] = 255
             self.items.append((Image.fromarray(img), mask))
@@ -74,15 +75,35 @@ def test_cluster_confusion_resizes_maps_nearest():
 
 def test_overcluster_finds_colour_classes_and_beats_noise():
     data = Blocks(8)
-    res = overcluster.evaluate(ColourBackbone(), data, device="cpu", size=32, ks=(None, 8), seeds=(0, 1), pca_dim=3,
-                               niter=20, nredo=5, mask_size=16)
+    res = overcluster.evaluate(
+        ColourBackbone(),
+        data,
+        device="cpu",
+        size=32,
+        ks=(None, 8),
+        seeds=(0, 1),
+        pca_dim=3,
+        niter=20,
+        nredo=5,
+        mask_size=16,
+    )
     assert res["protocol"] == "overcluster" and res["settings"]["ks"] == [4, 8]
     # colour alone decides the class; patches never straddle two blocks (4 px patches, 16 px blocks)
     assert res["results"]["4"]["miou"]["mean"] == pytest.approx(1.0)
     assert res["results"]["8"]["miou"]["mean"] == pytest.approx(1.0)
     assert res["results"]["8"]["matching"] == "greedy"
-    noise = overcluster.evaluate(ColourBackbone(noise=True), data, device="cpu", size=32, ks=(None,), seeds=(0,),
-                                 pca_dim=3, niter=10, nredo=1, mask_size=16)
+    noise = overcluster.evaluate(
+        ColourBackbone(noise=True),
+        data,
+        device="cpu",
+        size=32,
+        ks=(None,),
+        seeds=(0,),
+        pca_dim=3,
+        niter=10,
+        nredo=1,
+        mask_size=16,
+    )
     assert noise["metric"] < 0.5
 
 
@@ -101,8 +122,9 @@ def _write_voc(root, n=4, size=32):
     names = [f"2007_{i:06d}" for i in range(n)]
     for name, (img, mask) in zip(names, data.items):
         img.resize((size, size)).save(voc / "JPEGImages" / f"{name}.jpg")
-        Image.fromarray(np.where(mask == 255, 255, mask * 5).astype(np.uint8)).resize((size, size), Image.NEAREST) \
-            .save(voc / "SegmentationClass" / f"{name}.png")
+        Image.fromarray(np.where(mask == 255, 255, mask * 5).astype(np.uint8)).resize((size, size), Image.NEAREST).save(
+            voc / "SegmentationClass" / f"{name}.png"
+        )
     for split in ("train", "val"):
         (voc / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
     return root
@@ -144,22 +166,29 @@ def test_ade20k_and_coco_things_label_maps(tmp_path):
     (coco / "coco/images/val2017").mkdir(parents=True)
     (coco / "annotations/semantic_segmentation_val2017").mkdir(parents=True)
     (coco / "annotations/panoptic_annotations").mkdir(parents=True)
-    cats = [{"id": 1, "isthing": 1, "supercategory": "person"}, {"id": 18, "isthing": 1, "supercategory": "animal"},
-            {"id": 92, "isthing": 0, "supercategory": "textile"}]
+    cats = [
+        {"id": 1, "isthing": 1, "supercategory": "person"},
+        {"id": 18, "isthing": 1, "supercategory": "animal"},
+        {"id": 92, "isthing": 0, "supercategory": "textile"},
+    ]
     (coco / "annotations/panoptic_annotations/panoptic_val2017.json").write_text(json.dumps({"categories": cats}))
     Image.new("RGB", (4, 1)).save(coco / "coco/images/val2017/000000000139.jpg")
     Image.fromarray(np.array([[1, 18, 92, 0]], np.uint8)).save(
-        coco / "annotations/semantic_segmentation_val2017/000000000139.png")
+        coco / "annotations/semantic_segmentation_val2017/000000000139.png"
+    )
     things = build_segmentation("coco-things", coco, "val")
     # person → 9, animal → 1 (alphabetical supercategories); stuff and unlabelled → 255
     np.testing.assert_array_equal(things[0][1], [[9, 1, 255, 255]])
 
 
-@pytest.mark.parametrize("command,extra", [
-    ("overcluster", ["--ks", "0", "8", "--niter", "5", "--nredo", "1", "--matching", "hungarian-below"]),
-    ("incontext", ["--k", "5", "--train-split", "train"]),  # this devkit has no trainaug (SBD) part
-    ("linseg", ["--epochs", "1", "--cache-views", "1", "--train-split", "train"]),
-])
+@pytest.mark.parametrize(
+    "command,extra",
+    [
+        ("overcluster", ["--ks", "0", "8", "--niter", "5", "--nredo", "1", "--matching", "hungarian-below"]),
+        ("incontext", ["--k", "5", "--train-split", "train"]),  # this devkit has no trainaug (SBD) part
+        ("linseg", ["--epochs", "1", "--cache-views", "1", "--train-split", "train"]),
+    ],
+)
 def test_commands_write_a_result_json(tmp_path, command, extra):
     import json
 
@@ -167,8 +196,30 @@ def test_commands_write_a_result_json(tmp_path, command, extra):
 
     root = _write_voc(tmp_path / "data")
     out = tmp_path / f"{command}.json"
-    rc = main(["eval", command, "--model", "vitt8", "--random-init", "--device", "cpu", "--data", str(root), "--size", "32",
-               "--num-workers", "0", "--batch-size", "4", "--seeds", "0", "--out", str(out), *extra])
+    rc = main(
+        [
+            "eval",
+            command,
+            "--model",
+            "vitt8",
+            "--random-init",
+            "--device",
+            "cpu",
+            "--data",
+            str(root),
+            "--size",
+            "32",
+            "--num-workers",
+            "0",
+            "--batch-size",
+            "4",
+            "--seeds",
+            "0",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["protocol"] == command and 0.0 <= res["metric"] <= 1.0 and len(res["per_class_iou"]) == 21
@@ -227,8 +278,9 @@ def test_matching_k_above_c_is_greedy_with_first_class_on_ties():
 def test_overcluster_scores_report_the_rule_per_k():
     """The pure core records the matching used at K < C, K = C and K > C."""
     data = Blocks(4)
-    tokens = np.concatenate([np.asarray(img, np.float32).reshape(8, 4, 8, 4, 3).mean((1, 3)).reshape(-1, 3)
-                             for img, _ in data.items])
+    tokens = np.concatenate(
+        [np.asarray(img, np.float32).reshape(8, 4, 8, 4, 3).mean((1, 3)).reshape(-1, 3) for img, _ in data.items]
+    )
     masks = torch.stack([torch.from_numpy(m) for _, m in data.items])
     res = overcluster.overcluster_scores(tokens, (8, 8), masks, 4, [2, 4, 8], [0], pca_dim=3, niter=20, nredo=5)
     assert [res[k]["matching"] for k in ("2", "4", "8")] == ["greedy", "hungarian", "greedy"]
@@ -251,8 +303,23 @@ def test_a_missing_default_trainaug_names_the_flag(tmp_path, capsys, command):
     from franca.cli import main
 
     root = _write_voc(tmp_path / "data")
-    rc = main(["eval", command, "--model", "vitt8", "--random-init", "--device", "cpu", "--data", str(root),
-               "--size", "32", "--out", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "eval",
+            command,
+            "--model",
+            "vitt8",
+            "--random-init",
+            "--device",
+            "cpu",
+            "--data",
+            str(root),
+            "--size",
+            "32",
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc != 0 and "SegmentationClassAug" in err and "--train-split train" in err
     assert not (tmp_path / "r.json").exists()

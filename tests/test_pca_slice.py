@@ -1,4 +1,5 @@
 """PCA slicing: the first component is the top singular vector; projections; the protocol runs."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ def test_first_component_is_top_singular_vector():
     assert abs(float(comps[0] @ vh[0])) == pytest.approx(1.0, abs=1e-10)
     assert abs(float(comps[1] @ vh[1])) == pytest.approx(1.0, abs=1e-8)
     # variances are σ² / (N − 1), sorted descending
-    torch.testing.assert_close(var, s ** 2 / (500 - 1))
+    torch.testing.assert_close(var, s**2 / (500 - 1))
     assert torch.all(var[:-1] >= var[1:])
     torch.testing.assert_close(comps @ comps.T, torch.eye(6, dtype=torch.float64), atol=1e-10, rtol=0)
 
@@ -30,9 +31,9 @@ def test_projection_golden():
     t = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])
     x = torch.stack([t, 2 * t], dim=1)
     mean, comps, var = fit_pca(x)
-    torch.testing.assert_close(comps[0], torch.tensor([1.0, 2.0], dtype=torch.float64) / 5 ** 0.5)
+    torch.testing.assert_close(comps[0], torch.tensor([1.0, 2.0], dtype=torch.float64) / 5**0.5)
     z = project(x, mean, comps, 1)
-    torch.testing.assert_close(z[:, 0], t * 5 ** 0.5)  # coordinate along the unit direction
+    torch.testing.assert_close(z[:, 0], t * 5**0.5)  # coordinate along the unit direction
     assert float(var[1]) == pytest.approx(0.0, abs=1e-12)
 
 
@@ -59,8 +60,15 @@ def test_evaluate_clips_k_and_reports_each(tmp_path):
         y = torch.randint(0, 3, (n,), generator=g)
         return TensorDataset(colours[y][:, :, None, None] + 0.3 * torch.randn(n, 3, 4, 4, generator=g), y)
 
-    res = pca_slice.evaluate(_Stub(), (make(64), make(32)), device="cpu", ks=(200, 4, 1), epochs=4,
-                             probe_batch_size=16, cache_dir=str(tmp_path))
+    res = pca_slice.evaluate(
+        _Stub(),
+        (make(64), make(32)),
+        device="cpu",
+        ks=(200, 4, 1),
+        epochs=4,
+        probe_batch_size=16,
+        cache_dir=str(tmp_path),
+    )
     assert res["settings"]["ks"] == [8, 4, 1]  # 200 clipped to D = 8
     assert set(res["per_k"]) == {"k8", "k4", "k1", "full"}
     assert res["metric_name"] == "top1_k8"

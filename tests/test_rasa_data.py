@@ -1,4 +1,5 @@
 """RASA images: the reference augmentations' output, the held-out split and the image-folder reader."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The iterative RASA fit on synthetic features, folding into a backbone, and `franca rasa` end to end."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ def _subspaces(D: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A random orthonormal split of R^D: semantic basis Qs (D, D-2) and position basis Qp (D, 2)."""
     g = torch.Generator().manual_seed(seed)
     Q = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))[0].float()
-    return Q[:, : D - 2], Q[:, D - 2:]
+    return Q[:, : D - 2], Q[:, D - 2 :]
 
 
 def _features(M: int, Qs: torch.Tensor, Qp: torch.Tensor, seed: int, h: int = 8, w: int = 8):
@@ -130,14 +131,42 @@ def test_franca_rasa_command_end_to_end(tmp_path):
         arr = (torch.rand(40, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(arr).save(data / f"img{i}.png")
     out = tmp_path / "vitt8-rasa.safetensors"
-    rc = main(["rasa", "--model", "vitt8", "--random-init", "--data", str(data), "--iterations", "2", "--epochs", "1",
-               "--batch-size", "4", "--size", "32", "--num-workers", "0", "--out", str(out), "--quiet",
-               "--heldout-fraction", "0.3", "--probe-max-steps", "100"])
+    rc = main(
+        [
+            "rasa",
+            "--model",
+            "vitt8",
+            "--random-init",
+            "--data",
+            str(data),
+            "--iterations",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--size",
+            "32",
+            "--num-workers",
+            "0",
+            "--out",
+            str(out),
+            "--quiet",
+            "--heldout-fraction",
+            "0.3",
+            "--probe-max-steps",
+            "100",
+        ]
+    )
     assert rc == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert [h["iteration"] for h in report["history"]] == [1, 2]
-    assert all(math.isfinite(h[w][p]["r2"]) for h in report["history"] for w in ("before", "after")
-               for p in ("ridge", "sigmoid"))
+    assert all(
+        math.isfinite(h[w][p]["r2"])
+        for h in report["history"]
+        for w in ("before", "after")
+        for p in ("ridge", "sigmoid")
+    )
     model = franca.load_backbone("vitt8", weights=out)
     assert model.rasa_proj is not None
     P_file = load_rasa_projection(out.with_name(out.stem + ".rasa.safetensors"), model.embed_dim)
@@ -146,8 +175,13 @@ def test_franca_rasa_command_end_to_end(tmp_path):
     assert torch.allclose(P_file @ P_file, P_file, atol=1e-5)
     assert round(float(torch.trace(P_file))) == model.embed_dim - 4
     # Both probes' sizes are reported; 3 held-out images split by image into 2 fit + 1 score.
-    assert report["probe_sizes"] == {"fit_images": 2, "fit_tokens": 32, "score_images": 1, "score_tokens": 16,
-                                     "dim": model.embed_dim}
+    assert report["probe_sizes"] == {
+        "fit_images": 2,
+        "fit_tokens": 32,
+        "score_images": 1,
+        "score_tokens": 16,
+        "dim": model.embed_dim,
+    }
     assert report["stop_reason"] == "fixed number of stages (2)"
     assert (report["status"] == "probe_failure") == bool(report["probe_failures"]) == (report["metric"] is None)
 
@@ -163,10 +197,35 @@ def test_franca_rasa_command_auto_iterations(tmp_path):
     for i in range(12):
         Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()).save(data / f"{i}.png")
     out = tmp_path / "auto.safetensors"
-    rc = main(["rasa", "--model", "vitt8", "--random-init", "--data", str(data), "--iterations", "auto",
-               "--max-iterations", "2",
-               "--max-steps", "60", "--probe-max-steps", "60", "--batch-size", "4", "--size", "32",
-               "--num-workers", "0", "--out", str(out), "--quiet", "--heldout-fraction", "0.4"])
+    rc = main(
+        [
+            "rasa",
+            "--model",
+            "vitt8",
+            "--random-init",
+            "--data",
+            str(data),
+            "--iterations",
+            "auto",
+            "--max-iterations",
+            "2",
+            "--max-steps",
+            "60",
+            "--probe-max-steps",
+            "60",
+            "--batch-size",
+            "4",
+            "--size",
+            "32",
+            "--num-workers",
+            "0",
+            "--out",
+            str(out),
+            "--quiet",
+            "--heldout-fraction",
+            "0.4",
+        ]
+    )
     assert rc == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["config"]["iterations"] == "auto" and 1 <= report["iterations"] <= 2
@@ -188,8 +247,9 @@ def test_load_backbone_with_official_rasa_head_file(tmp_path):
     sd["rasa_head.pos_pred.weight"] = ws[-1]
     path = tmp_path / "franca_vitt8_rasa.pth"
     torch.save(sd, path)
-    w = franca.export_backbone(franca.build_backbone("vitt8", depth=1, embed_dim=D, num_heads=2, img_size=32),
-                               tmp_path / "vitt8.safetensors")
+    w = franca.export_backbone(
+        franca.build_backbone("vitt8", depth=1, embed_dim=D, num_heads=2, img_size=32), tmp_path / "vitt8.safetensors"
+    )
     model = franca.load_backbone("vitt8", weights=w, rasa=path)
     x = torch.randn(2, 3, 32, 32, generator=g)
     with torch.no_grad():
@@ -203,8 +263,15 @@ def _auto_fit(threshold: float, min_drop: float, iterations: int = 4):
     Qs, Qp = _subspaces(16, seed=5)
     x, _ = _features(96, Qs, Qp, seed=6)
     held, _ = _features(32, Qs, Qp, seed=7)
-    cfg = RasaConfig(iterations=iterations, auto=True, auto_threshold=threshold, auto_min_drop=min_drop, lr=5e-2,
-                     batch_size=32, progress=False)
+    cfg = RasaConfig(
+        iterations=iterations,
+        auto=True,
+        auto_threshold=threshold,
+        auto_min_drop=min_drop,
+        lr=5e-2,
+        batch_size=32,
+        progress=False,
+    )
     return fit_rasa(CachedFeatures(x, (8, 8), 32), cfg, heldout=held)
 
 

@@ -5,6 +5,7 @@ depend on QR's signs), the official head's 2-D decomposition as its formula (nor
 orthogonalise the column row against the row row, subtract both projections), and sequential
 removal as a Python loop.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -47,7 +48,7 @@ def _oracle_qr_removals(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.T
 # --------------------------------------------------------------------------------------------- golden
 def test_position_targets_by_hand():
     # 2 rows x 3 columns: rows i/(2-1) ∈ {0, 1}, columns j/(3-1) ∈ {0, .5, 1}, row index slowest.
-    expected = torch.tensor([[0, 0], [0, .5], [0, 1], [1, 0], [1, .5], [1, 1]], dtype=torch.float32)
+    expected = torch.tensor([[0, 0], [0, 0.5], [0, 1], [1, 0], [1, 0.5], [1, 1]], dtype=torch.float32)
     assert torch.equal(position_targets(2, 3), expected)
     assert torch.equal(position_targets(1, 2), torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
 

@@ -1,5 +1,6 @@
 """The held-out position probes: ridge with cross-validated strength, the sigmoid predictor's convergence,
 the split by image, the dihedral held-out views and the probe-failure flag."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,9 +26,9 @@ GRID = (4, 4)
 def _tokens(M: int, D: int, strength: float, seed: int, grid=GRID) -> torch.Tensor:
     """Noise (M, N, D) plus strength × a fixed linear code of (row, col) along two fixed directions."""
     g = torch.Generator().manual_seed(seed)
-    B = torch.randn(D, 2, generator=torch.Generator().manual_seed(1234)) / D ** 0.5
+    B = torch.randn(D, 2, generator=torch.Generator().manual_seed(1234)) / D**0.5
     code = (position_targets(*grid) - 0.5) @ B.T
-    return torch.randn(M, grid[0] * grid[1], D, generator=g) + strength * code[None] * D ** 0.5
+    return torch.randn(M, grid[0] * grid[1], D, generator=g) + strength * code[None] * D**0.5
 
 
 def test_r2_score_golden():

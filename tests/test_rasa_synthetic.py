@@ -7,6 +7,7 @@ drawn independently of position, so position is only in the code. RASA (trained 
 ``--iterations auto``) must drive both held-out probes to R² ≤ 0.05 and leave a linear content
 probe's accuracy within 1 point.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -39,7 +40,7 @@ class SyntheticBackbone(torch.nn.Module):
         p = self.patch_size
         solid = torch.zeros(3, 3 * p * p)
         for c in range(3):
-            solid[c, c * p * p:(c + 1) * p * p] = 1.0
+            solid[c, c * p * p : (c + 1) * p * p] = 1.0
         return solid @ self.content
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -78,8 +79,9 @@ def fitted():
     held, _ = _images(64, seed=2)
     tokens = extract_all(model, train.split(64), dev)
     heldout = extract_all(model, held.split(64), dev)
-    cfg = RasaConfig(iterations=6, auto=True, batch_size=32, lr=1e-2, max_steps=1500, progress=False,
-                     probe=ProbeSettings())
+    cfg = RasaConfig(
+        iterations=6, auto=True, batch_size=32, lr=1e-2, max_steps=1500, progress=False, probe=ProbeSettings()
+    )
     return model, fit_rasa(CachedFeatures(tokens, (GRID, GRID), 32), cfg, device=dev, heldout=heldout)
 
 
@@ -103,8 +105,9 @@ def test_synthetic_backbone_rasa_keeps_content(fitted):
     score_img, score_lab = _images(48, seed=4)
     fx, sx = extract_all(model, [fit_img], dev), extract_all(model, [score_img], dev)
     before = _content_accuracy(fx, fit_lab, sx, score_lab)
-    after = _content_accuracy(apply_projection(fx, res.projection), fit_lab, apply_projection(sx, res.projection),
-                              score_lab)
+    after = _content_accuracy(
+        apply_projection(fx, res.projection), fit_lab, apply_projection(sx, res.projection), score_lab
+    )
     assert 40.0 < before < 99.0, before  # a probe that is neither trivial nor saturated
     assert abs(after - before) <= 1.0, (before, after)
     print(f"content accuracy before {before:.2f} after {after:.2f}")

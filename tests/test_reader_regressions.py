@@ -4,6 +4,7 @@ Each test pins a behaviour the old reader (webdataset's sample grouping and node
 refactored one lost: samples are grouped by webdataset's key rule, a sample without an image is a counted
 None (never dropped silently), and a torchrun launch splits shards by RANK/WORLD_SIZE.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,15 +43,18 @@ def _value(im: Image.Image) -> int:
     return int(np.asarray(im)[0, 0, 0])
 
 
-@pytest.mark.parametrize("member, expected", [
-    ("00000001.jpg", ("00000001", "jpg")),
-    ("a.b/0001.jpg", ("a.b/0001", "jpg")),        # a dot in a folder name is not the key's end
-    ("img.v2.jpg", ("img", "v2.jpg")),            # the key ends at the FIRST dot of the file name
-    ("d/x.seg.PNG", ("d/x", "seg.png")),          # extensions are compared in lower case
-    ("README", None),                             # no extension: webdataset ignores the member
-    ("._0001.jpg", None),                         # macOS resource fork: no key before the dot
-    ("__meta__", None),
-])
+@pytest.mark.parametrize(
+    "member, expected",
+    [
+        ("00000001.jpg", ("00000001", "jpg")),
+        ("a.b/0001.jpg", ("a.b/0001", "jpg")),  # a dot in a folder name is not the key's end
+        ("img.v2.jpg", ("img", "v2.jpg")),  # the key ends at the FIRST dot of the file name
+        ("d/x.seg.PNG", ("d/x", "seg.png")),  # extensions are compared in lower case
+        ("README", None),  # no extension: webdataset ignores the member
+        ("._0001.jpg", None),  # macOS resource fork: no key before the dot
+        ("__meta__", None),
+    ],
+)
 def test_split_key_is_webdatasets_rule(member, expected):
     assert split_key(member) == expected
 
@@ -59,13 +63,23 @@ def test_a_sample_without_an_image_is_a_counted_none_not_dropped(tmp_path, caplo
     """img2dataset writes 0001.jpg + .json + .txt per sample; a json-only sample and an `img.v2.jpg` sample
     (key `img`, extension `v2.jpg`) hold no image under image_keys: each gives None with a warning naming
     shard:key and what it holds, and is counted, as with the webdataset package (#20 dropped them silently)."""
-    shard = _tar(tmp_path / "s" / "00000.tar", [
-        ("0001.jpg", _png(1)), ("0001.json", b"{}"), ("0001.txt", b"a cat"),
-        ("0002.json", b'{"status": "failed"}'),
-        ("a.b/0003.jpg", _png(3)), ("a.b/0003.txt", b"dotted folder"),
-        ("img.v2.jpg", _png(4)), ("img.v2.txt", b"two dots"),
-        ("._0005.jpg", _png(99)), ("0005.png", _png(5)), ("__meta__", b"x"), ("0005.txt", b"one sample"),
-    ])
+    shard = _tar(
+        tmp_path / "s" / "00000.tar",
+        [
+            ("0001.jpg", _png(1)),
+            ("0001.json", b"{}"),
+            ("0001.txt", b"a cat"),
+            ("0002.json", b'{"status": "failed"}'),
+            ("a.b/0003.jpg", _png(3)),
+            ("a.b/0003.txt", b"dotted folder"),
+            ("img.v2.jpg", _png(4)),
+            ("img.v2.txt", b"two dots"),
+            ("._0005.jpg", _png(99)),
+            ("0005.png", _png(5)),
+            ("__meta__", b"x"),
+            ("0005.txt", b"one sample"),
+        ],
+    )
     ds = WebDatasetShards(tmp_path / "s", transform=_value, with_key=True)
     with caplog.at_level(logging.WARNING):
         items = list(ds)
@@ -84,7 +98,10 @@ def test_image_keys_v2_jpg_reads_the_multi_dot_member(tmp_path):
 def test_tar_members_reads_only_what_is_asked_and_tar_images_is_unchanged(tmp_path):
     shard = str(_tar(tmp_path / "0.tar", [("a.jpg", _png(1)), ("a.txt", b"cap"), ("b.png", _png(2))]))
     assert [(n, d is not None) for n, d in tar_members(shard)] == [
-        (f"{shard}:a.jpg", True), (f"{shard}:a.txt", False), (f"{shard}:b.png", True)]
+        (f"{shard}:a.jpg", True),
+        (f"{shard}:a.txt", False),
+        (f"{shard}:b.png", True),
+    ]
     assert [n for n, _ in tar_images(shard)] == [f"{shard}:a.jpg", f"{shard}:b.png"]
 
 
@@ -126,8 +143,21 @@ def test_a_folder_of_unreadable_files_stops_pretraining_with_one_line_naming_dis
     bad.mkdir()
     (bad / "a.jpg").write_text("not a jpeg")
     (bad / "b.png").write_bytes(b"")
-    rc = main(["pretrain", "--data", str(bad), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet",
-               "train.iterations=1", "train.batch_size_per_gpu=4", "data.num_workers=1"])
+    rc = main(
+        [
+            "pretrain",
+            "--data",
+            str(bad),
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--quiet",
+            "train.iterations=1",
+            "train.batch_size_per_gpu=4",
+            "data.num_workers=1",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 1 and err.startswith("franca pretrain: error: 64 of the 64 images tried in the image folder")
     assert "Traceback" not in err and "(in DataLoader worker process 0)" in err
@@ -137,8 +167,10 @@ def test_a_folder_of_unreadable_files_stops_pretraining_with_one_line_naming_dis
 def test_one_line_keeps_the_original_message_of_a_worker_error():
     from franca.utils.errors import one_line
 
-    wrapped = RuntimeError("Caught KeyError in DataLoader worker process 3.\nOriginal Traceback (most recent call "
-                           "last):\n  File \"x.py\", line 1, in f\n    g()\nKeyError: 'config key data.x: unknown'")
+    wrapped = RuntimeError(
+        "Caught KeyError in DataLoader worker process 3.\nOriginal Traceback (most recent call "
+        "last):\n  File \"x.py\", line 1, in f\n    g()\nKeyError: 'config key data.x: unknown'"
+    )
     assert one_line(wrapped) == "'config key data.x: unknown' (in DataLoader worker process 3)"
     assert one_line(ValueError("plain\nmessage")) == "plain message"
 
@@ -162,12 +194,15 @@ def test_a_folder_of_gzip_shards_is_refused_with_the_glob_that_reads_it(tmp_path
     assert list(WebDatasetShards(str(gz / "*.tar.gz"), transform=_value)) == [5]
 
 
-@pytest.mark.parametrize("pattern, expected", [
-    (r"data\{v1\}/s-{0..1}.tar", ["data{v1}/s-0.tar", "data{v1}/s-1.tar"]),  # a literal brace in a folder name
-    (r"a\{1,2\}.tar", ["a{1,2}.tar"]),
-    (r"x{a\,b,c}", ["xa,b", "xc"]),                                         # an escaped comma inside a list
-    (r"x\{{1,2}\}", ["x{1}", "x{2}"]),
-])
+@pytest.mark.parametrize(
+    "pattern, expected",
+    [
+        (r"data\{v1\}/s-{0..1}.tar", ["data{v1}/s-0.tar", "data{v1}/s-1.tar"]),  # a literal brace in a folder name
+        (r"a\{1,2\}.tar", ["a{1,2}.tar"]),
+        (r"x{a\,b,c}", ["xa,b", "xc"]),  # an escaped comma inside a list
+        (r"x\{{1,2}\}", ["x{1}", "x{2}"]),
+    ],
+)
 def test_expand_braces_takes_escaped_characters_literally(pattern, expected):
     """braceexpand (which webdataset used) reads a backslash as 'the next character literally'; the refactor
     expanded `a\\{1,2\\}` into two garbled names."""
@@ -195,7 +230,7 @@ def test_paths_and_n_skipped_can_still_be_assigned(tmp_path):
     ds.paths = ds.paths[:2]
     assert len(ds) == 2 and [ds[i] for i in range(len(ds))] == [0, 1] and ds.files == ds.paths
     files = ImageFiles(sorted(tmp_path.glob("*.png")), _value)
-    assert files[4] in {0, 1, 2, 3} and files.n_skipped == 1   # 9.png replaced by a readable file
+    assert files[4] in {0, 1, 2, 3} and files.n_skipped == 1  # 9.png replaced by a readable file
     files.n_skipped = 0
     assert files.n_skipped == files.skipped == 0
 
@@ -213,8 +248,25 @@ def test_features_on_a_folder_of_unreadable_files_names_them(tmp_path, capsys):
 
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.jpg").write_text("not a jpeg")
-    rc = main(["features", "--model", "vitt8", "--random-init", "--size", "16", "--data", str(tmp_path / "imgs"),
-               "--out", str(tmp_path / "f.pt"), "--device", "cpu", "--num-workers", "0", "--quiet"])
+    rc = main(
+        [
+            "features",
+            "--model",
+            "vitt8",
+            "--random-init",
+            "--size",
+            "16",
+            "--data",
+            str(tmp_path / "imgs"),
+            "--out",
+            str(tmp_path / "f.pt"),
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 1 and f"all 1 files are unreadable (e.g. {tmp_path / 'imgs' / 'a.jpg'})" in err
     assert not (tmp_path / "f.pt").exists()

@@ -1,5 +1,6 @@
 """One reader per layout, one extractor (#20): the training k-NN probe, `franca features` and the
 protocols read through franca.data.datasets and extract through franca.eval.features.extract."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """`franca report`: eval JSONs become tables, JSONL metrics a summary + curve, PNGs are embedded."""
+
 from __future__ import annotations
 
 import base64
@@ -13,11 +14,21 @@ def _run_dir(tmp_path):
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
     (run / "figs").mkdir()
-    (run / "eval" / "knn.json").write_text(json.dumps(
-        {"protocol": "knn", "metric_name": "top1_k20", "metric": 71.25, "metric_std": 0.5,
-         "model": {"model": "vitt8", "weights": "/x/ckpt.pth"}, "top1": {"10": 70.0, "20": 71.25}}))
-    (run / "eval" / "depth.json").write_text(json.dumps(
-        {"protocol": "depth", "metric_name": "si_rmse", "metric": 0.3125, "d1": {"mean": 0.8, "std": 0.01}}))
+    (run / "eval" / "knn.json").write_text(
+        json.dumps(
+            {
+                "protocol": "knn",
+                "metric_name": "top1_k20",
+                "metric": 71.25,
+                "metric_std": 0.5,
+                "model": {"model": "vitt8", "weights": "/x/ckpt.pth"},
+                "top1": {"10": 70.0, "20": 71.25},
+            }
+        )
+    )
+    (run / "eval" / "depth.json").write_text(
+        json.dumps({"protocol": "depth", "metric_name": "si_rmse", "metric": 0.3125, "d1": {"mean": 0.8, "std": 0.01}})
+    )
     norms = {"protocol": "token_norms", "backbones": {"a": {"n_images": 3}}}
     (run / "eval" / "norms.json").write_text(json.dumps(norms))
     (run / "eval" / "broken.json").write_text("{not json")

@@ -1,6 +1,7 @@
 """Kill-and-resume: a CPU run SIGKILLed at 3 random iterations and resumed each time logs the same
 per-iteration losses as an uninterrupted run with the same seed (model, optimizer, schedules, data
 order and RNG are all restored from the single checkpoint file)."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dist_train_worker import make_image_folder, tiny_overrides
 
 N_ITER = 9
@@ -64,8 +64,13 @@ def test_sigkill_at_three_iterations_then_resume_matches_uninterrupted(tmp_path:
     overrides = tiny_overrides(run_dir, data, iterations=N_ITER) + extra
     resume = "0"
     for kill_at in kills + [-1]:
-        proc = subprocess.run([sys.executable, "-c", _DRIVER, str(kill_at), resume, *overrides],
-                              env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", _DRIVER, str(kill_at), resume, *overrides],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if kill_at >= 0:
             assert proc.returncode == -9, proc.stderr[-3000:]
             ckpt = torch.load(run_dir / "checkpoint.pth", weights_only=True)

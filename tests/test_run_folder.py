@@ -1,6 +1,7 @@
 """The output folder of a pretraining run (issue 21 items 2, 3, 11; issue 17 item 3): a re-run never
 destroys a run, one run per folder (lock), --resume refuses a changed recipe, the banner states
 every stopping rule and an early stop prints the exact command that continues."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dist_train_worker import make_image_folder, tiny_overrides
 
 
@@ -75,8 +75,9 @@ def test_overwrite_keeps_the_old_run_until_the_new_runs_first_save(data, tmp_pat
 
     loop.Trainer.step = dies
     try:
-        rc, _, err = _main(capsys, _argv(out, data, "--overwrite", "train.checkpoint_period=2",
-                                         "optim.base_lr=5e-4", iterations=4))
+        rc, _, err = _main(
+            capsys, _argv(out, data, "--overwrite", "train.checkpoint_period=2", "optim.base_lr=5e-4", iterations=4)
+        )
     finally:
         loop.Trainer.step = original
     assert rc == 130, err[-2000:]
@@ -85,8 +86,9 @@ def test_overwrite_keeps_the_old_run_until_the_new_runs_first_save(data, tmp_pat
     assert (out / "config.yaml").read_bytes() == old_config
 
     # the same run to the end: the new checkpoint and a metrics file with only the new run's rows
-    rc, _, err = _main(capsys, _argv(out, data, "--overwrite", "train.checkpoint_period=2", "optim.base_lr=5e-4",
-                                     iterations=4))
+    rc, _, err = _main(
+        capsys, _argv(out, data, "--overwrite", "train.checkpoint_period=2", "optim.base_lr=5e-4", iterations=4)
+    )
     assert rc == 0, err[-2000:]
     assert _ckpt_iteration(out) == 4
     rows = read_metrics(out / "metrics.jsonl")
@@ -149,8 +151,12 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(data, tmp_p
 def test_two_concurrent_processes_one_fails(data, tmp_path: Path, capsys) -> None:
     """Two real processes on one folder: exactly one trains, the other exits 1 naming the holder."""
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]),
+    }
     # the first holds the lock for as long as it trains (sleeps in its first step until told to go on)
     go = tmp_path / "go"
     driver = (
@@ -163,9 +169,15 @@ def test_two_concurrent_processes_one_fails(data, tmp_path: Path, capsys) -> Non
         "    return orig(self, b, i)\n"
         "loop.Trainer.step = step\n"
         "from franca.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n")
-    first = subprocess.Popen([sys.executable, "-c", driver, *_argv(out, data)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", driver, *_argv(out, data)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(1200):
             if (tmp_path / "started").exists() or first.poll() is not None:
@@ -191,13 +203,16 @@ def finished(data, tmp_path: Path, capsys) -> Path:
     return out
 
 
-@pytest.mark.parametrize("change, key", [
-    ("optim.base_lr=2e-3", "optim.base_lr"),
-    ("train.batch_size_per_gpu=2", "train.batch_size_per_gpu"),
-    ("loss.koleo_weight=0.5", "loss.koleo_weight"),
-    ("model.num_register_tokens=1", "model.num_register_tokens"),
-    ("train.iterations=5", "train.iterations"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ("optim.base_lr=2e-3", "optim.base_lr"),
+        ("train.batch_size_per_gpu=2", "train.batch_size_per_gpu"),
+        ("loss.koleo_weight=0.5", "loss.koleo_weight"),
+        ("model.num_register_tokens=1", "model.num_register_tokens"),
+        ("train.iterations=5", "train.iterations"),
+    ],
+)
 def test_resume_refuses_a_changed_recipe(data, finished: Path, capsys, change: str, key: str) -> None:
     before = (finished / "checkpoint.pth").read_bytes()
     rc, _, err = _main(capsys, _argv(finished, data, "--resume", change))
@@ -214,9 +229,21 @@ def test_resume_refuses_another_data_set(data, finished: Path, tmp_path: Path, c
 
 
 def test_resume_with_an_allowed_change_and_harmless_changes(data, finished: Path, capsys) -> None:
-    rc, _, err = _main(capsys, _argv(finished, data, "--resume", "--allow-config-change",
-                                     "optim.base_lr,train.iterations", "optim.base_lr=2e-3", "train.max_minutes=0.5",
-                                     "train.log_period=2", "data.num_workers=0", iterations=3))
+    rc, _, err = _main(
+        capsys,
+        _argv(
+            finished,
+            data,
+            "--resume",
+            "--allow-config-change",
+            "optim.base_lr,train.iterations",
+            "optim.base_lr=2e-3",
+            "train.max_minutes=0.5",
+            "train.log_period=2",
+            "data.num_workers=0",
+            iterations=3,
+        ),
+    )
     assert rc == 0, err[-2000:]
     assert _ckpt_iteration(finished) == 3
     saved = torch.load(finished / "checkpoint.pth", weights_only=True)["config"]
@@ -232,20 +259,39 @@ def test_resume_is_a_flag_that_never_swallows_an_override() -> None:
     assert args.checkpoint == "a/b.pth" and args.overrides == ["train.epochs=2"]
 
 
-
 def test_pretrain_takes_the_shared_flags_as_config_shortcuts(tmp_path: Path, capsys) -> None:
     """--data/--out/--seed/--batch-size/--device set their config keys; a key given both ways is refused."""
     from franca.cli import build_parser
     from franca.commands.pretrain import shortcut_overrides
 
-    args = build_parser().parse_args(["pretrain", "--data", "imgs", "--out", "runs/x", "--seed", "3",
-                                      "--batch-size", "8", "--device", "cpu", "train.epochs=2"])
-    assert shortcut_overrides(args) == ["data.dataset=imgs", "train.output_dir=runs/x", "train.seed=3",
-                                        "train.batch_size_per_gpu=8", "train.device=cpu"]
+    args = build_parser().parse_args(
+        [
+            "pretrain",
+            "--data",
+            "imgs",
+            "--out",
+            "runs/x",
+            "--seed",
+            "3",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "train.epochs=2",
+        ]
+    )
+    assert shortcut_overrides(args) == [
+        "data.dataset=imgs",
+        "train.output_dir=runs/x",
+        "train.seed=3",
+        "train.batch_size_per_gpu=8",
+        "train.device=cpu",
+    ]
     rc, out, _ = _main(capsys, ["pretrain", "--data", "imgs", "--seed", "3", "--print-config"])
     assert rc == 0 and "dataset: imgs" in out and "seed: 3" in out
     rc, _, err = _main(capsys, ["pretrain", "--data", "a", "data.dataset=b", "--print-config"])
     assert rc == 1 and "--data and data.dataset= both set data.dataset" in err
+
 
 def test_pretrain_resume_with_a_max_minutes_override_runs(data, finished: Path, capsys) -> None:
     argv = _argv(finished, data, iterations=2)
@@ -263,9 +309,14 @@ def test_banner_states_every_stopping_rule(data, tmp_path: Path, capsys) -> None
     assert rc == 0, err[-2000:]
     assert "stops after 2 iterations" in out and "train.iterations=2" in out
     assert "7 minutes" in out and "train.max_minutes" in out
-    rc, out, err = _main(capsys, [a for a in _argv(tmp_path / "run2", data, "train.iterations=0", "train.epochs=3",
-                                                     "train.max_minutes=0")
-                                  if a != "--quiet"])
+    rc, out, err = _main(
+        capsys,
+        [
+            a
+            for a in _argv(tmp_path / "run2", data, "train.iterations=0", "train.epochs=3", "train.max_minutes=0")
+            if a != "--quiet"
+        ],
+    )
     assert rc == 0, err[-2000:]
     assert "stops after 6 iterations" in out and "3 epochs" in out and "train.epochs=3" in out  # 8 images / 4
     assert "no time limit" in out
@@ -337,14 +388,23 @@ def test_sigkill_during_a_save_keeps_the_last_checkpoint_and_resumes(data, tmp_p
         assert main(_argv(ref, data, *extra, iterations=5)) == 0
     finally:
         torch.set_num_threads(threads)
-    killed = subprocess.run([sys.executable, "-c", _KILL_IN_SAVE, "2", *_argv(run, data, *extra, iterations=5)],
-                            env=env, capture_output=True, text=True, timeout=180)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILL_IN_SAVE, "2", *_argv(run, data, *extra, iterations=5)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert _ckpt_iteration(run) == 2
     assert list(run.glob(".checkpoint.pth.tmp*")) and (run / ".lock").exists()
-    resumed = subprocess.run([sys.executable, "-c", _KILL_IN_SAVE, "0", *_argv(run, data, "--resume", *extra,
-                                                                              iterations=5)],
-                             env=env, capture_output=True, text=True, timeout=180)
+    resumed = subprocess.run(
+        [sys.executable, "-c", _KILL_IN_SAVE, "0", *_argv(run, data, "--resume", *extra, iterations=5)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "stale" in resumed.stderr and not list(run.glob(".checkpoint.pth.tmp*"))
     a = {r["iteration"]: r["total"] for r in read_metrics(ref / "metrics.jsonl")}
@@ -357,8 +417,8 @@ def test_sigkill_during_a_save_keeps_the_last_checkpoint_and_resumes(data, tmp_p
 def test_a_lock_that_cannot_be_written_names_the_disk_and_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
     import errno
 
-    from franca.utils.errors import UserError
     from franca.train import runlock
+    from franca.utils.errors import UserError
 
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")

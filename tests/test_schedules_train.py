@@ -1,4 +1,5 @@
 """Schedules (PROTOCOLS.md §1.8): golden values from the formulas, and properties over the run."""
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,16 @@ def test_lr_scaling_rule() -> None:
 
 
 def test_epochs_are_passes_over_the_data() -> None:
-    cfg = load_config("tiny", ["train.epochs=3", "train.batch_size_per_gpu=64", "optim.warmup_epochs=0.5",
-                               "teacher.warmup_teacher_temp_epochs=1", "optim.freeze_last_layer_epochs=0.25"])
+    cfg = load_config(
+        "tiny",
+        [
+            "train.epochs=3",
+            "train.batch_size_per_gpu=64",
+            "optim.warmup_epochs=0.5",
+            "teacher.warmup_teacher_temp_epochs=1",
+            "optim.freeze_last_layer_epochs=0.25",
+        ],
+    )
     n = derive_lengths(cfg, dataset_size=5000, world_size=2)
     # global batch 128 -> 5000 // 128 = 39 iterations per epoch; 3 epochs = 117
     assert (n.global_batch, n.iterations_per_epoch, n.total) == (128, 39, 117)
@@ -45,8 +54,9 @@ def test_epochs_are_passes_over_the_data() -> None:
 
 
 def test_last_layer_frozen_then_follows_lr() -> None:
-    cfg = load_config("tiny", ["train.iterations=100", "optim.warmup_iterations=10",
-                               "optim.freeze_last_layer_iterations=5"])
+    cfg = load_config(
+        "tiny", ["train.iterations=100", "optim.warmup_iterations=10", "optim.freeze_last_layer_iterations=5"]
+    )
     s = Schedules(cfg, derive_lengths(cfg, 6400))
     assert s.at(4).last_layer_lr == 0.0 and s.at(4).lr > 0
     assert s.at(5).last_layer_lr == s.at(5).lr

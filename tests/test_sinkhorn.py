@@ -1,4 +1,5 @@
 """Sinkhorn-Knopp: hand-computed goldens, a naive transcription of the released loop, stability, padding."""
+
 from __future__ import annotations
 
 import math

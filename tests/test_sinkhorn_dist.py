@@ -1,5 +1,6 @@
 """Distributed Sinkhorn-Knopp (and centering, global KoLeo) under torchrun with 2 gloo CPU ranks
 equals the single-process result on the concatenated batch. One launch for all checks."""
+
 from __future__ import annotations
 
 import os
@@ -34,9 +35,15 @@ def dist_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
-        "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
-        str(ROOT / "tests" / "dist_sinkhorn_worker.py"), str(out),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={_free_port()}",
+        str(ROOT / "tests" / "dist_sinkhorn_worker.py"),
+        str(out),
     ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

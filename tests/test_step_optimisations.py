@@ -4,6 +4,7 @@
 - Chunked fused soft cross-entropy (custom backward) vs the plain log_softmax graph: values and gradients.
 - The whole Franca loss with the fused CE on vs off: loss and gradients of the student logits.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,10 @@ def _sinkhorn(method: str, *args, **kwargs) -> torch.Tensor:
         sk.METHOD = old
 
 
-@pytest.mark.parametrize("n,K,temp,scale", [(40, 300, 0.07, 1.0), (7, 13, 0.04, 5.0), (300, 64, 0.05, 3.0),
-                                            (1, 5, 0.1, 1.0), (8, 6, 0.01, 50.0)])
+@pytest.mark.parametrize(
+    "n,K,temp,scale",
+    [(40, 300, 0.07, 1.0), (7, 13, 0.04, 5.0), (300, 64, 0.05, 3.0), (1, 5, 0.1, 1.0), (8, 6, 0.01, 50.0)],
+)
 @pytest.mark.parametrize("iters", [1, 3])
 def test_scaling_sinkhorn_equals_log_space(n: int, K: int, temp: float, scale: float, iters: int) -> None:
     g = torch.Generator().manual_seed(n * K)
@@ -38,8 +41,9 @@ def test_scaling_sinkhorn_equals_log_space(n: int, K: int, temp: float, scale: f
 
 def test_scaling_sinkhorn_padding_and_empty() -> None:
     logits = torch.randn(10, 32)
-    torch.testing.assert_close(_sinkhorn("scaling", logits, 0.1, n_samples=6),
-                               _sinkhorn("log", logits, 0.1, n_samples=6), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        _sinkhorn("scaling", logits, 0.1, n_samples=6), _sinkhorn("log", logits, 0.1, n_samples=6), rtol=1e-5, atol=1e-6
+    )
     assert _sinkhorn("scaling", logits, 0.1, n_samples=0).abs().sum() == 0
 
 
@@ -78,8 +82,10 @@ def test_franca_loss_fused_ce_on_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 5000)  # several chunks per level
     g = torch.Generator().manual_seed(1)
     B, n_local, M, Ks = 3, 2, 7, [4096, 8192]
+
     def leaf(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g).requires_grad_(True)
+
     sg = [leaf(2 * B, K) for K in Ks]
     sl = [leaf(n_local * B, K) for K in Ks]
     sp = [leaf(M, K) for K in Ks]
@@ -104,8 +110,10 @@ def test_franca_loss_fused_ce_on_off(monkeypatch: pytest.MonkeyPatch) -> None:
 import franca.losses.implicit_targets as imp  # noqa: E402
 
 
-@pytest.mark.parametrize("n,K,temp,scale", [(40, 300, 0.07, 1.0), (7, 13, 0.04, 5.0), (300, 64, 0.05, 3.0),
-                                            (1, 5, 0.1, 1.0), (16, 12, 0.01, 50.0)])
+@pytest.mark.parametrize(
+    "n,K,temp,scale",
+    [(40, 300, 0.07, 1.0), (7, 13, 0.04, 5.0), (300, 64, 0.05, 3.0), (1, 5, 0.1, 1.0), (16, 12, 0.01, 50.0)],
+)
 @pytest.mark.parametrize("iters", [1, 3])
 def test_implicit_sinkhorn_equals_materialised(n: int, K: int, temp: float, scale: float, iters: int) -> None:
     g = torch.Generator().manual_seed(n + K)
@@ -173,15 +181,18 @@ def test_training_step_with_implicit_targets_equals_plain(tmp_path) -> None:
         assert isinstance(teacher_out.patch_targets[0], imp.SinkhornTargets) == implicit
         losses = tr.losses(tr.student_forward(batch), teacher_out, batch)
         losses["total"].backward()
-        results[implicit] = ({k: v.detach() for k, v in losses.items()},
-                             {n: p.grad.clone() for n, p in params.items() if p.grad is not None})
+        results[implicit] = (
+            {k: v.detach() for k, v in losses.items()},
+            {n: p.grad.clone() for n, p in params.items() if p.grad is not None},
+        )
     (l1, g1), (l0, g0) = results[True], results[False]
     assert l1.keys() == l0.keys() and g1.keys() == g0.keys() and len(g1) > 10
     for k in l1:
         torch.testing.assert_close(l1[k], l0[k], rtol=1e-5, atol=1e-5, msg=k)
     for n in g1:  # gradients reach ~1e3 here: within 1e-5 of each tensor's largest entry
-        torch.testing.assert_close(g1[n], g0[n], rtol=1e-5, atol=1e-5 * float(g0[n].abs().max()),
-                                   msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(
+            g1[n], g0[n], rtol=1e-5, atol=1e-5 * float(g0[n].abs().max()), msg=lambda m: f"{n}: {m}"
+        )
 
 
 @pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
@@ -217,6 +228,7 @@ def test_compiled_passes_belong_to_the_caller_not_the_process(monkeypatch: pytes
         def f(*a):
             calls.append(name)
             return imp._EAGER[name](*a)
+
         return f
 
     monkeypatch.setattr(imp, "_COMPILED", {name: spy(name) for name in imp._EAGER})

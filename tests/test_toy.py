@@ -1,4 +1,5 @@
 """The synthetic data set: deterministic bytes, labels consistent with the pixels, cached generation."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,15 +18,20 @@ TINY = dict(size=32, n_train=20, n_val=10, n_seg=(3, 2), n_depth=(3, 2), n_pairs
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _dilate(m: np.ndarray) -> np.ndarray:
     """3x3 binary dilation."""
     p = np.pad(m, 1)
-    return np.any([p[1 + dy:1 + dy + m.shape[0], 1 + dx:1 + dx + m.shape[1]]
-                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+    return np.any(
+        [p[1 + dy : 1 + dy + m.shape[0], 1 + dx : 1 + dx + m.shape[1]] for dy in (-1, 0, 1) for dx in (-1, 0, 1)],
+        axis=0,
+    )
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
@@ -63,7 +69,7 @@ def test_segmentation_masks_cover_objects(version):
         top = np.zeros(label.shape, dtype=np.int64)
         for k, obj in enumerate(objects):
             visible = obj.mask.copy()
-            for later in objects[k + 1:]:
+            for later in objects[k + 1 :]:
                 visible &= ~later.mask
             assert visible.any() or not obj.mask.any()
             assert np.isin(label[visible], [obj.cls + 1, 255]).all()
@@ -72,13 +78,17 @@ def test_segmentation_masks_cover_objects(version):
         np.testing.assert_array_equal(label[known], top[known])
         # A boundary pixel has a 4-neighbour of another class in the oracle map.
         p = np.pad(top, 1, mode="edge")
-        changes = ((p[1:-1, 1:-1] != p[:-2, 1:-1]) | (p[1:-1, 1:-1] != p[2:, 1:-1])
-                   | (p[1:-1, 1:-1] != p[1:-1, :-2]) | (p[1:-1, 1:-1] != p[1:-1, 2:]))
+        changes = (
+            (p[1:-1, 1:-1] != p[:-2, 1:-1])
+            | (p[1:-1, 1:-1] != p[2:, 1:-1])
+            | (p[1:-1, 1:-1] != p[1:-1, :-2])
+            | (p[1:-1, 1:-1] != p[1:-1, 2:])
+        )
         if version == 1:
             np.testing.assert_array_equal(label == 255, changes)
         else:
             np.testing.assert_array_equal(label == 255, changes & (top == 0))
-            shared = sum((a.mask & b.mask).sum() for k, a in enumerate(objects) for b in objects[k + 1:])
+            shared = sum((a.mask & b.mask).sum() for k, a in enumerate(objects) for b in objects[k + 1 :])
             assert shared <= 0.02 * sum(o.mask.sum() for o in objects)  # placed clear of each other
         assert (label == 0).any() and (label == 255).any()
 
@@ -173,7 +183,7 @@ def test_depth_matches_occlusion():
         np.testing.assert_allclose(depth[on_obj], nearest[on_obj], rtol=1e-6)
         base = np.repeat(ground_depth(64)[:, None], 64, axis=1)
         np.testing.assert_allclose(depth[~on_obj], base[~on_obj], rtol=1e-6)
-        overlaps += sum((a.mask & b.mask).any() for k, a in enumerate(objects) for b in objects[k + 1:])
+        overlaps += sum((a.mask & b.mask).any() for k, a in enumerate(objects) for b in objects[k + 1 :])
     assert overlaps > 0  # the check above was exercised on real occlusions
     # Ground geometry: 1 m at the bottom row, farther towards the horizon, the wall above it.
     g = ground_depth(64)
@@ -230,6 +240,11 @@ def test_builtin_set_paints_objects_flat():
     for i in range(50):
         fill = object_fill(np.random.default_rng(i), 32, np.array([10.0, 120.0, 250.0]), style.texture)
         assert np.ptp(fill.reshape(-1, 3), axis=0).max() == 0
-    patterned = [np.ptp(object_fill(np.random.default_rng(i), 32, np.array([10.0, 120.0, 250.0]), 0.5).reshape(-1, 3),
-                        axis=0).max() > 0 for i in range(50)]
+    patterned = [
+        np.ptp(
+            object_fill(np.random.default_rng(i), 32, np.array([10.0, 120.0, 250.0]), 0.5).reshape(-1, 3), axis=0
+        ).max()
+        > 0
+        for i in range(50)
+    ]
     assert 10 < sum(patterned) < 40  # the generator's default style still patterns about half

@@ -10,6 +10,7 @@ AdamW's first step is lr * g / (|g| + eps): for gradient entries near eps=1e-8 i
 round-off of the (differently ordered) gradient sums to O(lr). The test therefore uses eps=1e-3,
 which makes the first step proportional to the gradient, so equal weights mean equal gradients.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,22 +21,29 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dist_train_worker import DIST_EXTRA, fixed_batch, make_image_folder, state_of, tiny_overrides
 
 pytestmark = pytest.mark.dist
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not available")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not available",
+)
 def test_two_process_step_ddp_and_fsdp_equal_one_process_on_the_whole_batch(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "images", n=16)
     out_file = tmp_path / "dist" / "after_step.pt"
     out_file.parent.mkdir()
     worker = Path(__file__).with_name("dist_train_worker.py")
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun) if torchrun.exists() else "torchrun", "--standalone", "--nproc-per-node=2",
-           str(worker), str(data), str(out_file)]
+    cmd = [
+        str(torchrun) if torchrun.exists() else "torchrun",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(worker),
+        str(data),
+        str(out_file),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

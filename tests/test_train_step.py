@@ -1,5 +1,6 @@
 """Training-step invariants: EMA, parameter groups, the batched student forward against a plain
 per-crop oracle, skipped files, non-finite losses, and loading the teacher from a checkpoint."""
+
 from __future__ import annotations
 
 import copy
@@ -7,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from dist_train_worker import fixed_batch, make_image_folder, tiny_overrides
+from torch import nn
 
 
 def test_ema_momentum_one_keeps_teacher_bitwise_and_zero_copies_student() -> None:
@@ -36,8 +36,9 @@ def test_param_groups_follow_the_reference_rules() -> None:
 
     backbone = franca.build_backbone("vitt4", embed_dim=32, depth=3, num_heads=2, img_size=16)
     head = nn.ModuleDict({"last_layers": nn.ModuleList([nn.Linear(4, 4, bias=False)]), "mlp": nn.Linear(4, 4)})
-    groups = build_param_groups({"backbone": backbone, "dino_head": head}, depth=3, layerwise_decay=0.5,
-                                patch_embed_lr_mult=0.2)
+    groups = build_param_groups(
+        {"backbone": backbone, "dino_head": head}, depth=3, layerwise_decay=0.5, patch_embed_lr_mult=0.2
+    )
     by_name = {n: g for g in groups for n in g["names"]}
     assert by_name["backbone.blocks.0.norm1.weight"]["wd_multiplier"] == 0.0
     assert by_name["backbone.blocks.0.attn.qkv.bias"]["wd_multiplier"] == 0.0
@@ -58,8 +59,11 @@ def _tiny_modules():
 
     torch.manual_seed(0)
     bb = franca.build_backbone("vitt4", embed_dim=32, depth=2, num_heads=2, img_size=16)
-    return {"backbone": bb, "dino_head": MatryoshkaHead(32, 64, nesting_levels=2, hidden_dim=32, bottleneck_dim=16),
-            "ibot_head": MatryoshkaHead(32, 64, nesting_levels=2, hidden_dim=32, bottleneck_dim=16)}
+    return {
+        "backbone": bb,
+        "dino_head": MatryoshkaHead(32, 64, nesting_levels=2, hidden_dim=32, bottleneck_dim=16),
+        "ibot_head": MatryoshkaHead(32, 64, nesting_levels=2, hidden_dim=32, bottleneck_dim=16),
+    }
 
 
 def test_batched_student_forward_equals_plain_per_crop_loop() -> None:
@@ -74,15 +78,20 @@ def test_batched_student_forward_equals_plain_per_crop_loop() -> None:
     grads_fast = torch.autograd.grad(loss_fast, list(mods["backbone"].parameters()))
 
     B, bb = 4, mods["backbone"]
-    g_feats = [bb.forward_features(batch["global_crops"][c * B:(c + 1) * B], batch["masks"][c * B:(c + 1) * B])
-               for c in range(2)]
-    l_cls = [bb.forward_features(batch["local_crops"][v * B:(v + 1) * B])["x_norm_clstoken"] for v in range(2)]
+    g_feats = [
+        bb.forward_features(batch["global_crops"][c * B : (c + 1) * B], batch["masks"][c * B : (c + 1) * B])
+        for c in range(2)
+    ]
+    l_cls = [bb.forward_features(batch["local_crops"][v * B : (v + 1) * B])["x_norm_clstoken"] for v in range(2)]
     g_cls = [mods["dino_head"](torch.cat([f["x_norm_clstoken"] for f in g_feats]))]
     loc = [mods["dino_head"](x) for x in l_cls]
     patches = torch.cat([f["x_norm_patchtokens"] for f in g_feats]).flatten(0, 1)[batch["mask_indices"]]
     masked = mods["ibot_head"](patches)
-    plain_levels = [g_cls[0][lv] for lv in range(2)] + [torch.cat([loc[0][lv], loc[1][lv]]) for lv in range(2)] \
+    plain_levels = (
+        [g_cls[0][lv] for lv in range(2)]
+        + [torch.cat([loc[0][lv], loc[1][lv]]) for lv in range(2)]
         + [masked[lv] for lv in range(2)]
+    )
     loss_plain = sum(t.square().mean() for t in plain_levels)
     grads_plain = torch.autograd.grad(loss_plain, list(bb.parameters()))
     torch.testing.assert_close(loss_fast, loss_plain, rtol=0, atol=1e-5)
@@ -95,8 +104,10 @@ def test_teacher_gets_no_gradient_and_step_changes_student(tmp_path: Path) -> No
     from franca.train.loop import Trainer
 
     data = make_image_folder(tmp_path / "img", n=8)
-    tr = Trainer(load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2)
-                             + ["optim.warmup_iterations=0"]), quiet=True)
+    tr = Trainer(
+        load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2) + ["optim.warmup_iterations=0"]),
+        quiet=True,
+    )
     assert all(not p.requires_grad for m in tr.teacher.values() for p in m.parameters())
     before = copy.deepcopy(tr.student["backbone"].state_dict())
     losses = tr.step(fixed_batch(4, 16, 8, 2, 4), 0)
@@ -161,8 +172,10 @@ def test_load_backbone_reads_the_teacher_of_a_checkpoint(tmp_path: Path) -> None
     from franca.train.loop import train
 
     data = make_image_folder(tmp_path / "img", n=8)
-    summary = train(load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2)
-                                + ["model.num_register_tokens=2"]), quiet=True)
+    summary = train(
+        load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2) + ["model.num_register_tokens=2"]),
+        quiet=True,
+    )
     ckpt = torch.load(summary["checkpoint"], weights_only=True)
     assert {"teacher", "student", "optimizer", "iteration", "config"} <= set(ckpt)
     # the width is not inferred from weights (it fixes the head count): a custom width is passed
@@ -182,19 +195,23 @@ def test_highres_stage_starts_from_a_checkpoint_with_resized_positions(tmp_path:
     data = make_image_folder(tmp_path / "img", n=8)
     first = train(load_config("tiny", tiny_overrides(tmp_path / "low", data, iterations=1)), quiet=True)
     ckpt = torch.load(first["checkpoint"], weights_only=True)
-    cfg = load_config("tiny", tiny_overrides(tmp_path / "high", data, iterations=1)
-                      + ["crops.global_crops_size=24", "crops.local_crops_size=12",
-                         f"train.init_from={first['checkpoint']}"])
+    cfg = load_config(
+        "tiny",
+        tiny_overrides(tmp_path / "high", data, iterations=1)
+        + ["crops.global_crops_size=24", "crops.local_crops_size=12", f"train.init_from={first['checkpoint']}"],
+    )
     tr = Trainer(cfg, quiet=True)
     pos = tr.student["backbone"].pos_embed
     assert pos.shape[1] == 1 + 6 * 6  # 24 px / patch 4
     torch.testing.assert_close(pos.detach(), resize_pos_embed(ckpt["teacher"]["backbone.pos_embed"], 6))
-    torch.testing.assert_close(tr.teacher["backbone"].blocks[0].attn.qkv.weight,
-                               ckpt["teacher"]["backbone.blocks.0.attn.qkv.weight"])
+    torch.testing.assert_close(
+        tr.teacher["backbone"].blocks[0].attn.qkv.weight, ckpt["teacher"]["backbone.blocks.0.attn.qkv.weight"]
+    )
     # golden: resizing a constant grid keeps it constant (bicubic weights sum to 1); CLS kept
     const = torch.cat([torch.full((1, 1, 3), 7.0), torch.ones(1, 16, 3)], dim=1)
-    torch.testing.assert_close(resize_pos_embed(const, 6), torch.cat([torch.full((1, 1, 3), 7.0),
-                                                                       torch.ones(1, 36, 3)], dim=1))
+    torch.testing.assert_close(
+        resize_pos_embed(const, 6), torch.cat([torch.full((1, 1, 3), 7.0), torch.ones(1, 36, 3)], dim=1)
+    )
 
 
 def test_webdataset_shards_train_and_skip_bad_members(tmp_path: Path) -> None:
@@ -214,8 +231,10 @@ def test_webdataset_shards_train_and_skip_bad_members(tmp_path: Path) -> None:
             bad = tmp_path / f"bad{s}.jpg"
             bad.write_bytes(b"not a jpeg")
             tar.add(bad, arcname=f"{s:03d}9999.jpg")
-    summary = train(load_config("tiny", tiny_overrides(tmp_path / "run", str(shards / "train-{000..001}.tar"),
-                                                       iterations=3)), quiet=True)
+    summary = train(
+        load_config("tiny", tiny_overrides(tmp_path / "run", str(shards / "train-{000..001}.tar"), iterations=3)),
+        quiet=True,
+    )
     assert summary["iterations"] == 3
     assert summary["skipped_files"] == 2  # one bad member per shard, both reached within 12 samples
 
@@ -225,8 +244,10 @@ def test_centering_alternative_runs_and_updates_its_centres(tmp_path: Path) -> N
     from franca.train.loop import Trainer
 
     data = make_image_folder(tmp_path / "img", n=8)
-    tr = Trainer(load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2)
-                             + ["loss.centering=centering"]), quiet=True)
+    tr = Trainer(
+        load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2) + ["loss.centering=centering"]),
+        quiet=True,
+    )
     assert tr.targets.centers is not None
     c0 = tr.targets.centers[0].center(0).clone()
     losses = tr.step(fixed_batch(4, 16, 8, 2, 4), 0)
@@ -244,10 +265,22 @@ def test_highres_command_runs_its_stages_in_order(tmp_path: Path) -> None:
     first = train(load_config("tiny", base), quiet=True)
     for name, size in (("s1", 20), ("s2", 24)):
         (tmp_path / f"{name}.yaml").write_text(
-            f"_base_: tiny\ncrops:\n  global_crops_size: {size}\n  local_crops_size: 8\n")
+            f"_base_: tiny\ncrops:\n  global_crops_size: {size}\n  local_crops_size: 8\n"
+        )
     overrides = [o for o in base if not o.startswith(("train.output_dir", "crops."))]
-    rc = main(["highres", "--checkpoint", first["checkpoint"], "--quiet", "--output-dir", str(tmp_path / "hr"),
-               "--stages", f"{tmp_path / 's1.yaml'},{tmp_path / 's2.yaml'}", *overrides])
+    rc = main(
+        [
+            "highres",
+            "--checkpoint",
+            first["checkpoint"],
+            "--quiet",
+            "--output-dir",
+            str(tmp_path / "hr"),
+            "--stages",
+            f"{tmp_path / 's1.yaml'},{tmp_path / 's2.yaml'}",
+            *overrides,
+        ]
+    )
     assert rc == 0
     last = torch.load(tmp_path / "hr" / "s2" / "checkpoint.pth", weights_only=True)
     assert last["teacher"]["backbone.pos_embed"].shape[1] == 1 + 6 * 6

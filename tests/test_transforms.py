@@ -1,5 +1,6 @@
 """One preprocessing everywhere: `franca.transforms(model, size)` is what features, the global evals and
 the viz commands feed the model (same image → same tensor); `pretrained_cfg`; `forward_intermediates`."""
+
 from __future__ import annotations
 
 import numpy as np

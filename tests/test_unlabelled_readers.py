@@ -1,5 +1,6 @@
 """One unlabelled reader (`ImageFiles` with one `on_unreadable` policy), one replacement loop shared with
 pretraining, and one shard reader (`WebDatasetShards` on the plain tar reader, `expand_braces`) (#20)."""
+
 from __future__ import annotations
 
 import io
@@ -36,19 +37,22 @@ def _value(im: Image.Image) -> int:
 
 
 # ------------------------------------------------------------------------------------------ expand_braces
-@pytest.mark.parametrize("pattern, expected", [
-    ("a{0..3}.tar", ["a0.tar", "a1.tar", "a2.tar", "a3.tar"]),
-    ("s-{000..002}.tar", ["s-000.tar", "s-001.tar", "s-002.tar"]),
-    ("{8..011}", ["008", "009", "010", "011"]),               # one padded endpoint pads all to its width
-    ("{0..10..5}", ["0", "5", "10"]),                            # a step
-    ("{2..0}", ["2", "1", "0"]),                                 # descending
-    ("{a,b}.tar", ["a.tar", "b.tar"]),
-    ("{a..c}", ["a", "b", "c"]),
-    ("x{a,b}-{0..1}", ["xa-0", "xa-1", "xb-0", "xb-1"]),        # two groups: the last varies fastest
-    ("{a,b{1,2}}c", ["ac", "b1c", "b2c"]),                       # nested
-    ("plain.tar", ["plain.tar"]),
-    ("x{y}z", ["x{y}z"]),                                        # not a list or a range: literal
-])
+@pytest.mark.parametrize(
+    "pattern, expected",
+    [
+        ("a{0..3}.tar", ["a0.tar", "a1.tar", "a2.tar", "a3.tar"]),
+        ("s-{000..002}.tar", ["s-000.tar", "s-001.tar", "s-002.tar"]),
+        ("{8..011}", ["008", "009", "010", "011"]),  # one padded endpoint pads all to its width
+        ("{0..10..5}", ["0", "5", "10"]),  # a step
+        ("{2..0}", ["2", "1", "0"]),  # descending
+        ("{a,b}.tar", ["a.tar", "b.tar"]),
+        ("{a..c}", ["a", "b", "c"]),
+        ("x{a,b}-{0..1}", ["xa-0", "xa-1", "xb-0", "xb-1"]),  # two groups: the last varies fastest
+        ("{a,b{1,2}}c", ["ac", "b1c", "b2c"]),  # nested
+        ("plain.tar", ["plain.tar"]),
+        ("x{y}z", ["x{y}z"]),  # not a list or a range: literal
+    ],
+)
 def test_expand_braces_golden(pattern, expected):
     assert expand_braces(pattern) == expected
 
@@ -61,7 +65,7 @@ def test_expand_braces_unbalanced_is_an_error_naming_the_pattern(pattern):
 
 # ------------------------------------------------------------------------------- ImageFiles policies
 def test_replace_draws_the_same_files_as_before(tmp_path):
-    """"replace": item i reads file i, else files[random.Random(i·1_000_003 + k).randrange(n)], k = 1, 2, …
+    """ "replace": item i reads file i, else files[random.Random(i·1_000_003 + k).randrange(n)], k = 1, 2, …
     (the draw sequence of the earlier reader, so RASA's results do not change). Golden, by hand from those
     draws: item 0 tries f0 (bad), f2 (bad), f0 (bad), f3; item 2 tries f2, f8 (both bad), f5; item 8 f8, f1."""
     files = _folder(tmp_path / "imgs")
@@ -123,7 +127,7 @@ def _after(ds: ImageFiles, items: list[int]) -> tuple[list, float, float]:
 
 
 def test_mark_gives_zeros_of_the_transform_shape_and_minus_one(tmp_path):
-    """"mark": (transform(image), i), or (zeros shaped like the transform's output, -1); making the zeros
+    """ "mark": (transform(image), i), or (zeros shaped like the transform's output, -1); making the zeros
     (the transform run once on a blank image) leaves the random state where the good items left it."""
     files = _folder(tmp_path / "imgs", n=3, bad=(1,))
     ds = ImageFiles(files, _drawing_transform, on_unreadable="mark")
@@ -170,8 +174,10 @@ def _tar(path: Path, members: list[tuple[str, bytes]], links: tuple[str, ...] = 
 def _shards(root: Path, n_shards: int = 4, per: int = 3) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for s in range(n_shards):
-        _tar(root / f"train-{s:03d}.tar",
-             [m for k in range(per) for m in ((f"{s}{k}.png", _png_bytes(10 * s + k)), (f"{s}{k}.txt", b"a caption"))])
+        _tar(
+            root / f"train-{s:03d}.tar",
+            [m for k in range(per) for m in ((f"{s}{k}.png", _png_bytes(10 * s + k)), (f"{s}{k}.txt", b"a caption"))],
+        )
     return root
 
 
@@ -179,21 +185,41 @@ def test_shards_from_a_brace_pattern_with_hostile_members(tmp_path, caplog):
     """A corrupt member yields None with a warning naming shard:member and is counted; a link member is not
     an image; a `../` member is read from the archive, never written to disk."""
     root = _shards(tmp_path / "shards", n_shards=2)
-    odd = _tar(root / "train-002.tar", [("ok.png", _png_bytes(77)), ("broken.jpg", b"\xff\xd8 not a jpeg"),
-                                        ("../../escape.png", _png_bytes(78))], links=("link.png",))
+    odd = _tar(
+        root / "train-002.tar",
+        [("ok.png", _png_bytes(77)), ("broken.jpg", b"\xff\xd8 not a jpeg"), ("../../escape.png", _png_bytes(78))],
+        links=("link.png",),
+    )
     ds = WebDatasetShards(str(root / "train-{000..002}.tar"), transform=_value, with_key=True)
     assert ds.urls == [str(root / f"train-{s:03d}.tar") for s in range(3)]
     with caplog.at_level("WARNING"):
         items = list(ds)
-    assert items == [("00", 0), ("01", 1), ("02", 2), ("10", 10), ("11", 11), ("12", 12), ("ok", 77), None,
-                     ("../../escape", 78)]
+    assert items == [
+        ("00", 0),
+        ("01", 1),
+        ("02", 2),
+        ("10", 10),
+        ("11", 11),
+        ("12", 12),
+        ("ok", 77),
+        None,
+        ("../../escape", 78),
+    ]
     assert ds.skipped == 1 and f"{odd}:broken.jpg" in caplog.text
     assert not (tmp_path / "escape.png").exists() and not (root.parent.parent / "escape.png").exists()
 
 
 def test_a_sample_gives_one_image_by_image_keys_order(tmp_path):
-    _tar(tmp_path / "a.tar", [("x.png", _png_bytes(1)), ("x.jpg", _png_bytes(2)), ("x.json", b"{}"),
-                              ("y.seg.png", _png_bytes(3)), ("y.webp", _png_bytes(4))])
+    _tar(
+        tmp_path / "a.tar",
+        [
+            ("x.png", _png_bytes(1)),
+            ("x.jpg", _png_bytes(2)),
+            ("x.json", b"{}"),
+            ("y.seg.png", _png_bytes(3)),
+            ("y.webp", _png_bytes(4)),
+        ],
+    )
     assert list(WebDatasetShards(tmp_path, transform=_value, with_key=True)) == [("x", 2), ("y", 4)]
     only_seg = WebDatasetShards(tmp_path, transform=_value, image_keys=("seg.png",))
     assert list(only_seg) == [None, 3] and only_seg.skipped == 1  # x has no seg.png: None, counted
@@ -229,8 +255,9 @@ def test_shuffle_buffer_is_a_seeded_permutation(tmp_path):
     assert a == list(WebDatasetShards(root, transform=_value, shuffle_buffer=4, seed=1))
 
 
-@pytest.mark.parametrize("url", ["https://example.org/shards/{000..009}.tar", "pipe:curl -s http://x/a.tar",
-                                 "s3://bucket/a.tar"])
+@pytest.mark.parametrize(
+    "url", ["https://example.org/shards/{000..009}.tar", "pipe:curl -s http://x/a.tar", "s3://bucket/a.tar"]
+)
 def test_remote_shards_are_refused_with_the_way_out(url):
     with pytest.raises(ValueError, match="download the shards first"):
         WebDatasetShards(url)
@@ -263,8 +290,15 @@ def test_no_module_imports_the_webdataset_packages():
     root = Path(__file__).resolve().parents[1]
     for path in (root / "franca").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not {n.split(".")[0] for n in names} & {"webdataset", "braceexpand"}, path
-    assert "webdataset" not in (root / "pyproject.toml").read_text() and "braceexpand" not in \
-        (root / "pyproject.toml").read_text()
+    assert (
+        "webdataset" not in (root / "pyproject.toml").read_text()
+        and "braceexpand" not in (root / "pyproject.toml").read_text()
+    )

@@ -1,6 +1,7 @@
 """Figures: CLS attention (sums to one per head), DINO thresholding, PCA (vs scikit-learn), token norms
 (vs a block-by-block loop), the grid layout (golden sizes, never over 2000 px) and the titled PNGs
 each command writes."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ from franca.viz.pca import pca_figure, pca_project, pca_rgb
 def tiny():
     torch.manual_seed(0)
     # 2 register tokens so the code must skip them when indexing patches; layerscale 1 so blocks matter.
-    return franca.build_backbone("vitt8", depth=2, embed_dim=32, num_heads=2, num_register_tokens=2,
-                                 layerscale=1.0).eval()
+    return franca.build_backbone(
+        "vitt8", depth=2, embed_dim=32, num_heads=2, num_register_tokens=2, layerscale=1.0
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +87,7 @@ def test_max_token_norms_against_block_loop(tiny):
         ref = []
         for blk in tiny.blocks:
             t = blk(t)
-            keep = torch.cat([t[:, :1], t[:, 1 + tiny.num_register_tokens:]], 1)  # CLS + patches, no registers
+            keep = torch.cat([t[:, :1], t[:, 1 + tiny.num_register_tokens :]], 1)  # CLS + patches, no registers
             ref.append(keep.norm(dim=-1).max(1).values)
     torch.testing.assert_close(ours, torch.stack(ref, 1))
 
@@ -105,7 +107,9 @@ def _ink(path, box):
 
 
 def test_figures_are_titled_bounded_pngs(tiny, images, tmp_path):
-    res = attention_figure(tiny, images, tmp_path / "att.png", image_size=32, threshold=0.6, label="tiny, weights w.pth")
+    res = attention_figure(
+        tiny, images, tmp_path / "att.png", image_size=32, threshold=0.6, label="tiny, weights w.pth"
+    )
     assert res["maps"].shape == (2, 2, 4, 4) and res["n_drawn"] == 2
     fmt, (w, h) = _png(tmp_path / "att.png")
     assert fmt == "PNG" and (w, h) == res["size"] and max(w, h) <= 2000
@@ -155,17 +159,78 @@ def test_viz_commands_write_pngs(tmp_path, images, caplog):
     for i, im in enumerate(images):
         im.save(src / f"im{i}.png")
     with caplog.at_level(logging.INFO, logger="franca"):
-        assert main(["viz", "attention", "--model", "vitt4", "--random-init", "--device", "cpu", "--data", str(src / "im0.png"),
-                     "--size", "18", "--quiet", "--out", str(tmp_path / "a.png")]) == 0
+        assert (
+            main(
+                [
+                    "viz",
+                    "attention",
+                    "--model",
+                    "vitt4",
+                    "--random-init",
+                    "--device",
+                    "cpu",
+                    "--data",
+                    str(src / "im0.png"),
+                    "--size",
+                    "18",
+                    "--quiet",
+                    "--out",
+                    str(tmp_path / "a.png"),
+                ]
+            )
+            == 0
+        )
     assert "--size 18 is not a multiple of the patch size 4: using 16" in caplog.text  # the one size rule
     fmt, (w, h) = _png(tmp_path / "a.png")
     assert fmt == "PNG" and w <= 2000 and h <= 2000
-    assert main(["viz", "pca", "--model", "vitt4", "--random-init", "--device", "cpu", "--data", str(src),
-                 "--size", "16", "--no-threshold", "--panel-size", "24", "--out", str(tmp_path / "p.png")]) == 0
+    assert (
+        main(
+            [
+                "viz",
+                "pca",
+                "--model",
+                "vitt4",
+                "--random-init",
+                "--device",
+                "cpu",
+                "--data",
+                str(src),
+                "--size",
+                "16",
+                "--no-threshold",
+                "--panel-size",
+                "24",
+                "--out",
+                str(tmp_path / "p.png"),
+            ]
+        )
+        == 0
+    )
     assert _png(tmp_path / "p.png")[0] == "PNG"
     # Old spellings still work (hidden): --image, --image-size, --no-progress.
-    assert main(["viz", "norms", "--model", "vitt4", "--random-init", "--backbone", "vitt8", "--device", "cpu", "--image",
-                 str(src), "--image-size", "16", "--no-progress", "--out", str(tmp_path / "n.png")]) == 0
+    assert (
+        main(
+            [
+                "viz",
+                "norms",
+                "--model",
+                "vitt4",
+                "--random-init",
+                "--backbone",
+                "vitt8",
+                "--device",
+                "cpu",
+                "--image",
+                str(src),
+                "--image-size",
+                "16",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "n.png"),
+            ]
+        )
+        == 0
+    )
     assert _png(tmp_path / "n.png") == ("PNG", (640, 400))
     data = json.loads((tmp_path / "n.json").read_text())
     assert sorted(data["backbones"]) == ["vitt4, random init", "vitt8, random init"]

@@ -1,4 +1,5 @@
 """Weight files: every supported layout loads to the same model; bad files fail with named errors."""
+
 from __future__ import annotations
 
 import io
@@ -7,9 +8,9 @@ import tarfile
 
 import pytest
 import torch
+from test_backbone import HEADS, D, make_flat_state_dict, to_official_layout
 
 import franca
-from test_backbone import D, HEADS, make_flat_state_dict, to_official_layout
 
 DEPTH = 4
 KW = dict(embed_dim=D, depth=DEPTH, num_heads=HEADS)
@@ -50,8 +51,12 @@ def test_other_checkpoint_layouts(tmp_path, flat, layout):
     elif layout == "model_dict":
         obj = {"model": {"teacher." + k: v for k, v in teacher.items()}}
     elif layout == "student_teacher":  # both present under one dict: the teacher is chosen
-        obj = {"state_dict": {**{"teacher." + k: v for k, v in teacher.items()},
-                              **{"student." + k: torch.zeros_like(v) for k, v in teacher.items()}}}
+        obj = {
+            "state_dict": {
+                **{"teacher." + k: v for k, v in teacher.items()},
+                **{"student." + k: torch.zeros_like(v) for k, v in teacher.items()},
+            }
+        }
     else:
         obj = {"teacher": {k.replace("backbone.", "backbone._orig_mod."): v for k, v in teacher.items()}}
     m = franca.load_backbone("vits14", weights=_save(obj, tmp_path / "c.pth"), **KW)
@@ -93,8 +98,10 @@ def test_missing_unexpected_and_shape_errors_name_keys(tmp_path, flat):
     with pytest.raises(ValueError, match="mystery.weight"):
         franca.load_backbone("vits14", weights=_save({"teacher": t2}, tmp_path / "bad2.pth"), **KW)
     # a size that does not fit the file is named too
-    pattern = (r"file: embed_dim=64, depth=4, patch 14, 0 registers.*; model: embed_dim=128, depth=4, patch 14, "
-               r"0 registers.*shape mismatches: .*file \(64,\) vs model")
+    pattern = (
+        r"file: embed_dim=64, depth=4, patch 14, 0 registers.*; model: embed_dim=128, depth=4, patch 14, "
+        r"0 registers.*shape mismatches: .*file \(64,\) vs model"
+    )
     with pytest.raises(ValueError, match=pattern):
         franca.load_backbone("vits14", weights=_save(off, tmp_path / "ok.pth"), embed_dim=2 * D, num_heads=HEADS)
 
@@ -135,8 +142,7 @@ def test_rasa_file_goes_through_rasa_fold(tmp_path, flat, monkeypatch):
         calls.append((str(path), embed_dim))
         return 2 * torch.eye(embed_dim)
 
-    monkeypatch.setitem(sys.modules, "franca.models.rasa_fold",
-                        types.SimpleNamespace(load_rasa_projection=fake_load))
+    monkeypatch.setitem(sys.modules, "franca.models.rasa_fold", types.SimpleNamespace(load_rasa_projection=fake_load))
     w = _save(to_official_layout(flat, depth=DEPTH), tmp_path / "f.pth")
     rasa = _save({"x": torch.zeros(1)}, tmp_path / "rasa.pth")
     m = franca.load_backbone("vits14", weights=w, rasa=rasa, **KW)

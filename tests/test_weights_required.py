@@ -1,4 +1,5 @@
 """No silent random weights, and the file defines the model (size name optional, contradictions named)."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,9 @@ from franca.cli import main
 
 
 def test_load_backbone_without_weights_raises_with_the_how_to():
-    with pytest.raises(ValueError, match=r"'vitb14' is not a released model.*franca_vitb14_in21k.*build_backbone\('vitb14'\)"):
+    with pytest.raises(
+        ValueError, match=r"'vitb14' is not a released model.*franca_vitb14_in21k.*build_backbone\('vitb14'\)"
+    ):
         franca.load_backbone("vitb14")
     with pytest.raises(ValueError, match="weights=FILE"):
         franca.load_backbone()
@@ -46,8 +49,12 @@ def test_json_names_the_weights(tmp_path):
 def _pretrain_like(tmp_path, depth=4):
     """A `franca pretrain` checkpoint of a vitt8 with an overridden depth (config recorded)."""
     src = franca.build_backbone("vitt8", depth=depth).eval()
-    ckpt = {"teacher": {f"backbone.{k}": v for k, v in src.state_dict().items() if k != "rasa_proj"},
-            "student": {}, "iteration": 1, "config": {"model": {"arch": "vitt8", "depth": depth}}}
+    ckpt = {
+        "teacher": {f"backbone.{k}": v for k, v in src.state_dict().items() if k != "rasa_proj"},
+        "student": {},
+        "iteration": 1,
+        "config": {"model": {"arch": "vitt8", "depth": depth}},
+    }
     path = tmp_path / "checkpoint.pth"
     torch.save(ckpt, path)
     return src, path
@@ -91,8 +98,12 @@ def test_export_records_interpolation(tmp_path):
 def test_report_rows_name_the_weights():
     from franca.report import _model_name
 
-    assert _model_name({"model": {"model": "vitt8", "weights": None, "weights_label": "random init"}}) == \
-        "vitt8 (random init)"
-    assert _model_name({"model": {"model": "dinov2_vits14", "weights": None,
-                                  "weights_label": "dinov2_vits14"}}) == "dinov2_vits14 (dinov2_vits14)"
+    assert (
+        _model_name({"model": {"model": "vitt8", "weights": None, "weights_label": "random init"}})
+        == "vitt8 (random init)"
+    )
+    assert (
+        _model_name({"model": {"model": "dinov2_vits14", "weights": None, "weights_label": "dinov2_vits14"}})
+        == "dinov2_vits14 (dinov2_vits14)"
+    )
     assert _model_name({"model": {"model": None, "weights": "runs/b.pth"}}) == "b.pth"

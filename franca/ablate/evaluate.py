@@ -7,10 +7,12 @@ before and after a RASA fit on cached tokens. mIoU is reported ×100 so that eve
 PCA slicing follows Table 9: the linear probe on the first k principal components for
 k = D, D/2, D/4, D/8, D/16 (D the feature width).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -81,9 +83,13 @@ class EvalSettings:
         return {k: v for k, v in d.items() if v is not None}
 
 
-def evaluate_backbone(model: torch.nn.Module, protocols: Sequence[str], device: torch.device,
-                      settings: EvalSettings = EvalSettings(),
-                      log: Callable[[str], None] | None = None) -> dict[str, float]:
+def evaluate_backbone(
+    model: torch.nn.Module,
+    protocols: Sequence[str],
+    device: torch.device,
+    settings: EvalSettings = EvalSettings(),
+    log: Callable[[str], None] | None = None,
+) -> dict[str, float]:
     """{metric: value} for `protocols` on `model` (eval mode, frozen)."""
     from franca.eval import incontext, knn, linear, overcluster, pca_slice
 
@@ -94,11 +100,13 @@ def evaluate_backbone(model: torch.nn.Module, protocols: Sequence[str], device: 
         if p == "knn":
             out["knn"] = float(knn.evaluate(model, s.data, device=device, size=s.size)["metric"])
         elif p == "linear":
-            out["linear"] = float(linear.evaluate(model, s.data, device=device, size=s.size,
-                                                  epochs=s.linear_epochs)["metric"])
+            out["linear"] = float(
+                linear.evaluate(model, s.data, device=device, size=s.size, epochs=s.linear_epochs)["metric"]
+            )
         elif p == "overcluster":
-            r = overcluster.evaluate(model, device=device, size=s.seg_size, ks=(s.overcluster_k,),
-                                     seeds=s.overcluster_seeds)
+            r = overcluster.evaluate(
+                model, device=device, size=s.seg_size, ks=(s.overcluster_k,), seeds=s.overcluster_seeds
+            )
             out["overcluster"] = 100.0 * float(r["metric"])
         elif p == "incontext":
             out["incontext"] = 100.0 * float(incontext.evaluate(model, device=device, size=s.seg_size)["metric"])
@@ -135,7 +143,8 @@ def rasa_position_r2(model: torch.nn.Module, device: torch.device, s: EvalSettin
 
     grid = (s.rasa_size // int(model.patch_size),) * 2
     source = CachedFeatures(tokens(train_files), grid, batch_size=64, seed=400)
-    cfg = RasaConfig(iterations=s.rasa_iterations, epochs=s.rasa_epochs, lr=1e-2, batch_size=64, seed=400,
-                     progress=False)
+    cfg = RasaConfig(
+        iterations=s.rasa_iterations, epochs=s.rasa_epochs, lr=1e-2, batch_size=64, seed=400, progress=False
+    )
     res = fit_rasa(source, cfg, device=device, heldout=tokens(held_files))
     return {"rasa_r2_before": float(res.r2("ridge", "initial")), "rasa_r2_after": float(res.r2("ridge", "final"))}

@@ -5,6 +5,7 @@ seed (franca.ablate.stats). The untrained backbone of each seed is the reference
 parameter counts of the student (backbone, both heads) and the time per training step (wall, and CPU
 of the process when the run was not resumed).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,13 +36,20 @@ def aggregate(sweep: Sweep) -> dict[str, Any]:
         row: dict[str, Any] = {"seeds": sorted(runs), "metrics": {}, "overrides": _overrides(sweep, name)}
         for key, mi in info.items():
             by_seed = {seed: r["metrics"].get(key) for seed, r in runs.items()}
-            entry: dict[str, Any] = {"per_seed": {str(k): v for k, v in sorted(by_seed.items())},
-                                     **summarize([v for _, v in sorted(by_seed.items())])}
+            entry: dict[str, Any] = {
+                "per_seed": {str(k): v for k, v in sorted(by_seed.items())},
+                **summarize([v for _, v in sorted(by_seed.items())]),
+            }
             if name not in ("init", sweep.baseline):
-                d = paired_difference({k: v for k, v in by_seed.items() if v is not None},
-                                      {k: m.get(key) for k, m in base.items() if m.get(key) is not None})
-                d["verdict"] = verdict(d, mi.higher_is_better) if mi.higher_is_better is not None else \
-                    {"better": "higher", "worse": "lower"}.get(verdict(d, True), "undecided")
+                d = paired_difference(
+                    {k: v for k, v in by_seed.items() if v is not None},
+                    {k: m.get(key) for k, m in base.items() if m.get(key) is not None},
+                )
+                d["verdict"] = (
+                    verdict(d, mi.higher_is_better)
+                    if mi.higher_is_better is not None
+                    else {"better": "higher", "worse": "lower"}.get(verdict(d, True), "undecided")
+                )
                 entry["vs_baseline"] = d
             row["metrics"][key] = entry
         if runs:
@@ -59,11 +67,18 @@ def aggregate(sweep: Sweep) -> dict[str, Any]:
         rows[name] = row
     total_wall = sum(r.get("run_wall_s", 0.0) for r in rows.values())
     total_cpu = sum(r.get("run_cpu_s", 0.0) for r in rows.values())
-    return {"preset": sweep.preset, "baseline": sweep.baseline, "seeds": list(sweep.seeds),
-            "protocols": list(sweep.protocols), "common_overrides": list(sweep.common),
-            "settings": sweep.settings.to_dict(),
-            "metrics": {k: {"label": v.label, "higher_is_better": v.higher_is_better} for k, v in info.items()},
-            "rows": rows, "runs_wall_s": total_wall, "runs_cpu_s": total_cpu}
+    return {
+        "preset": sweep.preset,
+        "baseline": sweep.baseline,
+        "seeds": list(sweep.seeds),
+        "protocols": list(sweep.protocols),
+        "common_overrides": list(sweep.common),
+        "settings": sweep.settings.to_dict(),
+        "metrics": {k: {"label": v.label, "higher_is_better": v.higher_is_better} for k, v in info.items()},
+        "rows": rows,
+        "runs_wall_s": total_wall,
+        "runs_cpu_s": total_cpu,
+    }
 
 
 def _overrides(sweep: Sweep, name: str) -> list[str]:
@@ -87,8 +102,11 @@ def _groups(metrics: dict[str, Any]) -> list[tuple[str, list[str]]]:
     keys = list(metrics)
     pca = [k for k in keys if k.startswith("pca")]
     main = [k for k in keys if k not in pca]
-    return [(t, g) for t, g in (("Scores", main), ("PCA slicing (Table 9): linear top-1 on the first k components",
-                                                   pca)) if g]
+    return [
+        (t, g)
+        for t, g in (("Scores", main), ("PCA slicing (Table 9): linear top-1 on the first k components", pca))
+        if g
+    ]
 
 
 def markdown(agg: dict[str, Any]) -> str:
@@ -96,9 +114,12 @@ def markdown(agg: dict[str, Any]) -> str:
     rows, metrics, base = agg["rows"], agg["metrics"], agg["baseline"]
     lines: list[str] = []
     for title, keys in _groups(metrics):
-        lines += [f"**{title}** (mean ± std over seeds; mIoU and top-1 in %)", "",
-                  "| variant | n | " + " | ".join(metrics[k]["label"] for k in keys) + " |",
-                  "|---|---|" + "---|" * len(keys)]
+        lines += [
+            f"**{title}** (mean ± std over seeds; mIoU and top-1 in %)",
+            "",
+            "| variant | n | " + " | ".join(metrics[k]["label"] for k in keys) + " |",
+            "|---|---|" + "---|" * len(keys),
+        ]
         for name, row in rows.items():
             cells = []
             for k in keys:
@@ -109,9 +130,13 @@ def markdown(agg: dict[str, Any]) -> str:
             lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
     for title, keys in _groups(metrics):
-        lines += [f"**Difference to {base}** ({title.split(':')[0].lower()}; paired by seed: mean Δ [95 % t interval], "
-                  "verdict: interval excludes 0)", "",
-                  "| variant | " + " | ".join(metrics[k]["label"] for k in keys) + " |", "|---|" + "---|" * len(keys)]
+        lines += [
+            f"**Difference to {base}** ({title.split(':')[0].lower()}; paired by seed: mean Δ [95 % t interval], "
+            "verdict: interval excludes 0)",
+            "",
+            "| variant | " + " | ".join(metrics[k]["label"] for k in keys) + " |",
+            "|---|" + "---|" * len(keys),
+        ]
         for name, row in rows.items():
             if name in ("init", base):
                 continue
@@ -124,21 +149,27 @@ def markdown(agg: dict[str, Any]) -> str:
                     continue
                 ci = f" [{_num(d['ci_low'], dg)}, {_num(d['ci_high'], dg)}]" if d.get("ci_low") is not None else ""
                 tag = {"better": " **better**", "worse": " **worse**", "higher": " higher", "lower": " lower"}.get(
-                    d["verdict"], "")
+                    d["verdict"], ""
+                )
                 cells.append(f"{d['mean']:+.{dg}f}{ci}{tag}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["**Cost** (student parameters; time per training step, mean over seeds)", "",
-              "| variant | overrides | backbone params | head params | iterations × batch | step wall ms | step CPU ms |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "**Cost** (student parameters; time per training step, mean over seeds)",
+        "",
+        "| variant | overrides | backbone params | head params | iterations × batch | step wall ms | step CPU ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, row in rows.items():
         p = row.get("params") or {}
         it = row.get("iterations")
         ov = " ".join(f"`{o}`" for o in row["overrides"]) or ("(untrained)" if name == "init" else "(preset)")
         sw, sc = row.get("step_wall_ms"), row.get("step_cpu_ms")
-        lines.append(f"| {name} | {ov} | {p.get('backbone', 0):,} | {p.get('heads', 0):,} | "
-                     f"{'/'.join(map(str, it)) + ' × ' + '/'.join(map(str, row['global_batch'])) if it else '–'} | "
-                     f"{_num(sw['mean']) if sw and sw['n'] else '–'} | {_num(sc['mean']) if sc and sc['n'] else '–'} |")
+        lines.append(
+            f"| {name} | {ov} | {p.get('backbone', 0):,} | {p.get('heads', 0):,} | "
+            f"{'/'.join(map(str, it)) + ' × ' + '/'.join(map(str, row['global_batch'])) if it else '–'} | "
+            f"{_num(sw['mean']) if sw and sw['n'] else '–'} | {_num(sc['mean']) if sc and sc['n'] else '–'} |"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -175,13 +206,21 @@ def plot(agg: dict[str, Any], path: Path) -> None:
     if pca:
         ax = axes.flat[len(scalar)]
         fr = [1, 2, 4, 8, 16][: len(pca)]
-        for i, n in enumerate(list(rows)):
+        for n in list(rows):
             ms = [rows[n]["metrics"][k] for k in pca]
             if not all(m["n"] for m in ms):
                 continue
-            ax.errorbar(fr, [m["mean"] for m in ms], yerr=[m["std"] for m in ms], marker="o", ms=3, capsize=2,
-                        label=n, color="grey" if n == "init" else colors[names.index(n) % len(colors)],
-                        ls="--" if n == "init" else "-")
+            ax.errorbar(
+                fr,
+                [m["mean"] for m in ms],
+                yerr=[m["std"] for m in ms],
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=n,
+                color="grey" if n == "init" else colors[names.index(n) % len(colors)],
+                ls="--" if n == "init" else "-",
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(fr)
         ax.set_xticklabels(["all" if f == 1 else f"1/{f}" for f in fr])

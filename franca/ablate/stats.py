@@ -6,10 +6,11 @@ two-sided paired t-test p-value and 95 % t interval (n − 1 degrees of freedom)
 bootstrap interval of mean(d) (with 3 seeds only 10 distinct resamples exist: the t interval is
 the honest one; the bootstrap is there for larger sweeps).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -23,16 +24,24 @@ def summarize(values: Sequence[float]) -> dict[str, float | int | list[float]]:
     return {"n": len(v), "mean": float(np.mean(v)), "std": std, "values": v}
 
 
-def paired_difference(variant: Mapping[int, float], baseline: Mapping[int, float], level: float = 0.95,
-                      n_boot: int = 10000, seed: int = 0) -> dict[str, float | int | None | list]:
+def paired_difference(
+    variant: Mapping[int, float], baseline: Mapping[int, float], level: float = 0.95, n_boot: int = 10000, seed: int = 0
+) -> dict[str, float | int | None | list]:
     """Variant − baseline over the seeds both have: mean, t interval, p-value, bootstrap interval."""
     from scipy import stats
 
     common = sorted(s for s in variant if s in baseline and _finite(variant[s]) and _finite(baseline[s]))
     d = np.array([float(variant[s]) - float(baseline[s]) for s in common])
-    out: dict[str, float | int | None | list] = {"n": len(d), "seeds": common, "mean": None, "ci_low": None,
-                                                  "ci_high": None, "p_value": None, "boot_low": None,
-                                                  "boot_high": None}
+    out: dict[str, float | int | None | list] = {
+        "n": len(d),
+        "seeds": common,
+        "mean": None,
+        "ci_low": None,
+        "ci_high": None,
+        "p_value": None,
+        "boot_low": None,
+        "boot_high": None,
+    }
     if len(d) == 0:
         return out
     out["mean"] = float(d.mean())
@@ -50,8 +59,9 @@ def paired_difference(variant: Mapping[int, float], baseline: Mapping[int, float
     return out
 
 
-def bootstrap_interval(d: Sequence[float], level: float = 0.95, n_boot: int = 10000,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    d: Sequence[float], level: float = 0.95, n_boot: int = 10000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `d` (resampling with replacement, seeded)."""
     d = np.asarray(d, dtype=float)
     rng = np.random.default_rng(seed)

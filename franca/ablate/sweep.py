@@ -12,16 +12,18 @@ checkpoint (a crash before the first one) starts over. Runs go in seed-major ord
 sweep has whole seeds. With `jobs > 1` runs go to that many spawned processes with `threads` torch
 threads each. Progress and an ETA for the whole sweep are printed after every run.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from franca.ablate.evaluate import EvalSettings
 from franca.ablate.variants import RunSpec, Variant, expand
@@ -66,15 +68,26 @@ class Sweep:
 
     def run_overrides(self, spec: RunSpec) -> list[str]:
         """The run's config overrides: its own, then the keys the sweep sets for every run."""
-        return [*spec.overrides, f"train.seed={spec.seed}", f"train.output_dir={self.run_dir(spec)}",
-                "train.knn_eval=false", "train.max_minutes=0", f"train.device={self.device}",
-                f"train.checkpoint_period={self.checkpoint_period}"]
+        return [
+            *spec.overrides,
+            f"train.seed={spec.seed}",
+            f"train.output_dir={self.run_dir(spec)}",
+            "train.knn_eval=false",
+            "train.max_minutes=0",
+            f"train.device={self.device}",
+            f"train.checkpoint_period={self.checkpoint_period}",
+        ]
 
     def fingerprint(self, spec: RunSpec) -> dict[str, Any]:
         """What must match for a stored result to be reused (the run folder's path may move)."""
         ovs = [o for o in self.run_overrides(spec) if not o.startswith("train.output_dir=")]
-        return {"preset": self.preset, "kind": spec.kind, "overrides": ovs, "protocols": list(self.protocols),
-                "settings": self.settings.to_dict()}
+        return {
+            "preset": self.preset,
+            "kind": spec.kind,
+            "overrides": ovs,
+            "protocols": list(self.protocols),
+            "settings": self.settings.to_dict(),
+        }
 
 
 def load_result(sweep: Sweep, spec: RunSpec) -> dict[str, Any] | None:
@@ -87,8 +100,10 @@ def load_result(sweep: Sweep, spec: RunSpec) -> dict[str, Any] | None:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{p}: not valid JSON ({exc}); delete it to rerun that run") from None
     if res.get("fingerprint") != sweep.fingerprint(spec):
-        raise ValueError(f"{p} was made with other settings than this sweep (config overrides, protocols or "
-                         "evaluation settings differ); use another --out, or delete that file to rerun the run")
+        raise ValueError(
+            f"{p} was made with other settings than this sweep (config overrides, protocols or "
+            "evaluation settings differ); use another --out, or delete that file to rerun the run"
+        )
     return res
 
 
@@ -118,8 +133,12 @@ def run_one(sweep: Sweep, spec: RunSpec) -> dict[str, Any]:
     t0, cpu0 = time.time(), _cpu_seconds()
     cfg = load_config(sweep.preset, sweep.run_overrides(spec))
     device = resolve_device(cfg.train.device)
-    result: dict[str, Any] = {"variant": spec.variant, "seed": spec.seed, "kind": spec.kind,
-                              "fingerprint": sweep.fingerprint(spec)}
+    result: dict[str, Any] = {
+        "variant": spec.variant,
+        "seed": spec.seed,
+        "kind": spec.kind,
+        "fingerprint": sweep.fingerprint(spec),
+    }
     if spec.kind == "init":
         from franca.train.build import build_models
         from franca.utils.seed import seed_all
@@ -145,14 +164,18 @@ def run_one(sweep: Sweep, spec: RunSpec) -> dict[str, Any]:
         finally:
             dist_utils.cleanup()
         if summary["iterations"] != summary["planned_iterations"]:
-            raise RuntimeError(f"{spec.key}: trained {summary['iterations']} of {summary['planned_iterations']} "
-                               f"iterations ({summary.get('stop_reason')}); the sweep needs equal iterations")
+            raise RuntimeError(
+                f"{spec.key}: trained {summary['iterations']} of {summary['planned_iterations']} "
+                f"iterations ({summary.get('stop_reason')}); the sweep needs equal iterations"
+            )
         backbone = trainer.teacher["backbone"]
         done = summary["iterations"] - start_it
         result["params"] = _param_counts(trainer.student)
         result["train"] = {
-            "iterations": summary["iterations"], "global_batch": summary["global_batch"],
-            "resumed_at": start_it, "wall_s": summary["wall_time_s"],
+            "iterations": summary["iterations"],
+            "global_batch": summary["global_batch"],
+            "resumed_at": start_it,
+            "wall_s": summary["wall_time_s"],
             "step_wall_ms": 1000.0 * summary["wall_time_s"] / max(1, summary["iterations"]),
             "cpu_s_this_attempt": train_cpu,
             "step_cpu_ms": 1000.0 * train_cpu / done if done else None,
@@ -196,8 +219,10 @@ class Progress:
         self.remaining[spec.kind] -= 1
         self.times[spec.kind].append(wall)
         eta = self.eta()
-        self.echo(f"[{self.done}/{self.total}] {spec.key} {msg} ({_fmt_s(wall)}); sweep elapsed "
-                  f"{_fmt_s(time.time() - self.t0)}, ETA {_fmt_s(eta) if eta is not None else '?'}")
+        self.echo(
+            f"[{self.done}/{self.total}] {spec.key} {msg} ({_fmt_s(wall)}); sweep elapsed "
+            f"{_fmt_s(time.time() - self.t0)}, ETA {_fmt_s(eta) if eta is not None else '?'}"
+        )
 
 
 def _summary_line(res: dict[str, Any]) -> str:
@@ -211,9 +236,11 @@ def run_sweep(sweep: Sweep, echo: Callable[[str], None] = print) -> dict[str, An
     done = [s for s in specs if load_result(sweep, s) is not None]
     todo = [s for s in specs if s not in done]
     n_train = sum(s.kind == "train" for s in specs)
-    echo(f"sweep {sweep.out}: {len(sweep.variants)} variants × {len(sweep.seeds)} seeds = {n_train} training runs"
-         f" (+{len(specs) - n_train} init evaluations); {len(done)} done, {len(todo)} to run, "
-         f"{sweep.jobs} at a time × {sweep.threads} thread(s)")
+    echo(
+        f"sweep {sweep.out}: {len(sweep.variants)} variants × {len(sweep.seeds)} seeds = {n_train} training runs"
+        f" (+{len(specs) - n_train} init evaluations); {len(done)} done, {len(todo)} to run, "
+        f"{sweep.jobs} at a time × {sweep.threads} thread(s)"
+    )
     progress = Progress(specs, len(done), sweep.jobs, echo)
     for s in done:
         progress.skip(s)
@@ -237,8 +264,9 @@ def run_sweep(sweep: Sweep, echo: Callable[[str], None] = print) -> dict[str, An
     else:
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(sweep.jobs, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(sweep.threads,)) as ex:
+        with ProcessPoolExecutor(
+            sweep.jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(sweep.threads,)
+        ) as ex:
             pending = {}
             queue = list(todo)
             while queue or pending:

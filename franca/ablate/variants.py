@@ -6,10 +6,11 @@ prototype count), DINOv2 block masking instead of CyclicMask, the released per-l
 heads instead of slicing, and no KoLeo. Fair by construction: a variant may not touch a key that sets
 the compute (iterations, batch, crops, data, seed); the sweep sets those once for every run.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 BUILTIN_VARIANTS: dict[str, tuple[str, ...]] = {
     "franca": (),
@@ -28,8 +29,17 @@ BUILTIN_HELP = {
 DEFAULT_VARIANTS = tuple(BUILTIN_VARIANTS)
 
 # Keys that set the compute or the data: equal for every variant, so no variant may override them.
-FAIRNESS_KEYS = ("train.iterations", "train.epochs", "train.batch_size_per_gpu", "train.seed",
-                 "train.max_minutes", "train.output_dir", "train.init_from", "crops.", "data.")
+FAIRNESS_KEYS = (
+    "train.iterations",
+    "train.epochs",
+    "train.batch_size_per_gpu",
+    "train.seed",
+    "train.max_minutes",
+    "train.output_dir",
+    "train.init_from",
+    "crops.",
+    "data.",
+)
 # Keys the sweep sets itself for every run.
 SWEEP_KEYS = ("train.seed", "train.output_dir")
 
@@ -67,8 +77,9 @@ def _touches(key: str, guarded: Iterable[str]) -> str | None:
     return None
 
 
-def parse_variants(names: Sequence[str] = DEFAULT_VARIANTS, custom: Sequence[Sequence[str]] = (),
-                   allow_unequal: bool = False) -> list[Variant]:
+def parse_variants(
+    names: Sequence[str] = DEFAULT_VARIANTS, custom: Sequence[Sequence[str]] = (), allow_unequal: bool = False
+) -> list[Variant]:
     """Built-in `names` plus `custom` entries ``[NAME, key=value, ...]``, in that order, names unique.
 
     Raises ValueError for an unknown built-in name, a duplicate name, a malformed override, or an
@@ -77,8 +88,10 @@ def parse_variants(names: Sequence[str] = DEFAULT_VARIANTS, custom: Sequence[Seq
     out: list[Variant] = []
     for n in names:
         if n not in BUILTIN_VARIANTS:
-            raise ValueError(f"unknown variant {n!r}; built-in: {', '.join(BUILTIN_VARIANTS)} "
-                             "(define your own with --variant NAME key=value ...)")
+            raise ValueError(
+                f"unknown variant {n!r}; built-in: {', '.join(BUILTIN_VARIANTS)} "
+                "(define your own with --variant NAME key=value ...)"
+            )
         out.append(Variant(n, BUILTIN_VARIANTS[n]))
     for entry in custom:
         if not entry:
@@ -99,9 +112,11 @@ def parse_variants(names: Sequence[str] = DEFAULT_VARIANTS, custom: Sequence[Seq
         for ov in v.overrides:
             g = _touches(_key_of(ov), FAIRNESS_KEYS)
             if g and not allow_unequal:
-                raise ValueError(f"variant {v.name!r} overrides {_key_of(ov)!r}: keys under {g!r} set the compute "
-                                 "or data and must be equal across variants (give it as a sweep-wide override, "
-                                 "or pass --allow-unequal)")
+                raise ValueError(
+                    f"variant {v.name!r} overrides {_key_of(ov)!r}: keys under {g!r} set the compute "
+                    "or data and must be equal across variants (give it as a sweep-wide override, "
+                    "or pass --allow-unequal)"
+                )
     if not out:
         raise ValueError("no variants to run")
     return out
@@ -115,8 +130,9 @@ def check_common_overrides(overrides: Sequence[str]) -> None:
             raise ValueError(f"override {ov!r}: {k} is set by the sweep per run (use --seeds / --out)")
 
 
-def expand(variants: Sequence[Variant], seeds: Sequence[int], common: Sequence[str] = (),
-           with_init: bool = True) -> list[RunSpec]:
+def expand(
+    variants: Sequence[Variant], seeds: Sequence[int], common: Sequence[str] = (), with_init: bool = True
+) -> list[RunSpec]:
     """Every (variant, seed) run, seed-major (a half-done sweep has whole seeds), with the init reference first
     in each seed. A run's overrides: sweep-wide `common` first, then the variant's (the variant wins)."""
     if not seeds:

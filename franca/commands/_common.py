@@ -6,6 +6,7 @@ commands share two more families, defined once here: the classification protocol
 logreg, PCA slicing: ImageFolder data, feature cache, a text table) and the dense protocols'
 (overclustering, in-context, linear segmentation: a data set name and its official layout).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,25 +22,42 @@ log = logging.getLogger(__name__)
 
 def add_model_arguments(p: argparse.ArgumentParser, rasa: bool = True) -> None:
     g = p.add_argument_group("backbone")
-    g.add_argument("--model", default=None,
-                   help="a released model (franca_vitb14_in21k, dinov2_vits14_reg, …: downloaded once, then "
-                        "cached), a named size (vits14, vitb14, vitt8, …) or timm:NAME; with --weights it is "
-                        "optional: the file defines the model")
-    g.add_argument("--weights", default=None,
-                   help="weights file: official Franca/DINOv2 release, this project's checkpoint or "
-                        "exported .safetensors")
-    g.add_argument("--random-init", action="store_true",
-                   help="run on randomly initialised weights of --model (default size vits14; seed 0, the same "
-                        "in every run); without this, a command with no weights stops")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="a released model (franca_vitb14_in21k, dinov2_vits14_reg, …: downloaded once, then "
+        "cached), a named size (vits14, vitb14, vitt8, …) or timm:NAME; with --weights it is "
+        "optional: the file defines the model",
+    )
+    g.add_argument(
+        "--weights",
+        default=None,
+        help="weights file: official Franca/DINOv2 release, this project's checkpoint or exported .safetensors",
+    )
+    g.add_argument(
+        "--random-init",
+        action="store_true",
+        help="run on randomly initialised weights of --model (default size vits14; seed 0, the same "
+        "in every run); without this, a command with no weights stops",
+    )
     if rasa:
-        g.add_argument("--rasa", default=None, const=True, nargs="?",
-                       help="use RASA-cleaned patch tokens: with a FILE, load that RASA head "
-                            "(official or ours); bare --rasa uses the map folded into --weights, or the head "
-                            "released with a released --model")
+        g.add_argument(
+            "--rasa",
+            default=None,
+            const=True,
+            nargs="?",
+            help="use RASA-cleaned patch tokens: with a FILE, load that RASA head "
+            "(official or ours); bare --rasa uses the map folded into --weights, or the head "
+            "released with a released --model",
+        )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
-    g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="data-loading processes (default: %(default)s)")
+    g.add_argument(
+        "--num-workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="data-loading processes (default: %(default)s)",
+    )
 
 
 def weights_label(args: argparse.Namespace) -> str:
@@ -47,8 +65,11 @@ def weights_label(args: argparse.Namespace) -> str:
     file name, or "random init". Raises (saying how to get weights) when the arguments name none."""
     from franca.models.api import weights_label as label
 
-    return label(getattr(args, "model", None), getattr(args, "weights", None),
-                 random_init=bool(getattr(args, "random_init", False)))
+    return label(
+        getattr(args, "model", None),
+        getattr(args, "weights", None),
+        random_init=bool(getattr(args, "random_init", False)),
+    )
 
 
 def load_model_from_args(args: argparse.Namespace):
@@ -88,10 +109,15 @@ def eval_args(args: argparse.Namespace, device: Any, **overrides: Any):
     any of them (e.g. a command whose size flag has another name)."""
     from franca.eval.common import EvalArgs
 
-    values = {"data": getattr(args, "data", None), "size": getattr(args, "size", None),
-              "seeds": getattr(args, "seeds", (0,)), "batch_size": getattr(args, "batch_size", None),
-              "device": device, "num_workers": getattr(args, "num_workers", 0),
-              "progress": not getattr(args, "quiet", False)}
+    values = {
+        "data": getattr(args, "data", None),
+        "size": getattr(args, "size", None),
+        "seeds": getattr(args, "seeds", (0,)),
+        "batch_size": getattr(args, "batch_size", None),
+        "device": device,
+        "num_workers": getattr(args, "num_workers", 0),
+        "progress": not getattr(args, "quiet", False),
+    }
     values.update(overrides)
     return EvalArgs(**values)
 
@@ -99,8 +125,12 @@ def eval_args(args: argparse.Namespace, device: Any, **overrides: Any):
 def model_identity(args: argparse.Namespace) -> dict[str, Any]:
     """What identifies the backbone in a result JSON: model, weights (file, release name or "random init"),
     the weights label, and the file's size and mtime."""
-    ident: dict[str, Any] = {"model": args.model, "weights": args.weights, "rasa": getattr(args, "rasa", None),
-                             "weights_label": weights_label(args)}
+    ident: dict[str, Any] = {
+        "model": args.model,
+        "weights": args.weights,
+        "rasa": getattr(args, "rasa", None),
+        "weights_label": weights_label(args),
+    }
     if args.weights and Path(args.weights).exists():
         st = Path(args.weights).stat()
         ident.update(weights_bytes=st.st_size, weights_mtime=int(st.st_mtime))
@@ -111,10 +141,16 @@ def add_output_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
     """`--out` (result JSON), `--seeds` (`--seed N` is accepted as one seed) and `--quiet`."""
     from franca.commands._flags import add_quiet_argument
 
-    p.add_argument("--out", default=None, metavar="JSON",
-                   help=f"result JSON path (default: runs/eval/{default_name}-<time>.json)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="seeds to average over; the JSON reports mean and std (default: %(default)s)")
+    p.add_argument(
+        "--out", default=None, metavar="JSON", help=f"result JSON path (default: runs/eval/{default_name}-<time>.json)"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seeds to average over; the JSON reports mean and std (default: %(default)s)",
+    )
     p.add_argument("--seed", dest="seeds", type=int, nargs=1, help=argparse.SUPPRESS)
     add_quiet_argument(p)
 
@@ -139,8 +175,6 @@ def write_result(args: argparse.Namespace, name: str, result: dict[str, Any]) ->
     return out
 
 
-
-
 # ---------------------------------------------------------------- classification commands
 def add_classification_arguments(p: argparse.ArgumentParser, name: str, group: str) -> argparse._ArgumentGroup:
     """The flags of the classification commands (knn, linear, logreg, pca-slice): the backbone (no RASA),
@@ -151,10 +185,16 @@ def add_classification_arguments(p: argparse.ArgumentParser, name: str, group: s
     add_model_arguments(p, rasa=False)
     g = p.add_argument_group("data")
     add_data_argument(g, "ImageFolder/ImageNet-layout root with train/ and val/ (default: the built-in toy set)")
-    add_size_argument(g, "input side after the centre crop, rounded down to a multiple of the patch size "
-                         "(default: %(default)s)", default=224)
-    g.add_argument("--cache-dir", default=None,
-                   help="feature cache folder (default: $FRANCA_CACHE_DIR/features or ~/.cache/franca/features)")
+    add_size_argument(
+        g,
+        "input side after the centre crop, rounded down to a multiple of the patch size (default: %(default)s)",
+        default=224,
+    )
+    g.add_argument(
+        "--cache-dir",
+        default=None,
+        help="feature cache folder (default: $FRANCA_CACHE_DIR/features or ~/.cache/franca/features)",
+    )
     g.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
     own = p.add_argument_group(group)
     add_output_arguments(p, name)
@@ -209,12 +249,23 @@ patch-8 model (the keypoint protocol's rule). At 64 px (8 patches) a 3-5-patch o
 object tokens for overclustering at K=100 to separate a pretrained tiny model from its initialisation."""
 
 
-_LAYOUTS = {"voc": "VOCdevkit/… or VOCSegmentation/…", "ade20k": "ADEChallengeData2016/…",
-            "coco-things": "coco/images + annotations/…"}
+_LAYOUTS = {
+    "voc": "VOCdevkit/… or VOCSegmentation/…",
+    "ade20k": "ADEChallengeData2016/…",
+    "coco-things": "coco/images + annotations/…",
+}
 
 
-def add_segmentation_arguments(p: argparse.ArgumentParser, name: str, group: str, *, datasets: list[str],
-                               default_size: int, size_help: str, seeds: list[int]) -> argparse._ArgumentGroup:
+def add_segmentation_arguments(
+    p: argparse.ArgumentParser,
+    name: str,
+    group: str,
+    *,
+    datasets: list[str],
+    default_size: int,
+    size_help: str,
+    seeds: list[int],
+) -> argparse._ArgumentGroup:
     """The flags of the dense commands (overcluster, incontext, linseg): the backbone (with --rasa), the
     data group (--dataset among `datasets`, --data, --size) and the output flags, --seeds defaulting to
     `seeds` (the protocol's count). Returns the protocol's own group, titled `group`."""
@@ -224,10 +275,14 @@ def add_segmentation_arguments(p: argparse.ArgumentParser, name: str, group: str
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=datasets, default=datasets[0], help="data set (default: %(default)s)")
     layouts = ", ".join(_LAYOUTS[d] for d in datasets)  # only the layouts this command reads
-    add_data_argument(g, f"data set root in its official layout ({layouts}) (default: the built-in toy set, "
-                         "VOC layout)")
-    add_size_argument(g, f"{size_help}; rounded down to a multiple of the patch size (default: {default_size}, "
-                         f"or {TOY_SIZE} on the built-in toy set; use less for tiny models)")
+    add_data_argument(
+        g, f"data set root in its official layout ({layouts}) (default: the built-in toy set, VOC layout)"
+    )
+    add_size_argument(
+        g,
+        f"{size_help}; rounded down to a multiple of the patch size (default: {default_size}, "
+        f"or {TOY_SIZE} on the built-in toy set; use less for tiny models)",
+    )
     own = p.add_argument_group(group)
     add_output_arguments(p, name)
     p.set_defaults(seeds=list(seeds))

@@ -12,19 +12,25 @@
 Sizes follow one rule everywhere: a side that is not a multiple of the patch size is rounded
 down to one, with one info line; a side below one patch is an error.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 log = logging.getLogger("franca.commands")
 
 
-def add_data_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, *, nargs: str | None = None,
-                      aliases: Iterable[str] = ("--images", "--image")) -> None:
+def add_data_argument(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    help: str,
+    *,
+    nargs: str | None = None,
+    aliases: Iterable[str] = ("--images", "--image"),
+) -> None:
     """`--data` (with the old spellings as hidden aliases writing the same value). A command that
     needs it checks `args.data` itself: argparse would not count an alias as the flag given."""
     kw = dict(nargs=nargs) if nargs else {}
@@ -33,8 +39,12 @@ def add_data_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, help
         p.add_argument(alias, dest="data", help=argparse.SUPPRESS, **kw)
 
 
-def add_size_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, default: int | None = None,
-                      aliases: Iterable[str] = ("--image-size", "--resolution")) -> None:
+def add_size_argument(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    help: str,
+    default: int | None = None,
+    aliases: Iterable[str] = ("--image-size", "--resolution"),
+) -> None:
     """`--size` in pixels; `help` should say what the side is and the default."""
     p.add_argument("--size", type=int, default=default, metavar="PX", help=help)
     for alias in aliases:
@@ -59,8 +69,9 @@ def fit_size(size: int, patch: int, flag: str = "--size") -> int:
     return out
 
 
-def check_out_path(path: str | Path | None, suffixes: Iterable[str] = (), flag: str = "--out",
-                   folder: bool = False) -> Path | None:
+def check_out_path(
+    path: str | Path | None, suffixes: Iterable[str] = (), flag: str = "--out", folder: bool = False
+) -> Path | None:
     """Fail before any work when an output path cannot be written: wrong suffix, a folder where a
     file is expected (or the reverse), or a parent that is a file or not writable."""
     if path is None:

@@ -18,6 +18,7 @@ half-trained ones from OUT/runs/<variant>-seed<s>/checkpoint.pth), then OUT/abla
 OUT/ablation.md (mean ± std over seeds, paired difference to the baseline with a 95 % t interval,
 parameter counts, step times) and OUT/ablation.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,33 +33,65 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from franca.ablate.variants import DEFAULT_VARIANTS
 
     p.add_argument("--config", default="tiny", help="preset name or yaml file (default: %(default)s)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="sweep-wide config overrides, applied to every variant (e.g. train.epochs=4)")
-    p.add_argument("--variants", nargs="*", default=None, metavar="NAME",
-                   help=f"built-in variants to run (default: all: {' '.join(DEFAULT_VARIANTS)}; "
-                        "give none with only --variant entries)")
-    p.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME_OR_KEY=VALUE",
-                   help="a variant of your own: NAME key=value [key=value ...] (repeatable; default: none)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="sweep-wide config overrides, applied to every variant (e.g. train.epochs=4)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help=f"built-in variants to run (default: all: {' '.join(DEFAULT_VARIANTS)}; "
+        "give none with only --variant entries)",
+    )
+    p.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="NAME_OR_KEY=VALUE",
+        help="a variant of your own: NAME key=value [key=value ...] (repeatable; default: none)",
+    )
     p.add_argument("--baseline", default=None, help="variant the others are compared with (default: the first)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: %(default)s")
-    p.add_argument("--protocols", nargs="+", default=["knn", "linear", "pca-slice"], choices=PROTOCOLS,
-                   help="evaluations of every run (default: %(default)s)")
+    p.add_argument(
+        "--protocols",
+        nargs="+",
+        default=["knn", "linear", "pca-slice"],
+        choices=PROTOCOLS,
+        help="evaluations of every run (default: %(default)s)",
+    )
     p.add_argument("--out", default="runs/ablate", help="sweep folder (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
     p.add_argument("--device", default="cpu", help="training and evaluation device (default: %(default)s)")
-    p.add_argument("--checkpoint-period", type=int, default=100,
-                   help="iterations between checkpoints of each run, the resume granularity (default: %(default)s)")
+    p.add_argument(
+        "--checkpoint-period",
+        type=int,
+        default=100,
+        help="iterations between checkpoints of each run, the resume granularity (default: %(default)s)",
+    )
     p.add_argument("--no-init", action="store_true", help="skip the untrained reference row")
-    p.add_argument("--allow-unequal", action="store_true",
-                   help="let variants override compute keys (iterations, batch, crops, data): the comparison is "
-                        "then not at equal compute")
+    p.add_argument(
+        "--allow-unequal",
+        action="store_true",
+        help="let variants override compute keys (iterations, batch, crops, data): the comparison is "
+        "then not at equal compute",
+    )
     p.add_argument("--report-only", action="store_true", help="rebuild the table and plot from finished runs")
     g = p.add_argument_group("evaluation settings")
-    g.add_argument("--size", type=int, default=None,
-                   help="classification input size (default: the preset's global crop size)")
-    g.add_argument("--seg-size", type=int, default=128, help="overcluster / in-context input size (default: %(default)s)")
-    g.add_argument("--linear-epochs", type=int, default=10, help="linear and PCA-slicing probe epochs (default: %(default)s)")
+    g.add_argument(
+        "--size", type=int, default=None, help="classification input size (default: the preset's global crop size)"
+    )
+    g.add_argument(
+        "--seg-size", type=int, default=128, help="overcluster / in-context input size (default: %(default)s)"
+    )
+    g.add_argument(
+        "--linear-epochs", type=int, default=10, help="linear and PCA-slicing probe epochs (default: %(default)s)"
+    )
 
 
 def build_sweep(args: argparse.Namespace):
@@ -72,12 +105,24 @@ def build_sweep(args: argparse.Namespace):
     base_cfg = load_config(args.config, args.overrides)  # fails early on a bad sweep-wide override
     for v in variants:  # …or a bad variant override
         load_config(args.config, [*args.overrides, *v.overrides])
-    settings = EvalSettings(size=args.size or base_cfg.crops.global_crops_size, seg_size=args.seg_size,
-                            linear_epochs=args.linear_epochs)
-    return Sweep(out=args.out, variants=variants, seeds=list(args.seeds), preset=args.config,
-                 common=list(args.overrides), protocols=list(args.protocols), baseline=args.baseline,
-                 settings=settings, jobs=args.jobs, threads=args.threads, device=args.device,
-                 checkpoint_period=args.checkpoint_period, with_init=not args.no_init)
+    settings = EvalSettings(
+        size=args.size or base_cfg.crops.global_crops_size, seg_size=args.seg_size, linear_epochs=args.linear_epochs
+    )
+    return Sweep(
+        out=args.out,
+        variants=variants,
+        seeds=list(args.seeds),
+        preset=args.config,
+        common=list(args.overrides),
+        protocols=list(args.protocols),
+        baseline=args.baseline,
+        settings=settings,
+        jobs=args.jobs,
+        threads=args.threads,
+        device=args.device,
+        checkpoint_period=args.checkpoint_period,
+        with_init=not args.no_init,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ Layout under --out: imagenet/ (ImageNet folders + labels.txt), VOCdevkit/VOC2012
 segmentation), nyuv2/ (BTS depth layout), SPair-71k/ (keypoint pairs), toy.json (parameters).
 Classes are shapes with random colours and textures. The same arguments give the same bytes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-val", type=int, default=1000, help="classification validation images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--n-classes", type=int, default=10, help="shape classes, 2..12 (default: %(default)s)")
-    p.add_argument("--object-size", type=float, nargs=2, default=(18 / 64, 26 / 64), metavar=("MIN", "MAX"),
-                   help="object diameter range as a fraction of the side (default: 0.28 0.41)")
+    p.add_argument(
+        "--object-size",
+        type=float,
+        nargs=2,
+        default=(18 / 64, 26 / 64),
+        metavar=("MIN", "MAX"),
+        help="object diameter range as a fraction of the side (default: 0.28 0.41)",
+    )
     p.add_argument("--clutter", type=float, default=0.5, help="background texture level 0..1 (default: %(default)s)")
-    p.add_argument("--texture", type=float, default=0.5,
-                   help="probability that an object is patterned instead of flat, 0..1 (default: %(default)s)")
+    p.add_argument(
+        "--texture",
+        type=float,
+        default=0.5,
+        help="probability that an object is patterned instead of flat, 0..1 (default: %(default)s)",
+    )
     p.add_argument("--distractors", type=int, default=2, help="max tiny distractor blobs (default: %(default)s)")
     add_quiet_argument(p)
 
@@ -32,9 +43,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from franca.data.toy import generate_toy
 
-    out = generate_toy(args.out, size=args.size, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
-                       n_classes=args.n_classes, object_size=tuple(args.object_size), clutter=args.clutter,
-                       texture=args.texture, distractors=args.distractors,
-                       progress=not args.quiet)
+    out = generate_toy(
+        args.out,
+        size=args.size,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        seed=args.seed,
+        n_classes=args.n_classes,
+        object_size=tuple(args.object_size),
+        clutter=args.clutter,
+        texture=args.texture,
+        distractors=args.distractors,
+        progress=not args.quiet,
+    )
     print(f"wrote the toy data set to {out}")
     return 0

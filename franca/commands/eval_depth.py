@@ -13,6 +13,7 @@ in two edge cases where this project deliberately differs from Probe3D's metrics
   mean(depth) before SI-RMSE, which is then the spread of the true depth; Probe3D leaves such a
   prediction unaligned (scale 1, shift 0), so its SI-RMSE is the plain RMSE.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from franca.commands._flags import add_data_argument, add_size_argument
 
     add_data_argument(p, "NYUv2 root in the BTS layout, or its parent (default: the built-in toy set)")
-    add_size_argument(p, "square input side, rounded down to a multiple of the patch size (default: 480; "
-                         "8 patches for the tiny vitt sizes)")
+    add_size_argument(
+        p,
+        "square input side, rounded down to a multiple of the patch size (default: 480; "
+        "8 patches for the tiny vitt sizes)",
+    )
     p.add_argument("--hidden-dim", type=int, default=None, help="head width (default: 512, tiny: 16)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 10, the protocol's)")
     p.add_argument("--train-batch-size", type=int, default=8, help="probe batch size (default: %(default)s)")
@@ -50,11 +54,25 @@ def run(args: argparse.Namespace) -> int:
     common = eval_args(args, device, size=size, batch_size=args.train_batch_size).kwargs_for(evaluate)
     runs = []
     for seed in args.seeds:  # one probe per seed
-        runs.append(evaluate(model, **common, hidden_dim=args.hidden_dim, epochs=args.epochs, lr=args.lr, seed=seed,
-                             use_augment=not args.no_augment))
+        runs.append(
+            evaluate(
+                model,
+                **common,
+                hidden_dim=args.hidden_dim,
+                epochs=args.epochs,
+                lr=args.lr,
+                seed=seed,
+                use_augment=not args.no_augment,
+            )
+        )
     keys = ("si_rmse", "rmse", "d1", "d2", "d3")
-    res = {"protocol": "depth", "metric_name": "si_rmse", "seeds": args.seeds, "runs": runs,
-           **{k: mean_std([r[k] for r in runs]) for k in keys}}
+    res = {
+        "protocol": "depth",
+        "metric_name": "si_rmse",
+        "seeds": args.seeds,
+        "runs": runs,
+        **{k: mean_std([r[k] for r in runs]) for k in keys},
+    }
     res["metric"] = res["si_rmse"]["mean"]
     res["metric_std"] = res["si_rmse"]["std"]
     res.update(model=model_identity(args), data=args.data or "toy")

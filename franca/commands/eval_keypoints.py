@@ -5,6 +5,7 @@ for the tiny sizes); features are the last block's patch tokens without the fina
 --data the built-in toy keypoint set is used. The protocol is deterministic (pairs are sampled
 with seed 20), so --seeds only repeats it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_data_argument(p, "SPair-71k root, or its parent (default: the built-in toy set)")
     p.add_argument("--split", default="test", help="pair split: trn, val or test (default: %(default)s)")
-    add_size_argument(p, "side after padding to a square, rounded down to a multiple of the patch size "
-                         "(default: 800; 16 patches for the tiny vitt sizes)")
+    add_size_argument(
+        p,
+        "side after padding to a square, rounded down to a multiple of the patch size "
+        "(default: 800; 16 patches for the tiny vitt sizes)",
+    )
     p.add_argument("--n-pairs", type=int, default=200, help="pairs per class and bin (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.10, help="PCK threshold (default: %(default)s)")
 

@@ -4,6 +4,7 @@ Cosine similarity to the train set, top-200 neighbours, softmax(sim / 0.07) vote
 for k in {10, 20, 100, 200}. With no --data the built-in toy set is used, so
 `franca eval knn --model vitt8 --size 32` runs anywhere in seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = add_classification_arguments(p, "knn", "k-NN")
     g.add_argument("--ks", type=int, nargs="+", default=[10, 20, 100, 200], help="k values (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.07, help="vote temperature T (default: %(default)s)")
-    g.add_argument("--backend", choices=["torch", "faiss"], default="torch",
-                   help="search backend (default: %(default)s)")
-    g.add_argument("--n-per-class", type=int, default=-1,
-                   help="few-shot: train samples per class, one draw per seed (default: all)")
+    g.add_argument(
+        "--backend", choices=["torch", "faiss"], default="torch", help="search backend (default: %(default)s)"
+    )
+    g.add_argument(
+        "--n-per-class",
+        type=int,
+        default=-1,
+        help="few-shot: train samples per class, one draw per seed (default: all)",
+    )
 
 
 def warn_large_k(ks: list[int], n_train: int) -> list[str]:
@@ -31,8 +37,10 @@ def warn_large_k(ks: list[int], n_train: int) -> list[str]:
     big = [k for k in ks if k >= n_train]
     if not big:
         return []
-    msg = (f"k = {', '.join(map(str, big))} ≥ the {n_train} training images: each query then votes with every "
-           f"training image, so these columns say little")
+    msg = (
+        f"k = {', '.join(map(str, big))} ≥ the {n_train} training images: each query then votes with every "
+        f"training image, so these columns say little"
+    )
     log.warning(msg)
     return [msg]
 
@@ -42,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from franca.eval import knn
 
     model, common, started = start_classification(args, "knn", knn.evaluate)
-    result = knn.evaluate(model, **common, ks=args.ks, T=args.temperature, backend=args.backend,
-                          n_per_class=args.n_per_class)
+    result = knn.evaluate(
+        model, **common, ks=args.ks, T=args.temperature, backend=args.backend, n_per_class=args.n_per_class
+    )
     n_train = min(int(r["n_train"]) for r in result["per_seed"])  # few-shot draws use fewer
     result["warnings"] = warn_large_k(list(result["settings"]["ks"]), n_train)
     rows = [[k, result["results"][f"top1_k{k}"], result["results"][f"top5_k{k}"]] for k in result["settings"]["ks"]]

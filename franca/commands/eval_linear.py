@@ -6,6 +6,7 @@ on val reported. Classifiers train on cached features of centre-cropped train im
 the reference's RandomResizedCrop/flip train augmentation; --augment restores it (one backbone
 pass over freshly augmented train images per epoch: much slower).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     g = add_classification_arguments(p, "linear", "linear probe")
     g.add_argument("--epochs", type=int, default=10, help="passes over the train features (default: %(default)s)")
-    g.add_argument("--train-batch-size", type=int, default=256,
-                   help="classifier batch; learning rates scale by it / 256 (default: %(default)s)")
-    g.add_argument("--lrs", type=float, nargs="+", default=None,
-                   help="base learning rates (default: the 13 values 1e-5 … 0.1)")
-    g.add_argument("--augment", action="store_true",
-                   help="train on RandomResizedCrop+flip images (backbone pass every epoch) instead of cached features")
+    g.add_argument(
+        "--train-batch-size",
+        type=int,
+        default=256,
+        help="classifier batch; learning rates scale by it / 256 (default: %(default)s)",
+    )
+    g.add_argument(
+        "--lrs", type=float, nargs="+", default=None, help="base learning rates (default: the 13 values 1e-5 … 0.1)"
+    )
+    g.add_argument(
+        "--augment",
+        action="store_true",
+        help="train on RandomResizedCrop+flip images (backbone pass every epoch) instead of cached features",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,8 +40,14 @@ def run(args: argparse.Namespace) -> int:
     from franca.eval import linear
 
     model, common, started = start_classification(args, "linear", linear.evaluate)
-    result = linear.evaluate(model, **common, epochs=args.epochs, probe_batch_size=args.train_batch_size,
-                             lrs=tuple(args.lrs or linear.LR_GRID), augment=args.augment)
+    result = linear.evaluate(
+        model,
+        **common,
+        epochs=args.epochs,
+        probe_batch_size=args.train_batch_size,
+        lrs=tuple(args.lrs or linear.LR_GRID),
+        augment=args.augment,
+    )
     grid = result["per_seed"][0]["grid"]
     rows = [[name, max(accs.values()), max(accs, key=accs.get)] for name, accs in grid.items()]
     print(format_table(rows, ["input", "best top-1", "lr"]))

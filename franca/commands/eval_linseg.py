@@ -6,6 +6,7 @@ stride 259), multi-scale test [1.0, 1.32, 1.73] on ADE20K; mmseg mIoU.
 `--cache-views N` trains on cached backbone features of N fixed augmented crops per image (fast on
 CPU; the default there); 0 augments afresh every epoch as the protocol does (the default on GPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,33 +18,61 @@ HELP = "linear segmentation: BN + 1x1 head on frozen patch features, sliding-win
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from franca.commands._common import add_segmentation_arguments
 
-    g = add_segmentation_arguments(p, "linseg", "linear head", datasets=["voc", "ade20k"], default_size=518,
-                                   size_help="training crop and sliding window", seeds=[0])
+    g = add_segmentation_arguments(
+        p,
+        "linseg",
+        "linear head",
+        datasets=["voc", "ade20k"],
+        default_size=518,
+        size_help="training crop and sliding window",
+        seeds=[0],
+    )
     for action in p._actions:  # the backbone runs on the head's training crops: --train-batch-size
         if action.dest == "batch_size":
             action.default = None
-            action.help = ("not used by linseg: the backbone runs on the head's --train-batch-size crops per "
-                           "training step, and on one sliding window at a time")
+            action.help = (
+                "not used by linseg: the backbone runs on the head's --train-batch-size crops per "
+                "training step, and on one sliding window at a time"
+            )
     g.add_argument("--train-split", default=None, help="training split (default: trainaug for VOC, train otherwise)")
     g.add_argument("--val-split", default="val", help="evaluation split (default: %(default)s)")
     g.add_argument("--epochs", type=int, default=50, help="training epochs (default: %(default)s)")
     g.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: crop/2)")
-    g.add_argument("--optimizer", choices=["sgd", "adamw"], default=None,
-                   help="default per data set: SGD for VOC, AdamW for ADE20K")
+    g.add_argument(
+        "--optimizer",
+        choices=["sgd", "adamw"],
+        default=None,
+        help="default per data set: SGD for VOC, AdamW for ADE20K",
+    )
     g.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3)")
     g.add_argument("--weight-decay", type=float, default=None, help="default: 5e-4 (VOC), 1e-4 (ADE20K)")
     g.add_argument("--train-batch-size", type=int, default=16, help="training crops per step (default: %(default)s)")
     g.add_argument("--head-batch-size", dest="train_batch_size", type=int, help=argparse.SUPPRESS)
-    g.add_argument("--test-scales", type=float, nargs="+", default=None,
-                   help="multi-scale test ratios (default: 1.0 for VOC; 1.0 1.32 1.73 for ADE20K)")
+    g.add_argument(
+        "--test-scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="multi-scale test ratios (default: 1.0 for VOC; 1.0 1.32 1.73 for ADE20K)",
+    )
     g.add_argument("--flip", action="store_true", help="add horizontal flips at test time")
-    g.add_argument("--cache-views", type=int, default=None,
-                   help="cached augmented crops per training image (default: 2 on CPU, 0 = fresh each epoch on GPU)")
+    g.add_argument(
+        "--cache-views",
+        type=int,
+        default=None,
+        help="cached augmented crops per training image (default: 2 on CPU, 0 = fresh each epoch on GPU)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import (eval_args, finish_segmentation, load_model_from_args, resolve_size,
-                                         result_path, segmentation_splits)
+    from franca.commands._common import (
+        eval_args,
+        finish_segmentation,
+        load_model_from_args,
+        resolve_size,
+        result_path,
+        segmentation_splits,
+    )
     from franca.eval import linseg
 
     started = time.time()
@@ -53,10 +82,18 @@ def run(args: argparse.Namespace) -> int:
     model, device = load_model_from_args(args)
     cache = args.cache_views if args.cache_views is not None else (0 if device.type == "cuda" else 2)
     common = eval_args(args, device, data=(train, val), size=resolve_size(args, 518, int(model.patch_size)))
-    cfg = linseg.LinsegConfig.for_dataset(args.dataset, stride=args.stride, epochs=args.epochs,
-                                          batch_size=args.train_batch_size, optimizer=args.optimizer, lr=args.lr,
-                                          weight_decay=args.weight_decay, test_scales=args.test_scales,
-                                          flip=args.flip or None, cache_views=cache)
+    cfg = linseg.LinsegConfig.for_dataset(
+        args.dataset,
+        stride=args.stride,
+        epochs=args.epochs,
+        batch_size=args.train_batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        test_scales=args.test_scales,
+        flip=args.flip or None,
+        cache_views=cache,
+    )
     result = linseg.evaluate(model, **common.kwargs_for(linseg.evaluate), config=cfg, use_rasa=bool(args.rasa))
     finish_segmentation(args, "linseg", result, started)
     return 0

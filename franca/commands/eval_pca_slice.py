@@ -4,6 +4,7 @@ PCA fitted on train CLS features (centred, sorted by variance); train and val pr
 first k ∈ {200, 100, 50, 25, 10} components (clipped to the width); the 13-lr linear probe of
 `franca eval linear` on each; best val top-1 per k, plus the full-width CLS for reference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from franca.commands._common import add_classification_arguments
 
     g = add_classification_arguments(p, "pca_slice", "PCA slicing")
-    g.add_argument("--ks", type=int, nargs="+", default=[200, 100, 50, 25, 10],
-                   help="numbers of components (default: %(default)s)")
+    g.add_argument(
+        "--ks", type=int, nargs="+", default=[200, 100, 50, 25, 10], help="numbers of components (default: %(default)s)"
+    )
     g.add_argument("--epochs", type=int, default=10, help="probe epochs (default: %(default)s)")
     g.add_argument("--train-batch-size", type=int, default=256, help="probe batch (default: %(default)s)")
 
@@ -26,10 +28,11 @@ def run(args: argparse.Namespace) -> int:
     from franca.eval import pca_slice
 
     model, common, started = start_classification(args, "pca_slice", pca_slice.evaluate)
-    result = pca_slice.evaluate(model, **common, ks=args.ks, epochs=args.epochs,
-                                probe_batch_size=args.train_batch_size)
-    rows = [[k, result["per_k"][k], result["per_k_std"][k], result["explained_variance"].get(k, 1.0)]
-            for k in result["per_k"]]
+    result = pca_slice.evaluate(model, **common, ks=args.ks, epochs=args.epochs, probe_batch_size=args.train_batch_size)
+    rows = [
+        [k, result["per_k"][k], result["per_k_std"][k], result["explained_variance"].get(k, 1.0)]
+        for k in result["per_k"]
+    ]
     print(format_table(rows, ["components", "top-1", "std", "var. explained"]))
     finish_classification(args, "pca_slice", result, started)
     return 0

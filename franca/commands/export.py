@@ -7,6 +7,7 @@ pretrained_cfg_overlay=dict(file=PATH), **kwargs)` with the exact kwargs (SwiGLU
 --rasa FILE) is kept in the file's metadata. `--onnx FILE` and `--torch-export FILE.pt2` write
 graphs with dynamic batch, height and width (multiples of the patch size); see franca.models.deploy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,25 +16,30 @@ HELP = "backbone to safetensors (timm recipe), ONNX or torch.export with dynamic
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="released model name, named size or timm:NAME (optional with --weights: the file "
-                        "defines the model)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="released model name, named size or timm:NAME (optional with --weights: the file defines the model)",
+    )
     p.add_argument("--weights", default=None, help="weights file in any supported layout")
     p.add_argument("--random-init", action="store_true", help="export random weights of --model (tests only)")
     p.add_argument("--rasa", default=None, help="RASA head file to store with the backbone")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--onnx", default=None, help="also write an ONNX file (dynamic batch, height, width)")
     p.add_argument("--torch-export", default=None, help="also write a torch.export program (.pt2)")
-    p.add_argument("--size", type=int, default=None,
-                   help="example input side for --onnx/--torch-export (default: the file's grid·patch)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="example input side for --onnx/--torch-export (default: the file's grid·patch)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import franca
     from franca.commands._common import weights_label
-    from franca.models.weights import timm_recipe
-
     from franca.commands._flags import check_out_path
+    from franca.models.weights import timm_recipe
 
     check_out_path(args.out, (".safetensors",))
     if args.torch_export and not str(args.torch_export).endswith(".pt2"):
@@ -54,11 +60,15 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx:
         from franca.models.deploy import export_onnx
 
-        print(f"wrote {export_onnx(model, args.onnx, size=args.size)} (inputs: images (B, 3, H, W), H and W "
-              f"multiples of {model.patch_size}; outputs: cls, registers, patch_tokens)")
+        print(
+            f"wrote {export_onnx(model, args.onnx, size=args.size)} (inputs: images (B, 3, H, W), H and W "
+            f"multiples of {model.patch_size}; outputs: cls, registers, patch_tokens)"
+        )
     if args.torch_export:
         from franca.models.deploy import export_program
 
-        print(f"wrote {export_program(model, args.torch_export, size=args.size)} "
-              f"(torch.export.load(...).module()(images))")
+        print(
+            f"wrote {export_program(model, args.torch_export, size=args.size)} "
+            f"(torch.export.load(...).module()(images))"
+        )
     return 0

@@ -6,6 +6,7 @@ The output holds `cls` (N, D), `patch` (N, n, D), `files` (the N image paths, in
 The output path is checked (suffix, writable folder) before any work, and the file is written to a
 temporary name and renamed, so a failed run never leaves a half-written file or destroys the last one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_data_argument(p, "folder of images, searched recursively (required)")
     p.add_argument("--out", required=True, help="output file (.pt or .npz)")
-    add_size_argument(p, "shorter side after resize; the square crop is that rounded down to a multiple of "
-                         "the patch size (default: %(default)s)", default=224)
+    add_size_argument(
+        p,
+        "shorter side after resize; the square crop is that rounded down to a multiple of "
+        "the patch size (default: %(default)s)",
+        default=224,
+    )
     add_quiet_argument(p)
 
 
@@ -39,9 +44,19 @@ def run(args: argparse.Namespace) -> int:
     model, device = load_model_from_args(args)
     fit_size(args.size, model.patch_size)  # the one size rule's info line; the crop does the rounding
     rasa = bool(getattr(args, "rasa", None))
-    res = extract_features(model, paths, args.size, device, batch_size=args.batch_size,
-                           num_workers=args.num_workers, rasa=rasa, progress=not args.quiet)
+    res = extract_features(
+        model,
+        paths,
+        args.size,
+        device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        rasa=rasa,
+        progress=not args.quiet,
+    )
     out = save_features(res, args.out)
-    print(f"{len(res['files'])} images ({len(res['skipped'])} skipped) → {out}: cls {tuple(res['cls'].shape)}, "
-          f"patch {tuple(res['patch'].shape)}")
+    print(
+        f"{len(res['files'])} images ({len(res['skipped'])} skipped) → {out}: cls {tuple(res['cls'].shape)}, "
+        f"patch {tuple(res['patch'].shape)}"
+    )
     return 0

@@ -9,6 +9,7 @@ override that contradicts it is an error), and the stages' crop sizes are rounde
 of its patch size. Overrides apply to both stages (e.g. data.dataset=/images train.batch_size_per_gpu=8).
 Each stage writes its own run folder under --output-dir (--resume / --overwrite as in `franca pretrain`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,18 +23,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--checkpoint", required=True, help="pretraining checkpoint (this project's) to start from")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for both stages")
-    p.add_argument("--stages", default="highres-364,highres-518",
-                   help="comma-separated presets run in order (default: %(default)s)")
-    p.add_argument("--output-dir", default="runs/highres", help="parent folder of the stage runs (default: %(default)s)")
+    p.add_argument(
+        "--stages",
+        default="highres-364,highres-518",
+        help="comma-separated presets run in order (default: %(default)s)",
+    )
+    p.add_argument(
+        "--output-dir", default="runs/highres", help="parent folder of the stage runs (default: %(default)s)"
+    )
     add_run_folder_arguments(p, checkpoint=False)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands.pretrain import allowed_changes, continue_command, print_summary
-    from franca.utils.errors import UserError
     from franca.train.highres import read_checkpoint_model, stage_config
     from franca.train.loop import train
+    from franca.utils.errors import UserError
 
     if args.allow_config_change and not args.resume:
         raise UserError("--allow-config-change applies to --resume only")
@@ -42,14 +48,33 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"checkpoint {src} does not exist")
     saved, patch = read_checkpoint_model(src)
     stages = [s for s in args.stages.split(",") if s]
-    configs = [stage_config(s, [f"train.output_dir={Path(args.output_dir) / Path(s).stem}", *args.overrides],
-                            saved, patch, str(src)) for s in stages]
-    cmd = ["highres", "--checkpoint", str(args.checkpoint), "--stages", args.stages, "--output-dir",
-           str(args.output_dir), *(["--quiet"] if args.quiet else []), "--resume", *args.overrides]
+    configs = [
+        stage_config(
+            s, [f"train.output_dir={Path(args.output_dir) / Path(s).stem}", *args.overrides], saved, patch, str(src)
+        )
+        for s in stages
+    ]
+    cmd = [
+        "highres",
+        "--checkpoint",
+        str(args.checkpoint),
+        "--stages",
+        args.stages,
+        "--output-dir",
+        str(args.output_dir),
+        *(["--quiet"] if args.quiet else []),
+        "--resume",
+        *args.overrides,
+    ]
     for cfg in configs:  # all configs validated before the first stage starts
         cfg.train.init_from = str(src)
-        summary = train(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite,
-                        allow_config_change=allowed_changes(args))
+        summary = train(
+            cfg,
+            resume=args.resume,
+            quiet=args.quiet,
+            overwrite=args.overwrite,
+            allow_config_change=allowed_changes(args),
+        )
         cont = continue_command(cmd, summary)
         print_summary(summary, cont)
         if cont:  # stopped by a limit: the next stage needs this one finished

@@ -13,6 +13,7 @@ match the saved one except for the keys named by --allow-config-change) or --ove
 again; the old files stay until the new run's first checkpoint). Two runs on one folder at the same
 time are refused. Multi-GPU: `torchrun --nproc-per-node=8 -m franca pretrain …`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,20 +35,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # The flags every command shares, as shortcuts for the config keys they set (one vocabulary).
-SHORTCUTS = {"data": "data.dataset", "out": "train.output_dir", "seed": "train.seed",
-             "batch_size": "train.batch_size_per_gpu", "device": "train.device"}
+SHORTCUTS = {
+    "data": "data.dataset",
+    "out": "train.output_dir",
+    "seed": "train.seed",
+    "batch_size": "train.batch_size_per_gpu",
+    "device": "train.device",
+}
 
 
 def add_config_shortcuts(p: argparse.ArgumentParser) -> None:
     """--data/--out/--seed/--batch-size/--device: the same flags as the other commands, each setting
     one config key (an explicit `key=value` for the same key is an error, not a silent choice)."""
-    p.add_argument("--data", default=None, metavar="PATH",
-                   help="images to train on: a folder (any layout), webdataset shards, or toy (sets data.dataset; "
-                        "default: the preset's)")
-    p.add_argument("--out", default=None, metavar="DIR", help="run folder (sets train.output_dir; default: the preset's)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="images to train on: a folder (any layout), webdataset shards, or toy (sets data.dataset; "
+        "default: the preset's)",
+    )
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="run folder (sets train.output_dir; default: the preset's)"
+    )
     p.add_argument("--seed", default=None, type=int, help="sets train.seed (default: the preset's)")
-    p.add_argument("--batch-size", default=None, type=int, help="images per process and step (sets "
-                   "train.batch_size_per_gpu; default: the preset's)")
+    p.add_argument(
+        "--batch-size",
+        default=None,
+        type=int,
+        help="images per process and step (sets train.batch_size_per_gpu; default: the preset's)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (sets train.device; default: the preset's)")
 
 
@@ -71,15 +87,29 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
 def add_run_folder_arguments(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     """--resume / --overwrite / --allow-config-change (pretrain and highres)."""
     where = "train.output_dir" if checkpoint else "each stage's folder under --output-dir"
-    p.add_argument("--resume", action="store_true",
-                   help=f"continue exactly from the checkpoint in {where}{' (or --checkpoint)' if checkpoint else ''}")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue exactly from the checkpoint in {where}{' (or --checkpoint)' if checkpoint else ''}",
+    )
     if checkpoint:
-        p.add_argument("--checkpoint", default=None, metavar="PATH",
-                       help="with --resume: continue from this checkpoint file instead")
-    p.add_argument("--overwrite", action="store_true",
-                   help=f"replace the run already in {where} (its files stay until the first new checkpoint)")
-    p.add_argument("--allow-config-change", default=None, metavar="KEY[,KEY]",
-                   help="with --resume: config keys (or sections, e.g. optim) that may differ from the saved run")
+        p.add_argument(
+            "--checkpoint",
+            default=None,
+            metavar="PATH",
+            help="with --resume: continue from this checkpoint file instead",
+        )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace the run already in {where} (its files stay until the first new checkpoint)",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        default=None,
+        metavar="KEY[,KEY]",
+        help="with --resume: config keys (or sections, e.g. optim) that may differ from the saved run",
+    )
 
 
 def allowed_changes(args: argparse.Namespace) -> list[str]:
@@ -87,15 +117,17 @@ def allowed_changes(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.utils.errors import UserError
     from franca.train.config import dump_yaml, list_presets, load_config
+    from franca.utils.errors import UserError
 
     if args.list_presets:
         print("\n".join(list_presets()))
         return 0
     if args.checkpoint and not args.resume:
-        raise UserError(f"--checkpoint {args.checkpoint} names the file --resume continues from: add --resume "
-                        "(to start a new run from a checkpoint's weights, use train.init_from=PATH)")
+        raise UserError(
+            f"--checkpoint {args.checkpoint} names the file --resume continues from: add --resume "
+            "(to start a new run from a checkpoint's weights, use train.init_from=PATH)"
+        )
     if args.allow_config_change and not args.resume:
         raise UserError("--allow-config-change applies to --resume only")
     args.overrides = shortcut_overrides(args) + list(args.overrides)
@@ -106,8 +138,9 @@ def run(args: argparse.Namespace) -> int:
     from franca.train.loop import train
 
     resume = args.checkpoint if args.checkpoint else args.resume
-    summary = train(cfg, resume=resume, quiet=args.quiet, overwrite=args.overwrite,
-                    allow_config_change=allowed_changes(args))
+    summary = train(
+        cfg, resume=resume, quiet=args.quiet, overwrite=args.overwrite, allow_config_change=allowed_changes(args)
+    )
     cmd = ["pretrain", "--config", args.config, *(["--quiet"] if args.quiet else []), "--resume", *args.overrides]
     print_summary(summary, continue_command(cmd, summary))
     return 0
@@ -120,8 +153,11 @@ def continue_command(argv: list[str], summary: dict) -> Optional[str]:
     world = int(summary.get("world_size", 1))
     if world > 1:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        launch = (["torchrun", f"--nproc-per-node={local}", "-m", "franca"] if local == world
-                  else ["torchrun", "<your torchrun options>", "-m", "franca"])
+        launch = (
+            ["torchrun", f"--nproc-per-node={local}", "-m", "franca"]
+            if local == world
+            else ["torchrun", "<your torchrun options>", "-m", "franca"]
+        )
     else:
         launch = ["franca"]
     return shlex.join(launch + argv)
@@ -132,12 +168,14 @@ def print_summary(s: dict, continue_with: Optional[str] = None) -> None:
 
     if not is_main():
         return
-    lines = [f"iterations        {s['iterations']} / {s['planned_iterations']} ({s['epochs']:.2f} epochs, "
-             f"{s['images_seen']} images)",
-             f"wall time         {s['wall_time_s']:.1f} s  ({s['device_hours']:.4f} device-hours on "
-             f"{s['world_size']} x {s['device']})",
-             f"skipped files     {s['skipped_files']}",
-             f"checkpoint        {s['checkpoint']}"]
+    lines = [
+        f"iterations        {s['iterations']} / {s['planned_iterations']} ({s['epochs']:.2f} epochs, "
+        f"{s['images_seen']} images)",
+        f"wall time         {s['wall_time_s']:.1f} s  ({s['device_hours']:.4f} device-hours on "
+        f"{s['world_size']} x {s['device']})",
+        f"skipped files     {s['skipped_files']}",
+        f"checkpoint        {s['checkpoint']}",
+    ]
     if "knn_top1_init" in s:
         lines.append(f"k-NN top-1 init   {s['knn_top1_init']:.2f}%")
     if "knn_top1_trained" in s:
@@ -145,8 +183,9 @@ def print_summary(s: dict, continue_with: Optional[str] = None) -> None:
     if "knn_gain" in s:
         lines.append(f"k-NN gain         {s['knn_gain']:+.2f} points")
     if s.get("stop_reason", "done") != "done":
-        note = (" (append train.max_minutes=0 to the command below to lift it)"
-                if "max_minutes" in s["stop_reason"] else "")
+        note = (
+            " (append train.max_minutes=0 to the command below to lift it)" if "max_minutes" in s["stop_reason"] else ""
+        )
         lines.append(f"stopped early     {s['stop_reason']}{note}")
     if continue_with:
         lines.append(f"continue with     {continue_with}")

@@ -14,6 +14,7 @@ gives the cleaned tokens. Also written: OUT's RASA file (`<out>.rasa.safetensors
 stage, the position R² of two probes fitted on one half of the held-out images and scored on the
 other: a closed-form ridge probe and the paper's sigmoid predictor trained to convergence.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,55 +35,121 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("RASA")
     add_data_argument(g, "folder of training images, searched recursively (default: the built-in toy set's images)")
-    g.add_argument("--iterations", type=_iterations, default=8,
-                   help="removal stages T, or `auto`: stop when the held-out R² of both probes (trained sigmoid "
-                        "predictor, ridge) is below --auto-threshold or stops falling, at most --max-iterations (default: %(default)s)")
-    g.add_argument("--max-iterations", type=int, default=16, help="most stages with --iterations auto (default: %(default)s)")
-    g.add_argument("--auto-threshold", type=float, default=0.05,
-                   help="--iterations auto stops once the held-out R² is below this (default: %(default)s)")
-    g.add_argument("--auto-min-drop", type=float, default=0.005,
-                   help="--iterations auto stops when a stage lowers the R² by less than this (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=None,
-                   help="train each stage for this many epochs with the reference's cosine schedule "
-                        "(default: train until the loss converges, see --max-steps)")
-    g.add_argument("--max-steps", type=int, default=2000,
-                   help="most optimiser steps per stage when training to convergence (default: %(default)s)")
-    g.add_argument("--tol", type=float, default=1e-3,
-                   help="converged when the mean loss of the last --window steps is less than this (relative) "
-                        "below the window before (default: %(default)s)")
+    g.add_argument(
+        "--iterations",
+        type=_iterations,
+        default=8,
+        help="removal stages T, or `auto`: stop when the held-out R² of both probes (trained sigmoid "
+        "predictor, ridge) is below --auto-threshold or stops falling, at most --max-iterations (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-iterations", type=int, default=16, help="most stages with --iterations auto (default: %(default)s)"
+    )
+    g.add_argument(
+        "--auto-threshold",
+        type=float,
+        default=0.05,
+        help="--iterations auto stops once the held-out R² is below this (default: %(default)s)",
+    )
+    g.add_argument(
+        "--auto-min-drop",
+        type=float,
+        default=0.005,
+        help="--iterations auto stops when a stage lowers the R² by less than this (default: %(default)s)",
+    )
+    g.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="train each stage for this many epochs with the reference's cosine schedule "
+        "(default: train until the loss converges, see --max-steps)",
+    )
+    g.add_argument(
+        "--max-steps",
+        type=int,
+        default=2000,
+        help="most optimiser steps per stage when training to convergence (default: %(default)s)",
+    )
+    g.add_argument(
+        "--tol",
+        type=float,
+        default=1e-3,
+        help="converged when the mean loss of the last --window steps is less than this (relative) "
+        "below the window before (default: %(default)s)",
+    )
     g.add_argument("--window", type=int, default=50, help="steps per convergence window (default: %(default)s)")
-    g.add_argument("--cache-views", type=int, default=0,
-                   help="run the backbone on this many augmented passes over the training images once and "
-                        "train every stage on those cached tokens (default: 0, a fresh pass each epoch)")
-    g.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate; the paper's best (default: %(default)s; "
-                   "the reference configs use 2e-4)")
+    g.add_argument(
+        "--cache-views",
+        type=int,
+        default=0,
+        help="run the backbone on this many augmented passes over the training images once and "
+        "train every stage on those cached tokens (default: 0, a fresh pass each epoch)",
+    )
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=2e-3,
+        help="AdamW learning rate; the paper's best (default: %(default)s; the reference configs use 2e-4)",
+    )
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
-    add_size_argument(g, "square training/probe image side, rounded down to a multiple of the patch size "
-                         "(default: the backbone's own image size; the reference uses 518)")
-    g.add_argument("--no-augment", action="store_true",
-                   help="fit on cached features of resized images without augmentation (fast on CPU, "
-                        "but content and position are then correlated)")
-    g.add_argument("--no-std-quirk", action="store_true",
-                   help="normalise training images with std 0.225 for blue instead of the reference's 0.255")
-    g.add_argument("--reference-removal", action="store_true",
-                   help="remove each stage's raw predictor directions exactly as the official head does "
-                        "(default: restrict them to the span that earlier stages left, which keeps the "
-                        "folded map an orthogonal projection)")
-    g.add_argument("--heldout-fraction", type=float, default=0.1,
-                   help="share of images held out for the R² probes (default: %(default)s)")
-    g.add_argument("--max-heldout", type=int, default=256, help="at most this many held-out images (default: %(default)s)")
-    g.add_argument("--probe-fit-fraction", type=float, default=0.5,
-                   help="share of the held-out images that fit the probes; the rest score them (default: %(default)s)")
-    g.add_argument("--probe-max-steps", type=int, default=2000,
-                   help="most full-batch steps of the sigmoid probe, trained to convergence (default: %(default)s)")
-    g.add_argument("--no-probe-dihedral", action="store_true",
-                   help="probe the held-out images as they are (default: each turned by a fixed random flip/"
-                        "90° rotation, so that image content does not correlate with grid position)")
+    add_size_argument(
+        g,
+        "square training/probe image side, rounded down to a multiple of the patch size "
+        "(default: the backbone's own image size; the reference uses 518)",
+    )
+    g.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="fit on cached features of resized images without augmentation (fast on CPU, "
+        "but content and position are then correlated)",
+    )
+    g.add_argument(
+        "--no-std-quirk",
+        action="store_true",
+        help="normalise training images with std 0.225 for blue instead of the reference's 0.255",
+    )
+    g.add_argument(
+        "--reference-removal",
+        action="store_true",
+        help="remove each stage's raw predictor directions exactly as the official head does "
+        "(default: restrict them to the span that earlier stages left, which keeps the "
+        "folded map an orthogonal projection)",
+    )
+    g.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.1,
+        help="share of images held out for the R² probes (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-heldout", type=int, default=256, help="at most this many held-out images (default: %(default)s)"
+    )
+    g.add_argument(
+        "--probe-fit-fraction",
+        type=float,
+        default=0.5,
+        help="share of the held-out images that fit the probes; the rest score them (default: %(default)s)",
+    )
+    g.add_argument(
+        "--probe-max-steps",
+        type=int,
+        default=2000,
+        help="most full-batch steps of the sigmoid probe, trained to convergence (default: %(default)s)",
+    )
+    g.add_argument(
+        "--no-probe-dihedral",
+        action="store_true",
+        help="probe the held-out images as they are (default: each turned by a fixed random flip/"
+        "90° rotation, so that image content does not correlate with grid position)",
+    )
     g.add_argument("--max-images", type=int, default=None, help="use at most this many images in total")
     g.add_argument("--seed", type=int, default=400, help="random seed (default: %(default)s, the reference's)")
-    g.add_argument("--out", default=None,
-                   help="backbone file to write: .safetensors (franca.export_backbone, timm-loadable) or "
-                        ".pt/.pth (state dict); default: runs/rasa/<model>-rasa.safetensors")
+    g.add_argument(
+        "--out",
+        default=None,
+        help="backbone file to write: .safetensors (franca.export_backbone, timm-loadable) or "
+        ".pt/.pth (state dict); default: runs/rasa/<model>-rasa.safetensors",
+    )
     g.add_argument("--report", default=None, help="JSON report path (default: next to --out, .json)")
     add_quiet_argument(g)
 
@@ -114,8 +181,13 @@ def run(args: argparse.Namespace) -> int:
 
     auto = args.iterations == "auto"
     iterations = args.max_iterations if auto else args.iterations
-    for flag, value in (("--max-iterations", iterations), ("--epochs", args.epochs or 1), ("--max-steps", args.max_steps),
-                        ("--window", args.window), ("--probe-max-steps", args.probe_max_steps)):
+    for flag, value in (
+        ("--max-iterations", iterations),
+        ("--epochs", args.epochs or 1),
+        ("--max-steps", args.max_steps),
+        ("--window", args.window),
+        ("--probe-max-steps", args.probe_max_steps),
+    ):
         if value < 1:
             raise ValueError(f"{flag} must be ≥ 1, got {value}")
     if args.cache_views < 0:
@@ -137,18 +209,32 @@ def run(args: argparse.Namespace) -> int:
     batch = min(args.batch_size, len(train_files))
     if batch < args.batch_size:
         log.warning("only %d training images: batch size %d instead of %d", len(train_files), batch, args.batch_size)
-    log.info("RASA on %s: %d training and %d held-out images at %d px, %s stages", root, len(train_files),
-             len(held_files), size, f"auto (at most {iterations})" if auto else iterations)
+    log.info(
+        "RASA on %s: %d training and %d held-out images at %d px, %s stages",
+        root,
+        len(train_files),
+        len(held_files),
+        size,
+        f"auto (at most {iterations})" if auto else iterations,
+    )
 
     def loader(files_, transform, shuffle: bool, drop_last: bool):
         g = torch.Generator().manual_seed(args.seed)
-        return torch.utils.data.DataLoader(rdata.ImageFiles(files_, transform), batch_size=batch, shuffle=shuffle,
-                                           drop_last=drop_last, num_workers=args.num_workers, generator=g,
-                                           pin_memory=device.type == "cuda", persistent_workers=False)
+        return torch.utils.data.DataLoader(
+            rdata.ImageFiles(files_, transform),
+            batch_size=batch,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=args.num_workers,
+            generator=g,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
 
     eval_tf = rdata.rasa_eval_transform(size)
-    heldout = _heldout_tokens(model, loader(held_files, eval_tf, False, False), device, args.seed,
-                              dihedral=not args.no_probe_dihedral)
+    heldout = _heldout_tokens(
+        model, loader(held_files, eval_tf, False, False), device, args.seed, dihedral=not args.no_probe_dihedral
+    )
     if args.no_augment:
         tokens = extract_all(model, loader(train_files, eval_tf, False, False), device)
         source = CachedFeatures(tokens, grid, batch, seed=args.seed)
@@ -161,12 +247,24 @@ def run(args: argparse.Namespace) -> int:
         else:
             source = BackboneFeatures(model, train_loader, device, size)
 
-    probe = ProbeSettings(fit_fraction=args.probe_fit_fraction, max_steps=args.probe_max_steps,
-                          seed=args.seed)
-    cfg = RasaConfig(iterations=iterations, epochs=args.epochs, max_steps=args.max_steps, tol=args.tol,
-                     window=args.window, lr=args.lr, weight_decay=args.weight_decay, batch_size=batch, seed=args.seed,
-                     project_previous=not args.reference_removal, auto=auto, auto_threshold=args.auto_threshold,
-                     auto_min_drop=args.auto_min_drop, probe=probe, progress=not args.quiet)
+    probe = ProbeSettings(fit_fraction=args.probe_fit_fraction, max_steps=args.probe_max_steps, seed=args.seed)
+    cfg = RasaConfig(
+        iterations=iterations,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        tol=args.tol,
+        window=args.window,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=batch,
+        seed=args.seed,
+        project_previous=not args.reference_removal,
+        auto=auto,
+        auto_threshold=args.auto_threshold,
+        auto_min_drop=args.auto_min_drop,
+        probe=probe,
+        progress=not args.quiet,
+    )
     result = fit_rasa(source, cfg, device=device, heldout=heldout)
 
     name = (args.model or Path(args.weights).stem).replace(":", "_")
@@ -177,22 +275,49 @@ def run(args: argparse.Namespace) -> int:
     else:  # .pt/.pth: the backbone's state dict, rasa_proj included
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.cpu().state_dict(), out)
-    rasa_file = save_rasa_file(out.with_name(out.stem + ".rasa.safetensors"), result.directions,
-                               metadata={"model": str(args.model), "iterations": str(len(result.directions))})
+    rasa_file = save_rasa_file(
+        out.with_name(out.stem + ".rasa.safetensors"),
+        result.directions,
+        metadata={"model": str(args.model), "iterations": str(len(result.directions))},
+    )
     failed = bool(result.probe_failures)
     report = {
-        "protocol": "rasa", "metric_name": "sigmoid_r2_final",
+        "protocol": "rasa",
+        "metric_name": "sigmoid_r2_final",
         "metric": None if failed else result.r2("sigmoid", "final"),
         "status": "probe_failure" if failed else "ok",
-        "backbone": model_identity(args), "output": str(out), "rasa_file": str(rasa_file),
-        "data": str(root), "n_train_images": len(train_files), "n_heldout_images": len(held_files),
-        "size": size, "grid": list(grid), "augment": not args.no_augment, "cache_views": args.cache_views,
+        "backbone": model_identity(args),
+        "output": str(out),
+        "rasa_file": str(rasa_file),
+        "data": str(root),
+        "n_train_images": len(train_files),
+        "n_heldout_images": len(held_files),
+        "size": size,
+        "grid": list(grid),
+        "augment": not args.no_augment,
+        "cache_views": args.cache_views,
         "heldout_dihedral": not args.no_probe_dihedral,
-        "config": {"iterations": args.iterations, "max_iterations": iterations,
-                   **{k: getattr(cfg, k) for k in ("epochs", "max_steps", "tol", "window", "lr", "weight_decay",
-                                                   "batch_size", "seed", "project_previous", "auto_threshold",
-                                                   "auto_min_drop")},
-                   "probe": vars(probe)},
+        "config": {
+            "iterations": args.iterations,
+            "max_iterations": iterations,
+            **{
+                k: getattr(cfg, k)
+                for k in (
+                    "epochs",
+                    "max_steps",
+                    "tol",
+                    "window",
+                    "lr",
+                    "weight_decay",
+                    "batch_size",
+                    "seed",
+                    "project_previous",
+                    "auto_threshold",
+                    "auto_min_drop",
+                )
+            },
+            "probe": vars(probe),
+        },
         **result.report(),
     }
     report_path = Path(args.report) if args.report else out.with_suffix(".json")
@@ -224,16 +349,25 @@ def format_table(result) -> str:
     lines = []
     if result.probe_sizes:
         s = result.probe_sizes
-        lines.append(f"probes fit on {s['fit_images']} held-out images ({s['fit_tokens']} tokens, D={s['dim']}), "
-                     f"scored on {s['score_images']} others ({s['score_tokens']} tokens)")
+        lines.append(
+            f"probes fit on {s['fit_images']} held-out images ({s['fit_tokens']} tokens, D={s['dim']}), "
+            f"scored on {s['score_images']} others ({s['score_tokens']} tokens)"
+        )
     for msg in result.probe_failures:
         lines.append(f"PROBE FAILURE: {msg}")
-    lines.append(f"{'stage':>5} {'steps':>6} {'conv':>5} {'ridge before':>12} {'ridge after':>11} "
-                 f"{'sigmoid before':>14} {'sigmoid after':>13}")
+    lines.append(
+        f"{'stage':>5} {'steps':>6} {'conv':>5} {'ridge before':>12} {'ridge after':>11} "
+        f"{'sigmoid before':>14} {'sigmoid after':>13}"
+    )
     for h in result.history:
         b, a = h.get("before"), h.get("after")
-        cell = (lambda m, p, n: f"{m[p]['r2']:>{n}.4f}" if m else f"{'-':>{n}}")
-        lines.append(f"{h['iteration']:>5} {h['steps']:>6} {str(h['converged']):>5} {cell(b, 'ridge', 12)} "
-                     f"{cell(a, 'ridge', 11)} {cell(b, 'sigmoid', 14)} {cell(a, 'sigmoid', 13)}")
+
+        def cell(m, p, n):
+            return f"{m[p]['r2']:>{n}.4f}" if m else f"{'-':>{n}}"
+
+        lines.append(
+            f"{h['iteration']:>5} {h['steps']:>6} {str(h['converged']):>5} {cell(b, 'ridge', 12)} "
+            f"{cell(a, 'ridge', 11)} {cell(b, 'sigmoid', 14)} {cell(a, 'sigmoid', 13)}"
+        )
     lines.append(f"stopped: {result.stop_reason}")
     return "\n".join(lines)

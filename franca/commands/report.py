@@ -1,5 +1,6 @@
 """Gather a run directory's result JSONs (any with protocol/metric keys), pretraining metrics
 (JSONL) and PNG figures into one markdown page and an HTML twin (default: RUN_DIR/report.md/.html)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,12 @@ HELP = "gather a run's results and figures into one markdown/HTML page"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder to gather (searched recursively)")
-    p.add_argument("--out", default=None, help="markdown path (default: RUN_DIR/report.md); the HTML page, with "
-                   "its images embedded, is written next to it")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="markdown path (default: RUN_DIR/report.md); the HTML page, with "
+        "its images embedded, is written next to it",
+    )
     p.add_argument("--title", default=None, help="page title (default: the folder name)")
 
 

@@ -5,6 +5,7 @@ sizes). Without --data, the first images of the built-in toy validation set are 
 is titled with the model and weights, each head is labelled, a colour bar gives the scale, and
 both sides stay within 2000 px.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,19 +15,25 @@ from franca.commands._common import add_model_arguments
 HELP = "PNG of the last block's CLS attention per head over images"
 
 
-def add_image_arguments(p: argparse.ArgumentParser, name: str, n_default: int, default_size: str,
-                        panels: bool = True) -> None:
+def add_image_arguments(
+    p: argparse.ArgumentParser, name: str, n_default: int, default_size: str, panels: bool = True
+) -> None:
     """--data/--n-images/--size/[--panel-size]/--out/--quiet, shared by the viz commands."""
     from franca.commands._flags import add_data_argument, add_quiet_argument, add_size_argument
 
-    add_data_argument(p, "image files or folders, searched recursively (default: the built-in toy validation "
-                         "images)", nargs="+")
+    add_data_argument(
+        p, "image files or folders, searched recursively (default: the built-in toy validation images)", nargs="+"
+    )
     p.add_argument("--n-images", type=int, default=n_default, help="use the first N images (default: %(default)s)")
     add_size_argument(p, f"square input side, rounded down to a multiple of the patch size (default: {default_size})")
     if panels:
-        p.add_argument("--panel-size", type=int, default=None, metavar="PX",
-                       help="side of each drawn panel (default: the input size, shrunk so that the figure "
-                            "stays within 2000 px)")
+        p.add_argument(
+            "--panel-size",
+            type=int,
+            default=None,
+            metavar="PX",
+            help="side of each drawn panel (default: the input size, shrunk so that the figure stays within 2000 px)",
+        )
     p.add_argument("--out", default=f"runs/viz/{name}.png", help="PNG path (default: %(default)s)")
     add_quiet_argument(p)
 
@@ -43,8 +50,12 @@ def prepare_images(args: argparse.Namespace, patch: int) -> tuple[list, int | No
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
     add_image_arguments(p, "attention", 4, "480; 16 patches for the tiny vitt sizes")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="DINO thresholding: keep the patches holding this share of attention (e.g. 0.6)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="DINO thresholding: keep the patches holding this share of attention (e.g. 0.6)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,8 +66,19 @@ def run(args: argparse.Namespace) -> int:
     check_out_path(args.out, (".png",))
     model, device = load_model_from_args(args)
     images, size = prepare_images(args, model.patch_size)
-    res = attention_figure(model, images, args.out, image_size=size, threshold=args.threshold, device=device,
-                           panel_size=args.panel_size, label=title_label(args.model, args.weights, getattr(args, 'random_init', False)), progress=True)
-    print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images, "
-          f"{res['maps'].shape[1]} heads)")
+    res = attention_figure(
+        model,
+        images,
+        args.out,
+        image_size=size,
+        threshold=args.threshold,
+        device=device,
+        panel_size=args.panel_size,
+        label=title_label(args.model, args.weights, getattr(args, "random_init", False)),
+        progress=True,
+    )
+    print(
+        f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images, "
+        f"{res['maps'].shape[1]} heads)"
+    )
     return 0

@@ -5,6 +5,7 @@ For each block: the per-image maximum L2 norm over the CLS and patch tokens of t
 `--model A [--weights WA] --model B …` (a --weights applies to the --model before it) or as
 repeated `--backbone NAME[:WEIGHTS]`. Without --data, the built-in toy validation set is used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,16 +41,35 @@ def parse_backbone(spec: str) -> dict[str, str | None]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action=_ModelAction, dest="model",
-                   help="backbone name (repeatable; default: vitt8 if no --model or --backbone is given)")
-    p.add_argument("--weights", action=_ModelAction, dest="weights",
-                   help="weights of the preceding --model (a released --model name needs none)")
-    p.add_argument("--backbone", action="append", default=[],
-                   help="NAME[:WEIGHTS], another way to add a backbone (repeatable; default: none)")
-    p.add_argument("--label", action="append", default=[],
-                   help="legend label per backbone, in order (default: the model and weights file names)")
-    p.add_argument("--random-init", action="store_true",
-                   help="allow backbones with no weights (random initialisation, seed 0); otherwise they are an error")
+    p.add_argument(
+        "--model",
+        action=_ModelAction,
+        dest="model",
+        help="backbone name (repeatable; default: vitt8 if no --model or --backbone is given)",
+    )
+    p.add_argument(
+        "--weights",
+        action=_ModelAction,
+        dest="weights",
+        help="weights of the preceding --model (a released --model name needs none)",
+    )
+    p.add_argument(
+        "--backbone",
+        action="append",
+        default=[],
+        help="NAME[:WEIGHTS], another way to add a backbone (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        help="legend label per backbone, in order (default: the model and weights file names)",
+    )
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="allow backbones with no weights (random initialisation, seed 0); otherwise they are an error",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     add_image_arguments(p, "norms", 100, "224; 8 patches for the tiny vitt sizes", panels=False)
@@ -89,8 +109,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             model = franca.load_backbone(s["model"], weights=s["weights"]).eval()
         size = fit_size(args.size, model.patch_size) if args.size is not None else None
-        curves[label] = {**layerwise_max_norm(model, images, image_size=size, batch_size=args.batch_size,
-                                              device=device, progress=True), **s}
+        curves[label] = {
+            **layerwise_max_norm(
+                model, images, image_size=size, batch_size=args.batch_size, device=device, progress=True
+            ),
+            **s,
+        }
         if s["weights"]:  # the JSON names the weights file, not where it lay on this machine
             curves[label]["weights"] = Path(s["weights"]).name
         del model

@@ -5,6 +5,7 @@ with mean 0.5 / std 0.2, fit PCA on the patch tokens of all images together; wit
 threshold (default 0.35 on the min-max scaled first component) a second PCA is fitted on the
 foreground only and the background is black. --no-threshold shows the plain 3-component PCA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,12 @@ HELP = "PNG of the first 3 PCA components of patch features as RGB"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=True)
     add_image_arguments(p, "pca", 4, "448; 16 patches for the tiny vitt sizes")
-    p.add_argument("--threshold", type=float, default=0.35,
-                   help="foreground threshold on the first component (default: %(default)s)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.35,
+        help="foreground threshold on the first component (default: %(default)s)",
+    )
     p.add_argument("--no-threshold", action="store_true", help="no foreground step: PCA over all patches")
 
 
@@ -32,8 +37,18 @@ def run(args: argparse.Namespace) -> int:
     model, device = load_model_from_args(args)
     images, size = prepare_images(args, model.patch_size)
     rasa = bool(getattr(args, "rasa", None))
-    res = pca_figure(model, images, args.out, image_size=size, fg_threshold=None if args.no_threshold else args.threshold,
-                     device=device, use_rasa=rasa, panel_size=args.panel_size, batch_size=args.batch_size,
-                     label=title_label(args.model, args.weights, getattr(args, 'random_init', False)) + (", RASA" if rasa else ""), progress=True)
+    res = pca_figure(
+        model,
+        images,
+        args.out,
+        image_size=size,
+        fg_threshold=None if args.no_threshold else args.threshold,
+        device=device,
+        use_rasa=rasa,
+        panel_size=args.panel_size,
+        batch_size=args.batch_size,
+        label=title_label(args.model, args.weights, getattr(args, "random_init", False)) + (", RASA" if rasa else ""),
+        progress=True,
+    )
     print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images)")
     return 0

@@ -13,6 +13,7 @@ The arguments here are the effective probabilities, with those values as default
 
 Randomness comes from torch's RNG of the calling process / data-loader worker (seeded per worker).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -81,23 +82,33 @@ class MultiCropParams:
         if self.n_local < 0:
             raise ValueError(f"n_local must be >= 0, got {self.n_local}")
         if self.global_size <= 0 or self.local_size <= 0:
-            raise ValueError(f"crop sizes must be > 0, got global_size={self.global_size}, "
-                             f"local_size={self.local_size}")
+            raise ValueError(
+                f"crop sizes must be > 0, got global_size={self.global_size}, local_size={self.local_size}"
+            )
         for name in ("global_scale", "local_scale"):
             sc = _pair(name, getattr(self, name))
             if not 0.0 < sc[0] <= sc[1] <= 1.0:
                 raise ValueError(f"{name} must be (min, max) with 0 < min <= max <= 1, got {sc}")
             object.__setattr__(self, name, sc)
-        for name in ("blur_p_global1", "blur_p_global2", "blur_p_local", "solarize_p_global2", "jitter_p",
-                     "grayscale_p", "flip_p", "invert_p"):
+        for name in (
+            "blur_p_global1",
+            "blur_p_global2",
+            "blur_p_local",
+            "solarize_p_global2",
+            "jitter_p",
+            "grayscale_p",
+            "flip_p",
+            "invert_p",
+        ):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
             object.__setattr__(self, name, float(p))
         jitter = tuple(float(j) for j in self.jitter)
         if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
-            raise ValueError(f"jitter must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5, "
-                             f"got {tuple(self.jitter)}")
+            raise ValueError(
+                f"jitter must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5, got {tuple(self.jitter)}"
+            )
         if self.blur_kernel <= 0 or self.blur_kernel % 2 == 0:
             raise ValueError(f"blur_kernel must be odd and positive, got {self.blur_kernel}")
         sigma = _pair("blur_sigma", self.blur_sigma)
@@ -106,8 +117,10 @@ class MultiCropParams:
         blurred = [self.global_size] * (max(self.blur_p_global1, self.blur_p_global2) > 0)
         blurred += [self.local_size] * (self.blur_p_local > 0 and self.n_local > 0)
         if blurred and self.blur_kernel // 2 >= min(blurred):
-            raise ValueError(f"blur_kernel={self.blur_kernel} is too large for {min(blurred)}-px crops (reflect "
-                             f"padding needs blur_kernel // 2 < crop size)")
+            raise ValueError(
+                f"blur_kernel={self.blur_kernel} is too large for {min(blurred)}-px crops (reflect "
+                f"padding needs blur_kernel // 2 < crop size)"
+            )
         for name in ("mean", "std"):
             v = tuple(float(x) for x in getattr(self, name))
             if len(v) != 3:
@@ -155,13 +168,13 @@ class MultiCropAugmentation:
         blur = v2.GaussianBlur(kernel_size=p.blur_kernel, sigma=p.blur_sigma)
         finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(p.mean), std=list(p.std))]
         solarize = [v2.RandomSolarize(threshold=128, p=p.solarize_p_global2)] if p.solarize_p_global2 > 0 else []
-        self.global1 = v2.Compose(geometry(p.global_size, p.global_scale) + colour
-                                  + _maybe(blur, p.blur_p_global1) + finish)
+        self.global1 = v2.Compose(
+            geometry(p.global_size, p.global_scale) + colour + _maybe(blur, p.blur_p_global1) + finish
+        )
         self.global2 = v2.Compose(
             geometry(p.global_size, p.global_scale) + colour + _maybe(blur, p.blur_p_global2) + solarize + finish
         )
-        self.local = v2.Compose(geometry(p.local_size, p.local_scale) + colour + _maybe(blur, p.blur_p_local)
-                                + finish)
+        self.local = v2.Compose(geometry(p.local_size, p.local_scale) + colour + _maybe(blur, p.blur_p_local) + finish)
 
     @staticmethod
     def _to_uint8_image(image: Any) -> torch.Tensor:

@@ -28,6 +28,7 @@ rounding, and the device never waits for the host.
 
 Randomness comes only from the generator passed in: the output is a pure function of (images, generator state).
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,16 @@ def sample_crop_boxes(
     return _boxes(n, height, width, scale, ratio, tries, generator, tensor_sizes=False)
 
 
-def _boxes(n: int, height: Any, width: Any, scale: tuple[float, float], ratio: tuple[float, float], tries: int,
-           generator: torch.Generator, tensor_sizes: bool) -> torch.Tensor:
+def _boxes(
+    n: int,
+    height: Any,
+    width: Any,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    tries: int,
+    generator: torch.Generator,
+    tensor_sizes: bool,
+) -> torch.Tensor:
     """The draws of sample_crop_boxes; sizes are python numbers or (n, 1) float tensors."""
     area = torch.empty(n, tries).uniform_(scale[0], scale[1], generator=generator) * (height * width)
     aspect = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator).exp()
@@ -153,13 +162,14 @@ def crop_resize(groups: SizeGroups, boxes: torch.Tensor, image_of: torch.Tensor,
     """
     device = groups[0][2].device
     if len(groups) == 1:
-        (_, idx, x), = groups
+        ((_, idx, x),) = groups
         x = _as_float(x)
         pos = torch.empty(max(idx) + 1, dtype=torch.long)
         pos[idx] = torch.arange(len(idx))
         rois = torch.cat([pos[image_of].to(torch.float32).unsqueeze(1), boxes], dim=1)
-        return roi_align(x, rois.to(device, non_blocking=True), output_size=size, spatial_scale=1.0,
-                         sampling_ratio=-1, aligned=True)
+        return roi_align(
+            x, rois.to(device, non_blocking=True), output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
+        )
     crops = torch.empty(boxes.shape[0], groups[0][2].shape[1], size, size, device=device)
     n_images = max(max(idx) for _, idx, _ in groups) + 1
     for _, idx, x in groups:
@@ -167,8 +177,14 @@ def crop_resize(groups: SizeGroups, boxes: torch.Tensor, image_of: torch.Tensor,
         pos[idx] = torch.arange(len(idx))
         mine = (pos[image_of] >= 0).nonzero().squeeze(1)
         rois = torch.cat([pos[image_of[mine]].to(torch.float32).unsqueeze(1), boxes[mine]], dim=1)
-        out = roi_align(_as_float(x), rois.to(device, non_blocking=True), output_size=size, spatial_scale=1.0,
-                        sampling_ratio=-1, aligned=True)
+        out = roi_align(
+            _as_float(x),
+            rois.to(device, non_blocking=True),
+            output_size=size,
+            spatial_scale=1.0,
+            sampling_ratio=-1,
+            aligned=True,
+        )
         crops.index_copy_(0, mine.to(device, non_blocking=True), out)
     return crops
 
@@ -184,12 +200,17 @@ def _check_images(images: ImageBatch) -> list[tuple[int, int]]:
         bad = [t for t in images if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[0] != 3 or min(t.shape) == 0]
         if not bad and len({t.device for t in images}) == 1:
             return [(int(t.shape[1]), int(t.shape[2])) for t in images]
-        got = (f"a list with {bad[0].dtype} {tuple(bad[0].shape)}" if bad
-               else f"a list on devices {sorted(str(t.device) for t in images)}")
+        got = (
+            f"a list with {bad[0].dtype} {tuple(bad[0].shape)}"
+            if bad
+            else f"a list on devices {sorted(str(t.device) for t in images)}"
+        )
     else:
         got = type(images).__name__ if not isinstance(images, (list, tuple)) else "an empty list"
-    raise ValueError(f"BatchMultiCrop expects a non-empty uint8 tensor (B, 3, H, W) or a list of uint8 (3, H, W) "
-                     f"tensors on one device, got {got}")
+    raise ValueError(
+        f"BatchMultiCrop expects a non-empty uint8 tensor (B, 3, H, W) or a list of uint8 (3, H, W) "
+        f"tensors on one device, got {got}"
+    )
 
 
 class BatchMultiCrop:
@@ -228,20 +249,43 @@ class BatchMultiCrop:
             by_size: dict[tuple[int, int], list[int]] = {}
             for b, hw in enumerate(sizes):
                 by_size.setdefault(hw, []).append(b)
-            groups = [(hw, idx, torch.stack([images[b] for b in idx]))
-                      for hw, idx in by_size.items()]
-        g = self._views(groups, sizes, 2, self.global_size, self.global_scale, self.blur_p_global,
-                        (0.0, self.solarize_p_global2), generator)
+            groups = [(hw, idx, torch.stack([images[b] for b in idx])) for hw, idx in by_size.items()]
+        g = self._views(
+            groups,
+            sizes,
+            2,
+            self.global_size,
+            self.global_scale,
+            self.blur_p_global,
+            (0.0, self.solarize_p_global2),
+            generator,
+        )
         if self.n_local:
-            loc = self._views(groups, sizes, self.n_local, self.local_size, self.local_scale,
-                              (self.blur_p_local,) * self.n_local, (0.0,) * self.n_local, generator)
+            loc = self._views(
+                groups,
+                sizes,
+                self.n_local,
+                self.local_size,
+                self.local_scale,
+                (self.blur_p_local,) * self.n_local,
+                (0.0,) * self.n_local,
+                generator,
+            )
         else:
             loc = g.new_zeros((0, 3, 0, 0))
         return {"global_crops": g, "local_crops": loc, "n_local_crops": self.n_local}
 
-    def _views(self, groups: SizeGroups, sizes: list[tuple[int, int]],
-               n_views: int, size: int, scale: tuple[float, float], blur_p: Sequence[float],
-               solarize_p: Sequence[float], generator: torch.Generator) -> torch.Tensor:
+    def _views(
+        self,
+        groups: SizeGroups,
+        sizes: list[tuple[int, int]],
+        n_views: int,
+        size: int,
+        scale: tuple[float, float],
+        blur_p: Sequence[float],
+        solarize_p: Sequence[float],
+        generator: torch.Generator,
+    ) -> torch.Tensor:
         """`n_views` crops of every image, view-major (crop v·B + b is view v of image b), normalised."""
         B = len(sizes)
         n = n_views * B

@@ -5,6 +5,7 @@ A share ``mask_probability`` of the 2B global crops gets a mask with stratified 
 (:func:`franca.data.masking.sample_mask_counts`); the flat indices of masked tokens, a per-token
 weight 1/(masked tokens of its crop) and an upper bound for fixed-size buffers come with the batch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -78,8 +79,9 @@ def collate_multicrop(
         global_crops, local_crops = global_crops.to(dtype), local_crops.to(dtype)
 
     out: dict[str, Any] = {"global_crops": global_crops, "local_crops": local_crops, "n_local_crops": n_l}
-    out.update(sample_masks(global_crops.shape[0], mask_generator, mask_ratio_min_max, mask_probability, n_tokens,
-                            generator))
+    out.update(
+        sample_masks(global_crops.shape[0], mask_generator, mask_ratio_min_max, mask_probability, n_tokens, generator)
+    )
     if all(lab is not None for lab in labels):
         out["labels"] = torch.as_tensor(labels)
     return out
@@ -101,7 +103,7 @@ def sample_masks(
     if n_tokens is None:
         if not hasattr(mask_generator, "num_patches"):
             raise ValueError("collate_multicrop: pass n_tokens (the mask generator has no 'num_patches')")
-        n_tokens = int(getattr(mask_generator, "num_patches"))
+        n_tokens = int(mask_generator.num_patches)
     counts, upperbound = sample_mask_counts(n_crops, n_tokens, mask_ratio_min_max, mask_probability, generator)
     masks = torch.stack([mask_generator(k, generator).flatten() for k in counts])
     if masks.shape != (n_crops, n_tokens):

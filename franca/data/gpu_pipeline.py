@@ -13,6 +13,7 @@ drawn in the workers as before.
 
 The same code runs on CPU tensors (``device=cpu``), which is how the tests compare it with the worker path.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 _EXIF_ORIENTATION = 0x0112
 
 
-def read_encoded(src: Path | str | bytes, name: Optional[str] = None, *,
-                 decode: Callable[..., Image.Image]) -> dict[str, Any]:
+def read_encoded(
+    src: Path | str | bytes, name: Optional[str] = None, *, decode: Callable[..., Image.Image]
+) -> dict[str, Any]:
     """Worker side: ``{"jpeg": uint8 bytes (N,)}`` for a JPEG the device can decode as it is (RGB or grayscale,
     no EXIF rotation, at most PIL's MAX_IMAGE_PIXELS), else ``{"image": uint8 (3,H,W)}`` from the data set's
     full CPU decode ``decode(src[, name])``, which also applies EXIF rotation and converts 16-bit, CMYK, palette
@@ -48,8 +50,12 @@ def read_encoded(src: Path | str | bytes, name: Optional[str] = None, *,
             with Image.open(io.BytesIO(data)) as im:  # the header only: no pixels are decoded here
                 w, h = im.size
                 limit = Image.MAX_IMAGE_PIXELS
-                plain_jpeg = im.format == "JPEG" and im.mode in ("RGB", "L") and (not limit or w * h <= limit) \
+                plain_jpeg = (
+                    im.format == "JPEG"
+                    and im.mode in ("RGB", "L")
+                    and (not limit or w * h <= limit)
                     and im.getexif().get(_EXIF_ORIENTATION, 1) == 1
+                )
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         plain_jpeg = False
     if plain_jpeg:
@@ -101,8 +107,9 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> Optional[torch.Tens
         return None
 
 
-def decode_batch(items: Sequence[dict[str, Any]],
-                 device: torch.device) -> tuple[list[Optional[torch.Tensor]], list[int]]:
+def decode_batch(
+    items: Sequence[dict[str, Any]], device: torch.device
+) -> tuple[list[Optional[torch.Tensor]], list[int]]:
     """uint8 (3,H,W) images on `device` for the worker items (``"jpeg"`` bytes or ``"image"`` tensors), the JPEGs
     in one batched call; and the positions that could not be decoded (None in the list)."""
     out: list[Optional[torch.Tensor]] = [None] * len(items)

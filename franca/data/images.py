@@ -22,6 +22,7 @@
   `random.Random(seed * 1_000_003 + k).randrange(len(files))` for k = 1, 2, … instead, each failure
   counted by `UnreadableFiles`.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,9 @@ import os
 import random
 import stat
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -60,8 +62,9 @@ def _name(source: str | os.PathLike | bytes | bytearray, name: str | None) -> st
     return "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
 
 
-def open_image(source: str | os.PathLike | bytes | bytearray, name: str | None = None, *,
-               exif: bool = True) -> Image.Image:
+def open_image(
+    source: str | os.PathLike | bytes | bytearray, name: str | None = None, *, exif: bool = True
+) -> Image.Image:
     """Decode an image file (a path or its bytes) to 8-bit RGB; `name` is used in error messages.
 
     `exif=False` keeps the stored pixel orientation: readers whose annotations (masks, depth maps,
@@ -78,8 +81,10 @@ def open_image(source: str | os.PathLike | bytes | bytearray, name: str | None =
             with Image.open(src) as im:
                 w, h = im.size
                 if w * h > MAX_IMAGE_PIXELS:
-                    raise ImageBombError(f"image {where} declares {w}×{h} = {w * h:,} pixels, more than the "
-                                         f"{MAX_IMAGE_PIXELS:,} allowed (a decompression bomb?); skipped")
+                    raise ImageBombError(
+                        f"image {where} declares {w}×{h} = {w * h:,} pixels, more than the "
+                        f"{MAX_IMAGE_PIXELS:,} allowed (a decompression bomb?); skipped"
+                    )
                 im.load()
                 return to_rgb(im, exif=exif)
     except ImageBombError:
@@ -197,8 +202,9 @@ class UnreadableFiles:
     """Counts files tried and unreadable in one place (a folder or a set of shards); raises
     TooManyUnreadableError once at least `min_tried` were tried and more than `max_fraction` failed."""
 
-    def __init__(self, where: str, min_tried: int = 64, max_fraction: float = 0.5,
-                 log_level: int = logging.WARNING) -> None:
+    def __init__(
+        self, where: str, min_tried: int = 64, max_fraction: float = 0.5, log_level: int = logging.WARNING
+    ) -> None:
         self.where, self.min_tried, self.max_fraction = where, min_tried, max_fraction
         self.log_level = log_level  # DEBUG where the caller reports the skipped files itself
         self.tried = self.bad = 0
@@ -221,7 +227,8 @@ class UnreadableFiles:
         if self.tried and (self.tried >= self.min_tried or final) and self.bad > self.max_fraction * self.tried:
             raise TooManyUnreadableError(
                 f"{self.bad} of the {self.tried} images tried in {self.where} are unreadable (more than "
-                f"{self.max_fraction:.0%}), e.g. {', '.join(self.examples)}; is this an image folder?")
+                f"{self.max_fraction:.0%}), e.g. {', '.join(self.examples)}; is this an image folder?"
+            )
 
 
 # what a reader may raise for an unreadable file: open_image raises FileNotFoundError or CorruptImageError; a
@@ -229,9 +236,15 @@ class UnreadableFiles:
 UNREADABLE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def read_or_replace(files: Sequence[Path], index: int, seed: int, read: Callable[[Path], Any],
-                    unreadable: UnreadableFiles, max_draws: int = 64,
-                    where: str | None = None) -> tuple[Path, Any, list[str]]:
+def read_or_replace(
+    files: Sequence[Path],
+    index: int,
+    seed: int,
+    read: Callable[[Path], Any],
+    unreadable: UnreadableFiles,
+    max_draws: int = 64,
+    where: str | None = None,
+) -> tuple[Path, Any, list[str]]:
     """(path, read(path), paths skipped) for the slot `index`: `files[index % n]` if it reads, else the
     first readable file drawn by `random.Random(seed * 1_000_003 + k).randrange(n)`, k = 1 … max_draws - 1.
 
@@ -252,8 +265,10 @@ def read_or_replace(files: Sequence[Path], index: int, seed: int, read: Callable
         unreadable.ok()
         return path, value, skipped
     unreadable.check(final=True)
-    raise TooManyUnreadableError(f"{len(skipped)} images drawn in a row from {where or unreadable.where} were "
-                                 f"unreadable, e.g. {skipped[0] if skipped else '?'}; is this an image folder?")
+    raise TooManyUnreadableError(
+        f"{len(skipped)} images drawn in a row from {where or unreadable.where} were "
+        f"unreadable, e.g. {skipped[0] if skipped else '?'}; is this an image folder?"
+    )
 
 
 def warn_skipped(count: int, exc: BaseException) -> None:

@@ -14,6 +14,7 @@ and masks the rest, so every position is equally likely to be masked. Two varian
 
 Every function takes an explicit ``torch.Generator`` or ``numpy.random.Generator``; none touches global RNG.
 """
+
 from __future__ import annotations
 
 import math

@@ -22,6 +22,7 @@ synthetic (`n00000000`, …). Every item draws from its own generator seeded by
 ~/.cache/franca) named by a hash of the parameters, writing to a temporary sibling and
 renaming it into place, so an aborted or concurrent run never leaves half a set behind.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from franca.data.toy_scenes import ToyStyle, render_classification, render_depth, render_pair, render_segmentation
-from franca.utils.progress import progress as progress_bar
 from franca.data.toy_shapes import SHAPES
+from franca.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,17 @@ TOY_VERSION = 2  # bump when the rendering changes, so cached sets are regenerat
 #    a 1-px ignore band and pairs of two differently painted instances (franca.data.toy_scenes); the
 #    classification images are unchanged. generate_toy(..., dense_scale=1, dense_version=1) writes
 #    version 1's bytes.
-_PARTS = {"cls_train": 1, "cls_val": 2, "seg_train": 3, "seg_val": 4, "depth_train": 5, "depth_test": 6,
-          "spair_trn": 7, "spair_val": 8, "spair_test": 9}
+_PARTS = {
+    "cls_train": 1,
+    "cls_val": 2,
+    "seg_train": 3,
+    "seg_val": 4,
+    "depth_train": 5,
+    "depth_test": 6,
+    "spair_trn": 7,
+    "spair_val": 8,
+    "spair_test": 9,
+}
 NYU_FOCAL = 518.8579  # the focal length BTS writes in its file lists (pixels at 640x480)
 
 
@@ -122,8 +132,13 @@ def _write_voc(root: Path, style: ToyStyle, n_train: int, n_val: int, seed: int,
             ids[split].append(name)
             bar.update()
     sets = voc / "ImageSets" / "Segmentation"
-    lists = {"train": ids["train"], "val": ids["val"], "trainval": ids["train"] + ids["val"],
-             "trainaug": ids["train"], "aug": ids["train"]}
+    lists = {
+        "train": ids["train"],
+        "val": ids["val"],
+        "trainval": ids["train"] + ids["val"],
+        "trainaug": ids["train"],
+        "aug": ids["train"],
+    }
     for name, lst in lists.items():
         (sets / f"{name}.txt").write_text("".join(f"{x}\n" for x in lst))
     (voc / "classes.txt").write_text("background\n" + "".join(f"{n}\n" for n in class_names(style.n_classes)))
@@ -173,32 +188,61 @@ def _write_spair(root: Path, style: ToyStyle, n_pairs: dict[str, int], seed: int
                 imname = f"{split}{i:05d}{key}"
                 _save_jpeg(pair[key], sp / "JPEGImages" / cat / f"{imname}.jpg")
                 Image.fromarray(pair[f"{key}_mask"].astype(np.uint8) * np.uint8(cls + 1)).save(
-                    sp / "Segmentation" / cat / f"{imname}.png")
+                    sp / "Segmentation" / cat / f"{imname}.png"
+                )
                 kps = np.round(pair[f"{key}_kps"], 2)
                 meta[key] = (imname, kps, _bbox(pair[f"{key}_mask"]))
-                ann = {"filename": f"{imname}.jpg", "src_database": "franca-toy", "annotator": "generator",
-                       "image_width": style.dense_size, "image_height": style.dense_size, "image_depth": 3,
-                       "category": cat,
-                       "kps": {str(k): [float(x), float(y)] for k, (x, y) in enumerate(kps.tolist())},
-                       "bndbox": meta[key][2], "pose": "unspecified", "truncated": 0, "occluded": 0}
+                ann = {
+                    "filename": f"{imname}.jpg",
+                    "src_database": "franca-toy",
+                    "annotator": "generator",
+                    "image_width": style.dense_size,
+                    "image_height": style.dense_size,
+                    "image_depth": 3,
+                    "category": cat,
+                    "kps": {str(k): [float(x), float(y)] for k, (x, y) in enumerate(kps.tolist())},
+                    "bndbox": meta[key][2],
+                    "pose": "unspecified",
+                    "truncated": 0,
+                    "occluded": 0,
+                }
                 (sp / "ImageAnnotation" / cat / f"{imname}.json").write_text(json.dumps(ann))
             (sn, skps, sbox), (tn, tkps, tbox) = meta["src"], meta["trg"]
             pair_id = f"{i:06d}-{sn}-{tn}:{cat}"
-            ann = {"pair_id": i, "filename": pair_id, "src_imname": f"{sn}.jpg", "trg_imname": f"{tn}.jpg",
-                   "src_imsize": [style.dense_size, style.dense_size, 3],
-                   "trg_imsize": [style.dense_size, style.dense_size, 3],
-                   "src_bndbox": sbox, "trg_bndbox": tbox, "category": cat, "category_id": cls + 1,
-                   "src_kps": skps.tolist(), "trg_kps": tkps.tolist(), "kps_ids": list(range(len(skps))),
-                   "viewpoint_variation": level, "scale_variation": 0, "truncation": 0, "occlusion": 0,
-                   "mirror": 0, "toy_transform": np.round(pair["transform"], 6).tolist()}
+            ann = {
+                "pair_id": i,
+                "filename": pair_id,
+                "src_imname": f"{sn}.jpg",
+                "trg_imname": f"{tn}.jpg",
+                "src_imsize": [style.dense_size, style.dense_size, 3],
+                "trg_imsize": [style.dense_size, style.dense_size, 3],
+                "src_bndbox": sbox,
+                "trg_bndbox": tbox,
+                "category": cat,
+                "category_id": cls + 1,
+                "src_kps": skps.tolist(),
+                "trg_kps": tkps.tolist(),
+                "kps_ids": list(range(len(skps))),
+                "viewpoint_variation": level,
+                "scale_variation": 0,
+                "truncation": 0,
+                "occlusion": 0,
+                "mirror": 0,
+                "toy_transform": np.round(pair["transform"], 6).tolist(),
+            }
             (sp / "PairAnnotation" / split / f"{pair_id}.json").write_text(json.dumps(ann))
             layout.append(pair_id + "\n")
             bar.update()
         (sp / "Layout" / "large" / f"{split}.txt").write_text("".join(layout))
 
 
-def _counts(n_train: int, n_val: int, n_seg: tuple[int, int] | None, n_depth: tuple[int, int] | None,
-            n_pairs: tuple[int, int, int] | None) -> dict:
+def _counts(
+    n_train: int,
+    n_val: int,
+    n_seg: tuple[int, int] | None,
+    n_depth: tuple[int, int] | None,
+    n_pairs: tuple[int, int, int] | None,
+) -> dict:
     """Sizes of the dense sets; by default derived from the classification sizes."""
     n_seg = n_seg or (max(2, n_train // 10), max(2, n_val // 5))
     n_depth = n_depth or (max(2, n_train // 10), max(2, n_val // 5))
@@ -206,9 +250,19 @@ def _counts(n_train: int, n_val: int, n_seg: tuple[int, int] | None, n_depth: tu
     return {"seg": list(n_seg), "depth": list(n_depth), "pairs": list(n_pairs)}
 
 
-def generate_toy(out_dir: str | os.PathLike, size: int = 64, n_train: int = 5000, n_val: int = 1000,
-                 seed: int = 0, *, n_seg: tuple[int, int] | None = None, n_depth: tuple[int, int] | None = None,
-                 n_pairs: tuple[int, int, int] | None = None, progress: bool = True, **style_kwargs) -> Path:
+def generate_toy(
+    out_dir: str | os.PathLike,
+    size: int = 64,
+    n_train: int = 5000,
+    n_val: int = 1000,
+    seed: int = 0,
+    *,
+    n_seg: tuple[int, int] | None = None,
+    n_depth: tuple[int, int] | None = None,
+    n_pairs: tuple[int, int, int] | None = None,
+    progress: bool = True,
+    **style_kwargs,
+) -> Path:
     """Render the synthetic data set into `out_dir` (created; must be empty or absent).
 
     Args:
@@ -236,19 +290,44 @@ def generate_toy(out_dir: str | os.PathLike, size: int = 64, n_train: int = 5000
         _write_voc(out, style, *counts["seg"], seed, bar)
         _write_nyu(out, style, *counts["depth"], seed, bar)
         _write_spair(out, style, dict(zip(("trn", "val", "test"), counts["pairs"])), seed, bar)
-    params = {"version": TOY_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val, **counts,
-              "style": asdict(style), "classes": class_names(style.n_classes)}
+    params = {
+        "version": TOY_VERSION,
+        "seed": seed,
+        "n_train": n_train,
+        "n_val": n_val,
+        **counts,
+        "style": asdict(style),
+        "classes": class_names(style.n_classes),
+    }
     (out / "toy.json").write_text(json.dumps(params, indent=1) + "\n")
     return out
 
 
-def toy_key(size: int = 64, n_train: int = 5000, n_val: int = 1000, seed: int = 0, *,
-            n_seg: tuple[int, int] | None = None, n_depth: tuple[int, int] | None = None,
-            n_pairs: tuple[int, int, int] | None = None, progress: bool = True, **style_kwargs) -> str:
+def toy_key(
+    size: int = 64,
+    n_train: int = 5000,
+    n_val: int = 1000,
+    seed: int = 0,
+    *,
+    n_seg: tuple[int, int] | None = None,
+    n_depth: tuple[int, int] | None = None,
+    n_pairs: tuple[int, int, int] | None = None,
+    progress: bool = True,
+    **style_kwargs,
+) -> str:
     """Short hash naming the cached set of these parameters (resolved: defaults count too)."""
-    desc = json.dumps({"v": TOY_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
-                       **_counts(n_train, n_val, n_seg, n_depth, n_pairs),
-                       "style": asdict(ToyStyle(size=size, **style_kwargs))}, sort_keys=True, default=list)
+    desc = json.dumps(
+        {
+            "v": TOY_VERSION,
+            "seed": seed,
+            "n_train": n_train,
+            "n_val": n_val,
+            **_counts(n_train, n_val, n_seg, n_depth, n_pairs),
+            "style": asdict(ToyStyle(size=size, **style_kwargs)),
+        },
+        sort_keys=True,
+        default=list,
+    )
     return hashlib.sha1(desc.encode()).hexdigest()[:12]
 
 
@@ -257,8 +336,14 @@ def default_cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "franca"
 
 
-BUILTIN_TOY: dict = {"size": 32, "object_size": (0.45, 0.7), "distractors": 0, "rotate": False, "clutter": 0.2,
-                     "texture": 0.0}
+BUILTIN_TOY: dict = {
+    "size": 32,
+    "object_size": (0.45, 0.7),
+    "distractors": 0,
+    "rotate": False,
+    "clutter": 0.2,
+    "texture": 0.0,
+}
 """The built-in set: what `franca pretrain` (tiny preset: data.toy_size and data.toy_options) trains on,
 and what every evaluation, RASA and figure command reads when given no data. Upright, flat-coloured objects
 (patterns gave the tiny preset's teacher a cluster cue other than the shape), a calm background and no

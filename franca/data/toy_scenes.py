@@ -20,6 +20,7 @@ for both objects of a pair).
 
 `franca.data.toy` writes these to disk in the real data sets' layouts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -84,8 +85,9 @@ class ToyStyle:
         if self.size < 16:
             raise ValueError(f"size must be >= 16 pixels, got {self.size}")
         if not 1 <= self.dense_scale <= 8 or self.dense_version not in (1, 2):
-            raise ValueError(f"dense_scale must be in [1, 8] and dense_version 1 or 2, got {self.dense_scale}, "
-                             f"{self.dense_version}")
+            raise ValueError(
+                f"dense_scale must be in [1, 8] and dense_version 1 or 2, got {self.dense_scale}, {self.dense_version}"
+            )
 
 
 def _place(rng: np.random.Generator, style: ToyStyle, diameter: float, side: int | None = None) -> np.ndarray:
@@ -118,8 +120,10 @@ def render_classification(rng: np.random.Generator, cls: int, style: ToyStyle) -
 def _neighbour_differs(label: np.ndarray, fg_only: bool = False) -> np.ndarray:
     """Pixels with a 4-neighbour of another label (with `fg_only`: of another non-zero label)."""
     edge = np.zeros(label.shape, dtype=bool)
-    for a, b in (((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
-                 ((slice(None), slice(1, None)), (slice(None), slice(None, -1)))):
+    for a, b in (
+        ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+    ):
         diff = label[a] != label[b]
         edge[a] |= diff & (label[b] != 0) if fg_only else diff
         edge[b] |= diff & (label[a] != 0) if fg_only else diff

@@ -9,6 +9,7 @@ A shape is placed in an image by a 2x3 affine matrix (pixel coordinates); the sa
 maps its keypoints, so keypoint annotations are exact by construction. Rasterisation uses
 PIL's polygon fill (no anti-aliasing), so the binary mask is exactly the set of painted pixels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,14 +45,61 @@ class Shape:
 def _build_shapes() -> tuple[Shape, ...]:
     disk = _ngon(48, 0.95)
     cross_arm = 0.32
-    plus = _poly(-cross_arm, -0.95, cross_arm, -0.95, cross_arm, -cross_arm, 0.95, -cross_arm, 0.95, cross_arm,
-                 cross_arm, cross_arm, cross_arm, 0.95, -cross_arm, 0.95, -cross_arm, cross_arm, -0.95, cross_arm,
-                 -0.95, -cross_arm, -cross_arm, -cross_arm)
+    plus = _poly(
+        -cross_arm,
+        -0.95,
+        cross_arm,
+        -0.95,
+        cross_arm,
+        -cross_arm,
+        0.95,
+        -cross_arm,
+        0.95,
+        cross_arm,
+        cross_arm,
+        cross_arm,
+        cross_arm,
+        0.95,
+        -cross_arm,
+        0.95,
+        -cross_arm,
+        cross_arm,
+        -0.95,
+        cross_arm,
+        -0.95,
+        -cross_arm,
+        -cross_arm,
+        -cross_arm,
+    )
     ell = _poly(-0.75, -0.95, -0.2, -0.95, -0.2, 0.4, 0.75, 0.4, 0.75, 0.95, -0.75, 0.95)
     arrow = _poly(-0.95, -0.22, 0.15, -0.22, 0.15, -0.7, 0.95, 0.0, 0.15, 0.7, 0.15, 0.22, -0.95, 0.22)
     bowtie = _poly(-0.8, -0.9, 0.8, -0.9, 0.12, 0.0, 0.8, 0.9, -0.8, 0.9, -0.12, 0.0)
-    letter_h = _poly(-0.85, -0.95, -0.4, -0.95, -0.4, -0.2, 0.4, -0.2, 0.4, -0.95, 0.85, -0.95, 0.85, 0.95,
-                     0.4, 0.95, 0.4, 0.2, -0.4, 0.2, -0.4, 0.95, -0.85, 0.95)
+    letter_h = _poly(
+        -0.85,
+        -0.95,
+        -0.4,
+        -0.95,
+        -0.4,
+        -0.2,
+        0.4,
+        -0.2,
+        0.4,
+        -0.95,
+        0.85,
+        -0.95,
+        0.85,
+        0.95,
+        0.4,
+        0.95,
+        0.4,
+        0.2,
+        -0.4,
+        0.2,
+        -0.4,
+        0.95,
+        -0.85,
+        0.95,
+    )
     half = np.concatenate([_ngon(48, 0.95)[:25], _poly(-0.95, 0.0)], axis=0)  # the lower half-disk
     square = _poly(-0.7, -0.7, 0.7, -0.7, 0.7, 0.7, -0.7, 0.7)
     triangle = _ngon(3, 0.98, -np.pi / 2)
@@ -64,8 +112,11 @@ def _build_shapes() -> tuple[Shape, ...]:
         Shape("plus", ((plus, True),), plus),
         Shape("star", ((star, True),), star),
         Shape("ring", ((disk, True), (_ngon(48, 0.55), False)), eight),
-        Shape("crescent", ((disk, True), (_ngon(48, 0.8, cx=0.42), False)),
-              _poly(0.13, -0.94, 0.13, 0.94, -0.95, 0.0, -0.67, -0.67, -0.67, 0.67)),
+        Shape(
+            "crescent",
+            ((disk, True), (_ngon(48, 0.8, cx=0.42), False)),
+            _poly(0.13, -0.94, 0.13, 0.94, -0.95, 0.0, -0.67, -0.67, -0.67, 0.67),
+        ),
         Shape("ell", ((ell, True),), ell),
         Shape("arrow", ((arrow, True),), arrow),
         Shape("bowtie", ((bowtie, True),), bowtie),
@@ -141,7 +192,7 @@ def background(rng: np.random.Generator, size: int, clutter: float) -> np.ndarra
     c0, c1 = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
-    t = (np.cos(angle) * xx + np.sin(angle) * yy)
+    t = np.cos(angle) * xx + np.sin(angle) * yy
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     img = c0 * (1 - t[..., None]) + c1 * t[..., None]
     if clutter > 0:

@@ -10,13 +10,15 @@ Classification data is an ImageFolder/ImageNet-layout root with ``train/`` and `
 is used. Readers are the project's (``franca.data.datasets``): ImageFolder, and the 11
 fine-grained sets of Table 7 (torchvision's classes with ``download=False``, plus CUB-200-2011).
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -25,8 +27,19 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-FINEGRAINED = ("food101", "cifar10", "cifar100", "sun397", "cars", "aircraft", "dtd", "pets",
-               "caltech101", "flowers102", "cub200")
+FINEGRAINED = (
+    "food101",
+    "cifar10",
+    "cifar100",
+    "sun397",
+    "cars",
+    "aircraft",
+    "dtd",
+    "pets",
+    "caltech101",
+    "flowers102",
+    "cub200",
+)
 # SimCLR/Kornblith convention: mean per-class accuracy for these, top-1 for the rest (§4).
 MEAN_PER_CLASS = ("aircraft", "pets", "caltech101", "flowers102")
 
@@ -42,24 +55,28 @@ def eval_transform(size: int = 224, resize_ratio: float = 256 / 224) -> Callable
 
         return image_transform(size, 1)  # the size is the crop; the model's patch divides it
 
-    return T.Compose([
-        T.Resize(int(round(size * resize_ratio)), interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(size),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return T.Compose(
+        [
+            T.Resize(int(round(size * resize_ratio)), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def train_augment_transform(size: int = 224) -> Callable:
     """The DINOv2 linear-probe train augmentation: RandomResizedCrop(size, bicubic) + hflip."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def protocol_transform(protocol: str, size: int) -> Callable:
@@ -77,8 +94,9 @@ def default_root() -> Path:
     return Path(builtin_toy()) / "imagenet"
 
 
-def build_eval_splits(root: str | Path | None, size: int = 224, protocol: str = "knn",
-                      train_transform: Callable | None = None) -> tuple[Any, Any]:
+def build_eval_splits(
+    root: str | Path | None, size: int = 224, protocol: str = "knn", train_transform: Callable | None = None
+) -> tuple[Any, Any]:
     """(train, val) datasets for a protocol from an ImageFolder root (toy set when None)."""
     from franca.data.datasets.folder import image_folder_splits
 
@@ -87,8 +105,14 @@ def build_eval_splits(root: str | Path | None, size: int = 224, protocol: str = 
     return image_folder_splits(root, train_transform or tf, tf)
 
 
-def classification_splits(data: Any, *, size: int = 224, protocol: str = "knn", finegrained: str | None = None,
-                          train_transform: Callable | None = None) -> tuple[Any, Any]:
+def classification_splits(
+    data: Any,
+    *,
+    size: int = 224,
+    protocol: str = "knn",
+    finegrained: str | None = None,
+    train_transform: Callable | None = None,
+) -> tuple[Any, Any]:
     """The (train, val) data sets of a classification protocol (k-NN, linear, logreg, PCA slicing) from
     its `data` argument, the one prologue they share.
 
@@ -102,16 +126,21 @@ def classification_splits(data: Any, *, size: int = 224, protocol: str = "knn", 
         train, val = data
         for name, part in (("train", train), ("val", val)):
             if part is None or isinstance(part, (str, os.PathLike)):
-                raise ValueError(f"data=(train, val) must hold two data sets, got {type(part).__name__} for {name}; "
-                                 f"pass a root as data=ROOT")
+                raise ValueError(
+                    f"data=(train, val) must hold two data sets, got {type(part).__name__} for {name}; "
+                    f"pass a root as data=ROOT"
+                )
         return train, val
     if data is not None and not isinstance(data, (str, os.PathLike)):
-        raise ValueError(f"data must be a root folder, None (the built-in toy set) or a (train, val) pair of data "
-                         f"sets; got one {type(data).__name__}")
+        raise ValueError(
+            f"data must be a root folder, None (the built-in toy set) or a (train, val) pair of data "
+            f"sets; got one {type(data).__name__}"
+        )
     if finegrained is not None:
         if data is None:
-            raise ValueError(f"reading the fine-grained data set {finegrained!r} needs data=ROOT (the folder "
-                             f"holding it)")
+            raise ValueError(
+                f"reading the fine-grained data set {finegrained!r} needs data=ROOT (the folder holding it)"
+            )
         return build_finegrained_splits(finegrained, data, size=size)
     return build_eval_splits(data, size=size, protocol=protocol, train_transform=train_transform)
 
@@ -142,10 +171,21 @@ class ClassificationInputs:
     val: dict[str, torch.Tensor]
 
 
-def classification_inputs(model: torch.nn.Module, data: Any, *, protocol: str, kind: str = "cls", size: int,
-                          batch_size: int, device: str | torch.device, num_workers: int,
-                          cache_dir: str | None, model_key: str | None, finegrained: str | None = None,
-                          train_features: bool = True) -> ClassificationInputs:
+def classification_inputs(
+    model: torch.nn.Module,
+    data: Any,
+    *,
+    protocol: str,
+    kind: str = "cls",
+    size: int,
+    batch_size: int,
+    device: str | torch.device,
+    num_workers: int,
+    cache_dir: str | None,
+    model_key: str | None,
+    finegrained: str | None = None,
+    train_features: bool = True,
+) -> ClassificationInputs:
     """The one prologue of k-NN, linear, logreg and PCA slicing: resolve the device and the data
     (`classification_splits`), then extract (or read from the cache) the train and val features of
     `kind` with `batch_size` images per backbone pass. `train_features=False` skips the train pass
@@ -155,8 +195,9 @@ def classification_inputs(model: torch.nn.Module, data: Any, *, protocol: str, k
 
     dev = resolve_device(device)
     train_set, val_set = classification_splits(data, size=size, protocol=protocol, finegrained=finegrained)
-    common = dict(kind=kind, device=dev, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir,
-                  model_key=model_key)
+    common = dict(
+        kind=kind, device=dev, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, model_key=model_key
+    )
     train = extract_features(model, train_set, **common) if train_features else None
     val = extract_features(model, val_set, **common)
     return ClassificationInputs(dev, train_set, val_set, train, val)

@@ -14,6 +14,7 @@ release working for one release, with a DeprecationWarning naming the new one. T
 positional argument of every `evaluate()`; weights and the output path belong to the command layer
 (`franca/commands/_common.py`), which builds the model and writes the result.
 """
+
 from __future__ import annotations
 
 import functools
@@ -77,16 +78,21 @@ class EvalArgs:
         protocol's default applies), and so are those the protocol does not take (keypoints reads no
         data in worker processes; depth and keypoints run one seed per call: their commands loop)."""
         params = inspect.signature(evaluate).parameters
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name in params and getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name in params and getattr(self, f.name) is not None
+        }
 
 
 SHARED_ARGUMENTS: tuple[str, ...] = tuple(f.name for f in fields(EvalArgs))
 """The keyword names that mean the same in every `evaluate()` that takes them."""
 
-BATCH_SIZE_CHANGED = ("batch_size now means the images per backbone pass (it was extract_batch_size) and the "
-                      "probe's batch is probe_batch_size (it was batch_size): pass batch_size=<your "
-                      "extract_batch_size> and probe_batch_size=<your old batch_size>")
+BATCH_SIZE_CHANGED = (
+    "batch_size now means the images per backbone pass (it was extract_batch_size) and the "
+    "probe's batch is probe_batch_size (it was batch_size): pass batch_size=<your "
+    "extract_batch_size> and probe_batch_size=<your old batch_size>"
+)
 """What linear's and PCA slicing's `batch_size` means since this release (`protocol_entry(changed=…)`)."""
 
 
@@ -100,9 +106,13 @@ def split_pair(data: Any) -> tuple[Any, Any]:
     return (data[0], data[1]) if is_pair(data) else (data, None)
 
 
-def protocol_entry(*, old_positional: Sequence[str] = (), old_pair: tuple[str, str] | None = None,
-                   renamed: Mapping[str, str] | None = None,
-                   changed: Mapping[str, str] | None = None) -> Callable[[_F], _F]:
+def protocol_entry(
+    *,
+    old_positional: Sequence[str] = (),
+    old_pair: tuple[str, str] | None = None,
+    renamed: Mapping[str, str] | None = None,
+    changed: Mapping[str, str] | None = None,
+) -> Callable[[_F], _F]:
     """Decorator for a protocol's `evaluate(model, data=None, *, …, progress=True, …)`.
 
     - `progress=False` turns the progress bars off for the call (`franca.utils.progress.quiet`).
@@ -131,8 +141,10 @@ def protocol_entry(*, old_positional: Sequence[str] = (), old_pair: tuple[str, s
             positional = False
             if len(args) > 1:
                 if len(args) > len(old_positional):
-                    raise TypeError(f"{where}() takes model and data positionally (the rest by keyword); "
-                                    f"got {1 + len(args)} positional arguments")
+                    raise TypeError(
+                        f"{where}() takes model and data positionally (the rest by keyword); "
+                        f"got {1 + len(args)} positional arguments"
+                    )
                 old.update(zip(old_positional, args))
                 args, positional = (), True
             for key in [k for k in kwargs if k in renamed or k in pair]:
@@ -144,8 +156,10 @@ def protocol_entry(*, old_positional: Sequence[str] = (), old_pair: tuple[str, s
                     both = sorted(set(new) & given)
                     spelled = sorted(k for k in old if _target(k, pair, renamed) in both)
                     advice = "; ".join(changed[b] for b in both if b in changed) or f"pass only {', '.join(both)}"
-                    raise TypeError(f"{where}(): got {', '.join(both)} together with its deprecated spelling "
-                                    f"({', '.join(spelled)}); {advice}")
+                    raise TypeError(
+                        f"{where}(): got {', '.join(both)} together with its deprecated spelling "
+                        f"({', '.join(spelled)}); {advice}"
+                    )
                 message = _deprecation_message(where, old, pair, renamed, positional)
                 notes = [changed[k] for k in changed if k in kwargs]
                 warnings.warn(message + "".join(f". Note: {n}" for n in notes), DeprecationWarning, stacklevel=2)
@@ -183,13 +197,13 @@ def _translate(old: dict[str, Any], pair: tuple[str, ...], renamed: Mapping[str,
     return new
 
 
-def _deprecation_message(where: str, old: dict[str, Any], pair: tuple[str, ...], renamed: Mapping[str, str],
-                         positional: bool) -> str:
+def _deprecation_message(
+    where: str, old: dict[str, Any], pair: tuple[str, ...], renamed: Mapping[str, str], positional: bool
+) -> str:
     parts = []
     if pair and set(pair) & set(old):
         parts.append(f"{'/'.join(pair)} → data=(train, val) (one set or root: data=...)")
     parts += [f"{k} → {renamed[k]}" for k in old if k in renamed]
     if positional and any(k not in pair and k not in renamed for k in old):
         parts.append(", ".join(f"positional {k} → {k}=..." for k in old if k not in pair and k not in renamed))
-    return (f"{where}(): deprecated argument names ({'; '.join(parts)}); the old names stop working in the next "
-            f"release")
+    return f"{where}(): deprecated argument names ({'; '.join(parts)}); the old names stop working in the next release"

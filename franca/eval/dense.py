@@ -7,12 +7,13 @@ The dense protocols apply their own exact resizing/augmentation (Leopart, Hummin
 `build_segmentation` (``franca.data.datasets.segmentation``) reads the official layouts of §12.2-12.4
 (and the built-in toy set).
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -25,12 +26,32 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HB_STD = (0.229, 0.224, 0.255)  # Hummingbird's normalisation quirk (`hbird/hbird_eval.py`), kept for parity
 
 # The raw segmentation readers live in franca.data.datasets.segmentation (re-exported here).
-from franca.data.datasets.segmentation import (COCO_THING_SUPERCATEGORIES, DATASETS, VOC_CLASSES,  # noqa: E402,F401
-                                               SegmentationSet, build_segmentation)
+from franca.data.datasets.segmentation import (  # noqa: E402,F401
+    COCO_THING_SUPERCATEGORIES,
+    DATASETS,
+    VOC_CLASSES,
+    SegmentationSet,
+    build_segmentation,
+)
 
-__all__ = ["COCO_THING_SUPERCATEGORIES", "DATASETS", "VOC_CLASSES", "SegmentationSet", "as_segmentation",
-           "batched", "build_segmentation", "dataset_info", "pair_roots", "patch_features", "raw_items",
-           "resize_pair", "resized_loader", "round_to_patch", "to_tensor", "upsample_logits"]
+__all__ = [
+    "COCO_THING_SUPERCATEGORIES",
+    "DATASETS",
+    "VOC_CLASSES",
+    "SegmentationSet",
+    "as_segmentation",
+    "batched",
+    "build_segmentation",
+    "dataset_info",
+    "pair_roots",
+    "patch_features",
+    "raw_items",
+    "resize_pair",
+    "resized_loader",
+    "round_to_patch",
+    "to_tensor",
+    "upsample_logits",
+]
 
 
 def as_segmentation(data, split: str, dataset: str = "voc", reduce_zero_label: bool = False):
@@ -57,9 +78,11 @@ def raw_items(dataset):
     what = type(dataset).__name__
     if isinstance(dataset, ImageMaskPairs) and dataset.transforms is not raw_pair:
         if type(dataset.transforms) is not JointToTensor:
-            raise ValueError(f"{what} has the joint transform {dataset.transforms!r}, but the dense protocols read raw "
-                             "(PIL image, mask) items and resize and augment them themselves: build it with "
-                             "transforms=franca.data.datasets.pairs.raw_pair (or use build_segmentation)")
+            raise ValueError(
+                f"{what} has the joint transform {dataset.transforms!r}, but the dense protocols read raw "
+                "(PIL image, mask) items and resize and augment them themselves: build it with "
+                "transforms=franca.data.datasets.pairs.raw_pair (or use build_segmentation)"
+            )
         dataset = copy.copy(dataset)
         dataset.transforms = raw_pair
         return dataset
@@ -67,12 +90,15 @@ def raw_items(dataset):
         n = len(dataset)
         image = dataset[0][0] if n else None
     except (TypeError, AttributeError, IndexError, KeyError) as exc:
-        raise ValueError(f"expected a segmentation data set (len() and items (PIL image, mask)), got {what}: "
-                         f"{exc}") from exc
+        raise ValueError(
+            f"expected a segmentation data set (len() and items (PIL image, mask)), got {what}: {exc}"
+        ) from exc
     if image is not None and not isinstance(image, Image.Image):
-        raise ValueError(f"{what}[0] holds a {type(image).__name__} image, but the dense protocols read raw (PIL "
-                         "RGB image, mask) items (they resize and augment themselves): drop the data set's "
-                         "transform, or build it with franca.data.datasets.segmentation.build_segmentation")
+        raise ValueError(
+            f"{what}[0] holds a {type(image).__name__} image, but the dense protocols read raw (PIL "
+            "RGB image, mask) items (they resize and augment themselves): drop the data set's "
+            "transform, or build it with franca.data.datasets.segmentation.build_segmentation"
+        )
     return dataset
 
 
@@ -115,8 +141,7 @@ def resize_pair(img, mask: np.ndarray, size: int | tuple[int, int]):
     return img, np.asarray(m, dtype=np.int64)
 
 
-def patch_features(model: torch.nn.Module, x: torch.Tensor, use_rasa: bool = False,
-                   amp: bool = False) -> torch.Tensor:
+def patch_features(model: torch.nn.Module, x: torch.Tensor, use_rasa: bool = False, amp: bool = False) -> torch.Tensor:
     """Last-layer normed patch tokens as a grid (B, h, w, D), fp32 (`franca.eval.features.patch_tokens`).
 
     `use_rasa` takes `patch_token_rasa` (position-cleaned tokens) instead of `x_norm_patchtokens`.
@@ -152,8 +177,15 @@ class _Resized(torch.utils.data.Dataset):
         return to_tensor(img, self.mean, self.std), torch.from_numpy(mask)
 
 
-def resized_loader(dataset, size: int, batch_size: int = 32, num_workers: int = 0,
-                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+def resized_loader(
+    dataset,
+    size: int,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+):
     """Ordered batches (x (B,3,S,S), masks (B,S,S)) of a raw set resized to S×S (§5/§6 queries)."""
-    return torch.utils.data.DataLoader(_Resized(dataset, size, mean, std), batch_size=batch_size,
-                                       shuffle=False, num_workers=num_workers)
+    return torch.utils.data.DataLoader(
+        _Resized(dataset, size, mean, std), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )

@@ -7,12 +7,13 @@ multiple of the patch. The head (``depth_head.BinDepthHead``) is trained with 10
 0.5·GradientLoss, AdamW (lr 5e-4), a linear warmup over 1.5 epochs then cosine (factor 0.01 → 1
 → 0.01). Metrics (δ1-3, RMSE, SI-RMSE) are per image over valid pixels, averaged over images.
 """
+
 from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,10 +71,11 @@ def center_square(image: Tensor, depth: Tensor, resolution: int) -> tuple[Tensor
     h, w = depth.shape
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
-    image, depth = image[:, top:top + s, left:left + s], depth[top:top + s, left:left + s]
+    image, depth = image[:, top : top + s, left : left + s], depth[top : top + s, left : left + s]
     if s != resolution:
-        image = F.interpolate(image[None], size=(resolution, resolution), mode="bilinear",
-                              antialias=True, align_corners=False)[0]
+        image = F.interpolate(
+            image[None], size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+        )[0]
         depth = F.interpolate(depth[None, None], size=(resolution, resolution), mode="nearest")[0, 0]
     return image, depth
 
@@ -115,10 +117,12 @@ def color_jitter(image: Tensor, gen: torch.Generator, strength: float = 0.2) -> 
     def u(lo: float, hi: float) -> float:
         return float(torch.empty(()).uniform_(lo, hi, generator=gen))
 
-    ops = [lambda x: TF.adjust_brightness(x, u(1 - strength, 1 + strength)),
-           lambda x: TF.adjust_contrast(x, u(1 - strength, 1 + strength)),
-           lambda x: TF.adjust_saturation(x, u(1 - strength, 1 + strength)),
-           lambda x: TF.adjust_hue(x, u(-strength, strength))]
+    ops = [
+        lambda x: TF.adjust_brightness(x, u(1 - strength, 1 + strength)),
+        lambda x: TF.adjust_contrast(x, u(1 - strength, 1 + strength)),
+        lambda x: TF.adjust_saturation(x, u(1 - strength, 1 + strength)),
+        lambda x: TF.adjust_hue(x, u(-strength, strength)),
+    ]
     for i in torch.randperm(4, generator=gen).tolist():
         image = ops[i](image)
     return image
@@ -171,13 +175,25 @@ def _as_list(batch: list) -> list:
 
 def _loader(ds: PreparedDepth, batch_size: int, num_workers: int, shuffle_gen: torch.Generator | None = None):
     sampler = torch.randperm(len(ds), generator=shuffle_gen).tolist() if shuffle_gen is not None else None
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                       collate_fn=_as_list)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=_as_list
+    )
 
 
-def train_head(model: torch.nn.Module, train: PreparedDepth, *, hidden_dim: int, epochs: int,
-               batch_size: int, lr: float, seed: int, device: torch.device, use_augment: bool = True,
-               num_workers: int = 0, progress: bool = True) -> BinDepthHead:
+def train_head(
+    model: torch.nn.Module,
+    train: PreparedDepth,
+    *,
+    hidden_dim: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    use_augment: bool = True,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> BinDepthHead:
     """Train the bin-depth head on frozen dense-cls features; returns it in eval mode."""
     from franca.utils.progress import progress as tqdm
 
@@ -214,8 +230,14 @@ def train_head(model: torch.nn.Module, train: PreparedDepth, *, hidden_dim: int,
 
 
 @torch.no_grad()
-def predict_and_score(model: torch.nn.Module, head: BinDepthHead, test: PreparedDepth,
-                      batch_size: int, device: torch.device, num_workers: int = 0) -> dict[str, float]:
+def predict_and_score(
+    model: torch.nn.Module,
+    head: BinDepthHead,
+    test: PreparedDepth,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+) -> dict[str, float]:
     """Predict each test image, resize (bilinear, align_corners=True) to its GT, average per-image metrics."""
     blocks = probe_blocks(model.n_blocks)
     per_image = []
@@ -230,10 +252,21 @@ def predict_and_score(model: torch.nn.Module, head: BinDepthHead, test: Prepared
 
 
 @protocol_entry()
-def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Sequence[Any]] | None = None, *,
-             size: int | None = None, batch_size: int = 8, device: torch.device | str = "auto", num_workers: int = 0,
-             progress: bool = True, hidden_dim: int | None = None, epochs: int | None = None, lr: float = 5e-4,
-             seed: int = 8, use_augment: bool = True) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module,
+    data: str | Path | tuple[Sequence[Any], Sequence[Any]] | None = None,
+    *,
+    size: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+    hidden_dim: int | None = None,
+    epochs: int | None = None,
+    lr: float = 5e-4,
+    seed: int = 8,
+    use_augment: bool = True,
+) -> dict[str, Any]:
     """Train the depth probe on the train split and report SI-RMSE (the metric), RMSE and δ1-3.
 
     ``data``: a root holding NYUv2 (default: the built-in toy set), or a (train, test) pair of
@@ -255,13 +288,35 @@ def evaluate(model: torch.nn.Module, data: str | Path | tuple[Sequence[Any], Seq
     epochs = epochs or 10
     model = model.to(device).eval()  # frozen: features are computed under no_grad
     train, test = PreparedDepth(train_items, res), PreparedDepth(test_items, res)
-    head = train_head(model, train, hidden_dim=hidden, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                      device=device, use_augment=use_augment, num_workers=num_workers, progress=progress)
+    head = train_head(
+        model,
+        train,
+        hidden_dim=hidden,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        use_augment=use_augment,
+        num_workers=num_workers,
+        progress=progress,
+    )
     metrics = predict_and_score(model, head, test, batch_size, device, num_workers)
     log.info("depth: SI-RMSE %.4f RMSE %.4f d1 %.3f", metrics["si_rmse"], metrics["rmse"], metrics["d1"])
-    return {"protocol": "depth", "metric_name": "si_rmse", "metric": metrics["si_rmse"], **metrics,
-            "blocks": probe_blocks(model.n_blocks), "resolution": res, "hidden_dim": hidden, "epochs": epochs,
-            "batch_size": batch_size, "lr": lr, "seed": seed, "n_train": len(train)}
+    return {
+        "protocol": "depth",
+        "metric_name": "si_rmse",
+        "metric": metrics["si_rmse"],
+        **metrics,
+        "blocks": probe_blocks(model.n_blocks),
+        "resolution": res,
+        "hidden_dim": hidden,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "n_train": len(train),
+    }
 
 
 def load_nyu(root: str | Path | None) -> tuple[Sequence[Any], Sequence[Any]]:

@@ -7,9 +7,10 @@ with the broadcast CLS token), projects each with a 1×1 conv, upsamples ×2, fu
 to shallow with residual conv units, upsamples ×4, and ends in two 3×3 convs giving bin logits
 that are upsampled ×2. Bin probabilities are ReLU(logits) + 0.1, normalised over bins.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,17 +57,26 @@ class BinDepthHead(nn.Module):
             the protocol, 16× the patch grid; the tiny patch-8 models use (2, 2, 1), 16× cheaper.
     """
 
-    def __init__(self, in_dims: Sequence[int], hidden_dim: int = 512, kernel_size: int = 3,
-                 n_bins: int = 256, min_depth: float = 0.001, max_depth: float = 10.0,
-                 scales: tuple[int, int, int] = (2, 4, 2)):
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        hidden_dim: int = 512,
+        kernel_size: int = 3,
+        n_bins: int = 256,
+        min_depth: float = 0.001,
+        max_depth: float = 10.0,
+        scales: tuple[int, int, int] = (2, 4, 2),
+    ):
         super().__init__()
         self.scales = tuple(scales)
         self.proj = nn.ModuleList(nn.Conv2d(d, hidden_dim, 1) for d in in_dims)
         self.fuse = nn.ModuleList(FusionBlock(hidden_dim, kernel_size) for _ in in_dims)
         pad = kernel_size // 2
         self.out = nn.Sequential(
-            nn.Conv2d(hidden_dim, hidden_dim, kernel_size, padding=pad), nn.ReLU(),
-            nn.Conv2d(hidden_dim, n_bins, kernel_size, padding=pad))
+            nn.Conv2d(hidden_dim, hidden_dim, kernel_size, padding=pad),
+            nn.ReLU(),
+            nn.Conv2d(hidden_dim, n_bins, kernel_size, padding=pad),
+        )
         self.register_buffer("bins", torch.linspace(min_depth, max_depth, n_bins), persistent=False)
 
     def logits(self, feats: Sequence[Tensor]) -> Tensor:
@@ -102,8 +112,9 @@ def sig_loss(pred: Tensor, gt: Tensor, valid: Tensor, lam: float = 0.85, eps: fl
     return torch.sqrt((g**2).mean() - lam * g.mean() ** 2 + 1e-12)
 
 
-def gradient_loss(pred: Tensor, gt: Tensor, valid: Tensor, strides: Sequence[int] = (1, 2, 4, 6),
-                  eps: float = 1e-3) -> Tensor:
+def gradient_loss(
+    pred: Tensor, gt: Tensor, valid: Tensor, strides: Sequence[int] = (1, 2, 4, 6), eps: float = 1e-3
+) -> Tensor:
     """Multi-scale L1 of the gradients of the log-depth difference, over pixel pairs both valid.
 
     At each stride s the maps are subsampled [::s, ::s]; per scale the summed |∂x| + |∂y| is divided

@@ -18,6 +18,7 @@ running several protocols on the same backbone and data extracts once (recent re
 kept in memory, bounded, for protocols run in one process without a disk cache). Under torchrun every rank
 extracts a strided shard and the shards are gathered, so all ranks return the full tensors.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("cls", "blocks")  # the cached kinds (extract_features)
 EXTRACT_KINDS = ("cls", "blocks", "patch", "rasa")
-_MEMO: "OrderedDict[str, dict[str, torch.Tensor]]" = OrderedDict()
+_MEMO: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
 N_LAST_BLOCKS = 4
 
 
@@ -54,9 +55,17 @@ CACHE_FORMAT = 2  # bump when extraction changes its numbers (forward pass, dtyp
 
 # The modules whose code decides a cached feature's numbers: the backbone's forward and position
 # resampling, the weights loader, the preprocessing, the image decoding and this extractor.
-FEATURE_SOURCES = ("franca.models.backbone", "franca.models.pos_resample", "franca.models.weights",
-                   "franca.models.preprocess", "franca.models.rasa_fold", "franca.data.images",
-                   "franca.data.datasets.transforms", "franca.eval.classification_data", "franca.eval.features")
+FEATURE_SOURCES = (
+    "franca.models.backbone",
+    "franca.models.pos_resample",
+    "franca.models.weights",
+    "franca.models.preprocess",
+    "franca.models.rasa_fold",
+    "franca.data.images",
+    "franca.data.datasets.transforms",
+    "franca.eval.classification_data",
+    "franca.eval.features",
+)
 
 
 @functools.lru_cache(maxsize=8)
@@ -178,13 +187,17 @@ def _item_hash(dataset: Any) -> str | None:
     return h.hexdigest()
 
 
-def cache_keys(model: torch.nn.Module, dataset: Any, kinds: tuple[str, ...],
-               model_key: str | None = None) -> dict[str, str]:
+def cache_keys(
+    model: torch.nn.Module, dataset: Any, kinds: tuple[str, ...], model_key: str | None = None
+) -> dict[str, str]:
     """One cache key per feature kind; the model and data are fingerprinted once."""
-    base = {"model": model_fingerprint(model), "model_key": model_key, "data": dataset_identity(dataset),
-            "code": code_version()}
-    return {k: hashlib.sha1(json.dumps({**base, "kind": k}, sort_keys=True).encode()).hexdigest()[:20]
-            for k in kinds}
+    base = {
+        "model": model_fingerprint(model),
+        "model_key": model_key,
+        "data": dataset_identity(dataset),
+        "code": code_version(),
+    }
+    return {k: hashlib.sha1(json.dumps({**base, "kind": k}, sort_keys=True).encode()).hexdigest()[:20] for k in kinds}
 
 
 def cache_key(model: torch.nn.Module, dataset: Any, kind: str, model_key: str | None = None) -> str:
@@ -196,9 +209,11 @@ def cache_key(model: torch.nn.Module, dataset: Any, kind: str, model_key: str | 
 # fitting) cannot cache per data set; they call these on each batch, so every feature the project
 # computes from a frozen backbone comes from this module.
 
+
 @torch.no_grad()
-def patch_tokens(model: torch.nn.Module, x: torch.Tensor, use_rasa: bool = False, amp: bool = False,
-                 grid: bool = True) -> torch.Tensor:
+def patch_tokens(
+    model: torch.nn.Module, x: torch.Tensor, use_rasa: bool = False, amp: bool = False, grid: bool = True
+) -> torch.Tensor:
     """Last-layer normed patch tokens, fp32: a grid (B, h, w, D), or (B, N, D) with ``grid=False``.
 
     `use_rasa` takes `patch_token_rasa` (position-cleaned tokens) instead of `x_norm_patchtokens`;
@@ -218,13 +233,21 @@ def patch_tokens(model: torch.nn.Module, x: torch.Tensor, use_rasa: bool = False
 
 
 @torch.no_grad()
-def block_tokens(model: torch.nn.Module, x: torch.Tensor, blocks: int | list[int], *, norm: bool = False,
-                 return_class_token: bool = False, amp: bool = False) -> tuple[Any, ...]:
+def block_tokens(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    blocks: int | list[int],
+    *,
+    norm: bool = False,
+    return_class_token: bool = False,
+    amp: bool = False,
+) -> tuple[Any, ...]:
     """Intermediate-block outputs as patch maps (B, D, h, w) (with their CLS tokens when asked):
     `get_intermediate_layers(x, n=blocks, reshape=True, norm=norm)`, under autocast when `amp`."""
     with autocast_context(x.device, enabled=amp):
-        return tuple(model.get_intermediate_layers(x, n=blocks, reshape=True, return_class_token=return_class_token,
-                                                   norm=norm))
+        return tuple(
+            model.get_intermediate_layers(x, n=blocks, reshape=True, return_class_token=return_class_token, norm=norm)
+        )
 
 
 @torch.no_grad()
@@ -253,9 +276,18 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, kind: str) -> dict[str, to
     return {"cls_blocks": cls_blocks, "patch_mean": patch_mean}
 
 
-def extract(model: torch.nn.Module, dataset: Any, *, kind: str = "cls", device: str | torch.device | None = None,
-            batch_size: int = 64, num_workers: int = 0, show_progress: bool = False, distributed: bool = True,
-            collate_fn: Any = None) -> dict[str, torch.Tensor]:
+def extract(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    kind: str = "cls",
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    show_progress: bool = False,
+    distributed: bool = True,
+    collate_fn: Any = None,
+) -> dict[str, torch.Tensor]:
     """The one feature extractor (no cache): run a frozen model over a dataset of ``(image, label, …)``.
 
     Kinds: "cls" (``cls``), "blocks" (``cls_blocks``, ``patch_mean``; see the module doc), "patch"
@@ -267,23 +299,37 @@ def extract(model: torch.nn.Module, dataset: Any, *, kind: str = "cls", device: 
     """
     if kind not in EXTRACT_KINDS:
         raise ValueError(f"kind must be one of {EXTRACT_KINDS}, got {kind!r}")
-    return _extract(model, dataset, kind, resolve_device(device), batch_size, num_workers, show_progress,
-                    distributed, collate_fn)
+    return _extract(
+        model, dataset, kind, resolve_device(device), batch_size, num_workers, show_progress, distributed, collate_fn
+    )
 
 
 @torch.no_grad()
-def _extract(model: torch.nn.Module, dataset: Any, kind: str, device: torch.device, batch_size: int,
-             num_workers: int, show_progress: bool, distributed: bool = True,
-             collate_fn: Any = None) -> dict[str, torch.Tensor]:
+def _extract(
+    model: torch.nn.Module,
+    dataset: Any,
+    kind: str,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    show_progress: bool,
+    distributed: bool = True,
+    collate_fn: Any = None,
+) -> dict[str, torch.Tensor]:
     """Run the model over (this rank's shard of) the dataset; gather shards in dataset order."""
     n = len(dataset)
     world, rank = (dist_utils.world_size(), dist_utils.rank()) if distributed else (1, 0)
     per_rank = -(-n // world)
     padded = [i % n for i in range(per_rank * world)]  # wrap-around padding: equal shard sizes
     shard = padded[rank::world]
-    loader = DataLoader(Subset(dataset, shard) if world > 1 else dataset, batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda",
-                        collate_fn=collate_fn)
+    loader = DataLoader(
+        Subset(dataset, shard) if world > 1 else dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_fn,
+    )
     chunks: dict[str, list[torch.Tensor]] = {}
     it: Any = loader
     if show_progress and (dist_utils.is_main() or not distributed):
@@ -320,9 +366,10 @@ def _save(path: Path, feats: dict[str, torch.Tensor], meta: dict[str, Any]) -> N
     """Write the cache entry and its metadata each to a temporary file of this process, then rename:
     a crash or a full disk never leaves a half-written entry under the key."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for target, write in ((path, lambda f: torch.save(feats, f)),
-                          (path.with_suffix(".json"),
-                           lambda f: f.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str)))):
+    for target, write in (
+        (path, lambda f: torch.save(feats, f)),
+        (path.with_suffix(".json"), lambda f: f.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))),
+    ):
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             write(tmp)
@@ -374,8 +421,12 @@ def extract_features(
         path = Path(cache_dir) / f"{keys[kind]}.pt"
     feats = _remember(keys[kind], _extract(model, dataset, kind, dev, batch_size, num_workers, show_progress))
     if path is not None and dist_utils.is_main():
-        meta = {"kind": kind, "model_key": model_key, "data": dataset_identity(dataset),
-                "shapes": {k: list(v.shape) for k, v in feats.items()}}
+        meta = {
+            "kind": kind,
+            "model_key": model_key,
+            "data": dataset_identity(dataset),
+            "shapes": {k: list(v.shape) for k, v in feats.items()},
+        }
         _save(path, feats, meta)
         log.info("features: cached %s", path)
     dist_utils.barrier()

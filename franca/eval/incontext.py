@@ -8,19 +8,29 @@ favouring sample). Queries: validation images resized to S×S; k = 30 neighbours
 (exact inner product by default), labels aggregated with softmax(cos / 0.02), bilinear upsampling
 to S×S, argmax, mIoU after Hungarian matching. Seeds change the memory augmentations.
 """
+
 from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from franca.eval.common import protocol_entry, split_pair
-from franca.eval.dense import (HB_STD, IMAGENET_MEAN, as_segmentation, dataset_info, pair_roots, patch_features,
-                               resized_loader, round_to_patch, to_tensor)
+from franca.eval.dense import (
+    HB_STD,
+    IMAGENET_MEAN,
+    as_segmentation,
+    dataset_info,
+    pair_roots,
+    patch_features,
+    resized_loader,
+    round_to_patch,
+    to_tensor,
+)
 from franca.eval.metrics import StreamingConfusion, matched_miou
 
 log = logging.getLogger(__name__)
@@ -72,11 +82,11 @@ class TorchFlatIP:
     def search(self, q: np.ndarray, k: int, query_chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         scores_out, idx_out = [], []
         for s in range(0, q.shape[0], query_chunk):
-            qq = torch.from_numpy(q[s:s + query_chunk]).to(self.device, self.memory.dtype)
+            qq = torch.from_numpy(q[s : s + query_chunk]).to(self.device, self.memory.dtype)
             best_s = torch.full((qq.shape[0], 0), -float("inf"), device=self.device)
             best_i = torch.zeros((qq.shape[0], 0), dtype=torch.long, device=self.device)
             for m in range(0, self.ntotal, self.chunk):
-                sc = (qq @ self.memory[m:m + self.chunk].T).float()
+                sc = (qq @ self.memory[m : m + self.chunk].T).float()
                 top_s, top_i = sc.topk(min(k, sc.shape[1]), dim=1)
                 cat_s, cat_i = torch.cat([best_s, top_s], 1), torch.cat([best_i, top_i + m], 1)
                 best_s, order = cat_s.topk(min(k, cat_s.shape[1]), dim=1)
@@ -86,9 +96,17 @@ class TorchFlatIP:
         return np.concatenate(scores_out), np.concatenate(idx_out)
 
 
-def build_index(memory: np.ndarray, kind: str = "flat", nlist: int | None = None, nprobe: int = 32,
-                hnsw_m: int = 32, ef_search: int = 128, use_gpu: bool = False, train_size: int = 256,
-                device: torch.device | str | None = None):
+def build_index(
+    memory: np.ndarray,
+    kind: str = "flat",
+    nlist: int | None = None,
+    nprobe: int = 32,
+    hnsw_m: int = 32,
+    ef_search: int = 128,
+    use_gpu: bool = False,
+    train_size: int = 256,
+    device: torch.device | str | None = None,
+):
     """Inner-product index over `memory` (N, D) float32: "flat" exact (`IndexFlatIP`, the paper's
     choice), "ivf" (IVF-Flat, nlist lists ≈ 4√N by default, nprobe searched) or "hnsw".
     `use_gpu` puts it on all GPUs when faiss was built with GPU support; otherwise an exact search
@@ -121,8 +139,9 @@ def build_index(memory: np.ndarray, kind: str = "flat", nlist: int | None = None
     return index
 
 
-def knn_soft_labels(index, memory_labels: torch.Tensor, queries: torch.Tensor, k: int = 30,
-                    temperature: float = 0.02) -> torch.Tensor:
+def knn_soft_labels(
+    index, memory_labels: torch.Tensor, queries: torch.Tensor, k: int = 30, temperature: float = 0.02
+) -> torch.Tensor:
     """Search the k nearest memory patches of each (L2-normalised) query and vote their labels."""
     q = np.ascontiguousarray(F.normalize(queries.float(), dim=-1).cpu().numpy())
     scores, idx = index.search(q, k)
@@ -196,9 +215,19 @@ class MemoryAugmented(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def build_memory(model: torch.nn.Module, dataset, size: int, num_classes: int, device: torch.device, seed: int = 0,
-                 aug_epochs: int = 1, memory_size: int | None = None, use_rasa: bool = False,
-                 batch_size: int = 32, num_workers: int = 0) -> tuple[np.ndarray, torch.Tensor]:
+def build_memory(
+    model: torch.nn.Module,
+    dataset,
+    size: int,
+    num_classes: int,
+    device: torch.device,
+    seed: int = 0,
+    aug_epochs: int = 1,
+    memory_size: int | None = None,
+    use_rasa: bool = False,
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> tuple[np.ndarray, torch.Tensor]:
     """Memory features (N, D) float32 (L2-normalised) and soft labels (N, C) of the training set.
 
     memory_size=None keeps every patch (Franca); otherwise ⌊memory_size / (n_train · aug_epochs)⌋
@@ -210,8 +239,9 @@ def build_memory(model: torch.nn.Module, dataset, size: int, num_classes: int, d
     grid = (size // patch) ** 2
     per_image = grid if memory_size is None else min(grid, memory_size // (len(dataset) * aug_epochs))
     if per_image < 1:
-        raise ValueError(f"memory_size {memory_size} is below one patch per image ({len(dataset)} images x "
-                         f"{aug_epochs} passes)")
+        raise ValueError(
+            f"memory_size {memory_size} is below one patch per image ({len(dataset)} images x {aug_epochs} passes)"
+        )
     # Preallocated: the unbounded VOC memory at 518 px holds ~14.5M x D features per pass.
     n_total = len(dataset) * aug_epochs * per_image
     feats = np.empty((n_total, int(model.embed_dim)), dtype=np.float32)
@@ -219,8 +249,9 @@ def build_memory(model: torch.nn.Module, dataset, size: int, num_classes: int, d
     g = torch.Generator().manual_seed(int(seed))
     pos = 0
     for ep in range(aug_epochs):
-        loader = torch.utils.data.DataLoader(MemoryAugmented(dataset, size, seed, ep), batch_size=batch_size,
-                                             num_workers=num_workers)
+        loader = torch.utils.data.DataLoader(
+            MemoryAugmented(dataset, size, seed, ep), batch_size=batch_size, num_workers=num_workers
+        )
         for x, m, _ in tqdm(loader, desc=f"memory pass {ep + 1}/{aug_epochs}", leave=False):
             f = F.normalize(patch_features(model, x.to(device), use_rasa).flatten(1, 2), dim=-1).cpu()
             lab = patch_label_fractions(m, patch, num_classes)
@@ -231,8 +262,8 @@ def build_memory(model: torch.nn.Module, dataset, size: int, num_classes: int, d
             f, lab = f.reshape(-1, f.shape[-1]), lab.reshape(-1, num_classes)
             if f.shape[1] != feats.shape[1]:
                 raise ValueError(f"backbone gave {f.shape[1]}-d patch tokens but embed_dim is {feats.shape[1]}")
-            feats[pos:pos + len(f)] = f.numpy()
-            labels[pos:pos + len(f)] = lab
+            feats[pos : pos + len(f)] = f.numpy()
+            labels[pos : pos + len(f)] = lab
             pos += len(f)
     if pos == 0:
         raise ValueError("the in-context memory data set is empty")
@@ -240,16 +271,30 @@ def build_memory(model: torch.nn.Module, dataset, size: int, num_classes: int, d
 
 
 @torch.no_grad()
-def predict_queries(model: torch.nn.Module, dataset, index, memory_labels: torch.Tensor, size: int,
-                    num_classes: int, ignore_index: int, device: torch.device, k: int = 30,
-                    temperature: float = 0.02, use_rasa: bool = False, batch_size: int = 32,
-                    num_workers: int = 0) -> torch.Tensor:
+def predict_queries(
+    model: torch.nn.Module,
+    dataset,
+    index,
+    memory_labels: torch.Tensor,
+    size: int,
+    num_classes: int,
+    ignore_index: int,
+    device: torch.device,
+    k: int = 30,
+    temperature: float = 0.02,
+    use_rasa: bool = False,
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> torch.Tensor:
     """Segment the validation set by retrieval; returns the (C × C) confusion matrix at S×S."""
     from franca.utils.progress import progress as tqdm
 
     conf = StreamingConfusion(num_classes, num_classes, ignore_index)
-    for x, m in tqdm(resized_loader(dataset, size, batch_size, num_workers, IMAGENET_MEAN, HB_STD),
-                     desc="in-context queries", leave=False):
+    for x, m in tqdm(
+        resized_loader(dataset, size, batch_size, num_workers, IMAGENET_MEAN, HB_STD),
+        desc="in-context queries",
+        leave=False,
+    ):
         f = patch_features(model, x.to(device), use_rasa)  # (B, h, w, D)
         b, h, w, d = f.shape
         soft = knn_soft_labels(index, memory_labels, f.reshape(-1, d), k, temperature)
@@ -260,11 +305,26 @@ def predict_queries(model: torch.nn.Module, dataset, index, memory_labels: torch
 
 
 @protocol_entry(old_positional=("train_set", "val_set", "device"), old_pair=("train_set", "val_set"))
-def evaluate(model: torch.nn.Module, data=None, *, size: int = 518, seeds: Sequence[int] = (0,), batch_size: int = 32,
-             device: torch.device | str = "auto", num_workers: int = 0, progress: bool = True,
-             k: int = 30, temperature: float = 0.02, memory_size: int | None = None, aug_epochs: int = 1,
-             index: str = "flat", nlist: int | None = None, nprobe: int = 32,
-             use_rasa: bool = False, dataset_name: str = "voc") -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    data=None,
+    *,
+    size: int = 518,
+    seeds: Sequence[int] = (0,),
+    batch_size: int = 32,
+    device: torch.device | str = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+    k: int = 30,
+    temperature: float = 0.02,
+    memory_size: int | None = None,
+    aug_epochs: int = 1,
+    index: str = "flat",
+    nlist: int | None = None,
+    nprobe: int = 32,
+    use_rasa: bool = False,
+    dataset_name: str = "voc",
+) -> dict:
     """Hummingbird in-context mIoU of `model`: memory from the train set, queries from the val set.
     `data`: a (train, val) pair of raw segmentation sets (or roots), or one root of `dataset_name` read as
     trainaug/train and val; None: the toy set. Mean and std over `seeds`; per-class IoU averaged over seeds."""
@@ -275,31 +335,63 @@ def evaluate(model: torch.nn.Module, data=None, *, size: int = 518, seeds: Seque
     train_set, val_set = split_pair(data)
     # HB labels: ADE20K keeps 151 classes with 0 = "other" ignored (reduce_zero_label=False)
     val_set = as_segmentation(pair_roots(train_set, val_set), "val", dataset_name, reduce_zero_label=False)
-    train_set = as_segmentation(train_set, "trainaug" if dataset_name == "voc" else "train", dataset_name,
-                                reduce_zero_label=False)
+    train_set = as_segmentation(
+        train_set, "trainaug" if dataset_name == "voc" else "train", dataset_name, reduce_zero_label=False
+    )
     num_classes, ignore = dataset_info(val_set)
     size = round_to_patch(size, int(model.patch_size))
     model = model.eval().to(device)
     mious, ious, n_mem = [], [], 0
     for s in seeds:
-        feats, labels = build_memory(model, train_set, size, num_classes, device, s, aug_epochs, memory_size,
-                                     use_rasa, batch_size, num_workers)
+        feats, labels = build_memory(
+            model, train_set, size, num_classes, device, s, aug_epochs, memory_size, use_rasa, batch_size, num_workers
+        )
         n_mem = feats.shape[0]
         idx = build_index(feats, index, nlist, nprobe, use_gpu=device.type == "cuda", device=device)
         del feats
-        conf = predict_queries(model, val_set, idx, labels, size, num_classes, ignore, device, k, temperature,
-                               use_rasa, batch_size, num_workers)
+        conf = predict_queries(
+            model,
+            val_set,
+            idx,
+            labels,
+            size,
+            num_classes,
+            ignore,
+            device,
+            k,
+            temperature,
+            use_rasa,
+            batch_size,
+            num_workers,
+        )
         r = matched_miou(conf, "hungarian")
         mious.append(r["miou"])
         ious.append(r["per_class_iou"])
         log.info("in-context seed %d: mIoU %.4f (memory %d patches)", s, r["miou"], n_mem)
     ms = mean_std(mious)
-    return {"protocol": "incontext", "metric_name": "miou", "metric": ms["mean"], "miou": ms,
-            "per_class_iou": np.mean(ious, axis=0).tolist(),
-            "class_names": list(getattr(val_set, "class_names", ()) or ()),
-            "settings": {"size": size, "k": k, "temperature": temperature, "memory_size": memory_size,
-                         "memory_entries": n_mem, "aug_epochs": aug_epochs, "seeds": list(seeds), "index": index,
-                         "nprobe": nprobe if index == "ivf" else None, "use_rasa": use_rasa,
-                         "num_classes": num_classes, "ignore_index": ignore, "num_train": len(train_set),
-                         "num_val": len(val_set), "train": getattr(train_set, "name", None),
-                         "val": getattr(val_set, "name", None)}}
+    return {
+        "protocol": "incontext",
+        "metric_name": "miou",
+        "metric": ms["mean"],
+        "miou": ms,
+        "per_class_iou": np.mean(ious, axis=0).tolist(),
+        "class_names": list(getattr(val_set, "class_names", ()) or ()),
+        "settings": {
+            "size": size,
+            "k": k,
+            "temperature": temperature,
+            "memory_size": memory_size,
+            "memory_entries": n_mem,
+            "aug_epochs": aug_epochs,
+            "seeds": list(seeds),
+            "index": index,
+            "nprobe": nprobe if index == "ivf" else None,
+            "use_rasa": use_rasa,
+            "num_classes": num_classes,
+            "ignore_index": ignore,
+            "num_train": len(train_set),
+            "num_val": len(val_set),
+            "train": getattr(train_set, "name", None),
+            "val": getattr(val_set, "name", None),
+        },
+    }

@@ -9,14 +9,16 @@ prediction. Source and target keypoints are whole pixels of the resized image, a
 ``SPairDataset`` casts them to integers (``probe3d_keypoints``). PCK@0.10 uses the target box's longest side; it is computed per class over all
 keypoints of the sampled pairs, then averaged over classes, for viewpoint bins d = 0, 1, 2 and all.
 """
+
 from __future__ import annotations
 
 import logging
 import random
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -237,15 +239,18 @@ def evaluate(
         for cat, idx in tqdm(chosen[b].items(), desc=f"keypoints d={b}", disable=not progress, leave=False):
             correct[cat] = []
             for start in range(0, len(idx), max(1, batch_size // 2)):
-                chunk = [pairs[i] for i in idx[start:start + max(1, batch_size // 2)]]
+                chunk = [pairs[i] for i in idx[start : start + max(1, batch_size // 2)]]
                 cache.prefetch([(p.src_name, p.src_image) for p in chunk] + [(p.trg_name, p.trg_image) for p in chunk])
                 correct[cat] += [pair_correct(p, cache, size, alpha) for p in chunk]
         if not correct:
             continue
         mean, per_class = aggregate_pck(correct)
-        result_bins[b] = {"pck": 100 * mean, "per_class": {k: 100 * v for k, v in per_class.items()},
-                          "n_pairs": sum(len(v) for v in chosen[b].values()),
-                          "n_keypoints": int(sum(int(t.numel()) for v in correct.values() for t in v))}
+        result_bins[b] = {
+            "pck": 100 * mean,
+            "per_class": {k: 100 * v for k, v in per_class.items()},
+            "n_pairs": sum(len(v) for v in chosen[b].values()),
+            "n_keypoints": int(sum(int(t.numel()) for v in correct.values() for t in v)),
+        }
         log.info("keypoints: d=%s PCK@%.2f = %.2f over %d classes", b, alpha, 100 * mean, len(per_class))
     return {
         "protocol": "keypoints",

@@ -11,10 +11,12 @@ bank is scanned in slices whose partial top-k are merged, so 1.28M × 1024 train
 50k queries never hold the full similarity matrix. A faiss backend (flat inner product; GPU
 index when faiss-gpu and a CUDA device are present) gives the same neighbours.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,11 +75,11 @@ def topk_neighbours(
 
         starts = tqdm(starts, desc="k-NN", unit="chunk")
     for q0 in starts:
-        q = test_feats[q0:q0 + chunk_size]
+        q = test_feats[q0 : q0 + chunk_size]
         best_s: torch.Tensor | None = None
         best_i: torch.Tensor | None = None
         for t0 in range(0, n_train, train_chunk_size):
-            s = q @ train_feats[t0:t0 + train_chunk_size].T
+            s = q @ train_feats[t0 : t0 + train_chunk_size].T
             kk = min(k, s.shape[1])
             s, i = s.topk(kk, dim=1)
             i = i + t0
@@ -85,13 +87,14 @@ def topk_neighbours(
                 s, j = torch.cat([best_s, s], dim=1).topk(min(k, best_s.shape[1] + kk), dim=1)
                 i = torch.cat([best_i, i], dim=1).gather(1, j)
             best_s, best_i = s, i
-        sims_out[q0:q0 + chunk_size] = best_s
-        idx_out[q0:q0 + chunk_size] = best_i
+        sims_out[q0 : q0 + chunk_size] = best_s
+        idx_out[q0 : q0 + chunk_size] = best_i
     return sims_out, idx_out
 
 
-def _faiss_neighbours(train_feats: torch.Tensor, test_feats: torch.Tensor, k: int,
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _faiss_neighbours(
+    train_feats: torch.Tensor, test_feats: torch.Tensor, k: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact inner-product search with faiss (GPU index when available and asked for)."""
     import faiss
 
@@ -163,11 +166,13 @@ def knn_classify(
     yb = _as_tensor(train_labels, torch.long, "train_labels").reshape(-1)
     yq = _as_tensor(test_labels, torch.long, "test_labels").reshape(-1)
     if xb.ndim != 2 or xq.ndim != 2 or xb.shape[1] != xq.shape[1]:
-        raise ValueError(f"features must be (N, D) and (Q, D) with equal D, "
-                         f"got {tuple(xb.shape)} and {tuple(xq.shape)}")
+        raise ValueError(
+            f"features must be (N, D) and (Q, D) with equal D, got {tuple(xb.shape)} and {tuple(xq.shape)}"
+        )
     if xb.shape[0] != yb.shape[0] or xq.shape[0] != yq.shape[0]:
-        raise ValueError(f"feature/label counts differ: train {xb.shape[0]} vs {yb.shape[0]}, "
-                         f"test {xq.shape[0]} vs {yq.shape[0]}")
+        raise ValueError(
+            f"feature/label counts differ: train {xb.shape[0]} vs {yb.shape[0]}, test {xq.shape[0]} vs {yq.shape[0]}"
+        )
     if xb.shape[0] == 0 or xq.shape[0] == 0:
         raise ValueError("k-NN needs at least one train and one test feature")
     ks = sorted({int(k) for k in ks})
@@ -189,16 +194,22 @@ def knn_classify(
         sims, idx = topk_neighbours(xb, xq, max_k, chunk_size=chunk_size, show_progress=show_progress)
     yb, yq = yb.to(dev), yq.to(dev)
     neighbour_labels = yb[idx]
-    result: dict[str, Any] = {"ks": ks, "T": T, "n_train": int(xb.shape[0]), "n_test": int(n),
-                              "num_classes": C, "backend": backend}
+    result: dict[str, Any] = {
+        "ks": ks,
+        "T": T,
+        "n_train": int(xb.shape[0]),
+        "n_test": int(n),
+        "num_classes": C,
+        "backend": backend,
+    }
     top = min(5, C)
     # Score in query chunks so the (Q, C) score tensors stay small.
     q_chunk = max(1, (_MAX_SIM_ELEMENTS // 8) // max(1, C))
     correct1 = {k: 0 for k in ks}
     correct5 = {k: 0 for k in ks}
     for q0 in range(0, yq.shape[0], q_chunk):
-        scores = knn_votes(sims[q0:q0 + q_chunk], neighbour_labels[q0:q0 + q_chunk], ks, T, C)
-        target = yq[q0:q0 + q_chunk]
+        scores = knn_votes(sims[q0 : q0 + q_chunk], neighbour_labels[q0 : q0 + q_chunk], ks, T, C)
+        target = yq[q0 : q0 + q_chunk]
         for k, s in scores.items():
             pred = s.topk(top, dim=1).indices
             correct1[k] += int((pred[:, 0] == target).sum())
@@ -222,8 +233,9 @@ def few_shot_subset(labels: torch.Tensor, n_per_class: int, seed: int) -> torch.
     return torch.sort(torch.cat(keep)).values
 
 
-@protocol_entry(old_positional=("train_set", "val_set"), old_pair=("train_set", "val_set"),
-                renamed={"data_root": "data"})
+@protocol_entry(
+    old_positional=("train_set", "val_set"), old_pair=("train_set", "val_set"), renamed={"data_root": "data"}
+)
 def evaluate(
     model: torch.nn.Module,
     data: Any = None,
@@ -251,18 +263,39 @@ def evaluate(
     from franca.eval.classification_data import classification_inputs
     from franca.eval.stats import mean_std
 
-    inputs = classification_inputs(model, data, protocol="knn", size=size, batch_size=batch_size, device=device,
-                                   num_workers=num_workers, cache_dir=cache_dir, model_key=model_key)
+    inputs = classification_inputs(
+        model,
+        data,
+        protocol="knn",
+        size=size,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        cache_dir=cache_dir,
+        model_key=model_key,
+    )
     dev, train, val = inputs.device, inputs.train, inputs.val
     C = int(max(train["labels"].max(), val["labels"].max())) + 1
     runs = []
-    for seed in (seeds if n_per_class > 0 else list(seeds)[:1]):
+    for seed in seeds if n_per_class > 0 else list(seeds)[:1]:
         xb, yb = train["cls"], train["labels"]
         if n_per_class > 0:
             keep = few_shot_subset(yb, n_per_class, seed)
             xb, yb = xb[keep], yb[keep]
-        runs.append(knn_classify(xb, yb, val["cls"], val["labels"], ks=ks, T=T, device=dev,
-                                 backend=backend, num_classes=C, shard_queries=True))
+        runs.append(
+            knn_classify(
+                xb,
+                yb,
+                val["cls"],
+                val["labels"],
+                ks=ks,
+                T=T,
+                device=dev,
+                backend=backend,
+                num_classes=C,
+                shard_queries=True,
+            )
+        )
     metric_name = "top1_k20" if 20 in runs[0]["ks"] else f"top1_k{runs[0]['ks'][0]}"
     keys = [k for k in runs[0] if k.startswith("top")]
     summary = {k: mean_std([r[k] for r in runs]) for k in keys}
@@ -274,7 +307,13 @@ def evaluate(
         "results": {k: v["mean"] for k, v in summary.items()},
         "results_std": {k: v["std"] for k, v in summary.items()},
         "per_seed": runs,
-        "settings": {"ks": list(runs[0]["ks"]), "T": T, "backend": backend, "n_per_class": n_per_class,
-                     "seeds": list(seeds) if n_per_class > 0 else list(seeds)[:1], "size": size},
+        "settings": {
+            "ks": list(runs[0]["ks"]),
+            "T": T,
+            "backend": backend,
+            "n_per_class": n_per_class,
+            "seeds": list(seeds) if n_per_class > 0 else list(seeds)[:1],
+            "size": size,
+        },
         "data": {"n_train": int(train["labels"].numel()), "n_val": int(val["labels"].numel()), "num_classes": C},
     }

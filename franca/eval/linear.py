@@ -15,12 +15,14 @@ Implementation: the 13 classifiers of one input are one (13, C, D) weight tensor
 hand-written momentum SGD with a per-classifier learning rate (identical to torch's SGD with
 dampening 0 and no weight decay, but one matmul instead of 13).
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,12 +59,23 @@ class GridClassifier:
     momentum: float = 0.9
 
     @classmethod
-    def create(cls, in_dim: int, num_classes: int, lrs: Sequence[float], generator: torch.Generator,
-               device: torch.device, momentum: float = 0.9) -> "GridClassifier":
+    def create(
+        cls,
+        in_dim: int,
+        num_classes: int,
+        lrs: Sequence[float],
+        generator: torch.Generator,
+        device: torch.device,
+        momentum: float = 0.9,
+    ) -> GridClassifier:
         G = len(lrs)
         w = torch.randn(G, num_classes, in_dim, generator=generator) * 0.01
-        return cls(w.to(device), torch.zeros(G, num_classes, device=device),
-                   torch.tensor(list(lrs), dtype=torch.float32, device=device), momentum)
+        return cls(
+            w.to(device),
+            torch.zeros(G, num_classes, device=device),
+            torch.tensor(list(lrs), dtype=torch.float32, device=device),
+            momentum,
+        )
 
     def __post_init__(self) -> None:
         self._buf_w = torch.zeros_like(self.weight)
@@ -140,8 +153,8 @@ def train_linear_grid(
             correct = torch.zeros(len(lrs), dtype=torch.long, device=device)
             n = yv.numel()
             for s in range(0, n, 4096):
-                part = {k: v[s:s + 4096] for k, v in val_feats.items()}
-                correct += _accuracy(heads[name].logits(fn(part).to(device)), yv[s:s + 4096])
+                part = {k: v[s : s + 4096] for k, v in val_feats.items()}
+                correct += _accuracy(heads[name].logits(fn(part).to(device)), yv[s : s + 4096])
             accs = (100.0 * correct.double() / n).tolist()
             grid[name] = {f"{lr:g}": a for lr, a in zip(lrs, accs)}
             for lr, a in zip(lrs, accs):
@@ -150,15 +163,16 @@ def train_linear_grid(
     return {"best": best, "grid": grid, "iterations": it, "lr_scale_factor": batch_size / 256}
 
 
-def feature_batches(feats: dict[str, torch.Tensor], labels: torch.Tensor, batch_size: int,
-                    seed: int) -> Callable[[int], Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]]:
+def feature_batches(
+    feats: dict[str, torch.Tensor], labels: torch.Tensor, batch_size: int, seed: int
+) -> Callable[[int], Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]]:
     """Shuffled mini-batches of cached features, a fresh permutation per epoch (seed + epoch)."""
     n = labels.numel()
 
     def epoch_batches(epoch: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) * 1000 + epoch))
         for s in range(0, n, batch_size):
-            idx = perm[s:s + batch_size]
+            idx = perm[s : s + batch_size]
             yield {k: v[idx] for k, v in feats.items()}, labels[idx]
 
     return epoch_batches
@@ -170,13 +184,16 @@ def dinov2_inputs(n_available_blocks: int) -> dict[str, Callable[[dict[str, torc
     for n, avg in FEATURE_TYPES:
         if n > 1 and n_available_blocks < 2:
             continue  # one block only: last-4 equals last-1
-        out[feature_type_name(n, avg)] = (lambda f, n=n, avg=avg: classifier_input(f, n, avg))
+        out[feature_type_name(n, avg)] = lambda f, n=n, avg=avg: classifier_input(f, n, avg)
     return out
 
 
-@protocol_entry(old_positional=("train_set", "val_set"), old_pair=("train_set", "val_set"),
-                renamed={"data_root": "data", "extract_batch_size": "batch_size"},
-                changed={"batch_size": BATCH_SIZE_CHANGED})
+@protocol_entry(
+    old_positional=("train_set", "val_set"),
+    old_pair=("train_set", "val_set"),
+    renamed={"data_root": "data", "extract_batch_size": "batch_size"},
+    changed={"batch_size": BATCH_SIZE_CHANGED},
+)
 def evaluate(
     model: torch.nn.Module,
     data: Any = None,
@@ -205,9 +222,19 @@ def evaluate(
     from franca.eval.stats import mean_std
 
     # With augment the train features are computed afresh every epoch, so none are cached.
-    inputs = classification_inputs(model, data, protocol="linear", kind="blocks", size=size, batch_size=batch_size,
-                                   device=device, num_workers=num_workers, cache_dir=cache_dir, model_key=model_key,
-                                   train_features=not augment)
+    inputs = classification_inputs(
+        model,
+        data,
+        protocol="linear",
+        kind="blocks",
+        size=size,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        cache_dir=cache_dir,
+        model_key=model_key,
+        train_features=not augment,
+    )
     dev, train_set, train, val = inputs.device, inputs.train_set, inputs.train, inputs.val
     train_labels = _dataset_labels(train_set) if train is None else train["labels"]
     C = int(max(train_labels.max(), val["labels"].max())) + 1
@@ -218,13 +245,26 @@ def evaluate(
     runs = []
     for seed in seeds:
         if augment:
-            batches = _augmented_batches(model, train_set, size, probe_batch_size, seed, dev, num_workers,
-                                         train_augment_transform(size))
+            batches = _augmented_batches(
+                model, train_set, size, probe_batch_size, seed, dev, num_workers, train_augment_transform(size)
+            )
         else:
             batches = feature_batches({k: train[k] for k in keys}, train["labels"], probe_batch_size, seed)
-        runs.append(train_linear_grid(batches, {k: val[k] for k in keys}, val["labels"], inputs=heads,
-                                      num_classes=C, epochs=epochs, iters_per_epoch=-(-n_train // probe_batch_size),
-                                      batch_size=probe_batch_size, lrs=lrs, seed=seed, device=dev))
+        runs.append(
+            train_linear_grid(
+                batches,
+                {k: val[k] for k in keys},
+                val["labels"],
+                inputs=heads,
+                num_classes=C,
+                epochs=epochs,
+                iters_per_epoch=-(-n_train // probe_batch_size),
+                batch_size=probe_batch_size,
+                lrs=lrs,
+                seed=seed,
+                device=dev,
+            )
+        )
     top1 = mean_std([r["best"]["top1"] for r in runs])
     return {
         "protocol": "linear",
@@ -233,9 +273,17 @@ def evaluate(
         "metric_std": top1["std"],
         "best_per_seed": [r["best"] for r in runs],
         "per_seed": runs,
-        "settings": {"epochs": epochs, "probe_batch_size": probe_batch_size, "batch_size": batch_size,
-                     "lrs": list(lrs), "augment": augment, "seeds": list(seeds), "size": size, "inputs": list(heads),
-                     "n_last_blocks_available": n_blocks_available},
+        "settings": {
+            "epochs": epochs,
+            "probe_batch_size": probe_batch_size,
+            "batch_size": batch_size,
+            "lrs": list(lrs),
+            "augment": augment,
+            "seeds": list(seeds),
+            "size": size,
+            "inputs": list(heads),
+            "n_last_blocks_available": n_blocks_available,
+        },
         "data": {"n_train": int(n_train), "n_val": int(val["labels"].numel()), "num_classes": C},
     }
 
@@ -248,8 +296,16 @@ def _dataset_labels(dataset: Any) -> torch.Tensor:
     return torch.as_tensor(list(targets)).long()
 
 
-def _augmented_batches(model: torch.nn.Module, train_set: Any, size: int, batch_size: int, seed: int,
-                       device: torch.device, num_workers: int, transform: Callable) -> Callable:
+def _augmented_batches(
+    model: torch.nn.Module,
+    train_set: Any,
+    size: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    num_workers: int,
+    transform: Callable,
+) -> Callable:
     """Per-epoch batches of features of freshly augmented train images (``augment=True``)."""
     import copy
 
@@ -264,8 +320,14 @@ def _augmented_batches(model: torch.nn.Module, train_set: Any, size: int, batch_
 
     def epoch_batches(epoch: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         torch.manual_seed(int(seed) * 1000 + epoch)  # torchvision's random transforms use the global RNG
-        loader = DataLoader(aug_set, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                            generator=torch.Generator().manual_seed(int(seed) * 1000 + epoch), drop_last=False)
+        loader = DataLoader(
+            aug_set,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(int(seed) * 1000 + epoch),
+            drop_last=False,
+        )
         model.eval()
         for images, labels, *_ in loader:
             out = batch_features(model, images.to(device), "blocks")

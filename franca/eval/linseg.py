@@ -6,13 +6,14 @@ optional multi-scale test [1.0, 1.32, 1.73]. mIoU is mmseg's: pooled IoU, NaN-me
 For CPU runs `cache_views > 0` computes backbone features once for that many augmented crops
 per training image and trains the head on the cache; 0 (the protocol) augments afresh every epoch.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,8 +21,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from franca.eval.common import protocol_entry, split_pair
-from franca.eval.dense import (DATASETS, IMAGENET_MEAN, IMAGENET_STD, as_segmentation, dataset_info, pair_roots,
-                               patch_features, to_tensor)
+from franca.eval.dense import (
+    DATASETS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    as_segmentation,
+    dataset_info,
+    pair_roots,
+    patch_features,
+    to_tensor,
+)
 from franca.eval.metrics import StreamingConfusion, per_class_iou
 
 log = logging.getLogger(__name__)
@@ -46,10 +55,11 @@ class LinsegConfig:
     cat_max_ratio: float = 0.75
 
     @classmethod
-    def for_dataset(cls, dataset: str, **overrides) -> "LinsegConfig":
+    def for_dataset(cls, dataset: str, **overrides) -> LinsegConfig:
         if dataset == "ade20k":
-            base = dict(optimizer="adamw", lr=1e-3, weight_decay=1e-4, ratio_range=(1.0, 3.0),
-                        test_scales=[1.0, 1.32, 1.73])
+            base = dict(
+                optimizer="adamw", lr=1e-3, weight_decay=1e-4, ratio_range=(1.0, 3.0), test_scales=[1.0, 1.32, 1.73]
+            )
         else:
             base = dict(optimizer="sgd", lr=1e-3, weight_decay=5e-4, momentum=0.9, ratio_range=(0.5, 2.0))
         base.update({k: v for k, v in overrides.items() if v is not None})
@@ -134,7 +144,7 @@ class TrainAugmented(torch.utils.data.Dataset):
         for _ in range(10):
             t = int(torch.randint(0, max(nh - crop, 0) + 1, (1,), generator=g))
             left = int(torch.randint(0, max(nw - crop, 0) + 1, (1,), generator=g))
-            cm = mask[t:t + crop, left:left + crop]
+            cm = mask[t : t + crop, left : left + crop]
             _, cnt = np.unique(cm[cm != 255], return_counts=True)
             if cfg.cat_max_ratio >= 1 or (len(cnt) > 1 and cnt.max() / cnt.sum() < cfg.cat_max_ratio):
                 break
@@ -150,8 +160,9 @@ class TrainAugmented(torch.utils.data.Dataset):
 
 # ---------------------------------------------------------------- inference
 @torch.no_grad()
-def slide_logits(model: nn.Module, head: nn.Module, x: torch.Tensor, crop: int, stride: int, num_classes: int,
-                 use_rasa: bool = False) -> torch.Tensor:
+def slide_logits(
+    model: nn.Module, head: nn.Module, x: torch.Tensor, crop: int, stride: int, num_classes: int, use_rasa: bool = False
+) -> torch.Tensor:
     """mmseg slide inference on one image (1, 3, H, W): windows of crop² every stride pixels
     (the last flush with the border), logits bilinearly upsampled per window and averaged."""
     _, _, h, w = x.shape
@@ -166,15 +177,22 @@ def slide_logits(model: nn.Module, head: nn.Module, x: torch.Tensor, crop: int, 
             win, pads = _pad_to_multiple(x[:, :, y1:y2, x1:x2], int(model.patch_size))
             logits = head(patch_features(model, win, use_rasa).permute(0, 3, 1, 2))
             logits = F.interpolate(logits, size=win.shape[-2:], mode="bilinear", align_corners=False)
-            logits = logits[:, :, pads[2]:pads[2] + y2 - y1, pads[0]:pads[0] + x2 - x1]
+            logits = logits[:, :, pads[2] : pads[2] + y2 - y1, pads[0] : pads[0] + x2 - x1]
             out[:, :, y1:y2, x1:x2] += logits
             count[:, :, y1:y2, x1:x2] += 1
     return out / count
 
 
 @torch.no_grad()
-def predict_image(model: nn.Module, head: nn.Module, img, cfg: LinsegConfig, num_classes: int,
-                  device: torch.device, use_rasa: bool = False) -> torch.Tensor:
+def predict_image(
+    model: nn.Module,
+    head: nn.Module,
+    img,
+    cfg: LinsegConfig,
+    num_classes: int,
+    device: torch.device,
+    use_rasa: bool = False,
+) -> torch.Tensor:
     """Class probabilities (C, H, W) at the original size, averaged over test scales (and flips):
     each scale r resizes keeping aspect to (4·crop·r, crop·r) before slide inference."""
     from PIL import Image
@@ -187,7 +205,7 @@ def predict_image(model: nn.Module, head: nn.Module, img, cfg: LinsegConfig, num
         f = min(4 * cfg.crop * r / max(h, w), cfg.crop * r / min(h, w))
         im = img.resize((max(1, int(w * f + 0.5)), max(1, int(h * f + 0.5))), Image.BILINEAR)
         x = to_tensor(im, IMAGENET_MEAN, IMAGENET_STD)[None].to(device)
-        for flip in ([False, True] if cfg.flip else [False]):
+        for flip in [False, True] if cfg.flip else [False]:
             xi = x.flip(-1) if flip else x
             lg = slide_logits(model, head, xi, cfg.crop, stride, num_classes, use_rasa)
             lg = lg.flip(-1) if flip else lg
@@ -207,14 +225,23 @@ def _optimizer(head: nn.Module, cfg: LinsegConfig) -> torch.optim.Optimizer:
 
 
 def _batches(model, train_set, cfg: LinsegConfig, seed: int, epoch: int, device, use_rasa: bool, num_workers: int):
-    loader = torch.utils.data.DataLoader(TrainAugmented(train_set, cfg, seed, epoch), batch_size=cfg.batch_size,
-                                         num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(
+        TrainAugmented(train_set, cfg, seed, epoch), batch_size=cfg.batch_size, num_workers=num_workers
+    )
     for x, m in loader:
         yield backbone_maps(model, x.to(device), use_rasa), m.to(device)
 
 
-def train_head(model: nn.Module, train_set, num_classes: int, cfg: LinsegConfig, device: torch.device,
-               seed: int = 0, use_rasa: bool = False, num_workers: int = 0) -> LinearHead:
+def train_head(
+    model: nn.Module,
+    train_set,
+    num_classes: int,
+    cfg: LinsegConfig,
+    device: torch.device,
+    seed: int = 0,
+    use_rasa: bool = False,
+    num_workers: int = 0,
+) -> LinearHead:
     """Train the BN + 1×1 head on frozen features: CE (ignore 255) on logits bilinearly upsampled
     to the crop, poly LR (power 1) stepped per epoch."""
     from franca.utils.progress import progress as tqdm
@@ -225,8 +252,9 @@ def train_head(model: nn.Module, train_set, num_classes: int, cfg: LinsegConfig,
     cache: list[tuple[torch.Tensor, torch.Tensor]] = []
     if cfg.cache_views > 0:  # features of a fixed set of augmented crops, reused every epoch
         for v in tqdm(range(cfg.cache_views), desc="linseg feature cache", leave=False):
-            cache += [(f.cpu(), m.cpu()) for f, m in _batches(model, train_set, cfg, seed, v, device, use_rasa,
-                                                              num_workers)]
+            cache += [
+                (f.cpu(), m.cpu()) for f, m in _batches(model, train_set, cfg, seed, v, device, use_rasa, num_workers)
+            ]
         feats, masks = torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache])
     g = torch.Generator().manual_seed(seed)
     for ep in tqdm(range(cfg.epochs), desc="linseg epochs", leave=False):
@@ -235,8 +263,10 @@ def train_head(model: nn.Module, train_set, num_classes: int, cfg: LinsegConfig,
         head.train()
         if cfg.cache_views > 0:
             order = torch.randperm(feats.shape[0], generator=g)
-            it = ((feats[order[i:i + cfg.batch_size]].to(device), masks[order[i:i + cfg.batch_size]].to(device))
-                  for i in range(0, len(order), cfg.batch_size))
+            it = (
+                (feats[order[i : i + cfg.batch_size]].to(device), masks[order[i : i + cfg.batch_size]].to(device))
+                for i in range(0, len(order), cfg.batch_size)
+            )
         else:
             it = _batches(model, train_set, cfg, seed, ep, device, use_rasa, num_workers)
         for f, m in it:
@@ -253,18 +283,27 @@ def train_head(model: nn.Module, train_set, num_classes: int, cfg: LinsegConfig,
 
 
 @protocol_entry(old_positional=("train_set", "val_set", "device"), old_pair=("train_set", "val_set"))
-def evaluate(model: nn.Module, data=None, *, size: int | None = None, seeds: Sequence[int] = (0,),
-             device: torch.device | str = "auto", num_workers: int = 0, progress: bool = True,
-             config: LinsegConfig | None = None, use_rasa: bool = False, dataset_name: str = "voc") -> dict:
+def evaluate(
+    model: nn.Module,
+    data=None,
+    *,
+    size: int | None = None,
+    seeds: Sequence[int] = (0,),
+    device: torch.device | str = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+    config: LinsegConfig | None = None,
+    use_rasa: bool = False,
+    dataset_name: str = "voc",
+) -> dict:
     """Linear segmentation mIoU of `model`: head trained on the train set, scored on the val set.
     `data`: a (train, val) pair of raw segmentation sets with ignore 255 (or roots), or one root of
     `dataset_name` (ADE20K read with reduce_zero_label); None: the toy set. `size` is the training crop and
     sliding-window side (default: `config.crop`, 518). The batch is `config.batch_size`, the head's training
     crops per step, which the backbone also runs on (no separate `batch_size`). Mean and std over `seeds`."""
-    from franca.utils.progress import progress as tqdm
-
     from franca.eval.stats import mean_std
     from franca.utils.device import resolve_device
+    from franca.utils.progress import progress as tqdm
 
     device = resolve_device(device)
     cfg = config or LinsegConfig.for_dataset(dataset_name)
@@ -276,8 +315,10 @@ def evaluate(model: nn.Module, data=None, *, size: int | None = None, seeds: Seq
     train_set = as_segmentation(train_set, "train" if ade else "trainaug", dataset_name, reduce_zero_label=ade)
     read = next((d for d in DATASETS if str(getattr(val_set, "name", "")).startswith(f"{d}-")), None)
     if config is None and read is not None and read != dataset_name:  # the recipe follows dataset_name
-        raise ValueError(f"the val set is {read} ({val_set.name}) but dataset_name={dataset_name!r} picks the "
-                         f"{dataset_name} recipe (optimiser, test scales); pass dataset_name={read!r}")
+        raise ValueError(
+            f"the val set is {read} ({val_set.name}) but dataset_name={dataset_name!r} picks the "
+            f"{dataset_name} recipe (optimiser, test scales); pass dataset_name={read!r}"
+        )
     num_classes, ignore = dataset_info(val_set)
     if ignore != 255:
         raise ValueError(f"linear segmentation expects ignore index 255 (ADE20K with reduce_zero_label), got {ignore}")
@@ -300,10 +341,22 @@ def evaluate(model: nn.Module, data=None, *, size: int | None = None, seeds: Seq
     with warnings.catch_warnings():  # a class absent from every seed's GT and predictions stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         per_class = np.nanmean(np.stack(ious), axis=0)
-    return {"protocol": "linseg", "metric_name": "miou", "metric": ms["mean"], "miou": ms,
-            "per_class_iou": [None if math.isnan(v) else float(v) for v in per_class],
-            "class_names": list(getattr(val_set, "class_names", ()) or ()),
-            "settings": {**{k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()},
-                         "stride": cfg.stride or cfg.crop // 2, "seeds": list(seeds), "use_rasa": use_rasa,
-                         "num_classes": num_classes, "num_train": len(train_set), "num_val": len(val_set),
-                         "train": getattr(train_set, "name", None), "val": getattr(val_set, "name", None)}}
+    return {
+        "protocol": "linseg",
+        "metric_name": "miou",
+        "metric": ms["mean"],
+        "miou": ms,
+        "per_class_iou": [None if math.isnan(v) else float(v) for v in per_class],
+        "class_names": list(getattr(val_set, "class_names", ()) or ()),
+        "settings": {
+            **{k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in asdict(cfg).items()},
+            "stride": cfg.stride or cfg.crop // 2,
+            "seeds": list(seeds),
+            "use_rasa": use_rasa,
+            "num_classes": num_classes,
+            "num_train": len(train_set),
+            "num_val": len(val_set),
+            "train": getattr(train_set, "name", None),
+            "val": getattr(val_set, "name", None),
+        },
+    }

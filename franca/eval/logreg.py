@@ -15,11 +15,13 @@ first 10 % to choose C from 10^linspace(-6, 5, 45) by top-1 (or mean per-class a
 refit on all of train with that C and score the test split. Fits along the C grid warm-start
 from the previous solution; the problem is strictly convex, so this changes speed, not the answer.
 """
+
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,9 +68,16 @@ def fit_logreg(
     else:
         W = torch.zeros(num_classes, D, dtype=torch.float64, device=x.device, requires_grad=True)
         b = torch.zeros(num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, max_eval=int(max_iter * 1.25),
-                            tolerance_grad=tol, tolerance_change=1e-15, history_size=20,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [W, b],
+        lr=1.0,
+        max_iter=max_iter,
+        max_eval=int(max_iter * 1.25),
+        tolerance_grad=tol,
+        tolerance_change=1e-15,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
     reg = 1.0 / (2.0 * C * n)
 
     def closure() -> torch.Tensor:
@@ -155,8 +164,11 @@ def logreg_protocol(
     }
 
 
-@protocol_entry(old_positional=("train_set", "test_set"), old_pair=("train_set", "test_set"),
-                renamed={"data_root": "data", "dataset": "dataset_name"})
+@protocol_entry(
+    old_positional=("train_set", "test_set"),
+    old_pair=("train_set", "test_set"),
+    renamed={"data_root": "data", "dataset": "dataset_name"},
+)
 def evaluate(
     model: torch.nn.Module,
     data: Any = None,
@@ -185,15 +197,36 @@ def evaluate(
     from franca.eval.classification_data import MEAN_PER_CLASS, classification_inputs
     from franca.eval.stats import mean_std
 
-    inputs = classification_inputs(model, data, protocol="logreg", size=size, batch_size=batch_size, device=device,
-                                   num_workers=num_workers, cache_dir=cache_dir, finegrained=dataset_name,
-                                   model_key=f"{model_key}|{dataset_name}" if dataset_name else model_key)
+    inputs = classification_inputs(
+        model,
+        data,
+        protocol="logreg",
+        size=size,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        cache_dir=cache_dir,
+        finegrained=dataset_name,
+        model_key=f"{model_key}|{dataset_name}" if dataset_name else model_key,
+    )
     dev, train, test = inputs.device, inputs.train, inputs.val
     if metric is None:
         metric = "mean_per_class" if dataset_name in MEAN_PER_CLASS else "accuracy"
-    runs = [logreg_protocol(train["cls"].double(), train["labels"], test["cls"].double(), test["labels"],
-                            Cs=Cs, metric=metric, seed=s, max_iter=max_iter, device=dev, show_progress=True)
-            for s in seeds]
+    runs = [
+        logreg_protocol(
+            train["cls"].double(),
+            train["labels"],
+            test["cls"].double(),
+            test["labels"],
+            Cs=Cs,
+            metric=metric,
+            seed=s,
+            max_iter=max_iter,
+            device=dev,
+            show_progress=True,
+        )
+        for s in seeds
+    ]
     ms = mean_std([r["test"] for r in runs])
     return {
         "protocol": "logreg",
@@ -203,7 +236,13 @@ def evaluate(
         "metric_std": ms["std"],
         "best_C": [r["best_C"] for r in runs],
         "per_seed": runs,
-        "settings": {"Cs": list(Cs) if Cs is not None else "10^linspace(-6,5,45)", "metric": metric,
-                     "holdout_fraction": 0.1, "seeds": list(seeds), "size": size, "max_iter": max_iter},
+        "settings": {
+            "Cs": list(Cs) if Cs is not None else "10^linspace(-6,5,45)",
+            "metric": metric,
+            "holdout_fraction": 0.1,
+            "seeds": list(seeds),
+            "size": size,
+            "max_iter": max_iter,
+        },
         "data": {"n_train": int(train["labels"].numel()), "n_test": int(test["labels"].numel())},
     }

@@ -6,6 +6,7 @@ Conventions: a confusion matrix has GT classes as rows and predicted classes (or
 as columns, `conf[g, p]` = number of valid pixels with ground truth g predicted as p.
 IoU_c = TP / max(TP + FP + FN, 1e-8), pooled over the whole data set.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -150,12 +151,16 @@ def match_clusters(conf: np.ndarray | torch.Tensor, mode: MatchMode = "auto") ->
     raise ValueError(f"unknown matching mode {mode!r}; use identity, hungarian, greedy, greedy+hungarian or auto")
 
 
-def matched_miou(conf: np.ndarray | torch.Tensor, mode: MatchMode = "auto",
-                 absent: Literal["zero", "nan"] = "zero") -> dict:
+def matched_miou(
+    conf: np.ndarray | torch.Tensor, mode: MatchMode = "auto", absent: Literal["zero", "nan"] = "zero"
+) -> dict:
     """Match predictions to GT classes, then score: {"miou", "per_class_iou", "mapping"}."""
     c = np.asarray(torch.as_tensor(conf).cpu().numpy(), dtype=np.int64)
     mapping = match_clusters(c, mode)
     square = remap_confusion(c, mapping, c.shape[0])
     iou = per_class_iou(square, absent)
-    return {"miou": mean_iou(square, absent), "per_class_iou": [float(v) for v in iou],
-            "mapping": [int(m) for m in mapping]}
+    return {
+        "miou": mean_iou(square, absent),
+        "per_class_iou": [float(v) for v in iou],
+        "mapping": [int(m) for m in mapping],
+    }

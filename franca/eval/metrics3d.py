@@ -7,6 +7,7 @@ side, counts as correct below alpha (0.10). The depth metrics follow Probe3D's d
 metric is computed per image over the valid pixels and then averaged over images; SI-RMSE first
 fits a per-image scale and shift of the prediction to the ground truth by least squares.
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,10 +10,11 @@ Leopart's `sup_overcluster.py` does) → mIoU over all GT classes, averaged over
 `matching="hungarian-below"` uses Hungarian for every K ≤ C instead; `refine_hungarian` gives the
 paper's "greedy, then Hungarian" for K > C.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,9 +28,16 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def extract_tokens(model: torch.nn.Module, dataset, size: int, device: torch.device, batch_size: int = 32,
-                   num_workers: int = 0, use_rasa: bool = False, mask_size: int = 100
-                   ) -> tuple[np.ndarray, tuple[int, int], torch.Tensor]:
+def extract_tokens(
+    model: torch.nn.Module,
+    dataset,
+    size: int,
+    device: torch.device,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    use_rasa: bool = False,
+    mask_size: int = 100,
+) -> tuple[np.ndarray, tuple[int, int], torch.Tensor]:
     """Patch tokens of every image (N·h·w, D) float32, the grid (h, w), and the masks resized
     (nearest, via S×S as Leopart does) to mask_size² as (N, mask_size, mask_size) int64."""
     from franca.utils.progress import progress as tqdm
@@ -54,7 +62,7 @@ def standardize_pca(x: np.ndarray, dim: int = 50, chunk: int = 100_000) -> np.nd
     n, d = x.shape
     total, sq = np.zeros(d), np.zeros(d)
     for i in range(0, n, chunk):  # float64 statistics in chunks, like the incremental StandardScaler
-        c = x[i:i + chunk].astype(np.float64)
+        c = x[i : i + chunk].astype(np.float64)
         total += c.sum(0)
         sq += (c * c).sum(0)
     mean = total / n
@@ -62,7 +70,7 @@ def standardize_pca(x: np.ndarray, dim: int = 50, chunk: int = 100_000) -> np.nd
     std[std < 1e-12] = 1.0  # sklearn leaves constant dimensions unscaled
     z = np.empty((n, d), dtype=np.float32)
     for i in range(0, n, chunk):
-        z[i:i + chunk] = (x[i:i + chunk] - mean) / std
+        z[i : i + chunk] = (x[i : i + chunk] - mean) / std
     dim = min(dim, d, n)  # a PCA cannot output more components than it has points or dimensions
     if dim < 1:
         raise ValueError("cannot cluster an empty token set")
@@ -83,8 +91,9 @@ def kmeans_assign(x: np.ndarray, k: int, seed: int, niter: int = 100, nredo: int
     return idx[:, 0].astype(np.int64)
 
 
-def cluster_confusion(assign: np.ndarray, grid: tuple[int, int], masks: torch.Tensor, k: int,
-                      num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def cluster_confusion(
+    assign: np.ndarray, grid: tuple[int, int], masks: torch.Tensor, k: int, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """(C × K) confusion of cluster maps (resized nearest to the mask size) against the masks."""
     n = masks.shape[0]
     maps = torch.from_numpy(assign).view(n, 1, *grid).float()
@@ -115,15 +124,24 @@ def matching_mode(k: int, num_classes: int, matching: str = "leopart", refine_hu
     return "greedy+hungarian" if (refine_hungarian and k > num_classes) else "greedy"
 
 
-def overcluster_scores(tokens: np.ndarray, grid: tuple[int, int], masks: torch.Tensor, num_classes: int,
-                       ks: Sequence[int], seeds: Sequence[int], ignore_index: int = 255, pca_dim: int = 50,
-                       niter: int = 100, nredo: int = 5, refine_hungarian: bool = False,
-                       matching: str = "leopart") -> dict:
+def overcluster_scores(
+    tokens: np.ndarray,
+    grid: tuple[int, int],
+    masks: torch.Tensor,
+    num_classes: int,
+    ks: Sequence[int],
+    seeds: Sequence[int],
+    ignore_index: int = 255,
+    pca_dim: int = 50,
+    niter: int = 100,
+    nredo: int = 5,
+    refine_hungarian: bool = False,
+    matching: str = "leopart",
+) -> dict:
     """The pure core: tokens (N·h·w, D) → {K: {"miou": mean_std, "per_class_iou": mean over seeds,
     "matching": the mode used}} (see `matching_mode` for `matching` and `refine_hungarian`)."""
-    from franca.utils.progress import progress as tqdm
-
     from franca.eval.stats import mean_std
+    from franca.utils.progress import progress as tqdm
 
     z = standardize_pca(tokens, pca_dim)
     out: dict[str, dict] = {}
@@ -141,11 +159,27 @@ def overcluster_scores(tokens: np.ndarray, grid: tuple[int, int], masks: torch.T
 
 
 @protocol_entry(old_positional=("dataset", "device"), renamed={"dataset": "data"})
-def evaluate(model: torch.nn.Module, data=None, *, size: int = 448, seeds: Sequence[int] = (0, 1, 2, 3, 4),
-             batch_size: int = 32, device: torch.device | str = "auto", num_workers: int = 0, progress: bool = True,
-             ks: Sequence[int | None] = (100, 300, None), pca_dim: int = 50, niter: int = 100, nredo: int = 5,
-             refine_hungarian: bool = False, use_rasa: bool = False, mask_size: int = 100,
-             dataset_name: str = "voc", split: str = "val", matching: str = "leopart") -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    data=None,
+    *,
+    size: int = 448,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    batch_size: int = 32,
+    device: torch.device | str = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+    ks: Sequence[int | None] = (100, 300, None),
+    pca_dim: int = 50,
+    niter: int = 100,
+    nredo: int = 5,
+    refine_hungarian: bool = False,
+    use_rasa: bool = False,
+    mask_size: int = 100,
+    dataset_name: str = "voc",
+    split: str = "val",
+    matching: str = "leopart",
+) -> dict:
     """Leopart overclustering of `model` on `data`: a raw segmentation set (e.g. VOC val, COCO-Things val),
     or a root of `dataset_name` whose `split` is read (None: the built-in toy set).
 
@@ -157,8 +191,10 @@ def evaluate(model: torch.nn.Module, data=None, *, size: int = 448, seeds: Seque
     _check_matching(matching)  # before the feature pass, not after it
     device = resolve_device(device)
     if is_pair(data):
-        raise ValueError("overclustering clusters one set (the val split, as Leopart): pass data=<that set or a "
-                         "root> (with split=...), not a (train, val) pair")
+        raise ValueError(
+            "overclustering clusters one set (the val split, as Leopart): pass data=<that set or a "
+            "root> (with split=...), not a (train, val) pair"
+        )
     dataset = as_segmentation(data, split, dataset_name, reduce_zero_label=False)  # Leopart/HB labels
     num_classes, ignore = dataset_info(dataset)
     size = round_to_patch(size, int(model.patch_size))
@@ -166,17 +202,36 @@ def evaluate(model: torch.nn.Module, data=None, *, size: int = 448, seeds: Seque
     n_tokens = len(dataset) * (size // int(model.patch_size)) ** 2
     too_big = [k for k in ks if k > n_tokens]
     if too_big:  # before the feature pass and the first K-means, so no K's result is computed and then lost
-        raise ValueError(f"K={too_big[0]} needs at least K patch tokens to cluster, but {len(dataset)} images at "
-                         f"size {size} give {n_tokens}; use smaller K or more images")
+        raise ValueError(
+            f"K={too_big[0]} needs at least K patch tokens to cluster, but {len(dataset)} images at "
+            f"size {size} give {n_tokens}; use smaller K or more images"
+        )
     model = model.eval().to(device)
     tokens, grid, masks = extract_tokens(model, dataset, size, device, batch_size, num_workers, use_rasa, mask_size)
-    res = overcluster_scores(tokens, grid, masks, num_classes, ks, seeds, ignore, pca_dim, niter, nredo,
-                             refine_hungarian, matching)
-    return {"protocol": "overcluster", "metric_name": f"miou_k{ks[0]}", "metric": res[str(ks[0])]["miou"]["mean"],
-            "results": res, "per_class_iou": res[str(ks[0])]["per_class_iou"],
-            "class_names": list(getattr(dataset, "class_names", ()) or ()),
-            "settings": {"size": size, "ks": ks, "seeds": list(seeds), "pca_dim": pca_dim, "niter": niter,
-                         "nredo": nredo, "refine_hungarian": refine_hungarian, "matching": matching,
-                         "mask_size": mask_size,
-                         "use_rasa": use_rasa, "num_images": len(dataset), "num_classes": num_classes,
-                         "ignore_index": ignore, "dataset": getattr(dataset, "name", type(dataset).__name__)}}
+    res = overcluster_scores(
+        tokens, grid, masks, num_classes, ks, seeds, ignore, pca_dim, niter, nredo, refine_hungarian, matching
+    )
+    return {
+        "protocol": "overcluster",
+        "metric_name": f"miou_k{ks[0]}",
+        "metric": res[str(ks[0])]["miou"]["mean"],
+        "results": res,
+        "per_class_iou": res[str(ks[0])]["per_class_iou"],
+        "class_names": list(getattr(dataset, "class_names", ()) or ()),
+        "settings": {
+            "size": size,
+            "ks": ks,
+            "seeds": list(seeds),
+            "pca_dim": pca_dim,
+            "niter": niter,
+            "nredo": nredo,
+            "refine_hungarian": refine_hungarian,
+            "matching": matching,
+            "mask_size": mask_size,
+            "use_rasa": use_rasa,
+            "num_images": len(dataset),
+            "num_classes": num_classes,
+            "ignore_index": ignore,
+            "dataset": getattr(dataset, "name", type(dataset).__name__),
+        },
+    }

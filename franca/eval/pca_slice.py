@@ -9,10 +9,12 @@ best val top-1 per k. The full-width probe on the raw CLS is reported as a refer
 The PCA uses the D×D covariance in float64 and its eigendecomposition, so fitting on 1.28M × 1024
 features needs only D² memory; components equal the right singular vectors of the centred data.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -37,7 +39,7 @@ def fit_pca(x: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Te
     mean = x.double().mean(dim=0)
     cov = torch.zeros(D, D, dtype=torch.float64, device=x.device)
     for s in range(0, n, chunk):  # accumulate Xc^T Xc in slices: D² memory only
-        xc = x[s:s + chunk].double() - mean
+        xc = x[s : s + chunk].double() - mean
         cov += xc.T @ xc
     cov /= n - 1
     evals, evecs = torch.linalg.eigh(cov)  # ascending
@@ -54,9 +56,12 @@ def project(x: torch.Tensor, mean: torch.Tensor, components: torch.Tensor, k: in
     return ((x.double() - mean) @ components[:k].T).float()
 
 
-@protocol_entry(old_positional=("train_set", "val_set"), old_pair=("train_set", "val_set"),
-                renamed={"data_root": "data", "extract_batch_size": "batch_size"},
-                changed={"batch_size": BATCH_SIZE_CHANGED})
+@protocol_entry(
+    old_positional=("train_set", "val_set"),
+    old_pair=("train_set", "val_set"),
+    renamed={"data_root": "data", "extract_batch_size": "batch_size"},
+    changed={"batch_size": BATCH_SIZE_CHANGED},
+)
 def evaluate(
     model: torch.nn.Module,
     data: Any = None,
@@ -86,8 +91,17 @@ def evaluate(
     from franca.eval.stats import mean_std
 
     lrs = tuple(lrs) if lrs is not None else LR_GRID
-    inputs = classification_inputs(model, data, protocol="pca_slice", size=size, batch_size=batch_size,
-                                   device=device, num_workers=num_workers, cache_dir=cache_dir, model_key=model_key)
+    inputs = classification_inputs(
+        model,
+        data,
+        protocol="pca_slice",
+        size=size,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        cache_dir=cache_dir,
+        model_key=model_key,
+    )
     dev, train, val = inputs.device, inputs.train, inputs.val
     D = train["cls"].shape[1]
     C = int(max(train["labels"].max(), val["labels"].max())) + 1
@@ -97,18 +111,32 @@ def evaluate(
         log.warning("pca-slice: k clipped to the feature width %d", D)
     n_train = train["labels"].numel()
     iters = -(-n_train // probe_batch_size)
-    slices = {f"k{k}": (project(train["cls"].to(dev), mean, comps, k).cpu(),
-                        project(val["cls"].to(dev), mean, comps, k).cpu()) for k in kept}
+    slices = {
+        f"k{k}": (
+            project(train["cls"].to(dev), mean, comps, k).cpu(),
+            project(val["cls"].to(dev), mean, comps, k).cpu(),
+        )
+        for k in kept
+    }
     slices["full"] = (train["cls"], val["cls"])
     per_k: dict[str, dict[str, float]] = {}
     per_seed = []
     for name, (xtr, xv) in slices.items():
         accs = []
         for seed in seeds:
-            out = train_linear_grid(feature_batches({"x": xtr}, train["labels"], probe_batch_size, seed),
-                                    {"x": xv}, val["labels"], inputs={name: lambda f: f["x"]}, num_classes=C,
-                                    epochs=epochs, iters_per_epoch=iters, batch_size=probe_batch_size, lrs=lrs,
-                                    seed=seed, device=dev)
+            out = train_linear_grid(
+                feature_batches({"x": xtr}, train["labels"], probe_batch_size, seed),
+                {"x": xv},
+                val["labels"],
+                inputs={name: lambda f: f["x"]},
+                num_classes=C,
+                epochs=epochs,
+                iters_per_epoch=iters,
+                batch_size=probe_batch_size,
+                lrs=lrs,
+                seed=seed,
+                device=dev,
+            )
             accs.append(out["best"]["top1"])
             per_seed.append({"slice": name, "seed": seed, "best": out["best"]})
         per_k[name] = mean_std(accs)
@@ -124,8 +152,17 @@ def evaluate(
         "per_k_std": {k: v["std"] for k, v in per_k.items()},
         "explained_variance": explained,
         "per_seed": per_seed,
-        "settings": {"ks": kept, "requested_ks": [int(k) for k in ks], "feature_dim": D, "epochs": epochs,
-                     "probe_batch_size": probe_batch_size, "batch_size": batch_size, "lrs": list(lrs),
-                     "seeds": list(seeds), "size": size, "pca": "train CLS, centred, sorted by variance"},
+        "settings": {
+            "ks": kept,
+            "requested_ks": [int(k) for k in ks],
+            "feature_dim": D,
+            "epochs": epochs,
+            "probe_batch_size": probe_batch_size,
+            "batch_size": batch_size,
+            "lrs": list(lrs),
+            "seeds": list(seeds),
+            "size": size,
+            "pca": "train CLS, centred, sorted by variance",
+        },
         "data": {"n_train": int(n_train), "n_val": int(val["labels"].numel()), "num_classes": C},
     }

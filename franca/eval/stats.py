@@ -1,4 +1,5 @@
 """Summaries of repeated runs (one value per seed) shared by every protocol's result JSON."""
+
 from __future__ import annotations
 
 import statistics
@@ -13,5 +14,8 @@ def mean_std(values: Sequence[float]) -> dict[str, float | list[float]]:
     values = list(values)
     if not values:
         raise ValueError("mean_std needs at least one value (no seeds were run)")
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }

@@ -1,5 +1,6 @@
 """Franca losses: Sinkhorn-Knopp / centering teacher targets, DINO, iBOT, KoLeo and their combination.
 May import franca.utils only."""
+
 from __future__ import annotations
 
 from franca.losses.centering import SoftmaxCentering

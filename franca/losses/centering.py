@@ -5,6 +5,7 @@ Targets are softmax((L − c_l)/τ_t) with an EMA centre c_l per nesting level, 
 (the released code shares one buffer across levels; that is a bug this module avoids). The centre is
 updated only when the training step calls :meth:`SoftmaxCentering.update` explicitly.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

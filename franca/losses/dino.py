@@ -9,6 +9,7 @@ Local crops pair with both teacher global views; global crops pair only with the
 (``skip_same_view=True``). The Franca objective divides the summed terms by the number of pairs
 (:mod:`franca.losses.franca_loss`).
 """
+
 from __future__ import annotations
 
 import torch

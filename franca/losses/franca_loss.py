@@ -13,6 +13,7 @@ With B images per process, 2 global crops, n_L local crops, L levels with weight
 CE(t, s) = −Σ_k t_k log softmax(s/τ_s)_k with τ_s = 0.1. This matches the released normalisation, so
 loss magnitudes are comparable to the reference logs.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -6,6 +6,7 @@ For one nesting level, over the M masked patch tokens of a batch of n_images glo
 
 so every masked crop weighs the same, whatever its mask ratio, and crops without a mask count in the mean.
 """
+
 from __future__ import annotations
 
 import torch

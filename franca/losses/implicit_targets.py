@@ -19,10 +19,11 @@ Same algorithm as `franca.losses.sinkhorn`: exact first prototype step in log sp
 the sample step cancels), then n_iterations sample and prototype steps, prototype sums global across
 processes. Here every scaling is added in log space to `col` / `row`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -41,8 +42,15 @@ CHUNK_ELEMENTS = 1 << 27
 # step are large (|L/τ| can be in the thousands) and are applied first, where they cancel; the small
 # Sinkhorn corrections col, row are added after, so their updates are not rounded at that magnitude.
 
-def _exponent(logits: torch.Tensor, scale: float, col_shift: torch.Tensor, col: torch.Tensor,
-              row_shift: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+
+def _exponent(
+    logits: torch.Tensor,
+    scale: float,
+    col_shift: torch.Tensor,
+    col: torch.Tensor,
+    row_shift: torch.Tensor,
+    row: torch.Tensor,
+) -> torch.Tensor:
     return (logits.float() * scale + col_shift + row_shift[:, None]) + (col + row[:, None])
 
 
@@ -58,19 +66,38 @@ def _row_max(logits: torch.Tensor, scale: float, col_shift: torch.Tensor) -> tor
     return (logits.float() * scale + col_shift).amax(dim=1)
 
 
-def _row_sum(logits: torch.Tensor, scale: float, col_shift: torch.Tensor, col: torch.Tensor,
-             row_shift: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+def _row_sum(
+    logits: torch.Tensor,
+    scale: float,
+    col_shift: torch.Tensor,
+    col: torch.Tensor,
+    row_shift: torch.Tensor,
+    row: torch.Tensor,
+) -> torch.Tensor:
     return torch.exp(_exponent(logits, scale, col_shift, col, row_shift, row)).sum(dim=1)
 
 
-def _col_sum(logits: torch.Tensor, scale: float, col_shift: torch.Tensor, col: torch.Tensor,
-             row_shift: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+def _col_sum(
+    logits: torch.Tensor,
+    scale: float,
+    col_shift: torch.Tensor,
+    col: torch.Tensor,
+    row_shift: torch.Tensor,
+    row: torch.Tensor,
+) -> torch.Tensor:
     return torch.exp(_exponent(logits, scale, col_shift, col, row_shift, row)).sum(dim=0)
 
 
-def _ce_forward(student: torch.Tensor, inv_temp: float, logits: torch.Tensor, scale: float,
-                col_shift: torch.Tensor, col: torch.Tensor, row_shift: torch.Tensor,
-                row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _ce_forward(
+    student: torch.Tensor,
+    inv_temp: float,
+    logits: torch.Tensor,
+    scale: float,
+    col_shift: torch.Tensor,
+    col: torch.Tensor,
+    row_shift: torch.Tensor,
+    row: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row: CE = Σt·lse − Σ t·s/τ_s, with lse = logsumexp(s/τ_s) and Σt (saved for backward)."""
     s = student.float() * inv_temp
     t = torch.exp(_exponent(logits, scale, col_shift, col, row_shift, row))
@@ -79,9 +106,19 @@ def _ce_forward(student: torch.Tensor, inv_temp: float, logits: torch.Tensor, sc
     return t_sum * lse - (t * s).sum(dim=1), lse, t_sum
 
 
-def _ce_backward(student: torch.Tensor, inv_temp: float, logits: torch.Tensor, scale: float,
-                 col_shift: torch.Tensor, col: torch.Tensor, row_shift: torch.Tensor, row: torch.Tensor,
-                 lse: torch.Tensor, t_sum: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+def _ce_backward(
+    student: torch.Tensor,
+    inv_temp: float,
+    logits: torch.Tensor,
+    scale: float,
+    col_shift: torch.Tensor,
+    col: torch.Tensor,
+    row_shift: torch.Tensor,
+    row: torch.Tensor,
+    lse: torch.Tensor,
+    t_sum: torch.Tensor,
+    grad_out: torch.Tensor,
+) -> torch.Tensor:
     """∂CE/∂s = (softmax(s/τ_s)·Σt − t)/τ_s, times the incoming row gradient, in the student's dtype."""
     p = torch.exp(student.float() * inv_temp - lse[:, None])
     t = torch.exp(_exponent(logits, scale, col_shift, col, row_shift, row))
@@ -89,8 +126,9 @@ def _ce_backward(student: torch.Tensor, inv_temp: float, logits: torch.Tensor, s
     return g.to(student.dtype)
 
 
-_EAGER: dict[str, Callable] = {f.__name__: f for f in (_col_max, _col_sumexp, _row_max, _row_sum, _col_sum,
-                                                         _ce_forward, _ce_backward)}
+_EAGER: dict[str, Callable] = {
+    f.__name__: f for f in (_col_max, _col_sumexp, _row_max, _row_sum, _col_sum, _ce_forward, _ce_backward)
+}
 _COMPILED: dict[str, Callable] = {}
 """A cache of the compiled passes (compiled once per process when first asked for); which of the two
 sets a computation uses is the `compiled` flag of its targets, never a process-wide switch."""
@@ -113,6 +151,7 @@ def _chunks(n: int, K: int, compiled: bool) -> list[slice]:
 
 
 # ------------------------------------------------------------------------------------ the targets
+
 
 @dataclass
 class SinkhornTargets:
@@ -141,14 +180,15 @@ class SinkhornTargets:
         """(col_shift, col, row_shift[rows], row[rows]), the argument order of the passes."""
         return self.col_shift, self.col, self.row_shift[rows], self.row[rows]
 
-    def __getitem__(self, rows: slice) -> "SinkhornTargets":
+    def __getitem__(self, rows: slice) -> SinkhornTargets:
         """The targets of a slice of rows (e.g. ``targets[:M]``)."""
         if not isinstance(rows, slice):
             raise TypeError(f"SinkhornTargets can only be sliced by rows, got {rows!r}")
-        return SinkhornTargets(self.logits[rows], self.scale, self.col_shift, self.row_shift[rows],
-                               self.col, self.row[rows], self.compiled)
+        return SinkhornTargets(
+            self.logits[rows], self.scale, self.col_shift, self.row_shift[rows], self.col, self.row[rows], self.compiled
+        )
 
-    def detach(self) -> "SinkhornTargets":
+    def detach(self) -> SinkhornTargets:
         return self
 
     def materialize(self) -> torch.Tensor:
@@ -156,8 +196,14 @@ class SinkhornTargets:
         return torch.exp(_exponent(self.logits, self.scale, *self.vectors()))
 
 
-def _col_pass(name: str, compiled: bool, logits: torch.Tensor, *args: torch.Tensor | float, reduce: str = "sum",
-              rows: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+def _col_pass(
+    name: str,
+    compiled: bool,
+    logits: torch.Tensor,
+    *args: torch.Tensor | float,
+    reduce: str = "sum",
+    rows: tuple[torch.Tensor, ...] = (),
+) -> torch.Tensor:
     """A column-wise pass, accumulated over row chunks (sum or max); `rows` are sliced with the chunk."""
     f = _fn(name, compiled)
     out: torch.Tensor | None = None
@@ -168,8 +214,9 @@ def _col_pass(name: str, compiled: bool, logits: torch.Tensor, *args: torch.Tens
     return out
 
 
-def _row_pass(name: str, compiled: bool, logits: torch.Tensor, *args: torch.Tensor | float,
-              rows: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+def _row_pass(
+    name: str, compiled: bool, logits: torch.Tensor, *args: torch.Tensor | float, rows: tuple[torch.Tensor, ...] = ()
+) -> torch.Tensor:
     """A row-wise pass over row chunks; `rows` are sliced with the chunk."""
     f = _fn(name, compiled)
     parts = [f(logits[sl], *args, *(r[sl] for r in rows)) for sl in _chunks(*logits.shape, compiled)]
@@ -177,8 +224,9 @@ def _row_pass(name: str, compiled: bool, logits: torch.Tensor, *args: torch.Tens
 
 
 @torch.no_grad()
-def sinkhorn_targets(logits: torch.Tensor, temperature: float, n_iterations: int = 3,
-                     compiled: bool = False) -> SinkhornTargets:
+def sinkhorn_targets(
+    logits: torch.Tensor, temperature: float, n_iterations: int = 3, compiled: bool = False
+) -> SinkhornTargets:
     """Sinkhorn-Knopp of (n, K) teacher logits as implicit targets (same values as `sinkhorn_knopp`).
 
     Prototype sums are global across processes: every process must call this, also with n = 0 rows.
@@ -206,22 +254,35 @@ def sinkhorn_targets(logits: torch.Tensor, temperature: float, n_iterations: int
     row = torch.zeros(n, device=dev)
     row = row - torch.log(_row_pass("_row_sum", c, logits, scale, col_shift, col, rows=(row_shift, row)))
     for _ in range(n_iterations - 1):
-        col = col - torch.log(all_reduce_sum(_col_pass("_col_sum", c, logits, scale, col_shift, col,
-                                                       rows=(row_shift, row))))
+        col = col - torch.log(
+            all_reduce_sum(_col_pass("_col_sum", c, logits, scale, col_shift, col, rows=(row_shift, row)))
+        )
         row = row - torch.log(_row_pass("_row_sum", c, logits, scale, col_shift, col, rows=(row_shift, row)))
     return SinkhornTargets(logits, scale, col_shift, row_shift, col, row, c)
 
 
 # ---------------------------------------------------------------------------------- the loss
 
+
 class _ImplicitSoftCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student: torch.Tensor, logits: torch.Tensor, scale: float, col_shift: torch.Tensor,
-                col: torch.Tensor, row_shift: torch.Tensor, row: torch.Tensor,
-                inv_temp: float, compiled: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx,
+        student: torch.Tensor,
+        logits: torch.Tensor,
+        scale: float,
+        col_shift: torch.Tensor,
+        col: torch.Tensor,
+        row_shift: torch.Tensor,
+        row: torch.Tensor,
+        inv_temp: float,
+        compiled: bool,
+    ) -> torch.Tensor:  # type: ignore[override]
         f = _fn("_ce_forward", compiled)
-        parts = [f(student[sl], inv_temp, logits[sl], scale, col_shift, col, row_shift[sl], row[sl])
-                 for sl in _chunks(*student.shape, compiled)]
+        parts = [
+            f(student[sl], inv_temp, logits[sl], scale, col_shift, col, row_shift[sl], row[sl])
+            for sl in _chunks(*student.shape, compiled)
+        ]
         ce, lse, t_sum = (torch.cat(x) if len(parts) > 1 else x[0] for x in zip(*parts))
         ctx.save_for_backward(student, logits, col_shift, col, row_shift, row, lse, t_sum)
         ctx.scale, ctx.inv_temp, ctx.compiled = scale, inv_temp, compiled
@@ -232,18 +293,36 @@ class _ImplicitSoftCE(torch.autograd.Function):
         student, logits, col_shift, col, row_shift, row, lse, t_sum = ctx.saved_tensors
         f = _fn("_ce_backward", ctx.compiled)
         g = grad_out.float()
-        parts = [f(student[sl], ctx.inv_temp, logits[sl], ctx.scale, col_shift, col, row_shift[sl], row[sl],
-                   lse[sl], t_sum[sl], g[sl]) for sl in _chunks(*student.shape, ctx.compiled)]
+        parts = [
+            f(
+                student[sl],
+                ctx.inv_temp,
+                logits[sl],
+                ctx.scale,
+                col_shift,
+                col,
+                row_shift[sl],
+                row[sl],
+                lse[sl],
+                t_sum[sl],
+                g[sl],
+            )
+            for sl in _chunks(*student.shape, ctx.compiled)
+        ]
         grad = torch.cat(parts) if len(parts) > 1 else parts[0]
         return grad, None, None, None, None, None, None, None, None
 
 
-def implicit_soft_cross_entropy(targets: SinkhornTargets, student_logits: torch.Tensor,
-                                student_temp: float) -> torch.Tensor:
+def implicit_soft_cross_entropy(
+    targets: SinkhornTargets, student_logits: torch.Tensor, student_temp: float
+) -> torch.Tensor:
     """Per-row CE −Σ_k T_ik log softmax(s_i/τ_s)_k -> (n,) fp32, with T never materialised; the passes
     are compiled when the targets were (`targets.compiled`)."""
     if targets.shape != student_logits.shape or student_logits.ndim != 2:
-        raise ValueError(f"implicit_soft_cross_entropy expects equal (n, K) shapes, got "
-                         f"{tuple(targets.shape)} and {tuple(student_logits.shape)}")
-    return _ImplicitSoftCE.apply(student_logits, targets.logits, targets.scale, *targets.vectors(),
-                                 1.0 / float(student_temp), targets.compiled)
+        raise ValueError(
+            f"implicit_soft_cross_entropy expects equal (n, K) shapes, got "
+            f"{tuple(targets.shape)} and {tuple(student_logits.shape)}"
+        )
+    return _ImplicitSoftCE.apply(
+        student_logits, targets.logits, targets.scale, *targets.vectors(), 1.0 / float(student_temp), targets.compiled
+    )

@@ -7,6 +7,7 @@
 computed in fp32. The reference computes it per process (no gather); ``global_batch=True`` instead
 searches neighbours among the gathered rows of every process (the gathered copies carry no gradient).
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@ implementation therefore works in log space without them: it is the same functio
 at any temperature and batch size (no exp overflow, no all-zero rows), and its only collectives are
 a sum (``all_reduce_sum``) and a gather of K per-prototype maxima (``all_gather_cat``).
 """
+
 from __future__ import annotations
 
 import torch

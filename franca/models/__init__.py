@@ -3,16 +3,20 @@ May import franca.utils only.
 
 Imports are lazy so that `import franca.models` stays cheap; heavy modules load on first use.
 """
+
 from __future__ import annotations
 
 from franca.utils.lazy import lazy_exports
 
 __all__ = ["build_backbone", "load_backbone", "export_backbone", "DinoVisionTransformer", "SIZES"]
 
-__getattr__ = lazy_exports(__name__, {
-    "build_backbone": "franca.models.api:build_backbone",
-    "load_backbone": "franca.models.api:load_backbone",
-    "export_backbone": "franca.models.api:export_backbone",
-    "DinoVisionTransformer": "franca.models.backbone:DinoVisionTransformer",
-    "SIZES": "franca.models.sizes:SIZES",
-})
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "build_backbone": "franca.models.api:build_backbone",
+        "load_backbone": "franca.models.api:load_backbone",
+        "export_backbone": "franca.models.api:export_backbone",
+        "DinoVisionTransformer": "franca.models.backbone:DinoVisionTransformer",
+        "SIZES": "franca.models.sizes:SIZES",
+    },
+)

@@ -11,6 +11,7 @@
   contradicts the file is an error naming both.
 - `load_backbone("vitb14")` with no weights raises: nothing ever falls back to random weights silently.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -36,7 +37,7 @@ def build_backbone(name: str, **overrides: Any) -> nn.Module:
     if name.startswith(TIMM_PREFIX):
         from franca.models.timm_wrap import build_timm_backbone
 
-        model = build_timm_backbone(name[len(TIMM_PREFIX):], **overrides)
+        model = build_timm_backbone(name[len(TIMM_PREFIX) :], **overrides)
     else:
         model = DinoVisionTransformer(**size_config(name, **overrides))
         model.size_name = name  # recorded in exports: a file says which size it is a variant of
@@ -49,14 +50,22 @@ def no_weights_message(name: str | None) -> str:
     from franca.models.releases import release_names
 
     what = f"{name!r} is not a released model" if name else "no model and no weights given"
-    return (f"{what}, and no weights file was given. Pass weights=FILE (CLI: --weights FILE), or a released "
-            f"name such as franca_vitb14_in21k or dinov2_vits14_reg (downloaded once, then cached; all: "
-            f"{', '.join(release_names())}). Random weights only on request: "
-            f"franca.build_backbone({name or 'vits14'!r}) (CLI: --random-init).")
+    return (
+        f"{what}, and no weights file was given. Pass weights=FILE (CLI: --weights FILE), or a released "
+        f"name such as franca_vitb14_in21k or dinov2_vits14_reg (downloaded once, then cached; all: "
+        f"{', '.join(release_names())}). Random weights only on request: "
+        f"franca.build_backbone({name or 'vits14'!r}) (CLI: --random-init)."
+    )
 
 
-def load_backbone(name: str | None = None, weights: str | Path | None = None, rasa: str | Path | bool | None = None,
-                  *, progress: bool = True, **overrides: Any) -> nn.Module:
+def load_backbone(
+    name: str | None = None,
+    weights: str | Path | None = None,
+    rasa: str | Path | bool | None = None,
+    *,
+    progress: bool = True,
+    **overrides: Any,
+) -> nn.Module:
     """A backbone with weights, in eval mode: a released name, or a weights file (size name optional).
 
     `rasa=FILE` attaches a RASA projection (official head file or ours); with a released name,
@@ -83,7 +92,7 @@ def load_backbone(name: str | None = None, weights: str | Path | None = None, ra
     if name is not None and name.startswith(TIMM_PREFIX):
         from franca.models.timm_wrap import build_timm_backbone
 
-        model = build_timm_backbone(name[len(TIMM_PREFIX):], weights=weights, **overrides)
+        model = build_timm_backbone(name[len(TIMM_PREFIX) :], weights=weights, **overrides)
     else:
         model = _load_file(name, weights, overrides)
     if rasa is not None:
@@ -111,8 +120,9 @@ def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any])
         arch["embed_dim"] = shape["embed_dim"]
     named_depth = size_config(base).get("depth")
     if "depth" in arch and "depth" not in overrides and arch["depth"] != named_depth:
-        log.info("%s has %d blocks; %s has %d by default: using the file's depth", weights, arch["depth"],
-                 base, named_depth)
+        log.info(
+            "%s has %d blocks; %s has %d by default: using the file's depth", weights, arch["depth"], base, named_depth
+        )
     arch["num_heads"] = _num_heads(base, arch.get("embed_dim"), saved)
     for key in ("interpolate_offset", "interpolate_antialias"):
         if saved.get(key) is not None:
@@ -130,8 +140,11 @@ def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any])
 
 def _sizes_like(shape: dict[str, Any]) -> list[str]:
     """Size names whose width and patch size equal the file's (closest depth first)."""
-    same = [n for n, c in SIZES.items()
-            if c["embed_dim"] == shape.get("embed_dim") and c["patch_size"] == shape.get("patch_size")]
+    same = [
+        n
+        for n, c in SIZES.items()
+        if c["embed_dim"] == shape.get("embed_dim") and c["patch_size"] == shape.get("patch_size")
+    ]
     return sorted(same, key=lambda n: (abs(SIZES[n]["depth"] - (shape.get("depth") or 0)), n))
 
 
@@ -143,24 +156,28 @@ def _template_size(shape: dict[str, Any], saved: dict[str, Any]) -> str:
     return like[0] if like else "vits14"
 
 
-def _check_named_size(name: str, weights: str | Path, shape: dict[str, Any], saved: dict[str, Any],
-                      overrides: dict[str, Any]) -> None:
+def _check_named_size(
+    name: str, weights: str | Path, shape: dict[str, Any], saved: dict[str, Any], overrides: dict[str, Any]
+) -> None:
     """A size name that contradicts the file (width or patch size) is an error naming both."""
     from franca.models.weights import describe_shape
 
     if saved.get("name") == name:  # our own file, a variant of this very size (e.g. a narrower vitt8)
         return
     cfg = size_config(name)
-    bad = [k for k in ("embed_dim", "patch_size")
-           if k not in overrides and shape.get(k) is not None and shape[k] != cfg[k]]
+    bad = [
+        k for k in ("embed_dim", "patch_size") if k not in overrides and shape.get(k) is not None and shape[k] != cfg[k]
+    ]
     if not bad:
         return
     like = _sizes_like(shape)
     hint = f"use --model {like[0]} (model={like[0]!r})" if like else "this is not one of the named sizes"
     named = describe_shape({**cfg, "pos_grid": None})
-    raise ValueError(f"{weights} does not hold a {name}: the file has {describe_shape({**shape, **saved})}; "
-                     f"{name} has {named} ({' and '.join(bad)} differ). {hint}, or leave the size name out: "
-                     f"the file defines the model")
+    raise ValueError(
+        f"{weights} does not hold a {name}: the file has {describe_shape({**shape, **saved})}; "
+        f"{name} has {named} ({' and '.join(bad)} differ). {hint}, or leave the size name out: "
+        f"the file defines the model"
+    )
 
 
 def _num_heads(base: str, embed_dim: int | None, saved: dict[str, Any]) -> int:
@@ -196,8 +213,9 @@ def load_rasa_projection(path: str | Path, embed_dim: int) -> torch.Tensor:
     try:
         rasa_fold = importlib.import_module("franca.models.rasa_fold")
     except ModuleNotFoundError as exc:
-        raise RuntimeError("loading a RASA file needs franca.models.rasa_fold, which is not installed "
-                           "in this build") from exc
+        raise RuntimeError(
+            "loading a RASA file needs franca.models.rasa_fold, which is not installed in this build"
+        ) from exc
     return rasa_fold.load_rasa_projection(path, embed_dim)
 
 

@@ -18,10 +18,12 @@ Stochastic depth: by default timm's per-sample `DropPath`, the same rate in ever
 "batch-subset" variant instead: each residual branch runs on a random ⌊B·(1−p)⌋ samples only and is
 added back scaled by B/subset (the reference uses it in the student's list path for any p > 0).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -111,8 +113,9 @@ def resize_pos_embed(pos_embed: Tensor, grid: int, antialias: bool = True) -> Te
     The one resize of a stored table: high-res adaptation and loading a checkpoint of another crop size use it."""
     M = math.isqrt(pos_embed.shape[1] - 1)
     if M * M != pos_embed.shape[1] - 1 or grid < 1:
-        raise ValueError(f"position tables must be square grids, got {pos_embed.shape[1] - 1} tokens -> "
-                         f"a {grid}x{grid} grid")
+        raise ValueError(
+            f"position tables must be square grids, got {pos_embed.shape[1] - 1} tokens -> a {grid}x{grid} grid"
+        )
     cls, patches = pos_embed[:, :1], pos_embed[:, 1:].float().reshape(1, M, M, -1).permute(0, 3, 1, 2)
     patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", antialias=antialias, align_corners=False)
     patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos_embed.dtype)
@@ -149,11 +152,26 @@ class DinoVisionTransformer(VisionTransformer):
         mlp_layer, act_layer = _ffn_factory(ffn, embed_dim, ffn_hidden_dim)
         bias_kw = {} if proj_bias else {"proj_bias": False}  # older timm has no proj_bias argument
         super().__init__(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0, global_pool="token",
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads, qkv_bias=qkv_bias,
-            init_values=layerscale or None, class_token=True, no_embed_class=False, reg_tokens=0,
-            drop_path_rate=0.0, weight_init="skip", norm_layer=LayerNorm, act_layer=act_layer,
-            mlp_layer=mlp_layer, block_fn=SubsetDropPathBlock if drop_path_mode == "subset" else Block, **bias_kw,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=0,
+            global_pool="token",
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            init_values=layerscale or None,
+            class_token=True,
+            no_embed_class=False,
+            reg_tokens=0,
+            drop_path_rate=0.0,
+            weight_init="skip",
+            norm_layer=LayerNorm,
+            act_layer=act_layer,
+            mlp_layer=mlp_layer,
+            block_fn=SubsetDropPathBlock if drop_path_mode == "subset" else Block,
+            **bias_kw,
         )
         self.patch_embed.strict_img_size = False  # any multiple of the patch size
         self.patch_size = int(patch_size)
@@ -215,14 +233,16 @@ class DinoVisionTransformer(VisionTransformer):
             raise ValueError(f"RASA projection must be a ({D}, {D}) tensor, got {shape}")
         self.rasa_proj = P.detach().to(device=self.cls_token.device, dtype=torch.float32).clone()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):  # noqa: D401 - torch hook
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):  # noqa: D401 - torch hook
         # A saved RASA projection creates the buffer on load, so models with and without one round-trip.
         key = prefix + "rasa_proj"
         if key in state_dict and self.rasa_proj is None and isinstance(state_dict[key], Tensor):
             self.rasa_proj = torch.empty_like(state_dict[key], device=self.cls_token.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # ------------------------------------------------------------------ tokens
     @property
@@ -248,8 +268,9 @@ class DinoVisionTransformer(VisionTransformer):
         if torch.compiler.is_exporting() or torch.jit.is_tracing():
             from franca.models.pos_resample import resample_pos_embed_traceable
 
-            return resample_pos_embed_traceable(pos, h0, w0, self.interpolate_offset,
-                                                self.interpolate_antialias).to(dtype)
+            return resample_pos_embed_traceable(pos, h0, w0, self.interpolate_offset, self.interpolate_antialias).to(
+                dtype
+            )
         n0 = pos.shape[1] - 1
         if h0 == w0 and h0 * w0 == n0:
             return pos.to(dtype)
@@ -257,8 +278,9 @@ class DinoVisionTransformer(VisionTransformer):
         pos = pos.float()
         grid = pos[:, 1:].reshape(1, M, M, -1).permute(0, 3, 1, 2)
         if self.interpolate_offset:
-            kw: dict[str, Any] = {"scale_factor": ((h0 + self.interpolate_offset) / M,
-                                                   (w0 + self.interpolate_offset) / M)}
+            kw: dict[str, Any] = {
+                "scale_factor": ((h0 + self.interpolate_offset) / M, (w0 + self.interpolate_offset) / M)
+            }
         else:
             kw = {"size": (h0, w0)}
         grid = F.interpolate(grid, mode="bicubic", antialias=self.interpolate_antialias, **kw)
@@ -273,8 +295,10 @@ class DinoVisionTransformer(VisionTransformer):
         H, W = x.shape[-2:]
         p = self.patch_size
         if H % p or W % p:
-            raise ValueError(f"input size {H}x{W} is not a multiple of the patch size {p}; "
-                             f"resize or crop to a multiple (e.g. {H // p * p}x{W // p * p})")
+            raise ValueError(
+                f"input size {H}x{W} is not a multiple of the patch size {p}; "
+                f"resize or crop to a multiple (e.g. {H // p * p}x{W // p * p})"
+            )
         return H // p, W // p
 
     def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
@@ -310,21 +334,27 @@ class DinoVisionTransformer(VisionTransformer):
         r = self.num_register_tokens
         out: dict[str, Tensor | None] = {
             "x_norm_clstoken": xn[:, 0],
-            "x_norm_regtokens": xn[:, 1:r + 1],
-            "x_norm_patchtokens": xn[:, r + 1:],
+            "x_norm_regtokens": xn[:, 1 : r + 1],
+            "x_norm_patchtokens": xn[:, r + 1 :],
             "x_prenorm": t,
             "masks": masks,
         }
         if use_rasa_head:
             if self.rasa_proj is None:
-                raise ValueError("use_rasa_head=True but this backbone has no RASA projection; "
-                                 "load it with rasa=FILE or call set_rasa_projection(P)")
+                raise ValueError(
+                    "use_rasa_head=True but this backbone has no RASA projection; "
+                    "load it with rasa=FILE or call set_rasa_projection(P)"
+                )
             patches = out["x_norm_patchtokens"]
             out["patch_token_rasa"] = patches @ self.rasa_proj.to(patches.dtype).T
         return out
 
-    def forward_features(self, x: Tensor | Sequence[Tensor], masks: Tensor | Sequence[Tensor | None] | None = None,
-                         use_rasa_head: bool = False) -> dict | list[dict]:
+    def forward_features(
+        self,
+        x: Tensor | Sequence[Tensor],
+        masks: Tensor | Sequence[Tensor | None] | None = None,
+        use_rasa_head: bool = False,
+    ) -> dict | list[dict]:
         """Final features of one batch (dict) or of several batches of different sizes (list of dicts)."""
         if isinstance(x, (list, tuple)):
             masks_list = list(masks) if isinstance(masks, (list, tuple)) else [masks] * len(x)
@@ -334,8 +364,14 @@ class DinoVisionTransformer(VisionTransformer):
         t = self._run_blocks(self.prepare_tokens_with_masks(x, masks))
         return self._output(t, masks, use_rasa_head)
 
-    def forward(self, x: Tensor | Sequence[Tensor], *, masks: Tensor | Sequence[Tensor | None] | None = None,
-                is_training: bool = False, use_rasa_head: bool = False):
+    def forward(
+        self,
+        x: Tensor | Sequence[Tensor],
+        *,
+        masks: Tensor | Sequence[Tensor | None] | None = None,
+        is_training: bool = False,
+        use_rasa_head: bool = False,
+    ):
         """`x_norm_clstoken` (the DINOv2 `forward` at eval time); the full dict with is_training=True.
 
         Everything but the images is keyword-only, so an exporter's extra positional input can never
@@ -347,8 +383,15 @@ class DinoVisionTransformer(VisionTransformer):
             return [o["x_norm_clstoken"] for o in out]
         return out["x_norm_clstoken"]
 
-    def get_intermediate_layers(self, x: Tensor, n: int | Sequence[int] = 1, reshape: bool = False,
-                                return_class_token: bool = False, norm: bool = True, masks: Tensor | None = None):
+    def get_intermediate_layers(
+        self,
+        x: Tensor,
+        n: int | Sequence[int] = 1,
+        reshape: bool = False,
+        return_class_token: bool = False,
+        norm: bool = True,
+        masks: Tensor | None = None,
+    ):
         """Outputs of the last `n` blocks (int) or of the listed block indices, in block order.
 
         With `norm` the final LayerNorm is applied to each; CLS is split off (and returned alongside
@@ -371,7 +414,7 @@ class DinoVisionTransformer(VisionTransformer):
         if norm:
             outs = [self.norm(o) for o in outs]
         cls = [o[:, 0] for o in outs]
-        patches = [o[:, 1 + self.num_register_tokens:] for o in outs]
+        patches = [o[:, 1 + self.num_register_tokens :] for o in outs]
         if reshape:
             B = x.shape[0]
             patches = [p.reshape(B, h0, w0, -1).permute(0, 3, 1, 2).contiguous() for p in patches]
@@ -379,9 +422,17 @@ class DinoVisionTransformer(VisionTransformer):
             return tuple(zip(patches, cls))
         return tuple(patches)
 
-    def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None,
-                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
-                              output_fmt: str = "NCHW", intermediates_only: bool = False, **unused: Any):
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        **unused: Any,
+    ):
         """timm's `forward_intermediates` at any input size (the DINOv2 position interpolation, registers
         counted as prefix tokens): `(final normed tokens, [per-block outputs])`, or only the list."""
         from timm.models._features import feature_take_indices

@@ -5,6 +5,7 @@ Both trace `FeatureHead`, which maps images (B, 3, H, W) to `cls` (B, D), `regis
 declared as multiples of the patch size, so the graph holds for any multiple; the position table is
 resized by the export-traceable form of the reference interpolation (franca.models.pos_resample).
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,13 @@ def _dynamic_shapes(model: nn.Module, max_side: int) -> dict:
 
     p = int(model.patch_size)
     cells = max(2, max_side // p)
-    return {"images": {0: Dim("batch", min=1, max=4096), 2: p * Dim("grid_h", min=1, max=cells),
-                       3: p * Dim("grid_w", min=1, max=cells)}}
+    return {
+        "images": {
+            0: Dim("batch", min=1, max=4096),
+            2: p * Dim("grid_h", min=1, max=cells),
+            3: p * Dim("grid_w", min=1, max=cells),
+        }
+    }
 
 
 def _example(model: nn.Module, size: int | None) -> Tensor:
@@ -57,8 +63,9 @@ def export_program(model: nn.Module, path: str | Path, size: int | None = None, 
     return path
 
 
-def export_onnx(model: nn.Module, path: str | Path, size: int | None = None, max_side: int = 4096,
-                opset: int = 18) -> Path:
+def export_onnx(
+    model: nn.Module, path: str | Path, size: int | None = None, max_side: int = 4096, opset: int = 18
+) -> Path:
     """ONNX file of `FeatureHead(model)` (input `images`; outputs cls, registers, patch_tokens), dynamic
     batch, height and width (multiples of the patch size)."""
     path = Path(path)
@@ -66,9 +73,16 @@ def export_onnx(model: nn.Module, path: str | Path, size: int | None = None, max
     head = FeatureHead(model.eval()).eval()
     tmp = path.with_name(f".{path.name}.tmp.onnx")
     with torch.no_grad():
-        prog = torch.onnx.export(head, (_example(model, size),), dynamo=True, input_names=["images"],
-                                 output_names=OUTPUT_NAMES, dynamic_shapes=_dynamic_shapes(model, max_side),
-                                 opset_version=opset, external_data=False)
+        prog = torch.onnx.export(
+            head,
+            (_example(model, size),),
+            dynamo=True,
+            input_names=["images"],
+            output_names=OUTPUT_NAMES,
+            dynamic_shapes=_dynamic_shapes(model, max_side),
+            opset_version=opset,
+            external_data=False,
+        )
     prog.save(str(tmp))
     tmp.replace(path)
     log.info("wrote %s", path)

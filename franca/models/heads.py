@@ -24,6 +24,7 @@ of every prototype parameter (the freeze schedule of the released `franca/utils/
 Weight normalisation is computed in ``forward`` from plain parameters, so it works unchanged under
 ``torch.compile``, FSDP and ``deepcopy`` (no hooks, no parametrization objects).
 """
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,9 @@ class HeadBatchNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
-def _mlp(in_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int, final_gelu: bool,
-         use_bn: bool = False) -> nn.Module:
+def _mlp(
+    in_dim: int, hidden_dim: int, bottleneck_dim: int, nlayers: int, final_gelu: bool, use_bn: bool = False
+) -> nn.Module:
     """Linear+GELU blocks ending at the bottleneck (indices 0, 2, 4 … are Linears, as released).
 
     ``nlayers=1`` is a bare ``Linear(in_dim, bottleneck_dim)``, as the released ``_build_mlp`` returns

@@ -10,6 +10,7 @@ the cache is always complete, and once cached nothing touches the network.
 With no network and no cached file, `WeightsUnavailable` names the URL and the path where the file
 should be put by hand. `FRANCA_OFFLINE=1` forbids any download.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def download(url: str, dest: str | Path, *, nbytes: int | None = None, sha256: str | None = None,
-             progress: bool = True, timeout: float = 60.0) -> Path:
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    nbytes: int | None = None,
+    sha256: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
     """Fetch `url` to `dest` (atomic, resumable, checked). An existing `dest` is returned untouched."""
     dest = Path(dest)
     if dest.is_file():
@@ -71,8 +79,9 @@ def download(url: str, dest: str | Path, *, nbytes: int | None = None, sha256: s
         if exc.code == 416 and have:  # the partial file is already complete
             resp = None
         else:
-            raise WeightsUnavailable(f"cannot download {url} (HTTP {exc.code} {exc.reason}); {where}; "
-                                     f"expected at {dest}") from exc
+            raise WeightsUnavailable(
+                f"cannot download {url} (HTTP {exc.code} {exc.reason}); {where}; expected at {dest}"
+            ) from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise WeightsUnavailable(f"cannot download {url} ({reason}); {where}; expected at {dest}") from exc
@@ -92,14 +101,17 @@ def download(url: str, dest: str | Path, *, nbytes: int | None = None, sha256: s
     for expected, what in ((total, "server size"), (nbytes, "release-table size")):
         if expected is not None and got != expected:
             tmp.unlink(missing_ok=True)
-            raise WeightsUnavailable(f"download of {url} gave {got} bytes, {what} is {expected}; removed the "
-                                     f"partial file, run again to retry, or {where}; expected at {dest}")
+            raise WeightsUnavailable(
+                f"download of {url} gave {got} bytes, {what} is {expected}; removed the "
+                f"partial file, run again to retry, or {where}; expected at {dest}"
+            )
     if sha256:
         digest = _sha256(tmp)
         if digest != sha256.lower():
             tmp.unlink(missing_ok=True)
-            raise WeightsUnavailable(f"{url}: SHA-256 {digest} differs from the release table's {sha256}; "
-                                     f"the download was removed")
+            raise WeightsUnavailable(
+                f"{url}: SHA-256 {digest} differs from the release table's {sha256}; the download was removed"
+            )
     os.replace(tmp, dest)
     log.info("cached %s (%d bytes)", dest, got)
     return dest
@@ -108,17 +120,28 @@ def download(url: str, dest: str | Path, *, nbytes: int | None = None, sha256: s
 def _stream(resp, tmp: Path, have: int, total: int | None, label: str, progress: bool, append: bool) -> None:
     from tqdm.auto import tqdm
 
-    with open(tmp, "ab" if append else "wb") as f, \
-            tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-                 disable=not progress, file=sys.stderr) as bar:
+    with (
+        open(tmp, "ab" if append else "wb") as f,
+        tqdm(
+            total=total,
+            initial=have,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=label,
+            disable=not progress,
+            file=sys.stderr,
+        ) as bar,
+    ):
         try:
             for block in iter(lambda: resp.read(CHUNK), b""):
                 f.write(block)
                 bar.update(len(block))
         except (http.client.HTTPException, OSError) as exc:
             f.flush()
-            raise WeightsUnavailable(f"download of {label} interrupted after {f.tell()} bytes ({exc!r}); "
-                                     f"run again to resume from there") from exc
+            raise WeightsUnavailable(
+                f"download of {label} interrupted after {f.tell()} bytes ({exc!r}); run again to resume from there"
+            ) from exc
         f.flush()
         os.fsync(f.fileno())
 
@@ -127,9 +150,10 @@ def fetch_release(name: str | Release, *, base_url: str | None = None, progress:
     """Local path of a released backbone (downloaded on first use); for split archives the first part."""
     rel = name if isinstance(name, Release) else get_release(name)
     folder = cache_dir()
-    paths = [download(url, folder / fname, nbytes=rel.nbytes.get(fname), sha256=rel.sha256.get(fname),
-                      progress=progress)
-             for url, fname in zip(rel.urls(base_url), rel.file_names)]
+    paths = [
+        download(url, folder / fname, nbytes=rel.nbytes.get(fname), sha256=rel.sha256.get(fname), progress=progress)
+        for url, fname in zip(rel.urls(base_url), rel.file_names)
+    ]
     return paths[0]
 
 
@@ -140,5 +164,6 @@ def fetch_rasa(name: str | Release, *, base_url: str | None = None, progress: bo
     if url is None:
         raise ValueError(f"no RASA head was released with {rel.name}")
     fname = url.rsplit("/", 1)[-1]
-    return download(url, cache_dir() / fname, nbytes=rel.nbytes.get(fname), sha256=rel.sha256.get(fname),
-                    progress=progress)
+    return download(
+        url, cache_dir() / fname, nbytes=rel.nbytes.get(fname), sha256=rel.sha256.get(fname), progress=progress
+    )

@@ -15,6 +15,7 @@ The reference keeps the table unchanged when the input grid equals it (h0 = w0 =
 offset the resize would not be the identity, so the offset is switched off by a 0/1 tensor instead of
 an `if`. `tests/test_onnx_export.py` checks these matrices against `F.interpolate`.
 """
+
 from __future__ import annotations
 
 import torch

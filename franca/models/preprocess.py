@@ -11,9 +11,11 @@ image gives the same tensor everywhere (tests/test_transforms.py).
 interpolation). Its default input size is 224 for the paper's models, or the training resolution of
 the tiny CPU models when that is smaller.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -48,8 +50,15 @@ def default_pretrained_cfg(model: nn.Module) -> dict[str, Any]:
     p = _patch(model)
     trained = int(getattr(model, "img_size", DEFAULT_SIZE) or DEFAULT_SIZE)
     side = crop_size(min(trained, DEFAULT_SIZE), p)
-    return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": (3, side, side), "crop_pct": CROP_PCT,
-            "crop_mode": "center", "interpolation": "bicubic", "num_classes": 0}
+    return {
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "input_size": (3, side, side),
+        "crop_pct": CROP_PCT,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "num_classes": 0,
+    }
 
 
 def transforms(model: nn.Module, size: int | None = None) -> Callable:
@@ -67,12 +76,14 @@ def image_transform(size: int, patch_size: int, mean: Any = IMAGENET_MEAN, std: 
     from torchvision import transforms as T
 
     crop = crop_size(size, patch_size)
-    return T.Compose([
-        T.Resize(resize_size(crop), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-        T.CenterCrop(crop),
-        T.ToTensor(),
-        T.Normalize(tuple(mean), tuple(std)),
-    ])
+    return T.Compose(
+        [
+            T.Resize(resize_size(crop), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.CenterCrop(crop),
+            T.ToTensor(),
+            T.Normalize(tuple(mean), tuple(std)),
+        ]
+    )
 
 
 def unnormalise(x: Any, model: nn.Module) -> Any:

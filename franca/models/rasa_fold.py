@@ -11,11 +11,13 @@ which the backbone keeps as the persistent buffer ``rasa_proj`` (saved and expor
 weights). This module is pure tensor code (no project imports): directions -> P, the official
 RASA head state dict -> P, and a file reader that accepts the official head files and ours.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -94,8 +96,7 @@ def official_head_weights(sd: Mapping[str, Any], embed_dim: int | None = None) -
     """
     pred_keys = [k for k in sd if isinstance(k, str) and k.endswith("pos_pred.weight")]
     if not pred_keys:
-        raise KeyError("RASA head state dict has no 'pos_pred.weight' key "
-                       f"(keys: {sorted(map(str, sd))[:8]}…)")
+        raise KeyError(f"RASA head state dict has no 'pos_pred.weight' key (keys: {sorted(map(str, sd))[:8]}…)")
     if len(pred_keys) > 1:
         raise ValueError(f"RASA head state dict has several pos_pred weights: {pred_keys}")
     prefix = pred_keys[0][: -len("pos_pred.weight")]
@@ -110,10 +111,14 @@ def official_head_weights(sd: Mapping[str, Any], embed_dim: int | None = None) -
     weights = [layers[i] for i in idx] + [sd[pred_keys[0]]]
     for name, w in zip([f"{prefix}pre_pos_layers.{i}.weight" for i in idx] + [pred_keys[0]], weights):
         if not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[0] not in (1, 2):
-            raise ValueError(f"RASA head weight {name!r} must be a (2, D) tensor, got "
-                             f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+            raise ValueError(
+                f"RASA head weight {name!r} must be a (2, D) tensor, got "
+                f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}"
+            )
         if embed_dim is not None and w.shape[1] != embed_dim:
-            raise ValueError(f"RASA head weight {name!r} has width {w.shape[1]}, but the backbone's embed_dim is {embed_dim}")
+            raise ValueError(
+                f"RASA head weight {name!r} has width {w.shape[1]}, but the backbone's embed_dim is {embed_dim}"
+            )
     return weights
 
 
@@ -146,20 +151,28 @@ def _from_state_dict(sd: Mapping[str, Any], embed_dim: int | None, path: Path) -
     if proj_keys:
         P = sd[sorted(proj_keys, key=len)[0]]
         if not isinstance(P, torch.Tensor) or P.ndim != 2 or P.shape[0] != P.shape[1]:
-            raise ValueError(f"{path}: 'rasa_proj' must be a square matrix, got "
-                             f"{tuple(P.shape) if isinstance(P, torch.Tensor) else type(P).__name__}")
+            raise ValueError(
+                f"{path}: 'rasa_proj' must be a square matrix, got "
+                f"{tuple(P.shape) if isinstance(P, torch.Tensor) else type(P).__name__}"
+            )
         if embed_dim is not None and P.shape[0] != embed_dim:
-            raise ValueError(f"{path}: 'rasa_proj' is {P.shape[0]}x{P.shape[0]}, but the backbone's embed_dim is {embed_dim}")
+            raise ValueError(
+                f"{path}: 'rasa_proj' is {P.shape[0]}x{P.shape[0]}, but the backbone's embed_dim is {embed_dim}"
+            )
         return P.detach().to(torch.float32).clone()
-    dir_keys = sorted((k for k in sd if isinstance(k, str) and re.fullmatch(r"rasa_directions\.\d+", k)),
-                      key=lambda k: int(k.split(".")[1]))
+    dir_keys = sorted(
+        (k for k in sd if isinstance(k, str) and re.fullmatch(r"rasa_directions\.\d+", k)),
+        key=lambda k: int(k.split(".")[1]),
+    )
     if dir_keys:
         return removal_projection([sd[k] for k in dir_keys], dim=embed_dim)
     try:
         return projection_from_official_state_dict(sd, embed_dim)
     except KeyError:
-        raise KeyError(f"{path}: no RASA data found (looked for 'rasa_proj', 'rasa_directions.<i>' or an official "
-                       f"head's 'pre_pos_layers.<i>.weight' + 'pos_pred.weight')") from None
+        raise KeyError(
+            f"{path}: no RASA data found (looked for 'rasa_proj', 'rasa_directions.<i>' or an official "
+            f"head's 'pre_pos_layers.<i>.weight' + 'pos_pred.weight')"
+        ) from None
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
 

@@ -10,6 +10,7 @@ keyword that give the same file (`hubconf.py` at the repository root offers them
 mirror, or the local HTTP server of the tests. Sizes and SHA-256 sums are checked when listed;
 the official hubs publish none for these files, so only the server's Content-Length is checked then.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,46 +57,138 @@ def resolve_base(base: str, override: str | None = None) -> str:
     return chosen.rstrip("/")
 
 
-def _franca(name: str, size: str, tag: str, release: str, hub: tuple[str, str], description: str,
-            rasa: bool = False, parts: bool = False) -> Release:
+def _franca(
+    name: str,
+    size: str,
+    tag: str,
+    release: str,
+    hub: tuple[str, str],
+    description: str,
+    rasa: bool = False,
+    parts: bool = False,
+) -> Release:
     stem = f"franca_{size}_{tag}"
-    files = (tuple(f"{release}/{stem}_chunked.tar.gz.part_{p}" for p in ("aa", "ab", "ac")) if parts
-             else (f"{release}/{stem}.pth",))
-    return Release(name, size, FRANCA_BASE, files, hub, description,
-                   rasa=f"{release}/{stem}_rasa.pth" if rasa else None)
+    files = (
+        tuple(f"{release}/{stem}_chunked.tar.gz.part_{p}" for p in ("aa", "ab", "ac"))
+        if parts
+        else (f"{release}/{stem}.pth",)
+    )
+    return Release(
+        name, size, FRANCA_BASE, files, hub, description, rasa=f"{release}/{stem}_rasa.pth" if rasa else None
+    )
 
 
 def _dinov2(size: str, reg: bool) -> Release:
     stem = f"dinov2_{size}" + ("_reg4" if reg else "")
     name = f"dinov2_{size}" + ("_reg" if reg else "")
     what = "with 4 registers " if reg else ""
-    return Release(name, size, DINOV2_BASE, (f"dinov2_{size}/{stem}_pretrain.pth",), (name, "LVD142M"),
-                   f"DINOv2 {size} {what}(LVD-142M, 518 px)")
+    return Release(
+        name,
+        size,
+        DINOV2_BASE,
+        (f"dinov2_{size}/{stem}_pretrain.pth",),
+        (name, "LVD142M"),
+        f"DINOv2 {size} {what}(LVD-142M, 518 px)",
+    )
 
 
 _ALL = [
-    _franca("franca_vitb14_in21k", "vitb14", "In21K", "v1.0.0", ("franca_vitb14", "IN21K"),
-            "Franca ViT-B/14, ImageNet-21K, high-res 518 px", rasa=True),
-    _franca("franca_vitb14_in21k_224", "vitb14", "In21K_224", "v1.1.0", ("franca_vitb14", "IN21K_224"),
-            "Franca ViT-B/14, ImageNet-21K, 224 px"),
-    _franca("franca_vitb14_dinov2_in21k", "vitb14", "Dinov2_In21K", "v1.1.0", ("franca_vitb14", "DINOV2_IN21K"),
-            "DINOv2 baseline ViT-B/14 trained by the Franca authors on ImageNet-21K, 224 px"),
-    _franca("franca_vitb14_dinov2_in21k_518", "vitb14", "Dinov2_In21K_518", "v1.1.0",
-            ("franca_vitb14", "DINOV2_IN21K_518"), "DINOv2 baseline ViT-B/14, ImageNet-21K, 518 px", rasa=True),
-    _franca("franca_vitl14_in21k", "vitl14", "In21K", "v1.0.0", ("franca_vitl14", "IN21K"),
-            "Franca ViT-L/14, ImageNet-21K", rasa=True),
-    _franca("franca_vitl14_laion600m", "vitl14", "Laion600M", "v1.0.0", ("franca_vitl14", "LAION"),
-            "Franca ViT-L/14, LAION-600M", rasa=True),
-    _franca("franca_vitl14_laion600m_224", "vitl14", "Laion600M_224", "v1.1.0", ("franca_vitl14", "LAION_224"),
-            "Franca ViT-L/14, LAION-600M, 224 px"),
-    _franca("franca_vitl14_laion_518", "vitl14", "Laion_518", "v1.1.0", ("franca_vitl14", "LAION_518"),
-            "Franca ViT-L/14, LAION-600M, 518 px", rasa=True),
-    _franca("franca_vitl14_dinov2_in21k", "vitl14", "Dinov2_In21K", "v1.1.0", ("franca_vitl14", "DINOV2_IN21K"),
-            "DINOv2 baseline ViT-L/14 trained by the Franca authors on ImageNet-21K, 224 px"),
-    _franca("franca_vitl14_dinov2_in21k_518", "vitl14", "Dinov2_In21K_518", "v1.1.0",
-            ("franca_vitl14", "DINOV2_IN21K_518"), "DINOv2 baseline ViT-L/14, ImageNet-21K, 518 px", rasa=True),
-    _franca("franca_vitg14_laion600m", "vitg14", "Laion600M", "v1.0.0", ("franca_vitg14", "LAION"),
-            "Franca ViT-g/14, LAION-600M (three tar.gz parts)", rasa=True, parts=True),
+    _franca(
+        "franca_vitb14_in21k",
+        "vitb14",
+        "In21K",
+        "v1.0.0",
+        ("franca_vitb14", "IN21K"),
+        "Franca ViT-B/14, ImageNet-21K, high-res 518 px",
+        rasa=True,
+    ),
+    _franca(
+        "franca_vitb14_in21k_224",
+        "vitb14",
+        "In21K_224",
+        "v1.1.0",
+        ("franca_vitb14", "IN21K_224"),
+        "Franca ViT-B/14, ImageNet-21K, 224 px",
+    ),
+    _franca(
+        "franca_vitb14_dinov2_in21k",
+        "vitb14",
+        "Dinov2_In21K",
+        "v1.1.0",
+        ("franca_vitb14", "DINOV2_IN21K"),
+        "DINOv2 baseline ViT-B/14 trained by the Franca authors on ImageNet-21K, 224 px",
+    ),
+    _franca(
+        "franca_vitb14_dinov2_in21k_518",
+        "vitb14",
+        "Dinov2_In21K_518",
+        "v1.1.0",
+        ("franca_vitb14", "DINOV2_IN21K_518"),
+        "DINOv2 baseline ViT-B/14, ImageNet-21K, 518 px",
+        rasa=True,
+    ),
+    _franca(
+        "franca_vitl14_in21k",
+        "vitl14",
+        "In21K",
+        "v1.0.0",
+        ("franca_vitl14", "IN21K"),
+        "Franca ViT-L/14, ImageNet-21K",
+        rasa=True,
+    ),
+    _franca(
+        "franca_vitl14_laion600m",
+        "vitl14",
+        "Laion600M",
+        "v1.0.0",
+        ("franca_vitl14", "LAION"),
+        "Franca ViT-L/14, LAION-600M",
+        rasa=True,
+    ),
+    _franca(
+        "franca_vitl14_laion600m_224",
+        "vitl14",
+        "Laion600M_224",
+        "v1.1.0",
+        ("franca_vitl14", "LAION_224"),
+        "Franca ViT-L/14, LAION-600M, 224 px",
+    ),
+    _franca(
+        "franca_vitl14_laion_518",
+        "vitl14",
+        "Laion_518",
+        "v1.1.0",
+        ("franca_vitl14", "LAION_518"),
+        "Franca ViT-L/14, LAION-600M, 518 px",
+        rasa=True,
+    ),
+    _franca(
+        "franca_vitl14_dinov2_in21k",
+        "vitl14",
+        "Dinov2_In21K",
+        "v1.1.0",
+        ("franca_vitl14", "DINOV2_IN21K"),
+        "DINOv2 baseline ViT-L/14 trained by the Franca authors on ImageNet-21K, 224 px",
+    ),
+    _franca(
+        "franca_vitl14_dinov2_in21k_518",
+        "vitl14",
+        "Dinov2_In21K_518",
+        "v1.1.0",
+        ("franca_vitl14", "DINOV2_IN21K_518"),
+        "DINOv2 baseline ViT-L/14, ImageNet-21K, 518 px",
+        rasa=True,
+    ),
+    _franca(
+        "franca_vitg14_laion600m",
+        "vitg14",
+        "Laion600M",
+        "v1.0.0",
+        ("franca_vitg14", "LAION"),
+        "Franca ViT-g/14, LAION-600M (three tar.gz parts)",
+        rasa=True,
+        parts=True,
+    ),
 ] + [_dinov2(s, reg) for reg in (False, True) for s in ("vits14", "vitb14", "vitl14", "vitg14")]
 
 RELEASES: dict[str, Release] = {r.name: r for r in _ALL}

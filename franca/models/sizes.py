@@ -7,6 +7,7 @@ img_size, num_register_tokens, ffn, drop_path_rate, layerscale, …) can be chan
 FFN choice: Franca uses SwiGLU at every size (released Franca `training.md`), so that is the default here; DINOv2's
 own ViT-S/B/L use a GELU MLP (`ffn="mlp"`). When weights are loaded the FFN type is read from the file.
 """
+
 from __future__ import annotations
 
 from typing import Any

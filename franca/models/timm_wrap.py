@@ -5,10 +5,12 @@ for each input size with its own method, not the DINOv2 offset rule) and `num_cl
 come only from a local file (`pretrained_cfg_overlay=dict(file=...)`); nothing is downloaded.
 Masks are not supported (timm ViTs have no mask token).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,8 +56,13 @@ class TimmBackbone(nn.Module):
     def _output(self, t: Tensor, use_rasa_head: bool) -> dict[str, Tensor | None]:
         xn = self.vit.norm(t)
         r = self.num_register_tokens
-        out: dict[str, Tensor | None] = {"x_norm_clstoken": xn[:, 0], "x_norm_regtokens": xn[:, 1:r + 1],
-                                         "x_norm_patchtokens": xn[:, r + 1:], "x_prenorm": t, "masks": None}
+        out: dict[str, Tensor | None] = {
+            "x_norm_clstoken": xn[:, 0],
+            "x_norm_regtokens": xn[:, 1 : r + 1],
+            "x_norm_patchtokens": xn[:, r + 1 :],
+            "x_prenorm": t,
+            "masks": None,
+        }
         if use_rasa_head:
             if self.rasa_proj is None:
                 raise ValueError("use_rasa_head=True but no RASA projection is set")
@@ -74,8 +81,15 @@ class TimmBackbone(nn.Module):
             return out
         return [o["x_norm_clstoken"] for o in out] if isinstance(out, list) else out["x_norm_clstoken"]
 
-    def get_intermediate_layers(self, x: Tensor, n: int | Sequence[int] = 1, reshape: bool = False,
-                                return_class_token: bool = False, norm: bool = True, masks: Any = None):
+    def get_intermediate_layers(
+        self,
+        x: Tensor,
+        n: int | Sequence[int] = 1,
+        reshape: bool = False,
+        return_class_token: bool = False,
+        norm: bool = True,
+        masks: Any = None,
+    ):
         depth = self.n_blocks
         take = set(range(depth - n, depth)) if isinstance(n, int) else {int(i) for i in n}
         if not take or any(not 0 <= i < depth for i in take):

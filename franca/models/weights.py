@@ -11,6 +11,7 @@ Layouts (released Franca `franca/hub/backbones.py`, `hubconf.py`; README "Gettin
 
 Pickles are read with `torch.load(weights_only=True)` only; a file that would run code is refused.
 """
+
 from __future__ import annotations
 
 import base64
@@ -97,12 +98,15 @@ def _load_weights_only(path: Path | io.BytesIO, name: str | None = None) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"refusing to load {name}: it is not a plain tensor file (weights_only=True "
-                         f"rejected it, it may run code). Details: {str(exc).splitlines()[0]}") from exc
+        raise ValueError(
+            f"refusing to load {name}: it is not a plain tensor file (weights_only=True "
+            f"rejected it, it may run code). Details: {str(exc).splitlines()[0]}"
+        ) from exc
     except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError(101), … on a foreign file  # noqa: BLE001
         detail = str(exc).splitlines()[0] if str(exc) else ""
-        raise ValueError(f"cannot read {name} as a torch checkpoint (truncated or another format?): "
-                         f"{type(exc).__name__}: {detail}") from exc
+        raise ValueError(
+            f"cannot read {name} as a torch checkpoint (truncated or another format?): {type(exc).__name__}: {detail}"
+        ) from exc
 
 
 class _ChainedReader(io.RawIOBase):
@@ -136,8 +140,11 @@ class _ChainedReader(io.RawIOBase):
 def _load_from_tar(parts: list[Path]) -> Any:
     """Stream a (possibly split) tar(.gz), copy the first checkpoint inside to a temp file, load it."""
     label = ", ".join(str(p) for p in parts)
-    with _ChainedReader(parts) as raw, tarfile.open(fileobj=io.BufferedReader(raw), mode="r|*") as tar, \
-            tempfile.TemporaryDirectory(prefix="franca-weights-") as tmp:
+    with (
+        _ChainedReader(parts) as raw,
+        tarfile.open(fileobj=io.BufferedReader(raw), mode="r|*") as tar,
+        tempfile.TemporaryDirectory(prefix="franca-weights-") as tmp,
+    ):
         for member in tar:
             if member.isfile() and member.name.endswith((".pth", ".pt", ".bin", ".safetensors")):
                 dst = Path(tmp) / ("w.safetensors" if member.name.endswith(".safetensors") else "w.pth")
@@ -159,8 +166,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # SafetensorError (not an OSError/ValueError): truncated or not safetensors  # noqa: BLE001
-        raise ValueError(f"cannot read {path} as safetensors (truncated or another format?): "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise ValueError(
+            f"cannot read {path} as safetensors (truncated or another format?): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
     extra: dict[str, Any] = {}
     if RASA_META_KEY in meta:
         extra["rasa_proj"] = decode_tensor(meta[RASA_META_KEY])
@@ -187,12 +196,16 @@ def _extract_backbone(obj: Any, path: Path | str) -> dict[str, Tensor]:
     if prefix:
         parent = prefix[: -len("backbone.")] if prefix.endswith("backbone.") else None
         if parent is not None:
-            stray = [k for k in state if k.startswith(parent) and not k.startswith(prefix)
-                     and "head" not in k[len(parent):].split(".")[0]]
+            stray = [
+                k
+                for k in state
+                if k.startswith(parent) and not k.startswith(prefix) and "head" not in k[len(parent) :].split(".")[0]
+            ]
             if stray:
-                raise ValueError(f"{path}: unexpected keys next to the backbone (not dino_head/ibot_head): "
-                                 f"{_short(stray)}")
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                raise ValueError(
+                    f"{path}: unexpected keys next to the backbone (not dino_head/ibot_head): {_short(stray)}"
+                )
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     out: dict[str, Tensor] = {}
     for k, v in state.items():
         m = _CHUNKED.match(k)
@@ -244,8 +257,12 @@ def file_shape(state: Mapping[str, Tensor]) -> dict[str, Any]:
     w = state.get("patch_embed.proj.weight")
     shape["patch_size"] = int(w.shape[-1]) if w is not None else None
     arch = infer_arch(state)
-    shape.update(depth=arch.get("depth"), num_register_tokens=arch.get("num_register_tokens", 0),
-                 ffn=arch.get("ffn"), pos_grid=arch.get("pos_grid"))
+    shape.update(
+        depth=arch.get("depth"),
+        num_register_tokens=arch.get("num_register_tokens", 0),
+        ffn=arch.get("ffn"),
+        pos_grid=arch.get("pos_grid"),
+    )
     return shape
 
 
@@ -278,8 +295,11 @@ def load_weights_into(model: nn.Module, state: Mapping[str, Tensor], source: str
     optional = {"rasa_proj"}  # created on load when present (see DinoVisionTransformer)
     missing = [k for k in own if k not in state and k not in optional]
     unexpected = [k for k in state if k not in own and k not in optional]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys: {_short(missing)}")
@@ -288,8 +308,9 @@ def load_weights_into(model: nn.Module, state: Mapping[str, Tensor], source: str
     if shapes:
         problems.append(f"shape mismatches: {_short(shapes)}")
     if problems:
-        raise ValueError(f"{source} does not fit the model ({_describe(state)}; {_describe(own, 'model')}): "
-                         + "; ".join(problems))
+        raise ValueError(
+            f"{source} does not fit the model ({_describe(state)}; {_describe(own, 'model')}): " + "; ".join(problems)
+        )
     model.load_state_dict(dict(state), strict=True)
 
 
@@ -324,9 +345,20 @@ def export_safetensors(model: nn.Module, path: str | Path) -> Path:
     meta = {"format": "pt"}
     if rasa is not None:
         meta[RASA_META_KEY] = encode_tensor(rasa)
-    arch = {k: getattr(model, k, None) for k in ("embed_dim", "n_blocks", "num_heads", "patch_size", "img_size",
-                                                 "ffn", "num_register_tokens", "interpolate_offset",
-                                                 "interpolate_antialias")}
+    arch = {
+        k: getattr(model, k, None)
+        for k in (
+            "embed_dim",
+            "n_blocks",
+            "num_heads",
+            "patch_size",
+            "img_size",
+            "ffn",
+            "num_register_tokens",
+            "interpolate_offset",
+            "interpolate_antialias",
+        )
+    }
     if getattr(model, "size_name", None):
         arch["name"] = model.size_name
     meta[ARCH_META_KEY] = json.dumps(arch)
@@ -337,17 +369,23 @@ def export_safetensors(model: nn.Module, path: str | Path) -> Path:
 
 def timm_create_kwargs(model: nn.Module) -> dict[str, Any]:
     """Keyword arguments for `timm.create_model(<vit_*_patch14_dinov2>, ...)` that match an exported model."""
-    kw: dict[str, Any] = {"img_size": int(model.pos_grid * model.patch_size), "patch_size": int(model.patch_size),
-                          "embed_dim": int(model.embed_dim), "depth": int(model.n_blocks),
-                          "num_heads": int(model.num_heads), "num_classes": 0}
+    kw: dict[str, Any] = {
+        "img_size": int(model.pos_grid * model.patch_size),
+        "patch_size": int(model.patch_size),
+        "embed_dim": int(model.embed_dim),
+        "depth": int(model.n_blocks),
+        "num_heads": int(model.num_heads),
+        "num_classes": 0,
+    }
     if model.num_register_tokens:
         kw.update(reg_tokens=int(model.num_register_tokens), no_embed_class=True)
     blk = model.blocks[0]
     if model.ffn == "swiglu":
         from timm.layers import SwiGLUPacked
 
-        kw.update(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU,
-                  mlp_ratio=(blk.mlp.w12.out_features + 0.5) / model.embed_dim)
+        kw.update(
+            mlp_layer=SwiGLUPacked, act_layer=nn.SiLU, mlp_ratio=(blk.mlp.w12.out_features + 0.5) / model.embed_dim
+        )
     else:
         kw["mlp_ratio"] = (blk.mlp.fc1.out_features + 0.5) / model.embed_dim  # timm takes int(D·ratio)
     return kw

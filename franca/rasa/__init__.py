@@ -7,16 +7,30 @@ May import franca.eval, franca.data, franca.models, franca.losses and franca.uti
 ``data`` the reference augmentations, ``backbone`` folding into a backbone and the
 intermediate-layer option. The folded map itself is built in ``franca.models.rasa_fold``.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 _EXPORTS = {
-    "remove": "removal", "decompose": "removal", "remove_sequential": "removal", "position_targets": "removal",
-    "position_r2": "removal", "principal_angles_deg": "removal", "apply_projection": "removal",
-    "RasaConfig": "fit", "RasaResult": "fit", "fit_rasa": "fit", "CachedFeatures": "fit", "BackboneFeatures": "fit",
-    "PositionProbe": "probe", "ProbeSettings": "probe", "ridge_r2": "probe", "sigmoid_r2": "probe",
-    "fold_into_backbone": "backbone", "apply_to_intermediate": "backbone",
+    "remove": "removal",
+    "decompose": "removal",
+    "remove_sequential": "removal",
+    "position_targets": "removal",
+    "position_r2": "removal",
+    "principal_angles_deg": "removal",
+    "apply_projection": "removal",
+    "RasaConfig": "fit",
+    "RasaResult": "fit",
+    "fit_rasa": "fit",
+    "CachedFeatures": "fit",
+    "BackboneFeatures": "fit",
+    "PositionProbe": "probe",
+    "ProbeSettings": "probe",
+    "ridge_r2": "probe",
+    "sigmoid_r2": "probe",
+    "fold_into_backbone": "backbone",
+    "apply_to_intermediate": "backbone",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -5,6 +5,7 @@ The backbone stores the folded map as its ``rasa_proj`` buffer (``set_rasa_proje
 with the saved/exported weights. ``apply_to_intermediate`` is the option that uses the same map
 on ``get_intermediate_layers`` outputs (LayerNorm-ed like the final tokens).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,14 @@ def backbone_projection(model: torch.nn.Module) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def apply_to_intermediate(model: torch.nn.Module, x: torch.Tensor, n: int | list[int] = 1, reshape: bool = False,
-                          return_class_token: bool = False, P: torch.Tensor | None = None):
+def apply_to_intermediate(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    n: int | list[int] = 1,
+    reshape: bool = False,
+    return_class_token: bool = False,
+    P: torch.Tensor | None = None,
+):
     """``get_intermediate_layers(x, n, norm=True)`` with the RASA map applied to every layer's patch tokens.
 
     Same return structure as the backbone's method (a tuple per layer; (patches, cls) pairs with

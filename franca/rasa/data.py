@@ -6,12 +6,13 @@ The targets are the fixed patch grid, so the augmentations (random crops, flips 
 position can then only use what the backbone adds to encode position (released Franca
 `rasa/experiments/train_rasa.py`).
 """
+
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image, ImageFilter
@@ -50,28 +51,32 @@ def rasa_train_transform(size: int = 518, std_quirk: bool = True) -> Callable[[I
     """
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=T.InterpolationMode.BILINEAR),
-        T.RandomApply([T.ColorJitter(0.32, 0.32, 0.32, 0.08)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        RandomPILGaussianBlur(p=0.5, radius_min=0.1, radius_max=2.0),
-        T.RandomHorizontalFlip(p=0.5),
-        T.RandomVerticalFlip(p=0.5),
-        T.RandomApply([T.RandomRotation(90, interpolation=T.InterpolationMode.NEAREST, fill=0)], p=0.5),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, RASA_REFERENCE_STD if std_quirk else IMAGENET_STD),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=T.InterpolationMode.BILINEAR),
+            T.RandomApply([T.ColorJitter(0.32, 0.32, 0.32, 0.08)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            RandomPILGaussianBlur(p=0.5, radius_min=0.1, radius_max=2.0),
+            T.RandomHorizontalFlip(p=0.5),
+            T.RandomVerticalFlip(p=0.5),
+            T.RandomApply([T.RandomRotation(90, interpolation=T.InterpolationMode.NEAREST, fill=0)], p=0.5),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, RASA_REFERENCE_STD if std_quirk else IMAGENET_STD),
+        ]
+    )
 
 
 def rasa_eval_transform(size: int = 518) -> Callable[[Image.Image], torch.Tensor]:
     """Held-out images for the R² probe and for ``--no-augment``: resize to size×size, ImageNet normalisation."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return T.Compose(
+        [
+            T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def list_images(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
@@ -97,7 +102,9 @@ def default_image_root() -> Path:
     return voc_image_dir(Path(builtin_toy()))
 
 
-def split_files(files: Sequence[Path], heldout_fraction: float, max_heldout: int, seed: int) -> tuple[list[Path], list[Path]]:
+def split_files(
+    files: Sequence[Path], heldout_fraction: float, max_heldout: int, seed: int
+) -> tuple[list[Path], list[Path]]:
     """Deterministic split into (train, held-out); held-out has ≥ 2 images (probe fit + probe test)."""
     if len(files) < 3:
         raise ValueError(f"RASA needs at least 3 images (training + held-out probe), found {len(files)}")

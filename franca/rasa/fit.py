@@ -16,12 +16,14 @@ the result says why it stopped.
 Features come from a ``FeatureSource``: cached tokens (synthetic tests, ``--no-augment``,
 ``--cache-views``) or a frozen backbone run on augmented images every pass.
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -93,9 +95,13 @@ class RasaResult:
 
     def report(self) -> dict[str, Any]:
         """JSON-serialisable summary (no tensors)."""
-        out: dict[str, Any] = {"iterations": len(self.directions), "stop_reason": self.stop_reason,
-                               "history": self.history, "probe_sizes": self.probe_sizes,
-                               "probe_failures": self.probe_failures}
+        out: dict[str, Any] = {
+            "iterations": len(self.directions),
+            "stop_reason": self.stop_reason,
+            "history": self.history,
+            "probe_sizes": self.probe_sizes,
+            "probe_failures": self.probe_failures,
+        }
         if self.initial is not None:
             out["initial"] = self.initial
             for p in ("ridge", "sigmoid"):
@@ -132,14 +138,13 @@ class CachedFeatures:
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         order = torch.randperm(self.tokens.shape[0], generator=g)
         for s in range(self.steps_per_epoch()):
-            yield self.tokens[order[s * self.batch_size:(s + 1) * self.batch_size]]
+            yield self.tokens[order[s * self.batch_size : (s + 1) * self.batch_size]]
 
 
 class BackboneFeatures:
     """Frozen backbone run on an image loader each pass; yields ``x_norm_patchtokens`` in float32."""
 
-    def __init__(self, model: torch.nn.Module, loader: Iterable[torch.Tensor], device: torch.device,
-                 size: int) -> None:
+    def __init__(self, model: torch.nn.Module, loader: Iterable[torch.Tensor], device: torch.device, size: int) -> None:
         self.model, self.loader, self.device = model, loader, device
         p = int(model.patch_size)
         if size % p:
@@ -171,7 +176,6 @@ def extract_all(model: torch.nn.Module, loader: Iterable[torch.Tensor], device: 
     return torch.cat([extract_patch_tokens(model, b, device).cpu() for b in loader], dim=0)
 
 
-
 def _batches(source: FeatureSource) -> Iterator[torch.Tensor]:
     """The source's batches, pass after pass, without end."""
     epoch = 0
@@ -185,9 +189,14 @@ def _batches(source: FeatureSource) -> Iterator[torch.Tensor]:
         epoch += 1
 
 
-def train_position_predictor(source: FeatureSource, P_prev: torch.Tensor | None, cfg: RasaConfig,
-                             device: torch.device, generator: torch.Generator,
-                             desc: str = "rasa") -> tuple[torch.Tensor, dict[str, Any]]:
+def train_position_predictor(
+    source: FeatureSource,
+    P_prev: torch.Tensor | None,
+    cfg: RasaConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    desc: str = "rasa",
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """One stage: fit sigmoid(x̃ Wᵀ) ≈ (row, col) by MSE on cleaned tokens x̃ = x P_prevᵀ.
 
     Returns W (2, D) (until converged: the mean W of the last window of steps) and a record: steps,
@@ -222,7 +231,7 @@ def train_position_predictor(source: FeatureSource, P_prev: torch.Tensor | None,
             sched.step()
         losses.append(float(loss.detach()))
         if not fixed:
-            recent = (recent + [W.detach().clone()])[-cfg.window:]
+            recent = (recent + [W.detach().clone()])[-cfg.window :]
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -234,16 +243,22 @@ def train_position_predictor(source: FeatureSource, P_prev: torch.Tensor | None,
     if bar is not None:
         bar.close()
     w = min(cfg.window, len(losses))
-    record = {"steps": len(losses), "converged": converged, "schedule": "fixed" if fixed else "until converged",
-              "loss_first": sum(losses[:w]) / w, "loss_last": sum(losses[-w:]) / w}
+    record = {
+        "steps": len(losses),
+        "converged": converged,
+        "schedule": "fixed" if fixed else "until converged",
+        "loss_first": sum(losses[:w]) / w,
+        "loss_last": sum(losses[-w:]) / w,
+    }
     # At a constant lr the weights jitter around the optimum, most along high-variance feature directions;
     # averaging the last window (Polyak) removes that jitter, which would otherwise be removed as "position".
     W_out = torch.stack(recent).mean(0) if recent else W.detach()
     return W_out.cpu(), record
 
 
-def fit_rasa(source: FeatureSource, cfg: RasaConfig, device: torch.device | str = "cpu",
-             heldout: torch.Tensor | None = None) -> RasaResult:
+def fit_rasa(
+    source: FeatureSource, cfg: RasaConfig, device: torch.device | str = "cpu", heldout: torch.Tensor | None = None
+) -> RasaResult:
     """Run the RASA stages on a feature source; ``heldout`` (M ≥ 2, N, D) raw tokens of other images for the probes.
 
     The held-out images are split by image into a probe-fit and a probe-score part
@@ -267,8 +282,9 @@ def fit_rasa(source: FeatureSource, cfg: RasaConfig, device: torch.device | str 
         log.warning("RASA: %s", msg)
     stop_reason = ""
     for t in range(cfg.iterations):
-        W, record = train_position_predictor(source, P if t else None, cfg, device, gen,
-                                             desc=f"rasa {t + 1}/{cfg.iterations}")
+        W, record = train_position_predictor(
+            source, P if t else None, cfg, device, gen, desc=f"rasa {t + 1}/{cfg.iterations}"
+        )
         W_used = restrict_to_complement(W, P) if (cfg.project_previous and t) else W
         U = gram_schmidt_2d(W_used)
         directions.append(U)
@@ -280,21 +296,38 @@ def fit_rasa(source: FeatureSource, cfg: RasaConfig, device: torch.device | str 
             entry.update(before=before, after=after, stage_predictor_r2=_stage_predictor_r2(probe, W, P_before))
             before = after
         history.append(entry)
-        log.info("RASA stage %d/%d: %d steps, loss %.4f -> %.4f%s", t + 1, cfg.iterations, record["steps"],
-                 record["loss_first"], record["loss_last"],
-                 f", held-out R² ridge {entry['before']['ridge']['r2']:.4f} -> {entry['after']['ridge']['r2']:.4f}, "
-                 f"sigmoid {entry['before']['sigmoid']['r2']:.4f} -> {entry['after']['sigmoid']['r2']:.4f}"
-                 if probe else "")
+        log.info(
+            "RASA stage %d/%d: %d steps, loss %.4f -> %.4f%s",
+            t + 1,
+            cfg.iterations,
+            record["steps"],
+            record["loss_first"],
+            record["loss_last"],
+            f", held-out R² ridge {entry['before']['ridge']['r2']:.4f} -> {entry['after']['ridge']['r2']:.4f}, "
+            f"sigmoid {entry['before']['sigmoid']['r2']:.4f} -> {entry['after']['sigmoid']['r2']:.4f}"
+            if probe
+            else "",
+        )
         if cfg.auto:
             stop_reason = _auto_stop(entry, cfg, failures)
             if stop_reason:
                 break
     if not stop_reason:
-        stop_reason = (f"reached the maximum of {cfg.iterations} stages" if cfg.auto
-                       else f"fixed number of stages ({cfg.iterations})")
-    return RasaResult(directions=directions, weights=weights, projection=removal_projection(directions, dim=source.dim),
-                      history=history, initial=initial, probe_sizes=probe.sizes() if probe else None,
-                      probe_failures=failures, stop_reason=stop_reason)
+        stop_reason = (
+            f"reached the maximum of {cfg.iterations} stages"
+            if cfg.auto
+            else f"fixed number of stages ({cfg.iterations})"
+        )
+    return RasaResult(
+        directions=directions,
+        weights=weights,
+        projection=removal_projection(directions, dim=source.dim),
+        history=history,
+        initial=initial,
+        probe_sizes=probe.sizes() if probe else None,
+        probe_failures=failures,
+        stop_reason=stop_reason,
+    )
 
 
 def _auto_stop(entry: dict[str, Any], cfg: RasaConfig, failures: list[str]) -> str:
@@ -309,10 +342,12 @@ def _auto_stop(entry: dict[str, Any], cfg: RasaConfig, failures: list[str]) -> s
     r2_before = max(entry["before"][p]["r2"] for p in ("sigmoid", "ridge"))
     r2_after = max(entry["after"][p]["r2"] for p in ("sigmoid", "ridge"))
     if r2_after < cfg.auto_threshold:
-        return (f"held-out R² (sigmoid {entry['after']['sigmoid']['r2']:.4f}, ridge {entry['after']['ridge']['r2']:.4f}) "
-                f"is below the threshold {cfg.auto_threshold}")
+        return (
+            f"held-out R² (sigmoid {entry['after']['sigmoid']['r2']:.4f}, ridge {entry['after']['ridge']['r2']:.4f}) "
+            f"is below the threshold {cfg.auto_threshold}"
+        )
     if r2_before - r2_after < cfg.auto_min_drop:
-        return (f"held-out R² stopped falling ({r2_before:.4f} -> {r2_after:.4f}, less than {cfg.auto_min_drop} lower)")
+        return f"held-out R² stopped falling ({r2_before:.4f} -> {r2_after:.4f}, less than {cfg.auto_min_drop} lower)"
     return ""
 
 

@@ -14,9 +14,9 @@ R² = 1 − Σ(y−ŷ)²/Σ(y−ȳ)² per output (ȳ the score split's mean), av
 A negative R² before any removal means the probe is worse than predicting the mean on tokens
 that should encode position: it is flagged as a probe failure, not a result (``check_initial``).
 """
+
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,10 +25,20 @@ import torch.nn.functional as F
 
 from franca.rasa.removal import apply_projection, position_targets
 
-__all__ = ["ProbeScore", "ProbeSettings", "PositionProbe", "split_by_image", "dihedral_views", "ridge_r2",
-           "train_sigmoid_predictor", "sigmoid_r2", "r2_score", "check_initial"]
+__all__ = [
+    "ProbeScore",
+    "ProbeSettings",
+    "PositionProbe",
+    "split_by_image",
+    "dihedral_views",
+    "ridge_r2",
+    "train_sigmoid_predictor",
+    "sigmoid_r2",
+    "r2_score",
+    "check_initial",
+]
 
-RIDGE_GRID = tuple(10.0 ** e for e in range(-6, 3))  # relative to the mean eigenvalue of the centred Gram
+RIDGE_GRID = tuple(10.0**e for e in range(-6, 3))  # relative to the mean eigenvalue of the centred Gram
 
 
 @dataclass
@@ -101,12 +111,16 @@ def r2_score(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float, fl
 
 def _flat(tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     if tokens.shape[1] != grid[0] * grid[1]:
-        raise ValueError(f"tokens have {tokens.shape[1]} patches, the grid {grid[0]}x{grid[1]} needs {grid[0] * grid[1]}")
+        raise ValueError(
+            f"tokens have {tokens.shape[1]} patches, the grid {grid[0]}x{grid[1]} needs {grid[0] * grid[1]}"
+        )
     y = position_targets(*grid).to(torch.float64).repeat(tokens.shape[0], 1)
     return tokens.reshape(-1, tokens.shape[-1]).to(torch.float64), y
 
 
-def _ridge_path(x: torch.Tensor, y: torch.Tensor, lams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _ridge_path(
+    x: torch.Tensor, y: torch.Tensor, lams: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ridge solutions for every λ at once via the eigendecomposition of the centred Gram.
 
     Returns (A (L, D, 2), b (L, 2), mean eigenvalue); λ are multiples of the mean eigenvalue.
@@ -122,8 +136,13 @@ def _ridge_path(x: torch.Tensor, y: torch.Tensor, lams: torch.Tensor) -> tuple[t
     return A, b, torch.tensor(scale)
 
 
-def ridge_r2(fit: torch.Tensor, score: torch.Tensor, grid: tuple[int, int], folds: int = 5,
-             grid_lams: tuple[float, ...] = RIDGE_GRID) -> ProbeScore:
+def ridge_r2(
+    fit: torch.Tensor,
+    score: torch.Tensor,
+    grid: tuple[int, int],
+    folds: int = 5,
+    grid_lams: tuple[float, ...] = RIDGE_GRID,
+) -> ProbeScore:
     """Closed-form ridge probe fitted on ``fit`` (M₁, N, D), scored on ``score`` (M₂, N, D).
 
     The ridge strength is the one with the lowest cross-validated error over ``folds`` folds of
@@ -145,15 +164,24 @@ def ridge_r2(fit: torch.Tensor, score: torch.Tensor, grid: tuple[int, int], fold
     else:
         best = int(torch.searchsorted(lams, torch.tensor(1e-4, dtype=torch.float64)).clamp_max(len(lams) - 1))
     x_fit, y_fit = _flat(fit, grid)
-    A, b, _ = _ridge_path(x_fit, y_fit, lams[best:best + 1])
+    A, b, _ = _ridge_path(x_fit, y_fit, lams[best : best + 1])
     x_sc, y_sc = _flat(score, grid)
     r2, r2r, r2c = r2_score(x_sc @ A[0] + b[0], y_sc)
-    return ProbeScore(r2, r2r, r2c, fit.shape[0], x_fit.shape[0], score.shape[0], x_sc.shape[0],
-                      {"ridge": float(lams[best]), "cv_folds": k if k >= 2 else 0})
+    return ProbeScore(
+        r2,
+        r2r,
+        r2c,
+        fit.shape[0],
+        x_fit.shape[0],
+        score.shape[0],
+        x_sc.shape[0],
+        {"ridge": float(lams[best]), "cv_folds": k if k >= 2 else 0},
+    )
 
 
-def train_sigmoid_predictor(tokens: torch.Tensor, grid: tuple[int, int], settings: ProbeSettings,
-                            device: torch.device | str = "cpu") -> tuple[torch.Tensor, dict[str, Any]]:
+def train_sigmoid_predictor(
+    tokens: torch.Tensor, grid: tuple[int, int], settings: ProbeSettings, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """The paper's predictor sigmoid(x Wᵀ) ≈ (row, col), W (2, D) no bias, fitted by MSE until converged.
 
     Full-batch Adam (lr ``settings.lr``) on all fit tokens from W = 0 (the constant prediction ½,
@@ -182,8 +210,13 @@ def train_sigmoid_predictor(tokens: torch.Tensor, grid: tuple[int, int], setting
             break
     with torch.no_grad():
         final = float(F.mse_loss(torch.sigmoid(x @ W.T), y))
-    record = {"steps": len(losses), "converged": converged, "optimizer": "adam, full batch",
-              "loss_first": losses[0], "loss_last": final}
+    record = {
+        "steps": len(losses),
+        "converged": converged,
+        "optimizer": "adam, full batch",
+        "loss_first": losses[0],
+        "loss_last": final,
+    }
     return W.detach().cpu(), record
 
 
@@ -192,12 +225,17 @@ def has_converged(losses: list[float], window: int, tol: float, min_steps: int =
     if len(losses) < max(min_steps, 2 * window):
         return False
     last = sum(losses[-window:]) / window
-    prev = sum(losses[-2 * window:-window]) / window
+    prev = sum(losses[-2 * window : -window]) / window
     return prev - last < tol * abs(prev)
 
 
-def sigmoid_r2(fit: torch.Tensor, score: torch.Tensor, grid: tuple[int, int], settings: ProbeSettings,
-               device: torch.device | str = "cpu") -> ProbeScore:
+def sigmoid_r2(
+    fit: torch.Tensor,
+    score: torch.Tensor,
+    grid: tuple[int, int],
+    settings: ProbeSettings,
+    device: torch.device | str = "cpu",
+) -> ProbeScore:
     """Train the sigmoid predictor to convergence on ``fit`` images and score its R² on ``score`` images."""
     W, record = train_sigmoid_predictor(fit, grid, settings, device)
     x_sc, y_sc = _flat(score, grid)
@@ -209,8 +247,13 @@ def sigmoid_r2(fit: torch.Tensor, score: torch.Tensor, grid: tuple[int, int], se
 class PositionProbe:
     """Both probes on one fixed held-out set, evaluated after any folded RASA map P (``x Pᵀ``)."""
 
-    def __init__(self, heldout: torch.Tensor, grid: tuple[int, int], settings: ProbeSettings | None = None,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        heldout: torch.Tensor,
+        grid: tuple[int, int],
+        settings: ProbeSettings | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.settings = settings or ProbeSettings()
         self.fit, self.score = split_by_image(heldout, self.settings.fit_fraction)
         self.grid, self.device = tuple(grid), device
@@ -220,18 +263,27 @@ class PositionProbe:
         fit, score = self.fit, self.score
         if P is not None:
             fit, score = apply_projection(fit, P), apply_projection(score, P)
-        return {"ridge": ridge_r2(fit, score, self.grid, self.settings.folds).as_dict(),
-                "sigmoid": sigmoid_r2(fit, score, self.grid, self.settings, self.device).as_dict()}
+        return {
+            "ridge": ridge_r2(fit, score, self.grid, self.settings.folds).as_dict(),
+            "sigmoid": sigmoid_r2(fit, score, self.grid, self.settings, self.device).as_dict(),
+        }
 
     def sizes(self) -> dict[str, int]:
         N = self.grid[0] * self.grid[1]
-        return {"fit_images": self.fit.shape[0], "fit_tokens": self.fit.shape[0] * N,
-                "score_images": self.score.shape[0], "score_tokens": self.score.shape[0] * N,
-                "dim": self.fit.shape[-1]}
+        return {
+            "fit_images": self.fit.shape[0],
+            "fit_tokens": self.fit.shape[0] * N,
+            "score_images": self.score.shape[0],
+            "score_tokens": self.score.shape[0] * N,
+            "dim": self.fit.shape[-1],
+        }
 
 
 def check_initial(measured: dict[str, dict[str, Any]]) -> list[str]:
     """Probe failures before any removal: each probe whose R² is negative (worse than the mean)."""
-    return [f"{name} probe R² {m['r2']:.4f} < 0 before removal: the probe failed (too few fit tokens per "
-            f"dimension, or not converged); this is not a measurement of position"
-            for name, m in measured.items() if not m["r2"] >= 0]
+    return [
+        f"{name} probe R² {m['r2']:.4f} < 0 before removal: the probe failed (too few fit tokens per "
+        f"dimension, or not converged); this is not a measurement of position"
+        for name, m in measured.items()
+        if not m["r2"] >= 0
+    ]

@@ -3,6 +3,7 @@
 All functions broadcast over leading dimensions (tokens are the last-but-one axis only where a
 grid is involved) and never change their inputs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -87,7 +88,9 @@ def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-4) -> t
     x = x.detach().to(torch.float64)
     y = y.detach().to(torch.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"probe needs x (M, D) and y (M, k) with the same M, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"probe needs x (M, D) and y (M, k) with the same M, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     mx, my = x.mean(0), y.mean(0)
     xc, yc = x - mx, y - my
     gram = xc.T @ xc
@@ -96,8 +99,9 @@ def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-4) -> t
     return A, my - mx @ A
 
 
-def position_r2(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                ridge: float = 1e-4) -> float:
+def position_r2(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, ridge: float = 1e-4
+) -> float:
     """R² of a freshly fitted linear position probe on held-out features, averaged over the outputs.
 
     R² = 1 - Σ(y - ŷ)² / Σ(y - ȳ)² per output (ȳ: the held-out mean), then the mean over

@@ -5,6 +5,7 @@ without drop path, and never receives gradients. `init_from` (the high-resolutio
 backbone into both, resizing the position table to the new global crop size (bicubic, antialias,
 as `modify_ckpt_highres.py` does); heads are re-initialised, as in the released finetune configs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,9 +38,17 @@ def backbone_overrides(cfg: FrancaTrainConfig) -> dict[str, Any]:
 def build_head(h: HeadConfig, in_dim: int) -> nn.Module:
     from franca.models.heads import MatryoshkaHead
 
-    return MatryoshkaHead(in_dim, h.n_prototypes, nesting_levels=h.nesting_levels, mode=h.mode,
-                          hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers,
-                          l2_norm=h.l2_norm, use_bn=h.use_bn)
+    return MatryoshkaHead(
+        in_dim,
+        h.n_prototypes,
+        nesting_levels=h.nesting_levels,
+        mode=h.mode,
+        hidden_dim=h.hidden_dim,
+        bottleneck_dim=h.bottleneck_dim,
+        nlayers=h.nlayers,
+        l2_norm=h.l2_norm,
+        use_bn=h.use_bn,
+    )
 
 
 def build_models(cfg: FrancaTrainConfig, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
@@ -48,11 +57,15 @@ def build_models(cfg: FrancaTrainConfig, device: torch.device) -> tuple[dict[str
 
     backbone = build_backbone(cfg.model.arch, **backbone_overrides(cfg))
     if cfg.crops.global_crops_size % backbone.patch_size:
-        raise ValueError(f"crops.global_crops_size={cfg.crops.global_crops_size} is not a multiple of the "
-                         f"patch size {backbone.patch_size} of {cfg.model.arch}")
+        raise ValueError(
+            f"crops.global_crops_size={cfg.crops.global_crops_size} is not a multiple of the "
+            f"patch size {backbone.patch_size} of {cfg.model.arch}"
+        )
     if cfg.crops.local_crops_number and cfg.crops.local_crops_size % backbone.patch_size:
-        raise ValueError(f"crops.local_crops_size={cfg.crops.local_crops_size} is not a multiple of the "
-                         f"patch size {backbone.patch_size} of {cfg.model.arch}")
+        raise ValueError(
+            f"crops.local_crops_size={cfg.crops.local_crops_size} is not a multiple of the "
+            f"patch size {backbone.patch_size} of {cfg.model.arch}"
+        )
     D = backbone.embed_dim
     student = {"backbone": backbone, "dino_head": build_head(cfg.dino, D), "ibot_head": build_head(cfg.ibot.head, D)}
     if cfg.train.init_from:
@@ -70,7 +83,7 @@ def build_models(cfg: FrancaTrainConfig, device: torch.device) -> tuple[dict[str
 
 
 def _disable_drop_path(backbone: nn.Module) -> None:
-    for name, mod in backbone.named_modules():
+    for _name, mod in backbone.named_modules():
         if type(mod).__name__ == "DropPath":
             mod.drop_prob = 0.0
 

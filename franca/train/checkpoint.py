@@ -9,6 +9,7 @@ The "teacher" entry has the layout of the official Franca releases, so
 a temporary name in the same folder, flushed and renamed, so a crash never leaves a torn file.
 Under FSDP the state dicts are gathered to full tensors first (one file, not one per rank).
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,22 +46,29 @@ def prefixed_state_dict(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor
 def load_prefixed_state_dict(modules: dict[str, nn.Module], state: dict[str, torch.Tensor], source: str) -> None:
     """Inverse of `prefixed_state_dict`; raises KeyError naming missing/unexpected keys."""
     for prefix, module in modules.items():
-        sub = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        sub = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
         check_shapes(module, sub, f"{source} ({prefix})")
         missing, unexpected = module.load_state_dict(sub, strict=False)
         if missing or unexpected:
-            raise KeyError(f"{source}: {prefix} keys do not match the model: missing {list(missing)[:5]}, "
-                           f"unexpected {list(unexpected)[:5]}")
+            raise KeyError(
+                f"{source}: {prefix} keys do not match the model: missing {list(missing)[:5]}, "
+                f"unexpected {list(unexpected)[:5]}"
+            )
 
 
 def check_shapes(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """UserError naming the first tensors whose shapes differ (instead of torch's one line per tensor)."""
     own = module.state_dict()
-    bad = [f"{k} {tuple(v.shape)} vs the model's {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and own[k] is not None and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    bad = [
+        f"{k} {tuple(v.shape)} vs the model's {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k] is not None and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
     if bad:
-        raise UserError(f"{source}: {len(bad)} tensors do not fit this model ({'; '.join(bad[:3])}): the "
-                        "checkpoint holds another architecture")
+        raise UserError(
+            f"{source}: {len(bad)} tensors do not fit this model ({'; '.join(bad[:3])}): the "
+            "checkpoint holds another architecture"
+        )
 
 
 def rng_state() -> dict[str, Any]:
@@ -68,8 +76,13 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": _py_state_to_plain(random.getstate()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -157,11 +170,13 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"refusing to read {path}: not a plain tensor file (weights_only loading rejected it: "
-                        f"{_first_line(exc)})") from exc
+        raise UserError(
+            f"refusing to read {path}: not a plain tensor file (weights_only loading rejected it: {_first_line(exc)})"
+        ) from exc
     except Exception as exc:  # torch raises many types for a truncated or foreign file  # noqa: BLE001
-        raise UserError(f"cannot read {path} as a franca training checkpoint (truncated or another format?): "
-                        f"{_first_line(exc)}") from exc
+        raise UserError(
+            f"cannot read {path} as a franca training checkpoint (truncated or another format?): {_first_line(exc)}"
+        ) from exc
     for key in ("teacher", "student", "iteration"):
         if not isinstance(ckpt, dict) or key not in ckpt:
             raise UserError(f"{path} is not a franca training checkpoint (no {key!r} entry)")
@@ -175,4 +190,4 @@ def _first_line(exc: BaseException) -> str:
 
 def teacher_backbone_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The teacher backbone's own keys (prefix `backbone.` removed)."""
-    return {k[len("backbone."):]: v for k, v in ckpt["teacher"].items() if k.startswith("backbone.")}
+    return {k[len("backbone.") :]: v for k, v in ckpt["teacher"].items() if k.startswith("backbone.")}

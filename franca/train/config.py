@@ -6,12 +6,14 @@ schema, so a preset or override can only set keys that exist (a typo fails befor
 naming the key). Derived values (the scaled lr, iteration counts) are computed by functions
 and logged, never written back into the config.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "tiny"
@@ -82,12 +84,20 @@ class IbotConfig:
     """'cyclic' (Franca's CyclicMask) or 'block' (DINOv2/iBOT multi-block masking, franca.data.masking.BlockMask)"""
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.mask_sample_probability <= 1.0, "ibot.mask_sample_probability",
-               self.mask_sample_probability, "in [0, 1]")
+        _check(
+            0.0 <= self.mask_sample_probability <= 1.0,
+            "ibot.mask_sample_probability",
+            self.mask_sample_probability,
+            "in [0, 1]",
+        )
         _check(self.mask_type in ("cyclic", "block"), "ibot.mask_type", self.mask_type, "'cyclic' or 'block'")
         lo_hi = list(self.mask_ratio_min_max)
-        _check(len(lo_hi) == 2 and 0.0 <= lo_hi[0] <= lo_hi[1] < 1.0, "ibot.mask_ratio_min_max",
-               lo_hi, "[min, max] with 0 <= min <= max < 1")
+        _check(
+            len(lo_hi) == 2 and 0.0 <= lo_hi[0] <= lo_hi[1] < 1.0,
+            "ibot.mask_ratio_min_max",
+            lo_hi,
+            "[min, max] with 0 <= min <= max < 1",
+        )
 
 
 @dataclass
@@ -109,8 +119,12 @@ class LossConfig:
         _check(self.koleo_weight >= 0, "loss.koleo_weight", self.koleo_weight, ">= 0")
         _check(self.sinkhorn_iterations >= 1, "loss.sinkhorn_iterations", self.sinkhorn_iterations, ">= 1")
         _check(self.koleo_scope in ("local", "global"), "loss.koleo_scope", self.koleo_scope, "'local' or 'global'")
-        _check(self.centering in ("sinkhorn_knopp", "centering"), "loss.centering", self.centering,
-               "'sinkhorn_knopp' or 'centering'")
+        _check(
+            self.centering in ("sinkhorn_knopp", "centering"),
+            "loss.centering",
+            self.centering,
+            "'sinkhorn_knopp' or 'centering'",
+        )
 
 
 @dataclass
@@ -125,12 +139,24 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.momentum_teacher <= 1.0, "teacher.momentum_teacher", self.momentum_teacher, "in [0, 1]")
-        _check(0.0 <= self.final_momentum_teacher <= 1.0, "teacher.final_momentum_teacher",
-               self.final_momentum_teacher, "in [0, 1]")
-        _check(self.teacher_temp > 0 and self.warmup_teacher_temp > 0, "teacher.teacher_temp",
-               (self.warmup_teacher_temp, self.teacher_temp), "> 0")
-        _check(self.warmup_teacher_temp_epochs >= 0, "teacher.warmup_teacher_temp_epochs",
-               self.warmup_teacher_temp_epochs, ">= 0")
+        _check(
+            0.0 <= self.final_momentum_teacher <= 1.0,
+            "teacher.final_momentum_teacher",
+            self.final_momentum_teacher,
+            "in [0, 1]",
+        )
+        _check(
+            self.teacher_temp > 0 and self.warmup_teacher_temp > 0,
+            "teacher.teacher_temp",
+            (self.warmup_teacher_temp, self.teacher_temp),
+            "> 0",
+        )
+        _check(
+            self.warmup_teacher_temp_epochs >= 0,
+            "teacher.warmup_teacher_temp_epochs",
+            self.warmup_teacher_temp_epochs,
+            ">= 0",
+        )
 
 
 @dataclass
@@ -158,8 +184,12 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _check(self.base_lr > 0, "optim.base_lr", self.base_lr, "> 0")
-        _check(self.lr_scaling in ("sqrt", "linear", "none"), "optim.lr_scaling", self.lr_scaling,
-               "'sqrt', 'linear' or 'none'")
+        _check(
+            self.lr_scaling in ("sqrt", "linear", "none"),
+            "optim.lr_scaling",
+            self.lr_scaling,
+            "'sqrt', 'linear' or 'none'",
+        )
         _check(0.0 < self.layerwise_decay <= 1.0, "optim.layerwise_decay", self.layerwise_decay, "in (0, 1]")
         _check(self.clip_grad >= 0, "optim.clip_grad", self.clip_grad, ">= 0")
         for name in ("min_lr", "weight_decay", "weight_decay_end", "warmup_epochs", "freeze_last_layer_epochs"):
@@ -180,8 +210,12 @@ class CropsConfig:
 
     def __post_init__(self) -> None:
         _check(self.global_crops_size > 0, "crops.global_crops_size", self.global_crops_size, "> 0")
-        _check(self.local_crops_size > 0 or self.local_crops_number == 0, "crops.local_crops_size",
-               self.local_crops_size, "> 0")
+        _check(
+            self.local_crops_size > 0 or self.local_crops_number == 0,
+            "crops.local_crops_size",
+            self.local_crops_size,
+            "> 0",
+        )
         _check(self.local_crops_number >= 0, "crops.local_crops_number", self.local_crops_number, ">= 0")
         for name in ("global_crops_scale", "local_crops_scale"):
             v = list(getattr(self, name))
@@ -216,13 +250,21 @@ class DataConfig:
     """extra keyword arguments for franca.data.toy.ensure_toy (difficulty knobs)"""
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("auto", "toy", "folder", "imagefolder", "webdataset"), "data.kind", self.kind,
-               "'auto', 'toy', 'folder', 'imagefolder' or 'webdataset'")
+        _check(
+            self.kind in ("auto", "toy", "folder", "imagefolder", "webdataset"),
+            "data.kind",
+            self.kind,
+            "'auto', 'toy', 'folder', 'imagefolder' or 'webdataset'",
+        )
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         _check(self.dataset_size >= 0, "data.dataset_size", self.dataset_size, ">= 0 (0: count the shards)")
         _check(self.toy_size >= 8, "data.toy_size", self.toy_size, ">= 8")
-        _check(self.augment_device in ("auto", "cpu", "cuda"), "data.augment_device", self.augment_device,
-               "'auto', 'cpu' or 'cuda'")
+        _check(
+            self.augment_device in ("auto", "cpu", "cuda"),
+            "data.augment_device",
+            self.augment_device,
+            "'auto', 'cpu' or 'cuda'",
+        )
 
 
 @dataclass
@@ -251,8 +293,12 @@ class TrainConfig:
     """checkpoint whose teacher backbone initialises student and teacher (high-res stage)"""
 
     def __post_init__(self) -> None:
-        _check(self.batch_size_per_gpu >= 2, "train.batch_size_per_gpu", self.batch_size_per_gpu,
-               ">= 2 (KoLeo needs a neighbour)")
+        _check(
+            self.batch_size_per_gpu >= 2,
+            "train.batch_size_per_gpu",
+            self.batch_size_per_gpu,
+            ">= 2 (KoLeo needs a neighbour)",
+        )
         _check(self.iterations >= 0, "train.iterations", self.iterations, ">= 0 (0: from train.epochs)")
         _check(self.epochs > 0 or self.iterations > 0, "train.epochs", self.epochs, "> 0 (or set train.iterations)")
         _check(self.max_minutes >= 0, "train.max_minutes", self.max_minutes, ">= 0 (0: no time limit)")
@@ -315,14 +361,14 @@ def _preset_path(name_or_path: str) -> Path:
         return p
     cand = PRESET_DIR / f"{name_or_path}.yaml"
     if not cand.is_file():
-        raise FileNotFoundError(f"unknown preset {name_or_path!r}; presets: {', '.join(list_presets())} "
-                                "(or give a .yaml path)")
+        raise FileNotFoundError(
+            f"unknown preset {name_or_path!r}; presets: {', '.join(list_presets())} (or give a .yaml path)"
+        )
     return cand
 
 
 def _load_layers(name_or_path: str, seen: tuple[str, ...] = ()) -> list[Any]:
     """A preset and its `_base_` chain as OmegaConf nodes, base first."""
-    from omegaconf import OmegaConf
 
     path = _preset_path(name_or_path)
     if str(path) in seen:
@@ -333,8 +379,9 @@ def _load_layers(name_or_path: str, seen: tuple[str, ...] = ()) -> list[Any]:
     if base:
         base = str(base)
         rel = path.parent / base
-        layers = _load_layers(str(rel) if base.endswith((".yaml", ".yml")) and rel.is_file() else base,
-                              seen + (str(path),))
+        layers = _load_layers(
+            str(rel) if base.endswith((".yaml", ".yml")) and rel.is_file() else base, seen + (str(path),)
+        )
     return layers + [(str(path), node)]
 
 
@@ -353,13 +400,19 @@ def _read_yaml(path: Path) -> Any:
     except UnicodeDecodeError:
         raise ValueError(f"config {path} is not a YAML text file (not UTF-8)") from None
     if not isinstance(node, DictConfig):
-        raise ValueError(f"config {path}: expected a mapping of config keys (e.g. `optim: {{base_lr: 1.0e-3}}`), "
-                         f"got a {type(node).__name__}")
+        raise ValueError(
+            f"config {path}: expected a mapping of config keys (e.g. `optim: {{base_lr: 1.0e-3}}`), "
+            f"got a {type(node).__name__}"
+        )
     return node
 
 
-def load_config(preset: str | None = None, overrides: Sequence[str] = (),
-                inherit: Optional[Mapping[str, Any]] = None, inherit_source: str = "inherited") -> FrancaTrainConfig:
+def load_config(
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
+    inherit: Optional[Mapping[str, Any]] = None,
+    inherit_source: str = "inherited",
+) -> FrancaTrainConfig:
     """Schema defaults <- preset (and its `_base_` chain) <- `inherit` <- `key=value` overrides, validated.
 
     `inherit` (a nested dict, e.g. the model section of a checkpoint's config) sits between the preset
@@ -435,9 +488,22 @@ def dump_yaml(cfg: FrancaTrainConfig) -> str:
 # Keys that may differ between a run and its --resume without changing what is trained: where files
 # go, how often to log or save, time limits, workers, devices, kernels, the final k-NN check.
 RESUME_FREE_KEYS = (
-    "train.output_dir", "train.log_period", "train.checkpoint_period", "train.max_minutes", "train.knn_eval",
-    "train.knn_k", "train.device", "train.compile", "train.parallel", "train.init_from", "data.num_workers",
-    "data.val", "data.knn_train", "data.augment_device", "optim.fused", "loss.implicit_patch_targets",
+    "train.output_dir",
+    "train.log_period",
+    "train.checkpoint_period",
+    "train.max_minutes",
+    "train.knn_eval",
+    "train.knn_k",
+    "train.device",
+    "train.compile",
+    "train.parallel",
+    "train.init_from",
+    "data.num_workers",
+    "data.val",
+    "data.knn_train",
+    "data.augment_device",
+    "optim.fused",
+    "loss.implicit_patch_targets",
     "model.activation_checkpointing",
 )
 

@@ -21,26 +21,34 @@ With ``data.augment_device=cuda`` (the default ``auto`` on a CUDA run) the worke
 the masks; the training process decodes the JPEGs on the GPU and runs the same batch augmentation there
 (franca.data.gpu_pipeline), with the same seeds.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import os
 import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from franca.data.images import (IMAGE_EXTENSIONS, UNREADABLE_ERRORS, CorruptImageError, UnreadableFiles, open_image,
-                                read_or_replace)
-from franca.data.images import list_images as _list_images
 from franca.data.datasets import shards as shards_mod
 from franca.data.datasets.shards import count_shard_images, list_shards, reject_remote
 from franca.data.datasets.shards import tar_images as _tar_images
+from franca.data.images import (
+    IMAGE_EXTENSIONS,
+    UNREADABLE_ERRORS,
+    CorruptImageError,
+    UnreadableFiles,
+    open_image,
+    read_or_replace,
+)
+from franca.data.images import list_images as _list_images
 from franca.train.config import FrancaTrainConfig
 
 if TYPE_CHECKING:
@@ -66,8 +74,9 @@ def list_images(root: str | Path) -> list[Path]:
         raise FileNotFoundError(f"data folder {root} does not exist")
     files = _list_images(root)
     if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}"
-                                f"{shards_mod.compressed_hint(root)}")
+        raise FileNotFoundError(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}{shards_mod.compressed_hint(root)}"
+        )
     return files
 
 
@@ -111,8 +120,13 @@ class FolderImages(Dataset):
     were unreadable: `franca.data.images.read_or_replace`, the loop `ImageFiles` uses too.
     """
 
-    def __init__(self, files: Sequence[Path], transform: Callable | None,
-                 reader: Callable[[Any], Any] = decode_image, where: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        files: Sequence[Path],
+        transform: Callable | None,
+        reader: Callable[[Any], Any] = decode_image,
+        where: str | Path | None = None,
+    ) -> None:
         self.files, self.transform, self.reader = list(files), transform, reader
         self.where = str(where) if where is not None else _common_folder(self.files)
         self.unreadable = UnreadableFiles(f"the image folder {self.where}", log_level=logging.DEBUG)  # the loop reports
@@ -122,8 +136,9 @@ class FolderImages(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, seed = key
-        path, img, skipped = read_or_replace(self.files, index, seed, self.reader, self.unreadable, _MAX_DRAWS,
-                                             self.where)
+        path, img, skipped = read_or_replace(
+            self.files, index, seed, self.reader, self.unreadable, _MAX_DRAWS, self.where
+        )
         return {**_sample(self.transform, img, seed), "skipped": skipped, "seed": seed, "name": str(path)}
 
 
@@ -147,8 +162,16 @@ class ShardImages(IterableDataset):
     that yields no image raises an error naming them.
     """
 
-    def __init__(self, shards: Sequence[str], transform: Callable | None, seed: int, rank: int, world: int,
-                 start_sample: int = 0, reader: Callable[[Any], Any] = decode_image) -> None:
+    def __init__(
+        self,
+        shards: Sequence[str],
+        transform: Callable | None,
+        seed: int,
+        rank: int,
+        world: int,
+        start_sample: int = 0,
+        reader: Callable[[Any], Any] = decode_image,
+    ) -> None:
         self.shards, self.transform, self.seed, self.reader = list(shards), transform, seed, reader
         self.rank, self.world, self.start_sample = rank, world, start_sample
 
@@ -160,10 +183,11 @@ class ShardImages(IterableDataset):
         while True:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
             order = [self.shards[i] for i in torch.randperm(len(self.shards), generator=g).tolist()]
-            mine = order[self.rank::self.world][wid::nw] or order[(self.rank + wid) % len(order)::len(order)]
+            mine = order[self.rank :: self.world][wid::nw] or order[(self.rank + wid) % len(order) :: len(order)]
             names = ", ".join(mine[:3]) + (" …" if len(mine) > 3 else "")
-            unreadable = UnreadableFiles(f"the webdataset shards {names}",
-                                         log_level=logging.DEBUG)  # the training loop reports the skipped files
+            unreadable = UnreadableFiles(
+                f"the webdataset shards {names}", log_level=logging.DEBUG
+            )  # the training loop reports the skipped files
             n_start = n
             for shard in mine:
                 for name, data in _tar_images(shard, damaged):
@@ -172,8 +196,7 @@ class ShardImages(IterableDataset):
                         continue
                     try:
                         if data is None:
-                            raise CorruptImageError(f"{name}: member larger than {shards_mod.MAX_MEMBER_BYTES:,} "
-                                                    "bytes")
+                            raise CorruptImageError(f"{name}: member larger than {shards_mod.MAX_MEMBER_BYTES:,} bytes")
                         img = self.reader(data, name)
                     except UNREADABLE_ERRORS as exc:
                         skipped.append(name)
@@ -196,8 +219,9 @@ class ResumableBatchSampler(Sampler):
     its contiguous B-slice, so W processes see together exactly what one process of batch W·B sees.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 start_iteration: int = 0) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start_iteration: int = 0
+    ) -> None:
         self.n, self.B, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.G = batch_size * world
         self.ipe = max(n // self.G, 1)
@@ -262,8 +286,13 @@ class MultiCropCollate:
         seed = _batch_seed(samples)
         g = torch.Generator().manual_seed(seed)
         if self.on_device:
-            batch = sample_masks(2 * len(samples), self.mask_generator, tuple(self.cfg.ibot.mask_ratio_min_max),
-                                 self.cfg.ibot.mask_sample_probability, generator=g)
+            batch = sample_masks(
+                2 * len(samples),
+                self.mask_generator,
+                tuple(self.cfg.ibot.mask_ratio_min_max),
+                self.cfg.ibot.mask_sample_probability,
+                generator=g,
+            )
             batch["encoded"] = [{k: s[k] for k in ("jpeg", "image", "name") if k in s} for s in samples]
             batch["augment_seed"] = _augment_seed(samples)
             batch["n_local_crops"] = self.cfg.crops.local_crops_number
@@ -271,9 +300,11 @@ class MultiCropCollate:
             return batch
         crops = self._augment(samples) if self.batch_augment is not None else [s["crops"] for s in samples]
         batch = collate_multicrop(
-            crops, mask_generator=self.mask_generator,
+            crops,
+            mask_generator=self.mask_generator,
             mask_ratio_min_max=tuple(self.cfg.ibot.mask_ratio_min_max),
-            mask_probability=self.cfg.ibot.mask_sample_probability, generator=g,
+            mask_probability=self.cfg.ibot.mask_sample_probability,
+            generator=g,
         )
         batch.pop("global_crops_teacher", None)
         batch["skipped"] = skipped
@@ -287,15 +318,18 @@ class MultiCropCollate:
         B, n_l = len(images), out["n_local_crops"]
         glob = out["global_crops"].unflatten(0, (2, B))
         loc = out["local_crops"].unflatten(0, (n_l, B))
-        return [{"global_crops": [glob[0, i], glob[1, i]], "local_crops": [loc[v, i] for v in range(n_l)]}
-                for i in range(B)]
+        return [
+            {"global_crops": [glob[0, i], glob[1, i]], "local_crops": [loc[v, i] for v in range(n_l)]} for i in range(B)
+        ]
 
 
 def _stack_images(samples: list[dict[str, Any]]) -> torch.Tensor | list[torch.Tensor]:
     """The samples' uint8 images as (B,3,H,W) when they have one size, else as a list (mixed sizes)."""
     if any("image" not in s for s in samples):
-        raise ValueError("data.batch_augment=true: samples must carry decoded images ('image'); build the data "
-                         "with build_pretrain_data")
+        raise ValueError(
+            "data.batch_augment=true: samples must carry decoded images ('image'); build the data "
+            "with build_pretrain_data"
+        )
     images = [s["image"] for s in samples]
     if len({tuple(t.shape) for t in images}) == 1:
         return torch.stack(images)
@@ -323,12 +357,18 @@ def multicrop_params(cfg: FrancaTrainConfig) -> MultiCropParams:
 
     c = cfg.crops
     try:
-        return MultiCropParams(global_size=c.global_crops_size, local_size=c.local_crops_size,
-                               n_local=c.local_crops_number, global_scale=tuple(c.global_crops_scale),
-                               local_scale=tuple(c.local_crops_scale), **dict(c.augment_options))
+        return MultiCropParams(
+            global_size=c.global_crops_size,
+            local_size=c.local_crops_size,
+            n_local=c.local_crops_number,
+            global_scale=tuple(c.global_crops_scale),
+            local_scale=tuple(c.local_crops_scale),
+            **dict(c.augment_options),
+        )
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"config crops (crops.augment_options={dict(c.augment_options)!r}) is invalid: "
-                         f"{exc}") from None
+        raise ValueError(
+            f"config crops (crops.augment_options={dict(c.augment_options)!r}) is invalid: {exc}"
+        ) from None
 
 
 def build_augmentation(cfg: FrancaTrainConfig) -> Callable:
@@ -352,8 +392,10 @@ def augment_device(cfg: FrancaTrainConfig, device: torch.device) -> Optional[tor
     if want == "cpu" or (want == "auto" and device.type != "cuda"):
         return None
     if device.type != "cuda":
-        raise ValueError(f"config key data.augment_device={want!r} needs a CUDA training device, got "
-                         f"train.device={cfg.train.device!r} ({device}); use data.augment_device=cpu or auto")
+        raise ValueError(
+            f"config key data.augment_device={want!r} needs a CUDA training device, got "
+            f"train.device={cfg.train.device!r} ({device}); use data.augment_device=cpu or auto"
+        )
     return device
 
 
@@ -362,19 +404,24 @@ def resolve_source(cfg: FrancaTrainConfig) -> tuple[str, str]:
     d = cfg.data
     kind = d.kind
     if not d.dataset:
-        raise ValueError("config key data.dataset is empty: give data.dataset=/path/to/images (a folder) or "
-                         "webdataset shards (data.dataset=/shards/train-{000000..000099}.tar)")
+        raise ValueError(
+            "config key data.dataset is empty: give data.dataset=/path/to/images (a folder) or "
+            "webdataset shards (data.dataset=/shards/train-{000000..000099}.tar)"
+        )
     reject_remote(d.dataset)  # a shard URL: download first (before "not found")
     plain_path = not any(c in d.dataset for c in "*?[{")
     if kind != "toy" and d.dataset != "toy" and plain_path:
         if not Path(d.dataset).exists():
-            raise FileNotFoundError(f"not found: {d.dataset} (config key data.dataset: an image folder or "
-                                    "webdataset shards)")
+            raise FileNotFoundError(
+                f"not found: {d.dataset} (config key data.dataset: an image folder or webdataset shards)"
+            )
         import tarfile
 
         if Path(d.dataset).is_file() and not tarfile.is_tarfile(d.dataset):
-            raise ValueError(f"data.dataset={d.dataset} is a file but not a .tar shard: give the folder of "
-                             "images (or webdataset .tar shards)")
+            raise ValueError(
+                f"data.dataset={d.dataset} is a file but not a .tar shard: give the folder of "
+                "images (or webdataset .tar shards)"
+            )
     if kind == "auto":
         if d.dataset == "toy":
             kind = "toy"
@@ -402,9 +449,15 @@ def toy_root(cfg: FrancaTrainConfig) -> Path:
         raise ValueError(f"config key data.toy_options={dict(d.toy_options)!r} is invalid: {exc}") from None
 
 
-def build_pretrain_data(cfg: FrancaTrainConfig, patch_size: int, rank: int, world: int,
-                        start_iteration: int, device: torch.device,
-                        augment_on: torch.device | str | None = "config") -> PretrainData:
+def build_pretrain_data(
+    cfg: FrancaTrainConfig,
+    patch_size: int,
+    rank: int,
+    world: int,
+    start_iteration: int,
+    device: torch.device,
+    augment_on: torch.device | str | None = "config",
+) -> PretrainData:
     """The endless loader of this rank, positioned at `start_iteration`.
 
     `augment_on`: "config" follows data.augment_device (:func:`augment_device`); None forces the worker path;
@@ -424,9 +477,12 @@ def build_pretrain_data(cfg: FrancaTrainConfig, patch_size: int, rank: int, worl
         batched = ", batch augmentation" if cfg.data.batch_augment else ""
     collate = MultiCropCollate(cfg, patch_size, on_device=on is not None)
     B = cfg.train.batch_size_per_gpu
-    common: dict[str, Any] = dict(num_workers=cfg.data.num_workers, collate_fn=collate,
-                                  pin_memory=device.type == "cuda",
-                                  generator=torch.Generator().manual_seed(cfg.train.seed))
+    common: dict[str, Any] = dict(
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
     if cfg.data.num_workers > 0:
         common.update(persistent_workers=False, prefetch_factor=2)
     if kind == "folder":
@@ -438,8 +494,9 @@ def build_pretrain_data(cfg: FrancaTrainConfig, patch_size: int, rank: int, worl
     else:
         shards = list_shards(where)
         n = cfg.data.dataset_size or count_shard_images(shards)
-        ds_w = ShardImages(shards, transform, cfg.train.seed, rank, world, start_sample=start_iteration * B,
-                           reader=reader)
+        ds_w = ShardImages(
+            shards, transform, cfg.train.seed, rank, world, start_sample=start_iteration * B, reader=reader
+        )
         loader = DataLoader(ds_w, batch_size=B, drop_last=True, **common)
         what = f"webdataset {where} ({len(shards)} shards, {n} images){batched}"
     if on is not None:

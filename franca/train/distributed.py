@@ -8,6 +8,7 @@ FSDP2 (`fully_shard`, torch >= 2.4) shards every transformer block, the heads an
 student and teacher the same way, so the EMA update pairs local shards. Order as in dinov3
 `fsdp/ac_compile_parallelize.py`: compile, then shard.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def compile_modules(modules: dict[str, nn.Module]) -> None:
     """torch.compile each transformer block and each head in place (the step's heavy parts)."""
-    for name, m in modules.items():
+    for _name, m in modules.items():
         blocks = getattr(m, "blocks", None)
         if blocks is not None:
             for blk in blocks:
@@ -64,7 +65,7 @@ def fsdp_shard(modules: dict[str, nn.Module], device: torch.device) -> None:
     fully_shard = _fully_shard_fn()
     mp = _mixed_precision(device)
     kw = {"mp_policy": mp} if mp is not None else {}
-    for name, m in modules.items():
+    for _name, m in modules.items():
         for blk in getattr(m, "blocks", []):
             fully_shard(blk, **kw)
         fully_shard(m, **kw)
@@ -76,8 +77,9 @@ def fsdp_shard(modules: dict[str, nn.Module], device: torch.device) -> None:
             register_fsdp_forward_method(m, "forward_features")
 
 
-def wrap_student(student_forward: nn.Module, parallel: str, device: torch.device, world: int,
-                 may_skip_ibot: bool = False) -> nn.Module:
+def wrap_student(
+    student_forward: nn.Module, parallel: str, device: torch.device, world: int, may_skip_ibot: bool = False
+) -> nn.Module:
     """DDP around the student forward when several processes run (FSDP is applied before this)."""
     if world <= 1 or parallel == "fsdp":
         return student_forward

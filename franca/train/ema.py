@@ -4,9 +4,10 @@
 Applied to the backbone and both heads with fused `_foreach` ops (one kernel per group of
 tensors, no host sync). m = 1 leaves the teacher bitwise unchanged; m = 0 copies the student.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -24,8 +25,7 @@ def teacher_student_pairs(teacher: nn.Module, student: nn.Module) -> tuple[list[
 
 
 @torch.no_grad()
-def update_ema(teacher_params: Sequence[torch.Tensor], student_params: Sequence[torch.Tensor],
-               momentum: float) -> None:
+def update_ema(teacher_params: Sequence[torch.Tensor], student_params: Sequence[torch.Tensor], momentum: float) -> None:
     """In place: t = m t + (1 - m) s, for each pair (tensors of the same shape/dtype/device)."""
     if not teacher_params:
         return

@@ -5,11 +5,13 @@ replace the stage preset's (a ViT-B in `highres-364`), and the stage's crop size
 multiples of the checkpoint's patch size. An explicit override of an architecture key that
 contradicts the checkpoint is an error; the recipe (lr, iterations, crops, data) stays the stage's.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 from franca.train.config import FrancaTrainConfig, flatten, load_config
 from franca.utils.errors import UserError
@@ -17,8 +19,14 @@ from franca.utils.errors import UserError
 log = logging.getLogger(__name__)
 
 # Keys that fix the shapes of the backbone's weights: they must match the checkpoint.
-ARCH_KEYS = ("model.arch", "model.embed_dim", "model.depth", "model.num_heads", "model.num_register_tokens",
-             "model.layerscale_init")
+ARCH_KEYS = (
+    "model.arch",
+    "model.embed_dim",
+    "model.depth",
+    "model.num_heads",
+    "model.num_register_tokens",
+    "model.layerscale_init",
+)
 # Also taken from the checkpoint unless overridden (heads are re-initialised, so their shape may change).
 _INHERITED_SECTIONS = ("model", "dino", "ibot.head")
 _NOT_INHERITED = ("model.img_size", "dino.loss_weight", "ibot.head.loss_weight")
@@ -36,8 +44,9 @@ def read_checkpoint_model(path: str | Path) -> tuple[Optional[dict[str, Any]], i
     return (dict(cfg) if isinstance(cfg, Mapping) else None), int(w.shape[-1])
 
 
-def stage_config(stage: str, overrides: Sequence[str], saved: Optional[Mapping[str, Any]], patch_size: int,
-                 source: str) -> FrancaTrainConfig:
+def stage_config(
+    stage: str, overrides: Sequence[str], saved: Optional[Mapping[str, Any]], patch_size: int, source: str
+) -> FrancaTrainConfig:
     """The config of one stage: preset <- the checkpoint's model and heads <- explicit overrides."""
     if saved is None:  # a checkpoint without a config: the preset defines the model, as before
         return load_config(stage, overrides)
@@ -46,20 +55,31 @@ def stage_config(stage: str, overrides: Sequence[str], saved: Optional[Mapping[s
     requested = flatten(_as_dict(load_config(stage, overrides)))
     for key in ARCH_KEYS:
         if key in explicit and key in old and requested[key] != old[key]:
-            raise UserError(f"{key}={requested[key]!r} contradicts the checkpoint {source}, whose model has "
-                            f"{key}={old[key]!r}: the checkpoint defines the model; drop the override")
+            raise UserError(
+                f"{key}={requested[key]!r} contradicts the checkpoint {source}, whose model has "
+                f"{key}={old[key]!r}: the checkpoint defines the model; drop the override"
+            )
     inherit: dict[str, Any] = {}
     for key, value in old.items():
-        if key.startswith(tuple(s + "." for s in _INHERITED_SECTIONS)) and key not in _NOT_INHERITED \
-                and key not in explicit:
+        if (
+            key.startswith(tuple(s + "." for s in _INHERITED_SECTIONS))
+            and key not in _NOT_INHERITED
+            and key not in explicit
+        ):
             _put(inherit, key, value)
     cfg = load_config(stage, overrides, inherit=inherit, inherit_source=f"model of checkpoint {source}")
     for name in ("global_crops_size", "local_crops_size"):
         size = getattr(cfg.crops, name)
         rounded = max(patch_size, size // patch_size * patch_size)
         if f"crops.{name}" not in explicit and rounded != size:
-            log.info("%s: crops.%s %d -> %d (a multiple of the checkpoint's patch size %d)", stage, name, size,
-                     rounded, patch_size)
+            log.info(
+                "%s: crops.%s %d -> %d (a multiple of the checkpoint's patch size %d)",
+                stage,
+                name,
+                size,
+                rounded,
+                patch_size,
+            )
             setattr(cfg.crops, name, rounded)
     return cfg
 

@@ -5,6 +5,7 @@ queries; read by `franca.data.datasets.ImageFolder`, extracted by `franca.eval.f
 resized to the training's global crop size, then franca.eval.knn.knn_classify (cosine, T = 0.07,
 DINOv2 `dinov2/eval/knn.py`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,17 +31,24 @@ def LabelledFolder(root: str | Path, size: int) -> Dataset:
 
     if not Path(root).is_dir():
         raise FileNotFoundError(f"k-NN split folder {root} does not exist")
-    transform = v2.Compose([
-        v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))])
+    transform = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(size, antialias=True),
+            v2.CenterCrop(size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD)),
+        ]
+    )
     try:
         return ImageFolder(root, transform=transform)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"no labelled images under {root}: {exc}") from None
 
 
-def extract_cls(backbone: nn.Module, ds: Dataset, device: torch.device, batch_size: int = 256
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_cls(
+    backbone: nn.Module, ds: Dataset, device: torch.device, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CLS features and labels of `ds` in this process (`franca.eval.features.extract`); the
     backbone's train/eval mode is restored afterwards."""
     from franca.eval.features import extract

@@ -6,15 +6,17 @@ points (no host sync in the step); a non-finite loss is caught at the next log o
 and stops the run with the last good checkpoint left in place (checkpoints are written only after
 that check). Follows DINOv2/Franca `train/train.py` in order of operations.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -51,9 +53,15 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 class Trainer:
     """Owns the models, optimizer and schedules of one run; `run()` trains to the end."""
 
-    def __init__(self, cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False,
-                 synthetic_dataset_size: int | None = None, overwrite: bool = False,
-                 allow_config_change: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        cfg: FrancaTrainConfig,
+        resume: bool | str = False,
+        quiet: bool = False,
+        synthetic_dataset_size: int | None = None,
+        overwrite: bool = False,
+        allow_config_change: Sequence[str] = (),
+    ) -> None:
         """`resume`: True (output_dir's checkpoint) or a checkpoint path; `overwrite`: replace the run in
         output_dir (its files stay until this run's first checkpoint); `allow_config_change`: config keys
         (or sections) --resume may change; `synthetic_dataset_size`: skip building the data loader
@@ -75,8 +83,9 @@ class Trainer:
         self.ckpt_path = self.out_dir / ckpt_io.CHECKPOINT_NAME
         self.overwrite = overwrite
         self.resume_path: Optional[Path] = None
-        self.resume_path, loaded = runfolder.checkpoint_to_resume(cfg, resume, overwrite, allow_config_change,
-                                                                  self.world, check_folder=self.is_main)
+        self.resume_path, loaded = runfolder.checkpoint_to_resume(
+            cfg, resume, overwrite, allow_config_change, self.world, check_folder=self.is_main
+        )
         self.state = RunState()
         if loaded is not None:
             self.state.iteration = int(loaded["iteration"])
@@ -93,10 +102,13 @@ class Trainer:
         if synthetic_dataset_size is None:
             cpus = os.cpu_count() or 1
             if cfg.data.num_workers > max(64, 8 * cpus):
-                raise UserError(f"data.num_workers={cfg.data.num_workers} is far more than the {cpus} CPU cores of "
-                                "this machine can run: use a few per core")
-            self.data = build_pretrain_data(cfg, backbone.patch_size, self.rank, self.world,
-                                            self.state.iteration, self.device)
+                raise UserError(
+                    f"data.num_workers={cfg.data.num_workers} is far more than the {cpus} CPU cores of "
+                    "this machine can run: use a few per core"
+                )
+            self.data = build_pretrain_data(
+                cfg, backbone.patch_size, self.rank, self.world, self.state.iteration, self.device
+            )
             dataset_size = self.data.dataset_size
         else:
             self.data, dataset_size = None, synthetic_dataset_size
@@ -121,17 +133,30 @@ class Trainer:
         if cfg.loss.centering == "centering":
             from franca.losses.centering import SoftmaxCentering
 
-            centers = (SoftmaxCentering(self.student["dino_head"].n_prototypes_per_level).to(self.device),
-                       SoftmaxCentering(self.student["ibot_head"].n_prototypes_per_level).to(self.device))
+            centers = (
+                SoftmaxCentering(self.student["dino_head"].n_prototypes_per_level).to(self.device),
+                SoftmaxCentering(self.student["ibot_head"].n_prototypes_per_level).to(self.device),
+            )
         implicit = cfg.loss.implicit_patch_targets
-        self.targets = TeacherTargets(cfg.loss.centering, cfg.loss.sinkhorn_iterations, centers,
-                                      cfg.train.compile if implicit is None else implicit,
-                                      compiled_passes=cfg.train.compile)  # Sinkhorn / iBOT passes fused
-        self.losses = LossComputer(n_levels, cfg.loss.student_temp, cfg.dino.loss_weight,
-                                   cfg.ibot.head.loss_weight, cfg.loss.koleo_weight, cfg.loss.koleo_scope)
+        self.targets = TeacherTargets(
+            cfg.loss.centering,
+            cfg.loss.sinkhorn_iterations,
+            centers,
+            cfg.train.compile if implicit is None else implicit,
+            compiled_passes=cfg.train.compile,
+        )  # Sinkhorn / iBOT passes fused
+        self.losses = LossComputer(
+            n_levels,
+            cfg.loss.student_temp,
+            cfg.dino.loss_weight,
+            cfg.ibot.head.loss_weight,
+            cfg.loss.koleo_weight,
+            cfg.loss.koleo_scope,
+        )
         may_skip = cfg.ibot.mask_sample_probability * 2 * cfg.train.batch_size_per_gpu < 1
-        self.student_forward = wrap_student(StudentForward(**self.student), cfg.train.parallel,
-                                            self.device, self.world, may_skip)
+        self.student_forward = wrap_student(
+            StudentForward(**self.student), cfg.train.parallel, self.device, self.world, may_skip
+        )
         from franca.train.ema import teacher_student_pairs
 
         self.ema_pairs = [teacher_student_pairs(self.teacher[k], self.student[k]) for k in self.student]
@@ -148,8 +173,9 @@ class Trainer:
             try:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
             except (ValueError, KeyError) as exc:
-                raise UserError(f"{self.resume_path}: its optimizer state does not fit this run's parameter groups "
-                                f"({exc})") from exc
+                raise UserError(
+                    f"{self.resume_path}: its optimizer state does not fit this run's parameter groups ({exc})"
+                ) from exc
         centers = self.targets.centers
         if centers is not None and "centers" in ckpt.get("extra", {}):
             for c, sd in zip(centers, ckpt["extra"]["centers"]):
@@ -161,8 +187,11 @@ class Trainer:
 
     def _restore_sharded(self, ckpt: dict[str, Any]) -> None:
         """FSDP2: scatter the consolidated (full) state into the shards of every rank."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True)
         for which, mods in (("student", self.student), ("teacher", self.teacher)):
@@ -181,21 +210,35 @@ class Trainer:
         optim_state = self._optimizer_state()
         if not self.is_main:
             return
-        extra: dict[str, Any] = {"skipped_files": sorted(self.state.skipped_files), "knn_init": self.state.knn_init,
-                                 "elapsed": elapsed, "world_size": self.world}
+        extra: dict[str, Any] = {
+            "skipped_files": sorted(self.state.skipped_files),
+            "knn_init": self.state.knn_init,
+            "elapsed": elapsed,
+            "world_size": self.world,
+        }
         if self.targets.centers is not None:
             extra["centers"] = [c.state_dict() for c in self.targets.centers]
-        ckpt_io.save_checkpoint(self.ckpt_path, {
-            "teacher": teacher, "student": student, "optimizer": optim_state,
-            "iteration": self.state.iteration, "config": to_dict(self.cfg), "rng": rng, "extra": extra})
+        ckpt_io.save_checkpoint(
+            self.ckpt_path,
+            {
+                "teacher": teacher,
+                "student": student,
+                "optimizer": optim_state,
+                "iteration": self.state.iteration,
+                "config": to_dict(self.cfg),
+                "rng": rng,
+                "extra": extra,
+            },
+        )
 
     def _optimizer_state(self) -> dict[str, Any]:
         if self.world > 1 and self.cfg.train.parallel == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
             fwd = torch.nn.ModuleDict(self.student)
-            return get_optimizer_state_dict(fwd, self.optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return get_optimizer_state_dict(
+                fwd, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         return self.optimizer.state_dict()
 
     # ------------------------------------------------------------------ one iteration
@@ -218,8 +261,9 @@ class Trainer:
         except RuntimeError as exc:  # torch: "value cannot be converted to type float without overflow"
             if "overflow" not in str(exc):
                 raise
-            raise NonFiniteLossError(f"the optimizer step of iteration {i} overflowed (lr {v.lr:g}): lower "
-                                     "optim.base_lr") from exc
+            raise NonFiniteLossError(
+                f"the optimizer step of iteration {i} overflowed (lr {v.lr:g}): lower optim.base_lr"
+            ) from exc
         self.optimizer.zero_grad(set_to_none=True)
         for t_params, s_params in self.ema_pairs:
             update_ema(t_params, s_params, v.momentum)
@@ -281,8 +325,14 @@ class Trainer:
                     row = {k: float(v) / n_acc for k, v in acc.items()}
                     self._check_finite(row, i, last_good)
                     v = self.schedules.at(i)
-                    row.update(lr=v.lr, wd=v.weight_decay, momentum=v.momentum, teacher_temp=v.teacher_temp,
-                               skipped_files=len(st.skipped_files), epoch=st.iteration / self.lengths.iterations_per_epoch)
+                    row.update(
+                        lr=v.lr,
+                        wd=v.weight_decay,
+                        momentum=v.momentum,
+                        teacher_temp=v.teacher_temp,
+                        skipped_files=len(st.skipped_files),
+                        epoch=st.iteration / self.lengths.iterations_per_epoch,
+                    )
                     metrics.log(i, row)
                     self._update_bar(bar, row, n_acc)
                     acc, n_acc = {}, 0
@@ -296,8 +346,10 @@ class Trainer:
                         self._replace_old_run(metrics)
                     replaced = True
                 if limit and not end:
-                    stop_reason = (f"time limit train.max_minutes={cfg.train.max_minutes:g} reached after "
-                                   f"{st.iteration} of {total} iterations")
+                    stop_reason = (
+                        f"time limit train.max_minutes={cfg.train.max_minutes:g} reached after "
+                        f"{st.iteration} of {total} iterations"
+                    )
                     break
         finally:
             if bar is not None:
@@ -312,8 +364,9 @@ class Trainer:
             try:
                 write_json(self.out_dir / "summary.json", summary)  # numbers rounded, library versions named
             except OSError as exc:
-                raise UserError(f"{write_failed(self.out_dir / 'summary.json', exc)} (the checkpoint "
-                                f"{self.ckpt_path} is complete)") from exc
+                raise UserError(
+                    f"{write_failed(self.out_dir / 'summary.json', exc)} (the checkpoint {self.ckpt_path} is complete)"
+                ) from exc
         return summary
 
     def _replace_old_run(self, metrics: Any) -> None:
@@ -330,7 +383,8 @@ class Trainer:
             what = "loss" if any(k in keys for k in bad) else "gradient norm"
             raise NonFiniteLossError(
                 f"{what} became non-finite ({', '.join(f'{k}={row[k]}' for k in bad)}) at or before iteration {i}; "
-                f"stopping; {self._last_good(last_good)}. Lower optim.base_lr or check the data.")
+                f"stopping; {self._last_good(last_good)}. Lower optim.base_lr or check the data."
+            )
 
     def _check_weights_finite(self, i: int, last_good: Optional[int]) -> None:
         """Before a checkpoint counts as good: every student and teacher weight is finite (on every rank)."""
@@ -348,19 +402,25 @@ class Trainer:
             raise NonFiniteLossError(
                 f"weights became non-finite ({int(float(n_bad))} of {len(names)} tensors, e.g. {', '.join(first)}) "
                 f"at or before iteration {i}; not saving them; stopping; {self._last_good(last_good)}. "
-                "Lower optim.base_lr or check the data.")
+                "Lower optim.base_lr or check the data."
+            )
 
     def _last_good(self, last_good: Optional[int]) -> str:
-        return (f"the last good checkpoint {self.ckpt_path} (iteration {last_good}) is kept"
-                if last_good is not None else "no checkpoint was written yet")
+        return (
+            f"the last good checkpoint {self.ckpt_path} (iteration {last_good}) is kept"
+            if last_good is not None
+            else "no checkpoint was written yet"
+        )
 
     def _announce(self) -> None:
         n = self.lengths
-        msg = (f"data: {self.data.description}\nlength: {n.describe()}\n"
-               f"stopping: {runfolder.stopping_rules(self.cfg, n, self.state.iteration)}\n"
-               f"lr: peak {self.schedules.peak_lr:.3g} (base_lr {self.cfg.optim.base_lr:g} scaled by "
-               f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "
-               f"{self.world} process(es)")
+        msg = (
+            f"data: {self.data.description}\nlength: {n.describe()}\n"
+            f"stopping: {runfolder.stopping_rules(self.cfg, n, self.state.iteration)}\n"
+            f"lr: peak {self.schedules.peak_lr:.3g} (base_lr {self.cfg.optim.base_lr:g} scaled by "
+            f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "
+            f"{self.world} process(es)"
+        )
         if self.quiet:  # one or the other: printed and logged, it showed twice in a terminal
             log.info(msg.replace("\n", "; "))
         else:
@@ -378,19 +438,27 @@ class Trainer:
         if bar is None:
             return
         levels = "/".join(f"{row[k]:.2f}" for k in sorted(row) if k.startswith("dino_l") and k[6:].isdigit())
-        bar.set_postfix_str(f"loss {row['total']:.3f} dino {row['dino_global'] + row['dino_local']:.3f} "
-                            f"[{levels}] ibot {row['ibot']:.3f} koleo {row['koleo']:.3f} lr {row['lr']:.2e}",
-                            refresh=False)
+        bar.set_postfix_str(
+            f"loss {row['total']:.3f} dino {row['dino_global'] + row['dino_local']:.3f} "
+            f"[{levels}] ibot {row['ibot']:.3f} koleo {row['koleo']:.3f} lr {row['lr']:.2e}",
+            refresh=False,
+        )
         bar.update(n)
 
     def _summary(self, wall: float, knn_final: Optional[dict], stop_reason: str) -> dict[str, Any]:
         s: dict[str, Any] = {
-            "iterations": self.state.iteration, "planned_iterations": self.lengths.total,
+            "iterations": self.state.iteration,
+            "planned_iterations": self.lengths.total,
             "epochs": self.state.iteration / self.lengths.iterations_per_epoch,
-            "global_batch": self.lengths.global_batch, "images_seen": self.state.iteration * self.lengths.global_batch,
-            "wall_time_s": wall, "device_hours": wall * self.world / 3600.0, "device": str(self.device),
-            "world_size": self.world, "skipped_files": len(self.state.skipped_files),
-            "skipped_file_list": sorted(self.state.skipped_files)[:100], "checkpoint": str(self.ckpt_path),
+            "global_batch": self.lengths.global_batch,
+            "images_seen": self.state.iteration * self.lengths.global_batch,
+            "wall_time_s": wall,
+            "device_hours": wall * self.world / 3600.0,
+            "device": str(self.device),
+            "world_size": self.world,
+            "skipped_files": len(self.state.skipped_files),
+            "skipped_file_list": sorted(self.state.skipped_files)[:100],
+            "checkpoint": str(self.ckpt_path),
             "stop_reason": stop_reason,
         }
         if self.state.knn_init is not None:
@@ -402,8 +470,13 @@ class Trainer:
         return s
 
 
-def train(cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = False, overwrite: bool = False,
-          allow_config_change: Sequence[str] = ()) -> dict[str, Any]:
+def train(
+    cfg: FrancaTrainConfig,
+    resume: bool | str = False,
+    quiet: bool = False,
+    overwrite: bool = False,
+    allow_config_change: Sequence[str] = (),
+) -> dict[str, Any]:
     """Run pretraining for `cfg`; returns the run summary (also written to <output_dir>/summary.json).
 
     The output folder is locked for the run (one run per folder); a folder that holds a run needs
@@ -417,8 +490,9 @@ def train(cfg: FrancaTrainConfig, resume: bool | str = False, quiet: bool = Fals
             for p in ckpt_io.remove_leftover_temporaries(out_dir / ckpt_io.CHECKPOINT_NAME):
                 log.warning("removed %s, the partial checkpoint of a run killed while saving", p)
         try:
-            trainer = Trainer(cfg, resume=resume, quiet=quiet, overwrite=overwrite,
-                              allow_config_change=allow_config_change)
+            trainer = Trainer(
+                cfg, resume=resume, quiet=quiet, overwrite=overwrite, allow_config_change=allow_config_change
+            )
             return trainer.run()
         finally:
             dist_utils.cleanup()

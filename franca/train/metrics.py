@@ -6,6 +6,7 @@ With `pending=True` (`--overwrite`) the new rows go to a hidden file until `comm
 the new run's first checkpoint) replaces the old run's metrics.jsonl and TensorBoard events, so a
 new run that dies early has destroyed nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ METRICS_NAME = "metrics.jsonl"
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: Path, enabled: bool = True, resume_iteration: int | None = None,
-                 pending: bool = False) -> None:
+    def __init__(
+        self, out_dir: Path, enabled: bool = True, resume_iteration: int | None = None, pending: bool = False
+    ) -> None:
         self.enabled = enabled
         self.final_path = out_dir / METRICS_NAME
         self.path = out_dir / f".{METRICS_NAME}.new" if pending else self.final_path
@@ -50,8 +52,13 @@ class MetricsLogger:
             self.tb = SummaryWriter(str(out_dir / "tensorboard"))
         except Exception:  # tensorboard is optional  # noqa: BLE001
             self.tb = None
-        log.info("metrics: %s; %s", self.path, f"TensorBoard: tensorboard --logdir {out_dir / 'tensorboard'}"
-                 if self.tb is not None else "TensorBoard off (pip install tensorboard to turn it on)")
+        log.info(
+            "metrics: %s; %s",
+            self.path,
+            f"TensorBoard: tensorboard --logdir {out_dir / 'tensorboard'}"
+            if self.tb is not None
+            else "TensorBoard off (pip install tensorboard to turn it on)",
+        )
 
     def log(self, iteration: int, values: dict[str, Any]) -> None:
         if not self.enabled:

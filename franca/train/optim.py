@@ -6,12 +6,13 @@ and LayerScale gammas) and a last-layer flag (names containing "last_layer", whi
 the Matryoshka head's "last_layers"). Parameters with equal (lr mult, wd mult, last layer) share
 a group; `apply_schedule` writes lr and weight decay into every group each iteration.
 """
+
 from __future__ import annotations
 
 import inspect
 import logging
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -37,8 +38,9 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def param_multipliers(name: str, param: torch.Tensor, depth: int, layerwise_decay: float,
-                      patch_embed_lr_mult: float, in_backbone: bool) -> tuple[float, float, bool]:
+def param_multipliers(
+    name: str, param: torch.Tensor, depth: int, layerwise_decay: float, patch_embed_lr_mult: float, in_backbone: bool
+) -> tuple[float, float, bool]:
     """(lr multiplier, weight-decay multiplier, is last layer) of one parameter."""
     lr_mult = layerwise_decay ** (depth + 1 - layer_id(name, depth)) if in_backbone else 1.0
     if in_backbone and "patch_embed" in name:
@@ -47,25 +49,30 @@ def param_multipliers(name: str, param: torch.Tensor, depth: int, layerwise_deca
     return lr_mult, (0.0 if no_wd else 1.0), "last_layer" in name
 
 
-def build_param_groups(student: dict[str, nn.Module], depth: int, layerwise_decay: float,
-                       patch_embed_lr_mult: float) -> list[dict]:
+def build_param_groups(
+    student: dict[str, nn.Module], depth: int, layerwise_decay: float, patch_embed_lr_mult: float
+) -> list[dict]:
     """Groups over the student's submodules ({"backbone": …, "dino_head": …, "ibot_head": …})."""
     groups: dict[tuple[float, float, bool], dict] = {}
     for prefix, module in student.items():
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            key = param_multipliers(name, p, depth, layerwise_decay, patch_embed_lr_mult,
-                                    in_backbone=(prefix == "backbone"))
-            g = groups.setdefault(key, {"params": [], "names": [], "lr_multiplier": key[0],
-                                        "wd_multiplier": key[1], "is_last_layer": key[2]})
+            key = param_multipliers(
+                name, p, depth, layerwise_decay, patch_embed_lr_mult, in_backbone=(prefix == "backbone")
+            )
+            g = groups.setdefault(
+                key,
+                {"params": [], "names": [], "lr_multiplier": key[0], "wd_multiplier": key[1], "is_last_layer": key[2]},
+            )
             g["params"].append(p)
             g["names"].append(f"{prefix}.{name}")
     return list(groups.values())
 
 
-def build_optimizer(groups: list[dict], betas: Iterable[float], fused: bool, device: torch.device,
-                    eps: float = 1e-8) -> torch.optim.AdamW:
+def build_optimizer(
+    groups: list[dict], betas: Iterable[float], fused: bool, device: torch.device, eps: float = 1e-8
+) -> torch.optim.AdamW:
     """AdamW over the groups (lr/wd set by `apply_schedule`); fused on CUDA when asked and available."""
     kwargs: dict = {"betas": tuple(betas), "lr": 0.0, "weight_decay": 0.0, "eps": eps}
     if fused and device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:

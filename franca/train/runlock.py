@@ -6,6 +6,7 @@ over and says whose it was. The file holds the holder's pid, host and start time
 on the same folder fails with one line naming the holder. Where `flock` is unavailable the pid is
 checked instead (same host only). The holder deletes the file when it releases the lock.
 """
+
 from __future__ import annotations
 
 import errno
@@ -32,7 +33,7 @@ class RunLock:
         self.path = self.folder / LOCK_NAME
         self._fd: Optional[int] = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         if self.enabled:
             self.acquire()
         return self
@@ -48,17 +49,17 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 if not _try_flock(fd, self.path):
-                    raise UserError(f"output folder {self.folder} is in use by another run ({_describe(_read(fd))}; "
-                                    f"lock file {self.path}): wait for it to end or choose another --out (train.output_dir)")
+                    raise UserError(
+                        f"output folder {self.folder} is in use by another run ({_describe(_read(fd))}; "
+                        f"lock file {self.path}): wait for it to end or choose another --out (train.output_dir)"
+                    )
                 if not _same_file(fd, self.path):
                     os.close(fd)
                     continue
                 previous = _read(fd)
                 if previous:
-                    log.warning("took over the stale lock %s of %s: that run has ended", self.path,
-                                _describe(previous))
-                info = {"pid": os.getpid(), "host": socket.gethostname(),
-                        "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                    log.warning("took over the stale lock %s of %s: that run has ended", self.path, _describe(previous))
+                info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
                 try:
                     os.ftruncate(fd, 0)
                     os.pwrite(fd, json.dumps(info).encode(), 0)

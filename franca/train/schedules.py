@@ -7,6 +7,7 @@ temperature: linear 0.04 -> 0.07 over its warmup, then constant. Everything is a
 iteration index alone, so resuming restores the schedules exactly. Follows DINOv2/Franca
 `utils/utils.py` (CosineScheduler) in shape; written from the formulas.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 from franca.train.config import FrancaTrainConfig
 
 
-def cosine_value(i: int, base: float, final: float, total: int, warmup: int = 0,
-                 start_warmup: float = 0.0, freeze: int = 0) -> float:
+def cosine_value(
+    i: int, base: float, final: float, total: int, warmup: int = 0, start_warmup: float = 0.0, freeze: int = 0
+) -> float:
     """Value at iteration `i` of [freeze: 0] + [warmup: linear start_warmup -> base] + [cosine base -> final].
 
     The cosine spans total - warmup - freeze iterations: v = final + (base - final)(1 + cos(pi t / n)) / 2.
@@ -58,10 +60,12 @@ class Lengths:
         return self.total / max(self.iterations_per_epoch, 1)
 
     def describe(self) -> str:
-        return (f"{self.dataset_size} images, global batch {self.global_batch} -> {self.iterations_per_epoch} "
-                f"iterations per epoch; {self.total} iterations ({self.epochs:.2f} epochs); lr warmup "
-                f"{self.warmup}, teacher-temperature warmup {self.teacher_temp_warmup}, last layer frozen "
-                f"for {self.freeze_last_layer}")
+        return (
+            f"{self.dataset_size} images, global batch {self.global_batch} -> {self.iterations_per_epoch} "
+            f"iterations per epoch; {self.total} iterations ({self.epochs:.2f} epochs); lr warmup "
+            f"{self.warmup}, teacher-temperature warmup {self.teacher_temp_warmup}, last layer frozen "
+            f"for {self.freeze_last_layer}"
+        )
 
 
 def derive_lengths(cfg: FrancaTrainConfig, dataset_size: int, world_size: int = 1) -> Lengths:
@@ -69,8 +73,10 @@ def derive_lengths(cfg: FrancaTrainConfig, dataset_size: int, world_size: int = 
     global_batch = cfg.train.batch_size_per_gpu * world_size
     ipe = dataset_size // global_batch
     if ipe < 1 and cfg.train.iterations <= 0:
-        raise ValueError(f"data set has {dataset_size} images, fewer than one global batch ({global_batch}); "
-                         "lower train.batch_size_per_gpu or set train.iterations")
+        raise ValueError(
+            f"data set has {dataset_size} images, fewer than one global batch ({global_batch}); "
+            "lower train.batch_size_per_gpu or set train.iterations"
+        )
     ipe = max(ipe, 1)
 
     def its(epochs: float, explicit: int) -> int:
@@ -78,7 +84,10 @@ def derive_lengths(cfg: FrancaTrainConfig, dataset_size: int, world_size: int = 
 
     total = cfg.train.iterations if cfg.train.iterations > 0 else int(round(cfg.train.epochs * ipe))
     return Lengths(
-        dataset_size=dataset_size, global_batch=global_batch, iterations_per_epoch=ipe, total=max(total, 1),
+        dataset_size=dataset_size,
+        global_batch=global_batch,
+        iterations_per_epoch=ipe,
+        total=max(total, 1),
         warmup=min(its(cfg.optim.warmup_epochs, cfg.optim.warmup_iterations), total),
         teacher_temp_warmup=its(cfg.teacher.warmup_teacher_temp_epochs, cfg.teacher.warmup_teacher_temp_iterations),
         freeze_last_layer=its(cfg.optim.freeze_last_layer_epochs, cfg.optim.freeze_last_layer_iterations),
@@ -118,6 +127,7 @@ class Schedules:
             last_layer_lr=last_lr,
             weight_decay=cosine_value(i, c.optim.weight_decay, c.optim.weight_decay_end, n.total),
             momentum=cosine_value(i, c.teacher.momentum_teacher, c.teacher.final_momentum_teacher, n.total),
-            teacher_temp=linear_warmup_value(i, c.teacher.warmup_teacher_temp, c.teacher.teacher_temp,
-                                             n.teacher_temp_warmup),
+            teacher_temp=linear_warmup_value(
+                i, c.teacher.warmup_teacher_temp, c.teacher.teacher_temp, n.teacher_temp_warmup
+            ),
         )

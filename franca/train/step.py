@@ -11,6 +11,7 @@ The student stages form one nn.Module (`StudentForward`) so DDP/FSDP can wrap it
 gradients during backward. Nothing here moves data between devices or syncs with the host.
 Follows the stage split of dinov3 `train/ssl_meta_arch.py`; written from the formulas.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,9 +53,14 @@ class TeacherTargets:
     `compiled_passes`: the implicit iBOT targets (and the loss on them) run as compiled kernels, for
     this instance only (a Trainer with `train.compile`)."""
 
-    def __init__(self, centering: str, sinkhorn_iterations: int = 3,
-                 centers: Optional[tuple[nn.Module, nn.Module]] = None, implicit_patch_targets: bool = False,
-                 compiled_passes: bool = False) -> None:
+    def __init__(
+        self,
+        centering: str,
+        sinkhorn_iterations: int = 3,
+        centers: Optional[tuple[nn.Module, nn.Module]] = None,
+        implicit_patch_targets: bool = False,
+        compiled_passes: bool = False,
+    ) -> None:
         self.centering, self.n_iter, self.centers = centering, sinkhorn_iterations, centers
         self.implicit = implicit_patch_targets
         self.compiled_passes = compiled_passes
@@ -62,8 +68,9 @@ class TeacherTargets:
     def _targets(self, logits: list[torch.Tensor], temp: float, which: int) -> list[torch.Tensor]:
         if self.centering == "sinkhorn_knopp":
             if which == 1 and self.implicit:  # the wide iBOT targets stay implicit (never written out)
-                return [sinkhorn_targets(t, temp, n_iterations=self.n_iter, compiled=self.compiled_passes)
-                        for t in logits]  # type: ignore[misc]
+                return [
+                    sinkhorn_targets(t, temp, n_iterations=self.n_iter, compiled=self.compiled_passes) for t in logits
+                ]  # type: ignore[misc]
             return [sinkhorn_knopp(t, temp, n_iterations=self.n_iter) for t in logits]
         assert self.centers is not None
         center = self.centers[which]
@@ -126,10 +133,23 @@ class StudentForward(nn.Module):
 class LossComputer:
     """FrancaLoss (DINO + iBOT over levels) plus KoLeo per process or per group (see `koleo_group`)."""
 
-    def __init__(self, n_levels: int, student_temp: float, dino_weight: float, ibot_weight: float,
-                 koleo_weight: float, koleo_scope: str = "local", koleo_group: int = 0) -> None:
-        self.franca = FrancaLoss(n_levels=n_levels, student_temp=student_temp, dino_weight=dino_weight,
-                                 ibot_weight=ibot_weight, koleo_weight=0.0)
+    def __init__(
+        self,
+        n_levels: int,
+        student_temp: float,
+        dino_weight: float,
+        ibot_weight: float,
+        koleo_weight: float,
+        koleo_scope: str = "local",
+        koleo_group: int = 0,
+    ) -> None:
+        self.franca = FrancaLoss(
+            n_levels=n_levels,
+            student_temp=student_temp,
+            dino_weight=dino_weight,
+            ibot_weight=ibot_weight,
+            koleo_weight=0.0,
+        )
         self.koleo_weight, self.koleo_scope, self.koleo_group = koleo_weight, koleo_scope, koleo_group
 
     def koleo(self, global_backbone_cls: torch.Tensor) -> torch.Tensor:
@@ -143,20 +163,23 @@ class LossComputer:
         B = global_backbone_cls.shape[0] // 2
         total = global_backbone_cls.new_zeros((), dtype=torch.float32)
         for c in range(2):
-            x = global_backbone_cls[c * B:(c + 1) * B]
+            x = global_backbone_cls[c * B : (c + 1) * B]
             if self.koleo_scope == "global":
                 total = total + koleo_loss(x, global_batch=True)
                 continue
             size = self.koleo_group if 0 < self.koleo_group < B else B
-            parts = [koleo_loss(x[i:i + size]) for i in range(0, B, size)]
+            parts = [koleo_loss(x[i : i + size]) for i in range(0, B, size)]
             total = total + torch.stack(parts).mean()
         return total
 
-    def __call__(self, student: StudentOutput, teacher: TeacherOutput,
-                 batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, student: StudentOutput, teacher: TeacherOutput, batch: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
         has_patches = student.masked_patches is not None and teacher.patch_targets is not None
         out = self.franca(
-            student.global_cls, teacher.cls_targets, student.local_cls,
+            student.global_cls,
+            teacher.cls_targets,
+            student.local_cls,
             student.masked_patches if has_patches else None,
             teacher.patch_targets if has_patches else None,
             batch.get("masks_weight") if has_patches else None,

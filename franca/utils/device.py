@@ -1,8 +1,9 @@
 """Device selection and precision policy: bf16 autocast on CUDA, fp32 everywhere else."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager as ContextManager
 
 import torch
 

@@ -2,6 +2,7 @@
 
 Only this module starts a process group or issues collectives: NCCL on CUDA, gloo on CPU.
 """
+
 from __future__ import annotations
 
 import os

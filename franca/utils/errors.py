@@ -4,6 +4,7 @@
 standard exceptions bad input produces (missing files, full disks, bad values), into the single
 line `franca` prints instead of a traceback (`franca -v …` shows the traceback).
 """
+
 from __future__ import annotations
 
 import errno
@@ -36,8 +37,10 @@ def free_space(path: str | Path) -> str:
 def write_failed(path: str | Path, exc: BaseException) -> UserError:
     """A failed write of `path` as one actionable message (disk space named)."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return UserError(f"could not write {path} ({reason}); is the disk full? {free_space(path)} on that disk: "
-                     "free some space or choose another output folder")
+    return UserError(
+        f"could not write {path} ({reason}); is the disk full? {free_space(path)} on that disk: "
+        "free some space or choose another output folder"
+    )
 
 
 def one_line(exc: BaseException) -> str:

@@ -1,5 +1,6 @@
 """Lazy public names for a package `__init__` (PEP 562), so `import franca` stays cheap: nothing heavy
 (torch, timm) is imported until a name is first used."""
+
 from __future__ import annotations
 
 import importlib

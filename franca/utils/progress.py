@@ -3,10 +3,12 @@
 Library code draws its bars with `progress(...)` (a tqdm bar on stderr); the command line calls
 `set_quiet(True)` for `--quiet`, so no module needs a flag of its own.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 _QUIET = False
 

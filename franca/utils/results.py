@@ -3,6 +3,7 @@
 Every JSON the project writes for people (evaluation results, figure data, run summaries) goes
 through `write_json`, so 7.899999999999999 reads 7.9 and each file names the library versions.
 """
+
 from __future__ import annotations
 
 import json

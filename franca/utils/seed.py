@@ -1,4 +1,5 @@
 """Seeding helpers. Randomness that matters for results takes an explicit generator."""
+
 from __future__ import annotations
 
 import random

@@ -6,10 +6,12 @@ tokens skipped), reshaped to the patch grid and upsampled by the patch size (nea
 ``visualize_attention`` does. Optionally, DINO's thresholding keeps the top patches holding 60 % of
 each head's attention mass.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +56,9 @@ def threshold_mass(maps: Tensor, mass: float = 0.6) -> Tensor:
     return keep.view_as(maps)
 
 
-def attention_panels(image01: Tensor, maps: Tensor, patch: int, alpha: float = 0.6,
-                     mask: Tensor | None = None) -> list[np.ndarray]:
+def attention_panels(
+    image01: Tensor, maps: Tensor, patch: int, alpha: float = 0.6, mask: Tensor | None = None
+) -> list[np.ndarray]:
     """[image, overlay head 1, …] as uint8 panels; each map is min-max scaled and nearest-upsampled."""
     up = F.interpolate(maps[None], scale_factor=patch, mode="nearest")[0]
     lo = up.flatten(1).min(1).values.view(-1, 1, 1)
@@ -67,9 +70,18 @@ def attention_panels(image01: Tensor, maps: Tensor, patch: int, alpha: float = 0
     return [to_uint8(img)] + [to_uint8((1 - alpha) * img + alpha * colormap(m)) for m in up]
 
 
-def attention_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *, image_size: int | None = None,
-                     threshold: float | None = None, device: torch.device | str = "cpu",
-                     panel_size: int | None = None, label: str = "", progress: bool = False) -> dict[str, Any]:
+def attention_figure(
+    model: torch.nn.Module,
+    images: Sequence[Any],
+    out: str | Path,
+    *,
+    image_size: int | None = None,
+    threshold: float | None = None,
+    device: torch.device | str = "cpu",
+    panel_size: int | None = None,
+    label: str = "",
+    progress: bool = False,
+) -> dict[str, Any]:
     """One row per image: the image and each head's CLS attention overlaid; writes the PNG ``out``.
 
     ``image_size`` defaults to 480 (patch ≥ 14) or 16 patches and is rounded down to a multiple of
@@ -97,8 +109,19 @@ def attention_figure(model: torch.nn.Module, images: Sequence[Any], out: str | P
     sub = f"{size} px input, {heads} heads (each labelled with its largest attention weight), each map scaled to its range"
     if threshold:
         sub += f"; only the patches holding {threshold:.0%} of each head's attention"
-    path, lay = save_figure(groups, labels, out, title=f"CLS attention of the last block — {label or 'backbone'}",
-                            subtitle=sub, colorbar=("inferno", "attention (0 = head's min, 1 = max)"),
-                            panel_size=panel_size)
-    return {"path": str(path), "maps": torch.stack(all_maps), "size": (lay.width, lay.height),
-            "n_drawn": lay.n_groups, "layout": lay}
+    path, lay = save_figure(
+        groups,
+        labels,
+        out,
+        title=f"CLS attention of the last block — {label or 'backbone'}",
+        subtitle=sub,
+        colorbar=("inferno", "attention (0 = head's min, 1 = max)"),
+        panel_size=panel_size,
+    )
+    return {
+        "path": str(path),
+        "maps": torch.stack(all_maps),
+        "size": (lay.width, lay.height),
+        "n_drawn": lay.n_groups,
+        "layout": lay,
+    }

@@ -3,11 +3,13 @@
 Panels are composed with PIL so every PNG has an exact, predictable size; matplotlib (Agg)
 supplies colour maps and the line plots.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +59,7 @@ def resize_center_crop(image: Any, resize: int, crop: int) -> Tensor:
     nh, nw = max(crop, round(h * s)), max(crop, round(w * s))
     x = F.interpolate(x[None], size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0].clamp(0, 1)
     top, left = (nh - crop) // 2, (nw - crop) // 2
-    return x[:, top:top + crop, left:left + crop]
+    return x[:, top : top + crop, left : left + crop]
 
 
 def normalise(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -84,8 +86,13 @@ def colormap(values: np.ndarray, name: str = "inferno") -> np.ndarray:
     return colormaps[name](np.clip(values, 0, 1))[..., :3]
 
 
-def save_grid(panels: Sequence[Sequence[np.ndarray]], path: str | Path, gap: int = 2,
-              panel_size: int | None = None) -> Path:
+def save_grid(
+    panels: Sequence[Sequence[np.ndarray]],
+    path: str | Path,
+    gap: int = 2,
+    panel_size: int | None = None,
+    title: str | None = None,
+) -> Path:
     """Write rows of equally sized (H,W,3) uint8 panels as one bare PNG (white gaps); returns the path.
 
     ``panel_size`` resizes every square panel to that side. Size: width = n_cols·W + (n_cols−1)·gap,
@@ -97,8 +104,9 @@ def save_grid(panels: Sequence[Sequence[np.ndarray]], path: str | Path, gap: int
     if not rows:
         raise ValueError("no panels to draw")
     if panel_size:
-        rows = [[np.asarray(Image.fromarray(p).resize((panel_size, panel_size), Image.BICUBIC)) for p in r]
-                for r in rows]
+        rows = [
+            [np.asarray(Image.fromarray(p).resize((panel_size, panel_size), Image.BICUBIC)) for p in r] for r in rows
+        ]
     h, w = rows[0][0].shape[:2]
     n_cols = max(len(r) for r in rows)
     canvas = np.full((len(rows) * h + (len(rows) - 1) * gap, n_cols * w + (n_cols - 1) * gap, 3), 255, np.uint8)
@@ -106,7 +114,7 @@ def save_grid(panels: Sequence[Sequence[np.ndarray]], path: str | Path, gap: int
         for j, p in enumerate(r):
             if p.shape[:2] != (h, w):
                 raise ValueError(f"panel ({i}, {j}) is {p.shape[:2]}, expected {(h, w)}")
-            canvas[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = p
+            canvas[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = p
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     info = None
@@ -164,8 +172,13 @@ class GridLayout:
 
     @property
     def grid_width(self) -> int:
-        return (2 * _PAD + self.cols * self.panel + (self.cols - 1) * _GAP
-                + (self.groups_per_row - 1) * (_GROUP_GAP - _GAP) + (_CBAR if self.colorbar else 0))
+        return (
+            2 * _PAD
+            + self.cols * self.panel
+            + (self.cols - 1) * _GAP
+            + (self.groups_per_row - 1) * (_GROUP_GAP - _GAP)
+            + (_CBAR if self.colorbar else 0)
+        )
 
     @property
     def width(self) -> int:
@@ -178,14 +191,26 @@ class GridLayout:
     def panel_xy(self, group: int, j: int) -> tuple[int, int]:
         """Top-left pixel of panel j of a group."""
         r, c = divmod(group, self.groups_per_row)
-        x = ((self.width - self.grid_width) // 2 + _PAD + (c * self.group_len + j) * (self.panel + _GAP)
-             + c * (_GROUP_GAP - _GAP))
+        x = (
+            (self.width - self.grid_width) // 2
+            + _PAD
+            + (c * self.group_len + j) * (self.panel + _GAP)
+            + c * (_GROUP_GAP - _GAP)
+        )
         y = self.top + r * (_LABEL + self.panel + _GAP) + _LABEL
         return x, y
 
 
-def plan_grid(n_groups: int, group_len: int, native: int, *, panel_size: int | None = None, title_lines: int = 2,
-              colorbar: bool = False, max_side: int = MAX_SIDE) -> GridLayout:
+def plan_grid(
+    n_groups: int,
+    group_len: int,
+    native: int,
+    *,
+    panel_size: int | None = None,
+    title_lines: int = 2,
+    colorbar: bool = False,
+    max_side: int = MAX_SIDE,
+) -> GridLayout:
     """Choose groups per row (a roughly square figure) and the panel side so that both figure sides
     stay ≤ ``max_side``: the panel is ``panel_size`` (default: the input size ``native``), shrunk
     when needed; if even ``MIN_PANEL`` does not fit, fewer groups are planned (check ``n_groups``)."""
@@ -211,9 +236,17 @@ def plan_grid(n_groups: int, group_len: int, native: int, *, panel_size: int | N
         n_groups -= 1
 
 
-def save_figure(groups: Sequence[Sequence[np.ndarray]], labels: Sequence[Sequence[str]], path: str | Path, *,
-                title: str, subtitle: str = "", colorbar: tuple[str, str] | None = None,
-                panel_size: int | None = None, max_side: int = MAX_SIDE) -> tuple[Path, GridLayout]:
+def save_figure(
+    groups: Sequence[Sequence[np.ndarray]],
+    labels: Sequence[Sequence[str]],
+    path: str | Path,
+    *,
+    title: str,
+    subtitle: str = "",
+    colorbar: tuple[str, str] | None = None,
+    panel_size: int | None = None,
+    max_side: int = MAX_SIDE,
+) -> tuple[Path, GridLayout]:
     """Write a titled PNG of panel groups (one group per image, e.g. [image, head 1, …]), each panel
     labelled, with an optional colour bar ``(cmap name, label)`` for values scaled to [0, 1].
 
@@ -236,8 +269,15 @@ def save_figure(groups: Sequence[Sequence[np.ndarray]], labels: Sequence[Sequenc
     native = groups[0][0].shape[0]
     lines = 2
     for _ in range(3):  # title lines depend on the width, the width on the room the title leaves
-        lay = plan_grid(len(groups), max(len(g) for g in groups), native, panel_size=panel_size,
-                        title_lines=lines, colorbar=colorbar is not None, max_side=max_side)
+        lay = plan_grid(
+            len(groups),
+            max(len(g) for g in groups),
+            native,
+            panel_size=panel_size,
+            title_lines=lines,
+            colorbar=colorbar is not None,
+            max_side=max_side,
+        )
         lay.min_width = MIN_WIDTH
         head = _wrap(title, lay.width, _TITLE_CHAR), _wrap(subtitle, lay.width, _SUB_CHAR)
         if len(head[0]) + len(head[1]) == lines:
@@ -245,19 +285,33 @@ def save_figure(groups: Sequence[Sequence[np.ndarray]], labels: Sequence[Sequenc
         lines = len(head[0]) + len(head[1])
     log = logging.getLogger(__name__)
     if lay.n_groups < len(groups):
-        log.warning("%d of %d images fit in a %d px figure; drawing the first %d (use fewer images)",
-                    lay.n_groups, len(groups), max_side, lay.n_groups)
+        log.warning(
+            "%d of %d images fit in a %d px figure; drawing the first %d (use fewer images)",
+            lay.n_groups,
+            len(groups),
+            max_side,
+            lay.n_groups,
+        )
     if panel_size and lay.panel < panel_size:
-        log.info("panels are %d px instead of %d so that the figure stays within %d px", lay.panel, panel_size,
-                 max_side)
+        log.info(
+            "panels are %d px instead of %d so that the figure stays within %d px", lay.panel, panel_size, max_side
+        )
     dpi = 100
     W, H = lay.width, lay.height
     fig = plt.figure(figsize=(W / dpi, H / dpi), dpi=dpi)
     fig.patch.set_facecolor("white")
     for i, line in enumerate(head[0] + head[1]):
         bold = i < len(head[0])
-        fig.text(0.5, 1 - (_PAD + _LINE * i) / H, line, ha="center", va="top", fontsize=11 if bold else 8.5,
-                 weight="bold" if bold else "normal", color="black" if bold else "#333333")
+        fig.text(
+            0.5,
+            1 - (_PAD + _LINE * i) / H,
+            line,
+            ha="center",
+            va="top",
+            fontsize=11 if bold else 8.5,
+            weight="bold" if bold else "normal",
+            color="black" if bold else "#333333",
+        )
     P = lay.panel
     max_chars = max(4, int(P / 5.6))
     for k in range(lay.n_groups):
@@ -268,7 +322,7 @@ def save_figure(groups: Sequence[Sequence[np.ndarray]], labels: Sequence[Sequenc
             ax.set_axis_off()
             text = labels[k][j] if k < len(labels) and j < len(labels[k]) else ""
             if len(text) > max_chars:
-                text = text[:max_chars - 1] + "…"
+                text = text[: max_chars - 1] + "…"
             fig.text((x + P / 2) / W, 1 - (y - 3) / H, text, ha="center", va="bottom", fontsize=7.5)
     if colorbar is not None:
         cmap, label = colorbar

@@ -6,10 +6,12 @@ maximum over tokens of an image kept. The curve is the mean of that per-image ma
 validation images; the dataset maximum is reported too. Images go through `franca.transforms(model,
 size)` (Resize 256 → CenterCrop 224, ImageNet statistics; 8/7·size → size for other sizes).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,9 +32,15 @@ def max_token_norms(model: torch.nn.Module, x: Tensor) -> Tensor:
     return torch.stack(per_block, dim=1)
 
 
-def layerwise_max_norm(model: torch.nn.Module, images: Sequence[Any], *, image_size: int | None = None,
-                       batch_size: int = 32, device: torch.device | str = "cpu",
-                       progress: bool = False) -> dict[str, Any]:
+def layerwise_max_norm(
+    model: torch.nn.Module,
+    images: Sequence[Any],
+    *,
+    image_size: int | None = None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
     """Mean (and max, std) over images of the per-image max token norm, for each block."""
     from franca.utils.progress import progress as tqdm
 
@@ -42,18 +50,25 @@ def layerwise_max_norm(model: torch.nn.Module, images: Sequence[Any], *, image_s
     model = model.to(device).eval()
     rows = []
     for i in tqdm(range(0, len(images), batch_size), desc="token norms", unit="batch", disable=not progress):
-        x = torch.stack([tf(open_rgb(im)) for im in images[i:i + batch_size]])
+        x = torch.stack([tf(open_rgb(im)) for im in images[i : i + batch_size]])
         rows.append(max_token_norms(model, x.to(device)).cpu())
     if not rows:
         raise ValueError("no images to measure token norms on")
     m = torch.cat(rows).double()
-    return {"blocks": list(range(1, m.shape[1] + 1)), "mean_max_norm": m.mean(0).tolist(),
-            "std_max_norm": m.std(0, unbiased=False).tolist(), "max_norm": m.max(0).values.tolist(),
-            "n_images": m.shape[0], "image_size": size, "registers": "excluded"}
+    return {
+        "blocks": list(range(1, m.shape[1] + 1)),
+        "mean_max_norm": m.mean(0).tolist(),
+        "std_max_norm": m.std(0, unbiased=False).tolist(),
+        "max_norm": m.max(0).values.tolist(),
+        "n_images": m.shape[0],
+        "image_size": size,
+        "registers": "excluded",
+    }
 
 
-def plot_norms(curves: dict[str, dict[str, Any]], out: str | Path, *, width_px: int = 640,
-               height_px: int = 400, dpi: int = 100) -> Path:
+def plot_norms(
+    curves: dict[str, dict[str, Any]], out: str | Path, *, width_px: int = 640, height_px: int = 400, dpi: int = 100
+) -> Path:
     """One line per backbone (label → result of ``layerwise_max_norm``; labels name model and
     weights); PNG of exactly width×height px, titled with the images and size measured on."""
     import matplotlib
@@ -74,8 +89,11 @@ def plot_norms(curves: dict[str, dict[str, Any]], out: str | Path, *, width_px: 
     ax.set_ylabel("max token norm (mean over images)")
     first = next(iter(curves.values()))
     fig.suptitle("Layer-wise maximum token norm", fontsize=11, weight="bold")
-    ax.set_title(f"mean over {first['n_images']} images at {first['image_size']} px; CLS and patch tokens, "
-                 f"registers excluded", fontsize=8.5, color="#333333")
+    ax.set_title(
+        f"mean over {first['n_images']} images at {first['image_size']} px; CLS and patch tokens, registers excluded",
+        fontsize=8.5,
+        color="#333333",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

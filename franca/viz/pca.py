@@ -11,10 +11,12 @@ The sign of a principal component is arbitrary (the reference inherits scikit-le
 so with thresholding this module orients the first component so that the border patches of the
 images score lower than the rest on average — background usually touches the border.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,6 @@ from torch import Tensor
 from franca.models.preprocess import transforms as preprocess
 from franca.models.preprocess import unnormalise
 from franca.viz.common import image_label, open_rgb, save_figure, to_uint8
-
 
 
 def pca_project(x: Tensor, k: int = 3) -> Tensor:
@@ -82,10 +83,20 @@ def pca_rgb(tokens: Tensor, grid: tuple[int, int], fg_threshold: float | None = 
 
 
 @torch.no_grad()
-def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *, image_size: int | None = None,
-               fg_threshold: float | None = 0.35, device: torch.device | str = "cpu",
-               panel_size: int | None = None, use_rasa: bool = False, label: str = "", batch_size: int = 16,
-               progress: bool = False) -> dict[str, Any]:
+def pca_figure(
+    model: torch.nn.Module,
+    images: Sequence[Any],
+    out: str | Path,
+    *,
+    image_size: int | None = None,
+    fg_threshold: float | None = 0.35,
+    device: torch.device | str = "cpu",
+    panel_size: int | None = None,
+    use_rasa: bool = False,
+    label: str = "",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Each image next to its PCA-RGB map (bilinearly upsampled), several images per row; writes the
     titled PNG ``out`` (both sides ≤ 2000 px).
 
@@ -104,7 +115,7 @@ def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *
     chunks = []
     step = max(1, min(batch_size, 8))  # small steps so that the progress bar moves
     for i in bar(range(0, len(crops), step), desc="PCA features", unit="batch", disable=not progress):
-        x = xs[i:i + step].to(device)
+        x = xs[i : i + step].to(device)
         chunks.append(model.forward_features(x, use_rasa_head=use_rasa)[key].float().cpu())
     tokens = torch.cat(chunks)
     rgb, fg = pca_rgb(tokens, (size // p, size // p), fg_threshold)
@@ -118,10 +129,17 @@ def pca_figure(model: torch.nn.Module, images: Sequence[Any], out: str | Path, *
     sub = f"RGB = first 3 principal components of the {tokens_name} ({len(images)} images, {size} px)"
     if fg_threshold is not None:
         sub += f"; black = background (1st component < {fg_threshold:g})"
-    path, lay = save_figure(groups, labels, out, title=f"PCA of patch features — {label or 'backbone'}", subtitle=sub,
-                            panel_size=panel_size)
-    return {"path": str(path), "rgb": rgb, "foreground": fg, "size": (lay.width, lay.height), "n_drawn": lay.n_groups,
-            "layout": lay}
+    path, lay = save_figure(
+        groups, labels, out, title=f"PCA of patch features — {label or 'backbone'}", subtitle=sub, panel_size=panel_size
+    )
+    return {
+        "path": str(path),
+        "rgb": rgb,
+        "foreground": fg,
+        "size": (lay.width, lay.height),
+        "n_drawn": lay.n_groups,
+        "layout": lay,
+    }
 
 
 __all__ = ["pca_project", "pca_rgb", "pca_figure", "minmax"]

@@ -20,11 +20,12 @@ shards skip (see `folder`). Shards are local tar files read by `shards` (no `web
 | SPair71k                                | spair        | dict of two images, keypoints, boxes  |
 | finegrained_dataset(name, …)            | finegrained  | (image, class index)                  |
 """
+
 from __future__ import annotations
 
 from franca.data.datasets.ade20k import ADE20K
 from franca.data.datasets.coco import COCOThings
-from franca.data.datasets.finegrained import FINEGRAINED_SETS, CUB200, finegrained_dataset
+from franca.data.datasets.finegrained import CUB200, FINEGRAINED_SETS, finegrained_dataset
 from franca.data.datasets.folder import (
     IMAGE_EXTENSIONS,
     CorruptImageError,
@@ -35,14 +36,35 @@ from franca.data.datasets.folder import (
     UnlabelledImageFolder,
     load_rgb,
 )
-from franca.data.datasets.nyu import NYUv2Depth, NYUv2Labeled, NYUv2Arrays
+from franca.data.datasets.nyu import NYUv2Arrays, NYUv2Depth, NYUv2Labeled
 from franca.data.datasets.pairs import ImageMaskPairs
 from franca.data.datasets.segmentation import SegmentationSet, build_segmentation
 from franca.data.datasets.spair import SPair71k
 from franca.data.datasets.voc import VOC_CLASSES, VOCSegmentation
 from franca.data.datasets.wds import WebDatasetShards
 
-__all__ = ["ADE20K", "COCOThings", "CUB200", "CorruptImageError", "FINEGRAINED_SETS", "IMAGE_EXTENSIONS",
-           "ImageFiles", "ImageFolder", "ImageMaskPairs", "ImageNet", "NYUv2Arrays", "NYUv2Depth", "NYUv2Labeled",
-           "SPair71k", "SegmentationSet", "SkipNoneCollate", "UnlabelledImageFolder", "VOCSegmentation",
-           "VOC_CLASSES", "WebDatasetShards", "build_segmentation", "finegrained_dataset", "load_rgb"]
+__all__ = [
+    "ADE20K",
+    "COCOThings",
+    "CUB200",
+    "CorruptImageError",
+    "FINEGRAINED_SETS",
+    "IMAGE_EXTENSIONS",
+    "ImageFiles",
+    "ImageFolder",
+    "ImageMaskPairs",
+    "ImageNet",
+    "NYUv2Arrays",
+    "NYUv2Depth",
+    "NYUv2Labeled",
+    "SPair71k",
+    "SegmentationSet",
+    "SkipNoneCollate",
+    "UnlabelledImageFolder",
+    "VOCSegmentation",
+    "VOC_CLASSES",
+    "WebDatasetShards",
+    "build_segmentation",
+    "finegrained_dataset",
+    "load_rgb",
+]

@@ -12,11 +12,12 @@ Labels, chosen by each protocol explicitly:
   (0 = other + 150), ignore index 0.
 `name` is "ade20k-<split>" (the split as asked).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -40,15 +41,22 @@ def find_ade_base(root: Path) -> Path:
     for cand in (root / "ADEChallengeData2016", root):
         if (cand / "images").is_dir():
             return cand
-    raise FileNotFoundError(f"ADE20K not found under {root}: expected {root / 'ADEChallengeData2016'}/images/ "
-                            f"(or {root}/images/ when the root is ADEChallengeData2016 itself)")
+    raise FileNotFoundError(
+        f"ADE20K not found under {root}: expected {root / 'ADEChallengeData2016'}/images/ "
+        f"(or {root}/images/ when the root is ADEChallengeData2016 itself)"
+    )
 
 
 class ADE20K(ImageMaskPairs):
     """ADE20K (SceneParsing) split 'training'/'validation' (or 'train'/'val') → (image, mask); see the module doc."""
 
-    def __init__(self, root: str | os.PathLike, split: str = "validation", reduce_zero_label: bool = True,
-                 transforms: Callable | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "validation",
+        reduce_zero_label: bool = True,
+        transforms: Callable | None = None,
+    ):
         if split not in _SPLITS:
             raise ValueError(f"ADE20K split must be training/validation (or train/val), got {split!r}")
         base = find_ade_base(Path(root))

@@ -18,12 +18,13 @@ the 12 thing supercategories sorted alphabetically (0 accessory, 1 animal, 2 app
 unlabelled → 255. A thing category id outside 1..255 or an unknown thing supercategory is an error.
 `name` is "coco-things-<s>".
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -31,8 +32,20 @@ from PIL import Image
 from franca.data.datasets.pairs import IGNORE_INDEX, ImageMaskPairs, first_dir, load_label_png
 from franca.data.datasets.transforms import JointToTensor
 
-COCO_THING_SUPERCATEGORIES = ("accessory", "animal", "appliance", "electronic", "food", "furniture", "indoor",
-                              "kitchen", "outdoor", "person", "sports", "vehicle")
+COCO_THING_SUPERCATEGORIES = (
+    "accessory",
+    "animal",
+    "appliance",
+    "electronic",
+    "food",
+    "furniture",
+    "indoor",
+    "kitchen",
+    "outdoor",
+    "person",
+    "sports",
+    "vehicle",
+)
 _SPLITS = {"train": "train2017", "val": "val2017", "train2017": "train2017", "val2017": "val2017"}
 
 
@@ -46,8 +59,10 @@ def things_lookup(categories: list[dict]) -> tuple[np.ndarray, tuple[str, ...]]:
         if not 0 < cid < 256:
             raise ValueError(f"COCO category id {c['id']} out of range 1..255 (masks are 8-bit PNGs)")
         if sup not in COCO_THING_SUPERCATEGORIES:
-            raise ValueError(f"COCO thing category {cid} has supercategory {sup!r}, not one of the 12 thing "
-                             f"supercategories {COCO_THING_SUPERCATEGORIES}")
+            raise ValueError(
+                f"COCO thing category {cid} has supercategory {sup!r}, not one of the 12 thing "
+                f"supercategories {COCO_THING_SUPERCATEGORIES}"
+            )
         lut[cid] = COCO_THING_SUPERCATEGORIES.index(sup)
     return lut, COCO_THING_SUPERCATEGORIES
 
@@ -62,11 +77,15 @@ class COCOThings(ImageMaskPairs):
         s = _SPLITS[split]
         self.image_dir = first_dir([root / "images" / s, root / "coco" / "images" / s, root / s], f"COCO {s} images")
         ann = root / "annotations"
-        sem = [d / f"{name}_{s}" for name in ("semantic_segmentation", "semantic_segmenations")
-               for d in (ann / "panoptic_annotations", ann)]
+        sem = [
+            d / f"{name}_{s}"
+            for name in ("semantic_segmentation", "semantic_segmenations")
+            for d in (ann / "panoptic_annotations", ann)
+        ]
         self.mask_dir = first_dir(sem, f"COCO-Stuff semantic PNGs for {s}")
-        cat_files = [d / f"panoptic_{x}.json" for x in dict.fromkeys((s, "val2017"))
-                     for d in (ann / "panoptic_annotations", ann)]
+        cat_files = [
+            d / f"panoptic_{x}.json" for x in dict.fromkeys((s, "val2017")) for d in (ann / "panoptic_annotations", ann)
+        ]
         cat_file = next((f for f in cat_files if f.is_file()), None)
         if cat_file is None:
             raise FileNotFoundError("COCO panoptic categories: expected one of " + ", ".join(map(str, cat_files)))

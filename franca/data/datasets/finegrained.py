@@ -21,33 +21,57 @@ torchvision lacks. Split conventions (SimCLR transfer suite):
 
 A missing set raises FileNotFoundError naming the folder expected under `root`.
 """
+
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch.utils.data import ConcatDataset, Dataset
 
 from franca.data.datasets.folder import load_rgb, require_dir, require_file
 
-FINEGRAINED_SETS = ("food101", "cifar10", "cifar100", "sun397", "cars", "aircraft", "dtd", "pets", "caltech101",
-                    "flowers102", "cub200")
-_EXPECTED = {"food101": "food-101/{images,meta}", "cifar10": "cifar-10-batches-py/",
-             "cifar100": "cifar-100-python/", "sun397": "SUN397/ (ClassName.txt, images, Partitions/)",
-             "cars": "stanford_cars/ (devkit, cars_train, cars_test, cars_test_annos_withlabels.mat)",
-             "aircraft": "fgvc-aircraft-2013b/data/", "dtd": "dtd/dtd/{images,labels}",
-             "pets": "oxford-iiit-pet/{images,annotations}", "caltech101": "caltech101/101_ObjectCategories/",
-             "flowers102": "flowers-102/{jpg,imagelabels.mat,setid.mat}",
-             "cub200": "CUB_200_2011/{images.txt,image_class_labels.txt,train_test_split.txt,images/}"}
+FINEGRAINED_SETS = (
+    "food101",
+    "cifar10",
+    "cifar100",
+    "sun397",
+    "cars",
+    "aircraft",
+    "dtd",
+    "pets",
+    "caltech101",
+    "flowers102",
+    "cub200",
+)
+_EXPECTED = {
+    "food101": "food-101/{images,meta}",
+    "cifar10": "cifar-10-batches-py/",
+    "cifar100": "cifar-100-python/",
+    "sun397": "SUN397/ (ClassName.txt, images, Partitions/)",
+    "cars": "stanford_cars/ (devkit, cars_train, cars_test, cars_test_annos_withlabels.mat)",
+    "aircraft": "fgvc-aircraft-2013b/data/",
+    "dtd": "dtd/dtd/{images,labels}",
+    "pets": "oxford-iiit-pet/{images,annotations}",
+    "caltech101": "caltech101/101_ObjectCategories/",
+    "flowers102": "flowers-102/{jpg,imagelabels.mat,setid.mat}",
+    "cub200": "CUB_200_2011/{images.txt,image_class_labels.txt,train_test_split.txt,images/}",
+}
 
 
 class _RGB(Dataset):
     """Wrap a (PIL image, target) dataset: convert to RGB, apply the transform, keep an int target."""
 
-    def __init__(self, base: Dataset, transform: Callable | None, indices: list[int] | None = None,
-                 target_map: list[int] | None = None):
+    def __init__(
+        self,
+        base: Dataset,
+        transform: Callable | None,
+        indices: list[int] | None = None,
+        target_map: list[int] | None = None,
+    ):
         self.base, self.transform, self.indices, self.target_map = base, transform, indices, target_map
 
     def __len__(self) -> int:
@@ -125,8 +149,9 @@ def _caltech101(root: Path, split: str, per_class: int = 30, seed: int = 0):
     return base, sorted(idx)
 
 
-def finegrained_dataset(name: str, root: str | os.PathLike, split: str = "train",
-                        transform: Callable | None = None) -> Dataset:
+def finegrained_dataset(
+    name: str, root: str | os.PathLike, split: str = "train", transform: Callable | None = None
+) -> Dataset:
     """One of FINEGRAINED_SETS as (transform(image), class index); see the module table."""
     import torchvision.datasets as tvd
 
@@ -151,11 +176,15 @@ def finegrained_dataset(name: str, root: str | os.PathLike, split: str = "train"
         if name == "cars":
             return _RGB(tvd.StanfordCars(r, split=split, download=False), transform)
         if name == "aircraft":
-            return _RGB(tvd.FGVCAircraft(r, split="trainval" if train else "test", annotation_level="variant",
-                                         download=False), transform)
+            return _RGB(
+                tvd.FGVCAircraft(r, split="trainval" if train else "test", annotation_level="variant", download=False),
+                transform,
+            )
         if name == "dtd":
             # torchvision's DTD takes its class list from the split file: map to the global folder order.
-            parts = [tvd.DTD(r, split=s, partition=1, download=False) for s in (("train", "val") if train else ("test",))]
+            parts = [
+                tvd.DTD(r, split=s, partition=1, download=False) for s in (("train", "val") if train else ("test",))
+            ]
             names = sorted(d.name for d in (root_p / "dtd" / "dtd" / "images").iterdir() if d.is_dir())
             return ConcatDataset([_RGB(p, transform, None, [names.index(c) for c in p.classes]) for p in parts])
         if name == "pets":
@@ -166,5 +195,7 @@ def finegrained_dataset(name: str, root: str | os.PathLike, split: str = "train"
         splits = ("train", "val") if train else ("test",)
         return _RGB(ConcatDataset([tvd.Flowers102(r, split=s, download=False) for s in splits]), transform)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use download=True …"
-        raise FileNotFoundError(f"{name} not found under {root_p}: expected {root_p}/{_EXPECTED[name]} in "
-                                f"torchvision's layout (nothing is downloaded) [{exc}]") from exc
+        raise FileNotFoundError(
+            f"{name} not found under {root_p}: expected {root_p}/{_EXPECTED[name]} in "
+            f"torchvision's layout (nothing is downloaded) [{exc}]"
+        ) from exc

@@ -24,27 +24,49 @@ Corrupt images in unlabelled folders (the skip-and-count mechanism):
     whose samples were all corrupt collates to None. The training loop sums `n_skipped` and can
     report "2 skipped files". Labelled readers instead raise `CorruptImageError` naming the file.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from franca.data.images import (IMAGE_EXTENSIONS, UNREADABLE_ERRORS, CorruptImageError, UnreadableFiles, list_images,
-                                open_image, read_or_replace, warn_skipped)
+from franca.data.images import (
+    IMAGE_EXTENSIONS,
+    UNREADABLE_ERRORS,
+    CorruptImageError,
+    UnreadableFiles,
+    list_images,
+    open_image,
+    read_or_replace,
+    warn_skipped,
+)
 
-__all__ = ["IMAGE_EXTENSIONS", "ON_UNREADABLE", "CorruptImageError", "ImageFiles", "ImageFolder", "ImageNet",
-           "SkipNoneCollate", "UnlabelledImageFolder", "image_folder_splits", "list_images", "load_rgb",
-           "read_labels_txt", "require_dir", "require_file"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ON_UNREADABLE",
+    "CorruptImageError",
+    "ImageFiles",
+    "ImageFolder",
+    "ImageNet",
+    "SkipNoneCollate",
+    "UnlabelledImageFolder",
+    "image_folder_splits",
+    "list_images",
+    "load_rgb",
+    "read_labels_txt",
+    "require_dir",
+    "require_file",
+]
 
 log = logging.getLogger(__name__)
-
 
 
 def load_rgb(path: str | os.PathLike, exif: bool = False) -> Image.Image:
@@ -74,8 +96,13 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
 class ImageFolder(Dataset):
     """`root/<class>/**/<image>` → (image, class index). Classes are the sorted sub-folder names."""
 
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
-                 target_transform: Callable | None = None, extensions: Sequence[str] | None = IMAGE_EXTENSIONS):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        extensions: Sequence[str] | None = IMAGE_EXTENSIONS,
+    ):
         self.root = require_dir(root, "image folder (one sub-folder per class)")
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not self.classes:
@@ -85,8 +112,9 @@ class ImageFolder(Dataset):
         for c in self.classes:
             self.samples += [(p, self.class_to_idx[c]) for p in list_images(self.root / c, extensions)]
         if not self.samples:
-            raise FileNotFoundError(f"image folder {self.root}: the class folders hold no image files "
-                                    f"(extensions {extensions})")
+            raise FileNotFoundError(
+                f"image folder {self.root}: the class folders hold no image files (extensions {extensions})"
+            )
         self.targets = [t for _, t in self.samples]
         self.transform, self.target_transform = transform, target_transform
 
@@ -123,8 +151,13 @@ class ImageNet(ImageFolder):
     `class_names[i]` is the human-readable name of class i (the wnid when labels.txt is absent).
     """
 
-    def __init__(self, root: str | os.PathLike, split: str | None = "train", transform: Callable | None = None,
-                 target_transform: Callable | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str | None = "train",
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+    ):
         base = require_dir(root, "ImageNet root")
         folder = base
         if split is not None:
@@ -138,8 +171,9 @@ class ImageNet(ImageFolder):
         self.class_names = [names.get(w, w) for w in self.classes]
 
 
-def image_folder_splits(root: str | os.PathLike, train_transform: Callable | None = None,
-                        val_transform: Callable | None = None) -> tuple[ImageFolder, ImageFolder]:
+def image_folder_splits(
+    root: str | os.PathLike, train_transform: Callable | None = None, val_transform: Callable | None = None
+) -> tuple[ImageFolder, ImageFolder]:
     """(train, val) ImageFolders of `root/train` and `root/val` (or `root/test`); their class folders must
     agree, since label indices come from the sorted folder names."""
     root = Path(root)
@@ -181,8 +215,13 @@ class ImageFiles(Dataset):
     has its own copy). Without a transform the items are PIL images ("mark" needs one).
     """
 
-    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], Any] | None = None,
-                 on_unreadable: str = "replace", where: str | None = None) -> None:
+    def __init__(
+        self,
+        files: Sequence[Path],
+        transform: Callable[[Image.Image], Any] | None = None,
+        on_unreadable: str = "replace",
+        where: str | None = None,
+    ) -> None:
         if on_unreadable not in ON_UNREADABLE:
             raise ValueError(f"on_unreadable must be one of {ON_UNREADABLE}, got {on_unreadable!r}")
         if len(files) == 0:
@@ -234,8 +273,9 @@ class ImageFiles(Dataset):
             finally:
                 random.setstate(state)
             if not isinstance(out, torch.Tensor):
-                raise TypeError(f"ImageFiles(on_unreadable='mark'): the transform must return a tensor, "
-                                f"got {type(out).__name__}")
+                raise TypeError(
+                    f"ImageFiles(on_unreadable='mark'): the transform must return a tensor, got {type(out).__name__}"
+                )
             self._blank = torch.zeros_like(out)
         return self._blank.clone()
 
@@ -249,8 +289,12 @@ class UnlabelledImageFolder(ImageFiles):
     Returns per item: `transform(image)` (the PIL image without a transform), or None.
     """
 
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
-                 extensions: Sequence[str] | None = IMAGE_EXTENSIONS):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable | None = None,
+        extensions: Sequence[str] | None = IMAGE_EXTENSIONS,
+    ):
         self.root = require_dir(root, "image folder")
         paths = list_images(self.root, extensions)
         if not paths:

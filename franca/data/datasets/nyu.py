@@ -16,12 +16,13 @@ Items are `(image, depth)` after the joint transform (default `JointToTensor()`:
 (3, H, W) in [0, 1], float32 depth (H, W) in metres). Depth above `max_depth` (10 m) is set to
 0, the "invalid" value (Probe3D's rule: valid = depth > 0).
 """
+
 from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -53,14 +54,16 @@ def load_depth_png(path: str | os.PathLike, scale: float = 1000.0) -> np.ndarray
 class NYUv2Depth(Dataset):
     """NYUv2 in the BTS layout, split 'train' or 'test' → (image, depth)."""
 
-    def __init__(self, root: str | os.PathLike, split: str = "test", transforms: Callable | None = None,
-                 max_depth: float = 10.0):
+    def __init__(
+        self, root: str | os.PathLike, split: str = "test", transforms: Callable | None = None, max_depth: float = 10.0
+    ):
         if split not in ("train", "test"):
             raise ValueError(f"NYUv2 split must be 'train' or 'test', got {split!r}")
         root = require_dir(root, "NYUv2 root (BTS layout)")
         list_file = require_file(root / f"nyudepthv2_{split}_files_with_gt.txt", f"NYUv2 {split} file list")
-        self.data_dir = require_dir(root / ("sync" if split == "train" else "official_splits/test"),
-                                    f"NYUv2 {split} frames")
+        self.data_dir = require_dir(
+            root / ("sync" if split == "train" else "official_splits/test"), f"NYUv2 {split} frames"
+        )
         self.samples: list[tuple[Path, Path, float]] = []
         for n, line in enumerate(list_file.read_text().splitlines(), 1):
             parts = line.split()
@@ -99,8 +102,15 @@ def _split_indices(splits: Path, split: str) -> np.ndarray:
 class NYUv2Labeled(Dataset):
     """The 1,449 labelled NYUv2 frames (.mat, HDF5) restricted to the official train/test split."""
 
-    def __init__(self, mat_file: str | os.PathLike, split: str = "test", splits_file: str | os.PathLike | None = None,
-                 depth_key: str = "rawDepths", transforms: Callable | None = None, max_depth: float = 10.0):
+    def __init__(
+        self,
+        mat_file: str | os.PathLike,
+        split: str = "test",
+        splits_file: str | os.PathLike | None = None,
+        depth_key: str = "rawDepths",
+        transforms: Callable | None = None,
+        max_depth: float = 10.0,
+    ):
         import h5py
 
         if split not in ("train", "test"):
@@ -130,14 +140,17 @@ class NYUv2Labeled(Dataset):
         k = int(self.indices[i])
         img = np.asarray(self._h5["images"][k]).transpose(2, 1, 0)  # (3, W, H) → (H, W, 3)
         depth = np.asarray(self._h5[self.depth_key][k]).T
-        return self.transforms(Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)),
-                               _depth_image(depth, self.max_depth))
+        return self.transforms(
+            Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)), _depth_image(depth, self.max_depth)
+        )
 
 
-PICKLE_REFUSED = ("{path}: a pickle file can run code when it is read, so franca does not read pickles. "
-                  "If you trust this file, unpickle it once yourself and save its arrays with "
-                  "numpy.savez('{stem}.npz', images=..., depths=..., train_indices=..., test_indices=...), "
-                  "then pass {stem}.npz")
+PICKLE_REFUSED = (
+    "{path}: a pickle file can run code when it is read, so franca does not read pickles. "
+    "If you trust this file, unpickle it once yourself and save its arrays with "
+    "numpy.savez('{stem}.npz', images=..., depths=..., train_indices=..., test_indices=...), "
+    "then pass {stem}.npz"
+)
 
 
 def refuse_pickle(path: str | os.PathLike) -> None:
@@ -150,8 +163,13 @@ class NYUv2Arrays(Dataset):
     """Probe3D's NYUv2 arrays as a numpy `.npz` (read with allow_pickle=False): `images` (N,3,H,W) or
     (N,H,W,3), `depths` (N,H,W) or (N,1,H,W), `train_indices`, `test_indices` (0-based)."""
 
-    def __init__(self, npz_file: str | os.PathLike, split: str = "test", transforms: Callable | None = None,
-                 max_depth: float = 10.0):
+    def __init__(
+        self,
+        npz_file: str | os.PathLike,
+        split: str = "test",
+        transforms: Callable | None = None,
+        max_depth: float = 10.0,
+    ):
         if split not in ("train", "test"):
             raise ValueError(f"NYUv2 split must be 'train' or 'test', got {split!r}")
         path = require_file(npz_file, "NYUv2 arrays (.npz with images, depths, train_indices, test_indices)")

@@ -12,11 +12,13 @@ masks so) is read from its first channel; an RGB mask whose channels differ is c
 `raw_pair` is the pass-through transform: items stay (PIL RGB image, int64 numpy mask (H, W)), which
 is what the dense protocols read (they resize and augment themselves).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -35,8 +37,10 @@ def _as_indices(im: Image.Image, p: Path) -> np.ndarray:
     if im.mode in _WIDE_MODES:
         arr = np.array(im)
         if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise CorruptImageError(f"segmentation mask {p} ({im.mode}) holds values outside 0..255 "
-                                    f"(min {arr.min()}, max {arr.max()}): expected class indices")
+            raise CorruptImageError(
+                f"segmentation mask {p} ({im.mode}) holds values outside 0..255 "
+                f"(min {arr.min()}, max {arr.max()}): expected class indices"
+            )
         return arr.astype(np.uint8)
     if im.mode == "LA":  # a single-channel mask saved with an alpha channel: the index is the L channel
         return np.array(im, dtype=np.uint8)[..., 0].copy()
@@ -44,11 +48,14 @@ def _as_indices(im: Image.Image, p: Path) -> np.ndarray:
         arr = np.array(im.convert("RGB"), dtype=np.uint8)
         if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
             return arr[..., 0].copy()  # an index mask saved as RGB: every channel holds the index
-        raise CorruptImageError(f"segmentation mask {p} has mode {im.mode} with differing channels: a "
-                                "colour-coded mask, not class indices; convert it to a palette (P) or "
-                                "single-channel (L) PNG of class indices")
-    raise CorruptImageError(f"segmentation mask {p} has mode {im.mode}: expected a palette (P) or "
-                            "single-channel (L) PNG of class indices")
+        raise CorruptImageError(
+            f"segmentation mask {p} has mode {im.mode} with differing channels: a "
+            "colour-coded mask, not class indices; convert it to a palette (P) or "
+            "single-channel (L) PNG of class indices"
+        )
+    raise CorruptImageError(
+        f"segmentation mask {p} has mode {im.mode}: expected a palette (P) or single-channel (L) PNG of class indices"
+    )
 
 
 def load_label_png(path: str | os.PathLike) -> Image.Image:
@@ -91,8 +98,15 @@ class ImageMaskPairs(Dataset):
     name: str = "segmentation"
     split: str = ""
 
-    def set_pairs(self, ids: list[str], image_dir: Path, mask_dir: Path | Sequence[Path], what: str,
-                  image_ext: str = ".jpg", mask_ext: str = ".png") -> None:
+    def set_pairs(
+        self,
+        ids: list[str],
+        image_dir: Path,
+        mask_dir: Path | Sequence[Path],
+        what: str,
+        image_ext: str = ".jpg",
+        mask_ext: str = ".png",
+    ) -> None:
         """Pair `image_dir/<id><image_ext>` with `mask_dir/<id><mask_ext>` for each id (`mask_dir` may be
         one folder per id); every file must exist (FileNotFoundError naming the first missing one and
         `what` listed it)."""
@@ -122,8 +136,10 @@ class ImageMaskPairs(Dataset):
     def read_pair(self, i: int) -> tuple[Image.Image, Image.Image]:
         image, mask = self.read_image(i), self.read_mask(i)
         if image.size != mask.size:
-            raise ValueError(f"image {self.image_paths[i]} is {image.size[0]}x{image.size[1]} px but its mask "
-                             f"{self.mask_paths[i]} is {mask.size[0]}x{mask.size[1]} px: they must match")
+            raise ValueError(
+                f"image {self.image_paths[i]} is {image.size[0]}x{image.size[1]} px but its mask "
+                f"{self.mask_paths[i]} is {mask.size[0]}x{mask.size[1]} px: they must match"
+            )
         return image, mask
 
     def __getitem__(self, i: int) -> Any:

@@ -6,10 +6,12 @@ their own exact resizing and augmentation, so no transform here.
 
 `SegmentationSet` names what the protocols read (a Protocol, not a class to build).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from franca.data.datasets.ade20k import ADE20K
 from franca.data.datasets.coco import COCO_THING_SUPERCATEGORIES, COCOThings
@@ -38,8 +40,9 @@ class SegmentationSet(Protocol):
     def __getitem__(self, i: int) -> Any: ...
 
 
-def build_segmentation(dataset: str, root: str | Path | None, split: str,
-                       reduce_zero_label: bool = False) -> VOCSegmentation | ADE20K | COCOThings:
+def build_segmentation(
+    dataset: str, root: str | Path | None, split: str, reduce_zero_label: bool = False
+) -> VOCSegmentation | ADE20K | COCOThings:
     """Raw segmentation set `dataset` ∈ {voc, ade20k, coco-things} of `split` under `root`.
 
     `reduce_zero_label` applies to ADE20K only (True: mmseg's 150 classes, ignore 255; False: HB's
@@ -55,8 +58,11 @@ def build_segmentation(dataset: str, root: str | Path | None, split: str,
         root = builtin_toy()
     root = Path(root)
     if not root.exists():
-        hint = (f" ({str(root)!r} names a data set: give it as dataset_name= / --dataset and its folder as "
-                "data= / --data)" if str(root) in DATASETS else "")
+        hint = (
+            f" ({str(root)!r} names a data set: give it as dataset_name= / --dataset and its folder as data= / --data)"
+            if str(root) in DATASETS
+            else ""
+        )
         raise FileNotFoundError(f"data root not found: {root}{hint}")
     try:
         if dataset == "voc":
@@ -68,18 +74,22 @@ def build_segmentation(dataset: str, root: str | Path | None, split: str,
         other = _other_layout(root, dataset)
         if other is None:
             raise
-        raise FileNotFoundError(f"{exc} (this folder holds {other}: pass dataset_name={other!r} / "
-                                f"--dataset {other})") from exc
+        raise FileNotFoundError(
+            f"{exc} (this folder holds {other}: pass dataset_name={other!r} / --dataset {other})"
+        ) from exc
 
 
 def _other_layout(root: Path, dataset: str) -> str | None:
     """The data set whose layout `root` holds when it is not `dataset`'s (for the error), else None."""
     from franca.data.datasets.voc import find_voc_layout
 
-    looks = {"ade20k": (root / "ADEChallengeData2016").is_dir() or (root / "annotations" / "training").is_dir(),
-             "coco-things": any((root / "annotations" / d).is_dir() for d in
-                                ("panoptic_annotations", "semantic_segmentation_val2017",
-                                 "semantic_segmentation_train2017"))}
+    looks = {
+        "ade20k": (root / "ADEChallengeData2016").is_dir() or (root / "annotations" / "training").is_dir(),
+        "coco-things": any(
+            (root / "annotations" / d).is_dir()
+            for d in ("panoptic_annotations", "semantic_segmentation_val2017", "semantic_segmentation_train2017")
+        ),
+    }
     try:
         find_voc_layout(root)
         looks["voc"] = True

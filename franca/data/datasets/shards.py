@@ -12,6 +12,7 @@ not images; a member over MAX_MEMBER_BYTES is not read (yielded with None bytes,
 count it as unreadable). A shard that cannot be opened or ends early (truncated, not a tar) stops
 with one warning naming it, after the members read so far.
 """
+
 from __future__ import annotations
 
 import glob
@@ -20,8 +21,8 @@ import os
 import re
 import tarfile
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from franca.data.images import IMAGE_EXTENSIONS
 
@@ -45,8 +46,9 @@ def expand_braces(pattern: str) -> list[str]:
     try:
         return [_unprotect(s) for s in _expand(protected)]
     except ValueError:
-        raise ValueError(f"unbalanced braces in the pattern {pattern!r} "
-                         "(write a literal brace as \\{ or \\})") from None
+        raise ValueError(
+            f"unbalanced braces in the pattern {pattern!r} (write a literal brace as \\{{ or \\}})"
+        ) from None
 
 
 _ESCAPED = 0xF0000  # an escaped character c is held as chr(_ESCAPED + ord(c)) (Unicode private use) while expanding
@@ -70,7 +72,7 @@ def _expand(pattern: str) -> list[str]:
             if depth < 0:
                 break
             if depth == 0:
-                head, body, tail = pattern[:start], pattern[start + 1:pos], pattern[pos + 1:]
+                head, body, tail = pattern[:start], pattern[start + 1 : pos], pattern[pos + 1 :]
                 return [head + alt + rest for alt in _brace_alternatives(body) for rest in _expand(tail)]
     if depth != 0:
         raise ValueError(f"unbalanced braces in the pattern {pattern!r}")
@@ -106,8 +108,10 @@ def _brace_alternatives(body: str) -> list[str]:
 def reject_remote(spec: str) -> None:
     """ValueError for a remote shard URL (`http://…`, `s3://…`, `pipe:…`): franca reads local files only."""
     if "://" in spec or spec.startswith("pipe:"):
-        raise ValueError(f"webdataset: {spec} is a remote URL; franca reads local shards only (it works "
-                         "offline): download the shards first and give their folder, a file or a brace pattern")
+        raise ValueError(
+            f"webdataset: {spec} is a remote URL; franca reads local shards only (it works "
+            "offline): download the shards first and give their folder, a file or a brace pattern"
+        )
 
 
 def list_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -148,8 +152,10 @@ def compressed_hint(folder: Path) -> str:
     for pattern in COMPRESSED_SHARDS:
         found = sorted(folder.glob(pattern))
         if found:
-            return (f"; it holds {len(found)} gzip-compressed shards ({found[0].name}, …): give them as a glob, "
-                    f"'{folder / pattern}'")
+            return (
+                f"; it holds {len(found)} gzip-compressed shards ({found[0].name}, …): give them as a glob, "
+                f"'{folder / pattern}'"
+            )
     return ""
 
 
@@ -160,8 +166,9 @@ def _is_image(member: str) -> bool:
     return Path(member).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def tar_members(shard: str, damaged: set[str] | None = None,
-                read: Callable[[str], bool] = _is_image) -> Iterator[tuple[str, bytes | None]]:
+def tar_members(
+    shard: str, damaged: set[str] | None = None, read: Callable[[str], bool] = _is_image
+) -> Iterator[tuple[str, bytes | None]]:
     """(shard:member name, bytes) of every regular-file member of a shard, in file order.
 
     Bytes are read only for the members whose name satisfies `read` (the others come with None, so a
@@ -193,7 +200,7 @@ def tar_images(shard: str, damaged: set[str] | None = None) -> Iterator[tuple[st
     Bytes are None for a member over MAX_MEMBER_BYTES (not read). A damaged shard stops as in `tar_members`.
     """
     for name, data in tar_members(shard, damaged):
-        if _is_image(name[len(shard) + 1:]):
+        if _is_image(name[len(shard) + 1 :]):
             yield name, data
 
 
@@ -204,8 +211,12 @@ def _warn_damaged(shard: str, exc: BaseException) -> None:
     """One warning per damaged shard and process."""
     if shard not in _WARNED_SHARDS:
         _WARNED_SHARDS.add(shard)
-        log.warning("webdataset shard %s is damaged (%s: %s); skipping the rest of this shard",
-                    shard, type(exc).__name__, " ".join(str(exc).split()))
+        log.warning(
+            "webdataset shard %s is damaged (%s: %s); skipping the rest of this shard",
+            shard,
+            type(exc).__name__,
+            " ".join(str(exc).split()),
+        )
 
 
 def count_shard_images(shards: Sequence[str]) -> int:
@@ -213,8 +224,10 @@ def count_shard_images(shards: Sequence[str]) -> int:
     ValueError naming the shards if they hold no image at all."""
     n = sum(1 for s in shards for _ in _tar_member_names(s))
     if n == 0:
-        raise ValueError(f"webdataset: no image members ({', '.join(IMAGE_EXTENSIONS)}) in the shards "
-                         f"{', '.join(shards[:3])}{' …' if len(shards) > 3 else ''}")
+        raise ValueError(
+            f"webdataset: no image members ({', '.join(IMAGE_EXTENSIONS)}) in the shards "
+            f"{', '.join(shards[:3])}{' …' if len(shards) > 3 else ''}"
+        )
     return n
 
 

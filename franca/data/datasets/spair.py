@@ -15,12 +15,13 @@ Each item is a dict: `src_img`, `trg_img` (transformed; default float (3, H, W) 
 `pairs` holds the parsed annotations, so protocols can subsample per category and viewpoint
 without reading images.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -29,15 +30,30 @@ from franca.data.datasets.folder import load_rgb, require_dir, require_file
 from franca.data.datasets.transforms import image_to_tensor
 
 _SPLITS = {"trn": "trn", "train": "trn", "val": "val", "test": "test"}
-_REQUIRED = ("src_imname", "trg_imname", "category", "src_kps", "trg_kps", "src_bndbox", "trg_bndbox",
-             "trg_imsize", "viewpoint_variation")
+_REQUIRED = (
+    "src_imname",
+    "trg_imname",
+    "category",
+    "src_kps",
+    "trg_kps",
+    "src_bndbox",
+    "trg_bndbox",
+    "trg_imsize",
+    "viewpoint_variation",
+)
 
 
 class SPair71k(Dataset):
     """SPair-71k pairs of one split ('trn', 'val', 'test'), optionally one category / viewpoint level."""
 
-    def __init__(self, root: str | os.PathLike, split: str = "test", category: str | None = None,
-                 viewpoint: int | None = None, transform: Callable | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "test",
+        category: str | None = None,
+        viewpoint: int | None = None,
+        transform: Callable | None = None,
+    ):
         if split not in _SPLITS:
             raise ValueError(f"SPair-71k split must be trn, val or test, got {split!r}")
         root = Path(root)
@@ -58,8 +74,9 @@ class SPair71k(Dataset):
             ann["pair_id"] = f.stem
             self.pairs.append(ann)
         if not self.pairs:
-            raise FileNotFoundError(f"SPair-71k: no pair annotations in {pair_dir} "
-                                    f"(category={category}, viewpoint={viewpoint})")
+            raise FileNotFoundError(
+                f"SPair-71k: no pair annotations in {pair_dir} (category={category}, viewpoint={viewpoint})"
+            )
         self.transform = transform
 
     def __len__(self) -> int:
@@ -81,11 +98,18 @@ class SPair71k(Dataset):
         kps_ids = torch.tensor(a.get("kps_ids", list(range(len(src_kps)))), dtype=torch.int64)
         src_size = tuple(a.get("src_imsize", [*src_pil.size, 3])[:2])
         return {
-            "src_img": src, "trg_img": trg, "src_kps": src_kps, "trg_kps": trg_kps, "kps_ids": kps_ids,
+            "src_img": src,
+            "trg_img": trg,
+            "src_kps": src_kps,
+            "trg_kps": trg_kps,
+            "kps_ids": kps_ids,
             "src_bbox": torch.tensor(a["src_bndbox"], dtype=torch.float32),
             "trg_bbox": torch.tensor(a["trg_bndbox"], dtype=torch.float32),
-            "src_imsize": src_size, "trg_imsize": tuple(a["trg_imsize"][:2]),
-            "viewpoint_variation": int(a["viewpoint_variation"]), "category": cat, "pair_id": a["pair_id"],
+            "src_imsize": src_size,
+            "trg_imsize": tuple(a["trg_imsize"][:2]),
+            "viewpoint_variation": int(a["viewpoint_variation"]),
+            "category": cat,
+            "pair_id": a["pair_id"],
         }
 
     def lazy_pairs(self) -> list[dict]:
@@ -100,14 +124,23 @@ class SPair71k(Dataset):
             src_kps = np.asarray(a["src_kps"], dtype=np.float64).reshape(-1, 2)
             trg_kps = np.asarray(a["trg_kps"], dtype=np.float64).reshape(-1, 2)
             if src_kps.shape != trg_kps.shape:
-                raise ValueError(f"SPair-71k pair {a['pair_id']}: {len(src_kps)} source vs {len(trg_kps)} "
-                                 "target keypoints")
-            out.append({"src_image": LazyImage(self.image_dir / cat / a["src_imname"]),
-                        "trg_image": LazyImage(self.image_dir / cat / a["trg_imname"]),
-                        "src_kps": src_kps, "trg_kps": trg_kps, "trg_bbox": a["trg_bndbox"], "category": cat,
-                        "viewpoint_variation": int(a["viewpoint_variation"]),
-                        "src_name": f"{cat}/{a['src_imname']}", "trg_name": f"{cat}/{a['trg_imname']}",
-                        "pair_id": a["pair_id"]})
+                raise ValueError(
+                    f"SPair-71k pair {a['pair_id']}: {len(src_kps)} source vs {len(trg_kps)} target keypoints"
+                )
+            out.append(
+                {
+                    "src_image": LazyImage(self.image_dir / cat / a["src_imname"]),
+                    "trg_image": LazyImage(self.image_dir / cat / a["trg_imname"]),
+                    "src_kps": src_kps,
+                    "trg_kps": trg_kps,
+                    "trg_bbox": a["trg_bndbox"],
+                    "category": cat,
+                    "viewpoint_variation": int(a["viewpoint_variation"]),
+                    "src_name": f"{cat}/{a['src_imname']}",
+                    "trg_name": f"{cat}/{a['trg_imname']}",
+                    "pair_id": a["pair_id"],
+                }
+            )
         return out
 
 

@@ -6,10 +6,11 @@ always with NEAREST, so label values are never blended and masks stay aligned pi
 `JointToTensor` ends a pipeline: image → float (3, H, W) in [0, 1] (optionally normalised),
 float targets (modes "F", "I", "I;16") → float32 (H, W), other targets → int64 (H, W).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -84,8 +85,13 @@ class JointRandomHorizontalFlip:
 class JointRandomResizedCrop:
     """Random crop of area fraction `scale` and aspect `ratio`, resized to `size` (torch global RNG)."""
 
-    def __init__(self, size: int | Sequence[int], scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), interpolation: int = Image.BICUBIC):
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        interpolation: int = Image.BICUBIC,
+    ):
         self.h, self.w = _size_hw(size)
         self.scale, self.ratio, self.interpolation = scale, ratio, interpolation
 
@@ -107,8 +113,10 @@ class JointRandomResizedCrop:
         left, top, cw, ch = self._params(*image.size)
         box = (left, top, left + cw, top + ch)
         wh = (self.w, self.h)
-        return (image.crop(box).resize(wh, self.interpolation),
-                *(t.crop(box).resize(wh, Image.NEAREST) for t in targets))
+        return (
+            image.crop(box).resize(wh, self.interpolation),
+            *(t.crop(box).resize(wh, Image.NEAREST) for t in targets),
+        )
 
 
 def target_to_tensor(target) -> torch.Tensor:
@@ -122,8 +130,9 @@ def target_to_tensor(target) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.float32 if arr.dtype.kind == "f" else np.int64))
 
 
-def image_to_tensor(image: Image.Image, mean: Sequence[float] | None = None,
-                    std: Sequence[float] | None = None) -> torch.Tensor:
+def image_to_tensor(
+    image: Image.Image, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> torch.Tensor:
     x = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
     if mean is not None and std is not None:
         x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)

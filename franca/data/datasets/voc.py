@@ -27,19 +27,40 @@ Masks follow `pairs.load_label_png`. Items are `transforms(image, mask)` (defaul
 float image (3, H, W) in [0, 1], int64 mask (H, W) with the raw indices, 255 = ignore;
 `pairs.raw_pair` keeps the PIL image and gives an int64 numpy mask).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from franca.data.datasets.folder import require_file
 from franca.data.datasets.pairs import IGNORE_INDEX, ImageMaskPairs, load_label_png  # noqa: F401 (re-exported)
 from franca.data.datasets.transforms import JointToTensor
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -75,7 +96,8 @@ def find_voc_layout(root: Path) -> tuple[str, Path]:
         f"Pascal VOC not found under {root}: expected either the devkit layout "
         f"({root}/VOCdevkit/VOC2012/{{JPEGImages,ImageSets/Segmentation,SegmentationClass}}, or VOC2012/ or the "
         f"folder itself) or the Leopart/HB layout ({root}/VOCSegmentation/{{images,sets,SegmentationClass,"
-        f"SegmentationClassAug}}, or the folder itself)")
+        f"SegmentationClassAug}}, or the folder itself)"
+    )
 
 
 def voc_image_dir(root: Path) -> Path:
@@ -94,7 +116,8 @@ def _trainaug(sets: Path, base: Path) -> tuple[list[str], list[Path], str]:
         raise FileNotFoundError(
             f"VOC trainaug: {' and '.join(missing)} not found; expected the list {trainaug} (or mmseg's aug.txt "
             f"with train.txt beside it) and the SBD masks folder {sbd_masks}. Add them, or "
-            "ask for the train split")
+            "ask for the train split"
+        )
     if aug.is_file():  # mmseg: train.txt with VOC masks + aug.txt with SBD masks
         train_ids = set(read_id_list(require_file(train, "VOC train list (mmseg's trainaug = train + aug)")))
         ids = sorted(train_ids | set(read_id_list(aug)))

@@ -22,13 +22,15 @@ Unreadable images (and image-less samples) follow the "skip" policy of
 yields **None** with a warning naming `shard:member`, and increments `skipped` (a per-process count); wrap
 the collate function in `franca.data.datasets.folder.SkipNoneCollate` to drop and count them.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import random
 import re
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -61,9 +63,16 @@ class WebDatasetShards(IterableDataset):
     """Stream `transform(image)` (or `(key, transform(image))` with `with_key`) from tar shards; None for an
     unreadable image (see the module doc)."""
 
-    def __init__(self, urls: str | os.PathLike | Sequence[str], transform: Callable | None = None,
-                 image_keys: Sequence[str] = ("jpg", "jpeg", "png", "webp"), shuffle_shards: bool = False,
-                 shuffle_buffer: int = 0, seed: int = 0, with_key: bool = False):
+    def __init__(
+        self,
+        urls: str | os.PathLike | Sequence[str],
+        transform: Callable | None = None,
+        image_keys: Sequence[str] = ("jpg", "jpeg", "png", "webp"),
+        shuffle_shards: bool = False,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        with_key: bool = False,
+    ):
         self.urls = resolve_shards(urls)
         if isinstance(image_keys, str):  # image_keys="jpg" is one key, not the keys "j", "p", "g"
             image_keys = (image_keys,)
@@ -92,6 +101,7 @@ class WebDatasetShards(IterableDataset):
     def _samples(self, shards: Iterable[str]) -> Iterator[tuple[str, str, bytes | None]]:
         """(key, shard:member, bytes) of each sample's image, in file order; a sample without a member under
         `image_keys` gives (key, shard:key, None) and the extensions it has (counted as skipped by `_decode`)."""
+
         def wanted(member: str) -> bool:
             parts = split_key(member)
             return parts is not None and parts[1] in self.image_keys
@@ -99,7 +109,7 @@ class WebDatasetShards(IterableDataset):
         for shard in shards:
             key, found, exts = None, {}, []
             for name, data in shards_mod.tar_members(shard, read=wanted):
-                parts = split_key(name[len(shard) + 1:])
+                parts = split_key(name[len(shard) + 1 :])
                 if parts is None:
                     continue
                 k, ext = parts
@@ -113,11 +123,18 @@ class WebDatasetShards(IterableDataset):
             if key is not None:
                 yield self._pick(shard, key, found, exts)
 
-    def _pick(self, shard: str, key: str, found: dict[str, tuple[str, bytes | None]],
-              exts: list[str]) -> tuple[str, str, bytes | None] | tuple[str, None, str]:
+    def _pick(
+        self, shard: str, key: str, found: dict[str, tuple[str, bytes | None]], exts: list[str]
+    ) -> tuple[str, str, bytes | None] | tuple[str, None, str]:
         if not found:  # no image member under image_keys: say what the sample holds
-            return key, None, (f"webdataset sample {shard}:{key} has no image member ({', '.join(self.image_keys)}; "
-                               f"it holds {', '.join(exts)})")
+            return (
+                key,
+                None,
+                (
+                    f"webdataset sample {shard}:{key} has no image member ({', '.join(self.image_keys)}; "
+                    f"it holds {', '.join(exts)})"
+                ),
+            )
         name, data = found[next(k for k in self.image_keys if k in found)]
         return key, name, data
 
@@ -141,8 +158,14 @@ class WebDatasetShards(IterableDataset):
         rank, world = dist_utils.rank_and_world()  # torchrun's RANK/WORLD_SIZE before the group exists
         mine = self.shards_of(rank, world, worker, workers)
         if not mine:
-            log.warning("webdataset: rank %d, worker %d reads no shard (%d shards for %d ranks × %d workers)",
-                        rank, worker, len(self.urls), world, workers)
+            log.warning(
+                "webdataset: rank %d, worker %d reads no shard (%d shards for %d ranks × %d workers)",
+                rank,
+                worker,
+                len(self.urls),
+                world,
+                workers,
+            )
         samples: Iterable[tuple[str, str, bytes | None]] = self._samples(mine)
         if self.shuffle_buffer > 1:
             rng = random.Random(f"buffer:{self.seed}:{self.epoch}:{rank}:{worker}")
