@@ -55,13 +55,17 @@ def extract_features(
     num_workers: int = 0,
     rasa: bool = False,
     progress: bool = True,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept and the
     unreadable ones listed as `skipped` (read by `ImageFiles(on_unreadable="mark")`, preprocessed by
-    `franca.transforms`, extracted by `franca.eval.features.extract`, kind "patch" or "rasa", in this process)."""
+    `franca.transforms`, extracted by `franca.eval.features.extract`, kind "patch" or "rasa", in this process).
+    The forward runs in `precision` ("auto", "bf16", "fp32"); `precision` in the result says which ran."""
     from franca.eval.features import extract
     from franca.models.preprocess import transforms as preprocess
+    from franca.utils.device import resolve_precision
 
+    prec = resolve_precision(precision, device)
     side = crop_side(size, model.patch_size)  # the --size error message of this command; the crop's side
     data = ImageFiles(paths, preprocess(model, size), on_unreadable="mark")  # unreadable → (zeros, -1)
     out = extract(
@@ -73,6 +77,7 @@ def extract_features(
         num_workers=num_workers,
         show_progress=progress,
         distributed=False,
+        precision=prec,
     )
     good = out["labels"] >= 0
     kept = [str(paths[i]) for i in out["labels"][good].tolist()]
@@ -91,6 +96,7 @@ def extract_features(
         "grid": [grid, grid],
         "size": side,
         "rasa": bool(rasa),
+        "precision": prec,
     }
 
 
@@ -120,6 +126,7 @@ def save_features(result: dict[str, Any], out: str | Path) -> Path:
                     patch=result["patch"].numpy(),
                     files=np.array(result["files"]),
                     grid=np.array(result["grid"]),
+                    precision=np.array(result.get("precision", "fp32")),
                 )
             else:
                 torch.save(result, fh)

@@ -2,7 +2,8 @@
 
 Sizes: each image's shorter side is resized to --size, then a centred square whose side is the
 largest multiple of the patch size not above --size is cut (e.g. --size 230 with patch 14 → 224).
-The output holds `cls` (N, D), `patch` (N, n, D), `files` (the N image paths, in order) and `grid`.
+The output holds `cls` (N, D), `patch` (N, n, D), `files` (the N image paths, in order), `grid` and
+`precision` (the one the backbone ran in: "bf16" or "fp32", from --precision).
 The output path is checked (suffix, writable folder) before any work, and the file is written to a
 temporary name and renamed, so a failed run never leaves a half-written file or destroys the last one.
 """
@@ -53,10 +54,11 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         rasa=rasa,
         progress=not args.quiet,
+        precision=args.precision,
     )
     out = save_features(res, args.out)
     print(
         f"{len(res['files'])} images ({len(res['skipped'])} skipped) → {out}: cls {tuple(res['cls'].shape)}, "
-        f"patch {tuple(res['patch'].shape)}"
+        f"patch {tuple(res['patch'].shape)}, {res['precision']}"
     )
     return 0

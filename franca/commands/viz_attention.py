@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         panel_size=args.panel_size,
         label=title_label(args.model, args.weights, getattr(args, "random_init", False)),
         progress=True,
+        precision=args.precision,
     )
     print(
         f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images, "

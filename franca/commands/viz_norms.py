@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._common import add_precision_argument
 from franca.commands.viz_attention import add_image_arguments
 
 HELP = "PNG + JSON of the layer-wise max token norm of one or several backbones"
@@ -71,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="allow backbones with no weights (random initialisation, seed 0); otherwise they are an error",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
+    add_precision_argument(p)
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     add_image_arguments(p, "norms", 100, "224; 8 patches for the tiny vitt sizes", panels=False)
     p.set_defaults(backbones=None)
@@ -111,7 +113,13 @@ def run(args: argparse.Namespace) -> int:
         size = fit_size(args.size, model.patch_size) if args.size is not None else None
         curves[label] = {
             **layerwise_max_norm(
-                model, images, image_size=size, batch_size=args.batch_size, device=device, progress=True
+                model,
+                images,
+                image_size=size,
+                batch_size=args.batch_size,
+                device=device,
+                progress=True,
+                precision=args.precision,
             ),
             **s,
         }

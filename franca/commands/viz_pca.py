@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         label=title_label(args.model, args.weights, getattr(args, "random_init", False)) + (", RASA" if rasa else ""),
         progress=True,
+        precision=args.precision,
     )
     print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images)")
     return 0
