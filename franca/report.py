@@ -2,7 +2,7 @@
 
 What is gathered (recursively under RUN_DIR):
 - evaluation JSONs — any ``*.json`` holding ``protocol`` and ``metric`` keys — one summary table
-  (protocol, metric, value ± std, model, file) and a detail table per protocol of the other scalar
+  (protocol, metric, value ± std, model, the precision the backbone ran in, file) and a detail table per protocol of the other scalar
   fields;
 - other JSONs with a ``protocol`` key (e.g. token norms) and ``summary*.json`` files as key/value tables;
 - pretraining metrics (``*.jsonl``, one JSON object per line): first/last/min of every numeric
@@ -91,12 +91,20 @@ def eval_sections(run_dir: Path, docs: list[tuple[Path, dict[str, Any]]]) -> lis
     results = [(f, d) for f, d in docs if "protocol" in d and "metric" in d]
     if not results:
         return []
-    rows = [["protocol", "metric", "value", "model", "file"]]
+    rows = [["protocol", "metric", "value", "model", "precision", "file"]]
     for f, d in results:
         std = d.get("metric_std")
         val = _fmt(d["metric"]) + (f" ± {_fmt(std)}" if isinstance(std, (int, float)) else "")
+        precision = str(d.get("precision") or "—")  # results written before precision was recorded: unknown
         rows.append(
-            [str(d["protocol"]), str(d.get("metric_name", "")), val, _model_name(d), str(f.relative_to(run_dir))]
+            [
+                str(d["protocol"]),
+                str(d.get("metric_name", "")),
+                val,
+                _model_name(d),
+                precision,
+                str(f.relative_to(run_dir)),
+            ]
         )
     sections: list[Section] = [("Evaluation results", [("table", rows)])]
     for f, d in results:

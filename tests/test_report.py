@@ -22,6 +22,7 @@ def _run_dir(tmp_path):
                 "metric": 71.25,
                 "metric_std": 0.5,
                 "model": {"model": "vitt8", "weights": "/x/ckpt.pth"},
+                "precision": "bf16",
                 "top1": {"10": 70.0, "20": 71.25},
             }
         )
@@ -44,8 +45,8 @@ def test_report_tables_and_figures(tmp_path, caplog):
     md, html = build_report(run)
     text = md.read_text()
     assert md == run / "report.md" and html == run / "report.html"
-    assert "| knn | top1_k20 | 71.25 ± 0.5 | vitt8 (ckpt.pth) | eval/knn.json |" in text
-    assert "| depth | si_rmse | 0.3125 |" in text
+    assert "| knn | top1_k20 | 71.25 ± 0.5 | vitt8 (ckpt.pth) | bf16 | eval/knn.json |" in text
+    assert "| depth | si_rmse | 0.3125 |  | — | eval/depth.json |" in text  # written before precision was recorded
     assert "| d1 | 0.8 ± 0.01 |" in text and "| top1.20 | 71.25 |" in text
     assert "backbones.a.n_images" in text  # other protocol JSONs as key/value tables
     assert "| total | 5 | 2 | 2 | 4 |" in text  # first, last, min, count of the JSONL field
