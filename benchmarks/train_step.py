@@ -105,7 +105,7 @@ def print_stage_times(tr, batch: dict, it: int, steps: int) -> None:
 
         v = tr.schedules.at(it + k)
         apply_schedule(tr.optimizer, v)
-        with autocast_context(dev):
+        with autocast_context(dev, tr.precision):
             teacher_out = tr.targets(tr.teacher, batch, v.teacher_temp)
             mark()
             student_out = tr.student_forward(batch)
