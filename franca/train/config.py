@@ -285,8 +285,7 @@ class TrainConfig:
     precision: str = "auto"
     """'auto', 'bf16' or 'fp32': bf16 autocast for the backbones and heads (the losses, Sinkhorn-Knopp and
     KoLeo stay fp32); auto = bf16 on CUDA, fp32 on CPU (the tiny CPU step gains nothing from bf16:
-    docs/training.md "Precision"). The end-of-run k-NN check extracts in this precision, with
-    auto meaning bf16 on CPUs with native bf16 too (`franca.utils.device.resolve_precision`)"""
+    docs/training.md "Precision"). The end-of-run k-NN check extracts in the same precision"""
     parallel: str = "ddp"
     """'ddp' or 'fsdp' (FSDP2 fully_shard) under torchrun"""
     knn_eval: bool = True

@@ -76,9 +76,8 @@ class Trainer:
 
         self.cfg, self.quiet = cfg, quiet
         self.device = resolve_device(cfg.train.device)
-        # the step's precision (auto: bf16 on CUDA, fp32 on CPU) and the k-NN check's (auto: as `franca eval`)
+        # the step's precision (auto: bf16 on CUDA, fp32 on CPU); the k-NN check extracts in the same one
         self.precision = resolve_precision(cfg.train.precision, self.device, training=True)
-        self.probe_precision = resolve_precision(cfg.train.precision, self.device)
         dist_utils.init_distributed(self.device)
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.is_main = self.rank == 0
@@ -286,7 +285,7 @@ class Trainer:
             log.info("no labelled validation split (data.val): skipping the k-NN check")
             return None
         model = self.teacher["backbone"]
-        res = probe(model, self.device, self.probe_precision)
+        res = probe(model, self.device, self.precision)
         log.info("k-NN top-1 (k=%d) of the %s backbone: %.2f%%", res["k"], which, res["top1"])
         return res
 
@@ -422,7 +421,7 @@ class Trainer:
             f"stopping: {runfolder.stopping_rules(self.cfg, n, self.state.iteration)}\n"
             f"lr: peak {self.schedules.peak_lr:.3g} (base_lr {self.cfg.optim.base_lr:g} scaled by "
             f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "
-            f"{self.world} process(es), precision {self.precision} (k-NN check {self.probe_precision})"
+            f"{self.world} process(es), precision {self.precision}"
         )
         if self.quiet:  # one or the other: printed and logged, it showed twice in a terminal
             log.info(msg.replace("\n", "; "))
@@ -459,7 +458,6 @@ class Trainer:
             "device_hours": wall * self.world / 3600.0,
             "device": str(self.device),
             "precision": self.precision,
-            "knn_precision": self.probe_precision,
             "world_size": self.world,
             "skipped_files": len(self.state.skipped_files),
             "skipped_file_list": sorted(self.state.skipped_files)[:100],
