@@ -111,10 +111,17 @@ def resolve_precision(
             raise ValueError(f"precision bf16 is supported on CPU and CUDA devices, not on {dev}; use fp32")
         return "bf16"
     if dev.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+        return "bf16" if _cuda_has_bf16() else "fp32"
     if dev.type == "cpu" and not training and cpu_has_native_bf16():
         return "bf16"
     return "fp32"
+
+
+def _cuda_has_bf16() -> bool:
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.5 has no including_emulation (and emulates nothing)
+        return torch.cuda.is_bf16_supported()
 
 
 def autocast_context(
