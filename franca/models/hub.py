@@ -427,7 +427,7 @@ def _transfer(
             if problem:
                 ctype = resp.headers.get("Content-Type")
                 raise WeightsCorrupt(
-                    f"{url} sent {problem}{f' as {ctype}' if ctype else ''} instead of {label}; nothing was cached "
+                    f"{url} sent {problem}{f' (Content-Type {ctype})' if ctype else ''}; nothing was cached "
                     f"(a rate limit, proxy or captive portal?): run again later, or {where}"
                 )
             _stream(resp, tmp, 0, length, label, progress, append=False, first=head, resumable=resumable)
