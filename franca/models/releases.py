@@ -7,8 +7,9 @@ release is a tar.gz split in three parts. `hub` is the official torch.hub entry 
 keyword that give the same file (`hubconf.py` at the repository root offers them).
 
 `FRANCA_BASE_URL` (or `base_url=` in `franca.models.hub`) replaces the host part of every URL: a
-mirror, or the local HTTP server of the tests. Sizes and SHA-256 sums are checked when listed;
-the official hubs publish none for these files, so only the server's Content-Length is checked then.
+mirror, or the local HTTP server of the tests. Sizes and SHA-256 sums are checked when listed; the
+official hubs publish none for these files, so `franca.models.hub` checks what the server announces,
+what each file must start with and its archive structure, and records a SHA-256 of its own.
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ class Release:
     @property
     def file_names(self) -> list[str]:
         return [f.rsplit("/", 1)[-1] for f in self.files]
+
+    @property
+    def torch_hub_copies(self) -> list[tuple[str, ...]]:
+        """Where the official torch.hub entry points keep this release, relative to
+        `<torch.hub.get_dir()>/checkpoints`: each tuple is one complete copy, best first. One `.pth` is kept
+        under its own name (`load_state_dict_from_url`); the split ViT-g archive is kept as the `.pth`
+        extracted from it, and as its parts under `parts/`."""
+        names = self.file_names
+        if len(names) == 1:
+            return [(names[0],)]
+        joined = names[0].split("_chunked.tar.gz")[0] + ".pth"
+        return [(joined,), tuple(f"parts/{n}" for n in names)]
 
 
 def resolve_base(base: str, override: str | None = None) -> str:

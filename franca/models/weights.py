@@ -90,7 +90,8 @@ def _split_parts(path: Path) -> list[Path]:
         base = str(path)
     else:
         return []
-    return [Path(p) for p in sorted(glob.glob(glob.escape(base) + ".part_*"))]
+    # only `.part_xx` itself: the cache keeps a `.part_xx.sha256` record beside each part
+    return [Path(p) for p in sorted(glob.glob(glob.escape(base) + ".part_*")) if _PART.search(p)]
 
 
 def _load_weights_only(path: Path | io.BytesIO, name: str | None = None) -> Any:
@@ -98,6 +99,12 @@ def _load_weights_only(path: Path | io.BytesIO, name: str | None = None) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        head = _head(path)
+        if not head.startswith((b"PK", b"\x80")):  # neither a zip archive nor a pickle: not a torch file at all
+            raise ValueError(
+                f"cannot read {name}: it is not a torch checkpoint (it starts with {head!r}, an HTML page or "
+                "text?): download it again"
+            ) from exc
         raise ValueError(
             f"refusing to load {name}: it is not a plain tensor file (weights_only=True "
             f"rejected it, it may run code). Details: {str(exc).splitlines()[0]}"
@@ -107,6 +114,13 @@ def _load_weights_only(path: Path | io.BytesIO, name: str | None = None) -> Any:
         raise ValueError(
             f"cannot read {name} as a torch checkpoint (truncated or another format?): {type(exc).__name__}: {detail}"
         ) from exc
+
+
+def _head(path: Path | io.BytesIO, n: int = 16) -> bytes:
+    if isinstance(path, io.BytesIO):
+        return path.getvalue()[:n]
+    with open(path, "rb") as f:
+        return f.read(n)
 
 
 class _ChainedReader(io.RawIOBase):
