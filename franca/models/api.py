@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,21 @@ def load_rasa_projection(path: str | Path, embed_dim: int) -> torch.Tensor:
             "loading a RASA file needs franca.models.rasa_fold, which is not installed in this build"
         ) from exc
     return rasa_fold.load_rasa_projection(path, embed_dim)
+
+
+def export_hf(model: nn.Module, out_dir: str | Path) -> Path:
+    """Write `model` as a Hugging Face transformers folder (`config.json` + `model.safetensors`) that
+    `transformers.AutoModel.from_pretrained(out_dir)` loads with equal features; DINOv2/Franca and DINOv3 backbones.
+
+    What transformers cannot express raises a UserError naming the part; what holds only at the export grid
+    (a position interpolation rule transformers does not have) or travels beside the weights (RASA) is a
+    UserWarning."""
+    from franca.models.hf import export_hf_folder
+
+    path, notes = export_hf_folder(model, out_dir)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return path
 
 
 def export_backbone(model: nn.Module, path: str | Path) -> Path:

@@ -7,7 +7,9 @@ Layouts (released Franca `franca/hub/backbones.py`, `hubconf.py`; README "Gettin
 - DINOv2 hub files (flat keys);
 - this project's training checkpoints (`{"teacher": …}`, `{"model": …}`, prefixes such as
   `teacher.backbone.`, `module.`, `_orig_mod.`);
-- exported `.safetensors` (the RASA projection travels in the metadata, see `export_safetensors`).
+- exported `.safetensors` (the RASA projection travels in the metadata, see `export_safetensors`);
+- a Hugging Face transformers folder (`config.json` + weights) of `Dinov2Model`, `Dinov2WithRegistersModel` or
+  `DINOv3ViTModel` (franca.models.hf).
 
 Pickles are read with `torch.load(weights_only=True)` only; a file that would run code is refused.
 """
@@ -33,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from franca.models.hf import is_hf_folder, read_hf_backbone
+
 log = logging.getLogger(__name__)
 
 _CONTAINER_KEYS = ("teacher", "model", "state_dict", "backbone")
@@ -53,7 +57,12 @@ def read_backbone_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.is_dir():
-        raise ValueError(f"weights path is a directory, expected a file: {path}")
+        if is_hf_folder(path):
+            return read_hf_backbone(path)
+        raise ValueError(
+            f"weights path is a directory without a config.json: {path} (expected a weights file or a "
+            f"transformers model folder)"
+        )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     if tarfile.is_tarfile(path):
