@@ -173,16 +173,29 @@ def export_hf_folder(model: nn.Module, out_dir: str | Path) -> tuple[Path, list[
     """Write `model` as a transformers folder (atomically: a temporary sibling renamed into place).
 
     Returns the folder and the notes (what holds only at the export grid, what travels beside the weights)."""
-    from safetensors.torch import save_file
-
     out_dir = check_out_folder(out_dir)
     config, state, notes = hf_layout(model)
+    sidecars = {}
     rasa = getattr(model, "rasa_proj", None)
     if rasa is not None:
+        sidecars[RASA_FILE] = {"rasa_proj": rasa.detach().to("cpu", torch.float32).contiguous()}
         notes.append(
             f"RASA: the projection is saved as {RASA_FILE} next to the weights; transformers does not apply it "
             f"(patch_token_rasa = last_hidden_state[:, 1 + registers:] @ P.T); load_backbone(weights=DIR) restores it"
         )
+    return write_hf_folder(out_dir, config, state, sidecars), notes
+
+
+def write_hf_folder(
+    out_dir: str | Path,
+    config: dict[str, Any],
+    state: dict[str, Tensor],
+    sidecars: dict[str, dict[str, Tensor]] | None = None,
+) -> Path:
+    """config.json + model.safetensors (+ side files) into a new or empty folder, atomically."""
+    from safetensors.torch import save_file
+
+    out_dir = check_out_folder(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -190,8 +203,8 @@ def export_hf_folder(model: nn.Module, out_dir: str | Path) -> tuple[Path, list[
     try:
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(state, str(tmp / SAFETENSORS), metadata={"format": "pt"})
-        if rasa is not None:
-            save_file({"rasa_proj": rasa.detach().to("cpu", torch.float32).contiguous()}, str(tmp / RASA_FILE))
+        for name, tensors in (sidecars or {}).items():
+            save_file(tensors, str(tmp / name))
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)
@@ -199,7 +212,7 @@ def export_hf_folder(model: nn.Module, out_dir: str | Path) -> tuple[Path, list[
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("wrote %s (%s, %d tensors)", out_dir, config["architectures"][0], len(state))
-    return out_dir, notes
+    return out_dir
 
 
 def hf_recipe(folder: str | Path) -> str:
