@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
         model = franca.load_backbone(args.model, weights=args.weights, rasa=args.rasa)
     out = franca.export_backbone(model, args.out)
     print(f"wrote {out} ({label})")
-    if hasattr(model, "pos_grid"):
+    if getattr(model, "family", None) == "dinov3":
+        print("timm (no franca needed), at any multiple of the patch size:\n" + timm_recipe(model, out))
+    elif hasattr(model, "pos_grid"):
         print("timm (no franca needed), at the file's grid:\n" + timm_recipe(model, out))
     if args.onnx:
         from franca.models.deploy import export_onnx
