@@ -164,10 +164,11 @@ def test_transformers_folder_read_in_official_layout(tmp_path, gated, key_bias):
     assert extra["arch"] == {
         "family": "dinov3",
         "num_heads": HEADS,
-        "layer_norm_eps": 1e-5,
+        "norm_eps": 1e-5,
         "rope_base": 100.0,
-        "num_register_tokens": REGS,
-        "ffn": "swiglu" if gated else "mlp",
+        "rope_min_period": None,
+        "rope_max_period": None,
+        "rope_normalize_coords": "separate",
     }
     assert sd["mask_token"].shape == (1, D) and sd["storage_tokens"].shape == (1, REGS, D)
     assert sd["blocks.0.attn.qkv.bias_mask"][D : 2 * D].eq(float(key_bias)).all()

@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         out = franca.export_backbone(model, args.out)
         print(f"wrote {out} ({label})")
-        if hasattr(model, "pos_grid"):
+        if getattr(model, "family", None) == "dinov3":
+            print("timm (no franca needed), at any multiple of the patch size:\n" + timm_recipe(model, out))
+        elif hasattr(model, "pos_grid"):
             print("timm (no franca needed), at the file's grid:\n" + timm_recipe(model, out))
     if args.hf:
         folder, notes = export_hf_folder(model, args.hf)

@@ -48,8 +48,8 @@ def rope_periods(head_dim: int, base: float) -> Tensor:
 
 
 def is_dinov3(model: nn.Module) -> bool:
-    """A DINOv3 backbone (RoPE periods, no position table)."""
-    return getattr(model, "rope_embed", None) is not None and not hasattr(model, "pos_embed")
+    """A DINOv3 backbone of ours (franca.models.dinov3: RoPE, no position table, the official keys)."""
+    return getattr(model, "family", None) == "dinov3"
 
 
 # ---------------------------------------------------------------------------------------------- read
@@ -96,13 +96,14 @@ def hf_to_official(config: Mapping[str, Any], state: Mapping[str, Tensor], sourc
         raise UserError(f"{source}: config.json says {depth} layers, the weights hold layers {sorted(blocks)}")
     for i, sub in sorted(blocks.items()):
         out.update(_block_to_official(i, sub, D, gated, source))
-    arch = {
+    arch = {  # constructor arguments of franca.models.dinov3.Dinov3VisionTransformer the weights do not fix
         "family": "dinov3",
         "num_heads": H,
-        "layer_norm_eps": float(config.get("layer_norm_eps", LN_EPS)),
+        "norm_eps": float(config.get("layer_norm_eps", LN_EPS)),
         "rope_base": theta,
-        "num_register_tokens": int(regs.shape[1]) if regs is not None else 0,
-        "ffn": "swiglu" if gated else "mlp",
+        "rope_min_period": None,
+        "rope_max_period": None,
+        "rope_normalize_coords": "separate",
     }
     return out, arch
 
@@ -172,11 +173,14 @@ def official_to_hf(
     num_heads: int,
     layer_norm_eps: float = LN_EPS,
     normalize_coords: str = "separate",
+    rope_base: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Tensor], list[str]]:
     """config.json, state dict and notes of an official-layout DINOv3 ViT as a transformers `DINOv3ViTModel`.
 
     Raises UserError naming what transformers cannot express (untied CLS norm, min/max-period RoPE, a RoPE
-    normalisation other than "separate", a head width transformers' frequency table gets wrong)."""
+    normalisation other than "separate", a head width transformers' frequency table gets wrong). RoPE periods
+    that are the base's only up to bfloat16 rounding (the released files') give a note: transformers recomputes
+    them in float32, so its features differ slightly at every size. `rope_base` is the model's own, when known."""
     notes: list[str] = []
     if "cls_norm.weight" in state:
         raise UserError(
@@ -201,7 +205,9 @@ def official_to_hf(
             f"{num_heads} heads (head width {hd}): transformers' DINOv3 RoPE builds {n_freq} frequencies with "
             f"arange(0, 1, 4/{hd}) where the model has {hd // 4}; choose a head width such as 64"
         )
-    theta = _rope_base(state["rope_embed.periods"].float(), hd)
+    theta, note = _rope_base(state["rope_embed.periods"].float(), hd, rope_base)
+    if note:
+        notes.append(note)
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     gated = "blocks.0.mlp.w1.weight" in state
     first = state["blocks.0.mlp.w1.weight" if gated else "blocks.0.mlp.fc1.weight"]
@@ -283,28 +289,50 @@ def official_to_hf(
     return config, out, notes
 
 
-def _rope_base(periods: Tensor, head_dim: int) -> float:
-    """The base b with periods = b^(4i/head_dim), or a UserError (min/max-period RoPE has no base)."""
+def _rope_base(periods: Tensor, head_dim: int, base: float | None) -> tuple[float, str]:
+    """The base b with periods = b^(4i/head_dim) (given, or fitted in log space), and a note when the periods
+    are that only up to rounding; a UserError when they are not (a min/max-period RoPE has no base)."""
     n = head_dim // 4
     if periods.numel() != n:
         raise UserError(f"rope_embed.periods has {periods.numel()} entries; a head width of {head_dim} needs {n}")
-    if n == 1:
-        return 100.0  # one frequency: period 1 whatever the base
-    base = float(periods[-1]) ** (head_dim / (4 * (n - 1)))
-    if abs(base - round(base)) < 1e-3 * max(1.0, abs(base)):
-        base = float(round(base))
-    want = rope_periods(head_dim, base)
-    if not math.isfinite(base) or not torch.allclose(periods, want, rtol=1e-5, atol=0):
+    if base is None:
+        if n == 1:
+            base = 100.0  # one frequency: period 1 whatever the base
+        else:
+            e = 4 * torch.arange(n, dtype=torch.float64) / head_dim
+            base = math.exp(float((e * periods.double().log()).sum() / (e * e).sum()))
+            if abs(base - round(base)) < 1e-2 * abs(base):
+                base = float(round(base))
+    want = rope_periods(head_dim, float(base))
+    rel = float(((periods - want) / want).abs().max())
+    if not math.isfinite(rel) or rel > 1e-2:
         raise UserError(
             "rope_embed.periods are not base^(4i/head_width) (a min/max-period RoPE?): transformers' "
             "DINOv3ViTConfig has only rope_theta"
         )
-    return base
+    if rel > 1e-6:
+        return float(base), (
+            f"RoPE periods: this model's rope_embed.periods differ from the float32 periods of base {base:g} by up "
+            f"to {rel:.1e} (relative; released files hold bfloat16-rounded periods). transformers recomputes them "
+            "from rope_theta, so its features differ slightly from this model's at every size (README, 'Hugging "
+            "Face folders')"
+        )
+    return float(base), ""
 
 
 def to_hf(model: nn.Module) -> tuple[dict[str, Any], dict[str, Tensor], list[str]]:
-    """A DINOv3 backbone of ours as a transformers folder (through the official layout)."""
-    state = model.state_dict()
-    eps = float(getattr(getattr(model, "norm", None), "eps", LN_EPS))
-    normalize = str(getattr(getattr(model, "rope_embed", None), "normalize_coords", "separate"))
-    return official_to_hf(state, num_heads=int(model.num_heads), layer_norm_eps=eps, normalize_coords=normalize)
+    """A DINOv3 backbone of ours (official keys) as a transformers folder."""
+    arch = model.arch
+    if arch.get("rope_base") is None:
+        raise UserError(
+            f"RoPE with min/max periods ({arch.get('rope_min_period')}, {arch.get('rope_max_period')}): "
+            "transformers' DINOv3ViTConfig has only rope_theta"
+        )
+    state = {k: v for k, v in model.state_dict().items() if k != "rasa_proj"}
+    return official_to_hf(
+        state,
+        num_heads=int(model.num_heads),
+        layer_norm_eps=float(arch["norm_eps"]),
+        normalize_coords=str(arch["rope_normalize_coords"]),
+        rope_base=float(arch["rope_base"]),
+    )
