@@ -212,6 +212,22 @@ def test_export_hf_round_trip_and_notes(tmp_path):
         franca.export_hf(m, folder)
 
 
+def test_export_command_flags(tmp_path, capsys):
+    """`--hf` alone is enough; neither --out nor --hf, or a --hf folder that holds files, fails before any work."""
+    from franca.cli import main
+
+    assert main(["export", "--model", "vitt8", "--random-init"]) == 1
+    assert "give --out FILE.safetensors, --hf DIR, or both" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    assert main(["export", "--model", "vitt8", "--random-init", "--hf", str(tmp_path / "full")]) == 1
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+    assert main(["export", "--model", "vitt8", "--random-init", "--hf", str(tmp_path / "new")]) == 0
+    printed = capsys.readouterr().out
+    assert "AutoModel.from_pretrained" in printed and "patch tokens = tokens[:, 1:]" in printed
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["architectures"] == ["Dinov2Model"]
+
+
 def test_export_hf_refuses_what_transformers_cannot_express(tmp_path):
     """The error names the part: an FFN width no integer mlp_ratio gives, a timm:NAME model."""
     m = franca.build_backbone("vitt8", depth=1, ffn="mlp", ffn_hidden_dim=100)
@@ -245,17 +261,25 @@ torch.save(out, sys.argv[2])
 
 @pytest.mark.slow
 def test_exported_folders_load_in_transformers_without_franca(tmp_path):
-    """`franca export --hf DIR` (GELU and SwiGLU, 0 and 4 registers): a process that cannot import franca runs the
-    printed recipe and gets franca's tokens (≤ 1e-5) at the export grid, and at other sizes where the model's
-    interpolation rule is transformers' (DINOv2 *_reg files)."""
+    """`franca export --hf DIR` (Franca/DINOv2: GELU and SwiGLU, 0 and 4 registers; DINOv3: GELU and SwiGLU, 4
+    storage tokens): a process that cannot import franca runs the printed recipe and gets franca's tokens
+    (≤ 1e-5) at the export grid, and at other sizes where the model's position rule is transformers' (DINOv2
+    *_reg files, DINOv3's RoPE)."""
+    from test_hf_dinov3 import official_state
+
     from franca.cli import main
 
     cases, ours = {}, {}
     for ffn in ("mlp", "swiglu"):
-        for registers, rule in ((0, (0.1, False)), (4, (0.0, True))):
+        for registers, rule in ((0, (0.1, False)), (4, (0.0, True)), ("dinov3", None)):
             name = f"{ffn}{registers}"
-            m = _ours(ffn, registers, *rule, seed=len(cases))
-            src = franca.export_backbone(m, tmp_path / f"{name}.safetensors")
+            if registers == "dinov3":
+                torch.save(official_state(ffn == "swiglu", seed=len(cases)), tmp_path / f"{name}.pth")
+                src = tmp_path / f"{name}.pth"
+            else:
+                m = _ours(ffn, registers, *rule, seed=len(cases))
+                src = franca.export_backbone(m, tmp_path / f"{name}.safetensors")
+            m = franca.load_backbone(weights=src)
             printed = _run_cli(main, ["export", "--weights", str(src), "--hf", str(tmp_path / name)])
             assert ("note: position interpolation" in printed) == (registers == 0)
             recipe = printed.split("transformers (no franca needed):\n", 1)[1].split("\nnote:")[0]

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_hf import _compare_to_hf, _perturb
 
+import franca
 from franca.models import hf, hf_dinov3
 from franca.utils.errors import UserError
 
@@ -218,3 +221,66 @@ def test_what_transformers_cannot_express_is_named(tmp_path):
     with pytest.raises(UserError, match="hidden_act 'gelu'"):
         hf.read_hf_backbone(folder)
     assert json.loads((folder / "config.json").read_text())["model_type"] == "dinov3_vit"
+
+
+# ---------------------------------------------------------------------------------------------- our DINOv3 model
+def _hf_dinov3(gated: bool, seed: int = 0):
+    cfg = transformers.DINOv3ViTConfig(
+        hidden_size=D,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        intermediate_size=96,
+        num_register_tokens=REGS,
+        patch_size=PATCH,
+        use_gated_mlp=gated,
+        hidden_act="silu" if gated else "gelu",
+    )
+    return _perturb(transformers.DINOv3ViTModel(cfg), seed)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_load_backbone_reads_dinov3_folder_with_transformers_features(tmp_path, gated):
+    """`load_backbone(weights=DIR)` of a DINOv3ViTModel folder: our DINOv3 model, with the tokens, per-block
+    outputs and masked tokens transformers computes, at the folder's size and a non-square one."""
+    hf_model = _hf_dinov3(gated, seed=7)
+    hf_model.save_pretrained(tmp_path / "m")
+    ours = franca.load_backbone(weights=tmp_path / "m")
+    assert ours.family == "dinov3" and ours.ffn == ("swiglu" if gated else "mlp")
+    assert (ours.embed_dim, ours.num_heads, ours.n_blocks, ours.num_register_tokens, ours.patch_size) == (
+        D,
+        HEADS,
+        DEPTH,
+        REGS,
+        PATCH,
+    )
+    assert _compare_to_hf(ours, hf_model, REGS) <= TOL
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_export_hf_of_our_dinov3_model(tmp_path, gated):
+    """Our DINOv3 model → folder → transformers: equal tokens at every size; → franca again: the same tensors
+    (the k-bias mask folded in). Periods rounded to bfloat16 as in the released files give a note and a small
+    difference, which the note announces."""
+    sd = official_state(gated, seed=8)
+    torch.save(sd, tmp_path / "official.pth")
+    ours = franca.load_backbone(weights=tmp_path / "official.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exact periods: no note
+        folder = franca.export_hf(ours, tmp_path / "m")
+    hf_model = transformers.AutoModel.from_pretrained(folder).eval()
+    assert _compare_to_hf(ours, hf_model, REGS) <= TOL
+    back = franca.load_backbone(weights=folder)
+    mine = ours.state_dict()
+    for k, v in back.state_dict().items():
+        if k.endswith("qkv.bias"):
+            assert torch.equal(v * back.state_dict()[k + "_mask"], mine[k] * mine[k + "_mask"]), k
+        elif not k.endswith("bias_mask"):
+            assert torch.equal(v, mine[k]), k
+
+    torch.save({**sd, "rope_embed.periods": sd["rope_embed.periods"].bfloat16().float()}, tmp_path / "bf16.pth")
+    rounded = franca.load_backbone(weights=tmp_path / "bf16.pth")
+    with pytest.warns(UserWarning, match="bfloat16-rounded periods"):
+        folder = franca.export_hf(rounded, tmp_path / "bf16")
+    hf_model = transformers.AutoModel.from_pretrained(folder).eval()
+    diff = _compare_to_hf(rounded, hf_model, REGS)
+    assert TOL < diff < 0.1, diff  # measured 1.1e-2 (SwiGLU) on these random weights
