@@ -284,3 +284,19 @@ def test_export_hf_of_our_dinov3_model(tmp_path, gated):
     hf_model = transformers.AutoModel.from_pretrained(folder).eval()
     diff = _compare_to_hf(rounded, hf_model, REGS)
     assert TOL < diff < 0.1, diff  # measured 1.1e-2 (SwiGLU) on these random weights
+
+
+def test_normalisation_travels_in_preprocessor_config(tmp_path):
+    """A DINOv3 model's own mean/std (SAT-493M weights) are written to preprocessor_config.json, which
+    transformers' AutoImageProcessor reads and load_backbone(weights=DIR) restores."""
+    from franca.models.dinov3 import SAT_MEAN, SAT_STD
+
+    m = franca.build_backbone("dinov3_vitt16", depth=1, mean=SAT_MEAN, std=SAT_STD).eval()
+    folder = franca.export_hf(m, tmp_path / "sat")
+    processor = transformers.AutoImageProcessor.from_pretrained(folder)
+    assert tuple(processor.image_mean) == SAT_MEAN and tuple(processor.image_std) == SAT_STD
+    back = franca.load_backbone(weights=folder)
+    assert back.pretrained_cfg["mean"] == SAT_MEAN and back.pretrained_cfg["std"] == SAT_STD
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5]}))
+    with pytest.raises(UserError, match="image_std"):
+        franca.load_backbone(weights=folder)

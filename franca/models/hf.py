@@ -37,6 +37,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 RASA_FILE = "franca_rasa.safetensors"
+PREPROCESSOR = "preprocessor_config.json"
 READ_TYPES = (hf_dinov2.DINOV2, hf_dinov2.DINOV2_REG, hf_dinov3.DINOV3)
 
 
@@ -139,12 +140,28 @@ def read_hf_backbone(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, A
     state = _backbone_keys(read_folder_state(folder), str(folder))
     if kind == hf_dinov3.DINOV3:
         out, arch = hf_dinov3.hf_to_official(config, state, str(folder))
+        arch.update(_normalisation(folder))
     else:
         out, arch = hf_dinov2.from_hf(config, state, str(folder))
     extra: dict[str, Any] = {"arch": arch}
     if (folder / RASA_FILE).is_file():
         extra["rasa_proj"] = _read_safetensors(folder / RASA_FILE)["rasa_proj"].float()
     return out, extra
+
+
+def _normalisation(folder: Path) -> dict[str, list[float]]:
+    """The image mean/std of the folder's `preprocessor_config.json` (DINOv3's SAT-493M weights have their own)."""
+    path = folder / PREPROCESSOR
+    if not path.is_file():
+        return {}
+    try:
+        pre = json.loads(path.read_text(encoding="utf-8"))
+        mean, std = [float(v) for v in pre["image_mean"]], [float(v) for v in pre["image_std"]]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"cannot read image_mean/image_std from {path}: {type(exc).__name__}: {exc}") from exc
+    if len(mean) != 3 or len(std) != 3:
+        raise UserError(f"{path}: image_mean and image_std must have 3 values, got {mean} and {std}")
+    return {"mean": mean, "std": std}
 
 
 # ---------------------------------------------------------------------------------------------- write
@@ -183,7 +200,10 @@ def export_hf_folder(model: nn.Module, out_dir: str | Path) -> tuple[Path, list[
             f"RASA: the projection is saved as {RASA_FILE} next to the weights; transformers does not apply it "
             f"(patch_token_rasa = last_hidden_state[:, 1 + registers:] @ P.T); load_backbone(weights=DIR) restores it"
         )
-    return write_hf_folder(out_dir, config, state, sidecars), notes
+    extra_json = {}
+    if hf_dinov3.is_dinov3(model):  # the weights' own normalisation (SAT-493M files have their own)
+        extra_json[PREPROCESSOR] = hf_dinov3.preprocessor_config(model)
+    return write_hf_folder(out_dir, config, state, sidecars, extra_json), notes
 
 
 def write_hf_folder(
@@ -191,6 +211,7 @@ def write_hf_folder(
     config: dict[str, Any],
     state: dict[str, Tensor],
     sidecars: dict[str, dict[str, Tensor]] | None = None,
+    extra_json: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """config.json + model.safetensors (+ side files) into a new or empty folder, atomically."""
     from safetensors.torch import save_file
@@ -205,6 +226,8 @@ def write_hf_folder(
         save_file(state, str(tmp / SAFETENSORS), metadata={"format": "pt"})
         for name, tensors in (sidecars or {}).items():
             save_file(tensors, str(tmp / name))
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)

@@ -320,6 +320,21 @@ def _rope_base(periods: Tensor, head_dim: int, base: float | None) -> tuple[floa
     return float(base), ""
 
 
+def preprocessor_config(model: nn.Module, size: int = 224) -> dict[str, Any]:
+    """transformers' image processor settings of the hub's DINOv3 folders, with the model's mean and std."""
+    return {
+        "image_processor_type": "DINOv3ViTImageProcessorFast",
+        "do_resize": True,
+        "size": {"height": size, "width": size},
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [float(v) for v in model.mean],
+        "image_std": [float(v) for v in model.std],
+    }
+
+
 def to_hf(model: nn.Module) -> tuple[dict[str, Any], dict[str, Tensor], list[str]]:
     """A DINOv3 backbone of ours (official keys) as a transformers folder."""
     arch = model.arch
