@@ -61,11 +61,11 @@ def read_folder_state(folder: Path) -> dict[str, Tensor]:
     """Every tensor of the folder's weights: one safetensors file, safetensors shards, or plain-tensor pickles."""
     if (folder / SAFETENSORS).is_file():
         return _read_safetensors(folder / SAFETENSORS)
-    for index, reader in ((SAFETENSORS_INDEX, _read_safetensors), (PICKLE_INDEX, _read_pickle)):
+    for index, reader in ((SAFETENSORS_INDEX, _read_safetensors), (PICKLE_INDEX, _read_plain_tensors)):
         if (folder / index).is_file():
             return _read_sharded(folder, folder / index, reader)
     if (folder / PICKLE).is_file():
-        return _read_pickle(folder / PICKLE)
+        return _read_plain_tensors(folder / PICKLE)
     raise UserError(
         f"{folder}: a transformers folder needs {SAFETENSORS}, {SAFETENSORS_INDEX} (shards) or {PICKLE}; "
         f"found {sorted(p.name for p in folder.iterdir())[:10]}"
@@ -99,7 +99,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
         raise UserError(f"cannot read {path} as safetensors (truncated or another format?): {exc}") from exc
 
 
-def _read_pickle(path: Path) -> dict[str, Tensor]:
+def _read_plain_tensors(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
