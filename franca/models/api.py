@@ -293,10 +293,12 @@ def weights_label(name: str | None = None, weights: str | Path | None = None, ra
     """What names the weights in results and figures: the release name, the file name, or "random init"."""
     from franca.models.releases import is_release
 
-    if name is not None and is_release(name):
-        return str(name).lower()
     if weights is not None:
         return Path(weights).name
+    if random_init and is_layout_name(name):  # a DINOv3 name is also a layout: --random-init builds it
+        return RANDOM_LABEL
+    if name is not None and is_release(name):
+        return str(name).lower()
     if random_init:
         return RANDOM_LABEL
     raise ValueError(no_weights_message(name))

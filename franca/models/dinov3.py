@@ -93,7 +93,7 @@ def dinov3_size_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 def ffn_hidden_width(embed_dim: int, ffn: str, ffn_ratio: float, align: int = 8) -> int:
     """The FFN hidden width of the official layouts: int(D·ratio) for the GELU MLP; for SwiGLU two thirds of
-    that, rounded up to a multiple of `align` (S+: 1536, L+: 2736, H+: 5120)."""
+    that, rounded up to a multiple of `align` (S+: 1536, L+: 4096, H+: 5120)."""
     hidden = int(embed_dim * ffn_ratio)
     if ffn == "mlp":
         return hidden
