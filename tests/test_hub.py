@@ -114,7 +114,7 @@ def test_official_table_names_and_urls():
         releases.hub_release("franca_vitb14", "LAION")
     with pytest.raises(KeyError, match="known: "):
         releases.get_release("franca_vitx14")
-    assert len(franca.releases()) == len(releases.RELEASES) == 19
+    assert len(franca.releases()) == len(releases.RELEASES) == 26  # 19 Franca/DINOv2, 7 DINOv3 (gated)
 
 
 def test_by_name_downloads_once_with_progress_then_offline(server, home, monkeypatch, capsys):

@@ -82,9 +82,12 @@ def load_model_from_args(args: argparse.Namespace):
     device = resolve_device(args.device)
     rasa = getattr(args, "rasa", None)
     weights_label(args)  # fails early, with the how-to, when nothing names weights
+    from franca.models.api import is_layout_name
     from franca.models.releases import is_release
 
-    if args.weights is None and not is_release(args.model):
+    # a DINOv3 name is both a (gated) release and a layout: with --random-init it builds the layout
+    layout = bool(args.random_init) and is_layout_name(args.model)
+    if args.weights is None and (layout or not is_release(args.model)):
         import torch
 
         with torch.random.fork_rng(devices=[]):  # seed 0: the same random weights in every run

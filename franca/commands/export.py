@@ -6,6 +6,7 @@ pretrained_cfg_overlay=dict(file=PATH), **kwargs)` with the exact kwargs (SwiGLU
 `mlp_layer=timm.layers.SwiGLUPacked`). A RASA projection (folded into --weights or given with
 --rasa FILE) is kept in the file's metadata. `--onnx FILE` and `--torch-export FILE.pt2` write
 graphs with dynamic batch, height and width (multiples of the patch size); see franca.models.deploy.
+`--hf DIR` writes a Hugging Face transformers folder (see franca.models.hf); with it, --out is optional.
 """
 
 from __future__ import annotations
@@ -24,9 +25,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="weights file in any supported layout")
     p.add_argument("--random-init", action="store_true", help="export random weights of --model (tests only)")
     p.add_argument("--rasa", default=None, help="RASA head file to store with the backbone")
-    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--out", default=None, help="output .safetensors path")
     p.add_argument("--onnx", default=None, help="also write an ONNX file (dynamic batch, height, width)")
     p.add_argument("--torch-export", default=None, help="also write a torch.export program (.pt2)")
+    p.add_argument(
+        "--hf",
+        default=None,
+        metavar="DIR",
+        help="also (or only) write a Hugging Face transformers folder (config.json + model.safetensors) "
+        "that transformers.AutoModel.from_pretrained(DIR) loads",
+    )
     p.add_argument(
         "--size",
         type=int,
@@ -39,9 +47,15 @@ def run(args: argparse.Namespace) -> int:
     import franca
     from franca.commands._common import weights_label
     from franca.commands._flags import check_out_path
+    from franca.models.hf import check_out_folder, export_hf_folder, hf_recipe
     from franca.models.weights import timm_recipe
 
+    if not args.out and not args.hf:
+        raise ValueError("give --out FILE.safetensors, --hf DIR, or both")
     check_out_path(args.out, (".safetensors",))
+    check_out_path(args.hf, flag="--hf", folder=True)
+    if args.hf:
+        check_out_folder(args.hf)  # before the model is read: nothing is overwritten
     if args.torch_export and not str(args.torch_export).endswith(".pt2"):
         raise ValueError(f"--torch-export must end in .pt2, got {args.torch_export}")
     label = weights_label(args)  # no weights and no --random-init: stops with the how-to
@@ -53,10 +67,19 @@ def run(args: argparse.Namespace) -> int:
             model.set_rasa_projection(load_rasa_projection(args.rasa, model.embed_dim))
     else:
         model = franca.load_backbone(args.model, weights=args.weights, rasa=args.rasa)
-    out = franca.export_backbone(model, args.out)
-    print(f"wrote {out} ({label})")
-    if hasattr(model, "pos_grid"):
-        print("timm (no franca needed), at the file's grid:\n" + timm_recipe(model, out))
+    if args.out:
+        out = franca.export_backbone(model, args.out)
+        print(f"wrote {out} ({label})")
+        if getattr(model, "family", None) == "dinov3":
+            print("timm (no franca needed), at any multiple of the patch size:\n" + timm_recipe(model, out))
+        elif hasattr(model, "pos_grid"):
+            print("timm (no franca needed), at the file's grid:\n" + timm_recipe(model, out))
+    if args.hf:
+        folder, notes = export_hf_folder(model, args.hf)
+        print(f"wrote {folder} ({label})")
+        print("transformers (no franca needed):\n" + hf_recipe(folder))
+        for note in notes:
+            print(f"note: {note}")
     if args.onnx:
         from franca.models.deploy import export_onnx
 

@@ -7,7 +7,9 @@ Layouts (released Franca `franca/hub/backbones.py`, `hubconf.py`; README "Gettin
 - DINOv2 hub files (flat keys);
 - this project's training checkpoints (`{"teacher": …}`, `{"model": …}`, prefixes such as
   `teacher.backbone.`, `module.`, `_orig_mod.`);
-- exported `.safetensors` (the RASA projection travels in the metadata, see `export_safetensors`).
+- exported `.safetensors` (the RASA projection travels in the metadata, see `export_safetensors`);
+- a Hugging Face transformers folder (`config.json` + weights) of `Dinov2Model`, `Dinov2WithRegistersModel` or
+  `DINOv3ViTModel` (franca.models.hf).
 
 Pickles are read with `torch.load(weights_only=True)` only; a file that would run code is refused.
 """
@@ -33,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from franca.models.hf import is_hf_folder, read_hf_backbone
+
 log = logging.getLogger(__name__)
 
 _CONTAINER_KEYS = ("teacher", "model", "state_dict", "backbone")
@@ -53,7 +57,12 @@ def read_backbone_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.is_dir():
-        raise ValueError(f"weights path is a directory, expected a file: {path}")
+        if is_hf_folder(path):
+            return read_hf_backbone(path)
+        raise ValueError(
+            f"weights path is a directory without a config.json: {path} (expected a weights file or a "
+            f"transformers model folder)"
+        )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     if tarfile.is_tarfile(path):
@@ -359,7 +368,21 @@ def export_safetensors(model: nn.Module, path: str | Path) -> Path:
     meta = {"format": "pt"}
     if rasa is not None:
         meta[RASA_META_KEY] = encode_tensor(rasa)
-    arch = {
+    if getattr(model, "family", None) == "dinov3":  # every constructor argument (franca.models.dinov3)
+        arch = dict(model.arch)
+    else:
+        arch = _dinov2_arch(model)
+    if getattr(model, "size_name", None):
+        arch["name"] = model.size_name
+    meta[ARCH_META_KEY] = json.dumps(arch)
+    save_file(state, str(path), metadata=meta)
+    log.info("exported %d tensors to %s", len(state), path)
+    return path
+
+
+def _dinov2_arch(model: nn.Module) -> dict[str, Any]:
+    """What a Franca/DINOv2 export records about its model (read back by `load_backbone`)."""
+    return {
         k: getattr(model, k, None)
         for k in (
             "embed_dim",
@@ -373,12 +396,6 @@ def export_safetensors(model: nn.Module, path: str | Path) -> Path:
             "interpolate_antialias",
         )
     }
-    if getattr(model, "size_name", None):
-        arch["name"] = model.size_name
-    meta[ARCH_META_KEY] = json.dumps(arch)
-    save_file(state, str(path), metadata=meta)
-    log.info("exported %d tensors to %s", len(state), path)
-    return path
 
 
 def timm_create_kwargs(model: nn.Module) -> dict[str, Any]:
@@ -405,11 +422,76 @@ def timm_create_kwargs(model: nn.Module) -> dict[str, Any]:
     return kw
 
 
+def dinov3_timm_create_kwargs(model: nn.Module) -> tuple[str, dict[str, Any]]:
+    """(timm model name, keyword arguments) that build timm's DINOv3 ViT (`timm.models.eva`) for an exported
+    DINOv3 model; timm's `checkpoint_filter_fn` reads the official key layout. A ValueError names what timm
+    cannot express (an untied `cls_norm`, no storage tokens, a k bias that is not masked)."""
+    a = model.arch
+    problems = []
+    if a["untie_cls_and_patch_norms"]:
+        problems.append("an untied cls_norm")
+    if not a["n_storage_tokens"]:
+        problems.append("no storage tokens (timm recognises the DINOv3 layout by them)")
+    if a["qkv_bias"] and not a["mask_k_bias"]:
+        problems.append("a k bias without bias_mask (timm drops the k bias)")
+    if a["rope_normalize_coords"] != "separate" or a["rope_base"] is None:
+        problems.append("RoPE coordinates or periods other than the official rule")
+    if problems:
+        raise ValueError(f"timm's DINOv3 model cannot express this file's {', '.join(problems)}")
+    kw: dict[str, Any] = {
+        "img_size": int(a["img_size"]),
+        "patch_size": int(a["patch_size"]),
+        "embed_dim": int(a["embed_dim"]),
+        "depth": int(a["depth"]),
+        "num_heads": int(a["num_heads"]),
+        "num_reg_tokens": int(a["n_storage_tokens"]),
+        "num_classes": 0,
+        "global_pool": "token",
+    }
+    if a["ffn"] == "swiglu":  # timm: int(D·ratio) then aligned to 8, the file's width itself
+        kw.update(mlp_ratio=(a["ffn_hidden_dim"] + 0.5) / a["embed_dim"], swiglu_mlp=True, swiglu_align_to=8)
+    else:
+        kw["mlp_ratio"] = (a["ffn_hidden_dim"] + 0.5) / a["embed_dim"]
+    if not a["layerscale"]:
+        kw["init_values"] = None
+    name = "vit_small_patch16_dinov3" + ("_qkvb" if a["qkv_bias"] else "")
+    return name, kw
+
+
+def dinov3_timm_recipe(model: nn.Module, path: str | Path) -> str:
+    """Python code that loads an exported DINOv3 file in timm alone (no franca) and gives the same tokens at
+    any size: timm's DINOv3 ViT, plus the file's own RoPE periods (timm recomputes them in float32)."""
+    try:
+        name, kw = dinov3_timm_create_kwargs(model)
+    except ValueError as exc:
+        return f"# no timm recipe: {exc}; use franca, or the ONNX export"
+    args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+    k = 1 + int(model.n_storage_tokens)
+    return "\n".join(
+        [
+            "import timm",
+            "from safetensors.torch import load_file",
+            f"model = timm.create_model({name!r}, pretrained=True,",
+            f"                          pretrained_cfg_overlay=dict(file={str(path)!r}),",
+            f"                          {args}).eval()",
+            "# the file's RoPE periods: timm computes its own in float32, released files hold bfloat16-rounded ones",
+            f'model.rope.periods.copy_(load_file({str(path)!r})["rope_embed.periods"])',
+            f"# images: (B, 3, H, W), H and W multiples of {model.patch_size}, normalised with mean "
+            f"{tuple(model.mean)} and std {tuple(model.std)}",
+            "# tokens = model.forward_features(images)",
+            f"# CLS = tokens[:, 0]; storage tokens = tokens[:, 1:{k}]; patch tokens = tokens[:, {k}:]",
+        ]
+    )
+
+
 def timm_recipe(model: nn.Module, path: str | Path) -> str:
     """Python code that loads the exported file in timm alone (no franca) and gives the same tokens.
 
     It holds at the file's own grid (`img_size`); see the README for timm's own resampling at other sizes.
+    DINOv3 files: `dinov3_timm_recipe` (any size).
     """
+    if getattr(model, "family", None) == "dinov3":
+        return dinov3_timm_recipe(model, path)
     kw = timm_create_kwargs(model)
     swiglu = kw.pop("mlp_layer", None) is not None
     kw.pop("act_layer", None)
