@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from franca.utils.lazy import lazy_exports
 
-__all__ = ["build_backbone", "load_backbone", "export_backbone", "DinoVisionTransformer", "SIZES"]
+__all__ = [
+    "build_backbone",
+    "load_backbone",
+    "export_backbone",
+    "DinoVisionTransformer",
+    "Dinov3VisionTransformer",
+    "SIZES",
+]
 
 __getattr__ = lazy_exports(
     __name__,
@@ -17,6 +24,7 @@ __getattr__ = lazy_exports(
         "load_backbone": "franca.models.api:load_backbone",
         "export_backbone": "franca.models.api:export_backbone",
         "DinoVisionTransformer": "franca.models.backbone:DinoVisionTransformer",
+        "Dinov3VisionTransformer": "franca.models.dinov3:Dinov3VisionTransformer",
         "SIZES": "franca.models.sizes:SIZES",
     },
 )
