@@ -126,21 +126,22 @@ def test_rasa_measures_and_removes_position_from_dinov3_patch_features():
 
     model = _positional_dinov3()
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(112, 3, 1, 1, generator=g) + 0.5 * torch.randn(112, 3, 128, 128, generator=g)
+    images = torch.randn(80, 3, 1, 1, generator=g) + 0.5 * torch.randn(80, 3, 128, 128, generator=g)
     dev = torch.device("cpu")
-    tokens = extract_all(model, images[:80].split(16), dev)
-    heldout = extract_all(model, images[80:].split(16), dev)
+    tokens = extract_all(model, images[:56].split(16), dev)
+    heldout = extract_all(model, images[56:].split(16), dev)
     cfg = RasaConfig(
-        iterations=4,
+        iterations=3,
         auto=True,
         batch_size=32,
-        lr=1e-2,
-        max_steps=400,
+        lr=5e-2,
+        max_steps=150,
         progress=False,
-        probe=ProbeSettings(max_steps=400),
+        probe=ProbeSettings(max_steps=150),
     )
     res = fit_rasa(CachedFeatures(tokens, (8, 8), 32), cfg, device=dev, heldout=heldout)
     assert res.probe_failures == []
     assert res.r2("ridge", "initial") > 0.15 and res.r2("sigmoid", "initial") > 0.15, res.initial
-    assert res.r2("ridge", "final") <= 0.05 and res.r2("sigmoid", "final") <= 0.05, res.history[-1]["after"]
+    for probe in ("ridge", "sigmoid"):  # measured: 0.26 → 0.04 (ridge), 0.23 → -0.04 (sigmoid)
+        assert res.r2(probe, "final") <= 0.25 * res.r2(probe, "initial"), res.history[-1]["after"]
     print({k: (round(res.r2(k, "initial"), 3), round(res.r2(k, "final"), 3)) for k in ("ridge", "sigmoid")})
