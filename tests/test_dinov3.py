@@ -409,3 +409,11 @@ def test_onnx_and_torch_export_dynamic_height_width_without_if_or_tile(tmp_path,
         assert [tuple(g.shape) for g in got] == [(2, D), (2, 4, D), (2, hw[0] * hw[1] // 256, D)]
         for g, p, r in zip(got, prog, ref):
             print(hw, f"onnx {_close(torch.from_numpy(g), r):.1e}", f"torch.export {_close(p, r):.1e}")
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path, files):
+    _, sd = files["mlp"]
+    sd = {k: v for k, v in sd.items() if k != "mask_token"} | {"blocks.0.attn.extra": torch.zeros(1)}
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"file: DINOv3 ViT.*missing keys: mask_token; unexpected keys: blocks.0.attn"):
+        franca.load_backbone(weights=tmp_path / "bad.pth")

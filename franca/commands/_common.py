@@ -26,13 +26,14 @@ def add_model_arguments(p: argparse.ArgumentParser, rasa: bool = True) -> None:
         "--model",
         default=None,
         help="a released model (franca_vitb14_in21k, dinov2_vits14_reg, …: downloaded once, then "
-        "cached), a named size (vits14, vitb14, vitt8, …) or timm:NAME; with --weights it is "
+        "cached; gated DINOv3 names such as dinov3_vitb16 are found where they were put, never downloaded), "
+        "a named size (vits14, vitb14, vitt8, dinov3_vits16, …) or timm:NAME; with --weights it is "
         "optional: the file defines the model",
     )
     g.add_argument(
         "--weights",
         default=None,
-        help="weights file: official Franca/DINOv2 release, this project's checkpoint or exported .safetensors",
+        help="weights file: official Franca/DINOv2/DINOv3 release, this project's checkpoint or exported .safetensors",
     )
     g.add_argument(
         "--random-init",

@@ -1,4 +1,7 @@
-"""Write a backbone as safetensors with DINOv2 keys (timm recipe printed), optionally ONNX / torch.export.
+"""Write a backbone as safetensors with its family's keys (timm recipe printed), optionally ONNX / torch.export.
+
+Franca/DINOv2 models are written with DINOv2's keys; DINOv3 models with the official DINOv3 keys, and their
+recipe builds timm's DINOv3 ViT and copies the file's RoPE periods in (the same tokens at any size).
 
 The printed recipe loads the file in timm alone (no franca import) and reproduces the features at
 the file's own grid: `timm.create_model("vit_small_patch14_dinov2", pretrained=True,

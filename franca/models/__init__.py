@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from franca.utils.lazy import lazy_exports
 
-__all__ = ["build_backbone", "load_backbone", "export_backbone", "export_hf", "DinoVisionTransformer", "SIZES"]
+__all__ = [
+    "build_backbone",
+    "load_backbone",
+    "export_backbone",
+    "export_hf",
+    "DinoVisionTransformer",
+    "Dinov3VisionTransformer",
+    "SIZES",
+]
 
 __getattr__ = lazy_exports(
     __name__,
@@ -18,6 +26,7 @@ __getattr__ = lazy_exports(
         "export_backbone": "franca.models.api:export_backbone",
         "export_hf": "franca.models.api:export_hf",
         "DinoVisionTransformer": "franca.models.backbone:DinoVisionTransformer",
+        "Dinov3VisionTransformer": "franca.models.dinov3:Dinov3VisionTransformer",
         "SIZES": "franca.models.sizes:SIZES",
     },
 )

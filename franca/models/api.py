@@ -176,7 +176,7 @@ def _load_dinov3_file(
         cfg = DINOV3_SIZES[name]
         bad = [k for k in ("embed_dim", "depth", "ffn", "patch_size") if k not in overrides and arch.get(k) != cfg[k]]
         if bad:
-            named = describe_dinov3({**cfg, "n_storage_tokens": cfg["n_storage_tokens"]})
+            named = describe_dinov3(cfg)
             hint = f"use --model {like[0]}, or leave the size name out" if like else "leave the size name out"
             raise ValueError(
                 f"{weights} does not hold a {name}: the file has a {describe_dinov3(arch)}; {name} is a {named} "

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from franca.models.dinov3 import describe_dinov3, dinov3_arch_from_state, is_dinov3_state
 from franca.models.hf import is_hf_folder, read_hf_backbone
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,11 @@ def _short(keys: list[str], n: int = 8) -> str:
 
 
 def _describe(state: Mapping[str, Tensor], what: str = "file") -> str:
+    if is_dinov3_state(state):
+        try:
+            return f"{what}: {describe_dinov3(dinov3_arch_from_state(state))}"
+        except ValueError:  # too broken to describe: the key list that follows says what is wrong
+            return f"{what}: an incomplete DINOv3 state dict"
     return f"{what}: {describe_shape(file_shape(state))}"
 
 
