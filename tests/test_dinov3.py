@@ -417,3 +417,15 @@ def test_missing_and_unexpected_keys_are_named(tmp_path, files):
     torch.save(sd, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=r"file: DINOv3 ViT.*missing keys: mask_token; unexpected keys: blocks.0.attn"):
         franca.load_backbone(weights=tmp_path / "bad.pth")
+
+
+def test_fetch_release_never_downloads_a_gated_file(hub_dirs, monkeypatch):
+    """A direct `fetch_release` on a gated name looks where the file belongs and never opens a URL."""
+    from franca.models import hub
+
+    def no_network(*a, **k):
+        raise AssertionError("a gated file must never be downloaded")
+
+    monkeypatch.setattr(hub.urllib.request, "urlopen", no_network)
+    with pytest.raises(hub.WeightsUnavailable, match="is gated"):
+        hub.fetch_release("dinov3_vits16")

@@ -591,6 +591,10 @@ def _torch_hub_copy(groups: list[tuple[str, ...]], rel: Release) -> Path | None:
 def fetch_release(name: str | Release, *, base_url: str | None = None, progress: bool = True) -> Path:
     """Local path of a released backbone (downloaded on first use); for split archives the first part."""
     rel = name if isinstance(name, Release) else get_release(name)
+    if rel.gated:  # granted on request: never downloaded, only looked for where it belongs
+        from franca.models.gated import find_gated_file  # gated builds on this module
+
+        return find_gated_file(rel)
     folder = cache_dir()
     files = [folder / fname for fname in rel.file_names]
     if not all(p.is_file() for p in files):
