@@ -349,7 +349,7 @@ def _check_probe_size(args: argparse.Namespace, n_images: int, n_heldout: int, t
             how[-1] += f" with --max-heldout {need}"
     how += ["a larger --size (more tokens per image)", f"more than {n_images} images"]
     raise UserError(
-        f"franca rasa: {short} (--heldout-fraction {args.heldout_fraction:g} of {n_images} images"
+        f"{short} (--heldout-fraction {args.heldout_fraction:g} of {n_images} images"
         f"{f', at most --max-heldout {args.max_heldout}' if args.max_heldout < need else ''}); "
         f"nothing was trained. Use {', or '.join(how)}"
     )
