@@ -494,7 +494,7 @@ def _backbone_rows(
         if model and not weights:
             name = f"{model}, {label}" if model.lower() != label else label
         groups.setdefault(name, []).append((f, d))
-        what[name] = (model or ("the file's" if weights else "—"), weights or label)
+        what[name] = (model or ("from the file" if weights else "—"), weights or label)
     return groups, what
 
 
