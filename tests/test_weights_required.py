@@ -95,15 +95,18 @@ def test_export_records_interpolation(tmp_path):
     assert (back.interpolate_offset, back.interpolate_antialias, back.num_register_tokens) == (0.1, False, 4)
 
 
-def test_report_rows_name_the_weights():
-    from franca.report import _model_name
+def test_report_rows_name_the_weights(tmp_path):
+    from franca.report import build_report
 
-    assert (
-        _model_name({"model": {"model": "vitt8", "weights": None, "weights_label": "random init"}})
-        == "vitt8 (random init)"
-    )
-    assert (
-        _model_name({"model": {"model": "dinov2_vits14", "weights": None, "weights_label": "dinov2_vits14"}})
-        == "dinov2_vits14 (dinov2_vits14)"
-    )
-    assert _model_name({"model": {"model": None, "weights": "runs/b.pth"}}) == "b.pth"
+    models = {
+        "rand": {"model": "vitt8", "weights": None, "weights_label": "random init"},
+        "rel": {"model": "dinov2_vits14", "weights": None, "weights_label": "dinov2_vits14"},
+        "file": {"model": None, "weights": "runs/b.pth", "weights_label": "b.pth"},
+    }
+    for name, m in models.items():
+        doc = {"protocol": "knn", "metric_name": "top1", "metric": 10.0, "model": m}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    text = build_report(tmp_path)[0].read_text()
+    assert "| vitt8, random init | vitt8 | random init |" in text
+    assert "| dinov2_vits14 | dinov2_vits14 | dinov2_vits14 |" in text
+    assert "| runs/b.pth | from the file | runs/b.pth |" in text

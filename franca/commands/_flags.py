@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("franca.commands")
 
@@ -94,11 +95,22 @@ def check_out_path(
     return path
 
 
-def title_label(model: str | None, weights: str | None, random_init: bool = False) -> str:
+def title_label(
+    model: str | None,
+    weights: str | None,
+    random_init: bool = False,
+    *,
+    loaded: Any = None,
+    weights_name: str | None = None,
+) -> str:
     """'vits14, weights franca_vits14.pth' / 'vitt8, random init' for figure titles and logs
-    (the weights named by `franca.weights_label`: release name, file name or random init)."""
+    (the weights named by `franca.weights_label`: release name, file name or random init, or by
+    `weights_name`). Without a model name, the model the file defined (`loaded`) is named."""
     from franca.models.api import weights_label
+    from franca.viz.common import backbone_name
 
-    label = weights_label(model, weights, random_init=random_init)
-    name = model or "backbone"
+    label = weights_name or weights_label(model, weights, random_init=random_init)
+    name = model or (backbone_name(loaded) if loaded is not None else None)
+    if name is None or name.lower() == label:
+        return label if weights is None else f"weights {label}"
     return f"{name}, weights {label}" if weights else f"{name}, {label}"

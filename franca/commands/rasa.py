@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from franca.commands._common import add_model_arguments
@@ -206,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_images:
         files = files[: args.max_images]
     train_files, held_files = rdata.split_files(files, args.heldout_fraction, args.max_heldout, args.seed)
+    _check_probe_size(args, len(files), len(held_files), grid[0] * grid[1], int(model.embed_dim))
     batch = min(args.batch_size, len(train_files))
     if batch < args.batch_size:
         log.warning("only %d training images: batch size %d instead of %d", len(train_files), batch, args.batch_size)
@@ -325,6 +327,32 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"backbone with RASA folded in: {out}\nRASA file: {rasa_file}\nreport: {report_path}")
     return 0
+
+
+def _check_probe_size(args: argparse.Namespace, n_images: int, n_heldout: int, tokens: int, dim: int) -> None:
+    """Refuse before any stage when the held-out images are too few for the position probes (their R² would
+    be a probe failure, known only at the end), saying which flag or how many images would do."""
+    from franca.rasa.probe import heldout_images_needed, probe_shortfall
+    from franca.utils.errors import UserError
+
+    short = probe_shortfall(n_heldout, tokens, dim, args.probe_fit_fraction)
+    if not short:
+        return
+    need = heldout_images_needed(tokens, dim, args.probe_fit_fraction)
+    how = []
+    if need < n_images:
+        fraction = math.ceil(100 * (need - 0.5) / n_images) / 100
+        while round(fraction * n_images) < need:
+            fraction += 0.01
+        how.append(f"--heldout-fraction {fraction:.2f} ({n_images - need} of the {n_images} images left to train on)")
+        if need > args.max_heldout:
+            how[-1] += f" with --max-heldout {need}"
+    how += ["a larger --size (more tokens per image)", f"more than {n_images} images"]
+    raise UserError(
+        f"{short} (--heldout-fraction {args.heldout_fraction:g} of {n_images} images"
+        f"{f', at most --max-heldout {args.max_heldout}' if args.max_heldout < need else ''}); "
+        f"nothing was trained. Use {', or '.join(how)}"
+    )
 
 
 def _heldout_tokens(model, loader, device, seed: int, dihedral: bool):

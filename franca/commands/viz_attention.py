@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         device=device,
         panel_size=args.panel_size,
-        label=title_label(args.model, args.weights, getattr(args, "random_init", False)),
+        label=title_label(args.model, args.weights, getattr(args, "random_init", False), loaded=model),
         progress=True,
     )
     print(

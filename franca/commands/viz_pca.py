@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         use_rasa=rasa,
         panel_size=args.panel_size,
         batch_size=args.batch_size,
-        label=title_label(args.model, args.weights, getattr(args, "random_init", False)) + (", RASA" if rasa else ""),
+        label=title_label(args.model, args.weights, getattr(args, "random_init", False), loaded=model)
+        + (", RASA" if rasa else ""),
         progress=True,
     )
     print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images)")

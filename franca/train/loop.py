@@ -431,12 +431,20 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=self.state.iteration, desc="pretrain", unit="it", dynamic_ncols=True)
+        limit = self.cfg.train.max_minutes
+        desc = f"pretrain (stops at {limit:g} min)" if limit > 0 else "pretrain"
+        bar = tqdm(total=total, initial=self.state.iteration, desc=desc, unit="it", dynamic_ncols=True)
+        bar.planned_total, bar.time_limit_s = total, limit * 60.0  # what _update_bar fits the total to
+        return bar
 
     @staticmethod
     def _update_bar(bar: Any, row: dict[str, float], n: int) -> None:
         if bar is None:
             return
+        if getattr(bar, "time_limit_s", 0) > 0:  # the time limit ends the run first: total and ETA say so
+            bar.total = time_limited_total(
+                bar.n + n, bar.initial, bar.planned_total, time.time() - bar.start_t, bar.time_limit_s
+            )
         levels = "/".join(f"{row[k]:.2f}" for k in sorted(row) if k.startswith("dino_l") and k[6:].isdigit())
         bar.set_postfix_str(
             f"loss {row['total']:.3f} dino {row['dino_global'] + row['dino_local']:.3f} "
@@ -468,6 +476,16 @@ class Trainer:
             if self.state.knn_init is not None:
                 s["knn_gain"] = knn_final["top1"] - self.state.knn_init["top1"]
         return s
+
+
+def time_limited_total(done: int, start: int, planned: int, elapsed_s: float, limit_s: float) -> int:
+    """The iteration the run will stop at: `planned`, or fewer when the time limit comes first at the rate so
+    far (iterations `start`…`done` took `elapsed_s`; the step that ends past the limit is the last one).
+    The pretraining bar shows it as its total, so its ETA is the time-limited remainder."""
+    if limit_s <= 0 or elapsed_s <= 0 or done <= start:
+        return planned
+    rate = (done - start) / elapsed_s
+    return min(planned, done + math.ceil(rate * max(0.0, limit_s - elapsed_s)))
 
 
 def train(

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from franca.models.preprocess import transforms as preprocess
 from franca.models.preprocess import unnormalise
-from franca.viz.common import colormap, image_label, open_rgb, save_figure, to_uint8
+from franca.viz.common import colormap, image_label, model_title, open_rgb, save_figure, to_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,7 +113,7 @@ def attention_figure(
         groups,
         labels,
         out,
-        title=f"CLS attention of the last block — {label or 'backbone'}",
+        title=f"CLS attention of the last block — {label or model_title(model)}",
         subtitle=sub,
         colorbar=("inferno", "attention (0 = head's min, 1 = max)"),
         panel_size=panel_size,

@@ -146,6 +146,27 @@ def image_label(image: Any, i: int) -> str:
     return Path(image).name if isinstance(image, (str, Path)) else f"image {i + 1}"
 
 
+def backbone_name(model: Any) -> str:
+    """The model a backbone is, for titles: its size name (what a weights file defined, e.g. ``vitt8``),
+    a timm model's name, else its shape (``ViT 128-d/8, 4 blocks``)."""
+    name = getattr(model, "size_name", None) or getattr(model, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    depth = getattr(model, "n_blocks", None)
+    return f"ViT {getattr(model, 'embed_dim', '?')}-d/{getattr(model, 'patch_size', '?')}" + (
+        f", {depth} blocks" if depth else ""
+    )
+
+
+def model_title(model: Any) -> str:
+    """'vitt8, weights checkpoint.pth' / 'vitt8, random init' from a loaded backbone, for a figure whose
+    caller gave no label."""
+    label = getattr(model, "weights_label", None)
+    if not label:
+        return backbone_name(model)
+    return f"{backbone_name(model)}, {label}" if label == "random init" else f"{backbone_name(model)}, weights {label}"
+
+
 @dataclass
 class GridLayout:
     """Pixel layout of `save_figure`: groups of panels (one group per image) in rows."""

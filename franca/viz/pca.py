@@ -24,7 +24,7 @@ from torch import Tensor
 
 from franca.models.preprocess import transforms as preprocess
 from franca.models.preprocess import unnormalise
-from franca.viz.common import image_label, open_rgb, save_figure, to_uint8
+from franca.viz.common import image_label, model_title, open_rgb, save_figure, to_uint8
 
 
 def pca_project(x: Tensor, k: int = 3) -> Tensor:
@@ -130,7 +130,12 @@ def pca_figure(
     if fg_threshold is not None:
         sub += f"; black = background (1st component < {fg_threshold:g})"
     path, lay = save_figure(
-        groups, labels, out, title=f"PCA of patch features — {label or 'backbone'}", subtitle=sub, panel_size=panel_size
+        groups,
+        labels,
+        out,
+        title=f"PCA of patch features — {label or model_title(model)}",
+        subtitle=sub,
+        panel_size=panel_size,
     )
     return {
         "path": str(path),
