@@ -78,8 +78,8 @@ def test_rasa_command_writes_a_dinov3_backbone_with_the_map_folded_in(tmp_path, 
     import franca
 
     out = tmp_path / "rasa.safetensors"
-    assert main(["rasa", *_common(weights), "--data", str(toy / "imagenet/train"), "--size", "64",
-                 "--iterations", "1", "--max-steps", "10", "--window", "5", "--probe-max-steps", "10",
+    assert main(["rasa", *_common(weights), "--data", str(toy / "imagenet/train"), "--size", "128",
+                 "--heldout-fraction", "0.7", "--iterations", "1", "--max-steps", "10", "--window", "5", "--probe-max-steps", "10",
                  "--out", str(out)]) == 0  # fmt: skip
     m = franca.load_backbone(weights=out)
     assert m.family == "dinov3" and m.rasa_proj is not None
