@@ -5,7 +5,8 @@ the file's own grid: `timm.create_model("vit_small_patch14_dinov2", pretrained=T
 pretrained_cfg_overlay=dict(file=PATH), **kwargs)` with the exact kwargs (SwiGLU models need
 `mlp_layer=timm.layers.SwiGLUPacked`). A RASA projection (folded into --weights or given with
 --rasa FILE) is kept in the file's metadata. `--onnx FILE` and `--torch-export FILE.pt2` write
-graphs with dynamic batch, height and width (multiples of the patch size); see franca.models.deploy.
+graphs with dynamic batch, height and width (multiples of the patch size; another side fails in the
+runtime, in the ONNX node check_height_and_width_are_multiples_of_the_patch_size); see franca.models.deploy.
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ def run(args: argparse.Namespace) -> int:
     if hasattr(model, "pos_grid"):
         print("timm (no franca needed), at the file's grid:\n" + timm_recipe(model, out))
     if args.onnx:
-        from franca.models.deploy import export_onnx
+        from franca.models.deploy import CHECK_NODE, export_onnx
 
         print(
             f"wrote {export_onnx(model, args.onnx, size=args.size)} (inputs: images (B, 3, H, W), H and W "
-            f"multiples of {model.patch_size}; outputs: cls, registers, patch_tokens)"
+            f"multiples of {model.patch_size}, other sides fail in the node {CHECK_NODE}; outputs: cls, "
+            "registers, patch_tokens)"
         )
     if args.torch_export:
         from franca.models.deploy import export_program
