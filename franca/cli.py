@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 # command name -> module; groups map sub-command -> module.
 COMMANDS: dict[str, str | dict[str, str]] = {
@@ -47,6 +48,14 @@ GROUP_HELP = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other error of the command line:
+    `franca eval knn: error: argument --temperature: must be > 0, got 0 (see franca eval knn --help)`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_leaf(sub: argparse._SubParsersAction, name: str, module_name: str) -> None:
     try:
         module = importlib.import_module(module_name)
@@ -72,7 +81,7 @@ def _add_leaf(sub: argparse._SubParsersAction, name: str, module_name: str) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="franca",
         description="Franca: pretrain, clean (RASA) and evaluate vision transformers. "
         "Run `franca COMMAND --help` for each command's options.",
@@ -164,9 +173,11 @@ def setup_logging(verbose: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    name = " ".join(x for x in (getattr(args, "command", None), getattr(args, "subcommand", None)) if x)
     if extra:  # `key=value` overrides after an option (`pretrain a=1 --resume b=2`) belong to the overrides
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            prog = f"franca {name}".strip()
+            parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)\n")
         args.overrides = [*args.overrides, *extra]
     setup_logging(args.verbose)
     if not hasattr(args, "_run"):
@@ -176,7 +187,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from franca.utils.progress import set_quiet
 
     set_quiet(bool(getattr(args, "quiet", False)))  # --quiet: no progress bar anywhere
-    name = " ".join(x for x in (args.command, getattr(args, "subcommand", None)) if x)
     try:
         return int(args._run(args) or 0)
     except (UserError, OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from franca.commands._flags import natural_int, positive_int
+
 log = logging.getLogger(__name__)
 
 
@@ -51,10 +53,10 @@ def add_model_arguments(p: argparse.ArgumentParser, rasa: bool = True) -> None:
             "released with a released --model",
         )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: %(default)s)")
     g.add_argument(
         "--num-workers",
-        type=int,
+        type=natural_int,
         default=min(4, os.cpu_count() or 1),
         help="data-loading processes (default: %(default)s)",
     )
@@ -146,12 +148,12 @@ def add_output_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
     )
     p.add_argument(
         "--seeds",
-        type=int,
+        type=natural_int,
         nargs="+",
         default=[0],
         help="seeds to average over; the JSON reports mean and std (default: %(default)s)",
     )
-    p.add_argument("--seed", dest="seeds", type=int, nargs=1, help=argparse.SUPPRESS)
+    p.add_argument("--seed", dest="seeds", type=natural_int, nargs=1, help=argparse.SUPPRESS)
     add_quiet_argument(p)
 
 

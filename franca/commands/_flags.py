@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 log = logging.getLogger("franca.commands")
@@ -55,6 +56,64 @@ def add_quiet_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     """`--quiet`: no progress bars (`--no-progress` is the hidden old spelling)."""
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
+
+
+def _number(text: str, kind: type) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer ≥ `low` (a count, an epoch number, a size), else a one-line usage error."""
+
+    def parse(text: str) -> int:
+        value = int(_number(text, int))
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {'≥ ' + str(low) if low else 'zero or more'}, got {value}")
+        return value
+
+    parse.__name__ = f"integer ≥ {low}"
+    return parse
+
+
+positive_int = int_at_least(1)
+"""An argparse `type`: an integer ≥ 1."""
+natural_int = int_at_least(0)
+"""An argparse `type`: an integer ≥ 0."""
+
+
+def float_in(low: float = 0.0, high: float = math.inf, *, low_open: bool = True, high_open: bool = False):
+    """An argparse `type`: a finite number in the interval (low, high] (bounds open or closed as asked), else a
+    one-line usage error (`--temperature 0` divides by zero; nan or inf are never a setting)."""
+
+    def parse(text: str) -> float:
+        value = float(_number(text, float))
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if below or above:
+            if math.isinf(high):
+                want = f"{'>' if low_open else '≥'} {low:g}"
+            else:
+                want = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text}")
+        return value
+
+    return parse
+
+
+positive_float = float_in(0.0)
+"""An argparse `type`: a finite number > 0 (a temperature, a learning rate)."""
+nonnegative_float = float_in(0.0, low_open=False)
+"""An argparse `type`: a finite number ≥ 0 (a weight decay)."""
+fraction = float_in(0.0, 1.0, high_open=True)
+"""An argparse `type`: a share strictly between 0 and 1."""
 
 
 def fit_size(size: int, patch: int, flag: str = "--size") -> int:

@@ -25,6 +25,8 @@ import argparse
 import shlex
 import sys
 
+from franca.commands._flags import natural_int, positive_int
+
 HELP = "ablation sweep: config variants × seeds at equal compute, evaluated, with a table and plot"
 
 
@@ -56,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a variant of your own: NAME key=value [key=value ...] (repeatable; default: none)",
     )
     p.add_argument("--baseline", default=None, help="variant the others are compared with (default: the first)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: %(default)s")
+    p.add_argument("--seeds", nargs="+", type=natural_int, default=[0, 1, 2], help="default: %(default)s")
     p.add_argument(
         "--protocols",
         nargs="+",
@@ -65,12 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="evaluations of every run (default: %(default)s)",
     )
     p.add_argument("--out", default="runs/ablate", help="sweep folder (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default: 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs at a time, each in its own process (default: 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads per run (default: 1)")
     p.add_argument("--device", default="cpu", help="training and evaluation device (default: %(default)s)")
     p.add_argument(
         "--checkpoint-period",
-        type=int,
+        type=positive_int,
         default=100,
         help="iterations between checkpoints of each run, the resume granularity (default: %(default)s)",
     )
@@ -84,13 +86,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-only", action="store_true", help="rebuild the table and plot from finished runs")
     g = p.add_argument_group("evaluation settings")
     g.add_argument(
-        "--size", type=int, default=None, help="classification input size (default: the preset's global crop size)"
+        "--size",
+        type=positive_int,
+        default=None,
+        help="classification input size (default: the preset's global crop size)",
     )
     g.add_argument(
-        "--seg-size", type=int, default=128, help="overcluster / in-context input size (default: %(default)s)"
+        "--seg-size", type=positive_int, default=128, help="overcluster / in-context input size (default: %(default)s)"
     )
     g.add_argument(
-        "--linear-epochs", type=int, default=10, help="linear and PCA-slicing probe epochs (default: %(default)s)"
+        "--linear-epochs",
+        type=positive_int,
+        default=10,
+        help="linear and PCA-slicing probe epochs (default: %(default)s)",
     )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from franca.commands._flags import positive_float, positive_int
+
 log = logging.getLogger(__name__)
 
 HELP = "weighted k-NN classification on frozen CLS features (top-1/top-5 per k)"
@@ -19,14 +21,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from franca.commands._common import add_classification_arguments
 
     g = add_classification_arguments(p, "knn", "k-NN")
-    g.add_argument("--ks", type=int, nargs="+", default=[10, 20, 100, 200], help="k values (default: %(default)s)")
-    g.add_argument("--temperature", type=float, default=0.07, help="vote temperature T (default: %(default)s)")
+    g.add_argument(
+        "--ks", type=positive_int, nargs="+", default=[10, 20, 100, 200], help="k values (default: %(default)s)"
+    )
+    g.add_argument("--temperature", type=positive_float, default=0.07, help="vote temperature T (default: %(default)s)")
     g.add_argument(
         "--backend", choices=["torch", "faiss"], default="torch", help="search backend (default: %(default)s)"
     )
     g.add_argument(
         "--n-per-class",
-        type=int,
+        type=positive_int,
         default=-1,
         help="few-shot: train samples per class, one draw per seed (default: all)",
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from franca.commands._flags import natural_int, positive_int
+
 HELP = "overclustering: K-means on patch tokens, greedy/Hungarian matching, mIoU (Leopart protocol)"
 
 
@@ -29,15 +31,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", default="val", help="split to cluster (default: %(default)s)")
     g.add_argument(
         "--ks",
-        type=int,
+        type=natural_int,
         nargs="+",
         default=None,
         help="numbers of clusters; 0 means the class count (default: 100 300 0)",
     )
-    g.add_argument("--pca-dim", type=int, default=50, help="PCA dimensions after standardising (default: %(default)s)")
-    g.add_argument("--niter", type=int, default=100, help="K-means iterations (default: %(default)s)")
-    g.add_argument("--nredo", type=int, default=5, help="K-means restarts, best kept (default: %(default)s)")
-    g.add_argument("--mask-size", type=int, default=100, help="evaluation resolution (default: %(default)s)")
+    g.add_argument(
+        "--pca-dim", type=positive_int, default=50, help="PCA dimensions after standardising (default: %(default)s)"
+    )
+    g.add_argument("--niter", type=positive_int, default=100, help="K-means iterations (default: %(default)s)")
+    g.add_argument("--nredo", type=positive_int, default=5, help="K-means restarts, best kept (default: %(default)s)")
+    g.add_argument("--mask-size", type=positive_int, default=100, help="evaluation resolution (default: %(default)s)")
     g.add_argument(
         "--matching",
         choices=["leopart", "hungarian-below"],

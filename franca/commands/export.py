@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._flags import positive_int
+
 HELP = "backbone to safetensors (timm recipe), ONNX or torch.export with dynamic height/width"
 
 
@@ -30,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-export", default=None, help="also write a torch.export program (.pt2)")
     p.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         default=None,
         help="example input side for --onnx/--torch-export (default: the file's grid·patch)",
     )

@@ -21,6 +21,8 @@ import os
 import shlex
 from typing import Optional
 
+from franca.commands._flags import natural_int, positive_int
+
 HELP = "Franca pretraining (default: the tiny preset on the built-in data, CPU, minutes)"
 
 
@@ -57,11 +59,11 @@ def add_config_shortcuts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", default=None, metavar="DIR", help="run folder (sets train.output_dir; default: the preset's)"
     )
-    p.add_argument("--seed", default=None, type=int, help="sets train.seed (default: the preset's)")
+    p.add_argument("--seed", default=None, type=natural_int, help="sets train.seed (default: the preset's)")
     p.add_argument(
         "--batch-size",
         default=None,
-        type=int,
+        type=positive_int,
         help="images per process and step (sets train.batch_size_per_gpu; default: the preset's)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (sets train.device; default: the preset's)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from franca.commands._common import add_model_arguments
+from franca.commands._flags import float_in, positive_int
 
 HELP = "PNG of the last block's CLS attention per head over images"
 
@@ -24,12 +25,14 @@ def add_image_arguments(
     add_data_argument(
         p, "image files or folders, searched recursively (default: the built-in toy validation images)", nargs="+"
     )
-    p.add_argument("--n-images", type=int, default=n_default, help="use the first N images (default: %(default)s)")
+    p.add_argument(
+        "--n-images", type=positive_int, default=n_default, help="use the first N images (default: %(default)s)"
+    )
     add_size_argument(p, f"square input side, rounded down to a multiple of the patch size (default: {default_size})")
     if panels:
         p.add_argument(
             "--panel-size",
-            type=int,
+            type=positive_int,
             default=None,
             metavar="PX",
             help="side of each drawn panel (default: the input size, shrunk so that the figure stays within 2000 px)",
@@ -52,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_arguments(p, "attention", 4, "480; 16 patches for the tiny vitt sizes")
     p.add_argument(
         "--threshold",
-        type=float,
+        type=float_in(0.0, 1.0),
         default=None,
         help="DINO thresholding: keep the patches holding this share of attention (e.g. 0.6)",
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from franca.commands._common import add_model_arguments
+from franca.commands._flags import float_in
 from franca.commands.viz_attention import add_image_arguments, prepare_images
 
 HELP = "PNG of the first 3 PCA components of patch features as RGB"
@@ -21,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_image_arguments(p, "pca", 4, "448; 16 patches for the tiny vitt sizes")
     p.add_argument(
         "--threshold",
-        type=float,
+        type=float_in(0.0, 1.0, low_open=False),
         default=0.35,
         help="foreground threshold on the first component (default: %(default)s)",
     )
