@@ -56,6 +56,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _ListModels(argparse.Action):
+    """`franca --list-models`: the released names, one a line with what each is, then exit."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        from franca.models.releases import RELEASES
+
+        width = max(map(len, RELEASES))
+        lines = [f"{name:<{width}}  {RELEASES[name].description}" for name in sorted(RELEASES)]
+        print("\n".join(lines))
+        parser.exit(0)
+
+
 def _add_leaf(sub: argparse._SubParsersAction, name: str, module_name: str) -> None:
     try:
         module = importlib.import_module(module_name)
@@ -89,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     from franca import __version__
 
     parser.add_argument("--version", action="version", version=f"franca {__version__}")
+    parser.add_argument(
+        "--list-models",
+        action=_ListModels,
+        help="print the released models that --model accepts (downloaded once, then cached) and exit",
+    )
     parser.add_argument(
         "-v",
         "--verbose",

@@ -62,11 +62,22 @@ def add_model_arguments(p: argparse.ArgumentParser, rasa: bool = True) -> None:
     )
 
 
-def weights_label(args: argparse.Namespace) -> str:
-    """What names the weights in JSON, report rows and figure titles: the release name, the weights
-    file name, or "random init". Raises (saying how to get weights) when the arguments name none."""
-    from franca.models.api import weights_label as label
+NO_WEIGHTS = "pass --weights FILE, a released --model (franca --list-models) or --random-init"
+"""The how-to of every command given no weights (one line: `franca eval knn: error: no weights: pass …`)."""
 
+
+def weights_label(args: argparse.Namespace) -> str:
+    """What names the weights in JSON, report rows and figure titles: the weights file name, the release
+    name, or "random init". Raises (saying how to get weights, in one line) when the arguments name none."""
+    from franca.models.api import weights_label as label
+    from franca.models.releases import is_release
+    from franca.utils.errors import UserError
+
+    model, weights = getattr(args, "model", None), getattr(args, "weights", None)
+    if weights is None and not is_release(model) and not getattr(args, "random_init", False):
+        raise UserError(
+            f"--model {model} is not a released model; {NO_WEIGHTS}" if model else f"no weights: {NO_WEIGHTS}"
+        )
     return label(
         getattr(args, "model", None),
         getattr(args, "weights", None),

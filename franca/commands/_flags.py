@@ -52,9 +52,9 @@ def add_size_argument(
         p.add_argument(alias, dest="size", type=int, help=argparse.SUPPRESS)
 
 
-def add_quiet_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """`--quiet`: no progress bars (`--no-progress` is the hidden old spelling)."""
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+def add_quiet_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str = "no progress bars") -> None:
+    """`--quiet`: no progress bars (`--no-progress` is the hidden old spelling); every command has it."""
+    p.add_argument("--quiet", action="store_true", help=help)
     p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
 
 

@@ -25,7 +25,7 @@ import argparse
 import shlex
 import sys
 
-from franca.commands._flags import natural_int, positive_int
+from franca.commands._flags import add_quiet_argument, natural_int, positive_int
 
 HELP = "ablation sweep: config variants × seeds at equal compute, evaluated, with a table and plot"
 
@@ -84,6 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "then not at equal compute",
     )
     p.add_argument("--report-only", action="store_true", help="rebuild the table and plot from finished runs")
+    add_quiet_argument(p, help="no progress: neither bars nor the line per finished run (the table is printed)")
     g = p.add_argument_group("evaluation settings")
     g.add_argument(
         "--size",
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     sweep = build_sweep(args)
     info = None
     if not args.report_only:
-        info = run_sweep(sweep)
+        info = run_sweep(sweep, echo=(lambda line: None) if args.quiet else print)
     command = "franca " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["ablate"] else None
     paths = write_report(sweep, command=command, sweep_info=info)
     print(paths["md"].read_text())

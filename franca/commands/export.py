@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._flags import positive_int
+from franca.commands._flags import add_quiet_argument, positive_int
 
 HELP = "backbone to safetensors (timm recipe), ONNX or torch.export with dynamic height/width"
 
@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="example input side for --onnx/--torch-export (default: the file's grid·patch)",
     )
+    add_quiet_argument(p, help="no progress lines (the ONNX exporter's steps)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         from franca.models.deploy import CHECK_NODE, export_onnx
 
         print(
-            f"wrote {export_onnx(model, args.onnx, size=args.size)} (inputs: images (B, 3, H, W), H and W "
+            f"wrote {export_onnx(model, args.onnx, size=args.size, verbose=not args.quiet)} (inputs: images (B, 3, H, W), H and W "
             f"multiples of {model.patch_size}, other sides fail in the node {CHECK_NODE}; outputs: cls, "
             "registers, patch_tokens)"
         )

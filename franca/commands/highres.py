@@ -7,13 +7,15 @@ backbone (position table resized bicubically with antialias); heads are re-initi
 The checkpoint defines the model: its own config gives the backbone and head shapes (a `model.*`
 override that contradicts it is an error), and the stages' crop sizes are rounded down to multiples
 of its patch size. Overrides apply to both stages (e.g. data.dataset=/images train.batch_size_per_gpu=8).
-Each stage writes its own run folder under --output-dir (--resume / --overwrite as in `franca pretrain`).
+Each stage writes its own run folder under --out (--resume / --overwrite as in `franca pretrain`).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from franca.commands._flags import add_quiet_argument
 
 HELP = "high-resolution adaptation (global 364 then 518, local 112/168) from a pretraining checkpoint"
 
@@ -29,10 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated presets run in order (default: %(default)s)",
     )
     p.add_argument(
-        "--output-dir", default="runs/highres", help="parent folder of the stage runs (default: %(default)s)"
+        "--out", default="runs/highres", metavar="DIR", help="parent folder of the stage runs (default: %(default)s)"
     )
     add_run_folder_arguments(p, checkpoint=False)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,9 +51,7 @@ def run(args: argparse.Namespace) -> int:
     saved, patch = read_checkpoint_model(src)
     stages = [s for s in args.stages.split(",") if s]
     configs = [
-        stage_config(
-            s, [f"train.output_dir={Path(args.output_dir) / Path(s).stem}", *args.overrides], saved, patch, str(src)
-        )
+        stage_config(s, [f"train.output_dir={Path(args.out) / Path(s).stem}", *args.overrides], saved, patch, str(src))
         for s in stages
     ]
     cmd = [
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         str(args.checkpoint),
         "--stages",
         args.stages,
-        "--output-dir",
-        str(args.output_dir),
+        "--out",
+        str(args.out),
         *(["--quiet"] if args.quiet else []),
         "--resume",
         *args.overrides,

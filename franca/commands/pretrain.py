@@ -88,7 +88,7 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
 
 def add_run_folder_arguments(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     """--resume / --overwrite / --allow-config-change (pretrain and highres)."""
-    where = "train.output_dir" if checkpoint else "each stage's folder under --output-dir"
+    where = "train.output_dir" if checkpoint else "each stage's folder under --out"
     p.add_argument(
         "--resume",
         action="store_true",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._flags import add_quiet_argument
+
 HELP = "gather a run's results and figures into one markdown/HTML page"
 
 
@@ -17,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "its images embedded, is written next to it",
     )
     p.add_argument("--title", default=None, help="page title (default: the folder name)")
+    add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -46,15 +46,11 @@ def build_backbone(name: str, **overrides: Any) -> nn.Module:
 
 
 def no_weights_message(name: str | None) -> str:
-    """How to get weights, for a call or command that named none."""
-    from franca.models.releases import release_names
-
-    what = f"{name!r} is not a released model" if name else "no model and no weights given"
+    """How to get weights, in one short line, for a call that named none."""
+    what = f"{name!r} is not a released model and no weights file was given" if name else "no weights given"
     return (
-        f"{what}, and no weights file was given. Pass weights=FILE (CLI: --weights FILE), or a released "
-        f"name such as franca_vitb14_in21k or dinov2_vits14_reg (downloaded once, then cached; all: "
-        f"{', '.join(release_names())}). Random weights only on request: "
-        f"franca.build_backbone({name or 'vits14'!r}) (CLI: --random-init)."
+        f"{what}: pass weights=FILE or a released name (franca.releases() lists them); "
+        f"random weights only on request: franca.build_backbone({name or 'vits14'!r})"
     )
 
 
@@ -75,11 +71,14 @@ def load_backbone(
     label = None
     from franca.models.releases import get_release, is_release
 
-    if name is not None and is_release(name):
+    release = None
+    if name is not None and is_release(name) and weights is not None:
+        # a file of that release (e.g. the user's own copy): its architecture must be the release's
+        release = get_release(name)
+        name = release.size
+    elif name is not None and is_release(name):
         from franca.models.hub import fetch_rasa, fetch_release
 
-        if weights is not None:
-            raise ValueError(f"{name} is a released model: pass either the released name or weights=FILE, not both")
         rel = get_release(name)
         weights = fetch_release(rel, progress=progress)
         if rasa is True:
@@ -94,19 +93,21 @@ def load_backbone(
 
         model = build_timm_backbone(name[len(TIMM_PREFIX) :], weights=weights, **overrides)
     else:
-        model = _load_file(name, weights, overrides)
+        model = _load_file(name, weights, overrides, release)
     if rasa is not None:
         model.set_rasa_projection(load_rasa_projection(rasa, model.embed_dim))
     model.weights_label = label or Path(weights).name
     return model.eval()
 
 
-def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any]) -> nn.Module:
+def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any], release: Any = None) -> nn.Module:
     from franca.models.weights import file_shape, infer_arch, load_weights_into, read_backbone_state_dict
 
     state, extra = read_backbone_state_dict(weights)
     shape = file_shape(state)
     saved = dict(extra.get("arch") or {})  # what our own files record (export metadata, checkpoint config)
+    if release is not None:
+        _check_release_shape(release, weights, shape)
     if name is not None:
         _check_named_size(name, weights, shape, saved, overrides)
     base = name or _template_size(shape, saved)
@@ -156,6 +157,21 @@ def _template_size(shape: dict[str, Any], saved: dict[str, Any]) -> str:
     return like[0] if like else "vits14"
 
 
+def _check_release_shape(release: Any, weights: str | Path, shape: dict[str, Any]) -> None:
+    """A released name given with a file must describe it: width, patch size, depth and registers of the
+    release (DINOv2 `*_reg`: 4 registers; the others none), else an error naming both."""
+    from franca.models.weights import describe_shape
+
+    want = {k: size_config(release.size)[k] for k in ("embed_dim", "patch_size", "depth")}
+    want["num_register_tokens"] = 4 if release.name.endswith("_reg") else 0
+    bad = [k for k, v in want.items() if shape.get(k) is not None and shape[k] != v]
+    if bad:
+        raise ValueError(
+            f"{weights} does not hold {release.name}: the file has {describe_shape(shape)}; {release.name} has "
+            f"{describe_shape(want)} ({', '.join(bad)} differ). Leave the model name out: the file defines the model"
+        )
+
+
 def _check_named_size(
     name: str, weights: str | Path, shape: dict[str, Any], saved: dict[str, Any], overrides: dict[str, Any]
 ) -> None:
@@ -196,10 +212,10 @@ def weights_label(name: str | None = None, weights: str | Path | None = None, ra
     """What names the weights in results and figures: the release name, the file name, or "random init"."""
     from franca.models.releases import is_release
 
+    if weights is not None:  # the file holds the weights, even when a released name describes it
+        return Path(weights).name
     if name is not None and is_release(name):
         return str(name).lower()
-    if weights is not None:
-        return Path(weights).name
     if random_init:
         return RANDOM_LABEL
     raise ValueError(no_weights_message(name))

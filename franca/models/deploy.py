@@ -90,10 +90,15 @@ def _name_check_node(model) -> None:
 
 
 def export_onnx(
-    model: nn.Module, path: str | Path, size: int | None = None, max_side: int = 4096, opset: int = 18
+    model: nn.Module,
+    path: str | Path,
+    size: int | None = None,
+    max_side: int = 4096,
+    opset: int = 18,
+    verbose: bool = True,
 ) -> Path:
     """ONNX file of `FeatureHead(model)` (input `images`; outputs cls, registers, patch_tokens), dynamic
-    batch, height and width (multiples of the patch size)."""
+    batch, height and width (multiples of the patch size). `verbose=False` silences the exporter's step lines."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     head = FeatureHead(model.eval(), patch_check=True).eval()
@@ -108,6 +113,7 @@ def export_onnx(
             dynamic_shapes=_dynamic_shapes(model, max_side),
             opset_version=opset,
             external_data=False,
+            verbose=verbose,
         )
     _name_check_node(prog.model)
     prog.save(str(tmp))
