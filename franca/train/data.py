@@ -17,9 +17,10 @@ batch at once (franca.data.batch_augment.BatchMultiCrop), seeded by all of the b
 batches are as reproducible, but a sample's crops then depend on the batch it is in. Images of mixed sizes
 are augmented together (one crop per image in its own size).
 
-With ``data.augment_device=cuda`` (the default ``auto`` on a CUDA run) the workers only read bytes and draw
-the masks; the training process decodes the JPEGs on the GPU and runs the same batch augmentation there
-(franca.data.gpu_pipeline), with the same seeds.
+With ``data.augment_device=cuda`` the workers only read bytes and draw the masks; the training process
+decodes the JPEGs on the GPU and runs the same batch augmentation there (franca.data.gpu_pipeline), with the
+same seeds. The default ``auto`` keeps the worker path on every device until that path's GPU figures
+(``benchmarks/gpu_suite.sh``) are measured and in the README.
 """
 
 from __future__ import annotations
@@ -386,10 +387,11 @@ def build_batch_augmentation(cfg: FrancaTrainConfig) -> BatchMultiCrop:
 
 
 def augment_device(cfg: FrancaTrainConfig, device: torch.device) -> Optional[torch.device]:
-    """Where batches are decoded and augmented: None for the loader workers (data.augment_device=cpu, or auto
-    off CUDA), else the training device (cuda, or auto on a CUDA run)."""
+    """Where batches are decoded and augmented: None for the loader workers (data.augment_device=cpu or auto),
+    the training device for data.augment_device=cuda. `auto` is the worker path on CUDA too: the device path
+    has not run on a GPU yet (benchmarks/gpu_suite.sh measures it), so it is chosen only by name."""
     want = cfg.data.augment_device
-    if want == "cpu" or (want == "auto" and device.type != "cuda"):
+    if want in ("cpu", "auto"):
         return None
     if device.type != "cuda":
         raise ValueError(
