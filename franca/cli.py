@@ -204,9 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         (getattr(args, "_group", None) or parser).print_help()
         return 2
     from franca.utils.errors import UserError, one_line
-    from franca.utils.progress import set_quiet
+    from franca.utils.progress import is_quiet, set_quiet
 
-    set_quiet(bool(getattr(args, "quiet", False)))  # --quiet: no progress bar anywhere
+    before = is_quiet()
+    set_quiet(bool(getattr(args, "quiet", False)))  # --quiet: no progress bar anywhere, for this command only
     try:
         return int(args._run(args) or 0)
     except (UserError, OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:
@@ -215,11 +216,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"franca {name}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except MemoryError as exc:  # e.g. an image resized to a --size far beyond what the machine holds
+        if args.verbose:
+            raise
+        what = f" ({one_line(exc)})" if str(exc) else ""
+        print(f"franca {name}: error: out of memory{what}: use a smaller --size or --batch-size", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if args.verbose:
             raise
         print(f"franca {name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_quiet(before)  # a caller running several commands in one process gets its own setting back
 
 
 if __name__ == "__main__":

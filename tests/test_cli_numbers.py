@@ -107,8 +107,13 @@ def test_knn_temperature_zero_on_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--temperature", "0", "--out", str(out)])
     assert not out.exists()
+    capsys.readouterr()
     assert main([*argv, "--temperature", "0.07", "--out", str(out), "--ks", "1", "--num-workers", "0"]) == 0
-    assert out.exists()
+    # issue 27 item 15: with 4 classes top-5 is 100 by construction; it was shown as a result
+    assert "top-5 (trivial: ≤ 5 classes)" in capsys.readouterr().out
+    data = __import__("json").loads(out.read_text())
+    assert data["top5_trivial"] is True and data["results"]["top5_k1"] == 100.0
+    assert any("top-5 is 100 by construction with 4 classes" in w for w in data["warnings"])
 
 
 def test_library_refuses_the_same_values():

@@ -21,6 +21,9 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+from franca.utils.errors import UserError
 
 log = logging.getLogger("franca.commands")
 
@@ -161,3 +164,69 @@ def title_label(model: str | None, weights: str | None, random_init: bool = Fals
     label = weights_label(model, weights, random_init=random_init)
     name = model or "backbone"
     return f"{name}, weights {label}" if weights else f"{name}, {label}"
+
+
+def available_bytes(device: Any) -> int | None:
+    """Memory free for one run on `device`: the CUDA card's free memory, or the system's available memory
+    (Linux MemAvailable, else the physical memory); None when it cannot be told."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: float) -> str:
+    if n >= 2**40:
+        return f"{n / 2**40:,.0f} TB"
+    return f"{n / 2**30:,.1f} GB" if n >= 2**30 else f"{n / 2**20:,.0f} MB"
+
+
+def check_side_fits(
+    model: Any,
+    size: int,
+    device: Any,
+    *,
+    batch_size: int = 1,
+    n_images: int = 0,
+    explicit_attention: bool = False,
+    flag: str = "--size",
+) -> None:
+    """Refuse, before any work, an input side whose run cannot fit in memory (`--size 20000` read a 1.5 GB
+    image and then aborted or raised MemoryError with a traceback). The estimate is a lower bound: the
+    decoded and normalised images of one batch, the block activations of their tokens, the attention maps
+    when they are computed explicitly (`viz attention`), and the `n_images` patch-feature rows kept for the
+    output (`features`)."""
+    p, d = int(model.patch_size), int(model.embed_dim)
+    side = int(size) // p * p
+    n = (side // p) ** 2
+    tokens = 1 + int(getattr(model, "num_register_tokens", 0)) + n
+    per_image = 3 * side * side * 4 * 2 + int((side / 0.875) ** 2 * 3) + tokens * d * 4 * 12
+    if explicit_attention:
+        per_image += int(getattr(model, "num_heads", 1)) * tokens * tokens * 4 * 2
+    kept = n_images * n * d * 4
+    batch_size = max(1, min(int(batch_size), n_images) if n_images else int(batch_size))
+    need = batch_size * per_image + kept
+    free = available_bytes(device)
+    if free is None or need <= free:
+        return
+    what = f"{flag} {size}: an image of {side}×{side} px has {n:,} patch tokens"
+    if per_image + kept <= free:
+        raise UserError(
+            f"{what}; {batch_size} images per pass need about {_gb(need)}, more than the {_gb(free)} available "
+            f"on {device}: lower --batch-size"
+        )
+    raise UserError(
+        f"{what} and needs about {_gb(per_image + kept)}{' for all the outputs' if kept > per_image else ''}, more "
+        f"than the {_gb(free)} available on {device}: use a smaller {flag}"
+    )

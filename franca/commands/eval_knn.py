@@ -49,6 +49,18 @@ def warn_large_k(ks: list[int], n_train: int) -> list[str]:
     return [msg]
 
 
+def warn_trivial_top5(num_classes: int) -> list[str]:
+    """A warning when top-5 cannot miss: with 5 classes or fewer every label is among the top 5."""
+    if num_classes > 5:
+        return []
+    msg = (
+        f"top-5 is 100 by construction with {num_classes} classes (every class is among the top 5): "
+        f"the top-5 columns say nothing here"
+    )
+    log.warning(msg)
+    return [msg]
+
+
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import finish_classification, format_table, start_classification
     from franca.eval import knn
@@ -58,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
         model, **common, ks=args.ks, T=args.temperature, backend=args.backend, n_per_class=args.n_per_class
     )
     n_train = min(int(r["n_train"]) for r in result["per_seed"])  # few-shot draws use fewer
-    result["warnings"] = warn_large_k(list(result["settings"]["ks"]), n_train)
+    trivial = warn_trivial_top5(int(result["data"]["num_classes"]))
+    result["warnings"] = warn_large_k(list(result["settings"]["ks"]), n_train) + trivial
+    result["top5_trivial"] = bool(trivial)
     rows = [[k, result["results"][f"top1_k{k}"], result["results"][f"top5_k{k}"]] for k in result["settings"]["ks"]]
-    print(format_table(rows, ["k", "top-1", "top-5"]))
+    print(format_table(rows, ["k", "top-1", "top-5 (trivial: ≤ 5 classes)" if trivial else "top-5"]))
     finish_classification(args, "knn", result, started)
     return 0

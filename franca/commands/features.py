@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import load_model_from_args
-    from franca.commands._flags import check_out_path, fit_size
+    from franca.commands._flags import check_out_path, check_side_fits, fit_size
     from franca.features import OUTPUT_SUFFIXES, extract_features, list_images, save_features
 
     check_out_path(args.out, OUTPUT_SUFFIXES)  # before any work: a bad --out fails at once, not after extraction
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"no images found under {args.data}")
     model, device = load_model_from_args(args)
     fit_size(args.size, model.patch_size)  # the one size rule's info line; the crop does the rounding
+    check_side_fits(model, args.size, device, batch_size=args.batch_size, n_images=len(paths))
     rasa = bool(getattr(args, "rasa", None))
     res = extract_features(
         model,

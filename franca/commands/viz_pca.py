@@ -31,12 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import load_model_from_args
-    from franca.commands._flags import check_out_path, title_label
+    from franca.commands._flags import check_out_path, check_side_fits, title_label
     from franca.viz.pca import pca_figure
 
     check_out_path(args.out, (".png",))
     model, device = load_model_from_args(args)
     images, size = prepare_images(args, model.patch_size)
+    if size is not None:  # every image's patch tokens are kept for the PCA
+        check_side_fits(model, size, device, n_images=len(images))
     rasa = bool(getattr(args, "rasa", None))
     res = pca_figure(
         model,

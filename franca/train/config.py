@@ -405,6 +405,11 @@ def _read_yaml(path: Path) -> Any:
             f"config {path}: expected a mapping of config keys (e.g. `optim: {{base_lr: 1.0e-3}}`), "
             f"got a {type(node).__name__}"
         )
+    if len(node) == 0:  # an empty file (or `{}`) silently meant the schema defaults, a ViT-S/14 on the toy set
+        raise ValueError(
+            f"config {path} is empty: give config keys (e.g. `_base_: tiny` and `optim: {{base_lr: 1.0e-3}}`), "
+            f"or a preset name ({', '.join(list_presets())})"
+        )
     return node
 
 

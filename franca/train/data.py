@@ -503,4 +503,16 @@ def build_pretrain_data(
         what = f"webdataset {where} ({len(shards)} shards, {n} images){batched}"
     if on is not None:
         loader = DeviceAugmentedLoader(loader, DeviceAugment(build_batch_augmentation(cfg), on))
+    if n < B * world and rank == 0:
+        log.warning(batch_larger_than_data(n, B, world))
     return PretrainData(loader, n, what)
+
+
+def batch_larger_than_data(n: int, batch_size: int, world: int) -> str:
+    """The warning for a global batch larger than the data set (its batches repeat images)."""
+    per = f" ({batch_size} per process × {world})" if world > 1 else ""
+    return (
+        f"the batch of {batch_size * world} images{per} is larger than the data set ({n} images): every batch "
+        f"repeats images and an epoch is one iteration; lower train.batch_size_per_gpu (--batch-size) to "
+        f"{max(1, n // world)} or less"
+    )
