@@ -98,8 +98,7 @@ def _add_leaf(sub: argparse._SubParsersAction, name: str, module_name: str) -> N
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="franca",
-        description="Franca: pretrain, clean (RASA) and evaluate vision transformers. "
-        "Run `franca COMMAND --help` for each command's options.",
+        description="Franca: pretrain, clean (RASA) and evaluate vision transformers. Each command has its own --help.",
     )
     from franca import __version__
 

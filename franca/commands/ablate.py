@@ -1,7 +1,8 @@
 """Ablation sweep: named variants of one preset × several seeds at equal compute, evaluated and compared.
 
-    franca ablate --config tiny --seeds 0 1 2 --protocols knn linear pca-slice \\
-        --out runs/ablate train.epochs=4
+Example: the tiny preset's baseline against no KoLeo, one seed, a short schedule, scored by k-NN:
+
+    franca ablate --variants franca no-koleo --seeds 0 --protocols knn --out runs/ablate train.iterations=10
 
 Built-in variants (default: all; the first is the baseline unless --baseline says otherwise):
   franca            the preset as it is (nested Matryoshka heads, CyclicMask, slicing heads, KoLeo)
@@ -9,7 +10,7 @@ Built-in variants (default: all; the first is the baseline unless --baseline say
   block-mask        ibot.mask_type=block: DINOv2 multi-block masking instead of CyclicMask
   projection-heads  dino/ibot mode=projection: the released per-level projections instead of slicing
   no-koleo         loss.koleo_weight=0
-Your own: `--variant NAME key=value [key=value ...]` (repeatable; any key the config accepts). Variants
+Your own: --variant NAME key=value … (repeatable; any key the config accepts). Variants
 may not change the compute (iterations, epochs, batch, crops, data, seed): those are set once, by the
 sweep-wide `key=value` overrides, for every run. The untrained backbone of each seed is the reference row.
 

@@ -3,6 +3,9 @@
 Layout under --out: imagenet/ (ImageNet folders + labels.txt), VOCdevkit/VOC2012/ (Pascal VOC
 segmentation), nyuv2/ (BTS depth layout), SPair-71k/ (keypoint pairs), toy.json (parameters).
 Classes are shapes with random colours and textures. The same arguments give the same bytes.
+Example (a small set; the defaults write 5,000 + 1,000 classification images):
+
+    franca data toy --out toy --n-train 200 --n-val 50
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """Weighted k-NN classification on frozen CLS features (the DINOv2 protocol).
 
 Cosine similarity to the train set, top-200 neighbours, softmax(sim / 0.07) votes, top-1/top-5
-for k in {10, 20, 100, 200}. With no --data the built-in toy set is used, so
-`franca eval knn --model vitt8 --size 32` runs anywhere in seconds.
+for k in {10, 20, 100, 200}. --data is an ImageFolder root (train/ and val/, one folder per class);
+with no --data the built-in toy set is used. Examples, on the backbone that `franca pretrain` writes:
+
+    franca eval knn --weights runs/pretrain-tiny/checkpoint.pth --size 32
+    franca eval knn --weights runs/pretrain-tiny/checkpoint.pth --data imagenet --size 64 --ks 1 3
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 set, clusters matched to classes (Hungarian at K = C, greedy many-to-one for every other K, as Leopart), mIoU averaged
 over K-means seeds 0-4.
 
-With no --data the built-in toy set (VOC layout) is used at input side 128, so
-`franca eval overcluster --model vitt8` runs anywhere.
+With no --data the built-in toy set (VOC layout) is used at input side 128. Example, on the backbone
+that `franca pretrain` writes:
+
+    franca eval overcluster --weights runs/pretrain-tiny/checkpoint.pth
 """
 
 from __future__ import annotations

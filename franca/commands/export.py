@@ -7,6 +7,9 @@ pretrained_cfg_overlay=dict(file=PATH), **kwargs)` with the exact kwargs (SwiGLU
 --rasa FILE) is kept in the file's metadata. `--onnx FILE` and `--torch-export FILE.pt2` write
 graphs with dynamic batch, height and width (multiples of the patch size; another side fails in the
 runtime, in the ONNX node check_height_and_width_are_multiples_of_the_patch_size); see franca.models.deploy.
+Example:
+
+    franca export --weights runs/pretrain-tiny/checkpoint.pth --out tiny.safetensors
 """
 
 from __future__ import annotations

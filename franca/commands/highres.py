@@ -1,4 +1,4 @@
-"""High-resolution adaptation: `franca highres --checkpoint CKPT [key=value ...]`.
+"""High-resolution adaptation of a pretraining checkpoint.
 
 Two stages as in the paper (appendix B): global crops 364 / local 112 for 30K iterations with
 the teacher-temperature warm-up in the first 10K, then 518 / 168 for 10K iterations; lr 1.25e-5,
@@ -6,8 +6,9 @@ all schedules compressed into each stage. Each stage starts from the previous st
 backbone (position table resized bicubically with antialias); heads are re-initialised.
 The checkpoint defines the model: its own config gives the backbone and head shapes (a `model.*`
 override that contradicts it is an error), and the stages' crop sizes are rounded down to multiples
-of its patch size. Overrides apply to both stages (e.g. data.dataset=/images train.batch_size_per_gpu=8).
-Each stage writes its own run folder under --out (--resume / --overwrite as in `franca pretrain`).
+of its patch size. key=value overrides apply to both stages (data.dataset=DIR for your images;
+train.iterations=2 for a check of both stages before the real run). Each stage writes its own run
+folder under --out (--resume / --overwrite as in `franca pretrain`).
 """
 
 from __future__ import annotations

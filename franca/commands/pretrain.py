@@ -1,17 +1,23 @@
-"""Franca pretraining: `franca pretrain [--config PRESET_OR_YAML] [--resume | --overwrite] [key=value ...]`.
+"""Franca pretraining.
 
 With no arguments the `tiny` preset trains a small ViT on the built-in toy data on the CPU in
-minutes and reports k-NN top-1 on the toy val split for the trained and the initial backbone.
-Presets: tiny, tiny-long, vits14, vits14-1gpu, vitb14-in21k, vitl14-laion, vitg14-laion
-(`--list-presets`). Any config key can be overridden, e.g. `train.batch_size_per_gpu=32
-data.dataset=/path/to/images optim.base_lr=1e-3`. `epochs` are passes over the data set; the
-start banner prints the derived iteration counts and every stopping rule (iterations, epochs,
-train.max_minutes); a run stopped by a limit prints the command that continues it.
+minutes (into runs/pretrain-tiny) and reports k-NN top-1 on the toy val split for the trained and
+the initial backbone. Presets: tiny, tiny-long, vits14, vits14-1gpu, vitb14-in21k, vitl14-laion,
+vitg14-laion (--list-presets). Any config key can be overridden as key=value (--print-config shows
+them all). `epochs` are passes over the data set; the start banner prints the derived iteration
+counts and every stopping rule (iterations, epochs, train.max_minutes); a run stopped by a limit
+prints the command that continues it.
 
 An output folder holds one run: running again into it needs --resume (continue; the config must
 match the saved one except for the keys named by --allow-config-change) or --overwrite (start
 again; the old files stay until the new run's first checkpoint). Two runs on one folder at the same
-time are refused. Multi-GPU: `torchrun --nproc-per-node=8 -m franca pretrain …`.
+time are refused. Multi-GPU and multi-node: the same command under torchrun (docs/training.md).
+
+Examples (the last trains on your own images, which have no labels for the k-NN check):
+
+    franca pretrain --list-presets
+    franca pretrain --config vitb14-in21k --print-config optim.base_lr=1e-3
+    franca pretrain --data photos --out runs/photos --batch-size 8 train.epochs=2 train.knn_eval=false
 """
 
 from __future__ import annotations

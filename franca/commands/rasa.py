@@ -4,13 +4,10 @@ For each of --iterations stages (a number, or `auto`), a linear (row, column) po
 with sigmoid outputs is trained on the already-cleaned final patch tokens (AdamW, weight decay 0,
 the reference augmentations) until its loss converges (or for --epochs with the reference's
 cosine schedule), and the 2-D subspace it uses is removed. The stages are folded into one (D, D)
-map stored in the backbone (buffer `rasa_proj`), so
-
-    model = franca.load_backbone(NAME, weights=OUT)
-    model.forward_features(x, use_rasa_head=True)["patch_token_rasa"]
-
-gives the cleaned tokens. Also written: OUT's RASA file (`<out>.rasa.safetensors`, usable as
-`load_backbone(NAME, weights=ORIGINAL, rasa=FILE)`) and a JSON report with, before and after every
+map stored in the backbone (buffer `rasa_proj`), so that `franca.load_backbone(weights=OUT)` gives a
+model whose `forward_features(x, use_rasa_head=True)["patch_token_rasa"]` are the cleaned tokens.
+Also written: OUT's RASA file (`<out>.rasa.safetensors`, usable as
+`franca.load_backbone(weights=ORIGINAL, rasa=FILE)`) and a JSON report with, before and after every
 stage, the position R² of two probes fitted on one half of the held-out images and scored on the
 other: a closed-form ridge probe and the paper's sigmoid predictor trained to convergence.
 """

@@ -1,5 +1,10 @@
 """Gather a run directory's result JSONs (any with protocol/metric keys), pretraining metrics
-(JSONL) and PNG figures into one markdown page and an HTML twin (default: RUN_DIR/report.md/.html)."""
+(JSONL) and PNG figures into one markdown page and an HTML twin (default: RUN_DIR/report.md/.html).
+
+Example, on the folder that `franca pretrain` writes:
+
+    franca report runs/pretrain-tiny
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """Last-layer CLS self-attention per head, overlaid on each image (one row per image), as a PNG.
 
-Images are resized and centre-cropped to --size (default 480, or 16 patches for the tiny vitt
-sizes). Without --data, the first images of the built-in toy validation set are used. The figure
-is titled with the model and weights, each head is labelled, a colour bar gives the scale, and
-both sides stay within 2000 px.
+Images go through the one preprocessing (franca.transforms: shorter side to --size/0.875, a centred
+--size square; default 480, or 16 patches for the tiny vitt sizes). Without --data, the first images of
+the built-in toy validation set are used. The figure is titled with the model and weights, each head is
+labelled, a colour bar gives the scale, and both sides stay within 2000 px. Example:
+
+    franca viz attention --weights runs/pretrain-tiny/checkpoint.pth --data photos --out attention.png
 """
 
 from __future__ import annotations

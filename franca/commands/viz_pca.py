@@ -1,9 +1,12 @@
 """First three PCA components of the patch features as RGB, next to each image, as a PNG.
 
-As Franca's visualisation: resize and centre-crop (448, or 16 patches for tiny models), normalise
-with mean 0.5 / std 0.2, fit PCA on the patch tokens of all images together; with the foreground
-threshold (default 0.35 on the min-max scaled first component) a second PCA is fitted on the
-foreground only and the background is black. --no-threshold shows the plain 3-component PCA.
+As Franca's visualisation, with the one preprocessing (franca.transforms: shorter side to --size/0.875,
+a centred --size square, ImageNet mean/std; --size 448, or 16 patches for tiny models): PCA fitted on the
+patch tokens of all images together; with the foreground threshold (default 0.35 on the min-max scaled
+first component) a second PCA is fitted on the foreground only and the background is black.
+--no-threshold shows the plain 3-component PCA. Example:
+
+    franca viz pca --weights runs/pretrain-tiny/checkpoint.pth --data photos --out pca.png
 """
 
 from __future__ import annotations
