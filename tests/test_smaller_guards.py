@@ -212,3 +212,22 @@ def test_a_weights_archive_that_would_unpack_far_beyond_its_size_is_refused(tmp_
     assert path.stat().st_size < 1 << 20
     with pytest.raises(ValueError, match=r"franca_vitg14\.pth in .*bomb\.tar\.gz would unpack to 67,108,864 bytes"):
         read_backbone_state_dict(path)
+
+
+def test_the_memory_estimate_names_the_cause(monkeypatch):
+    """One image too large: a smaller --size; a batch too large: --batch-size; too many kept features: fewer images."""
+    import franca.commands._flags as flags
+    from franca.utils.errors import UserError
+
+    model = franca.build_backbone("vitt8", depth=1)
+    monkeypatch.setattr(flags, "available_bytes", lambda device: 1 << 30)  # 1 GiB everywhere
+    flags.check_side_fits(model, 224, "cpu", batch_size=8, n_images=100)  # 784 tokens: fits
+    with pytest.raises(UserError, match=r"--size 4000: an image of 4000×4000 px .* use a smaller --size$"):
+        flags.check_side_fits(model, 4000, "cpu")
+    with pytest.raises(UserError, match=r"64 images per pass need about .* lower --batch-size$"):
+        flags.check_side_fits(model, 1024, "cpu", batch_size=64, n_images=1000)
+    with pytest.raises(UserError, match=r"the patch features of 100,000 images need about .* fewer images per run"):
+        flags.check_side_fits(model, 224, "cpu", batch_size=8, n_images=100_000)
+    with pytest.raises(UserError, match=r"an image of 800×800 px"):  # with the explicit attention maps (heads·T²)
+        flags.check_side_fits(model, 800, "cpu", explicit_attention=True)
+    flags.check_side_fits(model, 800, "cpu")  # the same side without them fits

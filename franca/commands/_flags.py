@@ -203,10 +203,12 @@ def check_side_fits(
     flag: str = "--size",
 ) -> None:
     """Refuse, before any work, an input side whose run cannot fit in memory (`--size 20000` read a 1.5 GB
-    image and then aborted or raised MemoryError with a traceback). The estimate is a lower bound: the
-    decoded and normalised images of one batch, the block activations of their tokens, the attention maps
-    when they are computed explicitly (`viz attention`), and the `n_images` patch-feature rows kept for the
-    output (`features`)."""
+    image and then aborted or raised MemoryError with a traceback). The estimate is a lower bound: on the
+    device, the decoded and normalised images of one batch, the block activations of their tokens and the
+    attention maps when they are computed explicitly (`viz attention`); in the host's memory, the patch
+    features of the `n_images` images kept for the output (`features`, `viz pca`)."""
+    import torch
+
     p, d = int(model.patch_size), int(model.embed_dim)
     side = int(size) // p * p
     n = (side // p) ** 2
@@ -214,19 +216,23 @@ def check_side_fits(
     per_image = 3 * side * side * 4 * 2 + int((side / 0.875) ** 2 * 3) + tokens * d * 4 * 12
     if explicit_attention:
         per_image += int(getattr(model, "num_heads", 1)) * tokens * tokens * 4 * 2
+    batch = max(1, min(int(batch_size), n_images) if n_images else int(batch_size))
     kept = n_images * n * d * 4
-    batch_size = max(1, min(int(batch_size), n_images) if n_images else int(batch_size))
-    need = batch_size * per_image + kept
-    free = available_bytes(device)
-    if free is None or need <= free:
-        return
+    on_host = torch.device(device).type == "cpu"
+    free, host_free = available_bytes(device), available_bytes("cpu")
     what = f"{flag} {size}: an image of {side}×{side} px has {n:,} patch tokens"
-    if per_image + kept <= free:
+    if free is not None and per_image > free:
         raise UserError(
-            f"{what}; {batch_size} images per pass need about {_gb(need)}, more than the {_gb(free)} available "
-            f"on {device}: lower --batch-size"
+            f"{what} and needs about {_gb(per_image)}, more than the {_gb(free)} available on {device}: "
+            f"use a smaller {flag}"
         )
-    raise UserError(
-        f"{what} and needs about {_gb(per_image + kept)}{' for all the outputs' if kept > per_image else ''}, more "
-        f"than the {_gb(free)} available on {device}: use a smaller {flag}"
-    )
+    if free is not None and batch * per_image > free:
+        raise UserError(
+            f"{what}; {batch} images per pass need about {_gb(batch * per_image)}, more than the {_gb(free)} "
+            f"available on {device}: lower --batch-size"
+        )
+    if host_free is not None and kept + (batch * per_image if on_host else 0) > host_free:
+        raise UserError(
+            f"{what}; the patch features of {n_images:,} images need about {_gb(kept)}, more than the "
+            f"{_gb(host_free)} of memory available: give fewer images per run or use a smaller {flag}"
+        )

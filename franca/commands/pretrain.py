@@ -13,7 +13,7 @@ match the saved one except for the keys named by --allow-config-change) or --ove
 again; the old files stay until the new run's first checkpoint). Two runs on one folder at the same
 time are refused. Multi-GPU and multi-node: the same command under torchrun (docs/training.md).
 
-Examples (the last trains on your own images, which have no labels for the k-NN check):
+Examples (the last trains on photos/, a folder of your own images: no labels, so no k-NN check):
 
     franca pretrain --list-presets
     franca pretrain --config vitb14-in21k --print-config optim.base_lr=1e-3
