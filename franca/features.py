@@ -19,6 +19,7 @@ from torch import nn
 from franca.data.datasets.folder import ImageFiles
 from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, open_image  # noqa: F401 (re-exported)
 from franca.data.images import list_images as _list_images
+from franca.utils.files import set_normal_mode
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def save_features(result: dict[str, Any], out: str | Path) -> Path:
                 torch.save(result, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        set_normal_mode(tmp_name)  # mkstemp made it 0600: give it the mode of any file written
         os.replace(tmp_name, out)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

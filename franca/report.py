@@ -64,11 +64,34 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------------- reading
+MAX_JSON_DEPTH = 64
+"""Deeper than any result JSON: a file nested deeper is skipped (it aborted the report with a RecursionError)."""
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of decoded JSON, without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o)
+    return deepest
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
+    except RecursionError:
+        log.warning("report: skipping %s (nested too deeply to be a result)", path)
+        return None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         log.warning("report: skipping %s (%s)", path, exc)
+        return None
+    if _depth(data) > MAX_JSON_DEPTH:
+        log.warning("report: skipping %s (nested more than %d levels deep: not a result)", path, MAX_JSON_DEPTH)
         return None
     return data if isinstance(data, dict) else None
 
@@ -79,10 +102,10 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         if line.strip():
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 log.warning("report: %s line %d is not JSON; skipped", path, i + 1)
                 continue
-            if isinstance(obj, dict):
+            if isinstance(obj, dict) and _depth(obj) <= MAX_JSON_DEPTH:
                 rows.append(obj)
     return rows
 

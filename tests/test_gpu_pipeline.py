@@ -181,7 +181,11 @@ def test_augment_device_config_key(tmp_path: Path) -> None:
 
     assert augment_device(_cfg(tmp_path), CPU) is None  # auto on a CPU run: the workers
     assert augment_device(_cfg(tmp_path, "data.augment_device=cpu"), torch.device("cuda")) is None
-    assert augment_device(_cfg(tmp_path), torch.device("cuda")) == torch.device("cuda")
+    # Issue 27 item 16: auto picked the device path on every CUDA run, a path no GPU had run yet. Until
+    # benchmarks/gpu_suite.sh has measured it (figures in the README), auto keeps the measured worker path
+    # on CUDA too; the device path is one key away.
+    assert augment_device(_cfg(tmp_path), torch.device("cuda")) is None
+    assert augment_device(_cfg(tmp_path, "data.augment_device=cuda"), torch.device("cuda")) == torch.device("cuda")
     with pytest.raises(ValueError, match=r"data\.augment_device='cuda' needs a CUDA"):
         augment_device(_cfg(tmp_path, "data.augment_device=cuda"), CPU)
     with pytest.raises(ValueError, match=r"data\.augment_device"):

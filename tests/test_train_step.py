@@ -274,7 +274,7 @@ def test_highres_command_runs_its_stages_in_order(tmp_path: Path) -> None:
             "--checkpoint",
             first["checkpoint"],
             "--quiet",
-            "--output-dir",
+            "--out",
             str(tmp_path / "hr"),
             "--stages",
             f"{tmp_path / 's1.yaml'},{tmp_path / 's2.yaml'}",

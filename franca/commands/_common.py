@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from franca.commands._flags import natural_int, positive_int
+
 log = logging.getLogger(__name__)
 
 
@@ -52,20 +54,31 @@ def add_model_arguments(p: argparse.ArgumentParser, rasa: bool = True) -> None:
             "released with a released --model",
         )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: %(default)s)")
     g.add_argument(
         "--num-workers",
-        type=int,
+        type=natural_int,
         default=min(4, os.cpu_count() or 1),
         help="data-loading processes (default: %(default)s)",
     )
 
 
-def weights_label(args: argparse.Namespace) -> str:
-    """What names the weights in JSON, report rows and figure titles: the release name, the weights
-    file name, or "random init". Raises (saying how to get weights) when the arguments name none."""
-    from franca.models.api import weights_label as label
+NO_WEIGHTS = "pass --weights FILE, a released --model (franca --list-models) or --random-init"
+"""The how-to of every command given no weights (one line: `franca eval knn: error: no weights: pass …`)."""
 
+
+def weights_label(args: argparse.Namespace) -> str:
+    """What names the weights in JSON, report rows and figure titles: the weights file name, the release
+    name, or "random init". Raises (saying how to get weights, in one line) when the arguments name none."""
+    from franca.models.api import weights_label as label
+    from franca.models.releases import is_release
+    from franca.utils.errors import UserError
+
+    model, weights = getattr(args, "model", None), getattr(args, "weights", None)
+    if weights is None and not is_release(model) and not getattr(args, "random_init", False):
+        raise UserError(
+            f"--model {model} is not a released model; {NO_WEIGHTS}" if model else f"no weights: {NO_WEIGHTS}"
+        )
     return label(
         getattr(args, "model", None),
         getattr(args, "weights", None),
@@ -150,12 +163,12 @@ def add_output_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
     )
     p.add_argument(
         "--seeds",
-        type=int,
+        type=natural_int,
         nargs="+",
         default=[0],
         help="seeds to average over; the JSON reports mean and std (default: %(default)s)",
     )
-    p.add_argument("--seed", dest="seeds", type=int, nargs=1, help=argparse.SUPPRESS)
+    p.add_argument("--seed", dest="seeds", type=natural_int, nargs=1, help=argparse.SUPPRESS)
     add_quiet_argument(p)
 
 

@@ -8,13 +8,19 @@ the file's own grid: `timm.create_model("vit_small_patch14_dinov2", pretrained=T
 pretrained_cfg_overlay=dict(file=PATH), **kwargs)` with the exact kwargs (SwiGLU models need
 `mlp_layer=timm.layers.SwiGLUPacked`). A RASA projection (folded into --weights or given with
 --rasa FILE) is kept in the file's metadata. `--onnx FILE` and `--torch-export FILE.pt2` write
-graphs with dynamic batch, height and width (multiples of the patch size); see franca.models.deploy.
+graphs with dynamic batch, height and width (multiples of the patch size; another side fails in the
+runtime, in the ONNX node check_height_and_width_are_multiples_of_the_patch_size); see franca.models.deploy.
 `--hf DIR` writes a Hugging Face transformers folder (see franca.models.hf); with it, --out is optional.
+Example:
+
+    franca export --weights runs/pretrain-tiny/checkpoint.pth --out tiny.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
+
+from franca.commands._flags import add_quiet_argument, positive_int
 
 HELP = "backbone to safetensors (timm recipe), ONNX or torch.export with dynamic height/width"
 
@@ -40,10 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         default=None,
         help="example input side for --onnx/--torch-export (default: the file's grid·patch)",
     )
+    add_quiet_argument(p, help="no progress lines (the ONNX exporter's steps)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
         for note in notes:
             print(f"note: {note}")
     if args.onnx:
-        from franca.models.deploy import export_onnx
+        from franca.models.deploy import CHECK_NODE, export_onnx
 
         print(
-            f"wrote {export_onnx(model, args.onnx, size=args.size)} (inputs: images (B, 3, H, W), H and W "
-            f"multiples of {model.patch_size}; outputs: cls, registers, patch_tokens)"
+            f"wrote {export_onnx(model, args.onnx, size=args.size, verbose=not args.quiet)} (inputs: images (B, 3, H, W), H and W "
+            f"multiples of {model.patch_size}, other sides fail in the node {CHECK_NODE}; outputs: cls, "
+            "registers, patch_tokens)"
         )
     if args.torch_export:
         from franca.models.deploy import export_program

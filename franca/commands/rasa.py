@@ -4,13 +4,10 @@ For each of --iterations stages (a number, or `auto`), a linear (row, column) po
 with sigmoid outputs is trained on the already-cleaned final patch tokens (AdamW, weight decay 0,
 the reference augmentations) until its loss converges (or for --epochs with the reference's
 cosine schedule), and the 2-D subspace it uses is removed. The stages are folded into one (D, D)
-map stored in the backbone (buffer `rasa_proj`), so
-
-    model = franca.load_backbone(NAME, weights=OUT)
-    model.forward_features(x, use_rasa_head=True)["patch_token_rasa"]
-
-gives the cleaned tokens. Also written: OUT's RASA file (`<out>.rasa.safetensors`, usable as
-`load_backbone(NAME, weights=ORIGINAL, rasa=FILE)`) and a JSON report with, before and after every
+map stored in the backbone (buffer `rasa_proj`), so that `franca.load_backbone(weights=OUT)` gives a
+model whose `forward_features(x, use_rasa_head=True)["patch_token_rasa"]` are the cleaned tokens.
+Also written: OUT's RASA file (`<out>.rasa.safetensors`, usable as
+`franca.load_backbone(weights=ORIGINAL, rasa=FILE)`) and a JSON report with, before and after every
 stage, the position R² of two probes fitted on one half of the held-out images and scored on the
 other: a closed-form ridge probe and the paper's sigmoid predictor trained to convergence.
 """
@@ -23,6 +20,7 @@ import math
 from pathlib import Path
 
 from franca.commands._common import add_model_arguments
+from franca.commands._flags import fraction, natural_int, nonnegative_float, positive_float, positive_int
 
 HELP = "RASA post-training: fit position removal and write a backbone with it folded in"
 
@@ -44,55 +42,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "predictor, ridge) is below --auto-threshold or stops falling, at most --max-iterations (default: %(default)s)",
     )
     g.add_argument(
-        "--max-iterations", type=int, default=16, help="most stages with --iterations auto (default: %(default)s)"
+        "--max-iterations",
+        type=positive_int,
+        default=16,
+        help="most stages with --iterations auto (default: %(default)s)",
     )
     g.add_argument(
         "--auto-threshold",
-        type=float,
+        type=nonnegative_float,
         default=0.05,
         help="--iterations auto stops once the held-out R² is below this (default: %(default)s)",
     )
     g.add_argument(
         "--auto-min-drop",
-        type=float,
+        type=nonnegative_float,
         default=0.005,
         help="--iterations auto stops when a stage lowers the R² by less than this (default: %(default)s)",
     )
     g.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help="train each stage for this many epochs with the reference's cosine schedule "
         "(default: train until the loss converges, see --max-steps)",
     )
     g.add_argument(
         "--max-steps",
-        type=int,
+        type=positive_int,
         default=2000,
         help="most optimiser steps per stage when training to convergence (default: %(default)s)",
     )
     g.add_argument(
         "--tol",
-        type=float,
+        type=nonnegative_float,
         default=1e-3,
         help="converged when the mean loss of the last --window steps is less than this (relative) "
         "below the window before (default: %(default)s)",
     )
-    g.add_argument("--window", type=int, default=50, help="steps per convergence window (default: %(default)s)")
+    g.add_argument(
+        "--window", type=positive_int, default=50, help="steps per convergence window (default: %(default)s)"
+    )
     g.add_argument(
         "--cache-views",
-        type=int,
+        type=natural_int,
         default=0,
         help="run the backbone on this many augmented passes over the training images once and "
         "train every stage on those cached tokens (default: 0, a fresh pass each epoch)",
     )
     g.add_argument(
         "--lr",
-        type=float,
+        type=positive_float,
         default=2e-3,
         help="AdamW learning rate; the paper's best (default: %(default)s; the reference configs use 2e-4)",
     )
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+    g.add_argument(
+        "--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay (default: %(default)s)"
+    )
     add_size_argument(
         g,
         "square training/probe image side, rounded down to a multiple of the patch size "
@@ -118,22 +123,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--heldout-fraction",
-        type=float,
+        type=fraction,
         default=0.1,
         help="share of images held out for the R² probes (default: %(default)s)",
     )
     g.add_argument(
-        "--max-heldout", type=int, default=256, help="at most this many held-out images (default: %(default)s)"
+        "--max-heldout", type=positive_int, default=256, help="at most this many held-out images (default: %(default)s)"
     )
     g.add_argument(
         "--probe-fit-fraction",
-        type=float,
+        type=fraction,
         default=0.5,
         help="share of the held-out images that fit the probes; the rest score them (default: %(default)s)",
     )
     g.add_argument(
         "--probe-max-steps",
-        type=int,
+        type=positive_int,
         default=2000,
         help="most full-batch steps of the sigmoid probe, trained to convergence (default: %(default)s)",
     )
@@ -143,8 +148,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="probe the held-out images as they are (default: each turned by a fixed random flip/"
         "90° rotation, so that image content does not correlate with grid position)",
     )
-    g.add_argument("--max-images", type=int, default=None, help="use at most this many images in total")
-    g.add_argument("--seed", type=int, default=400, help="random seed (default: %(default)s, the reference's)")
+    g.add_argument("--max-images", type=positive_int, default=None, help="use at most this many images in total")
+    g.add_argument("--seed", type=natural_int, default=400, help="random seed (default: %(default)s, the reference's)")
     g.add_argument(
         "--out",
         default=None,

@@ -89,15 +89,11 @@ def _build_dinov3(name: str, overrides: dict[str, Any]) -> Dinov3VisionTransform
 
 
 def no_weights_message(name: str | None) -> str:
-    """How to get weights, for a call or command that named none."""
-    from franca.models.releases import release_names
-
-    what = f"{name!r} is not a released model" if name else "no model and no weights given"
+    """How to get weights, in one short line, for a call that named none."""
+    what = f"{name!r} is not a released model and no weights file was given" if name else "no weights given"
     return (
-        f"{what}, and no weights file was given. Pass weights=FILE (CLI: --weights FILE), or a released "
-        f"name such as franca_vitb14_in21k or dinov2_vits14_reg (downloaded once, then cached; all: "
-        f"{', '.join(release_names())}). Random weights only on request: "
-        f"franca.build_backbone({name or 'vits14'!r}) (CLI: --random-init)."
+        f"{what}: pass weights=FILE or a released name (franca.releases() lists them); "
+        f"random weights only on request: franca.build_backbone({name or 'vits14'!r})"
     )
 
 
@@ -118,17 +114,20 @@ def load_backbone(
     label = None
     from franca.models.releases import get_release, is_release
 
+    release = None
     if name is not None and is_release(name):
         from franca.models.hub import fetch_rasa, fetch_release
 
         rel = get_release(name)
-        if weights is not None and not rel.gated:
-            raise ValueError(f"{name} is a released model: pass either the released name or weights=FILE, not both")
-        if weights is None:  # a gated file (DINOv3) is only looked for where it belongs, never downloaded
+        if weights is not None:
+            # a file of that release (e.g. the user's own copy): its architecture must be the release's
+            # (a DINOv3 name is also a layout, checked against the file as a layout name is)
+            release = None if rel.gated else rel
+        else:  # a gated file (DINOv3) is only looked for where it belongs, never downloaded
             weights = find_gated_file(rel) if rel.gated else fetch_release(rel, progress=progress)
             label = rel.name
-        if rasa is True:
-            rasa = fetch_rasa(rel, progress=progress)
+            if rasa is True:
+                rasa = fetch_rasa(rel, progress=progress)
         name = rel.size
     if rasa is True:
         raise ValueError("rasa=True fetches the RASA head of a released model; with a file, pass rasa=FILE")
@@ -139,20 +138,20 @@ def load_backbone(
 
         model = build_timm_backbone(name[len(TIMM_PREFIX) :], weights=weights, **overrides)
     else:
-        model = _load_file(name, weights, overrides)
+        model = _load_file(name, weights, overrides, release)
     if rasa is not None:
         model.set_rasa_projection(load_rasa_projection(rasa, model.embed_dim))
     model.weights_label = label or Path(weights).name
     return model.eval()
 
 
-def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any]) -> nn.Module:
+def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any], release: Any = None) -> nn.Module:
     state, extra = read_backbone_state_dict(weights)
     saved = dict(extra.get("arch") or {})  # what our own files record (export metadata, checkpoint config)
     if saved.get("family") == "dinov3" or is_dinov3_state(state):
         model = _load_dinov3_file(name, weights, state, saved, overrides)
     else:
-        model = _load_dinov2_file(name, weights, state, saved, overrides)
+        model = _load_dinov2_file(name, weights, state, saved, overrides, release)
     if extra.get("rasa_proj") is not None and getattr(model, "rasa_proj", None) is None:
         model.set_rasa_projection(extra["rasa_proj"])
     return model
@@ -199,7 +198,12 @@ def _load_dinov3_file(
 
 
 def _load_dinov2_file(
-    name: str | None, weights: str | Path, state: dict, saved: dict[str, Any], overrides: dict[str, Any]
+    name: str | None,
+    weights: str | Path,
+    state: dict,
+    saved: dict[str, Any],
+    overrides: dict[str, Any],
+    release: Any = None,
 ) -> nn.Module:
     """A Franca / DINOv2 file (absolute position table)."""
     shape = file_shape(state)
@@ -208,6 +212,8 @@ def _load_dinov2_file(
             f"{weights} holds a Franca/DINOv2 ViT ({describe_shape(shape)}), not the DINOv3 layout {name}: "
             f"leave the size name out, the file defines the model"
         )
+    if release is not None:
+        _check_release_shape(release, weights, shape)
     if name is not None:
         _check_named_size(name, weights, shape, saved, overrides)
     base = name or _template_size(shape, saved)
@@ -253,6 +259,21 @@ def _template_size(shape: dict[str, Any], saved: dict[str, Any]) -> str:
         return saved["name"]
     like = _sizes_like(shape)
     return like[0] if like else "vits14"
+
+
+def _check_release_shape(release: Any, weights: str | Path, shape: dict[str, Any]) -> None:
+    """A released name given with a file must describe it: width, patch size, depth and registers of the
+    release (DINOv2 `*_reg`: 4 registers; the others none), else an error naming both."""
+    from franca.models.weights import describe_shape
+
+    want = {k: size_config(release.size)[k] for k in ("embed_dim", "patch_size", "depth")}
+    want["num_register_tokens"] = 4 if release.name.endswith("_reg") else 0
+    bad = [k for k, v in want.items() if shape.get(k) is not None and shape[k] != v]
+    if bad:
+        raise ValueError(
+            f"{weights} does not hold {release.name}: the file has {describe_shape(shape)}; {release.name} has "
+            f"{describe_shape(want)} ({', '.join(bad)} differ). Leave the model name out: the file defines the model"
+        )
 
 
 def _check_named_size(

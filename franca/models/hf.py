@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from franca.models import hf_dinov2, hf_dinov3
 from franca.utils.errors import UserError
+from franca.utils.files import set_normal_mode
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +225,10 @@ def write_hf_folder(
     try:
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(state, str(tmp / SAFETENSORS), metadata={"format": "pt"})
+        set_normal_mode(tmp / SAFETENSORS)  # safetensors writes 0600; a folder to share is readable as any file
         for name, tensors in (sidecars or {}).items():
             save_file(tensors, str(tmp / name))
+            set_normal_mode(tmp / name)
         for name, obj in (extra_json or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if out_dir.exists():

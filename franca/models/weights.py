@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from franca.models.dinov3 import describe_dinov3, dinov3_arch_from_state, is_dinov3_state
 from franca.models.hf import is_hf_folder, read_hf_backbone
+from franca.utils.files import set_normal_mode
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,29 @@ class _ChainedReader(io.RawIOBase):
         super().close()
 
 
+MAX_UNPACK_RATIO = 8
+"""A weights member may unpack to at most this many times its archive's size: float weights barely compress
+(about 1.1x), so more is a damaged or hostile archive (a 1 MB archive wrote 1 GB to the temporary folder)."""
+
+
+def _check_unpack_size(member: tarfile.TarInfo, parts: list[Path], tmp: str, label: str) -> None:
+    """Refuse, before writing a byte, a member larger than MAX_UNPACK_RATIO × the archive or than the free
+    space of the temporary folder (both named)."""
+    packed = sum(p.stat().st_size for p in parts)
+    if member.size > MAX_UNPACK_RATIO * max(packed, 1 << 20):
+        raise ValueError(
+            f"{member.name} in {label} would unpack to {member.size:,} bytes, {member.size / max(packed, 1):,.0f}× "
+            f"the archive's {packed:,}: weights barely compress, so the archive is damaged or not a weights release; "
+            f"not unpacked"
+        )
+    free = shutil.disk_usage(tmp).free
+    if member.size > free:
+        raise ValueError(
+            f"{member.name} in {label} unpacks to {member.size:,} bytes, more than the {free:,} free in the "
+            f"temporary folder {Path(tmp).parent} (set TMPDIR to a folder with room)"
+        )
+
+
 def _load_from_tar(parts: list[Path]) -> Any:
     """Stream a (possibly split) tar(.gz), copy the first checkpoint inside to a temp file, load it."""
     label = ", ".join(str(p) for p in parts)
@@ -171,6 +195,7 @@ def _load_from_tar(parts: list[Path]) -> Any:
     ):
         for member in tar:
             if member.isfile() and member.name.endswith((".pth", ".pt", ".bin", ".safetensors")):
+                _check_unpack_size(member, parts, tmp, label)
                 dst = Path(tmp) / ("w.safetensors" if member.name.endswith(".safetensors") else "w.pth")
                 src = tar.extractfile(member)
                 with open(dst, "wb") as fh:
@@ -340,7 +365,22 @@ def load_weights_into(model: nn.Module, state: Mapping[str, Tensor], source: str
         raise ValueError(
             f"{source} does not fit the model ({_describe(state)}; {_describe(own, 'model')}): " + "; ".join(problems)
         )
+    warn_non_finite(state, source)
     model.load_state_dict(dict(state), strict=True)
+
+
+def warn_non_finite(state: Mapping[str, Tensor], source: str = "weights") -> list[str]:
+    """Warn (naming them) about tensors holding NaN or inf: they load, but every feature they touch is NaN
+    (a diverged run's checkpoint, a damaged file). Returns the names."""
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        log.warning(
+            "%s holds NaN or inf in %d tensor(s): %s; features computed with these weights will be NaN",
+            source,
+            len(bad),
+            _short(bad),
+        )
+    return bad
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -382,6 +422,7 @@ def export_safetensors(model: nn.Module, path: str | Path) -> Path:
         arch["name"] = model.size_name
     meta[ARCH_META_KEY] = json.dumps(arch)
     save_file(state, str(path), metadata=meta)
+    set_normal_mode(path)  # safetensors writes 0600; an exported backbone is meant to be shared
     log.info("exported %d tensors to %s", len(state), path)
     return path
 
@@ -507,12 +548,21 @@ def timm_recipe(model: nn.Module, path: str | Path) -> str:
     lines = ["import timm", "import torch"]
     if swiglu:
         lines.append("from timm.layers import SwiGLUPacked  # Franca's SwiGLU (w12 = [x1 | x2]); not GluMlp")
+    side, p = kw["img_size"], kw["patch_size"]
+    layout = (
+        f"CLS = tokens[:, 0]; registers = tokens[:, 1:{1 + r}]; patch tokens = tokens[:, {1 + r}:]"
+        if r
+        else "CLS = tokens[:, 0]; patch tokens = tokens[:, 1:] (no registers)"
+    )
     lines += [
         'model = timm.create_model("vit_small_patch14_dinov2", pretrained=True,',
         f"                          pretrained_cfg_overlay=dict(file={str(path)!r}),",
-        f"                          {args}{extra}).eval()",
-        f"# images: (B, 3, {kw['img_size']}, {kw['img_size']}), normalised with the ImageNet mean/std",
+        f"                          {args}{extra},",
+        "                          dynamic_img_size=True).eval()",
+        f"# images: (B, 3, H, W), H and W multiples of {p}, normalised with the ImageNet mean/std. At {side}x{side}",
+        "# (the file's grid) the tokens equal franca's; at other sizes timm resamples the positions its own way",
+        "# (equal for files with registers, close otherwise: see the README).",
         "# tokens = model.forward_features(images)",
-        f"# CLS = tokens[:, 0]; registers = tokens[:, 1:{1 + r}]; patch tokens = tokens[:, {1 + r}:]",
+        f"# {layout}",
     ]
     return "\n".join(lines)

@@ -240,7 +240,8 @@ class DataConfig:
     transforms as the per-image pipeline, much faster for small images"""
     augment_device: str = "auto"
     """where images are decoded and augmented: 'cpu' (the loader workers), 'cuda' (workers read bytes; JPEG
-    decoding and the batched multi-crop run on the training GPU), 'auto' (cuda on a CUDA run, else cpu)"""
+    decoding and the batched multi-crop run on the training GPU; not yet measured on a GPU), 'auto' (cpu on
+    every device until the cuda path's GPU figures are measured)"""
     toy_size: int = 64
     toy_n_train: int = 0
     """toy images per split and class (0 = the generator's default)"""
@@ -403,6 +404,11 @@ def _read_yaml(path: Path) -> Any:
         raise ValueError(
             f"config {path}: expected a mapping of config keys (e.g. `optim: {{base_lr: 1.0e-3}}`), "
             f"got a {type(node).__name__}"
+        )
+    if len(node) == 0:  # an empty file (or `{}`) silently meant the schema defaults, a ViT-S/14 on the toy set
+        raise ValueError(
+            f"config {path} is empty: give config keys (e.g. `_base_: tiny` and `optim: {{base_lr: 1.0e-3}}`), "
+            f"or a preset name ({', '.join(list_presets())})"
         )
     return node
 

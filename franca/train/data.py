@@ -17,9 +17,10 @@ batch at once (franca.data.batch_augment.BatchMultiCrop), seeded by all of the b
 batches are as reproducible, but a sample's crops then depend on the batch it is in. Images of mixed sizes
 are augmented together (one crop per image in its own size).
 
-With ``data.augment_device=cuda`` (the default ``auto`` on a CUDA run) the workers only read bytes and draw
-the masks; the training process decodes the JPEGs on the GPU and runs the same batch augmentation there
-(franca.data.gpu_pipeline), with the same seeds.
+With ``data.augment_device=cuda`` the workers only read bytes and draw the masks; the training process
+decodes the JPEGs on the GPU and runs the same batch augmentation there (franca.data.gpu_pipeline), with the
+same seeds. The default ``auto`` keeps the worker path on every device until that path's GPU figures
+(``benchmarks/gpu_suite.sh``) are measured and in the README.
 """
 
 from __future__ import annotations
@@ -386,10 +387,11 @@ def build_batch_augmentation(cfg: FrancaTrainConfig) -> BatchMultiCrop:
 
 
 def augment_device(cfg: FrancaTrainConfig, device: torch.device) -> Optional[torch.device]:
-    """Where batches are decoded and augmented: None for the loader workers (data.augment_device=cpu, or auto
-    off CUDA), else the training device (cuda, or auto on a CUDA run)."""
+    """Where batches are decoded and augmented: None for the loader workers (data.augment_device=cpu or auto),
+    the training device for data.augment_device=cuda. `auto` is the worker path on CUDA too: the device path
+    has not run on a GPU yet (benchmarks/gpu_suite.sh measures it), so it is chosen only by name."""
     want = cfg.data.augment_device
-    if want == "cpu" or (want == "auto" and device.type != "cuda"):
+    if want in ("cpu", "auto"):
         return None
     if device.type != "cuda":
         raise ValueError(
@@ -501,4 +503,16 @@ def build_pretrain_data(
         what = f"webdataset {where} ({len(shards)} shards, {n} images){batched}"
     if on is not None:
         loader = DeviceAugmentedLoader(loader, DeviceAugment(build_batch_augmentation(cfg), on))
+    if n < B * world and rank == 0:
+        log.warning(batch_larger_than_data(n, B, world))
     return PretrainData(loader, n, what)
+
+
+def batch_larger_than_data(n: int, batch_size: int, world: int) -> str:
+    """The warning for a global batch larger than the data set (its batches repeat images)."""
+    per = f" ({batch_size} per process × {world})" if world > 1 else ""
+    return (
+        f"the batch of {batch_size * world} images{per} is larger than the data set ({n} images): every batch "
+        f"repeats images and an epoch is one iteration; lower train.batch_size_per_gpu (--batch-size) to "
+        f"{max(1, n // world)} or less"
+    )
