@@ -81,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
     import franca
     from franca.commands._flags import check_out_path, fit_size, title_label
+    from franca.data.images import open_image
     from franca.utils.device import resolve_device
-    from franca.viz.common import list_images, open_rgb
+    from franca.viz.common import figure_images
     from franca.viz.norms import layerwise_max_norm, plot_norms, write_norms_json
 
     check_out_path(args.out, (".png",))
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if args.label and len(args.label) != len(specs):
         raise ValueError(f"{len(args.label)} --label given for {len(specs)} backbones")
     device = resolve_device(args.device)
-    images = [open_rgb(p) for p in list_images(args.data, args.n_images)]
+    images = [open_image(p) for p in figure_images(args.data, args.n_images)]
     curves = {}
     from franca.models.api import weights_label
 
