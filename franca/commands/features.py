@@ -36,14 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import load_model_from_args
     from franca.commands._flags import check_out_path, check_side_fits, fit_size
-    from franca.features import OUTPUT_SUFFIXES, extract_features, list_images, save_features
+    from franca.data.source import open_images
+    from franca.features import OUTPUT_SUFFIXES, extract_features, save_features
 
     check_out_path(args.out, OUTPUT_SUFFIXES)  # before any work: a bad --out fails at once, not after extraction
     if not args.data:
         raise ValueError("--data FOLDER is required: the images to extract features from")
-    paths = list_images(args.data)
-    if not paths:
-        raise ValueError(f"no images found under {args.data}")
+    paths = open_images(args.data, kind="folder").files  # an error naming the folder when it holds no image
     model, device = load_model_from_args(args)
     fit_size(args.size, model.patch_size)  # the one size rule's info line; the crop does the rounding
     check_side_fits(model, args.size, device, batch_size=args.batch_size, n_images=len(paths))

@@ -178,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     import franca
     from franca.commands._common import load_model_from_args, model_identity, write_result
     from franca.commands._flags import check_out_path, fit_size
+    from franca.data.source import open_images
     from franca.models.rasa_fold import save_rasa_file
     from franca.rasa import data as rdata
     from franca.rasa.fit import BackboneFeatures, CachedFeatures, RasaConfig, extract_all, fit_rasa
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     grid = (size // int(model.patch_size),) * 2
 
     root = Path(args.data) if args.data else rdata.default_image_root()
-    files = rdata.list_images(root)
+    files = open_images(root, kind="folder").files
     if args.max_images:
         files = files[: args.max_images]
     train_files, held_files = rdata.split_files(files, args.heldout_fraction, args.max_heldout, args.seed)
@@ -228,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     def loader(files_, transform, shuffle: bool, drop_last: bool):
         g = torch.Generator().manual_seed(args.seed)
         return torch.utils.data.DataLoader(
-            rdata.ImageFiles(files_, transform),
+            open_images(files_, kind="files", transform=transform).dataset,  # unreadable: a random file instead
             batch_size=batch,
             shuffle=shuffle,
             drop_last=drop_last,

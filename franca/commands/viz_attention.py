@@ -46,9 +46,9 @@ def add_image_arguments(
 def prepare_images(args: argparse.Namespace, patch: int) -> tuple[list, int | None]:
     """The image paths and --size after the size rule (None: the figure's default)."""
     from franca.commands._flags import fit_size
-    from franca.viz.common import list_images
+    from franca.viz.common import figure_images
 
-    images = list_images(args.data, args.n_images)
+    images = figure_images(args.data, args.n_images)
     return images, (fit_size(args.size, patch) if args.size is not None else None)
 
 

@@ -89,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
 
     import franca
     from franca.commands._flags import check_out_path, fit_size, title_label
+    from franca.data.images import open_image
     from franca.models.api import weights_label
     from franca.utils.device import resolve_device
-    from franca.viz.common import list_images, open_rgb
+    from franca.viz.common import figure_images
     from franca.viz.norms import layerwise_max_norm, plot_norms, write_norms_json
 
     check_out_path(args.out, (".png",))
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     files = [s["weights"] for s in specs if s["weights"]]
     file_names = dict(zip(map(str, files), distinct_path_names(files)))  # runA/checkpoint.pth, runB/checkpoint.pth
     device = resolve_device(args.device)
-    images = [open_rgb(p) for p in list_images(args.data, args.n_images)]
+    images = [open_image(p) for p in figure_images(args.data, args.n_images)]
     curves: dict[str, dict] = {}
     for i, s in enumerate(specs):
         if s["weights_label"] == "random init":

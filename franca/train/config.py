@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from franca.data.source import SOURCE_KINDS
+
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "tiny"
 
@@ -222,12 +224,16 @@ class CropsConfig:
             _check(len(v) == 2 and 0 < v[0] <= v[1] <= 1, f"crops.{name}", v, "[min, max] in (0, 1]")
 
 
+KIND_ALIASES = {"imagefolder": "folder"}  # data.kind values read as a source kind (pretraining ignores labels)
+
+
 @dataclass
 class DataConfig:
     dataset: str = "toy"
     """'toy' (built-in set), an image folder (flat/nested/ImageFolder) or webdataset shards (*.tar, brace list)"""
     kind: str = "auto"
-    """'auto', 'toy', 'folder', 'imagefolder' or 'webdataset'"""
+    """'auto' (detected from data.dataset), 'toy' or an image source kind of franca.data.source: 'folder',
+    'webdataset', 'files', 'classes' or one registered there ('imagefolder' reads as 'folder')"""
     dataset_size: int = 0
     """images in a webdataset (needed for epochs; 0 = count the shards once)"""
     val: str = ""
@@ -251,12 +257,8 @@ class DataConfig:
     """extra keyword arguments for franca.data.toy.ensure_toy (difficulty knobs)"""
 
     def __post_init__(self) -> None:
-        _check(
-            self.kind in ("auto", "toy", "folder", "imagefolder", "webdataset"),
-            "data.kind",
-            self.kind,
-            "'auto', 'toy', 'folder', 'imagefolder' or 'webdataset'",
-        )
+        kinds = ("auto", "toy", *KIND_ALIASES, *SOURCE_KINDS)
+        _check(self.kind in kinds, "data.kind", self.kind, f"one of {', '.join(map(repr, kinds))}")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         _check(self.dataset_size >= 0, "data.dataset_size", self.dataset_size, ">= 0 (0: count the shards)")
         _check(self.toy_size >= 8, "data.toy_size", self.toy_size, ">= 8")

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from franca.data.images import open_image
 from franca.models.preprocess import transforms as preprocess
 from franca.models.preprocess import unnormalise
-from franca.viz.common import image_label, model_title, open_rgb, save_figure, to_uint8
+from franca.viz.common import image_label, model_title, save_figure, to_uint8
 
 
 def pca_project(x: Tensor, k: int = 3) -> Tensor:
@@ -109,7 +110,7 @@ def pca_figure(
     size -= size % p
     model = model.to(device).eval()
     tf = preprocess(model, size)  # franca.transforms: the one preprocessing
-    xs = torch.stack([tf(open_rgb(im)) for im in images])
+    xs = torch.stack([tf(open_image(im)) for im in images])
     crops = unnormalise(xs, model)
     key = "patch_token_rasa" if use_rasa else "x_norm_patchtokens"
     chunks = []

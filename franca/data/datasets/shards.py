@@ -1,5 +1,5 @@
 """Webdataset tar shards, read safely with the standard library: the one shard reader of the project
-(pretraining's `franca.train.data.ShardImages` and `franca.data.datasets.wds.WebDatasetShards`).
+(`franca.data.datasets.wds.WebDatasetShards` and pretraining's `wds.ShardSamples`).
 
 `list_shards(spec)` lists local shards: a folder (its `*.tar`), a glob, a file, a brace pattern
 (`expand_braces`: `train-{000..099}.tar`) or a list of these. Remote URLs (`http://…`, `pipe:…`) are
