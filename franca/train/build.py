@@ -23,6 +23,7 @@ from franca.losses.centering import SoftmaxCentering
 from franca.losses.franca_loss import FrancaLoss
 from franca.models.backbone import resize_pos_embed
 from franca.train.config import FrancaTrainConfig, HeadConfig
+from franca.train.gram import gram_part
 from franca.train.objective import Objective, ObjectivePart, PartContext
 from franca.train.step import FrancaObjective, TeacherTargets
 
@@ -140,7 +141,7 @@ def franca_part(cfg: FrancaTrainConfig, ctx: PartContext) -> FrancaObjective:
 
 
 PartBuilder = Callable[[FrancaTrainConfig, PartContext], Optional[ObjectivePart]]
-OBJECTIVE_PARTS: tuple[PartBuilder, ...] = (franca_part,)
+OBJECTIVE_PARTS: tuple[PartBuilder, ...] = (franca_part, gram_part)
 """The parts of the training objective, built from the config in this order (None: the part is off)."""
 
 
