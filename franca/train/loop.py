@@ -123,8 +123,9 @@ class Trainer:
         self.lengths: Lengths = derive_lengths(cfg, dataset_size, self.world)
         self.schedules = Schedules(cfg, self.lengths)
         # the objective's own modules start the same on every rank; the run's RNG streams are left as they were
-        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        cuda = self.device.type == "cuda"
+        index = self.device.index if self.device.index is not None else (torch.cuda.current_device() if cuda else 0)
+        with torch.random.fork_rng(devices=[index] if cuda else []):
             torch.manual_seed(cfg.train.seed)
             ctx = PartContext(self.student, self.teacher, self.device, self.lengths.total)
             self.objective = build_objective(cfg, ctx, extra_parts)
