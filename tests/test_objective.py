@@ -134,6 +134,9 @@ def test_objective_checks_its_parts_declarations() -> None:
         Objective([a, _Part("b", (Term("y", 1.0),), {"y": 1.0, "x": 3.0})])(
             student=None, targets=[None, None], step=None
         )
+    for name in ("lr", "total", "grad_norm_backbone"):
+        with pytest.raises(KeyError, match=f"returns \\['{name}'\\], names the training loop logs itself"):
+            Objective([_Part("b", (Term("y", 1.0),), {"y": 1.0, name: 2.0})])(student=None, targets=[None], step=None)
     obj = Objective([a, _Part("b", (Term("y", 0.25),), {"y": 8.0, "log_only": 100.0})])
     values = obj(student=None, targets=[None, None], step=None)
     assert float(obj.total(values)) == 1.0 * 1.0 + 0.25 * 8.0  # log_only is logged, not summed

@@ -57,6 +57,8 @@ class StudentOutput:
 
 
 STUDENT_FIELDS = frozenset(f.name for f in fields(StudentOutput))
+LOOP_NAMES = frozenset({"total", "iteration", "lr", "wd", "momentum", "teacher_temp", "skipped_files", "epoch"})
+"""Names the loop logs itself (with every `grad_norm_<module>`): no part may return them."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,10 @@ class Objective:
             missing = [term.name for term in p.terms if term.name not in values]
             if missing:
                 raise KeyError(f"objective part {p.name!r} returned no value for its terms {missing}")
-            clash = sorted(set(values) & (set(out) | {"total"}))
+            taken = sorted(k for k in values if k in LOOP_NAMES or k.startswith("grad_norm_"))
+            if taken:
+                raise KeyError(f"objective part {p.name!r} returns {taken}, names the training loop logs itself")
+            clash = sorted(set(values) & set(out))
             if clash:
                 raise KeyError(f"objective part {p.name!r} returns {clash}, already returned by another part")
             out.update(values)
