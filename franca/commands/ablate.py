@@ -4,13 +4,8 @@ Example: the tiny preset's baseline against no KoLeo, one seed, a short schedule
 
     franca ablate --variants franca no-koleo --seeds 0 --protocols knn --out runs/ablate train.iterations=10
 
-Built-in variants (default: all; the first is the baseline unless --baseline says otherwise):
-  franca            the preset as it is (nested Matryoshka heads, CyclicMask, slicing heads, KoLeo)
-  single-level      dino/ibot nesting_levels=1: the DINOv2/iBOT objective, same finest prototype count
-  block-mask        ibot.mask_type=block: DINOv2 multi-block masking instead of CyclicMask
-  projection-heads  dino/ibot mode=projection: the released per-level projections instead of slicing
-  no-koleo         loss.koleo_weight=0
-Your own: --variant NAME key=value … (repeatable; any key the config accepts). Variants
+Built-in variants: see --variants (the first variant is the baseline unless --baseline says otherwise).
+Your own: `--variant NAME key=value [key=value ...]` (repeatable; any key the config accepts). Variants
 may not change the compute (iterations, epochs, batch, crops, data, seed): those are set once, by the
 sweep-wide `key=value` overrides, for every run. The untrained backbone of each seed is the reference row.
 
@@ -33,7 +28,7 @@ HELP = "ablation sweep: config variants × seeds at equal compute, evaluated, wi
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from franca.ablate.evaluate import PROTOCOLS
-    from franca.ablate.variants import DEFAULT_VARIANTS
+    from franca.ablate.variants import BUILTIN_HELP, BUILTIN_VARIANTS, DEFAULT_VARIANTS
 
     p.add_argument("--config", default="tiny", help="preset name or yaml file (default: %(default)s)")
     p.add_argument(
@@ -47,8 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="*",
         default=None,
         metavar="NAME",
-        help=f"built-in variants to run (default: all: {' '.join(DEFAULT_VARIANTS)}; "
-        "give none with only --variant entries)",
+        help=f"built-in variants to run (default: {' '.join(DEFAULT_VARIANTS)}; give none with only --variant "
+        "entries). Built-in: "
+        + "; ".join(f"{n} ({' '.join(BUILTIN_VARIANTS[n]) or 'the preset'}): {h}" for n, h in BUILTIN_HELP.items()),
     )
     p.add_argument(
         "--variant",

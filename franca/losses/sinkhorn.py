@@ -20,7 +20,9 @@ import torch
 
 from franca.utils.distributed import all_gather_cat, all_reduce_sum
 
-__all__ = ["sinkhorn_knopp"]
+__all__ = ["METHODS", "sinkhorn_knopp"]
+
+METHODS = ("scaling", "log")
 
 
 def _global_logsumexp_over_samples(log_q: torch.Tensor) -> torch.Tensor:
@@ -52,6 +54,7 @@ def sinkhorn_knopp(
     n_iterations: int = 3,
     n_samples: int | torch.Tensor | None = None,
     include_padding: bool = False,
+    method: str = "scaling",
 ) -> torch.Tensor:
     """Balanced soft assignments of samples to prototypes; rows of the result sum to 1.
 
@@ -65,16 +68,21 @@ def sinkhorn_knopp(
             prototype sums and returned as zeros; ``include_padding=True`` keeps them in, as the
             released code does (`franca/loss/mrl_ibot_patch_loss.py`), for bit-level parity.
         include_padding: see ``n_samples``.
+        method: "scaling" (default): the first prototype step in log space, then scaling vectors
+            (matrix-vector products over one exponentiated matrix, about half the memory passes);
+            "log": every step in log space. The same function (tested to 1e-5).
 
     Returns:
         (n, K) fp32 targets, detached. Prototype sums are global across processes; each real row sums to 1.
     """
     check_arguments("sinkhorn_knopp", logits, temperature, n_iterations)
+    if method not in METHODS:
+        raise ValueError(f"sinkhorn_knopp: method must be one of {METHODS}, got {method!r}")
     n = logits.shape[0]
     n_real = n if n_samples is None or include_padding else int(n_samples)
     if not 0 <= n_real <= n:
         raise ValueError(f"n_samples {n_real} is outside [0, {n}] rows")
-    if METHOD == "scaling":
+    if method == "scaling":
         return _sinkhorn_scaling(logits, temperature, n_iterations, n_real)
     out = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
     log_q = logits[:n_real].detach().float() / temperature
@@ -83,11 +91,6 @@ def sinkhorn_knopp(
         log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)  # sample step (local rows)
     out[:n_real] = torch.exp(log_q)
     return out
-
-
-METHOD = "scaling"
-""""scaling" (default): the first prototype step in log space, then scaling vectors (matrix-vector
-products over one exponentiated matrix, about half the memory passes); "log": every step in log space."""
 
 
 def _sinkhorn_scaling(logits: torch.Tensor, temperature: float, n_iterations: int, n_real: int) -> torch.Tensor:

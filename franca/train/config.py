@@ -115,9 +115,19 @@ class LossConfig:
     """keep the iBOT Sinkhorn-Knopp targets as logits + scaling vectors, read by the loss in fused
     passes (same values, nothing (M, K)-sized written); null: on with train.compile, which fuses the
     passes (eager, they re-read the logits without the fusion and are slower)"""
+    gram_weight: float = 0.0
+    """Gram anchoring (DINOv3 §4, franca.train.gram): weight of the term that pulls the Gram matrix of the
+    student's global-crop patch tokens toward that of a Gram teacher (an earlier EMA teacher); 0: off"""
+    gram_start: int = 0
+    """iteration at which the Gram teacher is first taken from the EMA teacher and the term starts"""
+    gram_refresh: int = 0
+    """retake the Gram teacher from the EMA teacher every this many iterations after gram_start; 0: never"""
 
     def __post_init__(self) -> None:
         _check(self.student_temp > 0, "loss.student_temp", self.student_temp, "> 0")
+        _check(self.gram_weight >= 0, "loss.gram_weight", self.gram_weight, ">= 0")
+        _check(self.gram_start >= 0, "loss.gram_start", self.gram_start, ">= 0")
+        _check(self.gram_refresh >= 0, "loss.gram_refresh", self.gram_refresh, ">= 0")
         _check(self.koleo_weight >= 0, "loss.koleo_weight", self.koleo_weight, ">= 0")
         _check(self.sinkhorn_iterations >= 1, "loss.sinkhorn_iterations", self.sinkhorn_iterations, ">= 1")
         _check(self.koleo_scope in ("local", "global"), "loss.koleo_scope", self.koleo_scope, "'local' or 'global'")
