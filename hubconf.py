@@ -1,4 +1,4 @@
-"""torch.hub entry points with the official Franca hub's names and keyword arguments, plus DINOv2's.
+"""torch.hub entry points with the official Franca hub's names and keyword arguments, plus DINOv2's and DINOv3's.
 
     model = torch.hub.load(CLONE_DIR, "franca_vitb14", source="local", weights="IN21K")
     model = torch.hub.load(CLONE_DIR, "franca_vitl14", source="local", weights="LAION", use_rasa_head=True)
@@ -11,6 +11,10 @@ DINOV2_IN21K_518; case-insensitive). Files are downloaded once into franca's cac
 fetches the RASA head released with the weights. `pretrained=False` gives random weights of that
 architecture. `img_size`, if given, must equal the file's own (the position grid comes from the file;
 inputs of any size work).
+
+DINOv3 (`dinov3_vits16`, `dinov3_vits16plus`, `dinov3_vitb16`, `dinov3_vitl16`, `dinov3_vitl16plus`,
+`dinov3_vith16plus`) take the official hub's `weights`: a tag (LVD1689M; SAT493M for the ViT-L), which finds
+the gated file in franca's cache or torch.hub's checkpoints folder, or a local file.
 """
 
 from __future__ import annotations
@@ -81,3 +85,36 @@ dinov2_vits14_reg = _dinov2("dinov2_vits14_reg")
 dinov2_vitb14_reg = _dinov2("dinov2_vitb14_reg")
 dinov2_vitl14_reg = _dinov2("dinov2_vitl14_reg")
 dinov2_vitg14_reg = _dinov2("dinov2_vitg14_reg")
+
+
+def _dinov3(entry: str):
+    def load(*, pretrained: bool = True, weights: Any = "LVD1689M", **kwargs: Any):
+        import franca
+        from franca.models.releases import hub_release
+
+        if not pretrained:
+            return franca.build_backbone(entry, **kwargs)
+        tag = str(getattr(weights, "value", weights))  # the official hub's Weights enum, a tag or a local path
+        if "://" in tag:
+            raise ValueError(
+                f"{entry}: weights={tag!r} is a URL; DINOv3 files are never downloaded here. Download it "
+                f"(wget) and pass the local file: weights='/path/to/{tag.rsplit('/', 1)[-1].split('?')[0]}'"
+            )
+        if tag.endswith((".pth", ".pt", ".safetensors")) or "/" in tag:
+            return franca.load_backbone(entry, weights=tag, **kwargs)
+        return franca.load_backbone(hub_release(entry, tag).name, **kwargs)
+
+    load.__name__ = entry
+    load.__doc__ = (
+        f"DINOv3 {entry[7:]}: weights='LVD1689M' (or SAT493M for the ViT-L) finds the gated file where franca "
+        f"and torch.hub keep it; weights=FILE loads a local file; pretrained=False gives random weights."
+    )
+    return load
+
+
+dinov3_vits16 = _dinov3("dinov3_vits16")
+dinov3_vits16plus = _dinov3("dinov3_vits16plus")
+dinov3_vitb16 = _dinov3("dinov3_vitb16")
+dinov3_vitl16 = _dinov3("dinov3_vitl16")
+dinov3_vitl16plus = _dinov3("dinov3_vitl16plus")
+dinov3_vith16plus = _dinov3("dinov3_vith16plus")

@@ -26,10 +26,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from franca.data.samples import make_sample, sample_seed  # noqa: E402
 from franca.data.toy_scenes import ToyStyle, render_classification  # noqa: E402
 from franca.models.sizes import SIZES  # noqa: E402
 from franca.train.config import load_config  # noqa: E402
-from franca.train.data import MultiCropCollate, _sample, build_augmentation, build_batch_augmentation, sample_seed  # noqa: E402
+from franca.train.data import MultiCropCollate, build_augmentation, build_batch_augmentation  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -72,11 +73,11 @@ def main() -> None:
         torch.stack([c["local_crops"][v] for v in range(per_image.n_local) for c in crops])
 
     def augment_batched() -> None:
-        images = torch.stack([_sample(None, p, 0)["image"] for p in pils])
+        images = torch.stack([make_sample(None, p, 0, "", [])["image"] for p in pils])
         batched(images, torch.Generator().manual_seed(0))
 
     def collate(transform: Callable | None, fn: MultiCropCollate) -> Callable[[], object]:
-        return lambda: fn([{**_sample(transform, p, s), "skipped": [], "seed": s} for p, s in zip(pils, seeds)])
+        return lambda: fn([make_sample(transform, p, s, "", []) for p, s in zip(pils, seeds)])
 
     c = cfg.crops
     print(

@@ -44,8 +44,6 @@ def main() -> int:
 
     from train_step import make_batch, step_flops
 
-    import franca.losses.dino as dino_mod
-    import franca.losses.sinkhorn as sk
     from franca.train.config import load_config
     from franca.train.loop import Trainer
 
@@ -70,7 +68,9 @@ def main() -> int:
     rows = []
     it = 10_000
     for name, (method, fused_ce, implicit) in VARIANTS.items():
-        sk.METHOD, dino_mod.FUSED_CE, tr.targets.implicit = method, fused_ce, implicit
+        franca = tr.objective.part("franca")  # each choice is held by the object that makes it
+        franca.teacher_targets.sinkhorn_method, franca.teacher_targets.implicit = method, implicit
+        franca.loss.fused_ce = fused_ce
         for _ in range(args.warmup):
             tr.step(batch, it)
             it += 1

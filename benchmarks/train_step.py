@@ -89,6 +89,7 @@ def print_stage_times(tr, batch: dict, it: int, steps: int) -> None:
     """Mean time of each stage of `Trainer.step`, synchronising between stages (so the sum exceeds
     the step time a little: the stages no longer overlap with the host's work)."""
     from franca.train.ema import update_ema
+    from franca.train.objective import StepInputs
     from franca.train.optim import apply_schedule, clip_gradients
     from franca.utils.device import autocast_context
 
@@ -106,13 +107,15 @@ def print_stage_times(tr, batch: dict, it: int, steps: int) -> None:
         v = tr.schedules.at(it + k)
         apply_schedule(tr.optimizer, v)
         with autocast_context(dev, tr.precision):
-            teacher_out = tr.targets(tr.teacher, batch, v.teacher_temp)
+            step = StepInputs(batch=batch, iteration=it + k, schedule=v)
+            targets = tr.objective.targets(step)
             mark()
             student_out = tr.student_forward(batch)
             mark()
-            losses = tr.losses(student_out, teacher_out, batch)
+            values = tr.objective(student=student_out, targets=targets, step=step)
+            total = tr.objective.total(values)
             mark()
-        losses["total"].backward()
+        total.backward()
         mark()
         clip_gradients(tr.student, tr.cfg.optim.clip_grad)
         mark()

@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 # command name -> module; groups map sub-command -> module.
 COMMANDS: dict[str, str | dict[str, str]] = {
@@ -47,6 +48,29 @@ GROUP_HELP = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other error of the command line:
+    `franca eval knn: error: argument --temperature: must be > 0, got 0 (see franca eval knn --help)`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _ListModels(argparse.Action):
+    """`franca --list-models`: the released names, one a line with what each is, then exit."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        from franca.models.releases import RELEASES
+
+        width = max(map(len, RELEASES))
+        lines = [f"{name:<{width}}  {RELEASES[name].description}" for name in sorted(RELEASES)]
+        print("\n".join(lines))
+        parser.exit(0)
+
+
 def _add_leaf(sub: argparse._SubParsersAction, name: str, module_name: str) -> None:
     try:
         module = importlib.import_module(module_name)
@@ -72,14 +96,18 @@ def _add_leaf(sub: argparse._SubParsersAction, name: str, module_name: str) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="franca",
-        description="Franca: pretrain, clean (RASA) and evaluate vision transformers. "
-        "Run `franca COMMAND --help` for each command's options.",
+        description="Franca: pretrain, clean (RASA) and evaluate vision transformers. Each command has its own --help.",
     )
     from franca import __version__
 
     parser.add_argument("--version", action="version", version=f"franca {__version__}")
+    parser.add_argument(
+        "--list-models",
+        action=_ListModels,
+        help="print the released models that --model accepts (downloaded once, then cached) and exit",
+    )
     parser.add_argument(
         "-v",
         "--verbose",
@@ -164,19 +192,21 @@ def setup_logging(verbose: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    name = " ".join(x for x in (getattr(args, "command", None), getattr(args, "subcommand", None)) if x)
     if extra:  # `key=value` overrides after an option (`pretrain a=1 --resume b=2`) belong to the overrides
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            prog = f"franca {name}".strip()
+            parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)\n")
         args.overrides = [*args.overrides, *extra]
     setup_logging(args.verbose)
     if not hasattr(args, "_run"):
         (getattr(args, "_group", None) or parser).print_help()
         return 2
     from franca.utils.errors import UserError, one_line
-    from franca.utils.progress import set_quiet
+    from franca.utils.progress import is_quiet, set_quiet
 
-    set_quiet(bool(getattr(args, "quiet", False)))  # --quiet: no progress bar anywhere
-    name = " ".join(x for x in (args.command, getattr(args, "subcommand", None)) if x)
+    before = is_quiet()
+    set_quiet(bool(getattr(args, "quiet", False)))  # --quiet: no progress bar anywhere, for this command only
     try:
         return int(args._run(args) or 0)
     except (UserError, OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:
@@ -185,11 +215,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"franca {name}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except MemoryError as exc:  # e.g. an image resized to a --size far beyond what the machine holds
+        if args.verbose:
+            raise
+        what = f" ({one_line(exc)})" if str(exc) else ""
+        print(f"franca {name}: error: out of memory{what}: use a smaller --size or --batch-size", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if args.verbose:
             raise
         print(f"franca {name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_quiet(before)  # a caller running several commands in one process gets its own setting back
 
 
 if __name__ == "__main__":

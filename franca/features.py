@@ -16,19 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from franca.data.datasets.folder import ImageFiles
-from franca.data.images import IMAGE_EXTENSIONS, CorruptImageError, open_image  # noqa: F401 (re-exported)
-from franca.data.images import list_images as _list_images
+from franca.data.source import open_images
+from franca.eval.features import extract
+from franca.models.preprocess import image_transform
+from franca.models.preprocess import transforms as preprocess
+from franca.utils.device import resolve_precision
+from franca.utils.files import set_normal_mode
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def list_images(root: str | Path) -> list[Path]:
-    """All image files under `root` (recursive, links followed once, sorted: `franca.data.images`)."""
-    return _list_images(root)
 
 
 def crop_side(size: int, patch_size: int) -> int:
@@ -40,15 +38,13 @@ def crop_side(size: int, patch_size: int) -> int:
 
 def make_transform(size: int, patch_size: int):
     """`franca.transforms` for a patch size (see the module docstring)."""
-    from franca.models.preprocess import image_transform
-
     crop_side(size, patch_size)  # the --size error message of this command
     return image_transform(size, patch_size)
 
 
 def extract_features(
     model: nn.Module,
-    paths: Sequence[Path],
+    paths: Sequence[str | Path],
     size: int,
     device: torch.device,
     batch_size: int = 32,
@@ -57,20 +53,18 @@ def extract_features(
     progress: bool = True,
     precision: str = "auto",
 ) -> dict[str, Any]:
-    """CLS (N, D) and patch tokens (N, n, D) of `paths`, float32 on CPU, with the file names kept and the
-    unreadable ones listed as `skipped` (read by `ImageFiles(on_unreadable="mark")`, preprocessed by
-    `franca.transforms`, extracted by `franca.eval.features.extract`, kind "patch" or "rasa", in this process).
-    The forward runs in `precision` ("auto", "bf16", "fp32"); `precision` in the result says which ran."""
-    from franca.eval.features import extract
-    from franca.models.preprocess import transforms as preprocess
-    from franca.utils.device import resolve_precision
-
+    """CLS (N, D) and patch tokens (N, n, D) of the image files `paths`, float32 on CPU, with the file names
+    kept and the unreadable ones listed as `skipped` (opened by `franca.data.source.open_images` as a list of
+    files with `on_unreadable="mark"`, preprocessed by `franca.transforms`, extracted by
+    `franca.eval.features.extract`, kind "patch" or "rasa", in this process). The forward runs in `precision`
+    ("auto", "bf16", "fp32"); `precision` in the result says which ran."""
     prec = resolve_precision(precision, device)
     side = crop_side(size, model.patch_size)  # the --size error message of this command; the crop's side
-    data = ImageFiles(paths, preprocess(model, size), on_unreadable="mark")  # unreadable → (zeros, -1)
+    source = open_images(list(paths), kind="files", transform=preprocess(model, size), on_unreadable="mark")
+    files = source.files  # folders among `paths` listed
     out = extract(
         model,
-        data,
+        source.dataset,
         kind="rasa" if rasa else "patch",
         device=device,
         batch_size=batch_size,
@@ -80,11 +74,11 @@ def extract_features(
         precision=prec,
     )
     good = out["labels"] >= 0
-    kept = [str(paths[i]) for i in out["labels"][good].tolist()]
-    skipped = [str(p) for p, ok in zip(paths, good.tolist()) if not ok]
+    kept = [str(files[i]) for i in out["labels"][good].tolist()]
+    skipped = [str(p) for p, ok in zip(files, good.tolist()) if not ok]
     if not kept:
         raise ValueError(
-            f"no readable images to extract features from: all {len(paths)} files are unreadable "
+            f"no readable images to extract features from: all {len(files)} files are unreadable "
             f"(e.g. {', '.join(skipped[:3])})"
         )
     grid = side // model.patch_size
@@ -132,6 +126,7 @@ def save_features(result: dict[str, Any], out: str | Path) -> Path:
                 torch.save(result, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        set_normal_mode(tmp_name)  # mkstemp made it 0600: give it the mode of any file written
         os.replace(tmp_name, out)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -32,10 +32,11 @@ SHARED = {
     "viz norms": VIZ,
     "rasa": MODEL | {"--data", "--size", "--out", "--seed", "--quiet"},
     "data toy": {"--out", "--size", "--seed", "--quiet"},
-    "export": {"--model", "--weights", "--out"},
-    "report": {"--out"},
+    "export": {"--model", "--weights", "--out", "--quiet"},
+    "report": {"--out", "--quiet"},
     "pretrain": {"--quiet", "--data", "--out", "--seed", "--batch-size", "--device"},
-    "highres": {"--quiet"},
+    "highres": {"--quiet", "--out"},
+    "ablate": {"--quiet", "--out", "--seeds", "--device"},
 }
 # Upper-case names the code defines (e.g. TOY_SIZE): shown in a help text they are placeholders.
 CODE_CONSTANTS = {
@@ -115,7 +116,9 @@ def test_help_is_written_for_users(name):
 def test_old_spellings_still_parse(name):
     parser = LEAVES[name]
     dests = {s: a.dest for a in parser._actions for s in a.option_strings}
-    required = ["--out", "x.json"] if name in ("data toy", "export", "features") else []
+    required = {"report": ["run"], "export": ["--out", "x.safetensors"]}.get(
+        name, ["--out", "x.json"] if name in ("data toy", "features") else []
+    )
     if "--size" in dests and "--image-size" in dests:
         assert parser.parse_args(["--image-size", "40", *required]).size == 40
         assert parser.parse_args(["--resolution", "42", *required]).size == 42
@@ -125,6 +128,15 @@ def test_old_spellings_still_parse(name):
     if "--quiet" in dests:
         assert dests.get("--no-progress") == "quiet"
         assert parser.parse_args(["--no-progress", *required]).quiet is True
+
+
+@pytest.mark.parametrize("name", sorted(LEAVES))
+def test_every_command_says_out_and_quiet(name):
+    """Issue 27 item 11: highres said --output-dir and ablate, report, export had no --quiet. Every command
+    writes somewhere (--out) and can run without progress output (--quiet); no other spelling of either."""
+    flags = {s for a in LEAVES[name]._actions for s in a.option_strings}
+    assert {"--out", "--quiet"} <= flags, f"{name}: missing {sorted({'--out', '--quiet'} - flags)}"
+    assert not {"--output-dir", "--output", "--out-dir", "--silent"} & flags
 
 
 def test_eval_seed_is_one_seed():
@@ -137,3 +149,27 @@ def test_verbose_before_or_after_the_command():
     assert parser.parse_args(["-v", "report", "run"]).verbose is True
     assert parser.parse_args(["report", "run", "-v"]).verbose is True
     assert parser.parse_args(["report", "run"]).verbose is False
+
+
+def test_ablate_quiet_drops_the_per_run_lines(monkeypatch, tmp_path, capsys):
+    import franca.ablate.report as report
+    import franca.ablate.sweep as sweep
+    from franca.cli import main
+
+    def fake_sweep(s, echo=print):
+        echo("[1/1] franca-s0 knn 10 (1 s)")
+        return {"done": 1, "failed": {}, "wall_s": 1.0, "cpu_s": 1.0}
+
+    def fake_report(s, command=None, sweep_info=None):
+        md = tmp_path / "ablation.md"
+        md.write_text("| table |")
+        return {"md": md, "json": tmp_path / "a.json", "png": tmp_path / "a.png"}
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_sweep)
+    monkeypatch.setattr(report, "write_report", fake_report)
+    argv = ["ablate", "--variants", "franca", "--seeds", "0", "--protocols", "knn", "--out", str(tmp_path / "s")]
+    assert main(argv) == 0
+    assert "[1/1] franca-s0" in capsys.readouterr().out
+    assert main([*argv, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/1]" not in out and "| table |" in out

@@ -109,6 +109,8 @@ for name, (recipe, images) in cases.items():
     exec(recipe, scope)
     with torch.no_grad():
         out[name] = scope["model"].forward_features(images)
+        other = scope["model"].forward_features(images[:, :, :168, :112])  # another size runs too
+        assert other.shape[1] == 1 + int(name[-1]) + 12 * 8, other.shape
 assert not any(m == "franca" or m.startswith("franca.") for m in sys.modules)
 torch.save(out, sys.argv[2])
 """
@@ -137,6 +139,10 @@ def test_printed_timm_recipe_reproduces_features_without_franca(tmp_path):
             printed = _run_cli(main, ["export", "--weights", str(first), "--out", str(out)])
             assert ("SwiGLUPacked" in printed) == (ffn == "swiglu") and "GluMlp)" not in printed
             recipe = printed.split("at the file's grid:\n", 1)[1]
+            # issue 27 item 15: without dynamic_img_size=True the recipe failed at any other size, and with no
+            # registers it printed tokens[:, 1:1]
+            assert "dynamic_img_size=True" in recipe and "1:1]" not in recipe
+            assert ("registers = tokens[:, 1:5]; patch tokens = tokens[:, 5:]" in recipe) == (n_reg == 4)
             x = torch.randn(2, 3, 224, 224)
             cases[name] = (recipe, x)
             with torch.no_grad():

@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from franca.data.batch_augment import BatchMultiCrop, crop_resize, sample_crop_boxes
 from franca.data.gpu_pipeline import DeviceAugment, decode_batch, read_encoded
-from franca.train.data import decode_image
+from franca.data.images import open_image
 
 CPU = torch.device("cpu")
 
@@ -68,7 +68,7 @@ def awkward_folder(root: Path) -> Path:
 
 def test_plain_jpegs_travel_as_bytes_and_the_rest_decoded(tmp_path: Path) -> None:
     folder = awkward_folder(tmp_path / "imgs")
-    routes = {p.name: next(iter(read_encoded(p, decode=decode_image))) for p in sorted(folder.rglob("*.*"))}
+    routes = {p.name: next(iter(read_encoded(p, decode=open_image))) for p in sorted(folder.rglob("*.*"))}
     assert routes == {
         "rgb0.jpg": "jpeg",
         "rgb1.jpg": "jpeg",
@@ -85,19 +85,19 @@ def test_plain_jpegs_travel_as_bytes_and_the_rest_decoded(tmp_path: Path) -> Non
     # what the header check cannot take goes to the data set's decoder, which raises its own error
     (tmp_path / "x.jpg").write_bytes(b"not an image at all")
     with pytest.raises((OSError, ValueError)):
-        read_encoded(tmp_path / "x.jpg", decode=decode_image)
+        read_encoded(tmp_path / "x.jpg", decode=open_image)
     seen = []
-    out = read_encoded(folder / "b" / "rgba.png", "b/rgba.png", decode=lambda d, n: seen.append(n) or decode_image(d))
+    out = read_encoded(folder / "b" / "rgba.png", "b/rgba.png", decode=lambda d, n: seen.append(n) or open_image(d))
     assert seen == ["b/rgba.png"] and out["image"].shape == (3, 38, 38)
 
 
 def test_batched_decode_equals_the_worker_decode_and_keeps_order(tmp_path: Path) -> None:
     folder = awkward_folder(tmp_path / "imgs")
     files = sorted(folder.rglob("*.*"))
-    images, failed = decode_batch([read_encoded(p, decode=decode_image) for p in files], CPU)
+    images, failed = decode_batch([read_encoded(p, decode=open_image) for p in files], CPU)
     assert failed == []
     for p, t in zip(files, images):
-        ref = TF.pil_to_tensor(decode_image(p))
+        ref = TF.pil_to_tensor(open_image(p))
         assert t is not None and t.dtype == torch.uint8 and t.shape == ref.shape, p.name
         assert (t.int() - ref.int()).abs().max() <= 2, p.name  # the same libjpeg: 0 here; 2 allows another build
 
@@ -107,8 +107,8 @@ def test_an_undecodable_jpeg_is_replaced_and_reported() -> None:
     good = _jpeg(Image.fromarray(noise))
     broken = good[: len(good) // 2]  # the header parses, the data stops
     items = [
-        read_encoded(broken, decode=decode_image) | {"name": "broken.jpg"},
-        read_encoded(good, decode=decode_image) | {"name": "good.jpg"},
+        read_encoded(broken, decode=open_image) | {"name": "broken.jpg"},
+        read_encoded(good, decode=open_image) | {"name": "good.jpg"},
     ]
     assert "jpeg" in items[0]
     batch = {"encoded": items, "augment_seed": 5, "skipped": []}
@@ -181,7 +181,11 @@ def test_augment_device_config_key(tmp_path: Path) -> None:
 
     assert augment_device(_cfg(tmp_path), CPU) is None  # auto on a CPU run: the workers
     assert augment_device(_cfg(tmp_path, "data.augment_device=cpu"), torch.device("cuda")) is None
-    assert augment_device(_cfg(tmp_path), torch.device("cuda")) == torch.device("cuda")
+    # Issue 27 item 16: auto picked the device path on every CUDA run, a path no GPU had run yet. Until
+    # benchmarks/gpu_suite.sh has measured it (figures in the README), auto keeps the measured worker path
+    # on CUDA too; the device path is one key away.
+    assert augment_device(_cfg(tmp_path), torch.device("cuda")) is None
+    assert augment_device(_cfg(tmp_path, "data.augment_device=cuda"), torch.device("cuda")) == torch.device("cuda")
     with pytest.raises(ValueError, match=r"data\.augment_device='cuda' needs a CUDA"):
         augment_device(_cfg(tmp_path, "data.augment_device=cuda"), CPU)
     with pytest.raises(ValueError, match=r"data\.augment_device"):
@@ -310,7 +314,7 @@ def test_cuda_path_matches_the_cpu_path(tmp_path: Path) -> None:
 def test_a_jpeg_over_the_pixel_limit_never_travels_as_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "big.jpg"
     path.write_bytes(_jpeg(_photo(40, 52, 0)))  # 2,080 pixels
-    assert "jpeg" in read_encoded(path, decode=decode_image)
+    assert "jpeg" in read_encoded(path, decode=open_image)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
     decoded: list[bytes] = []
 

@@ -159,9 +159,9 @@ def test_exif_orientation_is_applied(tmp_path):
     assert out.size == (10, 20)
     assert np.asarray(out)[:8, :, 0].mean() > 200 and np.asarray(out)[12:, :, 0].mean() < 50  # white now on top
     # readers with pixel annotations (masks, depth, keypoints) keep the stored pixels, aligned with them
-    from franca.data.datasets import ImageFolder, load_rgb
+    from franca.data.datasets import ImageFolder
 
-    assert load_rgb(tmp_path / "rot.jpg").size == (20, 10)
+    assert open_image(tmp_path / "rot.jpg", exif=False).size == (20, 10)
     (tmp_path / "cls" / "a").mkdir(parents=True)
     os.replace(tmp_path / "rot.jpg", tmp_path / "cls" / "a" / "rot.jpg")
     assert ImageFolder(tmp_path / "cls")[0][0].size == (10, 20)  # photos for classification: upright
@@ -178,9 +178,8 @@ def _mixed_folder(root: Path) -> Path:
 
 def test_every_reader_skips_bombs_and_corrupt_files(tmp_path):
     """Pretraining, features, RASA and the unlabelled folder reader skip the same files by the same rule."""
-    from franca.data.datasets import UnlabelledImageFolder
-    from franca.rasa.data import ImageFiles
-    from franca.train.data import FolderImages
+    from franca.data.datasets import ImageFiles, UnlabelledImageFolder
+    from franca.data.source import Samples, open_images
 
     root = _mixed_folder(tmp_path / "mix")
     files = list_images(root)
@@ -197,7 +196,7 @@ def test_every_reader_skips_bombs_and_corrupt_files(tmp_path):
     [ras[i] for i in range(len(files))]
     assert ras.n_skipped >= 1
 
-    pre = FolderImages(files, None, where=root)
+    pre = open_images(root, samples=Samples(seed=0)).dataset  # what pretraining reads
     for i in range(len(files)):
         item = pre[(i, 1000 + i)]
         assert item["image"].shape == (3, 8, 8)
@@ -218,7 +217,8 @@ def test_features_extraction_skips_a_bomb(tmp_path):
 def test_a_bad_stretch_does_not_kill_a_good_folder(tmp_path):
     """70 zero-byte files in one sub-folder among 200 good images (74 % good) used to abort pretraining
     ("64 consecutive unreadable images"); a whole epoch now reads, each bad file a random replacement."""
-    from franca.train.data import FolderImages, ResumableBatchSampler
+    from franca.data.source import Samples, open_images
+    from franca.train.data import ResumableBatchSampler
 
     root = tmp_path / "data"
     for i in range(70):
@@ -227,7 +227,7 @@ def test_a_bad_stretch_does_not_kill_a_good_folder(tmp_path):
     for i in range(200):
         _png(root / "b_good" / f"{i:03d}.png", (4, 4), value=i)
     files = list_images(root)
-    ds = FolderImages(files, None, where=root)
+    ds = open_images(root, samples=Samples(seed=0)).dataset
     sampler = ResumableBatchSampler(len(files), 27, seed=0)
     skipped = 0
     for _it, batch in zip(range(10), sampler):  # one epoch: 270 slots
@@ -241,7 +241,7 @@ def test_a_bad_stretch_does_not_kill_a_good_folder(tmp_path):
 
 
 def test_a_mostly_unreadable_folder_fails_naming_it(tmp_path):
-    from franca.train.data import FolderImages
+    from franca.data.source import Samples, open_images
 
     root = tmp_path / "notimages"
     for i in range(100):
@@ -249,21 +249,20 @@ def test_a_mostly_unreadable_folder_fails_naming_it(tmp_path):
         (root / f"{i:03d}.jpg").write_bytes(b"x" * i)
     for i in range(10):
         _png(root / f"z{i}.png")
-    ds = FolderImages(list_images(root), None, where=root)
+    ds = open_images(root, samples=Samples(seed=0)).dataset
     with pytest.raises(TooManyUnreadableError, match=re.escape(str(root))):
         for i in range(110):
             ds[(i, i)]
 
 
 def test_a_small_all_bad_folder_fails_without_hanging(tmp_path):
-    from franca.rasa.data import ImageFiles
-    from franca.train.data import FolderImages
+    from franca.data.datasets import ImageFiles
 
     for i in range(3):
         (tmp_path / f"{i}.png").write_bytes(b"")
     files = list_images(tmp_path)
     with pytest.raises(TooManyUnreadableError, match="unreadable"):
-        FolderImages(files, None, where=tmp_path)[(0, 0)]
+        ImageFiles(files, None, as_samples=True)[(0, 0)]
     with pytest.raises(TooManyUnreadableError, match="unreadable"):
         ImageFiles(files, lambda im: im)[0]
 
@@ -285,9 +284,9 @@ def _shard(path: Path, n: int, start: int = 0, extra: dict[str, bytes] | None = 
 
 
 def _stream(shards, n):
-    from franca.train.data import ShardImages
+    from franca.data.datasets import ShardSamples
 
-    it = iter(ShardImages([str(s) for s in shards], None, seed=0, rank=0, world=1))
+    it = iter(ShardSamples([str(s) for s in shards], None, seed=0, rank=0, world=1))
     return [next(it) for _ in range(n)]
 
 
@@ -310,20 +309,20 @@ def test_truncated_shard_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
 
 
 def test_all_shards_damaged_is_an_error_naming_them(tmp_path):
-    from franca.train.data import ShardImages
+    from franca.data.datasets import ShardSamples
 
     bad = tmp_path / "x.tar"
     bad.write_bytes(b"\0" * 10 + b"junk")
     with pytest.raises(RuntimeError, match=re.escape(str(bad))):
-        next(iter(ShardImages([str(bad)], None, seed=0, rank=0, world=1)))
+        next(iter(ShardSamples([str(bad)], None, seed=0, rank=0, world=1)))
 
 
 def test_shard_of_undecodable_members_is_an_error_not_a_hang(tmp_path):
-    from franca.train.data import ShardImages
+    from franca.data.datasets import ShardSamples
 
     shard = _shard(tmp_path / "s.tar", 0, extra={"a.jpg": b"", "b.png": b"nope"})
     with pytest.raises((RuntimeError, TooManyUnreadableError), match=re.escape(str(shard))):
-        next(iter(ShardImages([str(shard)], None, seed=0, rank=0, world=1)))
+        next(iter(ShardSamples([str(shard)], None, seed=0, rank=0, world=1)))
 
 
 def test_malicious_tar_members_are_never_written_or_followed(tmp_path, monkeypatch):
@@ -476,21 +475,22 @@ def test_links_are_followed_once(tmp_path):
 
 
 def test_every_command_lists_the_same_files(tmp_path):
-    """Pretraining, features, RASA, the unlabelled and class-folder readers: one listing, symlinked
-    sub-folders included (pretraining used to train on 1 image of 257 here)."""
-    from franca.data.datasets import ImageFolder, UnlabelledImageFolder
-    from franca.features import list_images as features_list
-    from franca.rasa.data import list_images as rasa_list
-    from franca.train.data import list_images as train_list
+    """Pretraining, features, RASA, the figures, the unlabelled and class-folder readers: one listing,
+    symlinked sub-folders included (pretraining used to train on 1 image of 257 here)."""
+    from franca.data.datasets import UnlabelledImageFolder
+    from franca.data.source import Samples, open_images
+    from franca.viz.common import figure_images
 
     root = _linked_tree(tmp_path / "tree")
     expect = list_images(root)
-    assert train_list(root) == features_list(root) == rasa_list(root) == UnlabelledImageFolder(root).paths == expect
+    pretraining = open_images(root, samples=Samples(seed=0)).files
+    features_and_rasa = open_images(root, kind="folder").files
+    assert pretraining == features_and_rasa == figure_images([root]) == UnlabelledImageFolder(root).paths == expect
     # class folders reached through links: ImageFolder counts them as classes
     classes = tmp_path / "classes"
     _png(classes / "cat" / "1.png")
     os.symlink(tmp_path / "outside", classes / "dog")
-    ds = ImageFolder(classes)
+    ds = open_images(classes, kind="classes").dataset
     assert ds.classes == ["cat", "dog"] and len(ds) == 2
 
 

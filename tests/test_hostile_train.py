@@ -162,7 +162,7 @@ def test_resume_on_a_bad_checkpoint_in_the_output_folder(tiny_run, tmp_path: Pat
 @pytest.mark.parametrize("case", ["empty", "text", "foreign", "truncated", "malicious"])
 def test_highres_from_a_bad_checkpoint_is_one_line_naming_it(tiny_run, tmp_path: Path, capsys, case: str) -> None:
     bad = _write_checkpoint_cases(tmp_path, tiny_run["ckpt"])[case]
-    line = _cli_error(capsys, ["highres", "--checkpoint", str(bad), "--quiet", "--output-dir", str(tmp_path / "hr")])
+    line = _cli_error(capsys, ["highres", "--checkpoint", str(bad), "--quiet", "--out", str(tmp_path / "hr")])
     assert str(bad) in line
     assert not (tmp_path / "PWNED").exists()
 
@@ -493,7 +493,7 @@ def test_highres_from_a_config_less_checkpoint_of_another_shape_is_one_line(tiny
             "--checkpoint",
             str(bare),
             "--quiet",
-            "--output-dir",
+            "--out",
             str(tmp_path / "hr"),
             "--stages",
             str(stage),

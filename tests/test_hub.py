@@ -78,6 +78,7 @@ def server():
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("FRANCA_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no copy of torch.hub's is found
     monkeypatch.delenv("FRANCA_OFFLINE", raising=False)
     monkeypatch.delenv("FRANCA_BASE_URL", raising=False)
     return tmp_path / "cache"
@@ -113,7 +114,7 @@ def test_official_table_names_and_urls():
         releases.hub_release("franca_vitb14", "LAION")
     with pytest.raises(KeyError, match="known: "):
         releases.get_release("franca_vitx14")
-    assert len(franca.releases()) == len(releases.RELEASES) == 19
+    assert len(franca.releases()) == len(releases.RELEASES) == 26  # 19 Franca/DINOv2, 7 DINOv3 (gated)
 
 
 def test_by_name_downloads_once_with_progress_then_offline(server, home, monkeypatch, capsys):
@@ -135,7 +136,8 @@ def test_by_name_downloads_once_with_progress_then_offline(server, home, monkeyp
     model = franca.load_backbone("tiny_release")
     err = capsys.readouterr().err
     assert "tiny_release.pth" in err and "100%" in err  # the tqdm bar on stderr
-    assert (home / "tiny_release.pth").read_bytes() == data and not list((home / ".incomplete").iterdir())
+    assert (home / "tiny_release.pth").read_bytes() == data
+    assert [p.name for p in (home / ".incomplete").iterdir()] == ["tiny_release.pth.lock"]  # no partial file left
     assert model.weights_label == "tiny_release" and model.n_blocks == 2 and not model.training
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -171,13 +173,13 @@ def test_released_rasa_head_by_name_and_hubconf(server, home, monkeypatch):
 
 
 def test_resume_of_a_broken_download(server, home, monkeypatch):
-    data = bytes(range(256)) * 400  # 102 400 bytes
+    data, _ = _release_bytes()
     server.files["r/blob.pth"] = data
     server.cut["r/blob.pth"] = 30_000
     _add(monkeypatch, Release("blob", "vitt8", server.url, ("r/blob.pth",), ("x", "Y"), "test"))
     with pytest.raises(WeightsUnavailable, match="run again to resume"):
         fetch_release("blob", progress=False)
-    part = home / ".incomplete" / "blob.pth"
+    (part,) = (home / ".incomplete").glob("blob.pth.*.part")  # this process's partial file
     assert part.stat().st_size == 30_000 and not (home / "blob.pth").exists()  # nothing half-written in place
     path = fetch_release("blob", progress=False)
     assert path.read_bytes() == data
@@ -186,14 +188,14 @@ def test_resume_of_a_broken_download(server, home, monkeypatch):
 
 
 def test_checksum_mismatch_is_refused(server, home, monkeypatch):
-    server.files["c/bad.pth"] = b"not the release"
+    server.files["c/bad.pth"], _ = _release_bytes()
     _add(
         monkeypatch,
         Release("bad", "vitt8", server.url, ("c/bad.pth",), ("x", "Y"), "test", sha256={"bad.pth": "0" * 64}),
     )
     with pytest.raises(WeightsUnavailable, match="SHA-256"):
         fetch_release("bad", progress=False)
-    assert not (home / "bad.pth").exists() and not (home / ".incomplete" / "bad.pth").exists()
+    assert not (home / "bad.pth").exists() and not list((home / ".incomplete").glob("bad.pth*.part"))
 
 
 def test_offline_error_names_url_and_place(home, monkeypatch):
@@ -216,10 +218,11 @@ def test_offline_error_names_url_and_place(home, monkeypatch):
 
 
 def test_base_url_override_fetches_the_official_path(server, home, monkeypatch):
-    server.files["v1.0.0/franca_vitb14_In21K.pth"] = b"0123456789"
+    data, _ = _release_bytes()
+    server.files["v1.0.0/franca_vitb14_In21K.pth"] = data
     monkeypatch.setenv("FRANCA_BASE_URL", server.url)
     path = fetch_release("franca_vitb14_in21k", progress=False)
-    assert path == cache_dir() / "franca_vitb14_In21K.pth" and path.read_bytes() == b"0123456789"
+    assert path == cache_dir() / "franca_vitb14_In21K.pth" and path.read_bytes() == data
     assert server.requests == [("v1.0.0/franca_vitb14_In21K.pth", None)]
 
 
@@ -243,7 +246,8 @@ def test_split_release_parts_and_hubconf(server, home, monkeypatch, tmp_path):
         torch.testing.assert_close(
             model.forward_features(x)["x_norm_patchtokens"], src.forward_features(x)["x_norm_patchtokens"]
         )
-    assert sorted(p.name for p in home.iterdir() if p.is_file()) == [n.split("/")[1] for n in names]
+    parts = [n.split("/")[1] for n in names]
+    assert sorted(p.name for p in home.iterdir() if p.is_file()) == sorted(parts + [f"{p}.sha256" for p in parts])
     rand = torch.hub.load(str(ROOT), "franca_vitg14", source="local", weights="tiny", pretrained=False, depth=1)
     assert rand.weights_label == "random init" and rand.n_blocks == 1
     with pytest.raises(ValueError, match="img_size"):

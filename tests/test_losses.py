@@ -124,9 +124,11 @@ def test_franca_loss_matches_naive_oracle(B: int, n_local: int, dims: list[int],
     want = naive_franca_loss(sg, tg, sl, sp, tp, mask_rows, B, n_local, weights, x)
     for key, value in want.items():
         assert abs(float(got[key]) - value) < 1e-4 * max(1.0, abs(value)), key
-    assert set(got) == {"total", "dino_global", "dino_local", "ibot", "koleo"} | {
+    assert set(got) == {"total", "dino", "dino_global", "dino_local", "ibot", "koleo"} | {
         f"{n}_l{i}" for n in ("dino", "ibot") for i in range(L)
     }
+    assert torch.equal(got["dino"], got["dino_global"] + got["dino_local"])
+    assert torch.equal(got["total"], got["dino"] + got["ibot"] + 0.1 * got["koleo"])  # the documented total
     lam_sum = sum(weights[i] * float(got[f"dino_l{i}"]) for i in range(L))
     assert abs(lam_sum - float(got["dino_global"] + got["dino_local"])) < 1e-4
 

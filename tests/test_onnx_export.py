@@ -88,3 +88,29 @@ def test_onnx_and_torch_export_dynamic_height_width(tmp_path):
         for g, p, r in zip(got, prog, ref):
             assert float((torch.from_numpy(g) - r).abs().max()) <= 1e-4, hw
             assert float((p - r).abs().max()) <= 1e-4, hw
+
+
+@pytest.mark.slow
+def test_onnx_refuses_a_side_that_is_not_a_multiple_of_the_patch_size(tmp_path, capsys):
+    """Issue 27 item 8: the ONNX graph took 36×36 at patch 8 (230×230 at patch 14) and silently dropped the
+    border (16 patch tokens, as for 32×32) where PyTorch refuses; now the runtime fails in the named check
+    node, and the .pt2 program's guard refuses it as before."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from franca.models.deploy import CHECK_NODE, export_onnx, export_program
+
+    m = franca.build_backbone("vitt8", depth=1).eval()
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        m.forward_features(torch.randn(1, 3, 36, 36))  # PyTorch's answer, which the exports must share
+    onnx_file = export_onnx(m, tmp_path / "m.onnx", size=32, verbose=False)  # `franca export --quiet`
+    assert "[torch.onnx]" not in capsys.readouterr().out  # the exporter's step lines are gone
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    good = sess.run(None, {"images": torch.randn(1, 3, 40, 32).numpy()})
+    assert good[2].shape == (1, 20, m.embed_dim)  # multiples of the patch size still run, non-square too
+    for hw in ((36, 36), (40, 33)):
+        with pytest.raises(Exception, match=CHECK_NODE) as err:
+            sess.run(None, {"images": torch.randn(1, 3, *hw).numpy()})
+        assert "cannot be reshaped" in str(err.value)
+    program = torch.export.load(str(export_program(m, tmp_path / "m.pt2", size=32))).module()
+    with pytest.raises(AssertionError, match="% 8 == 0"):
+        program(torch.randn(1, 3, 36, 36))

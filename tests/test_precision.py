@@ -259,11 +259,30 @@ def test_bf16_pretraining_on_cpu_has_finite_losses(tmp_path: Path):
     assert D.resolve_precision(auto.train.precision, "cpu", training=True) == "fp32"
 
 
-def test_sinkhorn_is_an_fp32_island_under_bf16_autocast():
-    from franca.losses.sinkhorn import sinkhorn_knopp
+@pytest.mark.parametrize("method", ["scaling", "log"])
+def test_sinkhorn_is_an_fp32_island_under_bf16_autocast(method):
+    from franca.losses.sinkhorn import METHODS, sinkhorn_knopp
 
+    assert set(METHODS) == {"scaling", "log"}  # every method is tested here
     logits = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
-    ref = sinkhorn_knopp(logits, 0.04)
+    ref = sinkhorn_knopp(logits, 0.04, method=method)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        inside = sinkhorn_knopp(logits, 0.04)
+        inside = sinkhorn_knopp(logits, 0.04, method=method)
     assert inside.dtype == torch.float32 and torch.equal(inside, ref)
+
+
+def test_the_memory_estimate_counts_bf16_activations_at_two_bytes(monkeypatch):
+    """vitt8 at 224 px: 785 tokens of width 192. Per image, by hand: the images 3·224²·4·2 + 3·256² = 1,400,832
+    bytes plus the block activations 785·192·12 values: 4 bytes each in fp32 (7,234,560; 8,635,392 in all),
+    2 under bf16 (3,617,280; 5,018,112). Eight images need 65.9 MiB in fp32 and 38.3 MiB in bf16: with
+    40 MiB free, fp32 is refused and bf16 fits (the message rounds MiB and calls them MB)."""
+    import franca.commands._flags as flags
+    from franca.utils.errors import UserError
+
+    model = franca.build_backbone("vitt8", depth=1)
+    monkeypatch.setattr(flags, "available_bytes", lambda device: 40 << 20)
+    flags.check_side_fits(model, 224, "cpu", batch_size=8, precision="bf16")
+    with pytest.raises(UserError, match=r"8 images per pass need about 66 MB, .* lower --batch-size$"):
+        flags.check_side_fits(model, 224, "cpu", batch_size=8, precision="fp32")
+    with pytest.raises(UserError, match=r"8 images per pass need about 66 MB"):
+        flags.check_side_fits(model, 224, "cpu", batch_size=8)  # fp32 unless told

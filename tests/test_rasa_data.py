@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from franca.data.source import open_images
 from franca.rasa import data as rdata
 
 
@@ -33,16 +34,16 @@ def test_split_and_reader_skip_corrupt(tmp_path):
     _write_images(tmp_path / "a" / "b", 9)
     (tmp_path / "a" / "broken.jpg").write_bytes(b"not an image")
     (tmp_path / "a" / "notes.txt").write_text("ignored")
-    files = rdata.list_images(tmp_path / "a")
+    files = open_images(tmp_path / "a", kind="folder").files
     assert len(files) == 10
     train, held = rdata.split_files(files, 0.2, max_heldout=64, seed=1)
     assert len(held) == 2 and not set(train) & set(held) and len(train) + len(held) == 10
     assert rdata.split_files(files, 0.2, 64, seed=1) == (train, held)  # deterministic
-    ds = rdata.ImageFiles(files, rdata.rasa_eval_transform(8))
+    ds = open_images(files, kind="files", transform=rdata.rasa_eval_transform(8)).dataset  # RASA's reading
     items = [ds[i] for i in range(len(ds))]
     assert all(t.shape == (3, 8, 8) for t in items) and ds.n_skipped == 1
-    with pytest.raises(FileNotFoundError):
-        rdata.list_images(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        open_images(tmp_path / "missing", kind="folder")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images"):
-        rdata.list_images(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        open_images(tmp_path / "empty", kind="folder")

@@ -118,6 +118,16 @@ def test_folded_backbone_matches_sequential_and_survives_export(tiny, tmp_path):
     fold_into_backbone(tiny, None)
 
 
+def _small_backbone(folder):
+    """A vitt8 with D=32 and one block: at 64 px two held-out images (128 tokens ≥ 4·D) can fit the probes."""
+    import franca
+
+    torch.manual_seed(0)
+    return franca.export_backbone(
+        franca.build_backbone("vitt8", depth=1, embed_dim=32, num_heads=2), folder / "small.safetensors"
+    )
+
+
 def test_franca_rasa_command_end_to_end(tmp_path):
     from PIL import Image
 
@@ -136,7 +146,8 @@ def test_franca_rasa_command_end_to_end(tmp_path):
             "rasa",
             "--model",
             "vitt8",
-            "--random-init",
+            "--weights",
+            str(_small_backbone(tmp_path)),
             "--data",
             str(data),
             "--iterations",
@@ -146,7 +157,7 @@ def test_franca_rasa_command_end_to_end(tmp_path):
             "--batch-size",
             "4",
             "--size",
-            "32",
+            "64",
             "--num-workers",
             "0",
             "--out",
@@ -177,9 +188,9 @@ def test_franca_rasa_command_end_to_end(tmp_path):
     # Both probes' sizes are reported; 3 held-out images split by image into 2 fit + 1 score.
     assert report["probe_sizes"] == {
         "fit_images": 2,
-        "fit_tokens": 32,
+        "fit_tokens": 128,
         "score_images": 1,
-        "score_tokens": 16,
+        "score_tokens": 64,
         "dim": model.embed_dim,
     }
     assert report["stop_reason"] == "fixed number of stages (2)"
@@ -200,9 +211,8 @@ def test_franca_rasa_command_auto_iterations(tmp_path):
     rc = main(
         [
             "rasa",
-            "--model",
-            "vitt8",
-            "--random-init",
+            "--weights",
+            str(_small_backbone(tmp_path)),
             "--data",
             str(data),
             "--iterations",
@@ -216,7 +226,7 @@ def test_franca_rasa_command_auto_iterations(tmp_path):
             "--batch-size",
             "4",
             "--size",
-            "32",
+            "64",
             "--num-workers",
             "0",
             "--out",

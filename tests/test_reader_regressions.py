@@ -180,7 +180,7 @@ def test_a_folder_of_gzip_shards_is_refused_with_the_glob_that_reads_it(tmp_path
     'no *.tar shards' and nothing more. The error now names the glob that reads them, and that glob works."""
     import gzip
 
-    from franca.train.data import list_images as pretrain_list_images
+    from franca.data.source import open_images
 
     plain = _tar(tmp_path / "plain" / "00000.tar", [("0001.png", _png(5)), ("0001.txt", b"cap")])
     gz = tmp_path / "gz"
@@ -190,7 +190,7 @@ def test_a_folder_of_gzip_shards_is_refused_with_the_glob_that_reads_it(tmp_path
     with pytest.raises(FileNotFoundError, match=f"no \\*.tar shards in the folder .*give them as a glob, {glob}"):
         WebDatasetShards(gz)
     with pytest.raises(FileNotFoundError, match=f"no image files .* 1 gzip-compressed shards .*{glob}"):
-        pretrain_list_images(gz)
+        open_images(gz, kind="folder")
     assert list(WebDatasetShards(str(gz / "*.tar.gz"), transform=_value)) == [5]
 
 

@@ -30,7 +30,7 @@ def test_teacher_targets_run_sinkhorn_on_zero_masked_rows_when_distributed(monke
         "ibot_head": MatryoshkaHead(32, 16, nesting_levels=2, hidden_dim=8, bottleneck_dim=4),
     }
     batch = {"global_crops": torch.randn(4, 3, 16, 16), "mask_indices": torch.zeros(0, dtype=torch.long)}
-    targets = step.TeacherTargets("sinkhorn_knopp")
+    targets = step.TeacherTargets(centering="sinkhorn_knopp")
 
     out = targets(teacher, batch, 0.07)  # single process: the empty iBOT part is skipped
     assert out.patch_targets is None and calls == [4, 4]

@@ -10,19 +10,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-import franca.losses.dino as dino_mod
 import franca.losses.fused_ce as fused
 import franca.losses.sinkhorn as sk
 from franca.losses.franca_loss import FrancaLoss
 
 
 def _sinkhorn(method: str, *args, **kwargs) -> torch.Tensor:
-    old = sk.METHOD
-    sk.METHOD = method
-    try:
-        return sk.sinkhorn_knopp(*args, **kwargs)
-    finally:
-        sk.METHOD = old
+    return sk.sinkhorn_knopp(*args, **kwargs, method=method)
+
+
+def test_sinkhorn_method_is_an_argument_and_a_bad_one_is_named() -> None:
+    assert not hasattr(sk, "METHOD")  # no process-wide switch
+    with pytest.raises(ValueError, match="method must be one of .*'fast'"):
+        sk.sinkhorn_knopp(torch.randn(4, 3), 0.1, method="fast")
 
 
 @pytest.mark.parametrize(
@@ -78,8 +78,14 @@ def test_chunked_soft_ce_values_and_gradients(monkeypatch: pytest.MonkeyPatch, c
 
 
 def test_franca_loss_fused_ce_on_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The full objective (DINO local + global, iBOT) with wide levels: same loss and student gradients."""
+    """The full objective (DINO local + global, iBOT) with wide levels: same loss and student gradients.
+    The fused CE is an argument of the FrancaLoss instance: on, each wide iBOT level goes through it; off, none."""
+    import franca.losses.dino as dino_mod
+
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 5000)  # several chunks per level
+    calls: list[int] = []
+    real = dino_mod.chunked_soft_cross_entropy
+    monkeypatch.setattr(dino_mod, "chunked_soft_cross_entropy", lambda t, s, tau: calls.append(1) or real(t, s, tau))
     g = torch.Generator().manual_seed(1)
     B, n_local, M, Ks = 3, 2, 7, [4096, 8192]
 
@@ -92,14 +98,15 @@ def test_franca_loss_fused_ce_on_off(monkeypatch: pytest.MonkeyPatch) -> None:
     tg = [torch.softmax(torch.randn(2 * B, K, generator=g) / 0.1, -1) for K in Ks]
     tp = [torch.softmax(torch.randn(M + 2, K, generator=g) / 0.1, -1) for K in Ks]
     w = torch.rand(M, generator=g)
-    loss = FrancaLoss(n_levels=2, student_temp=0.1, koleo_weight=0.0)
     results = {}
     for flag in (True, False):
-        monkeypatch.setattr(dino_mod, "FUSED_CE", flag)
+        loss = FrancaLoss(n_levels=2, student_temp=0.1, koleo_weight=0.0, fused_ce=flag)
         for x in sg + sl + sp:
             x.grad = None
+        calls.clear()
         out = loss(sg, tg, sl, sp, tp, w)
         out["total"].backward()
+        assert len(calls) == (2 if flag else 0)  # one per iBOT level
         results[flag] = (out["total"].detach(), [x.grad.clone() for x in sg + sl + sp])
     torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-5)
     for a, b in zip(results[True][1], results[False][1]):
@@ -166,20 +173,24 @@ def test_training_step_with_implicit_targets_equals_plain(tmp_path) -> None:
 
     from franca.train.config import load_config
     from franca.train.loop import Trainer
+    from franca.train.objective import StepInputs
 
     data = make_image_folder(tmp_path / "img", n=8)
     tr = Trainer(load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2)), quiet=True)
     batch = fixed_batch(4, 16, 8, 2, 4)
     assert batch["mask_indices"].numel() > 0
+    franca = tr.objective.part("franca")
+    step = StepInputs(batch=batch, iteration=0, schedule=tr.schedules.at(0))
     results = {}
     for implicit in (True, False):
-        tr.targets.implicit = implicit
+        franca.teacher_targets.implicit = implicit
         params = {f"{m}.{n}": p for m, mod in tr.student.items() for n, p in mod.named_parameters()}
         for p in params.values():
             p.grad = None
-        teacher_out = tr.targets(tr.teacher, batch, 0.04)
-        assert isinstance(teacher_out.patch_targets[0], imp.SinkhornTargets) == implicit
-        losses = tr.losses(tr.student_forward(batch), teacher_out, batch)
+        targets = tr.objective.targets(step)
+        assert isinstance(targets[0].patch_targets[0], imp.SinkhornTargets) == implicit
+        losses = tr.objective(student=tr.student_forward(batch), targets=targets, step=step)
+        losses["total"] = tr.objective.total(losses)
         losses["total"].backward()
         results[implicit] = (
             {k: v.detach() for k, v in losses.items()},
@@ -241,8 +252,8 @@ def test_compiled_passes_belong_to_the_caller_not_the_process(monkeypatch: pytes
         imp.implicit_soft_cross_entropy(t, st, 0.1).sum().backward()
         return t, st.grad
 
-    compiled_t = TeacherTargets("sinkhorn_knopp", implicit_patch_targets=True, compiled_passes=True)
-    plain_t = TeacherTargets("sinkhorn_knopp", implicit_patch_targets=True)
+    compiled_t = TeacherTargets(centering="sinkhorn_knopp", implicit_patch_targets=True, compiled_passes=True)
+    plain_t = TeacherTargets(centering="sinkhorn_knopp", implicit_patch_targets=True)
     t1, g1 = run(lambda x: compiled_t._targets([x], 0.07, 1)[0])
     assert t1.compiled and {"_col_max", "_row_sum", "_ce_forward", "_ce_backward"} <= set(calls)
     calls.clear()

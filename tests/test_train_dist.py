@@ -2,7 +2,7 @@
 checkpointing) equals one process on the whole batch: student and teacher weights agree within 1e-5.
 
 KoLeo is computed per process, as the reference does (loss.koleo_scope=local); the single-process
-oracle reproduces that by computing KoLeo per half of each crop's batch (LossComputer.koleo_group),
+oracle reproduces that by computing KoLeo per half of each crop's batch (FrancaLoss's koleo_group),
 which is what two processes with DDP gradient averaging optimise together. Sinkhorn-Knopp sums run
 over both processes (franca.losses.sinkhorn), so the teacher targets are those of the whole batch.
 
@@ -54,7 +54,7 @@ def test_two_process_step_ddp_and_fsdp_equal_one_process_on_the_whole_batch(tmp_
 
     cfg = load_config("tiny", tiny_overrides(tmp_path / "single", data, iterations=1, batch=8) + DIST_EXTRA)
     trainer = Trainer(cfg, quiet=True)
-    trainer.losses.koleo_group = 4  # KoLeo per half: what each of the 2 processes computes
+    trainer.objective.part("franca").loss.koleo_group = 4  # KoLeo per half: what each of the 2 processes computes
     before = state_of(trainer.student)
     trainer.step(fixed_batch(8, 16, 8, 2, 4), 0)
     single = {"student": state_of(trainer.student), "teacher": state_of(trainer.teacher)}

@@ -143,23 +143,42 @@ def test_folder_with_truncated_jpeg_and_non_image_trains_on_and_reports_two(tmp_
     assert {Path(p).name for p in summary["skipped_file_list"]} == {"truncated.jpg", "notes.png"}
 
 
+class _NaNFrom:
+    """An objective part whose one term turns NaN from iteration `start` on."""
+
+    name = "poison"
+    modules: dict = {}
+
+    def __init__(self, start: int) -> None:
+        from franca.train.objective import Term
+
+        self.start, self.terms = start, (Term("poison", 1.0),)
+
+    def targets(self, step):
+        return None
+
+    def __call__(self, *, student, targets, step):
+        zero = student.global_backbone_cls.new_zeros((), dtype=torch.float32)
+        return {"poison": zero * float("nan") if step.iteration >= self.start else zero}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     from franca.train.config import load_config
     from franca.train.loop import NonFiniteLossError, Trainer
 
     data = make_image_folder(tmp_path / "img", n=8)
     cfg = load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=6) + ["train.checkpoint_period=2"])
-    tr = Trainer(cfg, quiet=True)
-    original = tr.losses.__call__
-
-    def poisoned(student, teacher, batch):
-        out = original(student, teacher, batch)
-        if tr.state.iteration >= 3:
-            out["total"] = out["total"] * float("nan")
-        return out
-
-    tr.losses = poisoned  # type: ignore[assignment]
-    with pytest.raises(NonFiniteLossError, match=r"iteration 3.*checkpoint.*iteration 2"):
+    tr = Trainer(cfg, quiet=True, extra_parts=[_NaNFrom(3)])
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"loss became non-finite \(total=nan, poison=nan\).*iteration 3.*checkpoint.*iteration 2",
+    ):
         tr.run()
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
     assert ckpt["iteration"] == 2
@@ -248,11 +267,12 @@ def test_centering_alternative_runs_and_updates_its_centres(tmp_path: Path) -> N
         load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=2) + ["loss.centering=centering"]),
         quiet=True,
     )
-    assert tr.targets.centers is not None
-    c0 = tr.targets.centers[0].center(0).clone()
+    centers = tr.objective.part("franca").teacher_targets.centers
+    assert centers is not None
+    c0 = centers[0].center(0).clone()
     losses = tr.step(fixed_batch(4, 16, 8, 2, 4), 0)
     assert torch.isfinite(losses["total"])
-    assert not torch.equal(c0, tr.targets.centers[0].center(0))
+    assert not torch.equal(c0, centers[0].center(0))
 
 
 def test_highres_command_runs_its_stages_in_order(tmp_path: Path) -> None:
@@ -274,7 +294,7 @@ def test_highres_command_runs_its_stages_in_order(tmp_path: Path) -> None:
             "--checkpoint",
             first["checkpoint"],
             "--quiet",
-            "--output-dir",
+            "--out",
             str(tmp_path / "hr"),
             "--stages",
             f"{tmp_path / 's1.yaml'},{tmp_path / 's2.yaml'}",

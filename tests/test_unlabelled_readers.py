@@ -83,12 +83,10 @@ def test_replace_draws_the_same_files_as_before(tmp_path):
 
 
 def test_pretraining_and_image_files_replace_by_the_same_routine(tmp_path):
-    """FolderImages (pretraining, seeded per slot) and ImageFiles (seeded by the index) share the loop:
-    with the slot seed equal to the index they pick the same file and skip the same ones."""
-    from franca.train.data import FolderImages
-
+    """Pretraining's samples (seeded per slot) and ImageFiles (seeded by the index) are one reader: with the
+    slot seed equal to the index they pick the same file and skip the same ones."""
     files = _folder(tmp_path / "imgs")
-    pre, ds = FolderImages(files, None, where=tmp_path), ImageFiles(files, _value)
+    pre, ds = ImageFiles(files, None, as_samples=True), ImageFiles(files, _value)
     for i in range(10):
         item = pre[(i, i)]
         assert int(item["image"][0, 0, 0]) == ds[i] and Path(item["name"]).name == f"f{ds[i]}.png"

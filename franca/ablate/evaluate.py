@@ -142,16 +142,18 @@ def rasa_position_r2(model: torch.nn.Module, device: torch.device, s: EvalSettin
 
     One small call site on purpose: the fit and its probe are franca.rasa's public API.
     """
+    from franca.data.source import open_images
     from franca.rasa import data as rdata
     from franca.rasa.fit import CachedFeatures, RasaConfig, extract_all, fit_rasa
 
-    files = rdata.list_images(s.rasa_root or rdata.default_image_root())
+    files = open_images(s.rasa_root or rdata.default_image_root(), kind="folder").files
     files = files[:: max(1, len(files) // s.rasa_images)][: s.rasa_images]  # spread over the whole set
     train_files, held_files = rdata.split_files(files, 0.1, 64, seed=400)
     tf = rdata.rasa_eval_transform(s.rasa_size)
 
     def tokens(fs: list) -> torch.Tensor:
-        loader = torch.utils.data.DataLoader(rdata.ImageFiles(fs, tf), batch_size=64, shuffle=False)
+        images = open_images(fs, kind="files", transform=tf).dataset
+        loader = torch.utils.data.DataLoader(images, batch_size=64, shuffle=False)
         return extract_all(model, loader, device, s.precision or "auto")
 
     grid = (s.rasa_size // int(model.patch_size),) * 2

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from franca.commands._flags import natural_int, positive_int
+
 log = logging.getLogger(__name__)
 
 
@@ -26,13 +28,14 @@ def add_model_arguments(p: argparse.ArgumentParser, rasa: bool = True) -> None:
         "--model",
         default=None,
         help="a released model (franca_vitb14_in21k, dinov2_vits14_reg, …: downloaded once, then "
-        "cached), a named size (vits14, vitb14, vitt8, …) or timm:NAME; with --weights it is "
+        "cached; gated DINOv3 names such as dinov3_vitb16 are found where they were put, never downloaded), "
+        "a named size (vits14, vitb14, vitt8, dinov3_vits16, …) or timm:NAME; with --weights it is "
         "optional: the file defines the model",
     )
     g.add_argument(
         "--weights",
         default=None,
-        help="weights file: official Franca/DINOv2 release, this project's checkpoint or exported .safetensors",
+        help="weights file: official Franca/DINOv2/DINOv3 release, this project's checkpoint or exported .safetensors",
     )
     g.add_argument(
         "--random-init",
@@ -52,10 +55,10 @@ def add_model_arguments(p: argparse.ArgumentParser, rasa: bool = True) -> None:
         )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
     add_precision_argument(g)
-    g.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: %(default)s)")
     g.add_argument(
         "--num-workers",
-        type=int,
+        type=natural_int,
         default=min(4, os.cpu_count() or 1),
         help="data-loading processes (default: %(default)s)",
     )
@@ -93,11 +96,22 @@ def resolved_precision(args: argparse.Namespace) -> str | None:
     return resolve_precision(args.precision, getattr(args, "device", "auto"))
 
 
-def weights_label(args: argparse.Namespace) -> str:
-    """What names the weights in JSON, report rows and figure titles: the release name, the weights
-    file name, or "random init". Raises (saying how to get weights) when the arguments name none."""
-    from franca.models.api import weights_label as label
+NO_WEIGHTS = "pass --weights FILE, a released --model (franca --list-models) or --random-init"
+"""The how-to of every command given no weights (one line: `franca eval knn: error: no weights: pass …`)."""
 
+
+def weights_label(args: argparse.Namespace) -> str:
+    """What names the weights in JSON, report rows and figure titles: the weights file name, the release
+    name, or "random init". Raises (saying how to get weights, in one line) when the arguments name none."""
+    from franca.models.api import weights_label as label
+    from franca.models.releases import is_release
+    from franca.utils.errors import UserError
+
+    model, weights = getattr(args, "model", None), getattr(args, "weights", None)
+    if weights is None and not is_release(model) and not getattr(args, "random_init", False):
+        raise UserError(
+            f"--model {model} is not a released model; {NO_WEIGHTS}" if model else f"no weights: {NO_WEIGHTS}"
+        )
     return label(
         getattr(args, "model", None),
         getattr(args, "weights", None),
@@ -115,9 +129,12 @@ def load_model_from_args(args: argparse.Namespace):
     device = resolve_device(args.device)
     rasa = getattr(args, "rasa", None)
     weights_label(args)  # fails early, with the how-to, when nothing names weights
+    from franca.models.api import is_layout_name
     from franca.models.releases import is_release
 
-    if args.weights is None and not is_release(args.model):
+    # a DINOv3 name is both a (gated) release and a layout: with --random-init it builds the layout
+    layout = bool(args.random_init) and is_layout_name(args.model)
+    if args.weights is None and (layout or not is_release(args.model)):
         import torch
 
         with torch.random.fork_rng(devices=[]):  # seed 0: the same random weights in every run
@@ -180,12 +197,12 @@ def add_output_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
     )
     p.add_argument(
         "--seeds",
-        type=int,
+        type=natural_int,
         nargs="+",
         default=[0],
         help="seeds to average over; the JSON reports mean and std (default: %(default)s)",
     )
-    p.add_argument("--seed", dest="seeds", type=int, nargs=1, help=argparse.SUPPRESS)
+    p.add_argument("--seed", dest="seeds", type=natural_int, nargs=1, help=argparse.SUPPRESS)
     add_quiet_argument(p)
 
 

@@ -1,14 +1,10 @@
 """Ablation sweep: named variants of one preset × several seeds at equal compute, evaluated and compared.
 
-    franca ablate --config tiny --seeds 0 1 2 --protocols knn linear pca-slice \\
-        --out runs/ablate train.epochs=4
+Example: the tiny preset's baseline against no KoLeo, one seed, a short schedule, scored by k-NN:
 
-Built-in variants (default: all; the first is the baseline unless --baseline says otherwise):
-  franca            the preset as it is (nested Matryoshka heads, CyclicMask, slicing heads, KoLeo)
-  single-level      dino/ibot nesting_levels=1: the DINOv2/iBOT objective, same finest prototype count
-  block-mask        ibot.mask_type=block: DINOv2 multi-block masking instead of CyclicMask
-  projection-heads  dino/ibot mode=projection: the released per-level projections instead of slicing
-  no-koleo         loss.koleo_weight=0
+    franca ablate --variants franca no-koleo --seeds 0 --protocols knn --out runs/ablate train.iterations=10
+
+Built-in variants: see --variants (the first variant is the baseline unless --baseline says otherwise).
 Your own: `--variant NAME key=value [key=value ...]` (repeatable; any key the config accepts). Variants
 may not change the compute (iterations, epochs, batch, crops, data, seed): those are set once, by the
 sweep-wide `key=value` overrides, for every run. The untrained backbone of each seed is the reference row.
@@ -26,13 +22,14 @@ import shlex
 import sys
 
 from franca.commands._common import add_precision_argument
+from franca.commands._flags import add_quiet_argument, natural_int, positive_int
 
 HELP = "ablation sweep: config variants × seeds at equal compute, evaluated, with a table and plot"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from franca.ablate.evaluate import PROTOCOLS
-    from franca.ablate.variants import DEFAULT_VARIANTS
+    from franca.ablate.variants import BUILTIN_HELP, BUILTIN_VARIANTS, DEFAULT_VARIANTS
 
     p.add_argument("--config", default="tiny", help="preset name or yaml file (default: %(default)s)")
     p.add_argument(
@@ -46,8 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="*",
         default=None,
         metavar="NAME",
-        help=f"built-in variants to run (default: all: {' '.join(DEFAULT_VARIANTS)}; "
-        "give none with only --variant entries)",
+        help=f"built-in variants to run (default: {' '.join(DEFAULT_VARIANTS)}; give none with only --variant "
+        "entries). Built-in: "
+        + "; ".join(f"{n} ({' '.join(BUILTIN_VARIANTS[n]) or 'the preset'}): {h}" for n, h in BUILTIN_HELP.items()),
     )
     p.add_argument(
         "--variant",
@@ -58,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a variant of your own: NAME key=value [key=value ...] (repeatable; default: none)",
     )
     p.add_argument("--baseline", default=None, help="variant the others are compared with (default: the first)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: %(default)s")
+    p.add_argument("--seeds", nargs="+", type=natural_int, default=[0, 1, 2], help="default: %(default)s")
     p.add_argument(
         "--protocols",
         nargs="+",
@@ -67,8 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="evaluations of every run (default: %(default)s)",
     )
     p.add_argument("--out", default="runs/ablate", help="sweep folder (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default: 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs at a time, each in its own process (default: 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads per run (default: 1)")
     p.add_argument("--device", default="cpu", help="training and evaluation device (default: %(default)s)")
     add_precision_argument(
         p,
@@ -77,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--checkpoint-period",
-        type=int,
+        type=positive_int,
         default=100,
         help="iterations between checkpoints of each run, the resume granularity (default: %(default)s)",
     )
@@ -89,15 +87,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "then not at equal compute",
     )
     p.add_argument("--report-only", action="store_true", help="rebuild the table and plot from finished runs")
+    add_quiet_argument(p, help="no progress: neither bars nor the line per finished run (the table is printed)")
     g = p.add_argument_group("evaluation settings")
     g.add_argument(
-        "--size", type=int, default=None, help="classification input size (default: the preset's global crop size)"
+        "--size",
+        type=positive_int,
+        default=None,
+        help="classification input size (default: the preset's global crop size)",
     )
     g.add_argument(
-        "--seg-size", type=int, default=128, help="overcluster / in-context input size (default: %(default)s)"
+        "--seg-size", type=positive_int, default=128, help="overcluster / in-context input size (default: %(default)s)"
     )
     g.add_argument(
-        "--linear-epochs", type=int, default=10, help="linear and PCA-slicing probe epochs (default: %(default)s)"
+        "--linear-epochs",
+        type=positive_int,
+        default=10,
+        help="linear and PCA-slicing probe epochs (default: %(default)s)",
     )
 
 
@@ -146,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     sweep = build_sweep(args)
     info = None
     if not args.report_only:
-        info = run_sweep(sweep)
+        info = run_sweep(sweep, echo=(lambda line: None) if args.quiet else print)
     command = "franca " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["ablate"] else None
     paths = write_report(sweep, command=command, sweep_info=info)
     print(paths["md"].read_text())

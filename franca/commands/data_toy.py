@@ -3,11 +3,16 @@
 Layout under --out: imagenet/ (ImageNet folders + labels.txt), VOCdevkit/VOC2012/ (Pascal VOC
 segmentation), nyuv2/ (BTS depth layout), SPair-71k/ (keypoint pairs), toy.json (parameters).
 Classes are shapes with random colours and textures. The same arguments give the same bytes.
+Example (a small set; the defaults write 5,000 + 1,000 classification images):
+
+    franca data toy --out toy --n-train 200 --n-val 50
 """
 
 from __future__ import annotations
 
 import argparse
+
+from franca.commands._flags import float_in, natural_int, positive_int
 
 HELP = "write the built-in synthetic data set (ImageNet/VOC/NYUv2/SPair-71k layouts)"
 
@@ -17,26 +22,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
     add_size_argument(p, "image side in pixels (default: %(default)s)", default=64)
-    p.add_argument("--n-train", type=int, default=5000, help="classification training images (default: %(default)s)")
-    p.add_argument("--n-val", type=int, default=1000, help="classification validation images (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--n-classes", type=int, default=10, help="shape classes, 2..12 (default: %(default)s)")
+    p.add_argument(
+        "--n-train", type=positive_int, default=5000, help="classification training images (default: %(default)s)"
+    )
+    p.add_argument(
+        "--n-val", type=positive_int, default=1000, help="classification validation images (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=natural_int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--n-classes", type=positive_int, default=10, help="shape classes, 2..12 (default: %(default)s)")
     p.add_argument(
         "--object-size",
-        type=float,
+        type=float_in(0.0, 1.0),
         nargs=2,
         default=(18 / 64, 26 / 64),
         metavar=("MIN", "MAX"),
         help="object diameter range as a fraction of the side (default: 0.28 0.41)",
     )
-    p.add_argument("--clutter", type=float, default=0.5, help="background texture level 0..1 (default: %(default)s)")
+    p.add_argument(
+        "--clutter",
+        type=float_in(0.0, 1.0, low_open=False),
+        default=0.5,
+        help="background texture level 0..1 (default: %(default)s)",
+    )
     p.add_argument(
         "--texture",
-        type=float,
+        type=float_in(0.0, 1.0, low_open=False),
         default=0.5,
         help="probability that an object is patterned instead of flat, 0..1 (default: %(default)s)",
     )
-    p.add_argument("--distractors", type=int, default=2, help="max tiny distractor blobs (default: %(default)s)")
+    p.add_argument(
+        "--distractors", type=natural_int, default=2, help="max tiny distractor blobs (default: %(default)s)"
+    )
     add_quiet_argument(p)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 from franca.commands._common import add_model_arguments, add_output_arguments
+from franca.commands._flags import positive_float, positive_int
 
 HELP = "monocular depth probe on NYUv2: SI-RMSE (per-image scale+shift), RMSE, δ1-3"
 
@@ -35,10 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "square input side, rounded down to a multiple of the patch size (default: 480; "
         "8 patches for the tiny vitt sizes)",
     )
-    p.add_argument("--hidden-dim", type=int, default=None, help="head width (default: 512, tiny: 16)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 10, the protocol's)")
-    p.add_argument("--train-batch-size", type=int, default=8, help="probe batch size (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--hidden-dim", type=positive_int, default=None, help="head width (default: 512, tiny: 16)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: 10, the protocol's)")
+    p.add_argument("--train-batch-size", type=positive_int, default=8, help="probe batch size (default: %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=5e-4, help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--no-augment", action="store_true", help="train without the flip/rotate/crop/jitter augmentation")
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from franca.commands._flags import positive_float, positive_int
+
 HELP = "in-context segmentation by patch retrieval (Hummingbird protocol, k=30, faiss)"
 
 
@@ -29,23 +31,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # Franca: mIoU over 5 seeds of memory augmentation
     g.add_argument("--train-split", default=None, help="memory split (default: trainaug for VOC, train otherwise)")
     g.add_argument("--val-split", default="val", help="query split (default: %(default)s)")
-    g.add_argument("--k", type=int, default=30, help="neighbours per query patch (default: %(default)s)")
-    g.add_argument("--temperature", type=float, default=0.02, help="softmax temperature (default: %(default)s)")
+    g.add_argument("--k", type=positive_int, default=30, help="neighbours per query patch (default: %(default)s)")
+    g.add_argument(
+        "--temperature", type=positive_float, default=0.02, help="softmax temperature (default: %(default)s)"
+    )
     g.add_argument(
         "--memory-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="bounded memory entries (default: unbounded, every patch as in Franca)",
     )
-    g.add_argument("--aug-epochs", type=int, default=1, help="augmented passes over the memory set (default: 1)")
+    g.add_argument(
+        "--aug-epochs", type=positive_int, default=1, help="augmented passes over the memory set (default: 1)"
+    )
     g.add_argument(
         "--index",
         choices=["flat", "ivf", "hnsw"],
         default="flat",
         help="faiss index: exact inner product, or approximate IVF / HNSW (default: %(default)s)",
     )
-    g.add_argument("--nlist", type=int, default=None, help="IVF lists (default: about 4·sqrt(memory))")
-    g.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query (default: %(default)s)")
+    g.add_argument("--nlist", type=positive_int, default=None, help="IVF lists (default: about 4·sqrt(memory))")
+    g.add_argument(
+        "--nprobe", type=positive_int, default=32, help="IVF lists searched per query (default: %(default)s)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

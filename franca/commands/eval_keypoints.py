@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from franca.commands._common import add_model_arguments, add_output_arguments
+from franca.commands._flags import float_in, positive_int
 
 HELP = "keypoint correspondence on SPair-71k: PCK@0.10 for viewpoint d=0,1,2 and all"
 
@@ -27,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "side after padding to a square, rounded down to a multiple of the patch size "
         "(default: 800; 16 patches for the tiny vitt sizes)",
     )
-    p.add_argument("--n-pairs", type=int, default=200, help="pairs per class and bin (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=0.10, help="PCK threshold (default: %(default)s)")
+    p.add_argument("--n-pairs", type=positive_int, default=200, help="pairs per class and bin (default: %(default)s)")
+    p.add_argument("--alpha", type=float_in(0.0, 1.0), default=0.10, help="PCK threshold (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._flags import positive_float, positive_int
+
 HELP = "DINOv2 linear probe (last-1/4 block CLS ± avgpool, 13-lr grid), best val top-1"
 
 
@@ -18,15 +20,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from franca.commands._common import add_classification_arguments
 
     g = add_classification_arguments(p, "linear", "linear probe")
-    g.add_argument("--epochs", type=int, default=10, help="passes over the train features (default: %(default)s)")
+    g.add_argument(
+        "--epochs", type=positive_int, default=10, help="passes over the train features (default: %(default)s)"
+    )
     g.add_argument(
         "--train-batch-size",
-        type=int,
+        type=positive_int,
         default=256,
         help="classifier batch; learning rates scale by it / 256 (default: %(default)s)",
     )
     g.add_argument(
-        "--lrs", type=float, nargs="+", default=None, help="base learning rates (default: the 13 values 1e-5 … 0.1)"
+        "--lrs",
+        type=positive_float,
+        nargs="+",
+        default=None,
+        help="base learning rates (default: the 13 values 1e-5 … 0.1)",
     )
     g.add_argument(
         "--augment",

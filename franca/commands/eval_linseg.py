@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from franca.commands._flags import natural_int, nonnegative_float, positive_float, positive_int
+
 HELP = "linear segmentation: BN + 1x1 head on frozen patch features, sliding-window mIoU"
 
 
@@ -36,21 +38,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             )
     g.add_argument("--train-split", default=None, help="training split (default: trainaug for VOC, train otherwise)")
     g.add_argument("--val-split", default="val", help="evaluation split (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=50, help="training epochs (default: %(default)s)")
-    g.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: crop/2)")
+    g.add_argument("--epochs", type=positive_int, default=50, help="training epochs (default: %(default)s)")
+    g.add_argument("--stride", type=positive_int, default=None, help="sliding-window stride (default: crop/2)")
     g.add_argument(
         "--optimizer",
         choices=["sgd", "adamw"],
         default=None,
         help="default per data set: SGD for VOC, AdamW for ADE20K",
     )
-    g.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3)")
-    g.add_argument("--weight-decay", type=float, default=None, help="default: 5e-4 (VOC), 1e-4 (ADE20K)")
-    g.add_argument("--train-batch-size", type=int, default=16, help="training crops per step (default: %(default)s)")
-    g.add_argument("--head-batch-size", dest="train_batch_size", type=int, help=argparse.SUPPRESS)
+    g.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: 1e-3)")
+    g.add_argument("--weight-decay", type=nonnegative_float, default=None, help="default: 5e-4 (VOC), 1e-4 (ADE20K)")
+    g.add_argument(
+        "--train-batch-size", type=positive_int, default=16, help="training crops per step (default: %(default)s)"
+    )
+    g.add_argument("--head-batch-size", dest="train_batch_size", type=positive_int, help=argparse.SUPPRESS)
     g.add_argument(
         "--test-scales",
-        type=float,
+        type=positive_float,
         nargs="+",
         default=None,
         help="multi-scale test ratios (default: 1.0 for VOC; 1.0 1.32 1.73 for ADE20K)",
@@ -58,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flip", action="store_true", help="add horizontal flips at test time")
     g.add_argument(
         "--cache-views",
-        type=int,
+        type=natural_int,
         default=None,
         help="cached augmented crops per training image (default: 2 on CPU, 0 = fresh each epoch on GPU)",
     )

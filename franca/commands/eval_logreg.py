@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._flags import positive_int
+
 HELP = "L-BFGS logistic regression on frozen CLS features (11 fine-grained sets or an ImageFolder)"
 
 
@@ -26,14 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: the ImageFolder at --data)",
     )
     g.add_argument("--data-root", dest="data", help=argparse.SUPPRESS)
-    g.add_argument("--n-c", type=int, default=45, help="C values in 10^linspace(-6, 5, N) (default: %(default)s)")
+    g.add_argument(
+        "--n-c", type=positive_int, default=45, help="C values in 10^linspace(-6, 5, N) (default: %(default)s)"
+    )
     g.add_argument(
         "--metric",
         choices=["accuracy", "mean_per_class"],
         default=None,
         help="default: mean per-class for aircraft, pets, caltech101, flowers102; accuracy otherwise",
     )
-    g.add_argument("--max-iter", type=int, default=1000, help="L-BFGS iterations per fit (default: %(default)s)")
+    g.add_argument(
+        "--max-iter", type=positive_int, default=1000, help="L-BFGS iterations per fit (default: %(default)s)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

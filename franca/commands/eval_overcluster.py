@@ -2,14 +2,18 @@
 set, clusters matched to classes (Hungarian at K = C, greedy many-to-one for every other K, as Leopart), mIoU averaged
 over K-means seeds 0-4.
 
-With no --data the built-in toy set (VOC layout) is used at input side 128, so
-`franca eval overcluster --model vitt8` runs anywhere.
+With no --data the built-in toy set (VOC layout) is used at input side 128. Example, on the backbone
+that `franca pretrain` writes:
+
+    franca eval overcluster --weights runs/pretrain-tiny/checkpoint.pth
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+
+from franca.commands._flags import natural_int, positive_int
 
 HELP = "overclustering: K-means on patch tokens, greedy/Hungarian matching, mIoU (Leopart protocol)"
 
@@ -29,15 +33,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", default="val", help="split to cluster (default: %(default)s)")
     g.add_argument(
         "--ks",
-        type=int,
+        type=natural_int,
         nargs="+",
         default=None,
         help="numbers of clusters; 0 means the class count (default: 100 300 0)",
     )
-    g.add_argument("--pca-dim", type=int, default=50, help="PCA dimensions after standardising (default: %(default)s)")
-    g.add_argument("--niter", type=int, default=100, help="K-means iterations (default: %(default)s)")
-    g.add_argument("--nredo", type=int, default=5, help="K-means restarts, best kept (default: %(default)s)")
-    g.add_argument("--mask-size", type=int, default=100, help="evaluation resolution (default: %(default)s)")
+    g.add_argument(
+        "--pca-dim", type=positive_int, default=50, help="PCA dimensions after standardising (default: %(default)s)"
+    )
+    g.add_argument("--niter", type=positive_int, default=100, help="K-means iterations (default: %(default)s)")
+    g.add_argument("--nredo", type=positive_int, default=5, help="K-means restarts, best kept (default: %(default)s)")
+    g.add_argument("--mask-size", type=positive_int, default=100, help="evaluation resolution (default: %(default)s)")
     g.add_argument(
         "--matching",
         choices=["leopart", "hungarian-below"],

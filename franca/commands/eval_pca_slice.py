@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._flags import positive_int
+
 HELP = "PCA slicing (Table 9): linear probe on the first k principal components of CLS features"
 
 
@@ -17,10 +19,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     g = add_classification_arguments(p, "pca_slice", "PCA slicing")
     g.add_argument(
-        "--ks", type=int, nargs="+", default=[200, 100, 50, 25, 10], help="numbers of components (default: %(default)s)"
+        "--ks",
+        type=positive_int,
+        nargs="+",
+        default=[200, 100, 50, 25, 10],
+        help="numbers of components (default: %(default)s)",
     )
-    g.add_argument("--epochs", type=int, default=10, help="probe epochs (default: %(default)s)")
-    g.add_argument("--train-batch-size", type=int, default=256, help="probe batch (default: %(default)s)")
+    g.add_argument("--epochs", type=positive_int, default=10, help="probe epochs (default: %(default)s)")
+    g.add_argument("--train-batch-size", type=positive_int, default=256, help="probe batch (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

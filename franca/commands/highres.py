@@ -1,4 +1,4 @@
-"""High-resolution adaptation: `franca highres --checkpoint CKPT [key=value ...]`.
+"""High-resolution adaptation of a pretraining checkpoint.
 
 Two stages as in the paper (appendix B): global crops 364 / local 112 for 30K iterations with
 the teacher-temperature warm-up in the first 10K, then 518 / 168 for 10K iterations; lr 1.25e-5,
@@ -6,8 +6,9 @@ all schedules compressed into each stage. Each stage starts from the previous st
 backbone (position table resized bicubically with antialias); heads are re-initialised.
 The checkpoint defines the model: its own config gives the backbone and head shapes (a `model.*`
 override that contradicts it is an error), and the stages' crop sizes are rounded down to multiples
-of its patch size. Overrides apply to both stages (e.g. data.dataset=/images train.batch_size_per_gpu=8).
-Each stage writes its own run folder under --output-dir (--resume / --overwrite as in `franca pretrain`).
+of its patch size. key=value overrides apply to both stages (data.dataset=DIR for your images;
+train.iterations=2 for a check of both stages before the real run). Each stage writes its own run
+folder under --out (--resume / --overwrite as in `franca pretrain`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from franca.commands._common import TRAIN_PRECISION_HELP, add_precision_argument
+from franca.commands._flags import add_quiet_argument
 
 HELP = "high-resolution adaptation (global 364 then 518, local 112/168) from a pretraining checkpoint"
 
@@ -31,11 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated presets run in order (default: %(default)s)",
     )
     p.add_argument(
-        "--output-dir", default="runs/highres", help="parent folder of the stage runs (default: %(default)s)"
+        "--out", default="runs/highres", metavar="DIR", help="parent folder of the stage runs (default: %(default)s)"
     )
     add_run_folder_arguments(p, checkpoint=False)
     add_precision_argument(p, TRAIN_PRECISION_HELP, default=None)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
         args.overrides = [*args.overrides, f"train.precision={args.precision}"]
     stages = [s for s in args.stages.split(",") if s]
     configs = [
-        stage_config(
-            s, [f"train.output_dir={Path(args.output_dir) / Path(s).stem}", *args.overrides], saved, patch, str(src)
-        )
+        stage_config(s, [f"train.output_dir={Path(args.out) / Path(s).stem}", *args.overrides], saved, patch, str(src))
         for s in stages
     ]
     cmd = [
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         str(args.checkpoint),
         "--stages",
         args.stages,
-        "--output-dir",
-        str(args.output_dir),
+        "--out",
+        str(args.out),
         *(["--quiet"] if args.quiet else []),
         "--resume",
         *args.overrides,

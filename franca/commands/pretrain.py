@@ -1,17 +1,23 @@
-"""Franca pretraining: `franca pretrain [--config PRESET_OR_YAML] [--resume | --overwrite] [key=value ...]`.
+"""Franca pretraining.
 
 With no arguments the `tiny` preset trains a small ViT on the built-in toy data on the CPU in
-minutes and reports k-NN top-1 on the toy val split for the trained and the initial backbone.
-Presets: tiny, tiny-long, vits14, vits14-1gpu, vitb14-in21k, vitl14-laion, vitg14-laion
-(`--list-presets`). Any config key can be overridden, e.g. `train.batch_size_per_gpu=32
-data.dataset=/path/to/images optim.base_lr=1e-3`. `epochs` are passes over the data set; the
-start banner prints the derived iteration counts and every stopping rule (iterations, epochs,
-train.max_minutes); a run stopped by a limit prints the command that continues it.
+minutes (into runs/pretrain-tiny) and reports k-NN top-1 on the toy val split for the trained and
+the initial backbone. Presets: tiny, tiny-long, vits14, vits14-1gpu, vitb14-in21k, vitl14-laion,
+vitg14-laion (--list-presets). Any config key can be overridden as key=value (--print-config shows
+them all). `epochs` are passes over the data set; the start banner prints the derived iteration
+counts and every stopping rule (iterations, epochs, train.max_minutes); a run stopped by a limit
+prints the command that continues it.
 
 An output folder holds one run: running again into it needs --resume (continue; the config must
 match the saved one except for the keys named by --allow-config-change) or --overwrite (start
 again; the old files stay until the new run's first checkpoint). Two runs on one folder at the same
-time are refused. Multi-GPU: `torchrun --nproc-per-node=8 -m franca pretrain …`.
+time are refused. Multi-GPU and multi-node: the same command under torchrun (docs/training.md).
+
+Examples (the last trains on photos/, a folder of your own images: no labels, so no k-NN check):
+
+    franca pretrain --list-presets
+    franca pretrain --config vitb14-in21k --print-config optim.base_lr=1e-3
+    franca pretrain --data photos --out runs/photos --batch-size 8 train.epochs=2 train.knn_eval=false
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import shlex
 from typing import Optional
 
 from franca.commands._common import TRAIN_PRECISION_HELP, add_precision_argument
+from franca.commands._flags import natural_int, positive_int
 
 HELP = "Franca pretraining (default: the tiny preset on the built-in data, CPU, minutes)"
 
@@ -60,11 +67,11 @@ def add_config_shortcuts(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", default=None, metavar="DIR", help="run folder (sets train.output_dir; default: the preset's)"
     )
-    p.add_argument("--seed", default=None, type=int, help="sets train.seed (default: the preset's)")
+    p.add_argument("--seed", default=None, type=natural_int, help="sets train.seed (default: the preset's)")
     p.add_argument(
         "--batch-size",
         default=None,
-        type=int,
+        type=positive_int,
         help="images per process and step (sets train.batch_size_per_gpu; default: the preset's)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (sets train.device; default: the preset's)")
@@ -90,7 +97,7 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
 
 def add_run_folder_arguments(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     """--resume / --overwrite / --allow-config-change (pretrain and highres)."""
-    where = "train.output_dir" if checkpoint else "each stage's folder under --output-dir"
+    where = "train.output_dir" if checkpoint else "each stage's folder under --out"
     p.add_argument(
         "--resume",
         action="store_true",

@@ -4,13 +4,10 @@ For each of --iterations stages (a number, or `auto`), a linear (row, column) po
 with sigmoid outputs is trained on the already-cleaned final patch tokens (AdamW, weight decay 0,
 the reference augmentations) until its loss converges (or for --epochs with the reference's
 cosine schedule), and the 2-D subspace it uses is removed. The stages are folded into one (D, D)
-map stored in the backbone (buffer `rasa_proj`), so
-
-    model = franca.load_backbone(NAME, weights=OUT)
-    model.forward_features(x, use_rasa_head=True)["patch_token_rasa"]
-
-gives the cleaned tokens. Also written: OUT's RASA file (`<out>.rasa.safetensors`, usable as
-`load_backbone(NAME, weights=ORIGINAL, rasa=FILE)`) and a JSON report with, before and after every
+map stored in the backbone (buffer `rasa_proj`), so that `franca.load_backbone(weights=OUT)` gives a
+model whose `forward_features(x, use_rasa_head=True)["patch_token_rasa"]` are the cleaned tokens.
+Also written: OUT's RASA file (`<out>.rasa.safetensors`, usable as
+`franca.load_backbone(weights=ORIGINAL, rasa=FILE)`) and a JSON report with, before and after every
 stage, the position R² of two probes fitted on one half of the held-out images and scored on the
 other: a closed-form ridge probe and the paper's sigmoid predictor trained to convergence.
 """
@@ -19,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from franca.commands._common import add_model_arguments
+from franca.commands._flags import fraction, natural_int, nonnegative_float, positive_float, positive_int
 
 HELP = "RASA post-training: fit position removal and write a backbone with it folded in"
 
@@ -43,55 +42,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "predictor, ridge) is below --auto-threshold or stops falling, at most --max-iterations (default: %(default)s)",
     )
     g.add_argument(
-        "--max-iterations", type=int, default=16, help="most stages with --iterations auto (default: %(default)s)"
+        "--max-iterations",
+        type=positive_int,
+        default=16,
+        help="most stages with --iterations auto (default: %(default)s)",
     )
     g.add_argument(
         "--auto-threshold",
-        type=float,
+        type=nonnegative_float,
         default=0.05,
         help="--iterations auto stops once the held-out R² is below this (default: %(default)s)",
     )
     g.add_argument(
         "--auto-min-drop",
-        type=float,
+        type=nonnegative_float,
         default=0.005,
         help="--iterations auto stops when a stage lowers the R² by less than this (default: %(default)s)",
     )
     g.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help="train each stage for this many epochs with the reference's cosine schedule "
         "(default: train until the loss converges, see --max-steps)",
     )
     g.add_argument(
         "--max-steps",
-        type=int,
+        type=positive_int,
         default=2000,
         help="most optimiser steps per stage when training to convergence (default: %(default)s)",
     )
     g.add_argument(
         "--tol",
-        type=float,
+        type=nonnegative_float,
         default=1e-3,
         help="converged when the mean loss of the last --window steps is less than this (relative) "
         "below the window before (default: %(default)s)",
     )
-    g.add_argument("--window", type=int, default=50, help="steps per convergence window (default: %(default)s)")
+    g.add_argument(
+        "--window", type=positive_int, default=50, help="steps per convergence window (default: %(default)s)"
+    )
     g.add_argument(
         "--cache-views",
-        type=int,
+        type=natural_int,
         default=0,
         help="run the backbone on this many augmented passes over the training images once and "
         "train every stage on those cached tokens (default: 0, a fresh pass each epoch)",
     )
     g.add_argument(
         "--lr",
-        type=float,
+        type=positive_float,
         default=2e-3,
         help="AdamW learning rate; the paper's best (default: %(default)s; the reference configs use 2e-4)",
     )
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+    g.add_argument(
+        "--weight-decay", type=nonnegative_float, default=0.0, help="AdamW weight decay (default: %(default)s)"
+    )
     add_size_argument(
         g,
         "square training/probe image side, rounded down to a multiple of the patch size "
@@ -117,22 +123,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--heldout-fraction",
-        type=float,
+        type=fraction,
         default=0.1,
         help="share of images held out for the R² probes (default: %(default)s)",
     )
     g.add_argument(
-        "--max-heldout", type=int, default=256, help="at most this many held-out images (default: %(default)s)"
+        "--max-heldout", type=positive_int, default=256, help="at most this many held-out images (default: %(default)s)"
     )
     g.add_argument(
         "--probe-fit-fraction",
-        type=float,
+        type=fraction,
         default=0.5,
         help="share of the held-out images that fit the probes; the rest score them (default: %(default)s)",
     )
     g.add_argument(
         "--probe-max-steps",
-        type=int,
+        type=positive_int,
         default=2000,
         help="most full-batch steps of the sigmoid probe, trained to convergence (default: %(default)s)",
     )
@@ -142,8 +148,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="probe the held-out images as they are (default: each turned by a fixed random flip/"
         "90° rotation, so that image content does not correlate with grid position)",
     )
-    g.add_argument("--max-images", type=int, default=None, help="use at most this many images in total")
-    g.add_argument("--seed", type=int, default=400, help="random seed (default: %(default)s, the reference's)")
+    g.add_argument("--max-images", type=positive_int, default=None, help="use at most this many images in total")
+    g.add_argument("--seed", type=natural_int, default=400, help="random seed (default: %(default)s, the reference's)")
     g.add_argument(
         "--out",
         default=None,
@@ -172,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     import franca
     from franca.commands._common import load_model_from_args, model_identity, write_result
     from franca.commands._flags import check_out_path, fit_size
+    from franca.data.source import open_images
     from franca.models.rasa_fold import save_rasa_file
     from franca.rasa import data as rdata
     from franca.rasa.fit import BackboneFeatures, CachedFeatures, RasaConfig, extract_all, fit_rasa
@@ -203,10 +210,11 @@ def run(args: argparse.Namespace) -> int:
     grid = (size // int(model.patch_size),) * 2
 
     root = Path(args.data) if args.data else rdata.default_image_root()
-    files = rdata.list_images(root)
+    files = open_images(root, kind="folder").files
     if args.max_images:
         files = files[: args.max_images]
     train_files, held_files = rdata.split_files(files, args.heldout_fraction, args.max_heldout, args.seed)
+    _check_probe_size(args, len(files), len(held_files), grid[0] * grid[1], int(model.embed_dim))
     batch = min(args.batch_size, len(train_files))
     if batch < args.batch_size:
         log.warning("only %d training images: batch size %d instead of %d", len(train_files), batch, args.batch_size)
@@ -222,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     def loader(files_, transform, shuffle: bool, drop_last: bool):
         g = torch.Generator().manual_seed(args.seed)
         return torch.utils.data.DataLoader(
-            rdata.ImageFiles(files_, transform),
+            open_images(files_, kind="files", transform=transform).dataset,  # unreadable: a random file instead
             batch_size=batch,
             shuffle=shuffle,
             drop_last=drop_last,
@@ -332,6 +340,32 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"backbone with RASA folded in: {out}\nRASA file: {rasa_file}\nreport: {report_path}")
     return 0
+
+
+def _check_probe_size(args: argparse.Namespace, n_images: int, n_heldout: int, tokens: int, dim: int) -> None:
+    """Refuse before any stage when the held-out images are too few for the position probes (their R² would
+    be a probe failure, known only at the end), saying which flag or how many images would do."""
+    from franca.rasa.probe import heldout_images_needed, probe_shortfall
+    from franca.utils.errors import UserError
+
+    short = probe_shortfall(n_heldout, tokens, dim, args.probe_fit_fraction)
+    if not short:
+        return
+    need = heldout_images_needed(tokens, dim, args.probe_fit_fraction)
+    how = []
+    if need < n_images:
+        fraction = math.ceil(100 * (need - 0.5) / n_images) / 100
+        while round(fraction * n_images) < need:
+            fraction += 0.01
+        how.append(f"--heldout-fraction {fraction:.2f} ({n_images - need} of the {n_images} images left to train on)")
+        if need > args.max_heldout:
+            how[-1] += f" with --max-heldout {need}"
+    how += ["a larger --size (more tokens per image)", f"more than {n_images} images"]
+    raise UserError(
+        f"{short} (--heldout-fraction {args.heldout_fraction:g} of {n_images} images"
+        f"{f', at most --max-heldout {args.max_heldout}' if args.max_heldout < need else ''}); "
+        f"nothing was trained. Use {', or '.join(how)}"
+    )
 
 
 def _heldout_tokens(model, loader, device, seed: int, dihedral: bool, precision: str = "auto"):

@@ -1,11 +1,20 @@
-"""Gather a run directory's result JSONs (any with protocol/metric keys), pretraining metrics
-(JSONL) and PNG figures into one markdown page and an HTML twin (default: RUN_DIR/report.md/.html)."""
+"""Gather a folder's pretraining runs, result JSONs (any with protocol/metric keys) and PNG figures into one
+markdown page and an HTML twin (default: RUN_DIR/report.md/.html): a summary table first (one row per run,
+named by its folder, and per other backbone: model, weights, iterations, k-NN init → trained, each
+protocol's metric), then each run's own loss curve and results, and every file's fields folded below.
+
+Example, on the folder that `franca pretrain` writes:
+
+    franca report runs/pretrain-tiny
+"""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "gather a run's results and figures into one markdown/HTML page"
+from franca.commands._flags import add_quiet_argument
+
+HELP = "gather the runs, results and figures of a folder into one markdown/HTML page"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "its images embedded, is written next to it",
     )
     p.add_argument("--title", default=None, help="page title (default: the folder name)")
+    add_quiet_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

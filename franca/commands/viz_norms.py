@@ -2,8 +2,11 @@
 
 For each block: the per-image maximum L2 norm over the CLS and patch tokens of the block output
 (before the final norm; registers excluded), averaged over the images. Backbones are given as
-`--model A [--weights WA] --model B …` (a --weights applies to the --model before it) or as
-repeated `--backbone NAME[:WEIGHTS]`. Without --data, the built-in toy validation set is used.
+`--model A [--weights WA] --model B …` (a --weights applies to the --model before it), as `--weights W`
+alone (the file defines the model, as in every other command) or as repeated `--backbone NAME[:WEIGHTS]`.
+Legend labels name the model and the weights; weights files of the same name (every run folder holds a
+`checkpoint.pth`) are told apart by their parent folders, and two backbones never share a label.
+Without --data, the built-in toy validation set is used.
 """
 
 from __future__ import annotations
@@ -12,21 +15,23 @@ import argparse
 
 from franca.commands._common import add_precision_argument
 from franca.commands.viz_attention import add_image_arguments
+from franca.utils.names import distinct_path_names
 
 HELP = "PNG + JSON of the layer-wise max token norm of one or several backbones"
 
 
 class _ModelAction(argparse.Action):
-    """--model appends a backbone; --weights sets the weights of the last one."""
+    """--model appends a backbone; --weights sets the weights of the last one, or appends a backbone whose
+    model the file defines when there is none without weights before it."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         specs = getattr(namespace, "backbones", None) or []
         if self.dest == "model":
             specs.append({"model": values, "weights": None})
-        elif not specs:
-            parser.error("--weights must follow a --model")
-        else:
+        elif specs and specs[-1]["weights"] is None:
             specs[-1]["weights"] = values
+        else:
+            specs.append({"model": None, "weights": values})
         namespace.backbones = specs
 
 
@@ -52,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--weights",
         action=_ModelAction,
         dest="weights",
-        help="weights of the preceding --model (a released --model name needs none)",
+        help="weights file of the preceding --model; without one (or after a --model that has its weights) "
+        "it adds a backbone whose model the file defines (repeatable; a released --model name needs none)",
     )
     p.add_argument(
         "--backbone",
@@ -64,7 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--label",
         action="append",
         default=[],
-        help="legend label per backbone, in order (default: the model and weights file names)",
+        help="legend label of one backbone: give it once per backbone, in the order the backbones are given "
+        "(--label A --label B; all or none; default: the model and the weights, files of the same name told "
+        "apart by their parent folders, e.g. 'vitt8, weights runA/checkpoint.pth')",
     )
     p.add_argument(
         "--random-init",
@@ -83,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
 
     import franca
     from franca.commands._flags import check_out_path, fit_size, title_label
+    from franca.data.images import open_image
+    from franca.models.api import weights_label
     from franca.utils.device import resolve_device
-    from franca.viz.common import list_images, open_rgb
+    from franca.viz.common import figure_images
     from franca.viz.norms import layerwise_max_norm, plot_norms, write_norms_json
 
     check_out_path(args.out, (".png",))
@@ -92,17 +102,21 @@ def run(args: argparse.Namespace) -> int:
     if not specs:
         specs = [{"model": "vitt8", "weights": None}]
     if args.label and len(args.label) != len(specs):
-        raise ValueError(f"{len(args.label)} --label given for {len(specs)} backbones")
+        raise ValueError(
+            f"{len(args.label)} --label given for {len(specs)} backbones: give one --label per backbone, in order"
+        )
+    repeated = sorted({x for x in args.label if args.label.count(x) > 1})
+    if repeated:
+        raise ValueError(f"--label {repeated[0]!r} is given twice: each backbone needs its own legend label")
+    for s in specs:  # every backbone has weights (or --random-init) before any image is read
+        s["weights_label"] = weights_label(s["model"], s["weights"], random_init=args.random_init)
+    files = [s["weights"] for s in specs if s["weights"]]
+    file_names = dict(zip(map(str, files), distinct_path_names(files)))  # runA/checkpoint.pth, runB/checkpoint.pth
     device = resolve_device(args.device)
-    images = [open_rgb(p) for p in list_images(args.data, args.n_images)]
-    curves = {}
-    from franca.models.api import weights_label
-
+    images = [open_image(p) for p in figure_images(args.data, args.n_images)]
+    curves: dict[str, dict] = {}
     for i, s in enumerate(specs):
-        wl = weights_label(s["model"], s["weights"], random_init=args.random_init)  # raises: no weights
-        label = args.label[i] if args.label else title_label(s["model"], s["weights"], args.random_init)
-        s = {**s, "weights_label": wl}
-        if wl == "random init":
+        if s["weights_label"] == "random init":
             import torch
 
             with torch.random.fork_rng(devices=[]):  # seed 0: the same random weights in every run
@@ -110,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
                 model = franca.build_backbone(s["model"]).eval()
         else:
             model = franca.load_backbone(s["model"], weights=s["weights"]).eval()
+        wname = file_names.get(str(s["weights"]))
+        label = (
+            args.label[i]
+            if args.label
+            else title_label(s["model"], s["weights"], args.random_init, loaded=model, weights_name=wname)
+        )
+        label = _unique(label, curves)
         size = fit_size(args.size, model.patch_size) if args.size is not None else None
         curves[label] = {
             **layerwise_max_norm(
@@ -118,13 +139,14 @@ def run(args: argparse.Namespace) -> int:
                 image_size=size,
                 batch_size=args.batch_size,
                 device=device,
-                progress=True,
+                progress=not getattr(args, "quiet", False),
                 precision=args.precision,
             ),
             **s,
+            "model": s["model"] or getattr(model, "size_name", None),
         }
-        if s["weights"]:  # the JSON names the weights file, not where it lay on this machine
-            curves[label]["weights"] = Path(s["weights"]).name
+        if wname:  # the JSON names the weights file (with the folders that tell it apart), not where it lay
+            curves[label]["weights"] = wname
         del model
     png = plot_norms(curves, args.out)
     js = write_norms_json(curves, Path(args.out).with_suffix(".json"))
@@ -132,3 +154,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{label}: " + " ".join(f"{v:.1f}" for v in c["mean_max_norm"]))
     print(f"wrote {png}\nwrote {js}")
     return 0
+
+
+def _unique(label: str, taken: dict[str, dict]) -> str:
+    """The label, numbered when a backbone given twice already holds it (a curve is never overwritten)."""
+    n, out = 1, label
+    while out in taken:
+        n += 1
+        out = f"{label} ({n})"
+    return out

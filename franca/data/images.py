@@ -1,14 +1,16 @@
 """One safe way to list and open images, used by every reader (pretraining, features, RASA, eval).
 
-- `open_image(path or bytes)`: a fully decoded 8-bit RGB PIL image, or one error naming the file:
+- `open_image(path, bytes or PIL image)`: the one image open of the project, a fully decoded 8-bit RGB PIL image,
+  or one error naming the file:
   `FileNotFoundError` (missing), `ImageBombError` (more than `MAX_IMAGE_PIXELS` pixels, checked
   from the header before any pixel is decoded) or `CorruptImageError` (anything else the decoder
   rejects). Both are ValueErrors. Pixels are brought to 8 bits by one rule (`to_8bit`):
   16-bit integer images are divided by 257 (65535 → 255); 32-bit integer images likewise when
   their values exceed 255; float images in [0, 1] are multiplied by 255, floats in [0, 255] kept,
   any other float range min-max scaled. The EXIF orientation is applied (not for readers whose
-  annotations refer to the stored pixels: `exif=False`, see `load_rgb`); grayscale, palette,
-  CMYK, LA and RGBA images become RGB (transparent parts composited onto white).
+  annotations refer to the stored pixels: `exif=False`); grayscale, palette,
+  CMYK, LA and RGBA images become RGB (transparent parts composited onto white). An image already open
+  (a PIL image handed to the Python API) is brought to RGB by the same rules.
 - `list_images(root)`: every image file below `root`, recursively, sorted. Symbolic links to files
   and folders are followed once: a folder reached twice (a self-link, two links to each other, a
   link to an ancestor) is walked once, and a file reached through several links is listed once.
@@ -16,9 +18,9 @@
   and count it; they fail only when, after at least `min_tried` attempts, more than `max_fraction`
   (a half) of the files tried were unreadable. A bad stretch in a sorted folder does not count
   more than its share, since the readers draw replacements at random.
-- `read_or_replace(files, index, seed, read, unreadable)`: that rule as one loop, shared by the
-  unlabelled reader (`franca.data.datasets.folder.ImageFiles`) and pretraining
-  (`franca.train.data.FolderImages`): read `files[index]`; when it is unreadable, read files drawn by
+- `read_or_replace(files, index, seed, read, unreadable)`: that rule as one loop, the replacement of
+  `franca.data.datasets.folder.ImageFiles` (RASA, and pretraining, where `seed` is the sample's): read
+  `files[index]`; when it is unreadable, read files drawn by
   `random.Random(seed * 1_000_003 + k).randrange(len(files))` for k = 1, 2, … instead, each failure
   counted by `UnreadableFiles`.
 """
@@ -63,12 +65,15 @@ def _name(source: str | os.PathLike | bytes | bytearray, name: str | None) -> st
 
 
 def open_image(
-    source: str | os.PathLike | bytes | bytearray, name: str | None = None, *, exif: bool = True
+    source: str | os.PathLike | bytes | bytearray | Image.Image, name: str | None = None, *, exif: bool = True
 ) -> Image.Image:
-    """Decode an image file (a path or its bytes) to 8-bit RGB; `name` is used in error messages.
+    """Decode an image file (a path or its bytes) to 8-bit RGB; `name` is used in error messages. A PIL
+    image (already decoded) is brought to RGB by the same rules (`to_rgb`).
 
     `exif=False` keeps the stored pixel orientation: readers whose annotations (masks, depth maps,
     keypoints) refer to the stored pixels must not rotate the image away from them."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source, exif=exif)
     where = _name(source, name)
     if not isinstance(source, (bytes, bytearray)):
         p = Path(source)

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from franca.data.toy_scenes import ToyStyle, render_classification, render_depth, render_pair, render_segmentation
 from franca.data.toy_shapes import SHAPES
+from franca.utils.files import set_normal_mode
 from franca.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
@@ -369,6 +370,7 @@ def ensure_toy(root: str | os.PathLike | None = None, **kwargs) -> Path:
         return final
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=base))
+    set_normal_mode(tmp, directory=True)  # mkdtemp made it 0700: a shared data cache is readable like any folder
     try:
         log.info("generating the toy data set into %s", final)
         generate_toy(tmp, **kwargs)

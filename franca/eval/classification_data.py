@@ -6,9 +6,9 @@ Transforms (DINOv2 `dinov2/eval/knn.py`, `linear.py`, `log_regression.py`), all 
 - linear train augmentation (only with ``--augment``): RandomResizedCrop(size), horizontal flip.
 
 Classification data is an ImageFolder/ImageNet-layout root with ``train/`` and ``val/`` (or
-``test/``) class folders (read by ``franca.data.datasets.folder.image_folder_splits``); with no root the built-in toy set (``franca.data.toy.builtin_toy()``)
-is used. Readers are the project's (``franca.data.datasets``): ImageFolder, and the 11
-fine-grained sets of Table 7 (torchvision's classes with ``download=False``, plus CUB-200-2011).
+``test/``) class folders (opened by ``franca.data.source.open_class_splits``, kind "classes"); with no root the
+built-in toy set (``franca.data.toy.builtin_toy()``) is used. Readers are the project's (``franca.data.datasets``):
+ImageFolder, and the 11 fine-grained sets of Table 7 (torchvision's classes with ``download=False``, plus CUB-200-2011).
 """
 
 from __future__ import annotations
@@ -21,6 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from franca.data.datasets.finegrained import finegrained_dataset
+from franca.data.source import open_class_splits
+from franca.data.toy import builtin_toy
+from franca.eval.common import is_pair
+from franca.eval.features import extract_features
+from franca.models.preprocess import image_transform
+from franca.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +59,6 @@ def eval_transform(size: int = 224, resize_ratio: float = 256 / 224) -> Callable
     from torchvision import transforms as T
 
     if abs(resize_ratio - 256 / 224) < 1e-12:
-        from franca.models.preprocess import image_transform
-
         return image_transform(size, 1)  # the size is the crop; the model's patch divides it
 
     return T.Compose(
@@ -89,8 +95,6 @@ def protocol_transform(protocol: str, size: int) -> Callable:
 
 def default_root() -> Path:
     """The built-in toy classification set (generated on first use)."""
-    from franca.data.toy import builtin_toy
-
     return Path(builtin_toy()) / "imagenet"
 
 
@@ -98,11 +102,9 @@ def build_eval_splits(
     root: str | Path | None, size: int = 224, protocol: str = "knn", train_transform: Callable | None = None
 ) -> tuple[Any, Any]:
     """(train, val) datasets for a protocol from an ImageFolder root (toy set when None)."""
-    from franca.data.datasets.folder import image_folder_splits
-
     root = Path(root) if root is not None else default_root()
     tf = protocol_transform(protocol, size)
-    return image_folder_splits(root, train_transform or tf, tf)
+    return open_class_splits(root, train_transform or tf, tf)
 
 
 def classification_splits(
@@ -120,8 +122,6 @@ def classification_splits(
     with train/ and val/ (or test/) and the protocol's transform, or, with `finegrained`, the folder
     holding that Table 7 data set; None: the built-in toy set.
     """
-    from franca.eval.common import is_pair
-
     if is_pair(data):
         train, val = data
         for name, part in (("train", train), ("val", val)):
@@ -151,8 +151,6 @@ def build_finegrained_splits(name: str, root: str | Path, size: int = 224) -> tu
     Read by ``franca.data.datasets.finegrained`` (torchvision's classes with download=False and a
     CUB-200-2011 reader; its module docstring lists the split conventions and folder names).
     """
-    from franca.data.datasets.finegrained import finegrained_dataset
-
     if name not in FINEGRAINED:
         raise KeyError(f"unknown fine-grained data set {name!r}; choose from {', '.join(FINEGRAINED)}")
     tf = protocol_transform("logreg", size)
@@ -191,9 +189,6 @@ def classification_inputs(
     (`classification_splits`), then extract (or read from the cache) the train and val features of
     `kind` with `batch_size` images per backbone pass, in `precision`. `train_features=False` skips the train pass
     (the linear probe with augmentation computes them afresh every epoch)."""
-    from franca.eval.features import extract_features
-    from franca.utils.device import resolve_device
-
     dev = resolve_device(device)
     train_set, val_set = classification_splits(data, size=size, protocol=protocol, finegrained=finegrained)
     common = dict(

@@ -15,6 +15,7 @@ index when faiss-gpu and a CUDA device are present) gives the same neighbours.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -178,6 +179,8 @@ def knn_classify(
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
+    if not (math.isfinite(float(T)) and float(T) > 0):  # T = 0 made every vote NaN: one score for every k
+        raise ValueError(f"the vote temperature T must be a finite number > 0, got {T}")
     C = int(num_classes) if num_classes is not None else int(max(yb.max(), yq.max())) + 1
     max_k = min(ks[-1], xb.shape[0])
 

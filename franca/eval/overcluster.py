@@ -107,6 +107,17 @@ def cluster_confusion(
 MATCHING_RULES = ("leopart", "hungarian-below")
 
 
+def _check_settings(ks: Sequence[int | None], pca_dim: int, niter: int, nredo: int) -> None:
+    """K ≥ 1 (None: the class count), pca_dim/niter/nredo ≥ 1: faiss answered K = -3 with a C++ exception
+    and pca_dim = 0 with "cannot cluster an empty token set"."""
+    for name, value in (("pca_dim", pca_dim), ("niter", niter), ("nredo", nredo)):
+        if int(value) < 1:
+            raise ValueError(f"overclustering {name} must be ≥ 1, got {value}")
+    bad = [k for k in ks if k is not None and int(k) < 1]
+    if bad or not ks:
+        raise ValueError(f"overclustering K must be ≥ 1 (None: the class count), got {list(ks)}")
+
+
 def _check_matching(matching: str) -> None:
     if matching not in MATCHING_RULES:
         raise ValueError(f"unknown overclustering matching {matching!r}; use one of {', '.join(MATCHING_RULES)}")
@@ -144,6 +155,7 @@ def overcluster_scores(
     from franca.eval.stats import mean_std
     from franca.utils.progress import progress as tqdm
 
+    _check_settings(ks, pca_dim, niter, nredo)
     z = standardize_pca(tokens, pca_dim)
     out: dict[str, dict] = {}
     for k in ks:
@@ -191,6 +203,7 @@ def evaluate(
     from franca.utils.device import resolve_device
 
     _check_matching(matching)  # before the feature pass, not after it
+    _check_settings(ks, pca_dim, niter, nredo)
     device = resolve_device(device)
     if is_pair(data):
         raise ValueError(

@@ -15,18 +15,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from franca.losses.fused_ce import chunked_soft_cross_entropy
+
 __all__ = ["soft_cross_entropy", "dino_loss"]
 
 
-FUSED_CE = True
-"""Use the chunked fused soft CE (same values, far less memory on wide outputs); False = plain graph."""
+def soft_cross_entropy(
+    teacher_probs: torch.Tensor, student_logits: torch.Tensor, student_temp: float, *, fused: bool = True
+) -> torch.Tensor:
+    """CE per row: (…, K) targets and (…, K) logits -> (…,) = −Σ_k t_k log softmax(s/τ_s)_k (fp32).
 
-
-def soft_cross_entropy(teacher_probs: torch.Tensor, student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
-    """CE per row: (…, K) targets and (…, K) logits -> (…,) = −Σ_k t_k log softmax(s/τ_s)_k (fp32)."""
-    if FUSED_CE and student_logits.requires_grad and student_logits.shape[-1] >= 4096:
-        from franca.losses.fused_ce import chunked_soft_cross_entropy
-
+    `fused` (default): outputs of 4096 or more prototypes that need a gradient go through the chunked
+    fused soft CE (`franca.losses.fused_ce`: same values, far less memory); False: the plain graph."""
+    if fused and student_logits.requires_grad and student_logits.shape[-1] >= 4096:
         lead = student_logits.shape[:-1]
         K = student_logits.shape[-1]
         ce = chunked_soft_cross_entropy(teacher_probs.reshape(-1, K), student_logits.reshape(-1, K), student_temp)

@@ -6,12 +6,15 @@ With B images per process, 2 global crops, n_L local crops, L levels with weight
     dino_global = Σ_l λ_l Σ_{v≠u ∈ globals} mean_b CE(T_l[u,b], S_l[v,b]) / n_terms
     dino_local  = Σ_l λ_l Σ_{v ∈ locals} Σ_{u ∈ globals} mean_b CE(T_l[u,b], S_l[v,b]) / n_terms
     n_terms     = 2·(2−1) + n_L·2                   (18 with 8 local crops)
+    dino        = dino_global + dino_local
     ibot        = Σ_l λ_l (1/2B) Σ_m w_m CE(T^p_l[m], S^p_l[m])
     koleo       = KoLeo(student global-crop-1 CLS) + KoLeo(student global-crop-2 CLS)   (backbone tokens)
-    total       = w_dino·(dino_global + dino_local) + w_ibot·ibot + w_koleo·koleo     (1, 1, 0.1)
+    total       = w_dino·dino + w_ibot·ibot + w_koleo·koleo     (1, 1, 0.1)
 
 CE(t, s) = −Σ_k t_k log softmax(s/τ_s)_k with τ_s = 0.1. This matches the released normalisation, so
-loss magnitudes are comparable to the reference logs.
+loss magnitudes are comparable to the reference logs. Training optimises this `total`: its objective
+part (`franca.train.step.FrancaObjective`) declares the terms dino, ibot and koleo with these weights,
+and the loop's sum of weight · value over them is the same expression in the same order.
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ class FrancaLoss(nn.Module):
         student_temp: τ_s.
         dino_weight, ibot_weight, koleo_weight: weights in ``total`` (1, 1, 0.1).
         n_global_crops: global views per image (2).
-        koleo_global_batch: search KoLeo neighbours over all processes (default: per process, as released).
+        koleo_scope: "local" (the reference): KoLeo neighbours within this process's batch; "global":
+            among every process's rows (the gathered copies carry no gradient).
+        koleo_group: with "local" scope and 0 < group < B, each crop's rows are split into groups of this
+            size and their KoLeo values averaged: one process with group B/W computes what W processes of
+            B/W images each compute (the distributed test's oracle).
+        fused_ce: the chunked fused soft CE for wide iBOT levels (same values, far less memory); False:
+            the plain graph.
     """
 
     def __init__(
@@ -49,7 +58,9 @@ class FrancaLoss(nn.Module):
         ibot_weight: float = 1.0,
         koleo_weight: float = 0.1,
         n_global_crops: int = 2,
-        koleo_global_batch: bool = False,
+        koleo_scope: str = "local",
+        koleo_group: int = 0,
+        fused_ce: bool = True,
     ) -> None:
         super().__init__()
         weights = [1.0] * n_levels if level_weights is None else [float(w) for w in level_weights]
@@ -57,12 +68,15 @@ class FrancaLoss(nn.Module):
             raise ValueError(f"level_weights has {len(weights)} entries for {n_levels} levels")
         if n_global_crops < 2:
             raise ValueError(f"n_global_crops must be >= 2, got {n_global_crops}")
+        if koleo_scope not in ("local", "global"):
+            raise ValueError(f"koleo_scope must be 'local' or 'global', got {koleo_scope!r}")
         self.n_levels, self.level_weights = int(n_levels), weights
         self.student_temp = float(student_temp)
         self.dino_weight, self.ibot_weight = float(dino_weight), float(ibot_weight)
         self.koleo_weight = float(koleo_weight)
         self.n_global_crops = int(n_global_crops)
-        self.koleo_global_batch = bool(koleo_global_batch)
+        self.koleo_scope, self.koleo_group = koleo_scope, int(koleo_group)
+        self.fused_ce = bool(fused_ce)
 
     def _levels(self, name: str, xs: Sequence[torch.Tensor] | None) -> Sequence[torch.Tensor] | None:
         if xs is not None and len(xs) != self.n_levels:
@@ -98,9 +112,9 @@ class FrancaLoss(nn.Module):
                 crops, for KoLeo (None or ``koleo_weight == 0`` skips it).
 
         Returns:
-            ``total``, ``dino_global``, ``dino_local``, ``ibot``, ``koleo`` and per level ``dino_l{i}``
-            (its global + local terms over n_terms) and ``ibot_l{i}``. Level sums include λ_l;
-            ``koleo`` is unweighted (``total`` applies ``koleo_weight``); per-level values are unweighted.
+            ``total``, ``dino``, ``dino_global``, ``dino_local``, ``ibot``, ``koleo`` and per level ``dino_l{i}``
+            (its global + local terms over n_terms) and ``ibot_l{i}``. Level sums include λ_l; ``dino``,
+            ``ibot`` and ``koleo`` are unweighted (``total`` applies the weights); per-level values are unweighted.
         """
         s_glob = self._levels("student_global_cls", student_global_cls)
         t_glob = self._levels("teacher_global_targets", teacher_global_targets)
@@ -137,19 +151,31 @@ class FrancaLoss(nn.Module):
             dino_local = dino_local + self.level_weights[i] * loc
             if do_ibot:
                 assert s_pat is not None and t_pat is not None and masks_weight is not None
-                ib = ibot_loss(s_pat[i], t_pat[i], masks_weight, n_global_rows, self.student_temp)
+                ib = ibot_loss(
+                    s_pat[i], t_pat[i], masks_weight, n_global_rows, self.student_temp, fused_ce=self.fused_ce
+                )
                 out[f"ibot_l{i}"] = ib
                 ibot = ibot + self.level_weights[i] * ib
             else:
                 out[f"ibot_l{i}"] = zero
         koleo = zero
         if student_global_backbone_cls is not None and self.koleo_weight != 0.0:
-            for c in range(G):
-                koleo = koleo + koleo_loss(
-                    student_global_backbone_cls[c * B : (c + 1) * B], global_batch=self.koleo_global_batch
-                )
-        out.update(dino_global=dino_global, dino_local=dino_local, ibot=ibot, koleo=koleo)
-        out["total"] = (
-            self.dino_weight * (dino_global + dino_local) + self.ibot_weight * ibot + self.koleo_weight * koleo
-        )
+            koleo = self.koleo(student_global_backbone_cls, G)
+        dino = dino_global + dino_local
+        out.update(dino=dino, dino_global=dino_global, dino_local=dino_local, ibot=ibot, koleo=koleo)
+        out["total"] = self.dino_weight * dino + self.ibot_weight * ibot + self.koleo_weight * koleo
         return out
+
+    def koleo(self, backbone_cls: torch.Tensor, n_crops: int) -> torch.Tensor:
+        """Σ over the global crops of KoLeo on that crop's (B, D) rows, per `koleo_scope` / `koleo_group`."""
+        B = backbone_cls.shape[0] // n_crops
+        total = backbone_cls.new_zeros((), dtype=torch.float32)
+        for c in range(n_crops):
+            x = backbone_cls[c * B : (c + 1) * B]
+            if self.koleo_scope == "global":
+                total = total + koleo_loss(x, global_batch=True)
+                continue
+            size = self.koleo_group if 0 < self.koleo_group < B else B
+            parts = [koleo_loss(x[i : i + size]) for i in range(0, B, size)]
+            total = total + torch.stack(parts).mean()
+        return total

@@ -23,6 +23,8 @@ def ibot_loss(
     masks_weight: torch.Tensor,
     n_images: int,
     student_temp: float = 0.1,
+    *,
+    fused_ce: bool = True,
 ) -> torch.Tensor:
     """Weighted mean CE over masked tokens.
 
@@ -33,6 +35,7 @@ def ibot_loss(
         masks_weight: (M,) per-token weights 1 / (masked count of its crop).
         n_images: number of global crops in the batch, 2B (the mean's denominator).
         student_temp: τ_s.
+        fused_ce: written-out targets of wide levels use the chunked fused CE (`soft_cross_entropy`'s `fused`).
 
     Returns:
         scalar Σ_m w_m CE_m / n_images (0 when M = 0).
@@ -47,5 +50,5 @@ def ibot_loss(
     if isinstance(teacher_probs, SinkhornTargets):  # implicit targets: fused passes, nothing (M, K)-sized
         ce = implicit_soft_cross_entropy(teacher_probs[:M], student_patch_logits, student_temp)
     else:
-        ce = soft_cross_entropy(teacher_probs[:M].detach(), student_patch_logits, student_temp)
+        ce = soft_cross_entropy(teacher_probs[:M].detach(), student_patch_logits, student_temp, fused=fused_ce)
     return (ce * masks_weight.to(ce.dtype)).sum() / n_images

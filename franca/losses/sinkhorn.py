@@ -21,7 +21,9 @@ import torch
 from franca.utils.device import autocast_context
 from franca.utils.distributed import all_gather_cat, all_reduce_sum
 
-__all__ = ["sinkhorn_knopp"]
+__all__ = ["METHODS", "sinkhorn_knopp"]
+
+METHODS = ("scaling", "log")
 
 
 def _global_logsumexp_over_samples(log_q: torch.Tensor) -> torch.Tensor:
@@ -53,6 +55,7 @@ def sinkhorn_knopp(
     n_iterations: int = 3,
     n_samples: int | torch.Tensor | None = None,
     include_padding: bool = False,
+    method: str = "scaling",
 ) -> torch.Tensor:
     """Balanced soft assignments of samples to prototypes; rows of the result sum to 1.
 
@@ -66,6 +69,9 @@ def sinkhorn_knopp(
             prototype sums and returned as zeros; ``include_padding=True`` keeps them in, as the
             released code does (`franca/loss/mrl_ibot_patch_loss.py`), for bit-level parity.
         include_padding: see ``n_samples``.
+        method: "scaling" (default): the first prototype step in log space, then scaling vectors
+            (matrix-vector products over one exponentiated matrix, about half the memory passes);
+            "log": every step in log space. The same function (tested to 1e-5).
 
     Returns:
         (n, K) fp32 targets, detached. Prototype sums are global across processes; each real row sums to 1.
@@ -74,8 +80,12 @@ def sinkhorn_knopp(
     CUDA) the matrix-vector products would otherwise run in bf16 and move the targets by ~5e-3.
     """
     check_arguments("sinkhorn_knopp", logits, temperature, n_iterations)
+    if method not in METHODS:
+        raise ValueError(f"sinkhorn_knopp: method must be one of {METHODS}, got {method!r}")
     with autocast_context(logits.device, "fp32"):
-        return _sinkhorn_fp32(logits, temperature, n_iterations, n_real_rows(logits, n_samples, include_padding))
+        return _sinkhorn_fp32(
+            logits, temperature, n_iterations, n_real_rows(logits, n_samples, include_padding), method
+        )
 
 
 def n_real_rows(logits: torch.Tensor, n_samples: int | torch.Tensor | None, include_padding: bool) -> int:
@@ -87,8 +97,10 @@ def n_real_rows(logits: torch.Tensor, n_samples: int | torch.Tensor | None, incl
     return n_real
 
 
-def _sinkhorn_fp32(logits: torch.Tensor, temperature: float, n_iterations: int, n_real: int) -> torch.Tensor:
-    if METHOD == "scaling":
+def _sinkhorn_fp32(
+    logits: torch.Tensor, temperature: float, n_iterations: int, n_real: int, method: str
+) -> torch.Tensor:
+    if method == "scaling":
         return _sinkhorn_scaling(logits, temperature, n_iterations, n_real)
     out = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
     log_q = logits[:n_real].detach().float() / temperature
@@ -97,11 +109,6 @@ def _sinkhorn_fp32(logits: torch.Tensor, temperature: float, n_iterations: int, 
         log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)  # sample step (local rows)
     out[:n_real] = torch.exp(log_q)
     return out
-
-
-METHOD = "scaling"
-""""scaling" (default): the first prototype step in log space, then scaling vectors (matrix-vector
-products over one exponentiated matrix, about half the memory passes); "log": every step in log space."""
 
 
 def _sinkhorn_scaling(logits: torch.Tensor, temperature: float, n_iterations: int, n_real: int) -> torch.Tensor:

@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,27 @@ import torch
 from torch import nn
 
 from franca.models.backbone import DinoVisionTransformer
+from franca.models.dinov3 import (
+    DINOV3_SIZES,
+    SAT_MEAN,
+    SAT_STD,
+    Dinov3VisionTransformer,
+    describe_dinov3,
+    dinov3_arch_from_state,
+    dinov3_size_config,
+    dinov3_sizes_like,
+    is_dinov3_state,
+)
+from franca.models.gated import find_gated_file
 from franca.models.sizes import SIZES, size_config
+from franca.models.weights import (
+    describe_shape,
+    export_safetensors,
+    file_shape,
+    infer_arch,
+    load_weights_into,
+    read_backbone_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +55,14 @@ HEAD_DIM = 64  # every released Franca/DINOv2 size (and the tiny sizes) uses 64-
 
 
 def build_backbone(name: str, **overrides: Any) -> nn.Module:
-    """A randomly initialised backbone of the named size (`vitt8`, `vits14`, …, or `timm:NAME`)."""
+    """A randomly initialised backbone of the named size (`vitt8`, `vits14`, …, a DINOv3 layout such as
+    `dinov3_vits16`, or `timm:NAME`)."""
     if name.startswith(TIMM_PREFIX):
         from franca.models.timm_wrap import build_timm_backbone
 
         model = build_timm_backbone(name[len(TIMM_PREFIX) :], **overrides)
+    elif name in DINOV3_SIZES:
+        model = _build_dinov3(name, overrides)
     else:
         model = DinoVisionTransformer(**size_config(name, **overrides))
         model.size_name = name  # recorded in exports: a file says which size it is a variant of
@@ -45,16 +70,30 @@ def build_backbone(name: str, **overrides: Any) -> nn.Module:
     return model
 
 
-def no_weights_message(name: str | None) -> str:
-    """How to get weights, for a call or command that named none."""
-    from franca.models.releases import release_names
+def is_layout_name(name: str | None) -> bool:
+    """A name `build_backbone` builds (a named size or DINOv3 layout, or timm:NAME)."""
+    return bool(name) and (name in SIZES or name in DINOV3_SIZES or str(name).startswith(TIMM_PREFIX))
 
-    what = f"{name!r} is not a released model" if name else "no model and no weights given"
+
+def _build_dinov3(name: str, overrides: dict[str, Any]) -> Dinov3VisionTransformer:
+    """A DINOv3 layout with `overrides` (constructor arguments of Dinov3VisionTransformer only)."""
+    allowed = set(inspect.signature(Dinov3VisionTransformer.__init__).parameters) - {"self"}
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        raise ValueError(
+            f"{name} is a DINOv3 layout; it takes no {', '.join(bad)} (it takes: {', '.join(sorted(allowed))})"
+        )
+    model = Dinov3VisionTransformer(**dinov3_size_config(name, **overrides))
+    model.size_name = name
+    return model
+
+
+def no_weights_message(name: str | None) -> str:
+    """How to get weights, in one short line, for a call that named none."""
+    what = f"{name!r} is not a released model and no weights file was given" if name else "no weights given"
     return (
-        f"{what}, and no weights file was given. Pass weights=FILE (CLI: --weights FILE), or a released "
-        f"name such as franca_vitb14_in21k or dinov2_vits14_reg (downloaded once, then cached; all: "
-        f"{', '.join(release_names())}). Random weights only on request: "
-        f"franca.build_backbone({name or 'vits14'!r}) (CLI: --random-init)."
+        f"{what}: pass weights=FILE or a released name (franca.releases() lists them); "
+        f"random weights only on request: franca.build_backbone({name or 'vits14'!r})"
     )
 
 
@@ -75,16 +114,21 @@ def load_backbone(
     label = None
     from franca.models.releases import get_release, is_release
 
+    release = None
     if name is not None and is_release(name):
         from franca.models.hub import fetch_rasa, fetch_release
 
-        if weights is not None:
-            raise ValueError(f"{name} is a released model: pass either the released name or weights=FILE, not both")
         rel = get_release(name)
-        weights = fetch_release(rel, progress=progress)
-        if rasa is True:
-            rasa = fetch_rasa(rel, progress=progress)
-        name, label = rel.size, rel.name
+        if weights is not None:
+            # a file of that release (e.g. the user's own copy): its architecture must be the release's
+            # (a DINOv3 name is also a layout, checked against the file as a layout name is)
+            release = None if rel.gated else rel
+        else:  # a gated file (DINOv3) is only looked for where it belongs, never downloaded
+            weights = find_gated_file(rel) if rel.gated else fetch_release(rel, progress=progress)
+            label = rel.name
+            if rasa is True:
+                rasa = fetch_rasa(rel, progress=progress)
+        name = rel.size
     if rasa is True:
         raise ValueError("rasa=True fetches the RASA head of a released model; with a file, pass rasa=FILE")
     if weights is None:
@@ -94,19 +138,82 @@ def load_backbone(
 
         model = build_timm_backbone(name[len(TIMM_PREFIX) :], weights=weights, **overrides)
     else:
-        model = _load_file(name, weights, overrides)
+        model = _load_file(name, weights, overrides, release)
     if rasa is not None:
         model.set_rasa_projection(load_rasa_projection(rasa, model.embed_dim))
     model.weights_label = label or Path(weights).name
     return model.eval()
 
 
-def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any]) -> nn.Module:
-    from franca.models.weights import file_shape, infer_arch, load_weights_into, read_backbone_state_dict
-
+def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any], release: Any = None) -> nn.Module:
     state, extra = read_backbone_state_dict(weights)
-    shape = file_shape(state)
     saved = dict(extra.get("arch") or {})  # what our own files record (export metadata, checkpoint config)
+    if saved.get("family") == "dinov3" or is_dinov3_state(state):
+        model = _load_dinov3_file(name, weights, state, saved, overrides)
+    else:
+        model = _load_dinov2_file(name, weights, state, saved, overrides, release)
+    if extra.get("rasa_proj") is not None and getattr(model, "rasa_proj", None) is None:
+        model.set_rasa_projection(extra["rasa_proj"])
+    return model
+
+
+def _load_dinov3_file(
+    name: str | None, weights: str | Path, state: dict, saved: dict[str, Any], overrides: dict[str, Any]
+) -> nn.Module:
+    """A DINOv3 file: the keys and shapes fix the layout (the head count from the RoPE periods); what the
+    file cannot say (RoPE base and coordinate rule, LayerNorm eps) is the official hub's, or our export's."""
+    arch = dinov3_arch_from_state(state)
+    like = dinov3_sizes_like(arch)
+    if name is not None and name not in DINOV3_SIZES:
+        hint = f"use model={like[0]!r} (--model {like[0]}) or no size name" if like else "leave the size name out"
+        what = f" ({describe_shape({**size_config(name), 'pos_grid': None})})" if name in SIZES else ""
+        raise ValueError(
+            f"{weights} holds a {describe_dinov3(arch)}; {name} is not a DINOv3 layout{what}. {hint}: the file "
+            f"defines the model"
+        )
+    if name is not None and name != saved.get("name"):
+        cfg = DINOV3_SIZES[name]
+        bad = [k for k in ("embed_dim", "depth", "ffn", "patch_size") if k not in overrides and arch.get(k) != cfg[k]]
+        if bad:
+            named = describe_dinov3(cfg)
+            hint = f"use --model {like[0]}, or leave the size name out" if like else "leave the size name out"
+            raise ValueError(
+                f"{weights} does not hold a {name}: the file has a {describe_dinov3(arch)}; {name} is a {named} "
+                f"({' and '.join(bad)} differ). {hint}: the file defines the model"
+            )
+    base = name or saved.get("name") or (like[0] if like else None)
+    kwargs: dict[str, Any] = dict(DINOV3_SIZES[base]) if base in DINOV3_SIZES else {}
+    known = set(inspect.signature(Dinov3VisionTransformer.__init__).parameters)
+    kwargs.update({k: v for k, v in saved.items() if k in known})
+    kwargs.update(arch)
+    if "num_heads" not in arch and "num_heads" not in saved and base not in DINOV3_SIZES:
+        kwargs["num_heads"] = arch["embed_dim"] // HEAD_DIM  # no periods in the file: 64-dimensional heads
+    if "mean" not in saved and "sat493m" in Path(weights).name.lower():
+        kwargs.update(mean=SAT_MEAN, std=SAT_STD)  # the SAT-493M weights' own normalisation (official README)
+    kwargs.update(overrides)
+    model = Dinov3VisionTransformer(**kwargs)
+    load_weights_into(model, state, source=str(weights))
+    model.size_name = base
+    return model
+
+
+def _load_dinov2_file(
+    name: str | None,
+    weights: str | Path,
+    state: dict,
+    saved: dict[str, Any],
+    overrides: dict[str, Any],
+    release: Any = None,
+) -> nn.Module:
+    """A Franca / DINOv2 file (absolute position table)."""
+    shape = file_shape(state)
+    if name in DINOV3_SIZES:
+        raise ValueError(
+            f"{weights} holds a Franca/DINOv2 ViT ({describe_shape(shape)}), not the DINOv3 layout {name}: "
+            f"leave the size name out, the file defines the model"
+        )
+    if release is not None:
+        _check_release_shape(release, weights, shape)
     if name is not None:
         _check_named_size(name, weights, shape, saved, overrides)
     base = name or _template_size(shape, saved)
@@ -133,8 +240,6 @@ def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any])
     model = build_backbone(base, **{**arch, **overrides})
     load_weights_into(model, state, source=str(weights))
     model.size_name = saved.get("name") or (base if base in _sizes_like(shape) else None)
-    if extra.get("rasa_proj") is not None and getattr(model, "rasa_proj", None) is None:
-        model.set_rasa_projection(extra["rasa_proj"])
     return model
 
 
@@ -156,12 +261,25 @@ def _template_size(shape: dict[str, Any], saved: dict[str, Any]) -> str:
     return like[0] if like else "vits14"
 
 
+def _check_release_shape(release: Any, weights: str | Path, shape: dict[str, Any]) -> None:
+    """A released name given with a file must describe it: width, patch size, depth and registers of the
+    release (DINOv2 `*_reg`: 4 registers; the others none), else an error naming both."""
+    from franca.models.weights import describe_shape
+
+    want = {k: size_config(release.size)[k] for k in ("embed_dim", "patch_size", "depth")}
+    want["num_register_tokens"] = 4 if release.name.endswith("_reg") else 0
+    bad = [k for k, v in want.items() if shape.get(k) is not None and shape[k] != v]
+    if bad:
+        raise ValueError(
+            f"{weights} does not hold {release.name}: the file has {describe_shape(shape)}; {release.name} has "
+            f"{describe_shape(want)} ({', '.join(bad)} differ). Leave the model name out: the file defines the model"
+        )
+
+
 def _check_named_size(
     name: str, weights: str | Path, shape: dict[str, Any], saved: dict[str, Any], overrides: dict[str, Any]
 ) -> None:
     """A size name that contradicts the file (width or patch size) is an error naming both."""
-    from franca.models.weights import describe_shape
-
     if saved.get("name") == name:  # our own file, a variant of this very size (e.g. a narrower vitt8)
         return
     cfg = size_config(name)
@@ -196,10 +314,12 @@ def weights_label(name: str | None = None, weights: str | Path | None = None, ra
     """What names the weights in results and figures: the release name, the file name, or "random init"."""
     from franca.models.releases import is_release
 
-    if name is not None and is_release(name):
-        return str(name).lower()
     if weights is not None:
         return Path(weights).name
+    if random_init and is_layout_name(name):  # a DINOv3 name is also a layout: --random-init builds it
+        return RANDOM_LABEL
+    if name is not None and is_release(name):
+        return str(name).lower()
     if random_init:
         return RANDOM_LABEL
     raise ValueError(no_weights_message(name))
@@ -219,8 +339,21 @@ def load_rasa_projection(path: str | Path, embed_dim: int) -> torch.Tensor:
     return rasa_fold.load_rasa_projection(path, embed_dim)
 
 
+def export_hf(model: nn.Module, out_dir: str | Path) -> Path:
+    """Write `model` as a Hugging Face transformers folder (`config.json` + `model.safetensors`) that
+    `transformers.AutoModel.from_pretrained(out_dir)` loads with equal features; DINOv2/Franca and DINOv3 backbones.
+
+    What transformers cannot express raises a UserError naming the part; what holds only at the export grid
+    (a position interpolation rule transformers does not have) or travels beside the weights (RASA) is a
+    UserWarning."""
+    from franca.models.hf import export_hf_folder
+
+    path, notes = export_hf_folder(model, out_dir)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return path
+
+
 def export_backbone(model: nn.Module, path: str | Path) -> Path:
     """Write `model` as safetensors with DINOv2 flat keys (loads in timm's `vit_*_patch14_dinov2`)."""
-    from franca.models.weights import export_safetensors
-
     return export_safetensors(model, path)

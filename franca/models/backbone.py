@@ -122,7 +122,45 @@ def resize_pos_embed(pos_embed: Tensor, grid: int, antialias: bool = True) -> Te
     return torch.cat([cls, patches], dim=1)
 
 
-class DinoVisionTransformer(VisionTransformer):
+class RasaProjection:
+    """The RASA projection of a backbone: the persistent buffer `rasa_proj` (D, D) applied to the final patch
+    tokens, saved with the state dict (a saved one is created on load, so models with and without it round-trip).
+    Shared by every backbone class of this package; the class defines `cls_token` and `embed_dim`."""
+
+    def set_rasa_projection(self, P: Tensor | None) -> None:
+        """Set (or clear with None) the (D, D) RASA projection applied to the final patch tokens."""
+        if P is None:
+            self.rasa_proj = None
+            return
+        D = self.embed_dim
+        if not isinstance(P, Tensor) or tuple(P.shape) != (D, D):
+            shape = tuple(P.shape) if isinstance(P, Tensor) else type(P).__name__
+            raise ValueError(f"RASA projection must be a ({D}, {D}) tensor, got {shape}")
+        self.rasa_proj = P.detach().to(device=self.cls_token.device, dtype=torch.float32).clone()
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):  # noqa: D401 - torch hook
+        key = prefix + "rasa_proj"
+        if key in state_dict and self.rasa_proj is None and isinstance(state_dict[key], Tensor):
+            self.rasa_proj = torch.empty_like(state_dict[key], device=self.cls_token.device)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def rasa_output(self, out: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
+        """Add `patch_token_rasa` (x_norm_patchtokens @ Pᵀ) to a forward_features dict; an error without P."""
+        if self.rasa_proj is None:
+            raise ValueError(
+                "use_rasa_head=True but this backbone has no RASA projection; "
+                "load it with rasa=FILE or call set_rasa_projection(P)"
+            )
+        patches = out["x_norm_patchtokens"]
+        out["patch_token_rasa"] = patches @ self.rasa_proj.to(patches.dtype).T
+        return out
+
+
+class DinoVisionTransformer(RasaProjection, VisionTransformer):
     """DINOv2/Franca ViT with DINOv2 state-dict names and the reference forward semantics."""
 
     def __init__(
@@ -221,29 +259,6 @@ class DinoVisionTransformer(VisionTransformer):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "mask_token", "register_tokens"}
 
-    # ------------------------------------------------------------------ RASA
-    def set_rasa_projection(self, P: Tensor | None) -> None:
-        """Set (or clear with None) the (D, D) RASA projection applied to the final patch tokens."""
-        if P is None:
-            self.rasa_proj = None
-            return
-        D = self.embed_dim
-        if not isinstance(P, Tensor) or tuple(P.shape) != (D, D):
-            shape = tuple(P.shape) if isinstance(P, Tensor) else type(P).__name__
-            raise ValueError(f"RASA projection must be a ({D}, {D}) tensor, got {shape}")
-        self.rasa_proj = P.detach().to(device=self.cls_token.device, dtype=torch.float32).clone()
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-    ):  # noqa: D401 - torch hook
-        # A saved RASA projection creates the buffer on load, so models with and without one round-trip.
-        key = prefix + "rasa_proj"
-        if key in state_dict and self.rasa_proj is None and isinstance(state_dict[key], Tensor):
-            self.rasa_proj = torch.empty_like(state_dict[key], device=self.cls_token.device)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
     # ------------------------------------------------------------------ tokens
     @property
     def pos_grid(self) -> int:
@@ -339,15 +354,7 @@ class DinoVisionTransformer(VisionTransformer):
             "x_prenorm": t,
             "masks": masks,
         }
-        if use_rasa_head:
-            if self.rasa_proj is None:
-                raise ValueError(
-                    "use_rasa_head=True but this backbone has no RASA projection; "
-                    "load it with rasa=FILE or call set_rasa_projection(P)"
-                )
-            patches = out["x_norm_patchtokens"]
-            out["patch_token_rasa"] = patches @ self.rasa_proj.to(patches.dtype).T
-        return out
+        return self.rasa_output(out) if use_rasa_head else out
 
     def forward_features(
         self,

@@ -228,10 +228,10 @@ def save_rasa_file(path: str | Path, U_list: Sequence[torch.Tensor], metadata: M
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"rasa_proj": removal_projection(U_list).contiguous()}
     tensors.update({f"rasa_directions.{i}": U.detach().to(torch.float32).contiguous() for i, U in enumerate(U_list)})
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    if path.suffix == ".safetensors":  # bytes written by open(): the umask's mode (save_file's file is 0600)
+        from safetensors.torch import save
 
-        save_file(tensors, str(path), metadata=dict(metadata or {}))
+        path.write_bytes(save(tensors, metadata=dict(metadata or {})))
     else:
         torch.save(tensors, path)
     return path

@@ -7,7 +7,9 @@ Layouts (released Franca `franca/hub/backbones.py`, `hubconf.py`; README "Gettin
 - DINOv2 hub files (flat keys);
 - this project's training checkpoints (`{"teacher": …}`, `{"model": …}`, prefixes such as
   `teacher.backbone.`, `module.`, `_orig_mod.`);
-- exported `.safetensors` (the RASA projection travels in the metadata, see `export_safetensors`).
+- exported `.safetensors` (the RASA projection travels in the metadata, see `export_safetensors`);
+- a Hugging Face transformers folder (`config.json` + weights) of `Dinov2Model`, `Dinov2WithRegistersModel` or
+  `DINOv3ViTModel` (franca.models.hf).
 
 Pickles are read with `torch.load(weights_only=True)` only; a file that would run code is refused.
 """
@@ -33,6 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from franca.models.dinov3 import describe_dinov3, dinov3_arch_from_state, is_dinov3_state
+from franca.models.hf import is_hf_folder, read_hf_backbone
+from franca.utils.files import set_normal_mode
+
 log = logging.getLogger(__name__)
 
 _CONTAINER_KEYS = ("teacher", "model", "state_dict", "backbone")
@@ -53,7 +59,12 @@ def read_backbone_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.is_dir():
-        raise ValueError(f"weights path is a directory, expected a file: {path}")
+        if is_hf_folder(path):
+            return read_hf_backbone(path)
+        raise ValueError(
+            f"weights path is a directory without a config.json: {path} (expected a weights file or a "
+            f"transformers model folder)"
+        )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     if tarfile.is_tarfile(path):
@@ -90,7 +101,8 @@ def _split_parts(path: Path) -> list[Path]:
         base = str(path)
     else:
         return []
-    return [Path(p) for p in sorted(glob.glob(glob.escape(base) + ".part_*"))]
+    # only `.part_xx` itself: the cache keeps a `.part_xx.sha256` record beside each part
+    return [Path(p) for p in sorted(glob.glob(glob.escape(base) + ".part_*")) if _PART.search(p)]
 
 
 def _load_weights_only(path: Path | io.BytesIO, name: str | None = None) -> Any:
@@ -98,6 +110,12 @@ def _load_weights_only(path: Path | io.BytesIO, name: str | None = None) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        head = _head(path)
+        if not head.startswith((b"PK", b"\x80")):  # neither a zip archive nor a pickle: not a torch file at all
+            raise ValueError(
+                f"cannot read {name}: it is not a torch checkpoint (it starts with {head!r}, an HTML page or "
+                "text?): download it again"
+            ) from exc
         raise ValueError(
             f"refusing to load {name}: it is not a plain tensor file (weights_only=True "
             f"rejected it, it may run code). Details: {str(exc).splitlines()[0]}"
@@ -107,6 +125,13 @@ def _load_weights_only(path: Path | io.BytesIO, name: str | None = None) -> Any:
         raise ValueError(
             f"cannot read {name} as a torch checkpoint (truncated or another format?): {type(exc).__name__}: {detail}"
         ) from exc
+
+
+def _head(path: Path | io.BytesIO, n: int = 16) -> bytes:
+    if isinstance(path, io.BytesIO):
+        return path.getvalue()[:n]
+    with open(path, "rb") as f:
+        return f.read(n)
 
 
 class _ChainedReader(io.RawIOBase):
@@ -137,6 +162,29 @@ class _ChainedReader(io.RawIOBase):
         super().close()
 
 
+MAX_UNPACK_RATIO = 8
+"""A weights member may unpack to at most this many times its archive's size: float weights barely compress
+(about 1.1x), so more is a damaged or hostile archive (a 1 MB archive wrote 1 GB to the temporary folder)."""
+
+
+def _check_unpack_size(member: tarfile.TarInfo, parts: list[Path], tmp: str, label: str) -> None:
+    """Refuse, before writing a byte, a member larger than MAX_UNPACK_RATIO × the archive or than the free
+    space of the temporary folder (both named)."""
+    packed = sum(p.stat().st_size for p in parts)
+    if member.size > MAX_UNPACK_RATIO * max(packed, 1 << 20):
+        raise ValueError(
+            f"{member.name} in {label} would unpack to {member.size:,} bytes, {member.size / max(packed, 1):,.0f}× "
+            f"the archive's {packed:,}: weights barely compress, so the archive is damaged or not a weights release; "
+            f"not unpacked"
+        )
+    free = shutil.disk_usage(tmp).free
+    if member.size > free:
+        raise ValueError(
+            f"{member.name} in {label} unpacks to {member.size:,} bytes, more than the {free:,} free in the "
+            f"temporary folder {Path(tmp).parent} (set TMPDIR to a folder with room)"
+        )
+
+
 def _load_from_tar(parts: list[Path]) -> Any:
     """Stream a (possibly split) tar(.gz), copy the first checkpoint inside to a temp file, load it."""
     label = ", ".join(str(p) for p in parts)
@@ -147,6 +195,7 @@ def _load_from_tar(parts: list[Path]) -> Any:
     ):
         for member in tar:
             if member.isfile() and member.name.endswith((".pth", ".pt", ".bin", ".safetensors")):
+                _check_unpack_size(member, parts, tmp, label)
                 dst = Path(tmp) / ("w.safetensors" if member.name.endswith(".safetensors") else "w.pth")
                 src = tar.extractfile(member)
                 with open(dst, "wb") as fh:
@@ -286,6 +335,11 @@ def _short(keys: list[str], n: int = 8) -> str:
 
 
 def _describe(state: Mapping[str, Tensor], what: str = "file") -> str:
+    if is_dinov3_state(state):
+        try:
+            return f"{what}: {describe_dinov3(dinov3_arch_from_state(state))}"
+        except ValueError:  # too broken to describe: the key list that follows says what is wrong
+            return f"{what}: an incomplete DINOv3 state dict"
     return f"{what}: {describe_shape(file_shape(state))}"
 
 
@@ -311,7 +365,22 @@ def load_weights_into(model: nn.Module, state: Mapping[str, Tensor], source: str
         raise ValueError(
             f"{source} does not fit the model ({_describe(state)}; {_describe(own, 'model')}): " + "; ".join(problems)
         )
+    warn_non_finite(state, source)
     model.load_state_dict(dict(state), strict=True)
+
+
+def warn_non_finite(state: Mapping[str, Tensor], source: str = "weights") -> list[str]:
+    """Warn (naming them) about tensors holding NaN or inf: they load, but every feature they touch is NaN
+    (a diverged run's checkpoint, a damaged file). Returns the names."""
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        log.warning(
+            "%s holds NaN or inf in %d tensor(s): %s; features computed with these weights will be NaN",
+            source,
+            len(bad),
+            _short(bad),
+        )
+    return bad
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -345,7 +414,22 @@ def export_safetensors(model: nn.Module, path: str | Path) -> Path:
     meta = {"format": "pt"}
     if rasa is not None:
         meta[RASA_META_KEY] = encode_tensor(rasa)
-    arch = {
+    if getattr(model, "family", None) == "dinov3":  # every constructor argument (franca.models.dinov3)
+        arch = dict(model.arch)
+    else:
+        arch = _dinov2_arch(model)
+    if getattr(model, "size_name", None):
+        arch["name"] = model.size_name
+    meta[ARCH_META_KEY] = json.dumps(arch)
+    save_file(state, str(path), metadata=meta)
+    set_normal_mode(path)  # safetensors writes 0600; an exported backbone is meant to be shared
+    log.info("exported %d tensors to %s", len(state), path)
+    return path
+
+
+def _dinov2_arch(model: nn.Module) -> dict[str, Any]:
+    """What a Franca/DINOv2 export records about its model (read back by `load_backbone`)."""
+    return {
         k: getattr(model, k, None)
         for k in (
             "embed_dim",
@@ -359,12 +443,6 @@ def export_safetensors(model: nn.Module, path: str | Path) -> Path:
             "interpolate_antialias",
         )
     }
-    if getattr(model, "size_name", None):
-        arch["name"] = model.size_name
-    meta[ARCH_META_KEY] = json.dumps(arch)
-    save_file(state, str(path), metadata=meta)
-    log.info("exported %d tensors to %s", len(state), path)
-    return path
 
 
 def timm_create_kwargs(model: nn.Module) -> dict[str, Any]:
@@ -391,11 +469,76 @@ def timm_create_kwargs(model: nn.Module) -> dict[str, Any]:
     return kw
 
 
+def dinov3_timm_create_kwargs(model: nn.Module) -> tuple[str, dict[str, Any]]:
+    """(timm model name, keyword arguments) that build timm's DINOv3 ViT (`timm.models.eva`) for an exported
+    DINOv3 model; timm's `checkpoint_filter_fn` reads the official key layout. A ValueError names what timm
+    cannot express (an untied `cls_norm`, no storage tokens, a k bias that is not masked)."""
+    a = model.arch
+    problems = []
+    if a["untie_cls_and_patch_norms"]:
+        problems.append("an untied cls_norm")
+    if not a["n_storage_tokens"]:
+        problems.append("no storage tokens (timm recognises the DINOv3 layout by them)")
+    if a["qkv_bias"] and not a["mask_k_bias"]:
+        problems.append("a k bias without bias_mask (timm drops the k bias)")
+    if a["rope_normalize_coords"] != "separate" or a["rope_base"] is None:
+        problems.append("RoPE coordinates or periods other than the official rule")
+    if problems:
+        raise ValueError(f"timm's DINOv3 model cannot express this file's {', '.join(problems)}")
+    kw: dict[str, Any] = {
+        "img_size": int(a["img_size"]),
+        "patch_size": int(a["patch_size"]),
+        "embed_dim": int(a["embed_dim"]),
+        "depth": int(a["depth"]),
+        "num_heads": int(a["num_heads"]),
+        "num_reg_tokens": int(a["n_storage_tokens"]),
+        "num_classes": 0,
+        "global_pool": "token",
+    }
+    if a["ffn"] == "swiglu":  # timm: int(D·ratio) then aligned to 8, the file's width itself
+        kw.update(mlp_ratio=(a["ffn_hidden_dim"] + 0.5) / a["embed_dim"], swiglu_mlp=True, swiglu_align_to=8)
+    else:
+        kw["mlp_ratio"] = (a["ffn_hidden_dim"] + 0.5) / a["embed_dim"]
+    if not a["layerscale"]:
+        kw["init_values"] = None
+    name = "vit_small_patch16_dinov3" + ("_qkvb" if a["qkv_bias"] else "")
+    return name, kw
+
+
+def dinov3_timm_recipe(model: nn.Module, path: str | Path) -> str:
+    """Python code that loads an exported DINOv3 file in timm alone (no franca) and gives the same tokens at
+    any size: timm's DINOv3 ViT, plus the file's own RoPE periods (timm recomputes them in float32)."""
+    try:
+        name, kw = dinov3_timm_create_kwargs(model)
+    except ValueError as exc:
+        return f"# no timm recipe: {exc}; use franca, or the ONNX export"
+    args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+    k = 1 + int(model.n_storage_tokens)
+    return "\n".join(
+        [
+            "import timm",
+            "from safetensors.torch import load_file",
+            f"model = timm.create_model({name!r}, pretrained=True,",
+            f"                          pretrained_cfg_overlay=dict(file={str(path)!r}),",
+            f"                          {args}).eval()",
+            "# the file's RoPE periods: timm computes its own in float32, released files hold bfloat16-rounded ones",
+            f'model.rope.periods.copy_(load_file({str(path)!r})["rope_embed.periods"])',
+            f"# images: (B, 3, H, W), H and W multiples of {model.patch_size}, normalised with mean "
+            f"{tuple(model.mean)} and std {tuple(model.std)}",
+            "# tokens = model.forward_features(images)",
+            f"# CLS = tokens[:, 0]; storage tokens = tokens[:, 1:{k}]; patch tokens = tokens[:, {k}:]",
+        ]
+    )
+
+
 def timm_recipe(model: nn.Module, path: str | Path) -> str:
     """Python code that loads the exported file in timm alone (no franca) and gives the same tokens.
 
     It holds at the file's own grid (`img_size`); see the README for timm's own resampling at other sizes.
+    DINOv3 files: `dinov3_timm_recipe` (any size).
     """
+    if getattr(model, "family", None) == "dinov3":
+        return dinov3_timm_recipe(model, path)
     kw = timm_create_kwargs(model)
     swiglu = kw.pop("mlp_layer", None) is not None
     kw.pop("act_layer", None)
@@ -405,12 +548,21 @@ def timm_recipe(model: nn.Module, path: str | Path) -> str:
     lines = ["import timm", "import torch"]
     if swiglu:
         lines.append("from timm.layers import SwiGLUPacked  # Franca's SwiGLU (w12 = [x1 | x2]); not GluMlp")
+    side, p = kw["img_size"], kw["patch_size"]
+    layout = (
+        f"CLS = tokens[:, 0]; registers = tokens[:, 1:{1 + r}]; patch tokens = tokens[:, {1 + r}:]"
+        if r
+        else "CLS = tokens[:, 0]; patch tokens = tokens[:, 1:] (no registers)"
+    )
     lines += [
         'model = timm.create_model("vit_small_patch14_dinov2", pretrained=True,',
         f"                          pretrained_cfg_overlay=dict(file={str(path)!r}),",
-        f"                          {args}{extra}).eval()",
-        f"# images: (B, 3, {kw['img_size']}, {kw['img_size']}), normalised with the ImageNet mean/std",
+        f"                          {args}{extra},",
+        "                          dynamic_img_size=True).eval()",
+        f"# images: (B, 3, H, W), H and W multiples of {p}, normalised with the ImageNet mean/std. At {side}x{side}",
+        "# (the file's grid) the tokens equal franca's; at other sizes timm resamples the positions its own way",
+        "# (equal for files with registers, close otherwise: see the README).",
         "# tokens = model.forward_features(images)",
-        f"# CLS = tokens[:, 0]; registers = tokens[:, 1:{1 + r}]; patch tokens = tokens[:, {1 + r}:]",
+        f"# {layout}",
     ]
     return "\n".join(lines)

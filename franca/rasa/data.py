@@ -1,5 +1,5 @@
 """Images for RASA: the reference training augmentations; the files are listed and read by
-`franca.data.images.list_images` and `franca.data.datasets.folder.ImageFiles`.
+`franca.data.source.open_images` (a folder, then the training and held-out lists of files).
 
 The targets are the fixed patch grid, so the augmentations (random crops, flips in both axes,
 ±90° rotations) break any tie between image content and position: a linear predictor of
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageFilter
 
-from franca.data.datasets.folder import ImageFiles  # noqa: F401 (the reader lives with the others)
-from franca.data.images import IMAGE_EXTENSIONS
+from franca.data.datasets.voc import voc_image_dir
+from franca.data.toy import builtin_toy
 
 log = logging.getLogger(__name__)
 
@@ -79,26 +79,8 @@ def rasa_eval_transform(size: int = 518) -> Callable[[Image.Image], torch.Tensor
     )
 
 
-def list_images(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """All image files under root (recursively, links followed once), sorted for a reproducible order."""
-    from franca.data.images import list_images as _list_images
-
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    if root.is_file():
-        raise ValueError(f"expected a folder of images, got the file {root}")
-    files = _list_images(root, extensions)
-    if not files:
-        raise ValueError(f"no images ({', '.join(extensions)}) found under {root}")
-    return files
-
-
 def default_image_root() -> Path:
     """The built-in toy set's RASA images: its VOC images folder (the reference trains on VOC)."""
-    from franca.data.datasets.voc import voc_image_dir
-    from franca.data.toy import builtin_toy
-
     return voc_image_dir(Path(builtin_toy()))
 
 

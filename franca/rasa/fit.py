@@ -29,7 +29,14 @@ import torch
 import torch.nn.functional as F
 
 from franca.models.rasa_fold import gram_schmidt_2d, removal_projection
-from franca.rasa.probe import PositionProbe, ProbeSettings, check_initial, has_converged, r2_score
+from franca.rasa.probe import (
+    PositionProbe,
+    ProbeSettings,
+    check_initial,
+    has_converged,
+    probe_shortfall,
+    r2_score,
+)
 from franca.rasa.removal import apply_projection, position_targets, restrict_to_complement
 
 log = logging.getLogger(__name__)
@@ -229,7 +236,13 @@ def train_position_predictor(
     losses: list[float] = []
     converged: bool | None = None if fixed else False
     recent: list[torch.Tensor] = []  # W over the last window: their mean is the stage's predictor
-    bar = _progress(steps, desc, cfg.progress)
+    # Until converged, the stage ends when the loss stops improving (usually long before max_steps): the bar
+    # counts steps with no total, so it shows no ETA that the stop would make false.
+    bar = (
+        _progress(steps, desc, cfg.progress)
+        if fixed
+        else _progress(None, f"{desc} until converged (max {steps} steps)", cfg.progress)
+    )
     for x in _batches(source):
         x = x.to(device).float()
         if P is not None:
@@ -283,6 +296,10 @@ def fit_rasa(
         raise ValueError("automatic stage count (auto) needs held-out tokens to measure the position R²")
     gen = torch.Generator().manual_seed(cfg.seed)
     probe = PositionProbe(heldout, source.grid, cfg.probe, device) if heldout is not None else None
+    if heldout is not None:
+        short = probe_shortfall(heldout.shape[0], heldout.shape[1], heldout.shape[2], cfg.probe.fit_fraction)
+        if short:  # `franca rasa` refuses this before any work; a library caller is told before the first stage
+            log.warning("RASA: %s: expect a probe failure (R² below 0 is no measurement)", short)
     directions: list[torch.Tensor] = []
     weights: list[torch.Tensor] = []
     P = torch.eye(source.dim)
@@ -371,7 +388,7 @@ def _stage_predictor_r2(probe: PositionProbe, W: torch.Tensor, P_before: torch.T
     return r2_score(torch.sigmoid(x @ W.T.to(torch.float64)), y)[0]
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int | None, desc: str, enabled: bool):
     if not enabled:
         return None
     try:

@@ -1,22 +1,31 @@
-"""Build the student and teacher (backbone + dino head + ibot head) of a config.
+"""Build the student and teacher (backbone + dino head + ibot head) of a config, and its objective.
 
 The teacher starts as an exact copy of the student (released Franca `franca/train/ssl_meta_arch.py`),
 without drop path, and never receives gradients. `init_from` (the high-resolution stage) loads a checkpoint's teacher
 backbone into both, resizing the position table to the new global crop size (bicubic, antialias,
 as `modify_ckpt_highres.py` does); heads are re-initialised, as in the released finetune configs.
+
+The objective is the parts that `OBJECTIVE_PARTS` builds from the config (each builder returns None when
+its part is off), in that order: a new loss term is one more builder there (franca.train.objective).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
+from franca.losses.centering import SoftmaxCentering
+from franca.losses.franca_loss import FrancaLoss
 from franca.models.backbone import resize_pos_embed
 from franca.train.config import FrancaTrainConfig, HeadConfig
+from franca.train.gram import gram_part
+from franca.train.objective import Objective, ObjectivePart, PartContext
+from franca.train.step import FrancaObjective, TeacherTargets
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +111,41 @@ def load_backbone_from_checkpoint(backbone: nn.Module, path: str) -> None:
     missing = [k for k in missing if k != "rasa_proj"]
     if missing or unexpected:
         raise KeyError(f"{path}: backbone keys do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def franca_part(cfg: FrancaTrainConfig, ctx: PartContext) -> FrancaObjective:
+    """DINO + iBOT per level + KoLeo against the EMA teacher's Sinkhorn-Knopp (or centred) targets."""
+    centers = None
+    if cfg.loss.centering == "centering":
+        centers = (
+            SoftmaxCentering(ctx.student["dino_head"].n_prototypes_per_level).to(ctx.device),
+            SoftmaxCentering(ctx.student["ibot_head"].n_prototypes_per_level).to(ctx.device),
+        )
+    implicit = cfg.loss.implicit_patch_targets
+    targets = TeacherTargets(
+        centering=cfg.loss.centering,
+        sinkhorn_iterations=cfg.loss.sinkhorn_iterations,
+        centers=centers,
+        implicit_patch_targets=cfg.train.compile if implicit is None else implicit,
+        compiled_passes=cfg.train.compile,  # Sinkhorn / iBOT passes fused
+    )
+    loss = FrancaLoss(
+        n_levels=ctx.student["dino_head"].n_levels,
+        student_temp=cfg.loss.student_temp,
+        dino_weight=cfg.dino.loss_weight,
+        ibot_weight=cfg.ibot.head.loss_weight,
+        koleo_weight=cfg.loss.koleo_weight,
+        koleo_scope=cfg.loss.koleo_scope,
+    )
+    return FrancaObjective(teacher=ctx.teacher, teacher_targets=targets, loss=loss)
+
+
+PartBuilder = Callable[[FrancaTrainConfig, PartContext], Optional[ObjectivePart]]
+OBJECTIVE_PARTS: tuple[PartBuilder, ...] = (franca_part, gram_part)
+"""The parts of the training objective, built from the config in this order (None: the part is off)."""
+
+
+def build_objective(cfg: FrancaTrainConfig, ctx: PartContext, extra_parts: Sequence[ObjectivePart] = ()) -> Objective:
+    """The objective of `cfg`: every enabled part of OBJECTIVE_PARTS, then `extra_parts`."""
+    parts = [p for build in OBJECTIVE_PARTS if (p := build(cfg, ctx)) is not None]
+    return Objective([*parts, *extra_parts])

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from franca.data.source import SOURCE_KINDS
+
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "tiny"
 
@@ -113,9 +115,19 @@ class LossConfig:
     """keep the iBOT Sinkhorn-Knopp targets as logits + scaling vectors, read by the loss in fused
     passes (same values, nothing (M, K)-sized written); null: on with train.compile, which fuses the
     passes (eager, they re-read the logits without the fusion and are slower)"""
+    gram_weight: float = 0.0
+    """Gram anchoring (DINOv3 §4, franca.train.gram): weight of the term that pulls the Gram matrix of the
+    student's global-crop patch tokens toward that of a Gram teacher (an earlier EMA teacher); 0: off"""
+    gram_start: int = 0
+    """iteration at which the Gram teacher is first taken from the EMA teacher and the term starts"""
+    gram_refresh: int = 0
+    """retake the Gram teacher from the EMA teacher every this many iterations after gram_start; 0: never"""
 
     def __post_init__(self) -> None:
         _check(self.student_temp > 0, "loss.student_temp", self.student_temp, "> 0")
+        _check(self.gram_weight >= 0, "loss.gram_weight", self.gram_weight, ">= 0")
+        _check(self.gram_start >= 0, "loss.gram_start", self.gram_start, ">= 0")
+        _check(self.gram_refresh >= 0, "loss.gram_refresh", self.gram_refresh, ">= 0")
         _check(self.koleo_weight >= 0, "loss.koleo_weight", self.koleo_weight, ">= 0")
         _check(self.sinkhorn_iterations >= 1, "loss.sinkhorn_iterations", self.sinkhorn_iterations, ">= 1")
         _check(self.koleo_scope in ("local", "global"), "loss.koleo_scope", self.koleo_scope, "'local' or 'global'")
@@ -222,12 +234,16 @@ class CropsConfig:
             _check(len(v) == 2 and 0 < v[0] <= v[1] <= 1, f"crops.{name}", v, "[min, max] in (0, 1]")
 
 
+KIND_ALIASES = {"imagefolder": "folder"}  # data.kind values read as a source kind (pretraining ignores labels)
+
+
 @dataclass
 class DataConfig:
     dataset: str = "toy"
     """'toy' (built-in set), an image folder (flat/nested/ImageFolder) or webdataset shards (*.tar, brace list)"""
     kind: str = "auto"
-    """'auto', 'toy', 'folder', 'imagefolder' or 'webdataset'"""
+    """'auto' (detected from data.dataset), 'toy' or an image source kind of franca.data.source: 'folder',
+    'webdataset', 'files', 'classes' or one registered there ('imagefolder' reads as 'folder')"""
     dataset_size: int = 0
     """images in a webdataset (needed for epochs; 0 = count the shards once)"""
     val: str = ""
@@ -240,7 +256,8 @@ class DataConfig:
     transforms as the per-image pipeline, much faster for small images"""
     augment_device: str = "auto"
     """where images are decoded and augmented: 'cpu' (the loader workers), 'cuda' (workers read bytes; JPEG
-    decoding and the batched multi-crop run on the training GPU), 'auto' (cuda on a CUDA run, else cpu)"""
+    decoding and the batched multi-crop run on the training GPU; not yet measured on a GPU), 'auto' (cpu on
+    every device until the cuda path's GPU figures are measured)"""
     toy_size: int = 64
     toy_n_train: int = 0
     """toy images per split and class (0 = the generator's default)"""
@@ -250,12 +267,8 @@ class DataConfig:
     """extra keyword arguments for franca.data.toy.ensure_toy (difficulty knobs)"""
 
     def __post_init__(self) -> None:
-        _check(
-            self.kind in ("auto", "toy", "folder", "imagefolder", "webdataset"),
-            "data.kind",
-            self.kind,
-            "'auto', 'toy', 'folder', 'imagefolder' or 'webdataset'",
-        )
+        kinds = ("auto", "toy", *KIND_ALIASES, *SOURCE_KINDS)
+        _check(self.kind in kinds, "data.kind", self.kind, f"one of {', '.join(map(repr, kinds))}")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         _check(self.dataset_size >= 0, "data.dataset_size", self.dataset_size, ">= 0 (0: count the shards)")
         _check(self.toy_size >= 8, "data.toy_size", self.toy_size, ">= 8")
@@ -410,6 +423,11 @@ def _read_yaml(path: Path) -> Any:
         raise ValueError(
             f"config {path}: expected a mapping of config keys (e.g. `optim: {{base_lr: 1.0e-3}}`), "
             f"got a {type(node).__name__}"
+        )
+    if len(node) == 0:  # an empty file (or `{}`) silently meant the schema defaults, a ViT-S/14 on the toy set
+        raise ValueError(
+            f"config {path} is empty: give config keys (e.g. `_base_: tiny` and `optim: {{base_lr: 1.0e-3}}`), "
+            f"or a preset name ({', '.join(list_presets())})"
         )
     return node
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from franca.models.dinov3 import is_dinov3_state
+from franca.models.weights import read_backbone_state_dict
 from franca.train.config import FrancaTrainConfig, flatten, load_config
 from franca.utils.errors import UserError
 
@@ -36,12 +38,31 @@ def read_checkpoint_model(path: str | Path) -> tuple[Optional[dict[str, Any]], i
     """(saved config or None, patch size) of a training checkpoint, read memory-mapped."""
     from franca.train.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(path, mmap=True)
+    try:
+        ckpt = load_checkpoint(path, mmap=True)
+    except UserError:
+        if _holds_dinov3(path):
+            raise UserError(
+                f"{path} is a DINOv3 backbone (RoPE, no absolute position table): `franca highres` resizes a "
+                f"position table and continues Franca pretraining from a training checkpoint of this project, and "
+                f"a DINOv3 file has neither. Its RoPE needs no adaptation to a size: use it at any multiple of "
+                f"the patch size directly (e.g. franca features --weights {path} --size 512)"
+            ) from None
+        raise
     w = ckpt["teacher"].get("backbone.patch_embed.proj.weight")
     if w is None:
         raise UserError(f"{path}: the teacher has no backbone.patch_embed.proj.weight; not a ViT checkpoint")
     cfg = ckpt.get("config")
     return (dict(cfg) if isinstance(cfg, Mapping) else None), int(w.shape[-1])
+
+
+def _holds_dinov3(path: str | Path) -> bool:
+    """Whether a file that is not a training checkpoint holds a DINOv3 backbone."""
+    try:
+        state, extra = read_backbone_state_dict(path)
+    except (OSError, ValueError):
+        return False
+    return (extra.get("arch") or {}).get("family") == "dinov3" or is_dinov3_state(state)
 
 
 def stage_config(

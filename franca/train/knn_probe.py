@@ -1,7 +1,7 @@
 """End-of-run k-NN check: does the trained backbone classify the validation split better than at init?
 
 CLS features (`x_norm_clstoken`) of a labelled ImageFolder (train split as memory, val split as
-queries; read by `franca.data.datasets.ImageFolder`, extracted by `franca.eval.features.extract`),
+queries; opened by `franca.data.source.open_images` as class trees, extracted by `franca.eval.features.extract`),
 resized to the training's global crop size, then franca.eval.knn.knn_classify (cosine, T = 0.07,
 DINOv2 `dinov2/eval/knn.py`).
 """
@@ -16,6 +16,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from franca.data.source import open_images
+from franca.eval.features import extract
+from franca.eval.knn import knn_classify
+from franca.train.data import toy_root
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -23,11 +28,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def LabelledFolder(root: str | Path, size: int) -> Dataset:
-    """<root>/<class>/<image> → (tensor, class index), classes sorted by folder name
-    (`franca.data.datasets.ImageFolder`), resized and centre-cropped to `size`, ImageNet-normalised."""
+    """<root>/<class>/<image> → (tensor, class index), classes sorted by folder name (`franca.data.source.open_images`,
+    kind "classes"), resized and centre-cropped to `size`, ImageNet-normalised."""
     from torchvision.transforms import v2
-
-    from franca.data.datasets import ImageFolder
 
     if not Path(root).is_dir():
         raise FileNotFoundError(f"k-NN split folder {root} does not exist")
@@ -41,7 +44,7 @@ def LabelledFolder(root: str | Path, size: int) -> Dataset:
         ]
     )
     try:
-        return ImageFolder(root, transform=transform)
+        return open_images(root, kind="classes", transform=transform).dataset
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"no labelled images under {root}: {exc}") from None
 
@@ -51,8 +54,6 @@ def extract_cls(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CLS features and labels of `ds` in this process (`franca.eval.features.extract`, in `precision`);
     the backbone's train/eval mode is restored afterwards."""
-    from franca.eval.features import extract
-
     was_training = backbone.training
     try:
         out = extract(
@@ -72,7 +73,6 @@ class KnnProbe:
         self.k = k
 
     def __call__(self, backbone: nn.Module, device: torch.device, precision: str = "auto") -> dict[str, Any]:
-        from franca.eval.knn import knn_classify
 
         xb, yb = extract_cls(backbone, self.train, device, precision=precision)
         xq, yq = extract_cls(backbone, self.val, device, precision=precision)
@@ -89,8 +89,6 @@ def build_probe(cfg: Any) -> KnnProbe | None:
             train_root = str(Path(d.val).parent / "train")
         return KnnProbe(train_root, d.val, cfg.crops.global_crops_size, cfg.train.knn_k)
     if d.dataset == "toy" or d.kind == "toy":
-        from franca.train.data import toy_root
-
         root = toy_root(cfg) / "imagenet"
         return KnnProbe(root / "train", root / "val", cfg.crops.global_crops_size, cfg.train.knn_k)
     return None

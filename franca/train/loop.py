@@ -1,14 +1,17 @@
 """train(cfg): build -> parallelise -> resume -> iterate -> log -> checkpoint -> k-NN -> summary.
 
-One iteration: schedules at i -> teacher targets -> student forward -> losses -> backward ->
-per-submodule clipping -> AdamW step -> EMA teacher. Loss values stay on the device between log
-points (no host sync in the step); a non-finite loss is caught at the next log or checkpoint point
+One iteration: schedules at i -> the objective's targets (teacher side) -> student forward -> the
+objective's values -> total = Σ weight · value over its declared terms -> backward -> per-submodule
+clipping -> AdamW step -> EMA teacher. The loop never names a loss term: it sums, checks and logs
+whatever the objective (franca.train.objective) returns. Values stay on the device between log
+points (no host sync in the step); a non-finite value is caught at the next log or checkpoint point
 and stops the run with the last good checkpoint left in place (checkpoints are written only after
 that check). Follows DINOv2/Franca `train/train.py` in order of operations.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -23,6 +26,7 @@ import torch
 from franca.train import checkpoint as ckpt_io
 from franca.train import runfolder
 from franca.train.config import FrancaTrainConfig, dump_yaml, to_dict
+from franca.train.objective import ObjectivePart, PartContext, StepInputs
 from franca.train.schedules import Lengths, Schedules
 from franca.utils import distributed as dist_utils
 from franca.utils.errors import UserError, write_failed
@@ -61,16 +65,18 @@ class Trainer:
         synthetic_dataset_size: int | None = None,
         overwrite: bool = False,
         allow_config_change: Sequence[str] = (),
+        extra_parts: Sequence[ObjectivePart] = (),
     ) -> None:
         """`resume`: True (output_dir's checkpoint) or a checkpoint path; `overwrite`: replace the run in
         output_dir (its files stay until this run's first checkpoint); `allow_config_change`: config keys
         (or sections) --resume may change; `synthetic_dataset_size`: skip building the data loader
-        (benchmarks feed their own batches)."""
-        from franca.train.build import build_models
+        (benchmarks feed their own batches); `extra_parts`: objective parts added to those the config
+        builds (franca.train.objective)."""
+        from franca.train.build import build_models, build_objective
         from franca.train.data import build_pretrain_data
         from franca.train.distributed import compile_modules, fsdp_shard, sync_batchnorm, wrap_student
         from franca.train.optim import build_optimizer, build_param_groups
-        from franca.train.step import LossComputer, StudentForward, TeacherTargets
+        from franca.train.step import StudentForward
         from franca.utils.device import resolve_device, resolve_precision
         from franca.utils.seed import seed_all
 
@@ -118,6 +124,18 @@ class Trainer:
 
         self.lengths: Lengths = derive_lengths(cfg, dataset_size, self.world)
         self.schedules = Schedules(cfg, self.lengths)
+        # the objective's own modules start the same on every rank; the run's RNG streams are left as they were
+        cuda = self.device.type == "cuda"
+        index = self.device.index if self.device.index is not None else (torch.cuda.current_device() if cuda else 0)
+        with torch.random.fork_rng(devices=[index] if cuda else []):
+            torch.manual_seed(cfg.train.seed)
+            ctx = PartContext(self.student, self.teacher, self.device, self.lengths.total)
+            self.objective = build_objective(cfg, ctx, extra_parts)
+        for name, module in self.objective.modules.items():  # trained with the student, averaged into the teacher
+            if name in self.student:
+                raise ValueError(f"an objective part's module is named {name!r}, as a module of the student")
+            self.student[name] = module.to(self.device)
+            self.teacher[name] = copy.deepcopy(self.student[name]).requires_grad_(False)
         if self.world > 1:
             sync_batchnorm(self.student, self.device)
             sync_batchnorm(self.teacher, self.device)
@@ -130,35 +148,11 @@ class Trainer:
         # after sharding: FSDP2 replaces the parameters with sharded ones
         groups = build_param_groups(self.student, depth, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
         self.optimizer = build_optimizer(groups, cfg.optim.betas, cfg.optim.fused, self.device, cfg.optim.eps)
-        n_levels = self.student["dino_head"].n_levels
-        centers = None
-        if cfg.loss.centering == "centering":
-            from franca.losses.centering import SoftmaxCentering
-
-            centers = (
-                SoftmaxCentering(self.student["dino_head"].n_prototypes_per_level).to(self.device),
-                SoftmaxCentering(self.student["ibot_head"].n_prototypes_per_level).to(self.device),
-            )
-        implicit = cfg.loss.implicit_patch_targets
-        self.targets = TeacherTargets(
-            cfg.loss.centering,
-            cfg.loss.sinkhorn_iterations,
-            centers,
-            cfg.train.compile if implicit is None else implicit,
-            compiled_passes=cfg.train.compile,
-        )  # Sinkhorn / iBOT passes fused
-        self.losses = LossComputer(
-            n_levels,
-            cfg.loss.student_temp,
-            cfg.dino.loss_weight,
-            cfg.ibot.head.loss_weight,
-            cfg.loss.koleo_weight,
-            cfg.loss.koleo_scope,
-        )
+        forward = StudentForward.of(self.student, outputs=self.objective.needs)
+        # a head that may go unused in a step: no masked token drawn, or no term reads its outputs
         may_skip = cfg.ibot.mask_sample_probability * 2 * cfg.train.batch_size_per_gpu < 1
-        self.student_forward = wrap_student(
-            StudentForward(**self.student), cfg.train.parallel, self.device, self.world, may_skip
-        )
+        may_skip = may_skip or not (forward.run_dino_head and forward.run_ibot_head)
+        self.student_forward = wrap_student(forward, cfg.train.parallel, self.device, self.world, may_skip)
         from franca.train.ema import teacher_student_pairs
 
         self.ema_pairs = [teacher_student_pairs(self.teacher[k], self.student[k]) for k in self.student]
@@ -178,10 +172,7 @@ class Trainer:
                 raise UserError(
                     f"{self.resume_path}: its optimizer state does not fit this run's parameter groups ({exc})"
                 ) from exc
-        centers = self.targets.centers
-        if centers is not None and "centers" in ckpt.get("extra", {}):
-            for c, sd in zip(centers, ckpt["extra"]["centers"]):
-                c.load_state_dict(sd)
+        self.objective.load_state_dict(ckpt.get("objective"))
         rng = ckpt.get("rng", {}).get(f"rank{self.rank}")
         if rng is not None:
             ckpt_io.set_rng_state(rng)
@@ -202,11 +193,9 @@ class Trainer:
 
     def save(self, elapsed: float) -> None:
         """Write the consolidated checkpoint (rank 0 writes; every rank contributes its RNG state)."""
-        rng = {f"rank{self.rank}": ckpt_io.rng_state()}
-        if self.world > 1:
-            gathered: list[Any] = [None] * self.world
-            torch.distributed.all_gather_object(gathered, rng)
-            rng = {k: v for g in gathered for k, v in g.items()}
+        rng = {
+            k: v for g in dist_utils.all_gather_objects({f"rank{self.rank}": ckpt_io.rng_state()}) for k, v in g.items()
+        }
         student = ckpt_io.prefixed_state_dict(self.student)
         teacher = ckpt_io.prefixed_state_dict(self.teacher)
         optim_state = self._optimizer_state()
@@ -218,20 +207,19 @@ class Trainer:
             "elapsed": elapsed,
             "world_size": self.world,
         }
-        if self.targets.centers is not None:
-            extra["centers"] = [c.state_dict() for c in self.targets.centers]
-        ckpt_io.save_checkpoint(
-            self.ckpt_path,
-            {
-                "teacher": teacher,
-                "student": student,
-                "optimizer": optim_state,
-                "iteration": self.state.iteration,
-                "config": to_dict(self.cfg),
-                "rng": rng,
-                "extra": extra,
-            },
-        )
+        payload = {
+            "teacher": teacher,
+            "student": student,
+            "optimizer": optim_state,
+            "iteration": self.state.iteration,
+            "config": to_dict(self.cfg),
+            "rng": rng,
+            "extra": extra,
+        }
+        objective_state = self.objective.state_dict()
+        if objective_state:  # only parts that carry state (centering, a Gram teacher): none by default
+            payload["objective"] = objective_state
+        ckpt_io.save_checkpoint(self.ckpt_path, payload)
 
     def _optimizer_state(self) -> dict[str, Any]:
         if self.world > 1 and self.cfg.train.parallel == "fsdp":
@@ -245,18 +233,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def step(self, batch: dict[str, Any], i: int) -> dict[str, torch.Tensor]:
-        """One optimisation step at iteration i; returns the loss dict (device tensors)."""
+        """One optimisation step at iteration i; returns `total`, the objective's values and the gradient
+        norms (device tensors)."""
         from franca.train.ema import update_ema
         from franca.train.optim import apply_schedule, clip_gradients
         from franca.utils.device import autocast_context
 
         v = self.schedules.at(i)
         apply_schedule(self.optimizer, v)
+        step = StepInputs(batch=batch, iteration=i, schedule=v)
         with autocast_context(self.device, self.precision):
-            teacher_out = self.targets(self.teacher, batch, v.teacher_temp)
+            targets = self.objective.targets(step)
             student_out = self.student_forward(batch)
-            losses = self.losses(student_out, teacher_out, batch)
-        losses["total"].backward()
+            values = self.objective(student=student_out, targets=targets, step=step)
+        total = self.objective.total(values)
+        total.backward()
         norms = clip_gradients(self.student, self.cfg.optim.clip_grad)
         try:
             self.optimizer.step()
@@ -269,10 +260,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for t_params, s_params in self.ema_pairs:
             update_ema(t_params, s_params, v.momentum)
-        losses["teacher_entropy"] = teacher_out.cls_entropy
+        out = {"total": total, **values}
         for k, n in norms.items():
-            losses[f"grad_norm_{k}"] = n
-        return losses
+            out[f"grad_norm_{k}"] = n
+        return out
 
     # ------------------------------------------------------------------ the run
     def knn(self, which: str) -> Optional[dict]:
@@ -326,6 +317,7 @@ class Trainer:
                 if st.iteration % cfg.train.log_period == 0 or end or limit:
                     row = {k: float(v) / n_acc for k, v in acc.items()}
                     self._check_finite(row, i, last_good)
+                    terms = {k: row[k] for k in ("total", *(t.name for t in self.objective.terms))}
                     v = self.schedules.at(i)
                     row.update(
                         lr=v.lr,
@@ -336,7 +328,7 @@ class Trainer:
                         epoch=st.iteration / self.lengths.iterations_per_epoch,
                     )
                     metrics.log(i, row)
-                    self._update_bar(bar, row, n_acc)
+                    self._update_bar(bar, {**terms, "lr": v.lr}, n_acc)
                     acc, n_acc = {}, 0
                 if st.iteration % cfg.train.checkpoint_period == 0 or end or limit:
                     if acc:
@@ -379,10 +371,11 @@ class Trainer:
         log.info("--overwrite: first checkpoint written; any earlier run in %s is now replaced", self.out_dir)
 
     def _check_finite(self, row: dict[str, float], i: int, last_good: Optional[int]) -> None:
-        keys = ("total", "dino_global", "dino_local", "ibot", "koleo")
-        bad = [k for k in row if (k in keys or k.startswith("grad_norm_")) and not math.isfinite(row[k])]
+        """NonFiniteLossError naming every non-finite value the step returned (the total, every value of the
+        objective, the gradient norms)."""
+        bad = [k for k in row if not math.isfinite(row[k])]
         if bad:
-            what = "loss" if any(k in keys for k in bad) else "gradient norm"
+            what = "gradient norm" if all(k.startswith("grad_norm_") for k in bad) else "loss"
             raise NonFiniteLossError(
                 f"{what} became non-finite ({', '.join(f'{k}={row[k]}' for k in bad)}) at or before iteration {i}; "
                 f"stopping; {self._last_good(last_good)}. Lower optim.base_lr or check the data."
@@ -433,18 +426,23 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=self.state.iteration, desc="pretrain", unit="it", dynamic_ncols=True)
+        limit = self.cfg.train.max_minutes
+        desc = f"pretrain (stops at {limit:g} min)" if limit > 0 else "pretrain"
+        bar = tqdm(total=total, initial=self.state.iteration, desc=desc, unit="it", dynamic_ncols=True)
+        bar.planned_total, bar.time_limit_s = total, limit * 60.0  # what _update_bar fits the total to
+        return bar
 
     @staticmethod
     def _update_bar(bar: Any, row: dict[str, float], n: int) -> None:
+        """Postfix: the total, each declared term (as `row` gives them, in order), the lr."""
         if bar is None:
             return
-        levels = "/".join(f"{row[k]:.2f}" for k in sorted(row) if k.startswith("dino_l") and k[6:].isdigit())
-        bar.set_postfix_str(
-            f"loss {row['total']:.3f} dino {row['dino_global'] + row['dino_local']:.3f} "
-            f"[{levels}] ibot {row['ibot']:.3f} koleo {row['koleo']:.3f} lr {row['lr']:.2e}",
-            refresh=False,
-        )
+        if getattr(bar, "time_limit_s", 0) > 0:  # the time limit ends the run first: total and ETA say so
+            bar.total = time_limited_total(
+                bar.n + n, bar.initial, bar.planned_total, time.time() - bar.start_t, bar.time_limit_s
+            )
+        lr = row.pop("lr")
+        bar.set_postfix_str(" ".join(f"{k} {v:.3f}" for k, v in row.items()) + f" lr {lr:.2e}", refresh=False)
         bar.update(n)
 
     def _summary(self, wall: float, knn_final: Optional[dict], stop_reason: str) -> dict[str, Any]:
@@ -473,17 +471,29 @@ class Trainer:
         return s
 
 
+def time_limited_total(done: int, start: int, planned: int, elapsed_s: float, limit_s: float) -> int:
+    """The iteration the run will stop at: `planned`, or fewer when the time limit comes first at the rate so
+    far (iterations `start`…`done` took `elapsed_s`; the step that ends past the limit is the last one).
+    The pretraining bar shows it as its total, so its ETA is the time-limited remainder."""
+    if limit_s <= 0 or elapsed_s <= 0 or done <= start:
+        return planned
+    rate = (done - start) / elapsed_s
+    return min(planned, done + math.ceil(rate * max(0.0, limit_s - elapsed_s)))
+
+
 def train(
     cfg: FrancaTrainConfig,
     resume: bool | str = False,
     quiet: bool = False,
     overwrite: bool = False,
     allow_config_change: Sequence[str] = (),
+    extra_parts: Sequence[ObjectivePart] = (),
 ) -> dict[str, Any]:
     """Run pretraining for `cfg`; returns the run summary (also written to <output_dir>/summary.json).
 
     The output folder is locked for the run (one run per folder); a folder that holds a run needs
-    `resume` (continue it) or `overwrite` (replace it)."""
+    `resume` (continue it) or `overwrite` (replace it). `extra_parts`: objective parts added to those the
+    config builds (franca.train.objective)."""
     from franca.train.runlock import RunLock
 
     out_dir = Path(cfg.train.output_dir)
@@ -494,7 +504,12 @@ def train(
                 log.warning("removed %s, the partial checkpoint of a run killed while saving", p)
         try:
             trainer = Trainer(
-                cfg, resume=resume, quiet=quiet, overwrite=overwrite, allow_config_change=allow_config_change
+                cfg,
+                resume=resume,
+                quiet=quiet,
+                overwrite=overwrite,
+                allow_config_change=allow_config_change,
+                extra_parts=extra_parts,
             )
             return trainer.run()
         finally:

@@ -52,9 +52,15 @@ class MetricsLogger:
             self.tb = SummaryWriter(str(out_dir / "tensorboard"))
         except Exception:  # tensorboard is optional  # noqa: BLE001
             self.tb = None
+        where = (
+            f"{self.path} (hidden while --overwrite keeps the old run's {METRICS_NAME}; it becomes "
+            f"{self.final_path} at this run's first checkpoint)"
+            if pending
+            else str(self.path)
+        )
         log.info(
             "metrics: %s; %s",
-            self.path,
+            where,
             f"TensorBoard: tensorboard --logdir {out_dir / 'tensorboard'}"
             if self.tb is not None
             else "TensorBoard off (pip install tensorboard to turn it on)",

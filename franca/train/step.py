@@ -1,11 +1,12 @@
 """One Franca training step as named stages (released Franca `franca/train/ssl_meta_arch.py`;
 docs/training.md "What the step does").
 
-    teacher_targets(teacher, batch, temp)   teacher backbone on the 2 global crops -> dino/ibot heads
-                                            -> Sinkhorn-Knopp (or centering) per Matryoshka level
-    StudentForward(batch)                   student backbone on globals (masked) and locals: one
-                                            backbone call per crop size -> heads per level
-    compute_losses(...)                     FrancaLoss (DINO + iBOT per level) + KoLeo
+    Objective.targets(step)     each part's teacher side, no gradient; for Franca (`FrancaObjective`):
+                                `TeacherTargets`, the teacher backbone on the 2 global crops -> dino/ibot
+                                heads -> Sinkhorn-Knopp (or centering) per Matryoshka level
+    StudentForward(batch)       student backbone on globals (masked) and locals: one backbone call per
+                                crop size -> the heads the objective's terms need
+    Objective(student=…)        each part's values; for Franca: FrancaLoss (DINO + iBOT per level + KoLeo)
 
 The student stages form one nn.Module (`StudentForward`) so DDP/FSDP can wrap it and reduce
 gradients during backward. Nothing here moves data between devices or syncs with the host.
@@ -22,8 +23,8 @@ from torch import nn
 
 from franca.losses.franca_loss import FrancaLoss
 from franca.losses.implicit_targets import sinkhorn_targets
-from franca.losses.koleo import koleo_loss
 from franca.losses.sinkhorn import sinkhorn_knopp
+from franca.train.objective import StepInputs, StudentOutput, Term
 from franca.utils.distributed import is_dist
 
 
@@ -39,31 +40,27 @@ class TeacherOutput:
     """mean row entropy of the finest level's CLS targets (nats): near log K means near-uniform"""
 
 
-@dataclass
-class StudentOutput:
-    global_cls: list[torch.Tensor]
-    local_cls: Optional[list[torch.Tensor]]
-    masked_patches: Optional[list[torch.Tensor]]
-    global_backbone_cls: torch.Tensor
-
-
 class TeacherTargets:
     """Teacher targets per level; holds the (optional) centering state.
 
     `compiled_passes`: the implicit iBOT targets (and the loss on them) run as compiled kernels, for
-    this instance only (a Trainer with `train.compile`)."""
+    this instance only (a Trainer with `train.compile`). `sinkhorn_method`: "scaling" or "log"
+    (`franca.losses.sinkhorn.sinkhorn_knopp`'s `method`, the same function)."""
 
     def __init__(
         self,
+        *,
         centering: str,
         sinkhorn_iterations: int = 3,
         centers: Optional[tuple[nn.Module, nn.Module]] = None,
         implicit_patch_targets: bool = False,
         compiled_passes: bool = False,
+        sinkhorn_method: str = "scaling",
     ) -> None:
         self.centering, self.n_iter, self.centers = centering, sinkhorn_iterations, centers
         self.implicit = implicit_patch_targets
         self.compiled_passes = compiled_passes
+        self.sinkhorn_method = sinkhorn_method
 
     def _targets(self, logits: list[torch.Tensor], temp: float, which: int) -> list[torch.Tensor]:
         if self.centering == "sinkhorn_knopp":
@@ -71,7 +68,7 @@ class TeacherTargets:
                 return [
                     sinkhorn_targets(t, temp, n_iterations=self.n_iter, compiled=self.compiled_passes) for t in logits
                 ]  # type: ignore[misc]
-            return [sinkhorn_knopp(t, temp, n_iterations=self.n_iter) for t in logits]
+            return [sinkhorn_knopp(t, temp, n_iterations=self.n_iter, method=self.sinkhorn_method) for t in logits]
         assert self.centers is not None
         center = self.centers[which]
         out = center.targets(logits, temp)
@@ -100,11 +97,33 @@ class StudentForward(nn.Module):
 
     Global crops (with masks) and local crops run as one backbone call each (the list form of
     forward_features); heads run once on all CLS tokens of a crop size and once on the masked tokens.
+    `outputs`: the StudentOutput fields the objective's terms read (default: all); a head whose outputs no
+    term reads is not run. `extra`: trainable modules of the objective (`ObjectivePart.modules`), held
+    here so that DDP reduces their gradients with the rest of the student; the parts call them.
     """
 
-    def __init__(self, backbone: nn.Module, dino_head: nn.Module, ibot_head: nn.Module) -> None:
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        dino_head: nn.Module,
+        ibot_head: nn.Module,
+        outputs: Optional[frozenset[str]] = None,
+        extra: Optional[dict[str, nn.Module]] = None,
+    ) -> None:
         super().__init__()
         self.backbone, self.dino_head, self.ibot_head = backbone, dino_head, ibot_head
+        self.extra = nn.ModuleDict(extra or {})
+        self.run_dino_head = outputs is None or bool({"global_cls", "local_cls"} & outputs)
+        self.run_ibot_head = outputs is None or "masked_patches" in outputs
+
+    @classmethod
+    def of(cls, student: dict[str, nn.Module], outputs: Optional[frozenset[str]] = None) -> StudentForward:
+        """From the run's student dict: backbone and heads, every further module (the objective's) as `extra`."""
+        own = ("backbone", "dino_head", "ibot_head")
+        return cls(
+            **{k: student[k] for k in own}, outputs=outputs, extra={k: m for k, m in student.items() if k not in own}
+        )
 
     def forward(self, batch: dict[str, Any]) -> StudentOutput:
         g, loc = batch["global_crops"], batch.get("local_crops")
@@ -114,78 +133,78 @@ class StudentForward(nn.Module):
         feats = self.backbone.forward_features(inputs, [masks, None] if has_local else [masks])
         gcls = feats[0]["x_norm_clstoken"]
         n_g = gcls.shape[0]
-        if has_local:
+        global_cls: Optional[list[torch.Tensor]] = None
+        local_cls: Optional[list[torch.Tensor]] = None
+        if self.run_dino_head and has_local:
             # One head call for all CLS tokens (global and local), then split.
             cls_all = torch.cat([gcls, feats[1]["x_norm_clstoken"]], dim=0)
             logits = self.dino_head(cls_all)
             global_cls = [t[:n_g] for t in logits]
-            local_cls: Optional[list[torch.Tensor]] = [t[n_g:] for t in logits]
-        else:
-            global_cls, local_cls = self.dino_head(gcls), None
+            local_cls = [t[n_g:] for t in logits]
+        elif self.run_dino_head:
+            global_cls = self.dino_head(gcls)
         masked = None
         idx = batch.get("mask_indices")
-        if idx is not None and idx.numel() > 0:
+        if self.run_ibot_head and idx is not None and idx.numel() > 0:
             patches = feats[0]["x_norm_patchtokens"].flatten(0, 1).index_select(0, idx)
             masked = self.ibot_head(patches)
-        return StudentOutput(global_cls, local_cls, masked, gcls)
-
-
-class LossComputer:
-    """FrancaLoss (DINO + iBOT over levels) plus KoLeo per process or per group (see `koleo_group`)."""
-
-    def __init__(
-        self,
-        n_levels: int,
-        student_temp: float,
-        dino_weight: float,
-        ibot_weight: float,
-        koleo_weight: float,
-        koleo_scope: str = "local",
-        koleo_group: int = 0,
-    ) -> None:
-        self.franca = FrancaLoss(
-            n_levels=n_levels,
-            student_temp=student_temp,
-            dino_weight=dino_weight,
-            ibot_weight=ibot_weight,
-            koleo_weight=0.0,
+        return StudentOutput(
+            global_cls=global_cls,
+            local_cls=local_cls,
+            masked_patches=masked,
+            global_backbone_cls=gcls,
+            global_patch_tokens=feats[0]["x_norm_patchtokens"],
         )
-        self.koleo_weight, self.koleo_scope, self.koleo_group = koleo_weight, koleo_scope, koleo_group
 
-    def koleo(self, global_backbone_cls: torch.Tensor) -> torch.Tensor:
-        """Sum over the 2 global crops of KoLeo on that crop's CLS tokens.
 
-        'local' (the reference): neighbours within this process's batch. `koleo_group` > 0 splits each
-        crop's rows into groups of that size and averages their KoLeo: a single process with group
-        B/W computes what W processes of B/W images each compute (used by the distributed test).
-        'global': neighbours among every process's rows (gathered copies carry no gradient).
-        """
-        B = global_backbone_cls.shape[0] // 2
-        total = global_backbone_cls.new_zeros((), dtype=torch.float32)
-        for c in range(2):
-            x = global_backbone_cls[c * B : (c + 1) * B]
-            if self.koleo_scope == "global":
-                total = total + koleo_loss(x, global_batch=True)
-                continue
-            size = self.koleo_group if 0 < self.koleo_group < B else B
-            parts = [koleo_loss(x[i : i + size]) for i in range(0, B, size)]
-            total = total + torch.stack(parts).mean()
-        return total
+class FrancaObjective:
+    """The Franca objective as one part: the EMA teacher's targets (`TeacherTargets`) and `FrancaLoss`.
 
-    def __call__(
-        self, student: StudentOutput, teacher: TeacherOutput, batch: dict[str, Any]
-    ) -> dict[str, torch.Tensor]:
-        has_patches = student.masked_patches is not None and teacher.patch_targets is not None
-        out = self.franca(
-            student.global_cls,
-            teacher.cls_targets,
-            student.local_cls,
-            student.masked_patches if has_patches else None,
-            teacher.patch_targets if has_patches else None,
-            batch.get("masks_weight") if has_patches else None,
+    Terms: dino (w_dino), ibot (w_ibot), koleo (w_koleo), summed by the loop into FrancaLoss's documented
+    `total`. Also logs dino_global, dino_local, the per-level dino_l{i} / ibot_l{i} and teacher_entropy
+    (mean row entropy of the finest level's CLS targets). `teacher` is the run's teacher dict, read at
+    each step (the loop updates it in place). A distillation run can give a frozen headed teacher instead.
+    """
+
+    name = "franca"
+
+    def __init__(self, *, teacher: dict[str, nn.Module], teacher_targets: TeacherTargets, loss: FrancaLoss) -> None:
+        self.teacher, self.teacher_targets, self.loss = teacher, teacher_targets, loss
+        self.terms = (
+            Term("dino", loss.dino_weight, ("global_cls", "local_cls")),
+            Term("ibot", loss.ibot_weight, ("masked_patches",)),
+            Term("koleo", loss.koleo_weight, ("global_backbone_cls",)),
         )
-        if self.koleo_weight:
-            k = self.koleo(student.global_backbone_cls)
-            out["koleo"] = k
-            out["total"] = out["total"] + self.koleo_weight * k
+        self.modules: dict[str, nn.Module] = {}
+
+    def targets(self, step: StepInputs) -> TeacherOutput:
+        return self.teacher_targets(self.teacher, step.batch, step.schedule.teacher_temp)
+
+    def __call__(self, *, student: StudentOutput, targets: TeacherOutput, step: StepInputs) -> dict[str, torch.Tensor]:
+        has_patches = student.masked_patches is not None and targets.patch_targets is not None
+        assert student.global_cls is not None
+        out = self.loss(
+            student_global_cls=student.global_cls,
+            teacher_global_targets=targets.cls_targets,
+            student_local_cls=student.local_cls,
+            student_masked_patches=student.masked_patches if has_patches else None,
+            teacher_masked_targets=targets.patch_targets if has_patches else None,
+            masks_weight=step.batch.get("masks_weight") if has_patches else None,
+            student_global_backbone_cls=student.global_backbone_cls,
+        )
+        del out["total"]  # the loop's sum over the declared terms: the same expression, in the same order
+        out["teacher_entropy"] = targets.cls_entropy
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        centers = self.teacher_targets.centers
+        return {} if centers is None else {"centers": [c.state_dict() for c in centers]}
+
+    def load_state_dict(self, state: Optional[dict[str, Any]]) -> None:
+        centers = self.teacher_targets.centers
+        if centers is None:
+            return
+        if not state or "centers" not in state:
+            raise KeyError("the checkpoint holds no centering state (loss.centering=centering) to resume from")
+        for c, sd in zip(centers, state["centers"], strict=True):
+            c.load_state_dict(sd)

@@ -6,6 +6,7 @@ Only this module starts a process group or issues collectives: NCCL on CUDA, glo
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -84,6 +85,15 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(world_size())]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """[the object of rank 0, of rank 1, …] (picklable objects, e.g. RNG states); [obj] without a group."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from franca.data.images import open_image
 from franca.models.preprocess import transforms as preprocess
 from franca.models.preprocess import unnormalise
 from franca.utils.device import autocast_context, resolve_precision
-from franca.viz.common import colormap, image_label, open_rgb, save_figure, to_uint8
+from franca.viz.common import colormap, image_label, model_title, save_figure, to_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,7 +105,7 @@ def attention_figure(
     model = model.to(device).eval()
     prec = resolve_precision(precision, device)
     for i, im in enumerate(bar(images, desc="attention", unit="img", disable=not progress)):
-        x = preprocess(model, size)(open_rgb(im))  # franca.transforms: the one preprocessing
+        x = preprocess(model, size)(open_image(im))  # franca.transforms: the one preprocessing
         x01 = unnormalise(x, model)
         maps = cls_attention(model, x[None].to(device), prec)[0].cpu()
         mask = threshold_mass(maps, threshold) if threshold else None
@@ -122,7 +123,7 @@ def attention_figure(
         groups,
         labels,
         out,
-        title=f"CLS attention of the last block — {label or 'backbone'}",
+        title=f"CLS attention of the last block — {label or model_title(model)}",
         subtitle=sub,
         colorbar=("inferno", "attention (0 = head's min, 1 = max)"),
         panel_size=panel_size,

@@ -16,44 +16,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from franca.data.images import open_image
+from franca.data.source import open_images
+from franca.data.toy import builtin_toy
 
 
-def list_images(paths: Sequence[str | Path] | None, limit: int | None = None) -> list[Path]:
-    """Image files from files and folders (searched recursively, sorted); default: the built-in toy val set."""
+def figure_images(paths: Sequence[str | Path] | None, limit: int | None = None) -> list[Path]:
+    """The images a figure draws: files as given and folders searched recursively
+    (`franca.data.source.open_images`, kind "files": the one suffix list), the first `limit`; default: the
+    built-in toy val set."""
     if not paths:
-        from franca.data.toy import builtin_toy
-
         root = Path(builtin_toy())
         paths = [root / "imagenet" / "val"] if (root / "imagenet" / "val").is_dir() else [root]
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():  # the one listing of the project: links followed once
-            from franca.data.images import list_images as list_folder
-
-            out.extend(list_folder(p, tuple(IMAGE_SUFFIXES)))
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"image or folder not found: {p}")
-    if not out:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {[str(p) for p in paths]}")
-    return out[:limit] if limit else out
-
-
-def open_rgb(path_or_image: Any):
-    """A PIL RGB image from a path (`franca.data.images.open_image`: bombs refused, 16-bit and float
-    images scaled, EXIF orientation applied) or a PIL image."""
-    if isinstance(path_or_image, (str, Path)):
-        from franca.data.images import open_image
-
-        return open_image(path_or_image)
-    return path_or_image.convert("RGB")
+    files = open_images(list(paths), kind="files").files
+    return files[:limit] if limit else files
 
 
 def resize_center_crop(image: Any, resize: int, crop: int) -> Tensor:
     """PIL → (3, crop, crop) float in [0, 1]: shorter side to ``resize`` (bicubic), then centre crop."""
-    x = torch.from_numpy(np.asarray(open_rgb(image), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = torch.from_numpy(np.asarray(open_image(image), dtype=np.float32) / 255.0).permute(2, 0, 1)
     h, w = x.shape[-2:]
     s = resize / min(h, w)
     nh, nw = max(crop, round(h * s)), max(crop, round(w * s))
@@ -144,6 +125,27 @@ def _wrap(text: str, width_px: int, char_px: float) -> list[str]:
 def image_label(image: Any, i: int) -> str:
     """A panel label for an image given as a path (its file name) or an object (``image i``)."""
     return Path(image).name if isinstance(image, (str, Path)) else f"image {i + 1}"
+
+
+def backbone_name(model: Any) -> str:
+    """The model a backbone is, for titles: its size name (what a weights file defined, e.g. ``vitt8``),
+    a timm model's name, else its shape (``ViT 128-d/8, 4 blocks``)."""
+    name = getattr(model, "size_name", None) or getattr(model, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    depth = getattr(model, "n_blocks", None)
+    return f"ViT {getattr(model, 'embed_dim', '?')}-d/{getattr(model, 'patch_size', '?')}" + (
+        f", {depth} blocks" if depth else ""
+    )
+
+
+def model_title(model: Any) -> str:
+    """'vitt8, weights checkpoint.pth' / 'vitt8, random init' from a loaded backbone, for a figure whose
+    caller gave no label."""
+    label = getattr(model, "weights_label", None)
+    if not label:
+        return backbone_name(model)
+    return f"{backbone_name(model)}, {label}" if label == "random init" else f"{backbone_name(model)}, weights {label}"
 
 
 @dataclass

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from franca.data.images import open_image
 from franca.models.preprocess import transforms as preprocess
 from franca.utils.device import autocast_context, resolve_precision
-from franca.viz.common import open_rgb
 
 
 @torch.no_grad()
@@ -56,7 +56,7 @@ def layerwise_max_norm(
     prec = resolve_precision(precision, device)
     rows = []
     for i in tqdm(range(0, len(images), batch_size), desc="token norms", unit="batch", disable=not progress):
-        x = torch.stack([tf(open_rgb(im)) for im in images[i : i + batch_size]])
+        x = torch.stack([tf(open_image(im)) for im in images[i : i + batch_size]])
         rows.append(max_token_norms(model, x.to(device), prec).cpu())
     if not rows:
         raise ValueError("no images to measure token norms on")

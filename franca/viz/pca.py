@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from franca.data.images import open_image
 from franca.models.preprocess import transforms as preprocess
 from franca.models.preprocess import unnormalise
 from franca.utils.device import autocast_context, resolve_precision
-from franca.viz.common import image_label, open_rgb, save_figure, to_uint8
+from franca.viz.common import image_label, model_title, save_figure, to_uint8
 
 
 def pca_project(x: Tensor, k: int = 3) -> Tensor:
@@ -112,7 +113,7 @@ def pca_figure(
     model = model.to(device).eval()
     prec = resolve_precision(precision, device)
     tf = preprocess(model, size)  # franca.transforms: the one preprocessing
-    xs = torch.stack([tf(open_rgb(im)) for im in images])
+    xs = torch.stack([tf(open_image(im)) for im in images])
     crops = unnormalise(xs, model)
     key = "patch_token_rasa" if use_rasa else "x_norm_patchtokens"
     chunks = []
@@ -134,7 +135,12 @@ def pca_figure(
     if fg_threshold is not None:
         sub += f"; black = background (1st component < {fg_threshold:g})"
     path, lay = save_figure(
-        groups, labels, out, title=f"PCA of patch features — {label or 'backbone'}", subtitle=sub, panel_size=panel_size
+        groups,
+        labels,
+        out,
+        title=f"PCA of patch features — {label or model_title(model)}",
+        subtitle=sub,
+        panel_size=panel_size,
     )
     return {
         "path": str(path),

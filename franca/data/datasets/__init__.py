@@ -7,11 +7,13 @@ out data set raises FileNotFoundError naming the file or folder expected; a corr
 `ImageFiles(on_unreadable=…)` replaces ("replace"), yields None ("skip", dropped and counted by
 `SkipNoneCollate`) or marks ("mark": zeros, index -1); `UnlabelledImageFolder` and webdataset
 shards skip (see `folder`). Shards are local tar files read by `shards` (no `webdataset` package).
+`franca.data.source.open_images` opens the unlabelled ones, class trees and shards by kind.
 
 | reader                                  | module       | item                                  |
 |-----------------------------------------|--------------|---------------------------------------|
 | ImageFolder, ImageNet                   | folder       | (image, class index)                  |
 | UnlabelledImageFolder, WebDatasetShards | folder, wds  | image or None (unreadable: skipped)   |
+| ShardSamples (pretraining's stream)     | wds          | pretraining sample (franca.data.samples) |
 | VOCSegmentation, ADE20K, COCOThings     | voc, ade20k, coco | (image, int64 mask): one reader per layout |
 | build_segmentation (SegmentationSet)    | segmentation | those readers, raw: (PIL image, int64 np mask) |
 | ImageMaskPairs, load_label_png, raw_pair | pairs       | their base, mask rule, pass-through transform |
@@ -34,14 +36,13 @@ from franca.data.datasets.folder import (
     ImageNet,
     SkipNoneCollate,
     UnlabelledImageFolder,
-    load_rgb,
 )
 from franca.data.datasets.nyu import NYUv2Arrays, NYUv2Depth, NYUv2Labeled
 from franca.data.datasets.pairs import ImageMaskPairs
 from franca.data.datasets.segmentation import SegmentationSet, build_segmentation
 from franca.data.datasets.spair import SPair71k
 from franca.data.datasets.voc import VOC_CLASSES, VOCSegmentation
-from franca.data.datasets.wds import WebDatasetShards
+from franca.data.datasets.wds import ShardSamples, WebDatasetShards
 
 __all__ = [
     "ADE20K",
@@ -59,6 +60,7 @@ __all__ = [
     "NYUv2Labeled",
     "SPair71k",
     "SegmentationSet",
+    "ShardSamples",
     "SkipNoneCollate",
     "UnlabelledImageFolder",
     "VOCSegmentation",
@@ -66,5 +68,4 @@ __all__ = [
     "WebDatasetShards",
     "build_segmentation",
     "finegrained_dataset",
-    "load_rgb",
 ]

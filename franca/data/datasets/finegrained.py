@@ -32,7 +32,8 @@ from typing import Any
 
 from torch.utils.data import ConcatDataset, Dataset
 
-from franca.data.datasets.folder import load_rgb, require_dir, require_file
+from franca.data.datasets.folder import require_dir, require_file
+from franca.data.images import open_image
 
 FINEGRAINED_SETS = (
     "food101",
@@ -103,7 +104,7 @@ class CUB200(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         path, target = self.samples[i]
-        img = load_rgb(path)
+        img = open_image(path, exif=False)
         return (self.transform(img) if self.transform is not None else img), target
 
 

@@ -1,4 +1,4 @@
-"""Image-folder readers: ImageNet-1k/21k class folders, any ImageFolder, and unlabelled folders.
+"""Image-folder readers: ImageNet-1k/21k class folders, any ImageFolder, and unlabelled files.
 
 - `ImageFolder(root)`: `root/<class>/**/<image>`; class index = position of the folder name
   in sorted order (torchvision's rule, also DINOv2's for ImageNet wnids).
@@ -6,13 +6,13 @@
   ("wnid,name" lines, optional) giving `class_names`. ImageNet-21k extracted into one folder
   per wnid is `ImageNet(root, split=None)`.
 - `ImageFiles(files, transform, on_unreadable)`: the one unlabelled reader, over a list of image files,
-  with one policy for unreadable files: "replace" (a random readable file takes the slot, RASA),
-  "skip" (None, dropped by `SkipNoneCollate`) or "mark" (zeros and index -1, `franca features`).
-  Pretraining (`franca.train.data.FolderImages`) replaces by the same routine
-  (`franca.data.images.read_or_replace`).
+  with one policy for unreadable files: "replace" (a random readable file takes the slot: RASA, and
+  pretraining, whose items are samples), "skip" (None, dropped by `SkipNoneCollate`) or "mark" (zeros and
+  index -1, `franca features`).
 - `UnlabelledImageFolder(root)`: `ImageFiles` over every image file below `root` (recursive, sorted),
   with the "skip" policy.
-All of them decode with `load_rgb(path, exif=True)` (`franca.data.images.open_image`).
+All of them decode with `franca.data.images.open_image` (EXIF orientation applied: no pixel annotations).
+`franca.data.source.open_images` opens them by kind (folder, class tree, file list).
 
 Corrupt images in unlabelled folders (the skip-and-count mechanism):
     `UnlabelledImageFolder.__getitem__` (any `ImageFiles` with "skip") returns **None** for a file that
@@ -48,6 +48,7 @@ from franca.data.images import (
     read_or_replace,
     warn_skipped,
 )
+from franca.data.samples import make_sample
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -58,24 +59,13 @@ __all__ = [
     "ImageNet",
     "SkipNoneCollate",
     "UnlabelledImageFolder",
-    "image_folder_splits",
     "list_images",
-    "load_rgb",
     "read_labels_txt",
     "require_dir",
     "require_file",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def load_rgb(path: str | os.PathLike, exif: bool = False) -> Image.Image:
-    """Open an image as 8-bit RGB, fully decoded (`franca.data.images.open_image`): a missing file
-    raises FileNotFoundError, a corrupt one or a decompression bomb CorruptImageError, naming the path.
-
-    The stored orientation is kept by default (EXIF ignored): masks, depth maps and keypoints are
-    annotated on the stored pixels. Readers without pixel annotations pass `exif=True`."""
-    return open_image(path, exif=exif)
 
 
 def require_dir(path: str | os.PathLike, what: str) -> Path:
@@ -102,7 +92,10 @@ class ImageFolder(Dataset):
         transform: Callable | None = None,
         target_transform: Callable | None = None,
         extensions: Sequence[str] | None = IMAGE_EXTENSIONS,
+        *,
+        read: Callable[[Path], Image.Image] = open_image,
     ):
+        self.read = read
         self.root = require_dir(root, "image folder (one sub-folder per class)")
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not self.classes:
@@ -123,7 +116,7 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, Any]:
         path, target = self.samples[i]
-        img = load_rgb(path, exif=True)  # class labels do not depend on orientation: show photos upright
+        img = self.read(path)  # open_image: class labels do not depend on orientation, photos shown upright
         if self.transform is not None:
             img = self.transform(img)
         if self.target_transform is not None:
@@ -171,46 +164,28 @@ class ImageNet(ImageFolder):
         self.class_names = [names.get(w, w) for w in self.classes]
 
 
-def image_folder_splits(
-    root: str | os.PathLike, train_transform: Callable | None = None, val_transform: Callable | None = None
-) -> tuple[ImageFolder, ImageFolder]:
-    """(train, val) ImageFolders of `root/train` and `root/val` (or `root/test`); their class folders must
-    agree, since label indices come from the sorted folder names."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} does not exist (expected {root}/train and {root}/val)")
-    val_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
-    if not (root / "train").is_dir() or val_dir is None:
-        raise FileNotFoundError(f"expected {root}/train and {root}/val (or {root}/test) class folders")
-    train, val = ImageFolder(root / "train", transform=train_transform), ImageFolder(val_dir, transform=val_transform)
-    if train.classes != val.classes:
-        missing = sorted(set(train.classes) ^ set(val.classes))[:5]
-        raise ValueError(f"{root}/train and {val_dir} have different class folders (e.g. {missing})")
-    return train, val
-
-
 ON_UNREADABLE = ("replace", "skip", "mark")
-
-
-def _read(path: Path) -> Image.Image:
-    """The decode of every unlabelled reader: `load_rgb(path, exif=True)`, photos shown upright."""
-    return load_rgb(path, exif=True)
+_SAMPLE_DRAWS = 64  # random replacements tried for one pretraining sample before giving up
 
 
 class ImageFiles(Dataset):
-    """Unlabelled images from a list of files, read by `load_rgb(path, exif=True)`; one policy for the
-    unreadable ones (missing, corrupt, decompression bombs: `franca.data.images.open_image`).
+    """Unlabelled images from a list of files, read by `read` (`franca.data.images.open_image`); one policy
+    for the unreadable ones (missing, corrupt, decompression bombs).
 
     `on_unreadable`:
-        "replace" (RASA, default): item i → `transform(image)`; an unreadable file is replaced by a file
-            drawn at random from a generator seeded by i (`franca.data.images.read_or_replace`, the loop
-            pretraining uses too), and the run fails when more than half of at least 64 tries were
-            unreadable (`UnreadableFiles`, naming `where`).
+        "replace" (RASA, pretraining; the default): item i → `transform(image)`; an unreadable file is
+            replaced by a file drawn at random from a generator seeded by i (`franca.data.images.read_or_replace`),
+            and the run fails when more than half of at least 64 tries were unreadable (`UnreadableFiles`,
+            naming `where`).
         "skip" (`UnlabelledImageFolder`): item i → `transform(image)`, or **None** for an unreadable file,
             with a warning naming it; drop them with `SkipNoneCollate` (module doc).
         "mark" (`franca features`): item i → `(transform(image), i)`, or `(zeros, -1)` for an unreadable
             file, the zeros shaped like the transform's output (a transform with one output shape, e.g. a
             centre crop), so batches keep one shape and the caller lists the files marked -1.
+    `as_samples=True` (pretraining, "replace" only): the key is `(index, seed)`, the replacement is drawn from
+    `seed` (at most 64 draws) and the item is a pretraining sample (`franca.data.samples`: the transform's
+    randomness fixed by `seed`, the skipped files carried along); the skipped files are logged at debug level,
+    since the training loop reports them.
     Every policy counts the unreadable files it met in `skipped` (per process: each DataLoader worker
     has its own copy). Without a transform the items are PIL images ("mark" needs one).
     """
@@ -221,6 +196,9 @@ class ImageFiles(Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         on_unreadable: str = "replace",
         where: str | None = None,
+        *,
+        read: Callable[[Path], Any] = open_image,
+        as_samples: bool = False,
     ) -> None:
         if on_unreadable not in ON_UNREADABLE:
             raise ValueError(f"on_unreadable must be one of {ON_UNREADABLE}, got {on_unreadable!r}")
@@ -228,10 +206,17 @@ class ImageFiles(Dataset):
             raise ValueError("ImageFiles needs at least one image")
         if on_unreadable == "mark" and transform is None:
             raise ValueError("ImageFiles(on_unreadable='mark') needs a transform (the zeros take its output shape)")
+        if as_samples and on_unreadable != "replace":
+            raise ValueError(
+                f"ImageFiles(as_samples=True) replaces unreadable files; got on_unreadable={on_unreadable!r}"
+            )
         self.files = list(files)
-        self.transform, self.on_unreadable = transform, on_unreadable
+        self.transform, self.on_unreadable, self.read, self.as_samples = transform, on_unreadable, read, as_samples
         self.skipped = 0
-        self.unreadable = UnreadableFiles(where or f"the images {Path(self.files[0]).parent} …")
+        self.unreadable = UnreadableFiles(
+            where or f"the images {Path(self.files[0]).parent} …",
+            log_level=logging.DEBUG if as_samples else logging.WARNING,  # pretraining: the loop reports them
+        )
         self._blank: torch.Tensor | None = None
 
     @property
@@ -246,13 +231,19 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> Any:
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if self.as_samples:
+            index, seed = key
+            path, img, skipped = read_or_replace(self.files, index, seed, self.read, self.unreadable, _SAMPLE_DRAWS)
+            self.skipped += len(skipped)
+            return make_sample(self.transform, img, seed, str(path), skipped)
+        i = key
         if self.on_unreadable == "replace":
-            _, img, skipped = read_or_replace(self.files, i, i, _read, self.unreadable, max(len(self.files), 64))
+            _, img, skipped = read_or_replace(self.files, i, i, self.read, self.unreadable, max(len(self.files), 64))
             self.skipped += len(skipped)
             return self._apply(img)
         try:
-            img = _read(self.files[i])
+            img = self.read(self.files[i])
         except UNREADABLE_ERRORS as exc:
             self.skipped += 1
             warn_skipped(self.skipped, exc)

@@ -28,8 +28,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from franca.data.datasets.folder import CorruptImageError, load_rgb, require_dir, require_file
+from franca.data.datasets.folder import CorruptImageError, require_dir, require_file
 from franca.data.datasets.transforms import JointToTensor
+from franca.data.images import open_image
 
 
 def _depth_image(depth_m: np.ndarray, max_depth: float) -> Image.Image:
@@ -86,7 +87,7 @@ class NYUv2Depth(Dataset):
 
     def __getitem__(self, i: int):
         rgb, dep, _ = self.samples[i]
-        return self.transforms(load_rgb(rgb), _depth_image(load_depth_png(dep), self.max_depth))
+        return self.transforms(open_image(rgb, exif=False), _depth_image(load_depth_png(dep), self.max_depth))
 
 
 def _split_indices(splits: Path, split: str) -> np.ndarray:

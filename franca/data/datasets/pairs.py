@@ -2,7 +2,7 @@
 lists of image and mask files, one way to read each, one joint transform.
 
 A subclass calls `set_pairs` (every listed file must exist: the first missing one is named at
-construction) and may override `read_mask` (e.g. a label map). Images are read by `load_rgb` (stored
+construction) and may override `read_mask` (e.g. a label map). Images are read by `open_image(path, exif=False)` (stored
 orientation kept: the masks are annotated on the stored pixels); masks by `load_label_png`, the one
 mask rule: palette (P) or single-channel (L, LA with its alpha dropped, or 16-bit with values <= 255)
 PNGs are class indices; an RGB(A)-saved mask whose three colour channels are equal (HB stores some
@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from franca.data.datasets.folder import CorruptImageError, load_rgb, require_file
+from franca.data.datasets.folder import CorruptImageError, require_file
+from franca.data.images import open_image
 
 IGNORE_INDEX = 255
 _INDEX_MODES = ("P", "L")
@@ -128,7 +129,7 @@ class ImageMaskPairs(Dataset):
         return len(self.image_paths)
 
     def read_image(self, i: int) -> Image.Image:
-        return load_rgb(self.image_paths[i])
+        return open_image(self.image_paths[i], exif=False)
 
     def read_mask(self, i: int) -> Image.Image:
         return load_label_png(self.mask_paths[i])

@@ -1,5 +1,5 @@
 """Webdataset tar shards, read safely with the standard library: the one shard reader of the project
-(pretraining's `franca.train.data.ShardImages` and `franca.data.datasets.wds.WebDatasetShards`).
+(`franca.data.datasets.wds.WebDatasetShards` and pretraining's `wds.ShardSamples`).
 
 `list_shards(spec)` lists local shards: a folder (its `*.tar`), a glob, a file, a brace pattern
 (`expand_braces`: `train-{000..099}.tar`) or a list of these. Remote URLs (`http://…`, `pipe:…`) are
@@ -28,7 +28,9 @@ from franca.data.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-MAX_MEMBER_BYTES = 1 << 30  # a tar member larger than this is not read (a tar bomb, not an image)
+MAX_MEMBER_BYTES = 256 << 20
+"""A tar member larger than this (256 MiB, far above any image) is not read: a tar bomb, not an image
+(the cap was 1 GiB, so a 1 GB member was read into memory)."""
 
 
 _INT_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$")

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from franca.data.datasets.folder import load_rgb, require_dir, require_file
+from franca.data.datasets.folder import require_dir, require_file
 from franca.data.datasets.transforms import image_to_tensor
+from franca.data.images import open_image
 
 _SPLITS = {"trn": "trn", "train": "trn", "val": "val", "test": "test"}
 _REQUIRED = (
@@ -83,7 +84,7 @@ class SPair71k(Dataset):
         return len(self.pairs)
 
     def _image(self, category: str, name: str):
-        img = load_rgb(require_file(self.image_dir / category / name, "SPair-71k image"))
+        img = open_image(require_file(self.image_dir / category / name, "SPair-71k image"), exif=False)
         return img, (self.transform(img) if self.transform is not None else image_to_tensor(img))
 
     def __getitem__(self, i: int) -> dict:
@@ -160,4 +161,4 @@ class LazyImage:
             return im.size
 
     def convert(self, mode: str):
-        return load_rgb(self.path).convert(mode)
+        return open_image(self.path, exif=False).convert(mode)

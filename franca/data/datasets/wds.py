@@ -21,6 +21,10 @@ Unreadable images (and image-less samples) follow the "skip" policy of
 `franca.data.datasets.folder.ImageFiles`: an image that cannot be decoded (or a member too large to read)
 yields **None** with a warning naming `shard:member`, and increments `skipped` (a per-process count); wrap
 the collate function in `franca.data.datasets.folder.SkipNoneCollate` to drop and count them.
+
+`ShardSamples(shards, transform, seed, rank, world)` is pretraining's reading of the same shards: an endless
+stream of pretraining samples (`franca.data.samples`) of every image member (by extension, `shards.tar_images`),
+in a shard order drawn per epoch from the seed, resumable at a sample count (see its doc).
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from franca.data.datasets import shards as shards_mod
-from franca.data.images import UNREADABLE_ERRORS, CorruptImageError, open_image, warn_skipped
+from franca.data.images import UNREADABLE_ERRORS, CorruptImageError, UnreadableFiles, open_image, warn_skipped
+from franca.data.samples import make_sample, sample_seed
 from franca.utils import distributed as dist_utils
 
 log = logging.getLogger(__name__)
@@ -72,7 +78,10 @@ class WebDatasetShards(IterableDataset):
         shuffle_buffer: int = 0,
         seed: int = 0,
         with_key: bool = False,
+        *,
+        read: Callable[..., Any] = open_image,
     ):
+        self.read = read
         self.urls = resolve_shards(urls)
         if isinstance(image_keys, str):  # image_keys="jpg" is one key, not the keys "j", "p", "g"
             image_keys = (image_keys,)
@@ -144,7 +153,7 @@ class WebDatasetShards(IterableDataset):
                 raise CorruptImageError(str(data))
             if data is None:
                 raise CorruptImageError(f"{name}: member larger than {shards_mod.MAX_MEMBER_BYTES:,} bytes, not read")
-            img = open_image(data, name)
+            img = self.read(data, name)
         except UNREADABLE_ERRORS as exc:
             self.skipped += 1
             warn_skipped(self.skipped, exc)
@@ -187,3 +196,64 @@ def shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Itera
         buf[j] = item
     rng.shuffle(buf)
     yield from buf
+
+
+class ShardSamples(IterableDataset):
+    """Tar shards as pretraining's endless stream of samples of this rank (`franca.data.samples`).
+
+    Every image member (by extension) is an image, in file order. Shards are shuffled per epoch with
+    (seed, epoch) and dealt to ranks and workers round-robin (a worker left without a shard reads one of
+    them again); `start_sample` skips what a resumed run already consumed (exact with at most one worker).
+    Unreadable images are skipped by the rule of `franca.data.images.UnreadableFiles` (the skipped names
+    travel with the next sample); a damaged shard is skipped from the damage on with a warning naming it;
+    a pass over this worker's shards that yields no image raises an error naming them.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        transform: Callable | None,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        start_sample: int = 0,
+        read: Callable[..., Any] = open_image,
+    ) -> None:
+        self.shards, self.transform, self.seed, self.read = list(shards), transform, seed, read
+        self.rank, self.world, self.start_sample = rank, world, start_sample
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        n, epoch, skipped = 0, 0, []
+        damaged: set[str] = set()
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            order = [self.shards[i] for i in torch.randperm(len(self.shards), generator=g).tolist()]
+            mine = order[self.rank :: self.world][wid::nw] or order[(self.rank + wid) % len(order) :: len(order)]
+            names = ", ".join(mine[:3]) + (" …" if len(mine) > 3 else "")
+            unreadable = UnreadableFiles(
+                f"the webdataset shards {names}", log_level=logging.DEBUG
+            )  # the training loop reports the skipped files
+            n_start = n
+            for shard in mine:
+                for name, data in shards_mod.tar_images(shard, damaged):
+                    n += 1
+                    if n <= self.start_sample:
+                        continue
+                    try:
+                        if data is None:
+                            raise CorruptImageError(f"{name}: member larger than {shards_mod.MAX_MEMBER_BYTES:,} bytes")
+                        img = self.read(data, name)
+                    except UNREADABLE_ERRORS as exc:
+                        skipped.append(name)
+                        unreadable.failed(name, exc)
+                        continue
+                    unreadable.ok()
+                    seed = sample_seed(self.seed, epoch, n * self.world + self.rank)
+                    yield make_sample(self.transform, img, seed, name, skipped)
+                    skipped = []
+            if n == n_start or (n > self.start_sample and unreadable.tried and unreadable.bad == unreadable.tried):
+                what = f"damaged: {', '.join(sorted(damaged))}" if damaged else "no readable image member"
+                raise RuntimeError(f"no readable image in the webdataset shards {', '.join(mine)} ({what})")
+            epoch += 1
