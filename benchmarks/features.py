@@ -3,7 +3,8 @@
     python benchmarks/features.py [--batch 4] [--iters 3] [--size 224] [--device auto]
 
 Runs vits14 and vitb14 (DINOv2 layout: GELU MLP, same FLOPs as timm's vit_*_patch14_dinov2) and the
-Franca SwiGLU variant, random weights, on CPU, and on CUDA too when present (bf16 autocast).
+Franca SwiGLU variant, random weights, on CPU (fp32; benchmarks/cpu.py compares bf16), and on CUDA too when
+present (bf16 autocast).
 Prints one table; numbers from different machines or devices are not comparable.
 """
 
@@ -73,7 +74,7 @@ def main() -> None:
                 fwd = m.forward_features
 
                 def run(inp, fwd=fwd):
-                    with torch.inference_mode(), autocast_context(dev):
+                    with torch.inference_mode(), autocast_context(dev, "bf16" if dev.type == "cuda" else "fp32"):
                         return fwd(inp)
 
                 rows.append((dev.type, label, batch, bench(run, x, iters, dev)))

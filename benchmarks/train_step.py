@@ -106,7 +106,7 @@ def print_stage_times(tr, batch: dict, it: int, steps: int) -> None:
 
         v = tr.schedules.at(it + k)
         apply_schedule(tr.optimizer, v)
-        with autocast_context(dev):
+        with autocast_context(dev, tr.precision):
             step = StepInputs(batch=batch, iteration=it + k, schedule=v)
             targets = tr.objective.targets(step)
             mark()

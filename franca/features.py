@@ -20,6 +20,7 @@ from franca.data.source import open_images
 from franca.eval.features import extract
 from franca.models.preprocess import image_transform
 from franca.models.preprocess import transforms as preprocess
+from franca.utils.device import resolve_precision
 from franca.utils.files import set_normal_mode
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,14 @@ def extract_features(
     num_workers: int = 0,
     rasa: bool = False,
     progress: bool = True,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """CLS (N, D) and patch tokens (N, n, D) of the image files `paths`, float32 on CPU, with the file names
     kept and the unreadable ones listed as `skipped` (opened by `franca.data.source.open_images` as a list of
     files with `on_unreadable="mark"`, preprocessed by `franca.transforms`, extracted by
-    `franca.eval.features.extract`, kind "patch" or "rasa", in this process)."""
+    `franca.eval.features.extract`, kind "patch" or "rasa", in this process). The forward runs in `precision`
+    ("auto", "bf16", "fp32"); `precision` in the result says which ran."""
+    prec = resolve_precision(precision, device)
     side = crop_side(size, model.patch_size)  # the --size error message of this command; the crop's side
     source = open_images(list(paths), kind="files", transform=preprocess(model, size), on_unreadable="mark")
     files = source.files  # folders among `paths` listed
@@ -67,6 +71,7 @@ def extract_features(
         num_workers=num_workers,
         show_progress=progress,
         distributed=False,
+        precision=prec,
     )
     good = out["labels"] >= 0
     kept = [str(files[i]) for i in out["labels"][good].tolist()]
@@ -85,6 +90,7 @@ def extract_features(
         "grid": [grid, grid],
         "size": side,
         "rasa": bool(rasa),
+        "precision": prec,
     }
 
 
@@ -114,6 +120,7 @@ def save_features(result: dict[str, Any], out: str | Path) -> Path:
                     patch=result["patch"].numpy(),
                     files=np.array(result["files"]),
                     grid=np.array(result["grid"]),
+                    precision=np.array(result.get("precision", "fp32")),
                 )
             else:
                 torch.save(result, fh)

@@ -3,8 +3,9 @@
 What the page shows, first to last:
 - **Summary**: one row per pretraining run (a folder holding `summary.json`, `metrics.jsonl` or a checkpoint
   with its `config.yaml`) and one per other backbone that results were measured on: run (its folder, never
-  `checkpoint.pth`), model, weights, iterations, k-NN top-1 at init → trained, and each protocol's metric
-  (± std only over two or more seeds);
+  `checkpoint.pth`), model, weights, iterations, k-NN top-1 at init → trained, the precision its numbers ran
+  in (bf16 or fp32; "—" for files written before it was recorded), and each protocol's metric (± std only over
+  two or more seeds);
 - **one section per run**: how it stopped, its own loss curve (`report_files/<run>-loss.png`, titled), the
   results measured on its checkpoint, and the figures in its folder;
 - results measured on other backbones, then the other figures;
@@ -315,6 +316,16 @@ def _latest(items: list[tuple[Path, dict[str, Any], bool]]) -> tuple[Path, dict[
     return max(items, key=lambda x: (str(x[1].get("time", "")), x[0].stat().st_mtime))
 
 
+def _precision_text(d: dict[str, Any]) -> str:
+    """The precision a result (or a run's k-NN check) ran in; "—" for files written before it was recorded."""
+    return str(d.get("precision") or "—")
+
+
+def _row_precision(docs: list[dict[str, Any]]) -> str:
+    """The precisions a summary row's numbers ran in, each named once ("bf16", "fp32, bf16"); "—" when none."""
+    return ", ".join(dict.fromkeys(_precision_text(d) for d in docs)) or "—"
+
+
 def _cell(items: list[tuple[Path, dict[str, Any], bool]]) -> str:
     if not items:
         return "—"
@@ -330,20 +341,33 @@ def summary_section(
     root: Path,
     last_logged: dict[str, int | None],
 ) -> Section:
-    """One row per run, then one per other backbone: run, model, weights, iterations, k-NN, each protocol."""
+    """One row per run, then one per other backbone: run, model, weights, iterations, k-NN, the precision of
+    the row's numbers (the run's k-NN check and the latest result of each protocol), each protocol."""
     results = [d for r in runs for _, d, _ in r.results] + [d for items in others.values() for _, d in items]
     columns = list(dict.fromkeys(_column(d) for d in results))
-    rows = [["run", "model", "weights", "iterations", "k-NN top-1 init → trained", *columns]]
+    rows = [["run", "model", "weights", "iterations", "k-NN top-1 init → trained", "precision", *columns]]
     for r in runs:
         ck = r.checkpoint.relative_to(root).as_posix() if r.checkpoint else "no checkpoint"
-        cells = [_cell([x for x in r.results if _column(x[1]) == c]) for c in columns]
+        shown = [[x for x in r.results if _column(x[1]) == c] for c in columns]
+        cells = [_cell(items) for items in shown]
+        knn = _knn_text(r.summary)
+        docs = ([r.summary] if r.summary is not None and knn != "—" else []) + [_latest(i)[1] for i in shown if i]
         rows.append(
-            [r.name, _model_text(r), ck, _iterations_text(r, last_logged[r.name]), _knn_text(r.summary), *cells]
+            [
+                r.name,
+                _model_text(r),
+                ck,
+                _iterations_text(r, last_logged[r.name]),
+                knn,
+                _row_precision(docs),
+                *cells,
+            ]
         )
     for name, items in others.items():
         model, weights = other_weights[name]
-        cells = [_cell([(f, d, False) for f, d in items if _column(d) == c]) for c in columns]
-        rows.append([name, model, weights, "—", "—", *cells])
+        shown = [[(f, d, False) for f, d in items if _column(d) == c] for c in columns]
+        cells = [_cell(i) for i in shown]
+        rows.append([name, model, weights, "—", "—", _row_precision([_latest(i)[1] for i in shown if i]), *cells])
     blocks: list[tuple[str, Any]] = [("table", rows)]
     if any(stale for r in runs for _, _, stale in r.results):
         blocks.append(("text", f"{STALE} measured on an earlier state of the run's checkpoint (rewritten since)"))
@@ -351,7 +375,7 @@ def summary_section(
 
 
 def _results_table(items: list[tuple[Path, dict[str, Any], bool]], root: Path) -> list[list[str]]:
-    rows = [["protocol", "metric", "value", "seeds", "size", "measured", "file"]]
+    rows = [["protocol", "metric", "value", "seeds", "size", "precision", "measured", "file"]]
     for f, d, stale in items:
         settings = d.get("settings") if isinstance(d.get("settings"), dict) else {}
         size = settings.get("size", d.get("size", ""))
@@ -363,6 +387,7 @@ def _results_table(items: list[tuple[Path, dict[str, Any], bool]], root: Path) -
                 metric_text(d) + (STALE if stale else ""),
                 str(n_seeds(d) or ""),
                 str(size),
+                _precision_text(d),
                 when,
                 f.relative_to(root).as_posix(),
             ]
@@ -385,6 +410,7 @@ def run_section(r: Run, root: Path, fig_dir: Path, curve_name: str, pngs: list[P
             ["images seen", str(s.get("images_seen", ""))],
             ["wall time", _duration(float(wall)) if _is_number(wall) else ""],
             ["device", f"{s['device']} × {s.get('world_size', 1)}" if s.get("device") else ""],
+            ["precision", str(s.get("precision") or "")],
             ["k-NN top-1 init → trained", _knn_text(s)],
             ["unreadable files skipped", str(s["skipped_files"]) if s.get("skipped_files") else ""],
             ["finished", _date(r.summary_file.stat().st_mtime) if r.summary_file is not None else ""],

@@ -22,6 +22,9 @@ def test_eval_args_checks_values():
         EvalArgs(size=0)
     with pytest.raises(ValueError, match="num_workers"):
         EvalArgs(num_workers=-1)
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32, got 'fp16'"):
+        EvalArgs(precision="fp16")
+    assert EvalArgs(precision="BF16").precision == "bf16"
 
 
 def test_kwargs_for_passes_declared_names_only():
@@ -58,6 +61,7 @@ _SHARED_DEFAULT = {
     "seeds": lambda v: isinstance(v, tuple) and len(v) > 0 and all(isinstance(s, int) for s in v),
     "batch_size": lambda v: isinstance(v, int) and v > 0,
     "device": lambda v: v == "auto",
+    "precision": lambda v: v == "auto",
     "num_workers": lambda v: v == 0,
     "progress": lambda v: v is True,
 }
@@ -85,7 +89,7 @@ def test_every_evaluate_takes_model_data_then_the_shared_keywords():
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in list(params.values())[2:]), name
         assert not old_spellings & set(params), name
         shared = [n for n in SHARED_ARGUMENTS if n in params and n != "data"]
-        assert {"size", "device", "progress"} <= set(shared), name
+        assert {"size", "device", "precision", "progress"} <= set(shared), name  # every protocol runs a backbone
         for arg in shared:
             assert _SHARED_DEFAULT[arg](params[arg].default), (name, arg, params[arg].default)
         # the shared keywords come first, in EvalArgs' order, before the protocol's own
@@ -105,7 +109,7 @@ def test_eval_args_kwargs_for_feeds_every_protocol():
         inspect.signature(fn).bind(object(), **kwargs)  # raises TypeError when a name does not fit
         assert kwargs["data"] == Path("root") and kwargs["device"] == "cpu" and kwargs["progress"] is False, name
     keypoints = importlib.import_module("franca.eval.keypoints").evaluate
-    assert set(EvalArgs(size=64).kwargs_for(keypoints)) == {"size", "device", "progress"}
+    assert set(EvalArgs(size=64).kwargs_for(keypoints)) == {"size", "device", "precision", "progress"}
 
 
 # ---------------------------------------------------------------- protocol_entry: the old names, one release

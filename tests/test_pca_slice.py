@@ -64,6 +64,7 @@ def test_evaluate_clips_k_and_reports_each(tmp_path):
         _Stub(),
         (make(64), make(32)),
         device="cpu",
+        precision="fp32",  # the explained variance is checked to 1e-6
         ks=(200, 4, 1),
         epochs=4,
         probe_batch_size=16,

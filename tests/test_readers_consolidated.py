@@ -59,7 +59,7 @@ def test_features_command_uses_the_shared_extractor(tmp_path, monkeypatch):
 
 def test_batch_forwards_equal_the_backbone_outputs():
     """patch_tokens / block_tokens (used by the dense protocols, depth, keypoints, RASA) are the
-    backbone's own outputs, reshaped."""
+    backbone's own outputs, reshaped (in fp32: parity)."""
     from franca.eval.dense import patch_features
     from franca.eval.features import block_tokens, patch_tokens
     from franca.rasa.fit import extract_patch_tokens
@@ -69,8 +69,8 @@ def test_batch_forwards_equal_the_backbone_outputs():
     with torch.no_grad():
         ref = model.forward_features(x)["x_norm_patchtokens"]
         blocks = model.get_intermediate_layers(x, n=[0, 1], reshape=True, return_class_token=True, norm=False)
-    assert torch.equal(patch_tokens(model, x), ref.reshape(2, 2, 3, -1))
-    assert torch.equal(patch_features(model, x), ref.reshape(2, 2, 3, -1))
-    assert torch.equal(extract_patch_tokens(model, x, torch.device("cpu")), ref)
-    got = block_tokens(model, x, [0, 1], return_class_token=True)
+    assert torch.equal(patch_tokens(model, x, precision="fp32"), ref.reshape(2, 2, 3, -1))
+    assert torch.equal(patch_features(model, x, precision="fp32"), ref.reshape(2, 2, 3, -1))
+    assert torch.equal(extract_patch_tokens(model, x, torch.device("cpu"), "fp32"), ref)
+    got = block_tokens(model, x, [0, 1], return_class_token=True, precision="fp32")
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, blocks))

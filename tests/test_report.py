@@ -25,6 +25,7 @@ def _run_dir(tmp_path):
                 "metric": 71.25,
                 "metric_std": 0.5,
                 "model": {"model": "vitt8", "weights": "/x/ckpt.pth"},
+                "precision": "bf16",
                 "top1": {"10": 70.0, "20": 71.25},
             }
         )
@@ -48,10 +49,12 @@ def test_report_tables_and_figures(tmp_path, caplog):
     text = md.read_text()
     assert md == run / "report.md" and html == run / "report.html"
     # The folder is a run (its metrics.jsonl); the k-NN result names another backbone (/x/ckpt.pth).
-    assert "| run | not recorded | no checkpoint | 3 logged, no summary.json (running or stopped) |" in text
-    assert "| x/ckpt.pth | vitt8 | /x/ckpt.pth | — | — | — | 71.25 ± 0.5 |" in text
-    assert "| knn | top1_k20 | x/ckpt.pth | 71.25 ± 0.5 |" in text
-    assert "| depth | si_rmse | not recorded | 0.3125 |" in text
+    assert "| run | not recorded | no checkpoint | 3 logged, no summary.json (running or stopped) | — | — |" in text
+    # the precision column: bf16 as recorded; "—" for a result written before precision was recorded
+    assert "| x/ckpt.pth | vitt8 | /x/ckpt.pth | — | — | bf16 | — | 71.25 ± 0.5 |" in text
+    assert "| not recorded | — | not recorded | — | — | — | 0.3125 | — |" in text
+    assert "| knn | top1_k20 | x/ckpt.pth | 71.25 ± 0.5 |  |  | bf16 |" in text
+    assert "| depth | si_rmse | not recorded | 0.3125 |  |  | — |" in text
     assert "| d1 | 0.8 ± 0.01 |" in text and "| top1.20 | 71.25 |" in text
     assert "backbones.a.n_images" in text  # other protocol JSONs as key/value tables
     assert "| total | 5 | 2 | 2 | 4 |" in text  # first, last, min, count of the JSONL field
@@ -85,7 +88,7 @@ def test_report_out_elsewhere_and_cli(tmp_path, capsys):
     assert "run directory not found" in capsys.readouterr().err
 
 
-def _fake_run(folder, iterations, losses, knn):
+def _fake_run(folder, iterations, losses, knn, precision=None):
     """A pretraining run folder as `franca pretrain` leaves it (a stand-in checkpoint file)."""
     folder.mkdir(parents=True)
     (folder / "checkpoint.pth").write_bytes(folder.name.encode() * iterations[0])  # sizes differ
@@ -104,6 +107,8 @@ def _fake_run(folder, iterations, losses, knn):
         "knn_top1_trained": knn[1],
         "knn_gain": knn[1] - knn[0],
     }
+    if precision is not None:  # summaries written before precision was recorded have none
+        summary["precision"] = precision
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
@@ -132,14 +137,14 @@ def _result(path, protocol, metric, weights, seeds, **extra):
 def test_report_tells_two_runs_apart(tmp_path):
     """Two runs, both with a checkpoint.pth: each its own curve, a summary row named by its folder, its results."""
     root = tmp_path / "runs"
-    _fake_run(root / "runA", (20, 20), [9.0, 8.0, 7.0], (10.5, 12.9))
+    _fake_run(root / "runA", (20, 20), [9.0, 8.0, 7.0], (10.5, 12.9), precision="fp32")
     _fake_run(root / "runB", (166, 2808), [3.0, 5.0, 4.0], (9.7, 11.9))
     ck_a, ck_b = root / "runA" / "checkpoint.pth", root / "runB" / "checkpoint.pth"
-    _result(root / "runA" / "knn.json", "knn", 13.1, ck_a, [0])
-    _result(root / "runA" / "linear.json", "linear", 13.45, ck_a, [0, 1])
+    _result(root / "runA" / "knn.json", "knn", 13.1, ck_a, [0], precision="fp32")
+    _result(root / "runA" / "linear.json", "linear", 13.45, ck_a, [0, 1], precision="bf16")
     # Measured elsewhere, from another folder (the recorded path does not resolve here): the file's name,
     # size and modification time say it is runB's checkpoint.
-    doc = _result(root / "eval" / "knnB.json", "knn", 10.7, ck_b, [0])
+    doc = _result(root / "eval" / "knnB.json", "knn", 10.7, ck_b, [0], precision="bf16")
     doc["model"]["weights"] = "elsewhere/runB/checkpoint.pth"
     (root / "eval" / "knnB.json").write_text(json.dumps(doc))
     md, html = build_report(root)
@@ -156,17 +161,20 @@ def test_report_tells_two_runs_apart(tmp_path):
         assert page.count(base64.b64encode(png.read_bytes()).decode()) == 1
 
     # The summary comes first: one row per run, named by its folder, with the pretraining k-NN and each metric.
-    head = "| run | model | weights | iterations | k-NN top-1 init → trained | knn top1 | linear top1 |"
+    # The precision column names what the row's numbers ran in: the run's k-NN check (its summary.json; "—"
+    # for one written before precision was recorded) and the latest result of each protocol.
+    head = "| run | model | weights | iterations | k-NN top-1 init → trained | precision | knn top1 | linear top1 |"
     assert text.index(head) < text.index("## Run runA") < text.index("## Details")
     assert (
-        "| runA | vitt8 (128-d, 4 blocks) | runA/checkpoint.pth | 20 | 10.5 → 12.9 (+2.4) | 13.1 | 13.45 ± 0.5 |"
-        in text
+        "| runA | vitt8 (128-d, 4 blocks) | runA/checkpoint.pth | 20 | 10.5 → 12.9 (+2.4) | fp32, bf16 | 13.1 "
+        "| 13.45 ± 0.5 |" in text
     )
     assert (
-        "| runB | vitt8 (128-d, 4 blocks) | runB/checkpoint.pth | 166 of 2808 (time limit) | 9.7 → 11.9 (+2.2) | 10.7 | — |"
-        in text
+        "| runB | vitt8 (128-d, 4 blocks) | runB/checkpoint.pth | 166 of 2808 (time limit) | 9.7 → 11.9 (+2.2) "
+        "| —, bf16 | 10.7 | — |" in text
     )
-    assert "| knn | top1 | 10.7 | 1 | 64 | 2026-01-02 03:04 | eval/knnB.json |" in text  # in runB's section
+    assert "| knn | top1 | 10.7 | 1 | 64 | bf16 | 2026-01-02 03:04 | eval/knnB.json |" in text  # in runB's section
+    assert "| precision | fp32 |" in text  # runA's facts: the precision it trained in
     assert text.index("eval/knnB.json") > text.index("## Run runB")
     assert "\n| checkpoint.pth |" not in text  # no run or backbone row is called checkpoint.pth
 
@@ -217,6 +225,8 @@ def test_report_over_two_real_pretraining_runs(tmp_path):
     text = (tmp_path / "runs" / "report.md").read_text()
     assert "| runA | vitt4 (32-d, 2 blocks) | runA/checkpoint.pth | 2 |" in text
     assert "| runB | vitt4 (32-d, 2 blocks) | runB/checkpoint.pth | 4 |" in text
+    runs_part = text[text.index("## Run runA") : text.index("## Details")]
+    assert runs_part.count("| precision | fp32 |") == 2  # each run's facts: auto trains in fp32 on CPU
     curves = [tmp_path / "runs" / "report_files" / f"{r}-loss.png" for r in ("runA", "runB")]
     with Image.open(curves[0]) as ia, Image.open(curves[1]) as ib:
         assert ia.tobytes() != ib.tobytes()

@@ -38,7 +38,7 @@ def test_attention_rows_sum_to_one_per_head(tiny):
     attn = tiny.get_last_selfattention(x)
     assert attn.shape == (2, 2, 1 + 2 + 12, 1 + 2 + 12)
     torch.testing.assert_close(attn.sum(-1), torch.ones(2, 2, 15))
-    maps = cls_attention(tiny, x)
+    maps = cls_attention(tiny, x, "fp32")  # parity with the explicit attention: fp32
     assert maps.shape == (2, 2, 4, 3)
     # CLS row = its mass on CLS + registers + the patch map: the three parts add up to one per head.
     torch.testing.assert_close(maps.flatten(2).sum(-1) + attn[:, :, 0, :3].sum(-1), torch.ones(2, 2))
@@ -81,7 +81,7 @@ def test_pca_foreground_split_on_planted_object():
 
 def test_max_token_norms_against_block_loop(tiny):
     x = torch.randn(2, 3, 16, 16)
-    ours = max_token_norms(tiny, x)
+    ours = max_token_norms(tiny, x, "fp32")  # parity with the block loop: fp32
     with torch.no_grad():
         t = tiny.prepare_tokens_with_masks(x)
         ref = []

@@ -75,6 +75,8 @@ class EvalSettings:
     """labelled ImageFolder root (train/, val/) for the classification protocols' `data`; None: the built-in toy set"""
     rasa_root: str | None = None
     """folder of images for the RASA fit and its probe; None: the built-in toy set's images"""
+    precision: str | None = None
+    """the backbone's precision in every protocol ("auto", "bf16", "fp32"; None: "auto")"""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values; optional settings left at None are omitted (older sweeps' results stay comparable)."""
@@ -96,24 +98,35 @@ def evaluate_backbone(
     metric_info(protocols)  # validates the names
     model = model.eval().to(device)
     s, out = settings, {}
+    prec = s.precision or "auto"
     for p in protocols:
         if p == "knn":
-            out["knn"] = float(knn.evaluate(model, s.data, device=device, size=s.size)["metric"])
+            out["knn"] = float(knn.evaluate(model, s.data, device=device, precision=prec, size=s.size)["metric"])
         elif p == "linear":
             out["linear"] = float(
-                linear.evaluate(model, s.data, device=device, size=s.size, epochs=s.linear_epochs)["metric"]
+                linear.evaluate(model, s.data, device=device, precision=prec, size=s.size, epochs=s.linear_epochs)[
+                    "metric"
+                ]
             )
         elif p == "overcluster":
             r = overcluster.evaluate(
-                model, device=device, size=s.seg_size, ks=(s.overcluster_k,), seeds=s.overcluster_seeds
+                model,
+                device=device,
+                precision=prec,
+                size=s.seg_size,
+                ks=(s.overcluster_k,),
+                seeds=s.overcluster_seeds,
             )
             out["overcluster"] = 100.0 * float(r["metric"])
         elif p == "incontext":
-            out["incontext"] = 100.0 * float(incontext.evaluate(model, device=device, size=s.seg_size)["metric"])
+            r = incontext.evaluate(model, device=device, precision=prec, size=s.seg_size)
+            out["incontext"] = 100.0 * float(r["metric"])
         elif p == "pca-slice":
             D = int(model.embed_dim)
             ks = [max(1, D // f) for f in PCA_FRACTIONS]
-            r = pca_slice.evaluate(model, s.data, device=device, size=s.size, ks=ks, epochs=s.linear_epochs)
+            r = pca_slice.evaluate(
+                model, s.data, device=device, precision=prec, size=s.size, ks=ks, epochs=s.linear_epochs
+            )
             for f, k in zip(PCA_FRACTIONS, ks):
                 out[_pca_key(f)] = float(r["per_k"][f"k{k}"])
             out["pca_retention"] = out[_pca_key(16)] / out[_pca_key(1)] if out[_pca_key(1)] else float("nan")
@@ -141,7 +154,7 @@ def rasa_position_r2(model: torch.nn.Module, device: torch.device, s: EvalSettin
     def tokens(fs: list) -> torch.Tensor:
         images = open_images(fs, kind="files", transform=tf).dataset
         loader = torch.utils.data.DataLoader(images, batch_size=64, shuffle=False)
-        return extract_all(model, loader, device)
+        return extract_all(model, loader, device, s.precision or "auto")
 
     grid = (s.rasa_size // int(model.patch_size),) * 2
     source = CachedFeatures(tokens(train_files), grid, batch_size=64, seed=400)

@@ -54,6 +54,7 @@ def add_model_arguments(p: argparse.ArgumentParser, rasa: bool = True) -> None:
             "released with a released --model",
         )
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
+    add_precision_argument(g)
     g.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: %(default)s)")
     g.add_argument(
         "--num-workers",
@@ -61,6 +62,38 @@ def add_model_arguments(p: argparse.ArgumentParser, rasa: bool = True) -> None:
         default=min(4, os.cpu_count() or 1),
         help="data-loading processes (default: %(default)s)",
     )
+
+
+PRECISION_HELP = (
+    "backbone precision: auto (bf16 autocast on CUDA and on CPUs with native bf16, e.g. AVX-512 BF16 or "
+    "AMX; fp32 elsewhere), bf16, or fp32 (the reference numbers); results record the one used "
+    "(default: %(default)s)"
+)
+
+
+TRAIN_PRECISION_HELP = (
+    "sets train.precision: auto (bf16 autocast on CUDA; fp32 on CPU, where the tiny recipe's step gains "
+    "nothing from bf16), bf16 (losses, Sinkhorn-Knopp and KoLeo stay fp32) or fp32 (default: the preset's, auto)"
+)
+
+
+def add_precision_argument(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str = PRECISION_HELP, default: str | None = "auto"
+) -> None:
+    """`--precision auto|bf16|fp32` (`franca.utils.device.resolve_precision`), the same flag in every command
+    that runs a backbone (pretraining's sets `train.precision`, default None: the preset's)."""
+    from franca.utils.device import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default=default, help=help)
+
+
+def resolved_precision(args: argparse.Namespace) -> str | None:
+    """The precision ("bf16" or "fp32") that --precision means on --device; None for a command without them."""
+    if getattr(args, "precision", None) is None:
+        return None
+    from franca.utils.device import resolve_precision
+
+    return resolve_precision(args.precision, getattr(args, "device", "auto"))
 
 
 NO_WEIGHTS = "pass --weights FILE, a released --model (franca --list-models) or --random-init"
@@ -122,8 +155,8 @@ def load_model_from_args(args: argparse.Namespace):
 
 def eval_args(args: argparse.Namespace, device: Any, **overrides: Any):
     """The shared evaluation arguments (franca.eval.common.EvalArgs) from the parsed command line:
-    --data, --size, --seeds, --batch-size, --num-workers and the resolved device; `overrides` replace
-    any of them (e.g. a command whose size flag has another name)."""
+    --data, --size, --seeds, --batch-size, --precision, --num-workers and the resolved device; `overrides`
+    replace any of them (e.g. a command whose size flag has another name)."""
     from franca.eval.common import EvalArgs
 
     values = {
@@ -132,6 +165,7 @@ def eval_args(args: argparse.Namespace, device: Any, **overrides: Any):
         "seeds": getattr(args, "seeds", (0,)),
         "batch_size": getattr(args, "batch_size", None),
         "device": device,
+        "precision": getattr(args, "precision", "auto"),
         "num_workers": getattr(args, "num_workers", 0),
         "progress": not getattr(args, "quiet", False),
     }
@@ -184,9 +218,13 @@ def result_path(args: argparse.Namespace, name: str) -> Path:
 
 def write_result(args: argparse.Namespace, name: str, result: dict[str, Any]) -> Path:
     """Write one JSON per run (atomically; floats to 6 significant digits; library versions added)
-    and return its path. The caller prints the path once."""
+    and return its path; a result without `precision` gets the one --precision resolved to. The caller
+    prints the path once."""
     from franca.utils.results import write_json
 
+    precision = resolved_precision(args)
+    if precision is not None:
+        result.setdefault("precision", precision)
     out = write_json(result_path(args, name), result)
     log.debug("wrote %s", out)
     return out

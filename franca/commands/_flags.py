@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from franca.utils.device import resolve_precision
 from franca.utils.errors import UserError
 
 log = logging.getLogger("franca.commands")
@@ -212,19 +213,23 @@ def check_side_fits(
     n_images: int = 0,
     explicit_attention: bool = False,
     flag: str = "--size",
+    precision: str = "fp32",
 ) -> None:
     """Refuse, before any work, an input side whose run cannot fit in memory (`--size 20000` read a 1.5 GB
     image and then aborted or raised MemoryError with a traceback). The estimate is a lower bound: on the
     device, the decoded and normalised images of one batch, the block activations of their tokens and the
     attention maps when they are computed explicitly (`viz attention`); in the host's memory, the patch
-    features of the `n_images` images kept for the output (`features`, `viz pca`)."""
+    features of the `n_images` images kept for the output (`features`, `viz pca`). The block activations
+    count 2 bytes a value when the backbone runs under bf16 autocast (`precision`, resolved on `device`), 4 in
+    fp32; the images, the attention maps (their softmax is fp32 either way) and the kept features stay fp32."""
     import torch
 
     p, d = int(model.patch_size), int(model.embed_dim)
     side = int(size) // p * p
     n = (side // p) ** 2
     tokens = 1 + int(getattr(model, "num_register_tokens", 0)) + n
-    per_image = 3 * side * side * 4 * 2 + int((side / 0.875) ** 2 * 3) + tokens * d * 4 * 12
+    act_bytes = 2 if resolve_precision(precision, device) == "bf16" else 4
+    per_image = 3 * side * side * 4 * 2 + int((side / 0.875) ** 2 * 3) + tokens * d * act_bytes * 12
     if explicit_attention:
         per_image += int(getattr(model, "num_heads", 1)) * tokens * tokens * 4 * 2
     batch = max(1, min(int(batch_size), n_images) if n_images else int(batch_size))

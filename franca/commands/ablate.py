@@ -21,6 +21,7 @@ import argparse
 import shlex
 import sys
 
+from franca.commands._common import add_precision_argument
 from franca.commands._flags import add_quiet_argument, natural_int, positive_int
 
 HELP = "ablation sweep: config variants × seeds at equal compute, evaluated, with a table and plot"
@@ -67,6 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=positive_int, default=1, help="runs at a time, each in its own process (default: 1)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads per run (default: 1)")
     p.add_argument("--device", default="cpu", help="training and evaluation device (default: %(default)s)")
+    add_precision_argument(
+        p,
+        help="the backbones' precision in the evaluations: auto (bf16 on CUDA and on CPUs with native bf16, "
+        "fp32 elsewhere), bf16 or fp32 (training follows train.precision) (default: %(default)s)",
+    )
     p.add_argument(
         "--checkpoint-period",
         type=positive_int,
@@ -112,7 +118,10 @@ def build_sweep(args: argparse.Namespace):
     for v in variants:  # …or a bad variant override
         load_config(args.config, [*args.overrides, *v.overrides])
     settings = EvalSettings(
-        size=args.size or base_cfg.crops.global_crops_size, seg_size=args.seg_size, linear_epochs=args.linear_epochs
+        size=args.size or base_cfg.crops.global_crops_size,
+        seg_size=args.seg_size,
+        linear_epochs=args.linear_epochs,
+        precision=None if args.precision == "auto" else args.precision,
     )
     return Sweep(
         out=args.out,

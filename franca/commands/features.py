@@ -3,9 +3,10 @@
 Sizes (franca.transforms, the one preprocessing): the crop side is --size rounded down to a multiple of
 the patch size (--size 230 with patch 14 → 224); each image's shorter side is resized to crop/0.875
 (256 for 224), bicubic, and the centred crop is cut. The output holds `cls` (N, D), `patch` (N, n, D),
-`files` (the N image paths, in order) and `grid`. The output path is checked (suffix, writable folder)
-before any work, and the file is written to a temporary name and renamed, so a failed run never leaves
-a half-written file or destroys the last one. Example:
+`files` (the N image paths, in order), `grid` and `precision` (the one the backbone ran in: "bf16" or
+"fp32", from --precision). The output path is checked (suffix, writable folder) before any work, and the
+file is written to a temporary name and renamed, so a failed run never leaves a half-written file or
+destroys the last one. Example:
 
     franca features --weights runs/pretrain-tiny/checkpoint.pth --data photos --out feats.pt --size 64
 """
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     paths = open_images(args.data, kind="folder").files  # an error naming the folder when it holds no image
     model, device = load_model_from_args(args)
     fit_size(args.size, model.patch_size)  # the one size rule's info line; the crop does the rounding
-    check_side_fits(model, args.size, device, batch_size=args.batch_size, n_images=len(paths))
+    check_side_fits(model, args.size, device, batch_size=args.batch_size, n_images=len(paths), precision=args.precision)
     rasa = bool(getattr(args, "rasa", None))
     res = extract_features(
         model,
@@ -56,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         rasa=rasa,
         progress=not args.quiet,
+        precision=args.precision,
     )
     out = save_features(res, args.out)
     print(
         f"{len(res['files'])} images ({len(res['skipped'])} skipped) → {out}: cls {tuple(res['cls'].shape)}, "
-        f"patch {tuple(res['patch'].shape)}"
+        f"patch {tuple(res['patch'].shape)}, {res['precision']}"
     )
     return 0

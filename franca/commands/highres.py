@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from franca.commands._common import TRAIN_PRECISION_HELP, add_precision_argument
 from franca.commands._flags import add_quiet_argument
 
 HELP = "high-resolution adaptation (global 364 then 518, local 112/168) from a pretraining checkpoint"
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", default="runs/highres", metavar="DIR", help="parent folder of the stage runs (default: %(default)s)"
     )
     add_run_folder_arguments(p, checkpoint=False)
+    add_precision_argument(p, TRAIN_PRECISION_HELP, default=None)
     add_quiet_argument(p)
 
 
@@ -50,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     if not src.exists():
         raise FileNotFoundError(f"checkpoint {src} does not exist")
     saved, patch = read_checkpoint_model(src)
+    if args.precision is not None:
+        if any(o.split("=", 1)[0].strip() == "train.precision" for o in args.overrides):
+            raise UserError("--precision and train.precision= both set train.precision: give one")
+        args.overrides = [*args.overrides, f"train.precision={args.precision}"]
     stages = [s for s in args.stages.split(",") if s]
     configs = [
         stage_config(s, [f"train.output_dir={Path(args.out) / Path(s).stem}", *args.overrides], saved, patch, str(src))

@@ -27,6 +27,7 @@ import os
 import shlex
 from typing import Optional
 
+from franca.commands._common import TRAIN_PRECISION_HELP, add_precision_argument
 from franca.commands._flags import natural_int, positive_int
 
 HELP = "Franca pretraining (default: the tiny preset on the built-in data, CPU, minutes)"
@@ -49,11 +50,12 @@ SHORTCUTS = {
     "seed": "train.seed",
     "batch_size": "train.batch_size_per_gpu",
     "device": "train.device",
+    "precision": "train.precision",
 }
 
 
 def add_config_shortcuts(p: argparse.ArgumentParser) -> None:
-    """--data/--out/--seed/--batch-size/--device: the same flags as the other commands, each setting
+    """--data/--out/--seed/--batch-size/--device/--precision: the same flags as the other commands, each setting
     one config key (an explicit `key=value` for the same key is an error, not a silent choice)."""
     p.add_argument(
         "--data",
@@ -73,6 +75,7 @@ def add_config_shortcuts(p: argparse.ArgumentParser) -> None:
         help="images per process and step (sets train.batch_size_per_gpu; default: the preset's)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (sets train.device; default: the preset's)")
+    add_precision_argument(p, TRAIN_PRECISION_HELP, default=None)
 
 
 def shortcut_overrides(args: argparse.Namespace) -> list[str]:

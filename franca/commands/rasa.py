@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from franca.rasa import data as rdata
     from franca.rasa.fit import BackboneFeatures, CachedFeatures, RasaConfig, extract_all, fit_rasa
     from franca.rasa.probe import ProbeSettings
-    from franca.utils.device import resolve_device
+    from franca.utils.device import resolve_device, resolve_precision
     from franca.utils.seed import seed_all
 
     auto = args.iterations == "auto"
@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_path(args.report, (".json",), flag="--report")
     seed_all(args.seed)
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     model = load_model_from_args(args)[0].to(device).eval()  # no weights: an error unless --random-init
     model.requires_grad_(False)
     size = fit_size(int(args.size or getattr(model, "img_size", 224)), int(model.patch_size))
@@ -241,19 +242,24 @@ def run(args: argparse.Namespace) -> int:
 
     eval_tf = rdata.rasa_eval_transform(size)
     heldout = _heldout_tokens(
-        model, loader(held_files, eval_tf, False, False), device, args.seed, dihedral=not args.no_probe_dihedral
+        model,
+        loader(held_files, eval_tf, False, False),
+        device,
+        args.seed,
+        dihedral=not args.no_probe_dihedral,
+        precision=precision,
     )
     if args.no_augment:
-        tokens = extract_all(model, loader(train_files, eval_tf, False, False), device)
+        tokens = extract_all(model, loader(train_files, eval_tf, False, False), device, precision)
         source = CachedFeatures(tokens, grid, batch, seed=args.seed)
     else:
         train_tf = rdata.rasa_train_transform(size, std_quirk=not args.no_std_quirk)
         train_loader = loader(train_files, train_tf, True, True)
         if args.cache_views:
-            tokens = torch.cat([extract_all(model, train_loader, device) for _ in range(args.cache_views)])
+            tokens = torch.cat([extract_all(model, train_loader, device, precision) for _ in range(args.cache_views)])
             source = CachedFeatures(tokens, grid, batch, seed=args.seed)
         else:
-            source = BackboneFeatures(model, train_loader, device, size)
+            source = BackboneFeatures(model, train_loader, device, size, precision)
 
     probe = ProbeSettings(fit_fraction=args.probe_fit_fraction, max_steps=args.probe_max_steps, seed=args.seed)
     cfg = RasaConfig(
@@ -301,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
         "n_train_images": len(train_files),
         "n_heldout_images": len(held_files),
         "size": size,
+        "precision": precision,
         "grid": list(grid),
         "augment": not args.no_augment,
         "cache_views": args.cache_views,
@@ -361,7 +368,7 @@ def _check_probe_size(args: argparse.Namespace, n_images: int, n_heldout: int, t
     )
 
 
-def _heldout_tokens(model, loader, device, seed: int, dihedral: bool):
+def _heldout_tokens(model, loader, device, seed: int, dihedral: bool, precision: str = "auto"):
     """Tokens of the held-out images, each turned by its fixed random flip/rotation unless ``dihedral`` is False."""
     import torch
 
@@ -374,7 +381,7 @@ def _heldout_tokens(model, loader, device, seed: int, dihedral: bool):
         if dihedral:
             images = dihedral_views(images, seed, offset=seen)
         seen += images.shape[0]
-        out.append(extract_patch_tokens(model, images, device).cpu())
+        out.append(extract_patch_tokens(model, images, device, precision).cpu())
     return torch.cat(out)
 
 

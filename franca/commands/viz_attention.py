@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     model, device = load_model_from_args(args)
     images, size = prepare_images(args, model.patch_size)
     if size is not None:  # the attention maps are explicit: (heads, T, T) per image
-        check_side_fits(model, size, device, explicit_attention=True)
+        check_side_fits(model, size, device, explicit_attention=True, precision=args.precision)
     res = attention_figure(
         model,
         images,
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         panel_size=args.panel_size,
         label=title_label(args.model, args.weights, getattr(args, "random_init", False), loaded=model),
         progress=True,
+        precision=args.precision,
     )
     print(
         f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images, "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._common import add_precision_argument
 from franca.commands.viz_attention import add_image_arguments
 from franca.utils.names import distinct_path_names
 
@@ -79,6 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="allow backbones with no weights (random initialisation, seed 0); otherwise they are an error",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: %(default)s)")
+    add_precision_argument(p)
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     add_image_arguments(p, "norms", 100, "224; 8 patches for the tiny vitt sizes", panels=False)
     p.set_defaults(backbones=None)
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 device=device,
                 progress=not getattr(args, "quiet", False),
+                precision=args.precision,
             ),
             **s,
             "model": s["model"] or getattr(model, "size_name", None),

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     model, device = load_model_from_args(args)
     images, size = prepare_images(args, model.patch_size)
     if size is not None:  # every image's patch tokens are kept for the PCA
-        check_side_fits(model, size, device, n_images=len(images))
+        check_side_fits(model, size, device, n_images=len(images), precision=args.precision)
     rasa = bool(getattr(args, "rasa", None))
     res = pca_figure(
         model,
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         label=title_label(args.model, args.weights, getattr(args, "random_init", False), loaded=model)
         + (", RASA" if rasa else ""),
         progress=True,
+        precision=args.precision,
     )
     print(f"wrote {res['path']} ({res['size'][0]}x{res['size'][1]} px, {res['n_drawn']} images)")
     return 0

@@ -183,15 +183,22 @@ def classification_inputs(
     model_key: str | None,
     finegrained: str | None = None,
     train_features: bool = True,
+    precision: str = "auto",
 ) -> ClassificationInputs:
     """The one prologue of k-NN, linear, logreg and PCA slicing: resolve the device and the data
     (`classification_splits`), then extract (or read from the cache) the train and val features of
-    `kind` with `batch_size` images per backbone pass. `train_features=False` skips the train pass
+    `kind` with `batch_size` images per backbone pass, in `precision`. `train_features=False` skips the train pass
     (the linear probe with augmentation computes them afresh every epoch)."""
     dev = resolve_device(device)
     train_set, val_set = classification_splits(data, size=size, protocol=protocol, finegrained=finegrained)
     common = dict(
-        kind=kind, device=dev, batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, model_key=model_key
+        kind=kind,
+        device=dev,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        cache_dir=cache_dir,
+        model_key=model_key,
+        precision=precision,
     )
     train = extract_features(model, train_set, **common) if train_features else None
     val = extract_features(model, val_set, **common)

@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from franca.utils.device import check_precision, resolve_device, resolve_precision
+
 __all__ = ["BATCH_SIZE_CHANGED", "EvalArgs", "SHARED_ARGUMENTS", "is_pair", "protocol_entry", "split_pair"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -47,6 +49,9 @@ class EvalArgs:
             `probe_batch_size`).
         device: "auto" (CUDA when available, the default of every protocol), "cpu", "cuda", "cuda:1", or a
             torch.device.
+        precision: the backbone's precision: "auto" (bf16 autocast on CUDA and on CPUs with native bf16,
+            fp32 elsewhere; `franca.utils.device.resolve_precision`), "bf16" or "fp32" (the reference numbers).
+            Every result records the precision it ran in (`precision`: "bf16" or "fp32").
         num_workers: data-loading processes.
         progress: show progress bars.
     """
@@ -56,6 +61,7 @@ class EvalArgs:
     seeds: Sequence[int] | None = None
     batch_size: int | None = None
     device: str | torch.device = "auto"
+    precision: str = "auto"
     num_workers: int = 0
     progress: bool = True
 
@@ -72,6 +78,7 @@ class EvalArgs:
                 raise ValueError(f"EvalArgs.{name} must be a positive integer or None, got {value!r}")
         if int(self.num_workers) < 0:
             raise ValueError(f"EvalArgs.num_workers must be >= 0, got {self.num_workers!r}")
+        object.__setattr__(self, "precision", check_precision(self.precision))
 
     def kwargs_for(self, evaluate: Callable[..., Any]) -> dict[str, Any]:
         """The shared arguments `evaluate` declares, by name; those left at None are omitted (the
@@ -116,6 +123,8 @@ def protocol_entry(
     """Decorator for a protocol's `evaluate(model, data=None, *, …, progress=True, …)`.
 
     - `progress=False` turns the progress bars off for the call (`franca.utils.progress.quiet`).
+    - `precision` is checked before any work, and the result dict records the precision the call ran in
+      (`precision`: "bf16" or "fp32", resolved for its device by `franca.utils.device.resolve_precision`).
     - The previous release's names keep working for one release, each with a DeprecationWarning that
       names its replacement: `renamed` maps an old keyword to its new one (e.g. "data_root" → "data");
       the two keywords of `old_pair` (e.g. train_set, val_set) become `data=(train, val)` (a lone train
@@ -134,6 +143,8 @@ def protocol_entry(
         where = f"{fn.__module__}.{fn.__name__}"
         params = inspect.signature(fn).parameters
         progress_default = params["progress"].default if "progress" in params else True
+        precision_default = params["precision"].default if "precision" in params else None
+        device_default = params["device"].default if "device" in params else "auto"
 
         @functools.wraps(fn)
         def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -166,8 +177,13 @@ def protocol_entry(
                 kwargs.update(new)
             from franca.utils.progress import quiet
 
+            precision = check_precision(kwargs.get("precision", precision_default))
             with quiet(not kwargs.get("progress", progress_default)):
-                return fn(model, *args, **kwargs)
+                result = fn(model, *args, **kwargs)
+            if precision_default is not None and isinstance(result, dict):
+                device = resolve_device(kwargs.get("device", device_default))
+                result.setdefault("precision", resolve_precision(precision, device))
+            return result
 
         return wrapper  # type: ignore[return-value]
 

@@ -141,14 +141,17 @@ def resize_pair(img, mask: np.ndarray, size: int | tuple[int, int]):
     return img, np.asarray(m, dtype=np.int64)
 
 
-def patch_features(model: torch.nn.Module, x: torch.Tensor, use_rasa: bool = False, amp: bool = False) -> torch.Tensor:
-    """Last-layer normed patch tokens as a grid (B, h, w, D), fp32 (`franca.eval.features.patch_tokens`).
+def patch_features(
+    model: torch.nn.Module, x: torch.Tensor, use_rasa: bool = False, precision: str = "auto"
+) -> torch.Tensor:
+    """Last-layer normed patch tokens as a grid (B, h, w, D), fp32 (`franca.eval.features.patch_tokens`),
+    from a forward in `precision`.
 
     `use_rasa` takes `patch_token_rasa` (position-cleaned tokens) instead of `x_norm_patchtokens`.
     """
     from franca.eval.features import patch_tokens
 
-    return patch_tokens(model, x, use_rasa, amp)
+    return patch_tokens(model, x, use_rasa, precision)
 
 
 def batched(n: int, batch_size: int):

@@ -135,12 +135,15 @@ def normalise(image: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def dense_cls_features(model: torch.nn.Module, images: Tensor, blocks: Sequence[int]) -> list[Tensor]:
-    """Frozen multilayer features: per block (B, 2D, h, w) = [patch map ; CLS broadcast], no final norm."""
+def dense_cls_features(
+    model: torch.nn.Module, images: Tensor, blocks: Sequence[int], precision: str = "auto"
+) -> list[Tensor]:
+    """Frozen multilayer features (fp32, from a forward in `precision`): per block (B, 2D, h, w) =
+    [patch map ; CLS broadcast], no final norm."""
     from franca.eval.features import block_tokens
 
     x = center_pad(normalise(images), model.patch_size)
-    outs = block_tokens(model, x, list(blocks), return_class_token=True, amp=True)
+    outs = block_tokens(model, x, list(blocks), return_class_token=True, precision=precision)
     feats = []
     for patch, cls in outs:
         patch = patch.float()
@@ -193,8 +196,10 @@ def train_head(
     use_augment: bool = True,
     num_workers: int = 0,
     progress: bool = True,
+    precision: str = "auto",
 ) -> BinDepthHead:
-    """Train the bin-depth head on frozen dense-cls features; returns it in eval mode."""
+    """Train the bin-depth head (fp32) on frozen dense-cls features (backbone in `precision`); returns it
+    in eval mode."""
     from franca.utils.progress import progress as tqdm
 
     blocks = probe_blocks(model.n_blocks)
@@ -216,7 +221,7 @@ def train_head(
             gt = torch.stack([b[1] for b in batch]).to(device)[:, None]
             for g in opt.param_groups:
                 g["lr"] = lr * lr_factor(step, total, warmup)
-            pred = head(dense_cls_features(model, images, blocks))
+            pred = head(dense_cls_features(model, images, blocks, precision))
             pred = F.interpolate(pred, size=gt.shape[-2:], mode="bilinear", align_corners=True)
             loss = depth_loss(pred, gt, MAX_DEPTH)
             opt.zero_grad(set_to_none=True)
@@ -237,14 +242,15 @@ def predict_and_score(
     batch_size: int,
     device: torch.device,
     num_workers: int = 0,
+    precision: str = "auto",
 ) -> dict[str, float]:
-    """Predict each test image, resize (bilinear, align_corners=True) to its GT, average per-image metrics."""
+    """Predict each test image (backbone in `precision`), resize (bilinear, align_corners=True) to its GT, average per-image metrics."""
     blocks = probe_blocks(model.n_blocks)
     per_image = []
     for batch in _loader(test, batch_size, num_workers):
         images = torch.stack([t[0] for t in batch]).to(device)
         gt = torch.stack([t[1] for t in batch]).to(device)
-        pred = head(dense_cls_features(model, images, blocks))
+        pred = head(dense_cls_features(model, images, blocks, precision))
         pred = F.interpolate(pred, size=gt.shape[-2:], mode="bilinear", align_corners=True)[:, 0]
         valid = (gt > 0) & (gt <= MAX_DEPTH)
         per_image.append({k: v.cpu() for k, v in depth_metrics_per_image(pred, gt, valid).items()})
@@ -259,6 +265,7 @@ def evaluate(
     size: int | None = None,
     batch_size: int = 8,
     device: torch.device | str = "auto",
+    precision: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
     hidden_dim: int | None = None,
@@ -300,8 +307,9 @@ def evaluate(
         use_augment=use_augment,
         num_workers=num_workers,
         progress=progress,
+        precision=precision,
     )
-    metrics = predict_and_score(model, head, test, batch_size, device, num_workers)
+    metrics = predict_and_score(model, head, test, batch_size, device, num_workers, precision)
     log.info("depth: SI-RMSE %.4f RMSE %.4f d1 %.3f", metrics["si_rmse"], metrics["rmse"], metrics["d1"])
     return {
         "protocol": "depth",

@@ -12,7 +12,7 @@ One pass over a labelled dataset gives, per image:
 Results are cached on disk under a key hashed from the model (a fingerprint of its weights, plus an
 optional caller-supplied identity such as the weights file's name, size and mtime), the dataset
 (class, length, sample list, each file's size, mtime and inode), its transform (hence the image
-size) and the code version (`code_version()`: version, format and a digest of the source that
+size), the precision the forward ran in ("fp32" or "bf16", `franca.utils.device.resolve_precision`) and the code version (`code_version()`: version, format and a digest of the source that
 decides the numbers), so
 running several protocols on the same backbone and data extracts once (recent results are also
 kept in memory, bounded, for protocols run in one process without a disk cache). Under torchrun every rank
@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from franca.utils import distributed as dist_utils
-from franca.utils.device import autocast_context, resolve_device
+from franca.utils.device import autocast_context, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ FEATURE_SOURCES = (
     "franca.data.datasets.transforms",
     "franca.eval.classification_data",
     "franca.eval.features",
+    "franca.utils.device",
 )
 
 
@@ -191,20 +192,28 @@ def _item_hash(dataset: Any) -> str | None:
 
 
 def cache_keys(
-    model: torch.nn.Module, dataset: Any, kinds: tuple[str, ...], model_key: str | None = None
+    model: torch.nn.Module,
+    dataset: Any,
+    kinds: tuple[str, ...],
+    model_key: str | None = None,
+    precision: str = "fp32",
 ) -> dict[str, str]:
-    """One cache key per feature kind; the model and data are fingerprinted once."""
+    """One cache key per feature kind; the model and data are fingerprinted once. `precision` is the
+    resolved one ("fp32" or "bf16"): features of one precision never answer a request for the other."""
     base = {
         "model": model_fingerprint(model),
         "model_key": model_key,
         "data": dataset_identity(dataset),
         "code": code_version(),
+        "precision": precision,
     }
     return {k: hashlib.sha1(json.dumps({**base, "kind": k}, sort_keys=True).encode()).hexdigest()[:20] for k in kinds}
 
 
-def cache_key(model: torch.nn.Module, dataset: Any, kind: str, model_key: str | None = None) -> str:
-    return cache_keys(model, dataset, (kind,), model_key)[kind]
+def cache_key(
+    model: torch.nn.Module, dataset: Any, kind: str, model_key: str | None = None, precision: str = "fp32"
+) -> str:
+    return cache_keys(model, dataset, (kind,), model_key, precision)[kind]
 
 
 # ------------------------------------------------------------------ batch-level forwards
@@ -215,18 +224,22 @@ def cache_key(model: torch.nn.Module, dataset: Any, kind: str, model_key: str | 
 
 @torch.no_grad()
 def patch_tokens(
-    model: torch.nn.Module, x: torch.Tensor, use_rasa: bool = False, amp: bool = False, grid: bool = True
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    use_rasa: bool = False,
+    precision: str = "auto",
+    grid: bool = True,
 ) -> torch.Tensor:
-    """Last-layer normed patch tokens, fp32: a grid (B, h, w, D), or (B, N, D) with ``grid=False``.
+    """Last-layer normed patch tokens, returned as fp32: a grid (B, h, w, D), or (B, N, D) with ``grid=False``.
 
     `use_rasa` takes `patch_token_rasa` (position-cleaned tokens) instead of `x_norm_patchtokens`;
-    `amp` runs under bf16 autocast on CUDA (`franca.utils.device.autocast_context`).
+    the forward runs in `precision` ("auto", "bf16" or "fp32": `franca.utils.device.autocast_context`).
     """
     b, _, hh, ww = x.shape
     p = int(model.patch_size)
     if hh % p or ww % p:
         raise ValueError(f"input {hh}x{ww} is not a multiple of the patch size {p}")
-    with autocast_context(x.device, enabled=amp):
+    with autocast_context(x.device, precision):
         out = model.forward_features(x, use_rasa_head=use_rasa) if use_rasa else model.forward_features(x)
     key = "patch_token_rasa" if use_rasa else "x_norm_patchtokens"
     if key not in out:
@@ -243,25 +256,29 @@ def block_tokens(
     *,
     norm: bool = False,
     return_class_token: bool = False,
-    amp: bool = False,
+    precision: str = "auto",
 ) -> tuple[Any, ...]:
     """Intermediate-block outputs as patch maps (B, D, h, w) (with their CLS tokens when asked):
-    `get_intermediate_layers(x, n=blocks, reshape=True, norm=norm)`, under autocast when `amp`."""
-    with autocast_context(x.device, enabled=amp):
+    `get_intermediate_layers(x, n=blocks, reshape=True, norm=norm)`, in `precision`. The tensors are
+    the forward's own (bf16 under bf16): callers cast what they keep."""
+    with autocast_context(x.device, precision):
         return tuple(
             model.get_intermediate_layers(x, n=blocks, reshape=True, return_class_token=return_class_token, norm=norm)
         )
 
 
 @torch.no_grad()
-def batch_features(model: torch.nn.Module, images: torch.Tensor, kind: str = "cls") -> dict[str, torch.Tensor]:
+def batch_features(
+    model: torch.nn.Module, images: torch.Tensor, kind: str = "cls", precision: str = "auto"
+) -> dict[str, torch.Tensor]:
     """The outputs of one `kind` (see `extract`) for one batch of images already on the model's device,
-    without gradients and under bf16 autocast on CUDA: what `extract` computes per batch, for callers
-    that make their own batches (the linear probe's augmented epochs)."""
+    without gradients, in `precision`: what `extract` computes per batch, for callers that make their
+    own batches (the linear probe's augmented epochs). Floating outputs are fp32."""
     if kind not in EXTRACT_KINDS:
         raise ValueError(f"kind must be one of {EXTRACT_KINDS}, got {kind!r}")
-    with autocast_context(images.device):
-        return _forward(model, images, kind)
+    with autocast_context(images.device, precision):
+        out = _forward(model, images, kind)
+    return {k: v.float() for k, v in out.items()}
 
 
 def _forward(model: torch.nn.Module, x: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
@@ -290,6 +307,7 @@ def extract(
     show_progress: bool = False,
     distributed: bool = True,
     collate_fn: Any = None,
+    precision: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """The one feature extractor (no cache): run a frozen model over a dataset of ``(image, label, …)``.
 
@@ -298,13 +316,15 @@ def extract(
     ``patch_token_rasa`` as ``patch``). ``labels`` (N,) holds the second item of each sample. With
     ``distributed`` (default) each rank of a torchrun job extracts a strided shard and all ranks
     get the full tensors; ``distributed=False`` extracts everything in this process (e.g. rank 0 alone).
+    The forward runs in `precision` ("auto": bf16 where the device computes it natively, see
+    `franca.utils.device.resolve_precision`; "bf16"; "fp32").
     The model is left in eval mode. Returns float32 (or integer) CPU tensors in dataset order.
     """
     if kind not in EXTRACT_KINDS:
         raise ValueError(f"kind must be one of {EXTRACT_KINDS}, got {kind!r}")
-    return _extract(
-        model, dataset, kind, resolve_device(device), batch_size, num_workers, show_progress, distributed, collate_fn
-    )
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    return _extract(model, dataset, kind, dev, batch_size, num_workers, show_progress, distributed, collate_fn, prec)
 
 
 @torch.no_grad()
@@ -318,8 +338,9 @@ def _extract(
     show_progress: bool,
     distributed: bool = True,
     collate_fn: Any = None,
+    precision: str = "fp32",
 ) -> dict[str, torch.Tensor]:
-    """Run the model over (this rank's shard of) the dataset; gather shards in dataset order."""
+    """Run the model over (this rank's shard of) the dataset in `precision`; gather shards in dataset order."""
     n = len(dataset)
     world, rank = (dist_utils.world_size(), dist_utils.rank()) if distributed else (1, 0)
     per_rank = -(-n // world)
@@ -342,7 +363,7 @@ def _extract(
     model.eval()
     for batch in it:
         images, labels = batch[0], batch[1]
-        out = batch_features(model, images.to(device, non_blocking=True), kind)
+        out = batch_features(model, images.to(device, non_blocking=True), kind, precision)
         out["labels"] = torch.as_tensor(labels).long()
         for key, t in out.items():
             chunks.setdefault(key, []).append(t.float().cpu() if t.is_floating_point() else t.cpu())
@@ -392,6 +413,7 @@ def extract_features(
     cache_dir: str | Path | None = None,
     model_key: str | None = None,
     show_progress: bool = True,
+    precision: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Frozen features of a labelled dataset (items ``(image, label, …)``), cached on disk.
 
@@ -399,6 +421,8 @@ def extract_features(
         kind: "cls" (``cls``, ``labels``) or "blocks" (adds ``cls_blocks`` and ``patch_mean``).
         cache_dir: folder for the cache; None disables caching.
         model_key: extra identity of the model (e.g. name + weights path) mixed into the key.
+        precision: "auto", "bf16" or "fp32" (`franca.utils.device.resolve_precision`); the resolved
+            precision is part of the cache key.
 
     Returns:
         float32 CPU tensors: ``cls`` (N, D), ``labels`` (N,) and for "blocks" ``cls_blocks`` (N, L, D),
@@ -407,8 +431,9 @@ def extract_features(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     # A "blocks" result also serves "cls" requests (cls = last block's normed CLS).
-    keys = cache_keys(model, dataset, ("cls", "blocks") if kind == "cls" else ("blocks",), model_key)
+    keys = cache_keys(model, dataset, ("cls", "blocks") if kind == "cls" else ("blocks",), model_key, prec)
     for key in keys.values():
         if key in _MEMO:
             log.info("features: in-memory hit %s", key)
@@ -422,10 +447,13 @@ def extract_features(
                 log.info("features: cache hit %s", candidate)
                 return _finish(_remember(key, _load(candidate)))
         path = Path(cache_dir) / f"{keys[kind]}.pt"
-    feats = _remember(keys[kind], _extract(model, dataset, kind, dev, batch_size, num_workers, show_progress))
+    feats = _remember(
+        keys[kind], _extract(model, dataset, kind, dev, batch_size, num_workers, show_progress, precision=prec)
+    )
     if path is not None and dist_utils.is_main():
         meta = {
             "kind": kind,
+            "precision": prec,
             "model_key": model_key,
             "data": dataset_identity(dataset),
             "shapes": {k: list(v.shape) for k, v in feats.items()},

@@ -227,6 +227,7 @@ def build_memory(
     use_rasa: bool = False,
     batch_size: int = 32,
     num_workers: int = 0,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Memory features (N, D) float32 (L2-normalised) and soft labels (N, C) of the training set.
 
@@ -253,7 +254,7 @@ def build_memory(
             MemoryAugmented(dataset, size, seed, ep), batch_size=batch_size, num_workers=num_workers
         )
         for x, m, _ in tqdm(loader, desc=f"memory pass {ep + 1}/{aug_epochs}", leave=False):
-            f = F.normalize(patch_features(model, x.to(device), use_rasa).flatten(1, 2), dim=-1).cpu()
+            f = F.normalize(patch_features(model, x.to(device), use_rasa, precision).flatten(1, 2), dim=-1).cpu()
             lab = patch_label_fractions(m, patch, num_classes)
             if per_image < grid:
                 keep = [bounded_patch_indices(lab[b], per_image, g) for b in range(lab.shape[0])]
@@ -285,8 +286,10 @@ def predict_queries(
     use_rasa: bool = False,
     batch_size: int = 32,
     num_workers: int = 0,
+    precision: str = "auto",
 ) -> torch.Tensor:
-    """Segment the validation set by retrieval; returns the (C × C) confusion matrix at S×S."""
+    """Segment the validation set by retrieval (backbone in `precision`); returns the (C × C) confusion
+    matrix at S×S."""
     from franca.utils.progress import progress as tqdm
 
     conf = StreamingConfusion(num_classes, num_classes, ignore_index)
@@ -295,7 +298,7 @@ def predict_queries(
         desc="in-context queries",
         leave=False,
     ):
-        f = patch_features(model, x.to(device), use_rasa)  # (B, h, w, D)
+        f = patch_features(model, x.to(device), use_rasa, precision)  # (B, h, w, D)
         b, h, w, d = f.shape
         soft = knn_soft_labels(index, memory_labels, f.reshape(-1, d), k, temperature)
         soft = soft.view(b, h, w, num_classes).permute(0, 3, 1, 2)
@@ -313,6 +316,7 @@ def evaluate(
     seeds: Sequence[int] = (0,),
     batch_size: int = 32,
     device: torch.device | str = "auto",
+    precision: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
     k: int = 30,
@@ -344,7 +348,18 @@ def evaluate(
     mious, ious, n_mem = [], [], 0
     for s in seeds:
         feats, labels = build_memory(
-            model, train_set, size, num_classes, device, s, aug_epochs, memory_size, use_rasa, batch_size, num_workers
+            model,
+            train_set,
+            size,
+            num_classes,
+            device,
+            s,
+            aug_epochs,
+            memory_size,
+            use_rasa,
+            batch_size,
+            num_workers,
+            precision=precision,
         )
         n_mem = feats.shape[0]
         idx = build_index(feats, index, nlist, nprobe, use_gpu=device.type == "cuda", device=device)
@@ -363,6 +378,7 @@ def evaluate(
             use_rasa,
             batch_size,
             num_workers,
+            precision=precision,
         )
         r = matched_miou(conf, "hungarian")
         mious.append(r["miou"])

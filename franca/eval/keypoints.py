@@ -82,11 +82,12 @@ def center_pad(x: Tensor, multiple: int) -> Tensor:
 
 
 @torch.no_grad()
-def dense_features(model: torch.nn.Module, x: Tensor) -> Tensor:
-    """(B, 3, H, W) → (B, D, h, w): last block's patch tokens, no final norm, L2-normalised per location."""
+def dense_features(model: torch.nn.Module, x: Tensor, precision: str = "auto") -> Tensor:
+    """(B, 3, H, W) → (B, D, h, w): last block's patch tokens (forward in `precision`), no final norm,
+    L2-normalised per location in fp32."""
     from franca.eval.features import block_tokens
 
-    (feats,) = block_tokens(model, center_pad(x, model.patch_size), 1)
+    (feats,) = block_tokens(model, center_pad(x, model.patch_size), 1, precision=precision)
     return F.normalize(feats.float(), dim=1)
 
 
@@ -138,8 +139,11 @@ def sample_pairs(pairs: Sequence[KeypointPair], n_pairs: int = 200, seed: int = 
 class _FeatureCache:
     """An LRU of per-image feature maps, filled in batches, so images shared by pairs and bins run once."""
 
-    def __init__(self, model: torch.nn.Module, size: int, device: torch.device, capacity: int = 64):
+    def __init__(
+        self, model: torch.nn.Module, size: int, device: torch.device, capacity: int = 64, precision: str = "auto"
+    ):
         self.model, self.size, self.device, self.capacity = model, size, device, capacity
+        self.precision = precision
         self._store: OrderedDict[str, tuple[Tensor, float]] = OrderedDict()
 
     @staticmethod
@@ -148,8 +152,6 @@ class _FeatureCache:
 
     def prefetch(self, named_images: Sequence[tuple[str, Any]]) -> None:
         """Compute (one batched forward) the features of the images not cached yet."""
-        from franca.utils.device import autocast_context
-
         todo: dict[str, Any] = {}
         for name, image in named_images:
             k = self.key(name, image)
@@ -161,8 +163,7 @@ class _FeatureCache:
             return
         prepared = [pad_to_square_and_resize(im, self.size) for im in todo.values()]
         x = torch.stack([p[0] for p in prepared]).to(self.device)
-        with autocast_context(self.device):
-            feats = dense_features(self.model, x).float()
+        feats = dense_features(self.model, x, self.precision)
         for k, f, (_, scale) in zip(todo, feats, prepared):
             self._store[k] = (f, scale)
         while len(self._store) > max(self.capacity, len(todo)):
@@ -209,6 +210,7 @@ def evaluate(
     size: int | None = None,
     batch_size: int = 16,
     device: torch.device | str = "auto",
+    precision: str = "auto",
     progress: bool = True,
     n_pairs: int = 200,
     alpha: float = 0.10,
@@ -231,7 +233,7 @@ def evaluate(
         raise ValueError(f"no keypoint pairs found in {data!r} (split {split!r})")
     size = size or default_image_size(model.patch_size)
     model = model.to(device).eval()
-    cache = _FeatureCache(model, size, device, capacity=max(64, 2 * batch_size))
+    cache = _FeatureCache(model, size, device, capacity=max(64, 2 * batch_size), precision=precision)
     chosen = sample_pairs(pairs, n_pairs, seed)
     result_bins: dict[str, Any] = {}
     for b in BINS:

@@ -202,6 +202,7 @@ def evaluate(
     seeds: Sequence[int] = (0,),
     batch_size: int = 64,
     device: str | torch.device = "auto",
+    precision: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
     epochs: int = 10,
@@ -230,6 +231,7 @@ def evaluate(
         size=size,
         batch_size=batch_size,
         device=device,
+        precision=precision,
         num_workers=num_workers,
         cache_dir=cache_dir,
         model_key=model_key,
@@ -246,7 +248,15 @@ def evaluate(
     for seed in seeds:
         if augment:
             batches = _augmented_batches(
-                model, train_set, size, probe_batch_size, seed, dev, num_workers, train_augment_transform(size)
+                model,
+                train_set,
+                size,
+                probe_batch_size,
+                seed,
+                dev,
+                num_workers,
+                train_augment_transform(size),
+                precision,
             )
         else:
             batches = feature_batches({k: train[k] for k in keys}, train["labels"], probe_batch_size, seed)
@@ -305,8 +315,9 @@ def _augmented_batches(
     device: torch.device,
     num_workers: int,
     transform: Callable,
+    precision: str = "auto",
 ) -> Callable:
-    """Per-epoch batches of features of freshly augmented train images (``augment=True``)."""
+    """Per-epoch batches of features of freshly augmented train images (``augment=True``), in `precision`."""
     import copy
 
     from torch.utils.data import DataLoader
@@ -330,7 +341,7 @@ def _augmented_batches(
         )
         model.eval()
         for images, labels, *_ in loader:
-            out = batch_features(model, images.to(device), "blocks")
-            yield {k: v.float() for k, v in out.items()}, torch.as_tensor(labels)
+            out = batch_features(model, images.to(device), "blocks", precision)
+            yield out, torch.as_tensor(labels)
 
     return epoch_batches

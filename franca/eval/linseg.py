@@ -89,10 +89,10 @@ def _pad_to_multiple(x: torch.Tensor, p: int) -> tuple[torch.Tensor, tuple[int, 
 
 
 @torch.no_grad()
-def backbone_maps(model: nn.Module, x: torch.Tensor, use_rasa: bool = False) -> torch.Tensor:
-    """Frozen patch features as maps (B, D, h, w) of an input padded to the patch size."""
+def backbone_maps(model: nn.Module, x: torch.Tensor, use_rasa: bool = False, precision: str = "auto") -> torch.Tensor:
+    """Frozen patch features as maps (B, D, h, w) of an input padded to the patch size (forward in `precision`)."""
     x, _ = _pad_to_multiple(x, int(model.patch_size))
-    return patch_features(model, x, use_rasa).permute(0, 3, 1, 2).contiguous()
+    return patch_features(model, x, use_rasa, precision).permute(0, 3, 1, 2).contiguous()
 
 
 # ---------------------------------------------------------------- training data
@@ -161,7 +161,14 @@ class TrainAugmented(torch.utils.data.Dataset):
 # ---------------------------------------------------------------- inference
 @torch.no_grad()
 def slide_logits(
-    model: nn.Module, head: nn.Module, x: torch.Tensor, crop: int, stride: int, num_classes: int, use_rasa: bool = False
+    model: nn.Module,
+    head: nn.Module,
+    x: torch.Tensor,
+    crop: int,
+    stride: int,
+    num_classes: int,
+    use_rasa: bool = False,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """mmseg slide inference on one image (1, 3, H, W): windows of crop² every stride pixels
     (the last flush with the border), logits bilinearly upsampled per window and averaged."""
@@ -175,7 +182,7 @@ def slide_logits(
             y2, x2 = min(a * stride + crop, h), min(b * stride + crop, w)
             y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
             win, pads = _pad_to_multiple(x[:, :, y1:y2, x1:x2], int(model.patch_size))
-            logits = head(patch_features(model, win, use_rasa).permute(0, 3, 1, 2))
+            logits = head(patch_features(model, win, use_rasa, precision).permute(0, 3, 1, 2))
             logits = F.interpolate(logits, size=win.shape[-2:], mode="bilinear", align_corners=False)
             logits = logits[:, :, pads[2] : pads[2] + y2 - y1, pads[0] : pads[0] + x2 - x1]
             out[:, :, y1:y2, x1:x2] += logits
@@ -192,6 +199,7 @@ def predict_image(
     num_classes: int,
     device: torch.device,
     use_rasa: bool = False,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """Class probabilities (C, H, W) at the original size, averaged over test scales (and flips):
     each scale r resizes keeping aspect to (4·crop·r, crop·r) before slide inference."""
@@ -207,7 +215,7 @@ def predict_image(
         x = to_tensor(im, IMAGENET_MEAN, IMAGENET_STD)[None].to(device)
         for flip in [False, True] if cfg.flip else [False]:
             xi = x.flip(-1) if flip else x
-            lg = slide_logits(model, head, xi, cfg.crop, stride, num_classes, use_rasa)
+            lg = slide_logits(model, head, xi, cfg.crop, stride, num_classes, use_rasa, precision)
             lg = lg.flip(-1) if flip else lg
             lg = F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False)
             probs += lg.softmax(1)[0]
@@ -224,12 +232,22 @@ def _optimizer(head: nn.Module, cfg: LinsegConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
 
 
-def _batches(model, train_set, cfg: LinsegConfig, seed: int, epoch: int, device, use_rasa: bool, num_workers: int):
+def _batches(
+    model,
+    train_set,
+    cfg: LinsegConfig,
+    seed: int,
+    epoch: int,
+    device,
+    use_rasa: bool,
+    num_workers: int,
+    precision: str = "auto",
+):
     loader = torch.utils.data.DataLoader(
         TrainAugmented(train_set, cfg, seed, epoch), batch_size=cfg.batch_size, num_workers=num_workers
     )
     for x, m in loader:
-        yield backbone_maps(model, x.to(device), use_rasa), m.to(device)
+        yield backbone_maps(model, x.to(device), use_rasa, precision), m.to(device)
 
 
 def train_head(
@@ -241,9 +259,10 @@ def train_head(
     seed: int = 0,
     use_rasa: bool = False,
     num_workers: int = 0,
+    precision: str = "auto",
 ) -> LinearHead:
-    """Train the BN + 1×1 head on frozen features: CE (ignore 255) on logits bilinearly upsampled
-    to the crop, poly LR (power 1) stepped per epoch."""
+    """Train the BN + 1×1 head (fp32) on frozen features (backbone in `precision`): CE (ignore 255) on
+    logits bilinearly upsampled to the crop, poly LR (power 1) stepped per epoch."""
     from franca.utils.progress import progress as tqdm
 
     torch.manual_seed(seed)
@@ -253,7 +272,8 @@ def train_head(
     if cfg.cache_views > 0:  # features of a fixed set of augmented crops, reused every epoch
         for v in tqdm(range(cfg.cache_views), desc="linseg feature cache", leave=False):
             cache += [
-                (f.cpu(), m.cpu()) for f, m in _batches(model, train_set, cfg, seed, v, device, use_rasa, num_workers)
+                (f.cpu(), m.cpu())
+                for f, m in _batches(model, train_set, cfg, seed, v, device, use_rasa, num_workers, precision)
             ]
         feats, masks = torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache])
     g = torch.Generator().manual_seed(seed)
@@ -268,7 +288,7 @@ def train_head(
                 for i in range(0, len(order), cfg.batch_size)
             )
         else:
-            it = _batches(model, train_set, cfg, seed, ep, device, use_rasa, num_workers)
+            it = _batches(model, train_set, cfg, seed, ep, device, use_rasa, num_workers, precision)
         for f, m in it:
             if f.shape[0] < 2:  # BatchNorm needs more than one sample
                 continue
@@ -290,6 +310,7 @@ def evaluate(
     size: int | None = None,
     seeds: Sequence[int] = (0,),
     device: torch.device | str = "auto",
+    precision: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
     config: LinsegConfig | None = None,
@@ -327,11 +348,11 @@ def evaluate(
         p.requires_grad_(False)
     mious, ious = [], []
     for s in seeds:
-        head = train_head(model, train_set, num_classes, cfg, device, s, use_rasa, num_workers)
+        head = train_head(model, train_set, num_classes, cfg, device, s, use_rasa, num_workers, precision)
         conf = StreamingConfusion(num_classes, num_classes, ignore)
         for i in tqdm(range(len(val_set)), desc="linseg inference", leave=False):
             img, mask = val_set[i]
-            pred = predict_image(model, head, img, cfg, num_classes, device, use_rasa).argmax(0)
+            pred = predict_image(model, head, img, cfg, num_classes, device, use_rasa, precision).argmax(0)
             conf.update(pred, torch.from_numpy(np.asarray(mask)))
         iou = per_class_iou(conf.matrix, absent="nan")
         mious.append(float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0)

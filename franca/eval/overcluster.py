@@ -37,15 +37,16 @@ def extract_tokens(
     num_workers: int = 0,
     use_rasa: bool = False,
     mask_size: int = 100,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, tuple[int, int], torch.Tensor]:
-    """Patch tokens of every image (N·h·w, D) float32, the grid (h, w), and the masks resized
-    (nearest, via S×S as Leopart does) to mask_size² as (N, mask_size, mask_size) int64."""
+    """Patch tokens of every image (N·h·w, D) float32 (forward in `precision`), the grid (h, w), and the
+    masks resized (nearest, via S×S as Leopart does) to mask_size² as (N, mask_size, mask_size) int64."""
     from franca.utils.progress import progress as tqdm
 
     feats, masks, grid = [], [], (0, 0)
     loader = resized_loader(dataset, size, batch_size, num_workers)
     for x, m in tqdm(loader, desc="overcluster features", leave=False):
-        f = patch_features(model, x.to(device), use_rasa)  # (B, h, w, D)
+        f = patch_features(model, x.to(device), use_rasa, precision)  # (B, h, w, D)
         grid = (f.shape[1], f.shape[2])
         feats.append(f.reshape(-1, f.shape[-1]).cpu().numpy())
         masks.append(F.interpolate(m[:, None].float(), size=(mask_size, mask_size), mode="nearest")[:, 0].long())
@@ -179,6 +180,7 @@ def evaluate(
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     batch_size: int = 32,
     device: torch.device | str = "auto",
+    precision: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
     ks: Sequence[int | None] = (100, 300, None),
@@ -220,7 +222,9 @@ def evaluate(
             f"size {size} give {n_tokens}; use smaller K or more images"
         )
     model = model.eval().to(device)
-    tokens, grid, masks = extract_tokens(model, dataset, size, device, batch_size, num_workers, use_rasa, mask_size)
+    tokens, grid, masks = extract_tokens(
+        model, dataset, size, device, batch_size, num_workers, use_rasa, mask_size, precision=precision
+    )
     res = overcluster_scores(
         tokens, grid, masks, num_classes, ks, seeds, ignore, pca_dim, niter, nredo, refine_hungarian, matching
     )

@@ -149,10 +149,17 @@ class CachedFeatures:
 
 
 class BackboneFeatures:
-    """Frozen backbone run on an image loader each pass; yields ``x_norm_patchtokens`` in float32."""
+    """Frozen backbone run (in `precision`) on an image loader each pass; yields ``x_norm_patchtokens`` in float32."""
 
-    def __init__(self, model: torch.nn.Module, loader: Iterable[torch.Tensor], device: torch.device, size: int) -> None:
-        self.model, self.loader, self.device = model, loader, device
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loader: Iterable[torch.Tensor],
+        device: torch.device,
+        size: int,
+        precision: str = "auto",
+    ) -> None:
+        self.model, self.loader, self.device, self.precision = model, loader, device, precision
         p = int(model.patch_size)
         if size % p:
             raise ValueError(f"image size {size} is not a multiple of the patch size {p}")
@@ -164,23 +171,28 @@ class BackboneFeatures:
 
     def epoch(self, epoch: int) -> Iterator[torch.Tensor]:
         for images in self.loader:
-            yield extract_patch_tokens(self.model, images, self.device)
+            yield extract_patch_tokens(self.model, images, self.device, self.precision)
 
 
 @torch.no_grad()
-def extract_patch_tokens(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Final normalised patch tokens (B, N, D) of a frozen backbone, float32 (`franca.eval.features.patch_tokens`)."""
+def extract_patch_tokens(
+    model: torch.nn.Module, images: torch.Tensor, device: torch.device, precision: str = "auto"
+) -> torch.Tensor:
+    """Final normalised patch tokens (B, N, D) of a frozen backbone, float32, from a forward in `precision`
+    (`franca.eval.features.patch_tokens`)."""
     from franca.eval.features import patch_tokens
 
     if isinstance(images, (list, tuple)):
         images = images[0]
-    return patch_tokens(model, images.to(device, non_blocking=True), amp=True, grid=False)
+    return patch_tokens(model, images.to(device, non_blocking=True), precision=precision, grid=False)
 
 
 @torch.no_grad()
-def extract_all(model: torch.nn.Module, loader: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Tokens of every image of a loader, concatenated on the CPU (M, N, D)."""
-    return torch.cat([extract_patch_tokens(model, b, device).cpu() for b in loader], dim=0)
+def extract_all(
+    model: torch.nn.Module, loader: Iterable[torch.Tensor], device: torch.device, precision: str = "auto"
+) -> torch.Tensor:
+    """Tokens of every image of a loader (forward in `precision`), concatenated on the CPU (M, N, D)."""
+    return torch.cat([extract_patch_tokens(model, b, device, precision).cpu() for b in loader], dim=0)
 
 
 def _batches(source: FeatureSource) -> Iterator[torch.Tensor]:

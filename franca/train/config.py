@@ -295,6 +295,10 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     """torch.compile the backbones and heads"""
+    precision: str = "auto"
+    """'auto', 'bf16' or 'fp32': bf16 autocast for the backbones and heads (the losses, Sinkhorn-Knopp and
+    KoLeo stay fp32); auto = bf16 on CUDA, fp32 on CPU (the tiny CPU step gains nothing from bf16:
+    docs/training.md "Precision"). The end-of-run k-NN check extracts in the same precision"""
     parallel: str = "ddp"
     """'ddp' or 'fsdp' (FSDP2 fully_shard) under torchrun"""
     knn_eval: bool = True
@@ -318,6 +322,9 @@ class TrainConfig:
         _check(self.checkpoint_period >= 1, "train.checkpoint_period", self.checkpoint_period, ">= 1")
         _check(self.log_period >= 1, "train.log_period", self.log_period, ">= 1")
         _check(self.parallel in ("ddp", "fsdp"), "train.parallel", self.parallel, "'ddp' or 'fsdp'")
+        _check(
+            self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "'auto', 'bf16' or 'fp32'"
+        )
         _check(self.knn_k >= 1, "train.knn_k", self.knn_k, ">= 1")
         _check(bool(str(self.output_dir).strip()), "train.output_dir", self.output_dir, "a folder path")
 
@@ -514,6 +521,7 @@ RESUME_FREE_KEYS = (
     "train.knn_k",
     "train.device",
     "train.compile",
+    "train.precision",
     "train.parallel",
     "train.init_from",
     "data.num_workers",

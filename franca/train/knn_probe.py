@@ -50,13 +50,15 @@ def LabelledFolder(root: str | Path, size: int) -> Dataset:
 
 
 def extract_cls(
-    backbone: nn.Module, ds: Dataset, device: torch.device, batch_size: int = 256
+    backbone: nn.Module, ds: Dataset, device: torch.device, batch_size: int = 256, precision: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLS features and labels of `ds` in this process (`franca.eval.features.extract`); the
-    backbone's train/eval mode is restored afterwards."""
+    """CLS features and labels of `ds` in this process (`franca.eval.features.extract`, in `precision`);
+    the backbone's train/eval mode is restored afterwards."""
     was_training = backbone.training
     try:
-        out = extract(backbone, ds, kind="cls", device=device, batch_size=batch_size, distributed=False)
+        out = extract(
+            backbone, ds, kind="cls", device=device, batch_size=batch_size, distributed=False, precision=precision
+        )
     finally:
         backbone.train(was_training)
     return out["cls"], out["labels"]
@@ -70,10 +72,10 @@ class KnnProbe:
         self.val = LabelledFolder(val_root, size)
         self.k = k
 
-    def __call__(self, backbone: nn.Module, device: torch.device) -> dict[str, Any]:
+    def __call__(self, backbone: nn.Module, device: torch.device, precision: str = "auto") -> dict[str, Any]:
 
-        xb, yb = extract_cls(backbone, self.train, device)
-        xq, yq = extract_cls(backbone, self.val, device)
+        xb, yb = extract_cls(backbone, self.train, device, precision=precision)
+        xq, yq = extract_cls(backbone, self.val, device, precision=precision)
         res = knn_classify(xb, yb, xq, yq, ks=(self.k,), T=0.07)
         return {"top1": res[f"top1_k{self.k}"], "k": self.k, "n_train": len(self.train), "n_val": len(self.val)}
 

@@ -77,11 +77,13 @@ class Trainer:
         from franca.train.distributed import compile_modules, fsdp_shard, sync_batchnorm, wrap_student
         from franca.train.optim import build_optimizer, build_param_groups
         from franca.train.step import StudentForward
-        from franca.utils.device import resolve_device
+        from franca.utils.device import resolve_device, resolve_precision
         from franca.utils.seed import seed_all
 
         self.cfg, self.quiet = cfg, quiet
         self.device = resolve_device(cfg.train.device)
+        # the step's precision (auto: bf16 on CUDA, fp32 on CPU); the k-NN check extracts in the same one
+        self.precision = resolve_precision(cfg.train.precision, self.device, training=True)
         dist_utils.init_distributed(self.device)
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.is_main = self.rank == 0
@@ -240,7 +242,7 @@ class Trainer:
         v = self.schedules.at(i)
         apply_schedule(self.optimizer, v)
         step = StepInputs(batch=batch, iteration=i, schedule=v)
-        with autocast_context(self.device):
+        with autocast_context(self.device, self.precision):
             targets = self.objective.targets(step)
             student_out = self.student_forward(batch)
             values = self.objective(student=student_out, targets=targets, step=step)
@@ -274,7 +276,7 @@ class Trainer:
             log.info("no labelled validation split (data.val): skipping the k-NN check")
             return None
         model = self.teacher["backbone"]
-        res = probe(model, self.device)
+        res = probe(model, self.device, self.precision)
         log.info("k-NN top-1 (k=%d) of the %s backbone: %.2f%%", res["k"], which, res["top1"])
         return res
 
@@ -412,7 +414,7 @@ class Trainer:
             f"stopping: {runfolder.stopping_rules(self.cfg, n, self.state.iteration)}\n"
             f"lr: peak {self.schedules.peak_lr:.3g} (base_lr {self.cfg.optim.base_lr:g} scaled by "
             f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "
-            f"{self.world} process(es)"
+            f"{self.world} process(es), precision {self.precision}"
         )
         if self.quiet:  # one or the other: printed and logged, it showed twice in a terminal
             log.info(msg.replace("\n", "; "))
@@ -453,6 +455,7 @@ class Trainer:
             "wall_time_s": wall,
             "device_hours": wall * self.world / 3600.0,
             "device": str(self.device),
+            "precision": self.precision,
             "world_size": self.world,
             "skipped_files": len(self.state.skipped_files),
             "skipped_file_list": sorted(self.state.skipped_files)[:100],

@@ -21,6 +21,7 @@ from torch import Tensor
 from franca.data.images import open_image
 from franca.models.preprocess import transforms as preprocess
 from franca.models.preprocess import unnormalise
+from franca.utils.device import autocast_context, resolve_precision
 from franca.viz.common import colormap, image_label, model_title, save_figure, to_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,8 +29,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @torch.no_grad()
-def cls_attention(model: torch.nn.Module, x: Tensor) -> Tensor:
-    """(B, 3, H, W) normalised images → (B, heads, h, w) CLS→patch attention of the last block.
+def cls_attention(model: torch.nn.Module, x: Tensor, precision: str = "auto") -> Tensor:
+    """(B, 3, H, W) normalised images → (B, heads, h, w) CLS→patch attention of the last block (fp32,
+    from a forward in `precision`).
 
     H and W must be multiples of the patch size. The values are the rows of the full softmax
     restricted to patch keys, so per head they sum to 1 minus the mass on CLS and registers.
@@ -37,7 +39,8 @@ def cls_attention(model: torch.nn.Module, x: Tensor) -> Tensor:
     p = model.patch_size
     if x.shape[-2] % p or x.shape[-1] % p:
         raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the patch size {p}")
-    attn = model.get_last_selfattention(x)  # (B, heads, T, T)
+    with autocast_context(x.device, precision):
+        attn = model.get_last_selfattention(x)  # (B, heads, T, T)
     first_patch = 1 + int(getattr(model, "num_register_tokens", 0))
     h, w = x.shape[-2] // p, x.shape[-1] // p
     cls = attn[:, :, 0, first_patch:]
@@ -82,6 +85,7 @@ def attention_figure(
     panel_size: int | None = None,
     label: str = "",
     progress: bool = False,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """One row per image: the image and each head's CLS attention overlaid; writes the PNG ``out``.
 
@@ -89,7 +93,8 @@ def attention_figure(
     the patch. The figure is titled with ``label`` (model and weights), each overlay is labelled
     with its head and its largest attention weight, and a colour bar gives the per-head scale;
     ``panel_size`` sets the drawn panel side (both figure sides stay ≤ 2000 px).
-    Returns {"path", "maps" (n_images, heads, h, w) as a tensor, "size" (W, H), "n_drawn"}.
+    The backbone runs in ``precision`` (named in the subtitle).
+    Returns {"path", "maps" (n_images, heads, h, w) as a tensor, "size" (W, H), "n_drawn", "precision"}.
     """
     from franca.utils.progress import progress as bar
 
@@ -98,16 +103,20 @@ def attention_figure(
     size -= size % p
     groups, labels, all_maps = [], [], []
     model = model.to(device).eval()
+    prec = resolve_precision(precision, device)
     for i, im in enumerate(bar(images, desc="attention", unit="img", disable=not progress)):
         x = preprocess(model, size)(open_image(im))  # franca.transforms: the one preprocessing
         x01 = unnormalise(x, model)
-        maps = cls_attention(model, x[None].to(device))[0].cpu()
+        maps = cls_attention(model, x[None].to(device), prec)[0].cpu()
         mask = threshold_mass(maps, threshold) if threshold else None
         groups.append(attention_panels(x01, maps, p, mask=mask))
         labels.append([image_label(im, i)] + [f"head {h + 1} · {float(m.max()):.2g}" for h, m in enumerate(maps)])
         all_maps.append(maps)
     heads = all_maps[0].shape[0]
-    sub = f"{size} px input, {heads} heads (each labelled with its largest attention weight), each map scaled to its range"
+    sub = (
+        f"{size} px input ({prec}), {heads} heads (each labelled with its largest attention weight), each map "
+        "scaled to its range"
+    )
     if threshold:
         sub += f"; only the patches holding {threshold:.0%} of each head's attention"
     path, lay = save_figure(
@@ -125,4 +134,5 @@ def attention_figure(
         "size": (lay.width, lay.height),
         "n_drawn": lay.n_groups,
         "layout": lay,
+        "precision": prec,
     }

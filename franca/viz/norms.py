@@ -18,13 +18,16 @@ from torch import Tensor
 
 from franca.data.images import open_image
 from franca.models.preprocess import transforms as preprocess
+from franca.utils.device import autocast_context, resolve_precision
 
 
 @torch.no_grad()
-def max_token_norms(model: torch.nn.Module, x: Tensor) -> Tensor:
-    """(B, 3, H, W) → (B, L): per block, the largest L2 norm over the CLS and patch tokens of each image."""
+def max_token_norms(model: torch.nn.Module, x: Tensor, precision: str = "auto") -> Tensor:
+    """(B, 3, H, W) → (B, L): per block, the largest L2 norm over the CLS and patch tokens of each image
+    (fp32, from a forward in `precision`)."""
     L = int(getattr(model, "n_blocks", None) or len(model.blocks))
-    outs = model.get_intermediate_layers(x, n=list(range(L)), return_class_token=True, norm=False)
+    with autocast_context(x.device, precision):
+        outs = model.get_intermediate_layers(x, n=list(range(L)), return_class_token=True, norm=False)
     per_block = []
     for patches, cls in outs:
         tokens = torch.cat([cls[:, None].float(), patches.float()], dim=1)  # (B, 1+N, D)
@@ -40,18 +43,21 @@ def layerwise_max_norm(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    precision: str = "auto",
 ) -> dict[str, Any]:
-    """Mean (and max, std) over images of the per-image max token norm, for each block."""
+    """Mean (and max, std) over images of the per-image max token norm, for each block, from a forward in
+    `precision` (recorded as `precision`)."""
     from franca.utils.progress import progress as tqdm
 
     p = model.patch_size
     size = image_size or (224 if p >= 14 else 8 * p)
     tf = preprocess(model, size)  # franca.transforms: the one preprocessing
     model = model.to(device).eval()
+    prec = resolve_precision(precision, device)
     rows = []
     for i in tqdm(range(0, len(images), batch_size), desc="token norms", unit="batch", disable=not progress):
         x = torch.stack([tf(open_image(im)) for im in images[i : i + batch_size]])
-        rows.append(max_token_norms(model, x.to(device)).cpu())
+        rows.append(max_token_norms(model, x.to(device), prec).cpu())
     if not rows:
         raise ValueError("no images to measure token norms on")
     m = torch.cat(rows).double()
@@ -63,6 +69,7 @@ def layerwise_max_norm(
         "n_images": m.shape[0],
         "image_size": size,
         "registers": "excluded",
+        "precision": prec,
     }
 
 

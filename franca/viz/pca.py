@@ -25,6 +25,7 @@ from torch import Tensor
 from franca.data.images import open_image
 from franca.models.preprocess import transforms as preprocess
 from franca.models.preprocess import unnormalise
+from franca.utils.device import autocast_context, resolve_precision
 from franca.viz.common import image_label, model_title, save_figure, to_uint8
 
 
@@ -97,9 +98,10 @@ def pca_figure(
     label: str = "",
     batch_size: int = 16,
     progress: bool = False,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Each image next to its PCA-RGB map (bilinearly upsampled), several images per row; writes the
-    titled PNG ``out`` (both sides ≤ 2000 px).
+    titled PNG ``out`` (both sides ≤ 2000 px). The backbone runs in ``precision`` (named in the subtitle).
 
     ``use_rasa`` shows the RASA-cleaned tokens (``patch_token_rasa``) instead of ``x_norm_patchtokens``.
     """
@@ -109,6 +111,7 @@ def pca_figure(
     size = image_size or (448 if p >= 14 else 16 * p)
     size -= size % p
     model = model.to(device).eval()
+    prec = resolve_precision(precision, device)
     tf = preprocess(model, size)  # franca.transforms: the one preprocessing
     xs = torch.stack([tf(open_image(im)) for im in images])
     crops = unnormalise(xs, model)
@@ -117,7 +120,8 @@ def pca_figure(
     step = max(1, min(batch_size, 8))  # small steps so that the progress bar moves
     for i in bar(range(0, len(crops), step), desc="PCA features", unit="batch", disable=not progress):
         x = xs[i : i + step].to(device)
-        chunks.append(model.forward_features(x, use_rasa_head=use_rasa)[key].float().cpu())
+        with autocast_context(x.device, prec):
+            chunks.append(model.forward_features(x, use_rasa_head=use_rasa)[key].float().cpu())
     tokens = torch.cat(chunks)
     rgb, fg = pca_rgb(tokens, (size // p, size // p), fg_threshold)
     up = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
@@ -127,7 +131,7 @@ def pca_figure(
     what = "PCA, foreground" if fg_threshold is not None else "PCA"
     labels = [[image_label(im, i), what] for i, im in enumerate(images)]
     tokens_name = "RASA-cleaned patch tokens" if use_rasa else "patch tokens"
-    sub = f"RGB = first 3 principal components of the {tokens_name} ({len(images)} images, {size} px)"
+    sub = f"RGB = first 3 principal components of the {tokens_name} ({len(images)} images, {size} px, {prec})"
     if fg_threshold is not None:
         sub += f"; black = background (1st component < {fg_threshold:g})"
     path, lay = save_figure(
@@ -145,6 +149,7 @@ def pca_figure(
         "size": (lay.width, lay.height),
         "n_drawn": lay.n_groups,
         "layout": lay,
+        "precision": prec,
     }
 
 
