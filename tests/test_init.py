@@ -303,3 +303,23 @@ def test_resume_of_an_initialised_run_is_exact(tmp_path: Path, monkeypatch) -> N
     ref = {r["iteration"]: r["total"] for r in read_metrics(tmp_path / "ref" / "metrics.jsonl")}
     got = {r["iteration"]: r["total"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
     assert sorted(ref) == list(range(6)) and got == ref
+
+
+def test_a_released_name_is_fetched_and_named_in_the_banner(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`--init franca_vitb14_in21k` reads the file the hub cache gives for that name (here a release-layout
+    stand-in: the download itself is franca.models.hub's, tested there) and starts from its heads."""
+    import franca.models.hub as hub
+    from franca.cli import main
+
+    path, _ = _release_file(tmp_path)
+    asked = []
+    monkeypatch.setattr(hub, "fetch_release", lambda rel, **kw: asked.append(rel.name) or path)
+    data = make_image_folder(tmp_path / "img", n=8, size=16)
+    argv = ["pretrain", "--config", "adapt-tiny", "--init", "franca_vitb14_in21k", "--data", str(data)]
+    assert main([*argv, "--out", str(tmp_path / "r"), "train.iterations=1", *RUN]) == 0
+    assert asked[0] == "franca_vitb14_in21k"
+    assert "init: franca_vitb14_in21k: backbone and heads (dino_head, ibot_head) of the file" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="neither a released name"):
+        from franca.train.init import resolve_spec
+
+        resolve_spec(str(tmp_path / "nope.pth"))
