@@ -7,7 +7,10 @@
 #      batches and their ratio;
 #   2. the step: benchmarks/train_step.py --stages, vitb14-in21k batch 64 compiled;
 #   3. memory: vitl14-laion batch 64 and vitg14-laion batch 32 with model.activation_checkpointing=true, peak
-#      memory printed by each (one GPU, no FSDP: the whole model, its teacher and AdamW state on the card).
+#      memory printed by each (one GPU, no FSDP: the whole model, its teacher and AdamW state on the card);
+#   4. continued pretraining: benchmarks/adapt_release.py, `franca pretrain --config adapt --init FILE` from a file
+#      in the official release layout (ViT-B/14 and its two Matryoshka heads at the released sizes, random
+#      weights), 20 iterations at batch 32: the start banner, it/s and peak memory (not yet run on a GPU).
 # ALL=1 adds vitl14 batch 64 without checkpointing (the saving) and the older figures (step variants, iBOT
 # targets, feature extraction).
 #
@@ -43,6 +46,7 @@ run() { echo "== $*"; timeout "${STEP_TIMEOUT:-300}" python3 "$@" 2>&1 | grep -v
   TAIL=20 run benchmarks/train_step.py --preset vitb14-in21k --batch-size 64 --device cuda --warmup 3 --steps 10 --compile --stages
   run benchmarks/train_step.py --preset vitl14-laion --batch-size 64 --device cuda --warmup 2 --steps 4 model.activation_checkpointing=true
   run benchmarks/train_step.py --preset vitg14-laion --batch-size 32 --device cuda --warmup 2 --steps 3 model.activation_checkpointing=true
+  TAIL=16 run benchmarks/adapt_release.py --device cuda
   if [ -n "${ALL:-}" ]; then
     run benchmarks/train_step.py --preset vitl14-laion --batch-size 64 --device cuda --warmup 2 --steps 4
     TAIL=40 run benchmarks/step_variants.py --preset vitb14-in21k --batch-size 64 --device cuda --profile

@@ -157,11 +157,34 @@ def _load_file(name: str | None, weights: str | Path, overrides: dict[str, Any],
     return model
 
 
+def file_arch(
+    state: dict, saved: dict[str, Any], weights: str | Path, name: str | None = None
+) -> tuple[str | None, dict[str, Any], str]:
+    """(template size name, constructor arguments, family) of the backbone a state dict defines, by the rules
+    `load_backbone` applies to a file (family "dinov3" or "dinov2"); nothing is built. `saved` is what our own
+    files record (`read_backbone_state_dict`'s extra["arch"])."""
+    if saved.get("family") == "dinov3" or is_dinov3_state(state):
+        base, kwargs = _dinov3_file_arch(name, weights, state, saved, {})
+        return base, kwargs, "dinov3"
+    base, kwargs = _dinov2_file_arch(name, weights, state, saved, {})
+    return base, kwargs, "dinov2"
+
+
 def _load_dinov3_file(
     name: str | None, weights: str | Path, state: dict, saved: dict[str, Any], overrides: dict[str, Any]
 ) -> nn.Module:
     """A DINOv3 file: the keys and shapes fix the layout (the head count from the RoPE periods); what the
     file cannot say (RoPE base and coordinate rule, LayerNorm eps) is the official hub's, or our export's."""
+    base, kwargs = _dinov3_file_arch(name, weights, state, saved, overrides)
+    model = Dinov3VisionTransformer(**kwargs)
+    load_weights_into(model, state, source=str(weights))
+    model.size_name = base
+    return model
+
+
+def _dinov3_file_arch(
+    name: str | None, weights: str | Path, state: dict, saved: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[str | None, dict[str, Any]]:
     arch = dinov3_arch_from_state(state)
     like = dinov3_sizes_like(arch)
     if name is not None and name not in DINOV3_SIZES:
@@ -191,10 +214,7 @@ def _load_dinov3_file(
     if "mean" not in saved and "sat493m" in Path(weights).name.lower():
         kwargs.update(mean=SAT_MEAN, std=SAT_STD)  # the SAT-493M weights' own normalisation (official README)
     kwargs.update(overrides)
-    model = Dinov3VisionTransformer(**kwargs)
-    load_weights_into(model, state, source=str(weights))
-    model.size_name = base
-    return model
+    return base, kwargs
 
 
 def _load_dinov2_file(
@@ -206,6 +226,21 @@ def _load_dinov2_file(
     release: Any = None,
 ) -> nn.Module:
     """A Franca / DINOv2 file (absolute position table)."""
+    base, kwargs = _dinov2_file_arch(name, weights, state, saved, overrides, release)
+    model = build_backbone(base, **kwargs)
+    load_weights_into(model, state, source=str(weights))
+    model.size_name = saved.get("name") or (base if base in _sizes_like(file_shape(state)) else None)
+    return model
+
+
+def _dinov2_file_arch(
+    name: str | None,
+    weights: str | Path,
+    state: dict,
+    saved: dict[str, Any],
+    overrides: dict[str, Any],
+    release: Any = None,
+) -> tuple[str, dict[str, Any]]:
     shape = file_shape(state)
     if name in DINOV3_SIZES:
         raise ValueError(
@@ -237,10 +272,7 @@ def _load_dinov2_file(
     if arch.get("num_register_tokens") and "interpolate_offset" not in saved:
         # DINOv2's *_reg hub models: antialiased bicubic to the exact grid (offset 0)
         arch.update(interpolate_offset=0.0, interpolate_antialias=True)
-    model = build_backbone(base, **{**arch, **overrides})
-    load_weights_into(model, state, source=str(weights))
-    model.size_name = saved.get("name") or (base if base in _sizes_like(shape) else None)
-    return model
+    return base, {**arch, **overrides}
 
 
 def _sizes_like(shape: dict[str, Any]) -> list[str]:

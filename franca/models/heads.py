@@ -28,13 +28,23 @@ Weight normalisation is computed in ``forward`` from plain parameters, so it wor
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MatryoshkaHead", "WeightNormLinear", "build_franca_heads", "matryoshka_dims", "prototypes_per_level"]
+__all__ = [
+    "HeadLayout",
+    "MatryoshkaHead",
+    "WeightNormLinear",
+    "build_franca_heads",
+    "head_layout",
+    "head_state_keys",
+    "matryoshka_dims",
+    "prototypes_per_level",
+]
 
 
 def matryoshka_dims(in_dim: int, nesting_levels: int = 5) -> list[int]:
@@ -219,3 +229,97 @@ def build_franca_heads(
         return nn.ModuleDict({"dino_head": dino, "ibot_head": dino})
     ibot = MatryoshkaHead(in_dim, ibot_n_prototypes or n_prototypes, **head_kwargs)  # type: ignore[arg-type]
     return nn.ModuleDict({"dino_head": dino, "ibot_head": ibot})
+
+
+# ------------------------------------------------------------------------------------------------ files
+_PARAMETRIZED = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+
+
+def head_state_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A head's state dict with this module's key names. The released heads and this project's checkpoints
+    already use them (`last_layers.{l}.weight_g` / `.weight_v` of torch's `weight_norm`); a head saved with
+    torch's parametrized weight norm (`last_layers.{l}.parametrizations.weight.original0` / `original1`, g
+    and v) is renamed."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        for old, new in _PARAMETRIZED.items():
+            if k.endswith(old):
+                k = k[: -len(old)] + new
+        out[k] = v
+    return out
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """What a head's state dict says about it: the `MatryoshkaHead` arguments its tensors fix."""
+
+    in_dim: int
+    n_prototypes: int
+    nesting_levels: int
+    mode: str
+    hidden_dim: int | None
+    """None when nlayers is 1 (no hidden layer to read it from)"""
+    bottleneck_dim: int
+    nlayers: int
+    use_bn: bool
+
+    def describe(self) -> str:
+        hidden = f", hidden {self.hidden_dim}" if self.hidden_dim else ""
+        return (
+            f"{self.nesting_levels} levels ({self.mode}), {self.n_prototypes} prototypes at the finest, "
+            f"{self.nlayers}-layer MLP{hidden}, bottleneck {self.bottleneck_dim}"
+            + (", BatchNorm" if self.use_bn else "")
+        )
+
+
+def head_layout(state: Mapping[str, torch.Tensor], in_dim: int | None = None) -> HeadLayout:
+    """The layout of one Matryoshka head from its state dict (this module's key names, `head_state_keys`).
+
+    Reads: the levels (`last_layers.{l}`), their prototypes and bottleneck (`weight_v`), the level widths
+    (`matryoshka_projections.{l}` in projection mode, else the first Linear of `mlps.{l}`), the MLP depth
+    and hidden width, BatchNorm. A ValueError names what this module cannot hold: widths other than
+    D/2^(L-1) … D, prototypes not scaled with the width as `prototypes_per_level` scales them, or keys of
+    another head design (DINOv2's single `mlp`/`last_layer` head)."""
+    state = head_state_keys(state)
+    if any(k.startswith(("mlp.", "last_layer.")) for k in state):
+        raise ValueError(
+            "a single-level DINO head (mlp.*, last_layer.*: DINOv2's DINOHead), not a Matryoshka head (mlps.{l}.*, "
+            "last_layers.{l}.*)"
+        )
+    levels = sorted(int(k.split(".")[1]) for k in state if k.startswith("last_layers.") and k.endswith(".weight_v"))
+    if not levels or levels != list(range(len(levels))):
+        raise ValueError(f"no last_layers.{{l}}.weight_v prototype layers (keys: {sorted(state)[:6]})")
+    protos = [int(state[f"last_layers.{level}.weight_v"].shape[0]) for level in levels]
+    bottleneck = int(state["last_layers.0.weight_v"].shape[1])
+    projection = "matryoshka_projections.0.weight" in state
+    linears = sorted(
+        {int(k.split(".")[2]) for k in state if k.startswith("mlps.0.") and k.count(".") == 3 and k.endswith(".weight")}
+    )
+    linears = [j for j in linears if state[f"mlps.0.{j}.weight"].dim() == 2]
+    if "mlps.0.weight" in state:
+        nlayers, first = 1, "mlps.{l}.weight"
+    elif linears:
+        nlayers, first = len(linears), "mlps.{l}." + str(linears[0]) + ".weight"
+    else:
+        raise ValueError("no MLP weights (mlps.{l}.*)")
+    if projection:
+        dims = [int(state[f"matryoshka_projections.{level}.weight"].shape[0]) for level in levels]
+        width = int(state["matryoshka_projections.0.weight"].shape[1])
+    else:
+        dims = [int(state[first.format(l=level)].shape[1]) for level in levels]
+        width = dims[-1]
+    if in_dim is not None and width != in_dim:
+        raise ValueError(f"the head reads {width}-wide tokens, the backbone gives {in_dim}")
+    expected = matryoshka_dims(width, len(levels)) if width % 2 ** (len(levels) - 1) == 0 else None
+    if dims != expected:
+        raise ValueError(f"level widths {dims} are not D/2^(L-1) … D = {expected} for D = {width}")
+    if protos != prototypes_per_level(protos[-1], dims, width):
+        raise ValueError(
+            f"prototypes per level {protos} are not scaled with the level width "
+            f"({prototypes_per_level(protos[-1], dims, width)})"
+        )
+    hidden = int(state[first.format(l=0)].shape[0]) if nlayers > 1 else None
+    use_bn = any(k.endswith("running_mean") for k in state)
+    return HeadLayout(
+        width, protos[-1], len(levels), "projection" if projection else "slice", hidden, bottleneck, nlayers, use_bn
+    )

@@ -2,7 +2,8 @@
 
 Layouts (released Franca `franca/hub/backbones.py`, `hubconf.py`; README "Getting the weights"):
 - official Franca release: `{"teacher": {"backbone.…", "dino_head.…", "ibot_head.…"}}`, blocks chunked as
-  `blocks.{chunk}.{i}` with the global block index i; heads are ignored;
+  `blocks.{chunk}.{i}` with the global block index i; the heads beside the backbone are read by `read_weights`
+  (continued pretraining, franca.train.init) and ignored by `read_backbone_state_dict`;
 - the ViT-g release split into `*.tar.gz.part_aa/ab/ac` (joined as a stream, the .pth inside is read);
 - DINOv2 hub files (flat keys);
 - this project's training checkpoints (`{"teacher": …}`, `{"model": …}`, prefixes such as
@@ -28,6 +29,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,27 +52,57 @@ ARCH_META_KEY = "franca.arch"
 
 
 # ---------------------------------------------------------------------------------------------- files
+HEAD_NAMES = ("dino_head", "ibot_head")
+
+
+@dataclass
+class WeightsFile:
+    """Everything a weights file holds that this project reads."""
+
+    backbone: dict[str, Tensor]
+    """flat DINOv2-named (or DINOv3-named) backbone state dict"""
+    extra: dict[str, Any]
+    """rasa_proj, arch (what our own files record)"""
+    heads: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    """the heads stored beside the backbone (the released teacher's, our checkpoints' teacher's):
+    {"dino_head": {key: tensor}, "ibot_head": …}, keys without the head's prefix; {} when there are none"""
+    config: dict[str, Any] | None = None
+    """the training config our checkpoints carry"""
+
+
 def read_backbone_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Flat DINOv2-named backbone state dict from any supported file, plus extras (rasa_proj, arch)."""
+    w = read_weights(path)
+    return w.backbone, w.extra
+
+
+def read_weights(path: str | Path) -> WeightsFile:
+    """The backbone of any supported file, and the heads and training config the file holds beside it."""
     path = Path(path)
     parts = _split_parts(path)
     if parts:
-        return _extract_backbone(_load_from_tar(parts), path), {}
+        return _weights_file(_load_from_tar(parts), path, {})
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.is_dir():
         if is_hf_folder(path):
-            return read_hf_backbone(path)
+            return WeightsFile(*read_hf_backbone(path))
         raise ValueError(
             f"weights path is a directory without a config.json: {path} (expected a weights file or a "
             f"transformers model folder)"
         )
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
+        return WeightsFile(*_read_safetensors(path))
     if tarfile.is_tarfile(path):
-        return _extract_backbone(_load_from_tar([path]), path), {}
+        return _weights_file(_load_from_tar([path]), path, {})
     obj = _load_weights_only(path)
-    return _extract_backbone(obj, path), _training_config_arch(obj)
+    return _weights_file(obj, path, _training_config_arch(obj))
+
+
+def _weights_file(obj: Any, path: Path, extra: dict[str, Any]) -> WeightsFile:
+    backbone, heads = _extract(obj, path)
+    cfg = obj.get("config") if isinstance(obj, Mapping) else None
+    return WeightsFile(backbone, extra, heads, dict(cfg) if isinstance(cfg, Mapping) else None)
 
 
 def _training_config_arch(obj: Any) -> dict[str, Any]:
@@ -230,6 +262,11 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- layouts
 def _extract_backbone(obj: Any, path: Path | str) -> dict[str, Tensor]:
     """Find the backbone inside a checkpoint object and return it with flat DINOv2 keys."""
+    return _extract(obj, path)[0]
+
+
+def _extract(obj: Any, path: Path | str) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+    """(backbone with flat DINOv2 keys, the heads stored beside it) of a checkpoint object."""
     while isinstance(obj, Mapping) and not _has_tensors(obj):
         key = next((k for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if key is None:
@@ -242,8 +279,14 @@ def _extract_backbone(obj: Any, path: Path | str) -> dict[str, Tensor]:
     if not prefixes:
         raise ValueError(f"{path}: no 'cls_token' key, this is not a ViT backbone state dict")
     prefix = next((p for p in prefixes if p.startswith("teacher")), prefixes[0]) if len(prefixes) > 1 else prefixes[0]
+    parent = prefix[: -len("backbone.")] if prefix.endswith("backbone.") else None
+    heads: dict[str, dict[str, Tensor]] = {}
+    if parent is not None:
+        for name in HEAD_NAMES:
+            sub = {k[len(parent) + len(name) + 1 :]: v for k, v in state.items() if k.startswith(f"{parent}{name}.")}
+            if sub:
+                heads[name] = sub
     if prefix:
-        parent = prefix[: -len("backbone.")] if prefix.endswith("backbone.") else None
         if parent is not None:
             stray = [
                 k
@@ -259,7 +302,7 @@ def _extract_backbone(obj: Any, path: Path | str) -> dict[str, Tensor]:
     for k, v in state.items():
         m = _CHUNKED.match(k)
         out[f"blocks.{m.group(2)}.{m.group(3)}" if m else k] = v
-    return out
+    return out, heads
 
 
 def _unwrap_key(k: str) -> str:

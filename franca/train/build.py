@@ -1,9 +1,11 @@
 """Build the student and teacher (backbone + dino head + ibot head) of a config, and its objective.
 
 The teacher starts as an exact copy of the student (released Franca `franca/train/ssl_meta_arch.py`),
-without drop path, and never receives gradients. `init_from` (the high-resolution stage) loads a checkpoint's teacher
-backbone into both, resizing the position table to the new global crop size (bicubic, antialias,
-as `modify_ckpt_highres.py` does); heads are re-initialised, as in the released finetune configs.
+without drop path, and never receives gradients. `train.init_from` (continued pretraining, the high-resolution
+stages) first loads a file's backbone, and its heads where it has them and `train.init_heads` allows, into the
+student (franca.train.init), so both start from the file; a position table of another grid is resized
+(bicubic, antialias, as `modify_ckpt_highres.py` does). The high-resolution stages re-initialise the heads
+(`train.init_heads: false`), as the released finetune configs do.
 
 The objective is the parts that `OBJECTIVE_PARTS` builds from the config (each builder returns None when
 its part is off), in that order: a new loss term is one more builder there (franca.train.objective).
@@ -21,9 +23,10 @@ from torch import nn
 
 from franca.losses.centering import SoftmaxCentering
 from franca.losses.franca_loss import FrancaLoss
-from franca.models.backbone import resize_pos_embed
+from franca.models.dinov3 import DINOV3_SIZES
 from franca.train.config import FrancaTrainConfig, HeadConfig
 from franca.train.gram import gram_part
+from franca.train.init import forget_init, load_init
 from franca.train.objective import Objective, ObjectivePart, PartContext
 from franca.train.step import FrancaObjective, TeacherTargets
 
@@ -31,14 +34,22 @@ log = logging.getLogger(__name__)
 
 
 def backbone_overrides(cfg: FrancaTrainConfig) -> dict[str, Any]:
+    """`build_backbone` keyword arguments of the config's model section (a DINOv3 layout takes its register
+    tokens as `n_storage_tokens` and has no position-table interpolation)."""
     m = cfg.model
+    dinov3 = m.arch in DINOV3_SIZES
     out: dict[str, Any] = {
         "img_size": m.img_size or cfg.crops.global_crops_size,
         "drop_path_rate": m.drop_path_rate,
         "layerscale": m.layerscale_init,
-        "num_register_tokens": m.num_register_tokens,
+        "n_storage_tokens" if dinov3 else "num_register_tokens": m.num_register_tokens,
     }
-    for k in ("embed_dim", "depth", "num_heads"):
+    keys = ["embed_dim", "depth", "num_heads", "patch_size", "ffn", "ffn_hidden_dim"]
+    if not dinov3:
+        keys += ["interpolate_offset", "interpolate_antialias"]
+    elif m.interpolate_offset is not None or m.interpolate_antialias is not None:
+        raise ValueError(f"model.interpolate_* do not apply to {m.arch}: a DINOv3 layout has no position table")
+    for k in keys:
         if getattr(m, k) is not None:
             out[k] = getattr(m, k)
     return out
@@ -60,8 +71,11 @@ def build_head(h: HeadConfig, in_dim: int) -> nn.Module:
     )
 
 
-def build_models(cfg: FrancaTrainConfig, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
-    """(student, teacher) as {"backbone", "dino_head", "ibot_head"} on `device`; teacher frozen."""
+def build_models(
+    cfg: FrancaTrainConfig, device: torch.device, init: bool = True
+) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """(student, teacher) as {"backbone", "dino_head", "ibot_head"} on `device`; teacher frozen. `init`: load
+    `train.init_from` (False when a checkpoint is about to be restored over the weights)."""
     from franca.models.api import build_backbone
 
     backbone = build_backbone(cfg.model.arch, **backbone_overrides(cfg))
@@ -77,8 +91,9 @@ def build_models(cfg: FrancaTrainConfig, device: torch.device) -> tuple[dict[str
         )
     D = backbone.embed_dim
     student = {"backbone": backbone, "dino_head": build_head(cfg.dino, D), "ibot_head": build_head(cfg.ibot.head, D)}
-    if cfg.train.init_from:
-        load_backbone_from_checkpoint(backbone, cfg.train.init_from)
+    if cfg.train.init_from and init:
+        load_init(student, cfg)
+        forget_init()
     teacher = {k: copy.deepcopy(v) for k, v in student.items()}
     _disable_drop_path(teacher["backbone"])
     if cfg.model.activation_checkpointing:  # the student only: the teacher runs without gradients
@@ -95,22 +110,6 @@ def _disable_drop_path(backbone: nn.Module) -> None:
     for _name, mod in backbone.named_modules():
         if type(mod).__name__ == "DropPath":
             mod.drop_prob = 0.0
-
-
-def load_backbone_from_checkpoint(backbone: nn.Module, path: str) -> None:
-    """Load a training checkpoint's (or release's) teacher backbone, resizing pos_embed to this model."""
-    from franca.train.checkpoint import check_shapes, load_checkpoint, teacher_backbone_state
-
-    state = teacher_backbone_state(load_checkpoint(path))
-    pos = state.get("pos_embed")
-    if pos is not None and pos.shape != backbone.pos_embed.shape:
-        state["pos_embed"] = resize_pos_embed(pos, backbone.pos_grid)
-        log.info("resized pos_embed %s -> %s", tuple(pos.shape), tuple(state["pos_embed"].shape))
-    check_shapes(backbone, state, f"{path} (teacher backbone)")
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "rasa_proj"]
-    if missing or unexpected:
-        raise KeyError(f"{path}: backbone keys do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def franca_part(cfg: FrancaTrainConfig, ctx: PartContext) -> FrancaObjective:

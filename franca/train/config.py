@@ -36,14 +36,24 @@ class ModelConfig:
     """register tokens (paper D.1 compares with and without)"""
     img_size: Optional[int] = None
     """position-table size; None: the global crop size"""
+    patch_size: Optional[int] = None
+    """None: the named size's (train.init_from sets this and the keys below from the file)"""
+    ffn: Optional[str] = None
+    """'swiglu' (Franca) or 'mlp' (DINOv2's ViT-S/B/L, most DINOv3 files); None: the named size's"""
+    ffn_hidden_dim: Optional[int] = None
+    """FFN hidden width; None: the named size's rule"""
+    interpolate_offset: Optional[float] = None
+    """position-table interpolation offset (DINOv2 0.1, its *_reg files 0); None: the named size's"""
+    interpolate_antialias: Optional[bool] = None
     activation_checkpointing: bool = False
     """recompute each student block's activations in the backward (torch.utils.checkpoint per block): less
     memory for the big models, about a third more backbone compute; same losses and gradients"""
 
     def __post_init__(self) -> None:
-        for name in ("embed_dim", "depth", "num_heads", "img_size"):
+        for name in ("embed_dim", "depth", "num_heads", "img_size", "patch_size", "ffn_hidden_dim"):
             v = getattr(self, name)
             _check(v is None or v >= 1, f"model.{name}", v, ">= 1 (or null: the named size's value)")
+        _check(self.ffn in (None, "swiglu", "mlp"), "model.ffn", self.ffn, "'swiglu', 'mlp' or null")
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate, "in [0, 1)")
         _check(self.num_register_tokens >= 0, "model.num_register_tokens", self.num_register_tokens, ">= 0")
 
@@ -307,7 +317,16 @@ class TrainConfig:
     max_minutes: float = 0.0
     """stop (with a checkpoint) after this wall time; 0 = no limit"""
     init_from: str = ""
-    """checkpoint whose teacher backbone initialises student and teacher (high-res stage)"""
+    """a released name or a weights file (training checkpoint, release .pth, DINOv2/DINOv3 file, export,
+    Hugging Face folder) that initialises student and teacher: its (teacher) backbone, and its heads where it
+    has them and train.init_heads allows; the file defines the model (franca.train.init)"""
+    init_heads: Optional[bool] = None
+    """with init_from: load the file's dino/ibot heads (true), start them fresh (false); null: true when the
+    file has heads this project can load (set when the run starts and saved resolved)"""
+    freeze_backbone_iterations: int = -1
+    """head warm-up: the student backbone is not updated for this many first iterations (its gradients are
+    dropped), then follows the usual lr schedule (warm-up and cosine over the rest); -1: the lr warm-up length
+    when init_from starts the heads fresh, else 0"""
 
     def __post_init__(self) -> None:
         _check(
@@ -326,6 +345,12 @@ class TrainConfig:
             self.precision in ("auto", "bf16", "fp32"), "train.precision", self.precision, "'auto', 'bf16' or 'fp32'"
         )
         _check(self.knn_k >= 1, "train.knn_k", self.knn_k, ">= 1")
+        _check(
+            self.freeze_backbone_iterations >= -1,
+            "train.freeze_backbone_iterations",
+            self.freeze_backbone_iterations,
+            ">= 0 (or -1: automatic)",
+        )
         _check(bool(str(self.output_dir).strip()), "train.output_dir", self.output_dir, "a folder path")
 
 

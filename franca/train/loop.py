@@ -102,8 +102,12 @@ class Trainer:
             self.state.knn_init = extra.get("knn_init")
             self.state.elapsed_before = float(extra.get("elapsed", 0.0))
 
+        if cfg.train.init_from and cfg.train.init_heads is None and loaded is None:
+            from franca.train.init import read_init
+
+            cfg.train.init_heads = bool(read_init(cfg.train.init_from).head_layouts)  # saved resolved
         seed_all(cfg.train.seed, 0)  # the same initial weights on every rank
-        self.student, self.teacher = build_models(cfg, self.device)
+        self.student, self.teacher = build_models(cfg, self.device, init=loaded is None)
         seed_all(cfg.train.seed, self.rank)  # per-rank randomness (drop path) from here on
         backbone = self.student["backbone"]
         depth = getattr(backbone, "n_blocks", len(getattr(backbone, "blocks", [])))
@@ -146,7 +150,13 @@ class Trainer:
             fsdp_shard(self.student, self.device)
             fsdp_shard(self.teacher, self.device)
         # after sharding: FSDP2 replaces the parameters with sharded ones
-        groups = build_param_groups(self.student, depth, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
+        groups = build_param_groups(
+            self.student,
+            depth,
+            cfg.optim.layerwise_decay,
+            cfg.optim.patch_embed_lr_mult,
+            backbone_apart=self.lengths.freeze_backbone > 0,
+        )
         self.optimizer = build_optimizer(groups, cfg.optim.betas, cfg.optim.fused, self.device, cfg.optim.eps)
         forward = StudentForward.of(self.student, outputs=self.objective.needs)
         # a head that may go unused in a step: no masked token drawn, or no term reads its outputs
@@ -248,7 +258,12 @@ class Trainer:
             values = self.objective(student=student_out, targets=targets, step=step)
         total = self.objective.total(values)
         total.backward()
+        if i < self.lengths.freeze_backbone:  # head warm-up: the backbone is not updated, its optimizer state untouched
+            for p in self.student["backbone"].parameters():
+                p.grad = None
         norms = clip_gradients(self.student, self.cfg.optim.clip_grad)
+        if i < self.lengths.freeze_backbone and "backbone" not in norms and norms:
+            norms["backbone"] = torch.zeros((), device=self.device)
         try:
             self.optimizer.step()
         except RuntimeError as exc:  # torch: "value cannot be converted to type float without overflow"
@@ -408,9 +423,12 @@ class Trainer:
         )
 
     def _announce(self) -> None:
+        from franca.train.init import describe_init
+
         n = self.lengths
+        init = describe_init(self.cfg, n.freeze_backbone, n.total)
         msg = (
-            f"data: {self.data.description}\nlength: {n.describe()}\n"
+            (f"{init}\n" if init else "") + f"data: {self.data.description}\nlength: {n.describe()}\n"
             f"stopping: {runfolder.stopping_rules(self.cfg, n, self.state.iteration)}\n"
             f"lr: peak {self.schedules.peak_lr:.3g} (base_lr {self.cfg.optim.base_lr:g} scaled by "
             f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "

@@ -22,7 +22,7 @@ from franca.train.schedules import ScheduleValues
 log = logging.getLogger(__name__)
 
 _BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.(?:(\d+)\.)?")
-_EMBED_NAMES = ("patch_embed", "cls_token", "pos_embed", "mask_token", "register_tokens", "reg_token")
+_EMBED_NAMES = ("patch_embed", "cls_token", "pos_embed", "mask_token", "register_tokens", "reg_token", "storage_tokens")
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -50,10 +50,17 @@ def param_multipliers(
 
 
 def build_param_groups(
-    student: dict[str, nn.Module], depth: int, layerwise_decay: float, patch_embed_lr_mult: float
+    student: dict[str, nn.Module],
+    depth: int,
+    layerwise_decay: float,
+    patch_embed_lr_mult: float,
+    backbone_apart: bool = False,
 ) -> list[dict]:
-    """Groups over the student's submodules ({"backbone": …, "dino_head": …, "ibot_head": …})."""
-    groups: dict[tuple[float, float, bool], dict] = {}
+    """Groups over the student's submodules ({"backbone": …, "dino_head": …, "ibot_head": …}).
+    `backbone_apart`: the backbone's parameters in groups of their own (`is_backbone`), which take the
+    schedule's `backbone_lr` (a head warm-up); without it the groups are those of earlier runs, whose
+    optimizer states --resume restores."""
+    groups: dict[tuple, dict] = {}
     for prefix, module in student.items():
         for name, p in module.named_parameters():
             if not p.requires_grad:
@@ -61,9 +68,17 @@ def build_param_groups(
             key = param_multipliers(
                 name, p, depth, layerwise_decay, patch_embed_lr_mult, in_backbone=(prefix == "backbone")
             )
+            apart = backbone_apart and prefix == "backbone"
             g = groups.setdefault(
-                key,
-                {"params": [], "names": [], "lr_multiplier": key[0], "wd_multiplier": key[1], "is_last_layer": key[2]},
+                (*key, apart),
+                {
+                    "params": [],
+                    "names": [],
+                    "lr_multiplier": key[0],
+                    "wd_multiplier": key[1],
+                    "is_last_layer": key[2],
+                    "is_backbone": apart,
+                },
             )
             g["params"].append(p)
             g["names"].append(f"{prefix}.{name}")
@@ -84,7 +99,10 @@ def build_optimizer(
 def apply_schedule(optimizer: torch.optim.Optimizer, values: ScheduleValues) -> None:
     """Write this iteration's lr and weight decay into every group (python floats: no device sync)."""
     for g in optimizer.param_groups:
-        base = values.last_layer_lr if g["is_last_layer"] else values.lr
+        if g.get("is_backbone") and values.backbone_lr is not None:
+            base = values.backbone_lr
+        else:
+            base = values.last_layer_lr if g["is_last_layer"] else values.lr
         g["lr"] = base * g["lr_multiplier"]
         g["weight_decay"] = values.weight_decay * g["wd_multiplier"]
 

@@ -1,7 +1,9 @@
 """Schedules of the reference recipe as pure functions of the iteration (released Franca `franca/train/train.py`,
 `franca/utils/utils.py`).
 
-lr: linear warmup 0 -> peak, then cosine peak -> min_lr; last-layer lr: the same, 0 while frozen;
+lr: linear warmup 0 -> peak, then cosine peak -> min_lr; last-layer lr: the same, 0 while frozen; backbone
+lr: the same, or during a head warm-up (`train.freeze_backbone_iterations`) 0 and then the whole schedule
+(warm-up and cosine) over the remaining iterations;
 weight decay: cosine 0.04 -> 0.2 (upwards); teacher momentum: cosine 0.994 -> 1; teacher
 temperature: linear 0.04 -> 0.07 over its warmup, then constant. Everything is a function of the
 iteration index alone, so resuming restores the schedules exactly. Follows DINOv2/Franca
@@ -54,6 +56,8 @@ class Lengths:
     warmup: int
     teacher_temp_warmup: int
     freeze_last_layer: int
+    freeze_backbone: int = 0
+    """iterations of the head warm-up (the student backbone is not updated)"""
 
     @property
     def epochs(self) -> float:
@@ -65,6 +69,7 @@ class Lengths:
             f"iterations per epoch; {self.total} iterations ({self.epochs:.2f} epochs); lr warmup "
             f"{self.warmup}, teacher-temperature warmup {self.teacher_temp_warmup}, last layer frozen "
             f"for {self.freeze_last_layer}"
+            + (f", backbone frozen for {self.freeze_backbone}" if self.freeze_backbone else "")
         )
 
 
@@ -83,14 +88,23 @@ def derive_lengths(cfg: FrancaTrainConfig, dataset_size: int, world_size: int = 
         return int(explicit) if explicit >= 0 else int(round(epochs * ipe))
 
     total = cfg.train.iterations if cfg.train.iterations > 0 else int(round(cfg.train.epochs * ipe))
+    warmup = min(its(cfg.optim.warmup_epochs, cfg.optim.warmup_iterations), total)
+    freeze = cfg.train.freeze_backbone_iterations
+    if freeze < 0:  # automatic: a head warm-up as long as the lr warm-up when the file's heads are not used
+        freeze = warmup if cfg.train.init_from and cfg.train.init_heads is False else 0
+    if freeze > total:
+        raise ValueError(
+            f"config key train.freeze_backbone_iterations={freeze} is invalid: the run has {total} iterations"
+        )
     return Lengths(
         dataset_size=dataset_size,
         global_batch=global_batch,
         iterations_per_epoch=ipe,
         total=max(total, 1),
-        warmup=min(its(cfg.optim.warmup_epochs, cfg.optim.warmup_iterations), total),
+        warmup=warmup,
         teacher_temp_warmup=its(cfg.teacher.warmup_teacher_temp_epochs, cfg.teacher.warmup_teacher_temp_iterations),
         freeze_last_layer=its(cfg.optim.freeze_last_layer_epochs, cfg.optim.freeze_last_layer_iterations),
+        freeze_backbone=freeze,
     )
 
 
@@ -108,6 +122,8 @@ class ScheduleValues:
     weight_decay: float
     momentum: float
     teacher_temp: float
+    backbone_lr: float | None = None
+    """the backbone's lr during and after a head warm-up (None: `lr`)"""
 
 
 class Schedules:
@@ -122,6 +138,10 @@ class Schedules:
         lr = cosine_value(i, self.peak_lr, c.optim.min_lr, n.total, warmup=n.warmup)
         # The last layer follows the same curve but is 0 while frozen (DINO's stabiliser).
         last_lr = 0.0 if i < n.freeze_last_layer else lr
+        backbone_lr = None
+        if n.freeze_backbone:  # head warm-up: 0, then the whole schedule over the rest of the run
+            warm = min(n.warmup, max(n.total - n.freeze_backbone, 0))
+            backbone_lr = cosine_value(i, self.peak_lr, c.optim.min_lr, n.total, warmup=warm, freeze=n.freeze_backbone)
         return ScheduleValues(
             lr=lr,
             last_layer_lr=last_lr,
@@ -130,4 +150,5 @@ class Schedules:
             teacher_temp=linear_warmup_value(
                 i, c.teacher.warmup_teacher_temp, c.teacher.teacher_temp, n.teacher_temp_warmup
             ),
+            backbone_lr=backbone_lr,
         )
