@@ -70,7 +70,13 @@ def read_backbone_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[
     if tarfile.is_tarfile(path):
         return _extract_backbone(_load_from_tar([path]), path), {}
     obj = _load_weights_only(path)
-    return _extract_backbone(obj, path), _training_config_arch(obj)
+    return _extract_backbone(obj, path, extra_modules=_is_training_checkpoint(obj)), _training_config_arch(obj)
+
+
+def _is_training_checkpoint(obj: Any) -> bool:
+    """This project's training checkpoint: besides backbone and heads, its student and teacher may hold the
+    training objective's own modules (a distillation projection), which are not part of the backbone."""
+    return isinstance(obj, Mapping) and all(k in obj for k in ("teacher", "student", "iteration", "config"))
 
 
 def _training_config_arch(obj: Any) -> dict[str, Any]:
@@ -228,8 +234,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- layouts
-def _extract_backbone(obj: Any, path: Path | str) -> dict[str, Tensor]:
-    """Find the backbone inside a checkpoint object and return it with flat DINOv2 keys."""
+def _extract_backbone(obj: Any, path: Path | str, extra_modules: bool = False) -> dict[str, Tensor]:
+    """Find the backbone inside a checkpoint object and return it with flat DINOv2 keys. `extra_modules`: other
+    modules next to the backbone are expected (this project's training checkpoints) and left out."""
     while isinstance(obj, Mapping) and not _has_tensors(obj):
         key = next((k for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if key is None:
@@ -244,7 +251,7 @@ def _extract_backbone(obj: Any, path: Path | str) -> dict[str, Tensor]:
     prefix = next((p for p in prefixes if p.startswith("teacher")), prefixes[0]) if len(prefixes) > 1 else prefixes[0]
     if prefix:
         parent = prefix[: -len("backbone.")] if prefix.endswith("backbone.") else None
-        if parent is not None:
+        if parent is not None and not extra_modules:
             stray = [
                 k
                 for k in state
