@@ -2,10 +2,14 @@
 
 Layout under --out: imagenet/ (ImageNet folders + labels.txt), VOCdevkit/VOC2012/ (Pascal VOC
 segmentation), nyuv2/ (BTS depth layout), SPair-71k/ (keypoint pairs), toy.json (parameters).
-Classes are shapes with random colours and textures. The same arguments give the same bytes.
-Example (a small set; the defaults write 5,000 + 1,000 classification images):
+Two domains: `shapes` (default: the class is the silhouette, the colour random) and `textures` (the
+class is the pattern an object is painted with, the silhouette random): other classes and another
+appearance in the same layouts, to measure adapting a model to a new domain (docs/adapt.md). The same
+arguments give the same bytes. Examples (small sets; the defaults write 5,000 + 1,000 classification
+images):
 
     franca data toy --out toy --n-train 200 --n-val 50
+    franca data toy --domain textures --out toy-textures --size 32 --n-train 200 --n-val 50
 """
 
 from __future__ import annotations
@@ -19,8 +23,17 @@ HELP = "write the built-in synthetic data set (ImageNet/VOC/NYUv2/SPair-71k layo
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from franca.commands._flags import add_quiet_argument, add_size_argument
+    from franca.data.toy_domains import DOMAINS
 
     p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
+    p.add_argument(
+        "--domain",
+        choices=tuple(DOMAINS),
+        default="shapes",
+        help="what a class is: "
+        + "; ".join(f"{d.name}: {d.what}" for d in DOMAINS.values())
+        + " (default: %(default)s)",
+    )
     add_size_argument(p, "image side in pixels (default: %(default)s)", default=64)
     p.add_argument(
         "--n-train", type=positive_int, default=5000, help="classification training images (default: %(default)s)"
@@ -48,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--texture",
         type=float_in(0.0, 1.0, low_open=False),
         default=0.5,
-        help="probability that an object is patterned instead of flat, 0..1 (default: %(default)s)",
+        help="probability that an object is patterned instead of flat, 0..1 (shapes domain; default: %(default)s)",
     )
     p.add_argument(
         "--distractors", type=natural_int, default=2, help="max tiny distractor blobs (default: %(default)s)"
@@ -71,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         texture=args.texture,
         distractors=args.distractors,
         progress=not args.quiet,
+        domain=args.domain,
     )
-    print(f"wrote the toy data set to {out}")
+    print(f"wrote the toy data set ({args.domain}) to {out}")
     return 0

@@ -14,9 +14,11 @@ so that the real readers (`franca.data.datasets`) read it unchanged:
                       PairAnnotation/{trn,val,test}/*.json, Layout/large/{trn,val,test}.txt
     <root>/toy.json                                                 (the parameters; written last)
 
-Classes are shapes (disk, square, triangle, …) with random colours and textures; wnids are
-synthetic (`n00000000`, …). Every item draws from its own generator seeded by
-(seed, part, index), so the output is the same bytes for the same arguments.
+In the default domain (`shapes`) the classes are shapes (disk, square, triangle, …) with random colours
+and textures; in the `textures` domain (`domain="textures"`) they are the patterns objects are painted
+with, on random silhouettes (`franca.data.toy_domains`). wnids are synthetic (`n00000000`, …). Every item
+draws from its own generator seeded by (seed, part, index), so the output is the same bytes for the same
+arguments.
 
 `ensure_toy()` generates the set once into a cache folder ($FRANCA_DATA, else
 ~/.cache/franca) named by a hash of the parameters, writing to a temporary sibling and
@@ -38,8 +40,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from franca.data.toy_domains import DEFAULT_DOMAIN, DOMAINS, ToyDomain, get_domain
 from franca.data.toy_scenes import ToyStyle, render_classification, render_depth, render_pair, render_segmentation
-from franca.data.toy_shapes import SHAPES
 from franca.utils.files import set_normal_mode
 from franca.utils.progress import progress as progress_bar
 
@@ -69,8 +71,9 @@ def wnid(cls: int) -> str:
     return f"n{cls:08d}"
 
 
-def class_names(n_classes: int) -> list[str]:
-    return [SHAPES[i].name for i in range(n_classes)]
+def class_names(n_classes: int, domain: str = DEFAULT_DOMAIN) -> list[str]:
+    """The names of the first `n_classes` classes of a domain."""
+    return list(get_domain(domain).classes[:n_classes])
 
 
 def voc_palette() -> list[int]:
@@ -102,29 +105,31 @@ def _save_palette_png(label: np.ndarray, path: Path) -> None:
     im.save(path, format="PNG")
 
 
-def _write_classification(root: Path, style: ToyStyle, n_train: int, n_val: int, seed: int, bar: tqdm) -> None:
+def _write_classification(
+    root: Path, style: ToyStyle, dom: ToyDomain, n_train: int, n_val: int, seed: int, bar: tqdm
+) -> None:
     base = root / "imagenet"
-    names = class_names(style.n_classes)
+    names = class_names(style.n_classes, dom.name)
     for split, n, part in (("train", n_train, "cls_train"), ("val", n_val, "cls_val")):
         for c in range(style.n_classes):
             (base / split / wnid(c)).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             cls = i % style.n_classes  # balanced classes
-            img = render_classification(_rng(seed, part, i), cls, style)
+            img = render_classification(_rng(seed, part, i), cls, style, dom)
             name = f"{wnid(cls)}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{i + 1:08d}.JPEG"
             _save_jpeg(img, base / split / wnid(cls) / name)
             bar.update()
     (base / "labels.txt").write_text("".join(f"{wnid(c)},{names[c]}\n" for c in range(style.n_classes)))
 
 
-def _write_voc(root: Path, style: ToyStyle, n_train: int, n_val: int, seed: int, bar: tqdm) -> None:
+def _write_voc(root: Path, style: ToyStyle, dom: ToyDomain, n_train: int, n_val: int, seed: int, bar: tqdm) -> None:
     voc = root / "VOCdevkit" / "VOC2012"
     for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
     ids: dict[str, list[str]] = {"train": [], "val": []}
     for split, n, part in (("train", n_train, "seg_train"), ("val", n_val, "seg_val")):
         for i in range(n):
-            img, label, _ = render_segmentation(_rng(seed, part, i), style)
+            img, label, _ = render_segmentation(_rng(seed, part, i), style, dom)
             name = f"toy_{split}_{i:06d}"
             _save_jpeg(img, voc / "JPEGImages" / f"{name}.jpg")
             _save_palette_png(label, voc / "SegmentationClass" / f"{name}.png")
@@ -142,16 +147,16 @@ def _write_voc(root: Path, style: ToyStyle, n_train: int, n_val: int, seed: int,
     }
     for name, lst in lists.items():
         (sets / f"{name}.txt").write_text("".join(f"{x}\n" for x in lst))
-    (voc / "classes.txt").write_text("background\n" + "".join(f"{n}\n" for n in class_names(style.n_classes)))
+    (voc / "classes.txt").write_text("background\n" + "".join(f"{n}\n" for n in class_names(style.n_classes, dom.name)))
 
 
-def _write_nyu(root: Path, style: ToyStyle, n_train: int, n_test: int, seed: int, bar: tqdm) -> None:
+def _write_nyu(root: Path, style: ToyStyle, dom: ToyDomain, n_train: int, n_test: int, seed: int, bar: tqdm) -> None:
     nyu = root / "nyuv2"
     for split, n, part in (("train", n_train, "depth_train"), ("test", n_test, "depth_test")):
         base = nyu / "sync" if split == "train" else nyu / "official_splits" / "test"
         lines = []
         for i in range(n):
-            img, depth, _ = render_depth(_rng(seed, part, i), style)
+            img, depth, _ = render_depth(_rng(seed, part, i), style, dom)
             scene = f"toyroom_{i // 50:04d}"
             (base / scene).mkdir(parents=True, exist_ok=True)
             _save_jpeg(img, base / scene / f"rgb_{i:05d}.jpg")
@@ -169,9 +174,9 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
 
 
-def _write_spair(root: Path, style: ToyStyle, n_pairs: dict[str, int], seed: int, bar: tqdm) -> None:
+def _write_spair(root: Path, style: ToyStyle, dom: ToyDomain, n_pairs: dict[str, int], seed: int, bar: tqdm) -> None:
     sp = root / "SPair-71k"
-    names = class_names(style.n_classes)
+    names = class_names(style.n_classes, dom.name)
     for sub in ("JPEGImages", "Segmentation", "ImageAnnotation"):
         for n in names:
             (sp / sub / n).mkdir(parents=True, exist_ok=True)
@@ -182,7 +187,7 @@ def _write_spair(root: Path, style: ToyStyle, n_pairs: dict[str, int], seed: int
         for i in range(n):
             rng = _rng(seed, f"spair_{split}", i)
             cls, level = i % style.n_classes, int(rng.integers(3))
-            pair = render_pair(rng, cls, level, style)
+            pair = render_pair(rng, cls, level, style, dom)
             cat = names[cls]
             meta = {}
             for key in ("src", "trg"):
@@ -262,6 +267,7 @@ def generate_toy(
     n_depth: tuple[int, int] | None = None,
     n_pairs: tuple[int, int, int] | None = None,
     progress: bool = True,
+    domain: str = DEFAULT_DOMAIN,
     **style_kwargs,
 ) -> Path:
     """Render the synthetic data set into `out_dir` (created; must be empty or absent).
@@ -273,11 +279,15 @@ def generate_toy(
         seed: everything is a deterministic function of the arguments.
         n_seg: (train, val) segmentation scenes; n_depth: (train, test) depth scenes;
             n_pairs: (trn, val, test) keypoint pairs. Defaults scale with n_train/n_val.
-        style_kwargs: `ToyStyle` knobs (n_classes, object_size, clutter, texture, distractors, …).
+        domain: what a class is: "shapes" (the silhouette) or "textures" (the pattern;
+            `franca.data.toy_domains`). The layouts are the same.
+        style_kwargs: `ToyStyle` knobs (n_classes, object_size, clutter, texture, distractors, …);
+            `texture` (patterned paint) applies to the shapes domain only.
     Returns:
         The root folder.
     """
     style = ToyStyle(size=size, **style_kwargs)
+    dom = _check_domain(domain, style)
     if n_train < 1 or n_val < 1:
         raise ValueError(f"n_train and n_val must be >= 1, got {n_train}, {n_val}")
     out = Path(out_dir)
@@ -287,18 +297,19 @@ def generate_toy(
     counts = _counts(n_train, n_val, n_seg, n_depth, n_pairs)
     total = n_train + n_val + sum(counts["seg"]) + sum(counts["depth"]) + sum(counts["pairs"])
     with progress_bar(total=total, desc="franca toy data", unit="img", disable=not progress) as bar:
-        _write_classification(out, style, n_train, n_val, seed, bar)
-        _write_voc(out, style, *counts["seg"], seed, bar)
-        _write_nyu(out, style, *counts["depth"], seed, bar)
-        _write_spair(out, style, dict(zip(("trn", "val", "test"), counts["pairs"])), seed, bar)
+        _write_classification(out, style, dom, n_train, n_val, seed, bar)
+        _write_voc(out, style, dom, *counts["seg"], seed, bar)
+        _write_nyu(out, style, dom, *counts["depth"], seed, bar)
+        _write_spair(out, style, dom, dict(zip(("trn", "val", "test"), counts["pairs"])), seed, bar)
     params = {
         "version": TOY_VERSION,
+        "domain": dom.name,
         "seed": seed,
         "n_train": n_train,
         "n_val": n_val,
         **counts,
         "style": asdict(style),
-        "classes": class_names(style.n_classes),
+        "classes": class_names(style.n_classes, dom.name),
     }
     (out / "toy.json").write_text(json.dumps(params, indent=1) + "\n")
     return out
@@ -314,22 +325,34 @@ def toy_key(
     n_depth: tuple[int, int] | None = None,
     n_pairs: tuple[int, int, int] | None = None,
     progress: bool = True,
+    domain: str = DEFAULT_DOMAIN,
     **style_kwargs,
 ) -> str:
-    """Short hash naming the cached set of these parameters (resolved: defaults count too)."""
-    desc = json.dumps(
-        {
-            "v": TOY_VERSION,
-            "seed": seed,
-            "n_train": n_train,
-            "n_val": n_val,
-            **_counts(n_train, n_val, n_seg, n_depth, n_pairs),
-            "style": asdict(ToyStyle(size=size, **style_kwargs)),
-        },
-        sort_keys=True,
-        default=list,
-    )
-    return hashlib.sha1(desc.encode()).hexdigest()[:12]
+    """Short hash naming the cached set of these parameters (resolved: defaults count too). The default
+    domain is left out of the hash, so the shapes sets keep the names they had before domains existed."""
+    style = ToyStyle(size=size, **style_kwargs)
+    _check_domain(domain, style)
+    desc: dict = {
+        "v": TOY_VERSION,
+        "seed": seed,
+        "n_train": n_train,
+        "n_val": n_val,
+        **_counts(n_train, n_val, n_seg, n_depth, n_pairs),
+        "style": asdict(style),
+    }
+    if domain != DEFAULT_DOMAIN:
+        desc["domain"] = domain
+    return hashlib.sha1(json.dumps(desc, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def _check_domain(domain: str, style: ToyStyle) -> ToyDomain:
+    """The domain, checked against the style (a ValueError names what does not fit)."""
+    dom = get_domain(domain)
+    if style.n_classes > len(dom.classes):
+        raise ValueError(f"the {dom.name} domain has {len(dom.classes)} classes, not {style.n_classes}")
+    if dom.name != DEFAULT_DOMAIN and style.dense_version == 1:
+        raise ValueError(f"dense_version 1 renders the shapes domain only, not {dom.name!r}")
+    return dom
 
 
 def default_cache_root() -> Path:
@@ -352,9 +375,20 @@ distractors keep it learnable by a tiny ViT in minutes (docs/training.md). Its d
 parts (VOC, NYUv2, SPair-71k layouts) are 64 px a side (ToyStyle.dense_scale = 2)."""
 
 
-def builtin_toy(root: str | os.PathLike | None = None) -> Path:
-    """Path of the built-in toy set (BUILTIN_TOY), generated on first use."""
-    return ensure_toy(root, **BUILTIN_TOY)
+def builtin_toy(root: str | os.PathLike | None = None, domain: str = DEFAULT_DOMAIN) -> Path:
+    """Path of the built-in toy set of a domain (BUILTIN_TOY's style), generated on first use."""
+    return ensure_toy(root, **builtin_options(domain))
+
+
+def builtin_options(domain: str = DEFAULT_DOMAIN) -> dict:
+    """The `ensure_toy` arguments of a domain's built-in set: BUILTIN_TOY's style (32 px, large upright
+    objects, a calm background), plus `domain` for any domain but the default."""
+    get_domain(domain)
+    return dict(BUILTIN_TOY) if domain == DEFAULT_DOMAIN else {**BUILTIN_TOY, "domain": domain}
+
+
+TOY_DOMAINS = tuple(DOMAINS)
+"""The domain names `generate_toy`, `ensure_toy` and `franca data toy --domain` take."""
 
 
 def ensure_toy(root: str | os.PathLike | None = None, **kwargs) -> Path:

@@ -18,6 +18,9 @@ shows two instances of its class (same shape, each painted afresh) as SPair's pa
 0.22-0.45 of the side that may overlap, a 2-px ignore band on both sides of every edge, one colour
 for both objects of a pair).
 
+Every renderer takes a `domain` (`franca.data.toy_domains`: `shapes`, the default, or `textures`), which
+says per object which silhouette to draw and how to paint it; the layout of the scenes is the same.
+
 `franca.data.toy` writes these to disk in the real data sets' layouts.
 """
 
@@ -27,13 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from franca.data.toy_domains import DEFAULT_DOMAIN, ToyDomain, get_domain, paint_random_colour
 from franca.data.toy_shapes import (
     SHAPES,
     affine,
     apply_affine,
     background,
     compose,
-    object_fill,
     random_colour,
     rasterize,
     to_uint8,
@@ -98,22 +101,24 @@ def _place(rng: np.random.Generator, style: ToyStyle, diameter: float, side: int
     return affine((cx, cy), r, angle, aspect=rng.uniform(0.87, 1.15))
 
 
-def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, style: ToyStyle) -> np.ndarray:
-    colour = random_colour(rng, avoid=img[mask].mean(0) if mask.any() else None)
-    fill = object_fill(rng, img.shape[0], colour, style.texture)
-    return np.where(mask[..., None], fill, img)
+def _domain(domain: ToyDomain | str) -> ToyDomain:
+    return get_domain(domain) if isinstance(domain, str) else domain
 
 
-def render_classification(rng: np.random.Generator, cls: int, style: ToyStyle) -> np.ndarray:
-    """(size, size, 3) uint8 image of one object of class `cls` on a textured background."""
+def render_classification(
+    rng: np.random.Generator, cls: int, style: ToyStyle, domain: ToyDomain | str = DEFAULT_DOMAIN
+) -> np.ndarray:
+    """(size, size, 3) uint8 image of one object of class `cls` on a textured background (distractors:
+    small shapes in a random colour, whatever the domain)."""
+    dom = _domain(domain)
     s = style.size
     img = background(rng, s, style.clutter)
     for _ in range(int(rng.integers(0, style.distractors + 1))):
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         m = _place(rng, style, rng.uniform(0.05, 0.1) * s)
-        img = _paint(rng, img, rasterize(shape, m, s), style)
+        img = paint_random_colour(rng, img, rasterize(shape, m, s), style)
     m = _place(rng, style, rng.uniform(*style.object_size) * s)
-    img = _paint(rng, img, rasterize(SHAPES[cls], m, s), style)
+    img = dom.paint(rng, img, rasterize(dom.silhouette(rng, cls), m, s), cls, style)
     return to_uint8(img)
 
 
@@ -155,7 +160,9 @@ class SceneObject:
     depth: float = 0.0
 
 
-def render_segmentation(rng: np.random.Generator, style: ToyStyle) -> tuple[np.ndarray, np.ndarray, list[SceneObject]]:
+def render_segmentation(
+    rng: np.random.Generator, style: ToyStyle, domain: ToyDomain | str = DEFAULT_DOMAIN
+) -> tuple[np.ndarray, np.ndarray, list[SceneObject]]:
     """A scene of several objects: (image uint8 HxWx3, label uint8 HxW, objects in paint order).
 
     Label = class index + 1 where the object is visible, 0 background, 255 on boundaries.
@@ -164,6 +171,7 @@ def render_segmentation(rng: np.random.Generator, style: ToyStyle) -> tuple[np.n
     out), so silhouettes are whole (the built-in set: 1-3 objects a scene, 2 % of scenes with objects
     touching by a few pixels, where the aspect jitter pushes a corner past the circle).
     """
+    dom = _domain(domain)
     s = style.dense_size
     img = background(rng, s, style.clutter)
     label = np.zeros((s, s), dtype=np.uint8)
@@ -182,8 +190,8 @@ def render_segmentation(rng: np.random.Generator, style: ToyStyle) -> tuple[np.n
             else:
                 continue  # no room left: the scene keeps the objects it has
             placed.append((m[0, 2], m[1, 2], d / 2))
-        mask = rasterize(SHAPES[cls], m, s)
-        img = _paint(rng, img, mask, style)
+        mask = rasterize(dom.silhouette(rng, cls), m, s)
+        img = dom.paint(rng, img, mask, cls, style)
         label[mask] = cls + 1
         objects.append(SceneObject(cls, mask, m))
     return to_uint8(img), label_boundaries(label, width=2 if style.dense_version == 1 else 1), objects
@@ -202,13 +210,16 @@ def ground_depth(size: int) -> np.ndarray:
     return np.minimum(np.where(rows > h, d, FAR_DEPTH), FAR_DEPTH)
 
 
-def render_depth(rng: np.random.Generator, style: ToyStyle) -> tuple[np.ndarray, np.ndarray, list[SceneObject]]:
+def render_depth(
+    rng: np.random.Generator, style: ToyStyle, domain: ToyDomain | str = DEFAULT_DOMAIN
+) -> tuple[np.ndarray, np.ndarray, list[SceneObject]]:
     """(image uint8, depth float32 metres, objects) of upright objects standing on the ground plane.
 
     An object at depth d stands on the row where the ground has depth d, its size is
     proportional to 1/d, and its surface is fronto-parallel (constant depth). Objects are
     painted far to near, so nearer ones occlude farther ones.
     """
+    dom = _domain(domain)
     s = style.dense_size
     h = HORIZON * s
     img = background(rng, s, style.clutter)
@@ -225,8 +236,8 @@ def render_depth(rng: np.random.Generator, style: ToyStyle) -> tuple[np.ndarray,
         base_row = h + (s - h) / d  # the ground row whose depth is d
         cx = rng.uniform(radius, s - radius)
         m = affine((cx, base_row - radius), radius, rng.uniform(-0.3, 0.3), aspect=1.0)
-        mask = rasterize(SHAPES[cls], m, s)
-        img = _paint(rng, img, mask, style)
+        mask = rasterize(dom.silhouette(rng, cls), m, s)
+        img = dom.paint(rng, img, mask, cls, style)
         depth[mask] = d
         objects.append(SceneObject(cls, mask, m, depth=float(d)))
     return to_uint8(img), depth.astype(np.float32), objects
@@ -244,16 +255,23 @@ def pair_transform(rng: np.random.Generator, level: int) -> tuple[float, float, 
     return float(rot), float(rng.uniform(s_lo, s_hi)), float(1.0 + rng.uniform(-max_aspect, max_aspect))
 
 
-def render_pair(rng: np.random.Generator, cls: int, level: int, style: ToyStyle) -> dict:
+def render_pair(
+    rng: np.random.Generator, cls: int, level: int, style: ToyStyle, domain: ToyDomain | str = DEFAULT_DOMAIN
+) -> dict:
     """Two images of one object of class `cls` under a known map T (target = T ∘ source).
 
     Returns a dict with `src`/`trg` images, `src_mask`/`trg_mask`, `src_kps`/`trg_kps` (K, 2)
     pixel coordinates (x, y), and `transform` the 2x3 pixel map from source to target.
     Each image has its own background. In dense_version 2 each object is painted afresh (colour and
-    texture), like SPair's two instances of a category; in version 1 the object keeps its colour.
+    texture), like SPair's two instances of a category; in version 1 the object keeps its colour. The
+    keypoints are the corners of the silhouette the domain draws (in the textures domain a random one,
+    the same in both images).
     """
+    dom = _domain(domain)
+    if style.dense_version == 1 and dom.name != DEFAULT_DOMAIN:
+        raise ValueError(f"dense_version 1 renders the shapes domain only, not {dom.name!r}")
     s = style.dense_size
-    shape = SHAPES[cls]
+    shape = dom.silhouette(rng, cls)
     radius = rng.uniform(0.2, 0.3) * s
     src_m = _place(rng, style, 2 * radius, s)
     rot, scale, aspect = pair_transform(rng, level)
@@ -272,6 +290,6 @@ def render_pair(rng: np.random.Generator, cls: int, level: int, style: ToyStyle)
         if colour is not None:
             img = np.where(mask[..., None], colour, img)
         else:  # two instances of the class, as SPair pairs are: the same shape, each its own paint
-            img = _paint(rng, img, mask, style)
+            img = dom.paint(rng, img, mask, cls, style)
         out[key], out[f"{key}_mask"], out[f"{key}_kps"] = to_uint8(img), mask, apply_affine(m, shape.keypoints)
     return out
