@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 18 in one run (an estimated 7 minutes on one H100/H200, image writing and compiles
-# included; not yet timed on a GPU):
+# Every GPU figure of issue 18, and the GPU path of issue 30's distillation, in one run (an estimated 9 minutes on
+# one H100/H200, image writing and compiles included; not yet timed on a GPU):
 #   1. end to end: benchmarks/pretrain_e2e.py, vitb14-in21k, batch 64, compiled, 4 CPU workers, on a folder and on
 #      webdataset shards of the same 2,000 ImageNet-size JPEGs, data.augment_device=cpu (workers decode and
 #      augment) vs cuda (workers read bytes, the GPU decodes and augments), with step-only images/s on the same
 #      batches and their ratio;
 #   2. the step: benchmarks/train_step.py --stages, vitb14-in21k batch 64 compiled;
 #   3. memory: vitl14-laion batch 64 and vitg14-laion batch 32 with model.activation_checkpointing=true, peak
-#      memory printed by each (one GPU, no FSDP: the whole model, its teacher and AdamW state on the card).
+#      memory printed by each (one GPU, no FSDP: the whole model, its teacher and AdamW state on the card);
+#   4. distillation (issue 30), the GPU path of `franca distill`: a tiny teacher pretrained for 50 iterations, a
+#      distill-tiny student from its heads (100 iterations, k-NN check), a ViT-S/14 student from its exported
+#      backbone (features mode, 20 iterations), the student exported, and benchmarks/throughput.py on both.
 # ALL=1 adds vitl14 batch 64 without checkpointing (the saving) and the older figures (step variants, iBOT
 # targets, feature extraction).
 #
@@ -43,6 +46,17 @@ run() { echo "== $*"; timeout "${STEP_TIMEOUT:-300}" python3 "$@" 2>&1 | grep -v
   TAIL=20 run benchmarks/train_step.py --preset vitb14-in21k --batch-size 64 --device cuda --warmup 3 --steps 10 --compile --stages
   run benchmarks/train_step.py --preset vitl14-laion --batch-size 64 --device cuda --warmup 2 --steps 4 model.activation_checkpointing=true
   run benchmarks/train_step.py --preset vitg14-laion --batch-size 32 --device cuda --warmup 2 --steps 3 model.activation_checkpointing=true
+  d="$out/distill"
+  fr() { echo "== franca $*"; timeout "${STEP_TIMEOUT:-300}" python3 -m franca "$@" 2>&1 | grep -v -i warn | tail -n "${TAIL:-12}"; }
+  TAIL=4 fr pretrain --out "$d/teacher" --device cuda --quiet --overwrite train.iterations=50 train.knn_eval=false
+  TAIL=10 fr distill --teacher "$d/teacher/checkpoint.pth" --device cuda --out "$d/heads" --quiet --overwrite \
+    train.iterations=100
+  TAIL=2 fr export --weights "$d/teacher/checkpoint.pth" --out "$d/teacher.safetensors" --quiet
+  TAIL=10 fr distill --teacher "$d/teacher.safetensors" --student vits14 --device cuda --out "$d/features" --quiet \
+    --overwrite train.iterations=20 train.knn_eval=false
+  TAIL=2 fr export --weights "$d/features/checkpoint.pth" --out "$d/student-vits14.safetensors" --quiet
+  TAIL=6 run benchmarks/throughput.py --weights "$d/teacher.safetensors" "$d/heads/checkpoint.pth" \
+    "$d/student-vits14.safetensors" --size 224 --batch-size 64 --device cuda
   if [ -n "${ALL:-}" ]; then
     run benchmarks/train_step.py --preset vitl14-laion --batch-size 64 --device cuda --warmup 2 --steps 4
     TAIL=40 run benchmarks/step_variants.py --preset vitb14-in21k --batch-size 64 --device cuda --profile
