@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 18 in one run (an estimated 7 minutes on one H100/H200, image writing and compiles
-# included; not yet timed on a GPU):
+# Every GPU figure of issue 18, and the GPU path of issue 30's distillation, in one run (an estimated 9 minutes on
+# one H100/H200, image writing and compiles included; not yet timed on a GPU):
 #   1. end to end: benchmarks/pretrain_e2e.py, vitb14-in21k, batch 64, compiled, 4 CPU workers, on a folder and on
 #      webdataset shards of the same 2,000 ImageNet-size JPEGs, data.augment_device=cpu (workers decode and
 #      augment) vs cuda (workers read bytes, the GPU decodes and augments), with step-only images/s on the same
@@ -11,6 +11,9 @@
 #   4. continued pretraining: benchmarks/adapt_release.py, `franca pretrain --config adapt --init FILE` from a file
 #      in the official release layout (ViT-B/14 and its two Matryoshka heads at the released sizes, random
 #      weights), 20 iterations at batch 32: the start banner, it/s and peak memory (not yet run on a GPU).
+#   5. distillation (issue 30), the GPU path of `franca distill`: a tiny teacher pretrained for 50 iterations, a
+#      distill-tiny student from its heads (100 iterations, k-NN check), a ViT-S/14 student from its exported
+#      backbone (features mode, 20 iterations), the student exported, and benchmarks/throughput.py on both.
 # ALL=1 adds vitl14 batch 64 without checkpointing (the saving) and the older figures (step variants, iBOT
 # targets, feature extraction).
 #
@@ -47,6 +50,17 @@ run() { echo "== $*"; timeout "${STEP_TIMEOUT:-300}" python3 "$@" 2>&1 | grep -v
   run benchmarks/train_step.py --preset vitl14-laion --batch-size 64 --device cuda --warmup 2 --steps 4 model.activation_checkpointing=true
   run benchmarks/train_step.py --preset vitg14-laion --batch-size 32 --device cuda --warmup 2 --steps 3 model.activation_checkpointing=true
   TAIL=16 run benchmarks/adapt_release.py --device cuda
+  d="$out/distill"
+  fr() { echo "== franca $*"; timeout "${STEP_TIMEOUT:-300}" python3 -m franca "$@" 2>&1 | grep -v -i warn | tail -n "${TAIL:-12}"; }
+  TAIL=4 fr pretrain --out "$d/teacher" --device cuda --quiet --overwrite train.iterations=50 train.knn_eval=false
+  TAIL=10 fr distill --teacher "$d/teacher/checkpoint.pth" --device cuda --out "$d/heads" --quiet --overwrite \
+    train.iterations=100
+  TAIL=2 fr export --weights "$d/teacher/checkpoint.pth" --out "$d/teacher.safetensors" --quiet
+  TAIL=10 fr distill --teacher "$d/teacher.safetensors" --student vits14 --device cuda --out "$d/features" --quiet \
+    --overwrite train.iterations=20 train.knn_eval=false
+  TAIL=2 fr export --weights "$d/features/checkpoint.pth" --out "$d/student-vits14.safetensors" --quiet
+  TAIL=6 run benchmarks/throughput.py --weights "$d/teacher.safetensors" "$d/heads/checkpoint.pth" \
+    "$d/student-vits14.safetensors" --size 224 --batch-size 64 --device cuda
   if [ -n "${ALL:-}" ]; then
     run benchmarks/train_step.py --preset vitl14-laion --batch-size 64 --device cuda --warmup 2 --steps 4
     TAIL=40 run benchmarks/step_variants.py --preset vitb14-in21k --batch-size 64 --device cuda --profile

@@ -17,6 +17,7 @@ from typing import NoReturn
 COMMANDS: dict[str, str | dict[str, str]] = {
     "pretrain": "franca.commands.pretrain",
     "highres": "franca.commands.highres",
+    "distill": "franca.commands.distill",
     "ablate": "franca.commands.ablate",
     "rasa": "franca.commands.rasa",
     "eval": {

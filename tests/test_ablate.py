@@ -318,3 +318,71 @@ def test_rasa_protocol_reports_position_r2_before_and_after(tmp_path: Path) -> N
     out = evaluate_backbone(model, ["rasa"], torch.device("cpu"), s)
     assert set(out) == {"rasa_r2_before", "rasa_r2_after"}
     assert out["rasa_r2_before"] > 0.5 and out["rasa_r2_after"] < out["rasa_r2_before"] - 0.1
+
+
+def test_references_are_fixed_rows_evaluated_once_before_the_runs() -> None:
+    from franca.ablate.variants import parse_references
+
+    variants = parse_variants(["franca"])
+    refs = parse_references(["teacher=runs/demo/checkpoint.pth"], variants)
+    assert refs == [("teacher", "runs/demo/checkpoint.pth")]
+    specs = expand(variants, [3, 4], references=refs)
+    assert [(s.kind, s.key) for s in specs] == [
+        ("reference", "teacher-seed3"),
+        ("init", "init-seed3"),
+        ("train", "franca-seed3"),
+        ("init", "init-seed4"),
+        ("train", "franca-seed4"),
+    ]
+    assert specs[0].weights == "runs/demo/checkpoint.pth"
+    for bad, match in (("teacher", "NAME=WEIGHTS"), ("=x.pth", "NAME=WEIGHTS"), ("franca=x.pth", "already names")):
+        with pytest.raises(ValueError, match=match):
+            parse_references([bad], variants)
+    with pytest.raises(ValueError, match="already names"):
+        parse_references(["a=x.pth", "a=y.pth"], variants)
+
+
+def test_an_eval_domain_sends_every_protocol_to_that_domains_set(monkeypatch) -> None:
+    from franca.ablate import evaluate as ev
+    from franca.eval import incontext, knn, linear, overcluster
+
+    monkeypatch.setattr(ev, "builtin_toy", lambda domain="shapes": Path("/toys") / domain)
+    seen: dict[str, object] = {}
+
+    def fake(name):
+        def evaluate(model, data=None, **kw):
+            seen[name] = data
+            return {"metric": 1.0}
+
+        return evaluate
+
+    for mod in (knn, linear, incontext, overcluster):
+        monkeypatch.setattr(mod, "evaluate", fake(mod.__name__.rsplit(".", 1)[-1]))
+    model = torch.nn.Linear(1, 1)
+    protocols = ["knn", "linear", "incontext", "overcluster"]
+    ev.evaluate_backbone(model, protocols, torch.device("cpu"), EvalSettings(domain="textures"))
+    assert seen == {
+        "knn": str(Path("/toys/textures/imagenet")),
+        "linear": str(Path("/toys/textures/imagenet")),
+        "incontext": str(Path("/toys/textures")),
+        "overcluster": str(Path("/toys/textures")),
+    }
+    ev.evaluate_backbone(model, protocols, torch.device("cpu"), EvalSettings())
+    assert set(seen.values()) == {None}  # no domain: the default built-in set, as before
+    ev.evaluate_backbone(model, ["knn"], torch.device("cpu"), EvalSettings(domain="textures", data="mine"))
+    assert seen["knn"] == "mine"  # an explicit classification set wins
+    assert "domain" not in EvalSettings().to_dict()  # results of earlier sweeps keep their fingerprint
+
+
+def test_cli_checks_the_eval_domain_and_reads_references() -> None:
+    from franca.cli import build_parser
+    from franca.commands.ablate import build_sweep
+
+    args = build_parser().parse_args(
+        ["ablate", "--variants", "--variant", "scratch", "--reference", "teacher=t.pth", "--eval-domain", "textures"]
+    )
+    sw = build_sweep(args)
+    assert [v.name for v in sw.variants] == ["scratch"] and sw.references == [("teacher", "t.pth")]
+    assert sw.settings.domain == "textures"
+    with pytest.raises(ValueError, match="unknown toy domain 'stripes'"):
+        build_sweep(build_parser().parse_args(["ablate", "--eval-domain", "stripes"]))

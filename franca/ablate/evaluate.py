@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+from franca.data.datasets.voc import voc_image_dir
+from franca.data.toy import builtin_toy
+
 PROTOCOLS = ("knn", "linear", "overcluster", "incontext", "pca-slice", "rasa")
 PCA_FRACTIONS = (1, 2, 4, 8, 16)
 
@@ -77,6 +80,20 @@ class EvalSettings:
     """folder of images for the RASA fit and its probe; None: the built-in toy set's images"""
     precision: str | None = None
     """the backbone's precision in every protocol ("auto", "bf16", "fp32"; None: "auto")"""
+    domain: str | None = None
+    """a built-in toy domain (franca.data.toy_domains, e.g. "textures") whose built-in set every protocol reads
+    (classification from its imagenet/ split unless `data` is given, overclustering, in-context and RASA from its
+    scenes unless `rasa_root` is given); None: the default built-in set"""
+
+    def classification_data(self) -> str | None:
+        """The classification protocols' `data`: `data`, else the domain's built-in set, else None (the default)."""
+        if self.data is not None or self.domain is None:
+            return self.data
+        return str(builtin_toy(domain=self.domain) / "imagenet")
+
+    def dense_data(self) -> str | None:
+        """The dense protocols' `data`: the domain's built-in set (VOC layout), or None (the default toy set)."""
+        return None if self.domain is None else str(builtin_toy(domain=self.domain))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values; optional settings left at None are omitted (older sweeps' results stay comparable)."""
@@ -99,18 +116,20 @@ def evaluate_backbone(
     model = model.eval().to(device)
     s, out = settings, {}
     prec = s.precision or "auto"
+    cls_data, dense_data = s.classification_data(), s.dense_data()
     for p in protocols:
         if p == "knn":
-            out["knn"] = float(knn.evaluate(model, s.data, device=device, precision=prec, size=s.size)["metric"])
+            out["knn"] = float(knn.evaluate(model, cls_data, device=device, precision=prec, size=s.size)["metric"])
         elif p == "linear":
             out["linear"] = float(
-                linear.evaluate(model, s.data, device=device, precision=prec, size=s.size, epochs=s.linear_epochs)[
+                linear.evaluate(model, cls_data, device=device, precision=prec, size=s.size, epochs=s.linear_epochs)[
                     "metric"
                 ]
             )
         elif p == "overcluster":
             r = overcluster.evaluate(
                 model,
+                dense_data,
                 device=device,
                 precision=prec,
                 size=s.seg_size,
@@ -119,13 +138,13 @@ def evaluate_backbone(
             )
             out["overcluster"] = 100.0 * float(r["metric"])
         elif p == "incontext":
-            r = incontext.evaluate(model, device=device, precision=prec, size=s.seg_size)
+            r = incontext.evaluate(model, dense_data, device=device, precision=prec, size=s.seg_size)
             out["incontext"] = 100.0 * float(r["metric"])
         elif p == "pca-slice":
             D = int(model.embed_dim)
             ks = [max(1, D // f) for f in PCA_FRACTIONS]
             r = pca_slice.evaluate(
-                model, s.data, device=device, precision=prec, size=s.size, ks=ks, epochs=s.linear_epochs
+                model, cls_data, device=device, precision=prec, size=s.size, ks=ks, epochs=s.linear_epochs
             )
             for f, k in zip(PCA_FRACTIONS, ks):
                 out[_pca_key(f)] = float(r["per_k"][f"k{k}"])
@@ -146,7 +165,8 @@ def rasa_position_r2(model: torch.nn.Module, device: torch.device, s: EvalSettin
     from franca.rasa import data as rdata
     from franca.rasa.fit import CachedFeatures, RasaConfig, extract_all, fit_rasa
 
-    files = open_images(s.rasa_root or rdata.default_image_root(), kind="folder").files
+    root = s.rasa_root or (voc_image_dir(builtin_toy(domain=s.domain)) if s.domain else rdata.default_image_root())
+    files = open_images(root, kind="folder").files
     files = files[:: max(1, len(files) // s.rasa_images)][: s.rasa_images]  # spread over the whole set
     train_files, held_files = rdata.split_files(files, 0.1, 64, seed=400)
     tf = rdata.rasa_eval_transform(s.rasa_size)

@@ -28,19 +28,22 @@ def aggregate(sweep: Sweep) -> dict[str, Any]:
         r = load_result(sweep, s)
         if r is not None:
             results.setdefault(s.variant, {})[s.seed] = r
-    names = (["init"] if sweep.with_init else []) + [v.name for v in sweep.variants]
+    fixed = [name for name, _ in sweep.references]  # not trained: no difference to the baseline
+    names = (["init"] if sweep.with_init else []) + fixed + [v.name for v in sweep.variants]
     base = {seed: r["metrics"] for seed, r in results.get(sweep.baseline, {}).items()}
     rows: dict[str, Any] = {}
     for name in names:
         runs = results.get(name, {})
         row: dict[str, Any] = {"seeds": sorted(runs), "metrics": {}, "overrides": _overrides(sweep, name)}
+        if name in fixed:
+            row["weights"] = dict(sweep.references)[name]
         for key, mi in info.items():
             by_seed = {seed: r["metrics"].get(key) for seed, r in runs.items()}
             entry: dict[str, Any] = {
                 "per_seed": {str(k): v for k, v in sorted(by_seed.items())},
                 **summarize([v for _, v in sorted(by_seed.items())]),
             }
-            if name not in ("init", sweep.baseline):
+            if name not in ("init", sweep.baseline, *fixed):
                 d = paired_difference(
                     {k: v for k, v in by_seed.items() if v is not None},
                     {k: m.get(key) for k, m in base.items() if m.get(key) is not None},
@@ -127,6 +130,7 @@ def markdown(agg: dict[str, Any]) -> str:
                 d = _digits(k)
                 cells.append(f"{_num(m['mean'], d)} ± {_num(m['std'], d)}" if m["n"] else "–")
             label = f"{name} (baseline)" if name == base else ("init (untrained)" if name == "init" else name)
+            label += " (fixed)" if "weights" in row else ""
             lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
     for title, keys in _groups(metrics):
@@ -138,7 +142,7 @@ def markdown(agg: dict[str, Any]) -> str:
             "|---|" + "---|" * len(keys),
         ]
         for name, row in rows.items():
-            if name in ("init", base):
+            if name in ("init", base) or "weights" in row:
                 continue
             cells = []
             for k in keys:
@@ -164,6 +168,7 @@ def markdown(agg: dict[str, Any]) -> str:
         p = row.get("params") or {}
         it = row.get("iterations")
         ov = " ".join(f"`{o}`" for o in row["overrides"]) or ("(untrained)" if name == "init" else "(preset)")
+        ov = f"weights `{row['weights']}`" if "weights" in row else ov
         sw, sc = row.get("step_wall_ms"), row.get("step_cpu_ms")
         lines.append(
             f"| {name} | {ov} | {p.get('backbone', 0):,} | {p.get('heads', 0):,} | "

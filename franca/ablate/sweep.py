@@ -5,6 +5,7 @@ Layout under the sweep's output folder::
     runs/<variant>-seed<s>/      the pretraining run (checkpoint.pth, metrics, summary.json)
     results/<variant>-seed<s>.json   its scores, parameter counts, step times (written atomically)
     results/init-seed<s>.json    the untrained backbone of seed s (the reference row)
+    results/<name>-seed<s>.json  a fixed backbone (--reference NAME=WEIGHTS), evaluated with the first seed s
 
 Resume: a run whose result JSON exists is skipped (after checking it was made with the same
 settings); a run with a checkpoint continues from it (`Trainer(resume=True)`); a run folder without a
@@ -47,6 +48,8 @@ class Sweep:
     device: str = "cpu"
     checkpoint_period: int = 100
     with_init: bool = True
+    references: list[tuple[str, str]] = field(default_factory=list)
+    """(name, weights) of fixed backbones evaluated as rows of the table (a distillation teacher, a release)"""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -58,7 +61,7 @@ class Sweep:
             raise ValueError(f"jobs and threads must be >= 1, got {self.jobs} and {self.threads}")
 
     def specs(self) -> list[RunSpec]:
-        return expand(self.variants, self.seeds, self.common, self.with_init)
+        return expand(self.variants, self.seeds, self.common, self.with_init, self.references)
 
     def run_dir(self, spec: RunSpec) -> Path:
         return self.out / "runs" / spec.key
@@ -81,13 +84,16 @@ class Sweep:
     def fingerprint(self, spec: RunSpec) -> dict[str, Any]:
         """What must match for a stored result to be reused (the run folder's path may move)."""
         ovs = [o for o in self.run_overrides(spec) if not o.startswith("train.output_dir=")]
-        return {
+        out = {
             "preset": self.preset,
             "kind": spec.kind,
             "overrides": ovs,
             "protocols": list(self.protocols),
             "settings": self.settings.to_dict(),
         }
+        if spec.kind == "reference":
+            out["weights"] = spec.weights
+        return out
 
 
 def load_result(sweep: Sweep, spec: RunSpec) -> dict[str, Any] | None:
@@ -139,7 +145,12 @@ def run_one(sweep: Sweep, spec: RunSpec) -> dict[str, Any]:
         "kind": spec.kind,
         "fingerprint": sweep.fingerprint(spec),
     }
-    if spec.kind == "init":
+    if spec.kind == "reference":
+        from franca.models.api import load_backbone
+
+        backbone = load_backbone(weights=spec.weights)
+        result["params"] = {"backbone": sum(p.numel() for p in backbone.parameters())}
+    elif spec.kind == "init":
         from franca.train.build import build_models
         from franca.utils.seed import seed_all
 
@@ -198,10 +209,10 @@ class Progress:
 
     def __init__(self, specs: Sequence[RunSpec], n_done: int, jobs: int, echo: Callable[[str], None] = print):
         self.total, self.done, self.jobs, self.echo = len(specs), n_done, jobs, echo
-        self.remaining = {"init": 0, "train": 0}
+        self.remaining = {"init": 0, "train": 0, "reference": 0}
         for s in specs:
             self.remaining[s.kind] += 1
-        self.times: dict[str, list[float]] = {"init": [], "train": []}
+        self.times: dict[str, list[float]] = {"init": [], "train": [], "reference": []}
         self.t0 = time.time()
 
     def skip(self, spec: RunSpec) -> None:
@@ -212,6 +223,7 @@ class Progress:
         if self.remaining["train"] and "train" not in est:
             return None
         est.setdefault("init", est.get("train", 0.0))
+        est.setdefault("reference", est["init"])
         return sum(self.remaining[k] * est.get(k, 0.0) for k in self.remaining) / self.jobs
 
     def finished(self, spec: RunSpec, wall: float, msg: str) -> None:
@@ -238,7 +250,7 @@ def run_sweep(sweep: Sweep, echo: Callable[[str], None] = print) -> dict[str, An
     n_train = sum(s.kind == "train" for s in specs)
     echo(
         f"sweep {sweep.out}: {len(sweep.variants)} variants × {len(sweep.seeds)} seeds = {n_train} training runs"
-        f" (+{len(specs) - n_train} init evaluations); {len(done)} done, {len(todo)} to run, "
+        f" (+{len(specs) - n_train} init/reference evaluations); {len(done)} done, {len(todo)} to run, "
         f"{sweep.jobs} at a time × {sweep.threads} thread(s)"
     )
     progress = Progress(specs, len(done), sweep.jobs, echo)

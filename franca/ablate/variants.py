@@ -57,12 +57,14 @@ class Variant:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run (or, for ``kind="init"``, the untrained reference backbone) of the sweep."""
+    """One training run of the sweep; for ``kind="init"`` the untrained backbone of a seed, for
+    ``kind="reference"`` a fixed backbone read from ``weights`` (evaluated once, with the first seed)."""
 
     variant: str
     seed: int
     overrides: tuple[str, ...] = field(default_factory=tuple)
     kind: str = "train"
+    weights: str = ""
 
     @property
     def key(self) -> str:
@@ -135,17 +137,40 @@ def check_common_overrides(overrides: Sequence[str]) -> None:
             raise ValueError(f"override {ov!r}: {k} is set by the sweep per run (use --seeds / --out)")
 
 
+def parse_references(entries: Sequence[str], variants: Sequence[Variant] = ()) -> list[tuple[str, str]]:
+    """`NAME=WEIGHTS` entries as (name, weights); a name may not be a variant's or 'init', nor repeat."""
+    out: list[tuple[str, str]] = []
+    taken = {v.name for v in variants} | {"init"}
+    for e in entries:
+        name, sep, weights = e.partition("=")
+        name, weights = name.strip(), weights.strip()
+        if not sep or not name or not weights:
+            raise ValueError(f"--reference {e!r}: expected NAME=WEIGHTS (e.g. teacher=runs/demo/checkpoint.pth)")
+        if name in taken:
+            raise ValueError(f"--reference {e!r}: {name!r} already names a row of the sweep; choose another name")
+        taken.add(name)
+        out.append((name, weights))
+    return out
+
+
 def expand(
-    variants: Sequence[Variant], seeds: Sequence[int], common: Sequence[str] = (), with_init: bool = True
+    variants: Sequence[Variant],
+    seeds: Sequence[int],
+    common: Sequence[str] = (),
+    with_init: bool = True,
+    references: Sequence[tuple[str, str]] = (),
 ) -> list[RunSpec]:
     """Every (variant, seed) run, seed-major (a half-done sweep has whole seeds), with the init reference first
-    in each seed. A run's overrides: sweep-wide `common` first, then the variant's (the variant wins)."""
+    in each seed and the fixed `references` ((name, weights)) before all, evaluated with the first seed. A run's
+    overrides: sweep-wide `common` first, then the variant's (the variant wins)."""
     if not seeds:
         raise ValueError("no seeds given")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds repeat: {list(seeds)}")
     check_common_overrides(common)
-    specs: list[RunSpec] = []
+    specs: list[RunSpec] = [
+        RunSpec(name, int(seeds[0]), tuple(common), kind="reference", weights=w) for name, w in references
+    ]
     for s in seeds:
         if with_init:
             specs.append(RunSpec("init", int(s), tuple(common), kind="init"))

@@ -55,6 +55,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME_OR_KEY=VALUE",
         help="a variant of your own: NAME key=value [key=value ...] (repeatable; default: none)",
     )
+    p.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="NAME=WEIGHTS",
+        help="a fixed backbone (a weights file, e.g. a distillation teacher) evaluated once with the same "
+        "protocols, as a row of the table (repeatable; default: none)",
+    )
     p.add_argument("--baseline", default=None, help="variant the others are compared with (default: the first)")
     p.add_argument("--seeds", nargs="+", type=natural_int, default=[0, 1, 2], help="default: %(default)s")
     p.add_argument(
@@ -99,6 +107,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--seg-size", type=positive_int, default=128, help="overcluster / in-context input size (default: %(default)s)"
     )
     g.add_argument(
+        "--eval-domain",
+        default=None,
+        metavar="DOMAIN",
+        help="evaluate on this built-in toy domain's set (franca data toy --domain: shapes, textures) instead of "
+        "the default built-in set; train on it with the sweep-wide override data.toy_options.domain=DOMAIN "
+        "(default: the default set)",
+    )
+    g.add_argument(
         "--linear-epochs",
         type=positive_int,
         default=10,
@@ -109,7 +125,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_sweep(args: argparse.Namespace):
     from franca.ablate.evaluate import EvalSettings
     from franca.ablate.sweep import Sweep
-    from franca.ablate.variants import DEFAULT_VARIANTS, parse_variants
+    from franca.ablate.variants import DEFAULT_VARIANTS, parse_references, parse_variants
     from franca.train.config import load_config
 
     names = DEFAULT_VARIANTS if args.variants is None else args.variants
@@ -117,11 +133,16 @@ def build_sweep(args: argparse.Namespace):
     base_cfg = load_config(args.config, args.overrides)  # fails early on a bad sweep-wide override
     for v in variants:  # …or a bad variant override
         load_config(args.config, [*args.overrides, *v.overrides])
+    if args.eval_domain is not None:
+        from franca.data.toy_domains import get_domain
+
+        get_domain(args.eval_domain)  # an unknown name fails before any run, naming the domains
     settings = EvalSettings(
         size=args.size or base_cfg.crops.global_crops_size,
         seg_size=args.seg_size,
         linear_epochs=args.linear_epochs,
         precision=None if args.precision == "auto" else args.precision,
+        domain=args.eval_domain,
     )
     return Sweep(
         out=args.out,
@@ -137,6 +158,7 @@ def build_sweep(args: argparse.Namespace):
         device=args.device,
         checkpoint_period=args.checkpoint_period,
         with_init=not args.no_init,
+        references=parse_references(args.reference, variants),
     )
 
 

@@ -99,8 +99,14 @@ def read_weights(path: str | Path) -> WeightsFile:
     return _weights_file(obj, path, _training_config_arch(obj))
 
 
+def _is_training_checkpoint(obj: Any) -> bool:
+    """This project's training checkpoint: besides backbone and heads, its student and teacher may hold the
+    training objective's own modules (a distillation projection), which are not part of the backbone."""
+    return isinstance(obj, Mapping) and all(k in obj for k in ("teacher", "student", "iteration", "config"))
+
+
 def _weights_file(obj: Any, path: Path, extra: dict[str, Any]) -> WeightsFile:
-    backbone, heads = _extract(obj, path)
+    backbone, heads = _extract(obj, path, extra_modules=_is_training_checkpoint(obj))
     cfg = obj.get("config") if isinstance(obj, Mapping) else None
     return WeightsFile(backbone, extra, heads, dict(cfg) if isinstance(cfg, Mapping) else None)
 
@@ -260,13 +266,16 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- layouts
-def _extract_backbone(obj: Any, path: Path | str) -> dict[str, Tensor]:
+def _extract_backbone(obj: Any, path: Path | str, extra_modules: bool = False) -> dict[str, Tensor]:
     """Find the backbone inside a checkpoint object and return it with flat DINOv2 keys."""
-    return _extract(obj, path)[0]
+    return _extract(obj, path, extra_modules)[0]
 
 
-def _extract(obj: Any, path: Path | str) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
-    """(backbone with flat DINOv2 keys, the heads stored beside it) of a checkpoint object."""
+def _extract(
+    obj: Any, path: Path | str, extra_modules: bool = False
+) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+    """(backbone with flat DINOv2 keys, the heads stored beside it) of a checkpoint object. `extra_modules`: other
+    modules next to the backbone are expected (this project's training checkpoints) and left out."""
     while isinstance(obj, Mapping) and not _has_tensors(obj):
         key = next((k for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if key is None:
@@ -287,7 +296,7 @@ def _extract(obj: Any, path: Path | str) -> tuple[dict[str, Tensor], dict[str, d
             if sub:
                 heads[name] = sub
     if prefix:
-        if parent is not None:
+        if parent is not None and not extra_modules:
             stray = [
                 k
                 for k in state

@@ -7,6 +7,9 @@ student (franca.train.init), so both start from the file; a position table of an
 (bicubic, antialias, as `modify_ckpt_highres.py` does). The high-resolution stages re-initialise the heads
 (`train.init_heads: false`), as the released finetune configs do.
 
+Under distillation (`distill.teacher`) the objective's targets come from a frozen teacher instead
+(franca.train.distill); the EMA of the student is still kept, and is the result.
+
 The objective is the parts that `OBJECTIVE_PARTS` builds from the config (each builder returns None when
 its part is off), in that order: a new loss term is one more builder there (franca.train.objective).
 """
@@ -25,6 +28,16 @@ from franca.losses.centering import SoftmaxCentering
 from franca.losses.franca_loss import FrancaLoss
 from franca.models.dinov3 import DINOV3_SIZES
 from franca.train.config import FrancaTrainConfig, HeadConfig
+from franca.train.data import multicrop_params
+from franca.train.distill import (
+    FeatureDistillation,
+    HeadDistillation,
+    TeacherView,
+    load_teacher,
+    resolve_mode,
+    student_grid_side,
+    teacher_patch_side,
+)
 from franca.train.gram import gram_part
 from franca.train.init import forget_init, load_init
 from franca.train.objective import Objective, ObjectivePart, PartContext
@@ -112,8 +125,16 @@ def _disable_drop_path(backbone: nn.Module) -> None:
             mod.drop_prob = 0.0
 
 
-def franca_part(cfg: FrancaTrainConfig, ctx: PartContext) -> FrancaObjective:
-    """DINO + iBOT per level + KoLeo against the EMA teacher's Sinkhorn-Knopp (or centred) targets."""
+def franca_part(cfg: FrancaTrainConfig, ctx: PartContext) -> Optional[FrancaObjective]:
+    """DINO + iBOT per level + KoLeo against the EMA teacher's Sinkhorn-Knopp (or centred) targets; None under
+    distillation (`distill.teacher`: `distill_part` gives the targets of the frozen teacher instead)."""
+    if cfg.distill.teacher:
+        return None
+    return FrancaObjective(teacher=ctx.teacher, **_franca_targets_and_loss(cfg, ctx))
+
+
+def _franca_targets_and_loss(cfg: FrancaTrainConfig, ctx: PartContext) -> dict[str, Any]:
+    """The Franca objective's `teacher_targets` (TeacherTargets) and `loss` (FrancaLoss) of `cfg`."""
     centers = None
     if cfg.loss.centering == "centering":
         centers = (
@@ -136,11 +157,45 @@ def franca_part(cfg: FrancaTrainConfig, ctx: PartContext) -> FrancaObjective:
         koleo_weight=cfg.loss.koleo_weight,
         koleo_scope=cfg.loss.koleo_scope,
     )
-    return FrancaObjective(teacher=ctx.teacher, teacher_targets=targets, loss=loss)
+    return {"teacher_targets": targets, "loss": loss}
+
+
+def distill_part(cfg: FrancaTrainConfig, ctx: PartContext) -> Optional[ObjectivePart]:
+    """Distillation from the frozen `distill.teacher` (franca.train.distill): with its heads (mode heads) the
+    Franca objective against their targets, else (mode features) CLS and patch tokens through projections."""
+    if not cfg.distill.teacher:
+        return None
+    d = cfg.distill
+    teacher = load_teacher(d.teacher, head_builder=build_head, with_heads=d.mode != "features")
+    mode = resolve_mode(d, teacher)
+    crops = multicrop_params(cfg)
+    student = ctx.student["backbone"]
+    t_patch = int(teacher.backbone.patch_size)
+    if mode == "heads":
+        assert teacher.heads is not None
+        side = student_grid_side(int(student.patch_size), t_patch)
+        view = TeacherView(teacher.backbone, side, (crops.mean, crops.std)).to(ctx.device)
+        heads = {k: h.to(ctx.device) for k, h in teacher.heads.items()}
+        return HeadDistillation(
+            teacher={"backbone": view, **heads},
+            student_heads=ctx.student,
+            teacher_label=teacher.label,
+            fingerprint=teacher.fingerprint,
+            **_franca_targets_and_loss(cfg, ctx),
+        )
+    view = TeacherView(teacher.backbone, teacher_patch_side(t_patch, d.teacher_size), (crops.mean, crops.std))
+    return FeatureDistillation(
+        teacher=view.to(ctx.device),
+        student_dim=int(student.embed_dim),
+        student_patch=int(student.patch_size),
+        cfg=d,
+        teacher_label=teacher.label,
+        fingerprint=teacher.fingerprint,
+    )
 
 
 PartBuilder = Callable[[FrancaTrainConfig, PartContext], Optional[ObjectivePart]]
-OBJECTIVE_PARTS: tuple[PartBuilder, ...] = (franca_part, gram_part)
+OBJECTIVE_PARTS: tuple[PartBuilder, ...] = (franca_part, distill_part, gram_part)
 """The parts of the training objective, built from the config in this order (None: the part is off)."""
 
 

@@ -354,6 +354,41 @@ class TrainConfig:
         _check(bool(str(self.output_dir).strip()), "train.output_dir", self.output_dir, "a folder path")
 
 
+DISTILL_MODES = ("auto", "heads", "features")
+DISTILL_PROJECTIONS = ("linear", "mlp")
+
+
+@dataclass
+class DistillConfig:
+    """Distillation from a frozen teacher (`franca distill`, franca.train.distill); off while `teacher` is empty."""
+
+    teacher: str = ""
+    """the frozen teacher: a released name, a weights file (a training checkpoint of this project, an export,
+    a DINOv2/DINOv3 file) or a transformers folder; '' = no distillation (self-distillation pretraining)"""
+    mode: str = "auto"
+    """'heads': the Franca objective (DINO + iBOT per level + KoLeo) against the teacher's own heads'
+    Sinkhorn-Knopp targets (a teacher with heads); 'features': its CLS and patch tokens through a learned
+    projection (any teacher); 'auto': heads when the teacher has them, else features"""
+    teacher_size: int = 0
+    """features: the side (pixels) the teacher sees each global crop at; 0 = the crop size rounded to a
+    multiple of the teacher's patch size (at least one patch)"""
+    cls_weight: float = 1.0
+    """features: weight of the term distill_cls (CLS token) in the total"""
+    patch_weight: float = 1.0
+    """features: weight of the term distill_patch (patch tokens, on the teacher's grid) in the total"""
+    smooth_l1_weight: float = 1.0
+    """features: each token's loss is cosine distance + this × smooth-L1 (franca.losses.feature_distill)"""
+    projection: str = "linear"
+    """features: student width -> teacher width by 'linear' (one Linear) or 'mlp' (Linear, GELU, Linear)"""
+
+    def __post_init__(self) -> None:
+        _check(self.mode in DISTILL_MODES, "distill.mode", self.mode, "'auto', 'heads' or 'features'")
+        _check(self.projection in DISTILL_PROJECTIONS, "distill.projection", self.projection, "'linear' or 'mlp'")
+        _check(self.teacher_size >= 0, "distill.teacher_size", self.teacher_size, ">= 0 (0: the crop size)")
+        for name in ("cls_weight", "patch_weight", "smooth_l1_weight"):
+            _check(getattr(self, name) >= 0, f"distill.{name}", getattr(self, name), ">= 0")
+
+
 @dataclass
 class FrancaTrainConfig:
     """The whole pretraining configuration (one preset = overrides of these defaults)."""
@@ -367,6 +402,7 @@ class FrancaTrainConfig:
     crops: CropsConfig = field(default_factory=CropsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         _check_finite(self, "")

@@ -158,7 +158,9 @@ class Trainer:
             backbone_apart=self.lengths.freeze_backbone > 0,
         )
         self.optimizer = build_optimizer(groups, cfg.optim.betas, cfg.optim.fused, self.device, cfg.optim.eps)
-        forward = StudentForward.of(self.student, outputs=self.objective.needs)
+        forward = StudentForward.of(
+            self.student, outputs=self.objective.needs, extra_inputs=self.objective.module_inputs
+        )
         # a head that may go unused in a step: no masked token drawn, or no term reads its outputs
         may_skip = cfg.ibot.mask_sample_probability * 2 * cfg.train.batch_size_per_gpu < 1
         may_skip = may_skip or not (forward.run_dino_head and forward.run_ibot_head)
@@ -434,6 +436,9 @@ class Trainer:
             f"'{self.cfg.optim.lr_scaling}' for global batch {n.global_batch}); device {self.device}, "
             f"{self.world} process(es), precision {self.precision}"
         )
+        for part in self.objective.parts:  # a part that says what it does (distillation: the teacher)
+            if getattr(part, "description", None):
+                msg += f"\nobjective: {part.description}"
         if self.quiet:  # one or the other: printed and logged, it showed twice in a terminal
             log.info(msg.replace("\n", "; "))
         else:
@@ -445,7 +450,8 @@ class Trainer:
         from tqdm import tqdm
 
         limit = self.cfg.train.max_minutes
-        desc = f"pretrain (stops at {limit:g} min)" if limit > 0 else "pretrain"
+        what = "distill" if self.cfg.distill.teacher else "pretrain"
+        desc = f"{what} (stops at {limit:g} min)" if limit > 0 else what
         bar = tqdm(total=total, initial=self.state.iteration, desc=desc, unit="it", dynamic_ncols=True)
         bar.planned_total, bar.time_limit_s = total, limit * 60.0  # what _update_bar fits the total to
         return bar

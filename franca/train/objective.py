@@ -10,6 +10,10 @@ A part (`ObjectivePart`) is one loss with its own teacher side:
     modules              trainable modules it owns, joined to the student under these names: optimised,
                          clipped, averaged into the EMA teacher, checkpointed and wrapped by DDP/FSDP like
                          the heads (a distillation projection, say); most parts own none
+    module_inputs        optional {module name: StudentOutput field}: modules the student pass itself applies
+                         to that field, their outputs in `student.extra[name]` (a module used in the step
+                         must run inside the DDP-wrapped pass, or DDP cannot reduce its gradients when some
+                         head goes unused); a module not named here is the part's to call
     targets(step)        no gradient, before the student pass: the EMA teacher's Sinkhorn targets, a frozen
                          Gram teacher's Gram matrices, a frozen distillation teacher's outputs …
     __call__(student=, targets=, step=) -> {term name: value, …}: every declared term's unweighted scalar,
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
@@ -54,9 +58,11 @@ class StudentOutput:
     """(2B, D) backbone CLS tokens (x_norm_clstoken) of the global crops"""
     global_patch_tokens: torch.Tensor
     """(2B, N, D) backbone patch tokens (x_norm_patchtokens) of the global crops, masked as the student sees them"""
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    """the outputs of the objective's modules that the student pass applies (`module_inputs`), by module name"""
 
 
-STUDENT_FIELDS = frozenset(f.name for f in fields(StudentOutput))
+STUDENT_FIELDS = frozenset(f.name for f in fields(StudentOutput)) - {"extra"}
 LOOP_NAMES = frozenset({"total", "iteration", "lr", "wd", "momentum", "teacher_temp", "skipped_files", "epoch"})
 """Names the loop logs itself (with every `grad_norm_<module>`): no part may return them."""
 
@@ -130,7 +136,19 @@ class Objective:
                     )
         self.modules: dict[str, nn.Module] = {k: m for p in self.parts for k, m in p.modules.items()}
         _unique("module", (k for p in self.parts for k in p.modules))
-        self.needs = frozenset(n for t in self.terms for n in t.needs)
+        self.module_inputs: dict[str, str] = {}
+        """{module name: the StudentOutput field the student pass applies it to} over every part"""
+        for p in self.parts:
+            for name, source in getattr(p, "module_inputs", {}).items():
+                if name not in p.modules:
+                    raise ValueError(f"objective part {p.name!r}: module_inputs names {name!r}, not one of its modules")
+                if source not in STUDENT_FIELDS:
+                    raise ValueError(
+                        f"objective part {p.name!r}: module {name!r} reads {source!r}, which the student pass does "
+                        f"not make (it offers {sorted(STUDENT_FIELDS)})"
+                    )
+                self.module_inputs[name] = source
+        self.needs = frozenset(n for t in self.terms for n in t.needs) | frozenset(self.module_inputs.values())
 
     def part(self, name: str) -> ObjectivePart:
         for p in self.parts:

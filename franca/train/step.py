@@ -98,8 +98,10 @@ class StudentForward(nn.Module):
     Global crops (with masks) and local crops run as one backbone call each (the list form of
     forward_features); heads run once on all CLS tokens of a crop size and once on the masked tokens.
     `outputs`: the StudentOutput fields the objective's terms read (default: all); a head whose outputs no
-    term reads is not run. `extra`: trainable modules of the objective (`ObjectivePart.modules`), held
-    here so that DDP reduces their gradients with the rest of the student; the parts call them.
+    term reads is not run, nor are the local crops when no term reads `local_cls`. `extra`: trainable modules
+    of the objective (`ObjectivePart.modules`), held here so that DDP reduces their gradients with the rest of
+    the student; `extra_inputs` ({module name: StudentOutput field}, `Objective.module_inputs`) names those
+    this pass applies (outputs in `StudentOutput.extra`); the parts call the others.
     """
 
     def __init__(
@@ -110,25 +112,35 @@ class StudentForward(nn.Module):
         ibot_head: nn.Module,
         outputs: Optional[frozenset[str]] = None,
         extra: Optional[dict[str, nn.Module]] = None,
+        extra_inputs: Optional[dict[str, str]] = None,
     ) -> None:
         super().__init__()
         self.backbone, self.dino_head, self.ibot_head = backbone, dino_head, ibot_head
         self.extra = nn.ModuleDict(extra or {})
+        self.extra_inputs = dict(extra_inputs or {})
+        unknown = sorted(set(self.extra_inputs) - set(self.extra))
+        if unknown:
+            raise ValueError(f"StudentForward: extra_inputs names {unknown}, which are not among its extra modules")
         self.run_dino_head = outputs is None or bool({"global_cls", "local_cls"} & outputs)
         self.run_ibot_head = outputs is None or "masked_patches" in outputs
+        self.run_local = outputs is None or "local_cls" in outputs
 
     @classmethod
-    def of(cls, student: dict[str, nn.Module], outputs: Optional[frozenset[str]] = None) -> StudentForward:
+    def of(
+        cls,
+        student: dict[str, nn.Module],
+        outputs: Optional[frozenset[str]] = None,
+        extra_inputs: Optional[dict[str, str]] = None,
+    ) -> StudentForward:
         """From the run's student dict: backbone and heads, every further module (the objective's) as `extra`."""
         own = ("backbone", "dino_head", "ibot_head")
-        return cls(
-            **{k: student[k] for k in own}, outputs=outputs, extra={k: m for k, m in student.items() if k not in own}
-        )
+        extra = {k: m for k, m in student.items() if k not in own}
+        return cls(**{k: student[k] for k in own}, outputs=outputs, extra=extra, extra_inputs=extra_inputs)
 
     def forward(self, batch: dict[str, Any]) -> StudentOutput:
         g, loc = batch["global_crops"], batch.get("local_crops")
         masks = batch.get("masks")
-        has_local = loc is not None and loc.shape[0] > 0
+        has_local = self.run_local and loc is not None and loc.shape[0] > 0
         inputs = [g, loc] if has_local else [g]
         feats = self.backbone.forward_features(inputs, [masks, None] if has_local else [masks])
         gcls = feats[0]["x_norm_clstoken"]
@@ -148,13 +160,16 @@ class StudentForward(nn.Module):
         if self.run_ibot_head and idx is not None and idx.numel() > 0:
             patches = feats[0]["x_norm_patchtokens"].flatten(0, 1).index_select(0, idx)
             masked = self.ibot_head(patches)
-        return StudentOutput(
+        out = StudentOutput(
             global_cls=global_cls,
             local_cls=local_cls,
             masked_patches=masked,
             global_backbone_cls=gcls,
             global_patch_tokens=feats[0]["x_norm_patchtokens"],
         )
+        for name, source in self.extra_inputs.items():
+            out.extra[name] = self.extra[name](getattr(out, source))
+        return out
 
 
 class FrancaObjective:

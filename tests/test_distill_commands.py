@@ -1,0 +1,102 @@
+"""A distilled student in every command: `franca distill` (patch-8 student of a patch-4 teacher with heads), then
+`franca export`, and the export (and the run's checkpoint) read by the nine evaluation protocols, features, the
+figures and RASA on the toy data (proof that they run and load the student, not scores). The run folder rules of
+`franca pretrain` hold for `franca distill`: a second run into the folder is refused, --resume continues."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from dist_train_worker import make_image_folder, tiny_overrides
+
+import franca
+from franca.cli import main
+from franca.data.toy import generate_toy
+from franca.train.config import load_config
+from franca.train.loop import train
+
+pytestmark = pytest.mark.slow
+
+STUDENT = ["--student", "vitt8", "model.embed_dim=24", "model.depth=1", "model.num_heads=2"]
+SMALL = ["crops.global_crops_size=16", "crops.local_crops_size=8", "crops.local_crops_number=2"]
+SMALL += ["train.knn_eval=false", "data.num_workers=0", "train.device=cpu", "train.batch_size_per_gpu=4"]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return generate_toy(tmp_path_factory.mktemp("toy") / "toy", size=64, n_train=10, n_val=10, progress=False)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """(the distilled run's checkpoint, its export)."""
+    root = tmp_path_factory.mktemp("distill")
+    data = make_image_folder(root / "images", n=8)
+    train(load_config("tiny", tiny_overrides(root / "teacher", data, iterations=2)), quiet=True)
+    run = root / "student"
+    args = ["distill", "--teacher", str(root / "teacher" / "checkpoint.pth"), *STUDENT, "--data", str(data)]
+    assert main([*args, "--out", str(run), "--quiet", "train.iterations=2", *SMALL]) == 0
+    assert main([*args, "--out", str(run), "--quiet", "train.iterations=2", *SMALL]) == 1  # a run is there
+    allow = ["--allow-config-change", "train.iterations"]
+    assert main([*args, "--out", str(run), "--quiet", "--resume", *allow, "train.iterations=3", *SMALL]) == 0
+    assert torch.load(run / "checkpoint.pth", weights_only=True)["iteration"] == 3
+    out = root / "student.safetensors"
+    assert main(["export", "--weights", str(run / "checkpoint.pth"), "--out", str(out), "--quiet"]) == 0
+    return run / "checkpoint.pth", out
+
+
+def test_the_export_is_the_students_ema_backbone(student):
+    ckpt, exported = student
+    m = franca.load_backbone(weights=exported)
+    assert (m.embed_dim, m.patch_size, m.n_blocks, m.num_heads) == (24, 8, 1, 2)
+    saved = torch.load(ckpt, weights_only=True)["teacher"]  # the student's EMA
+    torch.testing.assert_close(m.state_dict()["blocks.0.mlp.w12.weight"], saved["backbone.blocks.0.mlp.w12.weight"])
+
+
+def _common(weights) -> list[str]:
+    return ["--weights", str(weights), "--device", "cpu", "--num-workers", "0", "--batch-size", "8", "--quiet"]
+
+
+PROTOCOLS = {
+    "knn": (["--size", "64", "--no-cache"], "imagenet"),
+    "linear": (["--size", "64", "--epochs", "1", "--no-cache"], "imagenet"),
+    "logreg": (["--size", "64", "--n-c", "3", "--max-iter", "20", "--no-cache"], "imagenet"),
+    "pca-slice": (["--size", "64", "--ks", "2", "4", "--epochs", "1", "--no-cache"], "imagenet"),
+    "overcluster": (["--size", "64", "--ks", "0", "8", "--niter", "5", "--nredo", "1"], ""),
+    "incontext": (["--size", "64", "--k", "5", "--train-split", "train"], ""),
+    "linseg": (["--size", "64", "--epochs", "1", "--cache-views", "1", "--train-split", "train"], ""),
+    "keypoints": (["--size", "64"], ""),
+    "depth": (["--size", "64", "--epochs", "1", "--hidden-dim", "4"], ""),
+}
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_every_protocol_runs_on_the_distilled_student(tmp_path, toy, student, protocol):
+    extra, sub = PROTOCOLS[protocol]
+    out = tmp_path / f"{protocol}.json"
+    data = toy / sub if sub else toy
+    weights = student[0] if protocol == "knn" else student[1]  # the run's checkpoint, and its export
+    assert main(["eval", protocol, *_common(weights), "--data", str(data), *extra, "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["protocol"] == protocol.replace("-", "_") and math.isfinite(r["metric"]), r
+
+
+def test_features_figures_and_rasa_run_on_the_distilled_student(tmp_path, toy, student):
+    weights = student[1]
+    assert main(["features", *_common(weights), "--data", str(toy / "imagenet/val"), "--size", "64",
+                 "--out", str(tmp_path / "f.pt")]) == 0  # fmt: skip
+    feats = torch.load(tmp_path / "f.pt", weights_only=True)
+    assert feats["patch"].shape[1:] == (64, 24) and feats["cls"].shape[1:] == (24,)  # 64 px: 8×8 patches of 8
+    for fig in ("attention", "pca"):
+        png = tmp_path / f"{fig}.png"
+        assert main(["viz", fig, *_common(weights), "--data", str(toy / "imagenet/val"), "--n-images", "2",
+                     "--size", "64", "--out", str(png)]) == 0  # fmt: skip
+        assert png.stat().st_size > 1000
+    out = tmp_path / "rasa.safetensors"
+    assert main(["rasa", *_common(weights), "--data", str(toy / "imagenet/train"), "--size", "64",
+                 "--heldout-fraction", "0.7", "--iterations", "1", "--max-steps", "10", "--window", "5",
+                 "--probe-max-steps", "10", "--out", str(out)]) == 0  # fmt: skip
+    assert franca.load_backbone(weights=out).rasa_proj is not None
