@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from franca.commands._flags import natural_int, positive_int
+from franca.utils.grid import round_to_patch
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +261,11 @@ def start_classification(args: argparse.Namespace, name: str, evaluate: Any) -> 
     """Begin a classification command: note the start time, check --out, load the backbone and apply
     the size rule to --size. Returns (model, the keyword arguments of `evaluate` the shared flags set
     (`eval_args(...).kwargs_for(evaluate)` plus the feature cache folder and key), start time)."""
-    from franca.commands._flags import fit_size
 
     started = time.time()
     result_path(args, name)
     model, device = load_model_from_args(args)
-    args.size = fit_size(args.size, model.patch_size)
+    args.size = round_to_patch(args.size, model.patch_size, what="--size", announce=True)
     kwargs = eval_args(args, device).kwargs_for(evaluate)
     kwargs.update(cache_dir=_cache_dir(args), model_key=json.dumps(model_identity(args), sort_keys=True, default=str))
     return model, kwargs, started
@@ -366,9 +366,8 @@ def resolve_size(args: argparse.Namespace, default_size: int, patch: int | None 
     size = int(args.size) if args.size is not None else (TOY_SIZE if args.data is None else default_size)
     if patch is None:
         return size
-    from franca.commands._flags import fit_size
 
-    return fit_size(size, patch)
+    return round_to_patch(size, patch, what="--size", announce=True)
 
 
 def finish_segmentation(args: argparse.Namespace, name: str, result: dict[str, Any], started: float) -> None:

@@ -12,6 +12,7 @@ import argparse
 
 from franca.commands._common import add_model_arguments, add_output_arguments
 from franca.commands._flags import float_in, positive_int
+from franca.utils.grid import round_to_patch
 
 HELP = "keypoint correspondence on SPair-71k: PCK@0.10 for viewpoint d=0,1,2 and all"
 
@@ -34,12 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from franca.commands._common import eval_args, load_model_from_args, model_identity, result_path, write_result
-    from franca.commands._flags import fit_size
     from franca.eval.keypoints import evaluate
 
     result_path(args, "keypoints")
     model, device = load_model_from_args(args)
-    size = fit_size(args.size, model.patch_size) if args.size is not None else None
+    size = round_to_patch(args.size, model.patch_size, what="--size", announce=True) if args.size is not None else None
     common = eval_args(args, device, size=size)
     res = evaluate(model, **common.kwargs_for(evaluate), n_pairs=args.n_pairs, alpha=args.alpha, split=args.split)
     res.update(model=model_identity(args), data=args.data or "toy")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from franca.commands._common import add_model_arguments
 from franca.commands._flags import fraction, natural_int, nonnegative_float, positive_float, positive_int
+from franca.utils.grid import round_to_patch
 
 HELP = "RASA post-training: fit position removal and write a backbone with it folded in"
 
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     import franca
     from franca.commands._common import load_model_from_args, model_identity, write_result
-    from franca.commands._flags import check_out_path, fit_size
+    from franca.commands._flags import check_out_path
     from franca.data.source import open_images
     from franca.models.rasa_fold import save_rasa_file
     from franca.rasa import data as rdata
@@ -206,7 +207,9 @@ def run(args: argparse.Namespace) -> int:
     precision = resolve_precision(args.precision, device)
     model = load_model_from_args(args)[0].to(device).eval()  # no weights: an error unless --random-init
     model.requires_grad_(False)
-    size = fit_size(int(args.size or getattr(model, "img_size", 224)), int(model.patch_size))
+    size = round_to_patch(
+        int(args.size or getattr(model, "img_size", 224)), int(model.patch_size), what="--size", announce=True
+    )
     grid = (size // int(model.patch_size),) * 2
 
     root = Path(args.data) if args.data else rdata.default_image_root()

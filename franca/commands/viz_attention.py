@@ -14,6 +14,7 @@ import argparse
 
 from franca.commands._common import add_model_arguments
 from franca.commands._flags import float_in, positive_int
+from franca.utils.grid import round_to_patch
 
 HELP = "PNG of the last block's CLS attention per head over images"
 
@@ -45,11 +46,10 @@ def add_image_arguments(
 
 def prepare_images(args: argparse.Namespace, patch: int) -> tuple[list, int | None]:
     """The image paths and --size after the size rule (None: the figure's default)."""
-    from franca.commands._flags import fit_size
     from franca.viz.common import figure_images
 
     images = figure_images(args.data, args.n_images)
-    return images, (fit_size(args.size, patch) if args.size is not None else None)
+    return images, (round_to_patch(args.size, patch, what="--size", announce=True) if args.size is not None else None)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
