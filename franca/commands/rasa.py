@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     from franca.data.source import open_images
     from franca.models.rasa_fold import save_rasa_file
     from franca.rasa import data as rdata
-    from franca.rasa.fit import BackboneFeatures, CachedFeatures, RasaConfig, extract_all, fit_rasa
+    from franca.rasa.fit import RasaConfig
+    from franca.rasa.pipeline import fit_rasa_on_images
     from franca.rasa.probe import ProbeSettings
     from franca.utils.device import resolve_device, resolve_precision
     from franca.utils.seed import seed_all
@@ -230,40 +231,6 @@ def run(args: argparse.Namespace) -> int:
         f"auto (at most {iterations})" if auto else iterations,
     )
 
-    def loader(files_, transform, shuffle: bool, drop_last: bool):
-        g = torch.Generator().manual_seed(args.seed)
-        return torch.utils.data.DataLoader(
-            open_images(files_, kind="files", transform=transform).dataset,  # unreadable: a random file instead
-            batch_size=batch,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=args.num_workers,
-            generator=g,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
-
-    eval_tf = rdata.rasa_eval_transform(size)
-    heldout = _heldout_tokens(
-        model,
-        loader(held_files, eval_tf, False, False),
-        device,
-        args.seed,
-        dihedral=not args.no_probe_dihedral,
-        precision=precision,
-    )
-    if args.no_augment:
-        tokens = extract_all(model, loader(train_files, eval_tf, False, False), device, precision)
-        source = CachedFeatures(tokens, grid, batch, seed=args.seed)
-    else:
-        train_tf = rdata.rasa_train_transform(size, std_quirk=not args.no_std_quirk)
-        train_loader = loader(train_files, train_tf, True, True)
-        if args.cache_views:
-            tokens = torch.cat([extract_all(model, train_loader, device, precision) for _ in range(args.cache_views)])
-            source = CachedFeatures(tokens, grid, batch, seed=args.seed)
-        else:
-            source = BackboneFeatures(model, train_loader, device, size, precision)
-
     probe = ProbeSettings(fit_fraction=args.probe_fit_fraction, max_steps=args.probe_max_steps, seed=args.seed)
     cfg = RasaConfig(
         iterations=iterations,
@@ -282,7 +249,20 @@ def run(args: argparse.Namespace) -> int:
         probe=probe,
         progress=not args.quiet,
     )
-    result = fit_rasa(source, cfg, device=device, heldout=heldout)
+    result = fit_rasa_on_images(
+        model,
+        train_files,
+        held_files,
+        cfg,
+        size=size,
+        device=device,
+        precision=precision,
+        augment=not args.no_augment,
+        std_quirk=not args.no_std_quirk,
+        cache_views=args.cache_views,
+        heldout_dihedral=not args.no_probe_dihedral,
+        num_workers=args.num_workers,
+    )
 
     name = (args.model or Path(args.weights).stem).replace(":", "_")
     out = Path(args.out) if args.out else Path("runs/rasa") / f"{name}-rasa.safetensors"
@@ -369,23 +349,6 @@ def _check_probe_size(args: argparse.Namespace, n_images: int, n_heldout: int, t
         f"{f', at most --max-heldout {args.max_heldout}' if args.max_heldout < need else ''}); "
         f"nothing was trained. Use {', or '.join(how)}"
     )
-
-
-def _heldout_tokens(model, loader, device, seed: int, dihedral: bool, precision: str = "auto"):
-    """Tokens of the held-out images, each turned by its fixed random flip/rotation unless ``dihedral`` is False."""
-    import torch
-
-    from franca.rasa.fit import extract_patch_tokens
-    from franca.rasa.probe import dihedral_views
-
-    out, seen = [], 0
-    for images in loader:
-        images = images[0] if isinstance(images, (list, tuple)) else images
-        if dihedral:
-            images = dihedral_views(images, seed, offset=seen)
-        seen += images.shape[0]
-        out.append(extract_patch_tokens(model, images, device, precision).cpu())
-    return torch.cat(out)
 
 
 def format_table(result) -> str:
