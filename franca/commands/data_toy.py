@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._flags import float_in, natural_int, positive_int
+from franca.commands._flags import add_quiet_argument, add_size_argument, float_in, natural_int, positive_int
 
 HELP = "write the built-in synthetic data set (ImageNet/VOC/NYUv2/SPair-71k layouts)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands._flags import add_quiet_argument, add_size_argument
 
     p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
     add_size_argument(p, "image side in pixels (default: %(default)s)", default=64)

@@ -18,8 +18,16 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._common import add_model_arguments, add_output_arguments
-from franca.commands._flags import positive_float, positive_int
+from franca.commands._common import (
+    add_model_arguments,
+    add_output_arguments,
+    eval_args,
+    load_model_from_args,
+    model_identity,
+    result_path,
+    write_result,
+)
+from franca.commands._flags import add_data_argument, add_size_argument, positive_float, positive_int
 from franca.utils.grid import round_to_patch
 
 HELP = "monocular depth probe on NYUv2: SI-RMSE (per-image scale+shift), RMSE, δ1-3"
@@ -29,7 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
     add_output_arguments(p, "depth")
     p.set_defaults(seeds=[8])
-    from franca.commands._flags import add_data_argument, add_size_argument
 
     add_data_argument(p, "NYUv2 root in the BTS layout, or its parent (default: the built-in toy set)")
     add_size_argument(
@@ -45,7 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import eval_args, load_model_from_args, model_identity, result_path, write_result
     from franca.eval.depth import evaluate
     from franca.eval.stats import mean_std
 

@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._common import add_model_arguments, load_model_from_args
+from franca.commands._flags import (
+    add_data_argument,
+    add_quiet_argument,
+    add_size_argument,
+    check_out_path,
+    check_side_fits,
+)
 from franca.utils.grid import round_to_patch
 
 HELP = "extract and save CLS/patch features"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands._common import add_model_arguments
-    from franca.commands._flags import add_data_argument, add_quiet_argument, add_size_argument
 
     add_model_arguments(p)
     add_data_argument(p, "folder of images, searched recursively (required)")
@@ -37,8 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args
-    from franca.commands._flags import check_out_path, check_side_fits
     from franca.data.source import open_images
     from franca.features import OUTPUT_SUFFIXES, extract_features, save_features
 

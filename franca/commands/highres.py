@@ -18,13 +18,13 @@ from pathlib import Path
 
 from franca.commands._common import TRAIN_PRECISION_HELP, add_precision_argument
 from franca.commands._flags import add_quiet_argument
+from franca.commands._training import add_run_folder_arguments, allowed_changes, continue_command, print_summary
+from franca.utils.errors import UserError
 
 HELP = "high-resolution adaptation (global 364 then 518, local 112/168) from a pretraining checkpoint"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands.pretrain import add_run_folder_arguments
-
     p.add_argument("--checkpoint", required=True, help="pretraining checkpoint (this project's) to start from")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for both stages")
     p.add_argument(
@@ -41,10 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands.pretrain import allowed_changes, continue_command, print_summary
     from franca.train.highres import read_checkpoint_model, stage_config
     from franca.train.loop import train
-    from franca.utils.errors import UserError
 
     if args.allow_config_change and not args.resume:
         raise UserError("--allow-config-change applies to --resume only")

@@ -23,12 +23,10 @@ Examples (the last trains on photos/, a folder of your own images: no labels, so
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
-from typing import Optional
 
 from franca.commands._common import TRAIN_PRECISION_HELP, add_precision_argument
 from franca.commands._flags import natural_int, positive_int
+from franca.commands._training import add_run_folder_arguments, allowed_changes, continue_command, print_summary
 
 HELP = "Franca pretraining (default: the tiny preset on the built-in data, CPU, minutes)"
 
@@ -95,38 +93,6 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def add_run_folder_arguments(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
-    """--resume / --overwrite / --allow-config-change (pretrain and highres)."""
-    where = "train.output_dir" if checkpoint else "each stage's folder under --out"
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help=f"continue exactly from the checkpoint in {where}{' (or --checkpoint)' if checkpoint else ''}",
-    )
-    if checkpoint:
-        p.add_argument(
-            "--checkpoint",
-            default=None,
-            metavar="PATH",
-            help="with --resume: continue from this checkpoint file instead",
-        )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help=f"replace the run already in {where} (its files stay until the first new checkpoint)",
-    )
-    p.add_argument(
-        "--allow-config-change",
-        default=None,
-        metavar="KEY[,KEY]",
-        help="with --resume: config keys (or sections, e.g. optim) that may differ from the saved run",
-    )
-
-
-def allowed_changes(args: argparse.Namespace) -> list[str]:
-    return [k.strip() for k in (args.allow_config_change or "").split(",") if k.strip()]
-
-
 def run(args: argparse.Namespace) -> int:
     from franca.train.config import dump_yaml, list_presets, load_config
     from franca.utils.errors import UserError
@@ -155,49 +121,3 @@ def run(args: argparse.Namespace) -> int:
     cmd = ["pretrain", "--config", args.config, *(["--quiet"] if args.quiet else []), "--resume", *args.overrides]
     print_summary(summary, continue_command(cmd, summary))
     return 0
-
-
-def continue_command(argv: list[str], summary: dict) -> Optional[str]:
-    """The shell command that continues a run stopped by a limit (None when the run is complete)."""
-    if summary.get("iterations", 0) >= summary.get("planned_iterations", 0):
-        return None
-    world = int(summary.get("world_size", 1))
-    if world > 1:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        launch = (
-            ["torchrun", f"--nproc-per-node={local}", "-m", "franca"]
-            if local == world
-            else ["torchrun", "<your torchrun options>", "-m", "franca"]
-        )
-    else:
-        launch = ["franca"]
-    return shlex.join(launch + argv)
-
-
-def print_summary(s: dict, continue_with: Optional[str] = None) -> None:
-    from franca.utils.distributed import is_main
-
-    if not is_main():
-        return
-    lines = [
-        f"iterations        {s['iterations']} / {s['planned_iterations']} ({s['epochs']:.2f} epochs, "
-        f"{s['images_seen']} images)",
-        f"wall time         {s['wall_time_s']:.1f} s  ({s['device_hours']:.4f} device-hours on "
-        f"{s['world_size']} x {s['device']})",
-        f"skipped files     {s['skipped_files']}",
-        f"checkpoint        {s['checkpoint']}",
-    ]
-    if "knn_top1_init" in s:
-        lines.append(f"k-NN top-1 init   {s['knn_top1_init']:.2f}%")
-    if "knn_top1_trained" in s:
-        lines.append(f"k-NN top-1 final  {s['knn_top1_trained']:.2f}%")
-    if "knn_gain" in s:
-        lines.append(f"k-NN gain         {s['knn_gain']:+.2f} points")
-    if s.get("stop_reason", "done") != "done":
-        note = (
-            " (append train.max_minutes=0 to the command below to lift it)" if "max_minutes" in s["stop_reason"] else ""
-        )
-        lines.append(f"stopped early     {s['stop_reason']}{note}")
-    if continue_with:
-        lines.append(f"continue with     {continue_with}")
-    print("\n".join(lines), flush=True)

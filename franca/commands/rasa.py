@@ -19,9 +19,23 @@ import logging
 import math
 from pathlib import Path
 
-from franca.commands._common import add_model_arguments
-from franca.commands._flags import fraction, natural_int, nonnegative_float, positive_float, positive_int
+import franca
+from franca.commands._common import add_model_arguments, load_model_from_args, model_identity, write_result
+from franca.commands._flags import (
+    add_data_argument,
+    add_quiet_argument,
+    add_size_argument,
+    check_out_path,
+    fraction,
+    natural_int,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+)
+from franca.utils.device import resolve_device, resolve_precision
+from franca.utils.errors import UserError
 from franca.utils.grid import round_to_patch
+from franca.utils.seed import seed_all
 
 HELP = "RASA post-training: fit position removal and write a backbone with it folded in"
 
@@ -31,7 +45,6 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
     p.set_defaults(batch_size=128)
-    from franca.commands._flags import add_data_argument, add_quiet_argument, add_size_argument
 
     g = p.add_argument_group("RASA")
     add_data_argument(g, "folder of training images, searched recursively (default: the built-in toy set's images)")
@@ -176,17 +189,12 @@ def _iterations(value: str) -> int | str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import franca
-    from franca.commands._common import load_model_from_args, model_identity, write_result
-    from franca.commands._flags import check_out_path
     from franca.data.source import open_images
     from franca.models.rasa_fold import save_rasa_file
     from franca.rasa import data as rdata
     from franca.rasa.fit import RasaConfig
     from franca.rasa.pipeline import fit_rasa_on_images
     from franca.rasa.probe import ProbeSettings
-    from franca.utils.device import resolve_device, resolve_precision
-    from franca.utils.seed import seed_all
 
     auto = args.iterations == "auto"
     iterations = args.max_iterations if auto else args.iterations
@@ -329,7 +337,6 @@ def _check_probe_size(args: argparse.Namespace, n_images: int, n_heldout: int, t
     """Refuse before any stage when the held-out images are too few for the position probes (their R² would
     be a probe failure, known only at the end), saying which flag or how many images would do."""
     from franca.rasa.probe import heldout_images_needed, probe_shortfall
-    from franca.utils.errors import UserError
 
     short = probe_shortfall(n_heldout, tokens, dim, args.probe_fit_fraction)
     if not short:

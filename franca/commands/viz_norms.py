@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._common import add_precision_argument
-from franca.commands.viz_attention import add_image_arguments
+import franca
+from franca.commands._common import add_image_arguments, add_precision_argument
+from franca.commands._flags import check_out_path, title_label
+from franca.utils.device import resolve_device
 from franca.utils.grid import round_to_patch
 from franca.utils.names import distinct_path_names
 
@@ -90,11 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import franca
-    from franca.commands._flags import check_out_path, title_label
     from franca.data.images import open_image
     from franca.models.api import weights_label
-    from franca.utils.device import resolve_device
     from franca.viz.common import figure_images
     from franca.viz.norms import layerwise_max_norm, plot_norms, write_norms_json
 
