@@ -22,23 +22,14 @@ from franca.models.preprocess import image_transform
 from franca.models.preprocess import transforms as preprocess
 from franca.utils.device import resolve_precision
 from franca.utils.files import set_normal_mode
+from franca.utils.grid import round_to_patch
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def crop_side(size: int, patch_size: int) -> int:
-    """Side of the square crop: the largest multiple of the patch size not above `size`."""
-    if size < patch_size:
-        raise ValueError(f"--size {size} is smaller than the patch size {patch_size}")
-    return size // patch_size * patch_size
 
 
 def make_transform(size: int, patch_size: int):
     """`franca.transforms` for a patch size (see the module docstring)."""
-    crop_side(size, patch_size)  # the --size error message of this command
+    round_to_patch(size, patch_size, what="--size")  # the --size error message of this command
     return image_transform(size, patch_size)
 
 
@@ -59,7 +50,7 @@ def extract_features(
     `franca.eval.features.extract`, kind "patch" or "rasa", in this process). The forward runs in `precision`
     ("auto", "bf16", "fp32"); `precision` in the result says which ran."""
     prec = resolve_precision(precision, device)
-    side = crop_side(size, model.patch_size)  # the --size error message of this command; the crop's side
+    side = round_to_patch(size, model.patch_size, what="--size")  # the --size error of this command; the crop's side
     source = open_images(list(paths), kind="files", transform=preprocess(model, size), on_unreadable="mark")
     files = source.files  # folders among `paths` listed
     out = extract(

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from franca.utils.names import distinct_path_names
+from franca.utils.plotting import pyplot
 
 log = logging.getLogger(__name__)
 
@@ -474,10 +475,7 @@ def _plot_losses(rows: list[dict[str, Any]], out: Path, run_name: str) -> Path |
     keys = keys or sorted({k for r in rows for k, v in r.items() if "loss" in k and _is_number(v)})[:8]
     if not keys:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     step_key = next((k for k in ("iteration", "step", "iter") if k in rows[0]), None)
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from franca.data.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
+from franca.data.augment import MultiCropAugmentation
+from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _blur_ps(compose: v2.Compose) -> list[float]:

@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from franca.data.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
+from franca.data.augment import MultiCropAugmentation
 from franca.data.batch_augment import BatchMultiCrop, _shift_hue, sample_crop_boxes
 from franca.data.collate import collate_multicrop
 from franca.data.masking import CyclicMask
+from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -95,6 +95,48 @@ def test_every_import_points_down_the_documented_direction():
     assert not bad, "imports that do not point down the documented direction:\n" + "\n".join(bad)
 
 
+def _command_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in one file, `from franca.commands import x` read as `franca.commands.x`."""
+    out = _project_imports(path)
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module == "franca.commands":
+            out += [(node.lineno, f"franca.commands.{a.name}") for a in node.names]
+    return out
+
+
+def _is_command(module: str) -> bool:
+    """A sub-command's module (`franca.commands.eval_knn`), not a shared one (`franca.commands._common`)."""
+    parts = module.split(".")
+    return len(parts) == 3 and parts[:2] == ["franca", "commands"] and not parts[2].startswith("_")
+
+
+def test_no_command_imports_another_command():
+    """What two commands share lives in a shared module of the command layer (`_common`, `_flags`, `_training`)."""
+    commands = [p for p in sorted((PACKAGE / "commands").glob("*.py")) if _is_command(_module_name(p))]
+    assert len(commands) > 10
+    bad = [
+        f"{_module_name(p)}:{line} imports {t}"
+        for p in commands
+        for line, t in _command_imports(p)
+        if _is_command(t) and t != _module_name(p)
+    ]
+    assert not bad, "commands that import another command:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    "snippet,bad",
+    [
+        ("from franca.commands.pretrain import print_summary\n", True),
+        ("def f():\n    from franca.commands import viz_attention\n", True),
+        ("from franca.commands._training import print_summary\n", False),
+    ],
+)
+def test_the_command_check_sees_both_import_forms(tmp_path, snippet, bad):
+    f = tmp_path / "m.py"
+    f.write_text(snippet)
+    assert any(_is_command(t) for _, t in _command_imports(f)) is bad
+
+
 def test_models_import_nothing_of_the_project_but_utils():
     bad = [
         f"{m}:{line} imports {t}"

@@ -163,23 +163,17 @@ def rasa_position_r2(model: torch.nn.Module, device: torch.device, s: EvalSettin
     """
     from franca.data.source import open_images
     from franca.rasa import data as rdata
-    from franca.rasa.fit import CachedFeatures, RasaConfig, extract_all, fit_rasa
+    from franca.rasa.fit import RasaConfig
+    from franca.rasa.pipeline import fit_rasa_on_images
 
     root = s.rasa_root or (voc_image_dir(builtin_toy(domain=s.domain)) if s.domain else rdata.default_image_root())
     files = open_images(root, kind="folder").files
     files = files[:: max(1, len(files) // s.rasa_images)][: s.rasa_images]  # spread over the whole set
     train_files, held_files = rdata.split_files(files, 0.1, 64, seed=400)
-    tf = rdata.rasa_eval_transform(s.rasa_size)
-
-    def tokens(fs: list) -> torch.Tensor:
-        images = open_images(fs, kind="files", transform=tf).dataset
-        loader = torch.utils.data.DataLoader(images, batch_size=64, shuffle=False)
-        return extract_all(model, loader, device, s.precision or "auto")
-
-    grid = (s.rasa_size // int(model.patch_size),) * 2
-    source = CachedFeatures(tokens(train_files), grid, batch_size=64, seed=400)
     cfg = RasaConfig(
         iterations=s.rasa_iterations, epochs=s.rasa_epochs, lr=1e-2, batch_size=64, seed=400, progress=False
     )
-    res = fit_rasa(source, cfg, device=device, heldout=tokens(held_files))
+    res = fit_rasa_on_images(
+        model, train_files, held_files, cfg, size=s.rasa_size, device=device, precision=s.precision or "auto"
+    )
     return {"rasa_r2_before": float(res.r2("ridge", "initial")), "rasa_r2_after": float(res.r2("ridge", "final"))}

@@ -16,6 +16,7 @@ from typing import Any
 from franca.ablate.evaluate import metric_info
 from franca.ablate.stats import paired_difference, summarize, verdict
 from franca.ablate.sweep import Sweep, load_result
+from franca.utils.plotting import pyplot
 from franca.utils.results import write_text_atomic
 
 
@@ -181,10 +182,7 @@ def markdown(agg: dict[str, Any]) -> str:
 
 def plot(agg: dict[str, Any], path: Path) -> None:
     """One panel per metric (seed dots, mean ± std, init as a dashed line) plus the PCA-slicing curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows, metrics = agg["rows"], agg["metrics"]
     names = [n for n in rows if n != "init"]

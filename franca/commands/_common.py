@@ -5,6 +5,9 @@ with a weights file, this project's checkpoint, or `timm:NAME`) runs every proto
 commands share two more families, defined once here: the classification protocols' (k-NN, linear,
 logreg, PCA slicing: ImageFolder data, feature cache, a text table) and the dense protocols'
 (overclustering, in-context, linear segmentation: a data set name and its official layout).
+
+The library packages (models, data, eval, viz) and torch are imported inside the functions that run a
+command, as in every command module, so that building the parser (`franca --help`) does not load them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from franca.commands._flags import natural_int, positive_int
+import franca
+from franca.commands._flags import (
+    add_data_argument,
+    add_quiet_argument,
+    add_size_argument,
+    check_out_path,
+    natural_int,
+    positive_int,
+)
+from franca.utils.device import PRECISIONS, resolve_device, resolve_precision
+from franca.utils.errors import UserError
+from franca.utils.grid import round_to_patch
+from franca.utils.results import write_json
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +97,6 @@ def add_precision_argument(
 ) -> None:
     """`--precision auto|bf16|fp32` (`franca.utils.device.resolve_precision`), the same flag in every command
     that runs a backbone (pretraining's sets `train.precision`, default None: the preset's)."""
-    from franca.utils.device import PRECISIONS
-
     p.add_argument("--precision", choices=PRECISIONS, default=default, help=help)
 
 
@@ -91,8 +104,6 @@ def resolved_precision(args: argparse.Namespace) -> str | None:
     """The precision ("bf16" or "fp32") that --precision means on --device; None for a command without them."""
     if getattr(args, "precision", None) is None:
         return None
-    from franca.utils.device import resolve_precision
-
     return resolve_precision(args.precision, getattr(args, "device", "auto"))
 
 
@@ -105,7 +116,6 @@ def weights_label(args: argparse.Namespace) -> str:
     name, or "random init". Raises (saying how to get weights, in one line) when the arguments name none."""
     from franca.models.api import weights_label as label
     from franca.models.releases import is_release
-    from franca.utils.errors import UserError
 
     model, weights = getattr(args, "model", None), getattr(args, "weights", None)
     if weights is None and not is_release(model) and not getattr(args, "random_init", False):
@@ -123,26 +133,21 @@ def load_model_from_args(args: argparse.Namespace):
     """Build the backbone the model arguments describe, in eval mode, on args.device.
 
     No weights and no released name is an error unless --random-init is given (never silent)."""
-    import franca
-    from franca.utils.device import resolve_device
+    import torch
+
+    from franca.models.api import is_layout_name, load_rasa_projection
+    from franca.models.releases import is_release
 
     device = resolve_device(args.device)
     rasa = getattr(args, "rasa", None)
     weights_label(args)  # fails early, with the how-to, when nothing names weights
-    from franca.models.api import is_layout_name
-    from franca.models.releases import is_release
-
     # a DINOv3 name is both a (gated) release and a layout: with --random-init it builds the layout
     layout = bool(args.random_init) and is_layout_name(args.model)
     if args.weights is None and (layout or not is_release(args.model)):
-        import torch
-
         with torch.random.fork_rng(devices=[]):  # seed 0: the same random weights in every run
             torch.manual_seed(0)
             model = franca.build_backbone(args.model or "vits14")
         if isinstance(rasa, str):
-            from franca.models.api import load_rasa_projection
-
             model.set_rasa_projection(load_rasa_projection(rasa, model.embed_dim))
         log.warning("random init: %s with randomly initialised weights (--random-init)", args.model or "vits14")
         return model.to(device).eval(), device
@@ -190,8 +195,6 @@ def model_identity(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_output_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
     """`--out` (result JSON), `--seeds` (`--seed N` is accepted as one seed) and `--quiet`."""
-    from franca.commands._flags import add_quiet_argument
-
     p.add_argument(
         "--out", default=None, metavar="JSON", help=f"result JSON path (default: runs/eval/{default_name}-<time>.json)"
     )
@@ -208,8 +211,6 @@ def add_output_arguments(p: argparse.ArgumentParser, default_name: str) -> None:
 
 def result_path(args: argparse.Namespace, name: str) -> Path:
     """--out, or runs/eval/<name>-<time>.json; checked (suffix, writable folder) before any work."""
-    from franca.commands._flags import check_out_path
-
     out = getattr(args, "out", None)
     if out:
         return check_out_path(out, (".json",))
@@ -220,8 +221,6 @@ def write_result(args: argparse.Namespace, name: str, result: dict[str, Any]) ->
     """Write one JSON per run (atomically; floats to 6 significant digits; library versions added)
     and return its path; a result without `precision` gets the one --precision resolved to. The caller
     prints the path once."""
-    from franca.utils.results import write_json
-
     precision = resolved_precision(args)
     if precision is not None:
         result.setdefault("precision", precision)
@@ -235,8 +234,6 @@ def add_classification_arguments(p: argparse.ArgumentParser, name: str, group: s
     """The flags of the classification commands (knn, linear, logreg, pca-slice): the backbone (no RASA),
     the data group (--data, --size, --cache-dir, --no-cache) and the output flags (--out, --seeds,
     --quiet; results go to runs/eval/`name`-<time>.json). Returns the protocol's own group, titled `group`."""
-    from franca.commands._flags import add_data_argument, add_size_argument
-
     add_model_arguments(p, rasa=False)
     g = p.add_argument_group("data")
     add_data_argument(g, "ImageFolder/ImageNet-layout root with train/ and val/ (default: the built-in toy set)")
@@ -260,12 +257,11 @@ def start_classification(args: argparse.Namespace, name: str, evaluate: Any) -> 
     """Begin a classification command: note the start time, check --out, load the backbone and apply
     the size rule to --size. Returns (model, the keyword arguments of `evaluate` the shared flags set
     (`eval_args(...).kwargs_for(evaluate)` plus the feature cache folder and key), start time)."""
-    from franca.commands._flags import fit_size
 
     started = time.time()
     result_path(args, name)
     model, device = load_model_from_args(args)
-    args.size = fit_size(args.size, model.patch_size)
+    args.size = round_to_patch(args.size, model.patch_size, what="--size", announce=True)
     kwargs = eval_args(args, device).kwargs_for(evaluate)
     kwargs.update(cache_dir=_cache_dir(args), model_key=json.dumps(model_identity(args), sort_keys=True, default=str))
     return model, kwargs, started
@@ -324,8 +320,6 @@ def add_segmentation_arguments(
     """The flags of the dense commands (overcluster, incontext, linseg): the backbone (with --rasa), the
     data group (--dataset among `datasets`, --data, --size) and the output flags, --seeds defaulting to
     `seeds` (the protocol's count). Returns the protocol's own group, titled `group`."""
-    from franca.commands._flags import add_data_argument, add_size_argument
-
     add_model_arguments(p)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=datasets, default=datasets[0], help="data set (default: %(default)s)")
@@ -366,9 +360,8 @@ def resolve_size(args: argparse.Namespace, default_size: int, patch: int | None 
     size = int(args.size) if args.size is not None else (TOY_SIZE if args.data is None else default_size)
     if patch is None:
         return size
-    from franca.commands._flags import fit_size
 
-    return fit_size(size, patch)
+    return round_to_patch(size, patch, what="--size", announce=True)
 
 
 def finish_segmentation(args: argparse.Namespace, name: str, result: dict[str, Any], started: float) -> None:
@@ -385,3 +378,35 @@ def _stamp_and_write(args: argparse.Namespace, name: str, result: dict[str, Any]
     result["seconds"] = round(time.time() - started, 3)
     result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return write_result(args, name, result)
+
+
+# ---------------------------------------------------------------- figure commands
+def add_image_arguments(
+    p: argparse.ArgumentParser, name: str, n_default: int, default_size: str, panels: bool = True
+) -> None:
+    """--data/--n-images/--size/[--panel-size]/--out/--quiet, shared by the viz commands."""
+    add_data_argument(
+        p, "image files or folders, searched recursively (default: the built-in toy validation images)", nargs="+"
+    )
+    p.add_argument(
+        "--n-images", type=positive_int, default=n_default, help="use the first N images (default: %(default)s)"
+    )
+    add_size_argument(p, f"square input side, rounded down to a multiple of the patch size (default: {default_size})")
+    if panels:
+        p.add_argument(
+            "--panel-size",
+            type=positive_int,
+            default=None,
+            metavar="PX",
+            help="side of each drawn panel (default: the input size, shrunk so that the figure stays within 2000 px)",
+        )
+    p.add_argument("--out", default=f"runs/viz/{name}.png", help="PNG path (default: %(default)s)")
+    add_quiet_argument(p)
+
+
+def prepare_images(args: argparse.Namespace, patch: int) -> tuple[list, int | None]:
+    """The image paths and --size after the size rule (None: the figure's default)."""
+    from franca.viz.common import figure_images
+
+    images = figure_images(args.data, args.n_images)
+    return images, (round_to_patch(args.size, patch, what="--size", announce=True) if args.size is not None else None)

@@ -9,8 +9,8 @@
 | random seed(s) | `--seed` (one run) / `--seeds` (averaged runs) | |
 
 (`--model`, `--weights`, `--device`, `--batch-size` come from `_common.add_model_arguments`.)
-Sizes follow one rule everywhere: a side that is not a multiple of the patch size is rounded
-down to one, with one info line; a side below one patch is an error.
+Sizes follow one rule everywhere (`franca.utils.grid.round_to_patch`): a side that is not a multiple of the
+patch size is rounded down to one, with one info line; a side below one patch is an error.
 """
 
 from __future__ import annotations
@@ -118,18 +118,6 @@ nonnegative_float = float_in(0.0, low_open=False)
 """An argparse `type`: a finite number ≥ 0 (a weight decay)."""
 fraction = float_in(0.0, 1.0, high_open=True)
 """An argparse `type`: a share strictly between 0 and 1."""
-
-
-def fit_size(size: int, patch: int, flag: str = "--size") -> int:
-    """The one size rule: round down to a multiple of the patch size (one info line when that
-    changes it); a size below one patch is an error naming the flag."""
-    size, patch = int(size), int(patch)
-    if size < patch:
-        raise ValueError(f"{flag} {size} is smaller than the patch size {patch}")
-    out = size - size % patch
-    if out != size:
-        log.info("%s %d is not a multiple of the patch size %d: using %d", flag, size, patch, out)
-    return out
 
 
 def check_out_path(

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._flags import float_in, natural_int, positive_int
+from franca.commands._flags import add_quiet_argument, add_size_argument, float_in, natural_int, positive_int
+from franca.data.toy_domains import DOMAINS
 
 HELP = "write the built-in synthetic data set (ImageNet/VOC/NYUv2/SPair-71k layouts)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands._flags import add_quiet_argument, add_size_argument
-    from franca.data.toy_domains import DOMAINS
 
     p.add_argument("--out", required=True, help="output folder (must be empty or absent)")
     p.add_argument(

@@ -18,8 +18,17 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._common import add_model_arguments, add_output_arguments
-from franca.commands._flags import positive_float, positive_int
+from franca.commands._common import (
+    add_model_arguments,
+    add_output_arguments,
+    eval_args,
+    load_model_from_args,
+    model_identity,
+    result_path,
+    write_result,
+)
+from franca.commands._flags import add_data_argument, add_size_argument, positive_float, positive_int
+from franca.utils.grid import round_to_patch
 
 HELP = "monocular depth probe on NYUv2: SI-RMSE (per-image scale+shift), RMSE, δ1-3"
 
@@ -28,7 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
     add_output_arguments(p, "depth")
     p.set_defaults(seeds=[8])
-    from franca.commands._flags import add_data_argument, add_size_argument
 
     add_data_argument(p, "NYUv2 root in the BTS layout, or its parent (default: the built-in toy set)")
     add_size_argument(
@@ -44,14 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import eval_args, load_model_from_args, model_identity, result_path, write_result
-    from franca.commands._flags import fit_size
     from franca.eval.depth import evaluate
     from franca.eval.stats import mean_std
 
     result_path(args, "depth")
     model, device = load_model_from_args(args)
-    size = fit_size(args.size, model.patch_size) if args.size is not None else None
+    size = round_to_patch(args.size, model.patch_size, what="--size", announce=True) if args.size is not None else None
     common = eval_args(args, device, size=size, batch_size=args.train_batch_size).kwargs_for(evaluate)
     runs = []
     for seed in args.seeds:  # one probe per seed

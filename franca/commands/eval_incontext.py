@@ -12,13 +12,21 @@ from __future__ import annotations
 import argparse
 import time
 
+from franca.commands._common import (
+    add_segmentation_arguments,
+    eval_args,
+    finish_segmentation,
+    load_model_from_args,
+    resolve_size,
+    result_path,
+    segmentation_splits,
+)
 from franca.commands._flags import positive_float, positive_int
 
 HELP = "in-context segmentation by patch retrieval (Hummingbird protocol, k=30, faiss)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands._common import add_segmentation_arguments
 
     g = add_segmentation_arguments(
         p,
@@ -57,14 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import (
-        eval_args,
-        finish_segmentation,
-        load_model_from_args,
-        resolve_size,
-        result_path,
-        segmentation_splits,
-    )
     from franca.eval import incontext
 
     started = time.time()

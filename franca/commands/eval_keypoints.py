@@ -10,8 +10,17 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._common import add_model_arguments, add_output_arguments
-from franca.commands._flags import float_in, positive_int
+from franca.commands._common import (
+    add_model_arguments,
+    add_output_arguments,
+    eval_args,
+    load_model_from_args,
+    model_identity,
+    result_path,
+    write_result,
+)
+from franca.commands._flags import add_data_argument, add_size_argument, float_in, positive_int
+from franca.utils.grid import round_to_patch
 
 HELP = "keypoint correspondence on SPair-71k: PCK@0.10 for viewpoint d=0,1,2 and all"
 
@@ -19,7 +28,6 @@ HELP = "keypoint correspondence on SPair-71k: PCK@0.10 for viewpoint d=0,1,2 and
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
     add_output_arguments(p, "keypoints")
-    from franca.commands._flags import add_data_argument, add_size_argument
 
     add_data_argument(p, "SPair-71k root, or its parent (default: the built-in toy set)")
     p.add_argument("--split", default="test", help="pair split: trn, val or test (default: %(default)s)")
@@ -33,13 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import eval_args, load_model_from_args, model_identity, result_path, write_result
-    from franca.commands._flags import fit_size
     from franca.eval.keypoints import evaluate
 
     result_path(args, "keypoints")
     model, device = load_model_from_args(args)
-    size = fit_size(args.size, model.patch_size) if args.size is not None else None
+    size = round_to_patch(args.size, model.patch_size, what="--size", announce=True) if args.size is not None else None
     common = eval_args(args, device, size=size)
     res = evaluate(model, **common.kwargs_for(evaluate), n_pairs=args.n_pairs, alpha=args.alpha, split=args.split)
     res.update(model=model_identity(args), data=args.data or "toy")

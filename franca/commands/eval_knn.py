@@ -13,6 +13,12 @@ from __future__ import annotations
 import argparse
 import logging
 
+from franca.commands._common import (
+    add_classification_arguments,
+    finish_classification,
+    format_table,
+    start_classification,
+)
 from franca.commands._flags import positive_float, positive_int
 
 log = logging.getLogger(__name__)
@@ -21,7 +27,6 @@ HELP = "weighted k-NN classification on frozen CLS features (top-1/top-5 per k)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands._common import add_classification_arguments
 
     g = add_classification_arguments(p, "knn", "k-NN")
     g.add_argument(
@@ -65,7 +70,6 @@ def warn_trivial_top5(num_classes: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import finish_classification, format_table, start_classification
     from franca.eval import knn
 
     model, common, started = start_classification(args, "knn", knn.evaluate)

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._common import (
+    add_classification_arguments,
+    finish_classification,
+    format_table,
+    start_classification,
+)
 from franca.commands._flags import positive_float, positive_int
 
 HELP = "DINOv2 linear probe (last-1/4 block CLS ± avgpool, 13-lr grid), best val top-1"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands._common import add_classification_arguments
 
     g = add_classification_arguments(p, "linear", "linear probe")
     g.add_argument(
@@ -44,7 +49,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import finish_classification, format_table, start_classification
     from franca.eval import linear
 
     model, common, started = start_classification(args, "linear", linear.evaluate)

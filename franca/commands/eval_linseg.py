@@ -12,13 +12,21 @@ from __future__ import annotations
 import argparse
 import time
 
+from franca.commands._common import (
+    add_segmentation_arguments,
+    eval_args,
+    finish_segmentation,
+    load_model_from_args,
+    resolve_size,
+    result_path,
+    segmentation_splits,
+)
 from franca.commands._flags import natural_int, nonnegative_float, positive_float, positive_int
 
 HELP = "linear segmentation: BN + 1x1 head on frozen patch features, sliding-window mIoU"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands._common import add_segmentation_arguments
 
     g = add_segmentation_arguments(
         p,
@@ -69,14 +77,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import (
-        eval_args,
-        finish_segmentation,
-        load_model_from_args,
-        resolve_size,
-        result_path,
-        segmentation_splits,
-    )
     from franca.eval import linseg
 
     started = time.time()

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._common import (
+    add_classification_arguments,
+    finish_classification,
+    format_table,
+    start_classification,
+)
 from franca.commands._flags import positive_int
 
 HELP = "L-BFGS logistic regression on frozen CLS features (11 fine-grained sets or an ImageFolder)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands._common import add_classification_arguments
     from franca.eval.classification_data import FINEGRAINED
 
     g = add_classification_arguments(p, "logreg", "logistic regression")
@@ -43,7 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import finish_classification, format_table, start_classification
     from franca.eval import logreg
     from franca.eval.classification_data import FINEGRAINED
 

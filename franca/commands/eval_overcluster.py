@@ -13,13 +13,20 @@ from __future__ import annotations
 import argparse
 import time
 
+from franca.commands._common import (
+    add_segmentation_arguments,
+    eval_args,
+    finish_segmentation,
+    load_model_from_args,
+    resolve_size,
+    result_path,
+)
 from franca.commands._flags import natural_int, positive_int
 
 HELP = "overclustering: K-means on patch tokens, greedy/Hungarian matching, mIoU (Leopart protocol)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands._common import add_segmentation_arguments
 
     g = add_segmentation_arguments(
         p,
@@ -59,7 +66,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import eval_args, finish_segmentation, load_model_from_args, resolve_size, result_path
     from franca.eval import overcluster
     from franca.eval.dense import build_segmentation
 

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._common import (
+    add_classification_arguments,
+    finish_classification,
+    format_table,
+    start_classification,
+)
 from franca.commands._flags import positive_int
 
 HELP = "PCA slicing (Table 9): linear probe on the first k principal components of CLS features"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands._common import add_classification_arguments
 
     g = add_classification_arguments(p, "pca_slice", "PCA slicing")
     g.add_argument(
@@ -30,7 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import finish_classification, format_table, start_classification
     from franca.eval import pca_slice
 
     model, common, started = start_classification(args, "pca_slice", pca_slice.evaluate)

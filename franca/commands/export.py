@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._flags import add_quiet_argument, positive_int
+import franca
+from franca.commands._common import weights_label
+from franca.commands._flags import add_quiet_argument, check_out_path, positive_int
 
 HELP = "backbone to safetensors (timm recipe), ONNX or torch.export with dynamic height/width"
 
@@ -54,9 +56,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import franca
-    from franca.commands._common import weights_label
-    from franca.commands._flags import check_out_path
     from franca.models.hf import check_out_folder, export_hf_folder, hf_recipe
     from franca.models.weights import timm_recipe
 

@@ -15,12 +15,20 @@ from __future__ import annotations
 
 import argparse
 
+from franca.commands._common import add_model_arguments, load_model_from_args
+from franca.commands._flags import (
+    add_data_argument,
+    add_quiet_argument,
+    add_size_argument,
+    check_out_path,
+    check_side_fits,
+)
+from franca.utils.grid import round_to_patch
+
 HELP = "extract and save CLS/patch features"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from franca.commands._common import add_model_arguments
-    from franca.commands._flags import add_data_argument, add_quiet_argument, add_size_argument
 
     add_model_arguments(p)
     add_data_argument(p, "folder of images, searched recursively (required)")
@@ -35,8 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args
-    from franca.commands._flags import check_out_path, check_side_fits, fit_size
     from franca.data.source import open_images
     from franca.features import OUTPUT_SUFFIXES, extract_features, save_features
 
@@ -45,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--data FOLDER is required: the images to extract features from")
     paths = open_images(args.data, kind="folder").files  # an error naming the folder when it holds no image
     model, device = load_model_from_args(args)
-    fit_size(args.size, model.patch_size)  # the one size rule's info line; the crop does the rounding
+    # the one size rule's info line; the crop does the rounding
+    round_to_patch(args.size, model.patch_size, what="--size", announce=True)
     check_side_fits(model, args.size, device, batch_size=args.batch_size, n_images=len(paths), precision=args.precision)
     rasa = bool(getattr(args, "rasa", None))
     res = extract_features(

@@ -19,6 +19,7 @@ from pathlib import Path
 from franca.commands._common import TRAIN_PRECISION_HELP, add_precision_argument
 from franca.commands._flags import add_quiet_argument
 from franca.commands._training import add_run_folder_arguments, allowed_changes, continue_command, print_summary
+from franca.utils.errors import UserError
 
 HELP = "high-resolution adaptation (global 364 then 518, local 112/168) from a pretraining checkpoint"
 
@@ -42,7 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from franca.train.highres import read_checkpoint_model, stage_config
     from franca.train.loop import train
-    from franca.utils.errors import UserError
 
     if args.allow_config_change and not args.resume:
         raise UserError("--allow-config-change applies to --resume only")

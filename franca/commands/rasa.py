@@ -19,8 +19,23 @@ import logging
 import math
 from pathlib import Path
 
-from franca.commands._common import add_model_arguments
-from franca.commands._flags import fraction, natural_int, nonnegative_float, positive_float, positive_int
+import franca
+from franca.commands._common import add_model_arguments, load_model_from_args, model_identity, write_result
+from franca.commands._flags import (
+    add_data_argument,
+    add_quiet_argument,
+    add_size_argument,
+    check_out_path,
+    fraction,
+    natural_int,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+)
+from franca.utils.device import resolve_device, resolve_precision
+from franca.utils.errors import UserError
+from franca.utils.grid import round_to_patch
+from franca.utils.seed import seed_all
 
 HELP = "RASA post-training: fit position removal and write a backbone with it folded in"
 
@@ -30,7 +45,6 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, rasa=False)
     p.set_defaults(batch_size=128)
-    from franca.commands._flags import add_data_argument, add_quiet_argument, add_size_argument
 
     g = p.add_argument_group("RASA")
     add_data_argument(g, "folder of training images, searched recursively (default: the built-in toy set's images)")
@@ -175,16 +189,12 @@ def _iterations(value: str) -> int | str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import franca
-    from franca.commands._common import load_model_from_args, model_identity, write_result
-    from franca.commands._flags import check_out_path, fit_size
     from franca.data.source import open_images
     from franca.models.rasa_fold import save_rasa_file
     from franca.rasa import data as rdata
-    from franca.rasa.fit import BackboneFeatures, CachedFeatures, RasaConfig, extract_all, fit_rasa
+    from franca.rasa.fit import RasaConfig
+    from franca.rasa.pipeline import fit_rasa_on_images
     from franca.rasa.probe import ProbeSettings
-    from franca.utils.device import resolve_device, resolve_precision
-    from franca.utils.seed import seed_all
 
     auto = args.iterations == "auto"
     iterations = args.max_iterations if auto else args.iterations
@@ -206,7 +216,9 @@ def run(args: argparse.Namespace) -> int:
     precision = resolve_precision(args.precision, device)
     model = load_model_from_args(args)[0].to(device).eval()  # no weights: an error unless --random-init
     model.requires_grad_(False)
-    size = fit_size(int(args.size or getattr(model, "img_size", 224)), int(model.patch_size))
+    size = round_to_patch(
+        int(args.size or getattr(model, "img_size", 224)), int(model.patch_size), what="--size", announce=True
+    )
     grid = (size // int(model.patch_size),) * 2
 
     root = Path(args.data) if args.data else rdata.default_image_root()
@@ -227,40 +239,6 @@ def run(args: argparse.Namespace) -> int:
         f"auto (at most {iterations})" if auto else iterations,
     )
 
-    def loader(files_, transform, shuffle: bool, drop_last: bool):
-        g = torch.Generator().manual_seed(args.seed)
-        return torch.utils.data.DataLoader(
-            open_images(files_, kind="files", transform=transform).dataset,  # unreadable: a random file instead
-            batch_size=batch,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=args.num_workers,
-            generator=g,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
-
-    eval_tf = rdata.rasa_eval_transform(size)
-    heldout = _heldout_tokens(
-        model,
-        loader(held_files, eval_tf, False, False),
-        device,
-        args.seed,
-        dihedral=not args.no_probe_dihedral,
-        precision=precision,
-    )
-    if args.no_augment:
-        tokens = extract_all(model, loader(train_files, eval_tf, False, False), device, precision)
-        source = CachedFeatures(tokens, grid, batch, seed=args.seed)
-    else:
-        train_tf = rdata.rasa_train_transform(size, std_quirk=not args.no_std_quirk)
-        train_loader = loader(train_files, train_tf, True, True)
-        if args.cache_views:
-            tokens = torch.cat([extract_all(model, train_loader, device, precision) for _ in range(args.cache_views)])
-            source = CachedFeatures(tokens, grid, batch, seed=args.seed)
-        else:
-            source = BackboneFeatures(model, train_loader, device, size, precision)
-
     probe = ProbeSettings(fit_fraction=args.probe_fit_fraction, max_steps=args.probe_max_steps, seed=args.seed)
     cfg = RasaConfig(
         iterations=iterations,
@@ -279,7 +257,20 @@ def run(args: argparse.Namespace) -> int:
         probe=probe,
         progress=not args.quiet,
     )
-    result = fit_rasa(source, cfg, device=device, heldout=heldout)
+    result = fit_rasa_on_images(
+        model,
+        train_files,
+        held_files,
+        cfg,
+        size=size,
+        device=device,
+        precision=precision,
+        augment=not args.no_augment,
+        std_quirk=not args.no_std_quirk,
+        cache_views=args.cache_views,
+        heldout_dihedral=not args.no_probe_dihedral,
+        num_workers=args.num_workers,
+    )
 
     name = (args.model or Path(args.weights).stem).replace(":", "_")
     out = Path(args.out) if args.out else Path("runs/rasa") / f"{name}-rasa.safetensors"
@@ -346,7 +337,6 @@ def _check_probe_size(args: argparse.Namespace, n_images: int, n_heldout: int, t
     """Refuse before any stage when the held-out images are too few for the position probes (their R² would
     be a probe failure, known only at the end), saying which flag or how many images would do."""
     from franca.rasa.probe import heldout_images_needed, probe_shortfall
-    from franca.utils.errors import UserError
 
     short = probe_shortfall(n_heldout, tokens, dim, args.probe_fit_fraction)
     if not short:
@@ -366,23 +356,6 @@ def _check_probe_size(args: argparse.Namespace, n_images: int, n_heldout: int, t
         f"{f', at most --max-heldout {args.max_heldout}' if args.max_heldout < need else ''}); "
         f"nothing was trained. Use {', or '.join(how)}"
     )
-
-
-def _heldout_tokens(model, loader, device, seed: int, dihedral: bool, precision: str = "auto"):
-    """Tokens of the held-out images, each turned by its fixed random flip/rotation unless ``dihedral`` is False."""
-    import torch
-
-    from franca.rasa.fit import extract_patch_tokens
-    from franca.rasa.probe import dihedral_views
-
-    out, seen = [], 0
-    for images in loader:
-        images = images[0] if isinstance(images, (list, tuple)) else images
-        if dihedral:
-            images = dihedral_views(images, seed, offset=seen)
-        seen += images.shape[0]
-        out.append(extract_patch_tokens(model, images, device, precision).cpu())
-    return torch.cat(out)
 
 
 def format_table(result) -> str:

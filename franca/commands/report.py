@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._flags import add_quiet_argument
+from franca.commands._flags import add_quiet_argument, check_out_path
 
 HELP = "gather the runs, results and figures of a folder into one markdown/HTML page"
 
@@ -30,7 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._flags import check_out_path
     from franca.report import build_report
 
     check_out_path(args.out, (".md",))

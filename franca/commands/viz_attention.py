@@ -12,44 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._common import add_model_arguments
-from franca.commands._flags import float_in, positive_int
+from franca.commands._common import add_image_arguments, add_model_arguments, load_model_from_args, prepare_images
+from franca.commands._flags import check_out_path, check_side_fits, float_in, title_label
 
 HELP = "PNG of the last block's CLS attention per head over images"
-
-
-def add_image_arguments(
-    p: argparse.ArgumentParser, name: str, n_default: int, default_size: str, panels: bool = True
-) -> None:
-    """--data/--n-images/--size/[--panel-size]/--out/--quiet, shared by the viz commands."""
-    from franca.commands._flags import add_data_argument, add_quiet_argument, add_size_argument
-
-    add_data_argument(
-        p, "image files or folders, searched recursively (default: the built-in toy validation images)", nargs="+"
-    )
-    p.add_argument(
-        "--n-images", type=positive_int, default=n_default, help="use the first N images (default: %(default)s)"
-    )
-    add_size_argument(p, f"square input side, rounded down to a multiple of the patch size (default: {default_size})")
-    if panels:
-        p.add_argument(
-            "--panel-size",
-            type=positive_int,
-            default=None,
-            metavar="PX",
-            help="side of each drawn panel (default: the input size, shrunk so that the figure stays within 2000 px)",
-        )
-    p.add_argument("--out", default=f"runs/viz/{name}.png", help="PNG path (default: %(default)s)")
-    add_quiet_argument(p)
-
-
-def prepare_images(args: argparse.Namespace, patch: int) -> tuple[list, int | None]:
-    """The image paths and --size after the size rule (None: the figure's default)."""
-    from franca.commands._flags import fit_size
-    from franca.viz.common import figure_images
-
-    images = figure_images(args.data, args.n_images)
-    return images, (fit_size(args.size, patch) if args.size is not None else None)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,8 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args
-    from franca.commands._flags import check_out_path, check_side_fits, title_label
     from franca.viz.attention import attention_figure
 
     check_out_path(args.out, (".png",))

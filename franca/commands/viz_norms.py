@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._common import add_precision_argument
-from franca.commands.viz_attention import add_image_arguments
+import franca
+from franca.commands._common import add_image_arguments, add_precision_argument
+from franca.commands._flags import check_out_path, title_label
+from franca.utils.device import resolve_device
+from franca.utils.grid import round_to_patch
 from franca.utils.names import distinct_path_names
 
 HELP = "PNG + JSON of the layer-wise max token norm of one or several backbones"
@@ -89,11 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import franca
-    from franca.commands._flags import check_out_path, fit_size, title_label
     from franca.data.images import open_image
     from franca.models.api import weights_label
-    from franca.utils.device import resolve_device
     from franca.viz.common import figure_images
     from franca.viz.norms import layerwise_max_norm, plot_norms, write_norms_json
 
@@ -131,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
             else title_label(s["model"], s["weights"], args.random_init, loaded=model, weights_name=wname)
         )
         label = _unique(label, curves)
-        size = fit_size(args.size, model.patch_size) if args.size is not None else None
+        size = (
+            round_to_patch(args.size, model.patch_size, what="--size", announce=True) if args.size is not None else None
+        )
         curves[label] = {
             **layerwise_max_norm(
                 model,

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from franca.commands._common import add_model_arguments
-from franca.commands._flags import float_in
-from franca.commands.viz_attention import add_image_arguments, prepare_images
+from franca.commands._common import add_image_arguments, add_model_arguments, load_model_from_args, prepare_images
+from franca.commands._flags import check_out_path, check_side_fits, float_in, title_label
 
 HELP = "PNG of the first 3 PCA components of patch features as RGB"
 
@@ -33,8 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from franca.commands._common import load_model_from_args
-    from franca.commands._flags import check_out_path, check_side_fits, title_label
     from franca.viz.pca import pca_figure
 
     check_out_path(args.out, (".png",))

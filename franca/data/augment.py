@@ -23,10 +23,9 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["MultiCropAugmentation", "MultiCropParams", "IMAGENET_MEAN", "IMAGENET_STD"]
+from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["MultiCropAugmentation", "MultiCropParams"]
 
 
 def _maybe(transform: v2.Transform, p: float) -> list[v2.Transform]:

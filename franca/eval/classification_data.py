@@ -29,11 +29,9 @@ from franca.eval.common import is_pair
 from franca.eval.features import extract_features
 from franca.models.preprocess import image_transform
 from franca.utils.device import resolve_device
+from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 FINEGRAINED = (
     "food101",

@@ -19,20 +19,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-HB_STD = (0.229, 0.224, 0.255)  # Hummingbird's normalisation quirk (`hbird/hbird_eval.py`), kept for parity
-
 # The raw segmentation readers live in franca.data.datasets.segmentation (re-exported here).
-from franca.data.datasets.segmentation import (  # noqa: E402,F401
+from franca.data.datasets.segmentation import (
     COCO_THING_SUPERCATEGORIES,
     DATASETS,
     VOC_CLASSES,
     SegmentationSet,
     build_segmentation,
 )
+from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+
+HB_STD = (0.229, 0.224, 0.255)  # Hummingbird's normalisation quirk (`hbird/hbird_eval.py`), kept for parity
 
 __all__ = [
     "COCO_THING_SUPERCATEGORIES",
@@ -48,7 +47,6 @@ __all__ = [
     "raw_items",
     "resize_pair",
     "resized_loader",
-    "round_to_patch",
     "to_tensor",
     "upsample_logits",
 ]
@@ -114,15 +112,6 @@ def pair_roots(train, val):
 def dataset_info(dataset) -> tuple[int, int]:
     """(num_classes, ignore_index) of a dataset object; VOC's 21 / 255 when it has no attributes."""
     return int(getattr(dataset, "num_classes", 21)), int(getattr(dataset, "ignore_index", 255))
-
-
-def round_to_patch(size: int, patch: int) -> int:
-    """The project's one size rule: rounded down to a multiple of the patch size (at least one
-    patch); logged when it changes."""
-    out = max(patch, size - size % patch)
-    if out != size:
-        log.info("input size %d is not a multiple of the patch size %d; using %d", size, patch, out)
-    return out
 
 
 def to_tensor(img, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:

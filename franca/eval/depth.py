@@ -23,8 +23,9 @@ from torch import Tensor
 
 from franca.eval.common import protocol_entry
 from franca.eval.depth_head import BinDepthHead, depth_loss
-from franca.eval.keypoints import IMAGENET_MEAN, IMAGENET_STD, center_pad
+from franca.eval.keypoints import center_pad
 from franca.eval.metrics3d import average_depth_metrics, depth_metrics_per_image
+from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 MAX_DEPTH = 10.0

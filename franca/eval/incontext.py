@@ -22,16 +22,16 @@ import torch.nn.functional as F
 from franca.eval.common import protocol_entry, split_pair
 from franca.eval.dense import (
     HB_STD,
-    IMAGENET_MEAN,
     as_segmentation,
     dataset_info,
     pair_roots,
     patch_features,
     resized_loader,
-    round_to_patch,
     to_tensor,
 )
 from franca.eval.metrics import StreamingConfusion, matched_miou
+from franca.utils.grid import round_to_patch
+from franca.utils.imagenet import IMAGENET_MEAN
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,8 @@ def evaluate(
         train_set, "trainaug" if dataset_name == "voc" else "train", dataset_name, reduce_zero_label=False
     )
     num_classes, ignore = dataset_info(val_set)
-    size = round_to_patch(size, int(model.patch_size))
+    patch = int(model.patch_size)  # a side below one patch runs at one patch
+    size = round_to_patch(max(size, patch), patch, what="input size", announce=True)
     model = model.eval().to(device)
     mious, ious, n_mem = [], [], 0
     for s in seeds:

@@ -27,11 +27,10 @@ from torch import Tensor
 
 from franca.eval.common import protocol_entry
 from franca.eval.metrics3d import bbox_thresh_scale, pck
+from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BINS = ("0", "1", "2", "all")
 
 

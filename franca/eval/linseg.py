@@ -23,8 +23,6 @@ import torch.nn.functional as F
 from franca.eval.common import protocol_entry, split_pair
 from franca.eval.dense import (
     DATASETS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     as_segmentation,
     dataset_info,
     pair_roots,
@@ -32,6 +30,7 @@ from franca.eval.dense import (
     to_tensor,
 )
 from franca.eval.metrics import StreamingConfusion, per_class_iou
+from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

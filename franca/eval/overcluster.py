@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from franca.eval.common import is_pair, protocol_entry
-from franca.eval.dense import as_segmentation, dataset_info, patch_features, resized_loader, round_to_patch
+from franca.eval.dense import as_segmentation, dataset_info, patch_features, resized_loader
 from franca.eval.metrics import MatchMode, StreamingConfusion, matched_miou
+from franca.utils.grid import round_to_patch
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,8 @@ def evaluate(
         )
     dataset = as_segmentation(data, split, dataset_name, reduce_zero_label=False)  # Leopart/HB labels
     num_classes, ignore = dataset_info(dataset)
-    size = round_to_patch(size, int(model.patch_size))
+    patch = int(model.patch_size)  # a side below one patch runs at one patch
+    size = round_to_patch(max(size, patch), patch, what="input size", announce=True)
     ks = [num_classes if k is None else int(k) for k in ks]
     n_tokens = len(dataset) * (size // int(model.patch_size)) ** 2
     too_big = [k for k in ks if k > n_tokens]

@@ -19,8 +19,9 @@ from typing import Any
 
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from franca.utils.grid import round_to_patch
+from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 CROP_PCT = 0.875  # 224 / 256
 DEFAULT_SIZE = 224
 
@@ -32,14 +33,6 @@ def _patch(model: nn.Module) -> int:
     return int(p[0] if isinstance(p, (tuple, list)) else p)
 
 
-def crop_size(size: int, patch_size: int) -> int:
-    """The square crop side: `size` rounded down to a multiple of the patch size."""
-    side = int(size) // patch_size * patch_size
-    if side < patch_size:
-        raise ValueError(f"size {size} is smaller than the patch size {patch_size}")
-    return side
-
-
 def resize_size(crop: int) -> int:
     """The shorter side before the centre crop: round(crop / 0.875) (224 → 256)."""
     return int(round(crop / CROP_PCT))
@@ -49,7 +42,7 @@ def default_pretrained_cfg(model: nn.Module) -> dict[str, Any]:
     """timm-style preprocessing config of a backbone (see the module docstring)."""
     p = _patch(model)
     trained = int(getattr(model, "img_size", DEFAULT_SIZE) or DEFAULT_SIZE)
-    side = crop_size(min(trained, DEFAULT_SIZE), p)
+    side = round_to_patch(min(trained, DEFAULT_SIZE), p)
     return {
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
@@ -75,7 +68,7 @@ def image_transform(size: int, patch_size: int, mean: Any = IMAGENET_MEAN, std: 
     """The rule of this module for a patch size, without a model at hand."""
     from torchvision import transforms as T
 
-    crop = crop_size(size, patch_size)
+    crop = round_to_patch(size, patch_size)
     return T.Compose(
         [
             T.Resize(resize_size(crop), interpolation=T.InterpolationMode.BICUBIC, antialias=True),

@@ -10,35 +10,30 @@ intermediate-layer option. The folded map itself is built in ``franca.models.ras
 
 from __future__ import annotations
 
-from typing import Any
+from franca.utils.lazy import lazy_exports
 
 _EXPORTS = {
-    "remove": "removal",
-    "decompose": "removal",
-    "remove_sequential": "removal",
-    "position_targets": "removal",
-    "position_r2": "removal",
-    "principal_angles_deg": "removal",
-    "apply_projection": "removal",
-    "RasaConfig": "fit",
-    "RasaResult": "fit",
-    "fit_rasa": "fit",
-    "CachedFeatures": "fit",
-    "BackboneFeatures": "fit",
-    "PositionProbe": "probe",
-    "ProbeSettings": "probe",
-    "ridge_r2": "probe",
-    "sigmoid_r2": "probe",
-    "fold_into_backbone": "backbone",
-    "apply_to_intermediate": "backbone",
+    "remove": "franca.rasa.removal:remove",
+    "decompose": "franca.rasa.removal:decompose",
+    "remove_sequential": "franca.rasa.removal:remove_sequential",
+    "position_targets": "franca.rasa.removal:position_targets",
+    "position_r2": "franca.rasa.removal:position_r2",
+    "principal_angles_deg": "franca.rasa.removal:principal_angles_deg",
+    "apply_projection": "franca.rasa.removal:apply_projection",
+    "RasaConfig": "franca.rasa.fit:RasaConfig",
+    "RasaResult": "franca.rasa.fit:RasaResult",
+    "fit_rasa": "franca.rasa.fit:fit_rasa",
+    "CachedFeatures": "franca.rasa.fit:CachedFeatures",
+    "BackboneFeatures": "franca.rasa.fit:BackboneFeatures",
+    "PositionProbe": "franca.rasa.probe:PositionProbe",
+    "ProbeSettings": "franca.rasa.probe:ProbeSettings",
+    "ridge_r2": "franca.rasa.probe:ridge_r2",
+    "sigmoid_r2": "franca.rasa.probe:sigmoid_r2",
+    "fold_into_backbone": "franca.rasa.backbone:fold_into_backbone",
+    "apply_to_intermediate": "franca.rasa.backbone:apply_to_intermediate",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"franca.rasa.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'franca.rasa' has no attribute {name!r}")
+# Lazy so that `import franca.rasa` stays cheap: a module loads on first use of one of its names.
+__getattr__ = lazy_exports(__name__, _EXPORTS)

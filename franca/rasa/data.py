@@ -19,11 +19,10 @@ from PIL import Image, ImageFilter
 
 from franca.data.datasets.voc import voc_image_dir
 from franca.data.toy import builtin_toy
+from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # The reference RASA training transform normalises with std (0.229, 0.224, 0.255): the last value
 # is a typo of 0.225 in the reference that we keep by default for its training images.
 RASA_REFERENCE_STD = (0.229, 0.224, 0.255)

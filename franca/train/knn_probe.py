@@ -20,11 +20,9 @@ from franca.data.source import open_images
 from franca.eval.features import extract
 from franca.eval.knn import knn_classify
 from franca.train.data import toy_root
+from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def LabelledFolder(root: str | Path, size: int) -> Dataset:

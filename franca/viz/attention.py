@@ -24,9 +24,6 @@ from franca.models.preprocess import unnormalise
 from franca.utils.device import autocast_context, resolve_precision
 from franca.viz.common import colormap, image_label, model_title, save_figure, to_uint8
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @torch.no_grad()
 def cls_attention(model: torch.nn.Module, x: Tensor, precision: str = "auto") -> Tensor:

@@ -19,6 +19,7 @@ from torch import Tensor
 from franca.data.images import open_image
 from franca.data.source import open_images
 from franca.data.toy import builtin_toy
+from franca.utils.plotting import pyplot
 
 
 def figure_images(paths: Sequence[str | Path] | None, limit: int | None = None) -> list[Path]:
@@ -59,9 +60,6 @@ def to_uint8(x: Tensor | np.ndarray) -> np.ndarray:
 
 def colormap(values: np.ndarray, name: str = "inferno") -> np.ndarray:
     """(H,W) values in [0,1] → (H,W,3) float RGB via a matplotlib colour map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib import colormaps
 
     return colormaps[name](np.clip(values, 0, 1))[..., :3]
@@ -257,13 +255,11 @@ def save_figure(
     """
     import logging
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
+
+    plt = pyplot()
 
     groups = [list(g) for g in groups]
     if not groups or not groups[0]:

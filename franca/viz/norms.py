@@ -19,6 +19,7 @@ from torch import Tensor
 from franca.data.images import open_image
 from franca.models.preprocess import transforms as preprocess
 from franca.utils.device import autocast_context, resolve_precision
+from franca.utils.plotting import pyplot
 
 
 @torch.no_grad()
@@ -78,10 +79,7 @@ def plot_norms(
 ) -> Path:
     """One line per backbone (label → result of ``layerwise_max_norm``; labels name model and
     weights); PNG of exactly width×height px, titled with the images and size measured on."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
     for label, c in curves.items():

@@ -16,8 +16,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _FLOAT_MODES = ("F", "I", "I;16", "I;16B", "I;16L")
 
 Pair = tuple  # (image, *targets)
