@@ -178,7 +178,7 @@ def test_cli_depth_on_generated_toy(tmp_path):
                 str(root),
                 "--epochs",
                 "1",
-                "--resolution",
+                "--size",
                 "16",
                 "--hidden-dim",
                 "4",

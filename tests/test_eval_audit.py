@@ -5,7 +5,6 @@ commands runs into."""
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from franca.eval import incontext, linear, linseg, overcluster, pca_slice
-from franca.eval.common import EvalArgs, protocol_entry
+from franca.eval import incontext, linseg, overcluster
+from franca.eval.common import EvalArgs
 
 COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30]], np.uint8)
 
@@ -72,32 +71,6 @@ def test_eval_args_default_seeds_leave_each_protocol_its_own():
     assert EvalArgs(seeds=[3]).kwargs_for(overcluster.evaluate)["seeds"] == (3,)
     with pytest.raises(ValueError, match="seeds is empty"):
         EvalArgs(seeds=[])
-
-
-def test_batch_size_whose_meaning_changed_is_explained_in_the_warning_and_the_refusal():
-    """An old-style call to linear / PCA slicing that passes `batch_size` may mean the probe's batch: the
-    warning says what it means now; passing it with extract_batch_size is refused with the keyword to use
-    (the old advice "pass only batch_size" kept the probe's value as the backbone's batch)."""
-
-    @protocol_entry(
-        renamed={"data_root": "data", "extract_batch_size": "batch_size"},
-        changed={"batch_size": "batch_size now means the backbone's batch"},
-    )
-    def evaluate(model, data=None, *, batch_size=64, probe_batch_size=256, progress=True):
-        return {"data": data, "batch_size": batch_size}
-
-    with pytest.warns(DeprecationWarning, match=r"data_root → data.*Note: batch_size now means the backbone's"):
-        assert evaluate("m", data_root="root", batch_size=8) == {"data": "root", "batch_size": 8}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        evaluate("m", "root", batch_size=8)  # the new spelling alone: no warning
-    for fn in (linear.evaluate, pca_slice.evaluate):  # refused before any work, naming probe_batch_size
-        with pytest.raises(
-            TypeError,
-            match=r"batch_size together with its deprecated spelling \(extract_batch_size\)"
-            r".*probe_batch_size=<your old batch_size>",
-        ):
-            fn(object(), data_root="root", batch_size=256, extract_batch_size=64)
 
 
 # ---------------------------------------------------------------- the dense protocols' data

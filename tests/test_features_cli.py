@@ -36,7 +36,7 @@ def test_features_command_pt(tmp_path, images):
             "vitt8",
             "--weights",
             str(w),
-            "--images",
+            "--data",
             str(images),
             "--out",
             str(out),
@@ -48,7 +48,7 @@ def test_features_command_pt(tmp_path, images):
             "0",
             "--device",
             "cpu",
-            "--no-progress",
+            "--quiet",
         ]
     )
     assert rc == 0
@@ -77,7 +77,7 @@ def test_features_npz_and_errors(tmp_path, images):
                 "--model",
                 "vitt8",
                 "--random-init",
-                "--images",
+                "--data",
                 str(images),
                 "--out",
                 str(out),
@@ -87,7 +87,7 @@ def test_features_npz_and_errors(tmp_path, images):
                 "0",
                 "--device",
                 "cpu",
-                "--no-progress",
+                "--quiet",
             ]
         )
         == 0
@@ -95,7 +95,7 @@ def test_features_npz_and_errors(tmp_path, images):
     z = np.load(out)
     assert z["patch"].shape == (3, 4, 192) and len(z["files"]) == 3
     assert (
-        main(["features", "--model", "vitt8", "--random-init", "--images", str(tmp_path / "none"), "--out", str(out)])
+        main(["features", "--model", "vitt8", "--random-init", "--data", str(tmp_path / "none"), "--out", str(out)])
         == 1
     )
     assert (
@@ -105,7 +105,7 @@ def test_features_npz_and_errors(tmp_path, images):
                 "--model",
                 "vitt8",
                 "--random-init",
-                "--images",
+                "--data",
                 str(images),
                 "--out",
                 str(out),

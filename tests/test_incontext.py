@@ -194,13 +194,3 @@ def test_bounded_memory_and_approximate_index_run():
     )
     assert r["settings"]["memory_entries"] == 80  # 80 // (4 images · 1 pass) = 20 patches each
     assert len(r["miou"]["values"]) == 2 and r["metric"] > 0.5
-
-
-def test_old_argument_names_still_work_and_warn():
-    """The old `evaluate(model, train_set, val_set, device)`: same numbers, with a DeprecationWarning."""
-    train, val = ToySeg(3, 0), ToySeg(2, 1)
-    kw = dict(size=32, k=3, seeds=(0,), batch_size=4, progress=False)
-    new = incontext.evaluate(ColourBackbone(), (train, val), device="cpu", **kw)
-    with pytest.warns(DeprecationWarning, match=r"train_set/val_set → data=\(train, val\).*positional device"):
-        old = incontext.evaluate(ColourBackbone(), train, val, "cpu", **kw)
-    assert old["metric"] == new["metric"] and old["per_class_iou"] == new["per_class_iou"]

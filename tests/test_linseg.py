@@ -122,20 +122,9 @@ def test_wrong_ignore_index_is_rejected():
         )
 
 
-def test_old_argument_names_still_work_and_warn():
-    """train_set=/val_set= and a positional device: same numbers with a DeprecationWarning; `size` sets the crop."""
+def test_size_sets_the_crop():
+    """`size` sets the training crop and the sliding window (it overrides `config.crop`)."""
     train, val = Stripes(4, 0), Stripes(2, 1)
     cfg = LinsegConfig.for_dataset("voc", crop=48, epochs=1, batch_size=4, cache_views=1)
     new = linseg.evaluate(ColourBackbone(), (train, val), size=32, device="cpu", config=cfg, progress=False)
     assert new["settings"]["crop"] == 32 and new["settings"]["stride"] == 16
-    with pytest.warns(DeprecationWarning, match="train_set/val_set"):
-        old = linseg.evaluate(
-            ColourBackbone(),
-            train_set=train,
-            val_set=val,
-            device="cpu",
-            config=LinsegConfig.for_dataset("voc", crop=32, epochs=1, batch_size=4, cache_views=1),
-        )
-    with pytest.warns(DeprecationWarning, match="positional device"):
-        positional = linseg.evaluate(ColourBackbone(), train, val, "cpu", size=32, config=cfg, progress=False)
-    assert old["metric"] == new["metric"] == positional["metric"]

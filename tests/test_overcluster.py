@@ -287,17 +287,6 @@ def test_overcluster_scores_report_the_rule_per_k():
     assert res["4"]["miou"]["mean"] == pytest.approx(1.0)
 
 
-def test_old_argument_names_still_work_and_warn():
-    """The old `evaluate(model, dataset, device)` (positionally) and `dataset=`: same numbers, DeprecationWarning."""
-    kw = dict(size=32, ks=(None,), seeds=(0,), pca_dim=3, niter=5, nredo=1, mask_size=16, progress=False)
-    new = overcluster.evaluate(ColourBackbone(), Blocks(4), device="cpu", **kw)
-    with pytest.warns(DeprecationWarning, match="positional device → device="):
-        positional = overcluster.evaluate(ColourBackbone(), Blocks(4), "cpu", **kw)
-    with pytest.warns(DeprecationWarning, match="dataset → data"):
-        keyword = overcluster.evaluate(ColourBackbone(), dataset=Blocks(4), device="cpu", **kw)
-    assert positional["results"] == keyword["results"] == new["results"]
-
-
 @pytest.mark.parametrize("command", ["incontext", "linseg"])
 def test_a_missing_default_trainaug_names_the_flag(tmp_path, capsys, command):
     from franca.cli import main
