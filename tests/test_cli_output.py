@@ -151,7 +151,7 @@ def test_output_paths_checked_before_work(tmp_path, capsys, monkeypatch, argv, m
 
 
 def test_pretrain_banner_prints_once(tmp_path, capsys):
-    from dist_train_worker import make_image_folder, tiny_overrides
+    from helpers.training import make_image_folder, tiny_overrides
 
     from franca.train.config import load_config
     from franca.train.loop import Trainer

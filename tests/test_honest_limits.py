@@ -109,7 +109,7 @@ def test_pretrain_bar_total_follows_the_time_limit(tmp_path, capsys, monkeypatch
     description names the limit."""
     import time
 
-    from dist_train_worker import make_image_folder, tiny_overrides
+    from helpers.training import make_image_folder, tiny_overrides
 
     from franca.train import loop
     from franca.train.config import load_config

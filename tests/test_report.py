@@ -214,7 +214,7 @@ def test_report_attribution_edge_cases(tmp_path):
 
 def test_report_over_two_real_pretraining_runs(tmp_path):
     """`franca pretrain` twice into two folders, `franca report` over their parent: two runs, two curves."""
-    from dist_train_worker import make_image_folder, tiny_overrides
+    from helpers.training import make_image_folder, tiny_overrides
 
     from franca.cli import main
 

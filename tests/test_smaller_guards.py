@@ -72,7 +72,7 @@ def test_written_files_get_the_umask_mode(tmp_path, photos, tiny_weights, umask_
 
 
 def test_a_batch_larger_than_the_data_set_is_named(tmp_path, caplog):
-    from dist_train_worker import make_image_folder, tiny_overrides
+    from helpers.training import make_image_folder, tiny_overrides
 
     from franca.train.config import load_config
     from franca.train.data import build_pretrain_data

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_train_worker import fixed_batch, make_image_folder, tiny_overrides
+from helpers.training import fixed_batch, make_image_folder, tiny_overrides
 from torch import nn
 
 
