@@ -165,3 +165,23 @@ def test_ablate_quiet_drops_the_per_run_lines(monkeypatch, tmp_path, capsys):
     assert main([*argv, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "[1/1]" not in out and "| table |" in out
+
+
+# ---------------------------------------------------------------- help texts
+def _help(command: str) -> dict[str, str]:
+    from franca import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["eval"]
+    p = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return {a.dest: a.help or "" for a in p._actions if a.help != argparse.SUPPRESS}  # not the hidden aliases
+
+
+def test_dense_help_names_only_the_layouts_each_command_reads():
+    """overcluster's --data help named ADEChallengeData2016 (it offers voc and coco-things only) and linseg's
+    named COCO; linseg's --batch-size claimed 'images per forward pass' but is not read."""
+    oc, ic, ls = _help("overcluster"), _help("incontext"), _help("linseg")
+    assert "ADEChallengeData2016" not in oc["data"] and "coco/images" in oc["data"] and "VOCdevkit" in oc["data"]
+    assert all(x in ic["data"] for x in ("VOCdevkit", "ADEChallengeData2016", "coco/images"))
+    assert "coco" not in ls["data"] and "ADEChallengeData2016" in ls["data"]
+    assert ls["batch_size"].startswith("not used by linseg") and "--train-batch-size" in ls["batch_size"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from franca.eval import incontext, overcluster
 from franca.eval.common import SHARED_ARGUMENTS, EvalArgs
 
 PROTOCOLS = ("knn", "linear", "logreg", "pca_slice", "overcluster", "incontext", "linseg", "keypoints", "depth")
@@ -209,3 +210,15 @@ def test_the_readme_evaluation_example_runs_as_written():
             assert result["metric"] == result["results"]["top1_k20"] and 1.0 < result["metric"] <= 100.0
         else:
             assert 0.0 <= result["metric"] <= 1.0 and result["metric_name"] == "miou"
+
+
+# ---------------------------------------------------------------- EvalArgs / protocol_entry
+def test_eval_args_default_seeds_leave_each_protocol_its_own():
+    """EvalArgs() used to hand seeds=(0,) to every protocol, so overclustering ran one seed instead of its
+    five (Leopart's); left at None it is omitted, as its docstring says of every default."""
+    assert EvalArgs().seeds is None
+    for fn in (overcluster.evaluate, incontext.evaluate):
+        assert "seeds" not in EvalArgs(data="root", size=64).kwargs_for(fn)
+    assert EvalArgs(seeds=[3]).kwargs_for(overcluster.evaluate)["seeds"] == (3,)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        EvalArgs(seeds=[])

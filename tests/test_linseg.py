@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers.dense import MeanColourBackbone
 from PIL import Image
 
 from franca.eval import linseg
@@ -128,3 +129,20 @@ def test_size_sets_the_crop():
     cfg = LinsegConfig.for_dataset("voc", crop=48, epochs=1, batch_size=4, cache_views=1)
     new = linseg.evaluate(ColourBackbone(), (train, val), size=32, device="cpu", config=cfg, progress=False)
     assert new["settings"]["crop"] == 32 and new["settings"]["stride"] == 16
+
+
+def test_linseg_refuses_a_dataset_name_that_contradicts_the_data():
+    """ADE20K sets passed without dataset_name="ade20k" silently trained with VOC's recipe (SGD, one test
+    scale); the set's name now has to agree with dataset_name when no config is given."""
+
+    class Ade:
+        num_classes, ignore_index, name, split = 3, 255, "ade20k-val", "val"
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return Image.new("RGB", (32, 32)), np.zeros((32, 32), np.int64)
+
+    with pytest.raises(ValueError, match=r"val set is ade20k \(ade20k-val\) but dataset_name='voc'.*'ade20k'"):
+        linseg.evaluate(MeanColourBackbone(), (Ade(), Ade()), device="cpu")
