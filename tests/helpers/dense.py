@@ -1,4 +1,5 @@
-"""Data for the dense protocols' tests: a backbone whose patch token is the patch's mean colour, images of coloured quadrants with their masks, a small VOC devkit."""
+"""Data for the dense protocols' tests: a backbone whose patch token is the patch's mean colour, images of
+coloured quadrants with their masks, a small VOC devkit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Running `franca pretrain` in the tests: a tiny run, one expected one-line error, files that are not checkpoints or weights."""
+"""Running `franca pretrain` in the tests: a tiny run, one expected one-line error, files that are not
+checkpoints or weights."""
 
 from __future__ import annotations
 
