@@ -7,13 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
-from dist_train_worker import DIST_EXTRA, fixed_batch, split_batch, tiny_overrides
-
-
-def distill_overrides(run: Path, data: Path, teacher: str, mode: str, batch: int) -> list[str]:
-    """The tiny test config with a width-16 student distilled from `teacher` in `mode`, one iteration."""
-    ov = tiny_overrides(run, data, iterations=1, batch=batch) + DIST_EXTRA
-    return ov + ["model.embed_dim=16", "model.num_heads=1", f"distill.teacher={teacher}", f"distill.mode={mode}"]
+from helpers.training import distill_overrides, fixed_batch, split_batch
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dist_train_worker import make_image_folder, tiny_overrides
+from helpers.training import make_image_folder, tiny_overrides
 from PIL import Image
 
 from franca.ablate import stats

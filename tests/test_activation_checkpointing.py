@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from dist_train_worker import fixed_batch, tiny_overrides
+from helpers.training import fixed_batch, tiny_overrides
 
 
 def _trainer(tmp_path: Path, checkpointing: bool):

@@ -107,27 +107,19 @@ def test_help_is_written_for_users(name):
             assert "default" in a.help.lower(), f"{name} {a.option_strings[0]}: default {a.default!r} not shown"
 
 
-@pytest.mark.parametrize(
-    "name",
-    sorted(
-        n for n in LEAVES if {"--size", "--data", "--quiet"} & SHARED.get(n, set()) and n not in ("pretrain", "highres")
-    ),
-)  # these two never had old spellings
-def test_old_spellings_still_parse(name):
+@pytest.mark.parametrize("name", sorted(LEAVES))
+def test_old_spellings_are_usage_errors(name, capsys):
+    """No release ever had the old spellings (--images, --image-size, --no-progress, ...): they are not flags,
+    and giving one is argparse's usage error (exit 2) naming it, not a hidden alias or an abbreviation."""
     parser = LEAVES[name]
-    dests = {s: a.dest for a in parser._actions for s in a.option_strings}
-    required = {"report": ["run"], "export": ["--out", "x.safetensors"]}.get(
-        name, ["--out", "x.json"] if name in ("data toy", "features") else []
-    )
-    if "--size" in dests and "--image-size" in dests:
-        assert parser.parse_args(["--image-size", "40", *required]).size == 40
-        assert parser.parse_args(["--resolution", "42", *required]).size == 42
-    if "--data" in dests and "--images" in dests:
-        got = parser.parse_args(["--images", "photos", *required]).data
-        assert got in ("photos", ["photos"])
-    if "--quiet" in dests:
-        assert dests.get("--no-progress") == "quiet"
-        assert parser.parse_args(["--no-progress", *required]).quiet is True
+    flags = {s for a in parser._actions for s in a.option_strings}
+    assert not set(OLD_SPELLINGS) & flags, f"{name}: {sorted(set(OLD_SPELLINGS) & flags)}"
+    required = [w for a in parser._actions if a.required for w in [*a.option_strings[:1], "x.json"]]
+    for old in OLD_SPELLINGS:
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([*required, old, "1"])
+        assert exc.value.code == 2, f"{name} {old}"
+        assert old in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", sorted(LEAVES))
@@ -173,3 +165,23 @@ def test_ablate_quiet_drops_the_per_run_lines(monkeypatch, tmp_path, capsys):
     assert main([*argv, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "[1/1]" not in out and "| table |" in out
+
+
+# ---------------------------------------------------------------- help texts
+def _help(command: str) -> dict[str, str]:
+    from franca import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["eval"]
+    p = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return {a.dest: a.help or "" for a in p._actions if a.help != argparse.SUPPRESS}  # not the hidden aliases
+
+
+def test_dense_help_names_only_the_layouts_each_command_reads():
+    """overcluster's --data help named ADEChallengeData2016 (it offers voc and coco-things only) and linseg's
+    named COCO; linseg's --batch-size claimed 'images per forward pass' but is not read."""
+    oc, ic, ls = _help("overcluster"), _help("incontext"), _help("linseg")
+    assert "ADEChallengeData2016" not in oc["data"] and "coco/images" in oc["data"] and "VOCdevkit" in oc["data"]
+    assert all(x in ic["data"] for x in ("VOCdevkit", "ADEChallengeData2016", "coco/images"))
+    assert "coco" not in ls["data"] and "ADEChallengeData2016" in ls["data"]
+    assert ls["batch_size"].startswith("not used by linseg") and "--train-batch-size" in ls["batch_size"]

@@ -17,7 +17,7 @@ from franca.commands import _flags
 
 # The only plain int/float flags left: --size, whose one rule (round_to_patch: below one patch is an error naming the
 # flag) runs once the patch size is known. Every other numeric flag must use a checked type from _flags.
-CHECKED_ELSEWHERE = {"--size", "--image-size", "--resolution"}
+CHECKED_ELSEWHERE = {"--size"}
 
 
 def _leaves() -> dict[str, argparse.ArgumentParser]:

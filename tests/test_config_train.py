@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.pretrain import cli_error
 
 from franca.train.config import PRESET_DIR, dump_yaml, from_dict, list_presets, load_config, to_dict
 
@@ -96,3 +97,70 @@ def test_round_trip_through_a_plain_dict() -> None:
     cfg = load_config("vits14-1gpu", ["train.seed=7"])
     assert from_dict(to_dict(cfg)) == cfg
     assert "seed: 7" in dump_yaml(cfg)
+
+
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "{}\n"])
+def test_an_empty_yaml_config_is_an_error_naming_it(tmp_path, text):
+    from franca.train.config import load_config
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"config {path} is empty: give config keys"):
+        load_config(str(path))
+    path.write_text("_base_: tiny\n")  # a preset's name alone is enough
+    assert load_config(str(path)).model.arch == "vitt8"
+
+
+# ----------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optim.base_lr=inf", "optim.base_lr"),
+        ("optim.base_lr=nan", "optim.base_lr"),
+        ("train.epochs=inf", "train.epochs"),
+        ("optim.weight_decay=-inf", "optim.weight_decay"),
+        ("optim.min_lr=-1", "optim.min_lr"),
+        ("optim.warmup_epochs=nan", "optim.warmup_epochs"),
+        ("train.max_minutes=-5", "train.max_minutes"),
+        ("teacher.teacher_temp=inf", "teacher.teacher_temp"),
+        ("crops.global_crops_scale=[0.5,inf]", "crops.global_crops_scale"),
+        ("optim.betas=[0.9,nan]", "optim.betas"),
+        ("train.iterations=-3", "train.iterations"),
+        ("train.iterations=1.5", "train.iterations"),
+        ("model.embed_dim=0", "model.embed_dim"),
+        ("dino.nesting_levels=0", "dino.nesting_levels"),
+        ("ibot.head.hidden_dim=0", "ibot.head.hidden_dim"),
+        ("loss.sinkhorn_iterations=0", "loss.sinkhorn_iterations"),
+        ("data.dataset_size=-5", "data.dataset_size"),
+        ("train.knn_k=0", "train.knn_k"),
+        ("train.output_dir=", "train.output_dir"),
+    ],
+)
+def test_non_finite_or_negative_config_values_are_one_line_errors(capsys, override: str, key: str) -> None:
+    from franca.train.config import load_config
+
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        load_config("tiny", [override])
+    line = cli_error(capsys, ["pretrain", "--print-config", override])
+    assert key in line
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("optim:\n  base_lr: [1\n", "line"),  # YAML syntax error
+        ("- just\n- a list\n", "mapping"),  # not a mapping
+        ("optim: {base_lr: 1e-3\n", "line"),  # unclosed flow mapping
+        ("\x00\x01\x02binary\xff", ""),  # not text at all
+    ],
+)
+def test_broken_yaml_config_names_the_file(tmp_path: Path, capsys, text: str, names: str) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_bytes(text.encode("latin-1"))
+    line = cli_error(capsys, ["pretrain", "--print-config", "--config", str(bad)])
+    assert str(bad) in line and names in line
+
+
+def test_yaml_override_value_that_does_not_parse(capsys) -> None:
+    line = cli_error(capsys, ["pretrain", "--print-config", "crops.global_crops_scale=[0.5,"])
+    assert "crops.global_crops_scale" in line

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.images import Payload
 from PIL import Image
 
 from franca.data.datasets import NYUv2Arrays, NYUv2Depth, NYUv2Labeled, SPair71k
@@ -148,3 +149,15 @@ def test_spair_reads_toy_output(toy_root):
             k = it[f"{key}_kps"]
             assert ((k[:, 0] >= x1 - 1) & (k[:, 0] <= x2 + 2) & (k[:, 1] >= y1 - 1) & (k[:, 1] <= y2 + 2)).all()
         assert it["viewpoint_variation"] in (0, 1, 2)
+
+
+def test_npz_with_object_arrays_is_refused(tmp_path):
+    from franca.data.datasets import NYUv2Arrays
+
+    marker = tmp_path / "pwned"
+    obj = np.empty(1, dtype=object)
+    obj[0] = Payload(marker)
+    np.savez(tmp_path / "o.npz", images=obj, depths=obj, test_indices=np.array([0]))
+    with pytest.raises(ValueError, match="o.npz"):
+        NYUv2Arrays(tmp_path / "o.npz", "test")
+    assert not marker.exists()

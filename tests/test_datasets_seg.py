@@ -434,3 +434,14 @@ def test_voc_mmseg_trainaug_needs_no_sbd_mask_for_train_only_ids(tmp_path):
     (mm / "ImageSets/Segmentation/aug.txt").unlink()  # DeepLab-style: trainaug.txt, every mask from Aug
     with pytest.raises(FileNotFoundError, match=r"SegmentationClassAug/t2\.png"):
         VOCSegmentation(tmp_path, "trainaug")
+
+
+# ---------------------------------------------------------------- masks
+def test_a_mask_saved_with_an_alpha_channel_reads_its_indices(tmp_path):
+    """An index mask saved as LA (grey + alpha) was read by the old dense reader from its first channel and
+    refused by the consolidated one; it is read again (the alpha dropped)."""
+    from franca.data.datasets.pairs import load_label_png
+
+    labels = np.array([[0, 1, 15], [20, 255, 3]], np.uint8)
+    Image.fromarray(labels, "L").convert("LA").save(tmp_path / "m.png")
+    np.testing.assert_array_equal(np.asarray(load_label_png(tmp_path / "m.png")), labels)

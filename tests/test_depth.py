@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.images import Payload
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -178,7 +180,7 @@ def test_cli_depth_on_generated_toy(tmp_path):
                 str(root),
                 "--epochs",
                 "1",
-                "--resolution",
+                "--size",
                 "16",
                 "--hidden-dim",
                 "4",
@@ -210,3 +212,31 @@ def test_augment_is_deterministic_and_keeps_shapes():
     # Nearest interpolation only: every augmented depth value is 0 (rotation fill) or an input value.
     vals = set(dep.flatten().tolist()) | {0.0}
     assert all(v in vals for t in a for v in t[1].flatten().tolist())
+
+
+def _malicious_pickle(path: Path, marker: Path) -> Path:
+    import pickle
+
+    path.write_bytes(pickle.dumps({"images": Payload(marker), "depths": Payload(marker)}))
+    return path
+
+
+@pytest.mark.parametrize("name", ["nyu.pkl", "nyu.pickle", "nyu.npz", "nyu.mat", "nyuv2"])
+def test_a_crafted_pickle_never_runs(tmp_path, name):
+    """`franca eval depth --data X.pkl` used to unpickle X (code ran); a pickle under any name now
+    gives one clear error and the payload never runs."""
+    from franca.eval.depth import load_nyu
+
+    marker = tmp_path / "pwned"
+    target = tmp_path / name
+    if name == "nyuv2":  # a folder whose split list is a pickle
+        target.mkdir()
+        _malicious_pickle(target / "nyudepthv2_test_files_with_gt.txt", marker)
+        _malicious_pickle(target / "nyudepthv2_train_files_with_gt.txt", marker)
+    else:
+        _malicious_pickle(target, marker)
+    with pytest.raises((ValueError, OSError, KeyError, FileNotFoundError)) as info:
+        load_nyu(target)
+    assert not marker.exists()
+    if name.endswith((".pkl", ".pickle")):
+        assert "pickle" in str(info.value) and "npz" in str(info.value) and str(target) in str(info.value)

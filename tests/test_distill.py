@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from dist_train_worker import make_image_folder, tiny_overrides
+from helpers.training import make_image_folder, tiny_overrides
 from torch import nn
 
 import franca

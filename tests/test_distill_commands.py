@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from dist_train_worker import make_image_folder, tiny_overrides
+from helpers.training import make_image_folder, tiny_overrides
 
 import franca
 from franca.cli import main

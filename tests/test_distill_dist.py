@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_distill_worker import distill_overrides
-from dist_train_worker import fixed_batch, make_image_folder, state_of, tiny_overrides
+from helpers.training import distill_overrides, fixed_batch, make_image_folder, state_of, tiny_overrides
 
 import franca
 

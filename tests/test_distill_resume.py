@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_train_worker import make_image_folder, tiny_overrides
+from helpers.training import make_image_folder, tiny_overrides
 
 import franca
 

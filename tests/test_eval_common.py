@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from franca.eval import incontext, overcluster
 from franca.eval.common import SHARED_ARGUMENTS, EvalArgs
 
 PROTOCOLS = ("knn", "linear", "logreg", "pca_slice", "overcluster", "incontext", "linseg", "keypoints", "depth")
@@ -112,17 +113,13 @@ def test_eval_args_kwargs_for_feeds_every_protocol():
     assert set(EvalArgs(size=64).kwargs_for(keypoints)) == {"size", "device", "precision", "progress"}
 
 
-# ---------------------------------------------------------------- protocol_entry: the old names, one release
+# ---------------------------------------------------------------- protocol_entry
 def _entry():
     from franca.eval.common import protocol_entry
 
     calls = []
 
-    @protocol_entry(
-        old_positional=("train_set", "val_set", "device"),
-        old_pair=("train_set", "val_set"),
-        renamed={"data_root": "data", "extract_batch_size": "batch_size"},
-    )
+    @protocol_entry()
     def evaluate(model, data=None, *, batch_size=1, device="auto", progress=True):
         from franca.utils.progress import is_quiet
 
@@ -145,34 +142,38 @@ def test_protocol_entry_new_names_pass_through_silently():
 
 
 @pytest.mark.parametrize(
-    "args, kwargs, expected, match",
+    "args, kwargs",
     [
-        (("tr", "va"), {}, {"data": ("tr", "va")}, r"train_set/val_set → data=\(train, val\)"),
-        (("tr", "va", "cpu"), {}, {"data": ("tr", "va"), "device": "cpu"}, r"positional device → device="),
-        ((), {"train_set": "tr", "val_set": "va"}, {"data": ("tr", "va")}, "train_set/val_set"),
-        ((), {"train_set": "root"}, {"data": "root"}, "train_set/val_set"),
-        ((), {"data_root": "root"}, {"data": "root"}, "data_root → data"),
-        ((), {"data_root": "root", "train_set": "tr", "val_set": "va"}, {"data": ("tr", "va")}, "data_root → data"),
-        ((), {"extract_batch_size": 7}, {"batch_size": 7}, "extract_batch_size → batch_size"),
+        (("tr", "va"), {}),
+        (("tr", "va", "cpu"), {}),
+        ((), {"train_set": "tr", "val_set": "va"}),
+        ((), {"data_root": "root"}),
+        ((), {"extract_batch_size": 7}),
     ],
 )
-def test_protocol_entry_translates_old_names_with_a_deprecation_warning(args, kwargs, expected, match):
+def test_protocol_entry_passes_no_other_name(args, kwargs):
+    """No release had the old names (train_set/val_set, data_root, extract_batch_size, a positional device):
+    protocol_entry does not translate them; Python's own TypeError refuses them."""
     evaluate = _entry()
-    with pytest.warns(DeprecationWarning, match=match) as record:
-        out = evaluate("m", *args, **kwargs)
-    assert all(out[k] == v for k, v in expected.items()), out
-    assert "next release" in str(record[0].message) and "test_eval_common.evaluate()" in str(record[0].message)
-    assert record[0].filename == __file__  # the warning points at the caller's line
+    with pytest.raises(TypeError, match="positional argument|unexpected keyword argument"):
+        evaluate("m", *args, **kwargs)
 
 
-def test_protocol_entry_refuses_old_and_new_spelling_together_and_extra_positionals():
-    evaluate = _entry()
-    with pytest.raises(TypeError, match="pass only batch_size"):
-        evaluate("m", batch_size=4, extract_batch_size=8)
-    with pytest.raises(TypeError, match="pass only data"):
-        evaluate("m", "root", data_root="other")
-    with pytest.raises(TypeError, match="positionally"):
-        evaluate("m", 1, 2, 3, 4)
+@pytest.mark.parametrize(
+    "protocol, args, kwargs",
+    [
+        ("knn", (), {"data_root": "root"}),
+        ("linear", (), {"extract_batch_size": 8}),
+        ("logreg", (), {"dataset": "cars"}),
+        ("overcluster", ("root", "cpu"), {}),
+    ],
+)
+def test_old_evaluate_names_are_a_type_error(protocol, args, kwargs):
+    """A protocol's evaluate() called with a never-released name fails at once, naming it."""
+    fn = importlib.import_module(f"franca.eval.{protocol}").evaluate
+    with pytest.raises(TypeError, match="positional argument|unexpected keyword argument") as exc:
+        fn(object(), *args, **kwargs)
+    assert next(iter(kwargs), "positional") in str(exc.value)
 
 
 def test_the_readme_evaluation_example_runs_as_written():
@@ -209,3 +210,15 @@ def test_the_readme_evaluation_example_runs_as_written():
             assert result["metric"] == result["results"]["top1_k20"] and 1.0 < result["metric"] <= 100.0
         else:
             assert 0.0 <= result["metric"] <= 1.0 and result["metric_name"] == "miou"
+
+
+# ---------------------------------------------------------------- EvalArgs / protocol_entry
+def test_eval_args_default_seeds_leave_each_protocol_its_own():
+    """EvalArgs() used to hand seeds=(0,) to every protocol, so overclustering ran one seed instead of its
+    five (Leopart's); left at None it is omitted, as its docstring says of every default."""
+    assert EvalArgs().seeds is None
+    for fn in (overcluster.evaluate, incontext.evaluate):
+        assert "seeds" not in EvalArgs(data="root", size=64).kwargs_for(fn)
+    assert EvalArgs(seeds=[3]).kwargs_for(overcluster.evaluate)["seeds"] == (3,)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        EvalArgs(seeds=[])

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from helpers.images import BAD_IMAGE_BYTES, mixed_folder, write_png
+from helpers.shards import numbered_folder
+from PIL import Image
 
 import franca
 from franca.cli import main
+from franca.data.images import list_images
 
 
 @pytest.fixture()
 def images(tmp_path):
-    from PIL import Image
 
     root = tmp_path / "imgs"
     (root / "sub").mkdir(parents=True)
@@ -36,7 +41,7 @@ def test_features_command_pt(tmp_path, images):
             "vitt8",
             "--weights",
             str(w),
-            "--images",
+            "--data",
             str(images),
             "--out",
             str(out),
@@ -48,7 +53,7 @@ def test_features_command_pt(tmp_path, images):
             "0",
             "--device",
             "cpu",
-            "--no-progress",
+            "--quiet",
         ]
     )
     assert rc == 0
@@ -57,7 +62,6 @@ def test_features_command_pt(tmp_path, images):
     assert res["skipped"][0].endswith("broken.png")
     assert res["cls"].shape == (3, 192) and res["patch"].shape == (3, 16, 192) and res["grid"] == [4, 4]
     # same numbers as running the model on the documented transform
-    from PIL import Image
 
     from franca.features import make_transform
 
@@ -77,7 +81,7 @@ def test_features_npz_and_errors(tmp_path, images):
                 "--model",
                 "vitt8",
                 "--random-init",
-                "--images",
+                "--data",
                 str(images),
                 "--out",
                 str(out),
@@ -87,7 +91,7 @@ def test_features_npz_and_errors(tmp_path, images):
                 "0",
                 "--device",
                 "cpu",
-                "--no-progress",
+                "--quiet",
             ]
         )
         == 0
@@ -95,7 +99,7 @@ def test_features_npz_and_errors(tmp_path, images):
     z = np.load(out)
     assert z["patch"].shape == (3, 4, 192) and len(z["files"]) == 3
     assert (
-        main(["features", "--model", "vitt8", "--random-init", "--images", str(tmp_path / "none"), "--out", str(out)])
+        main(["features", "--model", "vitt8", "--random-init", "--data", str(tmp_path / "none"), "--out", str(out)])
         == 1
     )
     assert (
@@ -105,7 +109,7 @@ def test_features_npz_and_errors(tmp_path, images):
                 "--model",
                 "vitt8",
                 "--random-init",
-                "--images",
+                "--data",
                 str(images),
                 "--out",
                 str(out),
@@ -119,3 +123,103 @@ def test_features_npz_and_errors(tmp_path, images):
         )
         == 1
     )  # smaller than the patch: clear error
+
+
+def test_features_extraction_skips_a_bomb(tmp_path):
+    import franca
+    from franca.features import extract_features
+
+    root = mixed_folder(tmp_path / "mix")
+    model = franca.build_backbone("vitt8", depth=1)
+    res = extract_features(model, list_images(root), 16, torch.device("cpu"), batch_size=4, progress=False)
+    assert len(res["files"]) == 4 and {Path(p).name for p in res["skipped"]} == set(BAD_IMAGE_BYTES)
+
+
+# ----------------------------------------------------------------------------------- features output
+def test_features_output_path_is_checked_before_any_work(tmp_path, monkeypatch):
+    """A bad --out used to fail only after the extraction: now before the model is even loaded."""
+    import franca.commands._common as common
+    import franca.features as F
+    from franca.cli import main
+
+    write_png(tmp_path / "imgs" / "a.png")
+    called = []
+    monkeypatch.setattr(F, "extract_features", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(common, "load_model_from_args", lambda *a, **k: called.append(2))
+    (tmp_path / "file").write_text("x")
+    flag = "--data"
+    for out in (tmp_path / "x.txt", tmp_path / "file" / "f.pt", tmp_path):
+        assert (
+            main(["features", "--model", "vitt8", "--out", str(out), "--device", "cpu", flag, str(tmp_path / "imgs")])
+            == 1
+        )
+    assert not called
+    with pytest.raises(ValueError, match="x.txt"):
+        F.save_features({}, tmp_path / "x.txt")
+
+
+def test_features_output_is_written_atomically(tmp_path, monkeypatch):
+    """A failed write (e.g. a full disk) leaves the previous file intact and no temporary file."""
+    import errno
+
+    import franca.features as F
+
+    out = tmp_path / "f.pt"
+    res = {"cls": torch.ones(2, 3), "patch": torch.ones(2, 4, 3), "files": ["a", "b"], "grid": [2, 2]}
+    F.save_features(res, out)
+    before = out.read_bytes()
+
+    def full_disk(obj, fh, *a, **k):
+        fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        F.save_features({**res, "cls": torch.zeros(2, 3)}, out)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pt"]
+    monkeypatch.undo()
+    F.save_features(res, tmp_path / "g.npz")
+    assert np.load(tmp_path / "g.npz")["cls"].shape == (2, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pt", "g.npz"]
+
+
+def test_features_on_a_folder_of_unreadable_files_names_them(tmp_path, capsys):
+    from franca.cli import main
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_text("not a jpeg")
+    rc = main(
+        [
+            "features",
+            "--model",
+            "vitt8",
+            "--random-init",
+            "--size",
+            "16",
+            "--data",
+            str(tmp_path / "imgs"),
+            "--out",
+            str(tmp_path / "f.pt"),
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 1 and f"all 1 files are unreadable (e.g. {tmp_path / 'imgs' / 'a.jpg'})" in err
+    assert not (tmp_path / "f.pt").exists()
+
+
+def test_features_lists_the_unreadable_files(tmp_path):
+    """`franca features` reads through ImageFiles("mark"): readable files in order, the others as skipped."""
+    import franca
+    from franca.features import extract_features
+
+    files = numbered_folder(tmp_path / "imgs", n=5, bad=(0, 3))
+    model = franca.build_backbone("vitt8", depth=1)
+    res = extract_features(model, files, 16, torch.device("cpu"), batch_size=2, progress=False)
+    assert res["files"] == [str(files[i]) for i in (1, 2, 4)] and res["skipped"] == [str(files[0]), str(files[3])]
+    assert res["cls"].shape == (3, 192) and res["patch"].shape == (3, 4, 192)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_train_worker import make_image_folder, tiny_overrides
+from helpers.training import make_image_folder, tiny_overrides
 
 from franca.losses.gram import gram_loss, gram_matrix
 from franca.train.config import load_config
@@ -79,7 +79,7 @@ def test_gram_term_in_a_run(tmp_path: Path) -> None:
         quiet=True,
     )
     g0 = tr0.objective.part("gram")
-    from dist_train_worker import fixed_batch
+    from helpers.training import fixed_batch
 
     out = tr0.step(fixed_batch(4, 16, 8, 2, 4), 0)
     assert g0.taken_at == 0 and out["gram"] > 0  # masked student tokens against the unmasked teacher's

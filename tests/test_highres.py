@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_train_worker import make_image_folder, tiny_overrides
+from helpers.pretrain import cli_error, write_checkpoint_cases
+from helpers.training import make_image_folder, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +156,42 @@ def test_highres_rerun_is_refused_and_resume_finishes_the_stages(tiny_ckpt, tmp_
     assert "--overwrite" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0
     assert main(argv + ["--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("case", ["empty", "text", "foreign", "truncated", "malicious"])
+def test_highres_from_a_bad_checkpoint_is_one_line_naming_it(tiny_run, tmp_path: Path, capsys, case: str) -> None:
+    bad = write_checkpoint_cases(tmp_path, tiny_run["ckpt"])[case]
+    line = cli_error(capsys, ["highres", "--checkpoint", str(bad), "--quiet", "--out", str(tmp_path / "hr")])
+    assert str(bad) in line
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_highres_from_a_config_less_checkpoint_of_another_shape_is_one_line(tiny_run, tmp_path: Path, capsys) -> None:
+    ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
+    del ckpt["config"]
+    bare = tmp_path / "bare.pth"
+    torch.save(ckpt, bare)
+    stage = tmp_path / "stage.yaml"
+    stage.write_text(
+        "_base_: tiny\nmodel:\n  arch: vitt4\n  embed_dim: 64\n  depth: 2\n  num_heads: 2\n"
+        "crops:\n  global_crops_size: 16\n  local_crops_size: 8\n"
+    )
+    line = cli_error(
+        capsys,
+        [
+            "highres",
+            "--checkpoint",
+            str(bare),
+            "--quiet",
+            "--out",
+            str(tmp_path / "hr"),
+            "--stages",
+            str(stage),
+            f"data.dataset={tiny_run['data']}",
+            "train.iterations=1",
+            "train.batch_size_per_gpu=4",
+            "train.knn_eval=false",
+            "data.num_workers=0",
+        ],
+    )
+    assert str(bare) in line and "do not fit" in line and len(line) < 600

@@ -210,3 +210,53 @@ def test_no_module_uses_another_modules_private_names():
             ):
                 found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.value.id}.{node.attr}")
     assert not found, "\n".join(found)
+
+
+def test_no_unsafe_deserialisation_in_the_package():
+    """No pickle.load/loads/Unpickler, no torch.load without weights_only=True, no allow_pickle=True."""
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        for pattern in (
+            r"pickle\.loads?\(",
+            r"Unpickler\(",
+            r"allow_pickle\s*=\s*True",
+            r"read_pickle\(",
+            r"joblib\.load\(",
+            r"dill\.loads?\(",
+            r"cloudpickle\.loads?\(",
+        ):
+            bad += [f"{path.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
+        for m in re.finditer(r"torch\.load\(", text):
+            call = text[m.start() : text.find("\n\n", m.start())]
+            depth, end = 0, None
+            for i, ch in enumerate(call):
+                depth += ch == "("
+                depth -= ch == ")"
+                if depth == 0 and ch == ")":
+                    end = i
+                    break
+            if "weights_only=True" not in call[:end]:
+                bad.append(f"{path.name}: {call[:end]}")
+    assert not bad, bad
+
+
+def test_no_module_imports_the_webdataset_packages():
+    """The shards are read by franca.data.datasets.shards; `webdataset` and `braceexpand` are not dependencies."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    for path in (root / "franca").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not {n.split(".")[0] for n in names} & {"webdataset", "braceexpand"}, path
+    assert (
+        "webdataset" not in (root / "pyproject.toml").read_text()
+        and "braceexpand" not in (root / "pyproject.toml").read_text()
+    )

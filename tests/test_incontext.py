@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers.dense import MeanColourBackbone, _voc_devkit
 from PIL import Image
 
 from franca.eval import incontext
@@ -196,11 +197,50 @@ def test_bounded_memory_and_approximate_index_run():
     assert len(r["miou"]["values"]) == 2 and r["metric"] > 0.5
 
 
-def test_old_argument_names_still_work_and_warn():
-    """The old `evaluate(model, train_set, val_set, device)`: same numbers, with a DeprecationWarning."""
-    train, val = ToySeg(3, 0), ToySeg(2, 1)
-    kw = dict(size=32, k=3, seeds=(0,), batch_size=4, progress=False)
-    new = incontext.evaluate(ColourBackbone(), (train, val), device="cpu", **kw)
-    with pytest.warns(DeprecationWarning, match=r"train_set/val_set → data=\(train, val\).*positional device"):
-        old = incontext.evaluate(ColourBackbone(), train, val, "cpu", **kw)
-    assert old["metric"] == new["metric"] and old["per_class_iou"] == new["per_class_iou"]
+def test_a_root_of_another_layout_names_the_data_set_to_ask_for(tmp_path):
+    """incontext.evaluate(model, ADE_ROOT) without dataset_name="ade20k" said only that no Pascal VOC was
+    found; the error now names the data set the folder holds."""
+    from franca.data.datasets.segmentation import build_segmentation
+
+    for sub in ("images/validation", "annotations/validation"):
+        (tmp_path / "ade" / "ADEChallengeData2016" / sub).mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"Pascal VOC not found.*holds ade20k: pass dataset_name='ade20k'"):
+        incontext.evaluate(MeanColourBackbone(), tmp_path / "ade", device="cpu")
+    root = _voc_devkit(tmp_path / "voc", n_train=1, n_val=1)
+    with pytest.raises(FileNotFoundError, match=r"holds voc: pass dataset_name='voc' / --dataset voc"):
+        build_segmentation("coco-things", root, "val")
+    with pytest.raises(FileNotFoundError, match=r"holds ade20k: pass dataset_name='ade20k'"):
+        build_segmentation("coco-things", tmp_path / "ade", "val")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"COCO val2017 images") as info:
+        build_segmentation("coco-things", tmp_path / "empty", "val")  # nothing recognisable: no hint
+    assert "pass dataset_name" not in str(info.value)
+
+
+@pytest.mark.parametrize("command", ["incontext", "linseg"])
+def test_a_command_on_another_layout_names_dataset_not_train_split(tmp_path, capsys, command):
+    """`franca eval incontext --data ADE_ROOT` (no --dataset) blamed the default --train-split; the val split
+    is read first, so the error names --dataset ade20k and not --train-split."""
+    from franca.cli import main
+
+    for sub in ("images/validation", "annotations/validation"):
+        (tmp_path / "ADEChallengeData2016" / sub).mkdir(parents=True)
+    rc = main(
+        [
+            "eval",
+            command,
+            "--model",
+            "vitt8",
+            "--random-init",
+            "--device",
+            "cpu",
+            "--data",
+            str(tmp_path),
+            "--size",
+            "32",
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc != 0 and "--dataset ade20k" in err and "--train-split" not in err

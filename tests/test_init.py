@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_train_worker import make_image_folder, tiny_overrides
 from helpers.franca_mrl_reference import make_released_head, mrl_head_logits, released_file
+from helpers.training import make_image_folder, tiny_overrides
 
 # A run that reads whatever model the init file defines: data, length and device only.
 RUN = [

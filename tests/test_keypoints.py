@@ -200,7 +200,7 @@ def test_cli_keypoints_on_generated_toy(tmp_path):
                 "cpu",
                 "--data",
                 str(root),
-                "--image-size",
+                "--size",
                 "32",
                 "--out",
                 str(tmp_path / "kp.json"),

@@ -153,30 +153,3 @@ def test_evaluate_end_to_end_with_cache(tmp_path):
     import json
 
     json.dumps(res)  # JSON-serialisable
-
-
-def test_old_argument_names_still_work_and_warn(tmp_path):
-    """train_set/val_set (positional or by keyword) and data_root: the same numbers, with a DeprecationWarning."""
-    from PIL import Image
-    from torch.utils.data import TensorDataset
-
-    from franca.eval import knn
-
-    g = torch.Generator().manual_seed(5)
-    y = torch.randint(0, 3, (30,), generator=g)
-    x = (torch.eye(3) * 2 - 1)[y][:, :, None, None] + 0.3 * torch.randn(30, 3, 8, 8, generator=g)
-    train, val = TensorDataset(x[:20], y[:20]), TensorDataset(x[20:], y[20:])
-    model = _StubBackbone()
-    new = knn.evaluate(model, (train, val), device="cpu", ks=(5,), progress=False)
-    with pytest.warns(DeprecationWarning, match=r"train_set/val_set → data=\(train, val\)"):
-        positional = knn.evaluate(model, train, val, device="cpu", ks=(5,), progress=False)
-    with pytest.warns(DeprecationWarning, match="train_set/val_set"):
-        keywords = knn.evaluate(model, train_set=train, val_set=val, device="cpu", ks=(5,), progress=False)
-    assert positional["per_seed"] == keywords["per_seed"] == new["per_seed"]
-    for split in ("train", "val"):
-        for c, colour in enumerate(((255, 0, 0), (0, 0, 255))):
-            (tmp_path / split / str(c)).mkdir(parents=True)
-            Image.new("RGB", (8, 8), colour).save(tmp_path / split / str(c) / "0.png")
-    with pytest.warns(DeprecationWarning, match="data_root → data"):
-        old_root = knn.evaluate(model, data_root=str(tmp_path), size=8, device="cpu", ks=(1,), progress=False)
-    assert old_root["per_seed"] == knn.evaluate(model, tmp_path, size=8, device="cpu", ks=(1,))["per_seed"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers.dense import MeanColourBackbone
 from PIL import Image
 
 from franca.eval import linseg
@@ -122,20 +123,26 @@ def test_wrong_ignore_index_is_rejected():
         )
 
 
-def test_old_argument_names_still_work_and_warn():
-    """train_set=/val_set= and a positional device: same numbers with a DeprecationWarning; `size` sets the crop."""
+def test_size_sets_the_crop():
+    """`size` sets the training crop and the sliding window (it overrides `config.crop`)."""
     train, val = Stripes(4, 0), Stripes(2, 1)
     cfg = LinsegConfig.for_dataset("voc", crop=48, epochs=1, batch_size=4, cache_views=1)
     new = linseg.evaluate(ColourBackbone(), (train, val), size=32, device="cpu", config=cfg, progress=False)
     assert new["settings"]["crop"] == 32 and new["settings"]["stride"] == 16
-    with pytest.warns(DeprecationWarning, match="train_set/val_set"):
-        old = linseg.evaluate(
-            ColourBackbone(),
-            train_set=train,
-            val_set=val,
-            device="cpu",
-            config=LinsegConfig.for_dataset("voc", crop=32, epochs=1, batch_size=4, cache_views=1),
-        )
-    with pytest.warns(DeprecationWarning, match="positional device"):
-        positional = linseg.evaluate(ColourBackbone(), train, val, "cpu", size=32, config=cfg, progress=False)
-    assert old["metric"] == new["metric"] == positional["metric"]
+
+
+def test_linseg_refuses_a_dataset_name_that_contradicts_the_data():
+    """ADE20K sets passed without dataset_name="ade20k" silently trained with VOC's recipe (SGD, one test
+    scale); the set's name now has to agree with dataset_name when no config is given."""
+
+    class Ade:
+        num_classes, ignore_index, name, split = 3, 255, "ade20k-val", "val"
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return Image.new("RGB", (32, 32)), np.zeros((32, 32), np.int64)
+
+    with pytest.raises(ValueError, match=r"val set is ade20k \(ade20k-val\) but dataset_name='voc'.*'ade20k'"):
+        linseg.evaluate(MeanColourBackbone(), (Ade(), Ade()), device="cpu")

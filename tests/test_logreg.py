@@ -77,9 +77,8 @@ class _ColourCls(torch.nn.Module):
         return {"x_norm_clstoken": x.mean(dim=(2, 3))}
 
 
-def test_evaluate_and_its_old_argument_names(tmp_path):
-    """evaluate() on a (train, test) pair separates colour classes; the old train_set/test_set and
-    dataset/data_root spellings give the same result with a DeprecationWarning."""
+def test_evaluate_separates_colour_classes():
+    """evaluate() on a (train, test) pair separates colour classes; a Table 7 data set needs a root."""
     from torch.utils.data import TensorDataset
 
     from franca.eval import logreg
@@ -91,10 +90,6 @@ def test_evaluate_and_its_old_argument_names(tmp_path):
     kw = dict(device="cpu", Cs=[0.1, 10.0], max_iter=50, progress=False)
     new = logreg.evaluate(_ColourCls(), (train, test), **kw)
     assert new["protocol"] == "logreg" and new["dataset"] == "imagefolder" and new["metric"] > 90.0
-    with pytest.warns(DeprecationWarning, match="train_set/test_set"):
-        old = logreg.evaluate(_ColourCls(), train_set=train, test_set=test, **kw)
-    assert old["per_seed"] == new["per_seed"]
-    with pytest.warns(DeprecationWarning, match="dataset → dataset_name"):
-        with pytest.raises(ValueError, match="needs data=ROOT"):
-            logreg.evaluate(_ColourCls(), dataset="cub200", **kw)  # the old name still reaches the check
+    with pytest.raises(ValueError, match="needs data=ROOT"):
+        logreg.evaluate(_ColourCls(), dataset_name="cub200", **kw)
     json.dumps(new)

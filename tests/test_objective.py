@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import pytest
 import torch
-from dist_train_worker import fixed_batch, make_image_folder, tiny_overrides
+from helpers.training import fixed_batch, make_image_folder, tiny_overrides
 from torch import nn
 
 from franca.losses import dino as dino_mod

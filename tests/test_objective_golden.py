@@ -20,7 +20,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dist_train_worker import fixed_batch, make_image_folder, tiny_overrides  # noqa: E402
+from helpers.training import fixed_batch, make_image_folder, tiny_overrides  # noqa: E402
 
 GOLDEN = Path(__file__).with_name("golden") / "objective_73fc156.json"
 CASES = {

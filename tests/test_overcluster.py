@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers.dense import MeanColourBackbone, _voc_devkit
 from PIL import Image
 
-from franca.eval import overcluster
+from franca.eval import incontext, overcluster
 from franca.eval.overcluster import cluster_confusion, standardize_pca
 
 
@@ -287,17 +288,6 @@ def test_overcluster_scores_report_the_rule_per_k():
     assert res["4"]["miou"]["mean"] == pytest.approx(1.0)
 
 
-def test_old_argument_names_still_work_and_warn():
-    """The old `evaluate(model, dataset, device)` (positionally) and `dataset=`: same numbers, DeprecationWarning."""
-    kw = dict(size=32, ks=(None,), seeds=(0,), pca_dim=3, niter=5, nredo=1, mask_size=16, progress=False)
-    new = overcluster.evaluate(ColourBackbone(), Blocks(4), device="cpu", **kw)
-    with pytest.warns(DeprecationWarning, match="positional device → device="):
-        positional = overcluster.evaluate(ColourBackbone(), Blocks(4), "cpu", **kw)
-    with pytest.warns(DeprecationWarning, match="dataset → data"):
-        keyword = overcluster.evaluate(ColourBackbone(), dataset=Blocks(4), device="cpu", **kw)
-    assert positional["results"] == keyword["results"] == new["results"]
-
-
 @pytest.mark.parametrize("command", ["incontext", "linseg"])
 def test_a_missing_default_trainaug_names_the_flag(tmp_path, capsys, command):
     from franca.cli import main
@@ -333,3 +323,61 @@ def test_a_k_above_the_token_count_fails_before_any_clustering(monkeypatch):
     with pytest.raises(ValueError, match=r"K=193 needs at least K patch tokens.*3 images at size 32 give 192"):
         overcluster.evaluate(ColourBackbone(), Blocks(3), ks=(4, 193), size=32, device="cpu", seeds=(0,))
     assert not called
+
+
+# ---------------------------------------------------------------- the dense protocols' data
+def test_overclustering_refuses_a_train_val_pair_clearly():
+    """EvalArgs(data=(train, val)) handed to every protocol reached overclustering as a pair and failed with
+    'too many values to unpack'; now one line says to pass the one set it clusters."""
+    with pytest.raises(ValueError, match=r"clusters one set.*not a \(train, val\) pair"):
+        overcluster.evaluate(MeanColourBackbone(), ([], []), device="cpu")
+
+
+def test_dense_protocols_read_a_reader_built_with_its_default_transform(tmp_path):
+    """VOCSegmentation(root, split) (default JointToTensor) is the one VOC reader, so users pass it; the dense
+    protocols failed inside PIL/torch ('Tensor' object has no attribute 'crop'). They now read its raw items:
+    the same numbers as from the root."""
+    from franca.data.datasets import VOCSegmentation
+
+    root = _voc_devkit(tmp_path)
+    kw = dict(size=32, device="cpu", ks=(4,), seeds=(0,), pca_dim=3, niter=10, nredo=1, mask_size=16, progress=False)
+    from_root = overcluster.evaluate(MeanColourBackbone(), root, **kw)
+    val = VOCSegmentation(root, "val")
+    from_reader = overcluster.evaluate(MeanColourBackbone(), val, **kw)
+    assert from_reader["metric"] == from_root["metric"] > 0.3  # colour decides the class: well above chance
+    assert isinstance(val[0][0], torch.Tensor)  # the caller's reader keeps its transform
+
+    kw = dict(size=32, device="cpu", seeds=(0,), progress=False)
+    pair = (VOCSegmentation(root, "trainaug"), VOCSegmentation(root, "val"))
+    assert (
+        incontext.evaluate(MeanColourBackbone(), pair, **kw)["metric"]
+        == incontext.evaluate(MeanColourBackbone(), root, **kw)["metric"]
+    )
+
+
+def test_dense_protocols_name_what_to_pass_for_transformed_items(tmp_path):
+    from franca.data.datasets import VOCSegmentation
+    from franca.data.datasets.transforms import JointCompose, JointToTensor
+
+    root = _voc_devkit(tmp_path, n_train=1, n_val=1)
+    custom = VOCSegmentation(root, "val", transforms=JointCompose([JointToTensor()]))
+    with pytest.raises(ValueError, match=r"joint transform .*transforms=franca\.data\.datasets\.pairs\.raw_pair"):
+        overcluster.evaluate(MeanColourBackbone(), custom, device="cpu")
+
+    class Tensors:
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 32, 32), np.zeros((32, 32), np.int64)
+
+    with pytest.raises(ValueError, match=r"Tensors\[0\] holds a Tensor image.*raw \(PIL RGB image, mask\)"):
+        overcluster.evaluate(MeanColourBackbone(), Tensors(), device="cpu")
+
+
+def test_a_data_set_name_given_as_the_root_says_where_it_goes(tmp_path, monkeypatch):
+    """overcluster.evaluate(model, "coco-things") (the old `dataset=` keyword read as a name) said only 'data
+    root not found: coco-things'; the error now says the name belongs in dataset_name= / --dataset."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"'coco-things' names a data set: give it as dataset_name= / --data"):
+        overcluster.evaluate(MeanColourBackbone(), "coco-things", device="cpu")

@@ -77,20 +77,3 @@ def test_evaluate_clips_k_and_reports_each(tmp_path):
     assert res["explained_variance"]["k4"] == pytest.approx(1.0, abs=1e-6)
     assert res["per_k"]["k4"] > 80.0
     json.dumps(res)
-
-
-def test_old_argument_names_still_work_and_warn():
-    from torch.utils.data import TensorDataset
-
-    from franca.eval import pca_slice
-
-    g = torch.Generator().manual_seed(4)
-    y = torch.randint(0, 3, (48,), generator=g)
-    x = (torch.eye(3) * 2 - 1)[y][:, :, None, None] + 0.3 * torch.randn(48, 3, 4, 4, generator=g)
-    train, val = TensorDataset(x[:32], y[:32]), TensorDataset(x[32:], y[32:])
-    model = _Stub()
-    kw = dict(device="cpu", ks=(4,), epochs=2, probe_batch_size=8, lrs=(0.1,), progress=False)
-    new = pca_slice.evaluate(model, (train, val), batch_size=5, **kw)
-    with pytest.warns(DeprecationWarning, match="train_set/val_set.*extract_batch_size → batch_size"):
-        old = pca_slice.evaluate(model, train, val, extract_batch_size=5, **kw)
-    assert old["per_seed"] == new["per_seed"] and old["per_k"] == new["per_k"]

@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from helpers.progress import bar_states
+from PIL import Image
 
 from franca.models.rasa_fold import load_rasa_projection, removal_projection
 from franca.rasa.fit import CachedFeatures, RasaConfig, fit_rasa
@@ -129,7 +131,6 @@ def _small_backbone(folder):
 
 
 def test_franca_rasa_command_end_to_end(tmp_path):
-    from PIL import Image
 
     import franca
     from franca.cli import main
@@ -198,7 +199,6 @@ def test_franca_rasa_command_end_to_end(tmp_path):
 
 
 def test_franca_rasa_command_auto_iterations(tmp_path):
-    from PIL import Image
 
     from franca.cli import main
 
@@ -316,3 +316,24 @@ def test_auto_needs_heldout_and_flags_probe_failure():
     res = fit_rasa(CachedFeatures(x, (8, 8), 16), RasaConfig(iterations=3, auto=True, progress=False), heldout=noise)
     assert res.probe_failures and all("before removal" in f for f in res.probe_failures)
     assert len(res.directions) == 1 and "probe failed" in res.stop_reason
+
+
+def last_bar(err: str) -> tuple[int, int | None]:
+    return bar_states(err)[-1]
+
+
+def test_rasa_stage_bar_shows_no_false_total(capsys, monkeypatch):
+    """Until converged a stage stops at its convergence (189-555 of 2000 steps once): the bar has no total."""
+    import franca.utils.progress
+    from franca.rasa.fit import CachedFeatures, RasaConfig, train_position_predictor
+
+    monkeypatch.setattr(franca.utils.progress, "_QUIET", False)  # an earlier `main([..., "--quiet"])` set it
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(32, 16, 8, generator=g)
+    cfg = RasaConfig(max_steps=2000, min_steps=20, window=10, tol=0.5, batch_size=8, progress=True)
+    _, record = train_position_predictor(CachedFeatures(tokens, (4, 4), 8), None, cfg, torch.device("cpu"), g)
+    err = capsys.readouterr().err
+    assert record["converged"] and record["steps"] < 2000
+    assert "until converged (max 2000 steps)" in err and "/2000" not in err
+    assert last_bar(err) == (record["steps"], None)

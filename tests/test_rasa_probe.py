@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from franca.rasa.probe import (
     PositionProbe,
@@ -12,6 +13,9 @@ from franca.rasa.probe import (
     check_initial,
     dihedral_views,
     has_converged,
+    heldout_images_needed,
+    n_fit_images,
+    probe_shortfall,
     r2_score,
     ridge_r2,
     sigmoid_r2,
@@ -129,3 +133,55 @@ def test_position_probe_measures_and_flags_failure():
     flagged = check_initial({"ridge": {"r2": 0.4}, "sigmoid": {"r2": -0.26}})
     assert len(flagged) == 1 and flagged[0].startswith("sigmoid") and "failed" in flagged[0]
     assert len(check_initial({"ridge": {"r2": float("nan")}, "sigmoid": {"r2": 0.1}})) == 1
+
+
+def test_heldout_images_needed_golden():
+    # vits14 at 224 px: 256 tokens, D=384: 6 fit images (6·256 = 1536 = 4·384); of 11 held-out images
+    # round(5.5) = 6 fit and 5 score.
+    assert heldout_images_needed(256, 384) == 11 and n_fit_images(11, 0.5) == 6
+    # The tiny checkpoint at 64 px (64 tokens, D=128): 8 fit images, 7 score.
+    assert heldout_images_needed(64, 128) == 15
+    # Many tokens per image: two fit images (the ridge strength is cross-validated by image) and one scores.
+    assert heldout_images_needed(64, 32) == 3 and n_fit_images(3, 0.5) == 2
+    assert heldout_images_needed(64, 32, fit_fraction=0.8) == 3
+    assert heldout_images_needed(16, 32, fit_fraction=0.8) == 10  # 8 fit (round(0.8·10)), 2 score
+    assert probe_shortfall(11, 256, 384) == ""
+    msg = probe_shortfall(2, 256, 384)
+    assert "need at least 11 held-out images (6 to fit them" in msg and "5 to score them); there are 2" in msg
+
+
+def _images(folder, n):
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()).save(folder / f"{i}.png")
+    return folder
+
+
+def test_rasa_refuses_too_few_heldout_images_before_any_work(tmp_path, monkeypatch, capsys):
+    """22 images at the default --heldout-fraction 0.1: 2 held out, one to fit the probes; once this ran
+    six minutes and then reported PROBE FAILURE. Now: one line, before any token is computed."""
+    import franca
+    import franca.rasa.fit as fit
+    from franca.cli import main
+
+    def no_work(*a, **k):
+        raise AssertionError("tokens were computed before the refusal")
+
+    monkeypatch.setattr(fit, "extract_patch_tokens", no_work)
+    torch.manual_seed(0)
+    weights = franca.export_backbone(
+        franca.build_backbone("vitt8", depth=1, embed_dim=32, num_heads=2), tmp_path / "small.safetensors"
+    )
+    data = _images(tmp_path / "img", 22)
+    argv = ["rasa", "--weights", str(weights), "--data", str(data), "--size", "64", "--num-workers", "0"]
+    out = tmp_path / "r.safetensors"
+    assert main([*argv, "--quiet", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "the position probes need at least 3 held-out images (2 to fit them, 2 × 64 tokens ≥ 4 × D=32" in err
+    assert "there are 2 (--heldout-fraction 0.1 of 22 images)" in err and "nothing was trained" in err
+    assert "--heldout-fraction 0.12 (19 of the 22 images left to train on)" in err
+    assert not out.exists()
+    # The advice is right: with it the split holds enough images (the refusal passes, the work starts).
+    with pytest.raises(AssertionError, match="tokens were computed"):
+        main([*argv, "--heldout-fraction", "0.12", "--quiet", "--out", str(out)])

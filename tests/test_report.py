@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 from PIL import Image
 
+from franca.cli import main
 from franca.report import build_report
 
 
@@ -214,7 +216,7 @@ def test_report_attribution_edge_cases(tmp_path):
 
 def test_report_over_two_real_pretraining_runs(tmp_path):
     """`franca pretrain` twice into two folders, `franca report` over their parent: two runs, two curves."""
-    from dist_train_worker import make_image_folder, tiny_overrides
+    from helpers.training import make_image_folder, tiny_overrides
 
     from franca.cli import main
 
@@ -230,3 +232,15 @@ def test_report_over_two_real_pretraining_runs(tmp_path):
     curves = [tmp_path / "runs" / "report_files" / f"{r}-loss.png" for r in ("runA", "runB")]
     with Image.open(curves[0]) as ia, Image.open(curves[1]) as ib:
         assert ia.tobytes() != ib.tobytes()
+
+
+def test_report_skips_a_deeply_nested_json_naming_it(tmp_path, caplog):
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # RecursionError in the decoder
+    (tmp_path / "nested.json").write_text('{"a":' * 900 + "1" + "}" * 900)  # decodes, then too deep
+    good = {"protocol": "knn", "metric_name": "top1_k20", "metric": 50.0}
+    (tmp_path / "ok.json").write_text(json.dumps(good))
+    with caplog.at_level(logging.WARNING, logger="franca"):
+        assert main(["report", str(tmp_path), "--quiet"]) == 0
+    text = caplog.text
+    assert f"skipping {tmp_path / 'deep.json'} (nested too deeply" in text
+    assert f"skipping {tmp_path / 'nested.json'} (nested more than 64 levels" in text

@@ -4,16 +4,24 @@ every stopping rule and an early stop prints the exact command that continues.""
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from dist_train_worker import make_image_folder, tiny_overrides
+from helpers.pretrain import cli_error, run_pretrain
+from helpers.progress import bar_states
+from helpers.training import make_image_folder, tiny_overrides
+
+from franca.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +34,6 @@ def _argv(out: Path, data: Path, *extra: str, iterations: int = 2) -> list[str]:
 
 
 def _main(capsys, argv: list[str]) -> tuple[int, str, str]:
-    from franca.cli import main
 
     rc = main(argv)
     c = capsys.readouterr()
@@ -133,7 +140,6 @@ def test_a_second_run_on_a_locked_folder_fails_naming_the_holder(data, tmp_path:
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(data, tmp_path: Path, capsys, caplog) -> None:
-    import json
     import socket
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -380,7 +386,6 @@ def test_sigkill_during_a_save_keeps_the_last_checkpoint_and_resumes(data, tmp_p
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     ref, run = tmp_path / "ref", tmp_path / "run"
     extra = ["train.checkpoint_period=2"]
-    from franca.cli import main
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the subprocesses: the same kernels, the same losses
@@ -427,3 +432,199 @@ def test_a_lock_that_cannot_be_written_names_the_disk_and_leaves_no_file(tmp_pat
     with pytest.raises(UserError, match=r"\.lock.*disk"):
         runlock.RunLock(tmp_path / "run").acquire()
     assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_the_hidden_metrics_file_of_an_overwrite_run_is_explained(tmp_path, caplog):
+    from franca.train.metrics import MetricsLogger
+
+    with caplog.at_level(logging.INFO, logger="franca"):
+        MetricsLogger(tmp_path, pending=True).close()
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("metrics:"))
+    assert f"{tmp_path / '.metrics.jsonl.new'} (hidden while --overwrite keeps the old run's metrics.jsonl" in line
+    assert f"it becomes {tmp_path / 'metrics.jsonl'} at this run's first checkpoint" in line
+
+
+def test_time_limited_total_golden():
+    from franca.train.loop import time_limited_total
+
+    # The reported case: 166 iterations in 9:02 of a 9-minute limit: the run ends now, not in 1:37:04.
+    assert time_limited_total(166, 0, 2808, 542.0, 540.0) == 166
+    # 100 iterations in 300 s, 240 s left at 1/3 it/s: 80 more.
+    assert time_limited_total(100, 0, 2808, 300.0, 540.0) == 180
+    assert time_limited_total(100, 0, 150, 300.0, 540.0) == 150  # the planned length ends it first
+    assert time_limited_total(1100, 1000, 5000, 100.0, 200.0) == 1200  # resumed at 1000: this invocation's rate
+    assert time_limited_total(5, 0, 2808, 10.0, 0.0) == 2808  # no limit
+    assert time_limited_total(0, 0, 2808, 0.0, 540.0) == 2808  # no rate yet
+
+
+def test_pretrain_bar_total_follows_the_time_limit(tmp_path, capsys, monkeypatch):
+    """A run that its time limit stops: the bar's total is where it stops, not the planned 1000, and its
+    description names the limit."""
+    import time
+
+    from helpers.training import make_image_folder, tiny_overrides
+
+    from franca.train import loop
+    from franca.train.config import load_config
+
+    step = loop.Trainer.step
+
+    def slow_step(self, batch, i):
+        time.sleep(0.05)  # a step rate the 6-second limit surely ends before 1000 iterations
+        return step(self, batch, i)
+
+    monkeypatch.setattr(loop.Trainer, "step", slow_step)
+    data = make_image_folder(tmp_path / "img", n=8)
+    cfg = load_config("tiny", tiny_overrides(tmp_path / "run", data, iterations=1000) + ["train.max_minutes=0.1"])
+    summary = loop.train(cfg, quiet=False)
+    err = capsys.readouterr().err
+    assert summary["iterations"] < 1000 and "time limit" in summary["stop_reason"]
+    assert "pretrain (stops at 0.1 min)" in err
+    states = bar_states(err)
+    assert states[0] == (0, 1000)  # no rate yet: the planned length
+    assert all(t < 1000 for n, t in states[1:])  # from the first step on: where the time limit stops it
+    n, total = states[-1]
+    assert n == summary["iterations"] and n <= total <= n + 1  # the ETA was the time left, not 1000 steps
+
+
+# ------------------------------------------------------------------------------------- data paths
+@pytest.mark.parametrize(
+    "spec, shown",
+    [
+        ("{tmp}/no_such_folder", "not found: {tmp}/no_such_folder"),
+        ("{tmp}/no_such_file.tar", "not found: {tmp}/no_such_file.tar"),
+        ("{tmp}/shards-{{000..001}}.tar", "{tmp}/shards-000.tar"),
+        ("{tmp}/empty_folder", "{tmp}/empty_folder"),
+    ],
+)
+def test_missing_data_is_one_line_naming_the_path(tiny_run, tmp_path: Path, capsys, spec: str, shown: str) -> None:
+    (tmp_path / "empty_folder").mkdir()
+    data = spec.format(tmp=tmp_path)
+    argv = run_pretrain(tiny_run, tmp_path / "out", f"data.dataset={data}")
+    line = cli_error(capsys, argv)
+    assert shown.format(tmp=tmp_path) in line
+    assert "shards not found" not in line or "{" in data
+
+
+@pytest.mark.parametrize(
+    "override, shown",
+    [
+        ("data.dataset={img}", "{img}"),  # one image, not a folder
+        ("data.dataset={txt}", "{txt}"),  # a text file
+        ("model.arch=vitx99", "vitx99"),
+        ("model.num_heads=3", "num_heads 3"),
+        ("train.device=banana", "banana"),
+        ("train.device=cuda", "cuda"),  # the tests hide any GPU
+        ("data.num_workers=100000", "data.num_workers=100000"),
+        ("train.knn_eval=true data.val={tmp}/nope data.knn_train={tmp}/nope", "{tmp}/nope"),
+    ],
+)
+def test_bad_values_found_while_building_are_one_line(
+    tiny_run, tmp_path: Path, capsys, override: str, shown: str
+) -> None:
+    (tmp_path / "notes.txt").write_text("not images")
+    img = next(tiny_run["data"].rglob("*.png"))
+    fmt = dict(img=img, txt=tmp_path / "notes.txt", tmp=tmp_path)
+    line = cli_error(capsys, run_pretrain(tiny_run, tmp_path / "out", *override.format(**fmt).split()))
+    assert shown.format(**fmt) in line
+
+
+def test_output_dir_that_is_a_file(tiny_run, tmp_path: Path, capsys) -> None:
+    f = tmp_path / "taken"
+    f.write_text("x")
+    line = cli_error(capsys, run_pretrain(tiny_run, f))
+    assert str(f) in line
+
+
+def test_read_metrics_names_the_file_of_a_broken_line(tmp_path: Path) -> None:
+    from franca.train.metrics import read_metrics
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"iteration": 0}\n{"iteration": 1, "tot\n{"iteration": 2}\n')
+    with pytest.raises(ValueError, match=f"{p}.*line 2"):
+        read_metrics(p)
+    assert [r["iteration"] for r in read_metrics(p, skip_broken=True)] == [0, 2]
+
+
+# --------------------------------------------------------------------------------- failed writes
+def _failing_save(kind: str) -> Callable:
+    def save(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        if kind == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4480 vs 4372")
+
+    return save
+
+
+@pytest.mark.parametrize("kind", ["enospc", "torch_writer"])
+def test_failed_checkpoint_write_names_disk_space_and_keeps_the_old_file(
+    tiny_run, tmp_path: Path, capsys, monkeypatch, kind: str
+) -> None:
+    import shutil
+
+    from franca.train import checkpoint as ckpt_io
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], out)
+    before = (out / "checkpoint.pth").read_bytes()
+    monkeypatch.setattr(ckpt_io.torch, "save", _failing_save(kind))
+    line = cli_error(
+        capsys, run_pretrain(tiny_run, out, "--resume", "--allow-config-change", "train.iterations", iterations=3)
+    )
+    assert "disk" in line and str(out / "checkpoint.pth") in line and "free" in line
+    assert (out / "checkpoint.pth").read_bytes() == before
+    assert not list(out.glob(".checkpoint.pth.tmp*"))
+
+
+def test_enospc_anywhere_is_one_line_about_disk_space(monkeypatch, capsys, tmp_path: Path) -> None:
+    """Any OSError reaching the CLI (here ENOSPC while writing a file) is one line."""
+    from franca.commands import pretrain
+
+    def boom(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.jsonl"))
+
+    monkeypatch.setattr(pretrain, "run", boom)  # the parser reads module.run when it is built
+    line = cli_error(capsys, ["pretrain"])
+    assert "disk" in line and str(tmp_path / "metrics.jsonl") in line
+
+
+def test_full_disk_while_logging_names_the_metrics_file(tiny_run, tmp_path: Path, capsys, monkeypatch) -> None:
+    import builtins
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], out)
+    real_open = builtins.open
+
+    def full(path, mode="r", *a, **k):
+        if str(path).endswith("metrics.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a write() reports it: no file name
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", full)
+    line = cli_error(
+        capsys, run_pretrain(tiny_run, out, "--resume", "--allow-config-change", "train.iterations", iterations=3)
+    )
+    assert str(out / "metrics.jsonl") in line and "disk" in line and "free" in line
+
+
+def test_leftover_temporary_checkpoints_are_removed_at_start(tiny_run, tmp_path: Path, caplog) -> None:
+    import shutil
+
+    from franca.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], out)
+    left = out / ".checkpoint.pth.tmp99999999"
+    left.write_bytes(b"torn")
+    caplog.set_level("INFO")
+    assert main(run_pretrain(tiny_run, out, "--resume", "--allow-config-change", "train.iterations", iterations=3)) == 0
+    assert not left.exists()
+    assert any(left.name in r.getMessage() for r in caplog.records)
+
+
+def test_summary_and_config_are_written_atomically(tiny_run) -> None:
+    run = tiny_run["run"]
+    assert json.loads((run / "summary.json").read_text())["iterations"] == 2
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]

@@ -3,7 +3,10 @@ added by a test reaches pretraining through the table alone."""
 
 from __future__ import annotations
 
+import gzip
 import io
+import logging
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -11,10 +14,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.images import write_png
+from helpers.shards import red_png_bytes, red_value, write_tar
 from PIL import Image
 
-from franca.data.datasets import ImageFiles, ImageFolder, ShardSamples, WebDatasetShards
-from franca.data.images import IMAGE_EXTENSIONS
+from franca.data.datasets import (
+    ImageFiles,
+    ImageFolder,
+    ShardSamples,
+    WebDatasetShards,
+)
+from franca.data.images import (
+    IMAGE_EXTENSIONS,
+    TooManyUnreadableError,
+    list_images,
+)
 from franca.data.source import (
     SOURCE_KINDS,
     Samples,
@@ -212,3 +226,124 @@ def test_a_new_kind_is_one_registration(tmp_path, list_kind):
         assert all(p == str(tmp_path / "imgs" / "bad.png") for p in batch["skipped"])
     with pytest.raises(ValueError, match="data.kind"):
         load_config("tiny", ["data.kind=video"])
+
+
+# ------------------------------------------------------------------------------- skip by fraction
+def test_a_bad_stretch_does_not_kill_a_good_folder(tmp_path):
+    """70 zero-byte files in one sub-folder among 200 good images (74 % good) used to abort pretraining
+    ("64 consecutive unreadable images"); a whole epoch now reads, each bad file a random replacement."""
+    from franca.data.source import Samples, open_images
+    from franca.train.data import ResumableBatchSampler
+
+    root = tmp_path / "data"
+    for i in range(70):
+        (root / "a_empty").mkdir(parents=True, exist_ok=True)
+        (root / "a_empty" / f"{i:03d}.jpg").write_bytes(b"")
+    for i in range(200):
+        write_png(root / "b_good" / f"{i:03d}.png", (4, 4), value=i)
+    files = list_images(root)
+    ds = open_images(root, samples=Samples(seed=0)).dataset
+    sampler = ResumableBatchSampler(len(files), 27, seed=0)
+    skipped = 0
+    for _it, batch in zip(range(10), sampler):  # one epoch: 270 slots
+        for key in batch:
+            item = ds[key]
+            assert item["image"].shape == (3, 4, 4)
+            skipped += len(item["skipped"])
+    assert 70 <= skipped <= 200 and ds.unreadable.bad == skipped
+    # the replacement of a slot is a pure function of its seed (resume-safe)
+    assert torch.equal(ds[(0, 123)]["image"], ds[(0, 123)]["image"])
+
+
+def test_a_mostly_unreadable_folder_fails_naming_it(tmp_path):
+    from franca.data.source import Samples, open_images
+
+    root = tmp_path / "notimages"
+    for i in range(100):
+        (root / f"{i:03d}.jpg").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"{i:03d}.jpg").write_bytes(b"x" * i)
+    for i in range(10):
+        write_png(root / f"z{i}.png")
+    ds = open_images(root, samples=Samples(seed=0)).dataset
+    with pytest.raises(TooManyUnreadableError, match=re.escape(str(root))):
+        for i in range(110):
+            ds[(i, i)]
+
+
+def test_pretraining_data_on_a_folder_with_a_bad_stretch_and_a_symlinked_subfolder(tmp_path):
+    """The pretraining loader: 70 zero-byte files in one sub-folder (the run used to abort before the
+    first log row) and most good images behind a symlinked sub-folder (it used to train on 1 image of 257)."""
+    from franca.train.config import load_config
+    from franca.train.data import build_pretrain_data
+
+    data = tmp_path / "data"
+    (data / "a_empty").mkdir(parents=True)
+    for i in range(70):
+        (data / "a_empty" / f"{i:03d}.jpg").write_bytes(b"")
+    write_png(data / "one.png", (20, 20))
+    for i in range(199):
+        write_png(tmp_path / "elsewhere" / f"{i:03d}.png", (20, 20), value=i)
+    os.symlink(tmp_path / "elsewhere", data / "linked")
+    cfg = load_config(
+        "tiny",
+        [
+            f"data.dataset={data}",
+            "data.num_workers=0",
+            "train.batch_size_per_gpu=32",
+            "data.batch_augment=false",
+            "crops.global_crops_size=16",
+            "crops.local_crops_size=8",
+            "crops.local_crops_number=1",
+        ],
+    )
+    pre = build_pretrain_data(cfg, patch_size=4, rank=0, world=1, start_iteration=0, device=torch.device("cpu"))
+    assert pre.dataset_size == 270  # 74 % good, most of it behind the link
+    batch = next(iter(pre.loader))  # (a whole epoch is read in test_a_bad_stretch_does_not_kill_a_good_folder)
+    assert batch["global_crops"].shape[0] == 2 * 32
+    assert all("a_empty" in p for p in batch["skipped"]) and len(batch["skipped"]) < 32
+
+
+def test_a_folder_of_gzip_shards_is_refused_with_the_glob_that_reads_it(tmp_path):
+    """A folder listing takes *.tar only; a folder of LAION-style *.tar.gz used to say 'no image files' or
+    'no *.tar shards' and nothing more. The error now names the glob that reads them, and that glob works."""
+
+    from franca.data.source import open_images
+
+    plain = write_tar(tmp_path / "plain" / "00000.tar", [("0001.png", red_png_bytes(5)), ("0001.txt", b"cap")])
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    (gz / "00000.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    glob = re.escape(f"'{gz / '*.tar.gz'}'")
+    with pytest.raises(FileNotFoundError, match=f"no \\*.tar shards in the folder .*give them as a glob, {glob}"):
+        WebDatasetShards(gz)
+    with pytest.raises(FileNotFoundError, match=f"no image files .* 1 gzip-compressed shards .*{glob}"):
+        open_images(gz, kind="folder")
+    assert list(WebDatasetShards(str(gz / "*.tar.gz"), transform=red_value)) == [5]
+
+
+def test_pretraining_refuses_a_remote_shard_url():
+    from franca.train.config import load_config
+    from franca.train.data import resolve_source
+
+    for url in ("https://example.org/in21k-{000..009}.tar", "https://example.org/in21k-000.tar"):
+        with pytest.raises(ValueError, match="download the shards first"):
+            resolve_source(load_config("tiny", [f"data.dataset={url}"]))
+
+
+def test_a_batch_larger_than_the_data_set_is_named(tmp_path, caplog):
+    from helpers.training import make_image_folder, tiny_overrides
+
+    from franca.train.config import load_config
+    from franca.train.data import build_pretrain_data
+
+    data = make_image_folder(tmp_path / "img", n=3)
+    cfg = load_config("tiny", tiny_overrides(tmp_path / "run", data, batch=8) + ["data.num_workers=0"])
+    with caplog.at_level(logging.WARNING, logger="franca"):
+        build_pretrain_data(cfg, 4, 0, 1, 0, torch.device("cpu"))
+    msg = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("the batch of 8 images is larger than the data set (3 images)" in m and "3 or less" in m for m in msg)
+    caplog.clear()
+    cfg = load_config("tiny", tiny_overrides(tmp_path / "run", data, batch=2) + ["data.num_workers=0"])
+    with caplog.at_level(logging.WARNING, logger="franca"):
+        build_pretrain_data(cfg, 4, 0, 1, 0, torch.device("cpu"))
+    assert not [r for r in caplog.records if "larger than the data set" in r.getMessage()]

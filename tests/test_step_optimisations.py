@@ -169,7 +169,7 @@ def test_implicit_soft_ce_values_and_gradients(monkeypatch: pytest.MonkeyPatch, 
 def test_training_step_with_implicit_targets_equals_plain(tmp_path) -> None:
     """A whole step of the tiny preset: every loss term and every student gradient with the iBOT targets
     implicit equal those with the targets written out (fp32, CPU)."""
-    from dist_train_worker import fixed_batch, make_image_folder, tiny_overrides
+    from helpers.training import fixed_batch, make_image_folder, tiny_overrides
 
     from franca.train.config import load_config
     from franca.train.loop import Trainer

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_train_worker import DIST_EXTRA, fixed_batch, make_image_folder, state_of, tiny_overrides
+from helpers.training import DIST_EXTRA, fixed_batch, make_image_folder, state_of, tiny_overrides
 
 pytestmark = pytest.mark.dist
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_train_worker import fixed_batch, make_image_folder, tiny_overrides
+from helpers.pretrain import cli_error, run_pretrain
+from helpers.training import fixed_batch, make_image_folder, tiny_overrides
 from torch import nn
 
 
@@ -305,3 +306,125 @@ def test_highres_command_runs_its_stages_in_order(tmp_path: Path) -> None:
     last = torch.load(tmp_path / "hr" / "s2" / "checkpoint.pth", weights_only=True)
     assert last["teacher"]["backbone.pos_embed"].shape[1] == 1 + 6 * 6
     assert last["config"]["train"]["init_from"] == str(tmp_path / "hr" / "s1" / "checkpoint.pth")
+
+
+def test_teacher_targets_run_sinkhorn_on_zero_masked_rows_when_distributed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import franca
+    import franca.train.step as step
+    from franca.models.heads import MatryoshkaHead
+
+    calls: list[int] = []
+
+    def counting(real):
+        def run(logits: torch.Tensor, *a, **k):
+            calls.append(logits.shape[0])
+            return real(logits, *a, **k)
+
+        return run
+
+    monkeypatch.setattr(step, "sinkhorn_knopp", counting(step.sinkhorn_knopp))
+    monkeypatch.setattr(step, "sinkhorn_targets", counting(step.sinkhorn_targets))
+    backbone = franca.build_backbone("vitt4", embed_dim=32, depth=1, num_heads=2, img_size=16).eval()
+    teacher = {
+        "backbone": backbone,
+        "dino_head": MatryoshkaHead(32, 16, nesting_levels=2, hidden_dim=8, bottleneck_dim=4),
+        "ibot_head": MatryoshkaHead(32, 16, nesting_levels=2, hidden_dim=8, bottleneck_dim=4),
+    }
+    batch = {"global_crops": torch.randn(4, 3, 16, 16), "mask_indices": torch.zeros(0, dtype=torch.long)}
+    targets = step.TeacherTargets(centering="sinkhorn_knopp")
+
+    out = targets(teacher, batch, 0.07)  # single process: the empty iBOT part is skipped
+    assert out.patch_targets is None and calls == [4, 4]
+
+    calls.clear()
+    monkeypatch.setattr(step, "is_dist", lambda: True)
+    out = targets(teacher, batch, 0.07)
+    assert calls == [4, 4, 0, 0]  # two CLS levels, then two iBOT levels on 0 rows
+    assert [t.shape for t in out.patch_targets] == [torch.Size([0, 8]), torch.Size([0, 16])]
+
+
+# ----------------------------------------------------------------------------- non-finite training
+def test_overflowing_lr_is_one_line_naming_the_key(tiny_run, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    line = cli_error(
+        capsys,
+        run_pretrain(
+            tiny_run, out, "optim.base_lr=1e38", "optim.warmup_iterations=0", "train.checkpoint_period=1", iterations=3
+        ),
+    )
+    assert "optim.base_lr" in line and "iteration 0" in line
+    assert not (out / "checkpoint.pth").exists()
+
+
+def test_exploding_lr_stops_and_saves_only_finite_weights(tiny_run, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    line = cli_error(
+        capsys,
+        run_pretrain(
+            tiny_run, out, "optim.base_lr=1e30", "optim.warmup_iterations=0", "train.checkpoint_period=1", iterations=4
+        ),
+    )
+    assert "non-finite" in line and "optim.base_lr" in line
+    if (out / "checkpoint.pth").exists():
+        ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+        assert all(
+            torch.isfinite(v).all()
+            for part in ("teacher", "student")
+            for v in ckpt[part].values()
+            if v.is_floating_point()
+        )
+
+
+def test_inf_lr_weights_are_caught_before_the_first_save(tiny_run, tmp_path: Path, monkeypatch) -> None:
+    """The issue's case (lr = inf past validation): the loss of iteration 0 is finite, the weights after
+    its step are not; the check before the save stops the run and writes no checkpoint."""
+    import dataclasses
+
+    from franca.train.config import load_config
+    from franca.train.loop import NonFiniteLossError, Trainer
+    from franca.train.schedules import Schedules
+
+    at = Schedules.at
+    monkeypatch.setattr(
+        Schedules, "at", lambda self, i: dataclasses.replace(at(self, i), lr=float("inf"), last_layer_lr=float("inf"))
+    )
+    cfg = load_config(
+        "tiny",
+        tiny_overrides(tmp_path / "out", tiny_run["data"], iterations=3)
+        + ["train.checkpoint_period=1", "train.log_period=1"],
+    )
+    tr = Trainer(cfg, quiet=True)
+    with pytest.raises(NonFiniteLossError, match=r"weights became non-finite .* iteration 0.*no checkpoint"):
+        tr.run()
+    assert not (tmp_path / "out" / "checkpoint.pth").exists()
+
+
+def test_non_finite_weights_keep_the_last_good_checkpoint(tiny_run, tmp_path: Path) -> None:
+    """Weights poisoned after a good save: the next save is refused and the good file stays."""
+    from franca.train.config import load_config
+    from franca.train.loop import NonFiniteLossError, Trainer
+
+    cfg = load_config(
+        "tiny",
+        tiny_overrides(tmp_path / "out", tiny_run["data"], iterations=4)
+        + ["train.checkpoint_period=2", "train.log_period=100"],
+    )
+    original = Trainer.step
+
+    def step(self, batch, i):
+        out = original(self, batch, i)
+        if i == 3:  # after the last step (its loss is finite): poison one teacher tensor
+            with torch.no_grad():
+                self.teacher["backbone"].cls_token.view(-1)[0] = float("nan")
+        return out
+
+    Trainer.step = step
+    try:
+        tr = Trainer(cfg, quiet=True)
+        with pytest.raises(NonFiniteLossError, match=r"weights.*teacher.*iteration 3.*checkpoint.*iteration 2"):
+            tr.run()
+    finally:
+        Trainer.step = original
+    ckpt = torch.load(tmp_path / "out" / "checkpoint.pth", weights_only=True)
+    assert ckpt["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["teacher"].values() if v.is_floating_point())

@@ -207,7 +207,6 @@ def test_viz_commands_write_pngs(tmp_path, images, caplog):
         == 0
     )
     assert _png(tmp_path / "p.png")[0] == "PNG"
-    # Old spellings still work (hidden): --image, --image-size, --no-progress.
     assert (
         main(
             [
@@ -220,11 +219,11 @@ def test_viz_commands_write_pngs(tmp_path, images, caplog):
                 "vitt8",
                 "--device",
                 "cpu",
-                "--image",
+                "--data",
                 str(src),
-                "--image-size",
+                "--size",
                 "16",
-                "--no-progress",
+                "--quiet",
                 "--out",
                 str(tmp_path / "n.png"),
             ]

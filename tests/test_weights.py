@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import logging
+import os
 import pickle
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
+from helpers.pretrain import cli_error, write_checkpoint_cases
 from test_backbone import HEADS, D, make_flat_state_dict, to_official_layout
 
 import franca
@@ -152,3 +157,82 @@ def test_rasa_file_goes_through_rasa_fold(tmp_path, flat, monkeypatch):
     assert torch.allclose(out["patch_token_rasa"], 2 * out["x_norm_patchtokens"])
     with pytest.raises(FileNotFoundError, match="no_rasa.pth"):
         franca.load_backbone("vits14", weights=w, rasa=tmp_path / "no_rasa.pth", **KW)
+
+
+def test_nan_weights_load_with_a_warning_naming_the_tensors(tmp_path, caplog):
+    m = franca.build_backbone("vitt8", depth=2)
+    with torch.no_grad():
+        m.blocks[1].attn.qkv.weight[0, 0] = float("nan")
+        m.pos_embed[0, 3, 1] = float("inf")
+    path = franca.export_backbone(m, tmp_path / "diverged.safetensors")
+    with caplog.at_level(logging.WARNING, logger="franca"):
+        franca.load_backbone(weights=path)
+    warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert f"{path} holds NaN or inf in 2 tensor(s): blocks.1.attn.qkv.weight, pos_embed" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="franca"):
+        franca.load_backbone(
+            weights=franca.export_backbone(franca.build_backbone("vitt8", depth=1), tmp_path / "ok.safetensors")
+        )
+    assert not [r for r in caplog.records if "NaN" in r.getMessage()]
+
+
+def test_a_weights_archive_that_would_unpack_far_beyond_its_size_is_refused(tmp_path):
+    """A small .tar.gz whose member is gigabytes of zeros wrote them all to the temporary folder."""
+    from franca.models.weights import read_backbone_state_dict
+
+    member = 64 << 20  # 64 MiB of zeros: about 64 KB compressed
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("franca_vitg14.pth")
+        info.size = member
+        tar.addfile(info, io.BytesIO(bytes(member)))
+    path = tmp_path / "bomb.tar.gz"
+    path.write_bytes(gzip.compress(raw.getvalue(), compresslevel=1))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(ValueError, match=r"franca_vitg14\.pth in .*bomb\.tar\.gz would unpack to 67,108,864 bytes"):
+        read_backbone_state_dict(path)
+
+
+# ----------------------------------------------------------------------------------------- weights
+def _weights_cases(tmp: Path, ckpt: Path) -> dict[str, Path]:
+    cases = write_checkpoint_cases(tmp, ckpt)
+    del cases["directory"], cases["foreign"], cases["list"]  # (other messages; covered by the weights tests)
+    cases["random.safetensors"] = tmp / "random.safetensors"
+    cases["random.safetensors"].write_bytes(os.urandom(300))
+    cases["text.safetensors"] = tmp / "text.safetensors"
+    cases["text.safetensors"].write_text("not safetensors at all")
+    cases["huge_header.safetensors"] = tmp / "huge_header.safetensors"
+    cases["huge_header.safetensors"].write_bytes((10**12).to_bytes(8, "little") + b"{}")
+    return cases
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty",
+        "text",
+        "truncated",
+        "malicious",
+        "random.safetensors",
+        "text.safetensors",
+        "huge_header.safetensors",
+        "truncated.safetensors",
+    ],
+)
+def test_bad_weights_file_is_one_line_naming_it(tiny_run, tmp_path: Path, capsys, case: str) -> None:
+    import franca
+
+    if case == "truncated.safetensors":
+        good = franca.export_backbone(
+            franca.load_backbone("vitt4", weights=str(tiny_run["ckpt"])), tmp_path / "good.safetensors"
+        )
+        bad = tmp_path / "truncated.safetensors"
+        bad.write_bytes(Path(good).read_bytes()[:-100])
+    else:
+        bad = _weights_cases(tmp_path, tiny_run["ckpt"])[case]
+    line = cli_error(
+        capsys, ["export", "--model", "vitt4", "--weights", str(bad), "--out", str(tmp_path / "x.safetensors")]
+    )
+    assert str(bad) in line
+    assert "error: 101" not in line and not (tmp_path / "PWNED").exists()

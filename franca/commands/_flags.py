@@ -1,12 +1,12 @@
 """The command line's one vocabulary: each concept has one documented flag in every command.
 
-| concept | flag | old spellings (hidden, still accepted) |
-| --- | --- | --- |
-| images / data set root | `--data` | `--images`, `--image` |
-| input side in pixels | `--size` | `--image-size`, `--resolution` |
-| no progress bars | `--quiet` | `--no-progress` |
-| where results go | `--out` | |
-| random seed(s) | `--seed` (one run) / `--seeds` (averaged runs) | |
+| concept | flag |
+| --- | --- |
+| images / data set root | `--data` |
+| input side in pixels | `--size` |
+| no progress bars | `--quiet` |
+| where results go | `--out` |
+| random seed(s) | `--seed` (one run) / `--seeds` (averaged runs) |
 
 (`--model`, `--weights`, `--device`, `--batch-size` come from `_common.add_model_arguments`.)
 Sizes follow one rule everywhere (`franca.utils.grid.round_to_patch`): a side that is not a multiple of the
@@ -34,32 +34,24 @@ def add_data_argument(
     help: str,
     *,
     nargs: str | None = None,
-    aliases: Iterable[str] = ("--images", "--image"),
 ) -> None:
-    """`--data` (with the old spellings as hidden aliases writing the same value). A command that
-    needs it checks `args.data` itself: argparse would not count an alias as the flag given."""
+    """`--data`, default None. A command that needs it checks `args.data` itself (with its own message)."""
     kw = dict(nargs=nargs) if nargs else {}
     p.add_argument("--data", default=None, help=help, **kw)
-    for alias in aliases:
-        p.add_argument(alias, dest="data", help=argparse.SUPPRESS, **kw)
 
 
 def add_size_argument(
     p: argparse.ArgumentParser | argparse._ArgumentGroup,
     help: str,
     default: int | None = None,
-    aliases: Iterable[str] = ("--image-size", "--resolution"),
 ) -> None:
     """`--size` in pixels; `help` should say what the side is and the default."""
     p.add_argument("--size", type=int, default=default, metavar="PX", help=help)
-    for alias in aliases:
-        p.add_argument(alias, dest="size", type=int, help=argparse.SUPPRESS)
 
 
 def add_quiet_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str = "no progress bars") -> None:
-    """`--quiet`: no progress bars (`--no-progress` is the hidden old spelling); every command has it."""
+    """`--quiet`: no progress bars; every command has it."""
     p.add_argument("--quiet", action="store_true", help=help)
-    p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
 
 
 def _number(text: str, kind: type) -> float:

@@ -59,7 +59,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--train-batch-size", type=positive_int, default=16, help="training crops per step (default: %(default)s)"
     )
-    g.add_argument("--head-batch-size", dest="train_batch_size", type=positive_int, help=argparse.SUPPRESS)
     g.add_argument(
         "--test-scales",
         type=positive_float,

@@ -32,7 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a Table 7 data set, or all 11; --data is then the folder holding them "
         "(default: the ImageFolder at --data)",
     )
-    g.add_argument("--data-root", dest="data", help=argparse.SUPPRESS)
     g.add_argument(
         "--n-c", type=positive_int, default=45, help="C values in 10^linspace(-6, 5, N) (default: %(default)s)"
     )

@@ -9,10 +9,9 @@ ones its `evaluate()` declares:
     common = EvalArgs(size=448, seeds=(0, 1, 2), batch_size=32, device="cuda")
     overcluster.evaluate(model, **common.kwargs_for(overcluster.evaluate), ks=(100, 300))
 
-`protocol_entry` wraps each `evaluate()`: it applies `progress` and keeps the names of the previous
-release working for one release, with a DeprecationWarning naming the new one. The model is the first
-positional argument of every `evaluate()`; weights and the output path belong to the command layer
-(`franca/commands/_common.py`), which builds the model and writes the result.
+`protocol_entry` wraps each `evaluate()`: it applies `progress` and `precision` and records the precision
+in the result. The model is the first positional argument of every `evaluate()`; weights and the output
+path belong to the command layer (`franca/commands/_common.py`), which builds the model and writes the result.
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,8 +27,9 @@ from typing import Any, TypeVar
 import torch
 
 from franca.utils.device import check_precision, resolve_device, resolve_precision
+from franca.utils.progress import quiet
 
-__all__ = ["BATCH_SIZE_CHANGED", "EvalArgs", "SHARED_ARGUMENTS", "is_pair", "protocol_entry", "split_pair"]
+__all__ = ["EvalArgs", "SHARED_ARGUMENTS", "is_pair", "protocol_entry", "split_pair"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -95,13 +94,6 @@ class EvalArgs:
 SHARED_ARGUMENTS: tuple[str, ...] = tuple(f.name for f in fields(EvalArgs))
 """The keyword names that mean the same in every `evaluate()` that takes them."""
 
-BATCH_SIZE_CHANGED = (
-    "batch_size now means the images per backbone pass (it was extract_batch_size) and the "
-    "probe's batch is probe_batch_size (it was batch_size): pass batch_size=<your "
-    "extract_batch_size> and probe_batch_size=<your old batch_size>"
-)
-"""What linear's and PCA slicing's `batch_size` means since this release (`protocol_entry(changed=…)`)."""
-
 
 def is_pair(data: Any) -> bool:
     """Whether `data` is a `(train, val)` pair of data sets (or roots) rather than one root or data set."""
@@ -113,34 +105,17 @@ def split_pair(data: Any) -> tuple[Any, Any]:
     return (data[0], data[1]) if is_pair(data) else (data, None)
 
 
-def protocol_entry(
-    *,
-    old_positional: Sequence[str] = (),
-    old_pair: tuple[str, str] | None = None,
-    renamed: Mapping[str, str] | None = None,
-    changed: Mapping[str, str] | None = None,
-) -> Callable[[_F], _F]:
+def protocol_entry() -> Callable[[_F], _F]:
     """Decorator for a protocol's `evaluate(model, data=None, *, …, progress=True, …)`.
 
     - `progress=False` turns the progress bars off for the call (`franca.utils.progress.quiet`).
     - `precision` is checked before any work, and the result dict records the precision the call ran in
       (`precision`: "bf16" or "fp32", resolved for its device by `franca.utils.device.resolve_precision`).
-    - The previous release's names keep working for one release, each with a DeprecationWarning that
-      names its replacement: `renamed` maps an old keyword to its new one (e.g. "data_root" → "data");
-      the two keywords of `old_pair` (e.g. train_set, val_set) become `data=(train, val)` (a lone train
-      entry becomes `data`); a call with more positional arguments than `model, data` is read as the
-      old positional signature `model, *old_positional`.
-    - `changed` maps a keyword whose *meaning* changed (e.g. linear's "batch_size") to what it means now:
-      a call that mixes the old names with that keyword gets the explanation in its warning (it may carry
-      the old meaning), and one that passes it with its own old spelling is refused with it.
-    The wrapped function keeps its signature (`inspect.signature` shows the new one).
+    Arguments go to `evaluate` as given: an unknown keyword, or more positional arguments than
+    `model, data`, is Python's own TypeError. The wrapped function keeps its signature.
     """
-    renamed = dict(renamed or {})
-    changed = dict(changed or {})
-    pair = tuple(old_pair or ())
 
     def decorate(fn: _F) -> _F:
-        where = f"{fn.__module__}.{fn.__name__}"
         params = inspect.signature(fn).parameters
         progress_default = params["progress"].default if "progress" in params else True
         precision_default = params["precision"].default if "precision" in params else None
@@ -148,35 +123,6 @@ def protocol_entry(
 
         @functools.wraps(fn)
         def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
-            old: dict[str, Any] = {}
-            positional = False
-            if len(args) > 1:
-                if len(args) > len(old_positional):
-                    raise TypeError(
-                        f"{where}() takes model and data positionally (the rest by keyword); "
-                        f"got {1 + len(args)} positional arguments"
-                    )
-                old.update(zip(old_positional, args))
-                args, positional = (), True
-            for key in [k for k in kwargs if k in renamed or k in pair]:
-                old[key] = kwargs.pop(key)
-            if old:
-                new = _translate(old, pair, renamed)
-                given = set(kwargs) | ({"data"} if args else set())
-                if set(new) & given:
-                    both = sorted(set(new) & given)
-                    spelled = sorted(k for k in old if _target(k, pair, renamed) in both)
-                    advice = "; ".join(changed[b] for b in both if b in changed) or f"pass only {', '.join(both)}"
-                    raise TypeError(
-                        f"{where}(): got {', '.join(both)} together with its deprecated spelling "
-                        f"({', '.join(spelled)}); {advice}"
-                    )
-                message = _deprecation_message(where, old, pair, renamed, positional)
-                notes = [changed[k] for k in changed if k in kwargs]
-                warnings.warn(message + "".join(f". Note: {n}" for n in notes), DeprecationWarning, stacklevel=2)
-                kwargs.update(new)
-            from franca.utils.progress import quiet
-
             precision = check_precision(kwargs.get("precision", precision_default))
             with quiet(not kwargs.get("progress", progress_default)):
                 result = fn(model, *args, **kwargs)
@@ -188,38 +134,3 @@ def protocol_entry(
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
-
-def _target(old_name: str, pair: tuple[str, ...], renamed: Mapping[str, str]) -> str:
-    """The new keyword an old one becomes."""
-    return "data" if old_name in pair else renamed.get(old_name, old_name)
-
-
-def _translate(old: dict[str, Any], pair: tuple[str, ...], renamed: Mapping[str, str]) -> dict[str, Any]:
-    """The new keywords for old ones: a (train, val) pair wins over an old root keyword, as it did."""
-    old = dict(old)
-    new: dict[str, Any] = {}
-    if pair:
-        train, val = old.pop(pair[0], None), old.pop(pair[1], None)
-        if train is not None or val is not None:
-            new["data"] = train if val is None else (train, val)
-    for key, value in old.items():
-        target = renamed.get(key, key)
-        if target == "data" and "data" in new:
-            continue
-        if target == "data" and value is None:
-            continue
-        new[target] = value
-    return new
-
-
-def _deprecation_message(
-    where: str, old: dict[str, Any], pair: tuple[str, ...], renamed: Mapping[str, str], positional: bool
-) -> str:
-    parts = []
-    if pair and set(pair) & set(old):
-        parts.append(f"{'/'.join(pair)} → data=(train, val) (one set or root: data=...)")
-    parts += [f"{k} → {renamed[k]}" for k in old if k in renamed]
-    if positional and any(k not in pair and k not in renamed for k in old):
-        parts.append(", ".join(f"positional {k} → {k}=..." for k in old if k not in pair and k not in renamed))
-    return f"{where}(): deprecated argument names ({'; '.join(parts)}); the old names stop working in the next release"

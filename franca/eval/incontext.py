@@ -307,7 +307,7 @@ def predict_queries(
     return conf.matrix
 
 
-@protocol_entry(old_positional=("train_set", "val_set", "device"), old_pair=("train_set", "val_set"))
+@protocol_entry()
 def evaluate(
     model: torch.nn.Module,
     data=None,

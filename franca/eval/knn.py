@@ -236,9 +236,7 @@ def few_shot_subset(labels: torch.Tensor, n_per_class: int, seed: int) -> torch.
     return torch.sort(torch.cat(keep)).values
 
 
-@protocol_entry(
-    old_positional=("train_set", "val_set"), old_pair=("train_set", "val_set"), renamed={"data_root": "data"}
-)
+@protocol_entry()
 def evaluate(
     model: torch.nn.Module,
     data: Any = None,

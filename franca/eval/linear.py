@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from franca.eval.common import BATCH_SIZE_CHANGED, protocol_entry
+from franca.eval.common import protocol_entry
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +188,7 @@ def dinov2_inputs(n_available_blocks: int) -> dict[str, Callable[[dict[str, torc
     return out
 
 
-@protocol_entry(
-    old_positional=("train_set", "val_set"),
-    old_pair=("train_set", "val_set"),
-    renamed={"data_root": "data", "extract_batch_size": "batch_size"},
-    changed={"batch_size": BATCH_SIZE_CHANGED},
-)
+@protocol_entry()
 def evaluate(
     model: torch.nn.Module,
     data: Any = None,
@@ -216,8 +211,7 @@ def evaluate(
 
     `data`: an ImageFolder root (train/, val/), a (train, val) pair of data sets, or None (the built-in
     toy set). `batch_size` is the images per backbone pass, as in every protocol (`EvalArgs`);
-    `probe_batch_size` is the classifiers' batch (learning rates scale by it / 256). Changed in this
-    release (CHANGELOG): `batch_size` used to be the probe's batch and `extract_batch_size` the backbone's.
+    `probe_batch_size` is the classifiers' batch (learning rates scale by it / 256).
     """
     from franca.eval.classification_data import classification_inputs, train_augment_transform
     from franca.eval.stats import mean_std

@@ -301,7 +301,7 @@ def train_head(
     return head.eval()
 
 
-@protocol_entry(old_positional=("train_set", "val_set", "device"), old_pair=("train_set", "val_set"))
+@protocol_entry()
 def evaluate(
     model: nn.Module,
     data=None,

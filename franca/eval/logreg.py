@@ -164,11 +164,7 @@ def logreg_protocol(
     }
 
 
-@protocol_entry(
-    old_positional=("train_set", "test_set"),
-    old_pair=("train_set", "test_set"),
-    renamed={"data_root": "data", "dataset": "dataset_name"},
-)
+@protocol_entry()
 def evaluate(
     model: torch.nn.Module,
     data: Any = None,

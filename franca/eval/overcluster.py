@@ -172,7 +172,7 @@ def overcluster_scores(
     return out
 
 
-@protocol_entry(old_positional=("dataset", "device"), renamed={"dataset": "data"})
+@protocol_entry()
 def evaluate(
     model: torch.nn.Module,
     data=None,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from franca.eval.common import BATCH_SIZE_CHANGED, protocol_entry
+from franca.eval.common import protocol_entry
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,7 @@ def project(x: torch.Tensor, mean: torch.Tensor, components: torch.Tensor, k: in
     return ((x.double() - mean) @ components[:k].T).float()
 
 
-@protocol_entry(
-    old_positional=("train_set", "val_set"),
-    old_pair=("train_set", "val_set"),
-    renamed={"data_root": "data", "extract_batch_size": "batch_size"},
-    changed={"batch_size": BATCH_SIZE_CHANGED},
-)
+@protocol_entry()
 def evaluate(
     model: torch.nn.Module,
     data: Any = None,
@@ -84,8 +79,7 @@ def evaluate(
 
     `data`: an ImageFolder root (train/, val/), a (train, val) pair of data sets, or None (the built-in
     toy set). `batch_size` is the images per backbone pass (`EvalArgs`), `probe_batch_size` the linear
-    probe's batch; changed in this release (CHANGELOG): `batch_size` used to be the probe's batch and
-    `extract_batch_size` the backbone's.
+    probe's batch.
     """
     from franca.eval.classification_data import classification_inputs
     from franca.eval.linear import LR_GRID, feature_batches, train_linear_grid
