@@ -323,3 +323,23 @@ def test_a_released_name_is_fetched_and_named_in_the_banner(tmp_path: Path, monk
         from franca.train.init import resolve_spec
 
         resolve_spec(str(tmp_path / "nope.pth"))
+
+
+def test_a_file_that_cannot_tell_its_head_count_asks_for_it_and_takes_it(tmp_path: Path, capsys) -> None:
+    """A bare state dict 32 wide (no saved config; 32 is no named width and not a multiple of 64-wide heads):
+    one error that names the file and the key; with `model.num_heads=2` the run starts from it."""
+    from franca.cli import main
+    from franca.models.api import build_backbone
+
+    torch.manual_seed(6)
+    state = build_backbone("vitt4", embed_dim=32, depth=2, num_heads=2, img_size=16).state_dict()
+    bare = tmp_path / "bare.pth"
+    torch.save(state, bare)
+    data = make_image_folder(tmp_path / "img", n=8, size=16)
+    base = ["pretrain", "--config", "adapt-tiny", "--init", str(bare), "--data", str(data), *RUN, "train.iterations=1"]
+    assert main([*base, "--out", str(tmp_path / "a")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(bare) in err and "model.num_heads=N" in err
+    assert main([*base, "--out", str(tmp_path / "b"), "model.num_heads=2"]) == 0
+    ck = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=True)
+    assert ck["config"]["model"]["num_heads"] == 2 and ck["config"]["model"]["embed_dim"] == 32

@@ -106,8 +106,9 @@ def resolve_spec(spec: str) -> tuple[Path, str]:
     return path, path.name
 
 
-def read_init(spec: str) -> InitSource:
-    """The file `spec` names, read once per process (kept until `forget_init`)."""
+def read_init(spec: str, num_heads: int | None = None) -> InitSource:
+    """The file `spec` names, read once per process (kept until `forget_init`). `num_heads`: the head count
+    when the file does not record one (an explicit `model.num_heads=`); a file that records one keeps its own."""
     path, label = resolve_spec(spec)
     st = path.stat() if path.exists() else None
     key = (str(path.resolve()), st.st_mtime_ns if st else None, st.st_size if st else None)
@@ -115,7 +116,17 @@ def read_init(spec: str) -> InitSource:
         return _MEMO[key]
     w = read_weights(path)
     saved = dict(w.extra.get("arch") or {})
-    base, kwargs, family = file_arch(w.backbone, saved, path)
+    if num_heads and not saved.get("num_heads"):
+        saved["num_heads"] = int(num_heads)
+    try:
+        base, kwargs, family = file_arch(w.backbone, saved, path)
+    except ValueError as exc:
+        if "head count" not in str(exc):
+            raise
+        raise UserError(
+            f"{path}: the file records no head count and its width does not tell it ({exc.args[0].split(';')[0]}): "
+            "give model.num_heads=N"
+        ) from exc
     src = InitSource(spec, path, label, w, family, _model_keys(base, kwargs, family, label))
     width = src.model_keys["model.embed_dim"]
     if not w.heads:
@@ -213,8 +224,8 @@ def init_config(
     cfg = load_config(preset, overrides)
     if not cfg.train.init_from:
         return cfg
-    src = read_init(cfg.train.init_from)
     explicit = {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
+    src = read_init(cfg.train.init_from, cfg.model.num_heads if "model.num_heads" in explicit else None)
     requested = flatten(to_dict(cfg))
     heads = cfg.train.init_heads
     if heads is None:
@@ -273,7 +284,7 @@ def check_fits(cfg: FrancaTrainConfig, src: InitSource) -> None:
 
 def load_init(student: Mapping[str, nn.Module], cfg: FrancaTrainConfig) -> InitSource:
     """Copy the file's backbone (and heads, with `train.init_heads`) into the student's modules."""
-    src = read_init(cfg.train.init_from)
+    src = read_init(cfg.train.init_from, cfg.model.num_heads)
     check_fits(cfg, src)
     backbone = student["backbone"]
     state = dict(src.weights.backbone)

@@ -105,7 +105,9 @@ class Trainer:
         if cfg.train.init_from and cfg.train.init_heads is None and loaded is None:
             from franca.train.init import read_init
 
-            cfg.train.init_heads = bool(read_init(cfg.train.init_from).head_layouts)  # saved resolved
+            cfg.train.init_heads = bool(
+                read_init(cfg.train.init_from, cfg.model.num_heads).head_layouts
+            )  # saved resolved
         seed_all(cfg.train.seed, 0)  # the same initial weights on every rank
         self.student, self.teacher = build_models(cfg, self.device, init=loaded is None)
         seed_all(cfg.train.seed, self.rank)  # per-rank randomness (drop path) from here on
