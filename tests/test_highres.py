@@ -194,5 +194,4 @@ def test_highres_from_a_config_less_checkpoint_of_another_shape_is_one_line(tiny
             "data.num_workers=0",
         ],
     )
-    # the file (no saved config, 32 wide) defines the model: its head count is the one thing it cannot say
-    assert str(bare) in line and "model.num_heads=" in line and len(line) < 600
+    assert str(bare) in line and "do not fit" in line and len(line) < 600

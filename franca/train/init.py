@@ -277,8 +277,8 @@ def check_fits(cfg: FrancaTrainConfig, src: InitSource) -> None:
     bad = [f"{k}={have.get(k)!r} (the file: {v!r})" for k, v in want.items() if have.get(k) != v]
     if bad:
         raise UserError(
-            f"the config does not describe the model of train.init_from={src.spec}: {'; '.join(bad[:4])}; build "
-            "the config with franca.train.init.init_config (franca pretrain --init does)"
+            f"{src.path} and the config do not fit: {'; '.join(bad[:4])}. The file defines the model: leave these "
+            "keys out of the config (in Python, franca.train.init.init_config builds the config from the file)"
         )
 
 
