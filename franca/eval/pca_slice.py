@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 
+from franca.eval.classification_data import classification_inputs
 from franca.eval.common import BATCH_SIZE_CHANGED, protocol_entry
+from franca.eval.linear import LR_GRID, feature_batches, train_linear_grid
+from franca.eval.stats import mean_std
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +90,6 @@ def evaluate(
     probe's batch; changed in this release (CHANGELOG): `batch_size` used to be the probe's batch and
     `extract_batch_size` the backbone's.
     """
-    from franca.eval.classification_data import classification_inputs
-    from franca.eval.linear import LR_GRID, feature_batches, train_linear_grid
-    from franca.eval.stats import mean_std
 
     lrs = tuple(lrs) if lrs is not None else LR_GRID
     inputs = classification_inputs(
