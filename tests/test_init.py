@@ -308,12 +308,12 @@ def test_resume_of_an_initialised_run_is_exact(tmp_path: Path, monkeypatch) -> N
 def test_a_released_name_is_fetched_and_named_in_the_banner(tmp_path: Path, monkeypatch, capsys) -> None:
     """`--init franca_vitb14_in21k` reads the file the hub cache gives for that name (here a release-layout
     stand-in: the download itself is franca.models.hub's, tested there) and starts from its heads."""
-    import franca.models.hub as hub
+    import franca.train.init as init_mod
     from franca.cli import main
 
     path, _ = _release_file(tmp_path)
     asked = []
-    monkeypatch.setattr(hub, "fetch_release", lambda rel, **kw: asked.append(rel.name) or path)
+    monkeypatch.setattr(init_mod, "fetch_release", lambda rel, **kw: asked.append(rel.name) or path)
     data = make_image_folder(tmp_path / "img", n=8, size=16)
     argv = ["pretrain", "--config", "adapt-tiny", "--init", "franca_vitb14_in21k", "--data", str(data)]
     assert main([*argv, "--out", str(tmp_path / "r"), "train.iterations=1", *RUN]) == 0

@@ -17,7 +17,12 @@ from typing import Any
 import torch
 
 from franca.data.datasets.voc import voc_image_dir
+from franca.data.source import open_images
 from franca.data.toy import builtin_toy
+from franca.eval import incontext, knn, linear, overcluster, pca_slice
+from franca.rasa import data as rdata
+from franca.rasa.fit import RasaConfig
+from franca.rasa.pipeline import fit_rasa_on_images
 
 PROTOCOLS = ("knn", "linear", "overcluster", "incontext", "pca-slice", "rasa")
 PCA_FRACTIONS = (1, 2, 4, 8, 16)
@@ -110,7 +115,6 @@ def evaluate_backbone(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """{metric: value} for `protocols` on `model` (eval mode, frozen)."""
-    from franca.eval import incontext, knn, linear, overcluster, pca_slice
 
     metric_info(protocols)  # validates the names
     model = model.eval().to(device)
@@ -161,10 +165,6 @@ def rasa_position_r2(model: torch.nn.Module, device: torch.device, s: EvalSettin
 
     One small call site on purpose: the fit and its probe are franca.rasa's public API.
     """
-    from franca.data.source import open_images
-    from franca.rasa import data as rdata
-    from franca.rasa.fit import RasaConfig
-    from franca.rasa.pipeline import fit_rasa_on_images
 
     root = s.rasa_root or (voc_image_dir(builtin_toy(domain=s.domain)) if s.domain else rdata.default_image_root())
     files = open_images(root, kind="folder").files

@@ -26,9 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from franca.ablate.evaluate import EvalSettings
+from franca.ablate.evaluate import EvalSettings, evaluate_backbone
 from franca.ablate.variants import RunSpec, Variant, expand
+from franca.models.api import load_backbone
+from franca.train.build import build_models
+from franca.train.checkpoint import CHECKPOINT_NAME
+from franca.train.config import load_config
+from franca.train.loop import Trainer
+from franca.utils import distributed as dist_utils
+from franca.utils.device import resolve_device
 from franca.utils.results import write_text_atomic
+from franca.utils.seed import seed_all
 
 
 @dataclass
@@ -129,12 +137,6 @@ def run_one(sweep: Sweep, spec: RunSpec) -> dict[str, Any]:
     """Train (or resume) one run, evaluate its teacher backbone, write and return its result."""
     import torch
 
-    from franca.ablate.evaluate import evaluate_backbone
-    from franca.train.checkpoint import CHECKPOINT_NAME
-    from franca.train.config import load_config
-    from franca.utils import distributed as dist_utils
-    from franca.utils.device import resolve_device
-
     torch.set_num_threads(sweep.threads)
     t0, cpu0 = time.time(), _cpu_seconds()
     cfg = load_config(sweep.preset, sweep.run_overrides(spec))
@@ -146,21 +148,14 @@ def run_one(sweep: Sweep, spec: RunSpec) -> dict[str, Any]:
         "fingerprint": sweep.fingerprint(spec),
     }
     if spec.kind == "reference":
-        from franca.models.api import load_backbone
-
         backbone = load_backbone(weights=spec.weights)
         result["params"] = {"backbone": sum(p.numel() for p in backbone.parameters())}
     elif spec.kind == "init":
-        from franca.train.build import build_models
-        from franca.utils.seed import seed_all
-
         seed_all(cfg.train.seed, 0)  # exactly as the trainer builds its models
         student, teacher = build_models(cfg, device)
         backbone = teacher["backbone"]
         result["params"] = _param_counts(student)
     else:
-        from franca.train.loop import Trainer
-
         run_dir = Path(cfg.train.output_dir)
         resume = (run_dir / CHECKPOINT_NAME).is_file()
         if not resume and run_dir.exists():  # crashed before its first checkpoint: start over

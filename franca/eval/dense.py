@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from franca.data.datasets.pairs import ImageMaskPairs, raw_pair
+
 # The raw segmentation readers live in franca.data.datasets.segmentation (re-exported here).
 from franca.data.datasets.segmentation import (
     COCO_THING_SUPERCATEGORIES,
@@ -27,6 +29,8 @@ from franca.data.datasets.segmentation import (
     SegmentationSet,
     build_segmentation,
 )
+from franca.data.datasets.transforms import JointToTensor
+from franca.eval.features import patch_tokens
 from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -69,9 +73,6 @@ def raw_items(dataset):
     resize, augment and normalise themselves); with any other joint transform, or an object whose first
     item is not a PIL image, a ValueError says what to pass instead of failing inside the protocol."""
     from PIL import Image
-
-    from franca.data.datasets.pairs import ImageMaskPairs, raw_pair
-    from franca.data.datasets.transforms import JointToTensor
 
     what = type(dataset).__name__
     if isinstance(dataset, ImageMaskPairs) and dataset.transforms is not raw_pair:
@@ -138,7 +139,6 @@ def patch_features(
 
     `use_rasa` takes `patch_token_rasa` (position-cleaned tokens) instead of `x_norm_patchtokens`.
     """
-    from franca.eval.features import patch_tokens
 
     return patch_tokens(model, x, use_rasa, precision)
 

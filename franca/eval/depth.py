@@ -21,11 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from franca.data.datasets.nyu import nyu_splits
 from franca.eval.common import protocol_entry
 from franca.eval.depth_head import BinDepthHead, depth_loss
+from franca.eval.features import block_tokens
 from franca.eval.keypoints import center_pad
 from franca.eval.metrics3d import average_depth_metrics, depth_metrics_per_image
+from franca.utils.device import resolve_device
 from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from franca.utils.progress import progress as tqdm
 
 log = logging.getLogger(__name__)
 MAX_DEPTH = 10.0
@@ -141,7 +145,6 @@ def dense_cls_features(
 ) -> list[Tensor]:
     """Frozen multilayer features (fp32, from a forward in `precision`): per block (B, 2D, h, w) =
     [patch map ; CLS broadcast], no final norm."""
-    from franca.eval.features import block_tokens
 
     x = center_pad(normalise(images), model.patch_size)
     outs = block_tokens(model, x, list(blocks), return_class_token=True, precision=precision)
@@ -201,7 +204,6 @@ def train_head(
 ) -> BinDepthHead:
     """Train the bin-depth head (fp32) on frozen dense-cls features (backbone in `precision`); returns it
     in eval mode."""
-    from franca.utils.progress import progress as tqdm
 
     blocks = probe_blocks(model.n_blocks)
     gen = torch.Generator().manual_seed(seed)
@@ -284,7 +286,6 @@ def evaluate(
     the tiny probe barely beats the ground-plane geometry and cannot tell a pretrained toy backbone
     from its initialisation; 10 epochs take about a minute on one CPU core.)
     """
-    from franca.utils.device import resolve_device
 
     device = resolve_device(device)
     train_items, test_items = load_nyu(data) if data is None or isinstance(data, (str, Path)) else data
@@ -331,6 +332,5 @@ def evaluate(
 def load_nyu(root: str | Path | None) -> tuple[Sequence[Any], Sequence[Any]]:
     """(train, test) NYUv2 readers for ``root`` (default: the toy set): ``franca.data.datasets.nyu.nyu_splits``,
     which knows the layouts (BTS folder, labelled .mat/.h5, Probe3D arrays as .npz; pickles refused)."""
-    from franca.data.datasets.nyu import nyu_splits
 
     return nyu_splits(root)

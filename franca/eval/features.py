@@ -33,8 +33,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from franca import __version__
+from franca.data.images import list_images
 from franca.utils import distributed as dist_utils
 from franca.utils.device import autocast_context, resolve_device, resolve_precision
+from franca.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,6 @@ def source_digest(modules: tuple[str, ...]) -> str:
 def code_version() -> str:
     """The code that computed a cached result: the package version, this module's cache format and a
     digest of the source of the modules that decide the numbers (`FEATURE_SOURCES`)."""
-    from franca import __version__
 
     return f"franca {__version__}, features format {CACHE_FORMAT}, source {source_digest(FEATURE_SOURCES)}"
 
@@ -160,7 +162,6 @@ def _tree_files(root: Any) -> list[str]:
     """Every file below a dataset's root folder (for readers without a sample list); [] if none."""
     if not isinstance(root, (str, os.PathLike)) or not Path(root).is_dir():
         return []
-    from franca.data.images import list_images
 
     return [str(p) for p in list_images(root, extensions=None)]
 
@@ -357,9 +358,7 @@ def _extract(
     chunks: dict[str, list[torch.Tensor]] = {}
     it: Any = loader
     if show_progress and (dist_utils.is_main() or not distributed):
-        from franca.utils.progress import progress as tqdm
-
-        it = tqdm(loader, desc=f"features ({kind})", unit="batch")
+        it = progress_bar(loader, desc=f"features ({kind})", unit="batch")
     model.eval()
     for batch in it:
         images, labels = batch[0], batch[1]

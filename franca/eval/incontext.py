@@ -30,8 +30,11 @@ from franca.eval.dense import (
     to_tensor,
 )
 from franca.eval.metrics import StreamingConfusion, matched_miou
+from franca.eval.stats import mean_std
+from franca.utils.device import resolve_device
 from franca.utils.grid import round_to_patch
 from franca.utils.imagenet import IMAGENET_MEAN
+from franca.utils.progress import progress as tqdm
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +237,6 @@ def build_memory(
     memory_size=None keeps every patch (Franca); otherwise ⌊memory_size / (n_train · aug_epochs)⌋
     patches per image chosen by `bounded_patch_indices`.
     """
-    from franca.utils.progress import progress as tqdm
 
     patch = int(model.patch_size)
     grid = (size // patch) ** 2
@@ -290,7 +292,6 @@ def predict_queries(
 ) -> torch.Tensor:
     """Segment the validation set by retrieval (backbone in `precision`); returns the (C × C) confusion
     matrix at S×S."""
-    from franca.utils.progress import progress as tqdm
 
     conf = StreamingConfusion(num_classes, num_classes, ignore_index)
     for x, m in tqdm(
@@ -332,8 +333,6 @@ def evaluate(
     """Hummingbird in-context mIoU of `model`: memory from the train set, queries from the val set.
     `data`: a (train, val) pair of raw segmentation sets (or roots), or one root of `dataset_name` read as
     trainaug/train and val; None: the toy set. Mean and std over `seeds`; per-class IoU averaged over seeds."""
-    from franca.eval.stats import mean_std
-    from franca.utils.device import resolve_device
 
     device = resolve_device(device)
     train_set, val_set = split_pair(data)

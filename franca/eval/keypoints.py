@@ -25,9 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from franca.data.datasets.spair import SPair71k
+from franca.data.toy import builtin_toy
 from franca.eval.common import protocol_entry
+from franca.eval.features import block_tokens
 from franca.eval.metrics3d import bbox_thresh_scale, pck
+from franca.utils.device import resolve_device
 from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from franca.utils.progress import progress as tqdm
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,6 @@ def center_pad(x: Tensor, multiple: int) -> Tensor:
 def dense_features(model: torch.nn.Module, x: Tensor, precision: str = "auto") -> Tensor:
     """(B, 3, H, W) → (B, D, h, w): last block's patch tokens (forward in `precision`), no final norm,
     L2-normalised per location in fp32."""
-    from franca.eval.features import block_tokens
 
     (feats,) = block_tokens(model, center_pad(x, model.patch_size), 1, precision=precision)
     return F.normalize(feats.float(), dim=1)
@@ -223,8 +227,6 @@ def evaluate(
     patches for the tiny sizes). Returns a JSON-serialisable dict whose ``metric`` is PCK (in %)
     over "all". ``batch_size`` images (half as many pairs) go through the backbone at once.
     """
-    from franca.utils.device import resolve_device
-    from franca.utils.progress import progress as tqdm
 
     device = resolve_device(device)
     pairs = load_pairs(data, split) if data is None or isinstance(data, (str, Path)) else list(data)
@@ -271,11 +273,8 @@ def load_pairs(root: str | Path | None, split: str = "test") -> list[KeypointPai
     under ``root`` (default: the built-in toy set), read with
     ``franca.data.datasets.spair.SPair71k.lazy_pairs``; images are opened lazily when their features
     are computed. ``root`` may be the ``SPair-71k`` folder or its parent."""
-    from franca.data.datasets.spair import SPair71k
 
     if root is None:
-        from franca.data.toy import builtin_toy
-
         root = builtin_toy()
     fields = {f for f in KeypointPair.__dataclass_fields__}
     return [KeypointPair(**{k: v for k, v in p.items() if k in fields}) for p in SPair71k(root, split).lazy_pairs()]

@@ -23,8 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from franca.eval.classification_data import classification_inputs
 from franca.eval.common import protocol_entry
+from franca.eval.stats import mean_std
 from franca.utils import distributed as dist_utils
+from franca.utils.device import resolve_device
+from franca.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +76,7 @@ def topk_neighbours(
     idx_out = torch.empty(n_test, k, dtype=torch.long, device=train_feats.device)
     starts = range(0, n_test, chunk_size)
     if show_progress:
-        from franca.utils.progress import progress as tqdm
-
-        starts = tqdm(starts, desc="k-NN", unit="chunk")
+        starts = progress_bar(starts, desc="k-NN", unit="chunk")
     for q0 in starts:
         q = test_feats[q0 : q0 + chunk_size]
         best_s: torch.Tensor | None = None
@@ -157,7 +159,6 @@ def knn_classify(
     every rank (holding the full memory bank) scores a strided share of the queries and the hit
     counts are summed over ranks, so all ranks return the same numbers.
     """
-    from franca.utils.device import resolve_device
 
     if backend not in ("torch", "faiss"):
         raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
@@ -262,8 +263,6 @@ def evaluate(
     the few-shot variant, one draw per seed; with the full train set the result does not depend on the seed.
     Result: ``protocol``, ``metric_name`` (top1_k20), ``metric``, per-k numbers, ``per_seed``.
     """
-    from franca.eval.classification_data import classification_inputs
-    from franca.eval.stats import mean_std
 
     inputs = classification_inputs(
         model,

@@ -27,7 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from franca.eval.classification_data import classification_inputs, train_augment_transform
 from franca.eval.common import protocol_entry
+from franca.eval.features import batch_features
+from franca.eval.stats import mean_std
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +216,6 @@ def evaluate(
     toy set). `batch_size` is the images per backbone pass, as in every protocol (`EvalArgs`);
     `probe_batch_size` is the classifiers' batch (learning rates scale by it / 256).
     """
-    from franca.eval.classification_data import classification_inputs, train_augment_transform
-    from franca.eval.stats import mean_std
 
     # With augment the train features are computed afresh every epoch, so none are cached.
     inputs = classification_inputs(
@@ -315,8 +316,6 @@ def _augmented_batches(
     import copy
 
     from torch.utils.data import DataLoader
-
-    from franca.eval.features import batch_features
 
     aug_set = copy.copy(train_set)
     if not hasattr(aug_set, "transform"):

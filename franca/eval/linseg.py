@@ -30,7 +30,10 @@ from franca.eval.dense import (
     to_tensor,
 )
 from franca.eval.metrics import StreamingConfusion, per_class_iou
+from franca.eval.stats import mean_std
+from franca.utils.device import resolve_device
 from franca.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from franca.utils.progress import progress as tqdm
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +265,6 @@ def train_head(
 ) -> LinearHead:
     """Train the BN + 1×1 head (fp32) on frozen features (backbone in `precision`): CE (ignore 255) on
     logits bilinearly upsampled to the crop, poly LR (power 1) stepped per epoch."""
-    from franca.utils.progress import progress as tqdm
 
     torch.manual_seed(seed)
     head = LinearHead(int(model.embed_dim), num_classes).to(device)
@@ -321,9 +323,6 @@ def evaluate(
     `dataset_name` (ADE20K read with reduce_zero_label); None: the toy set. `size` is the training crop and
     sliding-window side (default: `config.crop`, 518). The batch is `config.batch_size`, the head's training
     crops per step, which the backbone also runs on (no separate `batch_size`). Mean and std over `seeds`."""
-    from franca.eval.stats import mean_std
-    from franca.utils.device import resolve_device
-    from franca.utils.progress import progress as tqdm
 
     device = resolve_device(device)
     cfg = config or LinsegConfig.for_dataset(dataset_name)

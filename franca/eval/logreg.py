@@ -27,7 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from franca.eval.classification_data import MEAN_PER_CLASS, classification_inputs
 from franca.eval.common import protocol_entry
+from franca.eval.stats import mean_std
+from franca.utils.device import resolve_device
+from franca.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +126,6 @@ def logreg_protocol(
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """Choose C on a held-out share of train, refit on all of train, score test (§4 default path)."""
-    from franca.utils.device import resolve_device
 
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -141,9 +144,7 @@ def logreg_protocol(
     init = None
     it: Any = Cs
     if show_progress:
-        from franca.utils.progress import progress as tqdm
-
-        it = tqdm(Cs, desc="logreg C grid", unit="C")
+        it = progress_bar(Cs, desc="logreg C grid", unit="C")
     for C in it:
         W, b = fit_logreg(xtr[fit], ytr[fit], C, K, max_iter=max_iter, init=init)
         init = (W, b)
@@ -191,8 +192,6 @@ def evaluate(
     Caltech-101 and Flowers and top-1 otherwise (SimCLR convention). Each seed reshuffles the held-out
     split (the reference uses seed 0).
     """
-    from franca.eval.classification_data import MEAN_PER_CLASS, classification_inputs
-    from franca.eval.stats import mean_std
 
     inputs = classification_inputs(
         model,

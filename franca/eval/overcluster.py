@@ -23,7 +23,10 @@ import torch.nn.functional as F
 from franca.eval.common import is_pair, protocol_entry
 from franca.eval.dense import as_segmentation, dataset_info, patch_features, resized_loader
 from franca.eval.metrics import MatchMode, StreamingConfusion, matched_miou
+from franca.eval.stats import mean_std
+from franca.utils.device import resolve_device
 from franca.utils.grid import round_to_patch
+from franca.utils.progress import progress as tqdm
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,6 @@ def extract_tokens(
 ) -> tuple[np.ndarray, tuple[int, int], torch.Tensor]:
     """Patch tokens of every image (N·h·w, D) float32 (forward in `precision`), the grid (h, w), and the
     masks resized (nearest, via S×S as Leopart does) to mask_size² as (N, mask_size, mask_size) int64."""
-    from franca.utils.progress import progress as tqdm
 
     feats, masks, grid = [], [], (0, 0)
     loader = resized_loader(dataset, size, batch_size, num_workers)
@@ -153,8 +155,6 @@ def overcluster_scores(
 ) -> dict:
     """The pure core: tokens (N·h·w, D) → {K: {"miou": mean_std, "per_class_iou": mean over seeds,
     "matching": the mode used}} (see `matching_mode` for `matching` and `refine_hungarian`)."""
-    from franca.eval.stats import mean_std
-    from franca.utils.progress import progress as tqdm
 
     _check_settings(ks, pca_dim, niter, nredo)
     z = standardize_pca(tokens, pca_dim)
@@ -201,7 +201,6 @@ def evaluate(
     `ks` entries of None mean "the class count". The headline `metric` is the mIoU (mean over
     seeds) at the first K. `matching`: "leopart" or "hungarian-below" (see `matching_mode`).
     """
-    from franca.utils.device import resolve_device
 
     _check_matching(matching)  # before the feature pass, not after it
     _check_settings(ks, pca_dim, niter, nredo)

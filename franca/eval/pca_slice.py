@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 
+from franca.eval.classification_data import classification_inputs
 from franca.eval.common import protocol_entry
+from franca.eval.linear import LR_GRID, feature_batches, train_linear_grid
+from franca.eval.stats import mean_std
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +84,6 @@ def evaluate(
     toy set). `batch_size` is the images per backbone pass (`EvalArgs`), `probe_batch_size` the linear
     probe's batch.
     """
-    from franca.eval.classification_data import classification_inputs
-    from franca.eval.linear import LR_GRID, feature_batches, train_linear_grid
-    from franca.eval.stats import mean_std
 
     lrs = tuple(lrs) if lrs is not None else LR_GRID
     inputs = classification_inputs(

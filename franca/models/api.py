@@ -37,7 +37,11 @@ from franca.models.dinov3 import (
     is_dinov3_state,
 )
 from franca.models.gated import find_gated_file
+from franca.models.hf import export_hf_folder
+from franca.models.hub import fetch_rasa, fetch_release
+from franca.models.releases import get_release, is_release
 from franca.models.sizes import SIZES, size_config
+from franca.models.timm_wrap import build_timm_backbone
 from franca.models.weights import (
     describe_shape,
     export_safetensors,
@@ -58,8 +62,6 @@ def build_backbone(name: str, **overrides: Any) -> nn.Module:
     """A randomly initialised backbone of the named size (`vitt8`, `vits14`, …, a DINOv3 layout such as
     `dinov3_vits16`, or `timm:NAME`)."""
     if name.startswith(TIMM_PREFIX):
-        from franca.models.timm_wrap import build_timm_backbone
-
         model = build_timm_backbone(name[len(TIMM_PREFIX) :], **overrides)
     elif name in DINOV3_SIZES:
         model = _build_dinov3(name, overrides)
@@ -112,12 +114,9 @@ def load_backbone(
     not record them.
     """
     label = None
-    from franca.models.releases import get_release, is_release
 
     release = None
     if name is not None and is_release(name):
-        from franca.models.hub import fetch_rasa, fetch_release
-
         rel = get_release(name)
         if weights is not None:
             # a file of that release (e.g. the user's own copy): its architecture must be the release's
@@ -134,8 +133,6 @@ def load_backbone(
     if weights is None:
         raise ValueError(no_weights_message(name))
     if name is not None and name.startswith(TIMM_PREFIX):
-        from franca.models.timm_wrap import build_timm_backbone
-
         model = build_timm_backbone(name[len(TIMM_PREFIX) :], weights=weights, **overrides)
     else:
         model = _load_file(name, weights, overrides, release)
@@ -296,7 +293,6 @@ def _template_size(shape: dict[str, Any], saved: dict[str, Any]) -> str:
 def _check_release_shape(release: Any, weights: str | Path, shape: dict[str, Any]) -> None:
     """A released name given with a file must describe it: width, patch size, depth and registers of the
     release (DINOv2 `*_reg`: 4 registers; the others none), else an error naming both."""
-    from franca.models.weights import describe_shape
 
     want = {k: size_config(release.size)[k] for k in ("embed_dim", "patch_size", "depth")}
     want["num_register_tokens"] = 4 if release.name.endswith("_reg") else 0
@@ -344,7 +340,6 @@ def _num_heads(base: str, embed_dim: int | None, saved: dict[str, Any]) -> int:
 
 def weights_label(name: str | None = None, weights: str | Path | None = None, random_init: bool = False) -> str:
     """What names the weights in results and figures: the release name, the file name, or "random init"."""
-    from franca.models.releases import is_release
 
     if weights is not None:
         return Path(weights).name
@@ -378,7 +373,6 @@ def export_hf(model: nn.Module, out_dir: str | Path) -> Path:
     What transformers cannot express raises a UserError naming the part; what holds only at the export grid
     (a position interpolation rule transformers does not have) or travels beside the weights (RASA) is a
     UserWarning."""
-    from franca.models.hf import export_hf_folder
 
     path, notes = export_hf_folder(model, out_dir)
     for note in notes:

@@ -31,6 +31,9 @@ from timm.layers import DropPath, GluMlp, LayerNorm, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
+from franca.models.pos_resample import resample_pos_embed_traceable
+from franca.models.preprocess import default_pretrained_cfg
+
 FFN_TYPES = ("swiglu", "mlp")
 
 
@@ -281,8 +284,6 @@ class DinoVisionTransformer(RasaProjection, VisionTransformer):
         """
         pos = self.pos_embed
         if torch.compiler.is_exporting() or torch.jit.is_tracing():
-            from franca.models.pos_resample import resample_pos_embed_traceable
-
             return resample_pos_embed_traceable(pos, h0, w0, self.interpolate_offset, self.interpolate_antialias).to(
                 dtype
             )
@@ -471,7 +472,6 @@ class DinoVisionTransformer(RasaProjection, VisionTransformer):
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
         """timm-style preprocessing facts (mean, std, input size, crop); see `franca.transforms`."""
-        from franca.models.preprocess import default_pretrained_cfg
 
         return {**default_pretrained_cfg(self), **self.__dict__.get("_pretrained_cfg_extra", {})}
 

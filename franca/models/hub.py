@@ -592,7 +592,7 @@ def fetch_release(name: str | Release, *, base_url: str | None = None, progress:
     """Local path of a released backbone (downloaded on first use); for split archives the first part."""
     rel = name if isinstance(name, Release) else get_release(name)
     if rel.gated:  # granted on request: never downloaded, only looked for where it belongs
-        from franca.models.gated import find_gated_file  # gated builds on this module
+        from franca.models.gated import find_gated_file  # lazy: cycle with franca.models.gated
 
         return find_gated_file(rel)
     folder = cache_dir()

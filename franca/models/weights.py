@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from franca.models.dinov3 import describe_dinov3, dinov3_arch_from_state, is_dinov3_state
 from franca.models.hf import is_hf_folder, read_hf_backbone
+from franca.models.sizes import SIZES
 from franca.utils.files import set_normal_mode
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,6 @@ def _training_config_arch(obj: Any) -> dict[str, Any]:
     arch = {k: model[k] for k in ("embed_dim", "num_heads") if model.get(k) is not None}
     name = model.get("arch")
     if isinstance(name, str) and not name.startswith("timm:"):
-        from franca.models.sizes import SIZES
-
         if name in SIZES:  # training builds the named size: its interpolation rule holds, registers or not
             arch["name"] = name
             arch.setdefault("num_heads", SIZES[name]["num_heads"])

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from franca.eval.features import patch_tokens
 from franca.models.rasa_fold import gram_schmidt_2d, removal_projection
 from franca.rasa.probe import (
     PositionProbe,
@@ -38,6 +39,7 @@ from franca.rasa.probe import (
     r2_score,
 )
 from franca.rasa.removal import apply_projection, position_targets, restrict_to_complement
+from franca.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,6 @@ def extract_patch_tokens(
 ) -> torch.Tensor:
     """Final normalised patch tokens (B, N, D) of a frozen backbone, float32, from a forward in `precision`
     (`franca.eval.features.patch_tokens`)."""
-    from franca.eval.features import patch_tokens
 
     if isinstance(images, (list, tuple)):
         images = images[0]
@@ -391,8 +392,4 @@ def _stage_predictor_r2(probe: PositionProbe, W: torch.Tensor, P_before: torch.T
 def _progress(total: int | None, desc: str, enabled: bool):
     if not enabled:
         return None
-    try:
-        from franca.utils.progress import progress as tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
+    return progress_bar(total=total, desc=desc, leave=False)

@@ -26,7 +26,9 @@ from torch import nn
 
 from franca.losses.centering import SoftmaxCentering
 from franca.losses.franca_loss import FrancaLoss
+from franca.models.api import build_backbone
 from franca.models.dinov3 import DINOV3_SIZES
+from franca.models.heads import MatryoshkaHead
 from franca.train.config import FrancaTrainConfig, HeadConfig
 from franca.train.data import multicrop_params
 from franca.train.distill import (
@@ -69,7 +71,6 @@ def backbone_overrides(cfg: FrancaTrainConfig) -> dict[str, Any]:
 
 
 def build_head(h: HeadConfig, in_dim: int) -> nn.Module:
-    from franca.models.heads import MatryoshkaHead
 
     return MatryoshkaHead(
         in_dim,
@@ -89,7 +90,6 @@ def build_models(
 ) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
     """(student, teacher) as {"backbone", "dino_head", "ibot_head"} on `device`; teacher frozen. `init`: load
     `train.init_from` (False when a checkpoint is about to be restored over the weights)."""
-    from franca.models.api import build_backbone
 
     backbone = build_backbone(cfg.model.arch, **backbone_overrides(cfg))
     if cfg.crops.global_crops_size % backbone.patch_size:

@@ -15,7 +15,8 @@ from typing import Any, Optional
 
 from franca.models.dinov3 import is_dinov3_state
 from franca.models.weights import read_backbone_state_dict
-from franca.train.config import FrancaTrainConfig, flatten, load_config
+from franca.train.checkpoint import load_checkpoint
+from franca.train.config import FrancaTrainConfig, flatten, load_config, to_dict
 from franca.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ _NOT_INHERITED = ("model.img_size", "dino.loss_weight", "ibot.head.loss_weight")
 
 def read_checkpoint_model(path: str | Path) -> tuple[Optional[dict[str, Any]], int]:
     """(saved config or None, patch size) of a training checkpoint, read memory-mapped."""
-    from franca.train.checkpoint import load_checkpoint
 
     try:
         ckpt = load_checkpoint(path, mmap=True)
@@ -106,7 +106,6 @@ def stage_config(
 
 
 def _as_dict(cfg: FrancaTrainConfig) -> dict[str, Any]:
-    from franca.train.config import to_dict
 
     return to_dict(cfg)
 

@@ -27,9 +27,11 @@ from torch import nn
 
 from franca.models.api import file_arch
 from franca.models.backbone import resize_pos_embed
-from franca.models.dinov3 import DINOV3_SIZES, Dinov3VisionTransformer
+from franca.models.dinov3 import DINOV3_SIZES, Dinov3VisionTransformer, ffn_hidden_width
 from franca.models.heads import HeadLayout, head_layout, head_state_keys
-from franca.models.sizes import size_config
+from franca.models.hub import fetch_release
+from franca.models.releases import get_release, is_release
+from franca.models.sizes import SIZES, size_config
 from franca.models.weights import HEAD_NAMES, WeightsFile, load_weights_into, read_weights
 from franca.train.config import FrancaTrainConfig, flatten, load_config, to_dict
 from franca.utils.errors import UserError
@@ -90,11 +92,8 @@ _MEMO: dict[tuple, InitSource] = {}
 def resolve_spec(spec: str) -> tuple[Path, str]:
     """(local file, label) of a released name (fetched into the cache once; a gated one only looked for) or a
     path."""
-    from franca.models.releases import get_release, is_release
 
     if is_release(spec):
-        from franca.models.hub import fetch_release
-
         rel = get_release(spec)
         return Path(fetch_release(rel)), rel.name
     path = Path(spec).expanduser()
@@ -199,8 +198,6 @@ def _model_keys(base: str | None, kwargs: dict[str, Any], family: str, label: st
         }
     )
     if family == "dinov3" and keys["model.ffn_hidden_dim"] is None:
-        from franca.models.dinov3 import ffn_hidden_width
-
         keys["model.ffn_hidden_dim"] = ffn_hidden_width(full["embed_dim"], full["ffn"], full["ffn_ratio"])
     return keys
 
@@ -333,6 +330,5 @@ def _put(d: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _all_sizes() -> set[str]:
-    from franca.models.sizes import SIZES
 
     return set(SIZES) | set(DINOV3_SIZES)

@@ -25,11 +25,24 @@ import torch
 
 from franca.train import checkpoint as ckpt_io
 from franca.train import runfolder
+from franca.train.build import build_models, build_objective
 from franca.train.config import FrancaTrainConfig, dump_yaml, to_dict
+from franca.train.data import build_pretrain_data
+from franca.train.distributed import compile_modules, fsdp_shard, sync_batchnorm, wrap_student
+from franca.train.ema import teacher_student_pairs, update_ema
+from franca.train.init import describe_init, read_init
+from franca.train.knn_probe import build_probe
+from franca.train.metrics import MetricsLogger
 from franca.train.objective import ObjectivePart, PartContext, StepInputs
-from franca.train.schedules import Lengths, Schedules
+from franca.train.optim import apply_schedule, build_optimizer, build_param_groups, clip_gradients
+from franca.train.runlock import RunLock
+from franca.train.schedules import Lengths, Schedules, derive_lengths
+from franca.train.step import StudentForward
 from franca.utils import distributed as dist_utils
+from franca.utils.device import autocast_context, resolve_device, resolve_precision
 from franca.utils.errors import UserError, write_failed
+from franca.utils.results import write_json
+from franca.utils.seed import seed_all
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +85,6 @@ class Trainer:
         (or sections) --resume may change; `synthetic_dataset_size`: skip building the data loader
         (benchmarks feed their own batches); `extra_parts`: objective parts added to those the config
         builds (franca.train.objective)."""
-        from franca.train.build import build_models, build_objective
-        from franca.train.data import build_pretrain_data
-        from franca.train.distributed import compile_modules, fsdp_shard, sync_batchnorm, wrap_student
-        from franca.train.optim import build_optimizer, build_param_groups
-        from franca.train.step import StudentForward
-        from franca.utils.device import resolve_device, resolve_precision
-        from franca.utils.seed import seed_all
 
         self.cfg, self.quiet = cfg, quiet
         self.device = resolve_device(cfg.train.device)
@@ -103,8 +109,6 @@ class Trainer:
             self.state.elapsed_before = float(extra.get("elapsed", 0.0))
 
         if cfg.train.init_from and cfg.train.init_heads is None and loaded is None:
-            from franca.train.init import read_init
-
             cfg.train.init_heads = bool(
                 read_init(cfg.train.init_from, cfg.model.num_heads).head_layouts
             )  # saved resolved
@@ -126,7 +130,6 @@ class Trainer:
             dataset_size = self.data.dataset_size
         else:
             self.data, dataset_size = None, synthetic_dataset_size
-        from franca.train.schedules import derive_lengths
 
         self.lengths: Lengths = derive_lengths(cfg, dataset_size, self.world)
         self.schedules = Schedules(cfg, self.lengths)
@@ -167,7 +170,6 @@ class Trainer:
         may_skip = cfg.ibot.mask_sample_probability * 2 * cfg.train.batch_size_per_gpu < 1
         may_skip = may_skip or not (forward.run_dino_head and forward.run_ibot_head)
         self.student_forward = wrap_student(forward, cfg.train.parallel, self.device, self.world, may_skip)
-        from franca.train.ema import teacher_student_pairs
 
         self.ema_pairs = [teacher_student_pairs(self.teacher[k], self.student[k]) for k in self.student]
         if loaded is not None:
@@ -249,9 +251,6 @@ class Trainer:
     def step(self, batch: dict[str, Any], i: int) -> dict[str, torch.Tensor]:
         """One optimisation step at iteration i; returns `total`, the objective's values and the gradient
         norms (device tensors)."""
-        from franca.train.ema import update_ema
-        from franca.train.optim import apply_schedule, clip_gradients
-        from franca.utils.device import autocast_context
 
         v = self.schedules.at(i)
         apply_schedule(self.optimizer, v)
@@ -286,7 +285,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def knn(self, which: str) -> Optional[dict]:
-        from franca.train.knn_probe import build_probe
 
         if not self.cfg.train.knn_eval or not self.is_main:
             return None
@@ -300,7 +298,6 @@ class Trainer:
         return res
 
     def run(self) -> dict[str, Any]:
-        from franca.train.metrics import MetricsLogger
 
         cfg, st = self.cfg, self.state
         total = self.lengths.total
@@ -372,8 +369,6 @@ class Trainer:
         knn_final = self.knn("trained")
         summary = self._summary(wall, knn_final, stop_reason)
         if self.is_main:
-            from franca.utils.results import write_json
-
             try:
                 write_json(self.out_dir / "summary.json", summary)  # numbers rounded, library versions named
             except OSError as exc:
@@ -427,7 +422,6 @@ class Trainer:
         )
 
     def _announce(self) -> None:
-        from franca.train.init import describe_init
 
         n = self.lengths
         init = describe_init(self.cfg, n.freeze_backbone, n.total)
@@ -520,7 +514,6 @@ def train(
     The output folder is locked for the run (one run per folder); a folder that holds a run needs
     `resume` (continue it) or `overwrite` (replace it). `extra_parts`: objective parts added to those the
     config builds (franca.train.objective)."""
-    from franca.train.runlock import RunLock
 
     out_dir = Path(cfg.train.output_dir)
     main_process = dist_utils.rank_and_world()[0] == 0  # before the process group exists

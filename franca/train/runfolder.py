@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from franca.train import checkpoint as ckpt_io
 from franca.train.config import FrancaTrainConfig, config_changes, key_allowed
+from franca.train.metrics import read_metrics
 from franca.train.schedules import Lengths
 from franca.utils.errors import UserError
 
@@ -112,7 +113,6 @@ def describe_existing_run(out_dir: Path) -> str:
         return f"{state}, checkpoint at iteration {s['iterations']} of {s['planned_iterations']}"
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    from franca.train.metrics import read_metrics
 
     try:
         rows = read_metrics(metrics, skip_broken=True) if metrics.exists() else []

@@ -22,6 +22,7 @@ from franca.data.images import open_image
 from franca.models.preprocess import transforms as preprocess
 from franca.models.preprocess import unnormalise
 from franca.utils.device import autocast_context, resolve_precision
+from franca.utils.progress import progress as bar
 from franca.viz.common import colormap, image_label, model_title, save_figure, to_uint8
 
 
@@ -93,7 +94,6 @@ def attention_figure(
     The backbone runs in ``precision`` (named in the subtitle).
     Returns {"path", "maps" (n_images, heads, h, w) as a tensor, "size" (W, H), "n_drawn", "precision"}.
     """
-    from franca.utils.progress import progress as bar
 
     p = model.patch_size
     size = image_size or (480 if p >= 14 else 16 * p)

@@ -20,6 +20,8 @@ from franca.data.images import open_image
 from franca.models.preprocess import transforms as preprocess
 from franca.utils.device import autocast_context, resolve_precision
 from franca.utils.plotting import pyplot
+from franca.utils.progress import progress as tqdm
+from franca.utils.results import write_json
 
 
 @torch.no_grad()
@@ -48,7 +50,6 @@ def layerwise_max_norm(
 ) -> dict[str, Any]:
     """Mean (and max, std) over images of the per-image max token norm, for each block, from a forward in
     `precision` (recorded as `precision`)."""
-    from franca.utils.progress import progress as tqdm
 
     p = model.patch_size
     size = image_size or (224 if p >= 14 else 8 * p)
@@ -111,6 +112,5 @@ def plot_norms(
 
 def write_norms_json(curves: dict[str, dict[str, Any]], out: str | Path) -> Path:
     """The curves as JSON (floats to 6 significant digits, library versions named)."""
-    from franca.utils.results import write_json
 
     return write_json(out, {"protocol": "token_norms", "backbones": curves})

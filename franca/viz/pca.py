@@ -26,6 +26,7 @@ from franca.data.images import open_image
 from franca.models.preprocess import transforms as preprocess
 from franca.models.preprocess import unnormalise
 from franca.utils.device import autocast_context, resolve_precision
+from franca.utils.progress import progress as bar
 from franca.viz.common import image_label, model_title, save_figure, to_uint8
 
 
@@ -105,7 +106,6 @@ def pca_figure(
 
     ``use_rasa`` shows the RASA-cleaned tokens (``patch_token_rasa``) instead of ``x_norm_patchtokens``.
     """
-    from franca.utils.progress import progress as bar
 
     p = model.patch_size
     size = image_size or (448 if p >= 14 else 16 * p)

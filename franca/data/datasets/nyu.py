@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from franca.data.datasets.folder import CorruptImageError, require_dir, require_file
 from franca.data.datasets.transforms import JointToTensor
 from franca.data.images import open_image
+from franca.data.toy import builtin_toy
 
 
 def _depth_image(depth_m: np.ndarray, max_depth: float) -> Image.Image:
@@ -216,8 +217,6 @@ def nyu_splits(root: str | os.PathLike | None) -> tuple[Dataset, Dataset]:
     (``.pkl``) are refused with an error saying how to convert one: reading a pickle can run code.
     """
     if root is None:
-        from franca.data.toy import builtin_toy
-
         root = builtin_toy()
     root = Path(root)
     suffix = root.suffix.lower()

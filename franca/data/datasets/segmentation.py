@@ -16,7 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 from franca.data.datasets.ade20k import ADE20K
 from franca.data.datasets.coco import COCO_THING_SUPERCATEGORIES, COCOThings
 from franca.data.datasets.pairs import raw_pair
-from franca.data.datasets.voc import VOC_CLASSES, VOCSegmentation
+from franca.data.datasets.voc import VOC_CLASSES, VOCSegmentation, find_voc_layout
+from franca.data.toy import builtin_toy
 
 __all__ = ["COCO_THING_SUPERCATEGORIES", "DATASETS", "VOC_CLASSES", "SegmentationSet", "build_segmentation"]
 
@@ -53,7 +54,6 @@ def build_segmentation(
     if root is None:
         if dataset != "voc":
             raise ValueError(f"--data is required for {dataset}; only the VOC-layout toy set is built in")
-        from franca.data.toy import builtin_toy
 
         root = builtin_toy()
     root = Path(root)
@@ -81,7 +81,6 @@ def build_segmentation(
 
 def _other_layout(root: Path, dataset: str) -> str | None:
     """The data set whose layout `root` holds when it is not `dataset`'s (for the error), else None."""
-    from franca.data.datasets.voc import find_voc_layout
 
     looks = {
         "ade20k": (root / "ADEChallengeData2016").is_dir() or (root / "annotations" / "training").is_dir(),
