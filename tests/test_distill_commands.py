@@ -100,3 +100,28 @@ def test_features_figures_and_rasa_run_on_the_distilled_student(tmp_path, toy, s
                  "--heldout-fraction", "0.7", "--iterations", "1", "--max-steps", "10", "--window", "5",
                  "--probe-max-steps", "10", "--out", str(out)]) == 0  # fmt: skip
     assert franca.load_backbone(weights=out).rasa_proj is not None
+
+
+def test_a_timm_student_distils_features_and_its_checkpoint_is_read(student, tmp_path, capsys):
+    """`--student timm:NAME`: a timm ViT has no mask token, so `auto` takes feature distillation (said once) and
+    `distill.mode=heads` is refused; the run's checkpoint (no mask token in it) is read by the evaluations
+    and export like any other."""
+    ckpt, _ = student
+    teacher = ckpt.parents[1] / "teacher" / "checkpoint.pth"
+    data = ckpt.parents[1] / "images"
+    args = ["distill", "--teacher", str(teacher), "--student", "timm:vit_tiny_patch16_224", "model.depth=1"]
+    args += ["--data", str(data), *SMALL, "crops.global_crops_size=32", "crops.local_crops_size=16"]
+    assert main([*args, "--out", str(tmp_path / "h"), "distill.mode=heads", "train.iterations=1"]) != 0
+    assert "has none: use features" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "t"), "--quiet", "train.iterations=1"]) == 0
+    assert "no mask token: feature distillation" in capsys.readouterr().err
+    saved = torch.load(tmp_path / "t" / "checkpoint.pth", weights_only=True)
+    assert saved["config"]["distill"]["mode"] == "features" and not any("mask_token" in k for k in saved["teacher"])
+    model = franca.load_backbone(weights=tmp_path / "t" / "checkpoint.pth")
+    assert (model.embed_dim, model.patch_size, model.n_blocks) == (192, 16, 1)
+    out = tmp_path / "r.json"
+    assert main(["eval", "knn", "--weights", str(tmp_path / "t" / "checkpoint.pth"), "--size", "32", "--quiet"]
+                + ["--out", str(out)]) == 0  # fmt: skip
+    assert math.isfinite(json.loads(out.read_text())["metric"])
+    assert main(["export", "--weights", str(tmp_path / "t" / "checkpoint.pth"), "--out", str(tmp_path / "s.safetensors"),
+                 "--quiet"]) == 0  # fmt: skip

@@ -44,7 +44,7 @@ class TimmBackbone(nn.Module):
         self.rasa_proj = None if P is None else P.detach().float().clone()
 
     def _tokens(self, x: Tensor, masks: Tensor | None) -> Tensor:
-        if masks is not None:
+        if masks is not None and bool(masks.any()):  # an all-False mask (no token masked) changes nothing
             raise ValueError(f"timm:{self.name} has no mask token; masks are not supported")
         p = self.patch_size
         if x.shape[-2] % p or x.shape[-1] % p:

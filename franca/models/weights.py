@@ -398,6 +398,10 @@ def load_weights_into(model: nn.Module, state: Mapping[str, Tensor], source: str
     """Strictly load `state` into `model`; missing/unexpected keys and shape mismatches are named."""
     own = model.state_dict()
     optional = {"rasa_proj"}  # created on load when present (see DinoVisionTransformer)
+    if "mask_token" in own and "mask_token" not in state and "cls_token" in state:
+        # a backbone trained without masking (a timm ViT, a feature-distilled student) has no mask token; it
+        # only replaces masked tokens in training, so the model's own (zeros) is kept
+        state = {**state, "mask_token": own["mask_token"]}
     missing = [k for k in own if k not in state and k not in optional]
     unexpected = [k for k in state if k not in own and k not in optional]
     shapes = [

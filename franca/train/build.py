@@ -26,7 +26,7 @@ from torch import nn
 
 from franca.losses.centering import SoftmaxCentering
 from franca.losses.franca_loss import FrancaLoss
-from franca.models.api import build_backbone
+from franca.models.api import TIMM_PREFIX, build_backbone
 from franca.models.dinov3 import DINOV3_SIZES
 from franca.models.heads import MatryoshkaHead
 from franca.train.config import FrancaTrainConfig, HeadConfig
@@ -52,6 +52,8 @@ def backbone_overrides(cfg: FrancaTrainConfig) -> dict[str, Any]:
     """`build_backbone` keyword arguments of the config's model section (a DINOv3 layout takes its register
     tokens as `n_storage_tokens` and has no position-table interpolation)."""
     m = cfg.model
+    if m.arch.startswith(TIMM_PREFIX):
+        return _timm_overrides(cfg)
     dinov3 = m.arch in DINOV3_SIZES
     out: dict[str, Any] = {
         "img_size": m.img_size or cfg.crops.global_crops_size,
@@ -65,6 +67,25 @@ def backbone_overrides(cfg: FrancaTrainConfig) -> dict[str, Any]:
     elif m.interpolate_offset is not None or m.interpolate_antialias is not None:
         raise ValueError(f"model.interpolate_* do not apply to {m.arch}: a DINOv3 layout has no position table")
     for k in keys:
+        if getattr(m, k) is not None:
+            out[k] = getattr(m, k)
+    return out
+
+
+def _timm_overrides(cfg: FrancaTrainConfig) -> dict[str, Any]:
+    """timm's own keyword names for a `timm:NAME` model (a distillation student): the crop size, drop path,
+    LayerScale (`init_values`), registers (`reg_tokens`) and any width, depth, heads or patch the config sets."""
+    m = cfg.model
+    if m.ffn not in (None, "mlp") or m.ffn_hidden_dim is not None:
+        raise ValueError(f"model.ffn / model.ffn_hidden_dim do not apply to {m.arch}: timm builds its own MLP")
+    if m.interpolate_offset is not None or m.interpolate_antialias is not None:
+        raise ValueError(f"model.interpolate_* do not apply to {m.arch}: timm resamples its own position table")
+    out: dict[str, Any] = {"img_size": m.img_size or cfg.crops.global_crops_size, "drop_path_rate": m.drop_path_rate}
+    if m.layerscale_init is not None:
+        out["init_values"] = m.layerscale_init
+    if m.num_register_tokens:
+        out["reg_tokens"] = m.num_register_tokens
+    for k in ("embed_dim", "depth", "num_heads", "patch_size"):
         if getattr(m, k) is not None:
             out[k] = getattr(m, k)
     return out

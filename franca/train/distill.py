@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from franca.losses.feature_distill import feature_distill_loss, resample_grid
-from franca.models.api import load_backbone
+from franca.models.api import TIMM_PREFIX, load_backbone
 from franca.models.releases import is_release
 from franca.models.sizes import SIZES
 from franca.train.config import DistillConfig, FrancaTrainConfig, HeadConfig, from_dict, load_config
@@ -409,10 +409,18 @@ def distill_config(
                         "crops.%s %d -> %d (a multiple of the student's patch size %d)", name, size, rounded, patch
                     )
                     implied.setdefault("crops", {})[name] = rounded
-    heads = None if base.distill.mode == "features" else teacher_head_config(str(teacher))
+    mode = base.distill.mode
+    if student and student.startswith(TIMM_PREFIX):  # a timm ViT has no mask token: no iBOT, so no heads mode
+        if mode == "heads":
+            raise UserError(f"distill.mode=heads needs a student with a mask token; {student} has none: use features")
+        if mode == "auto":
+            log.info("%s has no mask token: feature distillation (distill.mode=features)", student)
+            mode = "features"
+            implied["distill"]["mode"] = "features"
+    heads = None if mode == "features" else teacher_head_config(str(teacher))
     if heads is not None:
         implied["dino"], implied["ibot"] = heads["dino"], dict(heads["ibot"])
-    elif base.distill.mode == "heads":
+    elif mode == "heads":
         raise UserError(
             f"distill.mode=heads: the teacher {teacher!r} has no DINO/iBOT heads (only this project's training "
             "checkpoints carry them); use distill.mode=features (or auto)"
