@@ -6,8 +6,10 @@ commands share two more families, defined once here: the classification protocol
 logreg, PCA slicing: ImageFolder data, feature cache, a text table) and the dense protocols'
 (overclustering, in-context, linear segmentation: a data set name and its official layout).
 
-The library packages (models, data, eval, viz) and torch are imported inside the functions that run a
-command, as in every command module, so that building the parser (`franca --help`) does not load them.
+The library packages (models, data, eval, train, viz, and through them timm, transformers, onnx) are imported
+inside the functions that run a command, as in every command module, so that building the parser (`franca
+--help`) does not load every protocol and model; torch itself is loaded (`franca.utils.device`, the precision
+flag's rule).
 """
 
 from __future__ import annotations
