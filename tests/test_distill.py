@@ -311,3 +311,47 @@ def test_module_inputs_are_checked_and_join_the_needs() -> None:
         Objective([_Proj({"other": "global_patch_tokens"})])
     with pytest.raises(ValueError, match="reads 'extra', which the student pass does not make"):
         Objective([_Proj({"proj": "extra"})])
+
+
+def test_an_official_franca_file_is_a_teacher_with_its_released_heads(tmp_path, capsys):
+    """A file in the official release layout (a Franca ViT and its two Matryoshka heads, as `--init` reads them):
+    `auto` distils from its heads; the frozen heads give, per level, the logits of an independent
+    re-implementation of the official head; the student's heads get the released shapes; a short run trains."""
+    from helpers.franca_mrl_reference import make_released_head, mrl_head_logits, released_file
+    from helpers.training import make_image_folder
+
+    from franca.cli import main
+    from franca.models.api import build_backbone
+    from franca.train.build import build_head
+    from franca.train.distill import load_teacher, teacher_head_config
+
+    torch.manual_seed(3)
+    d, k = 64, 256
+    backbone = build_backbone("vitt4", embed_dim=d, depth=2, num_heads=1, img_size=16).state_dict()
+    heads = {
+        "dino_head": make_released_head(d, k, 32, 16, 2, seed=1),
+        "ibot_head": make_released_head(d, k // 2, 32, 16, 2, seed=2),
+    }
+    path = tmp_path / "franca_release.pth"
+    torch.save(released_file(backbone, heads, block_chunks=2), path)
+    shapes = teacher_head_config(str(path))
+    assert (
+        shapes is not None and shapes["dino"]["n_prototypes"] == k and shapes["ibot"]["head"]["n_prototypes"] == k // 2
+    )
+    assert shapes["dino"]["mode"] == "projection" and shapes["dino"]["nlayers"] == 2
+    teacher = load_teacher(str(path), head_builder=build_head)
+    assert teacher.heads is not None
+    x = torch.randn(5, d)
+    for name in ("dino_head", "ibot_head"):
+        for got, want in zip(teacher.heads[name](x), mrl_head_logits(heads[name], x)):
+            torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    data = make_image_folder(tmp_path / "img", n=8, size=16)
+    args = ["distill", "--teacher", str(path), "--student", "vitt4", "model.embed_dim=32", "model.depth=1"]
+    args += ["model.num_heads=2", "--data", str(data), "--out", str(tmp_path / "run"), "train.iterations=2"]
+    args += ["crops.global_crops_size=16", "crops.local_crops_size=8", "crops.local_crops_number=2"]
+    args += ["train.knn_eval=false", "data.num_workers=0", "train.batch_size_per_gpu=4"]
+    assert main(args) == 0
+    said = capsys.readouterr()
+    assert "(frozen, with its heads)" in said.out + said.err
+    saved = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert saved["config"]["dino"]["n_prototypes"] == k and saved["config"]["dino"]["mode"] == "projection"

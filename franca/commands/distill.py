@@ -4,7 +4,7 @@ The teacher is frozen; the student trains on its targets; the student's EMA is t
 teacher entry, which `franca export`, `franca.load_backbone` and every command read). Two modes
 (distill.mode, auto by default):
 
-- a teacher with heads (a training checkpoint of this project): the Franca objective, DINO + iBOT per
+- a teacher with heads (a training checkpoint of this project, an official Franca file): the Franca objective, DINO + iBOT per
   Matryoshka level + KoLeo, against the teacher's own heads' Sinkhorn-Knopp targets, as DINOv2 and DINOv3
   distil their small models; the student gets heads of the teacher's shape;
 - a teacher without heads (DINOv2, DINOv3, an export, a transformers folder, a released name): feature
@@ -44,8 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--teacher",
         required=True,
         metavar="NAME_OR_FILE",
-        help="the frozen teacher: a training checkpoint of this project (its heads are used), a released name, "
-        "a weights file (DINOv2, DINOv3, an export) or a transformers folder (sets distill.teacher)",
+        help="the frozen teacher: a training checkpoint of this project or an official Franca file or released name "
+        "(their heads are used), or any other released name, weights file (DINOv2, DINOv3, an export) or "
+        "transformers folder (sets distill.teacher)",
     )
     p.add_argument(
         "--student",

@@ -43,9 +43,11 @@ from torch import nn
 
 from franca.losses.feature_distill import feature_distill_loss, resample_grid
 from franca.models.api import TIMM_PREFIX, load_backbone
+from franca.models.heads import head_state_keys
 from franca.models.releases import is_release
 from franca.models.sizes import SIZES
 from franca.train.config import DistillConfig, FrancaTrainConfig, HeadConfig, from_dict, load_config
+from franca.train.init import HEAD_SECTIONS, read_init
 from franca.train.objective import StepInputs, StudentOutput, Term
 from franca.train.step import FrancaObjective
 from franca.utils.errors import UserError
@@ -96,10 +98,32 @@ def teacher_head_config(spec: str) -> Optional[dict[str, Any]]:
     """{"dino": {...}, "ibot": {"head": {...}}} of a teacher with heads (the config sections its heads were built
     from), None for a teacher without heads (`franca distill` gives the student heads of the same shape)."""
     ckpt = _training_checkpoint(Path(spec))
-    if ckpt is None or not _has_heads(ckpt["teacher"]):
+    if ckpt is not None and _has_heads(ckpt["teacher"]):
+        cfg = from_dict(dict(ckpt["config"]))
+        return {"dino": _head_dict(cfg.dino), "ibot": {"head": _head_dict(cfg.ibot.head)}}
+    released = _released_heads(spec)
+    if released is None:
         return None
-    cfg = from_dict(dict(ckpt["config"]))
-    return {"dino": _head_dict(cfg.dino), "ibot": {"head": _head_dict(cfg.ibot.head)}}
+    return {"dino": _head_dict(released["dino_head"]), "ibot": {"head": _head_dict(released["ibot_head"])}}
+
+
+def _released_heads(spec: str) -> Optional[dict[str, HeadConfig]]:
+    """The head configs of a file that holds DINO/iBOT heads in another layout this project loads (the official
+    Franca release's Matryoshka heads, read as `franca pretrain --init` reads them); None otherwise."""
+    if not Path(spec).exists() and not is_release(spec):
+        return None
+    try:
+        src = read_init(spec)
+    except (UserError, KeyError, ValueError, OSError):  # not a weights file init reads: backbone only
+        return None
+    if not src.head_layouts:
+        return None
+    keys = src.head_keys
+    out = {}
+    for name, sec in HEAD_SECTIONS.items():
+        prefix = sec + "."
+        out[name] = HeadConfig(**{k[len(prefix) :]: v for k, v in keys.items() if k.startswith(prefix)})
+    return out
 
 
 def _head_dict(h: HeadConfig) -> dict[str, Any]:
@@ -115,9 +139,10 @@ def load_teacher(
 ) -> DistillTeacher:
     """The frozen teacher `distill.teacher` names, on the CPU, in eval mode, without gradients.
 
-    `spec`: a training checkpoint of this project (backbone and, with `with_heads`, its teacher's DINO/iBOT
-    heads, built by `head_builder(head config, width)` from the checkpoint's config), any other weights file
-    or transformers folder `franca.load_backbone` reads, or a released name (backbone only)."""
+    `spec`: a training checkpoint of this project or an official Franca file or name (backbone and, with
+    `with_heads`, the teacher's DINO/iBOT heads, built by `head_builder(head config, width)` from the checkpoint's
+    config or the file's head layout), or any other weights file, transformers folder or released name
+    `franca.load_backbone` reads (backbone only)."""
     path = Path(spec)
     if not path.exists() and not is_release(spec):
         raise UserError(
@@ -139,6 +164,13 @@ def load_teacher(
                 head.load_state_dict(state)
             except RuntimeError as exc:
                 raise UserError(f"distill.teacher={spec!r}: its {name} does not fit its own config ({exc})") from None
+            heads[name] = head
+    elif with_heads and ckpt is None and (released := _released_heads(spec)) is not None:
+        src = read_init(spec)
+        heads = {}
+        for name, hcfg in released.items():
+            head = head_builder(hcfg, backbone.embed_dim)
+            head.load_state_dict(head_state_keys(src.weights.heads[name]), strict=True)
             heads[name] = head
     modules = [backbone, *(heads or {}).values()]
     for m in modules:
@@ -163,8 +195,8 @@ def resolve_mode(cfg: DistillConfig, teacher: DistillTeacher) -> str:
     """'heads' or 'features' for `distill.mode` and this teacher; 'heads' for a teacher without heads is an error."""
     if cfg.mode == "heads" and teacher.heads is None:
         raise UserError(
-            f"distill.mode=heads: the teacher {cfg.teacher!r} has no DINO/iBOT heads (only this project's "
-            "training checkpoints carry them); use distill.mode=features (or auto)"
+            f"distill.mode=heads: the teacher {cfg.teacher!r} has no DINO/iBOT heads (this project's "
+            "training checkpoints and the official Franca files carry them); use distill.mode=features (or auto)"
         )
     if cfg.mode == "auto":
         return "heads" if teacher.heads is not None else "features"
@@ -422,8 +454,8 @@ def distill_config(
         implied["dino"], implied["ibot"] = heads["dino"], dict(heads["ibot"])
     elif mode == "heads":
         raise UserError(
-            f"distill.mode=heads: the teacher {teacher!r} has no DINO/iBOT heads (only this project's training "
-            "checkpoints carry them); use distill.mode=features (or auto)"
+            f"distill.mode=heads: the teacher {teacher!r} has no DINO/iBOT heads (this project's training "
+            "checkpoints and the official Franca files carry them); use distill.mode=features (or auto)"
         )
     else:
         implied.setdefault("ibot", {})["mask_sample_probability"] = 0.0
