@@ -145,3 +145,23 @@ def test_rasa_measures_and_removes_position_from_dinov3_patch_features():
     for probe in ("ridge", "sigmoid"):  # measured: 0.26 → 0.04 (ridge), 0.23 → -0.04 (sigmoid)
         assert res.r2(probe, "final") <= 0.25 * res.r2(probe, "initial"), res.history[-1]["after"]
     print({k: (round(res.r2(k, "initial"), 3), round(res.r2(k, "final"), 3)) for k in ("ridge", "sigmoid")})
+
+
+def test_a_dinov3_file_is_a_distillation_teacher(tmp_path, weights, capsys):
+    """A DINOv3 file (no heads) as the frozen teacher of `franca distill`: feature distillation of its CLS and
+    patch tokens, its patch-16 grid met by a patch-8 student, the student's checkpoint read back."""
+    from helpers.training import make_image_folder
+
+    import franca
+
+    data = make_image_folder(tmp_path / "img", n=8, size=32)
+    args = ["distill", "--teacher", str(weights), "--student", "vitt8", "model.embed_dim=32", "model.depth=1"]
+    args += ["model.num_heads=2", "--data", str(data), "--out", str(tmp_path / "run"), "train.iterations=2"]
+    args += ["train.knn_eval=false", "data.num_workers=0", "train.batch_size_per_gpu=4"]
+    assert main(args) == 0
+    said = capsys.readouterr()
+    assert "feature distillation from" in said.out + said.err
+    saved = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert saved["config"]["distill"]["teacher"] == str(weights) and saved["iteration"] == 2
+    student = franca.load_backbone(weights=tmp_path / "run" / "checkpoint.pth")
+    assert (student.embed_dim, student.patch_size) == (32, 8)
