@@ -74,8 +74,13 @@ def test_timm_wrapper_same_interface(tmp_path):
             assert pa.shape == pb.shape == (1, 384, 16, 16)
             assert (pa - pb).abs().max() < 1e-4 and (ca - cb).abs().max() < 1e-4
         assert (m.get_last_selfattention(x) - w.get_last_selfattention(x)).abs().max() < 1e-5
+    masks = torch.zeros(1, 256, dtype=torch.bool)
+    torch.testing.assert_close(  # a mask that masks nothing is no mask (a student trained without masking)
+        w.forward_features(x, masks=masks)["x_norm_clstoken"], w.forward_features(x)["x_norm_clstoken"]
+    )
+    masks[0, 3] = True
     with pytest.raises(ValueError, match="mask"):
-        w.forward_features(x, masks=torch.zeros(1, 256, dtype=torch.bool))
+        w.forward_features(x, masks=masks)
 
 
 def test_export_command(tmp_path):

@@ -310,6 +310,10 @@ def _extract(
     for k, v in state.items():
         m = _CHUNKED.match(k)
         out[f"blocks.{m.group(2)}.{m.group(3)}" if m else k] = v
+    if prefix.endswith("backbone.vit.") and "mask_token" not in out and "cls_token" in out:
+        # a `timm:NAME` backbone of this project's training checkpoints (a distilled student): timm's ViT keys are
+        # DINOv2's but for the mask token, which only replaces masked tokens in training; zeros, its initial value
+        out["mask_token"] = torch.zeros(1, out["cls_token"].shape[-1], dtype=out["cls_token"].dtype)
     return out, heads
 
 
@@ -398,10 +402,6 @@ def load_weights_into(model: nn.Module, state: Mapping[str, Tensor], source: str
     """Strictly load `state` into `model`; missing/unexpected keys and shape mismatches are named."""
     own = model.state_dict()
     optional = {"rasa_proj"}  # created on load when present (see DinoVisionTransformer)
-    if "mask_token" in own and "mask_token" not in state and "cls_token" in state:
-        # a backbone trained without masking (a timm ViT, a feature-distilled student) has no mask token; it
-        # only replaces masked tokens in training, so the model's own (zeros) is kept
-        state = {**state, "mask_token": own["mask_token"]}
     missing = [k for k in own if k not in state and k not in optional]
     unexpected = [k for k in state if k not in own and k not in optional]
     shapes = [
