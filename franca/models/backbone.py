@@ -31,6 +31,7 @@ from timm.layers import DropPath, GluMlp, LayerNorm, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
+from franca.models.interface import BackboneForward
 from franca.models.pos_resample import resample_pos_embed_traceable
 from franca.models.preprocess import default_pretrained_cfg
 
@@ -163,7 +164,7 @@ class RasaProjection:
         return out
 
 
-class DinoVisionTransformer(RasaProjection, VisionTransformer):
+class DinoVisionTransformer(RasaProjection, BackboneForward, VisionTransformer):
     """DINOv2/Franca ViT with DINOv2 state-dict names and the reference forward semantics."""
 
     def __init__(
@@ -305,18 +306,6 @@ class DinoVisionTransformer(RasaProjection, VisionTransformer):
         grid = grid.permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)
         return torch.cat([pos[:, :1], grid], dim=1).to(dtype)
 
-    def _grid(self, x: Tensor) -> tuple[int, int]:
-        if x.ndim != 4:
-            raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        p = self.patch_size
-        if H % p or W % p:
-            raise ValueError(
-                f"input size {H}x{W} is not a multiple of the patch size {p}; "
-                f"resize or crop to a multiple (e.g. {H // p * p}x{W // p * p})"
-            )
-        return H // p, W // p
-
     def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
         """Patch embed → mask token → CLS → + position → registers: (B, 1+R+N, D)."""
         h0, w0 = self._grid(x)
@@ -357,39 +346,8 @@ class DinoVisionTransformer(RasaProjection, VisionTransformer):
         }
         return self.rasa_output(out) if use_rasa_head else out
 
-    def forward_features(
-        self,
-        x: Tensor | Sequence[Tensor],
-        masks: Tensor | Sequence[Tensor | None] | None = None,
-        use_rasa_head: bool = False,
-    ) -> dict | list[dict]:
-        """Final features of one batch (dict) or of several batches of different sizes (list of dicts)."""
-        if isinstance(x, (list, tuple)):
-            masks_list = list(masks) if isinstance(masks, (list, tuple)) else [masks] * len(x)
-            if len(masks_list) != len(x):
-                raise ValueError(f"got {len(x)} inputs but {len(masks_list)} masks")
-            return [self.forward_features(xi, mi, use_rasa_head) for xi, mi in zip(x, masks_list)]
-        t = self._run_blocks(self.prepare_tokens_with_masks(x, masks))
-        return self._output(t, masks, use_rasa_head)
-
-    def forward(
-        self,
-        x: Tensor | Sequence[Tensor],
-        *,
-        masks: Tensor | Sequence[Tensor | None] | None = None,
-        is_training: bool = False,
-        use_rasa_head: bool = False,
-    ):
-        """`x_norm_clstoken` (the DINOv2 `forward` at eval time); the full dict with is_training=True.
-
-        Everything but the images is keyword-only, so an exporter's extra positional input can never
-        be taken for masks."""
-        out = self.forward_features(x, masks=masks, use_rasa_head=use_rasa_head)
-        if is_training:
-            return out
-        if isinstance(out, list):
-            return [o["x_norm_clstoken"] for o in out]
-        return out["x_norm_clstoken"]
+    def _features(self, x: Tensor, masks: Tensor | None, use_rasa_head: bool) -> dict[str, Tensor | None]:
+        return self._output(self._run_blocks(self.prepare_tokens_with_masks(x, masks)), masks, use_rasa_head)
 
     def get_intermediate_layers(
         self,
@@ -406,11 +364,7 @@ class DinoVisionTransformer(RasaProjection, VisionTransformer):
         with `return_class_token`); `reshape` gives patch tokens as (B, D, h, w).
         """
         h0, w0 = self._grid(x)
-        depth = len(self.blocks)
-        take = set(range(depth - n, depth)) if isinstance(n, int) else {int(i) for i in n}
-        bad = [i for i in take if not 0 <= i < depth]
-        if bad or not take:
-            raise ValueError(f"block indices {sorted(bad) or n} out of range for {depth} blocks")
+        take = self._block_indices(n, len(self.blocks))
         t = self.prepare_tokens_with_masks(x, masks)
         outs = []
         for i, blk in enumerate(self.blocks):
@@ -445,11 +399,7 @@ class DinoVisionTransformer(RasaProjection, VisionTransformer):
         counted as prefix tokens): `(final normed tokens, [per-block outputs])`, or only the list."""
         from timm.models._features import feature_take_indices
 
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        bad = {k: v for k, v in unused.items() if v not in (None, False)}
-        if bad:
-            raise ValueError(f"forward_intermediates does not support {sorted(bad)}")
+        self._check_intermediates_args(output_fmt, unused)
         h0, w0 = self._grid(x)
         take, max_index = feature_take_indices(len(self.blocks), indices)
         t = self.prepare_tokens_with_masks(x)

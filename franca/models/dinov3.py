@@ -37,6 +37,7 @@ from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed
 from torch import Tensor, nn
 
 from franca.models.backbone import RasaProjection
+from franca.models.interface import BackboneForward
 from franca.models.preprocess import default_pretrained_cfg
 
 FAMILY = "dinov3"
@@ -282,7 +283,7 @@ class Dinov3Block(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- model
-class Dinov3VisionTransformer(RasaProjection, nn.Module):
+class Dinov3VisionTransformer(RasaProjection, BackboneForward, nn.Module):
     """DINOv3 ViT with the official state-dict keys and this project's backbone interface."""
 
     family = FAMILY
@@ -450,18 +451,6 @@ class Dinov3VisionTransformer(RasaProjection, nn.Module):
         self.__dict__["_pretrained_cfg_extra"] = dict(value or {})
 
     # ------------------------------------------------------------------ tokens
-    def _grid(self, x: Tensor) -> tuple[int, int]:
-        if x.ndim != 4:
-            raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        p = self.patch_size
-        if H % p or W % p:
-            raise ValueError(
-                f"input size {H}x{W} is not a multiple of the patch size {p}; "
-                f"resize or crop to a multiple (e.g. {H // p * p}x{W // p * p})"
-            )
-        return H // p, W // p
-
     def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
         """Patch embed → mask token → [CLS, storage, patches]: (B, 1+S+N, D) and the (h, w) grid."""
         h, w = self._grid(x)
@@ -515,37 +504,10 @@ class Dinov3VisionTransformer(RasaProjection, nn.Module):
         }
         return self.rasa_output(out) if use_rasa_head else out
 
-    def forward_features(
-        self,
-        x: Tensor | Sequence[Tensor],
-        masks: Tensor | Sequence[Tensor | None] | None = None,
-        use_rasa_head: bool = False,
-    ) -> dict | list[dict]:
-        """Final features of one batch (dict) or of several batches of different sizes (list of dicts)."""
-        if isinstance(x, (list, tuple)):
-            masks_list = list(masks) if isinstance(masks, (list, tuple)) else [masks] * len(x)
-            if len(masks_list) != len(x):
-                raise ValueError(f"got {len(x)} inputs but {len(masks_list)} masks")
-            return [self.forward_features(xi, mi, use_rasa_head) for xi, mi in zip(x, masks_list)]
+    def _features(self, x: Tensor, masks: Tensor | None, use_rasa_head: bool) -> dict[str, Tensor | None]:
         t, (h, w) = self.prepare_tokens_with_masks(x, masks)
         t, _ = self._run_blocks(t, self.rope_embed(h, w))
         return self._output(t, masks, use_rasa_head)
-
-    def forward(
-        self,
-        x: Tensor | Sequence[Tensor],
-        *,
-        masks: Tensor | Sequence[Tensor | None] | None = None,
-        is_training: bool = False,
-        use_rasa_head: bool = False,
-    ):
-        """`x_norm_clstoken` (the official `forward` at eval time); the full dict with is_training=True."""
-        out = self.forward_features(x, masks=masks, use_rasa_head=use_rasa_head)
-        if is_training:
-            return out
-        if isinstance(out, list):
-            return [o["x_norm_clstoken"] for o in out]
-        return out["x_norm_clstoken"]
 
     def _take(self, x: Tensor, indices: set[int], masks: Tensor | None = None) -> list[Tensor]:
         t, (h, w) = self.prepare_tokens_with_masks(x, masks)
@@ -565,11 +527,7 @@ class Dinov3VisionTransformer(RasaProjection, nn.Module):
         semantics): with `norm` the final norm(s) applied to each; `reshape` gives (B, D, h, w) patch maps;
         `return_class_token` / `return_extra_tokens` add CLS / the storage tokens: (patches, cls, storage)."""
         h, w = self._grid(x)
-        depth = len(self.blocks)
-        take = set(range(depth - n, depth)) if isinstance(n, int) else {int(i) for i in n}
-        bad = [i for i in take if not 0 <= i < depth]
-        if bad or not take:
-            raise ValueError(f"block indices {sorted(bad) or n} out of range for {depth} blocks")
+        take = self._block_indices(n, len(self.blocks))
         outs = self._take(x, take, masks)
         if norm:
             outs = [self.normed(o) for o in outs]
@@ -597,11 +555,7 @@ class Dinov3VisionTransformer(RasaProjection, nn.Module):
         `(final normed tokens, [per-block outputs])`, or only the list."""
         from timm.models._features import feature_take_indices
 
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        bad = {k: v for k, v in unused.items() if v not in (None, False)}
-        if bad:
-            raise ValueError(f"forward_intermediates does not support {sorted(bad)}")
+        self._check_intermediates_args(output_fmt, unused)
         h, w = self._grid(x)
         take, max_index = feature_take_indices(len(self.blocks), indices)
         t, _ = self.prepare_tokens_with_masks(x)

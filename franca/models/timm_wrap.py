@@ -16,9 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from franca.models.backbone import explicit_attention
+from franca.models.interface import BackboneForward
 
 
-class TimmBackbone(nn.Module):
+class TimmBackbone(BackboneForward, nn.Module):
     """Adapter giving a timm ViT `forward_features` (dict), `get_intermediate_layers`, attention and RASA."""
 
     def __init__(self, vit: nn.Module, name: str) -> None:
@@ -46,9 +47,7 @@ class TimmBackbone(nn.Module):
     def _tokens(self, x: Tensor, masks: Tensor | None) -> Tensor:
         if masks is not None and bool(masks.any()):  # an all-False mask (no token masked) changes nothing
             raise ValueError(f"timm:{self.name} has no mask token; masks are not supported")
-        p = self.patch_size
-        if x.shape[-2] % p or x.shape[-1] % p:
-            raise ValueError(f"input size {tuple(x.shape[-2:])} is not a multiple of the patch size {p}")
+        self._grid(x)
         v = self.vit
         t = v._pos_embed(v.patch_embed(x))
         return v.norm_pre(v.patch_drop(t))
@@ -69,17 +68,8 @@ class TimmBackbone(nn.Module):
             out["patch_token_rasa"] = out["x_norm_patchtokens"] @ self.rasa_proj.to(xn.dtype).T
         return out
 
-    def forward_features(self, x: Tensor | Sequence[Tensor], masks: Any = None, use_rasa_head: bool = False):
-        if isinstance(x, (list, tuple)):
-            ms = list(masks) if isinstance(masks, (list, tuple)) else [masks] * len(x)
-            return [self.forward_features(xi, mi, use_rasa_head) for xi, mi in zip(x, ms)]
+    def _features(self, x: Tensor, masks: Tensor | None, use_rasa_head: bool) -> dict[str, Tensor | None]:
         return self._output(self.vit.blocks(self._tokens(x, masks)), use_rasa_head)
-
-    def forward(self, x: Tensor, *, masks: Any = None, is_training: bool = False, use_rasa_head: bool = False):
-        out = self.forward_features(x, masks=masks, use_rasa_head=use_rasa_head)
-        if is_training:
-            return out
-        return [o["x_norm_clstoken"] for o in out] if isinstance(out, list) else out["x_norm_clstoken"]
 
     def get_intermediate_layers(
         self,
@@ -90,10 +80,7 @@ class TimmBackbone(nn.Module):
         norm: bool = True,
         masks: Any = None,
     ):
-        depth = self.n_blocks
-        take = set(range(depth - n, depth)) if isinstance(n, int) else {int(i) for i in n}
-        if not take or any(not 0 <= i < depth for i in take):
-            raise ValueError(f"block indices {n} out of range for {depth} blocks")
+        take = self._block_indices(n, self.n_blocks)
         t = self._tokens(x, masks)
         outs = []
         for i, blk in enumerate(self.vit.blocks):
