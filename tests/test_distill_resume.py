@@ -5,42 +5,17 @@ is not in the checkpoint: it is read again from its file, and its fingerprint ch
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.kill_resume import logged_losses, run_killed
 from helpers.training import make_image_folder, tiny_overrides
 
 import franca
 
 N_ITER = 8
-
-_DRIVER = """
-import os, signal, sys
-import torch
-torch.set_num_threads(1)
-from franca.train import loop
-kill_at = int(sys.argv[1]); resume = sys.argv[2] == "1"; overrides = sys.argv[3:]
-original = loop.Trainer.step
-def step(self, batch, i):
-    out = original(self, batch, i)
-    if i == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return out
-loop.Trainer.step = step
-from franca.train.config import load_config
-loop.train(load_config("tiny", overrides), resume=resume, quiet=True)
-"""
-
-
-def _losses(out_dir: Path) -> dict[int, float]:
-    from franca.train.metrics import read_metrics
-
-    return {row["iteration"]: row["total"] for row in read_metrics(out_dir / "metrics.jsonl")}
 
 
 @pytest.mark.slow
@@ -70,21 +45,14 @@ def test_sigkill_then_resume_matches_an_uninterrupted_distillation(tmp_path: Pat
         train(load_config("tiny", tiny_overrides(ref_dir, data, iterations=N_ITER) + extra), quiet=True)
     finally:
         torch.set_num_threads(threads)
-    reference = _losses(ref_dir)
+    reference = logged_losses(ref_dir)
     assert sorted(reference) == list(range(N_ITER))
 
     kills = sorted(random.Random(1234).sample(range(2, N_ITER - 1), n_kills))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     overrides = tiny_overrides(run_dir, data, iterations=N_ITER) + extra
-    resume = "0"
+    resume = False
     for kill_at in kills + [-1]:
-        proc = subprocess.run(
-            [sys.executable, "-c", _DRIVER, str(kill_at), resume, *overrides],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        proc = run_killed(kill_at, resume, overrides, timeout=180)
         if kill_at >= 0:
             assert proc.returncode == -9, proc.stderr[-3000:]
             ckpt = torch.load(run_dir / "checkpoint.pth", weights_only=True)
@@ -92,8 +60,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_distillation(tmp_path: Pat
             assert "distill" in ckpt["objective"]
         else:
             assert proc.returncode == 0, proc.stderr[-3000:]
-        resume = "1"
-    resumed = _losses(run_dir)
+        resume = True
+    resumed = logged_losses(run_dir)
     assert sorted(resumed) == list(range(N_ITER))
     for i in range(N_ITER):
         assert resumed[i] == pytest.approx(reference[i], rel=0, abs=1e-6), f"iteration {i} (kills at {kills})"
