@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 from helpers.dinov3_reference import make_dinov3_state
+from helpers.protocols import TOY_PROTOCOLS, common_args
 
 from franca.cli import main
 from franca.data.toy import generate_toy
@@ -30,42 +31,25 @@ def weights(tmp_path_factory):
     return path
 
 
-def _common(weights) -> list[str]:
-    return ["--weights", str(weights), "--device", "cpu", "--num-workers", "0", "--batch-size", "8", "--quiet"]
-
-
-PROTOCOLS = {
-    "knn": (["--size", "64", "--no-cache"], "imagenet"),
-    "linear": (["--size", "64", "--epochs", "1", "--no-cache"], "imagenet"),
-    "logreg": (["--size", "64", "--n-c", "3", "--max-iter", "20", "--no-cache"], "imagenet"),
-    "pca-slice": (["--size", "64", "--ks", "2", "4", "--epochs", "1", "--no-cache"], "imagenet"),
-    "overcluster": (["--size", "64", "--ks", "0", "8", "--niter", "5", "--nredo", "1"], ""),
-    "incontext": (["--size", "64", "--k", "5", "--train-split", "train"], ""),
-    "linseg": (["--size", "64", "--epochs", "1", "--cache-views", "1", "--train-split", "train"], ""),
-    "keypoints": (["--size", "64"], ""),
-    "depth": (["--size", "64", "--epochs", "1", "--hidden-dim", "4"], ""),
-}
-
-
-@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+@pytest.mark.parametrize("protocol", list(TOY_PROTOCOLS))
 def test_every_protocol_runs_on_a_dinov3_file(tmp_path, toy, weights, protocol):
-    extra, sub = PROTOCOLS[protocol]
+    extra, sub = TOY_PROTOCOLS[protocol]
     out = tmp_path / f"{protocol}.json"
     data = toy / sub if sub else toy
-    assert main(["eval", protocol, *_common(weights), "--data", str(data), *extra, "--out", str(out)]) == 0
+    assert main(["eval", protocol, *common_args(weights), "--data", str(data), *extra, "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["protocol"] == protocol.replace("-", "_") and math.isfinite(r["metric"]), r
     print(protocol, r["metric_name"], r["metric"])
 
 
 def test_features_figures_and_export_run_on_a_dinov3_file(tmp_path, toy, weights):
-    assert main(["features", *_common(weights), "--data", str(toy / "imagenet/val"), "--size", "64",
+    assert main(["features", *common_args(weights), "--data", str(toy / "imagenet/val"), "--size", "64",
                  "--out", str(tmp_path / "f.pt")]) == 0  # fmt: skip
     feats = torch.load(tmp_path / "f.pt", weights_only=True)
     assert feats["patch"].shape[1:] == (16, 64) and feats["cls"].shape[1:] == (64,)  # 64 px: 4×4 patches of 16
     for fig in ("attention", "pca"):
         png = tmp_path / f"{fig}.png"
-        assert main(["viz", fig, *_common(weights), "--data", str(toy / "imagenet/val"), "--n-images", "2",
+        assert main(["viz", fig, *common_args(weights), "--data", str(toy / "imagenet/val"), "--n-images", "2",
                      "--size", "64", "--out", str(png)]) == 0  # fmt: skip
         assert png.stat().st_size > 1000
     png = tmp_path / "norms.png"  # viz norms names every backbone: a DINOv3 layout with random weights
@@ -78,7 +62,7 @@ def test_rasa_command_writes_a_dinov3_backbone_with_the_map_folded_in(tmp_path, 
     import franca
 
     out = tmp_path / "rasa.safetensors"
-    assert main(["rasa", *_common(weights), "--data", str(toy / "imagenet/train"), "--size", "128",
+    assert main(["rasa", *common_args(weights), "--data", str(toy / "imagenet/train"), "--size", "128",
                  "--heldout-fraction", "0.7", "--iterations", "1", "--max-steps", "10", "--window", "5", "--probe-max-steps", "10",
                  "--out", str(out)]) == 0  # fmt: skip
     m = franca.load_backbone(weights=out)

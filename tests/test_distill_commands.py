@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from helpers.protocols import TOY_PROTOCOLS, common_args
 from helpers.training import make_image_folder, tiny_overrides
 
 import franca
@@ -56,47 +57,30 @@ def test_the_export_is_the_students_ema_backbone(student):
     torch.testing.assert_close(m.state_dict()["blocks.0.mlp.w12.weight"], saved["backbone.blocks.0.mlp.w12.weight"])
 
 
-def _common(weights) -> list[str]:
-    return ["--weights", str(weights), "--device", "cpu", "--num-workers", "0", "--batch-size", "8", "--quiet"]
-
-
-PROTOCOLS = {
-    "knn": (["--size", "64", "--no-cache"], "imagenet"),
-    "linear": (["--size", "64", "--epochs", "1", "--no-cache"], "imagenet"),
-    "logreg": (["--size", "64", "--n-c", "3", "--max-iter", "20", "--no-cache"], "imagenet"),
-    "pca-slice": (["--size", "64", "--ks", "2", "4", "--epochs", "1", "--no-cache"], "imagenet"),
-    "overcluster": (["--size", "64", "--ks", "0", "8", "--niter", "5", "--nredo", "1"], ""),
-    "incontext": (["--size", "64", "--k", "5", "--train-split", "train"], ""),
-    "linseg": (["--size", "64", "--epochs", "1", "--cache-views", "1", "--train-split", "train"], ""),
-    "keypoints": (["--size", "64"], ""),
-    "depth": (["--size", "64", "--epochs", "1", "--hidden-dim", "4"], ""),
-}
-
-
-@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+@pytest.mark.parametrize("protocol", list(TOY_PROTOCOLS))
 def test_every_protocol_runs_on_the_distilled_student(tmp_path, toy, student, protocol):
-    extra, sub = PROTOCOLS[protocol]
+    extra, sub = TOY_PROTOCOLS[protocol]
     out = tmp_path / f"{protocol}.json"
     data = toy / sub if sub else toy
     weights = student[0] if protocol == "knn" else student[1]  # the run's checkpoint, and its export
-    assert main(["eval", protocol, *_common(weights), "--data", str(data), *extra, "--out", str(out)]) == 0
+    assert main(["eval", protocol, *common_args(weights), "--data", str(data), *extra, "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["protocol"] == protocol.replace("-", "_") and math.isfinite(r["metric"]), r
 
 
 def test_features_figures_and_rasa_run_on_the_distilled_student(tmp_path, toy, student):
     weights = student[1]
-    assert main(["features", *_common(weights), "--data", str(toy / "imagenet/val"), "--size", "64",
+    assert main(["features", *common_args(weights), "--data", str(toy / "imagenet/val"), "--size", "64",
                  "--out", str(tmp_path / "f.pt")]) == 0  # fmt: skip
     feats = torch.load(tmp_path / "f.pt", weights_only=True)
     assert feats["patch"].shape[1:] == (64, 24) and feats["cls"].shape[1:] == (24,)  # 64 px: 8×8 patches of 8
     for fig in ("attention", "pca"):
         png = tmp_path / f"{fig}.png"
-        assert main(["viz", fig, *_common(weights), "--data", str(toy / "imagenet/val"), "--n-images", "2",
+        assert main(["viz", fig, *common_args(weights), "--data", str(toy / "imagenet/val"), "--n-images", "2",
                      "--size", "64", "--out", str(png)]) == 0  # fmt: skip
         assert png.stat().st_size > 1000
     out = tmp_path / "rasa.safetensors"
-    assert main(["rasa", *_common(weights), "--data", str(toy / "imagenet/train"), "--size", "64",
+    assert main(["rasa", *common_args(weights), "--data", str(toy / "imagenet/train"), "--size", "64",
                  "--heldout-fraction", "0.7", "--iterations", "1", "--max-steps", "10", "--window", "5",
                  "--probe-max-steps", "10", "--out", str(out)]) == 0  # fmt: skip
     assert franca.load_backbone(weights=out).rasa_proj is not None
