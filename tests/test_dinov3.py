@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.dinov3_reference import make_dinov3_state, reference_blocks, reference_features, reference_norm
+from helpers.no_franca import no_franca_preamble
 
 import franca
 from franca.models import releases
@@ -310,14 +311,9 @@ def test_safetensors_export_keeps_the_official_layout(tmp_path, files, models):
     _close(o["patch_token_rasa"], 0.5 * o["x_norm_patchtokens"], 1e-6)
 
 
-_CHILD = """
-import sys
-class _NoFranca:  # this process must never import franca
-    def find_spec(self, name, path=None, target=None):
-        if name == "franca" or name.startswith("franca."):
-            raise ImportError("franca imported by the timm recipe")
-sys.meta_path.insert(0, _NoFranca())
-import torch
+_CHILD = (
+    no_franca_preamble("the timm recipe")
+    + """import torch
 cases = torch.load(sys.argv[1], weights_only=True)
 out = {}
 for name, (recipe, images) in cases.items():
@@ -327,6 +323,7 @@ for name, (recipe, images) in cases.items():
         out[name] = [scope["model"].forward_features(x) for x in images]
 torch.save(out, sys.argv[2])
 """
+)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.no_franca import no_franca_preamble
 
 import franca
 
@@ -99,14 +100,9 @@ def test_export_command(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- timm alone
-_CHILD = """
-import sys
-class _NoFranca:  # this process must never import franca
-    def find_spec(self, name, path=None, target=None):
-        if name == "franca" or name.startswith("franca."):
-            raise ImportError("franca imported by the timm recipe")
-sys.meta_path.insert(0, _NoFranca())
-import torch
+_CHILD = (
+    no_franca_preamble("the timm recipe")
+    + """import torch
 cases = torch.load(sys.argv[1], weights_only=True)
 out = {}
 for name, (recipe, images) in cases.items():
@@ -119,6 +115,7 @@ for name, (recipe, images) in cases.items():
 assert not any(m == "franca" or m.startswith("franca.") for m in sys.modules)
 torch.save(out, sys.argv[2])
 """
+)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import warnings
 
 import pytest
 import torch
+from helpers.no_franca import no_franca_preamble
 
 import franca
 from franca.utils.errors import UserError
@@ -239,14 +240,9 @@ def test_export_hf_refuses_what_transformers_cannot_express(tmp_path):
         franca.export_hf(timm_model, tmp_path / "b")
 
 
-_CHILD = """
-import sys
-class _NoFranca:  # this process must never import franca
-    def find_spec(self, name, path=None, target=None):
-        if name == "franca" or name.startswith("franca."):
-            raise ImportError("franca imported by the transformers recipe")
-sys.meta_path.insert(0, _NoFranca())
-import torch
+_CHILD = (
+    no_franca_preamble("the transformers recipe")
+    + """import torch
 cases = torch.load(sys.argv[1], weights_only=True)
 out = {}
 for name, (recipe, images) in cases.items():
@@ -257,6 +253,7 @@ for name, (recipe, images) in cases.items():
 assert not any(m == "franca" or m.startswith("franca.") for m in sys.modules)
 torch.save(out, sys.argv[2])
 """
+)
 
 
 @pytest.mark.slow
